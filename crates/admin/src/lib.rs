@@ -1,0 +1,347 @@
+//! sekisho-admin: the admin listener, kept apart from traffic.
+//!
+//! What it is for: `/health`, `/ready`, `/health/detailed` and `/metrics` (open), and the JSON
+//! admin API under `/api/` (bearer token), all answered from the gateway's [`Gateway`] handle.
+//!
+//! What it refuses to do: sit on the data path. A slow scrape or a reload never holds a lock a
+//! request needs; a reload runs on a blocking thread and swaps the config atomically.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sekisho_gateway::edge::error_json;
+use sekisho_gateway::{new_request_id, Gateway, ReloadError};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+/// The admin listener, bound.
+#[derive(Debug)]
+pub struct AdminServer {
+    listener: TcpListener,
+    state: Arc<AdminState>,
+}
+
+#[derive(Debug)]
+struct AdminState {
+    gateway: Gateway,
+    token: Option<String>,
+}
+
+type AdminResponse = Response<Full<Bytes>>;
+
+impl AdminServer {
+    /// Binds `address` (port 0 picks one); `token` guards `/api/*` when set.
+    pub async fn bind(
+        address: &str,
+        gateway: Gateway,
+        token: Option<String>,
+    ) -> std::io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(address).await?,
+            state: Arc::new(AdminState { gateway, token }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, _) = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let state = Arc::clone(&self.state);
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let state = Arc::clone(&state);
+                    async move { Ok::<_, Infallible>(route(&state, request).await) }
+                });
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+}
+
+async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if path.starts_with("/api/") && !authorized(state, &request) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHENTICATED",
+            "the admin API needs `Authorization: Bearer <admin.token>`",
+        );
+    }
+    match (&method, path.as_str()) {
+        (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::GET, "/ready") => ready(state),
+        (&Method::GET, "/health/detailed") => detailed(state),
+        (&Method::GET, "/metrics") => metrics(state, &request),
+        (&Method::GET, "/") => dashboard(),
+        (&Method::GET, "/api/v1/upstreams") => json_response(
+            StatusCode::OK,
+            &json!({ "upstreams": state.gateway.upstreams() }),
+        ),
+        (&Method::GET, "/api/v1/config") => {
+            let status = state.gateway.status();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "generation": status.generation,
+                    "summary": state.gateway.config().summary(),
+                    "file": state.gateway.config_path().map(|p| p.display().to_string()),
+                }),
+            )
+        }
+        (&Method::POST, "/api/v1/config/reload") => reload(state).await,
+        (
+            _,
+            "/health"
+            | "/ready"
+            | "/health/detailed"
+            | "/metrics"
+            | "/api/v1/upstreams"
+            | "/api/v1/config"
+            | "/api/v1/config/reload",
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_REQUEST",
+            &format!("{method} is not allowed on {path}"),
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "NO_ROUTE",
+            &format!("no admin endpoint {method} {path}"),
+        ),
+    }
+}
+
+fn authorized(state: &AdminState, request: &Request<Incoming>) -> bool {
+    let Some(token) = &state.token else {
+        // Allowed by the config only on a loopback admin listener.
+        return true;
+    };
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    constant_time_eq(presented.as_bytes(), token.as_bytes())
+}
+
+/// Compares without an early exit, so the time taken does not reveal how much matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn ready(state: &AdminState) -> AdminResponse {
+    let status = state.gateway.status();
+    if status.ready {
+        json_response(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        let why = if status.draining {
+            "draining"
+        } else {
+            "starting"
+        };
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "not_ready", "reason": why}),
+        )
+    }
+}
+
+fn detailed(state: &AdminState) -> AdminResponse {
+    let status = state.gateway.status();
+    let listener = if status.ready {
+        json!({"status": "healthy"})
+    } else {
+        json!({"status": "unhealthy", "reason": if status.draining { "draining" } else { "not serving" }})
+    };
+    let loaded_at = status
+        .loaded_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let config = match &status.last_reload.error {
+        None => {
+            json!({"status": "healthy", "generation": status.generation, "loaded_at": loaded_at})
+        }
+        Some(error) => json!({
+            "status": "degraded",
+            "generation": status.generation,
+            "loaded_at": loaded_at,
+            "reason": "the last reload was refused; the previous config is in force",
+            "error": error,
+        }),
+    };
+    let upstreams: serde_json::Map<String, serde_json::Value> = state
+        .gateway
+        .upstreams()
+        .into_iter()
+        .map(|u| {
+            (
+                u.name.clone(),
+                json!({"status": "healthy", "targets": u.targets.len(), "checked": false}),
+            )
+        })
+        .collect();
+    let overall = if !status.ready {
+        "unhealthy"
+    } else if status.last_reload.error.is_some() {
+        "degraded"
+    } else {
+        "healthy"
+    };
+    let code = if overall == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(
+        code,
+        &json!({
+            "status": overall,
+            "checks": {
+                "listener": listener,
+                "config": config,
+                "upstreams": upstreams,
+            }
+        }),
+    )
+}
+
+/// Prometheus text format by default; OpenMetrics to a scraper that asks for it.
+fn metrics(state: &AdminState, request: &Request<Incoming>) -> AdminResponse {
+    let wants_openmetrics = request
+        .headers()
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+    let (text, content_type) = if wants_openmetrics {
+        (
+            state.gateway.encode_openmetrics(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            state.gateway.encode_metrics(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+async fn reload(state: &AdminState) -> AdminResponse {
+    let gateway = state.gateway.clone();
+    let result = tokio::task::spawn_blocking(move || gateway.reload()).await;
+    match result {
+        Ok(Ok(summary)) => json_response(
+            StatusCode::OK,
+            &json!({
+                "status": "ok",
+                "generation": summary.generation,
+                "summary": summary.summary,
+                "needs_restart": summary.needs_restart,
+            }),
+        ),
+        Ok(Err(ReloadError::NoFile)) => error(
+            StatusCode::CONFLICT,
+            "BAD_REQUEST",
+            "the gateway was started without a config file",
+        ),
+        Ok(Err(refused)) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &refused.to_string()),
+        Err(_) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "the reload task failed",
+        ),
+    }
+}
+
+fn dashboard() -> AdminResponse {
+    let page = concat!(
+        "<!doctype html><meta charset=utf-8><title>sekisho</title>",
+        "<h1>sekisho admin</h1><ul>",
+        "<li><a href=/health>/health</a><li><a href=/ready>/ready</a>",
+        "<li><a href=/health/detailed>/health/detailed</a><li><a href=/metrics>/metrics</a>",
+        "</ul>"
+    );
+    let mut response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> AdminResponse {
+    let request_id = new_request_id();
+    let body = error_json(code, message, request_id.to_str().unwrap_or(""));
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert("x-request-id", request_id);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison_needs_every_byte() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secreT", b"secret"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+    }
+}

@@ -1,0 +1,326 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[upstreams.api]
+targets = ["127.0.0.1:9001"]
+
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "api"
+"#;
+
+fn error_of(source: &str) -> ConfigError {
+    match parse(source, "test.toml") {
+        Ok(_) => panic!("config was accepted:\n{source}"),
+        Err(error) => error,
+    }
+}
+
+fn first(source: &str) -> Diagnostic {
+    error_of(source).diagnostics.remove(0)
+}
+
+#[test]
+fn the_contract_example_is_accepted_as_it_stands() {
+    let config = parse(
+        include_str!("../../../examples/contract.toml"),
+        "contract.toml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.routes.len(), 3);
+    let payments = config.upstream("payments").expect("payments upstream");
+    assert_eq!(payments.balance, Balance::WeightedRoundRobin);
+    assert_eq!(payments.targets.get_ref()[0].weight, 3);
+    let breaker = payments.circuit_breaker.as_ref().expect("breaker");
+    assert_eq!(breaker.minimum_calls.get(), 10);
+    assert_eq!(
+        breaker.slow_call_threshold.get(),
+        std::time::Duration::from_secs(2)
+    );
+    let bulkhead = payments.bulkhead.as_ref().expect("bulkhead");
+    assert_eq!(bulkhead.max_wait.0, std::time::Duration::from_millis(50));
+    let orders_route = config.routes[0].get_ref();
+    let retry = orders_route.retry.as_ref().expect("retry");
+    assert_eq!(retry.attempts.get(), 3);
+    assert_eq!(retry.retry_on, default_retry_on_for_test());
+    let cache = config.routes[2].get_ref().cache.as_ref().expect("cache");
+    assert_eq!(cache.ttl.get(), std::time::Duration::from_secs(60));
+    assert_eq!(config.admin.token.as_deref(), Some("change-me"));
+}
+
+fn default_retry_on_for_test() -> Vec<FailureKind> {
+    vec![
+        FailureKind::ConnectError,
+        FailureKind::Status(502),
+        FailureKind::Status(503),
+        FailureKind::Status(504),
+    ]
+}
+
+#[test]
+fn the_repository_examples_are_accepted() {
+    for (name, source) in [
+        (
+            "sekisho.toml",
+            include_str!("../../../examples/sekisho.toml"),
+        ),
+        ("bench.toml", include_str!("../../../examples/bench.toml")),
+    ] {
+        if let Err(error) = parse(source, name) {
+            panic!("{error}");
+        }
+    }
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let config = parse(MINIMAL, "minimal.toml").unwrap_or_else(|e| panic!("{e}"));
+    let server = &config.server;
+    assert!(server.access_log);
+    assert_eq!(server.max_header_bytes, Bytes(16384));
+    assert_eq!(server.max_body_bytes, Bytes(10 * 1024 * 1024));
+    assert_eq!(server.header_read_timeout.get().as_secs(), 10);
+    assert_eq!(server.idle_timeout.get().as_secs(), 60);
+    assert_eq!(server.drain_timeout.0.as_secs(), 30);
+    assert_eq!(server.max_connections.get(), 10_000);
+    assert_eq!(config.admin.listen.0, "127.0.0.1:9901");
+    assert_eq!(config.store.data_dir, "./data");
+    let route = config.routes[0].get_ref();
+    assert_eq!(route.timeout.get().as_secs(), 30);
+    assert!(!route.strip_prefix);
+}
+
+#[test]
+fn a_syntax_error_names_file_line_and_column() {
+    let diagnostic = first("[server]\nlisten = \"127.0.0.1:8080\n");
+    assert_eq!(diagnostic.file, PathBuf::from("test.toml"));
+    assert_eq!(diagnostic.line, 2);
+    assert!(diagnostic.column >= 10, "{diagnostic}");
+    assert!(
+        diagnostic.to_string().starts_with("test.toml:2:"),
+        "{diagnostic}"
+    );
+}
+
+#[test]
+fn an_unknown_key_gets_a_did_you_mean_at_its_place() {
+    let source = MINIMAL.replace("[server]\n", "[server]\nworkrs = 2\n");
+    let diagnostic = first(&source);
+    assert_eq!((diagnostic.line, diagnostic.column), (3, 1), "{diagnostic}");
+    assert!(
+        diagnostic.message.contains("did you mean `workers`"),
+        "{diagnostic}"
+    );
+}
+
+#[test]
+fn an_unknown_key_far_from_any_lists_the_known_ones() {
+    let source = MINIMAL.replace("[server]\n", "[server]\nzzz = 2\n");
+    let diagnostic = first(&source);
+    assert!(diagnostic.message.contains("listen"), "{diagnostic}");
+}
+
+#[test]
+fn a_route_naming_an_unknown_upstream_points_at_the_name() {
+    let source = MINIMAL.replace("upstream = \"api\"", "upstream = \"apj\"");
+    let diagnostic = first(&source);
+    assert_eq!(diagnostic.line, 11, "{diagnostic}");
+    assert_eq!(diagnostic.column, 12, "{diagnostic}");
+    assert!(
+        diagnostic.message.contains("did you mean `api`"),
+        "{diagnostic}"
+    );
+}
+
+#[test]
+fn bad_values_are_reported_where_they_stand() {
+    let cases = [
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"nowhere\"",
+            "not an address",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nidle_timeout = \"5 parsecs\"",
+            "not a duration",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nidle_timeout = 30",
+            "has no unit",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"127.0.0.1:8080\"\nmax_connections = 0",
+            "from 1",
+        ),
+        (
+            "path_prefix = \"/\"",
+            "path_prefix = \"api\"",
+            "must start with `/`",
+        ),
+        (
+            "targets = [\"127.0.0.1:9001\"]",
+            "targets = []",
+            "has no targets",
+        ),
+        (
+            "targets = [\"127.0.0.1:9001\"]",
+            "targets = [\"127.0.0.1:9001\"]\nbalance = \"random_robin\"",
+            "unknown variant",
+        ),
+        (
+            "upstream = \"api\"",
+            "upstream = \"api\"\nmethods = [\"get\"]",
+            "capitals",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        let source = MINIMAL.replace(from, to);
+        let diagnostic = first(&source);
+        assert!(
+            diagnostic.message.contains(expected),
+            "{to:?}: expected {expected:?} in {diagnostic}"
+        );
+        let changed_line = source
+            .lines()
+            .position(|line| to.lines().last() == Some(line))
+            .map(|index| index + 1);
+        assert_eq!(Some(diagnostic.line), changed_line, "{to:?}: {diagnostic}");
+    }
+}
+
+#[test]
+fn missing_required_keys_are_named() {
+    let diagnostic = first("[server]\n");
+    assert!(diagnostic.message.contains("listen"), "{diagnostic}");
+    let diagnostic = first(&MINIMAL.replace("upstream = \"api\"\n", ""));
+    assert!(diagnostic.message.contains("upstream"), "{diagnostic}");
+}
+
+#[test]
+fn several_problems_are_all_reported_in_file_order() {
+    let source = format!(
+        "{MINIMAL}\n[[routes]]\nname = \"api\"\npath_prefix = \"/x\"\nupstream = \"nope\"\n"
+    );
+    let error = error_of(&source);
+    assert_eq!(error.diagnostics.len(), 2, "{error}");
+    assert!(error.diagnostics[0].line <= error.diagnostics[1].line);
+    assert!(error.to_string().contains("already defined"), "{error}");
+    assert!(
+        error.to_string().contains("unknown upstream `nope`"),
+        "{error}"
+    );
+}
+
+#[test]
+fn redis_backends_need_a_redis_store() {
+    let source = format!(
+        "{MINIMAL}[routes.rate_limit]\nalgorithm = \"gcra\"\ncapacity = 5\nrefill_per_second = 1\nbackend = \"redis\"\n"
+    );
+    let diagnostic = first(&source);
+    assert!(diagnostic.message.contains("store.redis"), "{diagnostic}");
+    let with_store = source.replace(
+        "[upstreams.api]",
+        "[store]\nredis = \"redis://127.0.0.1:6379\"\n\n[upstreams.api]",
+    );
+    assert!(parse(&with_store, "t.toml").is_ok());
+}
+
+#[test]
+fn an_open_admin_api_must_stay_on_loopback() {
+    let source = format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:9901\"\n");
+    let diagnostic = first(&source);
+    assert!(diagnostic.message.contains("token"), "{diagnostic}");
+    let with_token = source.replace("0.0.0.0:9901\"", "0.0.0.0:9901\"\ntoken = \"secret\"");
+    assert!(parse(&with_token, "t.toml").is_ok());
+}
+
+#[test]
+fn targets_take_strings_and_tables() {
+    let source = MINIMAL.replace(
+        "targets = [\"127.0.0.1:9001\"]",
+        "targets = [\"127.0.0.1:9001\", { address = \"backend.internal:80\", weight = 5, backup = true }]",
+    );
+    let config = parse(&source, "t.toml").unwrap_or_else(|e| panic!("{e}"));
+    let targets = config
+        .upstream("api")
+        .expect("api")
+        .targets
+        .get_ref()
+        .clone();
+    assert_eq!(targets[1].address, "backend.internal:80");
+    assert_eq!(targets[1].weight, 5);
+    assert!(targets[1].backup);
+    let bad = MINIMAL.replace(
+        "targets = [\"127.0.0.1:9001\"]",
+        "targets = [{ address = \"127.0.0.1:9001\", wieght = 2 }]",
+    );
+    assert!(first(&bad).message.contains("wieght"));
+}
+
+#[test]
+fn a_missing_file_is_a_diagnostic_too() {
+    let error = load(Path::new("/nonexistent/sekisho.toml")).expect_err("missing file");
+    assert!(error
+        .to_string()
+        .starts_with("/nonexistent/sekisho.toml:1:1: cannot read"));
+}
+
+#[test]
+fn the_committed_json_schema_matches_the_types() {
+    let committed = include_str!("../../../docs/config.schema.json");
+    let generated = json_schema();
+    assert!(
+        committed == generated,
+        "docs/config.schema.json is out of date: run `cargo run -p sekisho -- schema > docs/config.schema.json`"
+    );
+}
+
+#[test]
+fn line_column_counts_characters() {
+    let text = "ab\nc関d\n";
+    assert_eq!(line_column(text, 0), (1, 1));
+    assert_eq!(line_column(text, 3), (2, 1));
+    assert_eq!(line_column(text, "ab\nc関".len()), (2, 3));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_valid_route_timeout_round_trips(ms in 1u64..100_000_000) {
+            let text = format_duration(std::time::Duration::from_millis(ms));
+            let source = MINIMAL.replace("upstream = \"api\"", &format!("upstream = \"api\"\ntimeout = \"{text}\""));
+            let config = parse(&source, "t.toml").map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(config.routes[0].get_ref().timeout.get().as_millis(), u128::from(ms));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics_and_errors_have_a_place(source in "\\PC{0,200}") {
+            if let Err(error) = parse(&source, "f.toml") {
+                for diagnostic in error.diagnostics {
+                    prop_assert!(diagnostic.line >= 1 && diagnostic.column >= 1);
+                    prop_assert!(diagnostic.line <= source.lines().count().max(1) + 1);
+                }
+            }
+        }
+
+        #[test]
+        fn mutating_a_valid_config_never_panics(position in 0usize..200, byte in any::<u8>()) {
+            let mut bytes = MINIMAL.as_bytes().to_vec();
+            let index = position % bytes.len();
+            bytes[index] = byte;
+            if let Ok(source) = String::from_utf8(bytes) {
+                let _ = parse(&source, "f.toml");
+            }
+        }
+    }
+}

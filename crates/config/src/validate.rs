@@ -1,0 +1,270 @@
+//! Checks that need more than one value: references, combinations, files.
+//!
+//! Each problem is returned with the byte span it is about, so that it is reported at the value
+//! the user must change, not at the top of the file.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::Path;
+
+use crate::model::{
+    Config, RateLimit, RateLimitAlgorithm, RateLimitBackend, Route, Spanned, Upstream,
+};
+
+type Problems = Vec<(Range<usize>, String)>;
+
+pub(crate) fn validate(config: &Config, base_dir: Option<&Path>) -> Problems {
+    let mut problems = Problems::new();
+    validate_server(config, base_dir, &mut problems);
+    for (name, upstream) in &config.upstreams {
+        validate_upstream(name, upstream, &mut problems);
+    }
+    let mut route_names = HashSet::new();
+    for route in &config.routes {
+        if !route_names.insert(route.get_ref().name.as_str()) {
+            problems.push((
+                route.span(),
+                format!(
+                    "a route named `{}` is already defined: route names must be unique",
+                    route.get_ref().name
+                ),
+            ));
+        }
+        validate_route(config, route, &mut problems);
+    }
+    problems
+}
+
+fn validate_server(config: &Config, base_dir: Option<&Path>, problems: &mut Problems) {
+    if let Some(tls) = &config.server.tls {
+        for (what, file, marker) in [
+            ("certificate", &tls.get_ref().cert, "CERTIFICATE-----"),
+            ("key", &tls.get_ref().key, "PRIVATE KEY-----"),
+        ] {
+            let path = match base_dir {
+                Some(dir) if Path::new(file).is_relative() => dir.join(file),
+                _ => Path::new(file).to_owned(),
+            };
+            match std::fs::read_to_string(&path) {
+                Ok(text) if text.contains(marker) => {}
+                Ok(_) => problems.push((
+                    tls.span(),
+                    format!("TLS {what} file `{}` holds no PEM {what}", path.display()),
+                )),
+                Err(error) => problems.push((
+                    tls.span(),
+                    format!("cannot read TLS {what} file `{}`: {error}", path.display()),
+                )),
+            }
+        }
+    }
+    if config.admin.token.is_none() && !config.admin.listen.is_loopback() {
+        problems.push((
+            0..0,
+            format!(
+                "[admin] listens on {} without a `token`: set admin.token, or listen on a loopback address",
+                config.admin.listen
+            ),
+        ));
+    }
+    if config.server.listen == config.admin.listen && config.server.listen.host_port().1 != 0 {
+        problems.push((
+            0..0,
+            format!(
+                "server.listen and admin.listen are both {}: they need different ports",
+                config.server.listen
+            ),
+        ));
+    }
+}
+
+fn validate_upstream(name: &Spanned<String>, upstream: &Upstream, problems: &mut Problems) {
+    let targets = upstream.targets.get_ref();
+    if targets.is_empty() {
+        problems.push((
+            upstream.targets.span(),
+            format!("upstream `{}` has no targets", name.get_ref()),
+        ));
+    } else if targets.iter().all(|t| t.backup) {
+        problems.push((
+            upstream.targets.span(),
+            format!(
+                "every target of upstream `{}` is a backup: at least one must be primary",
+                name.get_ref()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for target in targets {
+        if !seen.insert(target.address.as_str()) {
+            problems.push((
+                upstream.targets.span(),
+                format!(
+                    "target {} appears twice in upstream `{}`: use `weight` to give it a larger share",
+                    target.address,
+                    name.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(breaker) = &upstream.circuit_breaker {
+        if !(breaker.open_for_multiplier >= 1.0 && breaker.open_for_multiplier.is_finite()) {
+            problems.push((
+                name.span(),
+                format!(
+                    "upstream `{}`: circuit_breaker.open_for_multiplier must be a number ≥ 1",
+                    name.get_ref()
+                ),
+            ));
+        }
+    }
+}
+
+fn validate_route(config: &Config, spanned_route: &Spanned<Route>, problems: &mut Problems) {
+    let route = spanned_route.get_ref();
+    match (&route.path, &route.path_prefix) {
+        (None, None) => problems.push((
+            spanned_route.span(),
+            format!(
+                "route `{}` needs `path_prefix` (e.g. \"/\") or `path`",
+                route.name
+            ),
+        )),
+        (Some(path), Some(_)) => problems.push((
+            path.span(),
+            format!(
+                "route `{}` has both `path` and `path_prefix`: keep one",
+                route.name
+            ),
+        )),
+        (Some(path), None) | (None, Some(path)) => {
+            if !path.get_ref().starts_with('/') {
+                problems.push((
+                    path.span(),
+                    format!("`{}` must start with `/`", path.get_ref()),
+                ));
+            }
+        }
+    }
+    if route.strip_prefix && route.path_prefix.is_none() {
+        problems.push((
+            spanned_route.span(),
+            format!(
+                "route `{}` has `strip_prefix = true` but no `path_prefix`",
+                route.name
+            ),
+        ));
+    }
+    if let Some(host) = &route.host {
+        let bare = host.strip_prefix("*.").unwrap_or(host);
+        let valid = !bare.is_empty()
+            && bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !valid {
+            problems.push((
+                spanned_route.span(),
+                format!(
+                    "route `{}`: host `{host}` is not a host name (write it without port or scheme; \"*.example.com\" for a suffix)",
+                    route.name
+                ),
+            ));
+        }
+    }
+    let upstream_name = route.upstream.get_ref();
+    if config.upstream(upstream_name).is_none() {
+        let known: Vec<&str> = config
+            .upstreams
+            .keys()
+            .map(|k| k.get_ref().as_str())
+            .collect();
+        let suggestion = known
+            .iter()
+            .map(|candidate| (strsim::jaro_winkler(upstream_name, candidate), *candidate))
+            .filter(|(score, _)| *score >= 0.8)
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, name)| format!(": did you mean `{name}`?"))
+            .unwrap_or_else(|| {
+                if known.is_empty() {
+                    ": no upstream is defined ([upstreams.NAME] with targets)".to_owned()
+                } else {
+                    format!(" (defined: {})", known.join(", "))
+                }
+            });
+        problems.push((
+            route.upstream.span(),
+            format!(
+                "route `{}` names unknown upstream `{upstream_name}`{suggestion}",
+                route.name
+            ),
+        ));
+    }
+    if let Some(retry) = &route.retry {
+        if retry.max_backoff < retry.backoff {
+            problems.push((
+                spanned_route.span(),
+                format!(
+                    "route `{}`: retry.max_backoff ({}) is shorter than retry.backoff ({})",
+                    route.name, retry.max_backoff, retry.backoff
+                ),
+            ));
+        }
+    }
+    if let Some(limit) = &route.rate_limit {
+        validate_rate_limit(config, &route.name, limit, problems);
+    }
+}
+
+fn validate_rate_limit(
+    config: &Config,
+    route_name: &str,
+    spanned: &Spanned<RateLimit>,
+    problems: &mut Problems,
+) {
+    let limit = spanned.get_ref();
+    let mut complain = |message: String| problems.push((spanned.span(), message));
+    match limit.algorithm {
+        RateLimitAlgorithm::TokenBucket | RateLimitAlgorithm::Gcra => {
+            if limit.capacity.is_none() || limit.refill_per_second.is_none() {
+                complain(format!(
+                    "route `{route_name}`: rate_limit with {:?} needs `capacity` and `refill_per_second`",
+                    limit.algorithm
+                ));
+            }
+            if let Some(rate) = limit.refill_per_second {
+                if !(rate > 0.0 && rate.is_finite()) {
+                    complain(format!(
+                        "route `{route_name}`: rate_limit.refill_per_second must be greater than 0"
+                    ));
+                }
+            }
+        }
+        RateLimitAlgorithm::FixedWindow
+        | RateLimitAlgorithm::SlidingWindowLog
+        | RateLimitAlgorithm::SlidingWindowCounter => {
+            if limit.limit.is_none() || limit.window.is_none() {
+                complain(format!(
+                    "route `{route_name}`: rate_limit with {:?} needs `limit` and `window`",
+                    limit.algorithm
+                ));
+            }
+        }
+    }
+    for part in limit.key.split('+') {
+        let valid = match part.split_once(':') {
+            None => matches!(part, "client_ip" | "user" | "route" | "api_key"),
+            Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+            Some(_) => false,
+        };
+        if !valid {
+            complain(format!(
+                "route `{route_name}`: rate_limit.key part `{part}` is not one of client_ip, header:NAME, user, route, api_key"
+            ));
+        }
+    }
+    if limit.backend == RateLimitBackend::Redis && config.store.redis.is_none() {
+        complain(format!(
+            "route `{route_name}`: rate_limit.backend = \"redis\" needs store.redis"
+        ));
+    }
+}

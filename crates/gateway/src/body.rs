@@ -1,0 +1,213 @@
+//! Bodies streamed through the gateway, never buffered whole.
+//!
+//! [`RequestBody`] carries the client's body up and stops it at the body limit (413);
+//! [`ResponseBody`] carries the upstream's body down, bounded by the route's deadline, or a small
+//! body the gateway made itself. Both hold a [`RequestGuard`] so that the connection knows when
+//! the exchange is really over (the response body can outlive the handler by minutes).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+use crate::connection::RequestGuard;
+
+/// Errors travel boxed between layers.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request body went over its limit.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("request body is larger than {limit} bytes")]
+pub struct BodyTooLarge {
+    /// The limit in force.
+    pub limit: u64,
+}
+
+/// The client's body could not be read (aborted, malformed chunked encoding).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+/// The route's deadline passed while the response body was streaming.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the route's deadline passed while the response was streaming")]
+pub struct BodyDeadline;
+
+/// The client's request body on its way to the upstream.
+pub struct RequestBody {
+    inner: Incoming,
+    remaining: u64,
+    limit: u64,
+}
+
+impl RequestBody {
+    /// Wraps `inner`, allowing at most `limit` bytes through.
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner,
+            remaining: limit,
+            limit,
+        }
+    }
+}
+
+impl fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestBody")
+            .field("remaining", &self.remaining)
+            .field("limit", &self.limit)
+            .finish()
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let length = data.len() as u64;
+                    if length > this.remaining {
+                        this.remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge {
+                            limit: this.limit,
+                        }))));
+                    }
+                    this.remaining -= length;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(error)))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+enum Kind {
+    Empty,
+    Full(Option<Bytes>),
+    Upstream {
+        body: Incoming,
+        deadline: Option<Pin<Box<Sleep>>>,
+    },
+}
+
+/// A response body on its way to the client.
+pub struct ResponseBody {
+    kind: Kind,
+    guard: Option<RequestGuard>,
+}
+
+impl fmt::Debug for ResponseBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.kind {
+            Kind::Empty => "empty",
+            Kind::Full(_) => "full",
+            Kind::Upstream { .. } => "upstream",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}
+
+impl ResponseBody {
+    /// No body.
+    pub fn empty() -> Self {
+        Self {
+            kind: Kind::Empty,
+            guard: None,
+        }
+    }
+
+    /// A body the gateway made.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full(Some(bytes)),
+            guard: None,
+        }
+    }
+
+    /// The upstream's body, cut off when `deadline` fires.
+    pub fn upstream(body: Incoming, deadline: Option<Pin<Box<Sleep>>>) -> Self {
+        Self {
+            kind: Kind::Upstream { body, deadline },
+            guard: None,
+        }
+    }
+
+    /// Keeps `guard` alive until the body is done.
+    pub(crate) fn set_guard(&mut self, guard: RequestGuard) {
+        self.guard = Some(guard);
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Empty => Poll::Ready(None),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
+            Kind::Upstream { body, deadline } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BoxError::from))),
+                Poll::Pending => {
+                    let expired = deadline
+                        .as_mut()
+                        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                    if expired {
+                        Poll::Ready(Some(Err(Box::new(BodyDeadline) as BoxError)))
+                    } else {
+                        Poll::Pending
+                    }
+                }
+            },
+        };
+        if let Poll::Ready(None) = polled {
+            // The exchange is over as soon as the last frame is out, not when hyper drops us.
+            this.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Empty => true,
+            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Upstream { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Upstream { body, .. } => body.size_hint(),
+        }
+    }
+}

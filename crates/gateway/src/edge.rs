@@ -1,0 +1,316 @@
+//! The edge: the one place where an error becomes an HTTP response.
+//!
+//! Every error a request can meet travels as a [`GatewayError`] (or boxed inside one) up to
+//! [`error_response`], which picks the status, the contract's error code and the JSON body. No
+//! other module builds an error response, so the contract's shape cannot drift. Nothing here
+//! logs: the error is attached to the response's outcome for the access log.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+
+use crate::body::{BodyTooLarge, BoxError, ClientBodyError, ResponseBody};
+
+/// Everything that can stop a request inside the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// No route matches the request.
+    #[error("no route for {method} {path}")]
+    NoRoute {
+        /// The request's method.
+        method: http::Method,
+        /// The request's path.
+        path: String,
+    },
+    /// The request is malformed or ambiguous.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request body is over the limit.
+    #[error("request body is larger than the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The request line and headers are over the limit.
+    #[error("request headers are larger than the limit of {limit} bytes")]
+    HeadersTooLarge {
+        /// The limit in force.
+        limit: u64,
+    },
+    /// No target of the upstream could take the request.
+    #[error("upstream `{upstream}` has no healthy target")]
+    NoHealthyUpstream {
+        /// The upstream's name.
+        upstream: Arc<str>,
+    },
+    /// The connection to a target failed.
+    #[error("upstream `{upstream}` could not be reached")]
+    UpstreamConnect {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The target failed after the connection was made (reset, malformed answer).
+    #[error("upstream `{upstream}` failed to answer")]
+    UpstreamFailed {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The route's deadline passed before the upstream answered.
+    #[error("upstream `{upstream}` did not answer within {}", sekisho_config::format_duration(*.timeout))]
+    UpstreamTimeout {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// The deadline in force.
+        timeout: Duration,
+    },
+}
+
+impl GatewayError {
+    /// The contract's error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute { .. } => "NO_ROUTE",
+            Self::BadRequest(_) => "BAD_REQUEST",
+            Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
+            Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
+            Self::NoHealthyUpstream { .. } => "NO_HEALTHY_UPSTREAM",
+            Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
+            Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
+        }
+    }
+
+    /// The HTTP status the contract gives the code.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Seconds a client should wait before trying again, where the error implies one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::NoHealthyUpstream { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The error and its causes in one line, for the access log.
+    pub fn detail(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = self.source();
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
+    /// Sorts out why a call to an upstream failed, by walking the error's causes: a body over
+    /// the limit or a broken client body is the client's fault, a connect error or any other
+    /// failure is the upstream's.
+    pub fn from_upstream_call(
+        upstream: &Arc<str>,
+        error: hyper_util::client::legacy::Error,
+    ) -> Self {
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(&error);
+        while let Some(current) = cause {
+            if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
+                return Self::PayloadTooLarge {
+                    limit: too_large.limit,
+                };
+            }
+            if let Some(client) = current.downcast_ref::<ClientBodyError>() {
+                return Self::BadRequest(format!("the request body could not be read: {client}"));
+            }
+            cause = current.source();
+        }
+        if error.is_connect() {
+            Self::UpstreamConnect {
+                upstream: upstream.clone(),
+                source: Box::new(error),
+            }
+        } else {
+            Self::UpstreamFailed {
+                upstream: upstream.clone(),
+                source: Box::new(error),
+            }
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorEnvelope<'a> {
+    status: &'static str,
+    error: ErrorBody<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+    request_id: &'a str,
+}
+
+/// The contract's JSON body for an error.
+pub fn error_json(code: &str, message: &str, request_id: &str) -> Bytes {
+    let envelope = ErrorEnvelope {
+        status: "error",
+        error: ErrorBody {
+            code,
+            message,
+            request_id,
+        },
+    };
+    serde_json::to_vec(&envelope)
+        .map(Bytes::from)
+        .unwrap_or_else(|_| Bytes::from_static(b"{\"status\":\"error\"}"))
+}
+
+/// The response the gateway gives for `error`.
+pub fn error_response(error: &GatewayError, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let body = error_json(
+        error.code(),
+        &error.to_string(),
+        request_id.to_str().unwrap_or(""),
+    );
+    let mut response = Response::new(ResponseBody::full(body));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(after) = error.retry_after() {
+        headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    }
+    response
+}
+
+/// hyper answers requests it cannot parse by itself, with an empty body. The connection layer
+/// swaps that answer for this one, so a malformed request gets the contract's JSON too.
+pub fn raw_error_for_status(status: u16, request_id: &str) -> Option<Vec<u8>> {
+    let (reason, code, message) = match status {
+        400 => (
+            "Bad Request",
+            "BAD_REQUEST",
+            "the request could not be parsed",
+        ),
+        414 => (
+            "URI Too Long",
+            "BAD_REQUEST",
+            "the request target is too long",
+        ),
+        431 => (
+            "Request Header Fields Too Large",
+            "HEADERS_TOO_LARGE",
+            "request headers are too large",
+        ),
+        _ => return None,
+    };
+    let body = error_json(code, message, request_id);
+    let mut raw = format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nx-request-id: {request_id}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    Some(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_the_contract_code_and_status() {
+        let upstream: Arc<str> = Arc::from("orders");
+        let cases: Vec<(GatewayError, &str, u16)> = vec![
+            (
+                GatewayError::NoRoute {
+                    method: http::Method::GET,
+                    path: "/x".into(),
+                },
+                "NO_ROUTE",
+                404,
+            ),
+            (GatewayError::BadRequest("x".into()), "BAD_REQUEST", 400),
+            (
+                GatewayError::PayloadTooLarge { limit: 1 },
+                "PAYLOAD_TOO_LARGE",
+                413,
+            ),
+            (
+                GatewayError::HeadersTooLarge { limit: 1 },
+                "HEADERS_TOO_LARGE",
+                431,
+            ),
+            (
+                GatewayError::NoHealthyUpstream {
+                    upstream: upstream.clone(),
+                },
+                "NO_HEALTHY_UPSTREAM",
+                503,
+            ),
+            (
+                GatewayError::UpstreamConnect {
+                    upstream: upstream.clone(),
+                    source: "refused".into(),
+                },
+                "UPSTREAM_ERROR",
+                502,
+            ),
+            (
+                GatewayError::UpstreamTimeout {
+                    upstream,
+                    timeout: Duration::from_secs(3),
+                },
+                "UPSTREAM_TIMEOUT",
+                504,
+            ),
+        ];
+        for (error, code, status) in cases {
+            let response = error_response(&error, &HeaderValue::from_static("rid-1"));
+            assert_eq!(response.status().as_u16(), status, "{error}");
+            assert_eq!(error.code(), code);
+            assert_eq!(
+                response.headers()[CONTENT_TYPE],
+                HeaderValue::from_static("application/json")
+            );
+        }
+    }
+
+    #[test]
+    fn the_json_has_the_contract_shape_and_escapes() {
+        let body = error_json("NO_ROUTE", "no route for GET /\"x\"", "abc");
+        let value: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        assert_eq!(value["status"], "error");
+        assert_eq!(value["error"]["code"], "NO_ROUTE");
+        assert_eq!(value["error"]["message"], "no route for GET /\"x\"");
+        assert_eq!(value["error"]["request_id"], "abc");
+    }
+
+    #[test]
+    fn raw_errors_are_complete_http_responses() {
+        let raw = raw_error_for_status(431, "r1").expect("431 is known");
+        let text = String::from_utf8(raw).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with("HTTP/1.1 431 "));
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        assert!(body.contains("HEADERS_TOO_LARGE"));
+        assert!(raw_error_for_status(500, "r1").is_none());
+    }
+}

@@ -1,0 +1,393 @@
+//! sekisho-gateway: the data plane.
+//!
+//! What it is for: accepting client connections (HTTP/1.1, HTTP/2, TLS), routing each request,
+//! forwarding it to a target over a pooled connection with deadlines and limits, streaming the
+//! answer back, and turning every failure into the contract's JSON at one edge ([`edge`]). It
+//! also owns the live config ([`Gateway::reload`]) and the metrics registry.
+//!
+//! What it refuses to do: buffer bodies whole, block the reactor, panic on a request path, or
+//! serve the admin API (that is `sekisho-admin`, which reads the gateway through [`Gateway`]).
+
+pub mod body;
+mod connection;
+pub mod edge;
+pub mod metrics;
+mod proxy;
+pub mod router;
+mod runtime;
+mod server;
+mod tls;
+pub mod upstream;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use sekisho_config::{Config, ConfigError};
+
+pub use proxy::{new_request_id, ClientInfo, X_REQUEST_ID};
+pub use runtime::{BuildError, ListenerSettings, Runtime};
+pub use server::TrafficListener;
+
+use metrics::{Metrics, RouteMetrics};
+use upstream::ClientCache;
+
+/// State shared by every connection and the admin side.
+pub(crate) struct Shared {
+    runtime: ArcSwap<Runtime>,
+    metrics: Arc<Metrics>,
+    clients: ClientCache,
+    config_path: Option<PathBuf>,
+    unrouted_metrics: RouteMetrics,
+    draining: AtomicBool,
+    serving: AtomicBool,
+    generation: AtomicU64,
+    reload_lock: Mutex<ReloadRecord>,
+}
+
+/// The last reload attempt and its result.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadRecord {
+    /// When it was tried.
+    pub at: Option<SystemTime>,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+}
+
+/// Why a reload was refused; the config in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The new config is valid but could not be put in force (e.g. an unreadable certificate).
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// The gateway was started without a config file.
+    #[error("the gateway was started without a config file")]
+    NoFile,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    /// The generation now in force.
+    pub generation: u64,
+    /// One line on the new config.
+    pub summary: String,
+    /// Settings that changed but need a restart to take effect.
+    pub needs_restart: Vec<String>,
+}
+
+/// Readiness and config status, for `/ready` and `/health/detailed`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The listener is bound and not draining.
+    pub ready: bool,
+    /// Shutting down.
+    pub draining: bool,
+    /// Config generation in force.
+    pub generation: u64,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// The last reload attempt.
+    pub last_reload: ReloadRecord,
+}
+
+/// An upstream as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UpstreamView {
+    /// Its name.
+    pub name: String,
+    /// Balancing algorithm in force.
+    pub balance: String,
+    /// Its targets.
+    pub targets: Vec<TargetView>,
+}
+
+/// A target as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TargetView {
+    /// "host:port".
+    pub address: String,
+    /// Relative share.
+    pub weight: u32,
+    /// Failover-only target.
+    pub backup: bool,
+}
+
+/// A handle on a running gateway; cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field(
+                "generation",
+                &self.shared.generation.load(Ordering::Relaxed),
+            )
+            .finish()
+    }
+}
+
+impl Gateway {
+    /// Compiles `config`; `config_path` is the file reloads read again.
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, BuildError> {
+        let metrics = Metrics::new();
+        let clients = ClientCache::default();
+        let base_dir = config_path.as_deref().and_then(Path::parent);
+        let runtime = Runtime::build(Arc::new(config), base_dir, &clients, &metrics, 1)?;
+        metrics
+            .config_loaded_timestamp
+            .set(unix_seconds(runtime.loaded_at));
+        let unrouted_metrics = metrics.route("", "");
+        Ok(Self {
+            shared: Arc::new(Shared {
+                runtime: ArcSwap::from_pointee(runtime),
+                unrouted_metrics,
+                metrics,
+                clients,
+                config_path,
+                draining: AtomicBool::new(false),
+                serving: AtomicBool::new(false),
+                generation: AtomicU64::new(1),
+                reload_lock: Mutex::new(ReloadRecord::default()),
+            }),
+        })
+    }
+
+    /// Binds the traffic listener named by the config.
+    pub async fn bind(&self) -> std::io::Result<TrafficListener> {
+        let address = self.shared.runtime.load().config.server.listen.0.clone();
+        TrafficListener::bind(&address).await
+    }
+
+    /// Serves `listener` until `shutdown` resolves, then drains: returns when every connection
+    /// has finished or the drain timeout has passed.
+    pub async fn serve(&self, listener: TrafficListener, shutdown: impl Future<Output = ()>) {
+        let max_connections = self
+            .shared
+            .runtime
+            .load()
+            .config
+            .server
+            .max_connections
+            .get() as usize;
+        self.shared.serving.store(true, Ordering::Release);
+        server::serve(
+            Arc::clone(&self.shared),
+            listener,
+            max_connections,
+            shutdown,
+        )
+        .await;
+        self.shared.serving.store(false, Ordering::Release);
+    }
+
+    /// Reads the config file again and puts it in force if it is valid.
+    pub fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        let Some(path) = &self.shared.config_path else {
+            return Err(ReloadError::NoFile);
+        };
+        let result = sekisho_config::load(path)
+            .map_err(ReloadError::from)
+            .and_then(|config| self.apply(config));
+        self.record_reload(&result);
+        result
+    }
+
+    /// Puts `config` in force if it can be built.
+    pub fn reload_with(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let result = self.apply(config);
+        self.record_reload(&result);
+        result
+    }
+
+    fn apply(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        // One reload at a time, so generations are built and swapped in order.
+        let mut record = self
+            .shared
+            .reload_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.shared.runtime.load_full();
+        let needs_restart = restart_only_changes(&current.config, &config);
+        let generation = self.shared.generation.load(Ordering::Relaxed) + 1;
+        let base_dir = self.shared.config_path.as_deref().and_then(Path::parent);
+        let runtime = Runtime::build(
+            Arc::new(config),
+            base_dir,
+            &self.shared.clients,
+            &self.shared.metrics,
+            generation,
+        )?;
+        let summary = runtime.config.summary();
+        self.shared
+            .metrics
+            .config_loaded_timestamp
+            .set(unix_seconds(runtime.loaded_at));
+        self.shared.runtime.store(Arc::new(runtime));
+        self.shared.generation.store(generation, Ordering::Relaxed);
+        record.at = Some(SystemTime::now());
+        record.error = None;
+        Ok(ReloadSummary {
+            generation,
+            summary,
+            needs_restart,
+        })
+    }
+
+    fn record_reload(&self, result: &Result<ReloadSummary, ReloadError>) {
+        self.shared.metrics.config_reload(result.is_ok());
+        match result {
+            Ok(summary) => {
+                tracing::info!(
+                    generation = summary.generation,
+                    summary = %summary.summary,
+                    "config reloaded"
+                );
+                for setting in &summary.needs_restart {
+                    tracing::warn!(setting = %setting, "changed setting needs a restart to take effect");
+                }
+            }
+            Err(error) => {
+                let mut record = self
+                    .shared
+                    .reload_lock
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                record.at = Some(SystemTime::now());
+                record.error = Some(error.to_string());
+                tracing::error!(error = %error, "config reload refused; the previous config stays in force");
+            }
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.shared.runtime.load().config)
+    }
+
+    /// The path reloads read.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.shared.config_path.as_deref()
+    }
+
+    /// Readiness and reload status.
+    pub fn status(&self) -> Status {
+        let runtime = self.shared.runtime.load();
+        let draining = self.shared.draining.load(Ordering::Acquire);
+        Status {
+            ready: self.shared.serving.load(Ordering::Acquire) && !draining,
+            draining,
+            generation: runtime.generation,
+            loaded_at: runtime.loaded_at,
+            last_reload: self
+                .shared
+                .reload_lock
+                .lock()
+                .map(|r| r.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Upstreams and targets in force.
+    pub fn upstreams(&self) -> Vec<UpstreamView> {
+        let runtime = self.shared.runtime.load();
+        runtime
+            .upstreams
+            .values()
+            .map(|group| UpstreamView {
+                name: group.name.to_string(),
+                balance: "round_robin".to_owned(),
+                targets: group
+                    .targets
+                    .iter()
+                    .map(|t| TargetView {
+                        address: t.address.clone(),
+                        weight: t.weight,
+                        backup: t.backup,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn encode_metrics(&self) -> String {
+        self.shared.metrics.encode_prometheus()
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode_openmetrics(&self) -> String {
+        self.shared.metrics.encode_openmetrics()
+    }
+}
+
+impl Shared {
+    fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Settings read once at start; a reload that changes them says so.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    if old.server.listen != new.server.listen {
+        changed.push("server.listen".to_owned());
+    }
+    if old.server.workers != new.server.workers {
+        changed.push("server.workers".to_owned());
+    }
+    if old.server.max_connections != new.server.max_connections {
+        changed.push("server.max_connections".to_owned());
+    }
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        changed.push("server.tls (on/off)".to_owned());
+    }
+    if old.admin.listen != new.admin.listen {
+        changed.push("admin.listen".to_owned());
+    }
+    changed
+}
+
+impl Gateway {
+    /// Reloads whenever the config file's contents change, checking every `interval`, until the
+    /// returned future is dropped. An unreadable or invalid file is logged and skipped; the
+    /// config in force stays.
+    pub async fn watch_config_file(&self, interval: std::time::Duration) {
+        let Some(path) = self.shared.config_path.clone() else {
+            return;
+        };
+        let mut last_seen = tokio::fs::read(&path).await.ok();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            let Ok(contents) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            if last_seen.as_deref() == Some(contents.as_slice()) {
+                continue;
+            }
+            last_seen = Some(contents);
+            tracing::info!(path = %path.display(), "config file changed; reloading");
+            let gateway = self.clone();
+            // Building a runtime reads TLS files: keep it off the reactor.
+            let _ = tokio::task::spawn_blocking(move || gateway.reload()).await;
+        }
+    }
+}

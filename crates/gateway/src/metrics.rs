@@ -1,0 +1,325 @@
+//! Prometheus metrics: every name in one place, handles resolved once per route and upstream.
+//!
+//! A request never looks a metric up by its labels: each compiled route holds the counters and
+//! histogram of its own label set, so the hot path is a few atomic adds. The registry is encoded
+//! only when `/metrics` is scraped.
+
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Metric names, without the `_total` that counters get on exposition.
+pub mod names {
+    /// Requests answered, by route, upstream and status class.
+    pub const REQUESTS: &str = "sekisho_requests";
+    /// Time from the request head to the response head, by route and upstream.
+    pub const REQUEST_DURATION: &str = "sekisho_request_duration_seconds";
+    /// Requests between their head and the last byte of their response.
+    pub const REQUESTS_IN_FLIGHT: &str = "sekisho_requests_in_flight";
+    /// Client connections open now.
+    pub const CONNECTIONS_OPEN: &str = "sekisho_connections_open";
+    /// Client connections accepted.
+    pub const CONNECTIONS: &str = "sekisho_connections";
+    /// Connections closed because a request head took too long (slowloris).
+    pub const HEADER_READ_TIMEOUTS: &str = "sekisho_header_read_timeouts";
+    /// Failed connection attempts to targets, by upstream.
+    pub const UPSTREAM_CONNECT_ERRORS: &str = "sekisho_upstream_connect_errors";
+    /// Config reloads, by result.
+    pub const CONFIG_RELOADS: &str = "sekisho_config_reloads";
+    /// Unix time of the config now in force.
+    pub const CONFIG_LOADED_TIMESTAMP: &str = "sekisho_config_loaded_timestamp_seconds";
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Status classes, indexed by `status / 100 - 1`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Latency buckets in seconds: 0.5 ms to ~33 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 17)
+}
+
+/// The gateway's metrics and their registry.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    durations: Family<Labels, Histogram>,
+    upstream_connect_errors: Family<Labels, Counter>,
+    config_reloads: Family<Labels, Counter>,
+    /// In flight now.
+    pub requests_in_flight: Gauge,
+    /// Client connections open now.
+    pub connections_open: Gauge,
+    /// Client connections accepted.
+    pub connections_total: Counter,
+    /// Slowloris closes.
+    pub header_read_timeouts: Counter,
+    /// Unix time of the config in force.
+    pub config_loaded_timestamp: Gauge,
+}
+
+/// The metric handles of one route.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    by_class: [Counter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Counts one answered request.
+    pub fn record(&self, status: u16, seconds: f64) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::default();
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            names::REQUESTS,
+            "Requests answered, by route, upstream and status class",
+            requests.clone(),
+        );
+        let durations =
+            Family::<Labels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
+        registry.register(
+            names::REQUEST_DURATION,
+            "Time from request head to response head",
+            durations.clone(),
+        );
+        let requests_in_flight = Gauge::default();
+        registry.register(
+            names::REQUESTS_IN_FLIGHT,
+            "Requests between their head and the end of their response",
+            requests_in_flight.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            names::CONNECTIONS_OPEN,
+            "Client connections open now",
+            connections_open.clone(),
+        );
+        let connections_total = Counter::default();
+        registry.register(
+            names::CONNECTIONS,
+            "Client connections accepted",
+            connections_total.clone(),
+        );
+        let header_read_timeouts = Counter::default();
+        registry.register(
+            names::HEADER_READ_TIMEOUTS,
+            "Connections closed because a request head took longer than header_read_timeout",
+            header_read_timeouts.clone(),
+        );
+        let upstream_connect_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            names::UPSTREAM_CONNECT_ERRORS,
+            "Failed connection attempts to targets, by upstream",
+            upstream_connect_errors.clone(),
+        );
+        let config_reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            names::CONFIG_RELOADS,
+            "Config reloads, by result (ok or error)",
+            config_reloads.clone(),
+        );
+        let config_loaded_timestamp = Gauge::default();
+        registry.register(
+            names::CONFIG_LOADED_TIMESTAMP,
+            "Unix time at which the config now in force was loaded",
+            config_loaded_timestamp.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+        for result in ["ok", "error"] {
+            let _ = config_reloads.get_or_create(&vec![("result", result.to_owned())]);
+        }
+        Arc::new(Self {
+            registry,
+            requests,
+            durations,
+            upstream_connect_errors,
+            config_reloads,
+            requests_in_flight,
+            connections_open,
+            connections_total,
+            header_read_timeouts,
+            config_loaded_timestamp,
+        })
+    }
+
+    /// The handles of `route` → `upstream` (created on first use, then shared).
+    pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
+        let by_class = CLASSES.map(|class| {
+            self.requests
+                .get_or_create(&vec![
+                    ("route", route.to_owned()),
+                    ("upstream", upstream.to_owned()),
+                    ("class", class.to_owned()),
+                ])
+                .clone()
+        });
+        let duration = self
+            .durations
+            .get_or_create(&vec![
+                ("route", route.to_owned()),
+                ("upstream", upstream.to_owned()),
+            ])
+            .clone();
+        RouteMetrics { by_class, duration }
+    }
+
+    /// The connect-error counter of `upstream`.
+    pub fn upstream_connect_errors(&self, upstream: &str) -> Counter {
+        self.upstream_connect_errors
+            .get_or_create(&vec![("upstream", upstream.to_owned())])
+            .clone()
+    }
+
+    /// Counts a reload attempt.
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
+    }
+
+    /// The Prometheus text format 0.0.4 (what `promtool check metrics` and every scraper read).
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode_openmetrics())
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode_openmetrics(&self) -> String {
+        let mut text = String::with_capacity(8192);
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+/// OpenMetrics names a counter family `x` and its sample `x_total`; the Prometheus text format
+/// names both `x_total`, and has no `# UNIT` or `# EOF` lines.
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Process vitals read from /proc at scrape time: CPU, memory, file descriptors, start time.
+#[derive(Debug, Default)]
+struct ProcessCollector;
+
+impl ProcessCollector {
+    fn read() -> Option<(f64, f64, f64, f64, f64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks_per_second = 100.0;
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let start_ticks: f64 = fields.get(19)?.parse().ok()?;
+        let virtual_bytes: f64 = fields.get(20)?.parse().ok()?;
+        let rss_pages: f64 = fields.get(21)?.parse().ok()?;
+        let boot_time: f64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some((
+            (utime + stime) / ticks_per_second,
+            rss_pages * 4096.0,
+            virtual_bytes,
+            boot_time + start_ticks / ticks_per_second,
+            std::fs::read_dir("/proc/self/fd").ok()?.count() as f64,
+        ))
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some((cpu, rss, virt, start, fds)) = Self::read() else {
+            return Ok(());
+        };
+        let cpu_counter = ConstCounter::new(cpu);
+        cpu_counter.encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            None,
+            cpu_counter.metric_type(),
+        )?)?;
+        for (name, help, value) in [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                rss,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                virt,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch",
+                start,
+            ),
+            ("process_open_fds", "Open file descriptors", fds),
+        ] {
+            let gauge = ConstGauge::new(value);
+            gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_renamed_for_the_prometheus_format() {
+        let open = "# HELP a_things Things.\n# TYPE a_things counter\n# UNIT a_things things\na_things_total 3\n# TYPE b gauge\nb 1\n# EOF\n";
+        let text = openmetrics_to_prometheus(open);
+        assert_eq!(
+            text,
+            "# HELP a_things_total Things.\n# TYPE a_things_total counter\na_things_total 3\n# TYPE b gauge\nb 1\n"
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Route matching: the first route whose host, path, method and headers all match takes the
+//! request.
+//!
+//! Routes are few (tens), so a linear scan in config order is both the fastest and the easiest
+//! to predict: the order in the file is the order of precedence. Path prefixes are
+//! segment-aware: `/api/orders` matches `/api/orders` and `/api/orders/7`, never
+//! `/api/ordersx`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+use sekisho_config::Route;
+
+use crate::metrics::RouteMetrics;
+use crate::upstream::UpstreamGroup;
+
+/// How a route matches the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Exactly this path.
+    Exact(String),
+    /// This path and everything below it.
+    Prefix(String),
+}
+
+/// How a route matches the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exactly this host (case-insensitive, port ignored).
+    Exact(String),
+    /// Any host ending in `.suffix`.
+    Suffix(String),
+}
+
+/// Header rules of a route, parsed once.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    /// Set on the request to the upstream.
+    pub request_set: Vec<(HeaderName, HeaderValue)>,
+    /// Removed from the request to the upstream.
+    pub request_remove: Vec<HeaderName>,
+    /// Set on the response to the client.
+    pub response_set: Vec<(HeaderName, HeaderValue)>,
+    /// Removed from the response to the client.
+    pub response_remove: Vec<HeaderName>,
+}
+
+/// A route ready to serve.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// The route's name.
+    pub name: Arc<str>,
+    path: PathMatch,
+    host: Option<HostMatch>,
+    methods: Option<Vec<Method>>,
+    match_headers: Vec<(HeaderName, Option<HeaderValue>)>,
+    /// The upstream serving it.
+    pub upstream: Arc<UpstreamGroup>,
+    /// Deadline of the whole request.
+    pub timeout: Duration,
+    /// Prefix removed before forwarding, when `strip_prefix` is set.
+    pub strip_prefix: Option<String>,
+    /// Request body limit.
+    pub max_body_bytes: u64,
+    /// Header rewriting.
+    pub headers: HeaderRules,
+    /// Metric handles.
+    pub metrics: RouteMetrics,
+}
+
+/// The routes in order.
+#[derive(Debug, Default)]
+pub struct Router {
+    routes: Vec<Arc<CompiledRoute>>,
+}
+
+/// The parts of a request that routing looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteQuery<'a> {
+    /// Host without port, if the request named one.
+    pub host: Option<&'a str>,
+    /// The path (no query).
+    pub path: &'a str,
+    /// The method.
+    pub method: &'a Method,
+    /// All headers.
+    pub headers: &'a HeaderMap,
+}
+
+impl CompiledRoute {
+    /// Builds a route from its config; `upstream` is already resolved.
+    pub fn new(
+        route: &Route,
+        upstream: Arc<UpstreamGroup>,
+        default_max_body: u64,
+        metrics: RouteMetrics,
+    ) -> Self {
+        let path = match (&route.path, &route.path_prefix) {
+            (Some(exact), _) => PathMatch::Exact(exact.get_ref().clone()),
+            (None, Some(prefix)) => PathMatch::Prefix(prefix.get_ref().clone()),
+            (None, None) => PathMatch::Prefix("/".to_owned()),
+        };
+        let host = route
+            .host
+            .as_ref()
+            .map(|host| match host.strip_prefix("*.") {
+                Some(suffix) => HostMatch::Suffix(suffix.to_ascii_lowercase()),
+                None => HostMatch::Exact(host.to_ascii_lowercase()),
+            });
+        let match_headers = route
+            .match_headers
+            .iter()
+            .map(|(name, value)| {
+                let wanted = if value == "*" {
+                    None
+                } else {
+                    HeaderValue::from_str(value).ok()
+                };
+                (name.to_header_name(), wanted)
+            })
+            .collect();
+        let headers = route
+            .headers
+            .as_ref()
+            .map(|rules| HeaderRules {
+                request_set: header_pairs(&rules.request_set),
+                request_remove: rules
+                    .request_remove
+                    .iter()
+                    .map(|n| n.to_header_name())
+                    .collect(),
+                response_set: header_pairs(&rules.response_set),
+                response_remove: rules
+                    .response_remove
+                    .iter()
+                    .map(|n| n.to_header_name())
+                    .collect(),
+            })
+            .unwrap_or_default();
+        let strip_prefix = match (&path, route.strip_prefix) {
+            (PathMatch::Prefix(prefix), true) => Some(prefix.trim_end_matches('/').to_owned()),
+            _ => None,
+        };
+        Self {
+            name: Arc::from(route.name.as_str()),
+            path,
+            host,
+            methods: route
+                .methods
+                .as_ref()
+                .map(|methods| methods.iter().map(|m| m.0.clone()).collect()),
+            match_headers,
+            upstream,
+            timeout: route.timeout.get(),
+            strip_prefix,
+            max_body_bytes: route.max_body_bytes.map_or(default_max_body, |b| b.0),
+            headers,
+            metrics,
+        }
+    }
+
+    /// Whether this route takes the request.
+    pub fn matches(&self, query: &RouteQuery<'_>) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(exact) => query.path == exact,
+            PathMatch::Prefix(prefix) => prefix_matches(prefix, query.path),
+        };
+        if !path_ok {
+            return false;
+        }
+        if let Some(methods) = &self.methods {
+            if !methods.contains(query.method) {
+                return false;
+            }
+        }
+        if let Some(host_match) = &self.host {
+            let Some(host) = query.host else {
+                return false;
+            };
+            let ok = match host_match {
+                HostMatch::Exact(exact) => host.eq_ignore_ascii_case(exact),
+                HostMatch::Suffix(suffix) => {
+                    host.len() > suffix.len() + 1
+                        && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                        && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
+        self.match_headers.iter().all(|(name, wanted)| {
+            let mut values = query.headers.get_all(name).iter().peekable();
+            match wanted {
+                None => values.peek().is_some(),
+                Some(wanted) => values.any(|value| value == wanted),
+            }
+        })
+    }
+
+    /// The path the upstream sees, after `strip_prefix`.
+    pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
+        match &self.strip_prefix {
+            Some(prefix) if !prefix.is_empty() => match path.get(prefix.len()..) {
+                Some("") | None => "/",
+                Some(rest) => rest,
+            },
+            _ => path,
+        }
+    }
+}
+
+fn header_pairs(
+    pairs: &std::collections::BTreeMap<
+        sekisho_config::HeaderNameString,
+        sekisho_config::HeaderValueString,
+    >,
+) -> Vec<(HeaderName, HeaderValue)> {
+    pairs
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((name.to_header_name(), HeaderValue::from_str(&value.0).ok()?))
+        })
+        .collect()
+}
+
+/// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; `/` and `/api/` match by plain prefix.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if !path.starts_with(prefix) {
+        return false;
+    }
+    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+}
+
+impl Router {
+    /// Routes in config order.
+    pub fn new(routes: Vec<Arc<CompiledRoute>>) -> Self {
+        Self { routes }
+    }
+
+    /// The first route that takes the request.
+    pub fn find(&self, query: &RouteQuery<'_>) -> Option<&Arc<CompiledRoute>> {
+        self.routes.iter().find(|route| route.matches(query))
+    }
+
+    /// All routes, in order.
+    pub fn routes(&self) -> &[Arc<CompiledRoute>] {
+        &self.routes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_respect_segment_boundaries() {
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/x"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(!prefix_matches("/api/", "/api"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+}

@@ -1,0 +1,193 @@
+//! The traffic listener: accept, TLS, one task per connection, graceful drain.
+//!
+//! Connections are bounded by `server.max_connections`: beyond it the accept loop waits, so
+//! further clients queue in the kernel's backlog rather than in our memory. On shutdown the loop
+//! stops accepting, asks every connection to finish its requests (hyper's graceful shutdown:
+//! HTTP/1 closes after the current response, HTTP/2 sends GOAWAY) and waits up to the drain
+//! timeout.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::connection::{watchdog, ConnIo, ConnState};
+use crate::proxy::{handle, ClientInfo};
+use crate::runtime::ListenerSettings;
+use crate::Shared;
+
+/// A bound traffic listener, not yet serving.
+#[derive(Debug)]
+pub struct TrafficListener {
+    listener: TcpListener,
+}
+
+impl TrafficListener {
+    /// Binds `address` ("host:port"; port 0 picks one).
+    pub async fn bind(address: &str) -> io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::bind(address).await?,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+fn connection_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's limit is a hard backstop above ours: the gateway itself answers 431 with JSON for
+    // heads between `max_header_bytes` and this.
+    let hard_limit = (settings.max_header_bytes as usize)
+        .saturating_mul(2)
+        .max(16 * 1024);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_headers(256)
+        .max_buf_size(hard_limit.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(hard_limit as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    listener: TrafficListener,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, remote) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            serve_connection(shared, stream, remote, watcher).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    shared.set_draining();
+    let drain = shared.runtime.load().config.server.drain_timeout.0;
+    tracing::info!(drain_timeout = ?drain, "stopped accepting; draining connections");
+    match tokio::time::timeout(drain, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("drain timeout passed with connections still open"),
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let runtime = shared.runtime.load_full();
+    let settings = runtime.listener.clone();
+    let builder = connection_builder(&settings);
+    match runtime.tls.clone() {
+        None => {
+            let state = ConnState::new(Arc::clone(&shared.metrics), false);
+            let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&state)));
+            drive(shared, builder, io, state, remote, false, settings, watcher).await;
+        }
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await;
+            let tls_stream = match handshake {
+                Ok(Ok(tls_stream)) => tls_stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
+            let io = TokioIo::new(ConnIo::new(tls_stream, Arc::clone(&state)));
+            drive(shared, builder, io, state, remote, true, settings, watcher).await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn drive<I>(
+    shared: Arc<Shared>,
+    builder: auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    state: Arc<ConnState>,
+    remote: SocketAddr,
+    tls: bool,
+    settings: ListenerSettings,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = ClientInfo::new(remote, tls);
+    let service_state = Arc::clone(&state);
+    let service = service_fn(move |request| {
+        let shared = Arc::clone(&shared);
+        let client = client.clone();
+        let guard = service_state.request_started();
+        let ambiguous_length = guard.ambiguous_length();
+        // Boxed so that hyper moves a pointer, not the whole request future, between polls.
+        Box::pin(async move {
+            let mut response = handle(&shared, client, request, ambiguous_length).await;
+            response.body_mut().set_guard(guard);
+            Ok::<_, std::convert::Infallible>(response)
+        })
+    });
+    let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(%error, %remote, "connection ended with an error");
+            }
+        }
+        () = watchdog(state, settings.idle_timeout, settings.header_read_timeout) => {
+            tracing::debug!(%remote, "connection closed by the idle or header-read deadline");
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! HTTPS on the traffic listener: rustls from PEM files, h2 and http/1.1 by ALPN, and the
+//! certificate re-read on reload. Certificates are made with the openssl command line.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use sekisho_testkit::{chaos_upstream, InProcess, TempDir};
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success(), "openssl {args:?}");
+}
+
+/// A CA and a leaf for 127.0.0.1 signed by it.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=sekisho test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-new", "-subj", "/CN=localhost"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr"]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    );
+}
+
+fn tls_connector(ca_pem: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca_pem).unwrap();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_serves_h2_and_http1_by_alpn() {
+    let dir = TempDir::new("tls");
+    make_certificates(dir.path());
+    let up = chaos_upstream("up").await;
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+access_log = false
+tls = {{ cert = "{}", key = "{}" }}
+[admin]
+listen = "127.0.0.1:0"
+[upstreams.up]
+targets = ["{}"]
+[[routes]]
+name = "r"
+path_prefix = "/"
+upstream = "up"
+"#,
+        dir.path().join("leaf.pem").display(),
+        dir.path().join("leaf.key").display(),
+        up.address
+    );
+    let gateway = InProcess::start(&config).await;
+    let server_name = ServerName::try_from("127.0.0.1").unwrap();
+
+    // HTTP/2 chosen by ALPN.
+    let connector = tls_connector(&dir.path().join("ca.pem"), &[b"h2", b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .unwrap();
+    let tls = connector.connect(server_name.clone(), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!(
+            "https://127.0.0.1:{}/secure",
+            gateway.address.port()
+        ))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let echoed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(echoed["path"], "/secure");
+    assert_eq!(echoed["headers"]["x-forwarded-proto"], "https");
+
+    // HTTP/1.1 for a client that offers only that.
+    let connector = tls_connector(&dir.path().join("ca.pem"), &[b"http/1.1"]);
+    let tcp = tokio::net::TcpStream::connect(gateway.address)
+        .await
+        .unwrap();
+    let tls = connector.connect(server_name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri("/one")
+        .header("host", "127.0.0.1")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A plain-text client on the TLS port gets no answer rather than a hang.
+    let answer = tokio::task::spawn_blocking({
+        let address = gateway.address;
+        move || {
+            sekisho_testkit::raw_exchange(
+                address,
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                std::time::Duration::from_secs(10),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!answer.starts_with("HTTP/1.1 200"), "{answer}");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_certificate_is_refused_at_build() {
+    let dir = TempDir::new("tls-bad");
+    std::fs::write(
+        dir.path().join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("key.pem"),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        dir.path().join("cert.pem").display(),
+        dir.path().join("key.pem").display()
+    );
+    let config = sekisho_config::parse(&config, "t.toml").unwrap();
+    let error = sekisho_gateway::Gateway::new(config, None).expect_err("bad certificate");
+    assert!(error.to_string().contains("cert.pem"), "{error}");
+}

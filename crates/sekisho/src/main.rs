@@ -1,0 +1,330 @@
+//! The sekisho binary: command line and wiring only.
+//!
+//! `run` starts the gateway and its admin listener and wires signals (SIGTERM/SIGINT drain and
+//! exit 0, SIGHUP reloads) and the config file watch; `check` validates a config; `upstream`
+//! runs the chaos upstream; `demo` runs the example config with chaos upstreams behind it;
+//! `schema` prints the config's JSON Schema.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use sekisho_config::Config;
+use sekisho_gateway::Gateway;
+
+/// sekisho: a resilient API gateway.
+#[derive(Debug, Parser)]
+#[command(name = "sekisho", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway; logs go to stderr; exits 0 after a graceful shutdown on SIGTERM/SIGINT.
+    Run {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config: a one-line summary and exit 0, or FILE:LINE:COLUMN errors and exit 1.
+    Check {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// A chaos upstream for demos and tests; change it at run time with POST /_chaos.
+    Upstream {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: SocketAddr,
+        /// Added latency per request, e.g. 100ms.
+        #[arg(long, default_value = "0s", value_parser = parse_duration)]
+        latency: Duration,
+        /// Share of requests answered 500, from 0 to 1.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_ratio)]
+        error_rate: f64,
+        /// Name shown in answers (default: the listen address).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The whole picture on one machine: the example config with chaos upstreams behind it.
+    Demo {
+        /// Config to run (default: the built-in examples/sekisho.toml).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Print the JSON Schema of the config file, for editors.
+    Schema,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    sekisho_config::parse_duration(text).map_err(|e| e.to_string())
+}
+
+fn parse_ratio(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{value} is not between 0 and 1"))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Schema => {
+            print!("{}", sekisho_config::json_schema());
+            ExitCode::SUCCESS
+        }
+        Command::Run { config } => exit_with(run_file(&config)),
+        Command::Upstream {
+            listen,
+            latency,
+            error_rate,
+            name,
+        } => exit_with(run_upstream(listen, latency, error_rate, name)),
+        Command::Demo { config } => exit_with(demo(config.as_deref())),
+    }
+}
+
+fn exit_with(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("sekisho: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    match sekisho_config::load(path) {
+        Ok(config) => {
+            println!("{}: ok: {}", path.display(), config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEKISHO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn build_runtime(workers: Option<u32>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = workers
+        .map(|w| w as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if workers <= 1 {
+        // One worker: a current-thread runtime, no work stealing, as nginx's one process.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    Ok(runtime)
+}
+
+fn run_file(path: &Path) -> anyhow::Result<()> {
+    let config = match sekisho_config::load(path) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("{error}");
+            bail!("the config is invalid; nothing was started");
+        }
+    };
+    init_logging();
+    let runtime = build_runtime(config.server.workers.map(|w| w.get()))?;
+    runtime.block_on(serve(config, Some(path.to_owned())))
+}
+
+/// Runs the gateway and admin listener until SIGTERM/SIGINT, then drains.
+async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let admin_listen = config.admin.listen.0.clone();
+    let admin_token = config.admin.token.clone();
+    let watch_interval = config.admin.watch_interval.0;
+    let summary = config.summary();
+    let gateway = Gateway::new(config, config_path.clone()).context("cannot start the gateway")?;
+    let listener = gateway
+        .bind()
+        .await
+        .with_context(|| format!("cannot listen on {}", gateway.config().server.listen))?;
+    let admin = sekisho_admin::AdminServer::bind(&admin_listen, gateway.clone(), admin_token)
+        .await
+        .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
+    let address = listener.local_addr()?;
+    let admin_address = admin.local_addr()?;
+    tracing::info!(
+        address = %address,
+        admin = %admin_address,
+        config = %config_path.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+        summary = %summary,
+        version = env!("CARGO_PKG_VERSION"),
+        "listening"
+    );
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin_task = tokio::spawn(admin.serve(async {
+        let _ = admin_stopped.await;
+    }));
+    let reload_task = tokio::spawn(reload_on_sighup(gateway.clone()));
+    let watch_task = (config_path.is_some() && !watch_interval.is_zero()).then(|| {
+        let gateway = gateway.clone();
+        tokio::spawn(async move { gateway.watch_config_file(watch_interval).await })
+    });
+
+    gateway.serve(listener, shutdown_signal()).await;
+
+    reload_task.abort();
+    if let Some(task) = watch_task {
+        task.abort();
+    }
+    let _ = stop_admin.send(());
+    let _ = admin_task.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT will stop sekisho");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+async fn reload_on_sighup(gateway: Gateway) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload through the admin API or the file watch");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        let gateway = gateway.clone();
+        let _ = tokio::task::spawn_blocking(move || gateway.reload()).await;
+    }
+}
+
+fn run_upstream(
+    listen: SocketAddr,
+    latency: Duration,
+    error_rate: f64,
+    name: Option<String>,
+) -> anyhow::Result<()> {
+    init_logging();
+    let runtime = build_runtime(Some(1))?;
+    runtime.block_on(async move {
+        let server = sekisho_load::ChaosServer::bind(sekisho_load::ChaosOptions {
+            listen,
+            latency,
+            error_rate,
+            name,
+        })
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(address = %server.local_addr(), "chaos upstream listening");
+        server.run(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+const DEMO_CONFIG: &str = include_str!("../../../examples/sekisho.toml");
+
+fn demo(path: Option<&Path>) -> anyhow::Result<()> {
+    let (config, config_path) = match path {
+        Some(path) => match sekisho_config::load(path) {
+            Ok(config) => (config, Some(path.to_owned())),
+            Err(error) => {
+                eprintln!("{error}");
+                bail!("the config is invalid; nothing was started");
+            }
+        },
+        None => (
+            sekisho_config::parse(DEMO_CONFIG, "examples/sekisho.toml")
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            None,
+        ),
+    };
+    init_logging();
+    let runtime = build_runtime(config.server.workers.map(|w| w.get()))?;
+    runtime.block_on(async move {
+        let mut upstream_tasks = Vec::new();
+        for (name, upstream) in &config.upstreams {
+            for target in upstream.targets.get_ref() {
+                let Ok(listen) = target.address.parse::<SocketAddr>() else {
+                    tracing::warn!(target = %target.address, "not an IP address; no demo upstream started for it");
+                    continue;
+                };
+                if !listen.ip().is_loopback() {
+                    tracing::warn!(target = %target.address, "not a loopback address; no demo upstream started for it");
+                    continue;
+                }
+                let server = sekisho_load::ChaosServer::bind(sekisho_load::ChaosOptions {
+                    listen,
+                    latency: Duration::from_millis(20),
+                    error_rate: 0.0,
+                    name: Some(format!("{}-{}", name.get_ref(), listen.port())),
+                })
+                .await
+                .with_context(|| format!("cannot start the demo upstream on {listen}"))?;
+                upstream_tasks.push(tokio::spawn(server.run(std::future::pending())));
+            }
+        }
+        let listen = config.server.listen.clone();
+        let admin = config.admin.listen.clone();
+        let first_route = config
+            .routes
+            .first()
+            .and_then(|r| r.get_ref().path_prefix.as_ref().map(|p| p.get_ref().clone()))
+            .unwrap_or_else(|| "/".to_owned());
+        let first_target = config
+            .upstreams
+            .values()
+            .next()
+            .and_then(|u| u.targets.get_ref().first().map(|t| t.address.clone()))
+            .unwrap_or_default();
+        eprintln!(
+            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
+            upstream_tasks.len()
+        );
+        let result = serve(config, config_path).await;
+        for task in upstream_tasks {
+            task.abort();
+        }
+        result
+    })
+}

@@ -1,0 +1,321 @@
+//! The real `sekisho` binary: `check`, `run` with its admin listener, reload by API, SIGHUP and
+//! file watch (under load, with no failed request), and a graceful SIGTERM drain.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sekisho_load::{ChaosHandle, ChaosState};
+use sekisho_testkit::{client, get, send, Sekisho, TempDir};
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
+}
+
+fn repository_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
+}
+
+async fn upstream(name: &str) -> (SocketAddr, ChaosHandle) {
+    let upstream = sekisho_testkit::chaos_upstream(name).await;
+    (upstream.address, upstream.handle)
+}
+
+fn config(target: SocketAddr, route_path: &str, extra: &str) -> String {
+    format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+drain_timeout = "10s"
+{extra}
+[admin]
+listen = "127.0.0.1:0"
+token = "t0ken"
+watch_interval = "100ms"
+
+[upstreams.u]
+targets = ["{target}"]
+
+[[routes]]
+name = "r"
+path_prefix = "{route_path}"
+upstream = "u"
+"#
+    )
+}
+
+#[test]
+fn check_accepts_the_contract_example_and_names_the_place_of_an_error() {
+    let output = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(repository_file("examples/contract.toml"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("3 routes"), "{stdout}");
+
+    let dir = TempDir::new("check");
+    let wrong = dir.write(
+        "wrong.toml",
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nbalance = \"round_robn\"\n",
+    );
+    let output = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.starts_with(&format!("{}:6:11: ", wrong.display())),
+        "{stderr}"
+    );
+    assert!(stderr.contains("round_robin"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_a_wrong_config_with_its_place_and_exit_1() {
+    let dir = TempDir::new("run-wrong");
+    let wrong = dir.write("bad.toml", "[server]\nlisten = 8080\n");
+    let output = Command::new(binary())
+        .args(["run", "--config"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("{}:2:10:", wrong.display())),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_answer_and_guard_the_api() {
+    let (target, _handle) = upstream("u").await;
+    let dir = TempDir::new("admin");
+    let path = dir.write("sekisho.toml", &config(target, "/", ""));
+    let gateway = Sekisho::start(&binary(), &path);
+    for _ in 0..3 {
+        assert_eq!(get(&gateway.url("/hello")).await.status, 200);
+    }
+    assert_eq!(get(&gateway.url("/hello")).await.status, 200);
+
+    let health = get(&gateway.admin_url("/health")).await;
+    assert_eq!(
+        (health.status, health.json()["status"].clone()),
+        (200, "ok".into())
+    );
+    assert_eq!(get(&gateway.admin_url("/ready")).await.status, 200);
+    let detailed = get(&gateway.admin_url("/health/detailed")).await;
+    assert_eq!(detailed.status, 200);
+    assert_eq!(detailed.json()["status"], "healthy");
+    assert!(detailed.json()["checks"]["upstreams"]["u"].is_object());
+
+    let metrics = get(&gateway.admin_url("/metrics")).await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        text.contains("sekisho_requests_total{route=\"r\",upstream=\"u\",class=\"2xx\"} 4"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sekisho_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    promtool_check(&text);
+
+    let unauthorized = get(&gateway.admin_url("/api/v1/upstreams")).await;
+    assert_eq!(unauthorized.status, 401);
+    assert_eq!(unauthorized.error_code(), "UNAUTHENTICATED");
+    let http = client();
+    let upstreams = send(
+        &http,
+        "GET",
+        &gateway.admin_url("/api/v1/upstreams"),
+        &[("authorization", "Bearer t0ken")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(upstreams.status, 200);
+    assert_eq!(
+        upstreams.json()["upstreams"][0]["targets"][0]["address"],
+        target.to_string()
+    );
+}
+
+/// `promtool check metrics` on the exposition, when promtool is here; scripts/test installs
+/// it and sets SEKISHO_REQUIRE_PROMTOOL so that CI never skips this.
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("SEKISHO_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required but missing"
+        );
+        eprintln!("SKIPPED: promtool is not installed; run scripts/test to check the exposition");
+        return;
+    };
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_by_api_sighup_and_file_under_load_fail_no_request() {
+    let (first, _h1) = upstream("first").await;
+    let (second, _h2) = upstream("second").await;
+    let dir = TempDir::new("reload");
+    let path = dir.write("sekisho.toml", &config(first, "/", ""));
+    let mut gateway = Sekisho::start(&binary(), &path);
+
+    // Load: four clients in a loop until told to stop; every answer must be 2xx.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
+    let mut loaders = Vec::new();
+    for _ in 0..4 {
+        let url = gateway.url("/load");
+        let stop = Arc::clone(&stop);
+        let answered = Arc::clone(&answered);
+        loaders.push(tokio::spawn(async move {
+            let http = client();
+            let mut failures = Vec::new();
+            let mut count = 0u64;
+            while !stop.load(Ordering::Relaxed) && count < 200_000 {
+                let answer = send(&http, "GET", &url, &[], Bytes::new()).await;
+                if answer.status != 200 {
+                    failures.push(answer.status);
+                }
+                count += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+    let wait_for_answers = |at_least: u64| {
+        let answered = Arc::clone(&answered);
+        async move {
+            while answered.load(Ordering::Relaxed) < at_least {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let http = client();
+    for round in 0..9u64 {
+        let target = if round % 2 == 0 { second } else { first };
+        dir.write("sekisho.toml", &config(target, "/", ""));
+        match round % 3 {
+            0 => {
+                let answer = send(
+                    &http,
+                    "POST",
+                    &gateway.admin_url("/api/v1/config/reload"),
+                    &[("authorization", "Bearer t0ken")],
+                    Bytes::new(),
+                )
+                .await;
+                assert_eq!(answer.status, 200, "{:?}", answer.body);
+            }
+            1 => gateway.signal("HUP"),
+            _ => {} // the file watch sees the change
+        }
+        let generation = round + 2;
+        let seen = tokio::task::block_in_place(|| {
+            gateway.wait_for_log(
+                |json| {
+                    json["message"] == "config reloaded"
+                        && json["generation"].as_u64() == Some(generation)
+                },
+                Duration::from_secs(10),
+            )
+        });
+        assert!(
+            seen.is_some(),
+            "generation {generation} not loaded:\n{}",
+            gateway.log()
+        );
+        wait_for_answers(answered.load(Ordering::Relaxed) + 200).await;
+    }
+
+    // A broken config is refused with its place, and the old one keeps serving.
+    dir.write(
+        "sekisho.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n",
+    );
+    let refused = send(
+        &http,
+        "POST",
+        &gateway.admin_url("/api/v1/config/reload"),
+        &[("authorization", "Bearer t0ken")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(refused.status, 400);
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("sekisho.toml:3:1:"), "{message}");
+    let detailed = get(&gateway.admin_url("/health/detailed")).await;
+    assert_eq!(detailed.json()["checks"]["config"]["status"], "degraded");
+    wait_for_answers(answered.load(Ordering::Relaxed) + 200).await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for loader in loaders {
+        failures.extend(loader.await.unwrap());
+    }
+    assert!(
+        failures.is_empty(),
+        "failed answers during reloads: {failures:?}"
+    );
+    assert!(answered.load(Ordering::Relaxed) >= 2000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
+    let (target, handle) = upstream("slow").await;
+    let dir = TempDir::new("drain");
+    let path = dir.write("sekisho.toml", &config(target, "/", ""));
+    let mut gateway = Sekisho::start(&binary(), &path);
+    handle.set(ChaosState {
+        latency_ms: 1_000,
+        ..ChaosState::default()
+    });
+    let in_flight = tokio::spawn({
+        let url = gateway.url("/slow");
+        async move { get(&url).await }
+    });
+    while handle.requests() == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    gateway.signal("TERM");
+    let answer = in_flight.await.unwrap();
+    assert_eq!(answer.status, 200, "the request in flight was answered");
+    let code = tokio::task::block_in_place(|| gateway.wait_exit(Duration::from_secs(15)));
+    assert_eq!(code, Some(0), "{}", gateway.log());
+}

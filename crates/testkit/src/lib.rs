@@ -1,0 +1,402 @@
+//! sekisho-testkit: what sekisho's tests share (dev-only).
+//!
+//! What it is for: starting the real `sekisho` binary on port 0 and learning its addresses from
+//! its "listening" log line, writing configs to fresh temporary directories, and talking HTTP to
+//! it with a real client or raw bytes.
+//!
+//! What it refuses to do: mock anything that runs here for real, or sleep to synchronise: every
+//! wait is for an event (a log line, an answer), bounded by a timeout.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A fresh directory under the system's temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates a new, empty directory.
+    pub fn new(label: &str) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "sekisho-test-{label}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `contents` to `name` in the directory and returns its path.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.path.join(name);
+        // Write then rename, as editors and config managers do, so a reader never sees half.
+        let partial = self.path.join(format!(".{name}.partial"));
+        std::fs::write(&partial, contents).unwrap();
+        std::fs::rename(&partial, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A running `sekisho` process; killed on drop if still running.
+#[derive(Debug)]
+pub struct Sekisho {
+    child: Child,
+    /// Traffic listener.
+    pub address: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+    lines: Arc<Mutex<Vec<String>>>,
+    line_events: mpsc::Receiver<String>,
+}
+
+impl Sekisho {
+    /// Starts `binary run --config config` and waits (≤ 30 s) for its "listening" line.
+    pub fn start(binary: &Path, config: &Path) -> Self {
+        Self::start_with(binary, &["run", "--config", config.to_str().unwrap()])
+    }
+
+    /// Starts `binary args…` and waits for its "listening" line.
+    pub fn start_with(binary: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(binary)
+            .args(args)
+            .env("SEKISHO_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (sender, line_events) = mpsc::channel();
+        {
+            let lines = Arc::clone(&lines);
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    lines.lock().unwrap().push(line.clone());
+                    let _ = sender.send(line);
+                }
+            });
+        }
+        let mut process = Self {
+            child,
+            address: "0.0.0.0:0".parse().unwrap(),
+            admin: "0.0.0.0:0".parse().unwrap(),
+            lines,
+            line_events,
+        };
+        let listening = process
+            .wait_for_log(
+                |json| json["message"] == "listening",
+                Duration::from_secs(30),
+            )
+            .unwrap_or_else(|| panic!("sekisho did not start:\n{}", process.log()));
+        process.address = listening["address"].as_str().unwrap().parse().unwrap();
+        process.admin = listening["admin"].as_str().unwrap().parse().unwrap();
+        process
+    }
+
+    /// Waits for a JSON log line matching `predicate`; lines already seen count too.
+    pub fn wait_for_log(
+        &mut self,
+        predicate: impl Fn(&serde_json::Value) -> bool,
+        timeout: Duration,
+    ) -> Option<serde_json::Value> {
+        let matches = |line: &str| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .filter(|json| predicate(json))
+        };
+        if let Some(found) = self.lines.lock().unwrap().iter().find_map(|l| matches(l)) {
+            return Some(found);
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.line_events.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(found) = matches(&line) {
+                        return Some(found);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"`, …).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits (≤ `timeout`) for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// The admin base URL.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// The traffic base URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+}
+
+impl Drop for Sekisho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An answer, read whole.
+#[derive(Debug)]
+pub struct Answer {
+    /// Status.
+    pub status: u16,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The body as JSON (panics if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The contract error code of a gateway-made answer.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A client speaking HTTP/2 with prior knowledge.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `method url` with `headers` and `body`, reads the answer whole.
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let request = builder.body(Full::new(body.into())).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("no answer within 30 s")
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET `url`.
+pub async fn get(url: &str) -> Answer {
+    send(&client(), "GET", url, &[], Bytes::new()).await
+}
+
+/// Writes raw bytes to `address` and reads until the peer closes or `timeout` passes.
+pub fn raw_exchange(address: SocketAddr, request: &[u8], timeout: Duration) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.write_all(request).unwrap();
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status code of the first response in a raw answer.
+pub fn raw_status(answer: &str) -> Option<u16> {
+    answer.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// The body of the first response in a raw answer (after the blank line).
+pub fn raw_body(answer: &str) -> &str {
+    answer.split_once("\r\n\r\n").map_or("", |(_, body)| body)
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length from `stream`; `None` if the peer closed
+/// first. Returns the head and body as text.
+pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Option<String>> {
+    let mut data = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                return Ok(Some(
+                    String::from_utf8_lossy(&data[..end + 4 + length]).into_owned(),
+                ));
+            }
+        }
+        let n = stream.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        data.extend_from_slice(&buffer[..n]);
+    }
+}
+
+/// A chaos upstream running in this process on a port of its own.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Reads and changes its chaos.
+    pub handle: sekisho_load::ChaosHandle,
+}
+
+/// Starts a chaos upstream named `name` on 127.0.0.1, port 0 (inside a tokio runtime).
+pub async fn chaos_upstream(name: &str) -> Upstream {
+    let server = sekisho_load::ChaosServer::bind(sekisho_load::ChaosOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        latency: Duration::ZERO,
+        error_rate: 0.0,
+        name: Some(name.to_owned()),
+    })
+    .await
+    .unwrap();
+    let address = server.local_addr();
+    let handle = server.handle();
+    tokio::spawn(server.run(std::future::pending()));
+    Upstream { address, handle }
+}
+
+/// A gateway serving in this process; [`InProcess::stop`] drains it.
+#[derive(Debug)]
+pub struct InProcess {
+    /// The traffic address.
+    pub address: SocketAddr,
+    /// The gateway handle.
+    pub gateway: sekisho_gateway::Gateway,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl InProcess {
+    /// Parses `config` (which should listen on port 0) and serves it.
+    pub async fn start(config: &str) -> Self {
+        let config = sekisho_config::parse(config, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        let gateway = sekisho_gateway::Gateway::new(config, None).unwrap();
+        let listener = gateway.bind().await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = gateway.clone();
+        let served = tokio::spawn(async move {
+            serving
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Self {
+            address,
+            gateway,
+            stop: Some(stop),
+            served,
+        }
+    }
+
+    /// `http://address/path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Stops accepting and waits (≤ 10 s) for the drain to finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.served)
+            .await
+            .expect("drained within 10 s")
+            .unwrap();
+    }
+}
