@@ -72,6 +72,20 @@ pub struct ConfigError {
     pub diagnostics: Vec<Diagnostic>,
 }
 
+impl ConfigError {
+    /// The file at `path` could not be read.
+    pub fn unreadable(path: &Path, error: &std::io::Error) -> Self {
+        Self {
+            diagnostics: vec![Diagnostic {
+                file: path.to_owned(),
+                line: 1,
+                column: 1,
+                message: format!("cannot read the config file: {error}"),
+            }],
+        }
+    }
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (index, diagnostic) in self.diagnostics.iter().enumerate() {
@@ -86,16 +100,37 @@ impl fmt::Display for ConfigError {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    match std::fs::read_to_string(path) {
-        Ok(source) => parse_with_base(&source, path, path.parent()),
-        Err(error) => Err(ConfigError {
-            diagnostics: vec![Diagnostic {
-                file: path.to_owned(),
-                line: 1,
-                column: 1,
-                message: format!("cannot read the config file: {error}"),
-            }],
-        }),
+    match std::fs::read(path) {
+        Ok(bytes) => parse_file_contents(&bytes, path),
+        Err(error) => Err(ConfigError::unreadable(path, &error)),
+    }
+}
+
+/// Parses `bytes`, read from the file at `path`, as [`load`] does: relative paths in the config
+/// are taken relative to the file's directory.
+pub fn parse_file_contents(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+    match std::str::from_utf8(bytes) {
+        Ok(source) => parse_with_base(source, path, path.parent()),
+        Err(error) => {
+            let before = &bytes[..error.valid_up_to()];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let line_start = before
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |i| i + 1);
+            let column = String::from_utf8_lossy(&before[line_start..])
+                .chars()
+                .count()
+                + 1;
+            Err(ConfigError {
+                diagnostics: vec![Diagnostic {
+                    file: path.to_owned(),
+                    line,
+                    column,
+                    message: "the config file is not valid UTF-8".to_owned(),
+                }],
+            })
+        }
     }
 }
 

@@ -318,8 +318,18 @@ mod properties {
             let mut bytes = MINIMAL.as_bytes().to_vec();
             let index = position % bytes.len();
             bytes[index] = byte;
-            if let Ok(source) = String::from_utf8(bytes) {
-                let _ = parse(&source, "f.toml");
+            match String::from_utf8(bytes.clone()) {
+                Ok(source) => {
+                    let _ = parse(&source, "f.toml");
+                }
+                Err(_) => {
+                    // Not UTF-8: refused with the place of the first bad byte.
+                    let error = crate::parse_file_contents(&bytes, std::path::Path::new("f.toml"))
+                        .expect_err("invalid UTF-8 accepted");
+                    let line = bytes[..index].iter().filter(|&&b| b == b'\n').count() + 1;
+                    prop_assert_eq!(error.diagnostics[0].line, line);
+                    prop_assert!(error.diagnostics[0].message.contains("UTF-8"));
+                }
             }
         }
     }

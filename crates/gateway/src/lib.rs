@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     serving: AtomicBool,
     generation: AtomicU64,
     reload_lock: Mutex<ReloadRecord>,
+    /// The config file's bytes as the last reload (or the watcher's first look) read them, so
+    /// the file watch compares against what was last loaded, whoever loaded it.
+    file_bytes: Mutex<Option<Vec<u8>>>,
 }
 
 /// The last reload attempt and its result.
@@ -158,6 +161,7 @@ impl Gateway {
                 serving: AtomicBool::new(false),
                 generation: AtomicU64::new(1),
                 reload_lock: Mutex::new(ReloadRecord::default()),
+                file_bytes: Mutex::new(None),
             }),
         })
     }
@@ -195,9 +199,16 @@ impl Gateway {
         let Some(path) = &self.shared.config_path else {
             return Err(ReloadError::NoFile);
         };
-        let result = sekisho_config::load(path)
-            .map_err(ReloadError::from)
-            .and_then(|config| self.apply(config));
+        let result = match std::fs::read(path) {
+            Ok(bytes) => {
+                let parsed = sekisho_config::parse_file_contents(&bytes, path);
+                *self.file_bytes() = Some(bytes);
+                parsed
+            }
+            Err(error) => Err(sekisho_config::ConfigError::unreadable(path, &error)),
+        }
+        .map_err(ReloadError::from)
+        .and_then(|config| self.apply(config));
         self.record_reload(&result);
         result
     }
@@ -364,6 +375,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 }
 
 impl Gateway {
+    fn file_bytes(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.shared
+            .file_bytes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Reloads whenever the config file's contents change, checking every `interval`, until the
     /// returned future is dropped. An unreadable or invalid file is logged and skipped; the
     /// config in force stays.
@@ -371,7 +389,9 @@ impl Gateway {
         let Some(path) = self.shared.config_path.clone() else {
             return;
         };
-        let mut last_seen = tokio::fs::read(&path).await.ok();
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            self.file_bytes().get_or_insert(bytes);
+        }
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -380,10 +400,11 @@ impl Gateway {
             let Ok(contents) = tokio::fs::read(&path).await else {
                 continue;
             };
-            if last_seen.as_deref() == Some(contents.as_slice()) {
+            // Compared with what the last reload read, not with the previous look: a reload
+            // by signal or API in between must not hide a change (A → B by SIGHUP → A again).
+            if self.file_bytes().as_deref() == Some(contents.as_slice()) {
                 continue;
             }
-            last_seen = Some(contents);
             tracing::info!(path = %path.display(), "config file changed; reloading");
             let gateway = self.clone();
             // Building a runtime reads TLS files: keep it off the reactor.

@@ -499,3 +499,38 @@ async fn shutdown_drains_the_request_in_flight() {
         "no longer accepting"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_watch_sees_a_change_back_after_a_reload_by_other_means() {
+    // A → B (reloaded by API or signal before the watch looks) → A again: the watch must
+    // compare with what was last loaded (B), not with what it last saw itself (A).
+    let dir = sekisho_testkit::TempDir::new("watch-aba");
+    let text = |port: u16| {
+        format!(
+            "{}\n[upstreams.u]\ntargets = [\"127.0.0.1:{port}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+            base("")
+        )
+    };
+    let path = dir.write("sekisho.toml", &text(1001));
+    let config = sekisho_config::load(&path).unwrap();
+    let gateway = sekisho_gateway::Gateway::new(config, Some(path.clone())).unwrap();
+    let watching = gateway.clone();
+    let watch =
+        tokio::spawn(async move { watching.watch_config_file(Duration::from_millis(20)).await });
+    let target_of =
+        |gateway: &sekisho_gateway::Gateway| gateway.upstreams()[0].targets[0].address.clone();
+    // Let the watch take its first look at A.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    dir.write("sekisho.toml", &text(1002));
+    gateway.reload().unwrap();
+    dir.write("sekisho.toml", &text(1001));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while target_of(&gateway) != "127.0.0.1:1001" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch never reloaded the file changed back to A"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    watch.abort();
+}

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sekisho_load::{ChaosHandle, ChaosState};
-use sekisho_testkit::{client, get, send, Sekisho, TempDir};
+use sekisho_testkit::{client, get, send, try_send, Sekisho, TempDir};
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
@@ -206,9 +206,10 @@ async fn reloads_by_api_sighup_and_file_under_load_fail_no_request() {
             let mut failures = Vec::new();
             let mut count = 0u64;
             while !stop.load(Ordering::Relaxed) && count < 200_000 {
-                let answer = send(&http, "GET", &url, &[], Bytes::new()).await;
-                if answer.status != 200 {
-                    failures.push(answer.status);
+                match try_send(&http, "GET", &url, &[], Bytes::new()).await {
+                    Ok(answer) if answer.status == 200 => {}
+                    Ok(answer) => failures.push(format!("status {}", answer.status)),
+                    Err(error) => failures.push(error),
                 }
                 count += 1;
                 answered.fetch_add(1, Ordering::Relaxed);
@@ -291,7 +292,8 @@ async fn reloads_by_api_sighup_and_file_under_load_fail_no_request() {
     }
     assert!(
         failures.is_empty(),
-        "failed answers during reloads: {failures:?}"
+        "failed answers during reloads: {failures:?}\n{}",
+        gateway.log()
     );
     assert!(answered.load(Ordering::Relaxed) >= 2000);
 }

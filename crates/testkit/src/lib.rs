@@ -240,7 +240,8 @@ pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
         .build_http()
 }
 
-/// Sends `method url` with `headers` and `body`, reads the answer whole.
+/// Sends `method url` with `headers` and `body`, reads the answer whole; panics on a transport
+/// error.
 pub async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     method: &str,
@@ -248,22 +249,42 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: impl Into<Bytes>,
 ) -> Answer {
+    try_send(client, method, url, headers, body)
+        .await
+        .unwrap_or_else(|error| panic!("{method} {url}: {error}"))
+}
+
+/// Like [`send`], but a transport error (connection closed, reset, no answer within 30 s) is
+/// returned rather than a panic.
+pub async fn try_send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Result<Answer, String> {
     let mut builder = http::Request::builder().method(method).uri(url);
     for (name, value) in headers {
         builder = builder.header(*name, *value);
     }
-    let request = builder.body(Full::new(body.into())).unwrap();
+    let request = builder
+        .body(Full::new(body.into()))
+        .map_err(|e| e.to_string())?;
     let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
         .await
-        .expect("no answer within 30 s")
-        .unwrap();
+        .map_err(|_| "no answer within 30 s".to_owned())?
+        .map_err(|e| format!("{e:?}"))?;
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer {
+    let body = body
+        .collect()
+        .await
+        .map_err(|e| format!("body: {e:?}"))?
+        .to_bytes();
+    Ok(Answer {
         status: parts.status.as_u16(),
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 /// GET `url`.
