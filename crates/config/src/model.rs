@@ -177,6 +177,10 @@ pub struct Upstream {
     /// Bounded concurrency towards this upstream.
     #[serde(default)]
     pub bulkhead: Option<Bulkhead>,
+    /// A target back in service (or added by a reload) ramps its share up over this time;
+    /// same as `outlier.slow_start`, which it overrides when set.
+    #[serde(default)]
+    pub slow_start: Option<ConfigDuration>,
 }
 
 /// One target of an upstream.
@@ -306,6 +310,19 @@ pub struct Outlier {
     /// What counts as a failure: "connect_error", "timeout", and statuses.
     #[serde(default = "default_outlier_failures")]
     pub failure_on: Vec<FailureKind>,
+    /// Upper bound of a growing ejection.
+    #[serde(default = "default_max_ejection_time")]
+    pub max_ejection_time: NonZeroDuration,
+    /// Window of the failure-rate comparison between targets.
+    #[serde(default = "default_outlier_interval")]
+    pub interval: NonZeroDuration,
+    /// Eject a target whose failure rate in the window exceeds its peers' mean by more than
+    /// this (0.3 = 30 points); 1 turns the comparison off.
+    #[serde(default = "default_failure_rate_margin")]
+    pub failure_rate_margin: Ratio,
+    /// A target's failure rate is judged only with at least this many requests in the window.
+    #[serde(default = "default_failure_rate_minimum_requests")]
+    pub failure_rate_minimum_requests: Positive,
 }
 
 /// `[upstreams.NAME.circuit_breaker]`.
@@ -757,6 +774,18 @@ fn default_base_ejection() -> NonZeroDuration {
 }
 fn default_max_ejection_percent() -> Percent {
     Percent(50.0)
+}
+fn default_max_ejection_time() -> NonZeroDuration {
+    NonZeroDuration::from_millis(300_000)
+}
+fn default_outlier_interval() -> NonZeroDuration {
+    NonZeroDuration::from_millis(10_000)
+}
+fn default_failure_rate_margin() -> Ratio {
+    Ratio(0.3)
+}
+fn default_failure_rate_minimum_requests() -> Positive {
+    Positive(20)
 }
 fn default_outlier_failures() -> Vec<FailureKind> {
     vec![

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -16,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::connection::RequestGuard;
+use crate::upstream::InFlight;
 
 /// Errors travel boxed between layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,17 +41,78 @@ pub struct ClientBodyError(#[source] pub hyper::Error);
 pub struct BodyDeadline;
 
 /// The client's request body on its way to the upstream.
+///
+/// A body is handed to the upstream client before the connection to the target exists. If that
+/// connection fails, the body was never read and the request may go to another target: so the
+/// body waits in a [`BodyClaim`] until the client first reads it, and the proxy can take it back
+/// from the claim after a failed connect.
 pub struct RequestBody {
-    inner: Incoming,
+    source: Source,
     remaining: u64,
     limit: u64,
 }
 
+enum Source {
+    /// No body at all (most GETs): nothing to take back, nothing to allocate.
+    Empty,
+    /// Not read yet: still in the claim.
+    Waiting(Arc<Mutex<Option<Incoming>>>, SizeHint),
+    /// Being read.
+    Reading(Incoming),
+}
+
+/// The proxy's hold on a request body that the upstream client has not read yet.
+pub struct BodyClaim {
+    slot: Option<Arc<Mutex<Option<Incoming>>>>,
+    limit: u64,
+}
+
+impl BodyClaim {
+    /// The body again, for another try, if nothing of it was read; `None` when the client
+    /// already started reading it.
+    pub fn reclaim(&self) -> Option<RequestBody> {
+        let Some(slot) = &self.slot else {
+            return Some(RequestBody::empty(self.limit));
+        };
+        let incoming = slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        let (body, _) = RequestBody::new(incoming, self.limit);
+        Some(body)
+    }
+}
+
+impl fmt::Debug for BodyClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodyClaim")
+            .field("empty", &self.slot.is_none())
+            .finish()
+    }
+}
+
 impl RequestBody {
-    /// Wraps `inner`, allowing at most `limit` bytes through.
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    /// Wraps `inner`, allowing at most `limit` bytes through; the claim can take it back until
+    /// it is first read.
+    pub fn new(inner: Incoming, limit: u64) -> (Self, BodyClaim) {
+        if inner.is_end_stream() {
+            return (Self::empty(limit), BodyClaim { slot: None, limit });
+        }
+        let hint = inner.size_hint();
+        let slot = Arc::new(Mutex::new(Some(inner)));
+        (
+            Self {
+                source: Source::Waiting(Arc::clone(&slot), hint),
+                remaining: limit,
+                limit,
+            },
+            BodyClaim {
+                slot: Some(slot),
+                limit,
+            },
+        )
+    }
+
+    fn empty(limit: u64) -> Self {
         Self {
-            inner,
+            source: Source::Empty,
             remaining: limit,
             limit,
         }
@@ -74,7 +137,19 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        if let Source::Waiting(slot, _) = &this.source {
+            let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            this.source = match taken {
+                Some(incoming) => Source::Reading(incoming),
+                // Taken back by the proxy: this try was abandoned.
+                None => Source::Empty,
+            };
+        }
+        let inner = match &mut this.source {
+            Source::Reading(inner) => inner,
+            _ => return Poll::Ready(None),
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let length = data.len() as u64;
@@ -97,11 +172,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Empty => true,
+            Source::Waiting(..) => false,
+            Source::Reading(inner) => inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Empty => SizeHint::with_exact(0),
+            Source::Waiting(_, hint) => *hint,
+            Source::Reading(inner) => inner.size_hint(),
+        }
     }
 }
 
@@ -118,6 +201,7 @@ enum Kind {
 pub struct ResponseBody {
     kind: Kind,
     guard: Option<RequestGuard>,
+    target: Option<InFlight>,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -137,6 +221,7 @@ impl ResponseBody {
         Self {
             kind: Kind::Empty,
             guard: None,
+            target: None,
         }
     }
 
@@ -145,14 +230,21 @@ impl ResponseBody {
         Self {
             kind: Kind::Full(Some(bytes)),
             guard: None,
+            target: None,
         }
     }
 
-    /// The upstream's body, cut off when `deadline` fires.
-    pub fn upstream(body: Incoming, deadline: Option<Pin<Box<Sleep>>>) -> Self {
+    /// The upstream's body, cut off when `deadline` fires; `target` counts the call in flight
+    /// on its target until the body is done.
+    pub fn upstream(
+        body: Incoming,
+        deadline: Option<Pin<Box<Sleep>>>,
+        target: Option<InFlight>,
+    ) -> Self {
         Self {
             kind: Kind::Upstream { body, deadline },
             guard: None,
+            target,
         }
     }
 
@@ -191,6 +283,7 @@ impl Body for ResponseBody {
         if let Poll::Ready(None) = polled {
             // The exchange is over as soon as the last frame is out, not when hyper drops us.
             this.guard = None;
+            this.target = None;
         }
         polled
     }

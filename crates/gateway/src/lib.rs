@@ -11,6 +11,7 @@
 pub mod body;
 mod connection;
 pub mod edge;
+mod health;
 pub mod metrics;
 mod proxy;
 pub mod router;
@@ -33,13 +34,15 @@ pub use runtime::{BuildError, ListenerSettings, Runtime};
 pub use server::TrafficListener;
 
 use metrics::{Metrics, RouteMetrics};
-use upstream::ClientCache;
+use upstream::{ClientCache, StateRegistry};
 
 /// State shared by every connection and the admin side.
 pub(crate) struct Shared {
     runtime: ArcSwap<Runtime>,
     metrics: Arc<Metrics>,
     clients: ClientCache,
+    states: StateRegistry,
+    health: health::Supervisor,
     config_path: Option<PathBuf>,
     unrouted_metrics: RouteMetrics,
     draining: AtomicBool,
@@ -106,7 +109,9 @@ pub struct UpstreamView {
     /// Its name.
     pub name: String,
     /// Balancing algorithm in force.
-    pub balance: String,
+    pub balance: &'static str,
+    /// No target is usable and `panic = "spread"` spreads over all of them.
+    pub panic: bool,
     /// Its targets.
     pub targets: Vec<TargetView>,
 }
@@ -120,6 +125,24 @@ pub struct TargetView {
     pub weight: u32,
     /// Failover-only target.
     pub backup: bool,
+    /// "healthy", "unhealthy" (failing its active checks) or "ejected" (outlier detection).
+    pub health: &'static str,
+    /// May take requests now (healthy, not ejected, in the active priority group).
+    pub eligible: bool,
+    /// Requests in flight.
+    pub in_flight: u32,
+    /// Peak-EWMA latency estimate, in milliseconds.
+    pub ewma_latency_ms: f64,
+    /// Recent share of failed requests.
+    pub error_rate: f64,
+    /// Times ejected by outlier detection.
+    pub ejections: u64,
+    /// Time left of the current ejection, in milliseconds (0 when not ejected).
+    pub ejected_for_ms: u64,
+    /// Times a balancer picked it.
+    pub picks: u64,
+    /// The last active health check, if the upstream has them.
+    pub last_check: Option<upstream::CheckRecord>,
 }
 
 /// A handle on a running gateway; cheap to clone.
@@ -144,8 +167,10 @@ impl Gateway {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, BuildError> {
         let metrics = Metrics::new();
         let clients = ClientCache::default();
+        let states = StateRegistry::default();
         let base_dir = config_path.as_deref().and_then(Path::parent);
-        let runtime = Runtime::build(Arc::new(config), base_dir, &clients, &metrics, 1)?;
+        let runtime = Runtime::build(Arc::new(config), base_dir, &clients, &states, &metrics, 1)?;
+        metrics.set_upstreams(runtime.upstreams.values().cloned().collect());
         metrics
             .config_loaded_timestamp
             .set(unix_seconds(runtime.loaded_at));
@@ -156,6 +181,8 @@ impl Gateway {
                 unrouted_metrics,
                 metrics,
                 clients,
+                states,
+                health: health::Supervisor::default(),
                 config_path,
                 draining: AtomicBool::new(false),
                 serving: AtomicBool::new(false),
@@ -184,6 +211,9 @@ impl Gateway {
             .max_connections
             .get() as usize;
         self.shared.serving.store(true, Ordering::Release);
+        self.shared
+            .health
+            .reconcile(&self.shared.runtime.load(), &self.shared.metrics);
         server::serve(
             Arc::clone(&self.shared),
             listener,
@@ -191,6 +221,7 @@ impl Gateway {
             shutdown,
         )
         .await;
+        self.shared.health.stop();
         self.shared.serving.store(false, Ordering::Release);
     }
 
@@ -235,6 +266,7 @@ impl Gateway {
             Arc::new(config),
             base_dir,
             &self.shared.clients,
+            &self.shared.states,
             &self.shared.metrics,
             generation,
         )?;
@@ -243,8 +275,16 @@ impl Gateway {
             .metrics
             .config_loaded_timestamp
             .set(unix_seconds(runtime.loaded_at));
-        self.shared.runtime.store(Arc::new(runtime));
+        let runtime = Arc::new(runtime);
+        self.shared.runtime.store(Arc::clone(&runtime));
         self.shared.generation.store(generation, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .set_upstreams(runtime.upstreams.values().cloned().collect());
+        self.shared.states.retain(&runtime.config);
+        if self.shared.serving.load(Ordering::Acquire) {
+            self.shared.health.reconcile(&runtime, &self.shared.metrics);
+        }
         record.at = Some(SystemTime::now());
         record.error = None;
         Ok(ReloadSummary {
@@ -316,14 +356,31 @@ impl Gateway {
             .values()
             .map(|group| UpstreamView {
                 name: group.name.to_string(),
-                balance: "round_robin".to_owned(),
+                balance: upstream::balance_name(group.balance),
+                panic: group.is_panicking(),
                 targets: group
                     .targets
                     .iter()
-                    .map(|t| TargetView {
+                    .zip(group.view())
+                    .map(|(t, f)| TargetView {
                         address: t.address.clone(),
                         weight: t.weight,
                         backup: t.backup,
+                        health: if f.ejected {
+                            "ejected"
+                        } else if f.healthy {
+                            "healthy"
+                        } else {
+                            "unhealthy"
+                        },
+                        eligible: f.eligible,
+                        in_flight: f.in_flight,
+                        ewma_latency_ms: f.latency_ms,
+                        error_rate: f.error_rate,
+                        ejections: f.ejections,
+                        ejected_for_ms: f.ejected_for_ms,
+                        picks: f.picks,
+                        last_check: f.last_check,
                     })
                     .collect(),
             })

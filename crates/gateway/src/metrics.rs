@@ -6,13 +6,17 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use crate::upstream::{TargetFigures, UpstreamGroup};
 
 /// Metric names, without the `_total` that counters get on exposition.
 pub mod names {
@@ -34,6 +38,22 @@ pub mod names {
     pub const CONFIG_RELOADS: &str = "sekisho_config_reloads";
     /// Unix time of the config now in force.
     pub const CONFIG_LOADED_TIMESTAMP: &str = "sekisho_config_loaded_timestamp_seconds";
+    /// Active health checks, by upstream and result.
+    pub const HEALTH_CHECKS: &str = "sekisho_health_checks";
+    /// Per target (upstream, target): 1 while passing the active checks.
+    pub const TARGET_HEALTHY: &str = "sekisho_upstream_target_healthy";
+    /// Per target: 1 while it may take requests (healthy, not ejected, in the active group).
+    pub const TARGET_ELIGIBLE: &str = "sekisho_upstream_target_eligible";
+    /// Per target: 1 while ejected by outlier detection.
+    pub const TARGET_EJECTED: &str = "sekisho_upstream_target_ejected";
+    /// Per target: requests in flight.
+    pub const TARGET_IN_FLIGHT: &str = "sekisho_upstream_target_in_flight";
+    /// Per target: peak-EWMA latency estimate.
+    pub const TARGET_LATENCY: &str = "sekisho_upstream_target_latency_seconds";
+    /// Per target: times a balancer picked it.
+    pub const TARGET_PICKS: &str = "sekisho_upstream_target_picks";
+    /// Per target: times it was ejected.
+    pub const TARGET_EJECTIONS: &str = "sekisho_upstream_target_ejections";
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -54,6 +74,8 @@ pub struct Metrics {
     durations: Family<Labels, Histogram>,
     upstream_connect_errors: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
+    health_checks: Family<Labels, Counter>,
+    upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
     /// In flight now.
     pub requests_in_flight: Gauge,
     /// Client connections open now.
@@ -141,7 +163,17 @@ impl Metrics {
             "Unix time at which the config now in force was loaded",
             config_loaded_timestamp.clone(),
         );
+        let health_checks = Family::<Labels, Counter>::default();
+        registry.register(
+            names::HEALTH_CHECKS,
+            "Active health checks, by upstream and result (ok or failed)",
+            health_checks.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
+        let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        registry.register_collector(Box::new(TargetCollector {
+            upstreams: Arc::clone(&upstreams),
+        }));
         for result in ["ok", "error"] {
             let _ = config_reloads.get_or_create(&vec![("result", result.to_owned())]);
         }
@@ -151,6 +183,8 @@ impl Metrics {
             durations,
             upstream_connect_errors,
             config_reloads,
+            health_checks,
+            upstreams,
             requests_in_flight,
             connections_open,
             connections_total,
@@ -185,6 +219,23 @@ impl Metrics {
         self.upstream_connect_errors
             .get_or_create(&vec![("upstream", upstream.to_owned())])
             .clone()
+    }
+
+    /// Counts an active health check of `upstream`.
+    pub fn health_check(&self, upstream: &str, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.health_checks
+            .get_or_create(&vec![
+                ("upstream", upstream.to_owned()),
+                ("result", result.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// The upstreams whose targets the per-target metrics describe (those of the generation in
+    /// force).
+    pub fn set_upstreams(&self, groups: Vec<Arc<UpstreamGroup>>) {
+        self.upstreams.store(Arc::new(groups));
     }
 
     /// Counts a reload attempt.
@@ -237,6 +288,89 @@ fn openmetrics_to_prometheus(text: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A metric name, its help, and how to read it from a target's figures.
+type FigureOf<T> = (&'static str, &'static str, fn(&TargetFigures) -> T);
+
+/// Per-target figures read from the target states at scrape time, so the request path pays
+/// nothing for them.
+#[derive(Debug)]
+struct TargetCollector {
+    upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
+}
+
+impl Collector for TargetCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let upstreams = self.upstreams.load();
+        let figures: Vec<(&str, &str, TargetFigures)> = upstreams
+            .iter()
+            .flat_map(|group| {
+                group
+                    .targets
+                    .iter()
+                    .zip(group.view())
+                    .map(|(target, figures)| (&*group.name, target.address.as_str(), figures))
+            })
+            .collect();
+        if figures.is_empty() {
+            return Ok(());
+        }
+        let gauges: [FigureOf<f64>; 5] = [
+            (
+                names::TARGET_HEALTHY,
+                "1 while the target passes its active health checks",
+                |f| f64::from(u8::from(f.healthy)),
+            ),
+            (
+                names::TARGET_ELIGIBLE,
+                "1 while the target may take requests",
+                |f| f64::from(u8::from(f.eligible)),
+            ),
+            (
+                names::TARGET_EJECTED,
+                "1 while the target is ejected by outlier detection",
+                |f| f64::from(u8::from(f.ejected)),
+            ),
+            (
+                names::TARGET_IN_FLIGHT,
+                "Requests in flight to the target",
+                |f| f64::from(f.in_flight),
+            ),
+            (
+                names::TARGET_LATENCY,
+                "Peak-EWMA latency estimate of the target",
+                |f| f.latency_ms / 1000.0,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (upstream, target, f) in &figures {
+                let labels = [("upstream", *upstream), ("target", *target)];
+                ConstGauge::new(value(f)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let counters: [FigureOf<u64>; 2] = [
+            (
+                names::TARGET_PICKS,
+                "Times a balancer picked the target",
+                |f| f.picks,
+            ),
+            (
+                names::TARGET_EJECTIONS,
+                "Times the target was ejected by outlier detection",
+                |f| f.ejections,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (upstream, target, f) in &figures {
+                let labels = [("upstream", *upstream), ("target", *target)];
+                ConstCounter::new(value(f)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Process vitals read from /proc at scrape time: CPU, memory, file descriptors, start time.

@@ -17,7 +17,9 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::edge::{error_response, GatewayError};
 use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
+use crate::upstream::CallOutcome;
 use crate::Shared;
+use sekisho_config::HashKey;
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -143,11 +145,6 @@ pub(crate) async fn handle(
         Ok(response) => response,
         Err(error) => {
             let response = error_response(&error, &request_id);
-            if let GatewayError::UpstreamConnect { .. } = error {
-                if let Some(route) = &outcome.route {
-                    route.upstream.connect_errors.inc();
-                }
-            }
             outcome.error = Some(error);
             response
         }
@@ -206,24 +203,18 @@ async fn forward(
         }
     }
     let upstream = &route.upstream;
-    let target = upstream
-        .pick()
-        .ok_or_else(|| GatewayError::NoHealthyUpstream {
-            upstream: upstream.name.clone(),
-        })?;
-    outcome.target = Some(target.address.clone());
+    let key = upstream
+        .hash_key
+        .as_ref()
+        .and_then(|key| request_key(key, client, &parts.headers, &parts.uri));
 
-    // The request as the upstream sees it.
+    // The request as the upstream sees it, but for the target's authority.
     let path = route.upstream_path(parts.uri.path());
     let path_and_query = match parts.uri.query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
     };
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(target.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
+    let path_and_query = http::uri::PathAndQuery::try_from(path_and_query)
         .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
     parts.version = match upstream.protocol {
         sekisho_config::UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -244,36 +235,140 @@ async fn forward(
     for (name, value) in &route.headers.request_set {
         headers.insert(name, value.clone());
     }
-    let upstream_request = Request::from_parts(parts, RequestBody::new(body, route.max_body_bytes));
+    parts.extensions.clear();
+    let (mut body, claim) = RequestBody::new(body, route.max_body_bytes);
 
-    // One deadline covers the response head and the streamed body.
+    // One deadline covers every try, the response head and the streamed body.
     let deadline = started + route.timeout;
     let mut sleep: Pin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep_until(deadline));
-    let call = upstream.client.request(upstream_request);
-    let result = tokio::select! {
-        biased;
-        result = call => result,
-        () = sleep.as_mut() => {
-            return Err(GatewayError::UpstreamTimeout {
+    // Targets whose connect failed; a connect failure is retried on another target (the request
+    // was not sent, so this is safe for any method) up to MAX_CONNECT_TRIES in all.
+    let mut failed_connects: Vec<usize> = Vec::new();
+    loop {
+        let now = if failed_connects.is_empty() {
+            started
+        } else {
+            Instant::now()
+        };
+        let target_index = upstream.pick(key, now, &failed_connects).map_err(|_| {
+            GatewayError::NoHealthyUpstream {
                 upstream: upstream.name.clone(),
-                timeout: route.timeout,
-            });
+            }
+        })?;
+        let target = &upstream.targets[target_index];
+        outcome.target = Some(target.address.clone());
+        let may_retry = failed_connects.len() + 1 < MAX_CONNECT_TRIES
+            && failed_connects.len() + 1 < upstream.targets.len();
+        // A head that may be needed again is copied; the last try takes it (an empty head is
+        // left behind, which costs no allocation).
+        let mut head = if may_retry {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
+        head.uri = Uri::builder()
+            .scheme("http")
+            .authority(target.authority.clone())
+            .path_and_query(path_and_query.clone())
+            .build()
+            .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
+        let in_flight = upstream.begin(target_index);
+        let call = upstream.client.request(Request::from_parts(head, body));
+        let result = tokio::select! {
+            biased;
+            result = call => result,
+            () = sleep.as_mut() => {
+                upstream.record(target_index, CallOutcome::Timeout, now.elapsed(), Instant::now());
+                return Err(GatewayError::UpstreamTimeout {
+                    upstream: upstream.name.clone(),
+                    timeout: route.timeout,
+                });
+            }
+        };
+        match result {
+            Ok(upstream_response) => {
+                let (mut parts, response_body) = upstream_response.into_parts();
+                let answered = Instant::now();
+                upstream.record(
+                    target_index,
+                    CallOutcome::Status(parts.status.as_u16()),
+                    answered.saturating_duration_since(now),
+                    answered,
+                );
+                remove_hop_by_hop(&mut parts.headers);
+                for name in &route.headers.response_remove {
+                    parts.headers.remove(name);
+                }
+                for (name, value) in &route.headers.response_set {
+                    parts.headers.insert(name, value.clone());
+                }
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::upstream(response_body, Some(sleep), in_flight),
+                ));
+            }
+            Err(error) => {
+                let failed_at = Instant::now();
+                let error = GatewayError::from_upstream_call(&upstream.name, error);
+                let outcome = match &error {
+                    GatewayError::UpstreamConnect { .. } => Some(CallOutcome::ConnectError),
+                    GatewayError::UpstreamFailed { .. } => Some(CallOutcome::Broken),
+                    // The client's body was at fault, not the target.
+                    _ => None,
+                };
+                if let Some(call_outcome) = outcome {
+                    upstream.record(
+                        target_index,
+                        call_outcome,
+                        failed_at.saturating_duration_since(now),
+                        failed_at,
+                    );
+                }
+                if outcome != Some(CallOutcome::ConnectError) {
+                    return Err(error);
+                }
+                upstream.connect_errors.inc();
+                match claim.reclaim() {
+                    Some(again) if may_retry => {
+                        tracing::debug!(upstream = %upstream.name, target = %target.address, "connect failed; trying another target");
+                        failed_connects.push(target_index);
+                        body = again;
+                    }
+                    _ => return Err(error),
+                }
+            }
         }
+    }
+}
+
+/// Tries of one request when connects fail: the first target and up to two others.
+const MAX_CONNECT_TRIES: usize = 3;
+
+/// The request's balancing key, hashed: the client IP, or a header, cookie or query parameter.
+fn request_key(key: &HashKey, client: &ClientInfo, headers: &HeaderMap, uri: &Uri) -> Option<u64> {
+    let bytes: &[u8] = match key {
+        HashKey::ClientIp => client.ip_text.as_bytes(),
+        HashKey::Header(name) => headers.get(name)?.as_bytes(),
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then_some(value)
+            })?
+            .as_bytes(),
+        HashKey::Query(name) => uri
+            .query()?
+            .split('&')
+            .find_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (key == name).then_some(value)
+            })?
+            .as_bytes(),
     };
-    let upstream_response =
-        result.map_err(|error| GatewayError::from_upstream_call(&upstream.name, error))?;
-    let (mut parts, body) = upstream_response.into_parts();
-    remove_hop_by_hop(&mut parts.headers);
-    for name in &route.headers.response_remove {
-        parts.headers.remove(name);
-    }
-    for (name, value) in &route.headers.response_set {
-        parts.headers.insert(name, value.clone());
-    }
-    Ok(Response::from_parts(
-        parts,
-        ResponseBody::upstream(body, Some(sleep)),
-    ))
+    Some(sekisho_policy::balance::hash_key(bytes))
 }
 
 /// Header size and request smuggling checks, before anything is routed.

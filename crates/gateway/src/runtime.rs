@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
 use crate::router::{CompiledRoute, Router};
-use crate::upstream::{ClientCache, UpstreamGroup};
+use crate::upstream::{ClientCache, StateRegistry, UpstreamGroup};
 
 /// Settings of the traffic listener that apply per connection or per request.
 #[derive(Debug, Clone)]
@@ -69,6 +69,7 @@ impl Runtime {
         config: Arc<Config>,
         base_dir: Option<&Path>,
         clients: &ClientCache,
+        states: &StateRegistry,
         metrics: &Metrics,
         generation: u64,
     ) -> Result<Self, BuildError> {
@@ -80,6 +81,7 @@ impl Runtime {
                 upstream,
                 clients.client_for(upstream),
                 metrics.upstream_connect_errors(name),
+                states,
             )
             .map_err(|e| BuildError(format!("upstream `{name}`: {e}")))?;
             upstreams.insert(name.clone(), Arc::new(group));

@@ -83,8 +83,27 @@ impl Sekisho {
         Self::start_with(binary, &["run", "--config", config.to_str().unwrap()])
     }
 
+    /// Starts `binary upstream` (a chaos upstream) on a free loopback port, named `name`.
+    pub fn start_upstream(binary: &Path, name: &str) -> Self {
+        Self::spawn(
+            binary,
+            &["upstream", "--listen", "127.0.0.1:0", "--name", name],
+            "chaos upstream listening",
+        )
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Starts `binary args…` and waits for its "listening" line.
     pub fn start_with(binary: &Path, args: &[&str]) -> Self {
+        Self::spawn(binary, args, "listening")
+    }
+
+    fn spawn(binary: &Path, args: &[&str], ready_message: &str) -> Self {
         let mut child = Command::new(binary)
             .args(args)
             .env("SEKISHO_LOG", "info")
@@ -115,12 +134,14 @@ impl Sekisho {
         };
         let listening = process
             .wait_for_log(
-                |json| json["message"] == "listening",
+                |json| json["message"] == ready_message,
                 Duration::from_secs(30),
             )
             .unwrap_or_else(|| panic!("sekisho did not start:\n{}", process.log()));
         process.address = listening["address"].as_str().unwrap().parse().unwrap();
-        process.admin = listening["admin"].as_str().unwrap().parse().unwrap();
+        if let Some(admin) = listening["admin"].as_str() {
+            process.admin = admin.parse().unwrap();
+        }
         process
     }
 

@@ -1,0 +1,168 @@
+//! The live figures of one target: requests in flight, peak-EWMA latency, recent error rate.
+//!
+//! Updated by every request that reaches the target and read by the balancers, from many
+//! threads at once; so each figure is an atomic, and no lock is taken. Two completions that
+//! update the latency estimate at the same instant may lose one observation: a statistic, not
+//! an account, and the price of staying lock-free.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Estimate of a target not yet heard from (Linkerd's default): neither flooded as if it were
+/// free nor starved as if it were slow.
+pub const DEFAULT_RTT: Duration = Duration::from_millis(30);
+
+/// Time constant of the latency decay (Linkerd's default): an estimate loses 63 % of its weight
+/// in this time, so a target that was slow once is tried again after a while.
+pub const DECAY: Duration = Duration::from_secs(10);
+
+/// Weight of the newest outcome in the error-rate average: about the last 20 requests count.
+const ERROR_ALPHA: f64 = 0.05;
+
+/// Live figures of one target; see the module docs.
+#[derive(Debug)]
+pub struct TargetLoad {
+    epoch: Instant,
+    in_flight: AtomicU32,
+    /// Peak-EWMA latency in nanoseconds, as f64 bits.
+    latency_ns: AtomicU64,
+    /// When `latency_ns` was last updated, in nanoseconds since `epoch`.
+    updated_ns: AtomicU64,
+    /// EWMA of failures (1) and successes (0), as f64 bits.
+    error_rate: AtomicU64,
+}
+
+impl TargetLoad {
+    /// A target not heard from yet: nothing in flight, latency [`DEFAULT_RTT`], no errors.
+    pub fn new(now: Instant) -> Self {
+        Self {
+            epoch: now,
+            in_flight: AtomicU32::new(0),
+            latency_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            updated_ns: AtomicU64::new(0),
+            error_rate: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// A request to this target begins.
+    pub fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request that [`begin`](Self::begin) counted has ended after `latency`; `failed` when it
+    /// counts as a failure (connect error, timeout, failure status).
+    pub fn end(&self, latency: Duration, failed: bool, now: Instant) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.observe(latency, failed, now);
+    }
+
+    /// A request that [`begin`](Self::begin) counted is over, its outcome recorded apart with
+    /// [`observe`](Self::observe) (a proxy learns the latency at the response head but holds the
+    /// target until the last byte of the body).
+    pub fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Records an outcome without touching the in-flight count.
+    pub fn observe(&self, latency: Duration, failed: bool, now: Instant) {
+        let rtt = latency.as_nanos() as f64;
+        let at = self.nanos_since_epoch(now);
+        let current = self.decayed(at);
+        // Peak: a slower answer replaces the estimate at once; faster ones pull it down slowly.
+        let next = if rtt > current {
+            rtt
+        } else {
+            let elapsed = at.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
+            let weight = (-elapsed / DECAY.as_nanos() as f64).exp();
+            current * weight + rtt * (1.0 - weight)
+        };
+        self.latency_ns.store(next.to_bits(), Ordering::Relaxed);
+        self.updated_ns.store(at, Ordering::Relaxed);
+
+        let outcome = if failed { 1.0 } else { 0.0 };
+        let rate = f64::from_bits(self.error_rate.load(Ordering::Relaxed));
+        let rate = rate + ERROR_ALPHA * (outcome - rate);
+        self.error_rate.store(rate.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// The peak-EWMA latency estimate at `now`, decayed since its last update.
+    pub fn latency(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.decayed(self.nanos_since_epoch(now)) as u64)
+    }
+
+    /// Latency estimate in nanoseconds at `now` (the figure the balancers compare).
+    pub fn latency_nanos(&self, now: Instant) -> f64 {
+        self.decayed(self.nanos_since_epoch(now))
+    }
+
+    /// Recent share of failed requests, 0.0 to 1.0.
+    pub fn error_rate(&self) -> f64 {
+        f64::from_bits(self.error_rate.load(Ordering::Relaxed))
+    }
+
+    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// The estimate decays towards zero while nothing is heard, so an idle target is tried again.
+    fn decayed(&self, at: u64) -> f64 {
+        let estimate = f64::from_bits(self.latency_ns.load(Ordering::Relaxed));
+        let updated = self.updated_ns.load(Ordering::Relaxed);
+        let elapsed = at.saturating_sub(updated) as f64;
+        if elapsed == 0.0 {
+            return estimate;
+        }
+        estimate * (-elapsed / DECAY.as_nanos() as f64).exp()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_answer_raises_the_estimate_at_once_and_fast_ones_lower_it_slowly() {
+        let start = Instant::now();
+        let load = TargetLoad::new(start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        load.observe(Duration::from_millis(500), false, at(1));
+        assert!(load.latency(at(1)) >= Duration::from_millis(499));
+        load.observe(Duration::from_millis(10), false, at(2));
+        // One millisecond later a fast answer barely moves a peak.
+        assert!(load.latency(at(2)) > Duration::from_millis(450));
+        // With nothing heard for one decay period the estimate has lost about 63 %.
+        let later = load.latency(at(2) + DECAY);
+        let later_ms = later.as_secs_f64() * 1000.0;
+        assert!(later_ms > 150.0 && later_ms < 200.0, "{later_ms}");
+    }
+
+    #[test]
+    fn in_flight_counts_begun_and_not_ended_requests() {
+        let now = Instant::now();
+        let load = TargetLoad::new(now);
+        load.begin();
+        load.begin();
+        assert_eq!(load.in_flight(), 2);
+        load.end(Duration::from_millis(1), false, now);
+        assert_eq!(load.in_flight(), 1);
+    }
+
+    #[test]
+    fn the_error_rate_follows_recent_outcomes() {
+        let now = Instant::now();
+        let load = TargetLoad::new(now);
+        for _ in 0..100 {
+            load.observe(Duration::from_millis(1), true, now);
+        }
+        assert!(load.error_rate() > 0.99);
+        for _ in 0..100 {
+            load.observe(Duration::from_millis(1), false, now);
+        }
+        assert!(load.error_rate() < 0.01);
+    }
+}
