@@ -11,7 +11,8 @@ use bytes::Bytes;
 use sekisho_load::ChaosState;
 use sekisho_testkit::{chaos_upstream, client, get, send, InProcess, Upstream};
 
-const BASE: &str = "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+const BASE: &str =
+    "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n";
 
 /// A gateway with upstream `u` (targets and extra keys as given) behind route `/`.
 async fn gateway(targets: &str, upstream_extra: &str) -> InProcess {
@@ -183,7 +184,11 @@ async fn a_failed_connect_is_retried_on_another_target_with_its_body() {
         let answer = send(&http, "POST", &gw.url("/echo"), &[], body.clone()).await;
         assert_eq!(answer.status, 200, "{:?}", answer.body);
         assert_eq!(answer.header("x-upstream"), Some("live"));
-        assert_eq!(answer.body, body.as_bytes(), "the body went to the second try whole");
+        assert_eq!(
+            answer.body,
+            body.as_bytes(),
+            "the body went to the second try whole"
+        );
         let answer = get(&gw.url("/x")).await;
         assert_eq!(answer.status, 200);
     }
@@ -206,7 +211,10 @@ async fn active_checks_move_traffic_to_the_backup_and_give_it_back() {
         "[upstreams.u.health_check]\npath = \"/health\"\ninterval = \"50ms\"\ntimeout = \"1s\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
     )
     .await;
-    assert!(answered_by(&gw, 5, &[]).await.iter().all(|n| n == "primary"));
+    assert!(answered_by(&gw, 5, &[])
+        .await
+        .iter()
+        .all(|n| n == "primary"));
 
     ups[0].handle.set(FAILING);
     wait_for(&gw, "the primary to turn unhealthy", |u| {
@@ -227,7 +235,10 @@ async fn active_checks_move_traffic_to_the_backup_and_give_it_back() {
         target(u, ups[0].address)["health"] == "healthy"
     })
     .await;
-    assert!(answered_by(&gw, 5, &[]).await.iter().all(|n| n == "primary"));
+    assert!(answered_by(&gw, 5, &[])
+        .await
+        .iter()
+        .all(|n| n == "primary"));
     let metrics = gw.gateway.encode_metrics();
     assert!(
         metrics.contains(&format!(
@@ -264,7 +275,11 @@ async fn with_no_healthy_target_panic_fails_fast_or_spreads() {
         let answer = get(&gw.url("/x")).await;
         if expect_upstream {
             // Spread: the request reaches a target (which answers its chaos 500).
-            assert!(answer.header("x-upstream").is_some(), "{panic}: {:?}", answer.body);
+            assert!(
+                answer.header("x-upstream").is_some(),
+                "{panic}: {:?}",
+                answer.body
+            );
             let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
             assert_eq!(view[0]["panic"], true);
         } else {
@@ -352,7 +367,10 @@ async fn repeated_ejections_last_longer_and_the_share_limit_holds() {
     for u in &ups {
         u.handle.set(ChaosState::default());
     }
-    let index = ups.iter().position(|u| u.address.to_string() == first).unwrap();
+    let index = ups
+        .iter()
+        .position(|u| u.address.to_string() == first)
+        .unwrap();
     ups[index].handle.set(FAILING);
     answered_by(&gw, 4, &[]).await;
     let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
@@ -384,7 +402,10 @@ async fn a_target_whose_failure_rate_stands_out_is_ejected() {
             assert_eq!(target(&view[0], ups[1].address)["health"], "healthy");
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "never ejected: {view:#}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ejected: {view:#}"
+        );
     }
     let counts = tally(&answered_by(&gw, 20, &[]).await);
     assert_eq!(counts.get("flaky"), None, "{counts:?}");

@@ -58,7 +58,7 @@ timeout = "5s"
     let stop = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicU64::new(0));
-    // (after the kill?, status or transport error) of every failed request.
+    // (ended after the kill began?, status or transport error) of every failed request.
     let failures = Arc::new(Mutex::new(Vec::new()));
     let mut loaders = Vec::new();
     for _ in 0..4 {
@@ -73,8 +73,11 @@ timeout = "5s"
             let http = client();
             let mut count = 0u64;
             while !stop.load(Ordering::Relaxed) && count < 100_000 {
+                let result = try_send(&http, "GET", &url, &[], Bytes::new()).await;
+                // Read after the answer: the flag is raised before the kill, so a failure seen
+                // with it down really happened before the kill.
                 let after_kill = killed.load(Ordering::Relaxed);
-                match try_send(&http, "GET", &url, &[], Bytes::new()).await {
+                match result {
                     Ok(answer) if answer.status == 200 => {}
                     Ok(answer) => failures
                         .lock()
