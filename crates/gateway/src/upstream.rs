@@ -370,6 +370,8 @@ struct Snapshot {
     mask: Vec<bool>,
     /// Any eligible target is in slow start.
     ramping: bool,
+    /// Largest configured (scaled) weight among the eligible: a bound of their effective ones.
+    max_weight: u32,
     /// Nothing was usable and `panic = "spread"` let every target in.
     panicking: bool,
 }
@@ -472,6 +474,7 @@ impl UpstreamGroup {
                 eligible: Vec::new(),
                 mask: Vec::new(),
                 ramping: false,
+                max_weight: 1,
                 panicking: false,
             }),
             state,
@@ -515,6 +518,7 @@ impl UpstreamGroup {
                 eligible: &snapshot.eligible,
                 mask: &snapshot.mask,
                 ramping: snapshot.ramping,
+                max_weight: snapshot.max_weight,
                 now: millis,
             };
             let mut picked = self.balancer.pick(&pool, key, std_now);
@@ -547,6 +551,7 @@ impl UpstreamGroup {
                 eligible: &eligible,
                 mask: &mask,
                 ramping: snapshot.ramping,
+                max_weight: snapshot.max_weight,
                 now: millis,
             };
             self.balancer.pick(&pool, key, std_now)
@@ -647,12 +652,18 @@ impl UpstreamGroup {
                 }
             }
         }
+        let max_weight = eligible
+            .iter()
+            .map(|&i| self.targets[i].weight.saturating_mul(WEIGHT_SCALE))
+            .max()
+            .unwrap_or(1);
         self.snapshot.store(Arc::new(Snapshot {
             changes,
             valid_until,
             eligible,
             mask,
             ramping,
+            max_weight,
             panicking,
         }));
     }
@@ -875,6 +886,7 @@ struct GroupPool<'a> {
     eligible: &'a [usize],
     mask: &'a [bool],
     ramping: bool,
+    max_weight: u32,
     now: Millis,
 }
 
@@ -921,6 +933,14 @@ impl Pool for GroupPool<'_> {
 
     fn load(&self, target: usize) -> &TargetLoad {
         &self.group.targets[target].state.load
+    }
+
+    fn max_weight(&self) -> u32 {
+        self.max_weight
+    }
+
+    fn weights_as_configured(&self) -> bool {
+        !self.ramping
     }
 }
 

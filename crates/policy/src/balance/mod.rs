@@ -32,7 +32,7 @@ mod load;
 
 pub use load::TargetLoad;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -73,6 +73,20 @@ pub trait Pool {
     fn weight(&self, target: usize) -> u32;
     /// Live figures of `target`.
     fn load(&self, target: usize) -> &TargetLoad;
+    /// Whether every target's effective weight is its configured one now (no slow start);
+    /// `false` is always safe.
+    fn weights_as_configured(&self) -> bool {
+        false
+    }
+    /// The largest effective weight among the eligible targets (a pool that keeps it at hand
+    /// should say so; this default scans).
+    fn max_weight(&self) -> u32 {
+        self.eligible()
+            .iter()
+            .map(|&t| self.weight(t))
+            .max()
+            .unwrap_or(1)
+    }
 }
 
 /// A [`Pool`] over fixed weights and every target eligible; for tests, benches and examples.
@@ -81,6 +95,7 @@ pub struct StaticPool<'a> {
     weights: &'a [u32],
     loads: &'a [TargetLoad],
     eligible: Vec<usize>,
+    max_weight: u32,
 }
 
 impl<'a> StaticPool<'a> {
@@ -90,12 +105,19 @@ impl<'a> StaticPool<'a> {
             weights,
             loads,
             eligible: (0..weights.len()).collect(),
+            max_weight: weights.iter().copied().max().unwrap_or(1),
         }
     }
 
     /// Only `eligible` (ascending indices) may be picked.
     pub fn with_eligible(mut self, eligible: &[usize]) -> Self {
         self.eligible = eligible.to_vec();
+        self.max_weight = self
+            .eligible
+            .iter()
+            .map(|&t| self.weight(t))
+            .max()
+            .unwrap_or(1);
         self
     }
 }
@@ -115,6 +137,14 @@ impl Pool for StaticPool<'_> {
 
     fn load(&self, target: usize) -> &TargetLoad {
         &self.loads[target]
+    }
+
+    fn max_weight(&self) -> u32 {
+        self.max_weight
+    }
+
+    fn weights_as_configured(&self) -> bool {
+        true
     }
 }
 
@@ -136,6 +166,14 @@ pub struct Balancer {
     weight_sums: Vec<u64>,
     /// Virtual nodes of consistent hashing, sorted by point.
     ring: Vec<(u64, u32)>,
+    /// Configured weights (smooth weighted round robin).
+    configured: Vec<u32>,
+    /// Smooth weighted round robin's sequence over one period (the sum of the weights), when
+    /// that is short enough to keep: the steady state then costs one counter increment.
+    period: Vec<u32>,
+    /// Weighted random: running mean of the sampled targets' latency (nanoseconds, f64 bits),
+    /// the reference a target's latency is scored against.
+    reference_latency: AtomicU64,
 }
 
 /// Virtual nodes per unit of weight on the consistent-hash ring (ketama's figure).
@@ -179,10 +217,15 @@ impl Balancer {
         } else {
             Vec::new()
         };
-        let current = if algorithm == Algorithm::WeightedRoundRobin {
-            vec![0; ids.len()]
+        let (current, configured, period) = if algorithm == Algorithm::WeightedRoundRobin {
+            let configured: Vec<u32> = (0..ids.len()).map(|i| weight(i) as u32).collect();
+            (
+                vec![0; ids.len()],
+                configured.clone(),
+                smooth_period(&configured),
+            )
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new(), Vec::new())
         };
         Self {
             algorithm,
@@ -190,6 +233,9 @@ impl Balancer {
             current: Mutex::new(current),
             weight_sums,
             ring,
+            configured,
+            period,
+            reference_latency: AtomicU64::new((load::DEFAULT_RTT.as_nanos() as f64).to_bits()),
         }
     }
 
@@ -224,7 +270,7 @@ impl Balancer {
             (Algorithm::IpHash, Some(key)) => Some(self.ip_hash(pool, key)),
             (Algorithm::ConsistentHash, Some(key)) => Some(self.ring_lookup(pool, key)),
             (Algorithm::IpHash | Algorithm::ConsistentHash, None) => Some(self.in_turn(eligible)),
-            (Algorithm::WeightedRandom, _) => Some(weighted_random(pool, now)),
+            (Algorithm::WeightedRandom, _) => Some(self.weighted_random(pool, now)),
         }
     }
 
@@ -235,37 +281,49 @@ impl Balancer {
     /// nginx's smooth weighted round robin: every eligible target gains its weight, the
     /// richest is chosen and pays the total back.
     fn smooth_weighted<P: Pool + ?Sized>(&self, pool: &P) -> Option<usize> {
+        if !self.period.is_empty() && self.steady(pool) {
+            let step = self.turn.fetch_add(1, Ordering::Relaxed) % self.period.len();
+            return Some(self.period[step] as usize);
+        }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let current = current.as_mut_slice();
         let mut total = 0i64;
-        let mut best: Option<usize> = None;
+        let mut best = usize::MAX;
         let mut best_weight = i64::MIN;
         for &target in pool.eligible() {
             let Some(slot) = current.get_mut(target) else {
                 continue;
             };
             let weight = i64::from(pool.weight(target));
-            *slot += weight;
+            let value = *slot + weight;
+            *slot = value;
             total += weight;
-            if *slot > best_weight {
-                best_weight = *slot;
-                best = Some(target);
-            }
+            // Branch-free running maximum (the first of equals wins, as in nginx).
+            let better = value > best_weight;
+            best = if better { target } else { best };
+            best_weight = if better { value } else { best_weight };
         }
-        let chosen = best?;
-        current[chosen] -= total;
-        Some(chosen)
+        let slot = current.get_mut(best)?;
+        *slot -= total;
+        Some(best)
+    }
+
+    /// Whether the pool is in its steady state: every target eligible with its configured
+    /// weight (nothing down, nothing ramping). Smooth weighted round robin then follows its
+    /// precomputed period instead of scanning.
+    fn steady<P: Pool + ?Sized>(&self, pool: &P) -> bool {
+        pool.eligible().len() == self.configured.len() && pool.weights_as_configured()
     }
 
     /// Fewest in flight per unit of weight; the scan starts at a rotating place so that ties
     /// are shared in turn.
     fn least_connections<P: Pool + ?Sized>(&self, pool: &P) -> usize {
         let eligible = pool.eligible();
-        let start = self.turn.fetch_add(1, Ordering::Relaxed);
-        let mut best = eligible[start % eligible.len()];
+        let start = self.turn.fetch_add(1, Ordering::Relaxed) % eligible.len();
+        let mut best = eligible[start];
         let mut best_load = u64::from(pool.load(best).in_flight());
         let mut best_weight = u64::from(pool.weight(best).max(1));
-        for offset in 1..eligible.len() {
-            let target = eligible[(start + offset) % eligible.len()];
+        let mut consider = |target: usize| {
             let load = u64::from(pool.load(target).in_flight());
             let weight = u64::from(pool.weight(target).max(1));
             // load / weight < best_load / best_weight, without division.
@@ -274,6 +332,13 @@ impl Balancer {
                 best_load = load;
                 best_weight = weight;
             }
+        };
+        // From the rotating start to the end, then from the beginning: no division per step.
+        for &target in &eligible[start + 1..] {
+            consider(target);
+        }
+        for &target in &eligible[..start] {
+            consider(target);
         }
         best
     }
@@ -334,9 +399,9 @@ fn least_response_time<P: Pool + ?Sized>(pool: &P, now: Instant) -> usize {
     }
 }
 
-/// Health score of a target among peers whose mean latency is `reference` (nanoseconds):
-/// `2 × (1 − error rate)² × reference / (reference + latency)`, so a target like its peers
-/// scores 1, and at least [`MIN_SCORE`] so that a poor target still gets the odd probe.
+/// Health score of a target whose peers answer in `reference` nanoseconds on average:
+/// `2 × (1 − error rate)² × reference / (reference + latency)`, between [`MIN_SCORE`] and 2. A
+/// target like its peers scores 1; the floor keeps the odd probe going to a poor target.
 fn health_score(load: &TargetLoad, reference: f64, now: Instant) -> f64 {
     let success = 1.0 - load.error_rate().clamp(0.0, 1.0);
     let latency = load.latency_nanos(now);
@@ -345,32 +410,71 @@ fn health_score(load: &TargetLoad, reference: f64, now: Instant) -> f64 {
     } else {
         1.0
     };
-    (success * success * speed).max(MIN_SCORE)
+    (success * success * speed).clamp(MIN_SCORE, MAX_SCORE)
 }
 
 /// Floor of the health score.
 const MIN_SCORE: f64 = 0.05;
+/// Ceiling of the health score (a target infinitely faster than its peers).
+const MAX_SCORE: f64 = 2.0;
+/// Draws of weighted random before it settles for the best-scored target drawn.
+const RANDOM_TRIES: usize = 64;
 
-/// Random, in proportion to weight × health score.
-fn weighted_random<P: Pool + ?Sized>(pool: &P, now: Instant) -> usize {
-    let eligible = pool.eligible();
-    let reference = eligible
-        .iter()
-        .map(|&t| pool.load(t).latency_nanos(now))
-        .sum::<f64>()
-        / eligible.len() as f64;
-    let share = |target: usize| {
-        f64::from(pool.weight(target)) * health_score(pool.load(target), reference, now)
-    };
-    let total: f64 = eligible.iter().map(|&t| share(t)).sum();
-    let mut point = fastrand::f64() * total;
-    for &target in eligible {
-        point -= share(target);
-        if point < 0.0 {
-            return target;
+impl Balancer {
+    /// Random in proportion to weight × health score, by rejection: draw an eligible target
+    /// uniformly, keep it with probability (weight ÷ max weight) × (score ÷ max score). O(1)
+    /// expected (about max/mean draws), no pass over the targets. The latency reference is a
+    /// running mean of the drawn targets' latencies, i.e. of the eligible targets'.
+    fn weighted_random<P: Pool + ?Sized>(&self, pool: &P, now: Instant) -> usize {
+        let eligible = pool.eligible();
+        let max_weight = f64::from(pool.max_weight().max(1));
+        let mut reference = f64::from_bits(self.reference_latency.load(Ordering::Relaxed));
+        let mut best = (eligible[0], -1.0);
+        for _ in 0..RANDOM_TRIES {
+            let target = eligible[fastrand::usize(..eligible.len())];
+            let load = pool.load(target);
+            reference += (load.latency_nanos(now) - reference) / 64.0;
+            let odds = f64::from(pool.weight(target)) / max_weight
+                * health_score(load, reference, now)
+                / MAX_SCORE;
+            if fastrand::f64() < odds {
+                best = (target, odds);
+                break;
+            }
+            if odds > best.1 {
+                best = (target, odds);
+            }
         }
+        self.reference_latency
+            .store(reference.to_bits(), Ordering::Relaxed);
+        best.0
     }
-    eligible[eligible.len() - 1]
+}
+
+/// Longest smooth weighted round robin period kept precomputed.
+const MAX_PERIOD: u64 = 4096;
+
+/// One period of smooth weighted round robin over `weights` (after sum-of-weights steps every
+/// current weight is back to zero, so the sequence repeats); empty when it would be too long.
+fn smooth_period(weights: &[u32]) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    if total == 0 || total > MAX_PERIOD {
+        return Vec::new();
+    }
+    let mut current = vec![0i64; weights.len()];
+    let mut period = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (index, &weight) in weights.iter().enumerate() {
+            current[index] += i64::from(weight);
+            if current[index] > current[best] {
+                best = index;
+            }
+        }
+        current[best] -= total as i64;
+        period.push(best as u32);
+    }
+    period
 }
 
 /// One step of SplitMix64: a cheap, well-mixed rehash.
@@ -380,3 +484,6 @@ fn splitmix64(mut x: u64) -> u64 {
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
 }
+
+#[cfg(test)]
+mod tests;

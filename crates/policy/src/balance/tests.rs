@@ -1,0 +1,282 @@
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn loads(count: usize, now: Instant) -> Vec<TargetLoad> {
+    (0..count).map(|_| TargetLoad::new(now)).collect()
+}
+
+fn ids(count: usize) -> Vec<String> {
+    (0..count).map(|i| format!("10.0.0.{i}:8080")).collect()
+}
+
+fn balancer(algorithm: Algorithm, weights: &[u32]) -> Balancer {
+    let ids = ids(weights.len());
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    Balancer::new(algorithm, &refs, weights)
+}
+
+fn tally(picks: impl Iterator<Item = usize>, targets: usize) -> Vec<usize> {
+    let mut counts = vec![0; targets];
+    for pick in picks {
+        counts[pick] += 1;
+    }
+    counts
+}
+
+#[test]
+fn round_robin_takes_each_eligible_target_in_turn() {
+    let now = Instant::now();
+    let loads = loads(4, now);
+    let pool = StaticPool::new(&[1, 1, 1, 1], &loads).with_eligible(&[0, 2, 3]);
+    let rr = balancer(Algorithm::RoundRobin, &[1, 1, 1, 1]);
+    let picks: Vec<usize> = (0..6).map(|_| rr.pick(&pool, None, now).unwrap()).collect();
+    assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
+}
+
+#[test]
+fn smooth_weighted_round_robin_gives_nginx_sequence() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [5, 1, 1];
+    let pool = StaticPool::new(&weights, &loads);
+    let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
+    let picks: Vec<usize> = (0..14)
+        .map(|_| wrr.pick(&pool, None, now).unwrap())
+        .collect();
+    assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+}
+
+#[test]
+fn smooth_weighted_round_robin_shares_exactly_by_weight() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [1, 2, 3];
+    let pool = StaticPool::new(&weights, &loads);
+    let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
+    let counts = tally((0..600).map(|_| wrr.pick(&pool, None, now).unwrap()), 3);
+    assert_eq!(counts, [100, 200, 300]);
+    // Never more than the heavy target's fair run: no target twice in a row when weights are
+    // within a factor of two of the others' sum.
+    let picks: Vec<usize> = (0..6)
+        .map(|_| wrr.pick(&pool, None, now).unwrap())
+        .collect();
+    assert!(
+        picks.windows(3).all(|w| !(w[0] == w[1] && w[1] == w[2])),
+        "{picks:?}"
+    );
+}
+
+#[test]
+fn least_connections_prefers_fewer_in_flight_per_weight_and_shares_ties() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let pool = StaticPool::new(&[1, 1, 2], &loads);
+    let lc = balancer(Algorithm::LeastConnections, &[1, 1, 2]);
+    // Ties (nothing in flight) are shared in turn.
+    let counts = tally((0..300).map(|_| lc.pick(&pool, None, now).unwrap()), 3);
+    assert_eq!(counts, [100, 100, 100]);
+    // 2 in flight on 0, 1 on 1, 2 on 2 (weight 2: 1 per unit): 1 and 2 tie, 0 never wins.
+    for _ in 0..2 {
+        loads[0].begin();
+        loads[2].begin();
+    }
+    loads[1].begin();
+    let counts = tally((0..100).map(|_| lc.pick(&pool, None, now).unwrap()), 3);
+    assert_eq!(counts[0], 0, "{counts:?}");
+    assert_eq!(counts[1] + counts[2], 100);
+    loads[1].begin();
+    assert_eq!(lc.pick(&pool, None, now), Some(2));
+}
+
+#[test]
+fn least_response_time_prefers_the_fast_target_and_spreads_over_equals() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let pool = StaticPool::new(&[1, 1, 1], &loads);
+    let lrt = balancer(Algorithm::LeastResponseTime, &[1, 1, 1]);
+    let equal = tally((0..3000).map(|_| lrt.pick(&pool, None, now).unwrap()), 3);
+    assert!(equal.iter().all(|&c| (800..1200).contains(&c)), "{equal:?}");
+    loads[0].observe(Duration::from_millis(10), false, now);
+    loads[1].observe(Duration::from_millis(100), false, now);
+    loads[2].observe(Duration::from_millis(100), false, now);
+    let skewed = tally((0..3000).map(|_| lrt.pick(&pool, None, now).unwrap()), 3);
+    // Target 0 wins every draw it is in: 2 of the 3 pairs.
+    assert!(skewed[0] > 1800, "{skewed:?}");
+    // In flight counts too: enough requests on the fast target make it the costly one.
+    for _ in 0..20 {
+        loads[0].begin();
+    }
+    assert_ne!(
+        lrt.pick(
+            &StaticPool::new(&[1, 1, 1], &loads).with_eligible(&[0, 1]),
+            None,
+            now
+        ),
+        Some(0)
+    );
+}
+
+#[test]
+fn hashing_spreads_keys_by_weight() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [1, 2, 3];
+    let pool = StaticPool::new(&weights, &loads);
+    for algorithm in [Algorithm::IpHash, Algorithm::ConsistentHash] {
+        let b = balancer(algorithm, &weights);
+        let counts = tally(
+            (0..60_000u64).map(|k| {
+                b.pick(&pool, Some(hash_key(&k.to_le_bytes())), now)
+                    .unwrap()
+            }),
+            3,
+        );
+        for (index, &count) in counts.iter().enumerate() {
+            let expected = 10_000.0 * f64::from(weights[index]);
+            let error = (count as f64 - expected).abs() / expected;
+            assert!(error < 0.15, "{algorithm:?}: {counts:?}");
+        }
+    }
+}
+
+fn ring_assignment(count: usize, keys: &[u64]) -> Vec<String> {
+    let now = Instant::now();
+    let loads = loads(count, now);
+    let weights = vec![1; count];
+    let pool = StaticPool::new(&weights, &loads);
+    let ids = ids(count);
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let ring = Balancer::new(Algorithm::ConsistentHash, &refs, &weights);
+    keys.iter()
+        .map(|&k| ids[ring.pick(&pool, Some(k), now).unwrap()].clone())
+        .collect()
+}
+
+#[test]
+fn consistent_hash_moves_about_one_nth_of_keys_and_only_to_or_from_the_changed_target() {
+    let keys: Vec<u64> = (0..100_000u64)
+        .map(|k| hash_key(&k.to_le_bytes()))
+        .collect();
+    let ten = ring_assignment(10, &keys);
+    let eleven = ring_assignment(11, &keys);
+    let added = ids(11)[10].clone();
+    let moved: Vec<usize> = (0..keys.len()).filter(|&i| ten[i] != eleven[i]).collect();
+    let share = moved.len() as f64 / keys.len() as f64;
+    assert!((0.8 / 11.0..1.25 / 11.0).contains(&share), "moved {share}");
+    assert!(
+        moved.iter().all(|&i| eleven[i] == added),
+        "a key moved between old targets"
+    );
+
+    // Removing target 9 (ids are in order, so ten without its last is nine).
+    let nine = ring_assignment(9, &keys);
+    let removed = ids(10)[9].clone();
+    let moved: Vec<usize> = (0..keys.len()).filter(|&i| ten[i] != nine[i]).collect();
+    let share = moved.len() as f64 / keys.len() as f64;
+    assert!((0.8 / 10.0..1.25 / 10.0).contains(&share), "moved {share}");
+    assert!(
+        moved.iter().all(|&i| ten[i] == removed),
+        "a key of a kept target moved"
+    );
+}
+
+#[test]
+fn an_ineligible_target_moves_only_its_own_keys() {
+    let now = Instant::now();
+    let loads = loads(5, now);
+    let weights = [1, 1, 2, 1, 1];
+    let keys: Vec<u64> = (0..20_000u64).map(|k| hash_key(&k.to_le_bytes())).collect();
+    for algorithm in [Algorithm::IpHash, Algorithm::ConsistentHash] {
+        let b = balancer(algorithm, &weights);
+        let all = StaticPool::new(&weights, &loads);
+        let without_2 = StaticPool::new(&weights, &loads).with_eligible(&[0, 1, 3, 4]);
+        let mut moved = 0;
+        for &key in &keys {
+            let before = b.pick(&all, Some(key), now).unwrap();
+            let after = b.pick(&without_2, Some(key), now).unwrap();
+            if before != after {
+                assert_eq!(before, 2, "{algorithm:?}: a key of target {before} moved");
+                moved += 1;
+            }
+        }
+        assert!(moved > 0);
+    }
+}
+
+#[test]
+fn weighted_random_follows_weights_and_shies_away_from_errors() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [1, 1, 2];
+    let pool = StaticPool::new(&weights, &loads);
+    let wr = balancer(Algorithm::WeightedRandom, &weights);
+    let healthy = tally((0..8000).map(|_| wr.pick(&pool, None, now).unwrap()), 3);
+    assert!((1700..2300).contains(&healthy[0]), "{healthy:?}");
+    assert!((3600..4400).contains(&healthy[2]), "{healthy:?}");
+    for _ in 0..100 {
+        loads[2].observe(Duration::from_millis(30), true, now);
+    }
+    let failing = tally((0..8000).map(|_| wr.pick(&pool, None, now).unwrap()), 3);
+    assert!(failing[2] < 800, "{failing:?}");
+    assert!(
+        failing[2] > 0,
+        "a failing target still gets the odd probe: {failing:?}"
+    );
+}
+
+#[test]
+fn hash_algorithms_without_a_key_take_turns() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let pool = StaticPool::new(&[1, 1, 1], &loads);
+    for algorithm in [Algorithm::IpHash, Algorithm::ConsistentHash] {
+        let b = balancer(algorithm, &[1, 1, 1]);
+        let picks: Vec<usize> = (0..3).map(|_| b.pick(&pool, None, now).unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2], "{algorithm:?}");
+    }
+}
+
+const ALL: [Algorithm; 7] = [
+    Algorithm::RoundRobin,
+    Algorithm::WeightedRoundRobin,
+    Algorithm::LeastConnections,
+    Algorithm::LeastResponseTime,
+    Algorithm::IpHash,
+    Algorithm::ConsistentHash,
+    Algorithm::WeightedRandom,
+];
+
+proptest! {
+    #[test]
+    fn a_pick_is_always_eligible_and_none_only_when_nothing_is(
+        weights in proptest::collection::vec(1u32..10, 1..12),
+        mask in proptest::collection::vec(any::<bool>(), 12),
+        keys in proptest::collection::vec(any::<u64>(), 1..20),
+        in_flight in proptest::collection::vec(0u32..5, 12),
+    ) {
+        let now = Instant::now();
+        let loads = loads(weights.len(), now);
+        for (load, &n) in loads.iter().zip(&in_flight) {
+            for _ in 0..n {
+                load.begin();
+            }
+        }
+        let eligible: Vec<usize> = (0..weights.len()).filter(|&i| mask[i]).collect();
+        let pool = StaticPool::new(&weights, &loads).with_eligible(&eligible);
+        for algorithm in ALL {
+            let b = balancer(algorithm, &weights);
+            for &key in &keys {
+                let picked = b.pick(&pool, Some(key), now);
+                match picked {
+                    Some(target) => prop_assert!(eligible.contains(&target), "{:?} picked {}", algorithm, target),
+                    None => prop_assert!(eligible.is_empty()),
+                }
+            }
+        }
+    }
+}
