@@ -323,6 +323,10 @@ pub struct Outlier {
     /// A target's failure rate is judged only with at least this many requests in the window.
     #[serde(default = "default_failure_rate_minimum_requests")]
     pub failure_rate_minimum_requests: Positive,
+    /// A passing active health check ends an ejection early (Envoy's default); turn it off when
+    /// the health endpoint can pass while real requests fail.
+    #[serde(default = "default_true")]
+    pub uneject_on_health_check: bool,
 }
 
 /// `[upstreams.NAME.circuit_breaker]`.

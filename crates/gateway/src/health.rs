@@ -69,12 +69,21 @@ impl Supervisor {
             };
             for target in &group.targets {
                 let key = (group.name.to_string(), target.address.clone());
-                let fingerprint = format!("{check:?}/{:?}", upstream.protocol);
+                let fingerprint = format!(
+                    "{check:?}/{:?}/{:?}",
+                    upstream.protocol,
+                    upstream.outlier.as_ref().map(|o| o.uneject_on_health_check)
+                );
                 let keep = running
                     .get(&key)
                     .is_some_and(|r| r.fingerprint == fingerprint);
                 if !keep {
+                    let uneject = upstream
+                        .outlier
+                        .as_ref()
+                        .is_none_or(|o| o.uneject_on_health_check);
                     let probe = Probe {
+                        uneject,
                         upstream: Arc::clone(group.state()),
                         target: Arc::clone(&target.state),
                         address: target.address.clone(),
@@ -100,6 +109,8 @@ impl Supervisor {
 
 /// The checks of one target.
 struct Probe {
+    /// A passing check ends an outlier ejection.
+    uneject: bool,
     upstream: Arc<UpstreamState>,
     target: Arc<TargetState>,
     address: String,
@@ -137,7 +148,7 @@ impl Probe {
             if ok {
                 passes += 1;
                 failures = 0;
-                if UpstreamGroup::uneject(&self.upstream, &self.target, now) {
+                if self.uneject && UpstreamGroup::uneject(&self.upstream, &self.target, now) {
                     tracing::info!(upstream = %self.upstream.name(), target = %self.address, "health check passed; ejection ended");
                 }
                 if passes >= healthy_after

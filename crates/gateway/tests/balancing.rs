@@ -471,3 +471,50 @@ async fn what_was_learnt_about_targets_survives_a_reload() {
     assert!(answered_by(&gw, 6, &[]).await.iter().all(|n| n == "good"));
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passing_health_check_ends_an_ejection_unless_told_not_to() {
+    for uneject in [true, false] {
+        let ups = upstreams(&["good", "bad"]).await;
+        let addresses: Vec<SocketAddr> = ups.iter().map(|u| u.address).collect();
+        let gw = gateway(
+            &quoted(&addresses),
+            &format!(
+                "[upstreams.u.health_check]\ninterval = \"50ms\"\nunhealthy_threshold = 1000\n[upstreams.u.outlier]\nconsecutive_failures = 2\nbase_ejection_time = \"60s\"\nuneject_on_health_check = {uneject}\n"
+            ),
+        )
+        .await;
+        ups[1].handle.set(FAILING);
+        answered_by(&gw, 4, &[]).await;
+        let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
+        assert_eq!(
+            target(&view[0], ups[1].address)["health"],
+            "ejected",
+            "{view:#}"
+        );
+        ups[1].handle.set(ChaosState::default());
+        if uneject {
+            wait_for(&gw, "a passing check to end the ejection", |u| {
+                target(u, ups[1].address)["health"] == "healthy"
+            })
+            .await;
+        } else {
+            // Several passing checks later, the ejection still runs its 60 s.
+            wait_for(&gw, "passing checks", |u| {
+                target(u, ups[1].address)["last_check"]["ok"] == true
+            })
+            .await;
+            let checks_before = ups[1].handle.requests();
+            while ups[1].handle.requests() < checks_before + 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
+            assert_eq!(
+                target(&view[0], ups[1].address)["health"],
+                "ejected",
+                "{view:#}"
+            );
+        }
+        gw.stop().await;
+    }
+}

@@ -64,10 +64,16 @@ impl TargetLoad {
     }
 
     /// Records an outcome without touching the in-flight count.
+    ///
+    /// A failure counts as twice the slower of its latency and the current estimate: a target
+    /// that fails fast must not look like the fastest one and draw all the traffic.
     pub fn observe(&self, latency: Duration, failed: bool, now: Instant) {
-        let rtt = latency.as_nanos() as f64;
         let at = self.nanos_since_epoch(now);
         let current = self.decayed(at);
+        let mut rtt = latency.as_nanos() as f64;
+        if failed {
+            rtt = 2.0 * rtt.max(current);
+        }
         // Peak: a slower answer replaces the estimate at once; faster ones pull it down slowly.
         let next = if rtt > current {
             rtt
@@ -139,6 +145,16 @@ mod tests {
         let later = load.latency(at(2) + DECAY);
         let later_ms = later.as_secs_f64() * 1000.0;
         assert!(later_ms > 150.0 && later_ms < 200.0, "{later_ms}");
+    }
+
+    #[test]
+    fn a_fast_failure_makes_a_target_look_slower_not_faster() {
+        let now = Instant::now();
+        let load = TargetLoad::new(now);
+        load.observe(Duration::from_millis(20), false, now);
+        let before = load.latency(now);
+        load.observe(Duration::from_micros(100), true, now);
+        assert!(load.latency(now) >= before * 2, "{:?}", load.latency(now));
     }
 
     #[test]
