@@ -518,3 +518,43 @@ async fn a_passing_health_check_ends_an_ejection_unless_told_not_to() {
         gw.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_checks_and_expected_statuses_decide_health() {
+    let live = chaos_upstream("live").await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let gw = gateway(
+        &quoted(&[live.address, dead]),
+        "[upstreams.u.health_check]\ntype = \"tcp\"\ninterval = \"50ms\"\nunhealthy_threshold = 1\n",
+    )
+    .await;
+    wait_for(&gw, "the closed port to fail its TCP check", |u| {
+        target(u, dead)["health"] == "unhealthy"
+    })
+    .await;
+    let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
+    let live_view = target(&view[0], live.address);
+    assert_eq!(live_view["health"], "healthy");
+    assert_eq!(live_view["last_check"]["detail"], "connected", "{view:#}");
+    gw.stop().await;
+
+    // An HTTP check that expects 204 fails on the upstream's 200.
+    let gw = gateway(
+        &quoted(&[live.address]),
+        "[upstreams.u.health_check]\nexpected_statuses = [204]\ninterval = \"50ms\"\nunhealthy_threshold = 1\n",
+    )
+    .await;
+    wait_for(&gw, "the 200 to fail a check expecting 204", |u| {
+        target(u, live.address)["health"] == "unhealthy"
+    })
+    .await;
+    let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
+    assert_eq!(
+        target(&view[0], live.address)["last_check"]["detail"],
+        "status 200"
+    );
+    gw.stop().await;
+}

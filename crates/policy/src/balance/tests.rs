@@ -280,3 +280,195 @@ proptest! {
         }
     }
 }
+
+/// A pool whose weights may be ramping: the balancers must not use what they precomputed from
+/// the configured weights.
+struct Ramping<'a>(StaticPool<'a>);
+
+impl Pool for Ramping<'_> {
+    fn eligible(&self) -> &[usize] {
+        self.0.eligible()
+    }
+    fn is_eligible(&self, target: usize) -> bool {
+        self.0.is_eligible(target)
+    }
+    fn weight(&self, target: usize) -> u32 {
+        self.0.weight(target)
+    }
+    fn load(&self, target: usize) -> &TargetLoad {
+        self.0.load(target)
+    }
+}
+
+#[test]
+fn nothing_eligible_picks_none() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let pool = StaticPool::new(&[1, 2, 3], &loads).with_eligible(&[]);
+    for algorithm in ALL {
+        let b = balancer(algorithm, &[1, 2, 3]);
+        assert_eq!(b.pick(&pool, None, now), None, "{algorithm:?}");
+        assert_eq!(b.pick(&pool, Some(42), now), None, "{algorithm:?}");
+        assert_eq!(b.pick(&Ramping(pool_ref(&pool)), Some(42), now), None);
+    }
+}
+
+fn pool_ref<'a>(pool: &StaticPool<'a>) -> StaticPool<'a> {
+    StaticPool::new(pool.weights, pool.loads).with_eligible(pool.eligible())
+}
+
+#[test]
+fn a_balancer_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Balancer>();
+}
+
+#[test]
+fn smooth_weighted_round_robin_scanning_gives_the_same_sequence() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [5, 1, 1];
+    let pool = Ramping(StaticPool::new(&weights, &loads));
+    let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
+    let picks: Vec<usize> = (0..14)
+        .map(|_| wrr.pick(&pool, None, now).unwrap())
+        .collect();
+    assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+}
+
+#[test]
+fn smooth_weighted_round_robin_does_not_credit_a_target_while_it_is_out() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [1, 1, 1];
+    let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
+    let without_0 = Ramping(StaticPool::new(&weights, &loads).with_eligible(&[1, 2]));
+    let picks = tally(
+        (0..100).map(|_| wrr.pick(&without_0, None, now).unwrap()),
+        3,
+    );
+    assert_eq!(picks, [0, 50, 50]);
+    // Back: target 0 resumes at its old current weight, and takes its turn, not a burst.
+    let all = Ramping(StaticPool::new(&weights, &loads));
+    for _ in 0..10 {
+        let round = tally((0..3).map(|_| wrr.pick(&all, None, now).unwrap()), 3);
+        assert_eq!(round, [1, 1, 1]);
+    }
+}
+
+#[test]
+fn smooth_weighted_round_robin_is_exact_across_threads() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [1, 2, 3];
+    for steady in [true, false] {
+        let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
+        let counts: Vec<Vec<usize>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let pool = StaticPool::new(&weights, &loads);
+                        let picks = (0..600).map(|_| {
+                            if steady {
+                                wrr.pick(&pool, None, now).unwrap()
+                            } else {
+                                wrr.pick(&Ramping(pool_ref(&pool)), None, now).unwrap()
+                            }
+                        });
+                        tally(picks, 3)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let total: Vec<usize> = (0..3).map(|t| counts.iter().map(|c| c[t]).sum()).collect();
+        assert_eq!(total, [400, 800, 1200], "steady: {steady}");
+    }
+}
+
+#[test]
+fn least_connections_with_ramping_weights_still_prefers_fewer_per_weight() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [1, 1, 2];
+    let lc = balancer(Algorithm::LeastConnections, &weights);
+    let pool = Ramping(StaticPool::new(&weights, &loads));
+    let counts = tally((0..300).map(|_| lc.pick(&pool, None, now).unwrap()), 3);
+    assert_eq!(counts, [100, 100, 100]);
+    for _ in 0..3 {
+        loads[0].begin();
+        loads[1].begin();
+        loads[2].begin();
+    }
+    loads[2].begin();
+    // 3/1, 3/1, 4/2: target 2 has the fewest per unit of weight.
+    assert_eq!(lc.pick(&pool, None, now), Some(2));
+}
+
+#[test]
+fn least_response_time_sends_nearly_everything_to_the_faster_of_two() {
+    let now = Instant::now();
+    let loads = loads(2, now);
+    let pool = StaticPool::new(&[1, 1], &loads);
+    let lrt = balancer(Algorithm::LeastResponseTime, &[1, 1]);
+    loads[0].observe(Duration::from_millis(100), false, now);
+    loads[1].observe(Duration::from_millis(10), false, now);
+    let later = now + Duration::from_millis(5);
+    let counts = tally((0..1000).map(|_| lrt.pick(&pool, None, later).unwrap()), 2);
+    assert!(counts[1] >= 800, "{counts:?}");
+}
+
+#[test]
+fn weighted_random_shifts_away_from_a_slow_target() {
+    let now = Instant::now();
+    let loads = loads(3, now);
+    let weights = [1, 1, 1];
+    let pool = StaticPool::new(&weights, &loads);
+    let wr = balancer(Algorithm::WeightedRandom, &weights);
+    loads[0].observe(Duration::from_millis(30), false, now);
+    loads[1].observe(Duration::from_millis(30), false, now);
+    loads[2].observe(Duration::from_millis(300), false, now);
+    // Let the reference settle on the mean latency (120 ms) first.
+    for _ in 0..2000 {
+        wr.pick(&pool, None, now);
+    }
+    // Scores 2·120/150 = 1.6, 1.6 and 2·120/420 ≈ 0.57: the slow target gets ≈ 15 %.
+    let counts = tally((0..9000).map(|_| wr.pick(&pool, None, now).unwrap()), 3);
+    assert!((900..1800).contains(&counts[2]), "{counts:?}");
+    assert!((3300..4500).contains(&counts[0]), "{counts:?}");
+}
+
+proptest! {
+    #[test]
+    fn packed_least_connections_agrees_with_the_plain_scan(
+        weights in proptest::collection::vec(1u32..20, 1..40),
+        mask in proptest::collection::vec(any::<bool>(), 40),
+        in_flight in proptest::collection::vec(0u32..6, 40),
+        huge in any::<bool>(),
+    ) {
+        let now = Instant::now();
+        let loads = loads(weights.len(), now);
+        for (index, (load, &n)) in loads.iter().zip(&in_flight).enumerate() {
+            let n = if huge && index == 0 { n + 1_000 } else { n };
+            for _ in 0..n {
+                load.begin();
+            }
+        }
+        let eligible: Vec<usize> = (0..weights.len()).filter(|&i| mask[i]).collect();
+        prop_assume!(!eligible.is_empty());
+        let pool = StaticPool::new(&weights, &loads).with_eligible(&eligible);
+        let multipliers = least_connections_multipliers(
+            &weights.iter().map(|&w| u64::from(w)).collect::<Vec<_>>(),
+        );
+        for start in 0..eligible.len() {
+            let plain = least_connections_scan(&pool, start);
+            prop_assert!(eligible.contains(&plain));
+            if let Some(packed) = least_connections_packed(&pool, &multipliers, start) {
+                prop_assert_eq!(packed, plain, "start {}", start);
+            } else {
+                // Only weights whose least common multiple is too large fall back.
+                prop_assert!(multipliers.is_empty());
+            }
+        }
+    }
+}
