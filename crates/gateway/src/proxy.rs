@@ -104,6 +104,9 @@ struct Outcome {
     route: Option<Arc<CompiledRoute>>,
     target: Option<String>,
     error: Option<GatewayError>,
+    /// When the upstream's answer head arrived (one clock read serves the latency estimate and
+    /// the request metrics).
+    answered: Option<Instant>,
 }
 
 /// Serves one request.
@@ -125,6 +128,7 @@ pub(crate) async fn handle(
         route: None,
         target: None,
         error: None,
+        answered: None,
     };
     let forwarded = if ambiguous_length {
         Err(GatewayError::BadRequest(
@@ -153,7 +157,10 @@ pub(crate) async fn handle(
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, request_id.clone());
-    let elapsed = started.elapsed();
+    let elapsed = match outcome.answered {
+        Some(answered) => answered.saturating_duration_since(started),
+        None => started.elapsed(),
+    };
     match &outcome.route {
         Some(route) => route.metrics.record(status, elapsed.as_secs_f64()),
         None => shared
@@ -289,6 +296,7 @@ async fn forward(
             Ok(upstream_response) => {
                 let (mut parts, response_body) = upstream_response.into_parts();
                 let answered = Instant::now();
+                outcome.answered = Some(answered);
                 upstream.record(
                     target_index,
                     CallOutcome::Status(parts.status.as_u16()),

@@ -437,38 +437,3 @@ fn weighted_random_shifts_away_from_a_slow_target() {
     assert!((900..1800).contains(&counts[2]), "{counts:?}");
     assert!((3300..4500).contains(&counts[0]), "{counts:?}");
 }
-
-proptest! {
-    #[test]
-    fn packed_least_connections_agrees_with_the_plain_scan(
-        weights in proptest::collection::vec(1u32..20, 1..40),
-        mask in proptest::collection::vec(any::<bool>(), 40),
-        in_flight in proptest::collection::vec(0u32..6, 40),
-        huge in any::<bool>(),
-    ) {
-        let now = Instant::now();
-        let loads = loads(weights.len(), now);
-        for (index, (load, &n)) in loads.iter().zip(&in_flight).enumerate() {
-            let n = if huge && index == 0 { n + 1_000 } else { n };
-            for _ in 0..n {
-                load.begin();
-            }
-        }
-        let eligible: Vec<usize> = (0..weights.len()).filter(|&i| mask[i]).collect();
-        prop_assume!(!eligible.is_empty());
-        let pool = StaticPool::new(&weights, &loads).with_eligible(&eligible);
-        let multipliers = least_connections_multipliers(
-            &weights.iter().map(|&w| u64::from(w)).collect::<Vec<_>>(),
-        );
-        for start in 0..eligible.len() {
-            let plain = least_connections_scan(&pool, start);
-            prop_assert!(eligible.contains(&plain));
-            if let Some(packed) = least_connections_packed(&pool, &multipliers, start) {
-                prop_assert_eq!(packed, plain, "start {}", start);
-            } else {
-                // Only weights whose least common multiple is too large fall back.
-                prop_assert!(multipliers.is_empty());
-            }
-        }
-    }
-}
