@@ -251,17 +251,24 @@ async fn forward(
     // Targets whose connect failed; a connect failure is retried on another target (the request
     // was not sent, so this is safe for any method) up to MAX_CONNECT_TRIES in all.
     let mut failed_connects: Vec<usize> = Vec::new();
+    let mut last_connect_error: Option<GatewayError> = None;
     loop {
         let now = if failed_connects.is_empty() {
             started
         } else {
             Instant::now()
         };
-        let target_index = upstream.pick(key, now, &failed_connects).map_err(|_| {
-            GatewayError::NoHealthyUpstream {
-                upstream: upstream.name.clone(),
+        let target_index = match upstream.pick(key, now, &failed_connects) {
+            Ok(target_index) => target_index,
+            // Nothing left to try: the last connect error says more than "no healthy target".
+            Err(_) => {
+                return Err(last_connect_error.take().unwrap_or_else(|| {
+                    GatewayError::NoHealthyUpstream {
+                        upstream: upstream.name.clone(),
+                    }
+                }))
             }
-        })?;
+        };
         let target = &upstream.targets[target_index];
         outcome.target = Some(target.address.clone());
         let may_retry = failed_connects.len() + 1 < MAX_CONNECT_TRIES
@@ -340,6 +347,7 @@ async fn forward(
                     Some(again) if may_retry => {
                         tracing::debug!(upstream = %upstream.name, target = %target.address, "connect failed; trying another target");
                         failed_connects.push(target_index);
+                        last_connect_error = Some(error);
                         body = again;
                     }
                     _ => return Err(error),

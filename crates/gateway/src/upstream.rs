@@ -534,17 +534,12 @@ impl UpstreamGroup {
             }
             picked
         } else {
-            let eligible: Vec<usize> = snapshot
-                .eligible
-                .iter()
-                .copied()
-                .filter(|t| !excluded.contains(t))
-                .collect();
-            let mut mask = snapshot.mask.clone();
-            for &t in excluded {
-                if let Some(slot) = mask.get_mut(t) {
-                    *slot = false;
-                }
+            // A retry after failed connects: eligibility again, without the failed targets, so
+            // that losing primaries can bring the backups in for this very request.
+            let (eligible, _) = self.eligible_set(millis, excluded);
+            let mut mask = vec![false; self.targets.len()];
+            for &t in &eligible {
+                mask[t] = true;
             }
             let pool = GroupPool {
                 group: self,
@@ -610,33 +605,7 @@ impl UpstreamGroup {
                 valid_until = valid_until.min(until);
             }
         }
-        let usable = |t: &Target| t.state.is_healthy() && !t.state.is_ejected(now);
-        let primaries: Vec<usize> = (0..self.targets.len())
-            .filter(|&i| !self.targets[i].backup)
-            .collect();
-        let usable_primaries: Vec<usize> = primaries
-            .iter()
-            .copied()
-            .filter(|&i| usable(&self.targets[i]))
-            .collect();
-        let share = if primaries.is_empty() {
-            0.0
-        } else {
-            usable_primaries.len() as f64 / primaries.len() as f64
-        };
-        let mut eligible = usable_primaries;
-        if share < self.failover_threshold || eligible.is_empty() {
-            eligible.extend(
-                (0..self.targets.len())
-                    .filter(|&i| self.targets[i].backup && usable(&self.targets[i])),
-            );
-            eligible.sort_unstable();
-        }
-        let mut panicking = false;
-        if eligible.is_empty() && self.panic == PanicMode::Spread {
-            eligible = (0..self.targets.len()).collect();
-            panicking = true;
-        }
+        let (eligible, panicking) = self.eligible_set(now, &[]);
         let mut mask = vec![false; self.targets.len()];
         for &i in &eligible {
             mask[i] = true;
@@ -666,6 +635,37 @@ impl UpstreamGroup {
             max_weight,
             panicking,
         }));
+    }
+
+    /// Which targets may be picked at `now`, with `excluded` ones (whose connect just failed)
+    /// counted as unusable: the usable primaries, plus the usable backups when too few
+    /// primaries are usable; every target in `panic = "spread"` when nothing is usable.
+    fn eligible_set(&self, now: Millis, excluded: &[usize]) -> (Vec<usize>, bool) {
+        let usable = |i: usize| {
+            let state = &self.targets[i].state;
+            state.is_healthy() && !state.is_ejected(now) && !excluded.contains(&i)
+        };
+        let primaries = self.targets.iter().filter(|t| !t.backup).count();
+        let mut eligible: Vec<usize> = (0..self.targets.len())
+            .filter(|&i| !self.targets[i].backup && usable(i))
+            .collect();
+        let share = if primaries == 0 {
+            0.0
+        } else {
+            eligible.len() as f64 / primaries as f64
+        };
+        if share < self.failover_threshold || eligible.is_empty() {
+            eligible
+                .extend((0..self.targets.len()).filter(|&i| self.targets[i].backup && usable(i)));
+            eligible.sort_unstable();
+        }
+        if eligible.is_empty() && self.panic == PanicMode::Spread {
+            let all: Vec<usize> = (0..self.targets.len())
+                .filter(|i| !excluded.contains(i))
+                .collect();
+            return (all, true);
+        }
+        (eligible, false)
     }
 
     /// A call to `target` begins: counted in flight until the guard drops.

@@ -558,3 +558,36 @@ async fn tcp_checks_and_expected_statuses_decide_health() {
     );
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_primary_refuses_fails_over_to_the_backup_at_once() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let backup = chaos_upstream("backup").await;
+    // No health checks: only the failed connect tells the gateway the primary is gone.
+    let gw = gateway(
+        &format!(
+            "\"{dead}\", {{ address = \"{}\", backup = true }}",
+            backup.address
+        ),
+        "",
+    )
+    .await;
+    let answer = get(&gw.url("/x")).await;
+    assert_eq!(answer.status, 200, "{:?}", answer.body);
+    assert_eq!(answer.header("x-upstream"), Some("backup"));
+    gw.stop().await;
+
+    // With no backup and every target refusing, the answer is the connect error, not 503.
+    let other_dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let gw = gateway(&quoted(&[dead, other_dead]), "").await;
+    let answer = get(&gw.url("/x")).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.json()["error"]["code"], "UPSTREAM_ERROR");
+    gw.stop().await;
+}
