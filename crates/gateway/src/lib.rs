@@ -452,8 +452,21 @@ impl Gateway {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        // A look is a stat (microseconds, done in place); the file is read only when its size or
+        // modification time moved, and every tenth look anyway (a file system whose clock is too
+        // coarse to tell two quick writes apart).
+        let mut last_stat = None;
+        let mut looks = 0u32;
         loop {
             ticker.tick().await;
+            looks = looks.wrapping_add(1);
+            let stat = std::fs::metadata(&path)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()));
+            if stat.is_some() && stat == last_stat && looks % 10 != 0 {
+                continue;
+            }
+            last_stat = stat;
             let Ok(contents) = tokio::fs::read(&path).await else {
                 continue;
             };
