@@ -209,20 +209,39 @@ fn detailed(state: &AdminState) -> AdminResponse {
             "error": error,
         }),
     };
+    // An upstream with targets out is degraded, one with none usable unhealthy; either makes
+    // the whole "degraded", never "unhealthy": the gateway itself still serves, and a load
+    // balancer in front should not take it out because a service behind it is down.
+    let mut upstreams_degraded = false;
     let upstreams: serde_json::Map<String, serde_json::Value> = state
         .gateway
         .upstreams()
         .into_iter()
         .map(|u| {
+            let usable = u.targets.iter().filter(|t| t.health == "healthy").count();
+            let status = if usable == u.targets.len() {
+                "healthy"
+            } else if usable == 0 {
+                "unhealthy"
+            } else {
+                "degraded"
+            };
+            upstreams_degraded |= status != "healthy";
             (
                 u.name.clone(),
-                json!({"status": "healthy", "targets": u.targets.len(), "checked": false}),
+                json!({
+                    "status": status,
+                    "targets": u.targets.len(),
+                    "usable": usable,
+                    "eligible": u.targets.iter().filter(|t| t.eligible).count(),
+                    "panic": u.panic,
+                }),
             )
         })
         .collect();
     let overall = if !status.ready {
         "unhealthy"
-    } else if status.last_reload.error.is_some() {
+    } else if status.last_reload.error.is_some() || upstreams_degraded {
         "degraded"
     } else {
         "healthy"

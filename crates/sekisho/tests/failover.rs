@@ -126,6 +126,13 @@ timeout = "5s"
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let failed_before_removal = failures.lock().unwrap().len();
+    // The gateway itself still serves: degraded, not unhealthy, and it says which upstream.
+    let detailed = get(&gateway.admin_url("/health/detailed")).await;
+    assert_eq!(detailed.status, 200);
+    let detailed = detailed.json();
+    assert_eq!(detailed["status"], "degraded", "{detailed:#}");
+    assert_eq!(detailed["checks"]["upstreams"]["u"]["status"], "degraded");
+    assert_eq!(detailed["checks"]["upstreams"]["u"]["usable"], 2);
     let settled = answered.load(Ordering::Relaxed);
     wait_for_answers(settled + 1000).await;
     stop.store(true, Ordering::Relaxed);
