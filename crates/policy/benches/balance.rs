@@ -44,6 +44,18 @@ fn picks(c: &mut Criterion) {
                 })
             });
         }
+        // The latency figures as a gateway reads them: some time after the last observation,
+        // so that every read of an estimate computes its decay (an `exp`).
+        let later = now + Duration::from_millis(250);
+        for (name, algorithm) in [
+            ("least_response_time_decaying", Algorithm::LeastResponseTime),
+            ("weighted_random_decaying", Algorithm::WeightedRandom),
+        ] {
+            let balancer = Balancer::new(algorithm, &refs, &weights);
+            group.bench_with_input(BenchmarkId::new(name, count), &count, |b, _| {
+                b.iter(|| black_box(balancer.pick(&pool, None, black_box(later))))
+            });
+        }
         // Smooth weighted round robin off its precomputed period: one target down.
         let down: Vec<usize> = (1..count).collect();
         let degraded = StaticPool::new(&weights, &loads).with_eligible(&down);

@@ -69,18 +69,20 @@ impl TargetLoad {
     /// that fails fast must not look like the fastest one and draw all the traffic.
     pub fn observe(&self, latency: Duration, failed: bool, now: Instant) {
         let at = self.nanos_since_epoch(now);
-        let current = self.decayed(at);
         let mut rtt = latency.as_nanos() as f64;
         if failed {
-            rtt = 2.0 * rtt.max(current);
+            rtt = 2.0 * rtt.max(self.decayed(at));
         }
-        // Peak: a slower answer replaces the estimate at once; faster ones pull it down slowly.
-        let next = if rtt > current {
+        // Peak: a slower answer replaces the estimate at once; faster ones are blended in with
+        // the weight the stored estimate still has after the time since its update (as tower's
+        // PeakEwma does: the decay is applied once, here, not also to the value blended).
+        let stored = f64::from_bits(self.latency_ns.load(Ordering::Relaxed));
+        let next = if rtt > stored {
             rtt
         } else {
             let elapsed = at.saturating_sub(self.updated_ns.load(Ordering::Relaxed)) as f64;
             let weight = (-elapsed / DECAY.as_nanos() as f64).exp();
-            current * weight + rtt * (1.0 - weight)
+            stored * weight + rtt * (1.0 - weight)
         };
         self.latency_ns.store(next.to_bits(), Ordering::Relaxed);
         self.updated_ns.store(at, Ordering::Relaxed);

@@ -9,12 +9,35 @@
 //! | algorithm | picks | state | cost |
 //! |---|---|---|---|
 //! | [`Algorithm::RoundRobin`] | each eligible target in turn | one atomic counter | O(1) |
-//! | [`Algorithm::WeightedRoundRobin`] | nginx's smooth weighted round robin | current weights under a mutex | O(n) |
+//! | [`Algorithm::WeightedRoundRobin`] | nginx's smooth weighted round robin | current weights under a mutex; one precomputed period | O(1) steady, O(n) otherwise |
 //! | [`Algorithm::LeastConnections`] | fewest requests in flight per unit of weight | none | O(n) |
 //! | [`Algorithm::LeastResponseTime`] | lower peak-EWMA cost of two random targets | none | O(1) |
-//! | [`Algorithm::IpHash`] | a target from the key's hash, rehashed while ineligible | none | O(1) |
+//! | [`Algorithm::IpHash`] | a target from the key's hash, rehashed while ineligible | prefix sums of the weights | O(log n) |
 //! | [`Algorithm::ConsistentHash`] | first eligible target clockwise of the key on a ring | the ring | O(log n) |
-//! | [`Algorithm::WeightedRandom`] | at random, in proportion to weight × health score | none | O(n) |
+//! | [`Algorithm::WeightedRandom`] | at random, in proportion to weight × health score | the mean latency, recomputed now and then | O(1) expected |
+//!
+//! Smooth weighted round robin updates the current weights of the eligible targets only: a
+//! target that is out keeps the current weight it had (it neither gains nor pays while out),
+//! and when it returns it resumes from there, as in nginx. While every target is eligible with
+//! its configured weight ([`Pool::weights_as_configured`]) a pick follows a precomputed period
+//! of the sequence (lock-free) instead of the current weights; the two agree in proportions
+//! and smoothness, not in phase, when the pool moves between them.
+//!
+//! Weighted random gives each eligible target `t` the probability
+//! `weight(t) × score(t) / Σ weight × score`, with the health score
+//!
+//! ```text
+//! score(t) = clamp(2 × (1 − error_rate(t))² × ref / (ref + latency(t)), 0.05, 2)
+//! ```
+//!
+//! where `latency(t)` is the target's peak-EWMA estimate and `ref` the mean latency of the
+//! eligible targets: a target like its peers scores 1, one twice as slow as the mean about
+//! 0.67, one failing half its requests 0.25, and the floor 0.05 keeps the odd probe going to a
+//! poor target so that it can show it has recovered. It samples by rejection: draw an eligible
+//! target uniformly, keep it with probability `weight ÷ max weight` (an integer draw, no
+//! latency read), then with probability `score ÷ 2`; after 64 draws, the best drawn. `ref` is
+//! recomputed over the eligible targets by about one pick in max(256, 4 × targets), chosen at
+//! random: no other pick scans the pool or writes shared state.
 //!
 //! ```
 //! use std::time::Instant;
@@ -30,7 +53,7 @@
 
 mod load;
 
-pub use load::TargetLoad;
+pub use load::{TargetLoad, DECAY, DEFAULT_RTT};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -73,8 +96,10 @@ pub trait Pool {
     fn weight(&self, target: usize) -> u32;
     /// Live figures of `target`.
     fn load(&self, target: usize) -> &TargetLoad;
-    /// Whether every target's effective weight is its configured one now (no slow start);
-    /// `false` is always safe.
+    /// Whether every target's effective weight is its configured one now (no slow start): the
+    /// weights the [`Balancer`] was built with, or one common multiple of all of them. Smooth
+    /// weighted round robin then follows the period it precomputed from the configured
+    /// weights; `false` is always safe.
     fn weights_as_configured(&self) -> bool {
         false
     }
@@ -171,8 +196,8 @@ pub struct Balancer {
     /// Smooth weighted round robin's sequence over one period (the sum of the weights), when
     /// that is short enough to keep: the steady state then costs one counter increment.
     period: Vec<u32>,
-    /// Weighted random: running mean of the sampled targets' latency (nanoseconds, f64 bits),
-    /// the reference a target's latency is scored against.
+    /// Weighted random: mean latency of the eligible targets (nanoseconds, f64 bits) as last
+    /// computed, the reference a target's latency is scored against; NaN until computed.
     reference_latency: AtomicU64,
 }
 
@@ -235,7 +260,8 @@ impl Balancer {
             ring,
             configured,
             period,
-            reference_latency: AtomicU64::new((load::DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            // Not known yet: the first weighted random pick computes it.
+            reference_latency: AtomicU64::new(f64::NAN.to_bits()),
         }
     }
 
@@ -264,7 +290,9 @@ impl Balancer {
         }
         match (self.algorithm, key) {
             (Algorithm::RoundRobin, _) => Some(self.in_turn(eligible)),
-            (Algorithm::WeightedRoundRobin, _) => self.smooth_weighted(pool),
+            (Algorithm::WeightedRoundRobin, _) => self
+                .smooth_weighted(pool)
+                .or_else(|| Some(self.in_turn(eligible))),
             (Algorithm::LeastConnections, _) => Some(self.least_connections(pool)),
             (Algorithm::LeastResponseTime, _) => Some(least_response_time(pool, now)),
             (Algorithm::IpHash, Some(key)) => Some(self.ip_hash(pool, key)),
@@ -279,7 +307,9 @@ impl Balancer {
     }
 
     /// nginx's smooth weighted round robin: every eligible target gains its weight, the
-    /// richest is chosen and pays the total back.
+    /// richest is chosen and pays the total back; targets that are out are left as they are
+    /// (see the module docs). `None` only when no eligible target is one the balancer was
+    /// built with.
     fn smooth_weighted<P: Pool + ?Sized>(&self, pool: &P) -> Option<usize> {
         if !self.period.is_empty() && self.steady(pool) {
             let step = self.turn.fetch_add(1, Ordering::Relaxed) % self.period.len();
@@ -402,9 +432,8 @@ fn least_response_time<P: Pool + ?Sized>(pool: &P, now: Instant) -> usize {
 /// Health score of a target whose peers answer in `reference` nanoseconds on average:
 /// `2 × (1 − error rate)² × reference / (reference + latency)`, between [`MIN_SCORE`] and 2. A
 /// target like its peers scores 1; the floor keeps the odd probe going to a poor target.
-fn health_score(load: &TargetLoad, reference: f64, now: Instant) -> f64 {
-    let success = 1.0 - load.error_rate().clamp(0.0, 1.0);
-    let latency = load.latency_nanos(now);
+fn health_score(error_rate: f64, latency: f64, reference: f64) -> f64 {
+    let success = 1.0 - error_rate.clamp(0.0, 1.0);
     let speed = if reference + latency > 0.0 {
         2.0 * reference / (reference + latency)
     } else {
@@ -419,35 +448,60 @@ const MIN_SCORE: f64 = 0.05;
 const MAX_SCORE: f64 = 2.0;
 /// Draws of weighted random before it settles for the best-scored target drawn.
 const RANDOM_TRIES: usize = 64;
+/// Fewest picks, on average, between two computations of weighted random's reference latency.
+const REFERENCE_REFRESH: usize = 256;
 
 impl Balancer {
-    /// Random in proportion to weight × health score, by rejection: draw an eligible target
-    /// uniformly, keep it with probability (weight ÷ max weight) × (score ÷ max score). O(1)
-    /// expected (about max/mean draws), no pass over the targets. The latency reference is a
-    /// running mean of the drawn targets' latencies, i.e. of the eligible targets'.
+    /// Random in proportion to weight × health score, by rejection (see the module docs): draw
+    /// an eligible target uniformly, keep it with probability weight ÷ max weight (an integer
+    /// draw, no latency read), then with probability score ÷ [`MAX_SCORE`]. O(1) expected:
+    /// about max/mean weight draws and two latency reads per pick; after [`RANDOM_TRIES`]
+    /// draws, the best-scored target that passed the weight test.
     fn weighted_random<P: Pool + ?Sized>(&self, pool: &P, now: Instant) -> usize {
         let eligible = pool.eligible();
-        let max_weight = f64::from(pool.max_weight().max(1));
-        let mut reference = f64::from_bits(self.reference_latency.load(Ordering::Relaxed));
-        let mut best = (eligible[0], -1.0);
+        let max_weight = pool.max_weight().max(1);
+        let reference = self.reference_latency(pool, now);
+        // One access to the thread's generator per pick, not three per draw.
+        let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        // If no draw passes the weight test (only with extreme weights): a uniform choice.
+        let mut best = (eligible[rng.usize(..eligible.len())], -1.0);
         for _ in 0..RANDOM_TRIES {
-            let target = eligible[fastrand::usize(..eligible.len())];
-            let load = pool.load(target);
-            reference += (load.latency_nanos(now) - reference) / 64.0;
-            let odds = f64::from(pool.weight(target)) / max_weight
-                * health_score(load, reference, now)
-                / MAX_SCORE;
-            if fastrand::f64() < odds {
-                best = (target, odds);
-                break;
+            let target = eligible[rng.usize(..eligible.len())];
+            let weight = pool.weight(target);
+            if rng.u32(..max_weight) >= weight {
+                continue;
             }
-            if odds > best.1 {
-                best = (target, odds);
+            let load = pool.load(target);
+            let score = health_score(load.error_rate(), load.latency_nanos(now), reference);
+            if rng.f64() * MAX_SCORE < score {
+                return target;
+            }
+            let share = f64::from(weight) * score;
+            if share > best.1 {
+                best = (target, share);
             }
         }
-        self.reference_latency
-            .store(reference.to_bits(), Ordering::Relaxed);
         best.0
+    }
+
+    /// Weighted random's reference: the mean latency of the eligible targets, recomputed by
+    /// about one pick in max(256, 4 × targets) (chosen at random, so no shared counter), so
+    /// that its O(n) pass costs at most a quarter of a latency read per pick.
+    fn reference_latency<P: Pool + ?Sized>(&self, pool: &P, now: Instant) -> f64 {
+        let eligible = pool.eligible();
+        let cached = f64::from_bits(self.reference_latency.load(Ordering::Relaxed));
+        let refresh = (4 * eligible.len()).max(REFERENCE_REFRESH);
+        if !cached.is_nan() && fastrand::usize(..refresh) != 0 {
+            return cached;
+        }
+        let total: f64 = eligible
+            .iter()
+            .map(|&target| pool.load(target).latency_nanos(now))
+            .sum();
+        let mean = total / eligible.len().max(1) as f64;
+        self.reference_latency
+            .store(mean.to_bits(), Ordering::Relaxed);
+        mean
     }
 }
 
