@@ -372,6 +372,8 @@ struct Snapshot {
     ramping: bool,
     /// Largest configured (scaled) weight among the eligible: a bound of their effective ones.
     max_weight: u32,
+    /// Distinct per snapshot of this group (never 0): the balancer may cache per id.
+    id: u64,
     /// Nothing was usable and `panic = "spread"` let every target in.
     panicking: bool,
 }
@@ -397,6 +399,8 @@ pub struct UpstreamGroup {
     state: Arc<UpstreamState>,
     clock: Clock,
     snapshot: ArcSwap<Snapshot>,
+    /// Snapshots built so far (their ids).
+    snapshots: AtomicU64,
     rebuilding: Mutex<()>,
     failover_threshold: f64,
     panic: PanicMode,
@@ -475,9 +479,11 @@ impl UpstreamGroup {
                 mask: Vec::new(),
                 ramping: false,
                 max_weight: 1,
+                id: 1,
                 panicking: false,
             }),
             state,
+            snapshots: AtomicU64::new(0),
             rebuilding: Mutex::new(()),
             failover_threshold: upstream.failover_threshold.0,
             panic: upstream.panic,
@@ -519,6 +525,7 @@ impl UpstreamGroup {
                 mask: &snapshot.mask,
                 ramping: snapshot.ramping,
                 max_weight: snapshot.max_weight,
+                id: snapshot.id,
                 now: millis,
             };
             let mut picked = self.balancer.pick(&pool, key, std_now);
@@ -547,6 +554,7 @@ impl UpstreamGroup {
                 mask: &mask,
                 ramping: snapshot.ramping,
                 max_weight: snapshot.max_weight,
+                id: 0,
                 now: millis,
             };
             self.balancer.pick(&pool, key, std_now)
@@ -633,6 +641,7 @@ impl UpstreamGroup {
             mask,
             ramping,
             max_weight,
+            id: self.snapshots.fetch_add(1, Ordering::Relaxed) + 2,
             panicking,
         }));
     }
@@ -887,6 +896,8 @@ struct GroupPool<'a> {
     mask: &'a [bool],
     ramping: bool,
     max_weight: u32,
+    /// The snapshot's id, or 0 for an ad-hoc set (a retry's).
+    id: u64,
     now: Millis,
 }
 
@@ -941,6 +952,15 @@ impl Pool for GroupPool<'_> {
 
     fn weights_as_configured(&self) -> bool {
         !self.ramping
+    }
+
+    fn set_id(&self) -> u64 {
+        // While a target ramps its weight changes with every pick: nothing to cache.
+        if self.ramping {
+            0
+        } else {
+            self.id
+        }
     }
 }
 

@@ -103,6 +103,13 @@ pub trait Pool {
     fn weights_as_configured(&self) -> bool {
         false
     }
+    /// An identifier of what this pool shows: two picks that see the same non-zero id see the
+    /// same eligible targets with the same effective weights. Smooth weighted round robin then
+    /// keeps the period of that set and follows it instead of scanning. 0 (the default): no
+    /// such promise, nothing is cached.
+    fn set_id(&self) -> u64 {
+        0
+    }
     /// The largest effective weight among the eligible targets (a pool that keeps it at hand
     /// should say so; this default scans).
     fn max_weight(&self) -> u32 {
@@ -121,6 +128,7 @@ pub struct StaticPool<'a> {
     loads: &'a [TargetLoad],
     eligible: Vec<usize>,
     max_weight: u32,
+    id: u64,
 }
 
 impl<'a> StaticPool<'a> {
@@ -131,6 +139,7 @@ impl<'a> StaticPool<'a> {
             loads,
             eligible: (0..weights.len()).collect(),
             max_weight: weights.iter().copied().max().unwrap_or(1),
+            id: set_id_of(weights, &(0..weights.len()).collect::<Vec<_>>()),
         }
     }
 
@@ -143,6 +152,7 @@ impl<'a> StaticPool<'a> {
             .map(|&t| self.weight(t))
             .max()
             .unwrap_or(1);
+        self.id = set_id_of(self.weights, &self.eligible);
         self
     }
 }
@@ -171,6 +181,20 @@ impl Pool for StaticPool<'_> {
     fn weights_as_configured(&self) -> bool {
         true
     }
+
+    fn set_id(&self) -> u64 {
+        self.id
+    }
+}
+
+/// A non-zero fingerprint of fixed weights and an eligible set.
+fn set_id_of(weights: &[u32], eligible: &[usize]) -> u64 {
+    let mut id = splitmix64(eligible.len() as u64);
+    for &target in eligible {
+        let weight = weights.get(target).copied().unwrap_or(1);
+        id = splitmix64(id ^ ((target as u64) << 32 | u64::from(weight)));
+    }
+    id.max(1)
 }
 
 /// The stable 64-bit hash used for request keys and ring points (XXH3), the same in every
@@ -196,6 +220,9 @@ pub struct Balancer {
     /// Smooth weighted round robin's sequence over one period (the sum of the weights), when
     /// that is short enough to keep: the steady state then costs one counter increment.
     period: Vec<u32>,
+    /// Smooth weighted round robin's period for the last eligible set a pool identified
+    /// ([`Pool::set_id`]), when it is not the steady one: a degraded pool is O(1) too.
+    degraded: std::sync::RwLock<(u64, Vec<u32>)>,
     /// Weighted random: mean latency of the eligible targets (nanoseconds, f64 bits) as last
     /// computed, the reference a target's latency is scored against; NaN until computed.
     reference_latency: AtomicU64,
@@ -260,6 +287,7 @@ impl Balancer {
             ring,
             configured,
             period,
+            degraded: std::sync::RwLock::new((0, Vec::new())),
             // Not known yet: the first weighted random pick computes it.
             reference_latency: AtomicU64::new(f64::NAN.to_bits()),
         }
@@ -315,6 +343,9 @@ impl Balancer {
             let step = self.turn.fetch_add(1, Ordering::Relaxed) % self.period.len();
             return Some(self.period[step] as usize);
         }
+        if let Some(target) = self.degraded_period(pool) {
+            return Some(target);
+        }
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let current = current.as_mut_slice();
         let mut total = 0i64;
@@ -336,6 +367,41 @@ impl Balancer {
         let slot = current.get_mut(best)?;
         *slot -= total;
         Some(best)
+    }
+
+    /// The next target of the period of the pool's eligible set, computed once per set the
+    /// pool identifies; `None` when it gives no id or the period would be too long.
+    fn degraded_period<P: Pool + ?Sized>(&self, pool: &P) -> Option<usize> {
+        let id = pool.set_id();
+        if id == 0 {
+            return None;
+        }
+        {
+            let cached = self.degraded.read().unwrap_or_else(|p| p.into_inner());
+            if cached.0 == id {
+                if cached.1.is_empty() {
+                    return None;
+                }
+                let step = self.turn.fetch_add(1, Ordering::Relaxed) % cached.1.len();
+                return Some(cached.1[step] as usize);
+            }
+        }
+        let eligible = pool.eligible();
+        let weights: Vec<u32> = eligible.iter().map(|&t| pool.weight(t).max(1)).collect();
+        let divisor = weights.iter().copied().fold(0, gcd).max(1);
+        let reduced: Vec<u32> = weights.iter().map(|w| w / divisor).collect();
+        let period: Vec<u32> = smooth_period(&reduced)
+            .into_iter()
+            .filter_map(|i| eligible.get(i as usize).map(|&t| t as u32))
+            .collect();
+        let next = if period.is_empty() {
+            None
+        } else {
+            let step = self.turn.fetch_add(1, Ordering::Relaxed) % period.len();
+            Some(period[step] as usize)
+        };
+        *self.degraded.write().unwrap_or_else(|p| p.into_inner()) = (id, period);
+        next
     }
 
     /// Whether the pool is in its steady state: every target eligible with its configured
@@ -529,6 +595,14 @@ fn smooth_period(weights: &[u32]) -> Vec<u32> {
         period.push(best as u32);
     }
     period
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// One step of SplitMix64: a cheap, well-mixed rehash.

@@ -437,3 +437,22 @@ fn weighted_random_shifts_away_from_a_slow_target() {
     assert!((900..1800).contains(&counts[2]), "{counts:?}");
     assert!((3300..4500).contains(&counts[0]), "{counts:?}");
 }
+
+#[test]
+fn a_degraded_pool_that_says_what_it_is_follows_its_own_period() {
+    let now = Instant::now();
+    let loads = loads(4, now);
+    let weights = [5, 1, 1, 1];
+    let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
+    // Target 3 is out: the other three keep nginx's interleaving of 5, 1, 1, exactly.
+    let pool = StaticPool::new(&weights, &loads).with_eligible(&[0, 1, 2]);
+    assert_ne!(pool.set_id(), 0);
+    let picks: Vec<usize> = (0..14)
+        .map(|_| wrr.pick(&pool, None, now).unwrap())
+        .collect();
+    assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
+    // Another set, another period.
+    let pool = StaticPool::new(&weights, &loads).with_eligible(&[1, 2, 3]);
+    let counts = tally((0..30).map(|_| wrr.pick(&pool, None, now).unwrap()), 4);
+    assert_eq!(counts, [0, 10, 10, 10]);
+}
