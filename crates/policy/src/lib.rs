@@ -8,3 +8,4 @@
 //! hot path of a decision.
 
 pub mod balance;
+pub mod breaker;
