@@ -102,6 +102,16 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             "the admin API needs `Authorization: Bearer <admin.token>`",
         );
     }
+    if let Some(name) = path.strip_prefix("/api/v1/circuits/") {
+        return match method {
+            Method::POST => circuit_action(state, name, request).await,
+            _ => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "BAD_REQUEST",
+                &format!("{method} is not allowed on {path}"),
+            ),
+        };
+    }
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/ready") => ready(state),
@@ -124,6 +134,10 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             )
         }
         (&Method::POST, "/api/v1/config/reload") => reload(state).await,
+        (&Method::GET, "/api/v1/circuits") => json_response(
+            StatusCode::OK,
+            &json!({ "circuits": state.gateway.circuits() }),
+        ),
         (
             _,
             "/health"
@@ -132,7 +146,8 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             | "/metrics"
             | "/api/v1/upstreams"
             | "/api/v1/config"
-            | "/api/v1/config/reload",
+            | "/api/v1/config/reload"
+            | "/api/v1/circuits",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_REQUEST",
@@ -287,6 +302,49 @@ fn metrics(state: &AdminState, request: &Request<Incoming>) -> AdminResponse {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+/// Largest JSON body the admin API reads.
+const MAX_ADMIN_BODY: usize = 16 * 1024;
+
+/// `POST /api/v1/circuits/{name}` with `{"action": "force_open" | "force_closed" | "disable" |
+/// "reset"}`.
+async fn circuit_action(
+    state: &AdminState,
+    name: &str,
+    request: Request<Incoming>,
+) -> AdminResponse {
+    use http_body_util::BodyExt;
+    let body = match http_body_util::Limited::new(request.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "the body could not be read (or is over 16 KiB)",
+            )
+        }
+    };
+    let action = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("action").and_then(|a| a.as_str()).map(str::to_owned));
+    let Some(action) = action else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "expected a JSON body {\"action\": \"force_open\" | \"force_closed\" | \"disable\" | \"reset\"}",
+        );
+    };
+    match state.gateway.circuit_action(name, &action) {
+        Ok(view) => json_response(StatusCode::OK, &json!({ "circuit": view })),
+        Err(refused @ sekisho_gateway::CircuitActionError::UnknownCircuit(_)) => {
+            error(StatusCode::NOT_FOUND, "NO_ROUTE", &refused.to_string())
+        }
+        Err(refused) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &refused.to_string()),
+    }
 }
 
 async fn reload(state: &AdminState) -> AdminResponse {

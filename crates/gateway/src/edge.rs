@@ -65,6 +65,14 @@ pub enum GatewayError {
         #[source]
         source: BoxError,
     },
+    /// The upstream's circuit is open: rejected at once.
+    #[error("upstream `{upstream}` is failing; its circuit is open")]
+    CircuitOpen {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// Until the circuit lets a probe through.
+        retry_after: Duration,
+    },
     /// The route's deadline passed before the upstream answered.
     #[error("upstream `{upstream}` did not answer within {}", sekisho_config::format_duration(*.timeout))]
     UpstreamTimeout {
@@ -84,6 +92,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => "PAYLOAD_TOO_LARGE",
             Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             Self::NoHealthyUpstream { .. } => "NO_HEALTHY_UPSTREAM",
+            Self::CircuitOpen { .. } => "CIRCUIT_OPEN",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
             Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
         }
@@ -96,7 +105,9 @@ impl GatewayError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoHealthyUpstream { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoHealthyUpstream { .. } | Self::CircuitOpen { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -106,6 +117,10 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::NoHealthyUpstream { .. } => Some(Duration::from_secs(1)),
+            // Whole seconds, rounded up: never "0", which a client would take as "now".
+            Self::CircuitOpen { retry_after, .. } => Some(Duration::from_secs(
+                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            )),
             _ => None,
         }
     }

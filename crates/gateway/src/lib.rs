@@ -145,6 +145,51 @@ pub struct TargetView {
     pub last_check: Option<upstream::CheckRecord>,
 }
 
+/// A circuit breaker as the admin API shows it (named after its upstream).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CircuitView {
+    /// The upstream's name.
+    pub name: String,
+    /// `closed`, `open`, `half_open`, `forced_open`, `forced_closed` or `disabled`.
+    pub state: &'static str,
+    /// Failure rate of the calls in the window.
+    pub failure_rate: f64,
+    /// Slow-call rate of the calls in the window.
+    pub slow_call_rate: f64,
+    /// Calls in the window.
+    pub calls: u32,
+    /// Failed calls in the window.
+    pub failures: u32,
+    /// Slow calls in the window.
+    pub slow_calls: u32,
+    /// Times it opened.
+    pub opened: u64,
+    /// The last transitions, oldest first.
+    pub transitions: Vec<TransitionView>,
+}
+
+/// One change of a circuit's state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransitionView {
+    /// From.
+    pub from: &'static str,
+    /// To.
+    pub to: &'static str,
+    /// Unix time in milliseconds.
+    pub at_unix_ms: u64,
+}
+
+/// Why an operator's circuit action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CircuitActionError {
+    /// No upstream of that name has a circuit breaker.
+    #[error("no circuit named `{0}`")]
+    UnknownCircuit(String),
+    /// Not one of force_open, force_closed, disable, reset.
+    #[error("unknown action `{0}`: expected force_open, force_closed, disable or reset")]
+    UnknownAction(String),
+}
+
 /// A handle on a running gateway; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -387,6 +432,41 @@ impl Gateway {
             .collect()
     }
 
+    /// Every circuit breaker in force, by upstream name.
+    pub fn circuits(&self) -> Vec<CircuitView> {
+        let runtime = self.shared.runtime.load();
+        runtime
+            .upstreams
+            .values()
+            .filter_map(|group| group.circuit.as_ref().map(|c| circuit_view(&group.name, c)))
+            .collect()
+    }
+
+    /// An operator's action on the circuit of upstream `name`: `force_open`, `force_closed`,
+    /// `disable` or `reset`.
+    pub fn circuit_action(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<CircuitView, CircuitActionError> {
+        let runtime = self.shared.runtime.load();
+        let circuit = runtime
+            .upstreams
+            .get(name)
+            .and_then(|group| group.circuit.as_ref())
+            .ok_or_else(|| CircuitActionError::UnknownCircuit(name.to_owned()))?;
+        let now = std::time::Instant::now();
+        match action {
+            "force_open" => circuit.breaker.force_open(now),
+            "force_closed" => circuit.breaker.force_closed(now),
+            "disable" => circuit.breaker.disable(now),
+            "reset" => circuit.breaker.reset(now),
+            other => return Err(CircuitActionError::UnknownAction(other.to_owned())),
+        }
+        tracing::warn!(circuit = name, action, "circuit changed by an operator");
+        Ok(circuit_view(name, circuit))
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn encode_metrics(&self) -> String {
         self.shared.metrics.encode_prometheus()
@@ -401,6 +481,35 @@ impl Gateway {
 impl Shared {
     fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
+    }
+}
+
+fn circuit_view(name: &str, circuit: &upstream::Circuit) -> CircuitView {
+    let now = std::time::Instant::now();
+    let wall = SystemTime::now();
+    let figures = circuit.breaker.figures(now);
+    let transitions = circuit
+        .breaker
+        .transitions()
+        .into_iter()
+        .map(|t| TransitionView {
+            from: t.from.name(),
+            to: t.to.name(),
+            at_unix_ms: (wall - now.saturating_duration_since(t.at))
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        })
+        .collect();
+    CircuitView {
+        name: name.to_owned(),
+        state: figures.state.name(),
+        failure_rate: figures.failure_rate,
+        slow_call_rate: figures.slow_rate,
+        calls: figures.calls,
+        failures: figures.failures,
+        slow_calls: figures.slow,
+        opened: figures.opened,
+        transitions,
     }
 }
 

@@ -54,6 +54,14 @@ pub mod names {
     pub const TARGET_PICKS: &str = "sekisho_upstream_target_picks";
     /// Per target: times it was ejected.
     pub const TARGET_EJECTIONS: &str = "sekisho_upstream_target_ejections";
+    /// Per upstream circuit: 1 for the state it is in (label `state`), 0 for the others.
+    pub const CIRCUIT_STATE: &str = "sekisho_circuit_state";
+    /// Per upstream circuit: times it opened.
+    pub const CIRCUIT_OPENED: &str = "sekisho_circuit_opened";
+    /// Per upstream circuit: calls in its window.
+    pub const CIRCUIT_CALLS: &str = "sekisho_circuit_window_calls";
+    /// Per upstream circuit: failure rate of its window.
+    pub const CIRCUIT_FAILURE_RATE: &str = "sekisho_circuit_failure_rate";
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -313,6 +321,7 @@ impl Collector for TargetCollector {
                     .map(|(target, figures)| (&*group.name, target.address.as_str(), figures))
             })
             .collect();
+        encode_circuits(&upstreams, &mut encoder)?;
         if figures.is_empty() {
             return Ok(());
         }
@@ -371,6 +380,77 @@ impl Collector for TargetCollector {
         }
         Ok(())
     }
+}
+
+/// The circuit breakers' figures, read at scrape time.
+fn encode_circuits(
+    upstreams: &[Arc<UpstreamGroup>],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    use sekisho_policy::breaker::State;
+    let now = std::time::Instant::now();
+    let circuits: Vec<(&str, sekisho_policy::breaker::Figures)> = upstreams
+        .iter()
+        .filter_map(|g| {
+            g.circuit
+                .as_ref()
+                .map(|c| (&*g.name, c.breaker.figures(now)))
+        })
+        .collect();
+    if circuits.is_empty() {
+        return Ok(());
+    }
+    let mut family = encoder.encode_descriptor(
+        names::CIRCUIT_STATE,
+        "1 for the state the upstream's circuit is in, 0 for the others",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (upstream, figures) in &circuits {
+        for state in [
+            State::Closed,
+            State::Open,
+            State::HalfOpen,
+            State::ForcedOpen,
+            State::ForcedClosed,
+            State::Disabled,
+        ] {
+            let labels = [("upstream", *upstream), ("state", state.name())];
+            ConstGauge::new(i64::from(figures.state == state))
+                .encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        names::CIRCUIT_OPENED,
+        "Times the upstream's circuit opened",
+        None,
+        MetricType::Counter,
+    )?;
+    for (upstream, figures) in &circuits {
+        ConstCounter::new(figures.opened)
+            .encode(family.encode_family(&[("upstream", *upstream)])?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        names::CIRCUIT_CALLS,
+        "Calls in the window of the upstream's circuit",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (upstream, figures) in &circuits {
+        ConstGauge::new(i64::from(figures.calls))
+            .encode(family.encode_family(&[("upstream", *upstream)])?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        names::CIRCUIT_FAILURE_RATE,
+        "Failure rate of the window of the upstream's circuit",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (upstream, figures) in &circuits {
+        ConstGauge::new(figures.failure_rate)
+            .encode(family.encode_family(&[("upstream", *upstream)])?)?;
+    }
+    Ok(())
 }
 
 /// Process vitals read from /proc at scrape time: CPU, memory, file descriptors, start time.

@@ -17,9 +17,10 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::edge::{error_response, GatewayError};
 use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
-use crate::upstream::CallOutcome;
+use crate::upstream::{CallOutcome, Circuit, UpstreamGroup};
 use crate::Shared;
 use sekisho_config::HashKey;
+use sekisho_policy::breaker::{Outcome as BreakerOutcome, Permit};
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -210,6 +211,8 @@ async fn forward(
         }
     }
     let upstream = &route.upstream;
+    // The circuit first: an open one answers at once, before any work for the upstream.
+    let mut circuit = CircuitCall::enter(upstream, started)?;
     let key = upstream
         .hash_key
         .as_ref()
@@ -262,11 +265,14 @@ async fn forward(
             Ok(target_index) => target_index,
             // Nothing left to try: the last connect error says more than "no healthy target".
             Err(_) => {
+                if last_connect_error.is_some() {
+                    circuit.finish(CallOutcome::ConnectError, started, Instant::now());
+                }
                 return Err(last_connect_error.take().unwrap_or_else(|| {
                     GatewayError::NoHealthyUpstream {
                         upstream: upstream.name.clone(),
                     }
-                }))
+                }));
             }
         };
         let target = &upstream.targets[target_index];
@@ -292,7 +298,9 @@ async fn forward(
             biased;
             result = call => result,
             () = sleep.as_mut() => {
-                upstream.record(target_index, CallOutcome::Timeout, now.elapsed(), Instant::now());
+                let timed_out = Instant::now();
+                upstream.record(target_index, CallOutcome::Timeout, timed_out.saturating_duration_since(now), timed_out);
+                circuit.finish(CallOutcome::Timeout, started, timed_out);
                 return Err(GatewayError::UpstreamTimeout {
                     upstream: upstream.name.clone(),
                     timeout: route.timeout,
@@ -304,12 +312,14 @@ async fn forward(
                 let (mut parts, response_body) = upstream_response.into_parts();
                 let answered = Instant::now();
                 outcome.answered = Some(answered);
+                let answer = CallOutcome::Status(parts.status.as_u16());
                 upstream.record(
                     target_index,
-                    CallOutcome::Status(parts.status.as_u16()),
+                    answer,
                     answered.saturating_duration_since(now),
                     answered,
                 );
+                circuit.finish(answer, started, answered);
                 remove_hop_by_hop(&mut parts.headers);
                 for name in &route.headers.response_remove {
                     parts.headers.remove(name);
@@ -339,7 +349,12 @@ async fn forward(
                         failed_at,
                     );
                 }
-                if outcome != Some(CallOutcome::ConnectError) {
+                let Some(call_outcome) = outcome else {
+                    // The client's fault: the circuit does not judge it (the permit is given back).
+                    return Err(error);
+                };
+                if call_outcome != CallOutcome::ConnectError {
+                    circuit.finish(call_outcome, started, failed_at);
                     return Err(error);
                 }
                 upstream.connect_errors.inc();
@@ -350,9 +365,69 @@ async fn forward(
                         last_connect_error = Some(error);
                         body = again;
                     }
-                    _ => return Err(error),
+                    _ => {
+                        circuit.finish(call_outcome, started, failed_at);
+                        return Err(error);
+                    }
                 }
             }
+        }
+    }
+}
+
+/// A call admitted by the upstream's circuit breaker: its outcome is recorded once, and a call
+/// that never reached the upstream (no target, the client's fault) is given back on drop.
+struct CircuitCall<'a> {
+    circuit: Option<&'a Circuit>,
+    permit: Option<Permit>,
+}
+
+impl<'a> CircuitCall<'a> {
+    /// Leave from `upstream`'s breaker (always, without one); an open circuit is
+    /// `CIRCUIT_OPEN` with the time until it lets a probe through.
+    fn enter(upstream: &'a UpstreamGroup, now: Instant) -> Result<Self, GatewayError> {
+        let Some(circuit) = &upstream.circuit else {
+            return Ok(Self {
+                circuit: None,
+                permit: None,
+            });
+        };
+        match circuit.breaker.try_acquire(now.into_std()) {
+            Ok(permit) => Ok(Self {
+                circuit: Some(circuit),
+                permit: Some(permit),
+            }),
+            Err(rejected) => Err(GatewayError::CircuitOpen {
+                upstream: upstream.name.clone(),
+                retry_after: rejected.retry_after,
+            }),
+        }
+    }
+
+    /// Records how the call ended: a failure status, a timeout, a failed connect or a broken
+    /// answer counts as failed; its duration runs from the request's start.
+    fn finish(&mut self, outcome: CallOutcome, started: Instant, at: Instant) {
+        if let (Some(circuit), Some(permit)) = (self.circuit, self.permit.take()) {
+            let failed = match outcome {
+                CallOutcome::Status(status) => circuit.failure_statuses.contains(&status),
+                _ => true,
+            };
+            circuit.breaker.record(
+                permit,
+                BreakerOutcome {
+                    failed,
+                    duration: at.saturating_duration_since(started),
+                },
+                at.into_std(),
+            );
+        }
+    }
+}
+
+impl Drop for CircuitCall<'_> {
+    fn drop(&mut self) {
+        if let (Some(circuit), Some(permit)) = (self.circuit, self.permit.take()) {
+            circuit.breaker.cancel(permit);
         }
     }
 }

@@ -29,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use prometheus_client::metrics::counter::Counter;
 use sekisho_config::{Balance, FailureKind, HashKey, PanicMode, Upstream, UpstreamProtocol};
 use sekisho_policy::balance::{Algorithm, Balancer, Pool, TargetLoad};
+use sekisho_policy::breaker::{Breaker, BreakerConfig, Window};
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
@@ -209,6 +210,8 @@ pub struct UpstreamState {
     changes: AtomicU64,
     /// End of the current outlier window.
     window_end: AtomicU64,
+    /// The circuit breaker and the settings it was made with (kept while they do not change).
+    breaker: Mutex<Option<(BreakerConfig, Arc<Breaker>)>>,
 }
 
 impl UpstreamState {
@@ -220,6 +223,20 @@ impl UpstreamState {
     /// The upstream's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The breaker for `config`: the one in use if its settings are the same (its state and
+    /// window survive a reload), a new closed one otherwise.
+    fn breaker(&self, config: BreakerConfig) -> Arc<Breaker> {
+        let mut slot = lock(&self.breaker);
+        match &*slot {
+            Some((current, breaker)) if *current == config => Arc::clone(breaker),
+            _ => {
+                let breaker = Arc::new(Breaker::new(config.clone()));
+                *slot = Some((config, Arc::clone(&breaker)));
+                breaker
+            }
+        }
     }
 }
 
@@ -260,6 +277,7 @@ impl StateRegistry {
                 targets: Mutex::new(HashMap::new()),
                 changes: AtomicU64::new(0),
                 window_end: AtomicU64::new(0),
+                breaker: Mutex::new(None),
             })
         }));
         drop(upstreams);
@@ -412,6 +430,41 @@ pub struct UpstreamGroup {
     pub protocol: UpstreamProtocol,
     /// Counts failed connects.
     pub connect_errors: Counter,
+    /// The upstream's circuit breaker, and the statuses that count as its failures.
+    pub circuit: Option<Circuit>,
+}
+
+/// An upstream's circuit breaker as the proxy uses it.
+#[derive(Debug)]
+pub struct Circuit {
+    /// The breaker (shared across reloads while its settings stay).
+    pub breaker: Arc<Breaker>,
+    /// Statuses that count as failures; timeouts, connect errors and broken answers always do.
+    pub failure_statuses: Vec<u16>,
+}
+
+/// The breaker settings of `config`.
+fn breaker_config(config: &sekisho_config::CircuitBreaker) -> BreakerConfig {
+    let window = match config.window_calls {
+        Some(calls) => Window::Calls(calls.0),
+        None => {
+            let window = config.window.get();
+            let seconds = window.as_secs() + u64::from(window.subsec_nanos() > 0);
+            Window::Time(u32::try_from(seconds).unwrap_or(u32::MAX).max(1))
+        }
+    };
+    BreakerConfig {
+        window,
+        minimum_calls: config.minimum_calls.0,
+        failure_rate_threshold: config.failure_rate_threshold.0,
+        slow_call_threshold: config.slow_call_threshold.get(),
+        slow_call_rate_threshold: config.slow_call_rate_threshold.0,
+        open_for: config.open_for.get(),
+        open_for_multiplier: config.open_for_multiplier,
+        max_open_for: config.max_open_for.map(|d| d.get()),
+        half_open_calls: config.half_open_calls.0,
+        consecutive_failures: config.consecutive_failures.map(|n| n.0),
+    }
 }
 
 /// Why no target could be picked.
@@ -465,7 +518,12 @@ impl UpstreamGroup {
             .slow_start
             .or_else(|| upstream.outlier.as_ref().map(|o| o.slow_start))
             .map_or(Duration::ZERO, |d| d.0);
+        let circuit = upstream.circuit_breaker.as_ref().map(|config| Circuit {
+            breaker: state.breaker(breaker_config(config)),
+            failure_statuses: config.failure_statuses.iter().map(|s| s.0).collect(),
+        });
         let group = Self {
+            circuit,
             name: Arc::from(name),
             targets,
             balancer,

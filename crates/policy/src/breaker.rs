@@ -12,8 +12,9 @@
 //! - **Half-open**: `half_open_calls` probes are admitted, no more. When all have answered:
 //!   closed (window cleared) if their failure and slow rates are under the thresholds, open
 //!   again otherwise.
-//! - An operator may force it open, force it closed (`Disabled`: everything passes, nothing is
-//!   judged) or reset it to closed with an empty window.
+//! - An operator may force it open, force it closed (calls pass and are counted, it never
+//!   opens), disable it (calls pass, nothing is counted) or reset it to closed with an empty
+//!   window.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -72,6 +73,20 @@ pub struct BreakerConfig {
     pub consecutive_failures: Option<u32>,
 }
 
+impl State {
+    /// The contract's name of the state.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+            State::ForcedOpen => "forced_open",
+            State::ForcedClosed => "forced_closed",
+            State::Disabled => "disabled",
+        }
+    }
+}
+
 impl Default for BreakerConfig {
     /// The contract's defaults: 60 s window, 10 calls, 50 % failures, 2 s slow calls judged
     /// at 100 %, 30 s open, 3 probes.
@@ -102,6 +117,9 @@ pub enum State {
     HalfOpen,
     /// Forced open by an operator: every call is rejected until reset.
     ForcedOpen,
+    /// Forced closed by an operator: every call passes and is counted, but the circuit does not
+    /// open, until reset.
+    ForcedClosed,
     /// Disabled by an operator: every call passes, nothing is judged, until reset.
     Disabled,
 }
@@ -366,7 +384,9 @@ impl Breaker {
         let mut inner = self.lock();
         self.advance(&mut inner, now);
         match inner.state {
-            State::Closed | State::Disabled => Ok(Permit { probe_round: None }),
+            State::Closed | State::Disabled | State::ForcedClosed => {
+                Ok(Permit { probe_round: None })
+            }
             State::Open => Err(Rejected {
                 retry_after: inner
                     .open_until
@@ -441,6 +461,7 @@ impl Breaker {
                     self.open(&mut inner, now, false);
                 }
             }
+            (State::ForcedClosed, None) => inner.window.add(outcome.failed, slow, now),
             // A late answer from another state or round: not judged.
             _ => {}
         }
@@ -488,6 +509,12 @@ impl Breaker {
     pub fn force_open(&self, now: Instant) {
         let mut inner = self.lock();
         self.transition(&mut inner, State::ForcedOpen, now);
+    }
+
+    /// Operator: let every call through, counted but never opening, until [`Breaker::reset`].
+    pub fn force_closed(&self, now: Instant) {
+        let mut inner = self.lock();
+        self.transition(&mut inner, State::ForcedClosed, now);
     }
 
     /// Operator: let every call through unjudged until [`Breaker::reset`].

@@ -321,3 +321,63 @@ async fn sigterm_lets_the_request_in_flight_finish_and_exits_0() {
     let code = tokio::task::block_in_place(|| gateway.wait_exit(Duration::from_secs(15)));
     assert_eq!(code, Some(0), "{}", gateway.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_lists_circuits_and_takes_operator_actions() {
+    let (target, _upstream) = upstream("u").await;
+    let dir = TempDir::new("circuits");
+    let path = dir.write(
+        "sekisho.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n\
+             [upstreams.u]\ntargets = [\"{target}\"]\n[upstreams.u.circuit_breaker]\nminimum_calls = 5\n\
+             [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n"
+        ),
+    );
+    let gateway = Sekisho::start(&binary(), &path);
+    let http = client();
+    let auth = [("authorization", "Bearer t0ken")];
+    let listed = send(
+        &http,
+        "GET",
+        &gateway.admin_url("/api/v1/circuits"),
+        &auth,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.json()["circuits"][0]["name"], "u");
+    assert_eq!(listed.json()["circuits"][0]["state"], "closed");
+
+    let url = gateway.admin_url("/api/v1/circuits/u");
+    let forced = send(&http, "POST", &url, &auth, r#"{"action":"force_open"}"#).await;
+    assert_eq!(forced.status, 200, "{:?}", forced.body);
+    assert_eq!(forced.json()["circuit"]["state"], "forced_open");
+    let rejected = get(&gateway.url("/x")).await;
+    assert_eq!(rejected.status, 503);
+    assert_eq!(rejected.json()["error"]["code"], "CIRCUIT_OPEN");
+    let reset = send(&http, "POST", &url, &auth, r#"{"action":"reset"}"#).await;
+    assert_eq!(reset.json()["circuit"]["state"], "closed");
+    assert_eq!(get(&gateway.url("/x")).await.status, 200);
+
+    let unknown = send(
+        &http,
+        "POST",
+        &gateway.admin_url("/api/v1/circuits/nope"),
+        &auth,
+        r#"{"action":"reset"}"#,
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    let bad = send(&http, "POST", &url, &auth, r#"{"action":"explode"}"#).await;
+    assert_eq!(bad.status, 400);
+    let unauthorized = send(&http, "POST", &url, &[], r#"{"action":"reset"}"#).await;
+    assert_eq!(unauthorized.status, 401);
+
+    // The circuit and target families are valid exposition too.
+    let metrics = get(&gateway.admin_url("/metrics")).await;
+    let text = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(text.contains("sekisho_circuit_state{"), "{text}");
+    assert!(text.contains("sekisho_upstream_target_picks_total{"), "{text}");
+    promtool_check(&text);
+}
