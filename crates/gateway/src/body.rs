@@ -18,6 +18,7 @@ use tokio::time::Sleep;
 
 use crate::connection::RequestGuard;
 use crate::upstream::InFlight;
+use sekisho_policy::bulkhead::Slot;
 
 /// Errors travel boxed between layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -202,6 +203,7 @@ pub struct ResponseBody {
     kind: Kind,
     guard: Option<RequestGuard>,
     target: Option<InFlight>,
+    bulkhead: Option<Slot>,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -222,6 +224,7 @@ impl ResponseBody {
             kind: Kind::Empty,
             guard: None,
             target: None,
+            bulkhead: None,
         }
     }
 
@@ -231,6 +234,7 @@ impl ResponseBody {
             kind: Kind::Full(Some(bytes)),
             guard: None,
             target: None,
+            bulkhead: None,
         }
     }
 
@@ -245,7 +249,13 @@ impl ResponseBody {
             kind: Kind::Upstream { body, deadline },
             guard: None,
             target,
+            bulkhead: None,
         }
+    }
+
+    /// Keeps the upstream's bulkhead slot taken until the body is done.
+    pub fn hold_slot(&mut self, slot: Option<Slot>) {
+        self.bulkhead = slot;
     }
 
     /// Keeps `guard` alive until the body is done.
@@ -284,6 +294,7 @@ impl Body for ResponseBody {
             // The exchange is over as soon as the last frame is out, not when hyper drops us.
             this.guard = None;
             this.target = None;
+            this.bulkhead = None;
         }
         polled
     }

@@ -73,6 +73,15 @@ pub enum GatewayError {
         /// Until the circuit lets a probe through.
         retry_after: Duration,
     },
+    /// The upstream's bulkhead is full: every slot taken and the queue full, or no slot came
+    /// free within `max_wait`.
+    #[error("upstream `{upstream}` has all its {max_concurrent} slots in use")]
+    BulkheadFull {
+        /// The upstream's name.
+        upstream: Arc<str>,
+        /// Its limit.
+        max_concurrent: u32,
+    },
     /// The route's deadline passed before the upstream answered.
     #[error("upstream `{upstream}` did not answer within {}", sekisho_config::format_duration(*.timeout))]
     UpstreamTimeout {
@@ -93,6 +102,7 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => "HEADERS_TOO_LARGE",
             Self::NoHealthyUpstream { .. } => "NO_HEALTHY_UPSTREAM",
             Self::CircuitOpen { .. } => "CIRCUIT_OPEN",
+            Self::BulkheadFull { .. } => "BULKHEAD_FULL",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
             Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
         }
@@ -105,9 +115,9 @@ impl GatewayError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            Self::NoHealthyUpstream { .. } | Self::CircuitOpen { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoHealthyUpstream { .. }
+            | Self::CircuitOpen { .. }
+            | Self::BulkheadFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -112,8 +112,23 @@ pub struct UpstreamView {
     pub balance: &'static str,
     /// No target is usable and `panic = "spread"` spreads over all of them.
     pub panic: bool,
+    /// The bulkhead's usage, when the upstream has one.
+    pub bulkhead: Option<BulkheadView>,
     /// Its targets.
     pub targets: Vec<TargetView>,
+}
+
+/// A bulkhead's usage as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BulkheadView {
+    /// Slots in use.
+    pub in_use: u32,
+    /// Requests waiting for a slot.
+    pub queued: u32,
+    /// The limit.
+    pub max_concurrent: u32,
+    /// Requests refused with BULKHEAD_FULL so far.
+    pub rejected: u64,
 }
 
 /// A target as the admin API shows it.
@@ -403,6 +418,15 @@ impl Gateway {
                 name: group.name.to_string(),
                 balance: upstream::balance_name(group.balance),
                 panic: group.is_panicking(),
+                bulkhead: group.bulkhead.as_ref().map(|b| {
+                    let usage = b.usage();
+                    BulkheadView {
+                        in_use: usage.in_use,
+                        queued: usage.queued,
+                        max_concurrent: usage.max_concurrent,
+                        rejected: usage.rejected,
+                    }
+                }),
                 targets: group
                     .targets
                     .iter()

@@ -62,6 +62,12 @@ pub mod names {
     pub const CIRCUIT_CALLS: &str = "sekisho_circuit_window_calls";
     /// Per upstream circuit: failure rate of its window.
     pub const CIRCUIT_FAILURE_RATE: &str = "sekisho_circuit_failure_rate";
+    /// Per upstream bulkhead: slots in use.
+    pub const BULKHEAD_IN_USE: &str = "sekisho_bulkhead_in_use";
+    /// Per upstream bulkhead: requests waiting for a slot.
+    pub const BULKHEAD_QUEUED: &str = "sekisho_bulkhead_queued";
+    /// Per upstream bulkhead: requests refused with BULKHEAD_FULL.
+    pub const BULKHEAD_REJECTED: &str = "sekisho_bulkhead_rejected";
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -298,8 +304,9 @@ fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
-/// A metric name, its help, and how to read it from a target's figures.
-type FigureOf<T> = (&'static str, &'static str, fn(&TargetFigures) -> T);
+/// A metric name, its help, and how to read it from `S` (a target's figures, a bulkhead's
+/// usage).
+type Reader<S, T> = (&'static str, &'static str, fn(&S) -> T);
 
 /// Per-target figures read from the target states at scrape time, so the request path pays
 /// nothing for them.
@@ -322,10 +329,11 @@ impl Collector for TargetCollector {
             })
             .collect();
         encode_circuits(&upstreams, &mut encoder)?;
+        encode_bulkheads(&upstreams, &mut encoder)?;
         if figures.is_empty() {
             return Ok(());
         }
-        let gauges: [FigureOf<f64>; 5] = [
+        let gauges: [Reader<TargetFigures, f64>; 5] = [
             (
                 names::TARGET_HEALTHY,
                 "1 while the target passes its active health checks",
@@ -359,7 +367,7 @@ impl Collector for TargetCollector {
                 ConstGauge::new(value(f)).encode(family.encode_family(&labels)?)?;
             }
         }
-        let counters: [FigureOf<u64>; 2] = [
+        let counters: [Reader<TargetFigures, u64>; 2] = [
             (
                 names::TARGET_PICKS,
                 "Times a balancer picked the target",
@@ -380,6 +388,48 @@ impl Collector for TargetCollector {
         }
         Ok(())
     }
+}
+
+/// The bulkheads' usage, read at scrape time.
+fn encode_bulkheads(
+    upstreams: &[Arc<UpstreamGroup>],
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    let usage: Vec<(&str, sekisho_policy::bulkhead::Usage)> = upstreams
+        .iter()
+        .filter_map(|g| g.bulkhead.as_ref().map(|b| (&*g.name, b.usage())))
+        .collect();
+    if usage.is_empty() {
+        return Ok(());
+    }
+    let gauges: [Reader<sekisho_policy::bulkhead::Usage, i64>; 2] = [
+        (
+            names::BULKHEAD_IN_USE,
+            "Slots of the upstream's bulkhead in use",
+            |u| i64::from(u.in_use),
+        ),
+        (
+            names::BULKHEAD_QUEUED,
+            "Requests waiting for a slot of the upstream's bulkhead",
+            |u| i64::from(u.queued),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (upstream, u) in &usage {
+            ConstGauge::new(value(u)).encode(family.encode_family(&[("upstream", *upstream)])?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        names::BULKHEAD_REJECTED,
+        "Requests refused with BULKHEAD_FULL by the upstream's bulkhead",
+        None,
+        MetricType::Counter,
+    )?;
+    for (upstream, u) in &usage {
+        ConstCounter::new(u.rejected).encode(family.encode_family(&[("upstream", *upstream)])?)?;
+    }
+    Ok(())
 }
 
 /// The circuit breakers' figures, read at scrape time.

@@ -213,6 +213,22 @@ async fn forward(
     let upstream = &route.upstream;
     // The circuit first: an open one answers at once, before any work for the upstream.
     let mut circuit = CircuitCall::enter(upstream, started)?;
+    // Then a slot of the upstream's bulkhead, held until the response body is done. A refusal
+    // gives the circuit permit back: a full bulkhead says nothing about the upstream's health.
+    let slot = match &upstream.bulkhead {
+        Some(bulkhead) => {
+            Some(
+                bulkhead
+                    .acquire()
+                    .await
+                    .map_err(|_| GatewayError::BulkheadFull {
+                        upstream: upstream.name.clone(),
+                        max_concurrent: bulkhead.usage().max_concurrent,
+                    })?,
+            )
+        }
+        None => None,
+    };
     let key = upstream
         .hash_key
         .as_ref()
@@ -327,10 +343,9 @@ async fn forward(
                 for (name, value) in &route.headers.response_set {
                     parts.headers.insert(name, value.clone());
                 }
-                return Ok(Response::from_parts(
-                    parts,
-                    ResponseBody::upstream(response_body, Some(sleep), in_flight),
-                ));
+                let mut body = ResponseBody::upstream(response_body, Some(sleep), in_flight);
+                body.hold_slot(slot);
+                return Ok(Response::from_parts(parts, body));
             }
             Err(error) => {
                 let failed_at = Instant::now();

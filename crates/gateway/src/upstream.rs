@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use sekisho_config::{Balance, FailureKind, HashKey, PanicMode, Upstream, UpstreamProtocol};
 use sekisho_policy::balance::{Algorithm, Balancer, Pool, TargetLoad};
 use sekisho_policy::breaker::{Breaker, BreakerConfig, Window};
+use sekisho_policy::bulkhead::Bulkhead;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
@@ -212,6 +213,9 @@ pub struct UpstreamState {
     window_end: AtomicU64,
     /// The circuit breaker and the settings it was made with (kept while they do not change).
     breaker: Mutex<Option<(BreakerConfig, Arc<Breaker>)>>,
+    /// The bulkhead and its settings (kept while they do not change, so that requests in
+    /// flight across a reload still count against the same limit).
+    bulkhead: Mutex<Option<(BulkheadSettings, Arc<Bulkhead>)>>,
 }
 
 impl UpstreamState {
@@ -223,6 +227,25 @@ impl UpstreamState {
     /// The upstream's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The bulkhead for `config`: the one in use if its settings are the same, a new one
+    /// otherwise.
+    fn bulkhead(&self, config: &sekisho_config::Bulkhead) -> Arc<Bulkhead> {
+        let settings = (
+            config.max_concurrent.0,
+            config.max_queued,
+            config.max_wait.0,
+        );
+        let mut slot = lock(&self.bulkhead);
+        match &*slot {
+            Some((current, bulkhead)) if *current == settings => Arc::clone(bulkhead),
+            _ => {
+                let bulkhead = Arc::new(Bulkhead::new(settings.0, settings.1, settings.2));
+                *slot = Some((settings, Arc::clone(&bulkhead)));
+                bulkhead
+            }
+        }
     }
 
     /// The breaker for `config`: the one in use if its settings are the same (its state and
@@ -239,6 +262,9 @@ impl UpstreamState {
         }
     }
 }
+
+/// A bulkhead's `max_concurrent`, `max_queued` and `max_wait`.
+type BulkheadSettings = (u32, u32, Duration);
 
 /// Every upstream's state, by name; kept across reloads.
 #[derive(Debug)]
@@ -278,6 +304,7 @@ impl StateRegistry {
                 changes: AtomicU64::new(0),
                 window_end: AtomicU64::new(0),
                 breaker: Mutex::new(None),
+                bulkhead: Mutex::new(None),
             })
         }));
         drop(upstreams);
@@ -432,6 +459,8 @@ pub struct UpstreamGroup {
     pub connect_errors: Counter,
     /// The upstream's circuit breaker, and the statuses that count as its failures.
     pub circuit: Option<Circuit>,
+    /// The upstream's bulkhead.
+    pub bulkhead: Option<Arc<Bulkhead>>,
 }
 
 /// An upstream's circuit breaker as the proxy uses it.
@@ -522,8 +551,13 @@ impl UpstreamGroup {
             breaker: state.breaker(breaker_config(config)),
             failure_statuses: config.failure_statuses.iter().map(|s| s.0).collect(),
         });
+        let bulkhead = upstream
+            .bulkhead
+            .as_ref()
+            .map(|config| state.bulkhead(config));
         let group = Self {
             circuit,
+            bulkhead,
             name: Arc::from(name),
             targets,
             balancer,

@@ -9,3 +9,4 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod bulkhead;

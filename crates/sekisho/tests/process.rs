@@ -378,6 +378,9 @@ async fn the_admin_api_lists_circuits_and_takes_operator_actions() {
     let metrics = get(&gateway.admin_url("/metrics")).await;
     let text = String::from_utf8(metrics.body.to_vec()).unwrap();
     assert!(text.contains("sekisho_circuit_state{"), "{text}");
-    assert!(text.contains("sekisho_upstream_target_picks_total{"), "{text}");
+    assert!(
+        text.contains("sekisho_upstream_target_picks_total{"),
+        "{text}"
+    );
     promtool_check(&text);
 }
