@@ -55,7 +55,10 @@ async fn a_full_bulkhead_refuses_at_once_and_leaves_other_upstreams_alone() {
             assert_eq!(slow_view["bulkhead"]["in_use"], 2);
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "nothing queued: {view:#}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing queued: {view:#}"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let refused = get(&gw.url("/slow")).await;
@@ -64,7 +67,11 @@ async fn a_full_bulkhead_refuses_at_once_and_leaves_other_upstreams_alone() {
     let queued = queued.await.unwrap();
     assert_eq!(queued.status, 503);
     assert_eq!(queued.json()["error"]["code"], "BULKHEAD_FULL");
-    assert_eq!(slow.handle.requests(), 2, "refused requests never reached the upstream");
+    assert_eq!(
+        slow.handle.requests(),
+        2,
+        "refused requests never reached the upstream"
+    );
     // Another upstream is not touched by the slow one's bulkhead.
     assert_eq!(get(&gw.url("/other")).await.status, 200);
     for request in held {
