@@ -22,6 +22,12 @@ async fn gateway(targets: &str, upstream_extra: &str) -> InProcess {
     InProcess::start(&config).await
 }
 
+/// A loopback port with nothing listening: every connect to it is refused.
+fn closed_port() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
 fn quoted(addresses: &[SocketAddr]) -> String {
     addresses
         .iter()
@@ -171,11 +177,7 @@ async fn least_connections_and_least_response_time_avoid_the_slow_target() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_connect_is_retried_on_another_target_with_its_body() {
-    // A port with nothing listening: every connect to it is refused.
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let dead = closed_port();
     let live = chaos_upstream("live").await;
     let gw = gateway(&quoted(&[dead, live.address]), "").await;
     let http = client();
@@ -522,10 +524,7 @@ async fn a_passing_health_check_ends_an_ejection_unless_told_not_to() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_checks_and_expected_statuses_decide_health() {
     let live = chaos_upstream("live").await;
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let dead = closed_port();
     let gw = gateway(
         &quoted(&[live.address, dead]),
         "[upstreams.u.health_check]\ntype = \"tcp\"\ninterval = \"50ms\"\nunhealthy_threshold = 1\n",
@@ -561,10 +560,7 @@ async fn tcp_checks_and_expected_statuses_decide_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_primary_refuses_fails_over_to_the_backup_at_once() {
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let dead = closed_port();
     let backup = chaos_upstream("backup").await;
     // No health checks: only the failed connect tells the gateway the primary is gone.
     let gw = gateway(
@@ -581,10 +577,7 @@ async fn a_request_whose_primary_refuses_fails_over_to_the_backup_at_once() {
     gw.stop().await;
 
     // With no backup and every target refusing, the answer is the connect error, not 503.
-    let other_dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap()
-    };
+    let other_dead = closed_port();
     let gw = gateway(&quoted(&[dead, other_dead]), "").await;
     let answer = get(&gw.url("/x")).await;
     assert_eq!(answer.status, 502);

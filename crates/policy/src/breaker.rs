@@ -286,8 +286,7 @@ impl Counts {
                 seconds,
                 epoch,
             } => {
-                let second = now.saturating_duration_since(*epoch).as_secs();
-                Self::expire(buckets, *seconds, second);
+                let second = Self::roll(buckets, *seconds, *epoch, now);
                 match buckets.back_mut() {
                     Some(bucket) if bucket.0 == second => {
                         bucket.1 += 1;
@@ -300,13 +299,21 @@ impl Counts {
         }
     }
 
-    fn expire(buckets: &mut VecDeque<(u64, u32, u32, u32)>, seconds: u64, now_second: u64) {
+    /// Drops the buckets that left the window at `now`; returns the second `now` falls in.
+    fn roll(
+        buckets: &mut VecDeque<(u64, u32, u32, u32)>,
+        seconds: u64,
+        epoch: Instant,
+        now: Instant,
+    ) -> u64 {
+        let second = now.saturating_duration_since(epoch).as_secs();
         while buckets
             .front()
-            .is_some_and(|bucket| bucket.0 + seconds <= now_second)
+            .is_some_and(|bucket| bucket.0 + seconds <= second)
         {
             buckets.pop_front();
         }
+        second
     }
 
     /// (calls, failures, slow) in the window at `now`.
@@ -323,8 +330,7 @@ impl Counts {
                 seconds,
                 epoch,
             } => {
-                let second = now.saturating_duration_since(*epoch).as_secs();
-                Self::expire(buckets, *seconds, second);
+                Self::roll(buckets, *seconds, *epoch, now);
                 buckets
                     .iter()
                     .fold((0, 0, 0), |(c, f, s), b| (c + b.1, f + b.2, s + b.3))
