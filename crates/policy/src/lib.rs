@@ -9,4 +9,5 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod budget;
 pub mod bulkhead;
