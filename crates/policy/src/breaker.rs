@@ -222,9 +222,11 @@ enum Counts {
         failures: u32,
         slow: u32,
     },
-    /// One-second buckets: (second, calls, failures, slow), oldest first.
+    /// One-second buckets: (second, calls, failures, slow), oldest first, and their sums
+    /// (kept as buckets come and go, so a decision never walks the window).
     Time {
         buckets: VecDeque<(u64, u32, u32, u32)>,
+        sums: (u32, u32, u32),
         seconds: u64,
         epoch: Instant,
     },
@@ -241,6 +243,7 @@ impl Counts {
             },
             Window::Time(seconds) => Counts::Time {
                 buckets: VecDeque::new(),
+                sums: (0, 0, 0),
                 seconds: u64::from(seconds.max(1)),
                 epoch,
             },
@@ -259,7 +262,10 @@ impl Counts {
                 *failures = 0;
                 *slow = 0;
             }
-            Counts::Time { buckets, .. } => buckets.clear(),
+            Counts::Time { buckets, sums, .. } => {
+                buckets.clear();
+                *sums = (0, 0, 0);
+            }
         }
     }
 
@@ -283,10 +289,14 @@ impl Counts {
             }
             Counts::Time {
                 buckets,
+                sums,
                 seconds,
                 epoch,
             } => {
-                let second = Self::roll(buckets, *seconds, *epoch, now);
+                let second = Self::roll(buckets, sums, *seconds, *epoch, now);
+                sums.0 += 1;
+                sums.1 += u32::from(failed);
+                sums.2 += u32::from(slow_call);
                 match buckets.back_mut() {
                     Some(bucket) if bucket.0 == second => {
                         bucket.1 += 1;
@@ -302,16 +312,20 @@ impl Counts {
     /// Drops the buckets that left the window at `now`; returns the second `now` falls in.
     fn roll(
         buckets: &mut VecDeque<(u64, u32, u32, u32)>,
+        sums: &mut (u32, u32, u32),
         seconds: u64,
         epoch: Instant,
         now: Instant,
     ) -> u64 {
         let second = now.saturating_duration_since(epoch).as_secs();
-        while buckets
-            .front()
-            .is_some_and(|bucket| bucket.0 + seconds <= second)
-        {
+        while let Some(bucket) = buckets.front().copied() {
+            if bucket.0 + seconds > second {
+                break;
+            }
             buckets.pop_front();
+            sums.0 -= bucket.1;
+            sums.1 -= bucket.2;
+            sums.2 -= bucket.3;
         }
         second
     }
@@ -327,13 +341,12 @@ impl Counts {
             } => (ring.len() as u32, *failures, *slow),
             Counts::Time {
                 buckets,
+                sums,
                 seconds,
                 epoch,
             } => {
-                Self::roll(buckets, *seconds, *epoch, now);
-                buckets
-                    .iter()
-                    .fold((0, 0, 0), |(c, f, s), b| (c + b.1, f + b.2, s + b.3))
+                Self::roll(buckets, sums, *seconds, *epoch, now);
+                *sums
             }
         }
     }
