@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::upstream::{lock, CheckRecord, Clock, TargetState, UpstreamGroup, UpstreamState};
+use crate::upstream::{lock, CheckRecord, Clock, TargetState, UpstreamState};
 
 type CheckClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -148,19 +148,16 @@ impl Probe {
             if ok {
                 passes += 1;
                 failures = 0;
-                if self.uneject && UpstreamGroup::uneject(&self.upstream, &self.target, now) {
+                if self.uneject && self.target.uneject(&self.upstream, now) {
                     tracing::info!(upstream = %self.upstream.name(), target = %self.address, "health check passed; ejection ended");
                 }
-                if passes >= healthy_after
-                    && UpstreamGroup::set_health(&self.upstream, &self.target, true, now)
-                {
+                if passes >= healthy_after && self.target.set_health(&self.upstream, true, now) {
                     tracing::info!(upstream = %self.upstream.name(), target = %self.address, passes, "target healthy");
                 }
             } else {
                 failures += 1;
                 passes = 0;
-                if failures >= unhealthy_after
-                    && UpstreamGroup::set_health(&self.upstream, &self.target, false, now)
+                if failures >= unhealthy_after && self.target.set_health(&self.upstream, false, now)
                 {
                     tracing::warn!(upstream = %self.upstream.name(), target = %self.address, failures, %detail, "target unhealthy");
                 }

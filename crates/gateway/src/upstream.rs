@@ -181,6 +181,48 @@ impl TargetState {
     pub(crate) fn set_last_check(&self, record: CheckRecord) {
         *lock(&self.last_check) = Some(record);
     }
+
+    /// Back into service at `at`: the failure streak starts over and slow start from `at`.
+    fn back_in_service(&self, at: Millis) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.returned_at.store(at, Ordering::Relaxed);
+    }
+
+    /// Ends the ejection that runs until `until`, once, whoever tries (a request rebuilding the
+    /// snapshot, a passing check): true for the one that did.
+    fn end_ejection(&self, until: Millis, back_at: Millis) -> bool {
+        let ended = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok();
+        if ended {
+            self.back_in_service(back_at);
+        }
+        ended
+    }
+
+    /// Marks it healthy or not after its active checks crossed a threshold; a target coming
+    /// back ramps up. Returns whether anything changed.
+    pub fn set_health(&self, upstream: &UpstreamState, healthy: bool, now: Millis) -> bool {
+        if self.healthy.swap(healthy, Ordering::Relaxed) == healthy {
+            return false;
+        }
+        if healthy {
+            self.back_in_service(now);
+        }
+        upstream.changed();
+        true
+    }
+
+    /// A passing active check ends an ejection early (a success brings the target back).
+    pub fn uneject(&self, upstream: &UpstreamState, now: Millis) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until <= now || !self.end_ejection(until, now) {
+            return false;
+        }
+        upstream.changed();
+        true
+    }
 }
 
 /// The gateway's clock for target state: milliseconds since the registry was made.
@@ -636,10 +678,7 @@ impl UpstreamGroup {
             // A retry after failed connects: eligibility again, without the failed targets, so
             // that losing primaries can bring the backups in for this very request.
             let (eligible, _) = self.eligible_set(millis, excluded);
-            let mut mask = vec![false; self.targets.len()];
-            for &t in &eligible {
-                mask[t] = true;
-            }
+            let mask = mask_of(self.targets.len(), &eligible);
             let pool = GroupPool {
                 group: self,
                 eligible: &eligible,
@@ -688,17 +727,7 @@ impl UpstreamGroup {
             let until = target.state.ejected_until.load(Ordering::Relaxed);
             if until != 0 && until <= now {
                 // The ejection ran out: back in service, ramping up.
-                if target
-                    .state
-                    .ejected_until
-                    .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    target
-                        .state
-                        .consecutive_failures
-                        .store(0, Ordering::Relaxed);
-                    target.state.returned_at.store(until, Ordering::Relaxed);
+                if target.state.end_ejection(until, until) {
                     tracing::info!(upstream = %self.name, target = %target.address, "ejection ended; target back in service");
                 }
             } else if until > now {
@@ -706,10 +735,7 @@ impl UpstreamGroup {
             }
         }
         let (eligible, panicking) = self.eligible_set(now, &[]);
-        let mut mask = vec![false; self.targets.len()];
-        for &i in &eligible {
-            mask[i] = true;
-        }
+        let mask = mask_of(self.targets.len(), &eligible);
         let mut ramping = false;
         if !self.slow_start.is_zero() {
             let ramp = self.slow_start.as_millis() as u64;
@@ -981,6 +1007,15 @@ impl Drop for InFlight {
     }
 }
 
+/// `eligible` as one flag per target.
+fn mask_of(targets: usize, eligible: &[usize]) -> Vec<bool> {
+    let mut mask = vec![false; targets];
+    for &target in eligible {
+        mask[target] = true;
+    }
+    mask
+}
+
 /// The balancer's view of a group during one pick.
 struct GroupPool<'a> {
     group: &'a UpstreamGroup,
@@ -1078,47 +1113,5 @@ pub fn balance_name(balance: Balance) -> &'static str {
         Balance::IpHash => "ip_hash",
         Balance::ConsistentHash => "consistent_hash",
         Balance::WeightedRandom => "weighted_random",
-    }
-}
-
-/// Health transitions from the active checks.
-impl UpstreamGroup {
-    /// Marks `state` healthy or not after its checks crossed a threshold; a target coming back
-    /// ramps up. Returns whether anything changed.
-    pub fn set_health(
-        upstream: &UpstreamState,
-        state: &TargetState,
-        healthy: bool,
-        now: Millis,
-    ) -> bool {
-        let was = state.healthy.swap(healthy, Ordering::Relaxed);
-        if was == healthy {
-            return false;
-        }
-        if healthy {
-            state.returned_at.store(now, Ordering::Relaxed);
-            state.consecutive_failures.store(0, Ordering::Relaxed);
-        }
-        upstream.changed();
-        true
-    }
-
-    /// A passing active check ends an ejection early (a success brings the target back).
-    pub fn uneject(upstream: &UpstreamState, state: &TargetState, now: Millis) -> bool {
-        let until = state.ejected_until.load(Ordering::Relaxed);
-        if until <= now {
-            return false;
-        }
-        if state
-            .ejected_until
-            .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return false;
-        }
-        state.returned_at.store(now, Ordering::Relaxed);
-        state.consecutive_failures.store(0, Ordering::Relaxed);
-        upstream.changed();
-        true
     }
 }
