@@ -56,6 +56,8 @@ pub struct RequestBody {
 enum Source {
     /// No body at all (most GETs): nothing to take back, nothing to allocate.
     Empty,
+    /// A body read whole beforehand so that it can be sent again (retries).
+    Buffered(Option<Bytes>),
     /// Not read yet: still in the claim.
     Waiting(Arc<Mutex<Option<Incoming>>>, SizeHint),
     /// Being read.
@@ -64,28 +66,49 @@ enum Source {
 
 /// The proxy's hold on a request body that the upstream client has not read yet.
 pub struct BodyClaim {
-    slot: Option<Arc<Mutex<Option<Incoming>>>>,
+    kind: Claim,
     limit: u64,
 }
 
+enum Claim {
+    Empty,
+    Waiting(Arc<Mutex<Option<Incoming>>>),
+    Buffered(Bytes),
+}
+
 impl BodyClaim {
-    /// The body again, for another try, if nothing of it was read; `None` when the client
-    /// already started reading it.
+    /// The body again, for another try: always when there is none or it was buffered, and a
+    /// streamed one only if nothing of it was read (`None` once the client started reading it).
     pub fn reclaim(&self) -> Option<RequestBody> {
-        let Some(slot) = &self.slot else {
-            return Some(RequestBody::empty(self.limit));
-        };
-        let incoming = slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
-        let (body, _) = RequestBody::new(incoming, self.limit);
-        Some(body)
+        match &self.kind {
+            Claim::Empty => Some(RequestBody::empty(self.limit)),
+            Claim::Buffered(bytes) => Some(RequestBody {
+                source: Source::Buffered(Some(bytes.clone())),
+                remaining: self.limit,
+                limit: self.limit,
+            }),
+            Claim::Waiting(slot) => {
+                let incoming = slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+                let (body, _) = RequestBody::new(incoming, self.limit);
+                Some(body)
+            }
+        }
+    }
+
+    /// Whether the body can be sent again after it was sent once (none, or buffered).
+    pub fn replayable(&self) -> bool {
+        !matches!(self.kind, Claim::Waiting(_))
     }
 }
 
 impl fmt::Debug for BodyClaim {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BodyClaim")
-            .field("empty", &self.slot.is_none())
-            .finish()
+        let kind = match self.kind {
+            Claim::Empty => "empty",
+            Claim::Waiting(_) => "waiting",
+            Claim::Buffered(_) => "buffered",
+        };
+        f.debug_struct("BodyClaim").field("kind", &kind).finish()
     }
 }
 
@@ -94,7 +117,13 @@ impl RequestBody {
     /// it is first read.
     pub fn new(inner: Incoming, limit: u64) -> (Self, BodyClaim) {
         if inner.is_end_stream() {
-            return (Self::empty(limit), BodyClaim { slot: None, limit });
+            return (
+                Self::empty(limit),
+                BodyClaim {
+                    kind: Claim::Empty,
+                    limit,
+                },
+            );
         }
         let hint = inner.size_hint();
         let slot = Arc::new(Mutex::new(Some(inner)));
@@ -105,10 +134,40 @@ impl RequestBody {
                 limit,
             },
             BodyClaim {
-                slot: Some(slot),
+                kind: Claim::Waiting(slot),
                 limit,
             },
         )
+    }
+
+    /// Reads `inner` whole (at most `limit` bytes) so that it can be sent more than once.
+    pub async fn buffer(inner: Incoming, limit: u64) -> Result<(Self, BodyClaim), BoxError> {
+        use http_body_util::BodyExt;
+        let limited =
+            http_body_util::Limited::new(inner, usize::try_from(limit).unwrap_or(usize::MAX));
+        let bytes = match limited.collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) => {
+                return Err(match error.downcast::<hyper::Error>() {
+                    Ok(error) => Box::new(ClientBodyError(*error)),
+                    Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                        Box::new(BodyTooLarge { limit })
+                    }
+                    Err(error) => error,
+                })
+            }
+        };
+        Ok((
+            Self {
+                source: Source::Buffered(Some(bytes.clone())),
+                remaining: limit,
+                limit,
+            },
+            BodyClaim {
+                kind: Claim::Buffered(bytes),
+                limit,
+            },
+        ))
     }
 
     fn empty(limit: u64) -> Self {
@@ -148,6 +207,14 @@ impl Body for RequestBody {
         }
         let inner = match &mut this.source {
             Source::Reading(inner) => inner,
+            Source::Buffered(bytes) => {
+                return Poll::Ready(
+                    bytes
+                        .take()
+                        .filter(|b| !b.is_empty())
+                        .map(|b| Ok(Frame::data(b))),
+                )
+            }
             _ => return Poll::Ready(None),
         };
         match Pin::new(inner).poll_frame(cx) {
@@ -175,6 +242,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.source {
             Source::Empty => true,
+            Source::Buffered(bytes) => bytes.as_ref().is_none_or(Bytes::is_empty),
             Source::Waiting(..) => false,
             Source::Reading(inner) => inner.is_end_stream(),
         }
@@ -183,6 +251,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.source {
             Source::Empty => SizeHint::with_exact(0),
+            Source::Buffered(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Source::Waiting(_, hint) => *hint,
             Source::Reading(inner) => inner.size_hint(),
         }

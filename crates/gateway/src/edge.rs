@@ -82,6 +82,13 @@ pub enum GatewayError {
         /// Its limit.
         max_concurrent: u32,
     },
+    /// The client did not send its body before the route's deadline (the body was being read
+    /// whole, to be resent by a retry if need be).
+    #[error("the request body did not arrive within {}", sekisho_config::format_duration(*.timeout))]
+    RequestTimeout {
+        /// The deadline in force.
+        timeout: Duration,
+    },
     /// The route's deadline passed before the upstream answered.
     #[error("upstream `{upstream}` did not answer within {}", sekisho_config::format_duration(*.timeout))]
     UpstreamTimeout {
@@ -105,6 +112,7 @@ impl GatewayError {
             Self::BulkheadFull { .. } => "BULKHEAD_FULL",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
             Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
+            Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
         }
     }
 
@@ -120,6 +128,7 @@ impl GatewayError {
             | Self::BulkheadFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -154,17 +163,8 @@ impl GatewayError {
         upstream: &Arc<str>,
         error: hyper_util::client::legacy::Error,
     ) -> Self {
-        let mut cause: Option<&(dyn StdError + 'static)> = Some(&error);
-        while let Some(current) = cause {
-            if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
-                return Self::PayloadTooLarge {
-                    limit: too_large.limit,
-                };
-            }
-            if let Some(client) = current.downcast_ref::<ClientBodyError>() {
-                return Self::BadRequest(format!("the request body could not be read: {client}"));
-            }
-            cause = current.source();
+        if let Some(fault) = Self::client_body_fault(&error) {
+            return fault;
         }
         if error.is_connect() {
             Self::UpstreamConnect {
@@ -177,6 +177,34 @@ impl GatewayError {
                 source: Box::new(error),
             }
         }
+    }
+}
+
+impl GatewayError {
+    /// Why reading the client's body failed: over the limit, or broken.
+    pub fn from_client_body(error: &BoxError) -> Self {
+        Self::client_body_fault(error.as_ref()).unwrap_or_else(|| {
+            Self::BadRequest(format!("the request body could not be read: {error}"))
+        })
+    }
+
+    /// The client's fault among `error`'s causes, if any.
+    fn client_body_fault(error: &(dyn StdError + 'static)) -> Option<Self> {
+        let mut cause: Option<&(dyn StdError + 'static)> = Some(error);
+        while let Some(current) = cause {
+            if let Some(too_large) = current.downcast_ref::<BodyTooLarge>() {
+                return Some(Self::PayloadTooLarge {
+                    limit: too_large.limit,
+                });
+            }
+            if let Some(client) = current.downcast_ref::<ClientBodyError>() {
+                return Some(Self::BadRequest(format!(
+                    "the request body could not be read: {client}"
+                )));
+            }
+            cause = current.source();
+        }
+        None
     }
 }
 

@@ -14,6 +14,7 @@ pub mod edge;
 mod health;
 pub mod metrics;
 mod proxy;
+pub mod retry;
 pub mod router;
 mod runtime;
 mod server;

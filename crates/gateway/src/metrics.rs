@@ -40,6 +40,10 @@ pub mod names {
     pub const CONFIG_LOADED_TIMESTAMP: &str = "sekisho_config_loaded_timestamp_seconds";
     /// Active health checks, by upstream and result.
     pub const HEALTH_CHECKS: &str = "sekisho_health_checks";
+    /// Retries made, by route and what failed (connect_error, timeout, status).
+    pub const RETRIES: &str = "sekisho_retries";
+    /// Retries refused because the route's retry budget was spent, by route.
+    pub const RETRY_BUDGET_EXHAUSTED: &str = "sekisho_retry_budget_exhausted";
     /// Per target (upstream, target): 1 while passing the active checks.
     pub const TARGET_HEALTHY: &str = "sekisho_upstream_target_healthy";
     /// Per target: 1 while it may take requests (healthy, not ejected, in the active group).
@@ -89,6 +93,8 @@ pub struct Metrics {
     upstream_connect_errors: Family<Labels, Counter>,
     config_reloads: Family<Labels, Counter>,
     health_checks: Family<Labels, Counter>,
+    retries: Family<Labels, Counter>,
+    retry_budget_exhausted: Family<Labels, Counter>,
     upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
     /// In flight now.
     pub requests_in_flight: Gauge,
@@ -183,6 +189,18 @@ impl Metrics {
             "Active health checks, by upstream and result (ok or failed)",
             health_checks.clone(),
         );
+        let retries = Family::<Labels, Counter>::default();
+        registry.register(
+            names::RETRIES,
+            "Retries made, by route and what failed (connect_error, timeout, status)",
+            retries.clone(),
+        );
+        let retry_budget_exhausted = Family::<Labels, Counter>::default();
+        registry.register(
+            names::RETRY_BUDGET_EXHAUSTED,
+            "Retries refused because the route's retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
         registry.register_collector(Box::new(TargetCollector {
@@ -198,6 +216,8 @@ impl Metrics {
             upstream_connect_errors,
             config_reloads,
             health_checks,
+            retries,
+            retry_budget_exhausted,
             upstreams,
             requests_in_flight,
             connections_open,
@@ -226,6 +246,25 @@ impl Metrics {
             ])
             .clone();
         RouteMetrics { by_class, duration }
+    }
+
+    /// The retry counters of `route`.
+    pub fn route_retries(&self, route: &str) -> crate::retry::RetryMetrics {
+        let reasons = ["connect_error", "timeout", "status"].map(|reason| {
+            self.retries
+                .get_or_create(&vec![
+                    ("route", route.to_owned()),
+                    ("reason", reason.to_owned()),
+                ])
+                .clone()
+        });
+        crate::retry::RetryMetrics {
+            retries: reasons,
+            budget_exhausted: self
+                .retry_budget_exhausted
+                .get_or_create(&vec![("route", route.to_owned())])
+                .clone(),
+        }
     }
 
     /// The connect-error counter of `upstream`.

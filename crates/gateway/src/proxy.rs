@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri, Version};
@@ -15,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::edge::{error_response, GatewayError};
+use crate::retry::{FailedTry, TryFailure};
 use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
 use crate::upstream::{CallOutcome, Circuit, UpstreamGroup};
@@ -108,6 +110,8 @@ struct Outcome {
     /// When the upstream's answer head arrived (one clock read serves the latency estimate and
     /// the request metrics).
     answered: Option<Instant>,
+    /// Tries made (0 when none reached a target).
+    tries: u32,
 }
 
 /// Serves one request.
@@ -130,6 +134,7 @@ pub(crate) async fn handle(
         target: None,
         error: None,
         answered: None,
+        tries: 0,
     };
     let forwarded = if ambiguous_length {
         Err(GatewayError::BadRequest(
@@ -262,41 +267,67 @@ async fn forward(
         headers.insert(name, value.clone());
     }
     parts.extensions.clear();
-    let (mut body, claim) = RequestBody::new(body, route.max_body_bytes);
 
-    // One deadline covers every try, the response head and the streamed body.
     let deadline = started + route.timeout;
-    let mut sleep: Pin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep_until(deadline));
-    // Targets whose connect failed; a connect failure is retried on another target (the request
-    // was not sent, so this is safe for any method) up to MAX_CONNECT_TRIES in all.
-    let mut failed_connects: Vec<usize> = Vec::new();
-    let mut last_connect_error: Option<GatewayError> = None;
-    loop {
-        let now = if failed_connects.is_empty() {
-            started
-        } else {
-            Instant::now()
-        };
-        let target_index = match upstream.pick(key, now, &failed_connects) {
-            Ok(target_index) => target_index,
-            // Nothing left to try: the last connect error says more than "no healthy target".
-            Err(_) => {
-                if last_connect_error.is_some() {
-                    circuit.finish(CallOutcome::ConnectError, started, Instant::now());
+    let retry = route.retry.as_ref();
+    let method_resendable = retry.is_some_and(|policy| policy.allows_method(&parts.method));
+    // A body that a retry may have to send again is read whole first, when it is small enough;
+    // any other body streams, and is resent only if a failed connect left it unread.
+    let (mut body, claim) = match retry {
+        Some(policy)
+            if method_resendable
+                && !http_body::Body::is_end_stream(&body)
+                && content_length(&parts.headers)
+                    .is_some_and(|length| length <= policy.max_buffered_body) =>
+        {
+            match tokio::time::timeout_at(deadline, RequestBody::buffer(body, route.max_body_bytes))
+                .await
+            {
+                Ok(Ok(buffered)) => buffered,
+                Ok(Err(error)) => return Err(GatewayError::from_client_body(&error)),
+                Err(_) => {
+                    return Err(GatewayError::RequestTimeout {
+                        timeout: route.timeout,
+                    })
                 }
-                return Err(last_connect_error.take().unwrap_or_else(|| {
-                    GatewayError::NoHealthyUpstream {
-                        upstream: upstream.name.clone(),
-                    }
-                }));
             }
+        }
+        _ => RequestBody::new(body, route.max_body_bytes),
+    };
+    if let Some(policy) = retry {
+        policy.deposit(started);
+    }
+    let resendable = method_resendable && claim.replayable();
+    // Without `[routes.retry]`, only a failed connect is tried again, on another target.
+    let max_tries = retry.map_or(MAX_CONNECT_TRIES, |policy| policy.attempts);
+
+    // One deadline covers every try, the backoffs, the response head and the streamed body.
+    let mut sleep: Pin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep_until(deadline));
+    // Targets that failed this request: the next try goes elsewhere when it can.
+    let mut failed_targets: Vec<usize> = Vec::new();
+    let mut next_target: Option<usize> = None;
+    let mut previous_delay = Duration::ZERO;
+    let mut tries: u32 = 0;
+    let mut now = started;
+    loop {
+        let target_index = match next_target.take() {
+            Some(index) => index,
+            None => match upstream.pick(key, now, &[]) {
+                Ok(index) => index,
+                Err(_) => {
+                    return Err(GatewayError::NoHealthyUpstream {
+                        upstream: upstream.name.clone(),
+                    })
+                }
+            },
         };
+        tries += 1;
+        outcome.tries = tries;
         let target = &upstream.targets[target_index];
         outcome.target = Some(target.address.clone());
-        let may_retry = failed_connects.len() + 1 < MAX_CONNECT_TRIES
-            && failed_connects.len() + 1 < upstream.targets.len();
         // A head that may be needed again is copied; the last try takes it (an empty head is
         // left behind, which costs no allocation).
+        let may_retry = tries < max_tries && (retry.is_some() || upstream.targets.len() > 1);
         let mut head = if may_retry {
             parts.clone()
         } else {
@@ -310,84 +341,190 @@ async fn forward(
             .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
         let in_flight = upstream.begin(target_index);
         let call = upstream.client.request(Request::from_parts(head, body));
-        let result = tokio::select! {
-            biased;
-            result = call => result,
-            () = sleep.as_mut() => {
-                let timed_out = Instant::now();
-                upstream.record(target_index, CallOutcome::Timeout, timed_out.saturating_duration_since(now), timed_out);
-                circuit.finish(CallOutcome::Timeout, started, timed_out);
-                return Err(GatewayError::UpstreamTimeout {
-                    upstream: upstream.name.clone(),
-                    timeout: route.timeout,
-                });
+        let per_try = retry
+            .and_then(|policy| policy.per_try_timeout)
+            .map(|timeout| (timeout, now + timeout))
+            .filter(|(_, at)| *at < deadline);
+        let try_deadline = async {
+            match per_try {
+                Some((_, at)) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
             }
         };
-        match result {
-            Ok(upstream_response) => {
-                let (mut parts, response_body) = upstream_response.into_parts();
-                let answered = Instant::now();
-                outcome.answered = Some(answered);
-                let answer = CallOutcome::Status(parts.status.as_u16());
-                upstream.record(
-                    target_index,
-                    answer,
-                    answered.saturating_duration_since(now),
-                    answered,
-                );
-                circuit.finish(answer, started, answered);
-                remove_hop_by_hop(&mut parts.headers);
-                for name in &route.headers.response_remove {
-                    parts.headers.remove(name);
+        let result = tokio::select! {
+            biased;
+            result = call => Ok(result),
+            () = sleep.as_mut() => Err(None),
+            () = try_deadline => Err(per_try.map(|(timeout, _)| timeout)),
+        };
+        let finished = Instant::now();
+        let latency = finished.saturating_duration_since(now);
+        // How this try failed, and what the client gets if it is not tried again.
+        let (failure, answer): (TryFailure, Answer) = match result {
+            Err(expired) => {
+                upstream.record(target_index, CallOutcome::Timeout, latency, finished);
+                let error = GatewayError::UpstreamTimeout {
+                    upstream: upstream.name.clone(),
+                    timeout: expired.unwrap_or(route.timeout),
+                };
+                if expired.is_none() {
+                    // The route's own deadline: nothing is left for another try.
+                    circuit.finish(CallOutcome::Timeout, started, finished);
+                    return Err(error);
                 }
-                for (name, value) in &route.headers.response_set {
-                    parts.headers.insert(name, value.clone());
-                }
-                let mut body = ResponseBody::upstream(response_body, Some(sleep), in_flight);
-                body.hold_slot(slot);
-                return Ok(Response::from_parts(parts, body));
+                (TryFailure::Timeout, Answer::Error(error))
             }
-            Err(error) => {
-                let failed_at = Instant::now();
+            Ok(Ok(upstream_response)) => {
+                let status = upstream_response.status().as_u16();
+                let answer = CallOutcome::Status(status);
+                upstream.record(target_index, answer, latency, finished);
+                let retry_wanted = retry.is_some_and(|policy| policy.retries_status(status));
+                if !retry_wanted || tries >= max_tries {
+                    outcome.answered = Some(finished);
+                    circuit.finish(answer, started, finished);
+                    return Ok(downstream_response(
+                        &route,
+                        upstream_response,
+                        sleep,
+                        in_flight,
+                        slot,
+                    ));
+                }
+                (
+                    TryFailure::Status(status),
+                    Answer::Upstream(upstream_response, in_flight),
+                )
+            }
+            Ok(Err(error)) => {
                 let error = GatewayError::from_upstream_call(&upstream.name, error);
-                let outcome = match &error {
-                    GatewayError::UpstreamConnect { .. } => Some(CallOutcome::ConnectError),
-                    GatewayError::UpstreamFailed { .. } => Some(CallOutcome::Broken),
-                    // The client's body was at fault, not the target.
-                    _ => None,
-                };
-                if let Some(call_outcome) = outcome {
-                    upstream.record(
-                        target_index,
-                        call_outcome,
-                        failed_at.saturating_duration_since(now),
-                        failed_at,
-                    );
-                }
-                let Some(call_outcome) = outcome else {
-                    // The client's fault: the circuit does not judge it (the permit is given back).
-                    return Err(error);
-                };
-                if call_outcome != CallOutcome::ConnectError {
-                    circuit.finish(call_outcome, started, failed_at);
-                    return Err(error);
-                }
-                upstream.connect_errors.inc();
-                match claim.reclaim() {
-                    Some(again) if may_retry => {
-                        tracing::debug!(upstream = %upstream.name, target = %target.address, "connect failed; trying another target");
-                        failed_connects.push(target_index);
-                        last_connect_error = Some(error);
-                        body = again;
+                let (call_outcome, failure) = match &error {
+                    GatewayError::UpstreamConnect { .. } => {
+                        upstream.connect_errors.inc();
+                        (CallOutcome::ConnectError, TryFailure::ConnectError)
                     }
-                    _ => {
-                        circuit.finish(call_outcome, started, failed_at);
-                        return Err(error);
+                    GatewayError::UpstreamFailed { .. } => {
+                        (CallOutcome::Broken, TryFailure::Status(502))
                     }
-                }
+                    // The client's body was at fault, not the target: the circuit does not
+                    // judge it (the permit is given back).
+                    _ => return Err(error),
+                };
+                upstream.record(target_index, call_outcome, latency, finished);
+                (failure, Answer::Error(error))
             }
+        };
+
+        // Another try? Only with the body in hand again, a target, and the policy's consent.
+        let again = if tries < max_tries {
+            claim.reclaim()
+        } else {
+            None
+        };
+        if !failed_targets.contains(&target_index) {
+            failed_targets.push(target_index);
+        }
+        let other = upstream.pick(key, finished, &failed_targets).ok();
+        let decision = match (&again, retry) {
+            (None, _) => Err(()),
+            (Some(_), Some(policy)) => policy
+                .decide(&FailedTry {
+                    failure,
+                    tries,
+                    resendable,
+                    other_target: other.is_some(),
+                    previous_delay,
+                    now: finished,
+                    deadline,
+                })
+                .map_err(|_| ()),
+            // Without a policy a failed connect moves on to another target, nothing else.
+            (Some(_), None) if failure == TryFailure::ConnectError && other.is_some() => {
+                Ok(Duration::ZERO)
+            }
+            (Some(_), None) => Err(()),
+        };
+        let (Ok(delay), Some(again)) = (decision, again) else {
+            return match answer {
+                Answer::Upstream(response, in_flight) => {
+                    outcome.answered = Some(finished);
+                    if let TryFailure::Status(status) = failure {
+                        circuit.finish(CallOutcome::Status(status), started, finished);
+                    }
+                    Ok(downstream_response(
+                        &route, response, sleep, in_flight, slot,
+                    ))
+                }
+                Answer::Error(error) => {
+                    let call_outcome = match failure {
+                        TryFailure::ConnectError => CallOutcome::ConnectError,
+                        TryFailure::Timeout => CallOutcome::Timeout,
+                        TryFailure::Status(_) => CallOutcome::Broken,
+                    };
+                    circuit.finish(call_outcome, started, finished);
+                    Err(error)
+                }
+            };
+        };
+        tracing::debug!(
+            upstream = %upstream.name,
+            target = %target.address,
+            failure = failure.label(),
+            tries,
+            delay_ms = delay.as_millis() as u64,
+            "retrying"
+        );
+        // A status answer is given up (its body is not read), and with it its in-flight count.
+        drop(answer);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        previous_delay = delay;
+        body = again;
+        now = Instant::now();
+        // The target that failed is avoided when another is eligible; otherwise the retry goes
+        // wherever the balancer says (a single-target upstream retries its one target).
+        next_target = if failure == TryFailure::ConnectError || delay.is_zero() {
+            other
+        } else {
+            upstream.pick(key, now, &failed_targets).ok()
+        };
+        if next_target.is_none() && retry.is_none() {
+            return Err(GatewayError::NoHealthyUpstream {
+                upstream: upstream.name.clone(),
+            });
         }
     }
+}
+
+/// What a failed try leaves for the client if it is not tried again.
+enum Answer {
+    /// The target's answer (a status named in `retry_on`), with its in-flight count.
+    Upstream(Response<Incoming>, Option<crate::upstream::InFlight>),
+    /// The gateway's error.
+    Error(GatewayError),
+}
+
+/// The upstream's answer on its way down: hop-by-hop headers out, the route's header rules
+/// applied, its body bounded by the route's deadline and holding its target's in-flight count
+/// and the bulkhead slot until it is done.
+fn downstream_response(
+    route: &CompiledRoute,
+    response: Response<Incoming>,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    in_flight: Option<crate::upstream::InFlight>,
+    slot: Option<sekisho_policy::bulkhead::Slot>,
+) -> Response<ResponseBody> {
+    let (mut parts, response_body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    for name in &route.headers.response_remove {
+        parts.headers.remove(name);
+    }
+    for (name, value) in &route.headers.response_set {
+        parts.headers.insert(name, value.clone());
+    }
+    let mut body = ResponseBody::upstream(response_body, Some(deadline), in_flight);
+    body.hold_slot(slot);
+    Response::from_parts(parts, body)
 }
 
 /// A call admitted by the upstream's circuit breaker: its outcome is recorded once, and a call
@@ -447,8 +584,9 @@ impl Drop for CircuitCall<'_> {
     }
 }
 
-/// Tries of one request when connects fail: the first target and up to two others.
-const MAX_CONNECT_TRIES: usize = 3;
+/// Tries of one request when connects fail and the route has no `[routes.retry]`: the first
+/// target and up to two others.
+const MAX_CONNECT_TRIES: u32 = 3;
 
 /// The request's balancing key, hashed: the client IP, or a header, cookie or query parameter.
 fn request_key(key: &HashKey, client: &ClientInfo, headers: &HeaderMap, uri: &Uri) -> Option<u64> {
@@ -634,6 +772,7 @@ impl AccessInfo {
             route,
             upstream,
             target_address = outcome.target.as_deref().unwrap_or(""),
+            tries = outcome.tries,
             client = %client.remote.ip(),
             request_id = request_id.to_str().unwrap_or(""),
             error_code,

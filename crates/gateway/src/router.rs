@@ -14,6 +14,7 @@ use http::{HeaderMap, Method};
 use sekisho_config::Route;
 
 use crate::metrics::RouteMetrics;
+use crate::retry::RetryPolicy;
 use crate::upstream::UpstreamGroup;
 
 /// How a route matches the path.
@@ -68,6 +69,8 @@ pub struct CompiledRoute {
     pub headers: HeaderRules,
     /// Metric handles.
     pub metrics: RouteMetrics,
+    /// Retries, when `[routes.retry]` is set.
+    pub retry: Option<RetryPolicy>,
 }
 
 /// The routes in order.
@@ -96,6 +99,7 @@ impl CompiledRoute {
         upstream: Arc<UpstreamGroup>,
         default_max_body: u64,
         metrics: RouteMetrics,
+        retry: Option<RetryPolicy>,
     ) -> Self {
         let path = match (&route.path, &route.path_prefix) {
             (Some(exact), _) => PathMatch::Exact(exact.get_ref().clone()),
@@ -158,6 +162,7 @@ impl CompiledRoute {
             max_body_bytes: route.max_body_bytes.map_or(default_max_body, |b| b.0),
             headers,
             metrics,
+            retry,
         }
     }
 

@@ -14,6 +14,7 @@ use sekisho_config::Config;
 use tokio_rustls::TlsAcceptor;
 
 use crate::metrics::Metrics;
+use crate::retry::RetryPolicy;
 use crate::router::{CompiledRoute, Router};
 use crate::upstream::{ClientCache, StateRegistry, UpstreamGroup};
 
@@ -100,11 +101,19 @@ impl Runtime {
                     ))
                 })?;
             let route_metrics = metrics.route(&route.name, &upstream.name);
+            let retry = route.retry.as_ref().map(|retry| {
+                RetryPolicy::new(
+                    retry,
+                    states.retry_budget(&route.name, retry),
+                    metrics.route_retries(&route.name),
+                )
+            });
             routes.push(Arc::new(CompiledRoute::new(
                 route,
                 upstream,
                 config.server.max_body_bytes.0,
                 route_metrics,
+                retry,
             )));
         }
         let tls = match &config.server.tls {

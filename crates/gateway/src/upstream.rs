@@ -30,6 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use sekisho_config::{Balance, FailureKind, HashKey, PanicMode, Upstream, UpstreamProtocol};
 use sekisho_policy::balance::{Algorithm, Balancer, Pool, TargetLoad};
 use sekisho_policy::breaker::{Breaker, BreakerConfig, Window};
+use sekisho_policy::budget::RetryBudget;
 use sekisho_policy::bulkhead::Bulkhead;
 use tokio::time::Instant;
 
@@ -313,6 +314,8 @@ type BulkheadSettings = (u32, u32, Duration);
 pub struct StateRegistry {
     clock: Clock,
     upstreams: Mutex<HashMap<String, Arc<UpstreamState>>>,
+    /// Each route's retry budget with the settings it was made with (ratio bits, floor).
+    budgets: Mutex<HashMap<String, KeptBudget>>,
 }
 
 impl Default for StateRegistry {
@@ -320,6 +323,7 @@ impl Default for StateRegistry {
         Self {
             clock: Clock::new(),
             upstreams: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -365,8 +369,34 @@ impl StateRegistry {
         (state, states)
     }
 
+    /// The retry budget of `route`: the one it had while its budget settings stay the same, so
+    /// that a reload during an outage does not hand out a fresh budget.
+    pub fn retry_budget(&self, route: &str, retry: &sekisho_config::Retry) -> Arc<RetryBudget> {
+        let settings = (retry.budget_ratio.0.to_bits(), retry.budget_min_per_second);
+        let mut budgets = lock(&self.budgets);
+        match budgets.get(route) {
+            Some((kept, budget)) if *kept == settings => Arc::clone(budget),
+            _ => {
+                let budget = Arc::new(RetryBudget::new(
+                    retry.budget_ratio.0,
+                    retry.budget_min_per_second,
+                    RETRY_BUDGET_WINDOW,
+                    std::time::Instant::now(),
+                ));
+                budgets.insert(route.to_owned(), (settings, Arc::clone(&budget)));
+                budget
+            }
+        }
+    }
+
     /// Forgets upstreams and targets that `config` no longer names.
     pub fn retain(&self, config: &sekisho_config::Config) {
+        lock(&self.budgets).retain(|route, _| {
+            config
+                .routes
+                .iter()
+                .any(|r| r.get_ref().name == *route && r.get_ref().retry.is_some())
+        });
         let mut upstreams = lock(&self.upstreams);
         upstreams.retain(|name, state| {
             let Some((_, upstream)) = config.upstreams.iter().find(|(n, _)| n.get_ref() == name)
@@ -384,6 +414,12 @@ impl StateRegistry {
         });
     }
 }
+
+/// A route's retry budget and the settings it was made with (ratio bits, floor).
+type KeptBudget = ((u64, u32), Arc<RetryBudget>);
+
+/// The span of requests a retry budget looks back over.
+const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 
 /// One target of an upstream, in this generation.
 #[derive(Debug)]

@@ -7,6 +7,7 @@
 //! What it refuses to do: open connections, read configuration files, log, or allocate on the
 //! hot path of a decision.
 
+pub mod backoff;
 pub mod balance;
 pub mod breaker;
 pub mod budget;

@@ -1,0 +1,197 @@
+//! A route's retry policy as the proxy applies it (`[routes.retry]`).
+//!
+//! The decision whether a failed try is tried again lives here; the loop that makes the tries is
+//! in [`crate::proxy`]. A retry needs all of: a failure named in `retry_on`; a request that may be
+//! sent again (an idempotent method unless `retry_non_idempotent`, or a failed connect, which
+//! sent nothing); a body that can be sent again (none, or buffered); tries left; a backoff that
+//! ends before the route's deadline; and a retry from the route's budget, withdrawn when the
+//! retry is decided — so backed-off retries count as soon as they are planned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use prometheus_client::metrics::counter::Counter;
+use tokio::time::Instant;
+
+use sekisho_config::FailureKind;
+use sekisho_policy::backoff::{Backoff, Jitter};
+use sekisho_policy::budget::RetryBudget;
+
+/// How one try failed, as far as retrying is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryFailure {
+    /// No connection to the target: nothing was sent.
+    ConnectError,
+    /// The per-try timeout passed before the answer's head.
+    Timeout,
+    /// The target answered this status; a broken answer (reset, malformed) counts as 502.
+    Status(u16),
+}
+
+impl TryFailure {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::ConnectError => "connect_error",
+            Self::Timeout => "timeout",
+            Self::Status(_) => "status",
+        }
+    }
+}
+
+/// Why a retry was not made, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoRetry {
+    /// The failure is not one `retry_on` names, or the method may not be sent twice, or the
+    /// body was streamed.
+    NotRetryable,
+    /// Every try was used.
+    Attempts,
+    /// The backoff would end after the route's deadline.
+    Deadline,
+    /// The retry budget is spent.
+    Budget,
+}
+
+/// Counters of one route's retries.
+#[derive(Debug, Clone, Default)]
+pub struct RetryMetrics {
+    /// Retries made, by what failed: connect error, timeout, status.
+    pub retries: [Counter; 3],
+    /// Retries refused because the budget was spent.
+    pub budget_exhausted: Counter,
+}
+
+/// A route's compiled `[routes.retry]`.
+#[derive(Debug)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub attempts: u32,
+    backoff: Backoff,
+    on_connect_error: bool,
+    on_timeout: bool,
+    statuses: Vec<u16>,
+    non_idempotent: bool,
+    /// Deadline of one try's answer head.
+    pub per_try_timeout: Option<Duration>,
+    /// Request bodies up to this size (by `Content-Length`) are buffered so they can be resent.
+    pub max_buffered_body: u64,
+    budget: Arc<RetryBudget>,
+    metrics: RetryMetrics,
+}
+
+impl RetryPolicy {
+    /// Compiles `config`; `budget` is the route's (kept across reloads by the caller).
+    pub fn new(
+        config: &sekisho_config::Retry,
+        budget: Arc<RetryBudget>,
+        metrics: RetryMetrics,
+    ) -> Self {
+        let jitter = match config.jitter {
+            sekisho_config::Jitter::Full => Jitter::Full,
+            sekisho_config::Jitter::Equal => Jitter::Equal,
+            sekisho_config::Jitter::Decorrelated => Jitter::Decorrelated,
+            sekisho_config::Jitter::None => Jitter::None,
+        };
+        Self {
+            attempts: config.attempts.0,
+            backoff: Backoff::new(config.backoff.0, config.max_backoff.0, jitter),
+            on_connect_error: config.retry_on.contains(&FailureKind::ConnectError),
+            on_timeout: config.retry_on.contains(&FailureKind::Timeout),
+            statuses: config
+                .retry_on
+                .iter()
+                .filter_map(|kind| match kind {
+                    FailureKind::Status(status) => Some(*status),
+                    _ => None,
+                })
+                .collect(),
+            non_idempotent: config.retry_non_idempotent,
+            per_try_timeout: config.per_try_timeout.map(|d| d.get()),
+            max_buffered_body: config.max_buffered_body_bytes.0,
+            budget,
+            metrics,
+        }
+    }
+
+    /// Whether `method` may be sent more than once (RFC 9110 §9.2.2's idempotent methods, or
+    /// any with `retry_non_idempotent`).
+    pub fn allows_method(&self, method: &Method) -> bool {
+        self.non_idempotent || is_idempotent(method)
+    }
+
+    /// Whether a status is one to retry.
+    pub fn retries_status(&self, status: u16) -> bool {
+        self.statuses.contains(&status)
+    }
+
+    /// Counts a request (its first try) in the budget.
+    pub fn deposit(&self, now: Instant) {
+        self.budget.deposit(now.into_std());
+    }
+
+    /// Decides whether the try that just failed is tried again and after which wait.
+    pub fn decide(&self, failed: &FailedTry) -> Result<Duration, NoRetry> {
+        let wanted = match failed.failure {
+            TryFailure::ConnectError => self.on_connect_error,
+            TryFailure::Timeout => self.on_timeout && failed.resendable,
+            TryFailure::Status(status) => self.retries_status(status) && failed.resendable,
+        };
+        if !wanted {
+            return Err(NoRetry::NotRetryable);
+        }
+        if failed.tries >= self.attempts {
+            return Err(NoRetry::Attempts);
+        }
+        // A failed connect moves on to another target at once: that target is not the one that
+        // refused. Anything else backs off.
+        let delay = if failed.failure == TryFailure::ConnectError && failed.other_target {
+            Duration::ZERO
+        } else {
+            self.backoff
+                .delay(failed.tries, failed.previous_delay, fastrand::f64())
+        };
+        if failed.now + delay >= failed.deadline {
+            return Err(NoRetry::Deadline);
+        }
+        if !self.budget.withdraw(failed.now.into_std()) {
+            self.metrics.budget_exhausted.inc();
+            return Err(NoRetry::Budget);
+        }
+        let index = match failed.failure {
+            TryFailure::ConnectError => 0,
+            TryFailure::Timeout => 1,
+            TryFailure::Status(_) => 2,
+        };
+        self.metrics.retries[index].inc();
+        Ok(delay)
+    }
+}
+
+/// A try that failed, as [`RetryPolicy::decide`] weighs it.
+#[derive(Debug, Clone, Copy)]
+pub struct FailedTry {
+    /// What failed.
+    pub failure: TryFailure,
+    /// Tries made so far, this one included.
+    pub tries: u32,
+    /// Whether the request (method and body) may be sent again.
+    pub resendable: bool,
+    /// Whether a target not tried yet is eligible.
+    pub other_target: bool,
+    /// The wait before the previous retry (`ZERO` for none).
+    pub previous_delay: Duration,
+    /// When it failed.
+    pub now: Instant,
+    /// The route's deadline.
+    pub deadline: Instant,
+}
+
+/// RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT and DELETE.
+pub fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
