@@ -433,6 +433,63 @@ pub struct Route {
     /// Response cache.
     #[serde(default)]
     pub cache: Option<Cache>,
+    /// What answers when the upstream cannot (extension): an alternate upstream, a static
+    /// answer, or the alternate first and the static answer if it fails too.
+    #[serde(default)]
+    #[schemars(with = "Option<Fallback>")]
+    pub fallback: Option<Spanned<Fallback>>,
+}
+
+/// `[routes.fallback]` (extension).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Fallback {
+    /// When it answers: "circuit_open", "bulkhead_full", "no_healthy_upstream", "timeout",
+    /// "upstream_error" (failed connect or broken answer) and statuses the upstream answered.
+    /// Default: the five gateway errors, no status.
+    #[serde(default = "default_fallback_on")]
+    pub on: Vec<FallbackOn>,
+    /// An upstream tried once the route's upstream failed (the request is sent to it only if its
+    /// body can be sent again: none, buffered by `[routes.retry]`, or unread).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub upstream: Option<Spanned<String>>,
+    /// Status of the static answer.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Body of the static answer.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// `Content-Type` of the static answer.
+    #[serde(default = "default_fallback_content_type")]
+    pub content_type: HeaderValueString,
+    /// More headers of the static answer.
+    #[serde(default)]
+    pub headers: BTreeMap<HeaderNameString, HeaderValueString>,
+}
+
+impl Fallback {
+    /// Whether a static answer is configured.
+    pub fn has_static(&self) -> bool {
+        self.status.is_some() || self.body.is_some()
+    }
+}
+
+/// A condition under which a fallback answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FallbackOn {
+    /// The upstream's circuit is open.
+    CircuitOpen,
+    /// The upstream's bulkhead is full.
+    BulkheadFull,
+    /// No target can take the request.
+    NoHealthyUpstream,
+    /// The route's deadline (or the last try's) passed.
+    Timeout,
+    /// A failed connect or a broken answer.
+    UpstreamError,
+    /// The upstream answered this status.
+    Status(u16),
 }
 
 /// `[routes.headers]`.
@@ -791,6 +848,20 @@ fn default_failure_rate_margin() -> Ratio {
 fn default_failure_rate_minimum_requests() -> Positive {
     Positive(20)
 }
+fn default_fallback_on() -> Vec<FallbackOn> {
+    vec![
+        FallbackOn::CircuitOpen,
+        FallbackOn::BulkheadFull,
+        FallbackOn::NoHealthyUpstream,
+        FallbackOn::Timeout,
+        FallbackOn::UpstreamError,
+    ]
+}
+
+fn default_fallback_content_type() -> HeaderValueString {
+    HeaderValueString("application/json".to_owned())
+}
+
 fn default_outlier_failures() -> Vec<FailureKind> {
     vec![
         FailureKind::ConnectError,
@@ -1077,6 +1148,61 @@ impl<'de> Deserialize<'de> for FailureKind {
             }
         }
         deserializer.deserialize_any(FailureVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for FallbackOn {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FallbackVisitor;
+        impl Visitor<'_> for FallbackVisitor {
+            type Value = FallbackOn;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a fallback condition or an HTTP status such as 503")
+            }
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<FallbackOn, E> {
+                match value {
+                    "circuit_open" => Ok(FallbackOn::CircuitOpen),
+                    "bulkhead_full" => Ok(FallbackOn::BulkheadFull),
+                    "no_healthy_upstream" => Ok(FallbackOn::NoHealthyUpstream),
+                    "timeout" => Ok(FallbackOn::Timeout),
+                    "upstream_error" => Ok(FallbackOn::UpstreamError),
+                    other => Err(E::custom(format!(
+                        "`{other}` is not a fallback condition: expected \"circuit_open\", \"bulkhead_full\", \"no_healthy_upstream\", \"timeout\", \"upstream_error\" or a status such as 503"
+                    ))),
+                }
+            }
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<FallbackOn, E> {
+                if (100..=599).contains(&value) {
+                    Ok(FallbackOn::Status(value as u16))
+                } else {
+                    Err(E::custom(format!(
+                        "`{value}` is not an HTTP status (100–599)"
+                    )))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<FallbackOn, E> {
+                self.visit_i64(value.min(i64::MAX as u64) as i64)
+            }
+        }
+        deserializer.deserialize_any(FallbackVisitor)
+    }
+}
+
+impl JsonSchema for FallbackOn {
+    fn schema_name() -> String {
+        "FallbackOn".to_owned()
+    }
+    fn json_schema(_: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+        serde_json::from_value(serde_json::json!({
+            "oneOf": [
+                {
+                    "type": "string",
+                    "enum": ["circuit_open", "bulkhead_full", "no_healthy_upstream", "timeout", "upstream_error"]
+                },
+                { "type": "integer", "minimum": 100, "maximum": 599 }
+            ]
+        }))
+        .unwrap_or(schemars::schema::Schema::Bool(true))
     }
 }
 

@@ -137,6 +137,37 @@ fn a_route_naming_an_unknown_upstream_points_at_the_name() {
 }
 
 #[test]
+fn a_fallback_is_checked_where_it_stands() {
+    let unknown = format!("{MINIMAL}\n[routes.fallback]\nupstream = \"apu\"\n");
+    let diagnostic = first(&unknown);
+    assert_eq!(diagnostic.line, 14, "{diagnostic}");
+    assert!(
+        diagnostic.message.contains("did you mean `api`"),
+        "{diagnostic}"
+    );
+    let empty = format!("{MINIMAL}\n[routes.fallback]\non = [\"timeout\"]\n");
+    assert!(first(&empty)
+        .message
+        .contains("fallback needs an `upstream`"));
+    let bad_on = format!("{MINIMAL}\n[routes.fallback]\non = [\"tired\"]\nstatus = 200\n");
+    assert!(first(&bad_on).message.contains("not a fallback condition"));
+    let good = format!(
+        "{MINIMAL}\n[routes.fallback]\non = [\"circuit_open\", 503]\nstatus = 200\nbody = \"{{}}\"\n"
+    );
+    let config = parse(&good, "test.toml").expect("a good fallback");
+    let fallback = config.routes[0]
+        .get_ref()
+        .fallback
+        .as_ref()
+        .expect("parsed")
+        .get_ref();
+    assert_eq!(
+        fallback.on,
+        [FallbackOn::CircuitOpen, FallbackOn::Status(503)]
+    );
+}
+
+#[test]
 fn bad_values_are_reported_where_they_stand() {
     let cases = [
         (

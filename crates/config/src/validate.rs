@@ -171,33 +171,32 @@ fn validate_route(config: &Config, spanned_route: &Spanned<Route>, problems: &mu
             ));
         }
     }
-    let upstream_name = route.upstream.get_ref();
-    if config.upstream(upstream_name).is_none() {
-        let known: Vec<&str> = config
-            .upstreams
-            .keys()
-            .map(|k| k.get_ref().as_str())
-            .collect();
-        let suggestion = known
-            .iter()
-            .map(|candidate| (strsim::jaro_winkler(upstream_name, candidate), *candidate))
-            .filter(|(score, _)| *score >= 0.8)
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, name)| format!(": did you mean `{name}`?"))
-            .unwrap_or_else(|| {
-                if known.is_empty() {
-                    ": no upstream is defined ([upstreams.NAME] with targets)".to_owned()
-                } else {
-                    format!(" (defined: {})", known.join(", "))
-                }
-            });
-        problems.push((
-            route.upstream.span(),
-            format!(
-                "route `{}` names unknown upstream `{upstream_name}`{suggestion}",
-                route.name
-            ),
-        ));
+    check_upstream_reference(config, &route.name, &route.upstream, problems);
+    if let Some(fallback) = &route.fallback {
+        if let Some(alternate) = &fallback.get_ref().upstream {
+            check_upstream_reference(config, &route.name, alternate, problems);
+        }
+        let fallback_ref = fallback.get_ref();
+        if fallback_ref.upstream.is_none() && !fallback_ref.has_static() {
+            problems.push((
+                fallback.span(),
+                format!(
+                    "route `{}`: fallback needs an `upstream` or a static answer (`status`, `body`)",
+                    route.name
+                ),
+            ));
+        }
+        if let Some(status) = fallback_ref.status {
+            if !(200..=599).contains(&status) {
+                problems.push((
+                    fallback.span(),
+                    format!(
+                        "route `{}`: fallback.status {status} is not a final HTTP status (200–599)",
+                        route.name
+                    ),
+                ));
+            }
+        }
     }
     if let Some(retry) = &route.retry {
         if retry.max_backoff < retry.backoff {
@@ -213,6 +212,41 @@ fn validate_route(config: &Config, spanned_route: &Spanned<Route>, problems: &mu
     if let Some(limit) = &route.rate_limit {
         validate_rate_limit(config, &route.name, limit, problems);
     }
+}
+
+/// A route's reference to an upstream, checked with a did-you-mean.
+fn check_upstream_reference(
+    config: &Config,
+    route: &str,
+    reference: &Spanned<String>,
+    problems: &mut Problems,
+) {
+    let upstream_name = reference.get_ref();
+    if config.upstream(upstream_name).is_some() {
+        return;
+    }
+    let known: Vec<&str> = config
+        .upstreams
+        .keys()
+        .map(|k| k.get_ref().as_str())
+        .collect();
+    let suggestion = known
+        .iter()
+        .map(|candidate| (strsim::jaro_winkler(upstream_name, candidate), *candidate))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, name)| format!(": did you mean `{name}`?"))
+        .unwrap_or_else(|| {
+            if known.is_empty() {
+                ": no upstream is defined ([upstreams.NAME] with targets)".to_owned()
+            } else {
+                format!(" (defined: {})", known.join(", "))
+            }
+        });
+    problems.push((
+        reference.span(),
+        format!("route `{route}` names unknown upstream `{upstream_name}`{suggestion}"),
+    ));
 }
 
 fn validate_rate_limit(

@@ -95,6 +95,14 @@ impl BodyClaim {
         }
     }
 
+    /// Whether [`reclaim`](Self::reclaim) would give the body back now (without taking it).
+    pub fn available(&self) -> bool {
+        match &self.kind {
+            Claim::Empty | Claim::Buffered(_) => true,
+            Claim::Waiting(slot) => slot.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
+        }
+    }
+
     /// Whether the body can be sent again after it was sent once (none, or buffered).
     pub fn replayable(&self) -> bool {
         !matches!(self.kind, Claim::Waiting(_))

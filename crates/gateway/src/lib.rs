@@ -11,6 +11,7 @@
 pub mod body;
 mod connection;
 pub mod edge;
+pub mod fallback;
 mod health;
 pub mod metrics;
 mod proxy;

@@ -44,6 +44,8 @@ pub mod names {
     pub const RETRIES: &str = "sekisho_retries";
     /// Retries refused because the route's retry budget was spent, by route.
     pub const RETRY_BUDGET_EXHAUSTED: &str = "sekisho_retry_budget_exhausted";
+    /// Answers by a route's fallback, by route and kind (upstream or static).
+    pub const FALLBACKS: &str = "sekisho_fallbacks";
     /// Per target (upstream, target): 1 while passing the active checks.
     pub const TARGET_HEALTHY: &str = "sekisho_upstream_target_healthy";
     /// Per target: 1 while it may take requests (healthy, not ejected, in the active group).
@@ -95,6 +97,7 @@ pub struct Metrics {
     health_checks: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     retry_budget_exhausted: Family<Labels, Counter>,
+    fallbacks: Family<Labels, Counter>,
     upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
     /// In flight now.
     pub requests_in_flight: Gauge,
@@ -201,6 +204,12 @@ impl Metrics {
             "Retries refused because the route's retry budget was spent",
             retry_budget_exhausted.clone(),
         );
+        let fallbacks = Family::<Labels, Counter>::default();
+        registry.register(
+            names::FALLBACKS,
+            "Answers by a route's fallback, by route and kind (upstream or static)",
+            fallbacks.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
         registry.register_collector(Box::new(TargetCollector {
@@ -218,6 +227,7 @@ impl Metrics {
             health_checks,
             retries,
             retry_budget_exhausted,
+            fallbacks,
             upstreams,
             requests_in_flight,
             connections_open,
@@ -265,6 +275,18 @@ impl Metrics {
                 .get_or_create(&vec![("route", route.to_owned())])
                 .clone(),
         }
+    }
+
+    /// The fallback counters of `route`: [upstream, static].
+    pub fn route_fallbacks(&self, route: &str) -> [Counter; 2] {
+        ["upstream", "static"].map(|kind| {
+            self.fallbacks
+                .get_or_create(&vec![
+                    ("route", route.to_owned()),
+                    ("kind", kind.to_owned()),
+                ])
+                .clone()
+        })
     }
 
     /// The connect-error counter of `upstream`.

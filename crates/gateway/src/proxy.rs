@@ -14,15 +14,18 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::body::BodyClaim;
 use crate::body::{RequestBody, ResponseBody};
 use crate::edge::{error_response, GatewayError};
-use crate::retry::{FailedTry, TryFailure};
+use crate::fallback::FallbackKind;
+use crate::retry::{FailedTry, RetryPolicy, TryFailure};
 use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
 use crate::upstream::{CallOutcome, Circuit, UpstreamGroup};
 use crate::Shared;
 use sekisho_config::HashKey;
 use sekisho_policy::breaker::{Outcome as BreakerOutcome, Permit};
+use sekisho_policy::bulkhead::Slot;
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -112,6 +115,8 @@ struct Outcome {
     answered: Option<Instant>,
     /// Tries made (0 when none reached a target).
     tries: u32,
+    /// The fallback that answered: "upstream" or "static".
+    fallback: Option<&'static str>,
 }
 
 /// Serves one request.
@@ -135,6 +140,7 @@ pub(crate) async fn handle(
         error: None,
         answered: None,
         tries: 0,
+        fallback: None,
     };
     let forwarded = if ambiguous_length {
         Err(GatewayError::BadRequest(
@@ -216,28 +222,11 @@ async fn forward(
         }
     }
     let upstream = &route.upstream;
-    // The circuit first: an open one answers at once, before any work for the upstream.
-    let mut circuit = CircuitCall::enter(upstream, started)?;
-    // Then a slot of the upstream's bulkhead, held until the response body is done. A refusal
-    // gives the circuit permit back: a full bulkhead says nothing about the upstream's health.
-    let slot = match &upstream.bulkhead {
-        Some(bulkhead) => {
-            Some(
-                bulkhead
-                    .acquire()
-                    .await
-                    .map_err(|_| GatewayError::BulkheadFull {
-                        upstream: upstream.name.clone(),
-                        max_concurrent: bulkhead.usage().max_concurrent,
-                    })?,
-            )
-        }
-        None => None,
+    let admitted = match admit(upstream, started).await {
+        Ok(admitted) => Ok(admitted),
+        Err(error) if route.fallback.is_none() => return Err(error),
+        Err(error) => Err(error),
     };
-    let key = upstream
-        .hash_key
-        .as_ref()
-        .and_then(|key| request_key(key, client, &parts.headers, &parts.uri));
 
     // The request as the upstream sees it, but for the target's authority.
     let path = route.upstream_path(parts.uri.path());
@@ -247,10 +236,6 @@ async fn forward(
     };
     let path_and_query = http::uri::PathAndQuery::try_from(path_and_query)
         .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
-    parts.version = match upstream.protocol {
-        sekisho_config::UpstreamProtocol::Http1 => Version::HTTP_11,
-        sekisho_config::UpstreamProtocol::H2c => Version::HTTP_2,
-    };
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
     add_forwarding_headers(headers, client, original_host.as_deref());
@@ -273,9 +258,10 @@ async fn forward(
     let method_resendable = retry.is_some_and(|policy| policy.allows_method(&parts.method));
     // A body that a retry may have to send again is read whole first, when it is small enough;
     // any other body streams, and is resent only if a failed connect left it unread.
-    let (mut body, claim) = match retry {
+    let (body, claim) = match retry {
         Some(policy)
-            if method_resendable
+            if admitted.is_ok()
+                && method_resendable
                 && !http_body::Body::is_end_stream(&body)
                 && content_length(&parts.headers)
                     .is_some_and(|length| length <= policy.max_buffered_body) =>
@@ -297,201 +283,321 @@ async fn forward(
     if let Some(policy) = retry {
         policy.deposit(started);
     }
-    let resendable = method_resendable && claim.replayable();
-    // Without `[routes.retry]`, only a failed connect is tried again, on another target.
-    let max_tries = retry.map_or(MAX_CONNECT_TRIES, |policy| policy.attempts);
-
-    // One deadline covers every try, the backoffs, the response head and the streamed body.
-    let mut sleep: Pin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep_until(deadline));
-    // Targets that failed this request: the next try goes elsewhere when it can.
-    let mut failed_targets: Vec<usize> = Vec::new();
-    let mut next_target: Option<usize> = None;
-    let mut previous_delay = Duration::ZERO;
-    let mut tries: u32 = 0;
-    let mut now = started;
-    loop {
-        let target_index = match next_target.take() {
-            Some(index) => index,
-            None => match upstream.pick(key, now, &[]) {
-                Ok(index) => index,
-                Err(_) => {
-                    return Err(GatewayError::NoHealthyUpstream {
-                        upstream: upstream.name.clone(),
-                    })
-                }
-            },
-        };
-        tries += 1;
-        outcome.tries = tries;
-        let target = &upstream.targets[target_index];
-        outcome.target = Some(target.address.clone());
-        // A head that may be needed again is copied; the last try takes it (an empty head is
-        // left behind, which costs no allocation).
-        let may_retry = tries < max_tries && (retry.is_some() || upstream.targets.len() > 1);
-        let mut head = if may_retry {
-            parts.clone()
-        } else {
-            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-        };
-        head.uri = Uri::builder()
-            .scheme("http")
-            .authority(target.authority.clone())
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
-        let in_flight = upstream.begin(target_index);
-        let call = upstream.client.request(Request::from_parts(head, body));
-        let per_try = retry
-            .and_then(|policy| policy.per_try_timeout)
-            .map(|timeout| (timeout, now + timeout))
-            .filter(|(_, at)| *at < deadline);
-        let try_deadline = async {
-            match per_try {
-                Some((_, at)) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let result = tokio::select! {
-            biased;
-            result = call => Ok(result),
-            () = sleep.as_mut() => Err(None),
-            () = try_deadline => Err(per_try.map(|(timeout, _)| timeout)),
-        };
-        let finished = Instant::now();
-        let latency = finished.saturating_duration_since(now);
-        // How this try failed, and what the client gets if it is not tried again.
-        let (failure, answer): (TryFailure, Answer) = match result {
-            Err(expired) => {
-                upstream.record(target_index, CallOutcome::Timeout, latency, finished);
-                let error = GatewayError::UpstreamTimeout {
-                    upstream: upstream.name.clone(),
-                    timeout: expired.unwrap_or(route.timeout),
-                };
-                if expired.is_none() {
-                    // The route's own deadline: nothing is left for another try.
-                    circuit.finish(CallOutcome::Timeout, started, finished);
-                    return Err(error);
-                }
-                (TryFailure::Timeout, Answer::Error(error))
-            }
-            Ok(Ok(upstream_response)) => {
-                let status = upstream_response.status().as_u16();
-                let answer = CallOutcome::Status(status);
-                upstream.record(target_index, answer, latency, finished);
-                let retry_wanted = retry.is_some_and(|policy| policy.retries_status(status));
-                if !retry_wanted || tries >= max_tries {
-                    outcome.answered = Some(finished);
-                    circuit.finish(answer, started, finished);
-                    return Ok(downstream_response(
-                        &route,
-                        upstream_response,
-                        sleep,
-                        in_flight,
-                        slot,
-                    ));
-                }
-                (
-                    TryFailure::Status(status),
-                    Answer::Upstream(upstream_response, in_flight),
-                )
-            }
-            Ok(Err(error)) => {
-                let error = GatewayError::from_upstream_call(&upstream.name, error);
-                let (call_outcome, failure) = match &error {
-                    GatewayError::UpstreamConnect { .. } => {
-                        upstream.connect_errors.inc();
-                        (CallOutcome::ConnectError, TryFailure::ConnectError)
-                    }
-                    GatewayError::UpstreamFailed { .. } => {
-                        (CallOutcome::Broken, TryFailure::Status(502))
-                    }
-                    // The client's body was at fault, not the target: the circuit does not
-                    // judge it (the permit is given back).
-                    _ => return Err(error),
-                };
-                upstream.record(target_index, call_outcome, latency, finished);
-                (failure, Answer::Error(error))
-            }
-        };
-
-        // Another try? Only with the body in hand again, a target, and the policy's consent.
-        let again = if tries < max_tries {
-            claim.reclaim()
-        } else {
-            None
-        };
-        if !failed_targets.contains(&target_index) {
-            failed_targets.push(target_index);
+    let call = Call {
+        route: &route,
+        client,
+        claim: &claim,
+        path_and_query: &path_and_query,
+        started,
+        deadline,
+    };
+    let fallback = route.fallback.as_ref();
+    // An alternate upstream needs the head again.
+    let spare_head = fallback
+        .filter(|fallback| fallback.upstream.is_some())
+        .map(|_| parts.clone());
+    let result = match admitted {
+        Ok((circuit, slot)) => {
+            let resendable = method_resendable && claim.replayable();
+            call.send(
+                upstream, circuit, slot, retry, resendable, parts, body, outcome,
+            )
+            .await
         }
-        let other = upstream.pick(key, finished, &failed_targets).ok();
-        let decision = match (&again, retry) {
-            (None, _) => Err(()),
-            (Some(_), Some(policy)) => policy
-                .decide(&FailedTry {
-                    failure,
-                    tries,
-                    resendable,
-                    other_target: other.is_some(),
-                    previous_delay,
-                    now: finished,
-                    deadline,
-                })
-                .map_err(|_| ()),
-            // Without a policy a failed connect moves on to another target, nothing else.
-            (Some(_), None) if failure == TryFailure::ConnectError && other.is_some() => {
-                Ok(Duration::ZERO)
-            }
-            (Some(_), None) => Err(()),
-        };
-        let (Ok(delay), Some(again)) = (decision, again) else {
-            return match answer {
-                Answer::Upstream(response, in_flight) => {
-                    outcome.answered = Some(finished);
-                    if let TryFailure::Status(status) = failure {
-                        circuit.finish(CallOutcome::Status(status), started, finished);
-                    }
-                    Ok(downstream_response(
-                        &route, response, sleep, in_flight, slot,
-                    ))
+        Err(error) => Err(error),
+    };
+    let Some(fallback) = fallback else {
+        return result;
+    };
+    if !fallback.covers(&result) {
+        return result;
+    }
+    let mut result = result;
+    if let (Some(alternate), Some(head)) = (&fallback.upstream, spare_head) {
+        // The alternate gets the request only if its body can be sent (again).
+        if let Some(body) = claim.reclaim() {
+            fallback.count(FallbackKind::Upstream);
+            outcome.fallback = Some("upstream");
+            result = match admit(alternate, Instant::now()).await {
+                Ok((circuit, slot)) => {
+                    call.send(alternate, circuit, slot, None, false, head, body, outcome)
+                        .await
                 }
-                Answer::Error(error) => {
-                    let call_outcome = match failure {
-                        TryFailure::ConnectError => CallOutcome::ConnectError,
-                        TryFailure::Timeout => CallOutcome::Timeout,
-                        TryFailure::Status(_) => CallOutcome::Broken,
-                    };
-                    circuit.finish(call_outcome, started, finished);
-                    Err(error)
+                Err(error) => Err(error),
+            };
+            if !fallback.covers(&result) {
+                return result;
+            }
+        }
+    }
+    match &fallback.answer {
+        Some(answer) => {
+            fallback.count(FallbackKind::Static);
+            outcome.fallback = Some("static");
+            Ok(answer.response())
+        }
+        None => result,
+    }
+}
+
+/// Admission by an upstream's circuit breaker, then its bulkhead: an open circuit answers at
+/// once, before any work for the upstream; a slot is held until the response body is done. A
+/// full bulkhead gives the circuit permit back: it says nothing about the upstream's health.
+async fn admit(
+    upstream: &UpstreamGroup,
+    now: Instant,
+) -> Result<(CircuitCall<'_>, Option<Slot>), GatewayError> {
+    let circuit = CircuitCall::enter(upstream, now)?;
+    let slot = match &upstream.bulkhead {
+        Some(bulkhead) => {
+            Some(
+                bulkhead
+                    .acquire()
+                    .await
+                    .map_err(|_| GatewayError::BulkheadFull {
+                        upstream: upstream.name.clone(),
+                        max_concurrent: bulkhead.usage().max_concurrent,
+                    })?,
+            )
+        }
+        None => None,
+    };
+    Ok((circuit, slot))
+}
+
+/// What every try of one request shares, whichever upstream it goes to.
+struct Call<'a> {
+    route: &'a CompiledRoute,
+    client: &'a ClientInfo,
+    claim: &'a BodyClaim,
+    path_and_query: &'a http::uri::PathAndQuery,
+    started: Instant,
+    deadline: Instant,
+}
+
+impl Call<'_> {
+    /// Sends the request to `upstream`, trying again as `retry` allows (without a policy, a
+    /// failed connect moves on to another target), and answers the upstream's response or the
+    /// last failure.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        upstream: &UpstreamGroup,
+        mut circuit: CircuitCall<'_>,
+        slot: Option<Slot>,
+        retry: Option<&RetryPolicy>,
+        resendable: bool,
+        mut parts: http::request::Parts,
+        mut body: RequestBody,
+        outcome: &mut Outcome,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let Self {
+            route,
+            client,
+            claim,
+            path_and_query,
+            started,
+            deadline,
+        } = *self;
+        parts.version = match upstream.protocol {
+            sekisho_config::UpstreamProtocol::Http1 => Version::HTTP_11,
+            sekisho_config::UpstreamProtocol::H2c => Version::HTTP_2,
+        };
+        let key = upstream
+            .hash_key
+            .as_ref()
+            .and_then(|key| request_key(key, client, &parts.headers, &parts.uri));
+        // Without `[routes.retry]`, only a failed connect is tried again, on another target.
+        let max_tries = retry.map_or(MAX_CONNECT_TRIES, |policy| policy.attempts);
+
+        // One deadline covers every try, the backoffs, the response head and the streamed body.
+        let mut sleep: Pin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep_until(deadline));
+        // Targets that failed this request: the next try goes elsewhere when it can.
+        let mut failed_targets: Vec<usize> = Vec::new();
+        let mut next_target: Option<usize> = None;
+        let mut previous_delay = Duration::ZERO;
+        let mut tries: u32 = 0;
+        let mut now = started;
+        loop {
+            let target_index = match next_target.take() {
+                Some(index) => index,
+                None => match upstream.pick(key, now, &[]) {
+                    Ok(index) => index,
+                    Err(_) => {
+                        return Err(GatewayError::NoHealthyUpstream {
+                            upstream: upstream.name.clone(),
+                        })
+                    }
+                },
+            };
+            tries += 1;
+            outcome.tries = tries;
+            let target = &upstream.targets[target_index];
+            outcome.target = Some(target.address.clone());
+            // A head that may be needed again is copied; the last try takes it (an empty head is
+            // left behind, which costs no allocation).
+            let may_retry = tries < max_tries && (retry.is_some() || upstream.targets.len() > 1);
+            let mut head = if may_retry {
+                parts.clone()
+            } else {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            };
+            head.uri = Uri::builder()
+                .scheme("http")
+                .authority(target.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
+            let in_flight = upstream.begin(target_index);
+            let call = upstream.client.request(Request::from_parts(head, body));
+            let per_try = retry
+                .and_then(|policy| policy.per_try_timeout)
+                .map(|timeout| (timeout, now + timeout))
+                .filter(|(_, at)| *at < deadline);
+            let try_deadline = async {
+                match per_try {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
             };
-        };
-        tracing::debug!(
-            upstream = %upstream.name,
-            target = %target.address,
-            failure = failure.label(),
-            tries,
-            delay_ms = delay.as_millis() as u64,
-            "retrying"
-        );
-        // A status answer is given up (its body is not read), and with it its in-flight count.
-        drop(answer);
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        previous_delay = delay;
-        body = again;
-        now = Instant::now();
-        // The target that failed is avoided when another is eligible; otherwise the retry goes
-        // wherever the balancer says (a single-target upstream retries its one target).
-        next_target = if failure == TryFailure::ConnectError || delay.is_zero() {
-            other
-        } else {
-            upstream.pick(key, now, &failed_targets).ok()
-        };
-        if next_target.is_none() && retry.is_none() {
-            return Err(GatewayError::NoHealthyUpstream {
-                upstream: upstream.name.clone(),
-            });
+            let result = tokio::select! {
+                biased;
+                result = call => Ok(result),
+                () = sleep.as_mut() => Err(None),
+                () = try_deadline => Err(per_try.map(|(timeout, _)| timeout)),
+            };
+            let finished = Instant::now();
+            let latency = finished.saturating_duration_since(now);
+            // How this try failed, and what the client gets if it is not tried again.
+            let (failure, answer): (TryFailure, Answer) = match result {
+                Err(expired) => {
+                    upstream.record(target_index, CallOutcome::Timeout, latency, finished);
+                    let error = GatewayError::UpstreamTimeout {
+                        upstream: upstream.name.clone(),
+                        timeout: expired.unwrap_or(route.timeout),
+                    };
+                    if expired.is_none() {
+                        // The route's own deadline: nothing is left for another try.
+                        circuit.finish(CallOutcome::Timeout, started, finished);
+                        return Err(error);
+                    }
+                    (TryFailure::Timeout, Answer::Error(error))
+                }
+                Ok(Ok(upstream_response)) => {
+                    let status = upstream_response.status().as_u16();
+                    let answer = CallOutcome::Status(status);
+                    upstream.record(target_index, answer, latency, finished);
+                    let retry_wanted = retry.is_some_and(|policy| policy.retries_status(status));
+                    if !retry_wanted || tries >= max_tries {
+                        outcome.answered = Some(finished);
+                        circuit.finish(answer, started, finished);
+                        return Ok(downstream_response(
+                            &route,
+                            upstream_response,
+                            sleep,
+                            in_flight,
+                            slot,
+                        ));
+                    }
+                    (
+                        TryFailure::Status(status),
+                        Answer::Upstream(upstream_response, in_flight),
+                    )
+                }
+                Ok(Err(error)) => {
+                    let error = GatewayError::from_upstream_call(&upstream.name, error);
+                    let (call_outcome, failure) = match &error {
+                        GatewayError::UpstreamConnect { .. } => {
+                            upstream.connect_errors.inc();
+                            (CallOutcome::ConnectError, TryFailure::ConnectError)
+                        }
+                        GatewayError::UpstreamFailed { .. } => {
+                            (CallOutcome::Broken, TryFailure::Status(502))
+                        }
+                        // The client's body was at fault, not the target: the circuit does not
+                        // judge it (the permit is given back).
+                        _ => return Err(error),
+                    };
+                    upstream.record(target_index, call_outcome, latency, finished);
+                    (failure, Answer::Error(error))
+                }
+            };
+
+            // Another try? Only with the body in hand again, a target, and the policy's consent.
+            // Looked at, not taken: a body not sent again stays for a fallback.
+            let body_available = tries < max_tries && claim.available();
+            if !failed_targets.contains(&target_index) {
+                failed_targets.push(target_index);
+            }
+            let other = upstream.pick(key, finished, &failed_targets).ok();
+            let decision = match (body_available, retry) {
+                (false, _) => Err(()),
+                (true, Some(policy)) => policy
+                    .decide(&FailedTry {
+                        failure,
+                        tries,
+                        resendable,
+                        other_target: other.is_some(),
+                        previous_delay,
+                        now: finished,
+                        deadline,
+                    })
+                    .map_err(|_| ()),
+                // Without a policy a failed connect moves on to another target, nothing else.
+                (true, None) if failure == TryFailure::ConnectError && other.is_some() => {
+                    Ok(Duration::ZERO)
+                }
+                (true, None) => Err(()),
+            };
+            let (Ok(delay), Some(again)) = (decision, decision.ok().and_then(|_| claim.reclaim()))
+            else {
+                return match answer {
+                    Answer::Upstream(response, in_flight) => {
+                        outcome.answered = Some(finished);
+                        if let TryFailure::Status(status) = failure {
+                            circuit.finish(CallOutcome::Status(status), started, finished);
+                        }
+                        Ok(downstream_response(route, response, sleep, in_flight, slot))
+                    }
+                    Answer::Error(error) => {
+                        let call_outcome = match failure {
+                            TryFailure::ConnectError => CallOutcome::ConnectError,
+                            TryFailure::Timeout => CallOutcome::Timeout,
+                            TryFailure::Status(_) => CallOutcome::Broken,
+                        };
+                        circuit.finish(call_outcome, started, finished);
+                        Err(error)
+                    }
+                };
+            };
+            tracing::debug!(
+                upstream = %upstream.name,
+                target = %target.address,
+                failure = failure.label(),
+                tries,
+                delay_ms = delay.as_millis() as u64,
+                "retrying"
+            );
+            // A status answer is given up (its body is not read), and with it its in-flight count.
+            drop(answer);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            previous_delay = delay;
+            body = again;
+            now = Instant::now();
+            // The target that failed is avoided when another is eligible; otherwise the retry goes
+            // wherever the balancer says (a single-target upstream retries its one target).
+            next_target = if failure == TryFailure::ConnectError || delay.is_zero() {
+                other
+            } else {
+                upstream.pick(key, now, &failed_targets).ok()
+            };
+            if next_target.is_none() && retry.is_none() {
+                return Err(GatewayError::NoHealthyUpstream {
+                    upstream: upstream.name.clone(),
+                });
+            }
         }
     }
 }
@@ -512,7 +618,7 @@ fn downstream_response(
     response: Response<Incoming>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     in_flight: Option<crate::upstream::InFlight>,
-    slot: Option<sekisho_policy::bulkhead::Slot>,
+    slot: Option<Slot>,
 ) -> Response<ResponseBody> {
     let (mut parts, response_body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
@@ -773,6 +879,7 @@ impl AccessInfo {
             upstream,
             target_address = outcome.target.as_deref().unwrap_or(""),
             tries = outcome.tries,
+            fallback = outcome.fallback.unwrap_or(""),
             client = %client.remote.ip(),
             request_id = request_id.to_str().unwrap_or(""),
             error_code,

@@ -13,6 +13,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use sekisho_config::Route;
 
+use crate::fallback::Fallback;
 use crate::metrics::RouteMetrics;
 use crate::retry::RetryPolicy;
 use crate::upstream::UpstreamGroup;
@@ -71,6 +72,8 @@ pub struct CompiledRoute {
     pub metrics: RouteMetrics,
     /// Retries, when `[routes.retry]` is set.
     pub retry: Option<RetryPolicy>,
+    /// What answers when the upstream cannot, when `[routes.fallback]` is set.
+    pub fallback: Option<Fallback>,
 }
 
 /// The routes in order.
@@ -100,6 +103,7 @@ impl CompiledRoute {
         default_max_body: u64,
         metrics: RouteMetrics,
         retry: Option<RetryPolicy>,
+        fallback: Option<Fallback>,
     ) -> Self {
         let path = match (&route.path, &route.path_prefix) {
             (Some(exact), _) => PathMatch::Exact(exact.get_ref().clone()),
@@ -163,6 +167,7 @@ impl CompiledRoute {
             headers,
             metrics,
             retry,
+            fallback,
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use sekisho_config::Config;
 use tokio_rustls::TlsAcceptor;
 
+use crate::fallback::Fallback;
 use crate::metrics::Metrics;
 use crate::retry::RetryPolicy;
 use crate::router::{CompiledRoute, Router};
@@ -108,12 +109,21 @@ impl Runtime {
                     metrics.route_retries(&route.name),
                 )
             });
+            let fallback = route.fallback.as_ref().map(|fallback| {
+                let fallback = fallback.get_ref();
+                let alternate = fallback
+                    .upstream
+                    .as_ref()
+                    .and_then(|name| upstreams.get(name.get_ref().as_str()).cloned());
+                Fallback::new(fallback, alternate, metrics.route_fallbacks(&route.name))
+            });
             routes.push(Arc::new(CompiledRoute::new(
                 route,
                 upstream,
                 config.server.max_body_bytes.0,
                 route_metrics,
                 retry,
+                fallback,
             )));
         }
         let tls = match &config.server.tls {
