@@ -492,7 +492,7 @@ impl Call<'_> {
                         outcome.answered = Some(finished);
                         circuit.finish(answer, started, finished);
                         return Ok(downstream_response(
-                            &route,
+                            route,
                             upstream_response,
                             sleep,
                             in_flight,
