@@ -71,6 +71,73 @@ pub struct Server {
     #[serde(default)]
     #[schemars(with = "Option<Tls>")]
     pub tls: Option<Spanned<Tls>>,
+    /// Load shedding of the whole listener by an adaptive concurrency limit (extension).
+    #[serde(default)]
+    #[schemars(with = "Option<AdaptiveConcurrency>")]
+    pub adaptive_concurrency: Option<Spanned<AdaptiveConcurrency>>,
+}
+
+/// `[server.adaptive_concurrency]` (extension): requests in flight on the traffic listener are
+/// limited by a limit that follows the measured latency; past it, 503 `OVERLOADED` at once.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConcurrency {
+    /// gradient (Netflix Gradient2) | aimd.
+    #[serde(default)]
+    pub algorithm: ConcurrencyAlgorithm,
+    /// The limit to start from.
+    #[serde(default = "default_initial_limit")]
+    pub initial_limit: Positive,
+    /// Never below this.
+    #[serde(default = "default_min_limit")]
+    pub min_limit: Positive,
+    /// Never above this.
+    #[serde(default = "default_max_limit")]
+    pub max_limit: Positive,
+    /// gradient: latency growth over the baseline tolerated before the limit shrinks.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// aimd: the limit is multiplied by this on an overload signal.
+    #[serde(default = "default_backoff_ratio")]
+    pub backoff_ratio: f64,
+    /// A request slower than this is an overload signal.
+    #[serde(default = "default_limit_timeout")]
+    pub timeout: NonZeroDuration,
+}
+
+/// Adaptive concurrency algorithms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyAlgorithm {
+    /// Netflix's Gradient2: long-term against short-term latency.
+    #[default]
+    Gradient,
+    /// Additive increase, multiplicative decrease.
+    Aimd,
+}
+
+fn default_initial_limit() -> Positive {
+    Positive(100)
+}
+
+fn default_min_limit() -> Positive {
+    Positive(10)
+}
+
+fn default_max_limit() -> Positive {
+    Positive(1000)
+}
+
+fn default_tolerance() -> f64 {
+    2.0
+}
+
+fn default_backoff_ratio() -> f64 {
+    0.9
+}
+
+fn default_limit_timeout() -> NonZeroDuration {
+    NonZeroDuration::from_millis(5_000)
 }
 
 /// Certificate and key files (PEM) for a listener.
