@@ -58,40 +58,6 @@ fn validate_server(config: &Config, base_dir: Option<&Path>, problems: &mut Prob
             }
         }
     }
-    if let Some(limit) = &config.server.adaptive_concurrency {
-        let settings = limit.get_ref();
-        let (min, initial, max) = (
-            settings.min_limit.0,
-            settings.initial_limit.0,
-            settings.max_limit.0,
-        );
-        if !(min <= initial && initial <= max) {
-            problems.push((
-                limit.span(),
-                format!(
-                    "server.adaptive_concurrency: need min_limit ≤ initial_limit ≤ max_limit (got {min}, {initial}, {max})"
-                ),
-            ));
-        }
-        if !(settings.tolerance >= 1.0 && settings.tolerance.is_finite()) {
-            problems.push((
-                limit.span(),
-                format!(
-                    "server.adaptive_concurrency.tolerance is {}: it must be at least 1",
-                    settings.tolerance
-                ),
-            ));
-        }
-        if !(settings.backoff_ratio > 0.0 && settings.backoff_ratio < 1.0) {
-            problems.push((
-                limit.span(),
-                format!(
-                    "server.adaptive_concurrency.backoff_ratio is {}: it must be between 0 and 1",
-                    settings.backoff_ratio
-                ),
-            ));
-        }
-    }
     if config.admin.token.is_none() && !config.admin.listen.is_loopback() {
         problems.push((
             0..0,
