@@ -108,7 +108,7 @@ async fn run(defended: bool) {
         caller.await.unwrap();
     }
 
-    let log = log.lock().unwrap();
+    let log = std::mem::take(&mut *log.lock().unwrap());
     println!(
         "\n## {} defences\n",
         if defended { "With" } else { "Without" }
