@@ -254,9 +254,22 @@ fn detailed(state: &AdminState) -> AdminResponse {
             )
         })
         .collect();
+    // Redis, when a rate limit uses it: down is "degraded" (limits follow on_store_error).
+    let redis = state.gateway.store_status().map(|store| {
+        json!({
+            "status": if store.healthy { "healthy" } else { "degraded" },
+            "url": store.url,
+            "errors": store.errors,
+            "last_error": store.last_error,
+            "instances": store.instances,
+        })
+    });
+    let redis_degraded = redis
+        .as_ref()
+        .is_some_and(|redis| redis["status"] != "healthy");
     let overall = if !status.ready {
         "unhealthy"
-    } else if status.last_reload.error.is_some() || upstreams_degraded {
+    } else if status.last_reload.error.is_some() || upstreams_degraded || redis_degraded {
         "degraded"
     } else {
         "healthy"
@@ -266,17 +279,15 @@ fn detailed(state: &AdminState) -> AdminResponse {
     } else {
         StatusCode::OK
     };
-    json_response(
-        code,
-        &json!({
-            "status": overall,
-            "checks": {
-                "listener": listener,
-                "config": config,
-                "upstreams": upstreams,
-            }
-        }),
-    )
+    let mut checks = json!({
+        "listener": listener,
+        "config": config,
+        "upstreams": upstreams,
+    });
+    if let Some(redis) = redis {
+        checks["redis"] = redis;
+    }
+    json_response(code, &json!({"status": overall, "checks": checks}))
 }
 
 /// Prometheus text format by default; OpenMetrics to a scraper that asks for it.

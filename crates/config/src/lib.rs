@@ -38,6 +38,7 @@ pub use duration::{
     format_duration, parse_duration, ConfigDuration, DurationError, NonZeroDuration,
 };
 pub use model::*;
+pub use validate::parse_network;
 
 /// One problem in a config file, with its place.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -71,6 +71,72 @@ pub struct Server {
     #[serde(default)]
     #[schemars(with = "Option<Tls>")]
     pub tls: Option<Spanned<Tls>>,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` is believed when finding the client's
+    /// address (CIDRs or single addresses); by default none: the peer is the client.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// A rate limit over every request, before routing (extension); routes have their own too.
+    #[serde(default)]
+    #[schemars(with = "Option<RateLimit>")]
+    pub rate_limit: Option<Spanned<RateLimit>>,
+    /// Load shedding: every route gets its own adaptive concurrency limit with these settings
+    /// (a route may set its own, or turn it off); calls beyond it get 503 OVERLOADED.
+    #[serde(default)]
+    #[schemars(with = "Option<AdaptiveConcurrency>")]
+    pub adaptive_concurrency: Option<Spanned<AdaptiveConcurrency>>,
+}
+
+/// `[server.adaptive_concurrency]` and `[routes.adaptive_concurrency]` (extension): a limit on
+/// calls in flight that follows latency.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConcurrency {
+    /// false turns shedding off (for one route, when the server enables it).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// gradient | aimd.
+    #[serde(default)]
+    pub algorithm: ConcurrencyAlgorithm,
+    /// The limit before anything is measured.
+    #[serde(default = "default_initial_limit")]
+    pub initial_limit: Positive,
+    /// The limit never goes below this.
+    #[serde(default = "default_min_limit")]
+    pub min_limit: Positive,
+    /// The limit never goes above this.
+    #[serde(default = "default_max_limit")]
+    pub max_limit: Positive,
+    /// The limit is recomputed once per window (at least this long …
+    #[serde(default = "default_concurrency_window")]
+    pub window: NonZeroDuration,
+    /// … and at least this many answered calls).
+    #[serde(default = "default_concurrency_samples")]
+    pub min_samples: Positive,
+    /// gradient: how far recent latency may exceed its long-run level before the limit shrinks
+    /// (1.5: by half).
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// gradient: the share of each new estimate taken into the limit.
+    #[serde(default = "default_smoothing")]
+    pub smoothing: Ratio,
+    /// aimd: the limit is multiplied by this after a window with a timeout (0.5 – 0.99).
+    #[serde(default = "default_backoff_ratio")]
+    pub backoff_ratio: f64,
+    /// aimd: an answer slower than this counts as a drop too.
+    #[serde(default = "default_aimd_timeout")]
+    pub timeout: NonZeroDuration,
+}
+
+/// How an adaptive concurrency limit moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyAlgorithm {
+    /// Netflix's Gradient2: follows the ratio of long-run to recent latency.
+    #[default]
+    Gradient,
+    /// Additive increase, multiplicative decrease on timeouts.
+    Aimd,
 }
 
 /// Certificate and key files (PEM) for a listener.
@@ -438,6 +504,10 @@ pub struct Route {
     #[serde(default)]
     #[schemars(with = "Option<Fallback>")]
     pub fallback: Option<Spanned<Fallback>>,
+    /// This route's own adaptive concurrency limit (extension), instead of the server's.
+    #[serde(default)]
+    #[schemars(with = "Option<AdaptiveConcurrency>")]
+    pub adaptive_concurrency: Option<Spanned<AdaptiveConcurrency>>,
 }
 
 /// `[routes.fallback]` (extension).
@@ -770,6 +840,33 @@ pub fn split_host_port(text: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
+fn default_initial_limit() -> Positive {
+    Positive(100)
+}
+fn default_min_limit() -> Positive {
+    Positive(5)
+}
+fn default_max_limit() -> Positive {
+    Positive(1000)
+}
+fn default_concurrency_window() -> NonZeroDuration {
+    NonZeroDuration::from_millis(100)
+}
+fn default_concurrency_samples() -> Positive {
+    Positive(10)
+}
+fn default_tolerance() -> f64 {
+    1.5
+}
+fn default_smoothing() -> Ratio {
+    Ratio(0.2)
+}
+fn default_backoff_ratio() -> f64 {
+    0.9
+}
+fn default_aimd_timeout() -> NonZeroDuration {
+    NonZeroDuration::from_millis(5_000)
+}
 fn default_true() -> bool {
     true
 }

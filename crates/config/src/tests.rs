@@ -365,3 +365,75 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn adaptive_concurrency_is_read_with_defaults_and_checked_where_it_stands() {
+    let good = format!(
+        "{MINIMAL}\n[server.adaptive_concurrency]\nmax_limit = 200\n\n[routes.adaptive_concurrency]\nenabled = false\n"
+    );
+    let config = parse(&good, "test.toml").expect("good adaptive concurrency");
+    let server = config
+        .server
+        .adaptive_concurrency
+        .as_ref()
+        .expect("server block")
+        .get_ref();
+    assert!(server.enabled);
+    assert_eq!(server.algorithm, ConcurrencyAlgorithm::Gradient);
+    assert_eq!((server.initial_limit.0, server.max_limit.0), (100, 200));
+    let route = config.routes[0]
+        .get_ref()
+        .adaptive_concurrency
+        .as_ref()
+        .expect("route block");
+    assert!(!route.get_ref().enabled);
+
+    let inverted =
+        format!("{MINIMAL}\n[server.adaptive_concurrency]\nmin_limit = 50\ninitial_limit = 10\n");
+    let diagnostic = first(&inverted);
+    assert_eq!(diagnostic.line, 13, "{diagnostic}");
+    assert!(
+        diagnostic.message.contains("min_limit ≤ initial_limit"),
+        "{diagnostic}"
+    );
+    let ratio = format!(
+        "{MINIMAL}\n[routes.adaptive_concurrency]\nalgorithm = \"aimd\"\nbackoff_ratio = 1.5\n"
+    );
+    assert!(first(&ratio)
+        .message
+        .contains("route `api`: adaptive_concurrency: backoff_ratio"));
+    let typo = format!("{MINIMAL}\n[server.adaptive_concurrency]\nalgorythm = \"aimd\"\n");
+    assert!(first(&typo).message.contains("algorithm"));
+}
+
+#[test]
+fn trusted_proxies_and_a_server_wide_rate_limit_are_checked() {
+    let good = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\"]",
+    ) + "\n[server.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 100\nwindow = \"1s\"\nkey = \"client_ip\"\n";
+    let config = parse(&good, "test.toml").expect("good proxies and limit");
+    assert_eq!(config.server.trusted_proxies.len(), 3);
+    assert!(config.server.rate_limit.is_some());
+    let bad = MINIMAL.replace(
+        "listen = \"127.0.0.1:8080\"",
+        "listen = \"127.0.0.1:8080\"\ntrusted_proxies = [\"10.0.0.0/33\"]",
+    );
+    let diagnostic = first(&bad);
+    assert_eq!(
+        (diagnostic.line, diagnostic.column),
+        (4, 20),
+        "{diagnostic}"
+    );
+    assert!(diagnostic.message.contains("10.0.0.0/33"), "{diagnostic}");
+    let no_window =
+        format!("{MINIMAL}\n[server.rate_limit]\nalgorithm = \"sliding_window_log\"\nlimit = 10\n");
+    assert!(first(&no_window)
+        .message
+        .starts_with("server.rate_limit with SlidingWindowLog needs `limit` and `window`"));
+    let dear =
+        format!("{MINIMAL}\n[routes.rate_limit]\ncapacity = 5\nrefill_per_second = 1\ncost = 6\n");
+    assert!(first(&dear)
+        .message
+        .contains("cost (6) is larger than the quota (5)"));
+}

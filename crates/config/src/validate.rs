@@ -8,7 +8,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::model::{
-    Config, RateLimit, RateLimitAlgorithm, RateLimitBackend, Route, Spanned, Upstream,
+    AdaptiveConcurrency, Config, RateLimit, RateLimitAlgorithm, RateLimitBackend, Route, Spanned,
+    Upstream,
 };
 
 type Problems = Vec<(Range<usize>, String)>;
@@ -36,6 +37,23 @@ pub(crate) fn validate(config: &Config, base_dir: Option<&Path>) -> Problems {
 }
 
 fn validate_server(config: &Config, base_dir: Option<&Path>, problems: &mut Problems) {
+    for proxy in &config.server.trusted_proxies {
+        if parse_network(proxy.get_ref()).is_none() {
+            problems.push((
+                proxy.span(),
+                format!(
+                    "trusted_proxies: `{}` is neither an address nor a network (e.g. \"10.0.0.0/8\", \"127.0.0.1\")",
+                    proxy.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(limit) = &config.server.rate_limit {
+        validate_rate_limit(config, "server.rate_limit", limit, problems);
+    }
+    if let Some(adaptive) = &config.server.adaptive_concurrency {
+        validate_adaptive_concurrency("[server.adaptive_concurrency]", adaptive, problems);
+    }
     if let Some(tls) = &config.server.tls {
         for (what, file, marker) in [
             ("certificate", &tls.get_ref().cert, "CERTIFICATE-----"),
@@ -210,7 +228,48 @@ fn validate_route(config: &Config, spanned_route: &Spanned<Route>, problems: &mu
         }
     }
     if let Some(limit) = &route.rate_limit {
-        validate_rate_limit(config, &route.name, limit, problems);
+        let context = format!("route `{}`: rate_limit", route.name);
+        validate_rate_limit(config, &context, limit, problems);
+    }
+    if let Some(adaptive) = &route.adaptive_concurrency {
+        let context = format!("route `{}`: adaptive_concurrency", route.name);
+        validate_adaptive_concurrency(&context, adaptive, problems);
+    }
+}
+
+/// Bounds in order, and factors that keep the limit moving the right way.
+fn validate_adaptive_concurrency(
+    context: &str,
+    spanned: &Spanned<AdaptiveConcurrency>,
+    problems: &mut Problems,
+) {
+    let settings = spanned.get_ref();
+    let mut complain =
+        |message: String| problems.push((spanned.span(), format!("{context}: {message}")));
+    let (min, initial, max) = (
+        settings.min_limit.0,
+        settings.initial_limit.0,
+        settings.max_limit.0,
+    );
+    if !(min <= initial && initial <= max) {
+        complain(format!(
+            "limits must satisfy min_limit ≤ initial_limit ≤ max_limit (got {min} ≤ {initial} ≤ {max})"
+        ));
+    }
+    if !(settings.tolerance.is_finite() && settings.tolerance >= 1.0) {
+        complain(format!(
+            "tolerance {} must be at least 1.0 (1.5: latency may grow by half before the limit shrinks)",
+            settings.tolerance
+        ));
+    }
+    if settings.smoothing.0 <= 0.0 {
+        complain("smoothing must be above 0 (0.2 is usual)".to_owned());
+    }
+    if !(0.5..=0.99).contains(&settings.backoff_ratio) {
+        complain(format!(
+            "backoff_ratio {} must lie between 0.5 and 0.99",
+            settings.backoff_ratio
+        ));
     }
 }
 
@@ -251,7 +310,7 @@ fn check_upstream_reference(
 
 fn validate_rate_limit(
     config: &Config,
-    route_name: &str,
+    context: &str,
     spanned: &Spanned<RateLimit>,
     problems: &mut Problems,
 ) {
@@ -261,14 +320,14 @@ fn validate_rate_limit(
         RateLimitAlgorithm::TokenBucket | RateLimitAlgorithm::Gcra => {
             if limit.capacity.is_none() || limit.refill_per_second.is_none() {
                 complain(format!(
-                    "route `{route_name}`: rate_limit with {:?} needs `capacity` and `refill_per_second`",
+                    "{context} with {:?} needs `capacity` and `refill_per_second`",
                     limit.algorithm
                 ));
             }
             if let Some(rate) = limit.refill_per_second {
                 if !(rate > 0.0 && rate.is_finite()) {
                     complain(format!(
-                        "route `{route_name}`: rate_limit.refill_per_second must be greater than 0"
+                        "{context}.refill_per_second must be greater than 0"
                     ));
                 }
             }
@@ -278,11 +337,18 @@ fn validate_rate_limit(
         | RateLimitAlgorithm::SlidingWindowCounter => {
             if limit.limit.is_none() || limit.window.is_none() {
                 complain(format!(
-                    "route `{route_name}`: rate_limit with {:?} needs `limit` and `window`",
+                    "{context} with {:?} needs `limit` and `window`",
                     limit.algorithm
                 ));
             }
         }
+    }
+    let quota = limit.capacity.or(limit.limit).map(|q| q.0);
+    if let Some(quota) = quota.filter(|quota| limit.cost.0 > *quota) {
+        complain(format!(
+            "{context}.cost ({}) is larger than the quota ({quota}): no request could ever pass",
+            limit.cost.0
+        ));
     }
     for part in limit.key.split('+') {
         let valid = match part.split_once(':') {
@@ -292,13 +358,20 @@ fn validate_rate_limit(
         };
         if !valid {
             complain(format!(
-                "route `{route_name}`: rate_limit.key part `{part}` is not one of client_ip, header:NAME, user, route, api_key"
+                "{context}.key part `{part}` is not one of client_ip, header:NAME, user, route, api_key"
             ));
         }
     }
     if limit.backend == RateLimitBackend::Redis && config.store.redis.is_none() {
-        complain(format!(
-            "route `{route_name}`: rate_limit.backend = \"redis\" needs store.redis"
-        ));
+        complain(format!("{context}.backend = \"redis\" needs store.redis"));
     }
+}
+
+/// A network in CIDR notation, or one address (as a /32 or /128).
+pub fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }

@@ -19,6 +19,7 @@ use tokio::time::Sleep;
 use crate::connection::RequestGuard;
 use crate::upstream::InFlight;
 use sekisho_policy::bulkhead::Slot;
+use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
 
 /// Errors travel boxed between layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -283,6 +284,7 @@ pub struct ResponseBody {
     guard: Option<RequestGuard>,
     target: Option<InFlight>,
     bulkhead: Option<Slot>,
+    concurrency: Option<ConcurrencyPermit>,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -304,6 +306,7 @@ impl ResponseBody {
             guard: None,
             target: None,
             bulkhead: None,
+            concurrency: None,
         }
     }
 
@@ -314,6 +317,7 @@ impl ResponseBody {
             guard: None,
             target: None,
             bulkhead: None,
+            concurrency: None,
         }
     }
 
@@ -329,12 +333,18 @@ impl ResponseBody {
             guard: None,
             target,
             bulkhead: None,
+            concurrency: None,
         }
     }
 
     /// Keeps the upstream's bulkhead slot taken until the body is done.
     pub fn hold_slot(&mut self, slot: Option<Slot>) {
         self.bulkhead = slot;
+    }
+
+    /// Keeps the route's adaptive concurrency place taken until the body is done.
+    pub fn hold_concurrency(&mut self, permit: ConcurrencyPermit) {
+        self.concurrency = Some(permit);
     }
 
     /// Keeps `guard` alive until the body is done.
@@ -374,6 +384,7 @@ impl Body for ResponseBody {
             this.guard = None;
             this.target = None;
             this.bulkhead = None;
+            this.concurrency = None;
         }
         polled
     }

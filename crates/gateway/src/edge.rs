@@ -82,6 +82,23 @@ pub enum GatewayError {
         /// Its limit.
         max_concurrent: u32,
     },
+    /// A rate limit refused the request.
+    #[error("rate limit of `{scope}` reached: {} per its window", .decision.limit)]
+    RateLimited {
+        /// The route's name, or `*` for the server-wide limit.
+        scope: Arc<str>,
+        /// The refusal, with when to come back.
+        decision: sekisho_policy::ratelimit::Decision,
+    },
+    /// The route's adaptive concurrency limit is reached: the gateway sheds the call at once
+    /// rather than queue it behind calls that are already slow.
+    #[error("route `{route}` is at its concurrency limit ({limit} in flight)")]
+    Overloaded {
+        /// The route's name.
+        route: Arc<str>,
+        /// The limit at the time.
+        limit: u32,
+    },
     /// The client did not send its body before the route's deadline (the body was being read
     /// whole, to be resent by a retry if need be).
     #[error("the request body did not arrive within {}", sekisho_config::format_duration(*.timeout))]
@@ -110,6 +127,8 @@ impl GatewayError {
             Self::NoHealthyUpstream { .. } => "NO_HEALTHY_UPSTREAM",
             Self::CircuitOpen { .. } => "CIRCUIT_OPEN",
             Self::BulkheadFull { .. } => "BULKHEAD_FULL",
+            Self::Overloaded { .. } => "OVERLOADED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
             Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
             Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
@@ -125,21 +144,31 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoHealthyUpstream { .. }
             | Self::CircuitOpen { .. }
-            | Self::BulkheadFull { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::BulkheadFull { .. }
+            | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
     /// Seconds a client should wait before trying again, where the error implies one.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::NoHealthyUpstream { .. } => Some(Duration::from_secs(1)),
+            Self::NoHealthyUpstream { .. } | Self::Overloaded { .. } => {
+                Some(Duration::from_secs(1))
+            }
             // Whole seconds, rounded up: never "0", which a client would take as "now".
             Self::CircuitOpen { retry_after, .. } => Some(Duration::from_secs(
                 retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
             )),
+            Self::RateLimited { decision, .. } => {
+                let after = decision.retry_after;
+                Some(Duration::from_secs(
+                    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1),
+                ))
+            }
             _ => None,
         }
     }

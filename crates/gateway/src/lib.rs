@@ -9,12 +9,14 @@
 //! serve the admin API (that is `sekisho-admin`, which reads the gateway through [`Gateway`]).
 
 pub mod body;
+mod client_ip;
 mod connection;
 pub mod edge;
 pub mod fallback;
 mod health;
 pub mod metrics;
 mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod router;
 mod runtime;
@@ -233,6 +235,7 @@ impl Gateway {
         let base_dir = config_path.as_deref().and_then(Path::parent);
         let runtime = Runtime::build(Arc::new(config), base_dir, &clients, &states, &metrics, 1)?;
         metrics.set_upstreams(runtime.upstreams.values().cloned().collect());
+        metrics.set_adaptive_limits(runtime.adaptive_limits());
         metrics
             .config_loaded_timestamp
             .set(unix_seconds(runtime.loaded_at));
@@ -343,6 +346,9 @@ impl Gateway {
         self.shared
             .metrics
             .set_upstreams(runtime.upstreams.values().cloned().collect());
+        self.shared
+            .metrics
+            .set_adaptive_limits(runtime.adaptive_limits());
         self.shared.states.retain(&runtime.config);
         if self.shared.serving.load(Ordering::Acquire) {
             self.shared.health.reconcile(&runtime, &self.shared.metrics);
@@ -456,6 +462,11 @@ impl Gateway {
                     .collect(),
             })
             .collect()
+    }
+
+    /// The Redis link of rate limits, when one uses it.
+    pub fn store_status(&self) -> Option<ratelimit::StoreStatus> {
+        self.shared.states.store_status()
     }
 
     /// Every circuit breaker in force, by upstream name.

@@ -74,7 +74,22 @@ pub mod names {
     pub const BULKHEAD_QUEUED: &str = "sekisho_bulkhead_queued";
     /// Per upstream bulkhead: requests refused with BULKHEAD_FULL.
     pub const BULKHEAD_REJECTED: &str = "sekisho_bulkhead_rejected";
+    /// Rate-limit decisions, by route (`*`: the server-wide limit) and result.
+    pub const RATE_LIMIT_DECISIONS: &str = "sekisho_rate_limit_decisions";
+    /// Rate-limit decisions Redis could not make, by route.
+    pub const RATE_LIMIT_STORE_ERRORS: &str = "sekisho_rate_limit_store_errors";
+    /// Seconds per Redis rate-limit decision, by route.
+    pub const RATE_LIMIT_STORE_SECONDS: &str = "sekisho_rate_limit_store_seconds";
+    /// Per route with adaptive concurrency: the current limit.
+    pub const CONCURRENCY_LIMIT: &str = "sekisho_adaptive_concurrency_limit";
+    /// Per route with adaptive concurrency: calls holding a place under the limit.
+    pub const CONCURRENCY_IN_FLIGHT: &str = "sekisho_adaptive_concurrency_in_flight";
+    /// Per route with adaptive concurrency: calls shed with OVERLOADED.
+    pub const SHED: &str = "sekisho_shed";
 }
+
+/// Each route's adaptive concurrency limit, by route name.
+type AdaptiveLimits = Vec<(Arc<str>, Arc<sekisho_policy::concurrency::AdaptiveLimit>)>;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -98,7 +113,11 @@ pub struct Metrics {
     retries: Family<Labels, Counter>,
     retry_budget_exhausted: Family<Labels, Counter>,
     fallbacks: Family<Labels, Counter>,
+    rate_decisions: Family<Labels, Counter>,
+    rate_store_errors: Family<Labels, Counter>,
+    rate_store_seconds: Family<Labels, Histogram>,
     upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
+    limits: Arc<ArcSwap<AdaptiveLimits>>,
     /// In flight now.
     pub requests_in_flight: Gauge,
     /// Client connections open now.
@@ -210,10 +229,36 @@ impl Metrics {
             "Answers by a route's fallback, by route and kind (upstream or static)",
             fallbacks.clone(),
         );
+        let rate_decisions = Family::<Labels, Counter>::default();
+        registry.register(
+            names::RATE_LIMIT_DECISIONS,
+            "Rate-limit decisions by route (* for the server-wide limit) and result (allowed, limited)",
+            rate_decisions.clone(),
+        );
+        let rate_store_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            names::RATE_LIMIT_STORE_ERRORS,
+            "Rate-limit decisions Redis could not make (on_store_error decided), by route",
+            rate_store_errors.clone(),
+        );
+        let rate_store_seconds = Family::<Labels, Histogram>::new_with_constructor(
+            (|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.000_05, 2.0, 14,
+                ))
+            }) as fn() -> Histogram,
+        );
+        registry.register(
+            names::RATE_LIMIT_STORE_SECONDS,
+            "Seconds per Redis rate-limit decision, by route",
+            rate_store_seconds.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        let limits = Arc::new(ArcSwap::from_pointee(Vec::new()));
         registry.register_collector(Box::new(TargetCollector {
             upstreams: Arc::clone(&upstreams),
+            limits: Arc::clone(&limits),
         }));
         for result in ["ok", "error"] {
             let _ = config_reloads.get_or_create(&vec![("result", result.to_owned())]);
@@ -228,7 +273,11 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             fallbacks,
+            rate_decisions,
+            rate_store_errors,
+            rate_store_seconds,
             upstreams,
+            limits,
             requests_in_flight,
             connections_open,
             connections_total,
@@ -307,10 +356,35 @@ impl Metrics {
             .inc();
     }
 
+    /// The handles of the rate limit of `scope` (a route's name, or `*`).
+    pub fn rate_limit(&self, scope: &str) -> crate::ratelimit::LimitMetrics {
+        let result = |result: &str| {
+            self.rate_decisions
+                .get_or_create(&vec![
+                    ("route", scope.to_owned()),
+                    ("result", result.to_owned()),
+                ])
+                .clone()
+        };
+        let route = vec![("route", scope.to_owned())];
+        crate::ratelimit::LimitMetrics {
+            allowed: result("allowed"),
+            limited: result("limited"),
+            store_errors: self.rate_store_errors.get_or_create(&route).clone(),
+            store_latency: self.rate_store_seconds.get_or_create(&route).clone(),
+        }
+    }
+
     /// The upstreams whose targets the per-target metrics describe (those of the generation in
     /// force).
     pub fn set_upstreams(&self, groups: Vec<Arc<UpstreamGroup>>) {
         self.upstreams.store(Arc::new(groups));
+    }
+
+    /// The routes' adaptive concurrency limits the metrics describe (those of the generation in
+    /// force).
+    pub fn set_adaptive_limits(&self, limits: AdaptiveLimits) {
+        self.limits.store(Arc::new(limits));
     }
 
     /// Counts a reload attempt.
@@ -374,6 +448,7 @@ type Reader<S, T> = (&'static str, &'static str, fn(&S) -> T);
 #[derive(Debug)]
 struct TargetCollector {
     upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
+    limits: Arc<ArcSwap<AdaptiveLimits>>,
 }
 
 impl Collector for TargetCollector {
@@ -391,6 +466,7 @@ impl Collector for TargetCollector {
             .collect();
         encode_circuits(&upstreams, &mut encoder)?;
         encode_bulkheads(&upstreams, &mut encoder)?;
+        encode_adaptive_limits(&self.limits.load(), &mut encoder)?;
         if figures.is_empty() {
             return Ok(());
         }
@@ -449,6 +525,48 @@ impl Collector for TargetCollector {
         }
         Ok(())
     }
+}
+
+/// The routes' adaptive concurrency limits, read at scrape time.
+fn encode_adaptive_limits(
+    limits: &AdaptiveLimits,
+    encoder: &mut DescriptorEncoder,
+) -> Result<(), std::fmt::Error> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let usage: Vec<(&str, sekisho_policy::concurrency::Usage)> = limits
+        .iter()
+        .map(|(route, limit)| (&**route, limit.usage()))
+        .collect();
+    let gauges: [Reader<sekisho_policy::concurrency::Usage, i64>; 2] = [
+        (
+            names::CONCURRENCY_LIMIT,
+            "The route's adaptive concurrency limit now",
+            |u| i64::from(u.limit),
+        ),
+        (
+            names::CONCURRENCY_IN_FLIGHT,
+            "Calls holding a place under the route's adaptive concurrency limit",
+            |u| i64::from(u.in_flight),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        for (route, u) in &usage {
+            ConstGauge::new(value(u)).encode(family.encode_family(&[("route", *route)])?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        names::SHED,
+        "Calls shed with OVERLOADED by the route's adaptive concurrency limit",
+        None,
+        MetricType::Counter,
+    )?;
+    for (route, u) in &usage {
+        ConstCounter::new(u.shed).encode(family.encode_family(&[("route", *route)])?)?;
+    }
+    Ok(())
 }
 
 /// The bulkheads' usage, read at scrape time.

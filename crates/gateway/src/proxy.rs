@@ -26,6 +26,10 @@ use crate::Shared;
 use sekisho_config::HashKey;
 use sekisho_policy::breaker::{Outcome as BreakerOutcome, Permit};
 use sekisho_policy::bulkhead::Slot;
+use sekisho_policy::concurrency::{Permit as ConcurrencyPermit, Sample};
+use sekisho_policy::ratelimit::Decision;
+
+use crate::ratelimit::{self, KeySource, RateLimit};
 
 /// The request id header.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -117,6 +121,13 @@ struct Outcome {
     tries: u32,
     /// The fallback that answered: "upstream" or "static".
     fallback: Option<&'static str>,
+    /// The route's adaptive concurrency place, sampled and handed to the response body once the
+    /// answer is known.
+    concurrency: Option<ConcurrencyPermit>,
+    /// The upstream timed out (whether or not a fallback answered): a drop for the limit.
+    timed_out: bool,
+    /// The tighter rate-limit decision that applied, for the `RateLimit-*` fields.
+    rate: Option<Decision>,
 }
 
 /// Serves one request.
@@ -141,8 +152,11 @@ pub(crate) async fn handle(
         answered: None,
         tries: 0,
         fallback: None,
+        concurrency: None,
+        timed_out: false,
+        rate: None,
     };
-    let forwarded = if ambiguous_length {
+    let mut forwarded = if ambiguous_length {
         Err(GatewayError::BadRequest(
             "both Transfer-Encoding and Content-Length are set".to_owned(),
         ))
@@ -157,6 +171,9 @@ pub(crate) async fn handle(
         )
         .await
     };
+    if let Some(permit) = outcome.concurrency.take() {
+        sample_concurrency(permit, &mut forwarded, &outcome, started);
+    }
     let mut response = match forwarded {
         Ok(response) => response,
         Err(error) => {
@@ -169,6 +186,9 @@ pub(crate) async fn handle(
     response
         .headers_mut()
         .insert(&X_REQUEST_ID, request_id.clone());
+    if let Some(decision) = &outcome.rate {
+        ratelimit::add_headers(response.headers_mut(), decision);
+    }
     let elapsed = match outcome.answered {
         Some(answered) => answered.saturating_duration_since(started),
         None => started.elapsed(),
@@ -185,6 +205,46 @@ pub(crate) async fn handle(
     response
 }
 
+/// Tells the route's adaptive limit how the call went — an upstream answer is a latency sample,
+/// a timeout a drop, anything else (a client error, a refusal by circuit or bulkhead) nothing —
+/// and keeps its place taken until the response body is done.
+fn sample_concurrency(
+    mut permit: ConcurrencyPermit,
+    forwarded: &mut Result<Response<ResponseBody>, GatewayError>,
+    outcome: &Outcome,
+    started: Instant,
+) {
+    if outcome.timed_out {
+        permit.sample(
+            Sample::Dropped,
+            started.into_std(),
+            std::time::Instant::now(),
+        );
+    } else if let (Ok(_), None, Some(answered)) = (&*forwarded, outcome.fallback, outcome.answered)
+    {
+        permit.sample(Sample::Success, started.into_std(), answered.into_std());
+    }
+    if let Ok(response) = forwarded {
+        response.body_mut().hold_concurrency(permit);
+    }
+}
+
+/// Checks one rate limit and keeps the tighter decision for the response's `RateLimit-*` fields.
+async fn apply_rate_limit(
+    limit: &RateLimit,
+    source: &KeySource<'_>,
+    outcome: &mut Outcome,
+) -> Result<(), GatewayError> {
+    let checked = limit.check(source).await;
+    let decision = match &checked {
+        Ok(decision) => *decision,
+        Err(GatewayError::RateLimited { decision, .. }) => *decision,
+        Err(_) => return checked.map(|_| ()),
+    };
+    outcome.rate = Some(ratelimit::tighter(outcome.rate, decision));
+    checked.map(|_| ())
+}
+
 async fn forward(
     runtime: &Runtime,
     client: &ClientInfo,
@@ -195,6 +255,16 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (mut parts, body) = request.into_parts();
     check_head(runtime, &parts)?;
+    if let Some(limit) = &runtime.rate_limit {
+        let source = KeySource {
+            client_ip: runtime
+                .trusted_proxies
+                .client_ip(client.remote.ip(), &parts.headers),
+            headers: &parts.headers,
+            route: None,
+        };
+        apply_rate_limit(limit, &source, outcome).await?;
+    }
     let original_host = host_of(&parts.headers, &parts.uri);
     let route = {
         let host_without_port = original_host.as_deref().map(strip_port);
@@ -219,6 +289,27 @@ async fn forward(
             return Err(GatewayError::PayloadTooLarge {
                 limit: route.max_body_bytes,
             });
+        }
+    }
+    if let Some(limit) = &route.rate_limit {
+        let source = KeySource {
+            client_ip: runtime
+                .trusted_proxies
+                .client_ip(client.remote.ip(), &parts.headers),
+            headers: &parts.headers,
+            route: Some(&route.name),
+        };
+        apply_rate_limit(limit, &source, outcome).await?;
+    }
+    if let Some(limit) = &route.concurrency {
+        match limit.try_acquire() {
+            Ok(permit) => outcome.concurrency = Some(permit),
+            Err(shed) => {
+                return Err(GatewayError::Overloaded {
+                    route: Arc::clone(&route.name),
+                    limit: shed.limit,
+                })
+            }
         }
     }
     let upstream = &route.upstream;
@@ -306,6 +397,7 @@ async fn forward(
         }
         Err(error) => Err(error),
     };
+    outcome.timed_out = matches!(result, Err(GatewayError::UpstreamTimeout { .. }));
     let Some(fallback) = fallback else {
         return result;
     };

@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 use sekisho_config::Route;
+use sekisho_policy::concurrency::AdaptiveLimit;
 
 use crate::fallback::Fallback;
 use crate::metrics::RouteMetrics;
@@ -74,6 +75,10 @@ pub struct CompiledRoute {
     pub retry: Option<RetryPolicy>,
     /// What answers when the upstream cannot, when `[routes.fallback]` is set.
     pub fallback: Option<Fallback>,
+    /// The route's adaptive concurrency limit, when shedding is on for it.
+    pub concurrency: Option<Arc<AdaptiveLimit>>,
+    /// The route's rate limit, when `[routes.rate_limit]` is set.
+    pub rate_limit: Option<crate::ratelimit::RateLimit>,
 }
 
 /// The routes in order.
@@ -168,6 +173,8 @@ impl CompiledRoute {
             metrics,
             retry,
             fallback,
+            concurrency: None,
+            rate_limit: None,
         }
     }
 

@@ -10,11 +10,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use sekisho_config::Config;
+use sekisho_config::{ConcurrencyAlgorithm, Config};
+use sekisho_policy::concurrency::{AdaptiveLimit, Algorithm, Settings as ConcurrencySettings};
 use tokio_rustls::TlsAcceptor;
 
+use crate::client_ip::TrustedProxies;
 use crate::fallback::Fallback;
 use crate::metrics::Metrics;
+use crate::ratelimit::RateLimit;
 use crate::retry::RetryPolicy;
 use crate::router::{CompiledRoute, Router};
 use crate::upstream::{ClientCache, StateRegistry, UpstreamGroup};
@@ -48,6 +51,10 @@ pub struct Runtime {
     pub loaded_at: SystemTime,
     /// 1 for the config at start, +1 per successful reload.
     pub generation: u64,
+    /// The server-wide rate limit, checked before routing.
+    pub rate_limit: Option<RateLimit>,
+    /// Whose forwarding headers are believed when finding the client's address.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -117,14 +124,27 @@ impl Runtime {
                     .and_then(|name| upstreams.get(name.get_ref().as_str()).cloned());
                 Fallback::new(fallback, alternate, metrics.route_fallbacks(&route.name))
             });
-            routes.push(Arc::new(CompiledRoute::new(
+            let mut compiled = CompiledRoute::new(
                 route,
                 upstream,
                 config.server.max_body_bytes.0,
                 route_metrics,
                 retry,
                 fallback,
-            )));
+            );
+            // The route's own settings, or the server's; `enabled = false` turns it off.
+            compiled.concurrency = route
+                .adaptive_concurrency
+                .as_ref()
+                .or(config.server.adaptive_concurrency.as_ref())
+                .map(|spanned| spanned.get_ref())
+                .filter(|settings| settings.enabled)
+                .map(|settings| states.adaptive_limit(&route.name, concurrency_settings(settings)));
+            compiled.rate_limit = route
+                .rate_limit
+                .as_ref()
+                .map(|limit| rate_limit(&route.name, limit.get_ref(), &config, states, metrics));
+            routes.push(Arc::new(compiled));
         }
         let tls = match &config.server.tls {
             Some(tls) => Some(crate::tls::acceptor(tls.get_ref(), base_dir)?),
@@ -143,7 +163,68 @@ impl Runtime {
             tls,
             loaded_at: SystemTime::now(),
             generation,
+            rate_limit: server
+                .rate_limit
+                .as_ref()
+                .map(|limit| rate_limit("*", limit.get_ref(), &config, states, metrics)),
+            trusted_proxies: TrustedProxies::new(
+                server.trusted_proxies.iter().map(|p| p.get_ref().as_str()),
+            ),
             config,
         })
     }
+}
+
+/// The policy's settings from `[server.adaptive_concurrency]` or `[routes.adaptive_concurrency]`.
+fn concurrency_settings(config: &sekisho_config::AdaptiveConcurrency) -> ConcurrencySettings {
+    ConcurrencySettings {
+        algorithm: match config.algorithm {
+            ConcurrencyAlgorithm::Gradient => Algorithm::Gradient {
+                tolerance: config.tolerance,
+                smoothing: config.smoothing.0,
+            },
+            ConcurrencyAlgorithm::Aimd => Algorithm::Aimd {
+                backoff_ratio: config.backoff_ratio,
+                timeout: config.timeout.get(),
+            },
+        },
+        initial_limit: config.initial_limit.0,
+        min_limit: config.min_limit.0,
+        max_limit: config.max_limit.0,
+        window: config.window.get(),
+        min_samples: config.min_samples.0,
+    }
+}
+
+impl Runtime {
+    /// Each route's adaptive concurrency limit, for the metrics.
+    pub fn adaptive_limits(&self) -> Vec<(Arc<str>, Arc<AdaptiveLimit>)> {
+        self.router
+            .routes()
+            .iter()
+            .filter_map(|route| {
+                route
+                    .concurrency
+                    .as_ref()
+                    .map(|limit| (Arc::clone(&route.name), Arc::clone(limit)))
+            })
+            .collect()
+    }
+}
+
+/// The rate limit of `scope` (a route's name, or `*` for the server's), its in-process state and
+/// Redis link kept across reloads.
+fn rate_limit(
+    scope: &str,
+    config: &sekisho_config::RateLimit,
+    whole: &Config,
+    states: &StateRegistry,
+    metrics: &Metrics,
+) -> RateLimit {
+    let store = match (config.backend, &whole.store.redis) {
+        (sekisho_config::RateLimitBackend::Redis, Some(url)) => Some(states.store_link(url)),
+        _ => None,
+    };
+    let local = states.local_rate_limiter(scope, crate::ratelimit::limit_of(config));
+    RateLimit::new(scope, config, store, local, metrics.rate_limit(scope))
 }

@@ -32,6 +32,14 @@ use sekisho_policy::balance::{Algorithm, Balancer, Pool, TargetLoad};
 use sekisho_policy::breaker::{Breaker, BreakerConfig, Window};
 use sekisho_policy::budget::RetryBudget;
 use sekisho_policy::bulkhead::Bulkhead;
+use sekisho_policy::concurrency::{AdaptiveLimit, Settings as ConcurrencySettings};
+use sekisho_policy::ratelimit::local::LocalLimiter;
+use sekisho_policy::ratelimit::Limit as RateLimitParams;
+
+use crate::ratelimit::StoreLink;
+
+/// Keys each in-process rate limit keeps at most; beyond, idle keys are evicted first.
+const MAX_LOCAL_RATE_KEYS: usize = 100_000;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
@@ -316,6 +324,12 @@ pub struct StateRegistry {
     upstreams: Mutex<HashMap<String, Arc<UpstreamState>>>,
     /// Each route's retry budget with the settings it was made with (ratio bits, floor).
     budgets: Mutex<HashMap<String, KeptBudget>>,
+    /// Each route's adaptive concurrency limit with the settings it was made with.
+    limits: Mutex<HashMap<String, (ConcurrencySettings, Arc<AdaptiveLimit>)>>,
+    /// Each rate limit's in-process state (by scope) with the limit it was made for.
+    rate_limits: Mutex<HashMap<String, (RateLimitParams, Arc<LocalLimiter>)>>,
+    /// The link to Redis, kept while `store.redis` stays the same.
+    store: Mutex<Option<Arc<StoreLink>>>,
 }
 
 impl Default for StateRegistry {
@@ -324,6 +338,9 @@ impl Default for StateRegistry {
             clock: Clock::new(),
             upstreams: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            rate_limits: Mutex::new(HashMap::new()),
+            store: Mutex::new(None),
         }
     }
 }
@@ -389,8 +406,70 @@ impl StateRegistry {
         }
     }
 
+    /// The adaptive concurrency limit of `route`: the one it had while its settings stay the
+    /// same, so that a reload keeps what the limit has learnt (and the calls it counts).
+    pub fn adaptive_limit(&self, route: &str, settings: ConcurrencySettings) -> Arc<AdaptiveLimit> {
+        let mut limits = lock(&self.limits);
+        match limits.get(route) {
+            Some((kept, limit)) if *kept == settings => Arc::clone(limit),
+            _ => {
+                let limit = AdaptiveLimit::new(settings, std::time::Instant::now());
+                limits.insert(route.to_owned(), (settings, Arc::clone(&limit)));
+                limit
+            }
+        }
+    }
+
+    /// The in-process state of the rate limit of `scope`: the same while its limit stays the
+    /// same, so a reload does not hand every client a fresh quota.
+    pub fn local_rate_limiter(&self, scope: &str, limit: RateLimitParams) -> Arc<LocalLimiter> {
+        let mut limiters = lock(&self.rate_limits);
+        match limiters.get(scope) {
+            Some((kept, limiter)) if *kept == limit => Arc::clone(limiter),
+            _ => {
+                let limiter = Arc::new(LocalLimiter::new(limit, MAX_LOCAL_RATE_KEYS));
+                limiters.insert(scope.to_owned(), (limit, Arc::clone(&limiter)));
+                limiter
+            }
+        }
+    }
+
+    /// The link to the Redis at `url`: the one already made while the URL stays the same.
+    pub fn store_link(&self, url: &str) -> Arc<StoreLink> {
+        let mut store = lock(&self.store);
+        match &*store {
+            Some(link) if link.url() == url => Arc::clone(link),
+            _ => {
+                let link = StoreLink::new(url);
+                *store = Some(Arc::clone(&link));
+                link
+            }
+        }
+    }
+
+    /// The Redis link's state, when a limit has used it.
+    pub fn store_status(&self) -> Option<crate::ratelimit::StoreStatus> {
+        lock(&self.store).as_ref().map(|link| link.status())
+    }
+
     /// Forgets upstreams and targets that `config` no longer names.
     pub fn retain(&self, config: &sekisho_config::Config) {
+        lock(&self.limits)
+            .retain(|route, _| config.routes.iter().any(|r| r.get_ref().name == *route));
+        let redis_used = config
+            .routes
+            .iter()
+            .filter_map(|r| r.get_ref().rate_limit.as_ref())
+            .chain(config.server.rate_limit.as_ref())
+            .any(|limit| limit.get_ref().backend == sekisho_config::RateLimitBackend::Redis);
+        let mut store = lock(&self.store);
+        if !redis_used || store.as_ref().map(|l| l.url()) != config.store.redis.as_deref() {
+            *store = None;
+        }
+        drop(store);
+        lock(&self.rate_limits).retain(|scope, _| {
+            scope == "*" || config.routes.iter().any(|r| r.get_ref().name == *scope)
+        });
         lock(&self.budgets).retain(|route, _| {
             config
                 .routes

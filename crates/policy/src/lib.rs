@@ -12,3 +12,5 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
+pub mod concurrency;
+pub mod ratelimit;

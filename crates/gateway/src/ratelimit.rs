@@ -1,0 +1,583 @@
+//! Rate limits of the gateway: the server-wide one and each route's.
+//!
+//! A limit is a [`Limit`] of `sekisho_policy::ratelimit` (the algorithm and its numbers), a key
+//! built from the request (client IP, headers, API key, user, route, or several joined by `+`),
+//! a cost per request, and a backend: in process ([`LocalLimiter`]) or Redis
+//! ([`RedisLimiter`], one script per decision on Redis's clock, shared by every instance).
+//!
+//! When Redis cannot answer (down, slow past its timeout, not yet connected), `on_store_error`
+//! decides: `local` enforces this instance's share of the limit in process (the limit divided by
+//! the number of live instances last counted through Redis), `allow` lets the request through,
+//! `deny` refuses it with 429. Every such decision is logged (once per failure streak), counted
+//! (`sekisho_rate_limit_store_errors_total`), and shown as `degraded` under `redis` in
+//! `/health/detailed`; the next decision tries Redis again, so the limit is shared again as soon
+//! as Redis is back (the connection manager reconnects by itself).
+//!
+//! Headers: `RateLimit-Limit`, `RateLimit-Remaining` and `RateLimit-Reset` (delta seconds) on
+//! every response of a limited route, as in draft-ietf-httpapi-ratelimit-headers-06 (the last
+//! draft with the three separate fields; later drafts fold them into one structured field).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use sekisho_config::{OnStoreError, RateLimitAlgorithm};
+use sekisho_policy::ratelimit::local::LocalLimiter;
+use sekisho_policy::ratelimit::{Decision, Limit};
+use sekisho_store::instances::{instance_id, local_limit, Presence, PresenceConfig, PresenceTask};
+use sekisho_store::ratelimit::{RedisLimiter, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
+
+use crate::edge::GatewayError;
+
+/// Keys kept per limit in process at most; beyond, idle keys are evicted first.
+const MAX_LOCAL_KEYS: usize = 100_000;
+
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Nanoseconds of the process's monotonic clock, for the in-process limiters.
+fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One part of a limit's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KeyPart {
+    ClientIp,
+    Header(HeaderName),
+    ApiKey,
+    User,
+    Route,
+}
+
+/// What a request offers to the key.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySource<'a> {
+    /// The client's address (after `trusted_proxies`).
+    pub client_ip: IpAddr,
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// The route's name, if routed.
+    pub route: Option<&'a str>,
+}
+
+/// Metric handles of one limit.
+#[derive(Debug, Clone)]
+pub struct LimitMetrics {
+    /// Requests admitted.
+    pub allowed: Counter,
+    /// Requests refused with 429.
+    pub limited: Counter,
+    /// Decisions Redis could not make (the `on_store_error` policy decided instead).
+    pub store_errors: Counter,
+    /// Seconds per Redis decision.
+    pub store_latency: Histogram,
+}
+
+/// One configured limit, ready to decide.
+#[derive(Debug)]
+pub struct RateLimit {
+    scope: Arc<str>,
+    limit: Limit,
+    key: Vec<KeyPart>,
+    cost: u64,
+    local: Arc<LocalLimiter>,
+    shared: Option<Shared>,
+    metrics: LimitMetrics,
+}
+
+/// The Redis side of a limit.
+#[derive(Debug)]
+struct Shared {
+    store: Arc<StoreLink>,
+    on_error: OnStoreError,
+    /// This instance's share, for `on_store_error = "local"`, with the instance count it was
+    /// made for.
+    share: Mutex<Option<(u64, Arc<LocalLimiter>)>>,
+}
+
+impl RateLimit {
+    /// The limit `config` of `scope` (a route's name, or `*` for the server's), keeping the
+    /// in-process state of `kept` when given (a reload that left the limit as it was).
+    pub fn new(
+        scope: &str,
+        config: &sekisho_config::RateLimit,
+        store: Option<Arc<StoreLink>>,
+        local: Arc<LocalLimiter>,
+        metrics: LimitMetrics,
+    ) -> Self {
+        let shared = match (config.backend, store) {
+            (sekisho_config::RateLimitBackend::Redis, Some(store)) => Some(Shared {
+                store,
+                on_error: config.on_store_error,
+                share: Mutex::new(None),
+            }),
+            _ => None,
+        };
+        Self {
+            scope: Arc::from(scope),
+            limit: limit_of(config),
+            key: key_parts(&config.key),
+            cost: u64::from(config.cost.0),
+            local,
+            shared,
+            metrics,
+        }
+    }
+
+    /// The quota clients are told about.
+    pub fn quota(&self) -> u64 {
+        self.limit.quota()
+    }
+
+    /// Decides for one request: `Ok` with the figures for the response headers, or
+    /// `RATE_LIMITED`.
+    pub async fn check(&self, source: &KeySource<'_>) -> Result<Decision, GatewayError> {
+        let key = self.key_of(source);
+        let decision = match &self.shared {
+            None => self.local.decide(&key, now_ns(), self.cost),
+            Some(shared) => self.decide_shared(shared, &key).await,
+        };
+        if decision.allowed {
+            self.metrics.allowed.inc();
+            Ok(decision)
+        } else {
+            self.metrics.limited.inc();
+            Err(GatewayError::RateLimited {
+                scope: Arc::clone(&self.scope),
+                decision,
+            })
+        }
+    }
+
+    async fn decide_shared(&self, shared: &Shared, key: &str) -> Decision {
+        let started = Instant::now();
+        let answer = match shared.store.limiter() {
+            Some(redis) => redis
+                .decide(&self.limit, key, self.cost)
+                .await
+                .map_err(|e| e.to_string()),
+            None => Err("not connected".to_owned()),
+        };
+        match answer {
+            Ok(decision) => {
+                self.metrics
+                    .store_latency
+                    .observe(started.elapsed().as_secs_f64());
+                shared.store.succeeded();
+                decision
+            }
+            Err(error) => {
+                self.metrics.store_errors.inc();
+                shared.store.failed(&error);
+                match shared.on_error {
+                    OnStoreError::Allow => Decision {
+                        allowed: true,
+                        limit: self.limit.quota(),
+                        remaining: self.limit.quota(),
+                        reset: Duration::ZERO,
+                        retry_after: Duration::ZERO,
+                    },
+                    OnStoreError::Deny => Decision {
+                        allowed: false,
+                        limit: self.limit.quota(),
+                        remaining: 0,
+                        reset: Duration::from_secs(1),
+                        retry_after: Duration::from_secs(1),
+                    },
+                    OnStoreError::Local => {
+                        let share = self.share(shared);
+                        share.decide(key, now_ns(), self.cost)
+                    }
+                }
+            }
+        }
+    }
+
+    /// This instance's share of the limit, remade when the instance count changed.
+    fn share(&self, shared: &Shared) -> Arc<LocalLimiter> {
+        let instances = shared.store.instances().max(1);
+        let mut share = shared.share.lock().unwrap_or_else(|p| p.into_inner());
+        match &*share {
+            Some((count, limiter)) if *count == instances => Arc::clone(limiter),
+            _ => {
+                let limiter = Arc::new(LocalLimiter::new(
+                    local_limit(&self.limit, instances),
+                    MAX_LOCAL_KEYS,
+                ));
+                *share = Some((instances, Arc::clone(&limiter)));
+                limiter
+            }
+        }
+    }
+
+    /// The request's key under this limit: its parts joined by `|`. A part the request does
+    /// not have (no such header, no API key, no user) falls back to the client's address, so
+    /// leaving a header out is not a way around the limit.
+    fn key_of(&self, source: &KeySource<'_>) -> String {
+        let mut key = String::with_capacity(64);
+        key.push_str(&self.scope);
+        for part in &self.key {
+            key.push('|');
+            let value = match part {
+                KeyPart::ClientIp => None,
+                KeyPart::Route => source.route.map(str::to_owned),
+                KeyPart::Header(name) => header_text(source.headers, name),
+                KeyPart::ApiKey => api_key(source.headers),
+                // Until authentication lands, no request has a user.
+                KeyPart::User => None,
+            };
+            match value {
+                Some(value) => {
+                    key.push_str(part_label(part));
+                    key.push('=');
+                    key.push_str(&value);
+                }
+                None => {
+                    key.push_str("ip=");
+                    key.push_str(&source.client_ip.to_string());
+                }
+            }
+        }
+        key
+    }
+}
+
+fn part_label(part: &KeyPart) -> &'static str {
+    match part {
+        KeyPart::ClientIp => "ip",
+        KeyPart::Header(_) => "h",
+        KeyPart::ApiKey => "key",
+        KeyPart::User => "user",
+        KeyPart::Route => "route",
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|value| value.to_str().ok())
+        .map(str::trim)
+        .filter(|value| !value.is_empty())
+        .map(str::to_owned)
+}
+
+/// The API key: `X-Api-Key`, or the token of `Authorization: Bearer …`.
+fn api_key(headers: &HeaderMap) -> Option<String> {
+    header_text(headers, &X_API_KEY).or_else(|| {
+        let value = header_text(headers, &AUTHORIZATION)?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| token.trim().to_owned())
+    })
+}
+
+fn key_parts(key: &str) -> Vec<KeyPart> {
+    key.split('+')
+        .filter_map(|part| match part.split_once(':') {
+            Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
+                .ok()
+                .map(KeyPart::Header),
+            _ => match part {
+                "client_ip" => Some(KeyPart::ClientIp),
+                "api_key" => Some(KeyPart::ApiKey),
+                "user" => Some(KeyPart::User),
+                "route" => Some(KeyPart::Route),
+                _ => None,
+            },
+        })
+        .collect()
+}
+
+/// The policy's limit from the config (validated: the numbers an algorithm needs are there).
+pub fn limit_of(config: &sekisho_config::RateLimit) -> Limit {
+    let quota = u64::from(config.capacity.or(config.limit).map_or(1, |q| q.0));
+    let rate = config.refill_per_second.unwrap_or(1.0);
+    let window = config.window.map_or(Duration::from_secs(1), |w| w.get());
+    match config.algorithm {
+        RateLimitAlgorithm::TokenBucket => Limit::TokenBucket {
+            capacity: quota,
+            refill_per_second: rate,
+        },
+        RateLimitAlgorithm::Gcra => Limit::Gcra {
+            burst: quota,
+            per_second: rate,
+        },
+        RateLimitAlgorithm::FixedWindow => Limit::FixedWindow {
+            limit: quota,
+            window,
+        },
+        RateLimitAlgorithm::SlidingWindowLog => Limit::SlidingWindowLog {
+            limit: quota,
+            window,
+        },
+        RateLimitAlgorithm::SlidingWindowCounter => Limit::SlidingWindowCounter {
+            limit: quota,
+            window,
+        },
+    }
+}
+
+/// Adds the `RateLimit-*` fields of `decision`.
+pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
+    let reset = decision.reset.as_secs() + u64::from(decision.reset.subsec_nanos() > 0);
+    headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
+    headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
+    headers.insert(&RATELIMIT_RESET, HeaderValue::from(reset));
+}
+
+/// Of two decisions that both apply (server and route), the one a client should be told
+/// about: the one with less left.
+pub fn tighter(a: Option<Decision>, b: Decision) -> Decision {
+    match a {
+        Some(a) if a.remaining < b.remaining => a,
+        _ => b,
+    }
+}
+
+/// The connection to Redis that Redis-backed limits share, made on first use and kept.
+#[derive(Debug)]
+pub struct StoreLink {
+    url: String,
+    limiter: ArcSwapOption<RedisLimiter>,
+    presence: Mutex<Option<(Arc<Presence>, PresenceTask)>>,
+    connecting: AtomicBool,
+    healthy: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    errors: AtomicU64,
+}
+
+/// What `/health/detailed` says about Redis.
+#[derive(Debug, Clone)]
+pub struct StoreStatus {
+    /// The URL in use.
+    pub url: String,
+    /// Whether connected and the last decision reached Redis.
+    pub healthy: bool,
+    /// Why the last failed one did not.
+    pub last_error: Option<String>,
+    /// Decisions Redis could not make so far.
+    pub errors: u64,
+    /// Live gateway instances last counted.
+    pub instances: u64,
+}
+
+impl StoreLink {
+    /// A link to `url`, connecting in the background at once when a runtime is running (else
+    /// when a decision first needs it).
+    pub fn new(url: &str) -> Arc<Self> {
+        let link = Arc::new(Self {
+            url: url.to_owned(),
+            limiter: ArcSwapOption::empty(),
+            presence: Mutex::new(None),
+            connecting: AtomicBool::new(false),
+            healthy: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            errors: AtomicU64::new(0),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            link.start_connecting();
+        }
+        link
+    }
+
+    fn start_connecting(self: &Arc<Self>) {
+        if !self.connecting.swap(true, Ordering::AcqRel) {
+            let link = Arc::clone(self);
+            tokio::spawn(async move { link.connect().await });
+        }
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The limiter, once connected; the first call starts connecting in the background.
+    fn limiter(self: &Arc<Self>) -> Option<Arc<RedisLimiter>> {
+        let limiter = self.limiter.load_full();
+        if limiter.is_none() {
+            self.start_connecting();
+        }
+        limiter
+    }
+
+    /// Connects (retrying with a growing pause until it succeeds), then starts this instance's
+    /// heartbeat. The connection manager reconnects by itself afterwards.
+    async fn connect(self: Arc<Self>) {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match sekisho_store::connect(&self.url).await {
+                Ok(connection) => {
+                    let presence = Arc::new(Presence::new(
+                        connection.clone(),
+                        PresenceConfig::new(instance_id()),
+                    ));
+                    let task = presence.start();
+                    *self.presence.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some((presence, task));
+                    self.limiter.store(Some(Arc::new(RedisLimiter::new(
+                        connection,
+                        DEFAULT_PREFIX,
+                        DEFAULT_TIMEOUT,
+                    ))));
+                    self.healthy.store(true, Ordering::Release);
+                    tracing::info!(url = %self.url, "connected to redis");
+                    return;
+                }
+                Err(error) => {
+                    self.failed(&error.to_string());
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn succeeded(&self) {
+        if !self.healthy.swap(true, Ordering::AcqRel) {
+            tracing::warn!(url = %self.url, "redis answers again: rate limits are shared again");
+        }
+    }
+
+    fn failed(&self, error: &str) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_owned());
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::error!(
+                url = %self.url,
+                error,
+                "redis cannot be reached: rate limits follow on_store_error"
+            );
+        }
+    }
+
+    /// Live instances last counted (1 until counted).
+    pub fn instances(&self) -> u64 {
+        self.presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(1, |(presence, _)| presence.instances())
+    }
+
+    /// The link's state.
+    pub fn status(&self) -> StoreStatus {
+        StoreStatus {
+            url: self.url.clone(),
+            healthy: self.healthy.load(Ordering::Acquire),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            errors: self.errors.load(Ordering::Relaxed),
+            instances: self.instances(),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn limit(key: &str) -> RateLimit {
+        let config: sekisho_config::RateLimit = toml::from_str(&format!(
+            "algorithm = \"fixed_window\"\nlimit = 2\nwindow = \"1m\"\nkey = \"{key}\"\n"
+        ))
+        .unwrap();
+        let metrics = LimitMetrics {
+            allowed: Counter::default(),
+            limited: Counter::default(),
+            store_errors: Counter::default(),
+            store_latency: Histogram::new([0.001]),
+        };
+        let local = Arc::new(LocalLimiter::new(limit_of(&config), 16));
+        RateLimit::new("api", &config, None, local, metrics)
+    }
+
+    fn source<'a>(headers: &'a HeaderMap, ip: &str) -> KeySource<'a> {
+        KeySource {
+            client_ip: ip.parse().unwrap(),
+            headers,
+            route: Some("api"),
+        }
+    }
+
+    #[test]
+    fn keys_join_their_parts_and_fall_back_to_the_address() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-tenant", HeaderValue::from_static("acme"));
+        headers.insert(AUTHORIZATION, HeaderValue::from_static("Bearer tok-1"));
+        let both = limit("client_ip+header:X-Tenant");
+        assert_eq!(
+            both.key_of(&source(&headers, "10.0.0.1")),
+            "api|ip=10.0.0.1|h=acme"
+        );
+        assert_eq!(
+            limit("api_key").key_of(&source(&headers, "10.0.0.1")),
+            "api|key=tok-1"
+        );
+        let bare = HeaderMap::new();
+        assert_eq!(
+            limit("header:X-Tenant").key_of(&source(&bare, "10.0.0.2")),
+            "api|ip=10.0.0.2"
+        );
+        assert_eq!(
+            limit("route").key_of(&source(&bare, "10.0.0.2")),
+            "api|route=api"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_limit_refuses_beyond_its_quota_per_key() {
+        let limit = limit("client_ip");
+        let headers = HeaderMap::new();
+        let first = source(&headers, "10.0.0.1");
+        assert!(limit.check(&first).await.is_ok());
+        let second = limit.check(&first).await.unwrap();
+        assert_eq!((second.limit, second.remaining), (2, 0));
+        match limit.check(&first).await {
+            Err(GatewayError::RateLimited { decision, .. }) => {
+                assert!(decision.retry_after > Duration::ZERO)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(limit.check(&source(&headers, "10.0.0.9")).await.is_ok());
+        assert_eq!(limit.metrics.limited.get(), 1);
+        assert_eq!(limit.metrics.allowed.get(), 3);
+    }
+
+    #[test]
+    fn headers_round_the_reset_up_and_report_the_tighter_limit() {
+        let decision = Decision {
+            allowed: true,
+            limit: 10,
+            remaining: 3,
+            reset: Duration::from_millis(1500),
+            retry_after: Duration::ZERO,
+        };
+        let mut headers = HeaderMap::new();
+        add_headers(&mut headers, &decision);
+        assert_eq!(headers["ratelimit-limit"], "10");
+        assert_eq!(headers["ratelimit-remaining"], "3");
+        assert_eq!(headers["ratelimit-reset"], "2");
+        let looser = Decision {
+            remaining: 7,
+            ..decision
+        };
+        assert_eq!(tighter(Some(looser), decision).remaining, 3);
+        assert_eq!(tighter(Some(decision), looser).remaining, 3);
+    }
+}

@@ -1,0 +1,237 @@
+//! Load shedding by a route's adaptive concurrency limit, through the gateway with a real chaos
+//! upstream: when the upstream slows, the limit shrinks and what does not fit is shed at once
+//! with 503 OVERLOADED and `Retry-After`; a route without the limit is untouched; when latency
+//! returns to normal the limit grows again. A timeout is a drop for AIMD.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sekisho_load::ChaosState;
+use sekisho_testkit::{chaos_upstream, get, InProcess};
+use tokio::time::Instant;
+
+/// The value of `metric` for `route` in the gateway's metrics.
+fn route_metric(gw: &InProcess, metric: &str, route: &str) -> Option<f64> {
+    let text = gw.gateway.encode_metrics();
+    let prefix = format!("{metric}{{route=\"{route}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+/// Polls `metric` until `wanted` holds for it, for at most `within`; the last value otherwise.
+async fn await_metric(
+    gw: &InProcess,
+    metric: &str,
+    route: &str,
+    within: Duration,
+    wanted: impl Fn(f64) -> bool,
+) -> Result<f64, Option<f64>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let value = route_metric(gw, metric, route);
+        if value.is_some_and(&wanted) {
+            return Ok(value.unwrap_or_default());
+        }
+        if Instant::now() >= deadline {
+            return Err(value);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What `callers` concurrent loops of GETs to `path` saw, until `stop` is set (each loop makes
+/// at most `max_each` requests).
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU32>,
+    overloaded: Arc<AtomicU32>,
+    other: Arc<AtomicU32>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(gw: &InProcess, path: &str, callers: usize, max_each: usize) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU32::new(0));
+        let overloaded = Arc::new(AtomicU32::new(0));
+        let other = Arc::new(AtomicU32::new(0));
+        let tasks = (0..callers)
+            .map(|_| {
+                let url = gw.url(path);
+                let (stop, ok, overloaded, other) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&overloaded),
+                    Arc::clone(&other),
+                );
+                tokio::spawn(async move {
+                    for _ in 0..max_each {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let answer = get(&url).await;
+                        match answer.status {
+                            200 => ok.fetch_add(1, Ordering::Relaxed),
+                            503 if answer.error_code() == "OVERLOADED" => {
+                                assert_eq!(answer.header("retry-after"), Some("1"));
+                                overloaded.fetch_add(1, Ordering::Relaxed);
+                                // A shed caller backs off a little, as Retry-After asks.
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                0
+                            }
+                            _ => other.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            overloaded,
+            other,
+            tasks,
+        }
+    }
+
+    /// Stops the loops and counts what they saw: answered, shed, anything else.
+    async fn finish(self) -> (u32, u32, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join().await
+    }
+
+    /// Lets every loop run to its end.
+    async fn join(self) -> (u32, u32, u32) {
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.overloaded.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowing_upstream_shrinks_the_limit_sheds_the_excess_and_the_limit_recovers() {
+    let api = chaos_upstream("api").await;
+    let plain = chaos_upstream("plain").await;
+    api.handle.set(ChaosState {
+        latency_ms: 20,
+        ..ChaosState::default()
+    });
+    let gw = InProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [server.adaptive_concurrency]\ninitial_limit = 12\nmin_limit = 2\nmax_limit = 64\n\
+         window = \"50ms\"\nmin_samples = 5\n\
+         [upstreams.api]\ntargets = [\"{}\"]\n\
+         [upstreams.plain]\ntargets = [\"{}\"]\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"api\"\ntimeout = \"10s\"\n\
+         [[routes]]\nname = \"plain\"\npath_prefix = \"/\"\nupstream = \"plain\"\n\
+         [routes.adaptive_concurrency]\nenabled = false\n",
+        api.address, plain.address
+    ))
+    .await;
+    assert_eq!(
+        route_metric(&gw, "sekisho_adaptive_concurrency_limit", "api"),
+        Some(12.0)
+    );
+    assert_eq!(
+        route_metric(&gw, "sekisho_adaptive_concurrency_limit", "plain"),
+        None,
+        "the route that turned it off has no limit"
+    );
+
+    // Healthy: 6 callers, well within the limit; the long-run latency is learnt.
+    let warm = Traffic::start(&gw, "/api", 6, 40);
+    let (ok, overloaded, other) = warm.join().await;
+    assert!(
+        ok > 0 && overloaded == 0 && other == 0,
+        "{ok} {overloaded} {other}"
+    );
+    let healthy_limit = route_metric(&gw, "sekisho_adaptive_concurrency_limit", "api").unwrap();
+
+    // The upstream slows twentyfold under 24 callers: the limit shrinks, the excess is shed.
+    api.handle.set(ChaosState {
+        latency_ms: 400,
+        ..ChaosState::default()
+    });
+    let storm = Traffic::start(&gw, "/api", 24, 400);
+    let shrunk = await_metric(
+        &gw,
+        "sekisho_adaptive_concurrency_limit",
+        "api",
+        Duration::from_secs(30),
+        |limit| limit <= (healthy_limit * 0.6).floor(),
+    )
+    .await;
+    // Meanwhile the route without a limit answers at once.
+    let plain_answer = get(&gw.url("/plain")).await;
+    assert_eq!(plain_answer.status, 200);
+    assert!(shrunk.is_ok(), "limit {shrunk:?}, healthy {healthy_limit}");
+    let floor = shrunk.unwrap_or_default();
+
+    // Back to normal: the limit grows again.
+    api.handle.set(ChaosState {
+        latency_ms: 20,
+        ..ChaosState::default()
+    });
+    let grown = await_metric(
+        &gw,
+        "sekisho_adaptive_concurrency_limit",
+        "api",
+        Duration::from_secs(30),
+        |limit| limit >= floor + 4.0,
+    )
+    .await;
+    let (ok, overloaded, other) = storm.finish().await;
+    assert!(
+        grown.is_ok(),
+        "limit {grown:?} after recovery, floor {floor}"
+    );
+    assert!(overloaded > 0, "nothing was shed ({ok} ok)");
+    assert_eq!(other, 0, "only answers and OVERLOADED");
+    let shed = route_metric(&gw, "sekisho_shed_total", "api").unwrap();
+    assert_eq!(shed, f64::from(overloaded));
+    assert_eq!(
+        route_metric(&gw, "sekisho_adaptive_concurrency_in_flight", "api"),
+        Some(0.0)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_are_drops_that_cut_an_aimd_limit() {
+    let api = chaos_upstream("api").await;
+    api.handle.set(ChaosState {
+        latency_ms: 300,
+        ..ChaosState::default()
+    });
+    let gw = InProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.api]\ntargets = [\"{}\"]\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"api\"\ntimeout = \"50ms\"\n\
+         [routes.adaptive_concurrency]\nalgorithm = \"aimd\"\nbackoff_ratio = 0.5\n\
+         initial_limit = 32\nmin_limit = 1\nwindow = \"20ms\"\nmin_samples = 4\n",
+        api.address
+    ))
+    .await;
+    let traffic = Traffic::start(&gw, "/", 8, 30);
+    let cut = await_metric(
+        &gw,
+        "sekisho_adaptive_concurrency_limit",
+        "api",
+        Duration::from_secs(20),
+        |limit| limit <= 4.0,
+    )
+    .await;
+    let (ok, overloaded, timed_out) = traffic.finish().await;
+    assert!(cut.is_ok(), "limit {cut:?}");
+    assert_eq!(ok, 0);
+    assert!(timed_out > 0 && overloaded > 0, "{timed_out} {overloaded}");
+    gw.stop().await;
+}

@@ -1,0 +1,620 @@
+//! An adaptive concurrency limit: how many calls may be in flight at once, found by watching
+//! latency rather than set by hand, and a fast refusal for everything beyond it.
+//!
+//! A fixed limit is either too high (a saturated service queues work until every caller times
+//! out) or too low (capacity left unused). Like Netflix's concurrency-limits and Envoy's adaptive
+//! concurrency filter, this limit follows Little's law: while latency stays near its long-run
+//! level, more concurrency buys more throughput and the limit grows; when latency climbs, the
+//! extra calls are only queueing, and the limit shrinks. What does not fit is refused at once
+//! (the gateway answers 503 `OVERLOADED` with `Retry-After`), so those admitted are served well
+//! instead of everyone badly.
+//!
+//! # How the limit moves
+//!
+//! Each admitted call samples its latency ([`Permit::sample`]). Samples are gathered per
+//! *window*: a window closes when `window` has passed **and** it holds at least `min_samples`
+//! samples; then the limit is recomputed once, from the window's mean latency (`short`) and the
+//! largest in-flight count seen in it (`peak`).
+//!
+//! **Gradient** (Netflix's Gradient2):
+//! - `long` is an exponential average of `short` over about [`LONG_WINDOWS`] windows, the
+//!   latency the service has when healthy. When `long > 2 × short` (a slow period is over),
+//!   `long` also decays by 5 % per window so the limit recovers quickly.
+//! - If nothing was dropped and `peak < limit / 2`, the caller is *application-limited*: demand,
+//!   not the service, set the latency, and the limit stays as it is (it would otherwise grow
+//!   without bound while idle).
+//! - `gradient = clamp(tolerance × long / short, 0.5, 1.0)`: 1 while latency stays within
+//!   `tolerance` of its long-run level, down to 0.5 as it grows.
+//! - `target = limit × gradient + √limit` (the square root is the queue allowed to form, so the
+//!   limit keeps probing upwards while latency is flat);
+//!   `limit ← limit × (1 − smoothing) + target × smoothing`, kept within `[min_limit,
+//!   max_limit]`.
+//!
+//! **AIMD**: a window with a drop (a timed-out call, or a sample slower than `timeout`)
+//! multiplies the limit by `backoff_ratio`; a window without a drop whose `peak` reached half the
+//! limit adds 1.
+//!
+//! # Cost
+//!
+//! Admission is one atomic add and one load ([`AdaptiveLimit::try_acquire`]); a sample is a few
+//! atomic adds; the limit is recomputed under a lock taken with `try_lock` once per window, by
+//! whichever call closes it, so no call ever waits on another.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use sekisho_policy::concurrency::{AdaptiveLimit, Algorithm, Sample, Settings};
+//!
+//! let settings = Settings {
+//!     initial_limit: 2,
+//!     min_limit: 1,
+//!     ..Settings::default()
+//! };
+//! let limit = AdaptiveLimit::new(settings, Instant::now());
+//! let mut first = limit.try_acquire().unwrap();
+//! let _second = limit.try_acquire().unwrap();
+//! assert!(limit.try_acquire().is_err()); // shed: two already in flight
+//! first.sample(Sample::Success, Instant::now(), Instant::now());
+//! drop(first);
+//! assert!(limit.try_acquire().is_ok());
+//! ```
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Windows over which the gradient's long-run latency is averaged.
+pub const LONG_WINDOWS: f64 = 600.0;
+
+/// Bits of the packed window accumulator that hold the sample count; the rest hold the sum of
+/// latencies in microseconds.
+const COUNT_BITS: u32 = 24;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// A window closes by this many samples whatever its age, long before the count could overflow.
+const MAX_WINDOW_SAMPLES: u64 = 1 << 20;
+/// One sample's latency is capped so that a window's sum fits beside its count.
+const MAX_SAMPLE_MICROS: u64 = 1 << 30;
+
+/// How the limit follows latency.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Algorithm {
+    /// Netflix's Gradient2: the limit follows the ratio of long-run to recent latency.
+    Gradient {
+        /// How much recent latency may exceed the long-run level before the limit shrinks
+        /// (1.5: by half).
+        tolerance: f64,
+        /// The share of each new estimate taken into the limit (0 < smoothing ≤ 1).
+        smoothing: f64,
+    },
+    /// Additive increase, multiplicative decrease on drops.
+    Aimd {
+        /// The limit is multiplied by this after a window with a drop (0.5 ≤ ratio < 1).
+        backoff_ratio: f64,
+        /// A sample slower than this counts as a drop.
+        timeout: Duration,
+    },
+}
+
+impl Default for Algorithm {
+    fn default() -> Self {
+        Algorithm::Gradient {
+            tolerance: 1.5,
+            smoothing: 0.2,
+        }
+    }
+}
+
+/// The settings of one adaptive limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Settings {
+    /// How the limit moves.
+    pub algorithm: Algorithm,
+    /// The limit before any window has closed.
+    pub initial_limit: u32,
+    /// The limit never goes below this (≥ 1).
+    pub min_limit: u32,
+    /// The limit never goes above this.
+    pub max_limit: u32,
+    /// A window lasts at least this long …
+    pub window: Duration,
+    /// … and holds at least this many samples.
+    pub min_samples: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::default(),
+            initial_limit: 100,
+            min_limit: 5,
+            max_limit: 1000,
+            window: Duration::from_millis(100),
+            min_samples: 10,
+        }
+    }
+}
+
+/// How an admitted call ended, for the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    /// The call was answered; its latency is a sample.
+    Success,
+    /// The call timed out or was refused for overload: a sign of saturation, and its latency a
+    /// sample.
+    Dropped,
+}
+
+/// A call refused because the limit was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shed {
+    /// The limit at the time.
+    pub limit: u32,
+}
+
+/// What the limit looks like now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Calls admitted and not yet done.
+    pub in_flight: u32,
+    /// The current limit.
+    pub limit: u32,
+    /// Calls refused so far.
+    pub shed: u64,
+    /// Windows closed so far (each one a recomputation of the limit).
+    pub windows: u64,
+    /// The gradient's long-run latency (zero before the first window, and for AIMD).
+    pub long_latency: Duration,
+}
+
+/// An adaptive concurrency limit, shared by every call it governs.
+#[derive(Debug)]
+pub struct AdaptiveLimit {
+    settings: Settings,
+    epoch: Instant,
+    in_flight: AtomicU32,
+    limit: AtomicU32,
+    /// This window's samples: `(sum of latencies in µs << COUNT_BITS) | count`, one atomic so
+    /// that a closing window takes both at once.
+    samples: AtomicU64,
+    dropped: AtomicU32,
+    peak: AtomicU32,
+    /// When this window opened, in µs since `epoch`.
+    window_start: AtomicU64,
+    shed: AtomicU64,
+    windows: AtomicU64,
+    estimate: Mutex<Estimate>,
+}
+
+#[derive(Debug)]
+struct Estimate {
+    /// The limit with its fractional part, so small steps add up.
+    limit: f64,
+    /// The gradient's long-run latency in µs (0 until the first window).
+    long_micros: f64,
+}
+
+/// One window's figures, as they enter the limit's arithmetic.
+#[derive(Debug, Clone, Copy)]
+struct WindowFigures {
+    mean_micros: f64,
+    dropped: u32,
+    peak: u32,
+}
+
+impl AdaptiveLimit {
+    /// A limit with `settings` (bounds put in order: `1 ≤ min ≤ initial ≤ max`), its clock
+    /// starting at `now`.
+    pub fn new(settings: Settings, now: Instant) -> Arc<Self> {
+        let settings = Settings {
+            min_limit: settings.min_limit.max(1),
+            max_limit: settings.max_limit.max(settings.min_limit.max(1)),
+            min_samples: settings.min_samples.max(1),
+            ..settings
+        };
+        let initial = settings
+            .initial_limit
+            .clamp(settings.min_limit, settings.max_limit);
+        Arc::new(Self {
+            settings,
+            epoch: now,
+            in_flight: AtomicU32::new(0),
+            limit: AtomicU32::new(initial),
+            samples: AtomicU64::new(0),
+            dropped: AtomicU32::new(0),
+            peak: AtomicU32::new(0),
+            window_start: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
+            windows: AtomicU64::new(0),
+            estimate: Mutex::new(Estimate {
+                limit: f64::from(initial),
+                long_micros: 0.0,
+            }),
+        })
+    }
+
+    /// The settings in force (after the bounds were put in order).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Admits a call if fewer than the limit are in flight; the permit holds its place until
+    /// dropped.
+    pub fn try_acquire(self: &Arc<Self>) -> Result<Permit, Shed> {
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let limit = self.limit.load(Ordering::Relaxed);
+        if before >= limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return Err(Shed { limit });
+        }
+        Ok(Permit {
+            limit: Arc::clone(self),
+            sampled: false,
+        })
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// What the limit looks like now.
+    pub fn usage(&self) -> Usage {
+        let long_micros = match self.estimate.lock() {
+            Ok(estimate) => estimate.long_micros,
+            Err(poisoned) => poisoned.into_inner().long_micros,
+        };
+        Usage {
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            limit: self.limit(),
+            shed: self.shed.load(Ordering::Relaxed),
+            windows: self.windows.load(Ordering::Relaxed),
+            long_latency: Duration::from_micros(long_micros as u64),
+        }
+    }
+
+    fn micros_since_epoch(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    fn record(&self, latency: Duration, sample: Sample, now: Instant) {
+        let micros = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .clamp(1, MAX_SAMPLE_MICROS);
+        let dropped = match (sample, self.settings.algorithm) {
+            (Sample::Dropped, _) => true,
+            (Sample::Success, Algorithm::Aimd { timeout, .. }) => latency > timeout,
+            (Sample::Success, Algorithm::Gradient { .. }) => false,
+        };
+        if dropped {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.peak
+            .fetch_max(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+        let before = self
+            .samples
+            .fetch_add((micros << COUNT_BITS) | 1, Ordering::AcqRel);
+        let count = (before & COUNT_MASK) + 1;
+        let now_micros = self.micros_since_epoch(now);
+        let opened = self.window_start.load(Ordering::Acquire);
+        let window = u64::try_from(self.settings.window.as_micros()).unwrap_or(u64::MAX);
+        let due = now_micros.saturating_sub(opened) >= window
+            && count >= u64::from(self.settings.min_samples);
+        if due || count >= MAX_WINDOW_SAMPLES {
+            self.close_window(opened, now_micros);
+        }
+    }
+
+    /// Recomputes the limit from the window that opened at `opened`, unless another call is
+    /// doing so or has just done it.
+    fn close_window(&self, opened: u64, now_micros: u64) {
+        let Ok(mut estimate) = self.estimate.try_lock() else {
+            return;
+        };
+        if self.window_start.load(Ordering::Acquire) != opened {
+            return;
+        }
+        let packed = self.samples.swap(0, Ordering::AcqRel);
+        let dropped = self.dropped.swap(0, Ordering::AcqRel);
+        let peak = self.peak.swap(0, Ordering::AcqRel);
+        self.window_start.store(now_micros, Ordering::Release);
+        let count = packed & COUNT_MASK;
+        if count == 0 {
+            return;
+        }
+        let figures = WindowFigures {
+            mean_micros: (packed >> COUNT_BITS) as f64 / count as f64,
+            dropped,
+            peak,
+        };
+        let next = self.next_limit(&mut estimate, figures);
+        estimate.limit = next;
+        self.limit.store(next.round() as u32, Ordering::Relaxed);
+        self.windows.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn next_limit(&self, estimate: &mut Estimate, window: WindowFigures) -> f64 {
+        let Settings {
+            min_limit,
+            max_limit,
+            ..
+        } = self.settings;
+        let limit = estimate.limit;
+        let next = match self.settings.algorithm {
+            Algorithm::Gradient {
+                tolerance,
+                smoothing,
+            } => {
+                let short = window.mean_micros.max(1.0);
+                if estimate.long_micros <= 0.0 {
+                    estimate.long_micros = short;
+                } else {
+                    estimate.long_micros += (short - estimate.long_micros) / LONG_WINDOWS;
+                }
+                if estimate.long_micros > 2.0 * short {
+                    estimate.long_micros *= 0.95;
+                }
+                if window.dropped == 0 && f64::from(window.peak) < limit / 2.0 {
+                    return limit;
+                }
+                let gradient = (tolerance * estimate.long_micros / short).clamp(0.5, 1.0);
+                let target = limit * gradient + limit.sqrt();
+                let smoothing = smoothing.clamp(f64::MIN_POSITIVE, 1.0);
+                limit * (1.0 - smoothing) + target * smoothing
+            }
+            Algorithm::Aimd { backoff_ratio, .. } => {
+                if window.dropped > 0 {
+                    limit * backoff_ratio.clamp(0.5, 0.999)
+                } else if f64::from(window.peak) * 2.0 >= limit {
+                    limit + 1.0
+                } else {
+                    limit
+                }
+            }
+        };
+        next.clamp(f64::from(min_limit), f64::from(max_limit))
+    }
+}
+
+/// An admitted call's place under the limit, given back when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    limit: Arc<AdaptiveLimit>,
+    sampled: bool,
+}
+
+impl Permit {
+    /// Records how the call that started at `started` ended at `now`. Only the first sample of
+    /// a permit counts; a permit dropped without one is not a sample (the caller went away, or
+    /// something else refused the call).
+    pub fn sample(&mut self, sample: Sample, started: Instant, now: Instant) {
+        if std::mem::replace(&mut self.sampled, true) {
+            return;
+        }
+        self.limit
+            .record(now.saturating_duration_since(started), sample, now);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.limit.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn gradient(initial: u32) -> Settings {
+        Settings {
+            algorithm: Algorithm::Gradient {
+                tolerance: 1.5,
+                smoothing: 0.2,
+            },
+            initial_limit: initial,
+            min_limit: 4,
+            max_limit: 1000,
+            window: 100 * MS,
+            min_samples: 10,
+        }
+    }
+
+    /// Runs `windows` windows of `concurrency` calls each taking `latency`, starting at `*now`:
+    /// twenty rounds per window, and one more call at the window's end that closes it.
+    fn drive(
+        limit: &Arc<AdaptiveLimit>,
+        now: &mut Instant,
+        windows: u32,
+        concurrency: u32,
+        latency: Duration,
+        sample: Sample,
+    ) {
+        let step = limit.settings().window / 20;
+        let round = |now: Instant, calls: u32| {
+            let mut permits: Vec<Permit> = (0..calls)
+                .filter_map(|_| limit.try_acquire().ok())
+                .collect();
+            let started = now.checked_sub(latency).unwrap_or(now);
+            for permit in &mut permits {
+                permit.sample(sample, started, now);
+            }
+        };
+        for _ in 0..windows {
+            for _ in 0..20 {
+                round(*now, concurrency);
+                *now += step;
+            }
+            round(*now, 1);
+        }
+    }
+
+    #[test]
+    fn beyond_the_limit_calls_are_shed_and_counted() {
+        let settings = Settings {
+            min_limit: 1,
+            ..gradient(3)
+        };
+        let limit = AdaptiveLimit::new(settings, Instant::now());
+        let held: Vec<Permit> = (0..3).map(|_| limit.try_acquire().unwrap()).collect();
+        assert_eq!(limit.try_acquire().unwrap_err(), Shed { limit: 3 });
+        assert_eq!(limit.usage().shed, 1);
+        assert_eq!(limit.usage().in_flight, 3);
+        drop(held);
+        assert_eq!(limit.usage().in_flight, 0);
+        assert!(limit.try_acquire().is_ok());
+    }
+
+    #[test]
+    fn bounds_are_put_in_order() {
+        let limit = AdaptiveLimit::new(
+            Settings {
+                initial_limit: 5000,
+                min_limit: 0,
+                max_limit: 20,
+                ..Settings::default()
+            },
+            Instant::now(),
+        );
+        assert_eq!(limit.limit(), 20);
+        assert_eq!(limit.settings().min_limit, 1);
+    }
+
+    #[test]
+    fn a_window_closes_only_with_enough_samples_and_time() {
+        let mut now = Instant::now();
+        let limit = AdaptiveLimit::new(gradient(50), now);
+        // Nine samples, however late: not a window.
+        for _ in 0..9 {
+            let mut permit = limit.try_acquire().unwrap();
+            now += 50 * MS;
+            permit.sample(Sample::Success, now - 10 * MS, now);
+        }
+        assert_eq!(limit.usage().windows, 0);
+        let mut permit = limit.try_acquire().unwrap();
+        permit.sample(Sample::Success, now - 10 * MS, now);
+        assert_eq!(limit.usage().windows, 1);
+        assert_eq!(limit.usage().long_latency, 10 * MS);
+    }
+
+    #[test]
+    fn a_second_sample_of_one_permit_does_not_count() {
+        let mut now = Instant::now();
+        let limit = AdaptiveLimit::new(gradient(50), now);
+        let mut permit = limit.try_acquire().unwrap();
+        now += 200 * MS;
+        for _ in 0..20 {
+            permit.sample(Sample::Success, now - MS, now);
+        }
+        assert_eq!(limit.usage().windows, 0);
+    }
+
+    #[test]
+    fn an_application_limited_caller_does_not_grow_the_limit() {
+        let mut now = Instant::now();
+        let limit = AdaptiveLimit::new(gradient(100), now);
+        drive(&limit, &mut now, 50, 10, 5 * MS, Sample::Success);
+        assert_eq!(limit.limit(), 100);
+        assert!(limit.usage().windows >= 49);
+    }
+
+    #[test]
+    fn steady_latency_under_full_use_grows_the_limit() {
+        let mut now = Instant::now();
+        let limit = AdaptiveLimit::new(gradient(20), now);
+        // Callers keep the limit full; latency stays flat.
+        for _ in 0..30 {
+            let full = limit.limit();
+            drive(&limit, &mut now, 1, full, 5 * MS, Sample::Success);
+        }
+        assert!(limit.limit() > 40, "limit {}", limit.limit());
+    }
+
+    #[test]
+    fn rising_latency_shrinks_the_limit_towards_its_floor_and_it_recovers() {
+        let mut now = Instant::now();
+        let limit = AdaptiveLimit::new(gradient(100), now);
+        drive(&limit, &mut now, 20, 100, 10 * MS, Sample::Success);
+        let before = limit.limit();
+        assert!(before >= 100);
+        // The service slows fiftyfold; callers keep pushing.
+        // Each window takes about a tenth off; the √limit queue term holds it a little above the
+        // floor (the fixed point of 0.9·L + 0.2·√L is L = 4).
+        drive(&limit, &mut now, 7, 200, 500 * MS, Sample::Success);
+        assert!(limit.limit() < before * 6 / 10, "limit {}", limit.limit());
+        drive(&limit, &mut now, 50, 200, 500 * MS, Sample::Success);
+        assert!(limit.limit() <= 8, "limit {}", limit.limit());
+        // Back to normal: the limit climbs again.
+        for _ in 0..40 {
+            drive(&limit, &mut now, 1, 1000, 10 * MS, Sample::Success);
+        }
+        assert!(limit.limit() > 20, "limit {}", limit.limit());
+    }
+
+    #[test]
+    fn one_gradient_step_follows_the_formula() {
+        let mut now = Instant::now();
+        let limit = AdaptiveLimit::new(gradient(100), now);
+        drive(&limit, &mut now, 1, 100, 10 * MS, Sample::Success);
+        // First window: long = short, gradient = 1, limit = 100·0.8 + (100 + 10)·0.2 = 102.
+        assert_eq!(limit.limit(), 102);
+        // Latency triples: long moves 1/600 of the way, gradient = 1.5·long/30ms.
+        drive(&limit, &mut now, 1, 102, 30 * MS, Sample::Success);
+        let long = 10_000.0 + (30_000.0 - 10_000.0) / LONG_WINDOWS;
+        let gradient = (1.5 * long / 30_000.0_f64).clamp(0.5, 1.0);
+        let previous = 102.0_f64;
+        let target = previous * gradient + previous.sqrt();
+        let expected = previous * 0.8 + target * 0.2;
+        // `previous` is the rounded limit; the estimate kept 102 exactly.
+        assert_eq!(limit.limit(), expected.round() as u32);
+    }
+
+    #[test]
+    fn aimd_backs_off_on_drops_and_adds_one_when_busy() {
+        let mut now = Instant::now();
+        let settings = Settings {
+            algorithm: Algorithm::Aimd {
+                backoff_ratio: 0.5,
+                timeout: 200 * MS,
+            },
+            initial_limit: 40,
+            ..gradient(40)
+        };
+        let limit = AdaptiveLimit::new(settings, now);
+        drive(&limit, &mut now, 1, 40, 10 * MS, Sample::Success);
+        assert_eq!(limit.limit(), 41);
+        drive(&limit, &mut now, 1, 41, 10 * MS, Sample::Dropped);
+        assert_eq!(limit.limit(), 21); // 20.5 rounds up
+                                       // A sample slower than the timeout is a drop too.
+        drive(&limit, &mut now, 1, 21, 300 * MS, Sample::Success);
+        assert_eq!(limit.limit(), 10);
+        // Idle windows change nothing.
+        drive(&limit, &mut now, 3, 2, 10 * MS, Sample::Success);
+        assert_eq!(limit.limit(), 10);
+    }
+
+    #[test]
+    fn threads_never_exceed_the_limit() {
+        let limit = AdaptiveLimit::new(gradient(8), Instant::now());
+        let holders = AtomicU32::new(0);
+        let most = AtomicU32::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..20_000 {
+                        if let Ok(permit) = limit.try_acquire() {
+                            let now_held = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                            most.fetch_max(now_held, Ordering::SeqCst);
+                            holders.fetch_sub(1, Ordering::SeqCst);
+                            drop(permit);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(most.load(Ordering::SeqCst) <= 8);
+        assert_eq!(limit.usage().in_flight, 0);
+    }
+}
