@@ -138,6 +138,17 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             StatusCode::OK,
             &json!({ "circuits": state.gateway.circuits() }),
         ),
+        (&Method::GET, "/api/v1/ratelimits") => json_response(
+            StatusCode::OK,
+            &json!({ "rate_limits": state.gateway.rate_limits() }),
+        ),
+        (&Method::GET, "/api/v1/cache") => match state.gateway.cache_stats(100) {
+            Some((stats, keys)) => {
+                json_response(StatusCode::OK, &json!({ "cache": stats, "keys": keys }))
+            }
+            None => json_response(StatusCode::OK, &json!({ "cache": null, "keys": [] })),
+        },
+        (&Method::POST, "/api/v1/cache/purge") => cache_purge(state, request).await,
         (
             _,
             "/health"
@@ -147,7 +158,10 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             | "/api/v1/upstreams"
             | "/api/v1/config"
             | "/api/v1/config/reload"
-            | "/api/v1/circuits",
+            | "/api/v1/circuits"
+            | "/api/v1/ratelimits"
+            | "/api/v1/cache"
+            | "/api/v1/cache/purge",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_REQUEST",
@@ -355,6 +369,44 @@ async fn circuit_action(
             error(StatusCode::NOT_FOUND, "NO_ROUTE", &refused.to_string())
         }
         Err(refused) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &refused.to_string()),
+    }
+}
+
+/// `POST /api/v1/cache/purge` with `{"key": "…"}`, `{"prefix": "…"}` or `{"tag": "…"}`.
+async fn cache_purge(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
+    use http_body_util::BodyExt;
+    use sekisho_gateway::cache::Purge;
+    let Ok(body) = http_body_util::Limited::new(request.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BAD_REQUEST",
+            "the body could not be read (or is over 16 KiB)",
+        );
+    };
+    let value = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+    let text = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    let purge = match (text("key"), text("prefix"), text("tag")) {
+        (Some(key), None, None) => Purge::Key(key),
+        (None, Some(prefix), None) => Purge::Prefix(prefix),
+        (None, None, Some(tag)) => Purge::Tag(tag),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BAD_REQUEST",
+                "expected a JSON body with one of {\"key\": …}, {\"prefix\": …}, {\"tag\": …}",
+            )
+        }
+    };
+    match state.gateway.cache_purge(&purge).await {
+        Ok(deleted) => json_response(
+            StatusCode::OK,
+            &json!({ "status": "ok", "purge": purge, "shared_deleted": deleted }),
+        ),
+        Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, "UPSTREAM_ERROR", &why),
     }
 }
 

@@ -188,6 +188,12 @@ pub struct Store {
     /// Directory for embedded state.
     #[serde(default = "default_data_dir")]
     pub data_dir: String,
+    /// The in-process (L1) response cache holds at most this many entries (extension).
+    #[serde(default = "default_cache_entries")]
+    pub cache_max_entries: Positive,
+    /// … and at most this many bytes of responses (extension).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_max_bytes: Bytes,
 }
 
 impl Default for Store {
@@ -196,6 +202,8 @@ impl Default for Store {
             redis: None,
             database: None,
             data_dir: default_data_dir(),
+            cache_max_entries: default_cache_entries(),
+            cache_max_bytes: default_cache_bytes(),
         }
     }
 }
@@ -741,6 +749,18 @@ pub struct Cache {
     /// TTL jitter share (avalanche guard).
     #[serde(default = "default_cache_jitter")]
     pub ttl_jitter: Ratio,
+    /// How long an entry stays in the in-process tier (at most the freshness lifetime; the
+    /// Redis tier keeps it for the whole lifetime). Default: the whole lifetime (extension).
+    #[serde(default)]
+    pub l1_ttl: Option<NonZeroDuration>,
+    /// With several instances: how long a miss waits for another instance already fetching the
+    /// same response before going to the upstream itself (extension).
+    #[serde(default = "default_cache_lock_wait")]
+    pub lock_wait: NonZeroDuration,
+    /// The `v{n}` of the route's keys (`<route>:v<n>:<url>`): raising it orphans every entry of
+    /// the route at once, on every instance (extension).
+    #[serde(default = "default_cache_version")]
+    pub version: Positive,
 }
 
 /// A "host:port" address; the host may be a name.
@@ -1039,6 +1059,18 @@ fn default_negative_ttl() -> ConfigDuration {
 }
 fn default_cache_body() -> Bytes {
     Bytes(1024 * 1024)
+}
+fn default_cache_entries() -> Positive {
+    Positive(10_000)
+}
+fn default_cache_bytes() -> Bytes {
+    Bytes(64 * 1024 * 1024)
+}
+fn default_cache_version() -> Positive {
+    Positive(1)
+}
+fn default_cache_lock_wait() -> NonZeroDuration {
+    NonZeroDuration::from_millis(2_000)
 }
 fn default_cache_jitter() -> Ratio {
     Ratio(0.1)

@@ -179,6 +179,17 @@ impl RequestBody {
         ))
     }
 
+    /// No body at all, and a claim that always gives it back (a background refresh).
+    pub fn none(limit: u64) -> (Self, BodyClaim) {
+        (
+            Self::empty(limit),
+            BodyClaim {
+                kind: Claim::Empty,
+                limit,
+            },
+        )
+    }
+
     fn empty(limit: u64) -> Self {
         Self {
             source: Source::Empty,
@@ -276,6 +287,8 @@ enum Kind {
         body: Incoming,
         deadline: Option<Pin<Box<Sleep>>>,
     },
+    /// Bytes already read, then the rest of another body (a response too large to cache).
+    Prefixed(Option<Bytes>, Box<ResponseBody>),
 }
 
 /// A response body on its way to the client.
@@ -293,6 +306,7 @@ impl fmt::Debug for ResponseBody {
             Kind::Empty => "empty",
             Kind::Full(_) => "full",
             Kind::Upstream { .. } => "upstream",
+            Kind::Prefixed(..) => "prefixed",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }
@@ -337,6 +351,17 @@ impl ResponseBody {
         }
     }
 
+    /// `prefix`, then the rest of `rest` (which keeps its own guards).
+    pub fn prefixed(prefix: Bytes, rest: ResponseBody) -> Self {
+        Self {
+            kind: Kind::Prefixed(Some(prefix), Box::new(rest)),
+            guard: None,
+            target: None,
+            bulkhead: None,
+            concurrency: None,
+        }
+    }
+
     /// Keeps the upstream's bulkhead slot taken until the body is done.
     pub fn hold_slot(&mut self, slot: Option<Slot>) {
         self.bulkhead = slot;
@@ -365,6 +390,10 @@ impl Body for ResponseBody {
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
+            Kind::Prefixed(prefix, rest) => match prefix.take() {
+                Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                None => Pin::new(rest.as_mut()).poll_frame(cx),
+            },
             Kind::Upstream { body, deadline } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BoxError::from))),
                 Poll::Pending => {
@@ -394,6 +423,7 @@ impl Body for ResponseBody {
             Kind::Empty => true,
             Kind::Full(bytes) => bytes.is_none(),
             Kind::Upstream { body, .. } => body.is_end_stream(),
+            Kind::Prefixed(prefix, rest) => prefix.is_none() && rest.is_end_stream(),
         }
     }
 
@@ -402,6 +432,16 @@ impl Body for ResponseBody {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Upstream { body, .. } => body.size_hint(),
+            Kind::Prefixed(prefix, rest) => {
+                let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
+                let inner = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + extra);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + extra);
+                }
+                hint
+            }
         }
     }
 }

@@ -135,6 +135,20 @@ impl GatewayError {
         }
     }
 
+    /// Whether the upstream failed or could not be called (what `stale-if-error` covers): no
+    /// target, an open circuit, a full bulkhead, a connect or answer error, a timeout.
+    pub fn is_upstream_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::NoHealthyUpstream { .. }
+                | Self::UpstreamConnect { .. }
+                | Self::UpstreamFailed { .. }
+                | Self::CircuitOpen { .. }
+                | Self::BulkheadFull { .. }
+                | Self::UpstreamTimeout { .. }
+        )
+    }
+
     /// The HTTP status the contract gives the code.
     pub fn status(&self) -> StatusCode {
         match self {

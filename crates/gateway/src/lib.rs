@@ -9,6 +9,7 @@
 //! serve the admin API (that is `sekisho-admin`, which reads the gateway through [`Gateway`]).
 
 pub mod body;
+pub mod cache;
 mod client_ip;
 mod connection;
 pub mod edge;
@@ -461,6 +462,38 @@ impl Gateway {
                     })
                     .collect(),
             })
+            .collect()
+    }
+
+    /// The response cache's figures and its first `keys` keys, when a route caches.
+    pub fn cache_stats(&self, keys: usize) -> Option<(cache::CacheStats, Vec<String>)> {
+        let cache = self.shared.states.cache()?;
+        Some((cache.stats(), cache.keys(keys)))
+    }
+
+    /// Purges the response cache here, in Redis, and (through Redis) on every other instance.
+    /// Returns the entries deleted from Redis.
+    pub async fn cache_purge(&self, purge: &cache::Purge) -> Result<u64, String> {
+        match self.shared.states.cache() {
+            Some(cache) => cache.purge(purge).await,
+            None => Err("no route has a cache".to_owned()),
+        }
+    }
+
+    /// Every rate limit in force: the server's, then each route's.
+    pub fn rate_limits(&self) -> Vec<ratelimit::RateLimitView> {
+        let runtime = self.shared.runtime.load();
+        runtime
+            .rate_limit
+            .iter()
+            .chain(
+                runtime
+                    .router
+                    .routes()
+                    .iter()
+                    .filter_map(|r| r.rate_limit.as_ref()),
+            )
+            .map(|limit| limit.view())
             .collect()
     }
 

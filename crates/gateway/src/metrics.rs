@@ -80,6 +80,8 @@ pub mod names {
     pub const RATE_LIMIT_STORE_ERRORS: &str = "sekisho_rate_limit_store_errors";
     /// Seconds per Redis rate-limit decision, by route.
     pub const RATE_LIMIT_STORE_SECONDS: &str = "sekisho_rate_limit_store_seconds";
+    /// Cache lookups of cached routes, by route and result.
+    pub const CACHE_LOOKUPS: &str = "sekisho_cache_lookups";
     /// Per route with adaptive concurrency: the current limit.
     pub const CONCURRENCY_LIMIT: &str = "sekisho_adaptive_concurrency_limit";
     /// Per route with adaptive concurrency: calls holding a place under the limit.
@@ -114,6 +116,7 @@ pub struct Metrics {
     retry_budget_exhausted: Family<Labels, Counter>,
     fallbacks: Family<Labels, Counter>,
     rate_decisions: Family<Labels, Counter>,
+    cache_lookups: Family<Labels, Counter>,
     rate_store_errors: Family<Labels, Counter>,
     rate_store_seconds: Family<Labels, Histogram>,
     upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
@@ -253,6 +256,12 @@ impl Metrics {
             "Seconds per Redis rate-limit decision, by route",
             rate_store_seconds.clone(),
         );
+        let cache_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            names::CACHE_LOOKUPS,
+            "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass)",
+            cache_lookups.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let limits = Arc::new(ArcSwap::from_pointee(Vec::new()));
@@ -274,6 +283,7 @@ impl Metrics {
             retry_budget_exhausted,
             fallbacks,
             rate_decisions,
+            cache_lookups,
             rate_store_errors,
             rate_store_seconds,
             upstreams,
@@ -372,6 +382,27 @@ impl Metrics {
             limited: result("limited"),
             store_errors: self.rate_store_errors.get_or_create(&route).clone(),
             store_latency: self.rate_store_seconds.get_or_create(&route).clone(),
+        }
+    }
+
+    /// The cache counters of `route`.
+    pub fn cache(&self, route: &str) -> crate::cache::CacheMetrics {
+        let result = |result: &str| {
+            self.cache_lookups
+                .get_or_create(&vec![
+                    ("route", route.to_owned()),
+                    ("result", result.to_owned()),
+                ])
+                .clone()
+        };
+        crate::cache::CacheMetrics {
+            hit: result("hit"),
+            miss: result("miss"),
+            stale: result("stale"),
+            stale_if_error: result("stale_if_error"),
+            coalesced: result("coalesced"),
+            negative: result("negative"),
+            bypass: result("bypass"),
         }
     }
 

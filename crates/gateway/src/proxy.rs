@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::body::BodyClaim;
 use crate::body::{RequestBody, ResponseBody};
+use crate::cache::{Fetch, Lookup};
 use crate::edge::{error_response, GatewayError};
 use crate::fallback::FallbackKind;
 use crate::retry::{FailedTry, RetryPolicy, TryFailure};
@@ -110,6 +111,7 @@ fn request_id_of(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// What happened, for metrics and the access log.
+#[derive(Default)]
 struct Outcome {
     route: Option<Arc<CompiledRoute>>,
     target: Option<String>,
@@ -128,6 +130,8 @@ struct Outcome {
     timed_out: bool,
     /// The tighter rate-limit decision that applied, for the `RateLimit-*` fields.
     rate: Option<Decision>,
+    /// What the cache did, for `Cache-Status`.
+    cache_status: Option<HeaderValue>,
 }
 
 /// Serves one request.
@@ -145,17 +149,7 @@ pub(crate) async fn handle(
         path: request.uri().path().to_owned(),
         version: request.version(),
     });
-    let mut outcome = Outcome {
-        route: None,
-        target: None,
-        error: None,
-        answered: None,
-        tries: 0,
-        fallback: None,
-        concurrency: None,
-        timed_out: false,
-        rate: None,
-    };
+    let mut outcome = Outcome::default();
     let mut forwarded = if ambiguous_length {
         Err(GatewayError::BadRequest(
             "both Transfer-Encoding and Content-Length are set".to_owned(),
@@ -188,6 +182,11 @@ pub(crate) async fn handle(
         .insert(&X_REQUEST_ID, request_id.clone());
     if let Some(decision) = &outcome.rate {
         ratelimit::add_headers(response.headers_mut(), decision);
+    }
+    if let Some(status) = outcome.cache_status.take() {
+        response
+            .headers_mut()
+            .insert(&crate::cache::CACHE_STATUS, status);
     }
     let elapsed = match outcome.answered {
         Some(answered) => answered.saturating_duration_since(started),
@@ -301,6 +300,23 @@ async fn forward(
         };
         apply_rate_limit(limit, &source, outcome).await?;
     }
+    let deadline = started + route.timeout;
+    let mut fetch = None;
+    if let Some(cache) = &route.cache {
+        match cache.lookup(&mut parts, deadline).await {
+            Lookup::Pass(status) => outcome.cache_status = Some(status),
+            Lookup::Hit(response, status) => {
+                outcome.cache_status = Some(status);
+                return Ok(response);
+            }
+            Lookup::HitRefresh(response, status, refresh) => {
+                outcome.cache_status = Some(status);
+                spawn_refresh(&route, client, &parts, original_host, request_id, refresh);
+                return Ok(response);
+            }
+            Lookup::Fetch(miss) => fetch = Some(miss),
+        }
+    }
     if let Some(limit) = &route.concurrency {
         match limit.try_acquire() {
             Ok(permit) => outcome.concurrency = Some(permit),
@@ -312,6 +328,91 @@ async fn forward(
             }
         }
     }
+    let result = call_upstream(
+        &route,
+        client,
+        parts,
+        Some(body),
+        original_host,
+        request_id,
+        started,
+        outcome,
+    )
+    .await;
+    let result = match fetch {
+        Some(fetch) => {
+            let (result, status) = fetch.finish(result).await;
+            outcome.cache_status = Some(status);
+            result
+        }
+        None => result,
+    };
+    let Some(fallback) = route.fallback.as_ref() else {
+        return result;
+    };
+    if !fallback.covers(&result) {
+        return result;
+    }
+    match &fallback.answer {
+        Some(answer) => {
+            fallback.count(FallbackKind::Static);
+            outcome.fallback = Some("static");
+            Ok(answer.response())
+        }
+        None => result,
+    }
+}
+
+/// Refreshes a cached entry in the background (stale-while-revalidate, early refresh): the same
+/// GET, without a body, under a deadline of its own.
+fn spawn_refresh(
+    route: &Arc<CompiledRoute>,
+    client: &ClientInfo,
+    parts: &http::request::Parts,
+    original_host: Option<String>,
+    request_id: &HeaderValue,
+    refresh: Box<Fetch>,
+) {
+    let route = Arc::clone(route);
+    let client = client.clone();
+    let mut head = http::Request::new(());
+    *head.method_mut() = parts.method.clone();
+    *head.uri_mut() = parts.uri.clone();
+    *head.version_mut() = parts.version;
+    *head.headers_mut() = parts.headers.clone();
+    let (head, ()) = head.into_parts();
+    let request_id = request_id.clone();
+    tokio::spawn(async move {
+        let mut outcome = Outcome::default();
+        let result = call_upstream(
+            &route,
+            &client,
+            head,
+            None,
+            original_host,
+            &request_id,
+            Instant::now(),
+            &mut outcome,
+        )
+        .await;
+        let _ = refresh.finish(result).await;
+    });
+}
+
+/// The call to the route's upstream: admission (circuit, bulkhead), the request rewritten for
+/// the target, the tries, and the alternate upstream of the fallback. `body` is `None` for a
+/// request the gateway makes itself (a background refresh).
+#[allow(clippy::too_many_arguments)]
+async fn call_upstream(
+    route: &Arc<CompiledRoute>,
+    client: &ClientInfo,
+    mut parts: http::request::Parts,
+    body: Option<Incoming>,
+    original_host: Option<String>,
+    request_id: &HeaderValue,
+    started: Instant,
+    outcome: &mut Outcome,
+) -> Result<Response<ResponseBody>, GatewayError> {
     let upstream = &route.upstream;
     let admitted = match admit(upstream, started).await {
         Ok(admitted) => Ok(admitted),
@@ -349,33 +450,39 @@ async fn forward(
     let method_resendable = retry.is_some_and(|policy| policy.allows_method(&parts.method));
     // A body that a retry may have to send again is read whole first, when it is small enough;
     // any other body streams, and is resent only if a failed connect left it unread.
-    let (body, claim) = match retry {
-        Some(policy)
-            if admitted.is_ok()
-                && method_resendable
-                && !http_body::Body::is_end_stream(&body)
-                && content_length(&parts.headers)
-                    .is_some_and(|length| length <= policy.max_buffered_body) =>
-        {
-            match tokio::time::timeout_at(deadline, RequestBody::buffer(body, route.max_body_bytes))
-                .await
+    let (body, claim) = match body {
+        None => RequestBody::none(route.max_body_bytes),
+        Some(body) => match retry {
+            Some(policy)
+                if admitted.is_ok()
+                    && method_resendable
+                    && !http_body::Body::is_end_stream(&body)
+                    && content_length(&parts.headers)
+                        .is_some_and(|length| length <= policy.max_buffered_body) =>
             {
-                Ok(Ok(buffered)) => buffered,
-                Ok(Err(error)) => return Err(GatewayError::from_client_body(&error)),
-                Err(_) => {
-                    return Err(GatewayError::RequestTimeout {
-                        timeout: route.timeout,
-                    })
+                match tokio::time::timeout_at(
+                    deadline,
+                    RequestBody::buffer(body, route.max_body_bytes),
+                )
+                .await
+                {
+                    Ok(Ok(buffered)) => buffered,
+                    Ok(Err(error)) => return Err(GatewayError::from_client_body(&error)),
+                    Err(_) => {
+                        return Err(GatewayError::RequestTimeout {
+                            timeout: route.timeout,
+                        })
+                    }
                 }
             }
-        }
-        _ => RequestBody::new(body, route.max_body_bytes),
+            _ => RequestBody::new(body, route.max_body_bytes),
+        },
     };
     if let Some(policy) = retry {
         policy.deposit(started);
     }
     let call = Call {
-        route: &route,
+        route,
         client,
         claim: &claim,
         path_and_query: &path_and_query,
@@ -422,14 +529,7 @@ async fn forward(
             }
         }
     }
-    match &fallback.answer {
-        Some(answer) => {
-            fallback.count(FallbackKind::Static);
-            outcome.fallback = Some("static");
-            Ok(answer.response())
-        }
-        None => result,
-    }
+    result
 }
 
 /// Admission by an upstream's circuit breaker, then its bulkhead: an open circuit answers at

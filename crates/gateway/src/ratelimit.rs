@@ -43,6 +43,9 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Nanoseconds of the process's monotonic clock, for the in-process limiters.
+/// How long a call to the shared cache tier may take before the cache treats it as a miss.
+const CACHE_TIMEOUT: Duration = Duration::from_millis(100);
+
 fn now_ns() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
@@ -105,7 +108,43 @@ struct Shared {
     share: Mutex<Option<(u64, Arc<LocalLimiter>)>>,
 }
 
+/// What the admin API shows of a limit.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RateLimitView {
+    /// `*` for the server's, else the route's name.
+    pub scope: String,
+    /// The algorithm and its parameters.
+    pub limit: String,
+    /// The quota clients are told about.
+    pub quota: u64,
+    /// Units per request.
+    pub cost: u64,
+    /// `local` or `redis`.
+    pub backend: &'static str,
+    /// Keys this instance remembers now (its in-process state).
+    pub local_keys: usize,
+    /// Keys forgotten before they were idle because the in-process map was full.
+    pub evicted: u64,
+}
+
 impl RateLimit {
+    /// What the admin API shows.
+    pub fn view(&self) -> RateLimitView {
+        RateLimitView {
+            scope: self.scope.to_string(),
+            limit: format!("{:?}", self.limit),
+            quota: self.limit.quota(),
+            cost: self.cost,
+            backend: if self.shared.is_some() {
+                "redis"
+            } else {
+                "local"
+            },
+            local_keys: self.local.len(),
+            evicted: self.local.evicted(),
+        }
+    }
+
     /// The limit `config` of `scope` (a route's name, or `*` for the server's), keeping the
     /// in-process state of `kept` when given (a reload that left the limit as it was).
     pub fn new(
@@ -350,6 +389,7 @@ pub fn tighter(a: Option<Decision>, b: Decision) -> Decision {
 pub struct StoreLink {
     url: String,
     limiter: ArcSwapOption<RedisLimiter>,
+    cache: ArcSwapOption<sekisho_store::cache::RedisCache>,
     presence: Mutex<Option<(Arc<Presence>, PresenceTask)>>,
     connecting: AtomicBool,
     healthy: AtomicBool,
@@ -379,6 +419,7 @@ impl StoreLink {
         let link = Arc::new(Self {
             url: url.to_owned(),
             limiter: ArcSwapOption::empty(),
+            cache: ArcSwapOption::empty(),
             presence: Mutex::new(None),
             connecting: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
@@ -396,6 +437,15 @@ impl StoreLink {
             let link = Arc::clone(self);
             tokio::spawn(async move { link.connect().await });
         }
+    }
+
+    /// The shared cache tier, once connected; the first call starts connecting.
+    pub fn redis_cache(self: &Arc<Self>) -> Option<Arc<sekisho_store::cache::RedisCache>> {
+        let cache = self.cache.load_full();
+        if cache.is_none() {
+            self.start_connecting();
+        }
+        cache
     }
 
     /// The URL.
@@ -426,6 +476,12 @@ impl StoreLink {
                     let task = presence.start();
                     *self.presence.lock().unwrap_or_else(|p| p.into_inner()) =
                         Some((presence, task));
+                    self.cache
+                        .store(Some(Arc::new(sekisho_store::cache::RedisCache::new(
+                            connection.clone(),
+                            sekisho_store::cache::DEFAULT_PREFIX,
+                            CACHE_TIMEOUT,
+                        ))));
                     self.limiter.store(Some(Arc::new(RedisLimiter::new(
                         connection,
                         DEFAULT_PREFIX,

@@ -79,6 +79,8 @@ pub struct CompiledRoute {
     pub concurrency: Option<Arc<AdaptiveLimit>>,
     /// The route's rate limit, when `[routes.rate_limit]` is set.
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
+    /// The route's response cache, when `[routes.cache]` is set.
+    pub cache: Option<Arc<crate::cache::RouteCache>>,
 }
 
 /// The routes in order.
@@ -175,6 +177,7 @@ impl CompiledRoute {
             fallback,
             concurrency: None,
             rate_limit: None,
+            cache: None,
         }
     }
 

@@ -144,6 +144,14 @@ impl Runtime {
                 .rate_limit
                 .as_ref()
                 .map(|limit| rate_limit(&route.name, limit.get_ref(), &config, states, metrics));
+            compiled.cache = route.cache.as_ref().map(|cache| {
+                Arc::new(crate::cache::RouteCache::new(
+                    states.cache_store(&config.store),
+                    &route.name,
+                    cache,
+                    metrics.cache(&route.name),
+                ))
+            });
             routes.push(Arc::new(compiled));
         }
         let tls = match &config.server.tls {

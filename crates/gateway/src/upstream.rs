@@ -330,6 +330,8 @@ pub struct StateRegistry {
     rate_limits: Mutex<HashMap<String, (RateLimitParams, Arc<LocalLimiter>)>>,
     /// The link to Redis, kept while `store.redis` stays the same.
     store: Mutex<Option<Arc<StoreLink>>>,
+    /// The response cache, kept while its bounds stay the same.
+    cache: Mutex<Option<Arc<crate::cache::CacheStore>>>,
 }
 
 impl Default for StateRegistry {
@@ -340,6 +342,7 @@ impl Default for StateRegistry {
             budgets: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             rate_limits: Mutex::new(HashMap::new()),
+            cache: Mutex::new(None),
             store: Mutex::new(None),
         }
     }
@@ -447,6 +450,36 @@ impl StateRegistry {
         }
     }
 
+    /// The response cache for `store`'s bounds, shared through Redis when `store.redis` is set.
+    pub fn cache_store(&self, store: &sekisho_config::Store) -> Arc<crate::cache::CacheStore> {
+        let (entries, bytes) = (
+            u64::from(store.cache_max_entries.0),
+            store.cache_max_bytes.0,
+        );
+        let cache = {
+            let mut cache = lock(&self.cache);
+            match &*cache {
+                Some(kept) if kept.bounds() == (entries, bytes) => Arc::clone(kept),
+                _ => {
+                    let made = crate::cache::CacheStore::new(entries, bytes);
+                    *cache = Some(Arc::clone(&made));
+                    made
+                }
+            }
+        };
+        if let Some(url) = &store.redis {
+            if !cache.shared() {
+                cache.attach(self.store_link(url));
+            }
+        }
+        cache
+    }
+
+    /// The response cache, when a route has one.
+    pub fn cache(&self) -> Option<Arc<crate::cache::CacheStore>> {
+        lock(&self.cache).clone()
+    }
+
     /// The Redis link's state, when a limit has used it.
     pub fn store_status(&self) -> Option<crate::ratelimit::StoreStatus> {
         lock(&self.store).as_ref().map(|link| link.status())
@@ -461,7 +494,11 @@ impl StateRegistry {
             .iter()
             .filter_map(|r| r.get_ref().rate_limit.as_ref())
             .chain(config.server.rate_limit.as_ref())
-            .any(|limit| limit.get_ref().backend == sekisho_config::RateLimitBackend::Redis);
+            .any(|limit| limit.get_ref().backend == sekisho_config::RateLimitBackend::Redis)
+            || config.routes.iter().any(|r| r.get_ref().cache.is_some());
+        if !config.routes.iter().any(|r| r.get_ref().cache.is_some()) {
+            *lock(&self.cache) = None;
+        }
         let mut store = lock(&self.store);
         if !redis_used || store.as_ref().map(|l| l.url()) != config.store.redis.as_deref() {
             *store = None;

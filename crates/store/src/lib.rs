@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub mod cache;
 pub mod instances;
 pub mod ratelimit;
 

@@ -442,3 +442,121 @@ impl InProcess {
             .unwrap();
     }
 }
+
+/// What a scripted origin answers: status, headers, body, and how long it takes.
+#[derive(Debug, Clone, Default)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header fields.
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    pub body: String,
+    /// How long the origin takes before answering (a slow dependency).
+    pub delay: Duration,
+}
+
+impl Reply {
+    /// `status` with `body`, at once.
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Adds a header field.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Answers after `delay`.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Script = dyn Fn(&http::request::Parts, u64) -> Reply + Send + Sync;
+
+/// An HTTP/1.1 origin on 127.0.0.1, port 0, answering by a script; it counts calls per path.
+#[derive(Clone)]
+pub struct Origin {
+    /// Its address.
+    pub address: SocketAddr,
+    calls: Arc<std::sync::Mutex<std::collections::HashMap<String, u64>>>,
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Origin")
+            .field("address", &self.address)
+            .finish()
+    }
+}
+
+impl Origin {
+    /// Starts an origin whose answer to each request is `script(head, n)`, `n` counting the calls
+    /// of the request's path from 1.
+    pub async fn start(
+        script: impl Fn(&http::request::Parts, u64) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let calls = Arc::new(std::sync::Mutex::new(std::collections::HashMap::new()));
+        let script: Arc<Script> = Arc::new(script);
+        let counted = Arc::clone(&calls);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let script = Arc::clone(&script);
+                let calls = Arc::clone(&counted);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: hyper::Request<hyper::body::Incoming>| {
+                            let script = Arc::clone(&script);
+                            let calls = Arc::clone(&calls);
+                            async move {
+                                let (head, _body) = request.into_parts();
+                                let n = {
+                                    let mut calls = calls.lock().unwrap();
+                                    let n = calls.entry(head.uri.path().to_owned()).or_insert(0);
+                                    *n += 1;
+                                    *n
+                                };
+                                let reply = script(&head, n);
+                                if !reply.delay.is_zero() {
+                                    tokio::time::sleep(reply.delay).await;
+                                }
+                                let mut response =
+                                    hyper::Response::new(Full::new(Bytes::from(reply.body)));
+                                *response.status_mut() =
+                                    hyper::StatusCode::from_u16(reply.status).unwrap();
+                                for (name, value) in reply.headers {
+                                    response.headers_mut().append(
+                                        http::HeaderName::try_from(name).unwrap(),
+                                        http::HeaderValue::try_from(value).unwrap(),
+                                    );
+                                }
+                                Ok::<_, std::convert::Infallible>(response)
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { address, calls }
+    }
+
+    /// Calls of `path` so far.
+    pub fn calls(&self, path: &str) -> u64 {
+        self.calls.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}

@@ -1,0 +1,1073 @@
+//! The response cache of cached routes (`[routes.cache]`): an in-process tier (L1, moka) in
+//! front of a Redis tier (L2) shared by every instance when `store.redis` is set.
+//!
+//! A request of a cached route goes through [`RouteCache::lookup`], which answers from the cache
+//! (a hit, a `304`, a stale answer while one refresh runs) or hands back a [`Fetch`]: go to the
+//! upstream, then give the result to [`Fetch::finish`], which stores it, answers the requests
+//! that waited for it, or serves a stale copy when the upstream failed. The rules are in
+//! [`http`]; the reasons are in docs/cache.md.
+//!
+//! **Stampede.** Concurrent misses of one key make one upstream call: the first becomes the
+//! *leader* of a flight, the others wait for it (bounded by their deadline) and are answered
+//! from what it stored (`Cache-Status: …; collapsed`). With Redis, the leader also takes a
+//! short fill lock (`SET NX PX`, `lock_wait`); a leader on another instance that finds it taken
+//! polls the shared tier until the entry appears or `lock_wait` passes, then goes to the
+//! upstream itself rather than wait longer. Fresh entries near their end are refreshed early,
+//! with a probability that grows as the end nears (XFetch), and a stale one within
+//! `stale_while_revalidate` is served while one background refresh runs.
+
+pub mod entry;
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ::http::request::Parts;
+use ::http::{Method, Response, StatusCode};
+use arc_swap::ArcSwapOption;
+use bytes::{Bytes, BytesMut};
+use http_body::Body as _;
+use prometheus_client::metrics::counter::Counter;
+use sekisho_store::cache::RedisCache;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::entry::{now_ms, Entry};
+use crate::body::ResponseBody;
+use crate::edge::GatewayError;
+
+/// The response header of RFC 9211.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The cache's name in `Cache-Status`.
+const NAME: &str = "sekisho";
+
+/// The counters of one cached route.
+#[derive(Debug, Clone, Default)]
+pub struct CacheMetrics {
+    pub hit: Counter,
+    pub miss: Counter,
+    pub stale: Counter,
+    pub stale_if_error: Counter,
+    pub coalesced: Counter,
+    pub negative: Counter,
+    pub bypass: Counter,
+}
+
+/// The cache every route shares: both tiers, and the flights in progress. Kept across reloads.
+pub struct CacheStore {
+    l1: moka::sync::Cache<String, L1Value>,
+    max_entries: u64,
+    max_bytes: u64,
+    flights: Mutex<HashMap<String, Arc<Flight>>>,
+    l2: ArcSwapOption<RedisCache>,
+    subscribed: std::sync::atomic::AtomicBool,
+    subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for CacheStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheStore")
+            .field("entries", &self.l1.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct L1Value {
+    entry: Arc<Entry>,
+    keep: Duration,
+}
+
+struct KeepFor;
+
+impl moka::Expiry<String, L1Value> for KeepFor {
+    fn expire_after_create(
+        &self,
+        _key: &String,
+        value: &L1Value,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.keep)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &L1Value,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.keep)
+    }
+}
+
+/// A purge, as the admin API takes it and as it travels between instances.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Purge {
+    /// One key (and its variants).
+    Key(String),
+    /// Every key starting with this.
+    Prefix(String),
+    /// Every entry tagged so.
+    Tag(String),
+}
+
+/// What the admin API shows of the cache.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub shared: bool,
+    pub subscribed: bool,
+    pub flights: usize,
+}
+
+impl CacheStore {
+    /// A cache of at most `max_entries` entries and `max_bytes` bytes in process.
+    pub fn new(max_entries: u64, max_bytes: u64) -> Arc<Self> {
+        let max_entries = max_entries.max(1);
+        let max_bytes = max_bytes.max(1);
+        // One bound by weight: an entry weighs its bytes, but at least an even share of the
+        // byte budget per allowed entry, so neither more than `max_entries` entries nor more
+        // than `max_bytes` bytes fit.
+        let floor = u32::try_from(max_bytes / max_entries)
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let l1 = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(move |key: &String, value: &L1Value| {
+                let weight = key.len().saturating_add(value.entry.weight());
+                u32::try_from(weight).unwrap_or(u32::MAX).max(floor)
+            })
+            .expire_after(KeepFor)
+            .support_invalidation_closures()
+            .build();
+        Arc::new(Self {
+            l1,
+            max_entries,
+            max_bytes,
+            flights: Mutex::new(HashMap::new()),
+            l2: ArcSwapOption::empty(),
+            subscribed: std::sync::atomic::AtomicBool::new(false),
+            subscriber: Mutex::new(None),
+        })
+    }
+
+    /// The bounds it was made with (entries, bytes).
+    pub fn bounds(&self) -> (u64, u64) {
+        (self.max_entries, self.max_bytes)
+    }
+
+    /// Shares entries through `link`'s Redis as soon as it is connected (now, or from a
+    /// background task that waits for it).
+    pub fn attach(self: &Arc<Self>, link: Arc<crate::ratelimit::StoreLink>) {
+        if let Some(l2) = link.redis_cache() {
+            self.share(l2, link.url());
+            return;
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let Some(cache) = weak.upgrade() else { return };
+                if cache.shared() {
+                    return;
+                }
+                if let Some(l2) = link.redis_cache() {
+                    cache.share(l2, link.url());
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Shares entries through Redis from now on, and listens there for purges from the other
+    /// instances (resubscribing by itself when the connection drops).
+    pub fn share(self: &Arc<Self>, l2: Arc<RedisCache>, url: &str) {
+        let channel = l2.channel();
+        self.l2.store(Some(l2));
+        let mut subscriber = lock(&self.subscriber);
+        if subscriber.is_some() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        let url = url.to_owned();
+        *subscriber = Some(tokio::spawn(listen(weak, url, channel)));
+    }
+
+    /// Whether the shared tier is in use.
+    pub fn shared(&self) -> bool {
+        self.l2.load().is_some()
+    }
+
+    /// Figures for the admin API.
+    pub fn stats(&self) -> CacheStats {
+        self.l1.run_pending_tasks();
+        CacheStats {
+            entries: self.l1.entry_count(),
+            bytes: self.l1.weighted_size(),
+            max_entries: self.max_entries,
+            max_bytes: self.max_bytes,
+            shared: self.shared(),
+            subscribed: self.subscribed.load(std::sync::atomic::Ordering::Acquire),
+            flights: lock(&self.flights).len(),
+        }
+    }
+
+    /// Applies `purge` here and in the shared tier, and tells the other instances. Returns the
+    /// entries deleted from the shared tier (0 without one).
+    pub async fn purge(&self, purge: &Purge) -> Result<u64, String> {
+        self.purge_local(purge);
+        let Some(l2) = self.l2.load_full() else {
+            return Ok(0);
+        };
+        let deleted = match purge {
+            Purge::Key(key) => l2.delete(key).await,
+            Purge::Prefix(prefix) => l2.delete_prefix(prefix).await,
+            Purge::Tag(tag) => l2.delete_tag(tag).await,
+        }
+        .map_err(|e| e.to_string())?;
+        let message = serde_json::to_string(purge).map_err(|e| e.to_string())?;
+        l2.publish(&message).await.map_err(|e| e.to_string())?;
+        Ok(deleted)
+    }
+
+    /// Drops the matching entries of this instance's tier.
+    pub fn purge_local(&self, purge: &Purge) {
+        let purge = purge.clone();
+        let _ = self
+            .l1
+            .invalidate_entries_if(move |key, value| match &purge {
+                Purge::Key(wanted) => {
+                    key == wanted
+                        || key
+                            .strip_prefix(wanted.as_str())
+                            .is_some_and(|r| r.starts_with('#'))
+                }
+                Purge::Prefix(prefix) => key.starts_with(prefix.as_str()),
+                Purge::Tag(tag) => value.entry.tags.iter().any(|t| t == tag),
+            });
+        self.l1.run_pending_tasks();
+    }
+
+    /// The first keys held in process (for the admin API).
+    pub fn keys(&self, at_most: usize) -> Vec<String> {
+        self.l1
+            .iter()
+            .take(at_most)
+            .map(|(key, _)| key.as_ref().clone())
+            .collect()
+    }
+
+    fn l1_get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.l1.get(key).map(|value| value.entry)
+    }
+
+    fn l1_put(&self, key: &str, entry: Arc<Entry>, l1_ttl: Duration) {
+        let keep = entry.keep();
+        let fresh_left =
+            Duration::from_millis(u64::try_from(entry.ttl_ms(now_ms()).max(0)).unwrap_or(0));
+        let stale = keep.saturating_sub(fresh_left);
+        let keep = if fresh_left > l1_ttl {
+            l1_ttl + stale
+        } else {
+            keep
+        };
+        self.l1.insert(key.to_owned(), L1Value { entry, keep });
+    }
+
+    /// An entry from either tier (L2 hits are copied into L1).
+    async fn get(&self, key: &str, l1_ttl: Duration) -> Option<(Arc<Entry>, Tier)> {
+        if let Some(entry) = self.l1_get(key) {
+            return Some((entry, Tier::L1));
+        }
+        let l2 = self.l2.load_full()?;
+        let bytes = l2.get(key).await.ok()??;
+        let entry = Arc::new(Entry::decode(&bytes)?);
+        self.l1_put(key, Arc::clone(&entry), l1_ttl);
+        Some((entry, Tier::L2))
+    }
+}
+
+impl Drop for CacheStore {
+    fn drop(&mut self) {
+        if let Some(task) = lock(&self.subscriber).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Listens for purges until the cache is gone.
+async fn listen(cache: Weak<CacheStore>, url: String, channel: String) {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let on_subscribed = {
+            let cache = cache.clone();
+            move || {
+                if let Some(cache) = cache.upgrade() {
+                    cache
+                        .subscribed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        };
+        let on_message = {
+            let cache = cache.clone();
+            move |text: String| {
+                let Some(cache) = cache.upgrade() else { return };
+                match serde_json::from_str::<Purge>(&text) {
+                    Ok(purge) => cache.purge_local(&purge),
+                    Err(error) => tracing::warn!(%error, "ignored a cache purge message"),
+                }
+            }
+        };
+        let error =
+            sekisho_store::cache::subscribe(&url, &channel, on_subscribed, on_message).await;
+        let Some(store) = cache.upgrade() else { return };
+        store
+            .subscribed
+            .store(false, std::sync::atomic::Ordering::Release);
+        drop(store);
+        tracing::warn!(%error, "cache purge subscription lost; resubscribing");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    L1,
+    L2,
+}
+
+/// One upstream call in progress for a key, and how it ended.
+#[derive(Debug)]
+struct Flight {
+    done: watch::Sender<Option<FlightEnd>>,
+}
+
+#[derive(Debug, Clone)]
+enum FlightEnd {
+    /// Stored under this (variant) key.
+    Stored(Arc<Entry>, String),
+    /// Nothing to share: the waiters go to the upstream themselves.
+    NotStored,
+}
+
+/// Leadership of a flight; ends it as not stored if dropped before [`Lead::end`].
+#[derive(Debug)]
+struct Lead {
+    store: Arc<CacheStore>,
+    key: String,
+    flight: Arc<Flight>,
+    lock: Option<(Arc<RedisCache>, String)>,
+    ended: bool,
+}
+
+impl Lead {
+    fn end(mut self, end: FlightEnd) {
+        self.finish(end);
+    }
+
+    fn finish(&mut self, end: FlightEnd) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        {
+            let mut flights = lock(&self.store.flights);
+            if flights
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                flights.remove(&self.key);
+            }
+        }
+        self.flight.done.send_replace(Some(end));
+        if let Some((l2, token)) = self.lock.take() {
+            let key = self.key.clone();
+            tokio::spawn(async move {
+                let _ = l2.unlock(&key, &token).await;
+            });
+        }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        self.finish(FlightEnd::NotStored);
+    }
+}
+
+/// One route's view of the cache.
+#[derive(Debug)]
+pub struct RouteCache {
+    store: Arc<CacheStore>,
+    route: Arc<str>,
+    version: u32,
+    ttl: Duration,
+    l1_ttl: Duration,
+    negative_ttl: Duration,
+    swr: Duration,
+    sie: Duration,
+    max_body: u64,
+    cache_authorized: bool,
+    jitter: f64,
+    lock_wait: Duration,
+    metrics: CacheMetrics,
+}
+
+/// What the cache says about a request.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Not for the cache (the reason goes into `Cache-Status`).
+    Pass(HeaderValue),
+    /// Answered from the cache.
+    Hit(Response<ResponseBody>, HeaderValue),
+    /// Answered from the cache; this fetch refreshes the entry in the background.
+    HitRefresh(Response<ResponseBody>, HeaderValue, Box<Fetch>),
+    /// Go to the upstream, then [`Fetch::finish`].
+    Fetch(Fetch),
+}
+
+/// A miss on its way to the upstream.
+#[derive(Debug)]
+pub struct Fetch {
+    cache: Arc<RouteCache>,
+    primary: String,
+    variant_of: Option<(Vec<HeaderName>, u64)>,
+    request_headers: HeaderMap,
+    method: Method,
+    if_none_match: Option<HeaderValue>,
+    lead: Option<Lead>,
+    store: bool,
+    stale: Option<Arc<Entry>>,
+    started: Instant,
+    why: &'static str,
+}
+
+impl RouteCache {
+    /// The cache of route `route` configured by `config`, on `store`.
+    pub fn new(
+        store: Arc<CacheStore>,
+        route: &str,
+        config: &sekisho_config::Cache,
+        metrics: CacheMetrics,
+    ) -> Self {
+        let ttl = config.ttl.get();
+        Self {
+            store,
+            route: Arc::from(route),
+            version: config.version.0,
+            ttl,
+            l1_ttl: config.l1_ttl.map_or(ttl, |t| t.get()).min(ttl),
+            negative_ttl: config.negative_ttl.0,
+            swr: config.stale_while_revalidate.0,
+            sie: config.stale_if_error.0,
+            max_body: config.max_body_bytes.0,
+            cache_authorized: config.cache_authorized,
+            jitter: config.ttl_jitter.0.clamp(0.0, 0.99),
+            lock_wait: config.lock_wait.get(),
+            metrics,
+        }
+    }
+
+    /// The key of a request: `<route>:v<version>:<host><path>?<query>` (the documented,
+    /// versioned scheme: bumping `version` orphans every entry of the route at once).
+    pub fn key(&self, parts: &Parts) -> String {
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        format!("{}:v{}:{host}{path}", self.route, self.version)
+    }
+
+    /// Looks `parts` up; the request's conditional headers are taken off when the cache will
+    /// store what the upstream sends (it answers them itself).
+    pub async fn lookup(self: &Arc<Self>, parts: &mut Parts, deadline: Instant) -> Lookup {
+        if let Some(reason) =
+            http::request_bypass(&parts.method, &parts.headers, self.cache_authorized)
+        {
+            self.metrics.bypass.inc();
+            return Lookup::Pass(status_value(&format!("fwd={reason}")));
+        }
+        let primary = self.key(parts);
+        let revalidate = http::wants_revalidation(&parts.headers);
+        let store = !http::forbids_store(&parts.headers);
+        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let mut stale = None;
+        let mut why = "uri-miss";
+        let mut variant_of = None;
+
+        if !revalidate {
+            let (found, marker) = self.find(&primary, &parts.headers).await;
+            variant_of = marker;
+            if let Some((entry, tier)) = found {
+                let now = now_ms();
+                let ttl = entry.ttl_ms(now);
+                let detail = if tier == Tier::L2 { "; detail=l2" } else { "" };
+                if ttl > 0 {
+                    let negative = http::is_negative(entry.status);
+                    if negative {
+                        self.metrics.negative.inc();
+                    } else {
+                        self.metrics.hit.inc();
+                    }
+                    let status = status_value(&format!("hit; ttl={}{detail}", ttl / 1000));
+                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
+                    if parts.method == Method::GET && early_refresh(&entry, ttl) {
+                        if let Some(lead) = self.try_lead(&primary) {
+                            let fetch = self.fetch(
+                                primary,
+                                variant_of,
+                                parts,
+                                Some(lead),
+                                true,
+                                Some(entry),
+                                "stale",
+                            );
+                            return Lookup::HitRefresh(response, status, Box::new(fetch));
+                        }
+                    }
+                    return Lookup::Hit(response, status);
+                }
+                let stale_by = Duration::from_millis(ttl.unsigned_abs());
+                if stale_by <= Duration::from_millis(entry.swr_ms) {
+                    self.metrics.stale.inc();
+                    let status = status_value(&format!(
+                        "hit; ttl={}; detail=stale-while-revalidate",
+                        ttl / 1000
+                    ));
+                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
+                    if parts.method == Method::GET {
+                        if let Some(lead) = self.try_lead(&primary) {
+                            let fetch = self.fetch(
+                                primary,
+                                variant_of,
+                                parts,
+                                Some(lead),
+                                true,
+                                Some(entry),
+                                "stale",
+                            );
+                            return Lookup::HitRefresh(response, status, Box::new(fetch));
+                        }
+                    }
+                    return Lookup::Hit(response, status);
+                }
+                stale = Some(entry);
+                why = "stale";
+            }
+        } else {
+            why = "request";
+        }
+
+        if !store || parts.method != Method::GET {
+            self.metrics.miss.inc();
+            return Lookup::Fetch(self.fetch(primary, variant_of, parts, None, false, stale, why));
+        }
+        // A miss: lead the flight for this key, or wait for the one in progress.
+        match self.join_or_lead(&primary) {
+            Err(mut lead) => {
+                if let Some(answer) = self.wait_elsewhere(&mut lead, parts, deadline).await {
+                    return answer;
+                }
+                self.metrics.miss.inc();
+                Lookup::Fetch(self.fetch(primary, variant_of, parts, Some(lead), true, stale, why))
+            }
+            Ok(flight) => {
+                let mut done = flight.done.subscribe();
+                let ended = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
+                if let Ok(Ok(end)) = ended {
+                    if let Some(FlightEnd::Stored(entry, key)) = end.clone() {
+                        if self.variant_key(&primary, entry.vary.as_ref(), &parts.headers) == key
+                            || entry.vary.is_none() && key == primary
+                        {
+                            self.metrics.coalesced.inc();
+                            let now = now_ms();
+                            let status = status_value(&format!(
+                                "fwd={why}; collapsed; ttl={}",
+                                entry.ttl_ms(now) / 1000
+                            ));
+                            let response =
+                                respond(&entry, now, &parts.method, if_none_match.as_ref());
+                            return Lookup::Hit(response, status);
+                        }
+                    }
+                }
+                // Not stored, a different variant, or waited too long: go to the upstream.
+                self.metrics.miss.inc();
+                Lookup::Fetch(self.fetch(primary, variant_of, parts, None, true, stale, why))
+            }
+        }
+    }
+
+    /// With the shared tier: takes the fill lock, or, when another instance holds it, waits
+    /// (polling the shared tier) up to `lock_wait` for its entry.
+    async fn wait_elsewhere(
+        &self,
+        lead: &mut Lead,
+        parts: &Parts,
+        deadline: Instant,
+    ) -> Option<Lookup> {
+        let l2 = self.store.l2.load_full()?;
+        let token = format!("{:016x}", fastrand::u64(..));
+        match l2.lock(&lead.key, &token, self.lock_wait).await {
+            Ok(true) => {
+                lead.lock = Some((l2, token));
+                None
+            }
+            Ok(false) => {
+                let until = deadline.min(Instant::now() + self.lock_wait);
+                let mut pause = Duration::from_millis(5);
+                while Instant::now() + pause < until {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    let Ok(Some(bytes)) = l2.get(&lead.key).await else {
+                        continue;
+                    };
+                    let Some(found) = Entry::decode(&bytes) else {
+                        continue;
+                    };
+                    let found = Arc::new(found);
+                    let (entry, key) = match &found.vary {
+                        None => (found, lead.key.clone()),
+                        Some(_) => {
+                            let key =
+                                self.variant_key(&lead.key, found.vary.as_ref(), &parts.headers);
+                            let Ok(Some(bytes)) = l2.get(&key).await else {
+                                continue;
+                            };
+                            let Some(entry) = Entry::decode(&bytes) else {
+                                continue;
+                            };
+                            (Arc::new(entry), key)
+                        }
+                    };
+                    let now = now_ms();
+                    if entry.ttl_ms(now) <= 0 {
+                        continue;
+                    }
+                    self.store.l1_put(&key, Arc::clone(&entry), self.l1_ttl);
+                    self.metrics.coalesced.inc();
+                    let status = status_value(&format!(
+                        "fwd=uri-miss; collapsed; ttl={}; detail=l2",
+                        entry.ttl_ms(now) / 1000
+                    ));
+                    let inm = parts.headers.get(header::IF_NONE_MATCH);
+                    return Some(Lookup::Hit(
+                        respond(&entry, now, &parts.method, inm),
+                        status,
+                    ));
+                }
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// The entry for a request: the primary key's, or, when that is a marker of a varying
+    /// response, the request's variant's.
+    /// The entry, and the marker found at the primary key when the response varies (kept
+    /// even when this variant is missing, so the new variant joins the same generation).
+    async fn find(
+        &self,
+        primary: &str,
+        request: &HeaderMap,
+    ) -> (Option<(Arc<Entry>, Tier)>, Option<(Vec<HeaderName>, u64)>) {
+        let Some((entry, tier)) = self.store.get(primary, self.l1_ttl).await else {
+            return (None, None);
+        };
+        match &entry.vary {
+            None => (Some((entry, tier)), None),
+            Some(vary) => {
+                let key = self.variant_key(primary, Some(vary), request);
+                let variant = self.store.get(&key, self.l1_ttl).await;
+                (variant, Some(vary.clone()))
+            }
+        }
+    }
+
+    fn variant_key(
+        &self,
+        primary: &str,
+        vary: Option<&(Vec<HeaderName>, u64)>,
+        request: &HeaderMap,
+    ) -> String {
+        match vary {
+            None => primary.to_owned(),
+            Some((names, generation)) => {
+                format!("{primary}#{generation:x}{}", http::variant(names, request))
+            }
+        }
+    }
+
+    /// Joins the flight of `key` (`Ok`) or starts it and leads it (`Err`).
+    fn join_or_lead(&self, key: &str) -> Result<Arc<Flight>, Lead> {
+        let mut flights = lock(&self.store.flights);
+        if let Some(flight) = flights.get(key) {
+            return Ok(Arc::clone(flight));
+        }
+        let flight = Arc::new(Flight {
+            done: watch::channel(None).0,
+        });
+        flights.insert(key.to_owned(), Arc::clone(&flight));
+        Err(Lead {
+            store: Arc::clone(&self.store),
+            key: key.to_owned(),
+            flight,
+            lock: None,
+            ended: false,
+        })
+    }
+
+    /// Leads a refresh of `key` unless one runs already.
+    fn try_lead(&self, key: &str) -> Option<Lead> {
+        self.join_or_lead(key).err()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fetch(
+        self: &Arc<Self>,
+        primary: String,
+        variant_of: Option<(Vec<HeaderName>, u64)>,
+        parts: &mut Parts,
+        lead: Option<Lead>,
+        store: bool,
+        stale: Option<Arc<Entry>>,
+        why: &'static str,
+    ) -> Fetch {
+        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        if store {
+            // The cache answers conditionals itself; the upstream must send the whole answer.
+            parts.headers.remove(header::IF_NONE_MATCH);
+            parts.headers.remove(header::IF_MODIFIED_SINCE);
+        }
+        Fetch {
+            cache: Arc::clone(self),
+            primary,
+            variant_of,
+            request_headers: parts.headers.clone(),
+            method: parts.method.clone(),
+            if_none_match,
+            lead,
+            store,
+            stale,
+            started: Instant::now(),
+            why,
+        }
+    }
+}
+
+impl Fetch {
+    /// Whether this fetch leads a flight (others wait for what it stores).
+    pub fn leads(&self) -> bool {
+        self.lead.is_some()
+    }
+
+    /// The upstream's answer, through the cache: stored and answered from the entry when it may
+    /// be stored, a stale copy when the upstream failed within `stale_if_error`, else as it is.
+    /// The second value is the `Cache-Status` of the answer.
+    pub async fn finish(
+        mut self,
+        result: Result<Response<ResponseBody>, GatewayError>,
+    ) -> (Result<Response<ResponseBody>, GatewayError>, HeaderValue) {
+        let failed = match &result {
+            Ok(response) => matches!(response.status().as_u16(), 500 | 502 | 503 | 504),
+            Err(error) => error.is_upstream_failure(),
+        };
+        let why = self.why;
+        if failed {
+            if let Some(stale) = self.usable_stale() {
+                self.cache.metrics.stale_if_error.inc();
+                let fwd_status = match &result {
+                    Ok(response) => response.status().as_u16(),
+                    Err(error) => error.status().as_u16(),
+                };
+                let now = now_ms();
+                let status = status_value(&format!(
+                    "fwd={why}; fwd-status={fwd_status}; ttl={}; detail=stale-if-error",
+                    stale.ttl_ms(now) / 1000
+                ));
+                let response = respond(&stale, now, &self.method, self.if_none_match.as_ref());
+                return (Ok(response), status);
+            }
+        }
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let status = status_value(&format!("fwd={why}"));
+                return (Err(error), status);
+            }
+        };
+        let fwd_status = response.status().as_u16();
+        let pass = |response| {
+            (
+                Ok(response),
+                status_value(&format!("fwd={why}; fwd-status={fwd_status}")),
+            )
+        };
+        if !self.store || self.method != Method::GET {
+            return pass(response);
+        }
+        let cache = Arc::clone(&self.cache);
+        let authorized = self.request_headers.contains_key(header::AUTHORIZATION);
+        let Some(lifetime) = http::freshness(
+            response.status(),
+            response.headers(),
+            authorized && !cache.cache_authorized,
+            cache.ttl,
+            cache.negative_ttl,
+        ) else {
+            return pass(response);
+        };
+        let Some(vary) = http::vary(response.headers()) else {
+            return pass(response);
+        };
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > cache.max_body) {
+            return pass(response);
+        }
+        let (head, body) = response.into_parts();
+        let body = match collect(body, cache.max_body).await {
+            Collected::Whole(bytes) => bytes,
+            Collected::TooLarge(prefix, rest) => {
+                let response = Response::from_parts(head, ResponseBody::prefixed(prefix, rest));
+                return pass(response);
+            }
+            Collected::Failed(error) => {
+                return (
+                    Err(GatewayError::UpstreamFailed {
+                        upstream: Arc::from(cache.route.as_ref()),
+                        source: error,
+                    }),
+                    status_value(&format!("fwd={why}")),
+                );
+            }
+        };
+        let entry = cache.entry(&head, body, lifetime, self.started);
+        let now = now_ms();
+        let key = cache
+            .store_entry(
+                &self.primary,
+                &vary,
+                entry.clone(),
+                &self.request_headers,
+                self.variant_of.take(),
+            )
+            .await;
+        let entry = Arc::new(entry);
+        if let Some(lead) = self.lead.take() {
+            lead.end(FlightEnd::Stored(Arc::clone(&entry), key));
+        }
+        let status = status_value(&format!(
+            "fwd={why}; fwd-status={fwd_status}; stored; ttl={}",
+            entry.ttl_ms(now) / 1000
+        ));
+        (
+            Ok(respond(
+                &entry,
+                now,
+                &self.method,
+                self.if_none_match.as_ref(),
+            )),
+            status,
+        )
+    }
+
+    fn usable_stale(&self) -> Option<Arc<Entry>> {
+        let stale = self.stale.as_ref()?;
+        let ttl = stale.ttl_ms(now_ms());
+        let stale_by = ttl.min(0).unsigned_abs();
+        (stale_by <= stale.sie_ms).then(|| Arc::clone(stale))
+    }
+}
+
+impl RouteCache {
+    fn entry(
+        &self,
+        head: &::http::response::Parts,
+        body: Bytes,
+        lifetime: Duration,
+        started: Instant,
+    ) -> Entry {
+        let cc = http::CacheControl::parse(&head.headers);
+        let jitter = 1.0 + self.jitter * (2.0 * fastrand::f64() - 1.0);
+        let lifetime_ms = (lifetime.as_millis() as f64 * jitter).max(1.0) as u64;
+        let mut headers = head.headers.clone();
+        headers.remove(header::AGE);
+        headers.remove(&CACHE_STATUS);
+        Entry {
+            status: head.status,
+            body,
+            stored_ms: now_ms(),
+            initial_age_ms: http::age(&head.headers).saturating_mul(1000),
+            lifetime_ms,
+            swr_ms: cc
+                .stale_while_revalidate
+                .map_or(self.swr, Duration::from_secs)
+                .as_millis() as u64,
+            sie_ms: cc
+                .stale_if_error
+                .map_or(self.sie, Duration::from_secs)
+                .as_millis() as u64,
+            fetch_ms: started.elapsed().as_millis() as u64,
+            tags: http::tags(&head.headers),
+            vary: None,
+            headers,
+        }
+    }
+
+    /// Stores `entry` in both tiers (with a marker at the primary key when it varies); returns
+    /// the key it is under.
+    async fn store_entry(
+        &self,
+        primary: &str,
+        vary: &[HeaderName],
+        entry: Entry,
+        request: &HeaderMap,
+        known: Option<(Vec<HeaderName>, u64)>,
+    ) -> String {
+        let entry = Arc::new(entry);
+        let mut writes: Vec<(String, Arc<Entry>)> = Vec::with_capacity(2);
+        let key = if vary.is_empty() {
+            writes.push((primary.to_owned(), Arc::clone(&entry)));
+            primary.to_owned()
+        } else {
+            let marker_vary = match known {
+                Some((names, generation)) if names == vary => (names, generation),
+                _ => (vary.to_vec(), fastrand::u64(..)),
+            };
+            let key = self.variant_key(primary, Some(&marker_vary), request);
+            let marker = Entry {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+                vary: Some(marker_vary),
+                tags: entry.tags.clone(),
+                ..(*entry).clone()
+            };
+            writes.push((primary.to_owned(), Arc::new(marker)));
+            writes.push((key.clone(), Arc::clone(&entry)));
+            key
+        };
+        for (key, value) in &writes {
+            self.store.l1_put(key, Arc::clone(value), self.l1_ttl);
+        }
+        if let Some(l2) = self.store.l2.load_full() {
+            for (key, value) in writes {
+                let keep = value.keep();
+                if let Err(error) = l2.set(&key, &value.encode(), keep, &value.tags).await {
+                    tracing::warn!(%error, key, "the shared cache tier did not take an entry");
+                    break;
+                }
+            }
+        }
+        key
+    }
+}
+
+enum Collected {
+    Whole(Bytes),
+    TooLarge(Bytes, ResponseBody),
+    Failed(crate::body::BoxError),
+}
+
+/// Reads `body` whole if it has at most `limit` bytes; else hands back what was read and the
+/// rest, to be passed through.
+async fn collect(mut body: ResponseBody, limit: u64) -> Collected {
+    let mut buffer = BytesMut::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => return Collected::Whole(buffer.freeze()),
+            Some(Err(error)) => return Collected::Failed(error),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buffer.extend_from_slice(&data);
+                    if buffer.len() as u64 > limit {
+                        return Collected::TooLarge(buffer.freeze(), body);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether to refresh a fresh entry early (XFetch: probability rising as its end nears, in
+/// proportion to how long a fetch takes).
+fn early_refresh(entry: &Entry, ttl_ms: i64) -> bool {
+    if entry.fetch_ms == 0 {
+        return false;
+    }
+    let draw = -(fastrand::f64().max(f64::MIN_POSITIVE)).ln();
+    entry.fetch_ms as f64 * draw >= ttl_ms as f64
+}
+
+/// The answer to a request from `entry`: `304` when `If-None-Match` matches its `ETag`.
+fn respond(
+    entry: &Entry,
+    now: u64,
+    method: &Method,
+    if_none_match: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let age = HeaderValue::from(entry.age_ms(now) / 1000);
+    let etag = entry.headers.get(header::ETAG);
+    if let (Some(inm), Some(etag)) = (if_none_match, etag) {
+        if http::none_match(inm, etag) {
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [
+                header::ETAG,
+                header::CACHE_CONTROL,
+                header::VARY,
+                header::EXPIRES,
+                header::DATE,
+                header::CONTENT_LOCATION,
+            ] {
+                for value in entry.headers.get_all(&name) {
+                    response.headers_mut().append(name.clone(), value.clone());
+                }
+            }
+            response.headers_mut().insert(header::AGE, age);
+            return response;
+        }
+    }
+    let body = if method == Method::HEAD {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::full(entry.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response.headers_mut().insert(header::AGE, age);
+    response
+}
+
+/// `sekisho; <params>` as a header value.
+fn status_value(params: &str) -> HeaderValue {
+    HeaderValue::try_from(format!("{NAME}; {params}"))
+        .unwrap_or_else(|_| HeaderValue::from_static(NAME))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
