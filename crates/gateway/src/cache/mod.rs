@@ -582,7 +582,10 @@ impl RouteCache {
         // A miss: lead the flight for this key, or wait for the one in progress.
         match self.join_or_lead(&primary) {
             Err(mut lead) => {
-                if let Some(answer) = self.wait_elsewhere(&mut lead, parts, deadline).await {
+                if let Some((entry, key, answer)) =
+                    self.wait_elsewhere(&mut lead, parts, deadline).await
+                {
+                    lead.end(FlightEnd::Stored(entry, key));
                     return answer;
                 }
                 self.metrics.miss.inc();
@@ -622,13 +625,15 @@ impl RouteCache {
         lead: &mut Lead,
         parts: &Parts,
         deadline: Instant,
-    ) -> Option<Lookup> {
+    ) -> Option<(Arc<Entry>, String, Lookup)> {
         let l2 = self.store.l2.load_full()?;
         let token = format!("{:016x}", fastrand::u64(..));
         match l2.lock(&lead.key, &token, self.lock_wait).await {
             Ok(true) => {
-                lead.lock = Some((l2, token));
-                None
+                lead.lock = Some((Arc::clone(&l2), token));
+                // Another instance may have stored the entry and let the lock go between our
+                // miss and our lock: look once more before calling the upstream.
+                self.from_shared(&l2, &lead.key, parts).await
             }
             Ok(false) => {
                 let until = deadline.min(Instant::now() + self.lock_wait);
@@ -636,42 +641,9 @@ impl RouteCache {
                 while Instant::now() + pause < until {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    let Ok(Some(bytes)) = l2.get(&lead.key).await else {
-                        continue;
-                    };
-                    let Some(found) = Entry::decode(&bytes) else {
-                        continue;
-                    };
-                    let found = Arc::new(found);
-                    let (entry, key) = match &found.vary {
-                        None => (found, lead.key.clone()),
-                        Some(_) => {
-                            let key =
-                                self.variant_key(&lead.key, found.vary.as_ref(), &parts.headers);
-                            let Ok(Some(bytes)) = l2.get(&key).await else {
-                                continue;
-                            };
-                            let Some(entry) = Entry::decode(&bytes) else {
-                                continue;
-                            };
-                            (Arc::new(entry), key)
-                        }
-                    };
-                    let now = now_ms();
-                    if entry.ttl_ms(now) <= 0 {
-                        continue;
+                    if let Some(answer) = self.from_shared(&l2, &lead.key, parts).await {
+                        return Some(answer);
                     }
-                    self.store.l1_put(&key, Arc::clone(&entry), self.l1_ttl);
-                    self.metrics.coalesced.inc();
-                    let status = status_value(&format!(
-                        "fwd=uri-miss; collapsed; ttl={}; detail=l2",
-                        entry.ttl_ms(now) / 1000
-                    ));
-                    let inm = parts.headers.get(header::IF_NONE_MATCH);
-                    return Some(Lookup::Hit(
-                        respond(&entry, now, &parts.method, inm),
-                        status,
-                    ));
                 }
                 None
             }
@@ -679,8 +651,39 @@ impl RouteCache {
         }
     }
 
-    /// The entry for a request: the primary key's, or, when that is a marker of a varying
-    /// response, the request's variant's.
+    /// A fresh entry another instance stored under `primary` (and the request's variant), as a
+    /// collapsed answer.
+    async fn from_shared(
+        &self,
+        l2: &RedisCache,
+        primary: &str,
+        parts: &Parts,
+    ) -> Option<(Arc<Entry>, String, Lookup)> {
+        let bytes = l2.get(primary).await.ok()??;
+        let found = Arc::new(Entry::decode(&bytes)?);
+        let (entry, key) = match &found.vary {
+            None => (found, primary.to_owned()),
+            Some(_) => {
+                let key = self.variant_key(primary, found.vary.as_ref(), &parts.headers);
+                let bytes = l2.get(&key).await.ok()??;
+                (Arc::new(Entry::decode(&bytes)?), key)
+            }
+        };
+        let now = now_ms();
+        if entry.ttl_ms(now) <= 0 {
+            return None;
+        }
+        self.store.l1_put(&key, Arc::clone(&entry), self.l1_ttl);
+        self.metrics.coalesced.inc();
+        let status = status_value(&format!(
+            "fwd=uri-miss; collapsed; ttl={}; detail=l2",
+            entry.ttl_ms(now) / 1000
+        ));
+        let inm = parts.headers.get(header::IF_NONE_MATCH);
+        let answer = Lookup::Hit(respond(&entry, now, &parts.method, inm), status);
+        Some((entry, key, answer))
+    }
+
     /// The entry, and the marker found at the primary key when the response varies (kept
     /// even when this variant is missing, so the new variant joins the same generation).
     async fn find(

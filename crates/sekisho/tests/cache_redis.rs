@@ -1,0 +1,150 @@
+//! The response cache shared through a real Redis by two real gateway processes: a cold URL hit
+//! through both at once makes one upstream call, and a purge on one instance empties the
+//! in-process tier of the other.
+//!
+//! Redis is `SEKISHO_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); each test names its
+//! route with a random suffix, so runs never share keys.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sekisho_testkit::{client, send, Origin, Reply, Sekisho, TempDir};
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
+}
+
+fn redis() -> String {
+    std::env::var("SEKISHO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn gateway(dir: &TempDir, name: &str, origin: &Origin, route: &str) -> Sekisho {
+    let config = dir.write(
+        &format!("{name}.toml"),
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\nredis = \"{}\"\n\
+             [upstreams.app]\ntargets = [\"{}\"]\n\
+             [[routes]]\nname = \"{route}\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+             [routes.cache]\nttl = \"60s\"\n",
+            redis(),
+            origin.address
+        ),
+    );
+    Sekisho::start(&binary(), &config)
+}
+
+async fn admin_json(method: &str, url: &str, body: &str) -> serde_json::Value {
+    let answer = send(&client(), method, url, &[], Bytes::from(body.to_owned())).await;
+    assert_eq!(answer.status, 200, "{url}: {:?}", answer.body);
+    answer.json()
+}
+
+/// Waits until `gateway` shares its cache through Redis and listens for purges.
+async fn await_shared(gateway: &Sekisho) {
+    let url = gateway.admin_url("/api/v1/cache");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let status = admin_json("GET", &url, "").await;
+            if status["cache"]["shared"] == true && status["cache"]["subscribed"] == true {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the cache is shared and subscribed within 10 s");
+}
+
+fn origin_script(head: &http::request::Parts, n: u64) -> Reply {
+    match head.uri.path() {
+        "/cold" => Reply::new(200, format!("cold-{n}")).after(Duration::from_millis(300)),
+        // Tags are shared by every route: one per path keeps runs apart.
+        path => Reply::new(200, format!("{path} {n}")).header("cache-tag", &format!("tag{path}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_url_through_two_instances_at_once_makes_one_upstream_call() {
+    let origin = Origin::start(origin_script).await;
+    let dir = TempDir::new("cache-redis");
+    let route = format!("cold{:08x}", fastrand::u32(..));
+    let a = gateway(&dir, "a", &origin, &route);
+    let b = gateway(&dir, "b", &origin, &route);
+    await_shared(&a).await;
+    await_shared(&b).await;
+    let http = client();
+    // Both instances are behind one name, as behind a load balancer: the key holds the host.
+    let host = [("host", "shop.example")];
+    let requests = (0..40).map(|i| {
+        let url = if i % 2 == 0 {
+            a.url("/cold")
+        } else {
+            b.url("/cold")
+        };
+        let http = http.clone();
+        async move { send(&http, "GET", &url, &host, Bytes::new()).await }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "cold-1");
+    }
+    assert_eq!(
+        origin.calls("/cold"),
+        1,
+        "one upstream call for both instances"
+    );
+    let from_redis = answers
+        .iter()
+        .filter(|a| a.header("cache-status").unwrap().contains("detail=l2"))
+        .count();
+    assert!(
+        from_redis >= 1,
+        "the other instance was answered from Redis"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_instance_empties_the_in_process_tier_of_the_other() {
+    let origin = Origin::start(origin_script).await;
+    let dir = TempDir::new("cache-redis-purge");
+    let route = format!("purge{:08x}", fastrand::u32(..));
+    let a = gateway(&dir, "a", &origin, &route);
+    let b = gateway(&dir, "b", &origin, &route);
+    await_shared(&a).await;
+    await_shared(&b).await;
+    let http = client();
+    let host = [("host", "shop.example")];
+    let path = format!("/item-{route}");
+    for _ in 0..3 {
+        let answer = send(&http, "GET", &b.url(&path), &host, Bytes::new()).await;
+        assert_eq!(answer.body, format!("{path} 1"));
+    }
+    assert_eq!(origin.calls(&path), 1);
+
+    let purged = admin_json(
+        "POST",
+        &a.admin_url("/api/v1/cache/purge"),
+        &format!(r#"{{"tag": "tag{path}"}}"#),
+    )
+    .await;
+    assert_eq!(purged["shared_deleted"], 1, "{purged}");
+    // The message reaches B asynchronously: wait for B's answer to change.
+    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = send(&http, "GET", &b.url(&path), &host, Bytes::new()).await;
+            if answer.body != format!("{path} 1") {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("B dropped its in-process copy");
+    assert_eq!(fresh.body, format!("{path} 2"));
+    assert_eq!(origin.calls(&path), 2);
+}
