@@ -98,9 +98,11 @@ impl Bulkhead {
         if joined.is_err() {
             return Err(self.refuse(Full::Busy));
         }
+        // Leave the queue however the wait ends — also when the caller stops waiting (its
+        // future dropped: a client gone), or its place would be lost for good.
+        let _in_queue = Queued(&self.queued);
         let waited =
             tokio::time::timeout(self.max_wait, Arc::clone(&self.slots).acquire_owned()).await;
-        self.queued.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(Slot { _permit: permit }),
             // The semaphore is never closed; treat it like a timeout if it were.
@@ -125,11 +127,35 @@ impl Bulkhead {
     }
 }
 
+/// A place in the queue, given back when dropped.
+struct Queued<'a>(&'a AtomicU32);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_that_stops_waiting_gives_its_place_in_the_queue_back() {
+        let bulkhead = Arc::new(Bulkhead::new(1, 1, Duration::from_secs(5)));
+        let _held = bulkhead.acquire().await.unwrap();
+        let waiting = {
+            let bulkhead = Arc::clone(&bulkhead);
+            tokio::spawn(async move { bulkhead.acquire().await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(bulkhead.usage().queued, 1);
+        waiting.abort();
+        assert!(waiting.await.unwrap_err().is_cancelled());
+        assert_eq!(bulkhead.usage().queued, 0);
+    }
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()

@@ -6,6 +6,9 @@
 //!
 //! What it refuses to do: open connections, read configuration files, log, or allocate on the
 //! hot path of a decision.
+//!
+//! With the `tower` feature (on by default), [`layers`] wraps the policies as tower layers for
+//! any hyper, axum or tower application.
 
 pub mod backoff;
 pub mod balance;
@@ -13,4 +16,6 @@ pub mod breaker;
 pub mod budget;
 pub mod bulkhead;
 pub mod concurrency;
+#[cfg(feature = "tower")]
+pub mod layers;
 pub mod ratelimit;
