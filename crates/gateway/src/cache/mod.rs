@@ -633,7 +633,7 @@ impl RouteCache {
                 lead.lock = Some((Arc::clone(&l2), token));
                 // Another instance may have stored the entry and let the lock go between our
                 // miss and our lock: look once more before calling the upstream.
-                self.from_shared(&l2, &lead.key, parts).await
+                self.shared_entry(&l2, &lead.key, parts).await
             }
             Ok(false) => {
                 let until = deadline.min(Instant::now() + self.lock_wait);
@@ -641,7 +641,7 @@ impl RouteCache {
                 while Instant::now() + pause < until {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Some(answer) = self.from_shared(&l2, &lead.key, parts).await {
+                    if let Some(answer) = self.shared_entry(&l2, &lead.key, parts).await {
                         return Some(answer);
                     }
                 }
@@ -653,7 +653,7 @@ impl RouteCache {
 
     /// A fresh entry another instance stored under `primary` (and the request's variant), as a
     /// collapsed answer.
-    async fn from_shared(
+    async fn shared_entry(
         &self,
         l2: &RedisCache,
         primary: &str,
