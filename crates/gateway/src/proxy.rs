@@ -261,6 +261,7 @@ async fn forward(
                 .client_ip(client.remote.ip(), &parts.headers),
             headers: &parts.headers,
             route: None,
+            at: started.into_std(),
         };
         apply_rate_limit(limit, &source, outcome).await?;
     }
@@ -297,6 +298,7 @@ async fn forward(
                 .client_ip(client.remote.ip(), &parts.headers),
             headers: &parts.headers,
             route: Some(&route.name),
+            at: started.into_std(),
         };
         apply_rate_limit(limit, &source, outcome).await?;
     }

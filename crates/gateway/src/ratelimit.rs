@@ -46,10 +46,10 @@ static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 /// How long a call to the shared cache tier may take before the cache treats it as a miss.
 const CACHE_TIMEOUT: Duration = Duration::from_millis(100);
 
-fn now_ns() -> u64 {
+fn now_ns(at: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One part of a limit's key.
@@ -71,6 +71,9 @@ pub struct KeySource<'a> {
     pub headers: &'a HeaderMap,
     /// The route's name, if routed.
     pub route: Option<&'a str>,
+    /// When the request arrived: the limit decides at that instant (one clock read per
+    /// request serves every step).
+    pub at: Instant,
 }
 
 /// Metric handles of one limit.
@@ -183,7 +186,7 @@ impl RateLimit {
     pub async fn check(&self, source: &KeySource<'_>) -> Result<Decision, GatewayError> {
         let key = self.key_of(source);
         let decision = match &self.shared {
-            None => self.local.decide(&key, now_ns(), self.cost),
+            None => self.local.decide(&key, now_ns(source.at), self.cost),
             Some(shared) => self.decide_shared(shared, &key).await,
         };
         if decision.allowed {
@@ -235,7 +238,7 @@ impl RateLimit {
                     },
                     OnStoreError::Local => {
                         let share = self.share(shared);
-                        share.decide(key, now_ns(), self.cost)
+                        share.decide(key, now_ns(Instant::now()), self.cost)
                     }
                 }
             }
@@ -568,6 +571,7 @@ mod tests {
             client_ip: ip.parse().unwrap(),
             headers,
             route: Some("api"),
+            at: Instant::now(),
         }
     }
 

@@ -19,11 +19,12 @@
 //! idle, so operators can see when `max_keys` is too small. The sweep walks one shard and runs at
 //! most once per eighth of a shard's inserts, so its cost per request stays constant.
 //!
-//! Keys are hashed with the standard library's SipHash and per-process random keys, so a client
-//! cannot choose keys that collide into one bucket of the map.
+//! Keys are hashed once per decision with the standard library's SipHash and per-process random
+//! keys, so a client cannot choose keys that collide; the hash picks the shard and is the map's
+//! key (8 bytes per key instead of a copy of the string).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -142,7 +143,8 @@ struct Keyed<A: Algorithm> {
 
 #[derive(Debug)]
 struct Shard<S> {
-    keys: HashMap<Box<str>, Entry<S>>,
+    /// By the key's 64-bit keyed hash (see [`Keyed::hash`]).
+    keys: HashMap<u64, Entry<S>, BuildHasherDefault<Prehashed>>,
 }
 
 #[derive(Debug)]
@@ -164,7 +166,7 @@ impl<A: Algorithm> Keyed<A> {
             shards: (0..shards.max(1))
                 .map(|_| {
                     Mutex::new(Shard {
-                        keys: HashMap::new(),
+                        keys: HashMap::default(),
                     })
                 })
                 .collect(),
@@ -173,8 +175,17 @@ impl<A: Algorithm> Keyed<A> {
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard<A::State>> {
-        let index = (self.hasher.hash_one(key) as usize) % self.shards.len();
+    /// The key's hash: SipHash-1-3 with this process's random keys, computed once per
+    /// decision. The map is keyed by it (no copy of the key string is kept): two keys with one
+    /// hash would share a state, which for 100 000 live keys happens with probability 3 × 10^-10,
+    /// and a client cannot aim for it without the secret keys.
+    fn hash(&self, key: &str) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard<A::State>> {
+        // Bits the map does not use for its buckets (low) or tags (top seven).
+        let index = ((hash >> 32) as usize) % self.shards.len();
         // A panic while holding a shard cannot leave a state half-written in a way that matters
         // more than losing the limiter would: keep serving.
         self.shards[index]
@@ -183,8 +194,9 @@ impl<A: Algorithm> Keyed<A> {
     }
 
     fn decide(&self, key: &str, now: u64, cost: u64) -> Decision {
-        let mut shard = self.shard(key);
-        if let Some(entry) = shard.keys.get_mut(key) {
+        let hash = self.hash(key);
+        let mut shard = self.shard(hash);
+        if let Some(entry) = shard.keys.get_mut(&hash) {
             entry.seen = now;
             return self.algorithm.decide(&mut entry.state, now, cost);
         }
@@ -197,13 +209,14 @@ impl<A: Algorithm> Keyed<A> {
         if shard.keys.len() >= self.per_shard {
             self.make_room(&mut shard, now);
         }
-        shard.keys.insert(key.into(), Entry { state, seen: now });
+        shard.keys.insert(hash, Entry { state, seen: now });
         decision
     }
 
     fn peek(&self, key: &str, now: u64) -> Option<Decision> {
-        let shard = self.shard(key);
-        let entry = shard.keys.get(key)?;
+        let hash = self.hash(key);
+        let shard = self.shard(hash);
+        let entry = shard.keys.get(&hash)?;
         let mut state = entry.state.clone();
         Some(self.algorithm.decide(&mut state, now, 0))
     }
@@ -242,6 +255,27 @@ impl<A: Algorithm> Keyed<A> {
                 .keys
                 .retain(|_, entry| !algorithm.is_idle(&entry.state, now));
         }
+    }
+}
+
+/// The map's hasher: its keys are already hashes.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys reach this hasher; fold anything else in rather than panic.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
     }
 }
 

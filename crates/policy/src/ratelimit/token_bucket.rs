@@ -26,6 +26,8 @@ pub struct TokenBucket {
     quota: u64,
     /// Tokens per second.
     rate: f64,
+    /// Nanoseconds per token (`1e9 / rate`): waits are products, not divisions.
+    ns_per_token: f64,
 }
 
 /// One key's bucket.
@@ -42,6 +44,7 @@ impl TokenBucket {
             capacity: capacity as f64,
             quota: capacity,
             rate: refill_per_second.max(f64::MIN_POSITIVE),
+            ns_per_token: NANOS_PER_SECOND / refill_per_second.max(f64::MIN_POSITIVE),
         }
     }
 
@@ -73,9 +76,9 @@ impl Algorithm for TokenBucket {
                 at: now.max(bucket.at),
             };
         } else {
-            retry = nanos((cost_f - tokens) * NANOS_PER_SECOND / self.rate);
+            retry = nanos((cost_f - tokens) * self.ns_per_token);
         }
-        let reset = nanos((self.capacity - tokens) * NANOS_PER_SECOND / self.rate);
+        let reset = nanos((self.capacity - tokens) * self.ns_per_token);
         if !allowed && cost > self.quota {
             retry = reset;
         }
