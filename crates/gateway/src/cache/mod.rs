@@ -912,8 +912,7 @@ impl RouteCache {
         started: Instant,
     ) -> Entry {
         let cc = http::CacheControl::parse(&head.headers);
-        let jitter = 1.0 + self.jitter * (2.0 * fastrand::f64() - 1.0);
-        let lifetime_ms = (lifetime.as_millis() as f64 * jitter).max(1.0) as u64;
+        let lifetime_ms = jittered_ms(lifetime, self.jitter);
         let mut headers = head.headers.clone();
         headers.remove(header::AGE);
         headers.remove(&CACHE_STATUS);
@@ -1073,4 +1072,64 @@ fn status_value(params: &str) -> HeaderValue {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `lifetime` in milliseconds, spread uniformly by ± `jitter` (avalanche guard), at least 1.
+fn jittered_ms(lifetime: Duration, jitter: f64) -> u64 {
+    let factor = 1.0 + jitter * (2.0 * fastrand::f64() - 1.0);
+    (lifetime.as_millis() as f64 * factor).max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(fetch_ms: u64) -> Entry {
+        Entry {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            stored_ms: 0,
+            initial_age_ms: 0,
+            lifetime_ms: 60_000,
+            swr_ms: 0,
+            sie_ms: 0,
+            fetch_ms,
+            tags: Vec::new(),
+            vary: None,
+        }
+    }
+
+    #[test]
+    fn early_refresh_grows_likelier_as_the_end_nears() {
+        assert!(
+            !early_refresh(&entry(0), 1),
+            "no fetch time known: never early"
+        );
+        let slow = entry(100);
+        assert!(
+            (0..1000).all(|_| early_refresh(&slow, 0)),
+            "at the end: always"
+        );
+        assert!(
+            (0..1000).all(|_| !early_refresh(&slow, 60_000)),
+            "far from it: never"
+        );
+        // With time left equal to the fetch time: P = P(−ln u ≥ 1) = 1/e ≈ 0.368.
+        let hits = (0..10_000).filter(|_| early_refresh(&slow, 100)).count();
+        assert!((3300..=4100).contains(&hits), "{hits}");
+    }
+
+    #[test]
+    fn lifetimes_are_spread_by_the_jitter() {
+        let lifetime = Duration::from_secs(100);
+        let spread: Vec<u64> = (0..2000).map(|_| jittered_ms(lifetime, 0.1)).collect();
+        assert!(spread.iter().all(|&ms| (90_000..=110_000).contains(&ms)));
+        assert!(spread.iter().any(|&ms| ms < 92_000), "reaches the low end");
+        assert!(
+            spread.iter().any(|&ms| ms > 108_000),
+            "reaches the high end"
+        );
+        assert_eq!(jittered_ms(lifetime, 0.0), 100_000);
+    }
 }
