@@ -35,7 +35,7 @@ use sekisho_store::ratelimit::{RedisLimiter, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 use crate::edge::GatewayError;
 
 /// Keys kept per limit in process at most; beyond, idle keys are evicted first.
-const MAX_LOCAL_KEYS: usize = 100_000;
+pub(crate) const MAX_LOCAL_KEYS: usize = 100_000;
 
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");

@@ -38,8 +38,6 @@ use sekisho_policy::ratelimit::Limit as RateLimitParams;
 
 use crate::ratelimit::StoreLink;
 
-/// Keys each in-process rate limit keeps at most; beyond, idle keys are evicted first.
-const MAX_LOCAL_RATE_KEYS: usize = 100_000;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
@@ -430,7 +428,7 @@ impl StateRegistry {
         match limiters.get(scope) {
             Some((kept, limiter)) if *kept == limit => Arc::clone(limiter),
             _ => {
-                let limiter = Arc::new(LocalLimiter::new(limit, MAX_LOCAL_RATE_KEYS));
+                let limiter = Arc::new(LocalLimiter::new(limit, crate::ratelimit::MAX_LOCAL_KEYS));
                 limiters.insert(scope.to_owned(), (limit, Arc::clone(&limiter)));
                 limiter
             }
