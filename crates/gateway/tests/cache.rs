@@ -279,3 +279,21 @@ async fn purges_by_tag_key_and_prefix() {
     assert_eq!(keys, [format!("c:v1:{}/tagged/2", gw.address)]);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_its_redis_the_cache_keeps_working_in_process() {
+    let origin = origin().await;
+    // Nothing listens on port 1: every call to the shared tier fails at once.
+    let config = config(&origin, "ttl = \"60s\"")
+        .replace("[admin]", "[store]\nredis = \"redis://127.0.0.1:1\"\n[admin]");
+    let gw = InProcess::start(&config).await;
+    for _ in 0..3 {
+        let answer = get(&gw, "/plain", &[]).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "/plain 1");
+    }
+    assert_eq!(origin.calls("/plain"), 1, "served from the in-process tier");
+    let (stats, _) = gw.gateway.cache_stats(1).unwrap();
+    assert!(!stats.shared);
+    gw.stop().await;
+}
