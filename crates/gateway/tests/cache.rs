@@ -284,8 +284,10 @@ async fn purges_by_tag_key_and_prefix() {
 async fn without_its_redis_the_cache_keeps_working_in_process() {
     let origin = origin().await;
     // Nothing listens on port 1: every call to the shared tier fails at once.
-    let config = config(&origin, "ttl = \"60s\"")
-        .replace("[admin]", "[store]\nredis = \"redis://127.0.0.1:1\"\n[admin]");
+    let config = config(&origin, "ttl = \"60s\"").replace(
+        "[admin]",
+        "[store]\nredis = \"redis://127.0.0.1:1\"\n[admin]",
+    );
     let gw = InProcess::start(&config).await;
     for _ in 0..3 {
         let answer = get(&gw, "/plain", &[]).await;
