@@ -138,10 +138,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             StatusCode::OK,
             &json!({ "circuits": state.gateway.circuits() }),
         ),
-        (&Method::GET, "/api/v1/ratelimits") => json_response(
-            StatusCode::OK,
-            &json!({ "rate_limits": state.gateway.rate_limits() }),
-        ),
+        (&Method::GET, "/api/v1/ratelimits") => rate_limits(state, &request).await,
         (&Method::GET, "/api/v1/cache") => match state.gateway.cache_stats(100) {
             Some((stats, keys)) => {
                 json_response(StatusCode::OK, &json!({ "cache": stats, "keys": keys }))
@@ -369,6 +366,45 @@ async fn circuit_action(
             error(StatusCode::NOT_FOUND, "NO_ROUTE", &refused.to_string())
         }
         Err(refused) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &refused.to_string()),
+    }
+}
+
+/// `GET /api/v1/ratelimits`: every limit; with `?scope=S&key=K`, what key `K` (its labelled
+/// parts joined by `|`: `ip=10.0.0.7`, `h=acme`, `key=…`, `route=orders`) has left under the
+/// limit of scope `S` (`*` or a route).
+async fn rate_limits(state: &AdminState, request: &Request<Incoming>) -> AdminResponse {
+    let query = request.uri().query().unwrap_or("");
+    let mut scope = None;
+    let mut key = None;
+    for (name, value) in form_urlencoded::parse(query.as_bytes()) {
+        match name.as_ref() {
+            "scope" => scope = Some(value.into_owned()),
+            "key" => key = Some(value.into_owned()),
+            _ => {}
+        }
+    }
+    let (Some(scope), Some(key)) = (scope, key) else {
+        return json_response(
+            StatusCode::OK,
+            &json!({ "rate_limits": state.gateway.rate_limits() }),
+        );
+    };
+    match state.gateway.rate_limit_usage(&scope, &key).await {
+        Some(usage) => json_response(
+            StatusCode::OK,
+            &json!({
+                "scope": scope,
+                "key": key,
+                "limit": usage.limit,
+                "remaining": usage.remaining,
+                "reset_seconds": usage.reset.as_secs_f64(),
+            }),
+        ),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "NO_ROUTE",
+            &format!("no rate limit with scope `{scope}`"),
+        ),
     }
 }
 

@@ -497,6 +497,28 @@ impl Gateway {
             .collect()
     }
 
+    /// What `key` has left under the rate limit of `scope` (`*` or a route), or `None` for a
+    /// scope without a limit.
+    pub async fn rate_limit_usage(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Option<sekisho_policy::ratelimit::Decision> {
+        let runtime = self.shared.runtime.load_full();
+        let limit = runtime
+            .rate_limit
+            .iter()
+            .chain(
+                runtime
+                    .router
+                    .routes()
+                    .iter()
+                    .filter_map(|r| r.rate_limit.as_ref()),
+            )
+            .find(|limit| limit.scope() == scope)?;
+        Some(limit.usage(key).await)
+    }
+
     /// The Redis link of rate limits, when one uses it.
     pub fn store_status(&self) -> Option<ratelimit::StoreStatus> {
         self.shared.states.store_status()

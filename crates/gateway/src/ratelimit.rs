@@ -131,6 +131,36 @@ pub struct RateLimitView {
 }
 
 impl RateLimit {
+    /// What `key` has left now — the key as the limit builds it: its parts joined by `|`, each
+    /// labelled (`ip=10.0.0.7`, `h=acme` for a header, `key=…` for an API key, `route=orders`),
+    /// without spending anything: from Redis for a shared limit (the in-process share when
+    /// Redis fails), else from this instance's state.
+    pub async fn usage(&self, key: &str) -> Decision {
+        let key = format!("{}|{key}", self.scope);
+        let fresh = Decision {
+            allowed: true,
+            limit: self.limit.quota(),
+            remaining: self.limit.quota(),
+            reset: Duration::ZERO,
+            retry_after: Duration::ZERO,
+        };
+        if let Some(shared) = &self.shared {
+            if let Some(redis) = shared.store.limiter() {
+                if let Ok(decision) = redis.decide(&self.limit, &key, 0).await {
+                    return decision;
+                }
+            }
+        }
+        self.local
+            .peek(&key, now_ns(Instant::now()))
+            .unwrap_or(fresh)
+    }
+
+    /// The scope: `*` or the route's name.
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
     /// What the admin API shows.
     pub fn view(&self) -> RateLimitView {
         RateLimitView {

@@ -61,6 +61,22 @@ async fn beyond_its_quota_a_route_answers_429_and_tells_the_client_its_figures()
         3,
         "the refused request never reached the upstream"
     );
+    // What a key has left, as the admin API reads it, without spending anything.
+    for _ in 0..2 {
+        let usage = gw.gateway.rate_limit_usage("api", "h=acme").await.unwrap();
+        assert_eq!((usage.limit, usage.remaining), (3, 0));
+    }
+    let unseen = gw
+        .gateway
+        .rate_limit_usage("api", "h=nobody")
+        .await
+        .unwrap();
+    assert_eq!(unseen.remaining, 3);
+    assert!(gw
+        .gateway
+        .rate_limit_usage("free", "h=acme")
+        .await
+        .is_none());
     // Another tenant has its own bucket; a route without a limit has no fields.
     let other = send(
         &http,

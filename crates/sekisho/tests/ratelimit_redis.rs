@@ -137,6 +137,17 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit_for_every_algorithm(
         "{metrics}"
     );
     assert!(metrics.contains("sekisho_rate_limit_store_seconds_bucket"));
+    // The admin API reads the shared usage from Redis, on either instance.
+    let usage = reqwest_text(&b.admin_url(&format!(
+        "/api/v1/ratelimits?scope=sc-{run}&key=route%3Dsc-{run}"
+    )))
+    .await;
+    let usage: serde_json::Value = serde_json::from_str(&usage).unwrap();
+    assert_eq!(usage["limit"], 200, "{usage}");
+    assert_eq!(usage["remaining"], 0, "{usage}");
+    let all = reqwest_text(&a.admin_url("/api/v1/ratelimits")).await;
+    assert!(all.contains(&format!("\"scope\":\"tb-{run}\"")), "{all}");
+    assert!(all.contains("\"backend\":\"redis\""), "{all}");
 }
 
 async fn reqwest_text(url: &str) -> String {
