@@ -102,12 +102,21 @@ fn run_refuses_a_wrong_config_with_its_place_and_exit_1() {
 async fn admin_endpoints_answer_and_guard_the_api() {
     let (target, _handle) = upstream("u").await;
     let dir = TempDir::new("admin");
-    let path = dir.write("sekisho.toml", &config(target, "/", ""));
+    // A server-wide rate limit and a cached route, so their metric families are checked too.
+    let limited =
+        "[server.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 1000\nwindow = \"1m\"\n";
+    let cached = "\n[[routes]]\nname = \"cached\"\npath_prefix = \"/cached\"\nupstream = \"u\"\n\
+                  [routes.cache]\nttl = \"60s\"\n";
+    let text = config(target, "/hello", limited) + cached;
+    let path = dir.write("sekisho.toml", &text);
     let gateway = Sekisho::start(&binary(), &path);
     for _ in 0..3 {
         assert_eq!(get(&gateway.url("/hello")).await.status, 200);
     }
     assert_eq!(get(&gateway.url("/hello")).await.status, 200);
+    for _ in 0..2 {
+        assert_eq!(get(&gateway.url("/cached")).await.status, 200);
+    }
 
     let health = get(&gateway.admin_url("/health")).await;
     assert_eq!(
@@ -131,6 +140,14 @@ async fn admin_endpoints_answer_and_guard_the_api() {
         "{text}"
     );
     assert!(text.contains("process_resident_memory_bytes"), "{text}");
+    assert!(
+        text.contains("sekisho_cache_lookups_total{route=\"cached\",result=\"hit\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sekisho_rate_limit_decisions_total{route=\"*\",result=\"allowed\"} 6"),
+        "{text}"
+    );
     promtool_check(&text);
 
     let unauthorized = get(&gateway.admin_url("/api/v1/upstreams")).await;
