@@ -465,10 +465,9 @@ impl StateRegistry {
                 }
             }
         };
-        if let Some(url) = &store.redis {
-            if !cache.shared() {
-                cache.attach(self.store_link(url));
-            }
+        match &store.redis {
+            Some(url) => cache.attach(self.store_link(url)),
+            None => cache.detach(),
         }
         cache
     }

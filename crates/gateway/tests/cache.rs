@@ -299,3 +299,36 @@ async fn without_its_redis_the_cache_keeps_working_in_process() {
     assert!(!stats.shared);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_the_shared_tier_on_and_off_and_keeps_the_entries() {
+    let origin = origin().await;
+    let plain = config(&origin, "ttl = \"60s\"");
+    let gw = InProcess::start(&plain).await;
+    get(&gw, "/plain", &[]).await;
+    assert!(!gw.gateway.cache_stats(1).unwrap().0.shared);
+
+    let redis = std::env::var("SEKISHO_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let shared = plain.replace("[admin]", &format!("[store]\nredis = \"{redis}\"\n[admin]"));
+    gw.gateway
+        .reload_with(sekisho_config::parse(&shared, "test.toml").unwrap())
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !gw.gateway.cache_stats(1).unwrap().0.subscribed {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("shared and subscribed after the reload");
+
+    gw.gateway
+        .reload_with(sekisho_config::parse(&plain, "test.toml").unwrap())
+        .unwrap();
+    let (stats, _) = gw.gateway.cache_stats(1).unwrap();
+    assert!(!stats.shared && !stats.subscribed, "in process only again");
+    // The entry made before the reloads is still served from process memory.
+    assert_eq!(get(&gw, "/plain", &[]).await.body, "/plain 1");
+    assert_eq!(origin.calls("/plain"), 1);
+    gw.stop().await;
+}

@@ -65,6 +65,8 @@ pub struct CacheStore {
     l2: ArcSwapOption<RedisCache>,
     subscribed: std::sync::atomic::AtomicBool,
     subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The Redis URL the shared tier is for (set by [`CacheStore::attach`]).
+    url: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for CacheStore {
@@ -156,6 +158,7 @@ impl CacheStore {
             l2: ArcSwapOption::empty(),
             subscribed: std::sync::atomic::AtomicBool::new(false),
             subscriber: Mutex::new(None),
+            url: Mutex::new(None),
         })
     }
 
@@ -167,6 +170,15 @@ impl CacheStore {
     /// Shares entries through `link`'s Redis as soon as it is connected (now, or from a
     /// background task that waits for it).
     pub fn attach(self: &Arc<Self>, link: Arc<crate::ratelimit::StoreLink>) {
+        {
+            let mut url = lock(&self.url);
+            if url.as_deref() == Some(link.url()) {
+                return;
+            }
+            // Another Redis (or none before): forget the old one first.
+            *url = Some(link.url().to_owned());
+        }
+        self.detach_l2();
         if let Some(l2) = link.redis_cache() {
             self.share(l2, link.url());
             return;
@@ -179,7 +191,7 @@ impl CacheStore {
             loop {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 let Some(cache) = weak.upgrade() else { return };
-                if cache.shared() {
+                if cache.shared() || lock(&cache.url).as_deref() != Some(link.url()) {
                     return;
                 }
                 if let Some(l2) = link.redis_cache() {
@@ -188,6 +200,22 @@ impl CacheStore {
                 }
             }
         });
+    }
+
+    /// Stops using Redis (the config no longer names one, or names another): entries stay in
+    /// process only.
+    pub fn detach(&self) {
+        *lock(&self.url) = None;
+        self.detach_l2();
+    }
+
+    fn detach_l2(&self) {
+        self.l2.store(None);
+        if let Some(task) = lock(&self.subscriber).take() {
+            task.abort();
+        }
+        self.subscribed
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Shares entries through Redis from now on, and listens there for purges from the other
