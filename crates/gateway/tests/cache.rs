@@ -332,3 +332,32 @@ async fn a_reload_turns_the_shared_tier_on_and_off_and_keeps_the_entries() {
     assert_eq!(origin.calls("/plain"), 1);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_is_answered_from_the_stale_copy() {
+    let origin = origin().await;
+    let config = config(&origin, "ttl = \"60s\"\nstale_if_error = \"5m\"").replace(
+        "[[routes]]",
+        "[upstreams.app.circuit_breaker]\nwindow_calls = 10\n[[routes]]",
+    );
+    let gw = InProcess::start(&config).await;
+    // Stored already stale (Age beyond max-age); the next call would go to the upstream.
+    assert_eq!(get(&gw, "/swr", &[]).await.body, "v1");
+    gw.gateway.circuit_action("app", "force_open").unwrap();
+    let rescued = get(&gw, "/swr", &[]).await;
+    assert_eq!(rescued.status, 200);
+    assert_eq!(rescued.body, "v1");
+    let status = rescued.header("cache-status").unwrap();
+    assert!(status.contains("fwd-status=503"), "{status}");
+    assert!(status.contains("detail=stale-if-error"), "{status}");
+    assert_eq!(
+        origin.calls("/swr"),
+        1,
+        "the open circuit kept the upstream out of it"
+    );
+    // Without a stale copy the circuit's own answer comes through.
+    let cold = get(&gw, "/other", &[]).await;
+    assert_eq!(cold.status, 503);
+    assert_eq!(cold.error_code(), "CIRCUIT_OPEN");
+    gw.stop().await;
+}
