@@ -508,6 +508,23 @@ fn health_score(error_rate: f64, latency: f64, reference: f64) -> f64 {
     (success * success * speed).clamp(MIN_SCORE, MAX_SCORE)
 }
 
+/// Whether a draw `d` in `[0, MAX_SCORE)` falls under the health score, i.e.
+/// `d < health_score(error_rate, latency, reference)`, without its division: the score's
+/// ceiling is never reached (the speed factor stays below 2), and under its floor the draw
+/// passes by `d < MIN_SCORE` alone.
+fn accepts(d: f64, error_rate: f64, latency: f64, reference: f64) -> bool {
+    if d < MIN_SCORE {
+        return true;
+    }
+    let success = 1.0 - error_rate.clamp(0.0, 1.0);
+    let total = reference + latency;
+    if total > 0.0 {
+        d * total < success * success * 2.0 * reference
+    } else {
+        d < success * success
+    }
+}
+
 /// Floor of the health score.
 const MIN_SCORE: f64 = 0.05;
 /// Ceiling of the health score (a target infinitely faster than its peers).
@@ -526,9 +543,9 @@ impl Balancer {
     fn weighted_random<P: Pool + ?Sized>(&self, pool: &P, now: Instant) -> usize {
         let eligible = pool.eligible();
         let max_weight = pool.max_weight().max(1);
-        let reference = self.reference_latency(pool, now);
         // One access to the thread's generator per pick, not three per draw.
         let mut rng = fastrand::Rng::with_seed(fastrand::u64(..));
+        let reference = self.reference_latency(pool, now, &mut rng);
         // If no draw passes the weight test (only with extreme weights): a uniform choice.
         let mut best = (eligible[rng.usize(..eligible.len())], -1.0);
         for _ in 0..RANDOM_TRIES {
@@ -538,10 +555,11 @@ impl Balancer {
                 continue;
             }
             let load = pool.load(target);
-            let score = health_score(load.error_rate(), load.latency_nanos(now), reference);
-            if rng.f64() * MAX_SCORE < score {
+            let (error_rate, latency) = (load.error_rate(), load.latency_nanos(now));
+            if accepts(rng.f64() * MAX_SCORE, error_rate, latency, reference) {
                 return target;
             }
+            let score = health_score(error_rate, latency, reference);
             let share = f64::from(weight) * score;
             if share > best.1 {
                 best = (target, share);
@@ -553,11 +571,16 @@ impl Balancer {
     /// Weighted random's reference: the mean latency of the eligible targets, recomputed by
     /// about one pick in max(256, 4 × targets) (chosen at random, so no shared counter), so
     /// that its O(n) pass costs at most a quarter of a latency read per pick.
-    fn reference_latency<P: Pool + ?Sized>(&self, pool: &P, now: Instant) -> f64 {
+    fn reference_latency<P: Pool + ?Sized>(
+        &self,
+        pool: &P,
+        now: Instant,
+        rng: &mut fastrand::Rng,
+    ) -> f64 {
         let eligible = pool.eligible();
         let cached = f64::from_bits(self.reference_latency.load(Ordering::Relaxed));
         let refresh = (4 * eligible.len()).max(REFERENCE_REFRESH);
-        if !cached.is_nan() && fastrand::usize(..refresh) != 0 {
+        if !cached.is_nan() && rng.usize(..refresh) != 0 {
             return cached;
         }
         let total: f64 = eligible

@@ -456,3 +456,18 @@ fn a_degraded_pool_that_says_what_it_is_follows_its_own_period() {
     let counts = tally((0..30).map(|_| wrr.pick(&pool, None, now).unwrap()), 4);
     assert_eq!(counts, [0, 10, 10, 10]);
 }
+
+proptest! {
+    /// The division-free acceptance of weighted random decides as the health score does.
+    #[test]
+    fn acceptance_agrees_with_the_health_score(
+        d in 0.0f64..2.0,
+        error_rate in 0.0f64..1.0,
+        latency in 0.0f64..1e9,
+        reference in 0.0f64..1e9,
+    ) {
+        let score = health_score(error_rate, latency, reference);
+        prop_assume!((d - score).abs() > 1e-9);
+        prop_assert_eq!(accepts(d, error_rate, latency, reference), d < score);
+    }
+}
