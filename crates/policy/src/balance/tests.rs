@@ -471,3 +471,69 @@ proptest! {
         prop_assert_eq!(accepts(d, error_rate, latency, reference), d < score);
     }
 }
+
+proptest! {
+    /// Least connections picks, pick after pick, the first target from the rotating start
+    /// with the fewest in flight per unit of weight — with the factors of the configured weights
+    /// and without them (a pool whose weights ramp).
+    #[test]
+    fn least_connections_picks_the_first_least_loaded_from_the_rotation(
+        targets in proptest::collection::vec((1u32..7, 0u32..5), 1..24),
+        picks in 1usize..40,
+    ) {
+        let now = Instant::now();
+        let weights: Vec<u32> = targets.iter().map(|&(w, _)| w).collect();
+        let loads: Vec<TargetLoad> = targets
+            .iter()
+            .map(|&(_, in_flight)| {
+                let load = TargetLoad::new(now);
+                for _ in 0..in_flight {
+                    load.begin();
+                }
+                load
+            })
+            .collect();
+        let n = weights.len();
+        let expected = |start: usize| {
+            let mut best = start;
+            for step in 1..n {
+                let t = (start + step) % n;
+                let (a, b) = (u64::from(loads[t].in_flight()), u64::from(weights[t]));
+                let (c, d) = (u64::from(loads[best].in_flight()), u64::from(weights[best]));
+                if a * d < c * b {
+                    best = t;
+                }
+            }
+            best
+        };
+        let configured = StaticPool::new(&weights, &loads);
+        let keyed = balancer(Algorithm::LeastConnections, &weights);
+        let ramping = RampingPool(StaticPool::new(&weights, &loads));
+        let scanned = balancer(Algorithm::LeastConnections, &weights);
+        for pick in 0..picks {
+            prop_assert_eq!(keyed.pick(&configured, None, now), Some(expected(pick % n)));
+            prop_assert_eq!(scanned.pick(&ramping, None, now), Some(expected(pick % n)));
+        }
+    }
+}
+
+/// A pool that does not promise its weights are the configured ones.
+struct RampingPool<'a>(StaticPool<'a>);
+
+impl Pool for RampingPool<'_> {
+    fn eligible(&self) -> &[usize] {
+        self.0.eligible()
+    }
+    fn is_eligible(&self, target: usize) -> bool {
+        self.0.is_eligible(target)
+    }
+    fn weight(&self, target: usize) -> u32 {
+        self.0.weight(target)
+    }
+    fn load(&self, target: usize) -> &TargetLoad {
+        self.0.load(target)
+    }
+    fn max_weight(&self) -> u32 {
+        self.0.max_weight()
+    }
+}
