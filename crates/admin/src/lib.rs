@@ -201,6 +201,8 @@ fn ready(state: &AdminState) -> AdminResponse {
     } else {
         let why = if status.draining {
             "draining"
+        } else if status.store_connecting {
+            "connecting to redis"
         } else {
             "starting"
         };

@@ -96,10 +96,12 @@ pub struct ReloadSummary {
 /// Readiness and config status, for `/ready` and `/health/detailed`.
 #[derive(Debug, Clone)]
 pub struct Status {
-    /// The listener is bound and not draining.
+    /// The listener is bound, not draining, and a Redis the config names has been tried once.
     pub ready: bool,
     /// Shutting down.
     pub draining: bool,
+    /// The first attempt to connect to the config's Redis has not ended yet.
+    pub store_connecting: bool,
     /// Config generation in force.
     pub generation: u64,
     /// When it was loaded.
@@ -403,9 +405,14 @@ impl Gateway {
     pub fn status(&self) -> Status {
         let runtime = self.shared.runtime.load();
         let draining = self.shared.draining.load(Ordering::Acquire);
+        // Not ready until a Redis the config names has been tried once (connected or refused,
+        // within the connect timeout): a load balancer then sends no traffic that would be
+        // decided by `on_store_error` only because the link was still opening.
+        let store_connecting = !self.shared.states.store_attempted();
         Status {
-            ready: self.shared.serving.load(Ordering::Acquire) && !draining,
+            ready: self.shared.serving.load(Ordering::Acquire) && !draining && !store_connecting,
             draining,
+            store_connecting,
             generation: runtime.generation,
             loaded_at: runtime.loaded_at,
             last_reload: self

@@ -425,6 +425,8 @@ pub struct StoreLink {
     cache: ArcSwapOption<sekisho_store::cache::RedisCache>,
     presence: Mutex<Option<(Arc<Presence>, PresenceTask)>>,
     connecting: AtomicBool,
+    /// The first attempt to connect has ended (either way).
+    attempted: AtomicBool,
     healthy: AtomicBool,
     last_error: Mutex<Option<String>>,
     errors: AtomicU64,
@@ -455,6 +457,7 @@ impl StoreLink {
             cache: ArcSwapOption::empty(),
             presence: Mutex::new(None),
             connecting: AtomicBool::new(false),
+            attempted: AtomicBool::new(false),
             healthy: AtomicBool::new(false),
             last_error: Mutex::new(None),
             errors: AtomicU64::new(0),
@@ -479,6 +482,18 @@ impl StoreLink {
             self.start_connecting();
         }
         cache
+    }
+
+    /// Whether the first attempt to connect has ended, connected or not (starting it, inside a
+    /// runtime, if nothing has yet).
+    pub fn attempted(self: &Arc<Self>) -> bool {
+        if self.attempted.load(Ordering::Acquire) {
+            return true;
+        }
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.start_connecting();
+        }
+        false
     }
 
     /// The URL.
@@ -521,11 +536,13 @@ impl StoreLink {
                         DEFAULT_TIMEOUT,
                     ))));
                     self.healthy.store(true, Ordering::Release);
+                    self.attempted.store(true, Ordering::Release);
                     tracing::info!(url = %self.url, "connected to redis");
                     return;
                 }
                 Err(error) => {
                     self.failed(&error.to_string());
+                    self.attempted.store(true, Ordering::Release);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }

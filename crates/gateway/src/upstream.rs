@@ -477,6 +477,13 @@ impl StateRegistry {
         lock(&self.cache).clone()
     }
 
+    /// Whether the Redis link, if there is one, has finished its first attempt to connect.
+    pub fn store_attempted(&self) -> bool {
+        lock(&self.store)
+            .as_ref()
+            .is_none_or(|link| link.attempted())
+    }
+
     /// The Redis link's state, when a limit has used it.
     pub fn store_status(&self) -> Option<crate::ratelimit::StoreStatus> {
         lock(&self.store).as_ref().map(|link| link.status())

@@ -172,3 +172,45 @@ async fn a_server_wide_limit_counts_every_route_and_trusts_only_its_proxies() {
     assert_eq!(sorted, [200, 200, 429], "{statuses:?}");
     gw.stop().await;
 }
+
+/// Not ready while the first attempt to reach the config's Redis is still going on: a Redis that
+/// accepts the connection and never answers holds it for the connect timeout (1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_redis_has_been_tried_once() {
+    let app = chaos_upstream("app").await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_address = silent.local_addr().unwrap();
+    let config = config(
+        &app.address.to_string(),
+        "",
+        "[[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1m\"\nbackend = \"redis\"\n",
+    )
+    .replace(
+        "[admin]",
+        &format!("[store]\nredis = \"redis://{silent_address}\"\n[admin]"),
+    );
+    let gw = InProcess::start(&config).await;
+    // The link is connecting once the silent server sees it; hold the socket open, say nothing.
+    let (_held, _) = tokio::time::timeout(std::time::Duration::from_secs(5), silent.accept())
+        .await
+        .expect("the gateway connects to its Redis at start")
+        .unwrap();
+    let status = gw.gateway.status();
+    assert!(status.store_connecting && !status.ready);
+    // The attempt times out; then the gateway serves, deciding by on_store_error.
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while !gw.gateway.status().ready {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("ready once the attempt has ended");
+    assert!(!gw.gateway.status().store_connecting);
+    let answer = send(&client(), "GET", &gw.url("/"), &[], Bytes::new()).await;
+    assert_eq!(
+        answer.status, 200,
+        "on_store_error = local decides meanwhile"
+    );
+    gw.stop().await;
+}

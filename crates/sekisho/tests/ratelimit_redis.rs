@@ -116,6 +116,9 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit_for_every_algorithm(
         .collect();
     let a = gateway(&dir, "a", &shared_redis(), &upstream, &routes);
     let b = gateway(&dir, "b", &shared_redis(), &upstream, &routes);
+    // Until its link to Redis is up a gateway decides by on_store_error: wait for both.
+    await_redis_status(&a, "healthy").await;
+    await_redis_status(&b, "healthy").await;
     for (name, _) in limits {
         let urls = [a.url(&format!("/{name}")), b.url(&format!("/{name}"))];
         let (ok, limited, other) = fire(&urls, 600, 8).await;
