@@ -14,6 +14,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use sekisho_testkit::{client, try_send, Sekisho, TempDir};
 
+/// The two tests run one after the other: each starts gateways and fires hundreds of requests,
+/// and an exactness test must not have its Redis calls slowed past their 50 ms timeout (which
+/// hands decisions to `on_store_error`) by the other test's load on two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
 }
@@ -80,6 +85,7 @@ async fn fire(urls: &[String], total: usize, concurrency: usize) -> (usize, usiz
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_sharing_redis_admit_exactly_the_limit_for_every_algorithm() {
+    let _serial = SERIAL.lock().await;
     let upstream = Sekisho::start_upstream(&binary(), "app");
     let dir = TempDir::new("ratelimit-redis");
     let run = suffix();
@@ -247,6 +253,7 @@ async fn await_redis(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
+    let _serial = SERIAL.lock().await;
     let upstream = Sekisho::start_upstream(&binary(), "app");
     let dir = TempDir::new("ratelimit-redis-down");
     let port = free_port();
