@@ -64,8 +64,11 @@ pub struct ClientInfo {
     pub tls: bool,
     /// The peer's IP as text, formatted once per connection.
     ip_text: Arc<str>,
-    /// The peer's `for=` node of a `Forwarded` element (RFC 7239 quoting), once per connection.
-    forwarded_node: Arc<str>,
+    /// The peer's IP as a header value (`X-Forwarded-For` of a first hop), once per connection.
+    ip_value: HeaderValue,
+    /// `for=<node>;proto=<scheme>`, the start of this hop's `Forwarded` element (RFC 7239
+    /// quoting), once per connection.
+    forwarded_prefix: Arc<str>,
 }
 
 impl ClientInfo {
@@ -76,11 +79,15 @@ impl ClientInfo {
             std::net::IpAddr::V4(v4) => v4.to_string(),
             std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
         };
+        let ip_text = ip.to_string();
+        let proto = if tls { "https" } else { "http" };
         Self {
             remote,
             tls,
-            ip_text: Arc::from(ip.to_string()),
-            forwarded_node: Arc::from(forwarded_node),
+            ip_value: HeaderValue::from_str(&ip_text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            ip_text: Arc::from(ip_text),
+            forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
         }
     }
 }
@@ -424,12 +431,18 @@ async fn call_upstream(
 
     // The request as the upstream sees it, but for the target's authority.
     let path = route.upstream_path(parts.uri.path());
-    let path_and_query = match parts.uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_owned(),
+    let path_and_query = match parts.uri.path_and_query() {
+        // Unchanged (no prefix stripped): the request's own, shared, not parsed again.
+        Some(original) if path.len() == parts.uri.path().len() => original.clone(),
+        _ => {
+            let rewritten = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            };
+            http::uri::PathAndQuery::try_from(rewritten)
+                .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?
+        }
     };
-    let path_and_query = http::uri::PathAndQuery::try_from(path_and_query)
-        .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
     add_forwarding_headers(headers, client, original_host.as_deref());
@@ -996,41 +1009,58 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>) {
+    // Per request only what changes: the values of this connection were made once, and no
+    // `format!` runs on the common path (a first hop: no earlier X-Forwarded-For/Forwarded).
     let proto = if client.tls { "https" } else { "http" };
-    let ip_text = &*client.ip_text;
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(existing) if !existing.is_empty() => {
-            let prior: Vec<&str> = headers
+            let mut joined = String::with_capacity(existing.len() + client.ip_text.len() + 16);
+            for prior in headers
                 .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .collect();
-            format!("{}, {ip_text}", prior.join(", "))
+            {
+                joined.push_str(prior);
+                joined.push_str(", ");
+            }
+            joined.push_str(&client.ip_text);
+            HeaderValue::try_from(joined).ok()
         }
-        _ => ip_text.to_owned(),
+        _ => Some(client.ip_value.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert(&X_FORWARDED_HOST, host);
     }
-    // RFC 7239: IPv6 addresses are quoted in brackets, and so is a host with a port.
-    let mut element = format!("for={};proto={proto}", client.forwarded_node);
+    let existing = headers
+        .get(&FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    let mut combined = String::with_capacity(
+        existing.map_or(0, |e| e.len() + 2)
+            + client.forwarded_prefix.len()
+            + host.map_or(0, |h| h.len() + 8),
+    );
+    if let Some(existing) = existing {
+        combined.push_str(existing);
+        combined.push_str(", ");
+    }
+    combined.push_str(&client.forwarded_prefix);
+    // RFC 7239: a host (with its port) goes in quotes; one that cannot be quoted is left out.
     if let Some(host) = host {
         if host
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
         {
-            element.push_str(&format!(";host=\"{host}\""));
+            combined.push_str(";host=\"");
+            combined.push_str(host);
+            combined.push('"');
         }
     }
-    let combined = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.is_empty() => format!("{existing}, {element}"),
-        _ => element,
-    };
-    if let Ok(value) = HeaderValue::from_str(&combined) {
+    if let Ok(value) = HeaderValue::try_from(combined) {
         headers.insert(&FORWARDED, value);
     }
 }
