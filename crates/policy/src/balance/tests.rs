@@ -514,6 +514,23 @@ proptest! {
             prop_assert_eq!(keyed.pick(&configured, None, now), Some(expected(pick % n)));
             prop_assert_eq!(scanned.pick(&ramping, None, now), Some(expected(pick % n)));
         }
+        // Some targets out: the keyed scan over `eligible` agrees with a brute force over it.
+        let eligible: Vec<usize> = (0..n).filter(|t| t % 3 != 1).collect();
+        let partial = StaticPool::new(&weights, &loads).with_eligible(&eligible);
+        let subset = balancer(Algorithm::LeastConnections, &weights);
+        for pick in 0..picks {
+            let start = pick % eligible.len();
+            let mut best = eligible[start];
+            for step in 1..eligible.len() {
+                let t = eligible[(start + step) % eligible.len()];
+                let (a, b) = (u64::from(loads[t].in_flight()), u64::from(weights[t]));
+                let (c, d) = (u64::from(loads[best].in_flight()), u64::from(weights[best]));
+                if a * d < c * b {
+                    best = t;
+                }
+            }
+            prop_assert_eq!(subset.pick(&partial, None, now), Some(best));
+        }
     }
 }
 
