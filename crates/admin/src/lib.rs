@@ -444,7 +444,10 @@ async fn cache_purge(state: &AdminState, request: Request<Incoming>) -> AdminRes
             StatusCode::OK,
             &json!({ "status": "ok", "purge": purge, "shared_deleted": deleted }),
         ),
-        Err(why) => error(StatusCode::SERVICE_UNAVAILABLE, "UPSTREAM_ERROR", &why),
+        Err(why @ sekisho_gateway::PurgeError::NoCache) => {
+            error(StatusCode::NOT_FOUND, "NO_ROUTE", &why.to_string())
+        }
+        Err(why) => error(StatusCode::BAD_GATEWAY, "UPSTREAM_ERROR", &why.to_string()),
     }
 }
 

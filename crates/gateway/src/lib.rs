@@ -110,6 +110,18 @@ pub struct Status {
     pub last_reload: ReloadRecord,
 }
 
+/// Why a cache purge did not complete.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PurgeError {
+    /// No route caches anything.
+    #[error("no route has a cache")]
+    NoCache,
+    /// This instance's copies are gone, but Redis (the shared tier, or the message to the other
+    /// instances) failed.
+    #[error("purged in this instance, but not through redis: {0}")]
+    Shared(String),
+}
+
 /// An upstream as the admin API shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct UpstreamView {
@@ -480,10 +492,10 @@ impl Gateway {
 
     /// Purges the response cache here, in Redis, and (through Redis) on every other instance.
     /// Returns the entries deleted from Redis.
-    pub async fn cache_purge(&self, purge: &cache::Purge) -> Result<u64, String> {
+    pub async fn cache_purge(&self, purge: &cache::Purge) -> Result<u64, PurgeError> {
         match self.shared.states.cache() {
-            Some(cache) => cache.purge(purge).await,
-            None => Err("no route has a cache".to_owned()),
+            Some(cache) => cache.purge(purge).await.map_err(PurgeError::Shared),
+            None => Err(PurgeError::NoCache),
         }
     }
 

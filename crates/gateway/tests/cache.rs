@@ -361,3 +361,16 @@ async fn an_open_circuit_is_answered_from_the_stale_copy() {
     assert_eq!(cold.error_code(), "CIRCUIT_OPEN");
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_without_a_cached_route_says_so() {
+    let origin = origin().await;
+    let uncached = config(&origin, "").replace("[routes.cache]\n", "");
+    let gw = InProcess::start(&uncached).await;
+    let refused = gw.gateway.cache_purge(&Purge::Tag("any".into())).await;
+    assert!(matches!(refused, Err(sekisho_gateway::PurgeError::NoCache)));
+    assert!(gw.gateway.cache_stats(1).is_none());
+    let answer = get(&gw, "/plain", &[]).await;
+    assert!(answer.header("cache-status").is_none(), "no cache, no Cache-Status");
+    gw.stop().await;
+}

@@ -167,6 +167,55 @@ async fn admin_endpoints_answer_and_guard_the_api() {
         upstreams.json()["upstreams"][0]["targets"][0]["address"],
         target.to_string()
     );
+
+    // The cache's admin API: figures, a purge, and a purge that says nothing to purge.
+    let auth = [("authorization", "Bearer t0ken")];
+    let cache = send(
+        &http,
+        "GET",
+        &gateway.admin_url("/api/v1/cache"),
+        &auth,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(cache.status, 200);
+    assert_eq!(cache.json()["cache"]["entries"], 1, "{:?}", cache.body);
+    let purge_url = gateway.admin_url("/api/v1/cache/purge");
+    let purged = send(
+        &http,
+        "POST",
+        &purge_url,
+        &auth,
+        Bytes::from(r#"{"prefix": "cached:"}"#),
+    )
+    .await;
+    assert_eq!(purged.status, 200, "{:?}", purged.body);
+    assert_eq!(
+        purged.json()["shared_deleted"],
+        0,
+        "no Redis: nothing shared"
+    );
+    let cache = send(
+        &http,
+        "GET",
+        &gateway.admin_url("/api/v1/cache"),
+        &auth,
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(cache.json()["cache"]["entries"], 0);
+    let wrong = send(
+        &http,
+        "POST",
+        &purge_url,
+        &auth,
+        Bytes::from(r#"{"everything": true}"#),
+    )
+    .await;
+    assert_eq!(
+        (wrong.status, wrong.error_code()),
+        (400, "BAD_REQUEST".to_owned())
+    );
 }
 
 /// `promtool check metrics` on the exposition, when promtool is here; scripts/test installs
