@@ -371,6 +371,9 @@ async fn a_purge_without_a_cached_route_says_so() {
     assert!(matches!(refused, Err(sekisho_gateway::PurgeError::NoCache)));
     assert!(gw.gateway.cache_stats(1).is_none());
     let answer = get(&gw, "/plain", &[]).await;
-    assert!(answer.header("cache-status").is_none(), "no cache, no Cache-Status");
+    assert!(
+        answer.header("cache-status").is_none(),
+        "no cache, no Cache-Status"
+    );
     gw.stop().await;
 }
