@@ -441,7 +441,8 @@ impl Drop for Lead {
 pub struct RouteCache {
     store: Arc<CacheStore>,
     route: Arc<str>,
-    version: u32,
+    /// `<route>:v<version>:`, the start of every key of the route.
+    prefix: String,
     ttl: Duration,
     l1_ttl: Duration,
     negative_ttl: Duration,
@@ -495,7 +496,7 @@ impl RouteCache {
         Self {
             store,
             route: Arc::from(route),
-            version: config.version.0,
+            prefix: format!("{route}:v{}:", config.version.0),
             ttl,
             l1_ttl: config.l1_ttl.map_or(ttl, |t| t.get()).min(ttl),
             negative_ttl: config.negative_ttl.0,
@@ -517,10 +518,13 @@ impl RouteCache {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-            .unwrap_or("")
-            .to_ascii_lowercase();
+            .unwrap_or("");
         let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        format!("{}:v{}:{host}{path}", self.route, self.version)
+        let mut key = String::with_capacity(self.prefix.len() + host.len() + path.len());
+        key.push_str(&self.prefix);
+        key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+        key.push_str(path);
+        key
     }
 
     /// Looks `parts` up; the request's conditional headers are taken off when the cache will
@@ -530,7 +534,7 @@ impl RouteCache {
             http::request_bypass(&parts.method, &parts.headers, self.cache_authorized)
         {
             self.metrics.bypass.inc();
-            return Lookup::Pass(status_value(&format!("fwd={reason}")));
+            return Lookup::Pass(status_value(format_args!("fwd={reason}")));
         }
         let primary = self.key(parts);
         let revalidate = http::wants_revalidation(&parts.headers);
@@ -554,7 +558,7 @@ impl RouteCache {
                     } else {
                         self.metrics.hit.inc();
                     }
-                    let status = status_value(&format!("hit; ttl={}{detail}", ttl / 1000));
+                    let status = status_value(format_args!("hit; ttl={}{detail}", ttl / 1000));
                     let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
                     if parts.method == Method::GET && early_refresh(&entry, ttl) {
                         if let Some(lead) = self.try_lead(&primary) {
@@ -575,7 +579,7 @@ impl RouteCache {
                 let stale_by = Duration::from_millis(ttl.unsigned_abs());
                 if stale_by <= Duration::from_millis(entry.swr_ms) {
                     self.metrics.stale.inc();
-                    let status = status_value(&format!(
+                    let status = status_value(format_args!(
                         "hit; ttl={}; detail=stale-while-revalidate",
                         ttl / 1000
                     ));
@@ -629,7 +633,7 @@ impl RouteCache {
                         {
                             self.metrics.coalesced.inc();
                             let now = now_ms();
-                            let status = status_value(&format!(
+                            let status = status_value(format_args!(
                                 "fwd={why}; collapsed; ttl={}",
                                 entry.ttl_ms(now) / 1000
                             ));
@@ -703,7 +707,7 @@ impl RouteCache {
         }
         self.store.l1_put(&key, Arc::clone(&entry), self.l1_ttl);
         self.metrics.coalesced.inc();
-        let status = status_value(&format!(
+        let status = status_value(format_args!(
             "fwd=uri-miss; collapsed; ttl={}; detail=l2",
             entry.ttl_ms(now) / 1000
         ));
@@ -829,7 +833,7 @@ impl Fetch {
                     Err(error) => error.status().as_u16(),
                 };
                 let now = now_ms();
-                let status = status_value(&format!(
+                let status = status_value(format_args!(
                     "fwd={why}; fwd-status={fwd_status}; ttl={}; detail=stale-if-error",
                     stale.ttl_ms(now) / 1000
                 ));
@@ -840,7 +844,7 @@ impl Fetch {
         let response = match result {
             Ok(response) => response,
             Err(error) => {
-                let status = status_value(&format!("fwd={why}"));
+                let status = status_value(format_args!("fwd={why}"));
                 return (Err(error), status);
             }
         };
@@ -848,7 +852,7 @@ impl Fetch {
         let pass = |response| {
             (
                 Ok(response),
-                status_value(&format!("fwd={why}; fwd-status={fwd_status}")),
+                status_value(format_args!("fwd={why}; fwd-status={fwd_status}")),
             )
         };
         if !self.store || self.method != Method::GET {
@@ -889,7 +893,7 @@ impl Fetch {
                         upstream: Arc::from(cache.route.as_ref()),
                         source: error,
                     }),
-                    status_value(&format!("fwd={why}")),
+                    status_value(format_args!("fwd={why}")),
                 );
             }
         };
@@ -908,7 +912,7 @@ impl Fetch {
         if let Some(lead) = self.lead.take() {
             lead.end(FlightEnd::Stored(Arc::clone(&entry), key));
         }
-        let status = status_value(&format!(
+        let status = status_value(format_args!(
             "fwd={why}; fwd-status={fwd_status}; stored; ttl={}",
             entry.ttl_ms(now) / 1000
         ));
@@ -1092,10 +1096,14 @@ fn respond(
     response
 }
 
-/// `sekisho; <params>` as a header value.
-fn status_value(params: &str) -> HeaderValue {
-    HeaderValue::try_from(format!("{NAME}; {params}"))
-        .unwrap_or_else(|_| HeaderValue::from_static(NAME))
+/// `sekisho; <params>` as a header value, formatted once into its buffer.
+fn status_value(params: std::fmt::Arguments<'_>) -> HeaderValue {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64);
+    text.push_str(NAME);
+    text.push_str("; ");
+    let _ = text.write_fmt(params);
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(NAME))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
