@@ -502,18 +502,7 @@ impl Gateway {
     /// Every rate limit in force: the server's, then each route's.
     pub fn rate_limits(&self) -> Vec<ratelimit::RateLimitView> {
         let runtime = self.shared.runtime.load();
-        runtime
-            .rate_limit
-            .iter()
-            .chain(
-                runtime
-                    .router
-                    .routes()
-                    .iter()
-                    .filter_map(|r| r.rate_limit.as_ref()),
-            )
-            .map(|limit| limit.view())
-            .collect()
+        runtime.rate_limits().map(|limit| limit.view()).collect()
     }
 
     /// What `key` has left under the rate limit of `scope` (`*` or a route), or `None` for a
@@ -524,17 +513,7 @@ impl Gateway {
         key: &str,
     ) -> Option<sekisho_policy::ratelimit::Decision> {
         let runtime = self.shared.runtime.load_full();
-        let limit = runtime
-            .rate_limit
-            .iter()
-            .chain(
-                runtime
-                    .router
-                    .routes()
-                    .iter()
-                    .filter_map(|r| r.rate_limit.as_ref()),
-            )
-            .find(|limit| limit.scope() == scope)?;
+        let limit = runtime.rate_limits().find(|limit| limit.scope() == scope)?;
         Some(limit.usage(key).await)
     }
 

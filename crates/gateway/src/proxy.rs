@@ -251,6 +251,27 @@ async fn apply_rate_limit(
     checked.map(|_| ())
 }
 
+/// What a rate limit keys a request by; `client_ip` keeps the client's address once known.
+fn key_source<'a>(
+    runtime: &Runtime,
+    client: &ClientInfo,
+    headers: &'a HeaderMap,
+    route: Option<&'a str>,
+    started: Instant,
+    client_ip: &mut Option<std::net::IpAddr>,
+) -> KeySource<'a> {
+    KeySource {
+        client_ip: *client_ip.get_or_insert_with(|| {
+            runtime
+                .trusted_proxies
+                .client_ip(client.remote.ip(), headers)
+        }),
+        headers,
+        route,
+        at: started.into_std(),
+    }
+}
+
 async fn forward(
     runtime: &Runtime,
     client: &ClientInfo,
@@ -261,15 +282,17 @@ async fn forward(
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let (mut parts, body) = request.into_parts();
     check_head(runtime, &parts)?;
+    // The client's address behind trusted proxies, worked out once for both limits.
+    let mut client_ip = None;
     if let Some(limit) = &runtime.rate_limit {
-        let source = KeySource {
-            client_ip: runtime
-                .trusted_proxies
-                .client_ip(client.remote.ip(), &parts.headers),
-            headers: &parts.headers,
-            route: None,
-            at: started.into_std(),
-        };
+        let source = key_source(
+            runtime,
+            client,
+            &parts.headers,
+            None,
+            started,
+            &mut client_ip,
+        );
         apply_rate_limit(limit, &source, outcome).await?;
     }
     let original_host = host_of(&parts.headers, &parts.uri);
@@ -299,14 +322,14 @@ async fn forward(
         }
     }
     if let Some(limit) = &route.rate_limit {
-        let source = KeySource {
-            client_ip: runtime
-                .trusted_proxies
-                .client_ip(client.remote.ip(), &parts.headers),
-            headers: &parts.headers,
-            route: Some(&route.name),
-            at: started.into_std(),
-        };
+        let source = key_source(
+            runtime,
+            client,
+            &parts.headers,
+            Some(&route.name),
+            started,
+            &mut client_ip,
+        );
         apply_rate_limit(limit, &source, outcome).await?;
     }
     let deadline = started + route.timeout;

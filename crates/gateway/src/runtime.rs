@@ -73,6 +73,16 @@ impl std::fmt::Debug for Runtime {
 pub struct BuildError(pub String);
 
 impl Runtime {
+    /// Every rate limit in force: the server's, then each route's.
+    pub fn rate_limits(&self) -> impl Iterator<Item = &RateLimit> {
+        self.rate_limit.iter().chain(
+            self.router
+                .routes()
+                .iter()
+                .filter_map(|route| route.rate_limit.as_ref()),
+        )
+    }
+
     /// Compiles `config`; `base_dir` resolves relative TLS paths.
     pub fn build(
         config: Arc<Config>,

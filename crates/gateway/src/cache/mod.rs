@@ -550,41 +550,31 @@ impl RouteCache {
             if let Some((entry, tier)) = found {
                 let now = now_ms();
                 let ttl = entry.ttl_ms(now);
-                let detail = if tier == Tier::L2 { "; detail=l2" } else { "" };
-                if ttl > 0 {
-                    let negative = http::is_negative(entry.status);
-                    if negative {
+                let stale_by = Duration::from_millis(ttl.unsigned_abs());
+                // A fresh entry (refreshed early now and then), or a stale one within its
+                // stale-while-revalidate window (always refreshed): answered from the cache.
+                let served = if ttl > 0 {
+                    if http::is_negative(entry.status) {
                         self.metrics.negative.inc();
                     } else {
                         self.metrics.hit.inc();
                     }
+                    let detail = if tier == Tier::L2 { "; detail=l2" } else { "" };
                     let status = status_value(format_args!("hit; ttl={}{detail}", ttl / 1000));
-                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
-                    if parts.method == Method::GET && early_refresh(&entry, ttl) {
-                        if let Some(lead) = self.try_lead(&primary) {
-                            let fetch = self.fetch(
-                                primary,
-                                variant_of,
-                                parts,
-                                Some(lead),
-                                true,
-                                Some(entry),
-                                "stale",
-                            );
-                            return Lookup::HitRefresh(response, status, Box::new(fetch));
-                        }
-                    }
-                    return Lookup::Hit(response, status);
-                }
-                let stale_by = Duration::from_millis(ttl.unsigned_abs());
-                if stale_by <= Duration::from_millis(entry.swr_ms) {
+                    Some((status, early_refresh(&entry, ttl)))
+                } else if stale_by <= Duration::from_millis(entry.swr_ms) {
                     self.metrics.stale.inc();
                     let status = status_value(format_args!(
                         "hit; ttl={}; detail=stale-while-revalidate",
                         ttl / 1000
                     ));
+                    Some((status, true))
+                } else {
+                    None
+                };
+                if let Some((status, refresh)) = served {
                     let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
-                    if parts.method == Method::GET {
+                    if refresh && parts.method == Method::GET {
                         if let Some(lead) = self.try_lead(&primary) {
                             let fetch = self.fetch(
                                 primary,
@@ -628,9 +618,8 @@ impl RouteCache {
                 let ended = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
                 if let Ok(Ok(end)) = ended {
                     if let Some(FlightEnd::Stored(entry, key)) = end.clone() {
-                        if self.variant_key(&primary, entry.vary.as_ref(), &parts.headers) == key
-                            || entry.vary.is_none() && key == primary
-                        {
+                        // Without Vary the variant key is the primary one.
+                        if self.variant_key(&primary, entry.vary.as_ref(), &parts.headers) == key {
                             self.metrics.coalesced.inc();
                             let now = now_ms();
                             let status = status_value(format_args!(

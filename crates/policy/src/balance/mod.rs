@@ -289,7 +289,7 @@ impl Balancer {
         let lc_factors = if algorithm == Algorithm::LeastConnections {
             let multiple = (0..ids.len()).try_fold(1u64, |lcm, i| {
                 let w = weight(i);
-                let next = lcm / gcd64(lcm, w) * w;
+                let next = lcm / gcd(lcm, w) * w;
                 (next <= MAX_LC_MULTIPLE).then_some(next)
             });
             match multiple {
@@ -409,7 +409,8 @@ impl Balancer {
         }
         let eligible = pool.eligible();
         let weights: Vec<u32> = eligible.iter().map(|&t| pool.weight(t).max(1)).collect();
-        let divisor = weights.iter().copied().fold(0, gcd).max(1);
+        // Weights are u32, so their greatest common divisor is too.
+        let divisor = weights.iter().map(|&w| u64::from(w)).fold(0, gcd).max(1) as u32;
         let reduced: Vec<u32> = weights.iter().map(|w| w / divisor).collect();
         let period: Vec<u32> = smooth_period(&reduced)
             .into_iter()
@@ -724,19 +725,11 @@ fn smooth_period(weights: &[u32]) -> Vec<u32> {
     period
 }
 
-fn gcd64(mut a: u64, mut b: u64) -> u64 {
+fn gcd(mut a: u64, mut b: u64) -> u64 {
     while b != 0 {
         (a, b) = (b, a % b);
     }
-    a.max(1)
-}
-
-fn gcd(a: u32, b: u32) -> u32 {
-    if b == 0 {
-        a
-    } else {
-        gcd(b, a % b)
-    }
+    a
 }
 
 /// One step of SplitMix64: a cheap, well-mixed rehash.

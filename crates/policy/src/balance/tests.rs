@@ -483,42 +483,15 @@ proptest! {
     ) {
         let now = Instant::now();
         let weights: Vec<u32> = targets.iter().map(|&(w, _)| w).collect();
-        let loads: Vec<TargetLoad> = targets
-            .iter()
-            .map(|&(_, in_flight)| {
-                let load = TargetLoad::new(now);
-                for _ in 0..in_flight {
-                    load.begin();
-                }
-                load
-            })
-            .collect();
-        let n = weights.len();
-        let expected = |start: usize| {
-            let mut best = start;
-            for step in 1..n {
-                let t = (start + step) % n;
-                let (a, b) = (u64::from(loads[t].in_flight()), u64::from(weights[t]));
-                let (c, d) = (u64::from(loads[best].in_flight()), u64::from(weights[best]));
-                if a * d < c * b {
-                    best = t;
-                }
+        let loads = loads(weights.len(), now);
+        for (load, &(_, in_flight)) in loads.iter().zip(&targets) {
+            for _ in 0..in_flight {
+                load.begin();
             }
-            best
-        };
-        let configured = StaticPool::new(&weights, &loads);
-        let keyed = balancer(Algorithm::LeastConnections, &weights);
-        let ramping = RampingPool(StaticPool::new(&weights, &loads));
-        let scanned = balancer(Algorithm::LeastConnections, &weights);
-        for pick in 0..picks {
-            prop_assert_eq!(keyed.pick(&configured, None, now), Some(expected(pick % n)));
-            prop_assert_eq!(scanned.pick(&ramping, None, now), Some(expected(pick % n)));
         }
-        // Some targets out: the keyed scan over `eligible` agrees with a brute force over it.
-        let eligible: Vec<usize> = (0..n).filter(|t| t % 3 != 1).collect();
-        let partial = StaticPool::new(&weights, &loads).with_eligible(&eligible);
-        let subset = balancer(Algorithm::LeastConnections, &weights);
-        for pick in 0..picks {
+        // The reference: from the rotation's start, the first with the fewest in flight per
+        // unit of weight among `eligible`.
+        let expected = |eligible: &[usize], pick: usize| {
             let start = pick % eligible.len();
             let mut best = eligible[start];
             for step in 1..eligible.len() {
@@ -529,28 +502,23 @@ proptest! {
                     best = t;
                 }
             }
-            prop_assert_eq!(subset.pick(&partial, None, now), Some(best));
+            best
+        };
+        let all: Vec<usize> = (0..weights.len()).collect();
+        let configured = StaticPool::new(&weights, &loads);
+        let keyed = balancer(Algorithm::LeastConnections, &weights);
+        let ramping = Ramping(StaticPool::new(&weights, &loads));
+        let scanned = balancer(Algorithm::LeastConnections, &weights);
+        for pick in 0..picks {
+            prop_assert_eq!(keyed.pick(&configured, None, now), Some(expected(&all, pick)));
+            prop_assert_eq!(scanned.pick(&ramping, None, now), Some(expected(&all, pick)));
         }
-    }
-}
-
-/// A pool that does not promise its weights are the configured ones.
-struct RampingPool<'a>(StaticPool<'a>);
-
-impl Pool for RampingPool<'_> {
-    fn eligible(&self) -> &[usize] {
-        self.0.eligible()
-    }
-    fn is_eligible(&self, target: usize) -> bool {
-        self.0.is_eligible(target)
-    }
-    fn weight(&self, target: usize) -> u32 {
-        self.0.weight(target)
-    }
-    fn load(&self, target: usize) -> &TargetLoad {
-        self.0.load(target)
-    }
-    fn max_weight(&self) -> u32 {
-        self.0.max_weight()
+        // Some targets out: the keyed scan over `eligible` agrees with the reference over it.
+        let eligible: Vec<usize> = all.iter().copied().filter(|t| t % 3 != 1).collect();
+        let partial = StaticPool::new(&weights, &loads).with_eligible(&eligible);
+        let subset = balancer(Algorithm::LeastConnections, &weights);
+        for pick in 0..picks {
+            prop_assert_eq!(subset.pick(&partial, None, now), Some(expected(&eligible, pick)));
+        }
     }
 }

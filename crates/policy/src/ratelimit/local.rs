@@ -186,11 +186,15 @@ impl<A: Algorithm> Keyed<A> {
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard<A::State>> {
         // Bits the map does not use for its buckets (low) or tags (top seven).
         let index = ((hash >> 32) as usize) % self.shards.len();
-        // A panic while holding a shard cannot leave a state half-written in a way that matters
-        // more than losing the limiter would: keep serving.
-        self.shards[index]
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shards[index])
+    }
+
+    /// Forgets the keys of `shard` whose state decides as a fresh one would.
+    fn forget_idle(&self, shard: &mut Shard<A::State>, now: u64) {
+        let algorithm = &self.algorithm;
+        shard
+            .keys
+            .retain(|_, entry| !algorithm.is_idle(&entry.state, now));
     }
 
     fn decide(&self, key: &str, now: u64, cost: u64) -> Decision {
@@ -222,10 +226,7 @@ impl<A: Algorithm> Keyed<A> {
     }
 
     fn make_room(&self, shard: &mut Shard<A::State>, now: u64) {
-        let algorithm = &self.algorithm;
-        shard
-            .keys
-            .retain(|_, entry| !algorithm.is_idle(&entry.state, now));
+        self.forget_idle(shard, now);
         let keep = self.per_shard - self.per_shard.div_ceil(8);
         if shard.keys.len() <= keep {
             return;
@@ -241,21 +242,22 @@ impl<A: Algorithm> Keyed<A> {
     }
 
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).keys.len())
-            .sum()
+        self.shards.iter().map(|shard| lock(shard).keys.len()).sum()
     }
 
     fn sweep(&self, now: u64) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let algorithm = &self.algorithm;
-            shard
-                .keys
-                .retain(|_, entry| !algorithm.is_idle(&entry.state, now));
+            self.forget_idle(&mut lock(shard), now);
         }
     }
+}
+
+/// A shard, locked. A panic while holding one cannot leave a state half-written in a way that
+/// matters more than losing the limiter would: keep serving.
+fn lock<S>(shard: &Mutex<Shard<S>>) -> MutexGuard<'_, Shard<S>> {
+    shard
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The map's hasher: its keys are already hashes.
