@@ -1,8 +1,6 @@
 //! [`CircuitBreakerLayer`]: a [`Breaker`] in front of a service.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -11,7 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::Refusal;
-use super::{now, IntoPolicyError, PolicyError};
+use super::{now, Answered, IntoPolicyError, PolicyError, PolicyFuture};
 use crate::breaker::{Breaker, BreakerConfig, Outcome, Permit};
 
 /// Decides whether a call's result counts as a failure for the circuit breaker.
@@ -195,93 +193,59 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let started = now();
-        let state = match self.breaker.try_acquire(started) {
-            Ok(permit) => State::Called {
-                future: Box::pin(self.inner.call(request)),
-                permit: Some(permit),
-                started,
-                breaker: Arc::clone(&self.breaker),
-                classify: Arc::clone(&self.classify),
-            },
-            Err(rejected) => State::Refused(Refusal::CircuitOpen(rejected.retry_after)),
-        };
-        CircuitBreakerFuture { state }
-    }
-}
-
-/// The response future of [`CircuitBreaker`].
-pub struct CircuitBreakerFuture<F, C> {
-    state: State<F, C>,
-}
-
-enum State<F, C> {
-    Called {
-        future: Pin<Box<F>>,
-        /// Taken when the outcome is recorded; still here on drop means the call was abandoned.
-        permit: Option<Permit>,
-        started: Instant,
-        breaker: Arc<Breaker>,
-        classify: Arc<C>,
-    },
-    Refused(Refusal),
-}
-
-impl<F, C> fmt::Debug for CircuitBreakerFuture<F, C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Called { .. } => "called",
-            State::Refused(_) => "refused",
-        };
-        f.debug_struct("CircuitBreakerFuture")
-            .field("state", &state)
-            .finish()
-    }
-}
-
-impl<F, C, T, E> Future for CircuitBreakerFuture<F, C>
-where
-    F: Future<Output = Result<T, E>>,
-    E: IntoPolicyError,
-    C: Classify<T, E::Inner>,
-{
-    type Output = Result<T, PolicyError<E::Inner>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Called {
-                future,
-                permit,
-                started,
-                breaker,
-                classify,
-            } => {
-                let result = std::task::ready!(future.as_mut().poll(cx))
-                    .map_err(IntoPolicyError::into_policy_error);
-                if let Some(permit) = permit.take() {
-                    let ended = now();
-                    let outcome = Outcome {
-                        failed: classify.is_failure(&result),
-                        duration: ended.saturating_duration_since(*started),
-                    };
-                    breaker.record(permit, outcome, ended);
-                }
-                Poll::Ready(result)
-            }
-            State::Refused(refusal) => Poll::Ready(Err(refusal.into_error())),
+        match self.breaker.try_acquire(started) {
+            Ok(permit) => PolicyFuture::called(
+                self.inner.call(request),
+                Judged {
+                    permit: Some(permit),
+                    started,
+                    breaker: Arc::clone(&self.breaker),
+                    classify: Arc::clone(&self.classify),
+                },
+            ),
+            Err(rejected) => PolicyFuture::refused(Refusal::CircuitOpen(rejected.retry_after)),
         }
     }
 }
 
-impl<F, C> Drop for CircuitBreakerFuture<F, C> {
+/// The response future of [`CircuitBreaker`].
+pub type CircuitBreakerFuture<F, C> = PolicyFuture<F, Judged<C>>;
+
+/// A call's permit from the breaker, to be judged by `C` when the call answers.
+pub struct Judged<C> {
+    /// Taken when the outcome is recorded; still here on drop means the call was abandoned.
+    permit: Option<Permit>,
+    started: Instant,
+    breaker: Arc<Breaker>,
+    classify: Arc<C>,
+}
+
+impl<C> fmt::Debug for Judged<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Judged")
+            .field("permit", &self.permit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, E, C: Classify<T, E>> Answered<T, E> for Judged<C> {
+    fn answered(&mut self, result: &Result<T, PolicyError<E>>) {
+        if let Some(permit) = self.permit.take() {
+            let ended = now();
+            let outcome = Outcome {
+                failed: self.classify.is_failure(result),
+                duration: ended.saturating_duration_since(self.started),
+            };
+            self.breaker.record(permit, outcome, ended);
+        }
+    }
+}
+
+impl<C> Drop for Judged<C> {
     fn drop(&mut self) {
         // Abandoned before it answered: not judged, and a half-open probe slot comes back.
-        if let State::Called {
-            permit, breaker, ..
-        } = &mut self.state
-        {
-            if let Some(permit) = permit.take() {
-                breaker.cancel(permit);
-            }
+        if let Some(permit) = self.permit.take() {
+            self.breaker.cancel(permit);
         }
     }
 }

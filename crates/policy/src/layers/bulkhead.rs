@@ -12,7 +12,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::Refusal;
-use super::{IntoPolicyError, PolicyError};
+use super::{Answered, IntoPolicyError, PolicyError, PolicyFuture};
 use crate::bulkhead::{self, Full, Slot};
 
 /// A bulkhead as a tower layer: at most `max_concurrent` calls in the inner service at once,
@@ -170,64 +170,23 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let state = match std::mem::replace(&mut self.admission, Admission::Idle) {
-            Admission::Admitted(slot) => State::Called {
-                future: Box::pin(self.inner.call(request)),
-                slot: Some(slot),
-            },
-            Admission::Refused => State::Refused(Refusal::BulkheadFull),
+        match std::mem::replace(&mut self.admission, Admission::Idle) {
+            Admission::Admitted(slot) => PolicyFuture::called(self.inner.call(request), slot),
+            Admission::Refused => PolicyFuture::refused(Refusal::BulkheadFull),
             // Called without `poll_ready` having answered ready: no slot, so no call.
-            Admission::Idle => State::Refused(Refusal::BulkheadFull),
+            Admission::Idle => PolicyFuture::refused(Refusal::BulkheadFull),
             Admission::Waiting(waiting) => {
                 self.admission = Admission::Waiting(waiting);
-                State::Refused(Refusal::BulkheadFull)
+                PolicyFuture::refused(Refusal::BulkheadFull)
             }
-        };
-        BulkheadFuture { state }
+        }
     }
 }
 
 /// The response future of [`Bulkhead`]: holds the slot until the inner future completes.
-pub struct BulkheadFuture<F> {
-    state: State<F>,
-}
+pub type BulkheadFuture<F> = PolicyFuture<F, Slot>;
 
-enum State<F> {
-    Called {
-        future: Pin<Box<F>>,
-        /// Given back when the inner future completes (or this one is dropped).
-        slot: Option<Slot>,
-    },
-    Refused(Refusal),
-}
-
-impl<F> fmt::Debug for BulkheadFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Called { .. } => "called",
-            State::Refused(_) => "refused",
-        };
-        f.debug_struct("BulkheadFuture")
-            .field("state", &state)
-            .finish()
-    }
-}
-
-impl<F, T, E> Future for BulkheadFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: IntoPolicyError,
-{
-    type Output = Result<T, PolicyError<E::Inner>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Called { future, slot } => {
-                let result = std::task::ready!(future.as_mut().poll(cx));
-                *slot = None;
-                Poll::Ready(result.map_err(IntoPolicyError::into_policy_error))
-            }
-            State::Refused(refusal) => Poll::Ready(Err(refusal.into_error())),
-        }
-    }
+/// A slot is given back when dropped: the call has nothing more to tell the bulkhead.
+impl<T, E> Answered<T, E> for Slot {
+    fn answered(&mut self, _result: &Result<T, PolicyError<E>>) {}
 }

@@ -1,8 +1,5 @@
 //! [`ConcurrencyLimitLayer`]: an [`AdaptiveLimit`] in front of a service.
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -11,7 +8,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::Refusal;
-use super::{now, IntoPolicyError, PolicyError};
+use super::{now, Answered, IntoPolicyError, PolicyError, PolicyFuture};
 use crate::concurrency::{AdaptiveLimit, Permit, Sample, Settings};
 
 /// An adaptive concurrency limit as a tower layer.
@@ -102,42 +99,32 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        let state = match self.limit.try_acquire() {
-            Ok(permit) => State::Called {
-                started: now(),
-                future: Box::pin(self.inner.call(request)),
-                permit: Some(permit),
-            },
-            Err(_shed) => State::Refused(Refusal::Overloaded),
-        };
-        ConcurrencyLimitFuture { state }
+        match self.limit.try_acquire() {
+            Ok(permit) => {
+                let started = now();
+                PolicyFuture::called(self.inner.call(request), Sampled { permit, started })
+            }
+            Err(_shed) => PolicyFuture::refused(Refusal::Overloaded),
+        }
     }
 }
 
 /// The response future of [`ConcurrencyLimit`]: holds the call's place under the limit until
 /// it completes.
-pub struct ConcurrencyLimitFuture<F> {
-    state: State<F>,
+pub type ConcurrencyLimitFuture<F> = PolicyFuture<F, Sampled>;
+
+/// A call's place under the limit, and when the call began; the answer is the latency sample.
+#[derive(Debug)]
+pub struct Sampled {
+    permit: Permit,
+    started: Instant,
 }
 
-enum State<F> {
-    Called {
-        future: Pin<Box<F>>,
-        permit: Option<Permit>,
-        started: Instant,
-    },
-    Refused(Refusal),
-}
-
-impl<F> fmt::Debug for ConcurrencyLimitFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Called { .. } => "called",
-            State::Refused(_) => "refused",
-        };
-        f.debug_struct("ConcurrencyLimitFuture")
-            .field("state", &state)
-            .finish()
+impl<T, E> Answered<T, E> for Sampled {
+    fn answered(&mut self, result: &Result<T, PolicyError<E>>) {
+        if let Some(sample) = sample_of(result) {
+            self.permit.sample(sample, self.started, now());
+        }
     }
 }
 
@@ -149,33 +136,5 @@ fn sample_of<T, E>(result: &Result<T, PolicyError<E>>) -> Option<Sample> {
             Some(Sample::Dropped)
         }
         Err(PolicyError::CircuitOpen { .. } | PolicyError::RateLimited(_)) => None,
-    }
-}
-
-impl<F, T, E> Future for ConcurrencyLimitFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: IntoPolicyError,
-{
-    type Output = Result<T, PolicyError<E::Inner>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Called {
-                future,
-                permit,
-                started,
-            } => {
-                let result = std::task::ready!(future.as_mut().poll(cx))
-                    .map_err(IntoPolicyError::into_policy_error);
-                if let Some(mut permit) = permit.take() {
-                    if let Some(sample) = sample_of(&result) {
-                        permit.sample(sample, *started, now());
-                    }
-                }
-                Poll::Ready(result)
-            }
-            State::Refused(refusal) => Poll::Ready(Err(refusal.into_error())),
-        }
     }
 }

@@ -50,6 +50,7 @@
 //! # });
 //! ```
 
+mod admitted;
 mod breaker;
 mod bulkhead;
 mod concurrency;
@@ -60,6 +61,7 @@ mod timeout;
 
 use std::time::Instant;
 
+pub use admitted::{Answered, PolicyFuture};
 pub use breaker::{
     CircuitBreaker, CircuitBreakerFuture, CircuitBreakerLayer, Classify, ErrorIsFailure,
 };

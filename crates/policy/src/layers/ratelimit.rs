@@ -1,8 +1,6 @@
 //! [`RateLimitLayer`]: a [`LocalLimiter`] in front of a service.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -11,7 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::error::Refusal;
-use super::{nanos_since, now, IntoPolicyError, PolicyError};
+use super::{nanos_since, now, IntoPolicyError, PolicyError, PolicyFuture};
 use crate::ratelimit::{Limit, LocalLimiter};
 
 /// A per-key rate limit as a tower layer.
@@ -171,51 +169,13 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let key = (self.key)(&request);
         let decision = self.limiter.decide(&key, nanos_since(self.epoch), 1);
-        let state = if decision.allowed {
-            State::Called(Box::pin(self.inner.call(request)))
+        if decision.allowed {
+            PolicyFuture::called(self.inner.call(request), ())
         } else {
-            State::Refused(Refusal::RateLimited(decision))
-        };
-        RateLimitFuture { state }
+            PolicyFuture::refused(Refusal::RateLimited(decision))
+        }
     }
 }
 
 /// The response future of [`RateLimit`].
-pub struct RateLimitFuture<F> {
-    state: State<F>,
-}
-
-enum State<F> {
-    Called(Pin<Box<F>>),
-    Refused(Refusal),
-}
-
-impl<F> fmt::Debug for RateLimitFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = match self.state {
-            State::Called(_) => "called",
-            State::Refused(_) => "refused",
-        };
-        f.debug_struct("RateLimitFuture")
-            .field("state", &state)
-            .finish()
-    }
-}
-
-impl<F, T, E> Future for RateLimitFuture<F>
-where
-    F: Future<Output = Result<T, E>>,
-    E: IntoPolicyError,
-{
-    type Output = Result<T, PolicyError<E::Inner>>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.state {
-            State::Called(future) => future
-                .as_mut()
-                .poll(cx)
-                .map_err(IntoPolicyError::into_policy_error),
-            State::Refused(refusal) => Poll::Ready(Err(refusal.into_error())),
-        }
-    }
-}
+pub type RateLimitFuture<F> = PolicyFuture<F, ()>;
