@@ -67,15 +67,22 @@ fn origin_script(head: &http::request::Parts, n: u64) -> Reply {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cold_url_through_two_instances_at_once_makes_one_upstream_call() {
+/// The origin, and two gateways in front of it sharing one cached route (named `label` with a
+/// random suffix) through Redis, both subscribed.
+async fn two_instances(label: &str) -> (Origin, TempDir, String, Sekisho, Sekisho) {
     let origin = Origin::start(origin_script).await;
-    let dir = TempDir::new("cache-redis");
-    let route = format!("cold{:08x}", fastrand::u32(..));
+    let dir = TempDir::new(&format!("cache-redis-{label}"));
+    let route = format!("{label}{:08x}", fastrand::u32(..));
     let a = gateway(&dir, "a", &origin, &route);
     let b = gateway(&dir, "b", &origin, &route);
     await_shared(&a).await;
     await_shared(&b).await;
+    (origin, dir, route, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_url_through_two_instances_at_once_makes_one_upstream_call() {
+    let (origin, _dir, _route, a, b) = two_instances("cold").await;
     let http = client();
     // Both instances are behind one name, as behind a load balancer: the key holds the host.
     let host = [("host", "shop.example")];
@@ -110,13 +117,7 @@ async fn a_cold_url_through_two_instances_at_once_makes_one_upstream_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purge_on_one_instance_empties_the_in_process_tier_of_the_other() {
-    let origin = Origin::start(origin_script).await;
-    let dir = TempDir::new("cache-redis-purge");
-    let route = format!("purge{:08x}", fastrand::u32(..));
-    let a = gateway(&dir, "a", &origin, &route);
-    let b = gateway(&dir, "b", &origin, &route);
-    await_shared(&a).await;
-    await_shared(&b).await;
+    let (origin, _dir, route, a, b) = two_instances("purge").await;
     let http = client();
     let host = [("host", "shop.example")];
     let path = format!("/item-{route}");

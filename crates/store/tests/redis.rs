@@ -236,13 +236,18 @@ async fn sliding_log_is_exact_over_any_window() {
     );
     assert!(!decide(&l, &limit, "k", 1).await.allowed);
     // One member per admitted unit, expired members trimmed.
+    let members = log_members(&l, &limit, "k").await;
+    assert_eq!(members, 3);
+}
+
+/// Members of the sorted set of a sliding-log key: one per admitted unit.
+async fn log_members(l: &RedisLimiter, limit: &Limit, key: &str) -> u64 {
     let mut c = conn().await;
-    let members: u64 = redis::cmd("ZCARD")
-        .arg(l.redis_key(&limit, "k"))
+    redis::cmd("ZCARD")
+        .arg(l.redis_key(limit, key))
         .query_async(&mut c)
         .await
-        .unwrap();
-    assert_eq!(members, 3);
+        .unwrap()
 }
 
 #[tokio::test]
@@ -259,12 +264,7 @@ async fn sliding_log_takes_costs_above_one_zadd() {
     assert!(!refused.allowed);
     assert!(refused.retry_after > Duration::from_secs(59), "{refused:?}");
     assert!(decide(&l, &limit, "k", 500).await.allowed);
-    let mut c = conn().await;
-    let members: u64 = redis::cmd("ZCARD")
-        .arg(l.redis_key(&limit, "k"))
-        .query_async(&mut c)
-        .await
-        .unwrap();
+    let members = log_members(&l, &limit, "k").await;
     assert_eq!(members, 3000);
 }
 
