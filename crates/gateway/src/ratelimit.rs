@@ -33,6 +33,7 @@ use sekisho_store::instances::{instance_id, local_limit, Presence, PresenceConfi
 use sekisho_store::ratelimit::{RedisLimiter, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
 
 use crate::edge::GatewayError;
+use crate::upstream::lock;
 
 /// Keys kept per limit in process at most; beyond, idle keys are evicted first.
 pub(crate) const MAX_LOCAL_KEYS: usize = 100_000;
@@ -278,7 +279,7 @@ impl RateLimit {
     /// This instance's share of the limit, remade when the instance count changed.
     fn share(&self, shared: &Shared) -> Arc<LocalLimiter> {
         let instances = shared.store.instances().max(1);
-        let mut share = shared.share.lock().unwrap_or_else(|p| p.into_inner());
+        let mut share = lock(&shared.share);
         match &*share {
             Some((count, limiter)) if *count == instances => Arc::clone(limiter),
             _ => {
@@ -522,8 +523,7 @@ impl StoreLink {
                         PresenceConfig::new(instance_id()),
                     ));
                     let task = presence.start();
-                    *self.presence.lock().unwrap_or_else(|p| p.into_inner()) =
-                        Some((presence, task));
+                    *lock(&self.presence) = Some((presence, task));
                     self.cache
                         .store(Some(Arc::new(sekisho_store::cache::RedisCache::new(
                             connection.clone(),
@@ -558,7 +558,7 @@ impl StoreLink {
 
     fn failed(&self, error: &str) {
         self.errors.fetch_add(1, Ordering::Relaxed);
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_owned());
+        *lock(&self.last_error) = Some(error.to_owned());
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::error!(
                 url = %self.url,
@@ -570,9 +570,7 @@ impl StoreLink {
 
     /// Live instances last counted (1 until counted).
     pub fn instances(&self) -> u64 {
-        self.presence
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        lock(&self.presence)
             .as_ref()
             .map_or(1, |(presence, _)| presence.instances())
     }
@@ -582,11 +580,7 @@ impl StoreLink {
         StoreStatus {
             url: self.url.clone(),
             healthy: self.healthy.load(Ordering::Acquire),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: lock(&self.last_error).clone(),
             errors: self.errors.load(Ordering::Relaxed),
             instances: self.instances(),
         }

@@ -37,6 +37,7 @@ use tokio::time::Instant;
 use self::entry::{now_ms, Entry};
 use crate::body::ResponseBody;
 use crate::edge::GatewayError;
+use crate::upstream::lock;
 
 /// The response header of RFC 9211.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -1093,10 +1094,6 @@ fn status_value(params: std::fmt::Arguments<'_>) -> HeaderValue {
     text.push_str("; ");
     let _ = text.write_fmt(params);
     HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(NAME))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `lifetime` in milliseconds, spread uniformly by ± `jitter` (avalanche guard), at least 1.
