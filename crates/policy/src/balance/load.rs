@@ -144,7 +144,14 @@ fn decay_weight(elapsed: f64) -> f64 {
     const PER_NANO: f64 = 1.0 / DECAY.as_nanos() as f64;
     let x = elapsed * PER_NANO;
     if x < 1.0 / 16.0 {
-        1.0 - x * (1.0 - x / 2.0 * (1.0 - x / 3.0 * (1.0 - x / 4.0 * (1.0 - x / 5.0))))
+        // 1 − x + x²/2 − x³/6 + x⁴/24 − x⁵/120 grouped by powers of x² (Estrin's scheme): three
+        // short chains side by side instead of Horner's one chain of ten dependent steps, which
+        // was most of a weighted random pick (100 targets: 105–114 → 85–87 ns, docs/benchmarks.md).
+        let x2 = x * x;
+        let low = 1.0 - x;
+        let mid = 0.5 - x * (1.0 / 6.0);
+        let high = 1.0 / 24.0 - x * (1.0 / 120.0);
+        low + x2 * (mid + x2 * high)
     } else {
         (-x).exp()
     }

@@ -478,14 +478,16 @@ proptest! {
     /// and without them (a pool whose weights ramp).
     #[test]
     fn least_connections_picks_the_first_least_loaded_from_the_rotation(
-        targets in proptest::collection::vec((1u32..7, 0u32..5), 1..24),
+        targets in proptest::collection::vec((1u32..7, 0u32..5), 1..40),
         picks in 1usize..40,
+        busy in any::<bool>(),
     ) {
         let now = Instant::now();
         let weights: Vec<u32> = targets.iter().map(|&(w, _)| w).collect();
         let loads = loads(weights.len(), now);
+        // Half the cases have every target busy: no target with nothing in flight ends a scan.
         for (load, &(_, in_flight)) in loads.iter().zip(&targets) {
-            for _ in 0..in_flight {
+            for _ in 0..in_flight + u32::from(busy) {
                 load.begin();
             }
         }
