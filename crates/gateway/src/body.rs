@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use tokio::time::Sleep;
 
 use crate::connection::RequestGuard;
+use crate::pool::Lease;
 use crate::upstream::InFlight;
 use sekisho_policy::bulkhead::Slot;
 use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
@@ -298,6 +299,8 @@ pub struct ResponseBody {
     target: Option<InFlight>,
     bulkhead: Option<Slot>,
     concurrency: Option<ConcurrencyPermit>,
+    /// The upstream connection the body comes on: back to its pool once the body is done.
+    connection: Option<Lease>,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -321,6 +324,7 @@ impl ResponseBody {
             target: None,
             bulkhead: None,
             concurrency: None,
+            connection: None,
         }
     }
 
@@ -332,15 +336,17 @@ impl ResponseBody {
             target: None,
             bulkhead: None,
             concurrency: None,
+            connection: None,
         }
     }
 
     /// The upstream's body, cut off when `deadline` fires; `target` counts the call in flight
-    /// on its target until the body is done.
+    /// on its target, and `connection` lends the connection, until the body is done.
     pub fn upstream(
         body: Incoming,
         deadline: Option<Pin<Box<Sleep>>>,
         target: Option<InFlight>,
+        connection: Option<Lease>,
     ) -> Self {
         Self {
             kind: Kind::Upstream { body, deadline },
@@ -348,6 +354,7 @@ impl ResponseBody {
             target,
             bulkhead: None,
             concurrency: None,
+            connection,
         }
     }
 
@@ -359,6 +366,7 @@ impl ResponseBody {
             target: None,
             bulkhead: None,
             concurrency: None,
+            connection: None,
         }
     }
 
@@ -414,6 +422,7 @@ impl Body for ResponseBody {
             this.target = None;
             this.bulkhead = None;
             this.concurrency = None;
+            this.connection = None;
         }
         polled
     }

@@ -202,10 +202,7 @@ impl GatewayError {
     /// Sorts out why a call to an upstream failed, by walking the error's causes: a body over
     /// the limit or a broken client body is the client's fault, a connect error or any other
     /// failure is the upstream's.
-    pub fn from_upstream_call(
-        upstream: &Arc<str>,
-        error: hyper_util::client::legacy::Error,
-    ) -> Self {
+    pub fn from_upstream_call(upstream: &Arc<str>, error: crate::pool::CallError) -> Self {
         if let Some(fault) = Self::client_body_fault(&error) {
             return fault;
         }

@@ -16,6 +16,7 @@ pub mod edge;
 pub mod fallback;
 mod health;
 pub mod metrics;
+pub mod pool;
 mod proxy;
 pub mod ratelimit;
 pub mod retry;
@@ -177,6 +178,8 @@ pub struct TargetView {
     pub picks: u64,
     /// The last active health check, if the upstream has them.
     pub last_check: Option<upstream::CheckRecord>,
+    /// Open keep-alive connections waiting in its pool (HTTP/1.1 targets; none for h2c).
+    pub idle_connections: Option<usize>,
 }
 
 /// A circuit breaker as the admin API shows it (named after its upstream).
@@ -478,6 +481,7 @@ impl Gateway {
                         ejected_for_ms: f.ejected_for_ms,
                         picks: f.picks,
                         last_check: f.last_check,
+                        idle_connections: t.conn.idle(),
                     })
                     .collect(),
             })

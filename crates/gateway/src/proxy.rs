@@ -672,14 +672,10 @@ impl Call<'_> {
             } else {
                 std::mem::replace(&mut parts, Request::new(()).into_parts().0)
             };
-            head.uri = Uri::builder()
-                .scheme("http")
-                .authority(target.authority.clone())
-                .path_and_query(path_and_query.clone())
-                .build()
-                .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?;
+            // Origin-form: the connection is the target's (h2c adds scheme and authority).
+            head.uri = Uri::from(path_and_query.clone());
             let in_flight = upstream.begin(target_index);
-            let call = upstream.client.request(Request::from_parts(head, body));
+            let call = target.conn.send(Request::from_parts(head, body), now);
             let per_try = retry
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))
@@ -713,7 +709,7 @@ impl Call<'_> {
                     }
                     (TryFailure::Timeout, Answer::Error(error))
                 }
-                Ok(Ok(upstream_response)) => {
+                Ok(Ok((upstream_response, lease))) => {
                     let status = upstream_response.status().as_u16();
                     let answer = CallOutcome::Status(status);
                     upstream.record(target_index, answer, latency, finished);
@@ -725,13 +721,13 @@ impl Call<'_> {
                             route,
                             upstream_response,
                             sleep,
-                            in_flight,
+                            (in_flight, lease),
                             slot,
                         ));
                     }
                     (
                         TryFailure::Status(status),
-                        Answer::Upstream(upstream_response, in_flight),
+                        Answer::Upstream(upstream_response, (in_flight, lease)),
                     )
                 }
                 Ok(Err(error)) => {
@@ -782,12 +778,12 @@ impl Call<'_> {
             let (Ok(delay), Some(again)) = (decision, decision.ok().and_then(|_| claim.reclaim()))
             else {
                 return match answer {
-                    Answer::Upstream(response, in_flight) => {
+                    Answer::Upstream(response, held) => {
                         outcome.answered = Some(finished);
                         if let TryFailure::Status(status) = failure {
                             circuit.finish(CallOutcome::Status(status), started, finished);
                         }
-                        Ok(downstream_response(route, response, sleep, in_flight, slot))
+                        Ok(downstream_response(route, response, sleep, held, slot))
                     }
                     Answer::Error(error) => {
                         let call_outcome = match failure {
@@ -832,10 +828,18 @@ impl Call<'_> {
     }
 }
 
+/// What an upstream answer holds until its body is done: its target's in-flight count and the
+/// connection it came on.
+type Held = (
+    Option<crate::upstream::InFlight>,
+    Option<crate::pool::Lease>,
+);
+
 /// What a failed try leaves for the client if it is not tried again.
 enum Answer {
-    /// The target's answer (a status named in `retry_on`), with its in-flight count.
-    Upstream(Response<Incoming>, Option<crate::upstream::InFlight>),
+    /// The target's answer (a status named in `retry_on`), with its in-flight count and its
+    /// connection.
+    Upstream(Response<Incoming>, Held),
     /// The gateway's error.
     Error(GatewayError),
 }
@@ -847,7 +851,7 @@ fn downstream_response(
     route: &CompiledRoute,
     response: Response<Incoming>,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    in_flight: Option<crate::upstream::InFlight>,
+    (in_flight, lease): Held,
     slot: Option<Slot>,
 ) -> Response<ResponseBody> {
     let (mut parts, response_body) = response.into_parts();
@@ -858,7 +862,7 @@ fn downstream_response(
     for (name, value) in &route.headers.response_set {
         parts.headers.insert(name, value.clone());
     }
-    let mut body = ResponseBody::upstream(response_body, Some(deadline), in_flight);
+    let mut body = ResponseBody::upstream(response_body, Some(deadline), in_flight, lease);
     body.hold_slot(slot);
     Response::from_parts(parts, body)
 }

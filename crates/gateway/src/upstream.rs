@@ -41,9 +41,80 @@ use crate::ratelimit::StoreLink;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
+use crate::pool::{CallError, Http1Client, Http1Pool, Lease};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 
-/// The pooled HTTP client used to reach targets.
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+/// hyper-util's pooled client, for h2c targets (one multiplexed connection each).
+pub type H2cClient = Client<HttpConnector, RequestBody>;
+
+/// How an upstream's targets are reached, by protocol.
+#[derive(Debug, Clone)]
+pub enum UpstreamClient {
+    /// HTTP/1.1: the gateway's own pools ([`crate::pool`]).
+    Http1(Arc<Http1Client>),
+    /// h2c (HTTP/2 without TLS, prior knowledge): hyper-util's client.
+    H2c(Box<H2cClient>),
+}
+
+impl UpstreamClient {
+    /// How one target is reached.
+    fn for_target(&self, authority: &Authority) -> TargetConn {
+        match self {
+            Self::Http1(client) => TargetConn::Http1(client.pool_for(authority)),
+            Self::H2c(client) => {
+                TargetConn::H2c(Box::new((H2cClient::clone(client), authority.clone())))
+            }
+        }
+    }
+}
+
+/// How one target is reached.
+#[derive(Debug)]
+pub enum TargetConn {
+    /// Through the target's pool of HTTP/1.1 connections.
+    Http1(Arc<Http1Pool>),
+    /// Through hyper-util's client, at this authority.
+    H2c(Box<(H2cClient, Authority)>),
+}
+
+impl TargetConn {
+    /// Open connections idle in the target's pool (HTTP/1.1).
+    pub fn idle(&self) -> Option<usize> {
+        match self {
+            Self::Http1(pool) => Some(pool.idle()),
+            Self::H2c(..) => None,
+        }
+    }
+
+    /// Sends `request` (its URI the origin-form target) to the target; the answer comes with
+    /// the connection's lease (HTTP/1.1), to be kept until the body is done.
+    pub async fn send(
+        &self,
+        mut request: Request<RequestBody>,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
+        match self {
+            Self::Http1(pool) => {
+                let (response, lease) = pool.send(request, now).await?;
+                Ok((response, Some(lease)))
+            }
+            Self::H2c(h2c) => {
+                let (client, authority) = h2c.as_ref();
+                let mut parts = request.uri().clone().into_parts();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = Some(authority.clone());
+                *request.uri_mut() =
+                    Uri::from_parts(parts).map_err(|e| CallError::Request(e.into()))?;
+                match client.request(request).await {
+                    Ok(response) => Ok((response, None)),
+                    Err(error) if error.is_connect() => Err(CallError::Connect(error.into())),
+                    Err(error) => Err(CallError::Request(error.into())),
+                }
+            }
+        }
+    }
+}
 
 /// What makes two upstreams' clients interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -81,6 +152,13 @@ fn build_client(key: &ClientKey) -> UpstreamClient {
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(key.connect_timeout));
     connector.enforce_http(true);
+    if key.protocol == UpstreamProtocol::Http1 {
+        return UpstreamClient::Http1(Http1Client::new(
+            connector,
+            key.pool_max_idle as usize,
+            key.pool_idle_timeout,
+        ));
+    }
     let mut builder = Client::builder(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
@@ -88,11 +166,9 @@ fn build_client(key: &ClientKey) -> UpstreamClient {
         .pool_max_idle_per_host(key.pool_max_idle as usize)
         .pool_idle_timeout(key.pool_idle_timeout)
         .retry_canceled_requests(true)
-        .set_host(false);
-    if key.protocol == UpstreamProtocol::H2c {
-        builder.http2_only(true);
-    }
-    builder.build(connector)
+        .set_host(false)
+        .http2_only(true);
+    UpstreamClient::H2c(Box::new(builder.build(connector)))
 }
 
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -546,8 +622,8 @@ const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 pub struct Target {
     /// As configured: "host:port".
     pub address: String,
-    /// For request URIs.
-    pub authority: Authority,
+    /// How it is reached (its connection pool).
+    pub conn: TargetConn,
     /// Relative share.
     pub weight: u32,
     /// Takes traffic only during failover.
@@ -649,8 +725,6 @@ pub struct UpstreamGroup {
     panic: PanicMode,
     slow_start: Duration,
     outlier: Option<OutlierSettings>,
-    /// The pooled client.
-    pub client: UpstreamClient,
     /// Protocol to the targets.
     pub protocol: UpstreamProtocol,
     /// Counts failed connects.
@@ -718,7 +792,7 @@ impl UpstreamGroup {
                 .map_err(|e| format!("target `{}`: {e}", target.address))?;
             targets.push(Target {
                 address: target.address.clone(),
-                authority,
+                conn: client.for_target(&authority),
                 weight: target.weight,
                 backup: target.backup,
                 state,
@@ -779,7 +853,6 @@ impl UpstreamGroup {
             panic: upstream.panic,
             slow_start,
             outlier,
-            client,
             protocol: upstream.protocol,
             connect_errors,
         };

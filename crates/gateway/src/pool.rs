@@ -1,0 +1,292 @@
+//! Keep-alive connections to HTTP/1.1 targets: one stack of idle connections per target.
+//!
+//! hyper-util's pooled client (still used for h2c targets and health checks) finds its pool by
+//! hashing the request's scheme and authority, byte by byte through SipHash, at checkout and
+//! again at return; it races each checkout against a connect, and spawns a task per request to
+//! wait until the connection is free again. Here the target's pool is found once, when the
+//! config is compiled; a request takes the most recently returned connection that is still
+//! open (or opens one), and the connection goes back when the response body is done — the
+//! gateway's response body knows that moment. Decision 0010 has the measurements.
+//!
+//! What hyper-util did that is kept: a request sent on a reused connection that the target had
+//! closed meanwhile (hyper hands the unsent request back) goes out again on another connection;
+//! at most `pool_max_idle_per_target` connections wait per target, the oldest closed first; an
+//! idle connection is closed after `pool_idle_timeout` (checked at checkout, and by a sweep).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::time::Instant;
+use tower_service::Service;
+
+use crate::body::RequestBody;
+use crate::upstream::lock;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a call to a target failed.
+#[derive(Debug)]
+pub enum CallError {
+    /// No connection could be made (nothing was sent).
+    Connect(BoxError),
+    /// The exchange on the connection failed.
+    Request(BoxError),
+}
+
+impl CallError {
+    /// Whether no connection could be made.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_))
+    }
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Connect(error) => write!(f, "connect failed: {error}"),
+            Self::Request(error) => write!(f, "request failed: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Connect(error) | Self::Request(error) => Some(error.as_ref()),
+        }
+    }
+}
+
+/// Connections to HTTP/1.1 targets made with one set of settings; the pools of its targets.
+#[derive(Debug)]
+pub struct Http1Client {
+    connector: HttpConnector,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Pools by target, kept across reloads while the settings stay.
+    pools: Mutex<HashMap<Authority, Arc<Http1Pool>>>,
+}
+
+impl Http1Client {
+    /// A client whose connections are made by `connector`; a sweep closes idle connections
+    /// past `idle_timeout` while the client lives (when built inside a tokio runtime).
+    pub fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        let client = Arc::new(Self {
+            connector,
+            max_idle,
+            idle_timeout,
+            pools: Mutex::new(HashMap::new()),
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep(Arc::downgrade(&client), idle_timeout));
+        }
+        client
+    }
+
+    /// The pool of the target at `authority` (the same one for every generation of the config).
+    pub fn pool_for(&self, authority: &Authority) -> Arc<Http1Pool> {
+        let mut pools = lock(&self.pools);
+        Arc::clone(pools.entry(authority.clone()).or_insert_with(|| {
+            Arc::new(Http1Pool {
+                target: Uri::builder()
+                    .scheme("http")
+                    .authority(authority.clone())
+                    .path_and_query("/")
+                    .build()
+                    .unwrap_or_default(),
+                connector: self.connector.clone(),
+                max_idle: self.max_idle,
+                idle_timeout: self.idle_timeout,
+                idle: Mutex::new(VecDeque::new()),
+            })
+        }))
+    }
+}
+
+/// Closes idle connections past their time, every `every`, until the client is gone.
+async fn sweep(client: Weak<Http1Client>, every: Duration) {
+    let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(client) = client.upgrade() else {
+            return;
+        };
+        let pools: Vec<Arc<Http1Pool>> = lock(&client.pools).values().cloned().collect();
+        let now = Instant::now();
+        for pool in pools {
+            pool.expire(now);
+        }
+    }
+}
+
+/// The idle connections of one target.
+pub struct Http1Pool {
+    /// `http://authority/`, for the connector.
+    target: Uri,
+    connector: HttpConnector,
+    max_idle: usize,
+    idle_timeout: Duration,
+    /// Oldest first; a checkout takes the newest.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+impl fmt::Debug for Http1Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http1Pool")
+            .field("target", &self.target)
+            .field("idle", &lock(&self.idle).len())
+            .finish()
+    }
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+impl Http1Pool {
+    /// Sends `request` (origin-form target) on an idle connection, or on a new one; the answer
+    /// comes with the connection's [`Lease`], to be kept until its body is done.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<RequestBody>,
+        now: Instant,
+    ) -> Result<(Response<Incoming>, Lease), CallError> {
+        while let Some(mut sender) = self.checkout(now) {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, self.lease(sender))),
+                Err(mut failed) => match failed.take_message() {
+                    // Closed by the target before the request went out: another connection.
+                    Some(unsent) => request = unsent,
+                    None => return Err(CallError::Request(failed.into_error().into())),
+                },
+            }
+        }
+        let mut sender = self.connect().await?;
+        match sender.send_request(request).await {
+            Ok(response) => Ok((response, self.lease(sender))),
+            Err(error) => Err(CallError::Request(error.into())),
+        }
+    }
+
+    /// Idle connections that are still open.
+    pub fn idle(&self) -> usize {
+        lock(&self.idle)
+            .iter()
+            .filter(|entry| !entry.sender.is_closed())
+            .count()
+    }
+
+    fn lease(self: &Arc<Self>, sender: SendRequest<RequestBody>) -> Lease {
+        Lease {
+            pool: Arc::clone(self),
+            sender: Some(sender),
+        }
+    }
+
+    /// The newest idle connection that can take a request; older ones past their idle time go.
+    fn checkout(&self, now: Instant) -> Option<SendRequest<RequestBody>> {
+        let mut idle = lock(&self.idle);
+        while let Some(entry) = idle.pop_back() {
+            if now.saturating_duration_since(entry.since) >= self.idle_timeout {
+                // The newest is past its time: so are all the others.
+                idle.clear();
+                return None;
+            }
+            if entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn put(&self, sender: SendRequest<RequestBody>) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let mut idle = lock(&self.idle);
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    fn expire(&self, now: Instant) {
+        let mut idle = lock(&self.idle);
+        while idle.front().is_some_and(|entry| {
+            now.saturating_duration_since(entry.since) >= self.idle_timeout
+                || entry.sender.is_closed()
+        }) {
+            idle.pop_front();
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, CallError> {
+        let mut connector = self.connector.clone();
+        let io = connector
+            .call(self.target.clone())
+            .await
+            .map_err(|error| CallError::Connect(error.into()))?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|error| CallError::Connect(error.into()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A connection lent to one exchange: it goes back to its pool when dropped, if it can carry
+/// another request (the answer was read to its end); otherwise it is closed.
+pub struct Lease {
+    pool: Arc<Http1Pool>,
+    sender: Option<SendRequest<RequestBody>>,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("pool", &self.pool.target)
+            .finish()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(mut sender) = self.sender.take() else {
+            return;
+        };
+        if sender.is_ready() {
+            self.pool.put(sender);
+            return;
+        }
+        if sender.is_closed() {
+            return;
+        }
+        // Not free yet: the end of the answer is still on its way through the connection's
+        // task (or the answer was left unread, and the connection will close). Wait apart.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let pool = Arc::clone(&self.pool);
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    pool.put(sender);
+                }
+            });
+        }
+    }
+}
