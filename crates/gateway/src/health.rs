@@ -68,7 +68,7 @@ impl Supervisor {
                 continue;
             };
             for target in &group.targets {
-                let key = (group.name.to_string(), target.address.clone());
+                let key = (group.name.to_string(), target.address.to_string());
                 let fingerprint = format!(
                     "{check:?}/{:?}/{:?}",
                     upstream.protocol,
@@ -86,7 +86,7 @@ impl Supervisor {
                         uneject,
                         upstream: Arc::clone(group.state()),
                         target: Arc::clone(&target.state),
-                        address: target.address.clone(),
+                        address: target.address.to_string(),
                         check: check.clone(),
                         protocol: upstream.protocol,
                         clock: group.clock(),

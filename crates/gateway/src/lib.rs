@@ -463,7 +463,7 @@ impl Gateway {
                     .iter()
                     .zip(group.view())
                     .map(|(t, f)| TargetView {
-                        address: t.address.clone(),
+                        address: t.address.to_string(),
                         weight: t.weight,
                         backup: t.backup,
                         health: if f.ejected {

@@ -492,7 +492,7 @@ impl Collector for TargetCollector {
                     .targets
                     .iter()
                     .zip(group.view())
-                    .map(|(target, figures)| (&*group.name, target.address.as_str(), figures))
+                    .map(|(target, figures)| (&*group.name, &*target.address, figures))
             })
             .collect();
         encode_circuits(&upstreams, &mut encoder)?;

@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -22,7 +22,7 @@ use crate::fallback::FallbackKind;
 use crate::retry::{FailedTry, RetryPolicy, TryFailure};
 use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
-use crate::upstream::{CallOutcome, Circuit, UpstreamGroup};
+use crate::upstream::{lock, CallOutcome, Circuit, UpstreamGroup};
 use crate::Shared;
 use sekisho_config::HashKey;
 use sekisho_policy::breaker::{Outcome as BreakerOutcome, Permit};
@@ -69,6 +69,9 @@ pub struct ClientInfo {
     /// `for=<node>;proto=<scheme>`, the start of this hop's `Forwarded` element (RFC 7239
     /// quoting), once per connection.
     forwarded_prefix: Arc<str>,
+    /// The last `Host` this connection asked for and this hop's whole `Forwarded` value for it
+    /// (a first hop): requests on one connection usually name one host.
+    forwarded_memo: Arc<Mutex<Option<(HeaderValue, HeaderValue)>>>,
 }
 
 impl ClientInfo {
@@ -88,6 +91,7 @@ impl ClientInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             ip_text: Arc::from(ip_text),
             forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
+            forwarded_memo: Arc::default(),
         }
     }
 }
@@ -121,7 +125,7 @@ fn request_id_of(headers: &HeaderMap) -> HeaderValue {
 #[derive(Default)]
 struct Outcome {
     route: Option<Arc<CompiledRoute>>,
-    target: Option<String>,
+    target: Option<Arc<str>>,
     error: Option<GatewayError>,
     /// When the upstream's answer head arrived (one clock read serves the latency estimate and
     /// the request metrics).
@@ -297,7 +301,7 @@ async fn forward(
     }
     let original_host = host_of(&parts.headers, &parts.uri);
     let route = {
-        let host_without_port = original_host.as_deref().map(strip_port);
+        let host_without_port = original_host.as_ref().map(|h| strip_port(host_text(h)));
         let query = RouteQuery {
             host: host_without_port,
             path: parts.uri.path(),
@@ -401,7 +405,7 @@ fn spawn_refresh(
     route: &Arc<CompiledRoute>,
     client: &ClientInfo,
     parts: &http::request::Parts,
-    original_host: Option<String>,
+    original_host: Option<HeaderValue>,
     request_id: &HeaderValue,
     refresh: Box<Fetch>,
 ) {
@@ -440,7 +444,7 @@ async fn call_upstream(
     client: &ClientInfo,
     mut parts: http::request::Parts,
     body: Option<Incoming>,
-    original_host: Option<String>,
+    original_host: Option<HeaderValue>,
     request_id: &HeaderValue,
     started: Instant,
     outcome: &mut Outcome,
@@ -468,9 +472,9 @@ async fn call_upstream(
     };
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
-    add_forwarding_headers(headers, client, original_host.as_deref());
+    add_forwarding_headers(headers, client, original_host.as_ref());
     if !headers.contains_key(header::HOST) {
-        if let Some(host) = original_host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        if let Some(host) = original_host {
             headers.insert(header::HOST, host);
         }
     }
@@ -663,7 +667,7 @@ impl Call<'_> {
             tries += 1;
             outcome.tries = tries;
             let target = &upstream.targets[target_index];
-            outcome.target = Some(target.address.clone());
+            outcome.target = Some(Arc::clone(&target.address));
             // A head that may be needed again is copied; the last try takes it (an empty head is
             // left behind, which costs no allocation).
             let may_retry = tries < max_tries && (retry.is_some() || upstream.targets.len() > 1);
@@ -998,11 +1002,18 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn host_of(headers: &HeaderMap, uri: &Uri) -> Option<String> {
-    if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
-        return Some(host.to_owned());
+/// The host the client asked for: its `Host` field (shared, not copied) or the request
+/// target's authority; only one that is text.
+fn host_of(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    if let Some(host) = headers.get(header::HOST).filter(|h| h.to_str().is_ok()) {
+        return Some(host.clone());
     }
-    uri.authority().map(|a| a.as_str().to_owned())
+    HeaderValue::from_str(uri.authority()?.as_str()).ok()
+}
+
+/// `host` as text (a [`host_of`] value always is).
+fn host_text(host: &HeaderValue) -> &str {
+    host.to_str().unwrap_or_default()
 }
 
 fn strip_port(host: &str) -> &str {
@@ -1035,7 +1046,12 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&str>) {
+fn add_forwarding_headers(
+    headers: &mut HeaderMap,
+    client: &ClientInfo,
+    host_value: Option<&HeaderValue>,
+) {
+    let host = host_value.map(host_text);
     // Per request only what changes: the values of this connection were made once, and no
     // `format!` runs on the common path (a first hop: no earlier X-Forwarded-For/Forwarded).
     let proto = if client.tls { "https" } else { "http" };
@@ -1059,13 +1075,21 @@ fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Op
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(&X_FORWARDED_HOST, host);
+    if let Some(host) = host_value {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
     }
     let existing = headers
         .get(&FORWARDED)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
+    // A first hop asking for the same host as the connection's previous request: the same value.
+    let memo = existing.is_none().then(|| lock(&client.forwarded_memo));
+    if let Some(Some((memo_host, value))) = memo.as_deref() {
+        if Some(memo_host) == host_value {
+            headers.insert(&FORWARDED, value.clone());
+            return;
+        }
+    }
     let mut combined = String::with_capacity(
         existing.map_or(0, |e| e.len() + 2)
             + client.forwarded_prefix.len()
@@ -1088,6 +1112,9 @@ fn add_forwarding_headers(headers: &mut HeaderMap, client: &ClientInfo, host: Op
         }
     }
     if let Ok(value) = HeaderValue::try_from(combined) {
+        if let (Some(mut memo), Some(host)) = (memo, host_value) {
+            *memo = Some((host.clone(), value.clone()));
+        }
         headers.insert(&FORWARDED, value);
     }
 }
@@ -1173,7 +1200,11 @@ mod tests {
         headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         headers.insert(&FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
         let client = ClientInfo::new("[2001:db8::1]:4000".parse().expect("addr"), true);
-        add_forwarding_headers(&mut headers, &client, Some("api.example.com:8443"));
+        add_forwarding_headers(
+            &mut headers,
+            &client,
+            Some(&HeaderValue::from_static("api.example.com:8443")),
+        );
         assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9, 2001:db8::1");
         assert_eq!(headers[&X_FORWARDED_PROTO], "https");
         assert_eq!(headers[&X_FORWARDED_HOST], "api.example.com:8443");

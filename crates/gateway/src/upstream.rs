@@ -621,7 +621,7 @@ const RETRY_BUDGET_WINDOW: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Target {
     /// As configured: "host:port".
-    pub address: String,
+    pub address: Arc<str>,
     /// How it is reached (its connection pool).
     pub conn: TargetConn,
     /// Relative share.
@@ -791,7 +791,7 @@ impl UpstreamGroup {
                 .parse()
                 .map_err(|e| format!("target `{}`: {e}", target.address))?;
             targets.push(Target {
-                address: target.address.clone(),
+                address: Arc::from(target.address.as_str()),
                 conn: client.for_target(&authority),
                 weight: target.weight,
                 backup: target.backup,

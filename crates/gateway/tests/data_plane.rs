@@ -201,6 +201,52 @@ response_remove = ["X-Upstream"]
     gw.stop().await;
 }
 
+/// The gateway remembers a connection's last `Forwarded` value per host: requests on one
+/// keep-alive connection that name other hosts, or arrive with a `Forwarded` of their own, must
+/// still get theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_follows_each_request_on_one_connection() {
+    let up = upstream("up").await;
+    let gw = gateway(&one_route("", up.address, "")).await;
+    let address = gw.address;
+    let exchange = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut seen = Vec::new();
+        for (host, extra) in [
+            ("a.example", ""),
+            ("a.example", ""),
+            ("b.example:81", ""),
+            ("b.example:81", "Forwarded: for=192.0.2.1\r\n"),
+            ("a.example", ""),
+        ] {
+            let request = format!("GET /p HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n");
+            std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+            let answer = sekisho_testkit::read_response(&mut stream)
+                .unwrap()
+                .unwrap();
+            let body: serde_json::Value = serde_json::from_str(raw_body(&answer)).unwrap();
+            seen.push(body["headers"]["forwarded"].as_str().unwrap().to_owned());
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        exchange,
+        [
+            "for=127.0.0.1;proto=http;host=\"a.example\"",
+            "for=127.0.0.1;proto=http;host=\"a.example\"",
+            "for=127.0.0.1;proto=http;host=\"b.example:81\"",
+            "for=192.0.2.1, for=127.0.0.1;proto=http;host=\"b.example:81\"",
+            "for=127.0.0.1;proto=http;host=\"a.example\"",
+        ]
+    );
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways() {
     let up = upstream("up").await;
