@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 
 use crate::connection::RequestGuard;
 use crate::pool::Lease;
@@ -286,7 +286,9 @@ enum Kind {
     Full(Option<Bytes>),
     Upstream {
         body: Incoming,
-        deadline: Option<Pin<Box<Sleep>>>,
+        deadline: Option<Instant>,
+        /// Made the first time the body has to wait (most small bodies never do).
+        timer: Option<Pin<Box<Sleep>>>,
     },
     /// Bytes already read, then the rest of another body (a response too large to cache).
     Prefixed(Option<Bytes>, Box<ResponseBody>),
@@ -344,12 +346,16 @@ impl ResponseBody {
     /// on its target, and `connection` lends the connection, until the body is done.
     pub fn upstream(
         body: Incoming,
-        deadline: Option<Pin<Box<Sleep>>>,
+        deadline: Option<Instant>,
         target: Option<InFlight>,
         connection: Option<Lease>,
     ) -> Self {
         Self {
-            kind: Kind::Upstream { body, deadline },
+            kind: Kind::Upstream {
+                body,
+                deadline,
+                timer: None,
+            },
             guard: None,
             target,
             bulkhead: None,
@@ -402,12 +408,20 @@ impl Body for ResponseBody {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
             },
-            Kind::Upstream { body, deadline } => match Pin::new(body).poll_frame(cx) {
+            Kind::Upstream {
+                body,
+                deadline,
+                timer,
+            } => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BoxError::from))),
                 Poll::Pending => {
-                    let expired = deadline
-                        .as_mut()
-                        .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+                    let expired = deadline.is_some_and(|at| {
+                        timer
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)))
+                            .as_mut()
+                            .poll(cx)
+                            .is_ready()
+                    });
                     if expired {
                         Poll::Ready(Some(Err(Box::new(BodyDeadline) as BoxError)))
                     } else {

@@ -5,7 +5,6 @@
 //! head is known.
 
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -645,7 +644,8 @@ impl Call<'_> {
         let max_tries = retry.map_or(MAX_CONNECT_TRIES, |policy| policy.attempts);
 
         // One deadline covers every try, the backoffs, the response head and the streamed body.
-        let mut sleep: Pin<Box<tokio::time::Sleep>> = Box::pin(tokio::time::sleep_until(deadline));
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
         // Targets that failed this request: the next try goes elsewhere when it can.
         let mut failed_targets: Vec<usize> = Vec::new();
         let mut next_target: Option<usize> = None;
@@ -724,7 +724,7 @@ impl Call<'_> {
                         return Ok(downstream_response(
                             route,
                             upstream_response,
-                            sleep,
+                            deadline,
                             (in_flight, lease),
                             slot,
                         ));
@@ -787,7 +787,7 @@ impl Call<'_> {
                         if let TryFailure::Status(status) = failure {
                             circuit.finish(CallOutcome::Status(status), started, finished);
                         }
-                        Ok(downstream_response(route, response, sleep, held, slot))
+                        Ok(downstream_response(route, response, deadline, held, slot))
                     }
                     Answer::Error(error) => {
                         let call_outcome = match failure {
@@ -854,7 +854,7 @@ enum Answer {
 fn downstream_response(
     route: &CompiledRoute,
     response: Response<Incoming>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
+    deadline: Instant,
     (in_flight, lease): Held,
     slot: Option<Slot>,
 ) -> Response<ResponseBody> {

@@ -172,12 +172,13 @@ async fn drive<I>(
         let client = client.clone();
         let guard = service_state.request_started();
         let ambiguous_length = guard.ambiguous_length();
-        // Boxed so that hyper moves a pointer, not the whole request future, between polls.
-        Box::pin(async move {
+        // Not boxed: hyper's HTTP/1 dispatcher keeps the request future in a box of its own,
+        // made once per connection (a box here cost an allocation per request).
+        async move {
             let mut response = handle(&shared, client, request, ambiguous_length).await;
             response.body_mut().set_guard(guard);
             Ok::<_, std::convert::Infallible>(response)
-        })
+        }
     });
     let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
     tokio::select! {

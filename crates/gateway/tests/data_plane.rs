@@ -580,3 +580,52 @@ async fn the_file_watch_sees_a_change_back_after_a_reload_by_other_means() {
     }
     watch.abort();
 }
+
+/// An answer whose body stalls after its head is cut at the route's deadline: the client sees
+/// the connection end (the body incomplete) instead of waiting on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_cut_at_the_route_deadline() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut buffer = [0u8; 4096];
+        let _ = stream.read(&mut buffer).await;
+        // Ten bytes announced, two sent, then nothing.
+        let _ = stream
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nok")
+            .await;
+        std::future::pending::<()>().await;
+        drop(stream);
+    });
+    let gw = gateway(&one_route("", target, "timeout = \"300ms\"\n")).await;
+    let address = gw.address;
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = std::net::TcpStream::connect(address).unwrap();
+        // Far beyond the deadline: a read that times out means the body was not cut.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        std::io::Write::write_all(&mut stream, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut stream, &mut chunk) {
+                Ok(0) => break Ok(answer),
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                Err(error) => break Err(error.kind()),
+            }
+        }
+    })
+    .await
+    .unwrap()
+    .expect("the connection should end at the deadline");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\nok"),
+        "the body is cut short: {text}"
+    );
+    gw.stop().await;
+}
