@@ -39,6 +39,9 @@ async fn origin() -> Origin {
                 .header("cache-control", "max-age=60"),
             "/vary" => Reply::new(200, format!("{}-{n}", header("accept-language")))
                 .header("vary", "Accept-Language"),
+            "/slow-vary" => Reply::new(200, format!("{}-{n}", header("accept-language")))
+                .header("vary", "Accept-Language")
+                .after(Duration::from_millis(300)),
             "/missing" => Reply::new(404, format!("not here {n}")),
             "/nostore" => Reply::new(200, format!("fresh {n}")).header("cache-control", "no-store"),
             "/cookie" => Reply::new(200, format!("mine {n}")).header("set-cookie", "s=1"),
@@ -98,6 +101,53 @@ async fn two_hundred_concurrent_cold_requests_make_one_upstream_call() {
     }
     assert_eq!(stored, 1);
     assert_eq!(collapsed, 199);
+    gw.stop().await;
+}
+
+/// Concurrent cold requests for a response that varies collapse too: one upstream call per
+/// variant asked for, each request answered with its own variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_for_a_varying_response_make_one_call_per_variant() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "ttl = \"60s\"")).await;
+    let http = client();
+    let url = gw.url("/slow-vary");
+    let languages = ["en", "fr"];
+    let answers = futures_util::future::join_all((0..60).map(|i| {
+        let language = languages[i % 2];
+        let (http, url) = (&http, &url);
+        async move {
+            let answer = send(
+                http,
+                "GET",
+                url,
+                &[("accept-language", language)],
+                Bytes::new(),
+            )
+            .await;
+            (language, answer)
+        }
+    }))
+    .await;
+    assert_eq!(
+        origin.calls("/slow-vary"),
+        2,
+        "one upstream call per variant for 60 cold requests"
+    );
+    for (language, answer) in &answers {
+        assert_eq!(answer.status, 200);
+        let body = std::str::from_utf8(&answer.body).unwrap();
+        assert!(
+            body.starts_with(&format!("{language}-")),
+            "{language}: {body}"
+        );
+    }
+    // Both variants were stored under one marker: each is a hit now.
+    for language in languages {
+        let again = get(&gw, "/slow-vary", &[("accept-language", language)]).await;
+        assert!(again.header("cache-status").unwrap().contains("hit"));
+    }
+    assert_eq!(origin.calls("/slow-vary"), 2);
     gw.stop().await;
 }
 

@@ -378,16 +378,25 @@ enum Tier {
     L2,
 }
 
+/// Flights one after another that concurrent misses of a varying response follow (each stores
+/// one variant) before the requests still waiting go to the upstream on their own.
+const VARIANT_ROUNDS: u32 = 4;
+
 /// One upstream call in progress for a key, and how it ended.
 #[derive(Debug)]
 struct Flight {
     done: watch::Sender<Option<FlightEnd>>,
 }
 
+/// The names a response varies on and the generation of its variants (the marker at the
+/// primary key).
+type VaryMarker = (Vec<HeaderName>, u64);
+
 #[derive(Debug, Clone)]
 enum FlightEnd {
-    /// Stored under this (variant) key.
-    Stored(Arc<Entry>, String),
+    /// Stored under this key: the primary one, or, when the response varies (the marker given),
+    /// the key of the leader's variant.
+    Stored(Arc<Entry>, String, Option<VaryMarker>),
     /// Nothing to share: the waiters go to the upstream themselves.
     NotStored,
 }
@@ -474,7 +483,7 @@ pub enum Lookup {
 pub struct Fetch {
     cache: Arc<RouteCache>,
     primary: String,
-    variant_of: Option<(Vec<HeaderName>, u64)>,
+    variant_of: Option<VaryMarker>,
     request_headers: HeaderMap,
     method: Method,
     if_none_match: Option<HeaderValue>,
@@ -602,41 +611,60 @@ impl RouteCache {
             self.metrics.miss.inc();
             return Lookup::Fetch(self.fetch(primary, variant_of, parts, None, false, stale, why));
         }
-        // A miss: lead the flight for this key, or wait for the one in progress.
-        match self.join_or_lead(&primary) {
-            Err(mut lead) => {
-                if let Some((entry, key, answer)) =
-                    self.wait_elsewhere(&mut lead, parts, deadline).await
-                {
-                    lead.end(FlightEnd::Stored(entry, key));
-                    return answer;
-                }
-                self.metrics.miss.inc();
-                Lookup::Fetch(self.fetch(primary, variant_of, parts, Some(lead), true, stale, why))
-            }
-            Ok(flight) => {
-                let mut done = flight.done.subscribe();
-                let ended = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some)).await;
-                if let Ok(Ok(end)) = ended {
-                    if let Some(FlightEnd::Stored(entry, key)) = end.clone() {
-                        // Without Vary the variant key is the primary one.
-                        if self.variant_key(&primary, entry.vary.as_ref(), &parts.headers) == key {
-                            self.metrics.coalesced.inc();
-                            let now = now_ms();
-                            let status = status_value(format_args!(
-                                "fwd={why}; collapsed; ttl={}",
-                                entry.ttl_ms(now) / 1000
-                            ));
-                            let response =
-                                respond(&entry, now, &parts.method, if_none_match.as_ref());
-                            return Lookup::Hit(response, status);
-                        }
+        // A miss: lead the flight for this key, or wait for the one in progress. A flight that
+        // stored another variant of a varying response is followed by a new flight for the
+        // variants still wanted (their requests join it), a few times at most.
+        let mut round = 0;
+        loop {
+            let flight = match self.join_or_lead(&primary) {
+                Err(mut lead) => {
+                    if let Some((entry, key, vary, answer)) =
+                        self.wait_elsewhere(&mut lead, parts, deadline).await
+                    {
+                        lead.end(FlightEnd::Stored(entry, key, vary));
+                        return answer;
                     }
+                    self.metrics.miss.inc();
+                    return Lookup::Fetch(self.fetch(
+                        primary,
+                        variant_of,
+                        parts,
+                        Some(lead),
+                        true,
+                        stale,
+                        why,
+                    ));
                 }
-                // Not stored, a different variant, or waited too long: go to the upstream.
-                self.metrics.miss.inc();
-                Lookup::Fetch(self.fetch(primary, variant_of, parts, None, true, stale, why))
+                Ok(flight) => flight,
+            };
+            let mut done = flight.done.subscribe();
+            let ended = tokio::time::timeout_at(deadline, done.wait_for(Option::is_some))
+                .await
+                .ok()
+                .and_then(|end| end.ok().map(|end| end.clone()));
+            if let Some(Some(FlightEnd::Stored(entry, key, vary))) = ended {
+                // Without Vary the variant key is the primary one.
+                if self.variant_key(&primary, vary.as_ref(), &parts.headers) == key {
+                    self.metrics.coalesced.inc();
+                    let now = now_ms();
+                    let status = status_value(format_args!(
+                        "fwd={why}; collapsed; ttl={}",
+                        entry.ttl_ms(now) / 1000
+                    ));
+                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
+                    return Lookup::Hit(response, status);
+                }
+                if vary.is_some() && round < VARIANT_ROUNDS {
+                    // Another variant: the next flight stores this one beside it, under the
+                    // same marker.
+                    round += 1;
+                    variant_of = vary;
+                    continue;
+                }
             }
+            // Not stored, waited too long, or variants beyond the rounds: go to the upstream.
+            self.metrics.miss.inc();
+            return Lookup::Fetch(self.fetch(primary, variant_of, parts, None, true, stale, why));
         }
     }
 
@@ -647,7 +675,7 @@ impl RouteCache {
         lead: &mut Lead,
         parts: &Parts,
         deadline: Instant,
-    ) -> Option<(Arc<Entry>, String, Lookup)> {
+    ) -> Option<(Arc<Entry>, String, Option<VaryMarker>, Lookup)> {
         let l2 = self.store.l2.load_full()?;
         let token = format!("{:016x}", fastrand::u64(..));
         match l2.lock(&lead.key, &token, self.lock_wait).await {
@@ -680,13 +708,14 @@ impl RouteCache {
         l2: &RedisCache,
         primary: &str,
         parts: &Parts,
-    ) -> Option<(Arc<Entry>, String, Lookup)> {
+    ) -> Option<(Arc<Entry>, String, Option<VaryMarker>, Lookup)> {
         let bytes = l2.get(primary).await.ok()??;
         let found = Arc::new(Entry::decode(&bytes)?);
-        let (entry, key) = match &found.vary {
+        let vary = found.vary.clone();
+        let (entry, key) = match &vary {
             None => (found, primary.to_owned()),
             Some(_) => {
-                let key = self.variant_key(primary, found.vary.as_ref(), &parts.headers);
+                let key = self.variant_key(primary, vary.as_ref(), &parts.headers);
                 let bytes = l2.get(&key).await.ok()??;
                 (Arc::new(Entry::decode(&bytes)?), key)
             }
@@ -703,7 +732,7 @@ impl RouteCache {
         ));
         let inm = parts.headers.get(header::IF_NONE_MATCH);
         let answer = Lookup::Hit(respond(&entry, now, &parts.method, inm), status);
-        Some((entry, key, answer))
+        Some((entry, key, vary, answer))
     }
 
     /// The entry, and the marker found at the primary key when the response varies (kept
@@ -712,7 +741,7 @@ impl RouteCache {
         &self,
         primary: &str,
         request: &HeaderMap,
-    ) -> (Option<(Arc<Entry>, Tier)>, Option<(Vec<HeaderName>, u64)>) {
+    ) -> (Option<(Arc<Entry>, Tier)>, Option<VaryMarker>) {
         let Some((entry, tier)) = self.store.get(primary, self.l1_ttl).await else {
             return (None, None);
         };
@@ -726,12 +755,7 @@ impl RouteCache {
         }
     }
 
-    fn variant_key(
-        &self,
-        primary: &str,
-        vary: Option<&(Vec<HeaderName>, u64)>,
-        request: &HeaderMap,
-    ) -> String {
+    fn variant_key(&self, primary: &str, vary: Option<&VaryMarker>, request: &HeaderMap) -> String {
         match vary {
             None => primary.to_owned(),
             Some((names, generation)) => {
@@ -768,7 +792,7 @@ impl RouteCache {
     fn fetch(
         self: &Arc<Self>,
         primary: String,
-        variant_of: Option<(Vec<HeaderName>, u64)>,
+        variant_of: Option<VaryMarker>,
         parts: &mut Parts,
         lead: Option<Lead>,
         store: bool,
@@ -889,7 +913,7 @@ impl Fetch {
         };
         let entry = cache.entry(&head, body, lifetime, self.started);
         let now = now_ms();
-        let key = cache
+        let (key, vary) = cache
             .store_entry(
                 &self.primary,
                 &vary,
@@ -900,7 +924,7 @@ impl Fetch {
             .await;
         let entry = Arc::new(entry);
         if let Some(lead) = self.lead.take() {
-            lead.end(FlightEnd::Stored(Arc::clone(&entry), key));
+            lead.end(FlightEnd::Stored(Arc::clone(&entry), key, vary));
         }
         let status = status_value(format_args!(
             "fwd={why}; fwd-status={fwd_status}; stored; ttl={}",
@@ -960,20 +984,20 @@ impl RouteCache {
     }
 
     /// Stores `entry` in both tiers (with a marker at the primary key when it varies); returns
-    /// the key it is under.
+    /// the key it is under, and the marker.
     async fn store_entry(
         &self,
         primary: &str,
         vary: &[HeaderName],
         entry: Entry,
         request: &HeaderMap,
-        known: Option<(Vec<HeaderName>, u64)>,
-    ) -> String {
+        known: Option<VaryMarker>,
+    ) -> (String, Option<VaryMarker>) {
         let entry = Arc::new(entry);
         let mut writes: Vec<(String, Arc<Entry>)> = Vec::with_capacity(2);
-        let key = if vary.is_empty() {
+        let (key, marked) = if vary.is_empty() {
             writes.push((primary.to_owned(), Arc::clone(&entry)));
-            primary.to_owned()
+            (primary.to_owned(), None)
         } else {
             let marker_vary = match known {
                 Some((names, generation)) if names == vary => (names, generation),
@@ -984,13 +1008,13 @@ impl RouteCache {
                 status: StatusCode::OK,
                 headers: HeaderMap::new(),
                 body: Bytes::new(),
-                vary: Some(marker_vary),
+                vary: Some(marker_vary.clone()),
                 tags: entry.tags.clone(),
                 ..(*entry).clone()
             };
             writes.push((primary.to_owned(), Arc::new(marker)));
             writes.push((key.clone(), Arc::clone(&entry)));
-            key
+            (key, Some(marker_vary))
         };
         for (key, value) in &writes {
             self.store.l1_put(key, Arc::clone(value), self.l1_ttl);
@@ -1004,7 +1028,7 @@ impl RouteCache {
                 }
             }
         }
-        key
+        (key, marked)
     }
 }
 
