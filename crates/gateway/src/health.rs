@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -137,9 +137,7 @@ impl Probe {
             let duration = started.elapsed();
             self.metrics.health_check(self.upstream.name(), ok);
             self.target.set_last_check(CheckRecord {
-                at_unix_ms: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis() as u64),
+                at_unix_ms: crate::unix_ms(SystemTime::now()),
                 ok,
                 detail: detail.clone(),
                 duration_ms: duration.as_secs_f64() * 1000.0,

@@ -578,6 +578,12 @@ impl Shared {
     }
 }
 
+/// Milliseconds since the Unix epoch at `at` (0 before it).
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn circuit_view(name: &str, circuit: &upstream::Circuit) -> CircuitView {
     let now = std::time::Instant::now();
     let wall = SystemTime::now();
@@ -589,9 +595,7 @@ fn circuit_view(name: &str, circuit: &upstream::Circuit) -> CircuitView {
         .map(|t| TransitionView {
             from: t.from.name(),
             to: t.to.name(),
-            at_unix_ms: (wall - now.saturating_duration_since(t.at))
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            at_unix_ms: unix_ms(wall - now.saturating_duration_since(t.at)),
         })
         .collect();
     CircuitView {

@@ -1,6 +1,6 @@
 //! A stored response, and its encoding for the shared tier.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 /// the same on every one (instances are assumed NTP-synchronised; a skew of a second shifts
 /// freshness by a second).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    crate::unix_ms(SystemTime::now())
 }
 
 /// One cached response, or a marker that the response of this URL varies.
