@@ -110,9 +110,10 @@ impl Http1Client {
     }
 }
 
-/// Closes idle connections past their time, every `every`, until the client is gone.
-async fn sweep(client: Weak<Http1Client>, every: Duration) {
-    let mut ticks = tokio::time::interval(every.max(Duration::from_secs(1)));
+/// Closes connections idle past `idle_timeout`, until the client is gone.
+async fn sweep(client: Weak<Http1Client>, idle_timeout: Duration) {
+    // Every half timeout: an idle connection lives at most 1.5 × the timeout without traffic.
+    let mut ticks = tokio::time::interval((idle_timeout / 2).max(Duration::from_secs(1)));
     ticks.tick().await;
     loop {
         ticks.tick().await;
