@@ -187,6 +187,16 @@ impl Http1Pool {
     }
 
     fn lease(self: &Arc<Self>, sender: SendRequest<RequestBody>) -> Lease {
+        // The whole answer may have arrived with its head (a small body): its end is then
+        // waiting in the body's channel, and the connection can take the next request now,
+        // not only once this body has been passed on downstream.
+        if sender.is_ready() {
+            self.put(sender);
+            return Lease {
+                pool: Arc::clone(self),
+                sender: None,
+            };
+        }
         Lease {
             pool: Arc::clone(self),
             sender: Some(sender),
