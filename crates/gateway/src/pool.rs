@@ -5,7 +5,8 @@
 //! again at return; it races each checkout against a connect, and spawns a task per request to
 //! wait until the connection is free again. Here the target's pool is found once, when the
 //! config is compiled; a request takes the most recently returned connection that is still
-//! open (or opens one), and the connection goes back when the response body is done — the
+//! open (or opens one), and the connection goes back as soon as it is free: at the answer's
+//! head when the whole answer came with it, otherwise when the response body is done — the
 //! gateway's response body knows that moment. Decision 0010 has the measurements.
 //!
 //! What hyper-util did that is kept: a request sent on a reused connection that the target had
