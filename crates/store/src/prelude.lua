@@ -40,3 +40,10 @@ local function ttl_ms(us)
   return int(math.floor(ceil_us(us) / 1000) + 1)
 end
 
+-- What every script answers: {allowed (0|1), remaining (never below 0), reset_us, retry_after_us}.
+local function decision(allowed, remaining, reset, retry)
+  if remaining < 0 then
+    remaining = 0
+  end
+  return {allowed, remaining, reset, retry}
+end

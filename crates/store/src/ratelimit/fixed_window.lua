@@ -40,7 +40,4 @@ else
 end
 
 local remaining = limit - used
-if remaining < 0 then
-  remaining = 0
-end
-return {allowed, remaining, reset, retry}
+return decision(allowed, remaining, reset, retry)

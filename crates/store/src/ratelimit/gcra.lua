@@ -44,11 +44,8 @@ else
 end
 
 local remaining = math.floor((tau - (tat - now)) / interval)
-if remaining < 0 then
-  remaining = 0
-end
 local reset = ceil_us(tat - now)
 if allowed == 0 and cost > burst then
   retry = reset -- can never pass: the best there is, a full bucket
 end
-return {allowed, remaining, reset, retry}
+return decision(allowed, remaining, reset, retry)

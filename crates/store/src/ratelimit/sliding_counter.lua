@@ -80,7 +80,4 @@ if allowed == 0 and cost > limit then
   retry = reset -- can never pass: the best there is, an empty estimate
 end
 local remaining = math.floor(limit - estimate())
-if remaining < 0 then
-  remaining = 0
-end
-return {allowed, remaining, reset, retry}
+return decision(allowed, remaining, reset, retry)

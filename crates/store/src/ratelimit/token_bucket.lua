@@ -43,4 +43,4 @@ local reset = ceil_us((capacity - tokens) * 1000000 / rate)
 if allowed == 0 and cost > capacity then
   retry = reset -- can never pass: the best there is, a full bucket
 end
-return {allowed, math.floor(tokens), reset, retry}
+return decision(allowed, math.floor(tokens), reset, retry)
