@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
@@ -470,9 +470,40 @@ fn openmetrics_to_prometheus(text: &str) -> String {
     out
 }
 
-/// A metric name, its help, and how to read it from `S` (a target's figures, a bulkhead's
-/// usage).
-type Reader<S, T> = (&'static str, &'static str, fn(&S) -> T);
+/// A metric name, its help, and how to read its sample from a row `R` (a target's figures, a
+/// bulkhead's usage) as a constant gauge or counter.
+type Reader<R, M> = (&'static str, &'static str, fn(&R) -> M);
+
+/// A target's labels: its upstream and its address.
+fn target_labels<'a>(
+    (upstream, target, _): &(&'a str, &'a str, TargetFigures),
+) -> [(&'static str, &'a str); 2] {
+    [("upstream", upstream), ("target", target)]
+}
+
+/// The labels of a row named by its first field, under `name`.
+fn labelled_by<'a, T>(
+    name: &'static str,
+) -> impl Fn(&(&'a str, T)) -> [(&'static str, &'a str); 1] + Copy {
+    move |(value, _)| [(name, *value)]
+}
+
+/// One family of `kind` per reader, in order, each with one sample per row labelled by `labels`.
+fn encode_rows<R, L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    kind: MetricType,
+    rows: &[R],
+    labels: impl Fn(&R) -> L,
+    readers: &[Reader<R, M>],
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in readers {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for row in rows {
+            value(row).encode(family.encode_family(&labels(row))?)?;
+        }
+    }
+    Ok(())
+}
 
 /// Per-target figures read from the target states at scrape time, so the request path pays
 /// nothing for them.
@@ -501,60 +532,60 @@ impl Collector for TargetCollector {
         if figures.is_empty() {
             return Ok(());
         }
-        let gauges: [Reader<TargetFigures, f64>; 5] = [
+        type Row<'a> = (&'a str, &'a str, TargetFigures);
+        let gauges: [Reader<Row, ConstGauge<f64>>; 5] = [
             (
                 names::TARGET_HEALTHY,
                 "1 while the target passes its active health checks",
-                |f| f64::from(u8::from(f.healthy)),
+                |(_, _, f)| ConstGauge::new(f64::from(u8::from(f.healthy))),
             ),
             (
                 names::TARGET_ELIGIBLE,
                 "1 while the target may take requests",
-                |f| f64::from(u8::from(f.eligible)),
+                |(_, _, f)| ConstGauge::new(f64::from(u8::from(f.eligible))),
             ),
             (
                 names::TARGET_EJECTED,
                 "1 while the target is ejected by outlier detection",
-                |f| f64::from(u8::from(f.ejected)),
+                |(_, _, f)| ConstGauge::new(f64::from(u8::from(f.ejected))),
             ),
             (
                 names::TARGET_IN_FLIGHT,
                 "Requests in flight to the target",
-                |f| f64::from(f.in_flight),
+                |(_, _, f)| ConstGauge::new(f64::from(f.in_flight)),
             ),
             (
                 names::TARGET_LATENCY,
                 "Peak-EWMA latency estimate of the target",
-                |f| f.latency_ms / 1000.0,
+                |(_, _, f)| ConstGauge::new(f.latency_ms / 1000.0),
             ),
         ];
-        for (name, help, value) in gauges {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for (upstream, target, f) in &figures {
-                let labels = [("upstream", *upstream), ("target", *target)];
-                ConstGauge::new(value(f)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let counters: [Reader<TargetFigures, u64>; 2] = [
+        encode_rows(
+            &mut encoder,
+            MetricType::Gauge,
+            &figures,
+            target_labels,
+            &gauges,
+        )?;
+        let counters: [Reader<Row, ConstCounter<u64>>; 2] = [
             (
                 names::TARGET_PICKS,
                 "Times a balancer picked the target",
-                |f| f.picks,
+                |(_, _, f)| ConstCounter::new(f.picks),
             ),
             (
                 names::TARGET_EJECTIONS,
                 "Times the target was ejected by outlier detection",
-                |f| f.ejections,
+                |(_, _, f)| ConstCounter::new(f.ejections),
             ),
         ];
-        for (name, help, value) in counters {
-            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (upstream, target, f) in &figures {
-                let labels = [("upstream", *upstream), ("target", *target)];
-                ConstCounter::new(value(f)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
+        encode_rows(
+            &mut encoder,
+            MetricType::Counter,
+            &figures,
+            target_labels,
+            &counters,
+        )
     }
 }
 
@@ -566,38 +597,31 @@ fn encode_adaptive_limits(
     if limits.is_empty() {
         return Ok(());
     }
-    let usage: Vec<(&str, sekisho_policy::concurrency::Usage)> = limits
+    type Row<'a> = (&'a str, sekisho_policy::concurrency::Usage);
+    let usage: Vec<Row> = limits
         .iter()
         .map(|(route, limit)| (&**route, limit.usage()))
         .collect();
-    let gauges: [Reader<sekisho_policy::concurrency::Usage, i64>; 2] = [
+    let labels = labelled_by("route");
+    let gauges: [Reader<Row, ConstGauge<i64>>; 2] = [
         (
             names::CONCURRENCY_LIMIT,
             "The route's adaptive concurrency limit now",
-            |u| i64::from(u.limit),
+            |(_, u)| ConstGauge::new(i64::from(u.limit)),
         ),
         (
             names::CONCURRENCY_IN_FLIGHT,
             "Calls holding a place under the route's adaptive concurrency limit",
-            |u| i64::from(u.in_flight),
+            |(_, u)| ConstGauge::new(i64::from(u.in_flight)),
         ),
     ];
-    for (name, help, value) in gauges {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (route, u) in &usage {
-            ConstGauge::new(value(u)).encode(family.encode_family(&[("route", *route)])?)?;
-        }
-    }
-    let mut family = encoder.encode_descriptor(
+    encode_rows(encoder, MetricType::Gauge, &usage, labels, &gauges)?;
+    let shed: Reader<Row, ConstCounter<u64>> = (
         names::SHED,
         "Calls shed with OVERLOADED by the route's adaptive concurrency limit",
-        None,
-        MetricType::Counter,
-    )?;
-    for (route, u) in &usage {
-        ConstCounter::new(u.shed).encode(family.encode_family(&[("route", *route)])?)?;
-    }
-    Ok(())
+        |(_, u)| ConstCounter::new(u.shed),
+    );
+    encode_rows(encoder, MetricType::Counter, &usage, labels, &[shed])
 }
 
 /// The bulkheads' usage, read at scrape time.
@@ -605,41 +629,34 @@ fn encode_bulkheads(
     upstreams: &[Arc<UpstreamGroup>],
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
-    let usage: Vec<(&str, sekisho_policy::bulkhead::Usage)> = upstreams
+    type Row<'a> = (&'a str, sekisho_policy::bulkhead::Usage);
+    let usage: Vec<Row> = upstreams
         .iter()
         .filter_map(|g| g.bulkhead.as_ref().map(|b| (&*g.name, b.usage())))
         .collect();
     if usage.is_empty() {
         return Ok(());
     }
-    let gauges: [Reader<sekisho_policy::bulkhead::Usage, i64>; 2] = [
+    let labels = labelled_by("upstream");
+    let gauges: [Reader<Row, ConstGauge<i64>>; 2] = [
         (
             names::BULKHEAD_IN_USE,
             "Slots of the upstream's bulkhead in use",
-            |u| i64::from(u.in_use),
+            |(_, u)| ConstGauge::new(i64::from(u.in_use)),
         ),
         (
             names::BULKHEAD_QUEUED,
             "Requests waiting for a slot of the upstream's bulkhead",
-            |u| i64::from(u.queued),
+            |(_, u)| ConstGauge::new(i64::from(u.queued)),
         ),
     ];
-    for (name, help, value) in gauges {
-        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        for (upstream, u) in &usage {
-            ConstGauge::new(value(u)).encode(family.encode_family(&[("upstream", *upstream)])?)?;
-        }
-    }
-    let mut family = encoder.encode_descriptor(
+    encode_rows(encoder, MetricType::Gauge, &usage, labels, &gauges)?;
+    let rejected: Reader<Row, ConstCounter<u64>> = (
         names::BULKHEAD_REJECTED,
         "Requests refused with BULKHEAD_FULL by the upstream's bulkhead",
-        None,
-        MetricType::Counter,
-    )?;
-    for (upstream, u) in &usage {
-        ConstCounter::new(u.rejected).encode(family.encode_family(&[("upstream", *upstream)])?)?;
-    }
-    Ok(())
+        |(_, u)| ConstCounter::new(u.rejected),
+    );
+    encode_rows(encoder, MetricType::Counter, &usage, labels, &[rejected])
 }
 
 /// The circuit breakers' figures, read at scrape time.
@@ -649,7 +666,8 @@ fn encode_circuits(
 ) -> Result<(), std::fmt::Error> {
     use sekisho_policy::breaker::State;
     let now = std::time::Instant::now();
-    let circuits: Vec<(&str, sekisho_policy::breaker::Figures)> = upstreams
+    type Row<'a> = (&'a str, sekisho_policy::breaker::Figures);
+    let circuits: Vec<Row> = upstreams
         .iter()
         .filter_map(|g| {
             g.circuit
@@ -680,37 +698,31 @@ fn encode_circuits(
                 .encode(family.encode_family(&labels)?)?;
         }
     }
-    let mut family = encoder.encode_descriptor(
+    let labels = labelled_by("upstream");
+    let opened: Reader<Row, ConstCounter<u64>> = (
         names::CIRCUIT_OPENED,
         "Times the upstream's circuit opened",
-        None,
-        MetricType::Counter,
-    )?;
-    for (upstream, figures) in &circuits {
-        ConstCounter::new(figures.opened)
-            .encode(family.encode_family(&[("upstream", *upstream)])?)?;
-    }
-    let mut family = encoder.encode_descriptor(
+        |(_, figures)| ConstCounter::new(figures.opened),
+    );
+    encode_rows(encoder, MetricType::Counter, &circuits, labels, &[opened])?;
+    let calls: Reader<Row, ConstGauge<i64>> = (
         names::CIRCUIT_CALLS,
         "Calls in the window of the upstream's circuit",
-        None,
-        MetricType::Gauge,
-    )?;
-    for (upstream, figures) in &circuits {
-        ConstGauge::new(i64::from(figures.calls))
-            .encode(family.encode_family(&[("upstream", *upstream)])?)?;
-    }
-    let mut family = encoder.encode_descriptor(
+        |(_, figures)| ConstGauge::new(i64::from(figures.calls)),
+    );
+    encode_rows(encoder, MetricType::Gauge, &circuits, labels, &[calls])?;
+    let failure_rate: Reader<Row, ConstGauge<f64>> = (
         names::CIRCUIT_FAILURE_RATE,
         "Failure rate of the window of the upstream's circuit",
-        None,
+        |(_, figures)| ConstGauge::new(figures.failure_rate),
+    );
+    encode_rows(
+        encoder,
         MetricType::Gauge,
-    )?;
-    for (upstream, figures) in &circuits {
-        ConstGauge::new(figures.failure_rate)
-            .encode(family.encode_family(&[("upstream", *upstream)])?)?;
-    }
-    Ok(())
+        &circuits,
+        labels,
+        &[failure_rate],
+    )
 }
 
 /// Process vitals read from /proc at scrape time: CPU, memory, file descriptors, start time.
