@@ -156,12 +156,13 @@ struct Idle {
 
 impl Http1Pool {
     /// Sends `request` (origin-form target) on an idle connection, or on a new one; the answer
-    /// comes with the connection's [`Lease`], to be kept until its body is done.
+    /// comes with the connection's [`Lease`] while the connection is still busy with it, to be
+    /// kept until its body is done.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
         now: Instant,
-    ) -> Result<(Response<Incoming>, Lease), CallError> {
+    ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
         while let Some(mut sender) = self.checkout(now) {
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, self.lease(sender))),
@@ -187,21 +188,19 @@ impl Http1Pool {
             .count()
     }
 
-    fn lease(self: &Arc<Self>, sender: SendRequest<RequestBody>) -> Lease {
+    /// The connection's lease for the answer's body; none when the connection is free already.
+    fn lease(self: &Arc<Self>, sender: SendRequest<RequestBody>) -> Option<Lease> {
         // The whole answer may have arrived with its head (a small body): its end is then
         // waiting in the body's channel, and the connection can take the next request now,
         // not only once this body has been passed on downstream.
         if sender.is_ready() {
             self.put(sender);
-            return Lease {
-                pool: Arc::clone(self),
-                sender: None,
-            };
+            return None;
         }
-        Lease {
+        Some(Lease {
             pool: Arc::clone(self),
             sender: Some(sender),
-        }
+        })
     }
 
     /// The newest idle connection that can take a request; older ones past their idle time go.

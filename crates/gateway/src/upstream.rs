@@ -95,10 +95,7 @@ impl TargetConn {
         now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
         match self {
-            Self::Http1(pool) => {
-                let (response, lease) = pool.send(request, now).await?;
-                Ok((response, Some(lease)))
-            }
+            Self::Http1(pool) => pool.send(request, now).await,
             Self::H2c(h2c) => {
                 let (client, authority) = h2c.as_ref();
                 let mut parts = request.uri().clone().into_parts();
