@@ -421,7 +421,10 @@ pub fn tighter(a: Option<Decision>, b: Decision) -> Decision {
 /// The connection to Redis that Redis-backed limits share, made on first use and kept.
 #[derive(Debug)]
 pub struct StoreLink {
+    /// The URL as configured, credentials included: only for connecting.
     url: String,
+    /// The URL with its credentials masked: for everything shown or logged.
+    shown: String,
     limiter: ArcSwapOption<RedisLimiter>,
     cache: ArcSwapOption<sekisho_store::cache::RedisCache>,
     presence: Mutex<Option<(Arc<Presence>, PresenceTask)>>,
@@ -436,7 +439,7 @@ pub struct StoreLink {
 /// What `/health/detailed` says about Redis.
 #[derive(Debug, Clone)]
 pub struct StoreStatus {
-    /// The URL in use.
+    /// The URL in use, its credentials masked.
     pub url: String,
     /// Whether connected and the last decision reached Redis.
     pub healthy: bool,
@@ -454,6 +457,7 @@ impl StoreLink {
     pub fn new(url: &str) -> Arc<Self> {
         let link = Arc::new(Self {
             url: url.to_owned(),
+            shown: sekisho_store::redact_url(url),
             limiter: ArcSwapOption::empty(),
             cache: ArcSwapOption::empty(),
             presence: Mutex::new(None),
@@ -497,7 +501,7 @@ impl StoreLink {
         false
     }
 
-    /// The URL.
+    /// The URL as configured (credentials included: compare with it, never show it).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -537,7 +541,7 @@ impl StoreLink {
                     ))));
                     self.healthy.store(true, Ordering::Release);
                     self.attempted.store(true, Ordering::Release);
-                    tracing::info!(url = %self.url, "connected to redis");
+                    tracing::info!(url = %self.shown, "connected to redis");
                     return;
                 }
                 Err(error) => {
@@ -552,20 +556,21 @@ impl StoreLink {
 
     fn succeeded(&self) {
         if !self.healthy.swap(true, Ordering::AcqRel) {
-            tracing::warn!(url = %self.url, "redis answers again: rate limits are shared again");
+            tracing::warn!(url = %self.shown, "redis answers again: rate limits are shared again");
         }
     }
 
     fn failed(&self, error: &str) {
+        let error = sekisho_store::redact_in(error, &self.url);
         self.errors.fetch_add(1, Ordering::Relaxed);
-        *lock(&self.last_error) = Some(error.to_owned());
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::error!(
-                url = %self.url,
+                url = %self.shown,
                 error,
                 "redis cannot be reached: rate limits follow on_store_error"
             );
         }
+        *lock(&self.last_error) = Some(error);
     }
 
     /// Live instances last counted (1 until counted).
@@ -578,7 +583,7 @@ impl StoreLink {
     /// The link's state.
     pub fn status(&self) -> StoreStatus {
         StoreStatus {
-            url: self.url.clone(),
+            url: self.shown.clone(),
             healthy: self.healthy.load(Ordering::Acquire),
             last_error: lock(&self.last_error).clone(),
             errors: self.errors.load(Ordering::Relaxed),

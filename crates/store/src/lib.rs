@@ -21,6 +21,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub mod cache;
 pub mod instances;
 pub mod ratelimit;
+mod redact;
+
+pub use redact::{redact_in, redact_url};
 
 /// How long [`connect`] waits for Redis before giving up.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

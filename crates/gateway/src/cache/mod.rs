@@ -366,6 +366,7 @@ async fn listen(cache: Weak<CacheStore>, url: String, channel: String) {
             .subscribed
             .store(false, std::sync::atomic::Ordering::Release);
         drop(store);
+        let error = sekisho_store::redact_in(&error.to_string(), &url);
         tracing::warn!(%error, "cache purge subscription lost; resubscribing");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(5));
