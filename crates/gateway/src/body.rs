@@ -2,8 +2,12 @@
 //!
 //! [`RequestBody`] carries the client's body up and stops it at the body limit (413);
 //! [`ResponseBody`] carries the upstream's body down, bounded by the route's deadline, or a small
-//! body the gateway made itself. Both hold a [`RequestGuard`] so that the connection knows when
-//! the exchange is really over (the response body can outlive the handler by minutes).
+//! body the gateway made itself. A response body keeps what the exchange holds — the client
+//! connection's request count, the target's in-flight count, the pooled connection, the
+//! bulkhead slot, the adaptive-concurrency place — until its last byte is out (it can outlive
+//! the handler by minutes), without knowing what they are: each is a [`Held`] or any value.
+//!
+//! This module imports nothing of the gateway.
 
 use std::fmt;
 use std::future::Future;
@@ -16,11 +20,37 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use crate::connection::RequestGuard;
-use crate::pool::Lease;
-use crate::upstream::InFlight;
 use sekisho_policy::bulkhead::Slot;
 use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
+
+/// Someone owed a call when an exchange is over (a count to decrease).
+pub trait Release: Send + Sync + 'static {
+    /// The exchange is over.
+    fn release(&self);
+}
+
+/// A [`Release`] owed once, when this is dropped. Made from an `Arc` the owner already has, so
+/// it costs no allocation.
+pub struct Held(Arc<dyn Release>);
+
+impl Held {
+    /// Owes `owner` one release.
+    pub fn new(owner: Arc<dyn Release>) -> Self {
+        Self(owner)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl fmt::Debug for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Held")
+    }
+}
 
 /// Errors travel boxed between layers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -297,12 +327,12 @@ enum Kind {
 /// A response body on its way to the client.
 pub struct ResponseBody {
     kind: Kind,
-    guard: Option<RequestGuard>,
-    target: Option<InFlight>,
+    /// Releases owed when the body is done (the request's, the target's).
+    held: [Option<Held>; 2],
     bulkhead: Option<Slot>,
     concurrency: Option<ConcurrencyPermit>,
-    /// The upstream connection the body comes on: back to its pool once the body is done.
-    connection: Option<Lease>,
+    /// Anything else kept to the end (the pooled connection the body comes on).
+    kept: Option<Box<dyn Send>>,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -322,11 +352,10 @@ impl ResponseBody {
     pub fn empty() -> Self {
         Self {
             kind: Kind::Empty,
-            guard: None,
-            target: None,
+            held: [None, None],
             bulkhead: None,
             concurrency: None,
-            connection: None,
+            kept: None,
         }
     }
 
@@ -334,33 +363,25 @@ impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
         Self {
             kind: Kind::Full(Some(bytes)),
-            guard: None,
-            target: None,
+            held: [None, None],
             bulkhead: None,
             concurrency: None,
-            connection: None,
+            kept: None,
         }
     }
 
-    /// The upstream's body, cut off when `deadline` fires; `target` counts the call in flight
-    /// on its target, and `connection` lends the connection, until the body is done.
-    pub fn upstream(
-        body: Incoming,
-        deadline: Option<Instant>,
-        target: Option<InFlight>,
-        connection: Option<Lease>,
-    ) -> Self {
+    /// The upstream's body, cut off when `deadline` fires.
+    pub fn upstream(body: Incoming, deadline: Option<Instant>) -> Self {
         Self {
             kind: Kind::Upstream {
                 body,
                 deadline,
                 timer: None,
             },
-            guard: None,
-            target,
+            held: [None, None],
             bulkhead: None,
             concurrency: None,
-            connection,
+            kept: None,
         }
     }
 
@@ -368,11 +389,10 @@ impl ResponseBody {
     pub fn prefixed(prefix: Bytes, rest: ResponseBody) -> Self {
         Self {
             kind: Kind::Prefixed(Some(prefix), Box::new(rest)),
-            guard: None,
-            target: None,
+            held: [None, None],
             bulkhead: None,
             concurrency: None,
-            connection: None,
+            kept: None,
         }
     }
 
@@ -386,9 +406,21 @@ impl ResponseBody {
         self.concurrency = Some(permit);
     }
 
-    /// Keeps `guard` alive until the body is done.
-    pub(crate) fn set_guard(&mut self, guard: RequestGuard) {
-        self.guard = Some(guard);
+    /// Owes `held` its release when the body is done.
+    pub fn hold(&mut self, held: Held) {
+        match &mut self.held {
+            [free @ None, _] | [_, free @ None] => *free = Some(held),
+            // More than two: the extra one is kept as a value (rare, so the box is fine).
+            [Some(_), Some(_)] => self.keep(held),
+        }
+    }
+
+    /// Keeps `value` alive until the body is done.
+    pub fn keep(&mut self, value: impl Send + 'static) {
+        self.kept = Some(match self.kept.take() {
+            None => Box::new(value),
+            Some(earlier) => Box::new((earlier, value)),
+        });
     }
 }
 
@@ -432,11 +464,10 @@ impl Body for ResponseBody {
         };
         if let Poll::Ready(None) = polled {
             // The exchange is over as soon as the last frame is out, not when hyper drops us.
-            this.guard = None;
-            this.target = None;
+            this.held = [None, None];
             this.bulkhead = None;
             this.concurrency = None;
-            this.connection = None;
+            this.kept = None;
         }
         polled
     }

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
+use crate::body::{Held, Release};
 use crate::edge::raw_error_for_status;
 use crate::metrics::Metrics;
 
@@ -75,7 +76,7 @@ impl ConnState {
         let flags = self.head_flags.swap(0, Ordering::Relaxed);
         self.metrics.requests_in_flight.inc();
         RequestGuard {
-            state: Arc::clone(self),
+            held: Held::new(Arc::clone(self) as Arc<dyn Release>),
             ambiguous_length: flags & (SAW_CONTENT_LENGTH | SAW_TRANSFER_ENCODING)
                 == SAW_CONTENT_LENGTH | SAW_TRANSFER_ENCODING,
         }
@@ -146,7 +147,7 @@ fn starts_with_ignore_case(text: &[u8], prefix: &[u8]) -> bool {
 /// Held while a request is in flight: from its parsed head to the last byte of its response.
 #[derive(Debug)]
 pub struct RequestGuard {
-    state: Arc<ConnState>,
+    held: Held,
     ambiguous_length: bool,
 }
 
@@ -155,14 +156,19 @@ impl RequestGuard {
     pub fn ambiguous_length(&self) -> bool {
         self.ambiguous_length
     }
+
+    /// The request's end, for the response body to keep until its last byte.
+    pub fn into_held(self) -> Held {
+        self.held
+    }
 }
 
-impl Drop for RequestGuard {
-    fn drop(&mut self) {
-        let state = &self.state;
-        state.metrics.requests_in_flight.dec();
-        if state.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            state.idle_since_ms.store(state.now_ms(), Ordering::Relaxed);
+/// A request of the connection is over.
+impl Release for ConnState {
+    fn release(&self) {
+        self.metrics.requests_in_flight.dec();
+        if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
         }
     }
 }
@@ -292,7 +298,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ConnIo<T> {
         let this = self.get_mut();
         if this.replacement.is_none() && this.state.hyper_is_answering_a_bad_head() {
             if let Some(status) = bare_status_of(buf) {
-                let request_id = crate::proxy::new_request_id();
+                let request_id = crate::request_id::new_request_id();
                 if let Some(bytes) =
                     raw_error_for_status(status, request_id.to_str().unwrap_or_default())
                 {

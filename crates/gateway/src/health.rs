@@ -20,9 +20,11 @@ use sekisho_config::{HealthCheck, HealthCheckKind, UpstreamProtocol};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::runtime::Runtime;
-use crate::upstream::{lock, CheckRecord, Clock, TargetState, UpstreamState};
+use crate::sync::lock;
+use crate::upstream::{CheckRecord, TargetState, UpstreamState};
 
 type CheckClient = Client<HttpConnector, Empty<Bytes>>;
 
@@ -137,7 +139,7 @@ impl Probe {
             let duration = started.elapsed();
             self.metrics.health_check(self.upstream.name(), ok);
             self.target.set_last_check(CheckRecord {
-                at_unix_ms: crate::unix_ms(SystemTime::now()),
+                at_unix_ms: crate::clock::unix_ms(SystemTime::now()),
                 ok,
                 detail: detail.clone(),
                 duration_ms: duration.as_secs_f64() * 1000.0,

@@ -8,9 +8,13 @@
 //! What it refuses to do: buffer bodies whole, block the reactor, panic on a request path, or
 //! serve the admin API (that is `sekisho-admin`, which reads the gateway through [`Gateway`]).
 
+// Modules from the lowest to the highest: each imports only modules above it in this list
+// (ARCHITECTURE.md, "Module layers"; tests/layers.rs keeps it so).
 pub mod body;
+mod build_error;
 pub mod cache;
 mod client_ip;
+mod clock;
 mod connection;
 pub mod edge;
 pub mod fallback;
@@ -19,10 +23,14 @@ pub mod metrics;
 pub mod pool;
 mod proxy;
 pub mod ratelimit;
+mod registry;
+pub mod request_id;
 pub mod retry;
 pub mod router;
 mod runtime;
 mod server;
+mod store_link;
+mod sync;
 mod tls;
 pub mod upstream;
 
@@ -35,12 +43,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use sekisho_config::{Config, ConfigError};
 
-pub use proxy::{new_request_id, ClientInfo, X_REQUEST_ID};
+pub use proxy::ClientInfo;
+pub use request_id::{new_request_id, X_REQUEST_ID};
 pub use runtime::{BuildError, ListenerSettings, Runtime};
 pub use server::TrafficListener;
 
 use metrics::{Metrics, RouteMetrics};
-use upstream::{ClientCache, StateRegistry};
+use registry::StateRegistry;
+use upstream::ClientCache;
 
 /// State shared by every connection and the admin side.
 pub(crate) struct Shared {
@@ -522,7 +532,7 @@ impl Gateway {
     }
 
     /// The Redis link of rate limits, when one uses it.
-    pub fn store_status(&self) -> Option<ratelimit::StoreStatus> {
+    pub fn store_status(&self) -> Option<store_link::StoreStatus> {
         self.shared.states.store_status()
     }
 
@@ -578,11 +588,7 @@ impl Shared {
     }
 }
 
-/// Milliseconds since the Unix epoch at `at` (0 before it).
-pub(crate) fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+use clock::unix_ms;
 
 fn circuit_view(name: &str, circuit: &upstream::Circuit) -> CircuitView {
     let now = std::time::Instant::now();

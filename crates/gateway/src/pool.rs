@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::body::RequestBody;
-use crate::upstream::lock;
+use crate::sync::lock;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

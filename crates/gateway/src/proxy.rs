@@ -14,14 +14,16 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::BodyClaim;
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{Held, RequestBody, ResponseBody};
 use crate::cache::{Fetch, Lookup};
 use crate::edge::{error_response, GatewayError};
 use crate::fallback::FallbackKind;
+use crate::request_id::{request_id_of, X_REQUEST_ID};
 use crate::retry::{FailedTry, RetryPolicy, TryFailure};
 use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
-use crate::upstream::{lock, CallOutcome, Circuit, UpstreamGroup};
+use crate::sync::lock;
+use crate::upstream::{CallOutcome, Circuit, UpstreamGroup};
 use crate::Shared;
 use sekisho_config::HashKey;
 use sekisho_policy::breaker::{Outcome as BreakerOutcome, Permit};
@@ -31,8 +33,6 @@ use sekisho_policy::ratelimit::Decision;
 
 use crate::ratelimit::{self, KeySource, RateLimit};
 
-/// The request id header.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -92,31 +92,6 @@ impl ClientInfo {
             forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
             forwarded_memo: Arc::default(),
         }
-    }
-}
-
-/// A request id of 32 hex characters (128 random bits).
-pub fn new_request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut text = [0u8; 32];
-    let random = fastrand::u128(..);
-    for (index, byte) in text.iter_mut().enumerate() {
-        *byte = HEX[((random >> (index * 4)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-/// Keeps a client's id when it is sane (visible ASCII, ≤ 128 bytes), otherwise makes one.
-fn request_id_of(headers: &HeaderMap) -> HeaderValue {
-    match headers.get(&X_REQUEST_ID) {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 128
-                && id.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.clone()
-        }
-        _ => new_request_id(),
     }
 }
 
@@ -834,16 +809,13 @@ impl Call<'_> {
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
 /// connection it came on.
-type Held = (
-    Option<crate::upstream::InFlight>,
-    Option<crate::pool::Lease>,
-);
+type AnswerHolds = (Option<Held>, Option<crate::pool::Lease>);
 
 /// What a failed try leaves for the client if it is not tried again.
 enum Answer {
     /// The target's answer (a status named in `retry_on`), with its in-flight count and its
     /// connection.
-    Upstream(Response<Incoming>, Held),
+    Upstream(Response<Incoming>, AnswerHolds),
     /// The gateway's error.
     Error(GatewayError),
 }
@@ -855,7 +827,7 @@ fn downstream_response(
     route: &CompiledRoute,
     response: Response<Incoming>,
     deadline: Instant,
-    (in_flight, lease): Held,
+    (in_flight, lease): AnswerHolds,
     slot: Option<Slot>,
 ) -> Response<ResponseBody> {
     let (mut parts, response_body) = response.into_parts();
@@ -866,7 +838,13 @@ fn downstream_response(
     for (name, value) in &route.headers.response_set {
         parts.headers.insert(name, value.clone());
     }
-    let mut body = ResponseBody::upstream(response_body, Some(deadline), in_flight, lease);
+    let mut body = ResponseBody::upstream(response_body, Some(deadline));
+    if let Some(in_flight) = in_flight {
+        body.hold(in_flight);
+    }
+    if let Some(lease) = lease {
+        body.keep(lease);
+    }
     body.hold_slot(slot);
     Response::from_parts(parts, body)
 }
@@ -1212,16 +1190,5 @@ mod tests {
             headers[&FORWARDED],
             "for=203.0.113.9, for=\"[2001:db8::1]\";proto=https;host=\"api.example.com:8443\""
         );
-    }
-
-    #[test]
-    fn request_ids_are_kept_when_sane_and_made_otherwise() {
-        let mut headers = HeaderMap::new();
-        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id_of(&headers), "abc-123");
-        headers.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
-        let made = request_id_of(&headers);
-        assert_eq!(made.len(), 32);
-        assert_ne!(made, new_request_id());
     }
 }

@@ -18,9 +18,10 @@ use crate::client_ip::TrustedProxies;
 use crate::fallback::Fallback;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimit;
+use crate::registry::StateRegistry;
 use crate::retry::RetryPolicy;
 use crate::router::{CompiledRoute, Router};
-use crate::upstream::{ClientCache, StateRegistry, UpstreamGroup};
+use crate::upstream::{ClientCache, UpstreamGroup};
 
 /// Settings of the traffic listener that apply per connection or per request.
 #[derive(Debug, Clone)]
@@ -67,10 +68,7 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-/// Why a config could not be put in force (the config itself was valid).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BuildError(pub String);
+pub use crate::build_error::BuildError;
 
 impl Runtime {
     /// Every rate limit in force: the server's, then each route's.
@@ -100,7 +98,7 @@ impl Runtime {
                 upstream,
                 clients.client_for(upstream),
                 metrics.upstream_connect_errors(name),
-                states,
+                &states.upstreams,
             )
             .map_err(|e| BuildError(format!("upstream `{name}`: {e}")))?;
             upstreams.insert(name.clone(), Arc::new(group));

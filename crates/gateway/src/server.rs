@@ -176,7 +176,7 @@ async fn drive<I>(
         // made once per connection (a box here cost an allocation per request).
         async move {
             let mut response = handle(&shared, client, request, ambiguous_length).await;
-            response.body_mut().set_guard(guard);
+            response.body_mut().hold(guard.into_held());
             Ok::<_, std::convert::Infallible>(response)
         }
     });

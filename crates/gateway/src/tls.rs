@@ -9,7 +9,7 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
-use crate::runtime::BuildError;
+use crate::build_error::BuildError;
 
 fn resolve(file: &str, base_dir: Option<&Path>) -> PathBuf {
     match base_dir {

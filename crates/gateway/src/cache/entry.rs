@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// the same on every one (instances are assumed NTP-synchronised; a skew of a second shifts
 /// freshness by a second).
 pub fn now_ms() -> u64 {
-    crate::unix_ms(SystemTime::now())
+    crate::clock::unix_ms(SystemTime::now())
 }
 
 /// One cached response, or a marker that the response of this URL varies.

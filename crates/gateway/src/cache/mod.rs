@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use self::entry::{now_ms, Entry};
 use crate::body::ResponseBody;
 use crate::edge::GatewayError;
-use crate::upstream::lock;
+use crate::sync::lock;
 
 /// The response header of RFC 9211.
 pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
@@ -170,7 +170,7 @@ impl CacheStore {
 
     /// Shares entries through `link`'s Redis as soon as it is connected (now, or from a
     /// background task that waits for it).
-    pub fn attach(self: &Arc<Self>, link: Arc<crate::ratelimit::StoreLink>) {
+    pub fn attach(self: &Arc<Self>, link: Arc<crate::store_link::StoreLink>) {
         {
             let mut url = lock(&self.url);
             if url.as_deref() == Some(link.url()) {
