@@ -1,9 +1,17 @@
 //! `[store]`: where shared and embedded state lives, and the in-process cache's bounds.
 
+use std::time::Duration;
+
 use schemars::JsonSchema;
+use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::{Bytes, Positive};
+use crate::duration::{format_duration, ConfigDuration, NonZeroDuration};
+
+/// The longest `redis_timeout` taken: a rate-limit decision that waits longer for Redis would
+/// hold its request past any sensible deadline.
+const MAX_REDIS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `[store]`: shared state for running several instances side by side.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -12,6 +20,11 @@ pub struct Store {
     /// Redis URL for state shared across instances.
     #[serde(default)]
     pub redis: Option<String>,
+    /// Longest wait for each Redis call a rate-limit decision makes (above zero, at most 1m);
+    /// past it the limit's `on_store_error` decides (extension).
+    #[serde(default = "default_redis_timeout", deserialize_with = "redis_timeout")]
+    #[schemars(with = "NonZeroDuration")]
+    pub redis_timeout: NonZeroDuration,
     /// PostgreSQL URL; default: SQLite under `data_dir`.
     #[serde(default)]
     pub database: Option<String>,
@@ -30,6 +43,7 @@ impl Default for Store {
     fn default() -> Self {
         Self {
             redis: None,
+            redis_timeout: default_redis_timeout(),
             database: None,
             data_dir: default_data_dir(),
             cache_max_entries: default_cache_entries(),
@@ -38,6 +52,9 @@ impl Default for Store {
     }
 }
 
+fn default_redis_timeout() -> NonZeroDuration {
+    NonZeroDuration::from_millis(50)
+}
 fn default_data_dir() -> String {
     "./data".to_owned()
 }
@@ -46,4 +63,18 @@ fn default_cache_entries() -> Positive {
 }
 fn default_cache_bytes() -> Bytes {
     Bytes(64 * 1024 * 1024)
+}
+
+/// Reads `redis_timeout`: a duration above zero and at most [`MAX_REDIS_TIMEOUT`], refused at its
+/// place otherwise.
+fn redis_timeout<'de, D: Deserializer<'de>>(deserializer: D) -> Result<NonZeroDuration, D::Error> {
+    let ConfigDuration(timeout) = ConfigDuration::deserialize(deserializer)?;
+    if timeout.is_zero() || timeout > MAX_REDIS_TIMEOUT {
+        return Err(de::Error::custom(format!(
+            "must be greater than zero and at most {} (each Redis call of a rate-limit decision waits this long at most), not {}",
+            format_duration(MAX_REDIS_TIMEOUT),
+            format_duration(timeout)
+        )));
+    }
+    Ok(NonZeroDuration(timeout))
 }
