@@ -437,3 +437,40 @@ fn trusted_proxies_and_a_server_wide_rate_limit_are_checked() {
         .message
         .contains("cost (6) is larger than the quota (5)"));
 }
+
+#[test]
+fn redis_timeout_defaults_to_50ms_and_is_refused_out_of_range_where_it_stands() {
+    let config = parse(MINIMAL, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.store.redis_timeout.get(),
+        std::time::Duration::from_millis(50)
+    );
+    assert_eq!(
+        Store::default().redis_timeout.get(),
+        std::time::Duration::from_millis(50)
+    );
+    for (text, millis) in [("250ms", 250), ("1m", 60_000)] {
+        let custom = format!("[store]\nredis_timeout = \"{text}\"\n{MINIMAL}");
+        let config = parse(&custom, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.store.redis_timeout.get(),
+            std::time::Duration::from_millis(millis)
+        );
+    }
+    for text in ["0s", "61s"] {
+        let refused = format!("[store]\nredis_timeout = \"{text}\"\n{MINIMAL}");
+        let diagnostic = first(&refused);
+        assert!(
+            diagnostic.to_string().starts_with("test.toml:2:17: "),
+            "{diagnostic}"
+        );
+        assert!(
+            diagnostic
+                .message
+                .contains("greater than zero and at most 1m"),
+            "{diagnostic}"
+        );
+    }
+    let bare = format!("[store]\nredis_timeout = 50\n{MINIMAL}");
+    assert!(first(&bare).message.contains("has no unit"));
+}

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::random::{accepts, health_score};
 use super::*;
 
 fn loads(count: usize, now: Instant) -> Vec<TargetLoad> {

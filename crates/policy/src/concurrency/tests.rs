@@ -1,0 +1,215 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+fn gradient(initial: u32) -> Settings {
+    Settings {
+        algorithm: Algorithm::Gradient {
+            tolerance: 1.5,
+            smoothing: 0.2,
+        },
+        initial_limit: initial,
+        min_limit: 4,
+        max_limit: 1000,
+        window: 100 * MS,
+        min_samples: 10,
+    }
+}
+
+/// Runs `windows` windows of `concurrency` calls each taking `latency`, starting at `*now`:
+/// twenty rounds per window, and one more call at the window's end that closes it.
+fn drive(
+    limit: &Arc<AdaptiveLimit>,
+    now: &mut Instant,
+    windows: u32,
+    concurrency: u32,
+    latency: Duration,
+    sample: Sample,
+) {
+    let step = limit.settings().window / 20;
+    let round = |now: Instant, calls: u32| {
+        let mut permits: Vec<Permit> = (0..calls)
+            .filter_map(|_| limit.try_acquire().ok())
+            .collect();
+        let started = now.checked_sub(latency).unwrap_or(now);
+        for permit in &mut permits {
+            permit.sample(sample, started, now);
+        }
+    };
+    for _ in 0..windows {
+        for _ in 0..20 {
+            round(*now, concurrency);
+            *now += step;
+        }
+        round(*now, 1);
+    }
+}
+
+#[test]
+fn beyond_the_limit_calls_are_shed_and_counted() {
+    let settings = Settings {
+        min_limit: 1,
+        ..gradient(3)
+    };
+    let limit = AdaptiveLimit::new(settings, Instant::now());
+    let held: Vec<Permit> = (0..3).map(|_| limit.try_acquire().unwrap()).collect();
+    assert_eq!(limit.try_acquire().unwrap_err(), Shed { limit: 3 });
+    assert_eq!(limit.usage().shed, 1);
+    assert_eq!(limit.usage().in_flight, 3);
+    drop(held);
+    assert_eq!(limit.usage().in_flight, 0);
+    assert!(limit.try_acquire().is_ok());
+}
+
+#[test]
+fn bounds_are_put_in_order() {
+    let limit = AdaptiveLimit::new(
+        Settings {
+            initial_limit: 5000,
+            min_limit: 0,
+            max_limit: 20,
+            ..Settings::default()
+        },
+        Instant::now(),
+    );
+    assert_eq!(limit.limit(), 20);
+    assert_eq!(limit.settings().min_limit, 1);
+}
+
+#[test]
+fn a_window_closes_only_with_enough_samples_and_time() {
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(50), now);
+    // Nine samples, however late: not a window.
+    for _ in 0..9 {
+        let mut permit = limit.try_acquire().unwrap();
+        now += 50 * MS;
+        permit.sample(Sample::Success, now - 10 * MS, now);
+    }
+    assert_eq!(limit.usage().windows, 0);
+    let mut permit = limit.try_acquire().unwrap();
+    permit.sample(Sample::Success, now - 10 * MS, now);
+    assert_eq!(limit.usage().windows, 1);
+    assert_eq!(limit.usage().long_latency, 10 * MS);
+}
+
+#[test]
+fn a_second_sample_of_one_permit_does_not_count() {
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(50), now);
+    let mut permit = limit.try_acquire().unwrap();
+    now += 200 * MS;
+    for _ in 0..20 {
+        permit.sample(Sample::Success, now - MS, now);
+    }
+    assert_eq!(limit.usage().windows, 0);
+}
+
+#[test]
+fn an_application_limited_caller_does_not_grow_the_limit() {
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(100), now);
+    drive(&limit, &mut now, 50, 10, 5 * MS, Sample::Success);
+    assert_eq!(limit.limit(), 100);
+    assert!(limit.usage().windows >= 49);
+}
+
+#[test]
+fn steady_latency_under_full_use_grows_the_limit() {
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(20), now);
+    // Callers keep the limit full; latency stays flat.
+    for _ in 0..30 {
+        let full = limit.limit();
+        drive(&limit, &mut now, 1, full, 5 * MS, Sample::Success);
+    }
+    assert!(limit.limit() > 40, "limit {}", limit.limit());
+}
+
+#[test]
+fn rising_latency_shrinks_the_limit_towards_its_floor_and_it_recovers() {
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(100), now);
+    drive(&limit, &mut now, 20, 100, 10 * MS, Sample::Success);
+    let before = limit.limit();
+    assert!(before >= 100);
+    // The service slows fiftyfold; callers keep pushing.
+    // Each window takes about a tenth off; the √limit queue term holds it a little above the
+    // floor (the fixed point of 0.9·L + 0.2·√L is L = 4).
+    drive(&limit, &mut now, 7, 200, 500 * MS, Sample::Success);
+    assert!(limit.limit() < before * 6 / 10, "limit {}", limit.limit());
+    drive(&limit, &mut now, 50, 200, 500 * MS, Sample::Success);
+    assert!(limit.limit() <= 8, "limit {}", limit.limit());
+    // Back to normal: the limit climbs again.
+    for _ in 0..40 {
+        drive(&limit, &mut now, 1, 1000, 10 * MS, Sample::Success);
+    }
+    assert!(limit.limit() > 20, "limit {}", limit.limit());
+}
+
+#[test]
+fn one_gradient_step_follows_the_formula() {
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(100), now);
+    drive(&limit, &mut now, 1, 100, 10 * MS, Sample::Success);
+    // First window: long = short, gradient = 1, limit = 100·0.8 + (100 + 10)·0.2 = 102.
+    assert_eq!(limit.limit(), 102);
+    // Latency triples: long moves 1/600 of the way, gradient = 1.5·long/30ms.
+    drive(&limit, &mut now, 1, 102, 30 * MS, Sample::Success);
+    let long = 10_000.0 + (30_000.0 - 10_000.0) / LONG_WINDOWS;
+    let gradient = (1.5 * long / 30_000.0_f64).clamp(0.5, 1.0);
+    let previous = 102.0_f64;
+    let target = previous * gradient + previous.sqrt();
+    let expected = previous * 0.8 + target * 0.2;
+    // `previous` is the rounded limit; the estimate kept 102 exactly.
+    assert_eq!(limit.limit(), expected.round() as u32);
+}
+
+#[test]
+fn aimd_backs_off_on_drops_and_adds_one_when_busy() {
+    let mut now = Instant::now();
+    let settings = Settings {
+        algorithm: Algorithm::Aimd {
+            backoff_ratio: 0.5,
+            timeout: 200 * MS,
+        },
+        initial_limit: 40,
+        ..gradient(40)
+    };
+    let limit = AdaptiveLimit::new(settings, now);
+    drive(&limit, &mut now, 1, 40, 10 * MS, Sample::Success);
+    assert_eq!(limit.limit(), 41);
+    drive(&limit, &mut now, 1, 41, 10 * MS, Sample::Dropped);
+    assert_eq!(limit.limit(), 21); // 20.5 rounds up
+                                   // A sample slower than the timeout is a drop too.
+    drive(&limit, &mut now, 1, 21, 300 * MS, Sample::Success);
+    assert_eq!(limit.limit(), 10);
+    // Idle windows change nothing.
+    drive(&limit, &mut now, 3, 2, 10 * MS, Sample::Success);
+    assert_eq!(limit.limit(), 10);
+}
+
+#[test]
+fn threads_never_exceed_the_limit() {
+    let limit = AdaptiveLimit::new(gradient(8), Instant::now());
+    let holders = AtomicU32::new(0);
+    let most = AtomicU32::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..20_000 {
+                    if let Ok(permit) = limit.try_acquire() {
+                        let now_held = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now_held, Ordering::SeqCst);
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        drop(permit);
+                    }
+                }
+            });
+        }
+    });
+    assert!(most.load(Ordering::SeqCst) <= 8);
+    assert_eq!(limit.usage().in_flight, 0);
+}
