@@ -9,7 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use sekisho_testkit::{chaos_upstream, InProcess, TempDir};
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -69,7 +70,7 @@ fn make_certificates(dir: &Path) {
 fn tls_connector(ca_pem: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca_pem).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -191,4 +192,53 @@ async fn an_unreadable_certificate_is_refused_at_build() {
     let config = sekisho_config::parse(&config, "t.toml").unwrap();
     let error = sekisho_gateway::Gateway::new(config, None).expect_err("bad certificate");
     assert!(error.to_string().contains("cert.pem"), "{error}");
+}
+
+/// The build error for the TLS files of `[server]`: `remove` is deleted between the config's
+/// validation (which reads both files) and the gateway's build.
+fn tls_build_error(cert: &Path, key: &Path, remove: Option<&Path>) -> String {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    );
+    let config = sekisho_config::parse(&config, "t.toml").unwrap();
+    if let Some(file) = remove {
+        std::fs::remove_file(file).unwrap();
+    }
+    let error = sekisho_gateway::Gateway::new(config, None).expect_err("bad TLS files");
+    error.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_file_error_names_the_file_and_the_fault() {
+    let dir = TempDir::new("tls-faults");
+    let write = |name: &str, label: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n"),
+        )
+        .unwrap();
+        path
+    };
+    let cert = write("cert.pem", "CERTIFICATE");
+    // Past the config's marker check, but sections the PEM parser does not take.
+    let trusted = write("trusted.pem", "TRUSTED CERTIFICATE");
+    let encrypted = write("encrypted.pem", "ENCRYPTED PRIVATE KEY");
+
+    let error = tls_build_error(&trusted, &encrypted, None);
+    assert!(
+        error.contains("trusted.pem: no certificate found"),
+        "{error}"
+    );
+    let error = tls_build_error(&cert, &encrypted, None);
+    assert!(
+        error.contains("encrypted.pem: no private key found"),
+        "{error}"
+    );
+    let gone = write("gone.pem", "CERTIFICATE");
+    let error = tls_build_error(&gone, &encrypted, Some(&gone));
+    assert!(error.contains("cannot read"), "{error}");
+    assert!(error.contains("gone.pem"), "{error}");
 }
