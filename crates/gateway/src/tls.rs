@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::pem::{self, PemObject};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 use crate::build_error::BuildError;
@@ -30,7 +31,7 @@ pub fn acceptor(
     };
     let cert_pem = read(&cert_path)?;
     let key_pem = read(&key_path)?;
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
         .map_err(|e| BuildError(format!("{}: {e}", cert_path.display())))?;
     if certs.is_empty() {
@@ -39,9 +40,12 @@ pub fn acceptor(
             cert_path.display()
         )));
     }
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .map_err(|e| BuildError(format!("{}: {e}", key_path.display())))?
-        .ok_or_else(|| BuildError(format!("{}: no private key found", key_path.display())))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        pem::Error::NoItemsFound => {
+            BuildError(format!("{}: no private key found", key_path.display()))
+        }
+        e => BuildError(format!("{}: {e}", key_path.display())),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -293,7 +293,16 @@ async fn with_no_healthy_target_panic_fails_fast_or_spreads() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// The view of target `address` in upstream `u`, now.
+fn target_view(gw: &InProcess, address: SocketAddr) -> serde_json::Value {
+    let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
+    target(&view[0], address).clone()
+}
+
+/// On tokio's paused clock, time moves only when everything waits on a timer (or the test
+/// advances it): the requests take no time, so an ejection's remaining time is exact, and its
+/// end is reached by advancing the clock, to the millisecond.
+#[tokio::test(start_paused = true)]
 async fn consecutive_failures_eject_a_target_until_its_time_is_up() {
     let ups = upstreams(&["good", "bad"]).await;
     ups[1].handle.set(FAILING);
@@ -308,17 +317,24 @@ async fn consecutive_failures_eject_a_target_until_its_time_is_up() {
     let failures = names.iter().filter(|n| n.as_str() == "status 500").count();
     assert_eq!(failures, 3, "{names:?}");
     assert!(names[6..].iter().all(|n| n == "good"), "{names:?}");
-    let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
-    let bad = target(&view[0], ups[1].address);
-    assert_eq!(bad["health"], "ejected", "{view:#}");
+    let bad = target_view(&gw, ups[1].address);
+    assert_eq!(bad["health"], "ejected", "{bad:#}");
     assert_eq!(bad["ejections"], 1);
+    assert_eq!(bad["ejected_for_ms"], 400, "{bad:#}");
 
-    // Fixed, and the ejection over: back in rotation.
+    // Fixed; a millisecond before the ejection ends it still holds, and at its end it is over.
     ups[1].handle.set(ChaosState::default());
-    wait_for(&gw, "the ejection to end", |u| {
-        target(u, ups[1].address)["health"] == "healthy"
-    })
-    .await;
+    tokio::time::advance(Duration::from_millis(399)).await;
+    let bad = target_view(&gw, ups[1].address);
+    assert_eq!(
+        (&bad["health"], &bad["ejected_for_ms"]),
+        (&"ejected".into(), &1.into()),
+        "{bad:#}"
+    );
+    assert!(answered_by(&gw, 4, &[]).await.iter().all(|n| n == "good"));
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert_eq!(target_view(&gw, ups[1].address)["health"], "healthy");
+    // Back in rotation.
     let counts = tally(&answered_by(&gw, 10, &[]).await);
     assert_eq!(counts.get("bad"), Some(&5), "{counts:?}");
     let metrics = gw.gateway.encode_metrics();
@@ -332,7 +348,9 @@ async fn consecutive_failures_eject_a_target_until_its_time_is_up() {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On the paused clock, as above: the first ejection lasts exactly the base time, the second
+/// exactly twice that.
+#[tokio::test(start_paused = true)]
 async fn repeated_ejections_last_longer_and_the_share_limit_holds() {
     let ups = upstreams(&["a", "b"]).await;
     for u in &ups {
@@ -355,16 +373,17 @@ async fn repeated_ejections_last_longer_and_the_share_limit_holds() {
         .collect();
     assert_eq!(ejected.len(), 1, "{view:#}");
     let first = ejected[0]["address"].as_str().unwrap().to_owned();
-    let first_ms = ejected[0]["ejected_for_ms"].as_u64().unwrap();
-    assert!(first_ms <= 300, "{view:#}");
-    wait_for(&gw, "the first ejection to end", |u| {
-        u["targets"]
+    assert_eq!(ejected[0]["ejected_for_ms"], 300, "{view:#}");
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
+    assert!(
+        view[0]["targets"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|t| t["health"] != "ejected")
-    })
-    .await;
+            .all(|t| t["health"] != "ejected"),
+        "the first ejection is over after its 300 ms: {view:#}"
+    );
     // Only the target that was ejected before fails now: its second ejection lasts twice as long.
     for u in &ups {
         u.handle.set(ChaosState::default());
@@ -375,10 +394,9 @@ async fn repeated_ejections_last_longer_and_the_share_limit_holds() {
         .unwrap();
     ups[index].handle.set(FAILING);
     answered_by(&gw, 4, &[]).await;
-    let view = serde_json::to_value(gw.gateway.upstreams()).unwrap();
-    let again = target(&view[0], ups[index].address);
-    assert_eq!(again["ejections"], 2, "{view:#}");
-    assert!(again["ejected_for_ms"].as_u64().unwrap() > 300, "{view:#}");
+    let again = target_view(&gw, ups[index].address);
+    assert_eq!(again["ejections"], 2, "{again:#}");
+    assert_eq!(again["ejected_for_ms"], 600, "{again:#}");
     gw.stop().await;
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use sekisho_testkit::{get, InProcess};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// An HTTP/1.1 upstream answering `200 ok` to every request head, on keep-alive connections.
 struct Counting {
@@ -18,17 +18,47 @@ struct Counting {
     accepted: Arc<AtomicUsize>,
     /// One message per connection that ended (the peer closed it, or the upstream did).
     ended: mpsc::UnboundedReceiver<()>,
+    /// One message per request head received, before it is answered.
+    arrived: mpsc::UnboundedReceiver<()>,
+    /// Each answer waits for a permit of its own (`gated_upstream`); otherwise unbounded.
+    gate: Arc<Semaphore>,
+}
+
+/// Waits (≤ 10 s) for `count` messages on `events`; `what` names them in the panic.
+async fn events(events: &mut mpsc::UnboundedReceiver<()>, count: usize, what: &str) {
+    for seen in 0..count {
+        tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: {seen} of {count} within 10 s"))
+            .unwrap();
+    }
+}
+
+/// Like `counting_upstream(false)`, but every answer waits for a permit added to `gate`: the
+/// test decides when requests in flight are answered.
+async fn gated_upstream() -> Counting {
+    start_counting(false, Arc::new(Semaphore::new(0))).await
 }
 
 /// `close_after_answer`: the upstream closes each connection right after its first answer,
 /// without saying so (no `Connection: close`), as a server whose keep-alive timeout is shorter
 /// than the gateway's does.
 async fn counting_upstream(close_after_answer: bool) -> Counting {
+    start_counting(
+        close_after_answer,
+        Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
+    )
+    .await
+}
+
+async fn start_counting(close_after_answer: bool, gate: Arc<Semaphore>) -> Counting {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let (ended_tx, ended) = mpsc::unbounded_channel();
+    let (arrived_tx, arrived) = mpsc::unbounded_channel();
     let counter = Arc::clone(&accepted);
+    let permits = Arc::clone(&gate);
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
@@ -36,6 +66,8 @@ async fn counting_upstream(close_after_answer: bool) -> Counting {
             };
             counter.fetch_add(1, Ordering::SeqCst);
             let ended_tx = ended_tx.clone();
+            let arrived_tx = arrived_tx.clone();
+            let gate = Arc::clone(&permits);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -48,6 +80,8 @@ async fn counting_upstream(close_after_answer: bool) -> Counting {
                     let mut answered = false;
                     while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                         buffer.drain(..end + 4);
+                        let _ = arrived_tx.send(());
+                        gate.acquire().await.unwrap().forget();
                         let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                         if stream.write_all(answer).await.is_err() {
                             break;
@@ -67,6 +101,8 @@ async fn counting_upstream(close_after_answer: bool) -> Counting {
         address,
         accepted,
         ended,
+        arrived,
+        gate,
     }
 }
 
@@ -81,9 +117,11 @@ async fn gateway(target: SocketAddr, upstream_extra: &str) -> InProcess {
 
 /// Open connections waiting in the pool of the one target.
 fn idle(gateway: &InProcess) -> usize {
-    gateway.gateway.upstreams()[0].targets[0]
-        .idle_connections
-        .unwrap()
+    idle_of(&gateway.gateway)
+}
+
+fn idle_of(gateway: &sekisho_gateway::Gateway) -> usize {
+    gateway.upstreams()[0].targets[0].idle_connections.unwrap()
 }
 
 /// Waits until the pool of the one target holds `count` open idle connections (bounded).
@@ -170,4 +208,223 @@ async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(get(&url).await.status, 200);
     assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
     gateway.stop().await;
+}
+
+/// `count` GETs of `/` through the gateway at once; their statuses, in order.
+fn concurrent_gets(gateway: &InProcess, count: usize) -> Vec<tokio::task::JoinHandle<u16>> {
+    (0..count)
+        .map(|_| {
+            let url = format!("http://{}/", gateway.address);
+            tokio::spawn(async move { get(&url).await.status })
+        })
+        .collect()
+}
+
+async fn statuses(requests: Vec<tokio::task::JoinHandle<u16>>) -> Vec<u16> {
+    let mut all = Vec::new();
+    for request in requests {
+        all.push(request.await.unwrap());
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_each_take_a_connection_of_their_own() {
+    let mut upstream = gated_upstream().await;
+    let gateway = gateway(upstream.address, "").await;
+    for round in 1..=2 {
+        let requests = concurrent_gets(&gateway, 8);
+        // All eight are at the upstream at once, none answered yet: none waits behind another
+        // on a shared connection.
+        events(
+            &mut upstream.arrived,
+            8,
+            "requests in flight at the upstream",
+        )
+        .await;
+        assert_eq!(
+            upstream.accepted.load(Ordering::SeqCst),
+            8,
+            "round {round}: one connection each, the second round on the first round's eight"
+        );
+        upstream.gate.add_permits(8);
+        assert_eq!(statuses(requests).await, [200; 8], "round {round}");
+        until_idle(&gateway, 8).await;
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_pool_max_idle_per_target_connections_stay_idle() {
+    let mut upstream = gated_upstream().await;
+    let gateway = gateway(upstream.address, "pool_max_idle_per_target = 2").await;
+    // Five answers in flight at once on five connections; as they finish, two places wait.
+    let requests = concurrent_gets(&gateway, 5);
+    events(
+        &mut upstream.arrived,
+        5,
+        "requests in flight at the upstream",
+    )
+    .await;
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 5);
+    upstream.gate.add_permits(5);
+    assert_eq!(statuses(requests).await, [200; 5]);
+    // The three beyond the two places are closed by the gateway, the upstream sees them go.
+    events(&mut upstream.ended, 3, "connections closed").await;
+    until_idle(&gateway, 2).await;
+    // The next five: two on the idle connections, three on new ones.
+    let requests = concurrent_gets(&gateway, 5);
+    events(
+        &mut upstream.arrived,
+        5,
+        "requests in flight at the upstream",
+    )
+    .await;
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 8);
+    upstream.gate.add_permits(5);
+    assert_eq!(statuses(requests).await, [200; 5]);
+    gateway.stop().await;
+}
+
+/// Reads one request head (no body) byte by byte; `false` when the peer closed first.
+fn read_head(stream: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// An upstream on threads of its own: its first connection gets one `200 ok` on keep-alive and
+/// is then held until `close` says, and closed without a word; later connections are answered
+/// request after request.
+struct Closing {
+    address: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    close: std::sync::mpsc::Sender<()>,
+    closed: std::sync::mpsc::Receiver<()>,
+}
+
+fn closing_upstream() -> Closing {
+    use std::io::Write;
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (close, close_rx) = std::sync::mpsc::channel::<()>();
+    let (closed_tx, closed) = std::sync::mpsc::channel::<()>();
+    let counter = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for (index, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            if index == 0 {
+                if read_head(&mut stream) {
+                    stream.write_all(ANSWER).unwrap();
+                }
+                let _ = close_rx.recv();
+                drop(stream);
+                let _ = closed_tx.send(());
+            } else {
+                std::thread::spawn(move || {
+                    while read_head(&mut stream) && stream.write_all(ANSWER).is_ok() {}
+                });
+            }
+        }
+    });
+    Closing {
+        address,
+        accepted,
+        close,
+        closed,
+    }
+}
+
+/// A request sent on a pooled connection that the target has closed, before the gateway has
+/// seen it close, is handed back unsent by hyper; the pool sends it on a new connection.
+///
+/// To be sure the request meets the closed connection rather than a pool that already knows,
+/// the gateway runs on a runtime of one thread, frozen while the client's second request
+/// arrives and then the target's close: when it thaws, one poll of the driver sees both, in
+/// that order, and the client's connection runs first. Its request takes the pooled connection
+/// (still open as far as the gateway knows) and queues on it; that connection's task then reads
+/// the end of stream before writing anything, closes, and hands the request back.
+#[test]
+fn a_request_handed_back_unsent_by_a_closed_connection_goes_out_on_a_new_one() {
+    use std::io::Write;
+    let upstream = closing_upstream();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = runtime.handle().clone();
+    let (started, started_rx) = std::sync::mpsc::channel();
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let target = upstream.address;
+    let serving = std::thread::spawn(move || {
+        runtime.block_on(async move {
+            let gateway = gateway(target, "").await;
+            started
+                .send((gateway.address, gateway.gateway.clone()))
+                .unwrap();
+            let _ = stop_rx.await;
+            gateway.stop().await;
+        });
+    });
+    let (address, gateway) = started_rx.recv().unwrap();
+
+    let mut client = std::net::TcpStream::connect(address).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    client.write_all(request).unwrap();
+    let first = sekisho_testkit::read_response(&mut client)
+        .unwrap()
+        .unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while idle_of(&gateway) != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never back in the pool"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Freeze the gateway's one thread.
+    let (frozen, frozen_rx) = std::sync::mpsc::channel();
+    let (thaw, thaw_rx) = std::sync::mpsc::channel::<()>();
+    handle.spawn(async move {
+        frozen.send(()).unwrap();
+        let _ = thaw_rx.recv();
+    });
+    frozen_rx.recv().unwrap();
+    client.write_all(request).unwrap();
+    upstream.close.send(()).unwrap();
+    upstream.closed.recv().unwrap();
+    assert_eq!(
+        idle_of(&gateway),
+        1,
+        "the gateway has not seen the close: its connection is still pooled"
+    );
+    thaw.send(()).unwrap();
+
+    let second = sekisho_testkit::read_response(&mut client)
+        .unwrap()
+        .expect("an answer to the second request");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert_eq!(
+        upstream.accepted.load(Ordering::SeqCst),
+        2,
+        "the second request went out on a new connection"
+    );
+    drop(client);
+    stop.send(()).unwrap();
+    serving.join().unwrap();
 }

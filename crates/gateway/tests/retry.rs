@@ -3,6 +3,8 @@
 //! the budget that keeps retries from multiplying load when everything fails.
 #![allow(clippy::unwrap_used)]
 
+use std::time::Duration;
+
 use sekisho_load::ChaosState;
 use sekisho_testkit::{chaos_upstream, client, get, send, InProcess};
 
@@ -146,21 +148,33 @@ async fn a_slow_try_is_abandoned_at_the_per_try_timeout_and_tried_elsewhere() {
     gw.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On tokio's paused clock, time moves only when everything waits on a timer: the requests take
+/// no time, and the backoffs take exactly theirs. The tries fall at exactly 0, 200 and 400 ms; a
+/// fourth would start at 600 ms, past the 500 ms deadline, so there are exactly three, however
+/// loaded the machine is.
+#[tokio::test(start_paused = true)]
 async fn the_routes_deadline_bounds_the_backoffs() {
     let bad = chaos_upstream("bad").await;
     bad.handle.set(FAILING);
-    // Tries at 0, 200 and 400 ms; the next backoff would end past the 500 ms deadline.
     let gw = gateway(
         &[bad.address],
         "timeout = \"500ms\"",
         "attempts = 10\nbackoff = \"200ms\"\nmax_backoff = \"200ms\"\njitter = \"none\"\nretry_on = [500]",
     )
     .await;
+    let started = tokio::time::Instant::now();
     let answer = get(&gw.url("/x")).await;
     assert_eq!(answer.status, 500, "the last failure, answered as it is");
-    let tries = bad.handle.requests();
-    assert!((2..=3).contains(&tries), "{tries} tries");
+    assert_eq!(bad.handle.requests(), 3, "tries");
+    assert_eq!(
+        counter(&gw, "sekisho_retries_total{route=\"r\",reason=\"status\"}"),
+        2
+    );
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(400),
+        "two backoffs of 200 ms on the paused clock"
+    );
     gw.stop().await;
 }
 

@@ -1,75 +1,46 @@
 //! HTTPS on the traffic listener: rustls from PEM files, h2 and http/1.1 by ALPN, and the
-//! certificate re-read on reload. Certificates are made with the openssl command line.
+//! certificate re-read on reload. Certificates are made in process with rcgen.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::ServerName;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
 use sekisho_testkit::{chaos_upstream, InProcess, TempDir};
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("openssl is installed");
-    assert!(status.success(), "openssl {args:?}");
-}
-
-/// A CA and a leaf for 127.0.0.1 signed by it.
+/// A CA and a leaf for 127.0.0.1 and localhost signed by it, as `ca.pem`, `leaf.pem` and
+/// `leaf.key` (ECDSA P-256).
 fn make_certificates(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=sekisho test CA"];
-    ca.extend(ec);
-    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req", "-new", "-subj", "/CN=localhost"];
-    csr.extend(ec);
-    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr"]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            "leaf.pem",
-        ],
-    );
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name
+        .push(DnType::CommonName, "sekisho test CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let ca = Issuer::new(ca, ca_key);
+
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.is_ca = IsCa::ExplicitNoCa;
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca).unwrap();
+
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("leaf.pem"), leaf_cert.pem()).unwrap();
+    std::fs::write(dir.join("leaf.key"), leaf_key.serialize_pem()).unwrap();
 }
 
 fn tls_connector(ca_pem: &Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(ca_pem).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         roots.add(cert.unwrap()).unwrap();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -191,4 +162,53 @@ async fn an_unreadable_certificate_is_refused_at_build() {
     let config = sekisho_config::parse(&config, "t.toml").unwrap();
     let error = sekisho_gateway::Gateway::new(config, None).expect_err("bad certificate");
     assert!(error.to_string().contains("cert.pem"), "{error}");
+}
+
+/// The build error for the TLS files of `[server]`: `remove` is deleted between the config's
+/// validation (which reads both files) and the gateway's build.
+fn tls_build_error(cert: &Path, key: &Path, remove: Option<&Path>) -> String {
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+        cert.display(),
+        key.display()
+    );
+    let config = sekisho_config::parse(&config, "t.toml").unwrap();
+    if let Some(file) = remove {
+        std::fs::remove_file(file).unwrap();
+    }
+    let error = sekisho_gateway::Gateway::new(config, None).expect_err("bad TLS files");
+    error.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_file_error_names_the_file_and_the_fault() {
+    let dir = TempDir::new("tls-faults");
+    let write = |name: &str, label: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n"),
+        )
+        .unwrap();
+        path
+    };
+    let cert = write("cert.pem", "CERTIFICATE");
+    // Past the config's marker check, but sections the PEM parser does not take.
+    let trusted = write("trusted.pem", "TRUSTED CERTIFICATE");
+    let encrypted = write("encrypted.pem", "ENCRYPTED PRIVATE KEY");
+
+    let error = tls_build_error(&trusted, &encrypted, None);
+    assert!(
+        error.contains("trusted.pem: no certificate found"),
+        "{error}"
+    );
+    let error = tls_build_error(&cert, &encrypted, None);
+    assert!(
+        error.contains("encrypted.pem: no private key found"),
+        "{error}"
+    );
+    let gone = write("gone.pem", "CERTIFICATE");
+    let error = tls_build_error(&gone, &encrypted, Some(&gone));
+    assert!(error.contains("cannot read"), "{error}");
+    assert!(error.contains("gone.pem"), "{error}");
 }

@@ -256,7 +256,7 @@ mod tests {
     use super::*;
 
     async fn cache() -> Option<RedisCache> {
-        let url = std::env::var("SEKISHO_TEST_REDIS")
+        let url = std::env::var("SEKISHO_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
         let conn = crate::connect(&url).await.ok()?;
         let prefix = format!("sekisho:test:cache:{}:", fastrand::u64(..));
@@ -266,7 +266,10 @@ mod tests {
     #[tokio::test]
     async fn entries_tags_locks_and_prefixes() {
         let Some(cache) = cache().await else {
-            panic!("the tests need Redis on 127.0.0.1:6379 (scripts/test starts it)");
+            panic!(
+                "the tests need Redis at SEKISHO_TEST_REDIS_URL or redis://127.0.0.1:6379 \
+                 (scripts/test starts it)"
+            );
         };
         cache
             .set("r:v1:a/1", b"one", Duration::from_secs(60), &["t1".into()])

@@ -313,20 +313,73 @@ pub async fn get(url: &str) -> Answer {
     send(&client(), "GET", url, &[], Bytes::new()).await
 }
 
-/// Writes raw bytes to `address` and reads until the peer closes or `timeout` passes.
+/// Writes raw bytes to `address` and reads until the peer closes or `timeout` passes; which of
+/// the two happened is not told (see [`raw_exchange_until_end`] for that).
 pub fn raw_exchange(address: SocketAddr, request: &[u8], timeout: Duration) -> String {
+    raw_exchange_until_end(address, request, timeout).answer
+}
+
+/// How a raw exchange ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawEnd {
+    /// The peer closed the connection (end of stream).
+    Closed,
+    /// The peer reset the connection.
+    Reset,
+    /// The reader's own timeout passed with the connection still open.
+    TimedOut,
+}
+
+/// What a raw exchange read, how it ended, and when.
+#[derive(Debug)]
+pub struct RawExchange {
+    /// Everything read, as text.
+    pub answer: String,
+    /// How it ended.
+    pub end: RawEnd,
+    /// From the request's last byte written to the end.
+    pub after: Duration,
+}
+
+/// Writes raw bytes to `address` and reads until the peer closes or resets the connection, or
+/// until `timeout` (counted from the request's last byte, for the whole read) passes.
+pub fn raw_exchange_until_end(
+    address: SocketAddr,
+    request: &[u8],
+    timeout: Duration,
+) -> RawExchange {
     let mut stream = TcpStream::connect(address).unwrap();
-    stream.set_read_timeout(Some(timeout)).unwrap();
     stream.write_all(request).unwrap();
+    let written = std::time::Instant::now();
+    let deadline = written + timeout;
     let mut answer = Vec::new();
     let mut buffer = [0u8; 8192];
-    loop {
-        match stream.read(&mut buffer) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+    let end = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break RawEnd::TimedOut;
         }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buffer) {
+            Ok(0) => break RawEnd::Closed,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+            Err(error) => match error.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    break RawEnd::TimedOut
+                }
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted => {
+                    break RawEnd::Reset
+                }
+                std::io::ErrorKind::Interrupted => {}
+                _ => panic!("reading from {address}: {error}"),
+            },
+        }
+    };
+    RawExchange {
+        answer: String::from_utf8_lossy(&answer).into_owned(),
+        end,
+        after: written.elapsed(),
     }
-    String::from_utf8_lossy(&answer).into_owned()
 }
 
 /// The status code of the first response in a raw answer.
