@@ -1,9 +1,9 @@
 //! A route's retry policy as the proxy applies it (`[routes.retry]`).
 //!
-//! The decision whether a failed try is tried again lives here; the loop that makes the tries is
-//! in [`crate::proxy`]. A retry needs all of: a failure named in `retry_on`; a request that may be
+//! The decision whether a failed attempt is tried again lives here; the loop that makes the attempts is
+//! in `proxy::attempt`. A retry needs all of: a failure named in `retry_on`; a request that may be
 //! sent again (an idempotent method unless `retry_non_idempotent`, or a failed connect, which
-//! sent nothing); a body that can be sent again (none, or buffered); tries left; a backoff that
+//! sent nothing); a body that can be sent again (none, or buffered); attempts left; a backoff that
 //! ends before the route's deadline; and a retry from the route's budget, withdrawn when the
 //! retry is decided — so backed-off retries count as soon as they are planned.
 
@@ -18,18 +18,18 @@ use sekisho_config::FailureKind;
 use sekisho_policy::backoff::{Backoff, Jitter};
 use sekisho_policy::budget::RetryBudget;
 
-/// How one try failed, as far as retrying is concerned.
+/// How one attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TryFailure {
+pub enum AttemptFailure {
     /// No connection to the target: nothing was sent.
     ConnectError,
-    /// The per-try timeout passed before the answer's head.
+    /// The per-attempt timeout (`per_try_timeout`) passed before the answer's head.
     Timeout,
     /// The target answered this status; a broken answer (reset, malformed) counts as 502.
     Status(u16),
 }
 
-impl TryFailure {
+impl AttemptFailure {
     /// The metric label.
     pub fn label(self) -> &'static str {
         match self {
@@ -46,7 +46,7 @@ pub enum NoRetry {
     /// The failure is not one `retry_on` names, or the method may not be sent twice, or the
     /// body was streamed.
     NotRetryable,
-    /// Every try was used.
+    /// Every attempt was used.
     Attempts,
     /// The backoff would end after the route's deadline.
     Deadline,
@@ -131,26 +131,26 @@ impl RetryPolicy {
         self.budget.deposit(now.into_std());
     }
 
-    /// Decides whether the try that just failed is tried again and after which wait.
-    pub fn decide(&self, failed: &FailedTry) -> Result<Duration, NoRetry> {
+    /// Decides whether the attempt that just failed is tried again and after which wait.
+    pub fn decide(&self, failed: &FailedAttempt) -> Result<Duration, NoRetry> {
         let wanted = match failed.failure {
-            TryFailure::ConnectError => self.on_connect_error,
-            TryFailure::Timeout => self.on_timeout && failed.resendable,
-            TryFailure::Status(status) => self.retries_status(status) && failed.resendable,
+            AttemptFailure::ConnectError => self.on_connect_error,
+            AttemptFailure::Timeout => self.on_timeout && failed.resendable,
+            AttemptFailure::Status(status) => self.retries_status(status) && failed.resendable,
         };
         if !wanted {
             return Err(NoRetry::NotRetryable);
         }
-        if failed.tries >= self.attempts {
+        if failed.attempts >= self.attempts {
             return Err(NoRetry::Attempts);
         }
         // A failed connect moves on to another target at once: that target is not the one that
         // refused. Anything else backs off.
-        let delay = if failed.failure == TryFailure::ConnectError && failed.other_target {
+        let delay = if failed.failure == AttemptFailure::ConnectError && failed.other_target {
             Duration::ZERO
         } else {
             self.backoff
-                .delay(failed.tries, failed.previous_delay, fastrand::f64())
+                .delay(failed.attempts, failed.previous_delay, fastrand::f64())
         };
         if failed.now + delay >= failed.deadline {
             return Err(NoRetry::Deadline);
@@ -160,22 +160,22 @@ impl RetryPolicy {
             return Err(NoRetry::Budget);
         }
         let index = match failed.failure {
-            TryFailure::ConnectError => 0,
-            TryFailure::Timeout => 1,
-            TryFailure::Status(_) => 2,
+            AttemptFailure::ConnectError => 0,
+            AttemptFailure::Timeout => 1,
+            AttemptFailure::Status(_) => 2,
         };
         self.metrics.retries[index].inc();
         Ok(delay)
     }
 }
 
-/// A try that failed, as [`RetryPolicy::decide`] weighs it.
+/// An attempt that failed, as [`RetryPolicy::decide`] weighs it.
 #[derive(Debug, Clone, Copy)]
-pub struct FailedTry {
+pub struct FailedAttempt {
     /// What failed.
-    pub failure: TryFailure,
-    /// Tries made so far, this one included.
-    pub tries: u32,
+    pub failure: AttemptFailure,
+    /// Attempts made so far, this one included.
+    pub attempts: u32,
     /// Whether the request (method and body) may be sent again.
     pub resendable: bool,
     /// Whether a target not tried yet is eligible.

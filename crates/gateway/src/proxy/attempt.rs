@@ -1,0 +1,344 @@
+//! The attempts of one call at an upstream's targets: pick a target, send under the route's
+//! deadline (and the per-attempt timeout), record how the attempt ended — for the target in one
+//! place, for the circuit in one place when the call ends — and decide whether to try again.
+
+use std::time::Duration;
+
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::call::Admitted;
+use super::context::{ClientInfo, Record};
+use super::forwarding::{downstream_head, request_key};
+use crate::body::{BodyClaim, Held, RequestBody, ResponseBody};
+use crate::edge::GatewayError;
+use crate::pool::{CallError, Lease};
+use crate::retry::{AttemptFailure, FailedAttempt, RetryPolicy};
+use crate::router::CompiledRoute;
+use crate::upstream::{CallOutcome, UpstreamGroup};
+
+/// Attempts of one request when connects fail and the route has no `[routes.retry]`: the first
+/// target and up to two others.
+const MAX_CONNECT_ATTEMPTS: u32 = 3;
+
+/// What every attempt of one call shares, whichever target it goes to.
+pub(super) struct Call<'a> {
+    pub(super) route: &'a CompiledRoute,
+    pub(super) client: &'a ClientInfo,
+    pub(super) claim: &'a BodyClaim,
+    pub(super) path_and_query: &'a http::uri::PathAndQuery,
+    pub(super) started: Instant,
+    pub(super) deadline: Instant,
+    /// The route's retry policy; `None`: only a failed connect moves on to another target.
+    pub(super) retry: Option<&'a RetryPolicy>,
+    /// The method and body allow sending the request again.
+    pub(super) resendable: bool,
+}
+
+/// What an upstream answer holds until its body is done: its target's in-flight count and the
+/// connection it came on.
+type AnswerHolds = (Option<Held>, Option<Lease>);
+
+/// What sending to a target gave: the answer head with the connection's lease, or the error.
+type Sent = Result<(Response<Incoming>, Option<Lease>), CallError>;
+
+/// A deadline that passed first: `Some(timeout)` the per-attempt one, `None` the route's.
+type Expired = Option<Duration>;
+
+/// How one attempt ended, decided where its result is made ([`Ended::of`]).
+enum Ended {
+    /// The target answered.
+    Answered(Response<Incoming>, Option<Lease>),
+    /// The attempt failed for a reason that is the target's (or time's).
+    Failed {
+        /// For the target's figures and the circuit.
+        outcome: CallOutcome,
+        /// For the retry policy.
+        failure: AttemptFailure,
+        /// What the client gets if nothing else is tried.
+        error: GatewayError,
+        /// The route's own deadline passed: nothing is left for another attempt.
+        out_of_time: bool,
+    },
+    /// The client's body was at fault, not the target: nobody's figures change, the circuit
+    /// permit is given back.
+    ClientFault(GatewayError),
+}
+
+impl Ended {
+    /// Classifies what the send gave: an answer, a per-attempt timeout (`Err(Some(timeout))`),
+    /// the route's deadline (`Err(None)`), or the client's error.
+    fn of(
+        result: Result<Sent, Expired>,
+        upstream: &UpstreamGroup,
+        route: &CompiledRoute,
+    ) -> Self {
+        match result {
+            Err(expired) => Self::Failed {
+                outcome: CallOutcome::Timeout,
+                failure: AttemptFailure::Timeout,
+                error: GatewayError::UpstreamTimeout {
+                    upstream: upstream.name.clone(),
+                    timeout: expired.unwrap_or(route.timeout),
+                },
+                out_of_time: expired.is_none(),
+            },
+            Ok(Ok((response, lease))) => Self::Answered(response, lease),
+            Ok(Err(error)) => {
+                let error = GatewayError::from_upstream_call(&upstream.name, error);
+                let (outcome, failure) = match &error {
+                    GatewayError::UpstreamConnect { .. } => {
+                        (CallOutcome::ConnectError, AttemptFailure::ConnectError)
+                    }
+                    GatewayError::UpstreamFailed { .. } => {
+                        (CallOutcome::Broken, AttemptFailure::Status(502))
+                    }
+                    _ => return Self::ClientFault(error),
+                };
+                Self::Failed {
+                    outcome,
+                    failure,
+                    error,
+                    out_of_time: false,
+                }
+            }
+        }
+    }
+
+    /// The outcome for the target's figures, if the target is to be judged.
+    fn outcome(&self) -> Option<CallOutcome> {
+        match self {
+            Self::Answered(response, _) => Some(CallOutcome::Status(response.status().as_u16())),
+            Self::Failed { outcome, .. } => Some(*outcome),
+            Self::ClientFault(_) => None,
+        }
+    }
+}
+
+/// What the client gets when the attempts are over, and the outcome the circuit records.
+enum Last {
+    /// The target's answer.
+    Answer(Response<Incoming>, AnswerHolds),
+    /// The gateway's error.
+    Error(GatewayError),
+}
+
+impl Call<'_> {
+    /// Sends the request to `upstream`, trying again as the call's retry policy allows
+    /// (without one, a failed connect moves on to another target), and answers the upstream's
+    /// response or the last failure.
+    pub(super) async fn send(
+        &self,
+        upstream: &UpstreamGroup,
+        admitted: Admitted<'_>,
+        mut parts: http::request::Parts,
+        mut body: RequestBody,
+        record: &mut Record,
+    ) -> Result<Response<ResponseBody>, GatewayError> {
+        let Self {
+            route,
+            client,
+            claim,
+            path_and_query,
+            started,
+            deadline,
+            retry,
+            resendable,
+        } = *self;
+        let Admitted { mut circuit, slot } = admitted;
+        parts.version = match upstream.protocol {
+            sekisho_config::UpstreamProtocol::Http1 => Version::HTTP_11,
+            sekisho_config::UpstreamProtocol::H2c => Version::HTTP_2,
+        };
+        let key = upstream
+            .hash_key
+            .as_ref()
+            .and_then(|key| request_key(key, client, &parts.headers, &parts.uri));
+        // Without `[routes.retry]`, only a failed connect is tried again, on another target.
+        let max_attempts = retry.map_or(MAX_CONNECT_ATTEMPTS, |policy| policy.attempts);
+
+        // One deadline covers every attempt, the backoffs, the response head and the body.
+        let sleep = tokio::time::sleep_until(deadline);
+        tokio::pin!(sleep);
+        // Targets that failed this request: the next attempt goes elsewhere when it can.
+        let mut failed_targets: Vec<usize> = Vec::new();
+        let mut next_target: Option<usize> = None;
+        let mut previous_delay = Duration::ZERO;
+        let mut attempts: u32 = 0;
+        let mut now = started;
+        let (last, outcome, finished) = loop {
+            let target_index = match next_target.take() {
+                Some(index) => index,
+                None => match upstream.pick(key, now, &[]) {
+                    Ok(index) => index,
+                    Err(_) => {
+                        return Err(GatewayError::NoHealthyUpstream {
+                            upstream: upstream.name.clone(),
+                        })
+                    }
+                },
+            };
+            attempts += 1;
+            record.attempts = attempts;
+            let target = &upstream.targets[target_index];
+            record.target = Some(std::sync::Arc::clone(&target.address));
+            // A head that may be needed again is copied; the last attempt takes it (an empty
+            // head is left behind, which costs no allocation).
+            let may_retry =
+                attempts < max_attempts && (retry.is_some() || upstream.targets.len() > 1);
+            let mut head = if may_retry {
+                parts.clone()
+            } else {
+                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+            };
+            // Origin-form: the connection is the target's (h2c adds scheme and authority).
+            head.uri = Uri::from(path_and_query.clone());
+            let in_flight = upstream.begin(target_index);
+            let sent = target.conn.send(Request::from_parts(head, body), now);
+            let per_attempt = retry
+                .and_then(|policy| policy.per_try_timeout)
+                .map(|timeout| (timeout, now + timeout))
+                .filter(|(_, at)| *at < deadline);
+            let attempt_deadline = async {
+                match per_attempt {
+                    Some((_, at)) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                biased;
+                result = sent => Ok(result),
+                () = sleep.as_mut() => Err(None),
+                () = attempt_deadline => Err(per_attempt.map(|(timeout, _)| timeout)),
+            };
+            let finished = Instant::now();
+            let ended = Ended::of(result, upstream, route);
+            // The target's figures: recorded here, once per attempt.
+            if let Some(outcome) = ended.outcome() {
+                if outcome == CallOutcome::ConnectError {
+                    upstream.connect_errors.inc();
+                }
+                let latency = finished.saturating_duration_since(now);
+                upstream.record(target_index, outcome, latency, finished);
+            }
+            // How this attempt failed, and what the client gets if it is not tried again.
+            let (failure, last, outcome) = match ended {
+                Ended::ClientFault(error) => return Err(error),
+                Ended::Failed {
+                    outcome,
+                    error,
+                    out_of_time: true,
+                    ..
+                } => break (Last::Error(error), outcome, finished),
+                Ended::Failed {
+                    outcome,
+                    failure,
+                    error,
+                    ..
+                } => (failure, Last::Error(error), outcome),
+                Ended::Answered(response, lease) => {
+                    let status = response.status().as_u16();
+                    let outcome = CallOutcome::Status(status);
+                    let last = Last::Answer(response, (in_flight, lease));
+                    let retry_wanted = retry.is_some_and(|policy| policy.retries_status(status));
+                    if !retry_wanted || attempts >= max_attempts {
+                        break (last, outcome, finished);
+                    }
+                    (AttemptFailure::Status(status), last, outcome)
+                }
+            };
+
+            // Another attempt? Only with the body in hand again, a target, and the policy's
+            // consent. Looked at, not taken: a body not sent again stays for a fallback.
+            let body_available = attempts < max_attempts && claim.available();
+            if !failed_targets.contains(&target_index) {
+                failed_targets.push(target_index);
+            }
+            let other = upstream.pick(key, finished, &failed_targets).ok();
+            let decision = match (body_available, retry) {
+                (false, _) => Err(()),
+                (true, Some(policy)) => policy
+                    .decide(&FailedAttempt {
+                        failure,
+                        attempts,
+                        resendable,
+                        other_target: other.is_some(),
+                        previous_delay,
+                        now: finished,
+                        deadline,
+                    })
+                    .map_err(|_| ()),
+                // Without a policy a failed connect moves on to another target, nothing else.
+                (true, None) if failure == AttemptFailure::ConnectError && other.is_some() => {
+                    Ok(Duration::ZERO)
+                }
+                (true, None) => Err(()),
+            };
+            let (Ok(delay), Some(again)) = (decision, decision.ok().and_then(|_| claim.reclaim()))
+            else {
+                break (last, outcome, finished);
+            };
+            tracing::debug!(
+                upstream = %upstream.name,
+                target = %target.address,
+                failure = failure.label(),
+                attempts,
+                delay_ms = delay.as_millis() as u64,
+                "retrying"
+            );
+            // A status answer is given up (its body is not read), and with it its in-flight count.
+            drop(last);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            previous_delay = delay;
+            body = again;
+            now = Instant::now();
+            // The target that failed is avoided when another is eligible; otherwise the retry
+            // goes wherever the balancer says (a single-target upstream retries its one target).
+            next_target = if failure == AttemptFailure::ConnectError || delay.is_zero() {
+                other
+            } else {
+                upstream.pick(key, now, &failed_targets).ok()
+            };
+            if next_target.is_none() && retry.is_none() {
+                return Err(GatewayError::NoHealthyUpstream {
+                    upstream: upstream.name.clone(),
+                });
+            }
+        };
+        // The circuit's record: here, once per call that reached a target and ended.
+        circuit.finish(outcome, started, finished);
+        match last {
+            Last::Answer(response, holds) => {
+                record.answered = Some(finished);
+                Ok(downstream_response(route, response, deadline, holds, slot))
+            }
+            Last::Error(error) => Err(error),
+        }
+    }
+}
+
+/// The upstream's answer on its way down: its head as the client gets it, its body bounded by
+/// the route's deadline and holding its target's in-flight count, its connection and the
+/// bulkhead slot until it is done.
+fn downstream_response(
+    route: &CompiledRoute,
+    mut response: Response<Incoming>,
+    deadline: Instant,
+    (in_flight, lease): AnswerHolds,
+    slot: Option<sekisho_policy::bulkhead::Slot>,
+) -> Response<ResponseBody> {
+    downstream_head(route, &mut response);
+    let (parts, response_body) = response.into_parts();
+    let mut body = ResponseBody::upstream(response_body, Some(deadline));
+    if let Some(in_flight) = in_flight {
+        body.hold(in_flight);
+    }
+    if let Some(lease) = lease {
+        body.keep(lease);
+    }
+    body.hold_slot(slot);
+    Response::from_parts(parts, body)
+}

@@ -1,0 +1,106 @@
+//! What one request carries through the steps: the client connection ([`ClientInfo`]) and the
+//! request's own context ([`Exchange`]: its id, start, the host it asked for, and the
+//! [`Record`] of what happened to it).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::header::HeaderValue;
+use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
+use sekisho_policy::ratelimit::Decision;
+use tokio::time::Instant;
+
+use crate::edge::GatewayError;
+use crate::router::CompiledRoute;
+
+/// What the gateway knows about the client connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The peer's address.
+    pub remote: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The peer's IP as text, formatted once per connection.
+    pub(super) ip_text: Arc<str>,
+    /// The peer's IP as a header value (`X-Forwarded-For` of a first hop), once per connection.
+    pub(super) ip_value: HeaderValue,
+    /// `for=<node>;proto=<scheme>`, the start of this hop's `Forwarded` element (RFC 7239
+    /// quoting), once per connection.
+    pub(super) forwarded_prefix: Arc<str>,
+    /// The last `Host` this connection asked for and this hop's whole `Forwarded` value for it
+    /// (a first hop): requests on one connection usually name one host.
+    pub(super) forwarded_memo: Arc<Mutex<Option<(HeaderValue, HeaderValue)>>>,
+}
+
+impl ClientInfo {
+    /// Describes a client connection.
+    pub fn new(remote: SocketAddr, tls: bool) -> Self {
+        let ip = remote.ip();
+        let forwarded_node = match ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
+        };
+        let ip_text = ip.to_string();
+        let proto = if tls { "https" } else { "http" };
+        Self {
+            remote,
+            tls,
+            ip_value: HeaderValue::from_str(&ip_text)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            ip_text: Arc::from(ip_text),
+            forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
+            forwarded_memo: Arc::default(),
+        }
+    }
+}
+
+/// What happened to one request, for metrics, the access log and the answer's headers.
+#[derive(Default)]
+pub(super) struct Record {
+    pub(super) route: Option<Arc<CompiledRoute>>,
+    pub(super) target: Option<Arc<str>>,
+    pub(super) error: Option<GatewayError>,
+    /// When the upstream's answer head arrived (one clock read serves the latency estimate and
+    /// the request metrics).
+    pub(super) answered: Option<Instant>,
+    /// Attempts made (0 when none reached a target).
+    pub(super) attempts: u32,
+    /// The fallback that answered: "upstream" or "static".
+    pub(super) fallback: Option<&'static str>,
+    /// The route's adaptive concurrency place, sampled and handed to the response body once the
+    /// answer is known.
+    pub(super) concurrency: Option<ConcurrencyPermit>,
+    /// The upstream timed out (whether or not a fallback answered): a drop for the limit.
+    pub(super) timed_out: bool,
+    /// The tighter rate-limit decision that applied, for the `RateLimit-*` fields.
+    pub(super) rate: Option<Decision>,
+    /// What the cache did, for `Cache-Status`.
+    pub(super) cache_status: Option<HeaderValue>,
+}
+
+/// One request's context through the steps, in place of long argument lists.
+pub(super) struct Exchange {
+    /// The client connection.
+    pub(super) client: ClientInfo,
+    /// `X-Request-Id`, the client's or ours.
+    pub(super) request_id: HeaderValue,
+    /// When the gateway started on it; the route's deadline runs from here.
+    pub(super) started: Instant,
+    /// The host the client asked for (its `Host`, or the request target's authority).
+    pub(super) host: Option<HeaderValue>,
+    /// What happened so far.
+    pub(super) record: Record,
+}
+
+impl Exchange {
+    /// A request that starts now.
+    pub(super) fn new(client: ClientInfo, request_id: HeaderValue, started: Instant) -> Self {
+        Self {
+            client,
+            request_id,
+            started,
+            host: None,
+            record: Record::default(),
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The request as the target sees it, and the answer as the client sees it: the URI rewritten
+//! for the route (`strip_prefix`), hop-by-hop headers out (and those named by `Connection`),
+//! `X-Forwarded-For/-Proto/-Host` and `Forwarded` appended, `Host` kept, the request id and the
+//! route's header rules applied; and the balancing key of a request.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Response, Uri};
+use hyper::body::Incoming;
+use sekisho_config::HashKey;
+
+use super::context::ClientInfo;
+use crate::edge::GatewayError;
+use crate::request_id::X_REQUEST_ID;
+use crate::router::CompiledRoute;
+use crate::sync::lock;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
+fn hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+    ]
+}
+
+/// Rewrites `parts` into the request the route's upstream gets, and returns its origin-form
+/// target (`strip_prefix` applied): hop-by-hop headers out, forwarding headers appended, the
+/// client's `host` kept, the request id and the route's request header rules applied.
+pub(super) fn upstream_request(
+    route: &CompiledRoute,
+    parts: &mut http::request::Parts,
+    client: &ClientInfo,
+    host: Option<HeaderValue>,
+    request_id: &HeaderValue,
+) -> Result<PathAndQuery, GatewayError> {
+    let path = route.upstream_path(parts.uri.path());
+    let path_and_query = match parts.uri.path_and_query() {
+        // Unchanged (no prefix stripped): the request's own, shared, not parsed again.
+        Some(original) if path.len() == parts.uri.path().len() => original.clone(),
+        _ => {
+            let rewritten = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path.to_owned(),
+            };
+            PathAndQuery::try_from(rewritten)
+                .map_err(|e| GatewayError::BadRequest(format!("invalid request target: {e}")))?
+        }
+    };
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
+    add_forwarding_headers(headers, client, host.as_ref());
+    if !headers.contains_key(header::HOST) {
+        if let Some(host) = host {
+            headers.insert(header::HOST, host);
+        }
+    }
+    headers.insert(&X_REQUEST_ID, request_id.clone());
+    for name in &route.headers.request_remove {
+        headers.remove(name);
+    }
+    for (name, value) in &route.headers.request_set {
+        headers.insert(name, value.clone());
+    }
+    parts.extensions.clear();
+    Ok(path_and_query)
+}
+
+/// The upstream's answer head as the client gets it: hop-by-hop headers out, the route's
+/// response header rules applied.
+pub(super) fn downstream_head(route: &CompiledRoute, response: &mut Response<Incoming>) {
+    let headers = response.headers_mut();
+    remove_hop_by_hop(headers);
+    for name in &route.headers.response_remove {
+        headers.remove(name);
+    }
+    for (name, value) in &route.headers.response_set {
+        headers.insert(name, value.clone());
+    }
+}
+
+/// The request's balancing key, hashed: the client IP, or a header, cookie or query parameter.
+pub(super) fn request_key(
+    key: &HashKey,
+    client: &ClientInfo,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Option<u64> {
+    let bytes: &[u8] = match key {
+        HashKey::ClientIp => client.ip_text.as_bytes(),
+        HashKey::Header(name) => headers.get(name)?.as_bytes(),
+        HashKey::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(';'))
+            .find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then_some(value)
+            })?
+            .as_bytes(),
+        HashKey::Query(name) => uri
+            .query()?
+            .split('&')
+            .find_map(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                (key == name).then_some(value)
+            })?
+            .as_bytes(),
+    };
+    Some(sekisho_policy::balance::hash_key(bytes))
+}
+
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The host the client asked for: its `Host` field (shared, not copied) or the request
+/// target's authority; only one that is text.
+pub(super) fn host_of(headers: &HeaderMap, uri: &Uri) -> Option<HeaderValue> {
+    if let Some(host) = headers.get(header::HOST).filter(|h| h.to_str().is_ok()) {
+        return Some(host.clone());
+    }
+    HeaderValue::from_str(uri.authority()?.as_str()).ok()
+}
+
+/// `host` as text (a [`host_of`] value always is).
+pub(super) fn host_text(host: &HeaderValue) -> &str {
+    host.to_str().unwrap_or_default()
+}
+
+pub(super) fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_once(']').map_or(host, |(h, _)| &h[1..]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the names present is cheaper than hashing eight absent ones.
+    let hop = hop_by_hop();
+    if !headers.keys().any(|name| hop.contains(&name)) {
+        return;
+    }
+    if let Some(connection) = headers.get(header::CONNECTION).cloned() {
+        if let Ok(listed) = connection.to_str() {
+            for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+    }
+    for name in hop {
+        headers.remove(name);
+    }
+}
+
+fn add_forwarding_headers(
+    headers: &mut HeaderMap,
+    client: &ClientInfo,
+    host_value: Option<&HeaderValue>,
+) {
+    let host = host_value.map(host_text);
+    // Per request only what changes: the values of this connection were made once, and no
+    // `format!` runs on the common path (a first hop: no earlier X-Forwarded-For/Forwarded).
+    let proto = if client.tls { "https" } else { "http" };
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.is_empty() => {
+            let mut joined = String::with_capacity(existing.len() + client.ip_text.len() + 16);
+            for prior in headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+            {
+                joined.push_str(prior);
+                joined.push_str(", ");
+            }
+            joined.push_str(&client.ip_text);
+            HeaderValue::try_from(joined).ok()
+        }
+        _ => Some(client.ip_value.clone()),
+    };
+    if let Some(value) = forwarded_for {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    if let Some(host) = host_value {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
+    }
+    let existing = headers
+        .get(&FORWARDED)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    // A first hop asking for the same host as the connection's previous request: the same value.
+    let memo = existing.is_none().then(|| lock(&client.forwarded_memo));
+    if let Some(Some((memo_host, value))) = memo.as_deref() {
+        if Some(memo_host) == host_value {
+            headers.insert(&FORWARDED, value.clone());
+            return;
+        }
+    }
+    let mut combined = String::with_capacity(
+        existing.map_or(0, |e| e.len() + 2)
+            + client.forwarded_prefix.len()
+            + host.map_or(0, |h| h.len() + 8),
+    );
+    if let Some(existing) = existing {
+        combined.push_str(existing);
+        combined.push_str(", ");
+    }
+    combined.push_str(&client.forwarded_prefix);
+    // RFC 7239: a host (with its port) goes in quotes; one that cannot be quoted is left out.
+    if let Some(host) = host {
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        {
+            combined.push_str(";host=\"");
+            combined.push_str(host);
+            combined.push('"');
+        }
+    }
+    if let Ok(value) = HeaderValue::try_from(combined) {
+        if let (Some(mut memo), Some(host)) = (memo, host_value) {
+            *memo = Some((host.clone(), value.clone()));
+        }
+        headers.insert(&FORWARDED, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped_from_hosts() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_by_connection_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_to_what_came_before() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
+        headers.insert(&FORWARDED, HeaderValue::from_static("for=203.0.113.9"));
+        let client = ClientInfo::new("[2001:db8::1]:4000".parse().expect("addr"), true);
+        add_forwarding_headers(
+            &mut headers,
+            &client,
+            Some(&HeaderValue::from_static("api.example.com:8443")),
+        );
+        assert_eq!(headers[&X_FORWARDED_FOR], "203.0.113.9, 2001:db8::1");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&X_FORWARDED_HOST], "api.example.com:8443");
+        assert_eq!(
+            headers[&FORWARDED],
+            "for=203.0.113.9, for=\"[2001:db8::1]\";proto=https;host=\"api.example.com:8443\""
+        );
+    }
+}

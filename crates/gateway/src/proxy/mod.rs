@@ -1,0 +1,99 @@
+//! The request's path through the gateway, one file per step:
+//!
+//! - [`handle`] (here): the request's context made, the steps run, the answer finished (request
+//!   id, `RateLimit-*`, `Cache-Status`), metrics recorded and the access line written;
+//! - `steps`: head checks, the server's rate limit, the route, its body and rate limits, the
+//!   cache, adaptive concurrency, then the call and the static fallback;
+//! - `call`: admission (circuit breaker, bulkhead), the request rewritten for the upstream, the
+//!   body made resendable when a retry may need it, the alternate upstream of the fallback;
+//! - `attempt`: the attempts at targets (pick, send, deadline and per-attempt timeout, the
+//!   outcome recorded for the target and the circuit, the retry decision);
+//! - `forwarding`: the request and answer heads as the other side sees them;
+//! - `context`: the client connection and the request's context and record;
+//! - `access_log`: the access line.
+//!
+//! [`handle`] never fails: whatever goes wrong becomes a [`GatewayError`], which the edge turns
+//! into the contract's JSON.
+
+mod access_log;
+mod attempt;
+mod call;
+mod context;
+mod forwarding;
+mod steps;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::ResponseBody;
+use crate::edge::{error_response, GatewayError};
+use crate::ratelimit;
+use crate::request_id::{request_id_of, X_REQUEST_ID};
+use crate::Shared;
+
+use access_log::AccessInfo;
+pub use context::ClientInfo;
+use context::Exchange;
+
+/// Serves one request.
+pub(crate) async fn handle(
+    shared: &Shared,
+    client: ClientInfo,
+    request: Request<Incoming>,
+    ambiguous_length: bool,
+) -> Response<ResponseBody> {
+    let started = Instant::now();
+    let runtime = shared.runtime.load_full();
+    let mut exchange = Exchange::new(client, request_id_of(request.headers()), started);
+    let access = runtime.listener.access_log.then(|| AccessInfo {
+        method: request.method().clone(),
+        path: request.uri().path().to_owned(),
+        version: request.version(),
+    });
+    let mut answered = if ambiguous_length {
+        Err(GatewayError::BadRequest(
+            "both Transfer-Encoding and Content-Length are set".to_owned(),
+        ))
+    } else {
+        steps::run(&runtime, &mut exchange, request).await
+    };
+    if let Some(permit) = exchange.record.concurrency.take() {
+        steps::sample_concurrency(permit, &mut answered, &exchange);
+    }
+    let mut response = match answered {
+        Ok(response) => response,
+        Err(error) => {
+            let response = error_response(&error, &exchange.request_id);
+            exchange.record.error = Some(error);
+            response
+        }
+    };
+    let status = response.status().as_u16();
+    let record = &mut exchange.record;
+    response
+        .headers_mut()
+        .insert(&X_REQUEST_ID, exchange.request_id.clone());
+    if let Some(decision) = &record.rate {
+        ratelimit::add_headers(response.headers_mut(), decision);
+    }
+    if let Some(status) = record.cache_status.take() {
+        response
+            .headers_mut()
+            .insert(&crate::cache::CACHE_STATUS, status);
+    }
+    let elapsed = match record.answered {
+        Some(answered) => answered.saturating_duration_since(started),
+        None => started.elapsed(),
+    };
+    match &record.route {
+        Some(route) => route.metrics.record(status, elapsed.as_secs_f64()),
+        None => shared
+            .unrouted_metrics
+            .record(status, elapsed.as_secs_f64()),
+    }
+    if let Some(access) = access {
+        access.log(&exchange, status, elapsed);
+    }
+    response
+}
