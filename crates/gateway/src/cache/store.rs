@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use sekisho_store::cache::RedisCache;
 
 use super::entry::{now_ms, Entry};
-use super::Flight;
+use super::flight::Flight;
 use crate::sync::lock;
 
 /// The cache every route shares: both tiers, and the flights in progress. Kept across reloads.
