@@ -14,8 +14,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::entry::{now_ms, Entry};
+use super::respond::{respond, status_value};
 use super::store::CacheStore;
-use super::{respond, status_value, Lookup, RouteCache};
+use super::{Lookup, RouteCache};
 use crate::sync::lock;
 
 /// Flights one after another that concurrent misses of a varying response follow (each stores
