@@ -63,7 +63,7 @@ use reload::unix_seconds;
 use upstream::ClientCache;
 
 /// State shared by every connection and the admin side.
-pub(crate) struct Shared {
+pub(crate) struct GatewayState {
     runtime: ArcSwap<Runtime>,
     metrics: Arc<Metrics>,
     clients: ClientCache,
@@ -83,7 +83,7 @@ pub(crate) struct Shared {
 /// A handle on a running gateway; cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -112,7 +112,7 @@ impl Gateway {
             .set(unix_seconds(runtime.loaded_at));
         let unrouted_metrics = metrics.route("", "");
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(GatewayState {
                 runtime: ArcSwap::from_pointee(runtime),
                 unrouted_metrics,
                 metrics,
@@ -172,7 +172,7 @@ impl Gateway {
     }
 }
 
-impl Shared {
+impl GatewayState {
     fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);
     }

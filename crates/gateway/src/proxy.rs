@@ -24,7 +24,7 @@ use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
 use crate::sync::lock;
 use crate::upstream::{CallOutcome, Circuit, UpstreamGroup};
-use crate::Shared;
+use crate::GatewayState;
 use sekisho_config::HashKey;
 use sekisho_policy::breaker::{Outcome as BreakerOutcome, Permit};
 use sekisho_policy::bulkhead::Slot;
@@ -121,7 +121,7 @@ struct Outcome {
 
 /// Serves one request.
 pub(crate) async fn handle(
-    shared: &Shared,
+    shared: &GatewayState,
     client: ClientInfo,
     request: Request<Incoming>,
     ambiguous_length: bool,
