@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::connection::{watchdog, ConnIo, ConnState};
 use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
-use crate::Shared;
+use crate::GatewayState;
 
 /// A bound traffic listener, not yet serving.
 #[derive(Debug)]
@@ -69,7 +69,7 @@ fn connection_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecuto
 }
 
 pub(crate) async fn serve(
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
     listener: TrafficListener,
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
@@ -116,7 +116,7 @@ pub(crate) async fn serve(
 }
 
 async fn serve_connection(
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
     stream: TcpStream,
     remote: SocketAddr,
     watcher: hyper_util::server::graceful::Watcher,
@@ -154,7 +154,7 @@ async fn serve_connection(
 
 #[allow(clippy::too_many_arguments)]
 async fn drive<I>(
-    shared: Arc<Shared>,
+    shared: Arc<GatewayState>,
     builder: auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
     state: Arc<ConnState>,

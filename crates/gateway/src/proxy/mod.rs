@@ -30,7 +30,7 @@ use crate::body::ResponseBody;
 use crate::edge::{error_response, GatewayError};
 use crate::ratelimit;
 use crate::request_id::{request_id_of, X_REQUEST_ID};
-use crate::Shared;
+use crate::GatewayState;
 
 use access_log::AccessInfo;
 pub use context::ClientInfo;
@@ -38,7 +38,7 @@ use context::Exchange;
 
 /// Serves one request.
 pub(crate) async fn handle(
-    shared: &Shared,
+    shared: &GatewayState,
     client: ClientInfo,
     request: Request<Incoming>,
     ambiguous_length: bool,

@@ -1,0 +1,389 @@
+//! Answers from the cache: a stored entry as a response (or a `304`), the `Cache-Status`
+//! header, and [`Fetch`], a miss on its way to the upstream, whose [`Fetch::finish`] stores
+//! the upstream's answer (and ends the flight it leads) or serves a stale copy when it failed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ::http::request::Parts;
+use ::http::{Method, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use http_body::Body as _;
+use tokio::time::Instant;
+
+use super::entry::{now_ms, Entry};
+use super::flight::{FlightEnd, Lead, VaryMarker};
+use super::http;
+use super::RouteCache;
+use crate::body::ResponseBody;
+use crate::edge::GatewayError;
+
+/// The response header of RFC 9211.
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// The cache's name in `Cache-Status`.
+const NAME: &str = "sekisho";
+
+/// A miss on its way to the upstream.
+#[derive(Debug)]
+pub struct Fetch {
+    cache: Arc<RouteCache>,
+    primary: String,
+    variant_of: Option<VaryMarker>,
+    request_headers: HeaderMap,
+    method: Method,
+    if_none_match: Option<HeaderValue>,
+    lead: Option<Lead>,
+    store: bool,
+    stale: Option<Arc<Entry>>,
+    started: Instant,
+    why: &'static str,
+}
+
+impl RouteCache {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fetch(
+        self: &Arc<Self>,
+        primary: String,
+        variant_of: Option<VaryMarker>,
+        parts: &mut Parts,
+        lead: Option<Lead>,
+        store: bool,
+        stale: Option<Arc<Entry>>,
+        why: &'static str,
+    ) -> Fetch {
+        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        if store {
+            // The cache answers conditionals itself; the upstream must send the whole answer.
+            parts.headers.remove(header::IF_NONE_MATCH);
+            parts.headers.remove(header::IF_MODIFIED_SINCE);
+        }
+        Fetch {
+            cache: Arc::clone(self),
+            primary,
+            variant_of,
+            request_headers: parts.headers.clone(),
+            method: parts.method.clone(),
+            if_none_match,
+            lead,
+            store,
+            stale,
+            started: Instant::now(),
+            why,
+        }
+    }
+}
+
+impl Fetch {
+    /// Whether this fetch leads a flight (others wait for what it stores).
+    pub fn leads(&self) -> bool {
+        self.lead.is_some()
+    }
+
+    /// The upstream's answer, through the cache: stored and answered from the entry when it may
+    /// be stored, a stale copy when the upstream failed within `stale_if_error`, else as it is.
+    /// The second value is the `Cache-Status` of the answer.
+    pub async fn finish(
+        mut self,
+        result: Result<Response<ResponseBody>, GatewayError>,
+    ) -> (Result<Response<ResponseBody>, GatewayError>, HeaderValue) {
+        let failed = match &result {
+            Ok(response) => matches!(response.status().as_u16(), 500 | 502 | 503 | 504),
+            Err(error) => error.is_upstream_failure(),
+        };
+        let why = self.why;
+        if failed {
+            if let Some(stale) = self.usable_stale() {
+                self.cache.metrics.stale_if_error.inc();
+                let fwd_status = match &result {
+                    Ok(response) => response.status().as_u16(),
+                    Err(error) => error.status().as_u16(),
+                };
+                let now = now_ms();
+                let status = status_value(format_args!(
+                    "fwd={why}; fwd-status={fwd_status}; ttl={}; detail=stale-if-error",
+                    stale.ttl_ms(now) / 1000
+                ));
+                let response = respond(&stale, now, &self.method, self.if_none_match.as_ref());
+                return (Ok(response), status);
+            }
+        }
+        let response = match result {
+            Ok(response) => response,
+            Err(error) => {
+                let status = status_value(format_args!("fwd={why}"));
+                return (Err(error), status);
+            }
+        };
+        let fwd_status = response.status().as_u16();
+        let pass = |response| {
+            (
+                Ok(response),
+                status_value(format_args!("fwd={why}; fwd-status={fwd_status}")),
+            )
+        };
+        if !self.store || self.method != Method::GET {
+            return pass(response);
+        }
+        let cache = Arc::clone(&self.cache);
+        let authorized = self.request_headers.contains_key(header::AUTHORIZATION);
+        let Some(lifetime) = http::freshness(
+            response.status(),
+            response.headers(),
+            authorized && !cache.cache_authorized,
+            cache.ttl,
+            cache.negative_ttl,
+        ) else {
+            return pass(response);
+        };
+        let Some(vary) = http::vary(response.headers()) else {
+            return pass(response);
+        };
+        let declared = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > cache.max_body) {
+            return pass(response);
+        }
+        let (head, body) = response.into_parts();
+        let body = match collect(body, cache.max_body).await {
+            Collected::Whole(bytes) => bytes,
+            Collected::TooLarge(prefix, rest) => {
+                let response = Response::from_parts(head, ResponseBody::prefixed(prefix, rest));
+                return pass(response);
+            }
+            Collected::Failed(error) => {
+                return (
+                    Err(GatewayError::UpstreamFailed {
+                        upstream: Arc::from(cache.route.as_ref()),
+                        source: error,
+                    }),
+                    status_value(format_args!("fwd={why}")),
+                );
+            }
+        };
+        let entry = cache.entry(&head, body, lifetime, self.started);
+        let now = now_ms();
+        let (key, vary) = cache
+            .store_entry(
+                &self.primary,
+                &vary,
+                entry.clone(),
+                &self.request_headers,
+                self.variant_of.take(),
+            )
+            .await;
+        let entry = Arc::new(entry);
+        if let Some(lead) = self.lead.take() {
+            lead.end(FlightEnd::Stored(Arc::clone(&entry), key, vary));
+        }
+        let status = status_value(format_args!(
+            "fwd={why}; fwd-status={fwd_status}; stored; ttl={}",
+            entry.ttl_ms(now) / 1000
+        ));
+        (
+            Ok(respond(
+                &entry,
+                now,
+                &self.method,
+                self.if_none_match.as_ref(),
+            )),
+            status,
+        )
+    }
+
+    fn usable_stale(&self) -> Option<Arc<Entry>> {
+        let stale = self.stale.as_ref()?;
+        let ttl = stale.ttl_ms(now_ms());
+        let stale_by = ttl.min(0).unsigned_abs();
+        (stale_by <= stale.sie_ms).then(|| Arc::clone(stale))
+    }
+}
+
+impl RouteCache {
+    fn entry(
+        &self,
+        head: &::http::response::Parts,
+        body: Bytes,
+        lifetime: Duration,
+        started: Instant,
+    ) -> Entry {
+        let cc = http::CacheControl::parse(&head.headers);
+        let lifetime_ms = jittered_ms(lifetime, self.jitter);
+        let mut headers = head.headers.clone();
+        headers.remove(header::AGE);
+        headers.remove(&CACHE_STATUS);
+        Entry {
+            status: head.status,
+            body,
+            stored_ms: now_ms(),
+            initial_age_ms: http::age(&head.headers).saturating_mul(1000),
+            lifetime_ms,
+            swr_ms: cc
+                .stale_while_revalidate
+                .map_or(self.swr, Duration::from_secs)
+                .as_millis() as u64,
+            sie_ms: cc
+                .stale_if_error
+                .map_or(self.sie, Duration::from_secs)
+                .as_millis() as u64,
+            fetch_ms: started.elapsed().as_millis() as u64,
+            tags: http::tags(&head.headers),
+            vary: None,
+            headers,
+        }
+    }
+
+    /// Stores `entry` in both tiers (with a marker at the primary key when it varies); returns
+    /// the key it is under, and the marker.
+    async fn store_entry(
+        &self,
+        primary: &str,
+        vary: &[HeaderName],
+        entry: Entry,
+        request: &HeaderMap,
+        known: Option<VaryMarker>,
+    ) -> (String, Option<VaryMarker>) {
+        let entry = Arc::new(entry);
+        let mut writes: Vec<(String, Arc<Entry>)> = Vec::with_capacity(2);
+        let (key, marked) = if vary.is_empty() {
+            writes.push((primary.to_owned(), Arc::clone(&entry)));
+            (primary.to_owned(), None)
+        } else {
+            let marker_vary = match known {
+                Some((names, generation)) if names == vary => (names, generation),
+                _ => (vary.to_vec(), fastrand::u64(..)),
+            };
+            let key = self.variant_key(primary, Some(&marker_vary), request);
+            let marker = Entry {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+                vary: Some(marker_vary.clone()),
+                tags: entry.tags.clone(),
+                ..(*entry).clone()
+            };
+            writes.push((primary.to_owned(), Arc::new(marker)));
+            writes.push((key.clone(), Arc::clone(&entry)));
+            (key, Some(marker_vary))
+        };
+        for (key, value) in &writes {
+            self.store.l1_put(key, Arc::clone(value), self.l1_ttl);
+        }
+        if let Some(l2) = self.store.l2.load_full() {
+            for (key, value) in writes {
+                let keep = value.keep();
+                if let Err(error) = l2.set(&key, &value.encode(), keep, &value.tags).await {
+                    tracing::warn!(%error, key, "the shared cache tier did not take an entry");
+                    break;
+                }
+            }
+        }
+        (key, marked)
+    }
+}
+
+enum Collected {
+    Whole(Bytes),
+    TooLarge(Bytes, ResponseBody),
+    Failed(crate::body::BoxError),
+}
+
+/// Reads `body` whole if it has at most `limit` bytes; else hands back what was read and the
+/// rest, to be passed through.
+async fn collect(mut body: ResponseBody, limit: u64) -> Collected {
+    let mut buffer = BytesMut::new();
+    loop {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)).await;
+        match frame {
+            None => return Collected::Whole(buffer.freeze()),
+            Some(Err(error)) => return Collected::Failed(error),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buffer.extend_from_slice(&data);
+                    if buffer.len() as u64 > limit {
+                        return Collected::TooLarge(buffer.freeze(), body);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request from `entry`: `304` when `If-None-Match` matches its `ETag`.
+pub(super) fn respond(
+    entry: &Entry,
+    now: u64,
+    method: &Method,
+    if_none_match: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let age = HeaderValue::from(entry.age_ms(now) / 1000);
+    let etag = entry.headers.get(header::ETAG);
+    if let (Some(inm), Some(etag)) = (if_none_match, etag) {
+        if http::none_match(inm, etag) {
+            let mut response = Response::new(ResponseBody::empty());
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            for name in [
+                header::ETAG,
+                header::CACHE_CONTROL,
+                header::VARY,
+                header::EXPIRES,
+                header::DATE,
+                header::CONTENT_LOCATION,
+            ] {
+                for value in entry.headers.get_all(&name) {
+                    response.headers_mut().append(name.clone(), value.clone());
+                }
+            }
+            response.headers_mut().insert(header::AGE, age);
+            return response;
+        }
+    }
+    let body = if method == Method::HEAD {
+        ResponseBody::empty()
+    } else {
+        ResponseBody::full(entry.body.clone())
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = entry.status;
+    *response.headers_mut() = entry.headers.clone();
+    response.headers_mut().insert(header::AGE, age);
+    response
+}
+
+/// `sekisho; <params>` as a header value, formatted once into its buffer.
+pub(super) fn status_value(params: std::fmt::Arguments<'_>) -> HeaderValue {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64);
+    text.push_str(NAME);
+    text.push_str("; ");
+    let _ = text.write_fmt(params);
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static(NAME))
+}
+
+/// `lifetime` in milliseconds, spread uniformly by ± `jitter` (avalanche guard), at least 1.
+fn jittered_ms(lifetime: Duration, jitter: f64) -> u64 {
+    let factor = 1.0 + jitter * (2.0 * fastrand::f64() - 1.0);
+    (lifetime.as_millis() as f64 * factor).max(1.0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifetimes_are_spread_by_the_jitter() {
+        let lifetime = Duration::from_secs(100);
+        let spread: Vec<u64> = (0..2000).map(|_| jittered_ms(lifetime, 0.1)).collect();
+        assert!(spread.iter().all(|&ms| (90_000..=110_000).contains(&ms)));
+        assert!(spread.iter().any(|&ms| ms < 92_000), "reaches the low end");
+        assert!(
+            spread.iter().any(|&ms| ms > 108_000),
+            "reaches the high end"
+        );
+        assert_eq!(jittered_ms(lifetime, 0.0), 100_000);
+    }
+}

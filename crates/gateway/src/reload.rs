@@ -1,0 +1,227 @@
+//! Reloading: reading the config file again (on a signal, the admin API or a change of the
+//! file), building the new generation beside the one in force, swapping it in, and keeping the
+//! record of the last attempt that `/health/detailed` shows. A config that does not build is
+//! refused and the one in force stays.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sekisho_config::{Config, ConfigError};
+
+use crate::runtime::{BuildError, Runtime};
+use crate::Gateway;
+
+/// The last reload attempt and its result.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadRecord {
+    /// When it was tried.
+    pub at: Option<SystemTime>,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+}
+
+/// Why a reload was refused; the config in force stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new config is invalid.
+    #[error("{0}")]
+    Invalid(#[from] ConfigError),
+    /// The new config is valid but could not be put in force (e.g. an unreadable certificate).
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    /// The gateway was started without a config file.
+    #[error("the gateway was started without a config file")]
+    NoFile,
+}
+
+/// What a successful reload changed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    /// The generation now in force.
+    pub generation: u64,
+    /// One line on the new config.
+    pub summary: String,
+    /// Settings that changed but need a restart to take effect.
+    pub needs_restart: Vec<String>,
+}
+
+impl Gateway {
+    /// Reads the config file again and puts it in force if it is valid.
+    pub fn reload(&self) -> Result<ReloadSummary, ReloadError> {
+        let Some(path) = &self.shared.config_path else {
+            return Err(ReloadError::NoFile);
+        };
+        let result = match std::fs::read(path) {
+            Ok(bytes) => {
+                let parsed = sekisho_config::parse_file_contents(&bytes, path);
+                *self.file_bytes() = Some(bytes);
+                parsed
+            }
+            Err(error) => Err(sekisho_config::ConfigError::unreadable(path, &error)),
+        }
+        .map_err(ReloadError::from)
+        .and_then(|config| self.apply(config));
+        self.record_reload(&result);
+        result
+    }
+
+    /// Puts `config` in force if it can be built.
+    pub fn reload_with(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let result = self.apply(config);
+        self.record_reload(&result);
+        result
+    }
+
+    fn apply(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        // One reload at a time, so generations are built and swapped in order.
+        let mut record = self
+            .shared
+            .reload_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.shared.runtime.load_full();
+        let needs_restart = restart_only_changes(&current.config, &config);
+        let generation = self.shared.generation.load(Ordering::Relaxed) + 1;
+        let base_dir = self.shared.config_path.as_deref().and_then(Path::parent);
+        let runtime = Runtime::build(
+            Arc::new(config),
+            base_dir,
+            &self.shared.clients,
+            &self.shared.states,
+            &self.shared.metrics,
+            generation,
+        )?;
+        let summary = runtime.config.summary();
+        self.shared
+            .metrics
+            .config_loaded_timestamp
+            .set(unix_seconds(runtime.loaded_at));
+        let runtime = Arc::new(runtime);
+        self.shared.runtime.store(Arc::clone(&runtime));
+        self.shared.generation.store(generation, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .set_upstreams(runtime.upstreams.values().cloned().collect());
+        self.shared
+            .metrics
+            .set_adaptive_limits(runtime.adaptive_limits());
+        self.shared.states.retain(&runtime.config);
+        if self.shared.serving.load(Ordering::Acquire) {
+            self.shared.health.reconcile(&runtime, &self.shared.metrics);
+        }
+        record.at = Some(SystemTime::now());
+        record.error = None;
+        Ok(ReloadSummary {
+            generation,
+            summary,
+            needs_restart,
+        })
+    }
+
+    fn record_reload(&self, result: &Result<ReloadSummary, ReloadError>) {
+        self.shared.metrics.config_reload(result.is_ok());
+        match result {
+            Ok(summary) => {
+                tracing::info!(
+                    generation = summary.generation,
+                    summary = %summary.summary,
+                    "config reloaded"
+                );
+                for setting in &summary.needs_restart {
+                    tracing::warn!(setting = %setting, "changed setting needs a restart to take effect");
+                }
+            }
+            Err(error) => {
+                let mut record = self
+                    .shared
+                    .reload_lock
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                record.at = Some(SystemTime::now());
+                record.error = Some(error.to_string());
+                tracing::error!(error = %error, "config reload refused; the previous config stays in force");
+            }
+        }
+    }
+}
+
+pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Settings read once at start; a reload that changes them says so.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed = Vec::new();
+    if old.server.listen != new.server.listen {
+        changed.push("server.listen".to_owned());
+    }
+    if old.server.workers != new.server.workers {
+        changed.push("server.workers".to_owned());
+    }
+    if old.server.max_connections != new.server.max_connections {
+        changed.push("server.max_connections".to_owned());
+    }
+    if old.server.tls.is_some() != new.server.tls.is_some() {
+        changed.push("server.tls (on/off)".to_owned());
+    }
+    if old.admin.listen != new.admin.listen {
+        changed.push("admin.listen".to_owned());
+    }
+    changed
+}
+
+impl Gateway {
+    fn file_bytes(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
+        self.shared
+            .file_bytes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Reloads whenever the config file's contents change, checking every `interval`, until the
+    /// returned future is dropped. An unreadable or invalid file is logged and skipped; the
+    /// config in force stays.
+    pub async fn watch_config_file(&self, interval: std::time::Duration) {
+        let Some(path) = self.shared.config_path.clone() else {
+            return;
+        };
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            self.file_bytes().get_or_insert(bytes);
+        }
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        // A look is a stat (microseconds, done in place); the file is read only when its size or
+        // modification time moved, and every tenth look anyway (a file system whose clock is too
+        // coarse to tell two quick writes apart).
+        let mut last_stat = None;
+        let mut looks = 0u32;
+        loop {
+            ticker.tick().await;
+            looks = looks.wrapping_add(1);
+            let stat = std::fs::metadata(&path)
+                .ok()
+                .map(|m| (m.modified().ok(), m.len()));
+            if stat.is_some() && stat == last_stat && looks % 10 != 0 {
+                continue;
+            }
+            last_stat = stat;
+            let Ok(contents) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            // Compared with what the last reload read, not with the previous look: a reload
+            // by signal or API in between must not hide a change (A → B by SIGHUP → A again).
+            if self.file_bytes().as_deref() == Some(contents.as_slice()) {
+                continue;
+            }
+            tracing::info!(path = %path.display(), "config file changed; reloading");
+            let gateway = self.clone();
+            // Building a runtime reads TLS files: keep it off the reactor.
+            let _ = tokio::task::spawn_blocking(move || gateway.reload()).await;
+        }
+    }
+}
