@@ -8,8 +8,8 @@
 //! What it refuses to do: buffer bodies whole, block the reactor, panic on a request path, or
 //! serve the admin API (that is `sekisho-admin`, which reads the gateway through [`Gateway`]).
 
-// Modules from the lowest to the highest: each imports only modules above it in this list
-// (ARCHITECTURE.md, "Module layers"; tests/layers.rs keeps it so).
+// The modules form layers, each importing only modules below it: the order is in
+// ARCHITECTURE.md ("Module layers") and tests/layers.rs, which fails on an import upwards.
 pub mod body;
 mod build_error;
 pub mod cache;
@@ -29,13 +29,13 @@ pub mod retry;
 pub mod router;
 mod runtime;
 mod server;
+mod state;
 mod store_link;
 mod sync;
 mod tls;
 pub mod upstream;
 
-// The gateway's own faces, above every module listed before them: reloading, and what the admin
-// side reads.
+// The gateway's own faces (impl blocks of `Gateway`): reloading, and what the admin side reads.
 mod reload;
 mod views;
 
@@ -48,37 +48,21 @@ use arc_swap::ArcSwap;
 use sekisho_config::Config;
 
 pub use proxy::ClientInfo;
-pub use reload::{ReloadError, ReloadRecord, ReloadSummary};
+pub use reload::{ReloadError, ReloadSummary};
 pub use request_id::{new_request_id, X_REQUEST_ID};
 pub use runtime::{BuildError, ListenerSettings, Runtime};
 pub use server::TrafficListener;
+pub use state::ReloadRecord;
 pub use views::{
     BulkheadView, CircuitActionError, CircuitView, PurgeError, Status, TargetView, TransitionView,
     UpstreamView,
 };
 
-use metrics::{Metrics, RouteMetrics};
+use clock::unix_seconds;
+use metrics::Metrics;
 use registry::StateRegistry;
-use reload::unix_seconds;
+use state::GatewayState;
 use upstream::ClientCache;
-
-/// State shared by every connection and the admin side.
-pub(crate) struct GatewayState {
-    runtime: ArcSwap<Runtime>,
-    metrics: Arc<Metrics>,
-    clients: ClientCache,
-    states: StateRegistry,
-    health: health::Supervisor,
-    config_path: Option<PathBuf>,
-    unrouted_metrics: RouteMetrics,
-    draining: AtomicBool,
-    serving: AtomicBool,
-    generation: AtomicU64,
-    reload_lock: Mutex<ReloadRecord>,
-    /// The config file's bytes as the last reload (or the watcher's first look) read them, so
-    /// the file watch compares against what was last loaded, whoever loaded it.
-    file_bytes: Mutex<Option<Vec<u8>>>,
-}
 
 /// A handle on a running gateway; cheap to clone.
 #[derive(Clone)]
@@ -169,11 +153,5 @@ impl Gateway {
     /// The path reloads read.
     pub fn config_path(&self) -> Option<&Path> {
         self.shared.config_path.as_deref()
-    }
-}
-
-impl GatewayState {
-    fn set_draining(&self) {
-        self.draining.store(true, Ordering::Release);
     }
 }

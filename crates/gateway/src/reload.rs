@@ -6,21 +6,13 @@
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use sekisho_config::{Config, ConfigError};
 
+use crate::clock::unix_seconds;
 use crate::runtime::{BuildError, Runtime};
 use crate::Gateway;
-
-/// The last reload attempt and its result.
-#[derive(Debug, Clone, Default)]
-pub struct ReloadRecord {
-    /// When it was tried.
-    pub at: Option<SystemTime>,
-    /// Its error, if it failed.
-    pub error: Option<String>,
-}
 
 /// Why a reload was refused; the config in force stays.
 #[derive(Debug, thiserror::Error)]
@@ -145,12 +137,6 @@ impl Gateway {
             }
         }
     }
-}
-
-pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Settings read once at start; a reload that changes them says so.

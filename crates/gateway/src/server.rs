@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::connection::{watchdog, ConnIo, ConnState};
 use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
-use crate::GatewayState;
+use crate::state::GatewayState;
 
 /// A bound traffic listener, not yet serving.
 #[derive(Debug)]

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use crate::clock::unix_ms;
-use crate::reload::ReloadRecord;
+use crate::state::ReloadRecord;
 use crate::{cache, ratelimit, store_link, upstream, Gateway};
 
 /// Readiness and config status, for `/ready` and `/health/detailed`.

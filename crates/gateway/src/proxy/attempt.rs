@@ -69,11 +69,7 @@ enum Ended {
 impl Ended {
     /// Classifies what the send gave: an answer, a per-attempt timeout (`Err(Some(timeout))`),
     /// the route's deadline (`Err(None)`), or the client's error.
-    fn of(
-        result: Result<Sent, Expired>,
-        upstream: &UpstreamGroup,
-        route: &CompiledRoute,
-    ) -> Self {
+    fn of(result: Result<Sent, Expired>, upstream: &UpstreamGroup, route: &CompiledRoute) -> Self {
         match result {
             Err(expired) => Self::Failed {
                 outcome: CallOutcome::Timeout,

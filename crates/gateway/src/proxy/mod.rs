@@ -30,7 +30,7 @@ use crate::body::ResponseBody;
 use crate::edge::{error_response, GatewayError};
 use crate::ratelimit;
 use crate::request_id::{request_id_of, X_REQUEST_ID};
-use crate::GatewayState;
+use crate::state::GatewayState;
 
 use access_log::AccessInfo;
 pub use context::ClientInfo;

@@ -1,0 +1,51 @@
+//! The state every connection, the reload and the admin side share: the generation in force
+//! (swapped whole by a reload), the metrics registry, the clients and the cross-reload registry,
+//! the health-check supervisor, and the gateway's own flags.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+use crate::health;
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::registry::StateRegistry;
+use crate::runtime::Runtime;
+use crate::upstream::ClientCache;
+
+/// The last reload attempt and its result.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadRecord {
+    /// When it was tried.
+    pub at: Option<SystemTime>,
+    /// Its error, if it failed.
+    pub error: Option<String>,
+}
+
+/// State shared by every connection and the admin side.
+pub(crate) struct GatewayState {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) clients: ClientCache,
+    pub(crate) states: StateRegistry,
+    pub(crate) health: health::Supervisor,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) unrouted_metrics: RouteMetrics,
+    pub(crate) draining: AtomicBool,
+    pub(crate) serving: AtomicBool,
+    pub(crate) generation: AtomicU64,
+    pub(crate) reload_lock: Mutex<ReloadRecord>,
+    /// The config file's bytes as the last reload (or the watcher's first look) read them, so
+    /// the file watch compares against what was last loaded, whoever loaded it.
+    pub(crate) file_bytes: Mutex<Option<Vec<u8>>>,
+}
+
+impl GatewayState {
+    /// Shutting down: `/ready` turns 503.
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
