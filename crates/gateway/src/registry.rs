@@ -97,13 +97,14 @@ impl StateRegistry {
         }
     }
 
-    /// The link to the Redis at `url`: the one already made while the URL stays the same.
-    pub fn store_link(&self, url: &str) -> Arc<StoreLink> {
+    /// The link to the Redis at `url` with `timeout` per decision call: the one already made
+    /// while both stay the same.
+    pub fn store_link(&self, url: &str, timeout: Duration) -> Arc<StoreLink> {
         let mut store = lock(&self.store);
         match &*store {
-            Some(link) if link.url() == url => Arc::clone(link),
+            Some(link) if link.url() == url && link.timeout() == timeout => Arc::clone(link),
             _ => {
-                let link = StoreLink::new(url);
+                let link = StoreLink::new(url, timeout);
                 *store = Some(Arc::clone(&link));
                 link
             }
@@ -128,7 +129,7 @@ impl StateRegistry {
             }
         };
         match &store.redis {
-            Some(url) => cache.attach(self.store_link(url)),
+            Some(url) => cache.attach(self.store_link(url, store.redis_timeout.get())),
             None => cache.detach(),
         }
         cache
@@ -166,7 +167,9 @@ impl StateRegistry {
             *lock(&self.cache) = None;
         }
         let mut store = lock(&self.store);
-        if !redis_used || store.as_ref().map(|l| l.url()) != config.store.redis.as_deref() {
+        let wanted =
+            (config.store.redis.as_deref()).map(|url| (url, config.store.redis_timeout.get()));
+        if !redis_used || store.as_ref().map(|l| (l.url(), l.timeout())) != wanted {
             *store = None;
         }
         drop(store);

@@ -238,7 +238,9 @@ fn rate_limit(
     metrics: &Metrics,
 ) -> RateLimit {
     let store = match (config.backend, &whole.store.redis) {
-        (sekisho_config::RateLimitBackend::Redis, Some(url)) => Some(states.store_link(url)),
+        (sekisho_config::RateLimitBackend::Redis, Some(url)) => {
+            Some(states.store_link(url, whole.store.redis_timeout.get()))
+        }
         _ => None,
     };
     let local = states.local_rate_limiter(scope, crate::ratelimit::limit_of(config));

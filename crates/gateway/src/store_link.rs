@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use sekisho_store::instances::{instance_id, Presence, PresenceConfig, PresenceTask};
-use sekisho_store::ratelimit::{RedisLimiter, DEFAULT_PREFIX, DEFAULT_TIMEOUT};
+use sekisho_store::ratelimit::{RedisLimiter, DEFAULT_PREFIX};
 
 use crate::sync::lock;
 
@@ -27,6 +27,8 @@ pub struct StoreLink {
     url: String,
     /// The URL with its credentials masked: for everything shown or logged.
     shown: String,
+    /// The longest wait for each Redis call of a rate-limit decision (`store.redis_timeout`).
+    timeout: Duration,
     limiter: ArcSwapOption<RedisLimiter>,
     cache: ArcSwapOption<sekisho_store::cache::RedisCache>,
     presence: Mutex<Option<(Arc<Presence>, PresenceTask)>>,
@@ -56,10 +58,11 @@ pub struct StoreStatus {
 impl StoreLink {
     /// A link to `url`, connecting in the background at once when a runtime is running (else
     /// when a decision first needs it).
-    pub fn new(url: &str) -> Arc<Self> {
+    pub fn new(url: &str, timeout: Duration) -> Arc<Self> {
         let link = Arc::new(Self {
             url: url.to_owned(),
             shown: sekisho_store::redact_url(url),
+            timeout,
             limiter: ArcSwapOption::empty(),
             cache: ArcSwapOption::empty(),
             presence: Mutex::new(None),
@@ -103,6 +106,11 @@ impl StoreLink {
         false
     }
 
+    /// The bound on each Redis call of a rate-limit decision.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The URL as configured (credentials included: compare with it, never show it).
     pub fn url(&self) -> &str {
         &self.url
@@ -139,7 +147,7 @@ impl StoreLink {
                     self.limiter.store(Some(Arc::new(RedisLimiter::new(
                         connection,
                         DEFAULT_PREFIX,
-                        DEFAULT_TIMEOUT,
+                        self.timeout,
                     ))));
                     self.healthy.store(true, Ordering::Release);
                     self.attempted.store(true, Ordering::Release);
