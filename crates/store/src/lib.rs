@@ -1,10 +1,20 @@
 //! sekisho-store: the state sekisho shares between its instances, kept in Redis.
 //!
-//! What it is for: rate limits enforced across every gateway instance at once
-//! ([`ratelimit::RedisLimiter`]: the five algorithms of `sekisho_policy::ratelimit`, each one
-//! Lua script run on Redis's own clock, one round trip per decision), and the registry of live
-//! instances ([`instances::Presence`]) that lets each instance fall back to its share of a limit
-//! when Redis cannot be reached (`on_store_error = "local"`).
+//! What it is for:
+//! - rate limits enforced across every gateway instance at once ([`ratelimit::RedisLimiter`]:
+//!   the five algorithms of `sekisho_policy::ratelimit`, each one Lua script run on Redis's own
+//!   clock, one round trip per decision);
+//! - the registry of live instances ([`instances::Presence`]) that lets each instance fall back
+//!   to its share of a limit when Redis cannot be reached (`on_store_error = "local"`);
+//! - the shared (L2) tier of the response cache ([`cache::RedisCache`]: entries, tags, the fill
+//!   lock that lets one instance fetch a cold key for all, and the purge channel every instance
+//!   subscribes to, [`cache::subscribe`]);
+//! - store URLs without their credentials ([`redact_url`], [`redact_in`]), for everything that
+//!   shows or logs them.
+//!
+//! What is cached, for how long, and what a request gets when Redis fails are the gateway's
+//! decisions, not this crate's. (The database layer — SQLite and PostgreSQL, migrations — will
+//! join it for sessions and the audit trail; see ARCHITECTURE.md.)
 //!
 //! What it refuses to do: wait on a stalled Redis. Every call carries a timeout and fails with a
 //! [`StoreError`], so the caller decides what a request gets when the store is gone (refuse,
