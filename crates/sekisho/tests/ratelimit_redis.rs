@@ -14,9 +14,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use sekisho_testkit::{client, try_send, Sekisho, TempDir};
 
-/// The two tests run one after the other: each starts gateways and fires hundreds of requests,
-/// and an exactness test must not have its Redis calls slowed past their 50 ms timeout (which
-/// hands decisions to `on_store_error`) by the other test's load on two cores.
+/// The tests run one after the other: each starts gateways and fires requests, and an exactness
+/// test must not have its Redis calls slowed past their `redis_timeout` (which hands decisions to
+/// `on_store_error`) by another test's load on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn binary() -> PathBuf {
@@ -31,14 +31,26 @@ fn suffix() -> String {
     format!("{:08x}", fastrand::u32(..))
 }
 
-/// One gateway in front of `upstream` with `routes` (TOML of `[[routes]]` tables).
-fn gateway(dir: &TempDir, name: &str, redis: &str, upstream: &Sekisho, routes: &str) -> Sekisho {
+/// An exactness test's `[store] redis_timeout`: generous, so that no Redis call of a loaded
+/// machine outlasts it and hands its decision to `on_store_error` (users keep the 50 ms default).
+const EXACT_TIMEOUT: &str = "2s";
+
+/// One gateway in front of `upstream` with `routes` (TOML of `[[routes]]` tables), each Redis
+/// call of a rate-limit decision bounded by `timeout` (`[store] redis_timeout`).
+fn gateway(
+    dir: &TempDir,
+    name: &str,
+    redis: &str,
+    timeout: &str,
+    upstream: &Sekisho,
+    routes: &str,
+) -> Sekisho {
     let config = dir.write(
         &format!("{name}.toml"),
         &format!(
             "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\nredis = \"{redis}\"\n\
+             [store]\nredis = \"{redis}\"\nredis_timeout = \"{timeout}\"\n\
              [upstreams.app]\ntargets = [\"{}\"]\n{routes}",
             upstream.address
         ),
@@ -120,8 +132,9 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit_for_every_algorithm(
             )
         })
         .collect();
-    let a = gateway(&dir, "a", &shared_redis(), &upstream, &routes);
-    let b = gateway(&dir, "b", &shared_redis(), &upstream, &routes);
+    let redis = shared_redis();
+    let a = gateway(&dir, "a", &redis, EXACT_TIMEOUT, &upstream, &routes);
+    let b = gateway(&dir, "b", &redis, EXACT_TIMEOUT, &upstream, &routes);
     // Until its link to Redis is up a gateway decides by on_store_error: wait for both.
     await_redis_status(&a, "healthy").await;
     await_redis_status(&b, "healthy").await;
@@ -265,8 +278,8 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
          [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"deny\"\n\
          [[routes]]\nname = \"local\"\npath_prefix = \"/local\"\nupstream = \"app\"\n\
          [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"local\"\n";
-    let a = gateway(&dir, "a", &url, &upstream, routes);
-    let b = gateway(&dir, "b", &url, &upstream, routes);
+    let a = gateway(&dir, "a", &url, EXACT_TIMEOUT, &upstream, routes);
+    let b = gateway(&dir, "b", &url, EXACT_TIMEOUT, &upstream, routes);
     let both = |path: &str| [a.url(path), b.url(path)];
 
     // Redis up: 10 in all for each route, across both gateways.
