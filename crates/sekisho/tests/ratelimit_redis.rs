@@ -1,9 +1,10 @@
-//! Rate limits shared through a real Redis by two real gateway processes, and what each
-//! `on_store_error` mode does when that Redis goes away mid-traffic and comes back.
+//! Rate limits shared through a real Redis by two real gateway processes, what each
+//! `on_store_error` mode does when that Redis goes away mid-traffic and comes back, and how long
+//! a decision waits for a Redis that is slow (`[store] redis_timeout`).
 //!
 //! The shared Redis is `SEKISHO_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); each test
-//! names its routes with a random suffix so runs never share keys. The Redis that is stopped
-//! and started again is a private `redis-server` on a free port.
+//! names its routes with a random suffix so runs never share keys. A Redis that is stopped and
+//! started again, or paused, is a private `redis-server` on a free port.
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sekisho_testkit::{client, try_send, Sekisho, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The tests run one after the other: each starts gateways and fires requests, and an exactness
 /// test must not have its Redis calls slowed past their `redis_timeout` (which hands decisions to
@@ -328,5 +330,111 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
         (ok, limited),
         (9, 11),
         "shared again: 10 in all, one taken above"
+    );
+}
+
+/// Holds every command of every client of the Redis on `port` for `pause` (`CLIENT PAUSE … ALL`,
+/// which needs no debug command); returns once Redis has answered, that is once the pause holds.
+async fn pause_redis(port: u16, pause: Duration) {
+    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let millis = pause.as_millis().to_string();
+    let command = format!(
+        "*4\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n${}\r\n{millis}\r\n$3\r\nALL\r\n",
+        millis.len()
+    );
+    connection.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = [0; 5];
+    connection.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"+OK\r\n", "CLIENT PAUSE refused");
+}
+
+/// The value of the sample `name` (its labels included) in a Prometheus text exposition; 0 when
+/// absent.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_timeout_bounds_how_long_a_decision_waits_for_redis() {
+    let _serial = SERIAL.lock().await;
+    let upstream = Sekisho::start_upstream(&binary(), "app");
+    let dir = TempDir::new("ratelimit-redis-timeout");
+    // A private Redis: the pause below holds every client of the server it is sent to.
+    let port = free_port();
+    let _redis = PrivateRedis::start(port, dir.path());
+    let url = format!("redis://127.0.0.1:{port}");
+    let routes = "[[routes]]\nname = \"deny\"\npath_prefix = \"/deny\"\nupstream = \"app\"\n\
+         [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 100\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"deny\"\n";
+    let hasty = gateway(&dir, "hasty", &url, "50ms", &upstream, routes);
+    let patient = gateway(&dir, "patient", &url, "3s", &upstream, routes);
+    // Both decide by Redis before it stalls (connected, the script loaded); on a loaded machine
+    // a first call may outlast 50 ms all the same, and "deny" refuses it: try again.
+    for gateway in [&patient, &hasty] {
+        await_redis_status(gateway, "healthy").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while fire(&[gateway.url("/deny")], 1, 1).await.0 != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis never decided"
+            );
+        }
+    }
+    let errors = |metrics: &str| {
+        sample(
+            metrics,
+            "sekisho_rate_limit_store_errors_total{route=\"deny\"}",
+        )
+    };
+    let hasty_errors = errors(&reqwest_text(&hasty.admin_url("/metrics")).await);
+
+    // Redis holds every command for 1.5 s from now: longer than 50 ms, shorter than 3 s. Both
+    // requests are sent while it holds.
+    let (http, hasty_url, patient_url) = (client(), hasty.url("/deny"), patient.url("/deny"));
+    pause_redis(port, Duration::from_millis(1500)).await;
+    let (hasty_answer, patient_answer) = tokio::join!(
+        try_send(&http, "GET", &hasty_url, &[], Bytes::new()),
+        try_send(&http, "GET", &patient_url, &[], Bytes::new()),
+    );
+
+    // 50 ms: the wait ended first, and on_store_error = "deny" refused (Redis, which has most of
+    // the 100 left anyway, would have asked for most of the hour's window, not 1 s).
+    let refused = hasty_answer.unwrap();
+    assert_eq!(
+        refused.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.error_code(), "RATE_LIMITED");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let metrics = reqwest_text(&hasty.admin_url("/metrics")).await;
+    assert_eq!(errors(&metrics), hasty_errors + 1.0, "{metrics}");
+
+    // 3 s: Redis decided, once the pause was over.
+    let admitted = patient_answer.unwrap();
+    assert_eq!(
+        admitted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&admitted.body)
+    );
+    assert_eq!(admitted.header("ratelimit-limit"), Some("100"));
+    let metrics = reqwest_text(&patient.admin_url("/metrics")).await;
+    assert_eq!(errors(&metrics), 0.0, "{metrics}");
+    // … after waiting for it far longer than 50 ms: the decisions Redis made for this gateway
+    // took more than 250 ms in all, which two bounded by 50 ms (the key ignored) could not. So
+    // the request reached Redis while it was held (the test would prove nothing otherwise).
+    let waited = sample(
+        &metrics,
+        "sekisho_rate_limit_store_seconds_sum{route=\"deny\"}",
+    );
+    assert!(
+        waited > 0.25,
+        "the decisions waited {waited} s for Redis in all, not the pause"
     );
 }
