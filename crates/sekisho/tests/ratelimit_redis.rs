@@ -1,9 +1,10 @@
-//! Rate limits shared through a real Redis by two real gateway processes, and what each
-//! `on_store_error` mode does when that Redis goes away mid-traffic and comes back.
+//! Rate limits shared through a real Redis by two real gateway processes, what each
+//! `on_store_error` mode does when that Redis goes away mid-traffic and comes back, and how long
+//! a decision waits for a Redis that is slow (`[store] redis_timeout`).
 //!
 //! The shared Redis is `SEKISHO_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); each test
-//! names its routes with a random suffix so runs never share keys. The Redis that is stopped
-//! and started again is a private `redis-server` on a free port.
+//! names its routes with a random suffix so runs never share keys. A Redis that is stopped and
+//! started again, or paused, is a private `redis-server` on a free port.
 #![allow(clippy::unwrap_used)]
 
 use std::net::TcpListener;
@@ -13,10 +14,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sekisho_testkit::{client, try_send, Sekisho, TempDir};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The two tests run one after the other: each starts gateways and fires hundreds of requests,
-/// and an exactness test must not have its Redis calls slowed past their 50 ms timeout (which
-/// hands decisions to `on_store_error`) by the other test's load on two cores.
+/// The tests run one after the other: each starts gateways and fires requests, and an exactness
+/// test must not have its Redis calls slowed past their `redis_timeout` (which hands decisions to
+/// `on_store_error`) by another test's load on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn binary() -> PathBuf {
@@ -31,14 +33,26 @@ fn suffix() -> String {
     format!("{:08x}", fastrand::u32(..))
 }
 
-/// One gateway in front of `upstream` with `routes` (TOML of `[[routes]]` tables).
-fn gateway(dir: &TempDir, name: &str, redis: &str, upstream: &Sekisho, routes: &str) -> Sekisho {
+/// An exactness test's `[store] redis_timeout`: generous, so that no Redis call of a loaded
+/// machine outlasts it and hands its decision to `on_store_error` (users keep the 50 ms default).
+const EXACT_TIMEOUT: &str = "2s";
+
+/// One gateway in front of `upstream` with `routes` (TOML of `[[routes]]` tables), each Redis
+/// call of a rate-limit decision bounded by `timeout` (`[store] redis_timeout`).
+fn gateway(
+    dir: &TempDir,
+    name: &str,
+    redis: &str,
+    timeout: &str,
+    upstream: &Sekisho,
+    routes: &str,
+) -> Sekisho {
     let config = dir.write(
         &format!("{name}.toml"),
         &format!(
             "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
              [admin]\nlisten = \"127.0.0.1:0\"\n\
-             [store]\nredis = \"{redis}\"\n\
+             [store]\nredis = \"{redis}\"\nredis_timeout = \"{timeout}\"\n\
              [upstreams.app]\ntargets = [\"{}\"]\n{routes}",
             upstream.address
         ),
@@ -120,8 +134,9 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit_for_every_algorithm(
             )
         })
         .collect();
-    let a = gateway(&dir, "a", &shared_redis(), &upstream, &routes);
-    let b = gateway(&dir, "b", &shared_redis(), &upstream, &routes);
+    let redis = shared_redis();
+    let a = gateway(&dir, "a", &redis, EXACT_TIMEOUT, &upstream, &routes);
+    let b = gateway(&dir, "b", &redis, EXACT_TIMEOUT, &upstream, &routes);
     // Until its link to Redis is up a gateway decides by on_store_error: wait for both.
     await_redis_status(&a, "healthy").await;
     await_redis_status(&b, "healthy").await;
@@ -265,8 +280,8 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
          [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"deny\"\n\
          [[routes]]\nname = \"local\"\npath_prefix = \"/local\"\nupstream = \"app\"\n\
          [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"local\"\n";
-    let a = gateway(&dir, "a", &url, &upstream, routes);
-    let b = gateway(&dir, "b", &url, &upstream, routes);
+    let a = gateway(&dir, "a", &url, EXACT_TIMEOUT, &upstream, routes);
+    let b = gateway(&dir, "b", &url, EXACT_TIMEOUT, &upstream, routes);
     let both = |path: &str| [a.url(path), b.url(path)];
 
     // Redis up: 10 in all for each route, across both gateways.
@@ -315,5 +330,111 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
         (ok, limited),
         (9, 11),
         "shared again: 10 in all, one taken above"
+    );
+}
+
+/// Holds every command of every client of the Redis on `port` for `pause` (`CLIENT PAUSE … ALL`,
+/// which needs no debug command); returns once Redis has answered, that is once the pause holds.
+async fn pause_redis(port: u16, pause: Duration) {
+    let mut connection = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let millis = pause.as_millis().to_string();
+    let command = format!(
+        "*4\r\n$6\r\nCLIENT\r\n$5\r\nPAUSE\r\n${}\r\n{millis}\r\n$3\r\nALL\r\n",
+        millis.len()
+    );
+    connection.write_all(command.as_bytes()).await.unwrap();
+    let mut reply = [0; 5];
+    connection.read_exact(&mut reply).await.unwrap();
+    assert_eq!(&reply, b"+OK\r\n", "CLIENT PAUSE refused");
+}
+
+/// The value of the sample `name` (its labels included) in a Prometheus text exposition; 0 when
+/// absent.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_timeout_bounds_how_long_a_decision_waits_for_redis() {
+    let _serial = SERIAL.lock().await;
+    let upstream = Sekisho::start_upstream(&binary(), "app");
+    let dir = TempDir::new("ratelimit-redis-timeout");
+    // A private Redis: the pause below holds every client of the server it is sent to.
+    let port = free_port();
+    let _redis = PrivateRedis::start(port, dir.path());
+    let url = format!("redis://127.0.0.1:{port}");
+    let routes = "[[routes]]\nname = \"deny\"\npath_prefix = \"/deny\"\nupstream = \"app\"\n\
+         [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 100\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"deny\"\n";
+    let hasty = gateway(&dir, "hasty", &url, "50ms", &upstream, routes);
+    let patient = gateway(&dir, "patient", &url, "3s", &upstream, routes);
+    // Both decide by Redis before it stalls (connected, the script loaded); on a loaded machine
+    // a first call may outlast 50 ms all the same, and "deny" refuses it: try again.
+    for gateway in [&patient, &hasty] {
+        await_redis_status(gateway, "healthy").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while fire(&[gateway.url("/deny")], 1, 1).await.0 != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis never decided"
+            );
+        }
+    }
+    let errors = |metrics: &str| {
+        sample(
+            metrics,
+            "sekisho_rate_limit_store_errors_total{route=\"deny\"}",
+        )
+    };
+    let hasty_errors = errors(&reqwest_text(&hasty.admin_url("/metrics")).await);
+
+    // Redis holds every command for 1.5 s from now: longer than 50 ms, shorter than 3 s. Both
+    // requests are sent while it holds.
+    let (http, hasty_url, patient_url) = (client(), hasty.url("/deny"), patient.url("/deny"));
+    pause_redis(port, Duration::from_millis(1500)).await;
+    let (hasty_answer, patient_answer) = tokio::join!(
+        try_send(&http, "GET", &hasty_url, &[], Bytes::new()),
+        try_send(&http, "GET", &patient_url, &[], Bytes::new()),
+    );
+
+    // 50 ms: the wait ended first, and on_store_error = "deny" refused (Redis, which has most of
+    // the 100 left anyway, would have asked for most of the hour's window, not 1 s).
+    let refused = hasty_answer.unwrap();
+    assert_eq!(
+        refused.status,
+        429,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(refused.error_code(), "RATE_LIMITED");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let metrics = reqwest_text(&hasty.admin_url("/metrics")).await;
+    assert_eq!(errors(&metrics), hasty_errors + 1.0, "{metrics}");
+
+    // 3 s: Redis decided, once the pause was over.
+    let admitted = patient_answer.unwrap();
+    assert_eq!(
+        admitted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&admitted.body)
+    );
+    assert_eq!(admitted.header("ratelimit-limit"), Some("100"));
+    let metrics = reqwest_text(&patient.admin_url("/metrics")).await;
+    assert_eq!(errors(&metrics), 0.0, "{metrics}");
+    // … after waiting for it far longer than 50 ms: the decisions Redis made for this gateway
+    // took more than 250 ms in all, which two bounded by 50 ms (the key ignored) could not. So
+    // the request reached Redis while it was held (the test would prove nothing otherwise).
+    let waited = sample(
+        &metrics,
+        "sekisho_rate_limit_store_seconds_sum{route=\"deny\"}",
+    );
+    assert!(
+        waited > 0.25,
+        "the decisions waited {waited} s for Redis in all, not the pause"
     );
 }
