@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use prometheus_client::metrics::counter::Counter;
@@ -28,6 +28,7 @@ use sekisho_config::{OnStoreError, RateLimitAlgorithm};
 use sekisho_policy::ratelimit::local::LocalLimiter;
 use sekisho_policy::ratelimit::{Decision, Limit};
 use sekisho_store::instances::local_limit;
+use tokio::time::Instant;
 
 use crate::edge::GatewayError;
 use crate::store_link::StoreLink;
@@ -42,10 +43,13 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Nanoseconds of the process's monotonic clock, for the in-process limiters.
+// The epoch is a std Instant on purpose: it only gives the counters their zero, taken once per
+// process; `at`, the instant that decides, is on tokio's clock.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 fn now_ns(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(at.into_std().saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One part of a limit's key.

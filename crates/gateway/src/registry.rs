@@ -11,6 +11,7 @@ use sekisho_policy::budget::RetryBudget;
 use sekisho_policy::concurrency::{AdaptiveLimit, Settings as ConcurrencySettings};
 use sekisho_policy::ratelimit::local::LocalLimiter;
 use sekisho_policy::ratelimit::Limit as RateLimitParams;
+use tokio::time::Instant;
 
 use crate::cache::CacheStore;
 use crate::ratelimit::MAX_LOCAL_KEYS;
@@ -61,7 +62,7 @@ impl StateRegistry {
                     retry.budget_ratio.0,
                     retry.budget_min_per_second,
                     RETRY_BUDGET_WINDOW,
-                    std::time::Instant::now(),
+                    Instant::now().into_std(),
                 ));
                 budgets.insert(route.to_owned(), (settings, Arc::clone(&budget)));
                 budget
@@ -76,7 +77,7 @@ impl StateRegistry {
         match limits.get(route) {
             Some((kept, limit)) if *kept == settings => Arc::clone(limit),
             _ => {
-                let limit = AdaptiveLimit::new(settings, std::time::Instant::now());
+                let limit = AdaptiveLimit::new(settings, Instant::now().into_std());
                 limits.insert(route.to_owned(), (settings, Arc::clone(&limit)));
                 limit
             }

@@ -42,6 +42,9 @@ struct L1Value {
 
 struct KeepFor;
 
+// moka's `Expiry` names std Instants in its signatures; both are ignored here (an entry's keep
+// time does not depend on when it was written).
+#[allow(clippy::disallowed_types)]
 impl moka::Expiry<String, L1Value> for KeepFor {
     fn expire_after_create(
         &self,
