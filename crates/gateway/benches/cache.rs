@@ -4,6 +4,8 @@
 //! waits on a hit), which adds the cost of one `block_on`.
 //!
 //! Run: `cargo bench -p sekisho-gateway --bench cache`.
+// A benchmark, not a request path: a setup that fails may panic.
+#![allow(clippy::expect_used)]
 
 use std::hint::black_box;
 use std::sync::Arc;

@@ -24,18 +24,18 @@ use sekisho_policy::bulkhead::Slot;
 use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
 
 /// Someone owed a call when an exchange is over (a count to decrease).
-pub trait Release: Send + Sync + 'static {
+pub(crate) trait Release: Send + Sync + 'static {
     /// The exchange is over.
     fn release(&self);
 }
 
 /// A [`Release`] owed once, when this is dropped. Made from an `Arc` the owner already has, so
 /// it costs no allocation.
-pub struct Held(Arc<dyn Release>);
+pub(crate) struct Held(Arc<dyn Release>);
 
 impl Held {
     /// Owes `owner` one release.
-    pub fn new(owner: Arc<dyn Release>) -> Self {
+    pub(crate) fn new(owner: Arc<dyn Release>) -> Self {
         Self(owner)
     }
 }
@@ -53,12 +53,12 @@ impl fmt::Debug for Held {
 }
 
 /// Errors travel boxed between layers.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body went over its limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("request body is larger than {limit} bytes")]
-pub struct BodyTooLarge {
+pub(crate) struct BodyTooLarge {
     /// The limit in force.
     pub limit: u64,
 }
@@ -66,12 +66,12 @@ pub struct BodyTooLarge {
 /// The client's body could not be read (aborted, malformed chunked encoding).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub(crate) struct ClientBodyError(#[source] pub hyper::Error);
 
 /// The route's deadline passed while the response body was streaming.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("the route's deadline passed while the response was streaming")]
-pub struct BodyDeadline;
+pub(crate) struct BodyDeadline;
 
 /// The client's request body on its way to the upstream.
 ///
@@ -79,7 +79,7 @@ pub struct BodyDeadline;
 /// connection fails, the body was never read and the request may go to another target: so the
 /// body waits in a [`BodyClaim`] until the client first reads it, and the proxy can take it back
 /// from the claim after a failed connect.
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     source: Source,
     remaining: u64,
     limit: u64,
@@ -97,7 +97,7 @@ enum Source {
 }
 
 /// The proxy's hold on a request body that the upstream client has not read yet.
-pub struct BodyClaim {
+pub(crate) struct BodyClaim {
     kind: Claim,
     limit: u64,
 }
@@ -111,7 +111,7 @@ enum Claim {
 impl BodyClaim {
     /// The body again, for another try: always when there is none or it was buffered, and a
     /// streamed one only if nothing of it was read (`None` once the client started reading it).
-    pub fn reclaim(&self) -> Option<RequestBody> {
+    pub(crate) fn reclaim(&self) -> Option<RequestBody> {
         match &self.kind {
             Claim::Empty => Some(RequestBody::empty(self.limit)),
             Claim::Buffered(bytes) => Some(RequestBody {
@@ -128,7 +128,7 @@ impl BodyClaim {
     }
 
     /// Whether [`reclaim`](Self::reclaim) would give the body back now (without taking it).
-    pub fn available(&self) -> bool {
+    pub(crate) fn available(&self) -> bool {
         match &self.kind {
             Claim::Empty | Claim::Buffered(_) => true,
             Claim::Waiting(slot) => slot.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
@@ -136,7 +136,7 @@ impl BodyClaim {
     }
 
     /// Whether the body can be sent again after it was sent once (none, or buffered).
-    pub fn replayable(&self) -> bool {
+    pub(crate) fn replayable(&self) -> bool {
         !matches!(self.kind, Claim::Waiting(_))
     }
 }
@@ -155,7 +155,7 @@ impl fmt::Debug for BodyClaim {
 impl RequestBody {
     /// Wraps `inner`, allowing at most `limit` bytes through; the claim can take it back until
     /// it is first read.
-    pub fn new(inner: Incoming, limit: u64) -> (Self, BodyClaim) {
+    pub(crate) fn new(inner: Incoming, limit: u64) -> (Self, BodyClaim) {
         if inner.is_end_stream() {
             return (
                 Self::empty(limit),
@@ -181,7 +181,7 @@ impl RequestBody {
     }
 
     /// Reads `inner` whole (at most `limit` bytes) so that it can be sent more than once.
-    pub async fn buffer(inner: Incoming, limit: u64) -> Result<(Self, BodyClaim), BoxError> {
+    pub(crate) async fn buffer(inner: Incoming, limit: u64) -> Result<(Self, BodyClaim), BoxError> {
         use http_body_util::BodyExt;
         let limited =
             http_body_util::Limited::new(inner, usize::try_from(limit).unwrap_or(usize::MAX));
@@ -211,7 +211,7 @@ impl RequestBody {
     }
 
     /// No body at all, and a claim that always gives it back (a background refresh).
-    pub fn none(limit: u64) -> (Self, BodyClaim) {
+    pub(crate) fn none(limit: u64) -> (Self, BodyClaim) {
         (
             Self::empty(limit),
             BodyClaim {
@@ -349,7 +349,7 @@ impl fmt::Debug for ResponseBody {
 
 impl ResponseBody {
     /// No body.
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Empty,
             held: [None, None],
@@ -371,7 +371,7 @@ impl ResponseBody {
     }
 
     /// The upstream's body, cut off when `deadline` fires.
-    pub fn upstream(body: Incoming, deadline: Option<Instant>) -> Self {
+    pub(crate) fn upstream(body: Incoming, deadline: Option<Instant>) -> Self {
         Self {
             kind: Kind::Upstream {
                 body,
@@ -386,7 +386,7 @@ impl ResponseBody {
     }
 
     /// `prefix`, then the rest of `rest` (which keeps its own guards).
-    pub fn prefixed(prefix: Bytes, rest: ResponseBody) -> Self {
+    pub(crate) fn prefixed(prefix: Bytes, rest: ResponseBody) -> Self {
         Self {
             kind: Kind::Prefixed(Some(prefix), Box::new(rest)),
             held: [None, None],
@@ -397,17 +397,17 @@ impl ResponseBody {
     }
 
     /// Keeps the upstream's bulkhead slot taken until the body is done.
-    pub fn hold_slot(&mut self, slot: Option<Slot>) {
+    pub(crate) fn hold_slot(&mut self, slot: Option<Slot>) {
         self.bulkhead = slot;
     }
 
     /// Keeps the route's adaptive concurrency place taken until the body is done.
-    pub fn hold_concurrency(&mut self, permit: ConcurrencyPermit) {
+    pub(crate) fn hold_concurrency(&mut self, permit: ConcurrencyPermit) {
         self.concurrency = Some(permit);
     }
 
     /// Owes `held` its release when the body is done.
-    pub fn hold(&mut self, held: Held) {
+    pub(crate) fn hold(&mut self, held: Held) {
         match &mut self.held {
             [free @ None, _] | [_, free @ None] => *free = Some(held),
             // More than two: the extra one is kept as a value (rare, so the box is fine).
@@ -416,7 +416,7 @@ impl ResponseBody {
     }
 
     /// Keeps `value` alive until the body is done.
-    pub fn keep(&mut self, value: impl Send + 'static) {
+    pub(crate) fn keep(&mut self, value: impl Send + 'static) {
         self.kept = Some(match self.kept.take() {
             None => Box::new(value),
             Some(earlier) => Box::new((earlier, value)),

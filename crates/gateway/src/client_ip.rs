@@ -19,13 +19,13 @@ static X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forw
 
 /// The networks whose forwarding headers are believed.
 #[derive(Debug, Clone, Default)]
-pub struct TrustedProxies {
+pub(crate) struct TrustedProxies {
     networks: Vec<IpNet>,
 }
 
 impl TrustedProxies {
     /// From `server.trusted_proxies` (validated: entries that do not parse are skipped).
-    pub fn new<'a>(entries: impl IntoIterator<Item = &'a str>) -> Self {
+    pub(crate) fn new<'a>(entries: impl IntoIterator<Item = &'a str>) -> Self {
         Self {
             networks: entries
                 .into_iter()
@@ -34,18 +34,13 @@ impl TrustedProxies {
         }
     }
 
-    /// Whether none are configured (the peer is always the client).
-    pub fn is_empty(&self) -> bool {
-        self.networks.is_empty()
-    }
-
     fn trusts(&self, address: IpAddr) -> bool {
         let address = canonical(address);
         self.networks.iter().any(|net| net.contains(&address))
     }
 
     /// The client's address for a request that came from `peer` with `headers`.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.trusts(peer) {
             return peer;
         }

@@ -20,12 +20,12 @@ pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
 }
 
 /// Milliseconds on a [`Clock`]; 0 means "never".
-pub type Millis = u64;
+pub(crate) type Millis = u64;
 
 /// The gateway's clock for target state: milliseconds since the state registry was made, on
 /// tokio's clock (so a paused test clock reaches it).
 #[derive(Debug, Clone, Copy)]
-pub struct Clock {
+pub(crate) struct Clock {
     epoch: Instant,
 }
 
@@ -43,7 +43,7 @@ impl Clock {
     }
 
     /// `at` on this clock; never 0, which means "never".
-    pub fn millis(&self, at: Instant) -> Millis {
+    pub(crate) fn millis(&self, at: Instant) -> Millis {
         at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 }

@@ -37,7 +37,7 @@ const LINGER_MAX_TIME: Duration = Duration::from_secs(2);
 
 /// Shared by a connection's I/O, its requests and its watchdog.
 #[derive(Debug)]
-pub struct ConnState {
+pub(crate) struct ConnState {
     epoch: Instant,
     in_flight: AtomicU32,
     idle_since_ms: AtomicU64,
@@ -50,7 +50,7 @@ pub struct ConnState {
 
 impl ConnState {
     /// A connection that just opened (idle, nothing read).
-    pub fn new(metrics: Arc<Metrics>, is_h2: bool) -> Arc<Self> {
+    pub(crate) fn new(metrics: Arc<Metrics>, is_h2: bool) -> Arc<Self> {
         metrics.connections_open.inc();
         metrics.connections_total.inc();
         Arc::new(Self {
@@ -70,7 +70,7 @@ impl ConnState {
     }
 
     /// A request head was parsed and handed to the gateway.
-    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+    pub(crate) fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.head_since_ms.store(NOT_READING, Ordering::Relaxed);
         let flags = self.head_flags.swap(0, Ordering::Relaxed);
@@ -146,19 +146,19 @@ fn starts_with_ignore_case(text: &[u8], prefix: &[u8]) -> bool {
 
 /// Held while a request is in flight: from its parsed head to the last byte of its response.
 #[derive(Debug)]
-pub struct RequestGuard {
+pub(crate) struct RequestGuard {
     held: Held,
     ambiguous_length: bool,
 }
 
 impl RequestGuard {
     /// The head carried both Content-Length and Transfer-Encoding.
-    pub fn ambiguous_length(&self) -> bool {
+    pub(crate) fn ambiguous_length(&self) -> bool {
         self.ambiguous_length
     }
 
     /// The request's end, for the response body to keep until its last byte.
-    pub fn into_held(self) -> Held {
+    pub(crate) fn into_held(self) -> Held {
         self.held
     }
 }
@@ -175,7 +175,7 @@ impl Release for ConnState {
 
 /// Resolves when the connection has been idle for `idle_timeout`, or a request head has taken
 /// longer than `header_read_timeout` to arrive; the caller then drops the connection.
-pub async fn watchdog(
+pub(crate) async fn watchdog(
     state: Arc<ConnState>,
     idle_timeout: Duration,
     header_read_timeout: Duration,
@@ -217,7 +217,7 @@ pub async fn watchdog(
 /// The client connection's I/O, watched for the first bytes of each head and for hyper's own
 /// error answers.
 #[derive(Debug)]
-pub struct ConnIo<T> {
+pub(crate) struct ConnIo<T> {
     inner: T,
     state: Arc<ConnState>,
     replacement: Option<Replacement>,
@@ -243,7 +243,7 @@ struct Replacement {
 
 impl<T> ConnIo<T> {
     /// Wraps `inner`.
-    pub fn new(inner: T, state: Arc<ConnState>) -> Self {
+    pub(crate) fn new(inner: T, state: Arc<ConnState>) -> Self {
         Self {
             inner,
             state,

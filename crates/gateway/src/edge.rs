@@ -118,7 +118,7 @@ pub enum GatewayError {
 
 impl GatewayError {
     /// The contract's error code.
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::NoRoute { .. } => "NO_ROUTE",
             Self::BadRequest(_) => "BAD_REQUEST",
@@ -137,7 +137,7 @@ impl GatewayError {
 
     /// Whether the upstream failed or could not be called (what `stale-if-error` covers): no
     /// target, an open circuit, a full bulkhead, a connect or answer error, a timeout.
-    pub fn is_upstream_failure(&self) -> bool {
+    pub(crate) fn is_upstream_failure(&self) -> bool {
         matches!(
             self,
             Self::NoHealthyUpstream { .. }
@@ -150,7 +150,7 @@ impl GatewayError {
     }
 
     /// The HTTP status the contract gives the code.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -168,7 +168,7 @@ impl GatewayError {
     }
 
     /// Seconds a client should wait before trying again, where the error implies one.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::NoHealthyUpstream { .. } | Self::Overloaded { .. } => {
                 Some(Duration::from_secs(1))
@@ -188,7 +188,7 @@ impl GatewayError {
     }
 
     /// The error and its causes in one line, for the access log.
-    pub fn detail(&self) -> String {
+    pub(crate) fn detail(&self) -> String {
         let mut text = self.to_string();
         let mut source = self.source();
         while let Some(cause) = source {
@@ -202,7 +202,7 @@ impl GatewayError {
     /// Sorts out why a call to an upstream failed, by walking the error's causes: a body over
     /// the limit or a broken client body is the client's fault, a connect error or any other
     /// failure is the upstream's.
-    pub fn from_upstream_call(upstream: &Arc<str>, error: crate::pool::CallError) -> Self {
+    pub(crate) fn from_upstream_call(upstream: &Arc<str>, error: crate::pool::CallError) -> Self {
         if let Some(fault) = Self::client_body_fault(&error) {
             return fault;
         }
@@ -222,7 +222,7 @@ impl GatewayError {
 
 impl GatewayError {
     /// Why reading the client's body failed: over the limit, or broken.
-    pub fn from_client_body(error: &BoxError) -> Self {
+    pub(crate) fn from_client_body(error: &BoxError) -> Self {
         Self::client_body_fault(error.as_ref()).unwrap_or_else(|| {
             Self::BadRequest(format!("the request body could not be read: {error}"))
         })
@@ -277,7 +277,10 @@ pub fn error_json(code: &str, message: &str, request_id: &str) -> Bytes {
 }
 
 /// The response the gateway gives for `error`.
-pub fn error_response(error: &GatewayError, request_id: &HeaderValue) -> Response<ResponseBody> {
+pub(crate) fn error_response(
+    error: &GatewayError,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
     let body = error_json(
         error.code(),
         &error.to_string(),
@@ -295,7 +298,7 @@ pub fn error_response(error: &GatewayError, request_id: &HeaderValue) -> Respons
 
 /// hyper answers requests it cannot parse by itself, with an empty body. The connection layer
 /// swaps that answer for this one, so a malformed request gets the contract's JSON too.
-pub fn raw_error_for_status(status: u16, request_id: &str) -> Option<Vec<u8>> {
+pub(crate) fn raw_error_for_status(status: u16, request_id: &str) -> Option<Vec<u8>> {
     let (reason, code, message) = match status {
         400 => (
             "Bad Request",

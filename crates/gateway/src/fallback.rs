@@ -15,11 +15,11 @@ use crate::upstream::UpstreamGroup;
 use sekisho_config::FallbackOn;
 
 /// Marks an answer that came from a fallback: `upstream` or `static`.
-pub static X_SEKISHO_FALLBACK: HeaderName = HeaderName::from_static("x-sekisho-fallback");
+pub(crate) static X_SEKISHO_FALLBACK: HeaderName = HeaderName::from_static("x-sekisho-fallback");
 
 /// Which fallback answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackKind {
+pub(crate) enum FallbackKind {
     /// The alternate upstream.
     Upstream,
     /// The static answer.
@@ -28,7 +28,7 @@ pub enum FallbackKind {
 
 /// A route's compiled fallback.
 #[derive(Debug)]
-pub struct Fallback {
+pub(crate) struct Fallback {
     on: Vec<FallbackOn>,
     /// The alternate upstream.
     pub upstream: Option<Arc<UpstreamGroup>>,
@@ -40,7 +40,7 @@ pub struct Fallback {
 
 impl Fallback {
     /// Compiles `config`; `alternate` is its upstream, resolved.
-    pub fn new(
+    pub(crate) fn new(
         config: &sekisho_config::Fallback,
         alternate: Option<Arc<UpstreamGroup>>,
         counters: [Counter; 2],
@@ -74,7 +74,7 @@ impl Fallback {
     }
 
     /// Whether the fallback answers instead of `result`.
-    pub fn covers(&self, result: &Result<Response<ResponseBody>, GatewayError>) -> bool {
+    pub(crate) fn covers(&self, result: &Result<Response<ResponseBody>, GatewayError>) -> bool {
         let condition = match result {
             Ok(response) => FallbackOn::Status(response.status().as_u16()),
             Err(error) => match error {
@@ -93,14 +93,14 @@ impl Fallback {
     }
 
     /// Counts a fallback taken.
-    pub fn count(&self, kind: FallbackKind) {
+    pub(crate) fn count(&self, kind: FallbackKind) {
         self.counters[kind as usize].inc();
     }
 }
 
 /// A fixed answer.
 #[derive(Debug)]
-pub struct StaticAnswer {
+pub(crate) struct StaticAnswer {
     status: StatusCode,
     headers: HeaderMap,
     body: Bytes,
@@ -108,7 +108,7 @@ pub struct StaticAnswer {
 
 impl StaticAnswer {
     /// A fresh copy of the answer (the body is shared, not copied).
-    pub fn response(&self) -> Response<ResponseBody> {
+    pub(crate) fn response(&self) -> Response<ResponseBody> {
         let mut response = Response::new(ResponseBody::full(self.body.clone()));
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();

@@ -30,7 +30,7 @@ type CheckClient = Client<HttpConnector, Empty<Bytes>>;
 
 /// Runs the active checks of every upstream that has them.
 #[derive(Debug, Default)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     running: std::sync::Mutex<HashMap<(String, String), Running>>,
 }
 
@@ -50,7 +50,7 @@ impl Drop for Running {
 impl Supervisor {
     /// Brings the running checks in line with `runtime`. Needs a Tokio runtime; without one
     /// (a gateway built but not serving) it does nothing.
-    pub fn reconcile(&self, runtime: &Runtime, metrics: &Arc<Metrics>) {
+    pub(crate) fn reconcile(&self, runtime: &Runtime, metrics: &Arc<Metrics>) {
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -104,7 +104,7 @@ impl Supervisor {
     }
 
     /// Stops every check.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         lock(&self.running).clear();
     }
 }

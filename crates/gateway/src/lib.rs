@@ -7,6 +7,12 @@
 //!
 //! What it refuses to do: buffer bodies whole, block the reactor, panic on a request path, or
 //! serve the admin API (that is `sekisho-admin`, which reads the gateway through [`Gateway`]).
+//!
+//! Public surface: [`Gateway`] and the types its methods take and return, [`new_request_id`],
+//! [`edge::error_json`] (the admin API answers errors in the same JSON), and what the cache
+//! benchmark drives directly ([`cache`], [`body::ResponseBody`]). Everything else is
+//! `pub(crate)`, and `unreachable_pub` keeps it so.
+#![warn(unreachable_pub)]
 
 // The modules form layers, each importing only modules below it: the order is in
 // ARCHITECTURE.md ("Module layers") and tests/layers.rs, which fails on an import upwards.
@@ -17,23 +23,23 @@ mod client_ip;
 mod clock;
 mod connection;
 pub mod edge;
-pub mod fallback;
+mod fallback;
 mod health;
-pub mod metrics;
-pub mod pool;
+mod metrics;
+mod pool;
 mod proxy;
-pub mod ratelimit;
+mod ratelimit;
 mod registry;
-pub mod request_id;
-pub mod retry;
-pub mod router;
+mod request_id;
+mod retry;
+mod router;
 mod runtime;
 mod server;
 mod state;
 mod store_link;
 mod sync;
 mod tls;
-pub mod upstream;
+mod upstream;
 
 // The gateway's own faces (impl blocks of `Gateway`): reloading, and what the admin side reads.
 mod reload;
@@ -47,12 +53,15 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use sekisho_config::Config;
 
-pub use proxy::ClientInfo;
+// What `Gateway`'s methods take and return (the admin API's views among them).
+pub use ratelimit::RateLimitView;
 pub use reload::{ReloadError, ReloadSummary};
-pub use request_id::{new_request_id, X_REQUEST_ID};
-pub use runtime::{BuildError, ListenerSettings, Runtime};
+pub use request_id::new_request_id;
+pub use runtime::BuildError;
 pub use server::TrafficListener;
 pub use state::ReloadRecord;
+pub use store_link::StoreStatus;
+pub use upstream::CheckRecord;
 pub use views::{
     BulkheadView, CircuitActionError, CircuitView, PurgeError, Status, TargetView, TransitionView,
     UpstreamView,
@@ -61,6 +70,7 @@ pub use views::{
 use clock::unix_seconds;
 use metrics::Metrics;
 use registry::StateRegistry;
+use runtime::Runtime;
 use state::GatewayState;
 use upstream::ClientCache;
 

@@ -34,7 +34,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a call to a target failed.
 #[derive(Debug)]
-pub enum CallError {
+pub(crate) enum CallError {
     /// No connection could be made (nothing was sent).
     Connect(BoxError),
     /// The exchange on the connection failed.
@@ -43,7 +43,7 @@ pub enum CallError {
 
 impl CallError {
     /// Whether no connection could be made.
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_))
     }
 }
@@ -67,7 +67,7 @@ impl std::error::Error for CallError {
 
 /// Connections to HTTP/1.1 targets made with one set of settings; the pools of its targets.
 #[derive(Debug)]
-pub struct Http1Client {
+pub(crate) struct Http1Client {
     connector: HttpConnector,
     max_idle: usize,
     idle_timeout: Duration,
@@ -78,7 +78,11 @@ pub struct Http1Client {
 impl Http1Client {
     /// A client whose connections are made by `connector`; a sweep closes idle connections
     /// past `idle_timeout` while the client lives (when built inside a tokio runtime).
-    pub fn new(connector: HttpConnector, max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        connector: HttpConnector,
+        max_idle: usize,
+        idle_timeout: Duration,
+    ) -> Arc<Self> {
         let client = Arc::new(Self {
             connector,
             max_idle,
@@ -92,7 +96,7 @@ impl Http1Client {
     }
 
     /// The pool of the target at `authority` (the same one for every generation of the config).
-    pub fn pool_for(&self, authority: &Authority) -> Arc<Http1Pool> {
+    pub(crate) fn pool_for(&self, authority: &Authority) -> Arc<Http1Pool> {
         let mut pools = lock(&self.pools);
         Arc::clone(pools.entry(authority.clone()).or_insert_with(|| {
             Arc::new(Http1Pool {
@@ -130,7 +134,7 @@ async fn sweep(client: Weak<Http1Client>, idle_timeout: Duration) {
 }
 
 /// The idle connections of one target.
-pub struct Http1Pool {
+pub(crate) struct Http1Pool {
     /// `http://authority/`, for the connector.
     target: Uri,
     connector: HttpConnector,
@@ -158,7 +162,7 @@ impl Http1Pool {
     /// Sends `request` (origin-form target) on an idle connection, or on a new one; the answer
     /// comes with the connection's [`Lease`] while the connection is still busy with it, to be
     /// kept until its body is done.
-    pub async fn send(
+    pub(crate) async fn send(
         self: &Arc<Self>,
         mut request: Request<RequestBody>,
         now: Instant,
@@ -181,7 +185,7 @@ impl Http1Pool {
     }
 
     /// Idle connections that are still open.
-    pub fn idle(&self) -> usize {
+    pub(crate) fn idle(&self) -> usize {
         lock(&self.idle)
             .iter()
             .filter(|entry| !entry.sender.is_closed())
@@ -264,7 +268,7 @@ impl Http1Pool {
 
 /// A connection lent to one exchange: it goes back to its pool when dropped, if it can carry
 /// another request (the answer was read to its end); otherwise it is closed.
-pub struct Lease {
+pub(crate) struct Lease {
     pool: Arc<Http1Pool>,
     sender: Option<SendRequest<RequestBody>>,
 }

@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use prometheus_client::metrics::counter::Counter;
@@ -28,6 +28,7 @@ use sekisho_config::{OnStoreError, RateLimitAlgorithm};
 use sekisho_policy::ratelimit::local::LocalLimiter;
 use sekisho_policy::ratelimit::{Decision, Limit};
 use sekisho_store::instances::local_limit;
+use tokio::time::Instant;
 
 use crate::edge::GatewayError;
 use crate::store_link::StoreLink;
@@ -42,10 +43,13 @@ static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Nanoseconds of the process's monotonic clock, for the in-process limiters.
+// The epoch is a std Instant on purpose: it only gives the counters their zero, taken once per
+// process; `at`, the instant that decides, is on tokio's clock.
+#[allow(clippy::disallowed_types, clippy::disallowed_methods)]
 fn now_ns(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(at.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+    static EPOCH: OnceLock<std::time::Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(std::time::Instant::now);
+    u64::try_from(at.into_std().saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One part of a limit's key.
@@ -60,7 +64,7 @@ enum KeyPart {
 
 /// What a request offers to the key.
 #[derive(Debug, Clone, Copy)]
-pub struct KeySource<'a> {
+pub(crate) struct KeySource<'a> {
     /// The client's address (after `trusted_proxies`).
     pub client_ip: IpAddr,
     /// The request's headers.
@@ -74,7 +78,7 @@ pub struct KeySource<'a> {
 
 /// Metric handles of one limit.
 #[derive(Debug, Clone)]
-pub struct LimitMetrics {
+pub(crate) struct LimitMetrics {
     /// Requests admitted.
     pub allowed: Counter,
     /// Requests refused with 429.
@@ -87,7 +91,7 @@ pub struct LimitMetrics {
 
 /// One configured limit, ready to decide.
 #[derive(Debug)]
-pub struct RateLimit {
+pub(crate) struct RateLimit {
     scope: Arc<str>,
     limit: Limit,
     key: Vec<KeyPart>,
@@ -131,7 +135,7 @@ impl RateLimit {
     /// labelled (`ip=10.0.0.7`, `h=acme` for a header, `key=…` for an API key, `route=orders`),
     /// without spending anything: from Redis for a shared limit (the in-process share when
     /// Redis fails), else from this instance's state.
-    pub async fn usage(&self, key: &str) -> Decision {
+    pub(crate) async fn usage(&self, key: &str) -> Decision {
         let key = format!("{}|{key}", self.scope);
         let fresh = Decision {
             allowed: true,
@@ -153,12 +157,12 @@ impl RateLimit {
     }
 
     /// The scope: `*` or the route's name.
-    pub fn scope(&self) -> &str {
+    pub(crate) fn scope(&self) -> &str {
         &self.scope
     }
 
     /// What the admin API shows.
-    pub fn view(&self) -> RateLimitView {
+    pub(crate) fn view(&self) -> RateLimitView {
         RateLimitView {
             scope: self.scope.to_string(),
             limit: format!("{:?}", self.limit),
@@ -176,7 +180,7 @@ impl RateLimit {
 
     /// The limit `config` of `scope` (a route's name, or `*` for the server's), keeping the
     /// in-process state of `kept` when given (a reload that left the limit as it was).
-    pub fn new(
+    pub(crate) fn new(
         scope: &str,
         config: &sekisho_config::RateLimit,
         store: Option<Arc<StoreLink>>,
@@ -202,14 +206,9 @@ impl RateLimit {
         }
     }
 
-    /// The quota clients are told about.
-    pub fn quota(&self) -> u64 {
-        self.limit.quota()
-    }
-
     /// Decides for one request: `Ok` with the figures for the response headers, or
     /// `RATE_LIMITED`.
-    pub async fn check(&self, source: &KeySource<'_>) -> Result<Decision, GatewayError> {
+    pub(crate) async fn check(&self, source: &KeySource<'_>) -> Result<Decision, GatewayError> {
         let key = self.key_of(source);
         let decision = match &self.shared {
             None => self.local.decide(&key, now_ns(source.at), self.cost),
@@ -368,7 +367,7 @@ fn key_parts(key: &str) -> Vec<KeyPart> {
 }
 
 /// The policy's limit from the config (validated: the numbers an algorithm needs are there).
-pub fn limit_of(config: &sekisho_config::RateLimit) -> Limit {
+pub(crate) fn limit_of(config: &sekisho_config::RateLimit) -> Limit {
     let quota = u64::from(config.capacity.or(config.limit).map_or(1, |q| q.0));
     let rate = config.refill_per_second.unwrap_or(1.0);
     let window = config.window.map_or(Duration::from_secs(1), |w| w.get());
@@ -397,7 +396,7 @@ pub fn limit_of(config: &sekisho_config::RateLimit) -> Limit {
 }
 
 /// Adds the `RateLimit-*` fields of `decision`.
-pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
+pub(crate) fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
     let reset = decision.reset.as_secs() + u64::from(decision.reset.subsec_nanos() > 0);
     headers.insert(&RATELIMIT_LIMIT, HeaderValue::from(decision.limit));
     headers.insert(&RATELIMIT_REMAINING, HeaderValue::from(decision.remaining));
@@ -406,7 +405,7 @@ pub fn add_headers(headers: &mut HeaderMap, decision: &Decision) {
 
 /// Of two decisions that both apply (server and route), the one a client should be told
 /// about: the one with less left.
-pub fn tighter(a: Option<Decision>, b: Decision) -> Decision {
+pub(crate) fn tighter(a: Option<Decision>, b: Decision) -> Decision {
     match a {
         Some(a) if a.remaining < b.remaining => a,
         _ => b,

@@ -11,6 +11,7 @@ use sekisho_policy::budget::RetryBudget;
 use sekisho_policy::concurrency::{AdaptiveLimit, Settings as ConcurrencySettings};
 use sekisho_policy::ratelimit::local::LocalLimiter;
 use sekisho_policy::ratelimit::Limit as RateLimitParams;
+use tokio::time::Instant;
 
 use crate::cache::CacheStore;
 use crate::ratelimit::MAX_LOCAL_KEYS;
@@ -20,7 +21,7 @@ use crate::upstream::UpstreamStates;
 
 /// Everything the gateway keeps across reloads.
 #[derive(Debug)]
-pub struct StateRegistry {
+pub(crate) struct StateRegistry {
     /// Every upstream's and target's state.
     pub upstreams: UpstreamStates,
     /// Each route's retry budget with the settings it was made with (ratio bits, floor).
@@ -51,7 +52,11 @@ impl Default for StateRegistry {
 impl StateRegistry {
     /// The retry budget of `route`: the one it had while its budget settings stay the same, so
     /// that a reload during an outage does not hand out a fresh budget.
-    pub fn retry_budget(&self, route: &str, retry: &sekisho_config::Retry) -> Arc<RetryBudget> {
+    pub(crate) fn retry_budget(
+        &self,
+        route: &str,
+        retry: &sekisho_config::Retry,
+    ) -> Arc<RetryBudget> {
         let settings = (retry.budget_ratio.0.to_bits(), retry.budget_min_per_second);
         let mut budgets = lock(&self.budgets);
         match budgets.get(route) {
@@ -61,7 +66,7 @@ impl StateRegistry {
                     retry.budget_ratio.0,
                     retry.budget_min_per_second,
                     RETRY_BUDGET_WINDOW,
-                    std::time::Instant::now(),
+                    Instant::now().into_std(),
                 ));
                 budgets.insert(route.to_owned(), (settings, Arc::clone(&budget)));
                 budget
@@ -71,12 +76,16 @@ impl StateRegistry {
 
     /// The adaptive concurrency limit of `route`: the one it had while its settings stay the
     /// same, so that a reload keeps what the limit has learnt (and the calls it counts).
-    pub fn adaptive_limit(&self, route: &str, settings: ConcurrencySettings) -> Arc<AdaptiveLimit> {
+    pub(crate) fn adaptive_limit(
+        &self,
+        route: &str,
+        settings: ConcurrencySettings,
+    ) -> Arc<AdaptiveLimit> {
         let mut limits = lock(&self.limits);
         match limits.get(route) {
             Some((kept, limit)) if *kept == settings => Arc::clone(limit),
             _ => {
-                let limit = AdaptiveLimit::new(settings, std::time::Instant::now());
+                let limit = AdaptiveLimit::new(settings, Instant::now().into_std());
                 limits.insert(route.to_owned(), (settings, Arc::clone(&limit)));
                 limit
             }
@@ -85,7 +94,11 @@ impl StateRegistry {
 
     /// The in-process state of the rate limit of `scope`: the same while its limit stays the
     /// same, so a reload does not hand every client a fresh quota.
-    pub fn local_rate_limiter(&self, scope: &str, limit: RateLimitParams) -> Arc<LocalLimiter> {
+    pub(crate) fn local_rate_limiter(
+        &self,
+        scope: &str,
+        limit: RateLimitParams,
+    ) -> Arc<LocalLimiter> {
         let mut limiters = lock(&self.rate_limits);
         match limiters.get(scope) {
             Some((kept, limiter)) if *kept == limit => Arc::clone(limiter),
@@ -99,7 +112,7 @@ impl StateRegistry {
 
     /// The link to the Redis at `url` with `timeout` per decision call: the one already made
     /// while both stay the same.
-    pub fn store_link(&self, url: &str, timeout: Duration) -> Arc<StoreLink> {
+    pub(crate) fn store_link(&self, url: &str, timeout: Duration) -> Arc<StoreLink> {
         let mut store = lock(&self.store);
         match &*store {
             Some(link) if link.url() == url && link.timeout() == timeout => Arc::clone(link),
@@ -112,7 +125,7 @@ impl StateRegistry {
     }
 
     /// The response cache for `store`'s bounds, shared through Redis when `store.redis` is set.
-    pub fn cache_store(&self, store: &sekisho_config::Store) -> Arc<CacheStore> {
+    pub(crate) fn cache_store(&self, store: &sekisho_config::Store) -> Arc<CacheStore> {
         let (entries, bytes) = (
             u64::from(store.cache_max_entries.0),
             store.cache_max_bytes.0,
@@ -136,24 +149,24 @@ impl StateRegistry {
     }
 
     /// The response cache, when a route has one.
-    pub fn cache(&self) -> Option<Arc<CacheStore>> {
+    pub(crate) fn cache(&self) -> Option<Arc<CacheStore>> {
         lock(&self.cache).clone()
     }
 
     /// Whether the Redis link, if there is one, has finished its first attempt to connect.
-    pub fn store_attempted(&self) -> bool {
+    pub(crate) fn store_attempted(&self) -> bool {
         lock(&self.store)
             .as_ref()
             .is_none_or(|link| link.attempted())
     }
 
     /// The Redis link's state, when a limit has used it.
-    pub fn store_status(&self) -> Option<StoreStatus> {
+    pub(crate) fn store_status(&self) -> Option<StoreStatus> {
         lock(&self.store).as_ref().map(|link| link.status())
     }
 
     /// Forgets upstreams and targets that `config` no longer names.
-    pub fn retain(&self, config: &sekisho_config::Config) {
+    pub(crate) fn retain(&self, config: &sekisho_config::Config) {
         lock(&self.limits)
             .retain(|route, _| config.routes.iter().any(|r| r.get_ref().name == *route));
         let redis_used = config

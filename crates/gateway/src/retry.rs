@@ -20,7 +20,7 @@ use sekisho_policy::budget::RetryBudget;
 
 /// How one attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptFailure {
+pub(crate) enum AttemptFailure {
     /// No connection to the target: nothing was sent.
     ConnectError,
     /// The per-attempt timeout (`per_try_timeout`) passed before the answer's head.
@@ -31,7 +31,7 @@ pub enum AttemptFailure {
 
 impl AttemptFailure {
     /// The metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::ConnectError => "connect_error",
             Self::Timeout => "timeout",
@@ -42,7 +42,7 @@ impl AttemptFailure {
 
 /// Why a retry was not made, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoRetry {
+pub(crate) enum NoRetry {
     /// The failure is not one `retry_on` names, or the method may not be sent twice, or the
     /// body was streamed.
     NotRetryable,
@@ -56,7 +56,7 @@ pub enum NoRetry {
 
 /// Counters of one route's retries.
 #[derive(Debug, Clone, Default)]
-pub struct RetryMetrics {
+pub(crate) struct RetryMetrics {
     /// Retries made, by what failed: connect error, timeout, status.
     pub retries: [Counter; 3],
     /// Retries refused because the budget was spent.
@@ -65,7 +65,7 @@ pub struct RetryMetrics {
 
 /// A route's compiled `[routes.retry]`.
 #[derive(Debug)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Tries in all, the first included.
     pub attempts: u32,
     backoff: Backoff,
@@ -83,7 +83,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// Compiles `config`; `budget` is the route's (kept across reloads by the caller).
-    pub fn new(
+    pub(crate) fn new(
         config: &sekisho_config::Retry,
         budget: Arc<RetryBudget>,
         metrics: RetryMetrics,
@@ -117,22 +117,22 @@ impl RetryPolicy {
 
     /// Whether `method` may be sent more than once (RFC 9110 §9.2.2's idempotent methods, or
     /// any with `retry_non_idempotent`).
-    pub fn allows_method(&self, method: &Method) -> bool {
+    pub(crate) fn allows_method(&self, method: &Method) -> bool {
         self.non_idempotent || is_idempotent(method)
     }
 
     /// Whether a status is one to retry.
-    pub fn retries_status(&self, status: u16) -> bool {
+    pub(crate) fn retries_status(&self, status: u16) -> bool {
         self.statuses.contains(&status)
     }
 
     /// Counts a request (its first try) in the budget.
-    pub fn deposit(&self, now: Instant) {
+    pub(crate) fn deposit(&self, now: Instant) {
         self.budget.deposit(now.into_std());
     }
 
     /// Decides whether the attempt that just failed is tried again and after which wait.
-    pub fn decide(&self, failed: &FailedAttempt) -> Result<Duration, NoRetry> {
+    pub(crate) fn decide(&self, failed: &FailedAttempt) -> Result<Duration, NoRetry> {
         let wanted = match failed.failure {
             AttemptFailure::ConnectError => self.on_connect_error,
             AttemptFailure::Timeout => self.on_timeout && failed.resendable,
@@ -171,7 +171,7 @@ impl RetryPolicy {
 
 /// An attempt that failed, as [`RetryPolicy::decide`] weighs it.
 #[derive(Debug, Clone, Copy)]
-pub struct FailedAttempt {
+pub(crate) struct FailedAttempt {
     /// What failed.
     pub failure: AttemptFailure,
     /// Attempts made so far, this one included.
@@ -189,7 +189,7 @@ pub struct FailedAttempt {
 }
 
 /// RFC 9110 §9.2.2: GET, HEAD, OPTIONS, TRACE, PUT and DELETE.
-pub fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE

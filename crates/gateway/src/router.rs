@@ -21,7 +21,7 @@ use crate::upstream::UpstreamGroup;
 
 /// How a route matches the path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
+pub(crate) enum PathMatch {
     /// Exactly this path.
     Exact(String),
     /// This path and everything below it.
@@ -30,7 +30,7 @@ pub enum PathMatch {
 
 /// How a route matches the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
+pub(crate) enum HostMatch {
     /// Exactly this host (case-insensitive, port ignored).
     Exact(String),
     /// Any host ending in `.suffix`.
@@ -39,7 +39,7 @@ pub enum HostMatch {
 
 /// Header rules of a route, parsed once.
 #[derive(Debug, Clone, Default)]
-pub struct HeaderRules {
+pub(crate) struct HeaderRules {
     /// Set on the request to the upstream.
     pub request_set: Vec<(HeaderName, HeaderValue)>,
     /// Removed from the request to the upstream.
@@ -52,7 +52,7 @@ pub struct HeaderRules {
 
 /// A route ready to serve.
 #[derive(Debug)]
-pub struct CompiledRoute {
+pub(crate) struct CompiledRoute {
     /// The route's name.
     pub name: Arc<str>,
     path: PathMatch,
@@ -85,13 +85,13 @@ pub struct CompiledRoute {
 
 /// The routes in order.
 #[derive(Debug, Default)]
-pub struct Router {
+pub(crate) struct Router {
     routes: Vec<Arc<CompiledRoute>>,
 }
 
 /// The parts of a request that routing looks at.
 #[derive(Debug, Clone, Copy)]
-pub struct RouteQuery<'a> {
+pub(crate) struct RouteQuery<'a> {
     /// Host without port, if the request named one.
     pub host: Option<&'a str>,
     /// The path (no query).
@@ -104,7 +104,7 @@ pub struct RouteQuery<'a> {
 
 impl CompiledRoute {
     /// Builds a route from its config; `upstream` is already resolved.
-    pub fn new(
+    pub(crate) fn new(
         route: &Route,
         upstream: Arc<UpstreamGroup>,
         default_max_body: u64,
@@ -182,7 +182,7 @@ impl CompiledRoute {
     }
 
     /// Whether this route takes the request.
-    pub fn matches(&self, query: &RouteQuery<'_>) -> bool {
+    pub(crate) fn matches(&self, query: &RouteQuery<'_>) -> bool {
         let path_ok = match &self.path {
             PathMatch::Exact(exact) => query.path == exact,
             PathMatch::Prefix(prefix) => prefix_matches(prefix, query.path),
@@ -221,7 +221,7 @@ impl CompiledRoute {
     }
 
     /// The path the upstream sees, after `strip_prefix`.
-    pub fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
+    pub(crate) fn upstream_path<'a>(&self, path: &'a str) -> &'a str {
         match &self.strip_prefix {
             Some(prefix) if !prefix.is_empty() => match path.get(prefix.len()..) {
                 Some("") | None => "/",
@@ -256,17 +256,17 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 impl Router {
     /// Routes in config order.
-    pub fn new(routes: Vec<Arc<CompiledRoute>>) -> Self {
+    pub(crate) fn new(routes: Vec<Arc<CompiledRoute>>) -> Self {
         Self { routes }
     }
 
     /// The first route that takes the request.
-    pub fn find(&self, query: &RouteQuery<'_>) -> Option<&Arc<CompiledRoute>> {
+    pub(crate) fn find(&self, query: &RouteQuery<'_>) -> Option<&Arc<CompiledRoute>> {
         self.routes.iter().find(|route| route.matches(query))
     }
 
     /// All routes, in order.
-    pub fn routes(&self) -> &[Arc<CompiledRoute>] {
+    pub(crate) fn routes(&self) -> &[Arc<CompiledRoute>] {
         &self.routes
     }
 }

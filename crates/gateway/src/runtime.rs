@@ -25,7 +25,7 @@ use crate::upstream::{ClientCache, UpstreamGroup};
 
 /// Settings of the traffic listener that apply per connection or per request.
 #[derive(Debug, Clone)]
-pub struct ListenerSettings {
+pub(crate) struct ListenerSettings {
     /// Write an access log line per request.
     pub access_log: bool,
     /// Request line plus headers, at most.
@@ -37,7 +37,7 @@ pub struct ListenerSettings {
 }
 
 /// A compiled config generation.
-pub struct Runtime {
+pub(crate) struct Runtime {
     /// The config it was built from.
     pub config: Arc<Config>,
     /// Routes.
@@ -72,7 +72,7 @@ pub use crate::build_error::BuildError;
 
 impl Runtime {
     /// Every rate limit in force: the server's, then each route's.
-    pub fn rate_limits(&self) -> impl Iterator<Item = &RateLimit> {
+    pub(crate) fn rate_limits(&self) -> impl Iterator<Item = &RateLimit> {
         self.rate_limit.iter().chain(
             self.router
                 .routes()
@@ -82,7 +82,7 @@ impl Runtime {
     }
 
     /// Compiles `config`; `base_dir` resolves relative TLS paths.
-    pub fn build(
+    pub(crate) fn build(
         config: Arc<Config>,
         base_dir: Option<&Path>,
         clients: &ClientCache,
@@ -214,7 +214,7 @@ fn concurrency_settings(config: &sekisho_config::AdaptiveConcurrency) -> Concurr
 
 impl Runtime {
     /// Each route's adaptive concurrency limit, for the metrics.
-    pub fn adaptive_limits(&self) -> Vec<(Arc<str>, Arc<AdaptiveLimit>)> {
+    pub(crate) fn adaptive_limits(&self) -> Vec<(Arc<str>, Arc<AdaptiveLimit>)> {
         self.router
             .routes()
             .iter()

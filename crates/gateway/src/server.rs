@@ -32,7 +32,7 @@ pub struct TrafficListener {
 
 impl TrafficListener {
     /// Binds `address` ("host:port"; port 0 picks one).
-    pub async fn bind(address: &str) -> io::Result<Self> {
+    pub(crate) async fn bind(address: &str) -> io::Result<Self> {
         Ok(Self {
             listener: TcpListener::bind(address).await?,
         })

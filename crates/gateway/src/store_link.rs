@@ -22,7 +22,7 @@ const CACHE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// The connection to Redis that Redis-backed limits share, made on first use and kept.
 #[derive(Debug)]
-pub struct StoreLink {
+pub(crate) struct StoreLink {
     /// The URL as configured, credentials included: only for connecting.
     url: String,
     /// The URL with its credentials masked: for everything shown or logged.
@@ -58,7 +58,7 @@ pub struct StoreStatus {
 impl StoreLink {
     /// A link to `url`, connecting in the background at once when a runtime is running (else
     /// when a decision first needs it).
-    pub fn new(url: &str, timeout: Duration) -> Arc<Self> {
+    pub(crate) fn new(url: &str, timeout: Duration) -> Arc<Self> {
         let link = Arc::new(Self {
             url: url.to_owned(),
             shown: sekisho_store::redact_url(url),
@@ -86,7 +86,7 @@ impl StoreLink {
     }
 
     /// The shared cache tier, once connected; the first call starts connecting.
-    pub fn redis_cache(self: &Arc<Self>) -> Option<Arc<sekisho_store::cache::RedisCache>> {
+    pub(crate) fn redis_cache(self: &Arc<Self>) -> Option<Arc<sekisho_store::cache::RedisCache>> {
         let cache = self.cache.load_full();
         if cache.is_none() {
             self.start_connecting();
@@ -96,7 +96,7 @@ impl StoreLink {
 
     /// Whether the first attempt to connect has ended, connected or not (starting it, inside a
     /// runtime, if nothing has yet).
-    pub fn attempted(self: &Arc<Self>) -> bool {
+    pub(crate) fn attempted(self: &Arc<Self>) -> bool {
         if self.attempted.load(Ordering::Acquire) {
             return true;
         }
@@ -107,12 +107,12 @@ impl StoreLink {
     }
 
     /// The bound on each Redis call of a rate-limit decision.
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         self.timeout
     }
 
     /// The URL as configured (credentials included: compare with it, never show it).
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
@@ -184,14 +184,14 @@ impl StoreLink {
     }
 
     /// Live instances last counted (1 until counted).
-    pub fn instances(&self) -> u64 {
+    pub(crate) fn instances(&self) -> u64 {
         lock(&self.presence)
             .as_ref()
             .map_or(1, |(presence, _)| presence.instances())
     }
 
     /// The link's state.
-    pub fn status(&self) -> StoreStatus {
+    pub(crate) fn status(&self) -> StoreStatus {
         StoreStatus {
             url: self.shown.clone(),
             healthy: self.healthy.load(Ordering::Acquire),

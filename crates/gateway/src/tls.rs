@@ -20,7 +20,7 @@ fn resolve(file: &str, base_dir: Option<&Path>) -> PathBuf {
 }
 
 /// Loads the certificate chain and key named by `tls`.
-pub fn acceptor(
+pub(crate) fn acceptor(
     tls: &sekisho_config::Tls,
     base_dir: Option<&Path>,
 ) -> Result<TlsAcceptor, BuildError> {

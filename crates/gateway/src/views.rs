@@ -278,7 +278,7 @@ impl Gateway {
             .get(name)
             .and_then(|group| group.circuit.as_ref())
             .ok_or_else(|| CircuitActionError::UnknownCircuit(name.to_owned()))?;
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now().into_std();
         match action {
             "force_open" => circuit.breaker.force_open(now),
             "force_closed" => circuit.breaker.force_closed(now),
@@ -302,7 +302,7 @@ impl Gateway {
 }
 
 fn circuit_view(name: &str, circuit: &upstream::Circuit) -> CircuitView {
-    let now = std::time::Instant::now();
+    let now = tokio::time::Instant::now().into_std();
     let wall = SystemTime::now();
     let figures = circuit.breaker.figures(now);
     let transitions = circuit

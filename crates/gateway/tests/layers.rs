@@ -183,8 +183,7 @@ fn top_level_names(group: &str) -> Vec<String> {
     let mut names = Vec::new();
     let mut depth = 0;
     let mut expecting = true;
-    let mut chars = group.char_indices();
-    while let Some((index, c)) = chars.next() {
+    for (index, c) in group.char_indices() {
         match c {
             '{' => depth += 1,
             '}' if depth == 0 => break,

@@ -388,10 +388,10 @@ fn a_request_handed_back_unsent_by_a_closed_connection_goes_out_on_a_new_one() {
         .unwrap()
         .unwrap();
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while idle_of(&gateway) != 1 {
         assert!(
-            std::time::Instant::now() < deadline,
+            tokio::time::Instant::now() < deadline,
             "never back in the pool"
         );
         std::thread::sleep(Duration::from_millis(5));

@@ -1,6 +1,7 @@
 //! HTTPS on the traffic listener: rustls from PEM files, h2 and http/1.1 by ALPN, and the
 //! certificate re-read on reload. Certificates are made in process with rcgen.
-#![allow(clippy::unwrap_used)]
+// The helpers outside the #[test] functions fail their test as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 use std::sync::Arc;

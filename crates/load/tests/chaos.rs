@@ -1,4 +1,6 @@
 //! The chaos upstream over real sockets on 127.0.0.1, driven by a hyper client.
+// The helpers outside the #[test] functions fail their test as an assert does.
+#![allow(clippy::expect_used)]
 
 use std::error::Error as StdError;
 use std::net::SocketAddr;

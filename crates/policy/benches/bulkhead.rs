@@ -2,6 +2,8 @@
 //! refusal when full.
 //!
 //! Run: `cargo bench -p sekisho-policy --bench bulkhead`.
+// A benchmark, not a request path: a setup that fails may panic.
+#![allow(clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

@@ -4,7 +4,8 @@
 //!
 //! Redis is `SEKISHO_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); each test names its
 //! route with a random suffix, so runs never share keys.
-#![allow(clippy::unwrap_used)]
+// The helpers outside the #[test] functions fail their test as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
 use std::time::Duration;

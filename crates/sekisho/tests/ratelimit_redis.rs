@@ -5,7 +5,8 @@
 //! The shared Redis is `SEKISHO_TEST_REDIS_URL` (default `redis://127.0.0.1:6379`); each test
 //! names its routes with a random suffix so runs never share keys. A Redis that is stopped and
 //! started again, or paused, is a private `redis-server` on a free port.
-#![allow(clippy::unwrap_used)]
+// The helpers outside the #[test] functions fail their test as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,8 @@
 //! and deletes its keys when it ends, even by a panic. Where real time must pass — Redis's clock
 //! decides, not Tokio's — the tests sleep, briefly.
 
-#![allow(clippy::unwrap_used)]
+// The helpers outside the #[test] functions fail their test as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

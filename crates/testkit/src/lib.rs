@@ -6,7 +6,8 @@
 //!
 //! What it refuses to do: mock anything that runs here for real, or sleep to synchronise: every
 //! wait is for an event (a log line, an answer), bounded by a timeout.
-#![allow(clippy::unwrap_used)]
+// Dev-only helpers of the tests: a failed step panics the test that called it, as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};

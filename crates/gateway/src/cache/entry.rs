@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds of the wall clock: entries move between instances, so their times must mean
 /// the same on every one (instances are assumed NTP-synchronised; a skew of a second shifts
 /// freshness by a second).
-pub fn now_ms() -> u64 {
+pub(super) fn now_ms() -> u64 {
     crate::clock::unix_ms(SystemTime::now())
 }
 
 /// One cached response, or a marker that the response of this URL varies.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(super) struct Entry {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -41,18 +41,18 @@ pub struct Entry {
 
 impl Entry {
     /// Milliseconds since it was made at the origin.
-    pub fn age_ms(&self, now: u64) -> u64 {
+    pub(super) fn age_ms(&self, now: u64) -> u64 {
         now.saturating_sub(self.stored_ms) + self.initial_age_ms
     }
 
     /// Positive while fresh: milliseconds of freshness left (negative: stale by that much).
-    pub fn ttl_ms(&self, now: u64) -> i64 {
+    pub(super) fn ttl_ms(&self, now: u64) -> i64 {
         let lifetime = i64::try_from(self.lifetime_ms).unwrap_or(i64::MAX);
         lifetime - i64::try_from(self.age_ms(now)).unwrap_or(i64::MAX)
     }
 
     /// How long the entry is worth keeping: its freshness and the longest stale window.
-    pub fn keep(&self) -> Duration {
+    pub(super) fn keep(&self) -> Duration {
         let stale = self.swr_ms.max(self.sie_ms);
         Duration::from_millis(
             self.lifetime_ms
@@ -63,7 +63,7 @@ impl Entry {
     }
 
     /// Bytes it takes, roughly (for the in-process tier's bound).
-    pub fn weight(&self) -> usize {
+    pub(super) fn weight(&self) -> usize {
         let headers: usize = self
             .headers
             .iter()
@@ -73,7 +73,7 @@ impl Entry {
     }
 
     /// The shared tier's encoding: a length-prefixed JSON head, then the body as it is.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(super) fn encode(&self) -> Vec<u8> {
         let head = Head {
             status: self.status.as_u16(),
             headers: self
@@ -104,7 +104,7 @@ impl Entry {
     }
 
     /// Reads [`encode`](Self::encode)'s output; `None` for anything else.
-    pub fn decode(bytes: &[u8]) -> Option<Self> {
+    pub(super) fn decode(bytes: &[u8]) -> Option<Self> {
         let (len, rest) = bytes.split_first_chunk::<4>()?;
         let len = usize::try_from(u32::from_be_bytes(*len)).ok()?;
         if rest.len() < len {

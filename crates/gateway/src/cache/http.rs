@@ -8,7 +8,7 @@ use http::{Method, StatusCode};
 
 /// The directives of one message's `Cache-Control` (every field line, comma-separated).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CacheControl {
+pub(super) struct CacheControl {
     pub no_store: bool,
     pub no_cache: bool,
     pub private: bool,
@@ -22,7 +22,7 @@ pub struct CacheControl {
 impl CacheControl {
     /// Reads every `Cache-Control` line of `headers`; unknown directives are ignored and a
     /// malformed number makes its directive absent.
-    pub fn parse(headers: &HeaderMap) -> Self {
+    pub(super) fn parse(headers: &HeaderMap) -> Self {
         let mut cc = Self::default();
         for line in headers.get_all(header::CACHE_CONTROL) {
             let Ok(text) = line.to_str() else { continue };
@@ -51,7 +51,7 @@ impl CacheControl {
 
 /// Why a request is not answered from the cache (the `fwd` of `Cache-Status`), or `None` when
 /// it may be.
-pub fn request_bypass(
+pub(super) fn request_bypass(
     method: &Method,
     headers: &HeaderMap,
     cache_authorized: bool,
@@ -67,7 +67,7 @@ pub fn request_bypass(
 
 /// Whether the client asked for a fresh answer (`no-cache`, `max-age=0`, or `Pragma:
 /// no-cache`): the cache then goes to the upstream, and still stores what comes back.
-pub fn wants_revalidation(headers: &HeaderMap) -> bool {
+pub(super) fn wants_revalidation(headers: &HeaderMap) -> bool {
     let cc = CacheControl::parse(headers);
     cc.no_cache
         || cc.max_age == Some(0)
@@ -78,7 +78,7 @@ pub fn wants_revalidation(headers: &HeaderMap) -> bool {
 }
 
 /// Whether the client forbade storing (`no-store` in the request).
-pub fn forbids_store(headers: &HeaderMap) -> bool {
+pub(super) fn forbids_store(headers: &HeaderMap) -> bool {
     CacheControl::parse(headers).no_store
 }
 
@@ -92,7 +92,7 @@ fn cacheable_status(status: StatusCode) -> bool {
 }
 
 /// Negative answers: kept for `negative_ttl` unless the upstream said otherwise.
-pub fn is_negative(status: StatusCode) -> bool {
+pub(super) fn is_negative(status: StatusCode) -> bool {
     matches!(status.as_u16(), 404 | 410)
 }
 
@@ -101,7 +101,7 @@ pub fn is_negative(status: StatusCode) -> bool {
 /// `s-maxage` wins over `max-age`; without either, `ttl` (or `negative_ttl` for 404/410, where
 /// zero means "do not cache negatives"). A request with `Authorization` is stored only when the
 /// route allows it (`cache_authorized`) or the response says `public` or `s-maxage`.
-pub fn freshness(
+pub(super) fn freshness(
     status: StatusCode,
     response: &HeaderMap,
     authorized: bool,
@@ -137,7 +137,7 @@ pub fn freshness(
 
 /// The header names a response varies on; `None` for `Vary: *` or a malformed field (never
 /// cacheable).
-pub fn vary(response: &HeaderMap) -> Option<Vec<HeaderName>> {
+pub(super) fn vary(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     let mut names = Vec::new();
     for line in response.get_all(header::VARY) {
         let text = line.to_str().ok()?;
@@ -156,7 +156,7 @@ pub fn vary(response: &HeaderMap) -> Option<Vec<HeaderName>> {
 }
 
 /// The part of a cache key that the request's values of `names` make.
-pub fn variant(names: &[HeaderName], request: &HeaderMap) -> String {
+pub(super) fn variant(names: &[HeaderName], request: &HeaderMap) -> String {
     let mut text = String::new();
     for name in names {
         text.push('|');
@@ -175,7 +175,7 @@ pub fn variant(names: &[HeaderName], request: &HeaderMap) -> String {
 }
 
 /// Whether `If-None-Match` of the request matches `etag` (weak comparison, RFC 9110 §13.1.2).
-pub fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
+pub(super) fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
     let Ok(list) = if_none_match.to_str() else {
         return false;
     };
@@ -191,7 +191,7 @@ pub fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> bool {
 
 /// The tags of a response, from `Cache-Tag` (comma-separated) and `Surrogate-Key`
 /// (space-separated).
-pub fn tags(response: &HeaderMap) -> Vec<String> {
+pub(super) fn tags(response: &HeaderMap) -> Vec<String> {
     let mut tags = Vec::new();
     for (name, separators) in [
         ("cache-tag", &[',', ' '][..]),
@@ -214,7 +214,7 @@ pub fn tags(response: &HeaderMap) -> Vec<String> {
 }
 
 /// The seconds of `Age` the upstream reported.
-pub fn age(response: &HeaderMap) -> u64 {
+pub(super) fn age(response: &HeaderMap) -> u64 {
     response
         .get(header::AGE)
         .and_then(|v| v.to_str().ok())

@@ -26,13 +26,14 @@
 //! - [`entry`]: a stored response and its encoding for the shared tier;
 //! - [`http`]: the HTTP caching rules.
 
-pub mod entry;
+mod entry;
 mod flight;
-pub mod http;
+mod http;
 mod respond;
 mod route;
 mod store;
 
-pub use self::respond::{Fetch, CACHE_STATUS};
+pub use self::respond::Fetch;
+pub(crate) use self::respond::CACHE_STATUS;
 pub use self::route::{CacheMetrics, Lookup, RouteCache};
 pub use self::store::{CacheStats, CacheStore, Purge};

@@ -20,7 +20,7 @@ use crate::body::ResponseBody;
 use crate::edge::GatewayError;
 
 /// The response header of RFC 9211.
-pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub(crate) static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// The cache's name in `Cache-Status`.
 const NAME: &str = "sekisho";
@@ -76,11 +76,6 @@ impl RouteCache {
 }
 
 impl Fetch {
-    /// Whether this fetch leads a flight (others wait for what it stores).
-    pub fn leads(&self) -> bool {
-        self.lead.is_some()
-    }
-
     /// The upstream's answer, through the cache: stored and answered from the entry when it may
     /// be stored, a stale copy when the upstream failed within `stale_if_error`, else as it is.
     /// The second value is the `Cache-Status` of the answer.

@@ -42,6 +42,9 @@ struct L1Value {
 
 struct KeepFor;
 
+// moka's `Expiry` names std Instants in its signatures; both are ignored here (an entry's keep
+// time does not depend on when it was written).
+#[allow(clippy::disallowed_types)]
 impl moka::Expiry<String, L1Value> for KeepFor {
     fn expire_after_create(
         &self,
@@ -120,13 +123,13 @@ impl CacheStore {
     }
 
     /// The bounds it was made with (entries, bytes).
-    pub fn bounds(&self) -> (u64, u64) {
+    pub(crate) fn bounds(&self) -> (u64, u64) {
         (self.max_entries, self.max_bytes)
     }
 
     /// Shares entries through `link`'s Redis as soon as it is connected (now, or from a
     /// background task that waits for it).
-    pub fn attach(self: &Arc<Self>, link: Arc<crate::store_link::StoreLink>) {
+    pub(crate) fn attach(self: &Arc<Self>, link: Arc<crate::store_link::StoreLink>) {
         {
             let mut url = lock(&self.url);
             if url.as_deref() == Some(link.url()) {
@@ -161,7 +164,7 @@ impl CacheStore {
 
     /// Stops using Redis (the config no longer names one, or names another): entries stay in
     /// process only.
-    pub fn detach(&self) {
+    pub(crate) fn detach(&self) {
         *lock(&self.url) = None;
         self.detach_l2();
     }
@@ -177,7 +180,7 @@ impl CacheStore {
 
     /// Shares entries through Redis from now on, and listens there for purges from the other
     /// instances (resubscribing by itself when the connection drops).
-    pub fn share(self: &Arc<Self>, l2: Arc<RedisCache>, url: &str) {
+    pub(crate) fn share(self: &Arc<Self>, l2: Arc<RedisCache>, url: &str) {
         let channel = l2.channel();
         self.l2.store(Some(l2));
         let mut subscriber = lock(&self.subscriber);
@@ -190,12 +193,12 @@ impl CacheStore {
     }
 
     /// Whether the shared tier is in use.
-    pub fn shared(&self) -> bool {
+    pub(crate) fn shared(&self) -> bool {
         self.l2.load().is_some()
     }
 
     /// Figures for the admin API.
-    pub fn stats(&self) -> CacheStats {
+    pub(crate) fn stats(&self) -> CacheStats {
         self.l1.run_pending_tasks();
         CacheStats {
             entries: self.l1.entry_count(),
@@ -210,7 +213,7 @@ impl CacheStore {
 
     /// Applies `purge` here and in the shared tier, and tells the other instances. Returns the
     /// entries deleted from the shared tier (0 without one).
-    pub async fn purge(&self, purge: &Purge) -> Result<u64, String> {
+    pub(crate) async fn purge(&self, purge: &Purge) -> Result<u64, String> {
         self.purge_local(purge);
         let Some(l2) = self.l2.load_full() else {
             return Ok(0);
@@ -227,7 +230,7 @@ impl CacheStore {
     }
 
     /// Drops the matching entries of this instance's tier.
-    pub fn purge_local(&self, purge: &Purge) {
+    pub(crate) fn purge_local(&self, purge: &Purge) {
         let purge = purge.clone();
         let _ = self
             .l1
@@ -245,7 +248,7 @@ impl CacheStore {
     }
 
     /// The first keys held in process (for the admin API).
-    pub fn keys(&self, at_most: usize) -> Vec<String> {
+    pub(crate) fn keys(&self, at_most: usize) -> Vec<String> {
         self.l1
             .iter()
             .take(at_most)

@@ -209,7 +209,7 @@ fn encode_circuits(
     encoder: &mut DescriptorEncoder,
 ) -> Result<(), std::fmt::Error> {
     use sekisho_policy::breaker::State;
-    let now = std::time::Instant::now();
+    let now = tokio::time::Instant::now().into_std();
     type Row<'a> = (&'a str, sekisho_policy::breaker::Figures);
     let circuits: Vec<Row> = upstreams
         .iter()

@@ -19,75 +19,75 @@ use crate::upstream::UpstreamGroup;
 use collect::{ProcessCollector, TargetCollector};
 
 /// Metric names, without the `_total` that counters get on exposition.
-pub mod names {
+pub(crate) mod names {
     /// Requests answered, by route, upstream and status class.
-    pub const REQUESTS: &str = "sekisho_requests";
+    pub(crate) const REQUESTS: &str = "sekisho_requests";
     /// Time from the request head to the response head, by route and upstream.
-    pub const REQUEST_DURATION: &str = "sekisho_request_duration_seconds";
+    pub(crate) const REQUEST_DURATION: &str = "sekisho_request_duration_seconds";
     /// Requests between their head and the last byte of their response.
-    pub const REQUESTS_IN_FLIGHT: &str = "sekisho_requests_in_flight";
+    pub(crate) const REQUESTS_IN_FLIGHT: &str = "sekisho_requests_in_flight";
     /// Client connections open now.
-    pub const CONNECTIONS_OPEN: &str = "sekisho_connections_open";
+    pub(crate) const CONNECTIONS_OPEN: &str = "sekisho_connections_open";
     /// Client connections accepted.
-    pub const CONNECTIONS: &str = "sekisho_connections";
+    pub(crate) const CONNECTIONS: &str = "sekisho_connections";
     /// Connections closed because a request head took too long (slowloris).
-    pub const HEADER_READ_TIMEOUTS: &str = "sekisho_header_read_timeouts";
+    pub(crate) const HEADER_READ_TIMEOUTS: &str = "sekisho_header_read_timeouts";
     /// Failed connection attempts to targets, by upstream.
-    pub const UPSTREAM_CONNECT_ERRORS: &str = "sekisho_upstream_connect_errors";
+    pub(crate) const UPSTREAM_CONNECT_ERRORS: &str = "sekisho_upstream_connect_errors";
     /// Config reloads, by result.
-    pub const CONFIG_RELOADS: &str = "sekisho_config_reloads";
+    pub(crate) const CONFIG_RELOADS: &str = "sekisho_config_reloads";
     /// Unix time of the config now in force.
-    pub const CONFIG_LOADED_TIMESTAMP: &str = "sekisho_config_loaded_timestamp_seconds";
+    pub(crate) const CONFIG_LOADED_TIMESTAMP: &str = "sekisho_config_loaded_timestamp_seconds";
     /// Active health checks, by upstream and result.
-    pub const HEALTH_CHECKS: &str = "sekisho_health_checks";
+    pub(crate) const HEALTH_CHECKS: &str = "sekisho_health_checks";
     /// Retries made, by route and what failed (connect_error, timeout, status).
-    pub const RETRIES: &str = "sekisho_retries";
+    pub(crate) const RETRIES: &str = "sekisho_retries";
     /// Retries refused because the route's retry budget was spent, by route.
-    pub const RETRY_BUDGET_EXHAUSTED: &str = "sekisho_retry_budget_exhausted";
+    pub(crate) const RETRY_BUDGET_EXHAUSTED: &str = "sekisho_retry_budget_exhausted";
     /// Answers by a route's fallback, by route and kind (upstream or static).
-    pub const FALLBACKS: &str = "sekisho_fallbacks";
+    pub(crate) const FALLBACKS: &str = "sekisho_fallbacks";
     /// Per target (upstream, target): 1 while passing the active checks.
-    pub const TARGET_HEALTHY: &str = "sekisho_upstream_target_healthy";
+    pub(crate) const TARGET_HEALTHY: &str = "sekisho_upstream_target_healthy";
     /// Per target: 1 while it may take requests (healthy, not ejected, in the active group).
-    pub const TARGET_ELIGIBLE: &str = "sekisho_upstream_target_eligible";
+    pub(crate) const TARGET_ELIGIBLE: &str = "sekisho_upstream_target_eligible";
     /// Per target: 1 while ejected by outlier detection.
-    pub const TARGET_EJECTED: &str = "sekisho_upstream_target_ejected";
+    pub(crate) const TARGET_EJECTED: &str = "sekisho_upstream_target_ejected";
     /// Per target: requests in flight.
-    pub const TARGET_IN_FLIGHT: &str = "sekisho_upstream_target_in_flight";
+    pub(crate) const TARGET_IN_FLIGHT: &str = "sekisho_upstream_target_in_flight";
     /// Per target: peak-EWMA latency estimate.
-    pub const TARGET_LATENCY: &str = "sekisho_upstream_target_latency_seconds";
+    pub(crate) const TARGET_LATENCY: &str = "sekisho_upstream_target_latency_seconds";
     /// Per target: times a balancer picked it.
-    pub const TARGET_PICKS: &str = "sekisho_upstream_target_picks";
+    pub(crate) const TARGET_PICKS: &str = "sekisho_upstream_target_picks";
     /// Per target: times it was ejected.
-    pub const TARGET_EJECTIONS: &str = "sekisho_upstream_target_ejections";
+    pub(crate) const TARGET_EJECTIONS: &str = "sekisho_upstream_target_ejections";
     /// Per upstream circuit: 1 for the state it is in (label `state`), 0 for the others.
-    pub const CIRCUIT_STATE: &str = "sekisho_circuit_state";
+    pub(crate) const CIRCUIT_STATE: &str = "sekisho_circuit_state";
     /// Per upstream circuit: times it opened.
-    pub const CIRCUIT_OPENED: &str = "sekisho_circuit_opened";
+    pub(crate) const CIRCUIT_OPENED: &str = "sekisho_circuit_opened";
     /// Per upstream circuit: calls in its window.
-    pub const CIRCUIT_CALLS: &str = "sekisho_circuit_window_calls";
+    pub(crate) const CIRCUIT_CALLS: &str = "sekisho_circuit_window_calls";
     /// Per upstream circuit: failure rate of its window.
-    pub const CIRCUIT_FAILURE_RATE: &str = "sekisho_circuit_failure_rate";
+    pub(crate) const CIRCUIT_FAILURE_RATE: &str = "sekisho_circuit_failure_rate";
     /// Per upstream bulkhead: slots in use.
-    pub const BULKHEAD_IN_USE: &str = "sekisho_bulkhead_in_use";
+    pub(crate) const BULKHEAD_IN_USE: &str = "sekisho_bulkhead_in_use";
     /// Per upstream bulkhead: requests waiting for a slot.
-    pub const BULKHEAD_QUEUED: &str = "sekisho_bulkhead_queued";
+    pub(crate) const BULKHEAD_QUEUED: &str = "sekisho_bulkhead_queued";
     /// Per upstream bulkhead: requests refused with BULKHEAD_FULL.
-    pub const BULKHEAD_REJECTED: &str = "sekisho_bulkhead_rejected";
+    pub(crate) const BULKHEAD_REJECTED: &str = "sekisho_bulkhead_rejected";
     /// Rate-limit decisions, by route (`*`: the server-wide limit) and result.
-    pub const RATE_LIMIT_DECISIONS: &str = "sekisho_rate_limit_decisions";
+    pub(crate) const RATE_LIMIT_DECISIONS: &str = "sekisho_rate_limit_decisions";
     /// Rate-limit decisions Redis could not make, by route.
-    pub const RATE_LIMIT_STORE_ERRORS: &str = "sekisho_rate_limit_store_errors";
+    pub(crate) const RATE_LIMIT_STORE_ERRORS: &str = "sekisho_rate_limit_store_errors";
     /// Seconds per Redis rate-limit decision, by route.
-    pub const RATE_LIMIT_STORE_SECONDS: &str = "sekisho_rate_limit_store_seconds";
+    pub(crate) const RATE_LIMIT_STORE_SECONDS: &str = "sekisho_rate_limit_store_seconds";
     /// Cache lookups of cached routes, by route and result.
-    pub const CACHE_LOOKUPS: &str = "sekisho_cache_lookups";
+    pub(crate) const CACHE_LOOKUPS: &str = "sekisho_cache_lookups";
     /// Per route with adaptive concurrency: the current limit.
-    pub const CONCURRENCY_LIMIT: &str = "sekisho_adaptive_concurrency_limit";
+    pub(crate) const CONCURRENCY_LIMIT: &str = "sekisho_adaptive_concurrency_limit";
     /// Per route with adaptive concurrency: calls holding a place under the limit.
-    pub const CONCURRENCY_IN_FLIGHT: &str = "sekisho_adaptive_concurrency_in_flight";
+    pub(crate) const CONCURRENCY_IN_FLIGHT: &str = "sekisho_adaptive_concurrency_in_flight";
     /// Per route with adaptive concurrency: calls shed with OVERLOADED.
-    pub const SHED: &str = "sekisho_shed";
+    pub(crate) const SHED: &str = "sekisho_shed";
 }
 
 /// Each route's adaptive concurrency limit, by route name.
@@ -105,7 +105,7 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 
 /// The gateway's metrics and their registry.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     requests: Family<Labels, Counter>,
     durations: Family<Labels, Histogram>,
@@ -135,14 +135,14 @@ pub struct Metrics {
 
 /// The metric handles of one route.
 #[derive(Debug, Clone)]
-pub struct RouteMetrics {
+pub(crate) struct RouteMetrics {
     by_class: [Counter; 5],
     duration: Histogram,
 }
 
 impl RouteMetrics {
     /// Counts one answered request.
-    pub fn record(&self, status: u16, seconds: f64) {
+    pub(crate) fn record(&self, status: u16, seconds: f64) {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].inc();
         self.duration.observe(seconds);
@@ -151,7 +151,7 @@ impl RouteMetrics {
 
 impl Metrics {
     /// Registers every metric.
-    pub fn new() -> Arc<Self> {
+    pub(crate) fn new() -> Arc<Self> {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -297,7 +297,7 @@ impl Metrics {
     }
 
     /// The handles of `route` → `upstream` (created on first use, then shared).
-    pub fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
+    pub(crate) fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
         let by_class = CLASSES.map(|class| {
             self.requests
                 .get_or_create(&vec![
@@ -318,7 +318,7 @@ impl Metrics {
     }
 
     /// The retry counters of `route`.
-    pub fn route_retries(&self, route: &str) -> crate::retry::RetryMetrics {
+    pub(crate) fn route_retries(&self, route: &str) -> crate::retry::RetryMetrics {
         let reasons = ["connect_error", "timeout", "status"].map(|reason| {
             self.retries
                 .get_or_create(&vec![
@@ -337,7 +337,7 @@ impl Metrics {
     }
 
     /// The fallback counters of `route`: [upstream, static].
-    pub fn route_fallbacks(&self, route: &str) -> [Counter; 2] {
+    pub(crate) fn route_fallbacks(&self, route: &str) -> [Counter; 2] {
         ["upstream", "static"].map(|kind| {
             self.fallbacks
                 .get_or_create(&vec![
@@ -349,14 +349,14 @@ impl Metrics {
     }
 
     /// The connect-error counter of `upstream`.
-    pub fn upstream_connect_errors(&self, upstream: &str) -> Counter {
+    pub(crate) fn upstream_connect_errors(&self, upstream: &str) -> Counter {
         self.upstream_connect_errors
             .get_or_create(&vec![("upstream", upstream.to_owned())])
             .clone()
     }
 
     /// Counts an active health check of `upstream`.
-    pub fn health_check(&self, upstream: &str, ok: bool) {
+    pub(crate) fn health_check(&self, upstream: &str, ok: bool) {
         let result = if ok { "ok" } else { "failed" };
         self.health_checks
             .get_or_create(&vec![
@@ -367,7 +367,7 @@ impl Metrics {
     }
 
     /// The handles of the rate limit of `scope` (a route's name, or `*`).
-    pub fn rate_limit(&self, scope: &str) -> crate::ratelimit::LimitMetrics {
+    pub(crate) fn rate_limit(&self, scope: &str) -> crate::ratelimit::LimitMetrics {
         let result = |result: &str| {
             self.rate_decisions
                 .get_or_create(&vec![
@@ -386,7 +386,7 @@ impl Metrics {
     }
 
     /// The cache counters of `route`.
-    pub fn cache(&self, route: &str) -> crate::cache::CacheMetrics {
+    pub(crate) fn cache(&self, route: &str) -> crate::cache::CacheMetrics {
         let result = |result: &str| {
             self.cache_lookups
                 .get_or_create(&vec![
@@ -408,18 +408,18 @@ impl Metrics {
 
     /// The upstreams whose targets the per-target metrics describe (those of the generation in
     /// force).
-    pub fn set_upstreams(&self, groups: Vec<Arc<UpstreamGroup>>) {
+    pub(crate) fn set_upstreams(&self, groups: Vec<Arc<UpstreamGroup>>) {
         self.upstreams.store(Arc::new(groups));
     }
 
     /// The routes' adaptive concurrency limits the metrics describe (those of the generation in
     /// force).
-    pub fn set_adaptive_limits(&self, limits: AdaptiveLimits) {
+    pub(crate) fn set_adaptive_limits(&self, limits: AdaptiveLimits) {
         self.limits.store(Arc::new(limits));
     }
 
     /// Counts a reload attempt.
-    pub fn config_reload(&self, ok: bool) {
+    pub(crate) fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.config_reloads
             .get_or_create(&vec![("result", result.to_owned())])
@@ -427,12 +427,12 @@ impl Metrics {
     }
 
     /// The Prometheus text format 0.0.4 (what `promtool check metrics` and every scraper read).
-    pub fn encode_prometheus(&self) -> String {
+    pub(crate) fn encode_prometheus(&self) -> String {
         openmetrics_to_prometheus(&self.encode_openmetrics())
     }
 
     /// The OpenMetrics text exposition.
-    pub fn encode_openmetrics(&self) -> String {
+    pub(crate) fn encode_openmetrics(&self) -> String {
         let mut text = String::with_capacity(8192);
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
             text.clear();

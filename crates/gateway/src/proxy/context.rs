@@ -15,7 +15,7 @@ use crate::router::CompiledRoute;
 
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone)]
-pub struct ClientInfo {
+pub(crate) struct ClientInfo {
     /// The peer's address.
     pub remote: SocketAddr,
     /// Whether the connection is TLS.
@@ -34,7 +34,7 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     /// Describes a client connection.
-    pub fn new(remote: SocketAddr, tls: bool) -> Self {
+    pub(crate) fn new(remote: SocketAddr, tls: bool) -> Self {
         let ip = remote.ip();
         let forwarded_node = match ip {
             std::net::IpAddr::V4(v4) => v4.to_string(),

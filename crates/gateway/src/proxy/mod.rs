@@ -33,7 +33,7 @@ use crate::request_id::{request_id_of, X_REQUEST_ID};
 use crate::state::GatewayState;
 
 use access_log::AccessInfo;
-pub use context::ClientInfo;
+pub(crate) use context::ClientInfo;
 use context::Exchange;
 
 /// Serves one request.

@@ -175,7 +175,7 @@ pub(super) fn sample_concurrency(
         permit.sample(
             Sample::Dropped,
             started.into_std(),
-            std::time::Instant::now(),
+            Instant::now().into_std(),
         );
     } else if let (Ok(_), None, Some(answered)) = (&*forwarded, outcome.fallback, outcome.answered)
     {
@@ -219,7 +219,7 @@ fn key_source<'a>(
         }),
         headers,
         route,
-        at: started.into_std(),
+        at: started,
     }
 }
 

@@ -19,11 +19,11 @@ use crate::pool::{CallError, Http1Client, Http1Pool, Lease};
 use crate::sync::lock;
 
 /// hyper-util's pooled client, for h2c targets (one multiplexed connection each).
-pub type H2cClient = Client<HttpConnector, RequestBody>;
+pub(crate) type H2cClient = Client<HttpConnector, RequestBody>;
 
 /// How an upstream's targets are reached, by protocol.
 #[derive(Debug, Clone)]
-pub enum UpstreamClient {
+pub(crate) enum UpstreamClient {
     /// HTTP/1.1: the gateway's own pools ([`crate::pool`]).
     Http1(Arc<Http1Client>),
     /// h2c (HTTP/2 without TLS, prior knowledge): hyper-util's client.
@@ -44,7 +44,7 @@ impl UpstreamClient {
 
 /// How one target is reached.
 #[derive(Debug)]
-pub enum TargetConn {
+pub(crate) enum TargetConn {
     /// Through the target's pool of HTTP/1.1 connections.
     Http1(Arc<Http1Pool>),
     /// Through hyper-util's client, at this authority.
@@ -53,7 +53,7 @@ pub enum TargetConn {
 
 impl TargetConn {
     /// Open connections idle in the target's pool (HTTP/1.1).
-    pub fn idle(&self) -> Option<usize> {
+    pub(crate) fn idle(&self) -> Option<usize> {
         match self {
             Self::Http1(pool) => Some(pool.idle()),
             Self::H2c(..) => None,
@@ -62,7 +62,7 @@ impl TargetConn {
 
     /// Sends `request` (its URI the origin-form target) to the target; the answer comes with
     /// the connection's lease (HTTP/1.1), to be kept until the body is done.
-    pub async fn send(
+    pub(crate) async fn send(
         &self,
         mut request: Request<RequestBody>,
         now: Instant,
@@ -97,13 +97,13 @@ struct ClientKey {
 
 /// Clients by settings, kept across reloads.
 #[derive(Debug, Default)]
-pub struct ClientCache {
+pub(crate) struct ClientCache {
     clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
 }
 
 impl ClientCache {
     /// The client for `upstream`'s settings, reusing an existing one (and its pool) if any.
-    pub fn client_for(&self, upstream: &Upstream) -> UpstreamClient {
+    pub(crate) fn client_for(&self, upstream: &Upstream) -> UpstreamClient {
         let key = ClientKey {
             protocol: upstream.protocol,
             connect_timeout: upstream.connect_timeout.get(),

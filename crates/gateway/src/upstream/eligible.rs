@@ -54,7 +54,7 @@ impl Snapshot {
 impl UpstreamGroup {
     /// The target for a request with `key` (hashed) at `now`, leaving out `excluded` targets
     /// (those a retry already tried).
-    pub fn pick(
+    pub(crate) fn pick(
         &self,
         key: Option<u64>,
         now: Instant,
@@ -109,7 +109,7 @@ impl UpstreamGroup {
     }
 
     /// Whether no target is usable and `panic = "spread"` is spreading over all of them.
-    pub fn is_panicking(&self) -> bool {
+    pub(crate) fn is_panicking(&self) -> bool {
         self.current_snapshot(self.clock.millis(Instant::now()))
             .panicking
     }

@@ -43,16 +43,17 @@ use tokio::time::Instant;
 use crate::body::Held;
 use crate::clock::Clock;
 
-pub use client::{ClientCache, H2cClient, TargetConn, UpstreamClient};
-pub use outlier::CallOutcome;
-pub use state::{CheckRecord, TargetState, UpstreamState, UpstreamStates};
+pub(crate) use client::{ClientCache, TargetConn, UpstreamClient};
+pub(crate) use outlier::CallOutcome;
+pub use state::CheckRecord;
+pub(crate) use state::{TargetState, UpstreamState, UpstreamStates};
 
 use eligible::Snapshot;
 use outlier::OutlierSettings;
 
 /// One target of an upstream, in this generation.
 #[derive(Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// As configured: "host:port".
     pub address: Arc<str>,
     /// How it is reached (its connection pool).
@@ -67,7 +68,7 @@ pub struct Target {
 
 /// An upstream ready to serve.
 #[derive(Debug)]
-pub struct UpstreamGroup {
+pub(crate) struct UpstreamGroup {
     /// The upstream's name.
     pub name: Arc<str>,
     /// Targets in config order.
@@ -100,7 +101,7 @@ pub struct UpstreamGroup {
 
 /// An upstream's circuit breaker as the proxy uses it.
 #[derive(Debug)]
-pub struct Circuit {
+pub(crate) struct Circuit {
     /// The breaker (shared across reloads while its settings stay).
     pub breaker: Arc<Breaker>,
     /// Statuses that count as failures; timeouts, connect errors and broken answers always do.
@@ -133,11 +134,11 @@ fn breaker_config(config: &sekisho_config::CircuitBreaker) -> BreakerConfig {
 
 /// Why no target could be picked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NoTarget;
+pub(crate) struct NoTarget;
 
 impl UpstreamGroup {
     /// Builds the group; addresses were checked by the config.
-    pub fn new(
+    pub(crate) fn new(
         name: &str,
         upstream: &Upstream,
         client: UpstreamClient,
@@ -215,22 +216,22 @@ impl UpstreamGroup {
     }
 
     /// The state shared across generations.
-    pub fn state(&self) -> &Arc<UpstreamState> {
+    pub(crate) fn state(&self) -> &Arc<UpstreamState> {
         &self.state
     }
 
     /// The clock of target state.
-    pub fn clock(&self) -> Clock {
+    pub(crate) fn clock(&self) -> Clock {
         self.clock
     }
 
     /// A call to `target` begins: counted in flight until the returned hold is dropped.
-    pub fn begin(&self, target: usize) -> Option<Held> {
+    pub(crate) fn begin(&self, target: usize) -> Option<Held> {
         Some(self.targets.get(target)?.state.begin())
     }
 
     /// A snapshot of the targets for the admin API.
-    pub fn view(&self) -> Vec<TargetFigures> {
+    pub(crate) fn view(&self) -> Vec<TargetFigures> {
         let now = Instant::now();
         let millis = self.clock.millis(now);
         let snapshot = self.current_snapshot(millis);
@@ -258,7 +259,7 @@ impl UpstreamGroup {
 
 /// Live figures of one target, for the admin API and metrics.
 #[derive(Debug, Clone)]
-pub struct TargetFigures {
+pub(crate) struct TargetFigures {
     /// May take requests now.
     pub eligible: bool,
     /// Passing the active checks.
@@ -294,7 +295,7 @@ fn algorithm_of(balance: Balance) -> Algorithm {
 }
 
 /// The name of `balance` as the config spells it.
-pub fn balance_name(balance: Balance) -> &'static str {
+pub(crate) fn balance_name(balance: Balance) -> &'static str {
     match balance {
         Balance::RoundRobin => "round_robin",
         Balance::WeightedRoundRobin => "weighted_round_robin",

@@ -25,7 +25,7 @@ pub(super) struct OutlierSettings {
 
 /// How a call to a target ended, as far as health is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallOutcome {
+pub(crate) enum CallOutcome {
     /// An answer with this status.
     Status(u16),
     /// No connection could be made.
@@ -59,7 +59,13 @@ impl CallOutcome {
 impl UpstreamGroup {
     /// Records how a call to `target` ended (at the response head, or in failure), for the
     /// balancers' figures and outlier detection.
-    pub fn record(&self, target: usize, outcome: CallOutcome, latency: Duration, now: Instant) {
+    pub(crate) fn record(
+        &self,
+        target: usize,
+        outcome: CallOutcome,
+        latency: Duration,
+        now: Instant,
+    ) {
         let Some(chosen) = self.targets.get(target) else {
             return;
         };

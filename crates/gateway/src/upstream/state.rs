@@ -19,7 +19,7 @@ use crate::sync::lock;
 
 /// What is known about one target, kept across reloads.
 #[derive(Debug)]
-pub struct TargetState {
+pub(crate) struct TargetState {
     /// In flight, latency estimate and error rate, as the balancers read them.
     pub load: TargetLoad,
     /// Passing the active health checks (true until checks say otherwise).
@@ -74,27 +74,27 @@ impl TargetState {
     }
 
     /// Passing the active checks.
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
     /// Ejected by outlier detection at `now`.
-    pub fn is_ejected(&self, now: Millis) -> bool {
+    pub(crate) fn is_ejected(&self, now: Millis) -> bool {
         self.ejected_until.load(Ordering::Relaxed) > now
     }
 
     /// Times ejected.
-    pub fn ejections(&self) -> u64 {
+    pub(crate) fn ejections(&self) -> u64 {
         self.ejections_total.load(Ordering::Relaxed)
     }
 
     /// Times picked.
-    pub fn picks(&self) -> u64 {
+    pub(crate) fn picks(&self) -> u64 {
         self.picks.load(Ordering::Relaxed)
     }
 
     /// The last active check, if any.
-    pub fn last_check(&self) -> Option<CheckRecord> {
+    pub(crate) fn last_check(&self) -> Option<CheckRecord> {
         lock(&self.last_check).clone()
     }
 
@@ -123,7 +123,7 @@ impl TargetState {
 
     /// Marks it healthy or not after its active checks crossed a threshold; a target coming
     /// back ramps up. Returns whether anything changed.
-    pub fn set_health(&self, upstream: &UpstreamState, healthy: bool, now: Millis) -> bool {
+    pub(crate) fn set_health(&self, upstream: &UpstreamState, healthy: bool, now: Millis) -> bool {
         if self.healthy.swap(healthy, Ordering::Relaxed) == healthy {
             return false;
         }
@@ -135,7 +135,7 @@ impl TargetState {
     }
 
     /// A passing active check ends an ejection early (a success brings the target back).
-    pub fn uneject(&self, upstream: &UpstreamState, now: Millis) -> bool {
+    pub(crate) fn uneject(&self, upstream: &UpstreamState, now: Millis) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
         if until <= now || !self.end_ejection(until, now) {
             return false;
@@ -148,7 +148,7 @@ impl TargetState {
 /// What an upstream has learnt, kept across reloads: its targets' states and a counter of
 /// changes that invalidate snapshots.
 #[derive(Debug)]
-pub struct UpstreamState {
+pub(crate) struct UpstreamState {
     name: Arc<str>,
     targets: Mutex<HashMap<String, Arc<TargetState>>>,
     pub(super) changes: AtomicU64,
@@ -163,12 +163,12 @@ pub struct UpstreamState {
 
 impl UpstreamState {
     /// Something changed that may change which targets are eligible.
-    pub fn changed(&self) {
+    pub(crate) fn changed(&self) {
         self.changes.fetch_add(1, Ordering::Release);
     }
 
     /// The upstream's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
@@ -211,7 +211,7 @@ type BulkheadSettings = (u32, u32, Duration);
 
 /// Every upstream's state, by name, on one clock; kept across reloads.
 #[derive(Debug)]
-pub struct UpstreamStates {
+pub(crate) struct UpstreamStates {
     clock: Clock,
     upstreams: Mutex<HashMap<String, Arc<UpstreamState>>>,
 }
@@ -227,7 +227,7 @@ impl Default for UpstreamStates {
 
 impl UpstreamStates {
     /// The clock of target state.
-    pub fn clock(&self) -> Clock {
+    pub(crate) fn clock(&self) -> Clock {
         self.clock
     }
 
@@ -267,7 +267,7 @@ impl UpstreamStates {
     }
 
     /// Forgets upstreams and targets that `config` no longer names.
-    pub fn retain(&self, config: &sekisho_config::Config) {
+    pub(crate) fn retain(&self, config: &sekisho_config::Config) {
         let mut upstreams = lock(&self.upstreams);
         upstreams.retain(|name, state| {
             let Some((_, upstream)) = config.upstreams.iter().find(|(n, _)| n.get_ref() == name)
@@ -296,7 +296,7 @@ impl Release for TargetState {
 
 impl TargetState {
     /// A call begins: counted in flight until the returned hold is dropped.
-    pub fn begin(self: &Arc<Self>) -> Held {
+    pub(crate) fn begin(self: &Arc<Self>) -> Held {
         self.load.begin();
         Held::new(Arc::clone(self) as Arc<dyn Release>)
     }
