@@ -97,13 +97,13 @@ pub(crate) struct RateLimit {
     key: Vec<KeyPart>,
     cost: u64,
     local: Arc<LocalLimiter>,
-    shared: Option<Shared>,
+    shared: Option<RedisBacked>,
     metrics: LimitMetrics,
 }
 
 /// The Redis side of a limit.
 #[derive(Debug)]
-struct Shared {
+struct RedisBacked {
     store: Arc<StoreLink>,
     on_error: OnStoreError,
     /// This instance's share, for `on_store_error = "local"`, with the instance count it was
@@ -188,7 +188,7 @@ impl RateLimit {
         metrics: LimitMetrics,
     ) -> Self {
         let shared = match (config.backend, store) {
-            (sekisho_config::RateLimitBackend::Redis, Some(store)) => Some(Shared {
+            (sekisho_config::RateLimitBackend::Redis, Some(store)) => Some(RedisBacked {
                 store,
                 on_error: config.on_store_error,
                 share: Mutex::new(None),
@@ -226,7 +226,7 @@ impl RateLimit {
         }
     }
 
-    async fn decide_shared(&self, shared: &Shared, key: &str) -> Decision {
+    async fn decide_shared(&self, shared: &RedisBacked, key: &str) -> Decision {
         let started = Instant::now();
         let answer = match shared.store.limiter() {
             Some(redis) => redis
@@ -271,7 +271,7 @@ impl RateLimit {
     }
 
     /// This instance's share of the limit, remade when the instance count changed.
-    fn share(&self, shared: &Shared) -> Arc<LocalLimiter> {
+    fn share(&self, shared: &RedisBacked) -> Arc<LocalLimiter> {
         let instances = shared.store.instances().max(1);
         let mut share = lock(&shared.share);
         match &*share {

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use sekisho_policy::balance::{hash_key, Algorithm, Balancer, StaticPool, TargetLoad};
+use sekisho_policy::balance::{hash_key, Algorithm, Balancer, StaticTargets, TargetLoad};
 
 const ALGORITHMS: [(&str, Algorithm); 7] = [
     ("round_robin", Algorithm::RoundRobin),
@@ -32,7 +32,7 @@ fn picks(c: &mut Criterion) {
             .map(|i| format!("10.0.{}.{}:8080", i / 250, i % 250))
             .collect();
         let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-        let pool = StaticPool::new(&weights, &loads);
+        let pool = StaticTargets::new(&weights, &loads);
         for (name, algorithm) in ALGORITHMS {
             let balancer = Balancer::new(algorithm, &refs, &weights);
             let keys: Vec<u64> = (0..1024u64).map(|k| hash_key(&k.to_le_bytes())).collect();
@@ -58,7 +58,7 @@ fn picks(c: &mut Criterion) {
         }
         // Smooth weighted round robin off its precomputed period: one target down.
         let down: Vec<usize> = (1..count).collect();
-        let degraded = StaticPool::new(&weights, &loads).with_eligible(&down);
+        let degraded = StaticTargets::new(&weights, &loads).with_eligible(&down);
         let balancer = Balancer::new(Algorithm::WeightedRoundRobin, &refs, &weights);
         group.bench_with_input(
             BenchmarkId::new("weighted_round_robin_one_down", count),
@@ -73,7 +73,7 @@ fn picks(c: &mut Criterion) {
                 load.begin();
             }
         }
-        let busy_pool = StaticPool::new(&weights, &busy);
+        let busy_pool = StaticTargets::new(&weights, &busy);
         let balancer = Balancer::new(Algorithm::LeastConnections, &refs, &weights);
         group.bench_with_input(
             BenchmarkId::new("least_connections_busy", count),

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sekisho_config::{Balance, PanicMode};
-use sekisho_policy::balance::{Pool, TargetLoad};
+use sekisho_policy::balance::{TargetLoad, TargetSet};
 use tokio::time::Instant;
 
 use super::{NoTarget, UpstreamGroup};
@@ -247,7 +247,7 @@ impl Candidates<'_> {
     }
 }
 
-impl Pool for Candidates<'_> {
+impl TargetSet for Candidates<'_> {
     fn eligible(&self) -> &[usize] {
         self.eligible
     }

@@ -1,6 +1,6 @@
 //! Choosing a target of an upstream for one request.
 //!
-//! A [`Balancer`] picks among the targets a [`Pool`] says are eligible (healthy, not ejected, in
+//! A [`Balancer`] picks among the targets a [`TargetSet`] says are eligible (healthy, not ejected, in
 //! the active priority group), using the effective weights the pool gives (which may ramp up
 //! during slow start) and the live figures of each target's [`TargetLoad`]. The pool is
 //! borrowed for one pick: the balancer keeps only its own small state (a counter, the current
@@ -19,7 +19,7 @@
 //! Smooth weighted round robin updates the current weights of the eligible targets only: a
 //! target that is out keeps the current weight it had (it neither gains nor pays while out),
 //! and when it returns it resumes from there, as in nginx. While every target is eligible with
-//! its configured weight ([`Pool::weights_as_configured`]) a pick follows a precomputed period
+//! its configured weight ([`TargetSet::weights_as_configured`]) a pick follows a precomputed period
 //! of the sequence (lock-free) instead of the current weights; the two agree in proportions
 //! and smoothness, not in phase, when the pool moves between them.
 //!
@@ -41,23 +41,23 @@
 //!
 //! ```
 //! use std::time::Instant;
-//! use sekisho_policy::balance::{Algorithm, Balancer, StaticPool, TargetLoad};
+//! use sekisho_policy::balance::{Algorithm, Balancer, StaticTargets, TargetLoad};
 //!
 //! let now = Instant::now();
 //! let loads: Vec<TargetLoad> = (0..3).map(|_| TargetLoad::new(now)).collect();
-//! let pool = StaticPool::new(&[1, 1, 1], &loads);
+//! let pool = StaticTargets::new(&[1, 1, 1], &loads);
 //! let balancer = Balancer::new(Algorithm::RoundRobin, &["a:80", "b:80", "c:80"], &[1, 1, 1]);
 //! let picks: Vec<usize> = (0..4).map(|_| balancer.pick(&pool, None, now).unwrap()).collect();
 //! assert_eq!(picks, [0, 1, 2, 0]);
 //! ```
 
 mod load;
-mod pool;
 mod random;
+mod targets;
 
 pub use load::{TargetLoad, DECAY, DEFAULT_RTT};
-pub use pool::{Pool, StaticPool};
 use random::least_response_time;
+pub use targets::{StaticTargets, TargetSet};
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -96,7 +96,7 @@ pub enum Algorithm {
 /// previous target), ending early once a lane reaches 0; then the first target with that key
 /// from the start, which is usually near. Over 100 busy targets: 117 → 87 ns (one session,
 /// docs/benchmarks.md); blocks of sixteen between the checks for 0 measured the same.
-fn least_key_all_eligible<P: Pool + ?Sized>(
+fn least_key_all_eligible<P: TargetSet + ?Sized>(
     pool: &P,
     factors: &[u32],
     start: usize,
@@ -158,7 +158,7 @@ pub struct Balancer {
     /// that is short enough to keep: the steady state then costs one counter increment.
     period: Vec<u32>,
     /// Smooth weighted round robin's period for the last eligible set a pool identified
-    /// ([`Pool::set_id`]), when it is not the steady one: a degraded pool is O(1) too.
+    /// ([`TargetSet::set_id`]), when it is not the steady one: a degraded pool is O(1) too.
     degraded: std::sync::RwLock<(u64, Vec<u32>)>,
     /// Weighted random: mean latency of the eligible targets (nanoseconds, f64 bits) as last
     /// computed, the reference a target's latency is scored against; NaN until computed.
@@ -259,7 +259,7 @@ impl Balancer {
     /// The target for one request, or `None` when no target is eligible. `key` is the request's
     /// key hashed with [`hash_key`] (for `IpHash` and `ConsistentHash`; without one they fall
     /// back to round robin).
-    pub fn pick<P: Pool + ?Sized>(
+    pub fn pick<P: TargetSet + ?Sized>(
         &self,
         pool: &P,
         key: Option<u64>,
@@ -296,7 +296,7 @@ impl Balancer {
     /// richest is chosen and pays the total back; targets that are out are left as they are
     /// (see the module docs). `None` only when no eligible target is one the balancer was
     /// built with.
-    fn smooth_weighted<P: Pool + ?Sized>(&self, pool: &P) -> Option<usize> {
+    fn smooth_weighted<P: TargetSet + ?Sized>(&self, pool: &P) -> Option<usize> {
         if !self.period.is_empty() && self.steady(pool) {
             let step = self.turn.fetch_add(1, Ordering::Relaxed) % self.period.len();
             return Some(self.period[step] as usize);
@@ -329,7 +329,7 @@ impl Balancer {
 
     /// The next target of the period of the pool's eligible set, computed once per set the
     /// pool identifies; `None` when it gives no id or the period would be too long.
-    fn degraded_period<P: Pool + ?Sized>(&self, pool: &P) -> Option<usize> {
+    fn degraded_period<P: TargetSet + ?Sized>(&self, pool: &P) -> Option<usize> {
         let id = pool.set_id();
         if id == 0 {
             return None;
@@ -366,13 +366,13 @@ impl Balancer {
     /// Whether the pool is in its steady state: every target eligible with its configured
     /// weight (nothing down, nothing ramping). Smooth weighted round robin then follows its
     /// precomputed period instead of scanning.
-    fn steady<P: Pool + ?Sized>(&self, pool: &P) -> bool {
+    fn steady<P: TargetSet + ?Sized>(&self, pool: &P) -> bool {
         pool.eligible().len() == self.configured.len() && pool.weights_as_configured()
     }
 
     /// Fewest in flight per unit of weight; the scan starts at a rotating place so that ties
     /// are shared in turn.
-    fn least_connections<P: Pool + ?Sized>(&self, pool: &P) -> usize {
+    fn least_connections<P: TargetSet + ?Sized>(&self, pool: &P) -> usize {
         let eligible = pool.eligible();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % eligible.len();
         if pool.weights_as_configured() && !self.lc_factors.is_empty() {
@@ -405,7 +405,7 @@ impl Balancer {
     /// the first smallest from the rotating start; the multiplication stays off the chain of
     /// comparisons, and a target with nothing in flight ends the scan (nothing can beat it, and
     /// it is the first of its ties in the scan's order, as the full scan would choose).
-    fn least_connections_keyed<P: Pool + ?Sized>(
+    fn least_connections_keyed<P: TargetSet + ?Sized>(
         &self,
         pool: &P,
         eligible: &[usize],
@@ -455,7 +455,7 @@ impl Balancer {
 
     /// The key's place among all targets by weight; a place whose target is out is rehashed,
     /// so the keys of eligible targets never move.
-    fn ip_hash<P: Pool + ?Sized>(&self, pool: &P, key: u64) -> usize {
+    fn ip_hash<P: TargetSet + ?Sized>(&self, pool: &P, key: u64) -> usize {
         let Some(&total) = self.weight_sums.last() else {
             return self.in_turn(pool.eligible());
         };
@@ -472,7 +472,7 @@ impl Balancer {
     }
 
     /// The first eligible target clockwise of the key on the ring.
-    fn ring_lookup<P: Pool + ?Sized>(&self, pool: &P, key: u64) -> usize {
+    fn ring_lookup<P: TargetSet + ?Sized>(&self, pool: &P, key: u64) -> usize {
         if self.ring.is_empty() {
             return self.in_turn(pool.eligible());
         }

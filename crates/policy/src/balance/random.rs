@@ -4,11 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::{Balancer, Pool};
+use super::{Balancer, TargetSet};
 
 /// Power of two choices over the peak-EWMA cost: two distinct random eligible targets, the
 /// cheaper wins.
-pub(super) fn least_response_time<P: Pool + ?Sized>(pool: &P, now: Instant) -> usize {
+pub(super) fn least_response_time<P: TargetSet + ?Sized>(pool: &P, now: Instant) -> usize {
     let eligible = pool.eligible();
     let first = fastrand::usize(..eligible.len());
     let mut second = fastrand::usize(..eligible.len() - 1);
@@ -73,7 +73,7 @@ impl Balancer {
     /// draw, no latency read), then with probability score ÷ [`MAX_SCORE`]. O(1) expected:
     /// about max/mean weight draws and two latency reads per pick; after [`RANDOM_TRIES`]
     /// draws, the best-scored target that passed the weight test.
-    pub(super) fn weighted_random<P: Pool + ?Sized>(&self, pool: &P, now: Instant) -> usize {
+    pub(super) fn weighted_random<P: TargetSet + ?Sized>(&self, pool: &P, now: Instant) -> usize {
         let eligible = pool.eligible();
         let max_weight = pool.max_weight().max(1);
         // One access to the thread's generator per pick, not three per draw.
@@ -123,7 +123,7 @@ impl Balancer {
     /// Weighted random's reference: the mean latency of the eligible targets, recomputed by
     /// about one pick in max(256, 4 × targets) (chosen at random, so no shared counter), so
     /// that its O(n) pass costs at most a quarter of a latency read per pick.
-    fn reference_latency<P: Pool + ?Sized>(
+    fn reference_latency<P: TargetSet + ?Sized>(
         &self,
         pool: &P,
         now: Instant,

@@ -33,7 +33,7 @@ fn tally(picks: impl Iterator<Item = usize>, targets: usize) -> Vec<usize> {
 fn round_robin_takes_each_eligible_target_in_turn() {
     let now = Instant::now();
     let loads = loads(4, now);
-    let pool = StaticPool::new(&[1, 1, 1, 1], &loads).with_eligible(&[0, 2, 3]);
+    let pool = StaticTargets::new(&[1, 1, 1, 1], &loads).with_eligible(&[0, 2, 3]);
     let rr = balancer(Algorithm::RoundRobin, &[1, 1, 1, 1]);
     let picks: Vec<usize> = (0..6).map(|_| rr.pick(&pool, None, now).unwrap()).collect();
     assert_eq!(picks, [0, 2, 3, 0, 2, 3]);
@@ -44,7 +44,7 @@ fn smooth_weighted_round_robin_gives_nginx_sequence() {
     let now = Instant::now();
     let loads = loads(3, now);
     let weights = [5, 1, 1];
-    let pool = StaticPool::new(&weights, &loads);
+    let pool = StaticTargets::new(&weights, &loads);
     let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
     let picks: Vec<usize> = (0..14)
         .map(|_| wrr.pick(&pool, None, now).unwrap())
@@ -57,7 +57,7 @@ fn smooth_weighted_round_robin_shares_exactly_by_weight() {
     let now = Instant::now();
     let loads = loads(3, now);
     let weights = [1, 2, 3];
-    let pool = StaticPool::new(&weights, &loads);
+    let pool = StaticTargets::new(&weights, &loads);
     let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
     let counts = tally((0..600).map(|_| wrr.pick(&pool, None, now).unwrap()), 3);
     assert_eq!(counts, [100, 200, 300]);
@@ -76,7 +76,7 @@ fn smooth_weighted_round_robin_shares_exactly_by_weight() {
 fn least_connections_prefers_fewer_in_flight_per_weight_and_shares_ties() {
     let now = Instant::now();
     let loads = loads(3, now);
-    let pool = StaticPool::new(&[1, 1, 2], &loads);
+    let pool = StaticTargets::new(&[1, 1, 2], &loads);
     let lc = balancer(Algorithm::LeastConnections, &[1, 1, 2]);
     // Ties (nothing in flight) are shared in turn.
     let counts = tally((0..300).map(|_| lc.pick(&pool, None, now).unwrap()), 3);
@@ -98,7 +98,7 @@ fn least_connections_prefers_fewer_in_flight_per_weight_and_shares_ties() {
 fn least_response_time_prefers_the_fast_target_and_spreads_over_equals() {
     let now = Instant::now();
     let loads = loads(3, now);
-    let pool = StaticPool::new(&[1, 1, 1], &loads);
+    let pool = StaticTargets::new(&[1, 1, 1], &loads);
     let lrt = balancer(Algorithm::LeastResponseTime, &[1, 1, 1]);
     let equal = tally((0..3000).map(|_| lrt.pick(&pool, None, now).unwrap()), 3);
     assert!(equal.iter().all(|&c| (800..1200).contains(&c)), "{equal:?}");
@@ -114,7 +114,7 @@ fn least_response_time_prefers_the_fast_target_and_spreads_over_equals() {
     }
     assert_ne!(
         lrt.pick(
-            &StaticPool::new(&[1, 1, 1], &loads).with_eligible(&[0, 1]),
+            &StaticTargets::new(&[1, 1, 1], &loads).with_eligible(&[0, 1]),
             None,
             now
         ),
@@ -127,7 +127,7 @@ fn hashing_spreads_keys_by_weight() {
     let now = Instant::now();
     let loads = loads(3, now);
     let weights = [1, 2, 3];
-    let pool = StaticPool::new(&weights, &loads);
+    let pool = StaticTargets::new(&weights, &loads);
     for algorithm in [Algorithm::IpHash, Algorithm::ConsistentHash] {
         let b = balancer(algorithm, &weights);
         let counts = tally(
@@ -149,7 +149,7 @@ fn ring_assignment(count: usize, keys: &[u64]) -> Vec<String> {
     let now = Instant::now();
     let loads = loads(count, now);
     let weights = vec![1; count];
-    let pool = StaticPool::new(&weights, &loads);
+    let pool = StaticTargets::new(&weights, &loads);
     let ids = ids(count);
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let ring = Balancer::new(Algorithm::ConsistentHash, &refs, &weights);
@@ -194,8 +194,8 @@ fn an_ineligible_target_moves_only_its_own_keys() {
     let keys: Vec<u64> = (0..20_000u64).map(|k| hash_key(&k.to_le_bytes())).collect();
     for algorithm in [Algorithm::IpHash, Algorithm::ConsistentHash] {
         let b = balancer(algorithm, &weights);
-        let all = StaticPool::new(&weights, &loads);
-        let without_2 = StaticPool::new(&weights, &loads).with_eligible(&[0, 1, 3, 4]);
+        let all = StaticTargets::new(&weights, &loads);
+        let without_2 = StaticTargets::new(&weights, &loads).with_eligible(&[0, 1, 3, 4]);
         let mut moved = 0;
         for &key in &keys {
             let before = b.pick(&all, Some(key), now).unwrap();
@@ -214,7 +214,7 @@ fn weighted_random_follows_weights_and_shies_away_from_errors() {
     let now = Instant::now();
     let loads = loads(3, now);
     let weights = [1, 1, 2];
-    let pool = StaticPool::new(&weights, &loads);
+    let pool = StaticTargets::new(&weights, &loads);
     let wr = balancer(Algorithm::WeightedRandom, &weights);
     let healthy = tally((0..8000).map(|_| wr.pick(&pool, None, now).unwrap()), 3);
     assert!((1700..2300).contains(&healthy[0]), "{healthy:?}");
@@ -234,7 +234,7 @@ fn weighted_random_follows_weights_and_shies_away_from_errors() {
 fn hash_algorithms_without_a_key_take_turns() {
     let now = Instant::now();
     let loads = loads(3, now);
-    let pool = StaticPool::new(&[1, 1, 1], &loads);
+    let pool = StaticTargets::new(&[1, 1, 1], &loads);
     for algorithm in [Algorithm::IpHash, Algorithm::ConsistentHash] {
         let b = balancer(algorithm, &[1, 1, 1]);
         let picks: Vec<usize> = (0..3).map(|_| b.pick(&pool, None, now).unwrap()).collect();
@@ -268,7 +268,7 @@ proptest! {
             }
         }
         let eligible: Vec<usize> = (0..weights.len()).filter(|&i| mask[i]).collect();
-        let pool = StaticPool::new(&weights, &loads).with_eligible(&eligible);
+        let pool = StaticTargets::new(&weights, &loads).with_eligible(&eligible);
         for algorithm in ALL {
             let b = balancer(algorithm, &weights);
             for &key in &keys {
@@ -284,9 +284,9 @@ proptest! {
 
 /// A pool whose weights may be ramping: the balancers must not use what they precomputed from
 /// the configured weights.
-struct Ramping<'a>(StaticPool<'a>);
+struct Ramping<'a>(StaticTargets<'a>);
 
-impl Pool for Ramping<'_> {
+impl TargetSet for Ramping<'_> {
     fn eligible(&self) -> &[usize] {
         self.0.eligible()
     }
@@ -305,7 +305,7 @@ impl Pool for Ramping<'_> {
 fn nothing_eligible_picks_none() {
     let now = Instant::now();
     let loads = loads(3, now);
-    let pool = StaticPool::new(&[1, 2, 3], &loads).with_eligible(&[]);
+    let pool = StaticTargets::new(&[1, 2, 3], &loads).with_eligible(&[]);
     for algorithm in ALL {
         let b = balancer(algorithm, &[1, 2, 3]);
         assert_eq!(b.pick(&pool, None, now), None, "{algorithm:?}");
@@ -314,8 +314,8 @@ fn nothing_eligible_picks_none() {
     }
 }
 
-fn pool_ref<'a>(pool: &StaticPool<'a>) -> StaticPool<'a> {
-    StaticPool::new(pool.weights, pool.loads).with_eligible(pool.eligible())
+fn pool_ref<'a>(pool: &StaticTargets<'a>) -> StaticTargets<'a> {
+    StaticTargets::new(pool.weights, pool.loads).with_eligible(pool.eligible())
 }
 
 #[test]
@@ -329,7 +329,7 @@ fn smooth_weighted_round_robin_scanning_gives_the_same_sequence() {
     let now = Instant::now();
     let loads = loads(3, now);
     let weights = [5, 1, 1];
-    let pool = Ramping(StaticPool::new(&weights, &loads));
+    let pool = Ramping(StaticTargets::new(&weights, &loads));
     let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
     let picks: Vec<usize> = (0..14)
         .map(|_| wrr.pick(&pool, None, now).unwrap())
@@ -343,14 +343,14 @@ fn smooth_weighted_round_robin_does_not_credit_a_target_while_it_is_out() {
     let loads = loads(3, now);
     let weights = [1, 1, 1];
     let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
-    let without_0 = Ramping(StaticPool::new(&weights, &loads).with_eligible(&[1, 2]));
+    let without_0 = Ramping(StaticTargets::new(&weights, &loads).with_eligible(&[1, 2]));
     let picks = tally(
         (0..100).map(|_| wrr.pick(&without_0, None, now).unwrap()),
         3,
     );
     assert_eq!(picks, [0, 50, 50]);
     // Back: target 0 resumes at its old current weight, and takes its turn, not a burst.
-    let all = Ramping(StaticPool::new(&weights, &loads));
+    let all = Ramping(StaticTargets::new(&weights, &loads));
     for _ in 0..10 {
         let round = tally((0..3).map(|_| wrr.pick(&all, None, now).unwrap()), 3);
         assert_eq!(round, [1, 1, 1]);
@@ -368,7 +368,7 @@ fn smooth_weighted_round_robin_is_exact_across_threads() {
             let handles: Vec<_> = (0..4)
                 .map(|_| {
                     scope.spawn(|| {
-                        let pool = StaticPool::new(&weights, &loads);
+                        let pool = StaticTargets::new(&weights, &loads);
                         let picks = (0..600).map(|_| {
                             if steady {
                                 wrr.pick(&pool, None, now).unwrap()
@@ -393,7 +393,7 @@ fn least_connections_with_ramping_weights_still_prefers_fewer_per_weight() {
     let loads = loads(3, now);
     let weights = [1, 1, 2];
     let lc = balancer(Algorithm::LeastConnections, &weights);
-    let pool = Ramping(StaticPool::new(&weights, &loads));
+    let pool = Ramping(StaticTargets::new(&weights, &loads));
     let counts = tally((0..300).map(|_| lc.pick(&pool, None, now).unwrap()), 3);
     assert_eq!(counts, [100, 100, 100]);
     for _ in 0..3 {
@@ -410,7 +410,7 @@ fn least_connections_with_ramping_weights_still_prefers_fewer_per_weight() {
 fn least_response_time_sends_nearly_everything_to_the_faster_of_two() {
     let now = Instant::now();
     let loads = loads(2, now);
-    let pool = StaticPool::new(&[1, 1], &loads);
+    let pool = StaticTargets::new(&[1, 1], &loads);
     let lrt = balancer(Algorithm::LeastResponseTime, &[1, 1]);
     loads[0].observe(Duration::from_millis(100), false, now);
     loads[1].observe(Duration::from_millis(10), false, now);
@@ -424,7 +424,7 @@ fn weighted_random_shifts_away_from_a_slow_target() {
     let now = Instant::now();
     let loads = loads(3, now);
     let weights = [1, 1, 1];
-    let pool = StaticPool::new(&weights, &loads);
+    let pool = StaticTargets::new(&weights, &loads);
     let wr = balancer(Algorithm::WeightedRandom, &weights);
     loads[0].observe(Duration::from_millis(30), false, now);
     loads[1].observe(Duration::from_millis(30), false, now);
@@ -446,14 +446,14 @@ fn a_degraded_pool_that_says_what_it_is_follows_its_own_period() {
     let weights = [5, 1, 1, 1];
     let wrr = balancer(Algorithm::WeightedRoundRobin, &weights);
     // Target 3 is out: the other three keep nginx's interleaving of 5, 1, 1, exactly.
-    let pool = StaticPool::new(&weights, &loads).with_eligible(&[0, 1, 2]);
+    let pool = StaticTargets::new(&weights, &loads).with_eligible(&[0, 1, 2]);
     assert_ne!(pool.set_id(), 0);
     let picks: Vec<usize> = (0..14)
         .map(|_| wrr.pick(&pool, None, now).unwrap())
         .collect();
     assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0]);
     // Another set, another period.
-    let pool = StaticPool::new(&weights, &loads).with_eligible(&[1, 2, 3]);
+    let pool = StaticTargets::new(&weights, &loads).with_eligible(&[1, 2, 3]);
     let counts = tally((0..30).map(|_| wrr.pick(&pool, None, now).unwrap()), 4);
     assert_eq!(counts, [0, 10, 10, 10]);
 }
@@ -508,9 +508,9 @@ proptest! {
             best
         };
         let all: Vec<usize> = (0..weights.len()).collect();
-        let configured = StaticPool::new(&weights, &loads);
+        let configured = StaticTargets::new(&weights, &loads);
         let keyed = balancer(Algorithm::LeastConnections, &weights);
-        let ramping = Ramping(StaticPool::new(&weights, &loads));
+        let ramping = Ramping(StaticTargets::new(&weights, &loads));
         let scanned = balancer(Algorithm::LeastConnections, &weights);
         for pick in 0..picks {
             prop_assert_eq!(keyed.pick(&configured, None, now), Some(expected(&all, pick)));
@@ -518,7 +518,7 @@ proptest! {
         }
         // Some targets out: the keyed scan over `eligible` agrees with the reference over it.
         let eligible: Vec<usize> = all.iter().copied().filter(|t| t % 3 != 1).collect();
-        let partial = StaticPool::new(&weights, &loads).with_eligible(&eligible);
+        let partial = StaticTargets::new(&weights, &loads).with_eligible(&eligible);
         let subset = balancer(Algorithm::LeastConnections, &weights);
         for pick in 0..picks {
             prop_assert_eq!(subset.pick(&partial, None, now), Some(expected(&eligible, pick)));

@@ -1,5 +1,5 @@
-//! What a balancer sees of an upstream's targets during one pick: the [`Pool`] trait, and
-//! [`StaticPool`], a pool of fixed weights for tests, benches and examples.
+//! What a balancer sees of an upstream's targets during one pick: the [`TargetSet`] trait, and
+//! [`StaticTargets`], a pool of fixed weights for tests, benches and examples.
 
 use super::{splitmix64, TargetLoad};
 
@@ -7,10 +7,10 @@ use super::{splitmix64, TargetLoad};
 ///
 /// Targets are numbered `0..len` in config order, and that numbering is the one the
 /// [`Balancer`](super::Balancer) was built with.
-pub trait Pool {
+pub trait TargetSet {
     /// Indices of the targets that may be picked now, ascending.
     fn eligible(&self) -> &[usize];
-    /// Whether `target` may be picked now (agrees with [`Pool::eligible`]).
+    /// Whether `target` may be picked now (agrees with [`TargetSet::eligible`]).
     fn is_eligible(&self, target: usize) -> bool;
     /// Effective weight of `target` now: its configured weight, reduced during slow start.
     /// Never 0 for an eligible target.
@@ -42,9 +42,9 @@ pub trait Pool {
     }
 }
 
-/// A [`Pool`] over fixed weights and every target eligible; for tests, benches and examples.
+/// A [`TargetSet`] over fixed weights and every target eligible; for tests, benches and examples.
 #[derive(Debug)]
-pub struct StaticPool<'a> {
+pub struct StaticTargets<'a> {
     // `pub(super)` for the balance tests, which copy a pool.
     pub(super) weights: &'a [u32],
     pub(super) loads: &'a [TargetLoad],
@@ -53,7 +53,7 @@ pub struct StaticPool<'a> {
     id: u64,
 }
 
-impl<'a> StaticPool<'a> {
+impl<'a> StaticTargets<'a> {
     /// Every target eligible with its weight.
     pub fn new(weights: &'a [u32], loads: &'a [TargetLoad]) -> Self {
         Self {
@@ -79,7 +79,7 @@ impl<'a> StaticPool<'a> {
     }
 }
 
-impl Pool for StaticPool<'_> {
+impl TargetSet for StaticTargets<'_> {
     fn eligible(&self) -> &[usize] {
         &self.eligible
     }
