@@ -12,6 +12,7 @@ use sekisho_config::{Config, ConfigError};
 
 use crate::clock::unix_seconds;
 use crate::runtime::{BuildError, Runtime};
+use crate::sync::lock;
 use crate::Gateway;
 
 /// Why a reload was refused; the config in force stays.
@@ -162,10 +163,14 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
 
 impl Gateway {
     fn file_bytes(&self) -> std::sync::MutexGuard<'_, Option<Vec<u8>>> {
-        self.shared
-            .file_bytes
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.shared.file_bytes)
+    }
+
+    /// The config file's contents the gateway was started from: the file watch reloads when the
+    /// file differs from them (without this, its first look sets the starting point, and a change
+    /// made before that look would be missed).
+    pub fn loaded_file_contents(&self, bytes: Vec<u8>) {
+        *self.file_bytes() = Some(bytes);
     }
 
     /// Reloads whenever the config file's contents change, checking every `interval`, until the

@@ -128,7 +128,8 @@ async fn serve_connection(
         None => {
             let state = ConnState::new(Arc::clone(&shared.metrics), false);
             let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&state)));
-            drive(shared, builder, io, state, remote, false, settings, watcher).await;
+            let client = ClientInfo::new(remote, false);
+            drive(shared, builder, io, state, client, settings, watcher).await;
         }
         Some(acceptor) => {
             let handshake =
@@ -147,25 +148,25 @@ async fn serve_connection(
             let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
             let io = TokioIo::new(ConnIo::new(tls_stream, Arc::clone(&state)));
-            drive(shared, builder, io, state, remote, true, settings, watcher).await;
+            let client = ClientInfo::new(remote, true);
+            drive(shared, builder, io, state, client, settings, watcher).await;
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Serves one connection's requests until it ends, is closed by its watchdog, or drains.
 async fn drive<I>(
     shared: Arc<GatewayState>,
     builder: auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
     state: Arc<ConnState>,
-    remote: SocketAddr,
-    tls: bool,
+    client: ClientInfo,
     settings: ListenerSettings,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let client = ClientInfo::new(remote, tls);
+    let remote = client.remote;
     let service_state = Arc::clone(&state);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);

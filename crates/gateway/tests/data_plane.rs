@@ -576,15 +576,12 @@ async fn the_file_watch_sees_a_change_back_after_a_reload_by_other_means() {
         )
     };
     let path = dir.write("sekisho.toml", &text(1001));
-    let config = sekisho_config::load(&path).unwrap();
-    let gateway = sekisho_gateway::Gateway::new(config, Some(path.clone())).unwrap();
+    let gateway = gateway_from_file(&path);
     let watching = gateway.clone();
     let watch =
         tokio::spawn(async move { watching.watch_config_file(Duration::from_millis(20)).await });
     let target_of =
         |gateway: &sekisho_gateway::Gateway| gateway.upstreams()[0].targets[0].address.clone();
-    // Let the watch take its first look at A.
-    tokio::time::sleep(Duration::from_millis(60)).await;
     dir.write("sekisho.toml", &text(1002));
     gateway.reload().unwrap();
     dir.write("sekisho.toml", &text(1001));
@@ -596,6 +593,45 @@ async fn the_file_watch_sees_a_change_back_after_a_reload_by_other_means() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    watch.abort();
+}
+
+/// A gateway started from the file at `path`, told the bytes it was made of (as the binary
+/// does), so the file watch compares against them from the start.
+fn gateway_from_file(path: &std::path::Path) -> sekisho_gateway::Gateway {
+    let bytes = std::fs::read(path).unwrap();
+    let config = sekisho_config::parse_file_contents(&bytes, path).unwrap();
+    let gateway = sekisho_gateway::Gateway::new(config, Some(path.to_owned())).unwrap();
+    gateway.loaded_file_contents(bytes);
+    gateway
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_before_the_watchs_first_look_is_reloaded() {
+    // The file changes between the start and the watch's first look (a deploy writing the file
+    // right after a restart): the watch compares with what was loaded, so it reloads.
+    let dir = sekisho_testkit::TempDir::new("watch-early");
+    let text = |port: u16| {
+        format!(
+            "{}\n[upstreams.u]\ntargets = [\"127.0.0.1:{port}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+            base("")
+        )
+    };
+    let path = dir.write("sekisho.toml", &text(1001));
+    let gateway = gateway_from_file(&path);
+    dir.write("sekisho.toml", &text(1002));
+    let watching = gateway.clone();
+    let watch =
+        tokio::spawn(async move { watching.watch_config_file(Duration::from_millis(20)).await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gateway.status().generation < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch took the changed file as its starting point and never reloaded"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(gateway.upstreams()[0].targets[0].address, "127.0.0.1:1002");
     watch.abort();
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sekisho_config::Config;
 use sekisho_gateway::Gateway;
@@ -151,25 +151,39 @@ fn build_runtime(workers: Option<u32>) -> anyhow::Result<tokio::runtime::Runtime
 }
 
 fn run_file(path: &Path) -> anyhow::Result<()> {
-    let config = match sekisho_config::load(path) {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("{error}");
-            bail!("the config is invalid; nothing was started");
-        }
-    };
+    let (config, bytes) = read_config(path)?;
     init_logging();
     let runtime = build_runtime(config.server.workers.map(|w| w.get()))?;
-    runtime.block_on(serve(config, Some(path.to_owned())))
+    runtime.block_on(serve(config, Some((path.to_owned(), bytes))))
+}
+
+/// The config at `path` and the bytes it was made of: they are kept, so the file watch compares
+/// against exactly what was loaded (a change made right after start is not taken as the
+/// starting point). An unreadable or invalid file is printed with its position.
+fn read_config(path: &Path) -> anyhow::Result<(Config, Vec<u8>)> {
+    let loaded = std::fs::read(path)
+        .map_err(|error| sekisho_config::ConfigError::unreadable(path, &error))
+        .and_then(|bytes| {
+            sekisho_config::parse_file_contents(&bytes, path).map(|config| (config, bytes))
+        });
+    loaded.map_err(|error| {
+        eprintln!("{error}");
+        anyhow::anyhow!("the config is invalid; nothing was started")
+    })
 }
 
 /// Runs the gateway and admin listener until SIGTERM/SIGINT, then drains.
-async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// `file` is the config file's path and the bytes the config was made of, when there is one.
+async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Result<()> {
     let admin_listen = config.admin.listen.0.clone();
     let admin_token = config.admin.token.clone();
     let watch_interval = config.admin.watch_interval.0;
     let summary = config.summary();
+    let (config_path, file_bytes) = file.unzip();
     let gateway = Gateway::new(config, config_path.clone()).context("cannot start the gateway")?;
+    if let Some(bytes) = file_bytes {
+        gateway.loaded_file_contents(bytes);
+    }
     let listener = gateway
         .bind()
         .await
@@ -265,14 +279,11 @@ fn run_upstream(
 const DEMO_CONFIG: &str = include_str!("../../../examples/sekisho.toml");
 
 fn demo(path: Option<&Path>) -> anyhow::Result<()> {
-    let (config, config_path) = match path {
-        Some(path) => match sekisho_config::load(path) {
-            Ok(config) => (config, Some(path.to_owned())),
-            Err(error) => {
-                eprintln!("{error}");
-                bail!("the config is invalid; nothing was started");
-            }
-        },
+    let (config, file) = match path {
+        Some(path) => {
+            let (config, bytes) = read_config(path)?;
+            (config, Some((path.to_owned(), bytes)))
+        }
         None => (
             sekisho_config::parse(DEMO_CONFIG, "examples/sekisho.toml")
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -321,7 +332,7 @@ fn demo(path: Option<&Path>) -> anyhow::Result<()> {
             "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
             upstream_tasks.len()
         );
-        let result = serve(config, config_path).await;
+        let result = serve(config, file).await;
         for task in upstream_tasks {
             task.abort();
         }

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::entry::{now_ms, Entry};
-use super::respond::{respond, status_value};
+use super::respond::{respond, status_value, EntryKey};
 use super::store::CacheStore;
 use super::{Lookup, RouteCache};
 use crate::sync::lock;
@@ -113,8 +113,10 @@ impl RouteCache {
                     }
                     self.metrics.miss.inc();
                     return Lookup::Fetch(self.fetch(
-                        primary,
-                        variant_of,
+                        EntryKey {
+                            primary,
+                            variant_of,
+                        },
                         parts,
                         Some(lead),
                         true,
@@ -151,7 +153,17 @@ impl RouteCache {
             }
             // Not stored, waited too long, or variants beyond the rounds: go to the upstream.
             self.metrics.miss.inc();
-            return Lookup::Fetch(self.fetch(primary, variant_of, parts, None, true, stale, why));
+            return Lookup::Fetch(self.fetch(
+                EntryKey {
+                    primary,
+                    variant_of,
+                },
+                parts,
+                None,
+                true,
+                stale,
+                why,
+            ));
         }
     }
 

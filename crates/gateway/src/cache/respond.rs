@@ -41,12 +41,23 @@ pub struct Fetch {
     why: &'static str,
 }
 
+/// Where a fetched answer is stored: the primary key, and the Vary marker when the response
+/// varies (the variant's key is made from it and the request).
+pub(super) struct EntryKey {
+    pub(super) primary: String,
+    pub(super) variant_of: Option<VaryMarker>,
+}
+
 impl RouteCache {
-    #[allow(clippy::too_many_arguments)]
+    /// A fetch of `key` from the upstream for this request; `lead` when this request leads a
+    /// flight others wait on, `store` when its answer may be stored, `stale` the entry to fall
+    /// back on, `why` the `fwd` of its `Cache-Status`.
     pub(super) fn fetch(
         self: &Arc<Self>,
-        primary: String,
-        variant_of: Option<VaryMarker>,
+        EntryKey {
+            primary,
+            variant_of,
+        }: EntryKey,
         parts: &mut Parts,
         lead: Option<Lead>,
         store: bool,

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::entry::{now_ms, Entry};
 use super::flight::VaryMarker;
-use super::respond::{respond, status_value};
+use super::respond::{respond, status_value, EntryKey};
 use super::store::{CacheStore, Tier};
 use super::{http, Fetch};
 use crate::body::ResponseBody;
@@ -155,8 +155,10 @@ impl RouteCache {
                     if refresh && parts.method == Method::GET {
                         if let Some(lead) = self.try_lead(&primary) {
                             let fetch = self.fetch(
-                                primary,
-                                variant_of,
+                                EntryKey {
+                                    primary,
+                                    variant_of,
+                                },
                                 parts,
                                 Some(lead),
                                 true,
@@ -177,7 +179,17 @@ impl RouteCache {
 
         if !store || parts.method != Method::GET {
             self.metrics.miss.inc();
-            return Lookup::Fetch(self.fetch(primary, variant_of, parts, None, false, stale, why));
+            return Lookup::Fetch(self.fetch(
+                EntryKey {
+                    primary,
+                    variant_of,
+                },
+                parts,
+                None,
+                false,
+                stale,
+                why,
+            ));
         }
         self.collapse(primary, variant_of, parts, stale, why, deadline)
             .await
