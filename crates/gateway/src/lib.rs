@@ -25,6 +25,7 @@ mod connection;
 pub mod edge;
 mod fallback;
 mod health;
+mod lag;
 mod metrics;
 mod pool;
 mod proxy;
@@ -119,6 +120,7 @@ impl Gateway {
                 generation: AtomicU64::new(1),
                 reload_lock: Mutex::new(ReloadRecord::default()),
                 file_bytes: Mutex::new(None),
+                lag: Arc::default(),
             }),
         })
     }
@@ -141,6 +143,7 @@ impl Gateway {
             .max_connections
             .get() as usize;
         self.shared.serving.store(true, Ordering::Release);
+        self.shared.probe_lag_if_needed();
         self.shared
             .health
             .reconcile(&self.shared.runtime.load(), &self.shared.metrics);

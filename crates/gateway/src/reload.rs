@@ -103,6 +103,7 @@ impl Gateway {
         self.shared.states.retain(&runtime.config);
         if self.shared.serving.load(Ordering::Acquire) {
             self.shared.health.reconcile(&runtime, &self.shared.metrics);
+            self.shared.probe_lag_if_needed();
         }
         record.at = Some(SystemTime::now());
         record.error = None;

@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use std::sync::Arc;
 
 use crate::health;
+use crate::lag::SchedulingLag;
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::registry::StateRegistry;
 use crate::runtime::Runtime;
@@ -41,9 +42,20 @@ pub(crate) struct GatewayState {
     /// The config file's bytes as the last reload (or the watcher's first look) read them, so
     /// the file watch compares against what was last loaded, whoever loaded it.
     pub(crate) file_bytes: Mutex<Option<Vec<u8>>>,
+    /// The event loop's own scheduling delay, for the adaptive limits (probed only while some
+    /// route has one).
+    pub(crate) lag: Arc<SchedulingLag>,
 }
 
 impl GatewayState {
+    /// Starts measuring the event loop's delay when the generation in force has an adaptive
+    /// limit (once; the probe then runs until the gateway is dropped).
+    pub(crate) fn probe_lag_if_needed(&self) {
+        if !self.runtime.load().adaptive_limits().is_empty() {
+            self.lag.start();
+        }
+    }
+
     /// Shutting down: `/ready` turns 503.
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Release);

@@ -15,6 +15,7 @@ const ORDER: &[&str] = &[
     // Leaves: import nothing of the gateway.
     "sync",
     "clock",
+    "lag",
     "build_error",
     "request_id",
     "body",

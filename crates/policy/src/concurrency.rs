@@ -34,6 +34,16 @@
 //! multiplies the limit by `backoff_ratio`; a window without a drop whose `peak` reached half the
 //! limit adds 1.
 //!
+//! **The caller's own delay** ([`Permit::sample_latency`]): a caller that is itself saturated
+//! (a gateway whose event loop is the bottleneck) adds its own queueing to every latency it
+//! measures. Cutting the limit then would not relieve the service — it is fine — but turn the
+//! caller's capacity into refusals, which keep the caller just as busy: goodput collapses. So a
+//! sample whose caller-side delay is at least a quarter of its latency says nothing about the
+//! service: it counts towards closing the window but not in its mean, and a window where such
+//! samples are the majority never lowers the limit; it raises it as an unqueued window would
+//! (by `√limit`, smoothed, or by 1 for AIMD) when `peak` reached half the limit, so the caller's
+//! own backlog is left to its own back-pressure instead of refused.
+//!
 //! # Cost
 //!
 //! Admission is one atomic add and one load ([`AdaptiveLimit::try_acquire`]); a sample is a few
@@ -73,6 +83,9 @@ const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 const MAX_WINDOW_SAMPLES: u64 = 1 << 20;
 /// One sample's latency is capped so that a window's sum fits beside its count.
 const MAX_SAMPLE_MICROS: u64 = 1 << 30;
+/// A sample whose caller-side delay is at least 1/`OWN_DELAY_SHARE` of its latency is the
+/// caller's, not the service's.
+const OWN_DELAY_SHARE: u32 = 4;
 
 /// How the limit follows latency.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,6 +189,8 @@ pub struct AdaptiveLimit {
     /// that a closing window takes both at once.
     samples: AtomicU64,
     dropped: AtomicU32,
+    /// This window's samples that the caller's own delay dominated (not in `samples`).
+    own_delayed: AtomicU32,
     peak: AtomicU32,
     /// When this window opened, in µs since `epoch`.
     window_start: AtomicU64,
@@ -195,7 +210,12 @@ struct Estimate {
 /// One window's figures, as they enter the limit's arithmetic.
 #[derive(Debug, Clone, Copy)]
 struct WindowFigures {
+    /// Mean latency of the samples that were the service's (0 when there were none).
     mean_micros: f64,
+    /// Samples the service's latency decided.
+    attributed: u64,
+    /// Samples the caller's own delay dominated.
+    own_delayed: u32,
     dropped: u32,
     peak: u32,
 }
@@ -220,6 +240,7 @@ impl AdaptiveLimit {
             limit: AtomicU32::new(initial),
             samples: AtomicU64::new(0),
             dropped: AtomicU32::new(0),
+            own_delayed: AtomicU32::new(0),
             peak: AtomicU32::new(0),
             window_start: AtomicU64::new(0),
             shed: AtomicU64::new(0),
@@ -276,7 +297,7 @@ impl AdaptiveLimit {
         u64::try_from(at.saturating_duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
     }
 
-    fn record(&self, latency: Duration, sample: Sample, now: Instant) {
+    fn record(&self, latency: Duration, own_delay: Duration, sample: Sample, now: Instant) {
         let micros = u64::try_from(latency.as_micros())
             .unwrap_or(u64::MAX)
             .clamp(1, MAX_SAMPLE_MICROS);
@@ -290,10 +311,18 @@ impl AdaptiveLimit {
         }
         self.peak
             .fetch_max(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
-        let before = self
-            .samples
-            .fetch_add((micros << COUNT_BITS) | 1, Ordering::AcqRel);
-        let count = (before & COUNT_MASK) + 1;
+        let own = !dropped
+            && !own_delay.is_zero()
+            && own_delay.saturating_mul(OWN_DELAY_SHARE) >= latency;
+        let count = if own {
+            let own_delayed = self.own_delayed.fetch_add(1, Ordering::AcqRel) + 1;
+            (self.samples.load(Ordering::Acquire) & COUNT_MASK) + u64::from(own_delayed)
+        } else {
+            let before = self
+                .samples
+                .fetch_add((micros << COUNT_BITS) | 1, Ordering::AcqRel);
+            (before & COUNT_MASK) + 1 + u64::from(self.own_delayed.load(Ordering::Acquire))
+        };
         let now_micros = self.micros_since_epoch(now);
         let opened = self.window_start.load(Ordering::Acquire);
         let window = u64::try_from(self.settings.window.as_micros()).unwrap_or(u64::MAX);
@@ -314,15 +343,22 @@ impl AdaptiveLimit {
             return;
         }
         let packed = self.samples.swap(0, Ordering::AcqRel);
+        let own_delayed = self.own_delayed.swap(0, Ordering::AcqRel);
         let dropped = self.dropped.swap(0, Ordering::AcqRel);
         let peak = self.peak.swap(0, Ordering::AcqRel);
         self.window_start.store(now_micros, Ordering::Release);
         let count = packed & COUNT_MASK;
-        if count == 0 {
+        if count == 0 && own_delayed == 0 {
             return;
         }
         let figures = WindowFigures {
-            mean_micros: (packed >> COUNT_BITS) as f64 / count as f64,
+            mean_micros: if count == 0 {
+                0.0
+            } else {
+                (packed >> COUNT_BITS) as f64 / count as f64
+            },
+            attributed: count,
+            own_delayed,
             dropped,
             peak,
         };
@@ -339,6 +375,20 @@ impl AdaptiveLimit {
             ..
         } = self.settings;
         let limit = estimate.limit;
+        let unqueued_step = match self.settings.algorithm {
+            Algorithm::Gradient { smoothing, .. } => limit.sqrt() * smoothing.clamp(0.0, 1.0),
+            Algorithm::Aimd { .. } => 1.0,
+        };
+        if window.dropped == 0 && u64::from(window.own_delayed) >= window.attributed {
+            // The caller's own delay dominated: nothing is known of the service's queue. Never
+            // lower the limit for it; probe upwards when the limit is in use.
+            let next = if f64::from(window.peak) * 2.0 >= limit {
+                limit + unqueued_step
+            } else {
+                limit
+            };
+            return next.clamp(f64::from(min_limit), f64::from(max_limit));
+        }
         let next = match self.settings.algorithm {
             Algorithm::Gradient {
                 tolerance,
@@ -387,11 +437,29 @@ impl Permit {
     /// a permit counts; a permit dropped without one is not a sample (the caller went away, or
     /// something else refused the call).
     pub fn sample(&mut self, sample: Sample, started: Instant, now: Instant) {
+        self.sample_latency(
+            sample,
+            now.saturating_duration_since(started),
+            Duration::ZERO,
+            now,
+        );
+    }
+
+    /// Records how the call ended at `now`, its `latency` measured by the caller, of which
+    /// `own_delay` is (an estimate of) the caller's own queueing — a saturated event loop's
+    /// delay in polling the call. A sample the caller's delay dominates is not taken as the
+    /// service's latency (see the module's docs). Only the first sample of a permit counts.
+    pub fn sample_latency(
+        &mut self,
+        sample: Sample,
+        latency: Duration,
+        own_delay: Duration,
+        now: Instant,
+    ) {
         if std::mem::replace(&mut self.sampled, true) {
             return;
         }
-        self.limit
-            .record(now.saturating_duration_since(started), sample, now);
+        self.limit.record(latency, own_delay, sample, now);
     }
 }
 

@@ -191,6 +191,7 @@ impl Call<'_> {
             // Origin-form: the connection is the target's (h2c adds scheme and authority).
             head.uri = Uri::from(path_and_query.clone());
             let in_flight = upstream.begin(target_index);
+            record.sent = Some(now);
             let sent = target.conn.send(Request::from_parts(head, body), now);
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)

@@ -60,6 +60,8 @@ pub(super) struct Record {
     pub(super) route: Option<Arc<CompiledRoute>>,
     pub(super) target: Option<Arc<str>>,
     pub(super) error: Option<GatewayError>,
+    /// When the last attempt's request was handed to the target's connection.
+    pub(super) sent: Option<Instant>,
     /// When the upstream's answer head arrived (one clock read serves the latency estimate and
     /// the request metrics).
     pub(super) answered: Option<Instant>,

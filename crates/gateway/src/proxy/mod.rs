@@ -59,7 +59,7 @@ pub(crate) async fn handle(
         steps::run(&runtime, &mut exchange, request).await
     };
     if let Some(permit) = exchange.record.concurrency.take() {
-        steps::sample_concurrency(permit, &mut answered, &exchange);
+        steps::sample_concurrency(permit, &mut answered, &exchange, shared.lag.current());
     }
     let mut response = match answered {
         Ok(response) => response,

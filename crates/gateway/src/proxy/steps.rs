@@ -165,10 +165,16 @@ fn spawn_refresh(
 /// Tells the route's adaptive limit how the call went — an upstream answer is a latency sample,
 /// a timeout a drop, anything else (a client error, a refusal by circuit or bulkhead) nothing —
 /// and keeps its place taken until the response body is done.
+///
+/// The sample is the upstream's latency as the gateway can see it: from the moment the last
+/// attempt was handed to the target's connection to the answer's head (not the route, cache
+/// or bulkhead time before it), with `own_delay`, the event loop's current scheduling delay,
+/// so that a gateway saturated by its own work is not read as a slow upstream.
 pub(super) fn sample_concurrency(
     mut permit: ConcurrencyPermit,
     forwarded: &mut Result<Response<ResponseBody>, GatewayError>,
     exchange: &Exchange,
+    own_delay: std::time::Duration,
 ) {
     let (outcome, started) = (&exchange.record, exchange.started);
     if outcome.timed_out {
@@ -179,7 +185,13 @@ pub(super) fn sample_concurrency(
         );
     } else if let (Ok(_), None, Some(answered)) = (&*forwarded, outcome.fallback, outcome.answered)
     {
-        permit.sample(Sample::Success, started.into_std(), answered.into_std());
+        let sent = outcome.sent.unwrap_or(started);
+        permit.sample_latency(
+            Sample::Success,
+            answered.saturating_duration_since(sent),
+            own_delay,
+            answered.into_std(),
+        );
     }
     if let Ok(response) = forwarded {
         response.body_mut().hold_concurrency(permit);

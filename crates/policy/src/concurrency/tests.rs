@@ -213,3 +213,82 @@ fn threads_never_exceed_the_limit() {
     assert!(most.load(Ordering::SeqCst) <= 8);
     assert_eq!(limit.usage().in_flight, 0);
 }
+
+/// Like [`drive`], each call reporting `own_delay` of its `latency` as the caller's own.
+fn drive_own(
+    limit: &Arc<AdaptiveLimit>,
+    now: &mut Instant,
+    windows: u32,
+    concurrency: u32,
+    latency: Duration,
+    own_delay: Duration,
+) {
+    let step = limit.settings().window / 20;
+    let round = |now: Instant, calls: u32| {
+        let mut permits: Vec<Permit> = (0..calls)
+            .filter_map(|_| limit.try_acquire().ok())
+            .collect();
+        for permit in &mut permits {
+            permit.sample_latency(Sample::Success, latency, own_delay, now);
+        }
+    };
+    for _ in 0..windows {
+        for _ in 0..20 {
+            round(*now, concurrency);
+            *now += step;
+        }
+        round(*now, 1);
+    }
+}
+
+#[test]
+fn a_saturated_caller_does_not_cut_the_limit_of_a_healthy_service() {
+    // The service answers in 1 ms throughout. For 10 s the caller's own event loop adds 19 ms
+    // to every call (it is the bottleneck); its demand fills the limit.
+    let start = Instant::now();
+    let mut now = start;
+    let limit = AdaptiveLimit::new(gradient(200), start);
+    drive_own(&limit, &mut now, 20, 200, MS, Duration::ZERO);
+    let before = limit.limit();
+    drive_own(&limit, &mut now, 100, 400, 20 * MS, 19 * MS);
+    let saturated = limit.limit();
+    assert!(
+        saturated >= before,
+        "the limit fell from {before} to {saturated} while the service was fine"
+    );
+    // The same latencies measured without knowing the caller's delay: the limit is cut, which
+    // is the collapse this guards against.
+    let blind = AdaptiveLimit::new(gradient(200), start);
+    let mut blind_now = start;
+    drive_own(&blind, &mut blind_now, 20, 200, MS, Duration::ZERO);
+    drive_own(&blind, &mut blind_now, 100, 400, 20 * MS, Duration::ZERO);
+    assert!(
+        blind.limit() < before / 2,
+        "without the caller's delay the limit is cut ({} from {before})",
+        blind.limit()
+    );
+    // The overload ends: within 2 s (20 windows) of normal calls the limit is where the
+    // saturation left it or higher, not on its way back up from the floor.
+    drive_own(&limit, &mut now, 20, 200, MS, Duration::ZERO);
+    assert!(
+        limit.limit() >= before,
+        "{} after recovery, {before} before",
+        limit.limit()
+    );
+}
+
+#[test]
+fn a_slow_service_still_cuts_the_limit_when_the_caller_is_not_the_cause() {
+    // The service slows from 1 ms to 50 ms; the caller's own delay stays at 1 ms.
+    let start = Instant::now();
+    let mut now = start;
+    let limit = AdaptiveLimit::new(gradient(200), start);
+    drive_own(&limit, &mut now, 20, 200, MS, Duration::ZERO);
+    let before = limit.limit();
+    drive_own(&limit, &mut now, 30, 400, 50 * MS, MS);
+    assert!(
+        limit.limit() < before / 2,
+        "{} after the slowdown, {before} before",
+        limit.limit()
+    );
+}
