@@ -40,9 +40,9 @@
 //! caller's capacity into refusals, which keep the caller just as busy: goodput collapses. So a
 //! sample whose caller-side delay is at least a quarter of its latency says nothing about the
 //! service: it counts towards closing the window but not in its mean, and a window where such
-//! samples are the majority never lowers the limit; it raises it as an unqueued window would
-//! (by `√limit`, smoothed, or by 1 for AIMD) when `peak` reached half the limit, so the caller's
-//! own backlog is left to its own back-pressure instead of refused.
+//! samples are the majority never lowers the limit; when `peak` reached half the limit it
+//! doubles it, so the caller's own backlog is left to its own back-pressure (a saturated
+//! listener's accept queue) instead of refused.
 //!
 //! # Cost
 //!
@@ -380,10 +380,12 @@ impl AdaptiveLimit {
             Algorithm::Aimd { .. } => 1.0,
         };
         if window.dropped == 0 && u64::from(window.own_delayed) >= window.attributed {
-            // The caller's own delay dominated: nothing is known of the service's queue. Never
-            // lower the limit for it; probe upwards when the limit is in use.
+            // The caller's own delay dominated: nothing is known of the service's queue, and
+            // refusing would only spend the caller's saturated capacity on refusals. Never lower
+            // the limit for it; when the limit is in use, make room for the demand at once
+            // (double it) so the caller's backlog is left to its own back-pressure.
             let next = if f64::from(window.peak) * 2.0 >= limit {
-                limit + unqueued_step
+                (limit * 2.0).max(limit + unqueued_step)
             } else {
                 limit
             };
