@@ -82,13 +82,16 @@ pub enum GatewayError {
         /// Its limit.
         max_concurrent: u32,
     },
-    /// A rate limit refused the request.
-    #[error("rate limit of `{scope}` reached: {} per its window", .decision.limit)]
+    /// A rate limit refused the request: it was reached, or (`unchecked`) its store did not
+    /// answer and `on_store_error = "deny"` refuses what cannot be checked.
+    #[error("{}", rate_limited_message(scope, decision, *unchecked))]
     RateLimited {
         /// The route's name, or `*` for the server-wide limit.
         scope: Arc<str>,
         /// The refusal, with when to come back.
         decision: sekisho_policy::ratelimit::Decision,
+        /// The limit could not be checked: its store did not answer.
+        unchecked: bool,
     },
     /// The route's adaptive concurrency limit is reached: the gateway sheds the call at once
     /// rather than queue it behind calls that are already slow.
@@ -114,6 +117,26 @@ pub enum GatewayError {
         /// The deadline in force.
         timeout: Duration,
     },
+}
+
+/// The message of a rate limit's refusal: a client must be able to tell a limit reached from a
+/// limit that could not be checked.
+fn rate_limited_message(
+    scope: &str,
+    decision: &sekisho_policy::ratelimit::Decision,
+    unchecked: bool,
+) -> String {
+    if unchecked {
+        format!(
+            "rate limit of `{scope}` could not be checked (its store did not answer) and is set \
+             to refuse then"
+        )
+    } else {
+        format!(
+            "rate limit of `{scope}` reached: {} per its window",
+            decision.limit
+        )
+    }
 }
 
 impl GatewayError {

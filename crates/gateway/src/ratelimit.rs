@@ -210,8 +210,8 @@ impl RateLimit {
     /// `RATE_LIMITED`.
     pub(crate) async fn check(&self, source: &KeySource<'_>) -> Result<Decision, GatewayError> {
         let key = self.key_of(source);
-        let decision = match &self.shared {
-            None => self.local.decide(&key, now_ns(source.at), self.cost),
+        let (decision, unchecked) = match &self.shared {
+            None => (self.local.decide(&key, now_ns(source.at), self.cost), false),
             Some(shared) => self.decide_shared(shared, &key).await,
         };
         if decision.allowed {
@@ -222,11 +222,14 @@ impl RateLimit {
             Err(GatewayError::RateLimited {
                 scope: Arc::clone(&self.scope),
                 decision,
+                unchecked,
             })
         }
     }
 
-    async fn decide_shared(&self, shared: &RedisBacked, key: &str) -> Decision {
+    /// Redis's decision, or `on_store_error`'s when Redis did not answer; `true` with a refusal
+    /// made because the limit could not be checked (`deny`).
+    async fn decide_shared(&self, shared: &RedisBacked, key: &str) -> (Decision, bool) {
         let started = Instant::now();
         let answer = match shared.store.limiter() {
             Some(redis) => redis
@@ -241,29 +244,35 @@ impl RateLimit {
                     .store_latency
                     .observe(started.elapsed().as_secs_f64());
                 shared.store.succeeded();
-                decision
+                (decision, false)
             }
             Err(error) => {
                 self.metrics.store_errors.inc();
                 shared.store.failed(&error);
                 match shared.on_error {
-                    OnStoreError::Allow => Decision {
-                        allowed: true,
-                        limit: self.limit.quota(),
-                        remaining: self.limit.quota(),
-                        reset: Duration::ZERO,
-                        retry_after: Duration::ZERO,
-                    },
-                    OnStoreError::Deny => Decision {
-                        allowed: false,
-                        limit: self.limit.quota(),
-                        remaining: 0,
-                        reset: Duration::from_secs(1),
-                        retry_after: Duration::from_secs(1),
-                    },
+                    OnStoreError::Allow => (
+                        Decision {
+                            allowed: true,
+                            limit: self.limit.quota(),
+                            remaining: self.limit.quota(),
+                            reset: Duration::ZERO,
+                            retry_after: Duration::ZERO,
+                        },
+                        false,
+                    ),
+                    OnStoreError::Deny => (
+                        Decision {
+                            allowed: false,
+                            limit: self.limit.quota(),
+                            remaining: 0,
+                            reset: Duration::from_secs(1),
+                            retry_after: Duration::from_secs(1),
+                        },
+                        true,
+                    ),
                     OnStoreError::Local => {
                         let share = self.share(shared);
-                        share.decide(key, now_ns(Instant::now()), self.cost)
+                        (share.decide(key, now_ns(Instant::now()), self.cost), false)
                     }
                 }
             }

@@ -413,6 +413,12 @@ async fn redis_timeout_bounds_how_long_a_decision_waits_for_redis() {
     );
     assert_eq!(refused.error_code(), "RATE_LIMITED");
     assert_eq!(refused.header("retry-after"), Some("1"));
+    // The client is told the limit could not be checked, not that it was reached.
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(message.contains("could not be checked"), "{message}");
     let metrics = reqwest_text(&hasty.admin_url("/metrics")).await;
     assert_eq!(errors(&metrics), hasty_errors + 1.0, "{metrics}");
 
