@@ -569,22 +569,16 @@ async fn the_file_watch_sees_a_change_back_after_a_reload_by_other_means() {
     // A → B (reloaded by API or signal before the watch looks) → A again: the watch must
     // compare with what was last loaded (B), not with what it last saw itself (A).
     let dir = sekisho_testkit::TempDir::new("watch-aba");
-    let text = |port: u16| {
-        format!(
-            "{}\n[upstreams.u]\ntargets = [\"127.0.0.1:{port}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
-            base("")
-        )
-    };
-    let path = dir.write("sekisho.toml", &text(1001));
+    let path = dir.write("sekisho.toml", &watched_config(1001));
     let gateway = gateway_from_file(&path);
     let watching = gateway.clone();
     let watch =
         tokio::spawn(async move { watching.watch_config_file(Duration::from_millis(20)).await });
     let target_of =
         |gateway: &sekisho_gateway::Gateway| gateway.upstreams()[0].targets[0].address.clone();
-    dir.write("sekisho.toml", &text(1002));
+    dir.write("sekisho.toml", &watched_config(1002));
     gateway.reload().unwrap();
-    dir.write("sekisho.toml", &text(1001));
+    dir.write("sekisho.toml", &watched_config(1001));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while target_of(&gateway) != "127.0.0.1:1001" {
         assert!(
@@ -594,6 +588,14 @@ async fn the_file_watch_sees_a_change_back_after_a_reload_by_other_means() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     watch.abort();
+}
+
+/// A config whose one upstream is `127.0.0.1:{port}`, for the file-watch tests.
+fn watched_config(port: u16) -> String {
+    format!(
+        "{}\n[upstreams.u]\ntargets = [\"127.0.0.1:{port}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        base("")
+    )
 }
 
 /// A gateway started from the file at `path`, told the bytes it was made of (as the binary
@@ -611,15 +613,9 @@ async fn a_change_before_the_watchs_first_look_is_reloaded() {
     // The file changes between the start and the watch's first look (a deploy writing the file
     // right after a restart): the watch compares with what was loaded, so it reloads.
     let dir = sekisho_testkit::TempDir::new("watch-early");
-    let text = |port: u16| {
-        format!(
-            "{}\n[upstreams.u]\ntargets = [\"127.0.0.1:{port}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
-            base("")
-        )
-    };
-    let path = dir.write("sekisho.toml", &text(1001));
+    let path = dir.write("sekisho.toml", &watched_config(1001));
     let gateway = gateway_from_file(&path);
-    dir.write("sekisho.toml", &text(1002));
+    dir.write("sekisho.toml", &watched_config(1002));
     let watching = gateway.clone();
     let watch =
         tokio::spawn(async move { watching.watch_config_file(Duration::from_millis(20)).await });

@@ -28,14 +28,27 @@ fn drive(
     latency: Duration,
     sample: Sample,
 ) {
+    drive_with(limit, now, windows, concurrency, |permit, at| {
+        let started = at.checked_sub(latency).unwrap_or(at);
+        permit.sample(sample, started, at);
+    });
+}
+
+/// The rounds of [`drive`], each admitted call ended by `end(permit, now)`.
+fn drive_with(
+    limit: &Arc<AdaptiveLimit>,
+    now: &mut Instant,
+    windows: u32,
+    concurrency: u32,
+    end: impl Fn(&mut Permit, Instant),
+) {
     let step = limit.settings().window / 20;
     let round = |now: Instant, calls: u32| {
         let mut permits: Vec<Permit> = (0..calls)
             .filter_map(|_| limit.try_acquire().ok())
             .collect();
-        let started = now.checked_sub(latency).unwrap_or(now);
         for permit in &mut permits {
-            permit.sample(sample, started, now);
+            end(permit, now);
         }
     };
     for _ in 0..windows {
@@ -223,22 +236,9 @@ fn drive_own(
     latency: Duration,
     own_delay: Duration,
 ) {
-    let step = limit.settings().window / 20;
-    let round = |now: Instant, calls: u32| {
-        let mut permits: Vec<Permit> = (0..calls)
-            .filter_map(|_| limit.try_acquire().ok())
-            .collect();
-        for permit in &mut permits {
-            permit.sample_latency(Sample::Success, latency, own_delay, now);
-        }
-    };
-    for _ in 0..windows {
-        for _ in 0..20 {
-            round(*now, concurrency);
-            *now += step;
-        }
-        round(*now, 1);
-    }
+    drive_with(limit, now, windows, concurrency, |permit, at| {
+        permit.sample_latency(Sample::Success, latency, own_delay, at);
+    });
 }
 
 #[test]
