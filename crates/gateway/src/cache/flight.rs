@@ -152,18 +152,16 @@ impl RouteCache {
                 }
             }
             // Not stored, waited too long, or variants beyond the rounds: go to the upstream.
-            self.metrics.miss.inc();
-            return Lookup::Fetch(self.fetch(
+            return self.miss(
                 EntryKey {
                     primary,
                     variant_of,
                 },
                 parts,
-                None,
                 true,
                 stale,
                 why,
-            ));
+            );
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::entry::{now_ms, Entry};
 use super::flight::{FlightEnd, Lead, VaryMarker};
 use super::http;
-use super::RouteCache;
+use super::{Lookup, RouteCache};
 use crate::body::ResponseBody;
 use crate::edge::GatewayError;
 
@@ -49,6 +49,19 @@ pub(super) struct EntryKey {
 }
 
 impl RouteCache {
+    /// A miss counted, and the fetch that goes to the upstream for it (no flight to lead).
+    pub(super) fn miss(
+        self: &Arc<Self>,
+        key: EntryKey,
+        parts: &mut Parts,
+        store: bool,
+        stale: Option<Arc<Entry>>,
+        why: &'static str,
+    ) -> Lookup {
+        self.metrics.miss.inc();
+        Lookup::Fetch(self.fetch(key, parts, None, store, stale, why))
+    }
+
     /// A fetch of `key` from the upstream for this request; `lead` when this request leads a
     /// flight others wait on, `store` when its answer may be stored, `stale` the entry to fall
     /// back on, `why` the `fwd` of its `Cache-Status`.

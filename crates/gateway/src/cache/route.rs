@@ -178,18 +178,16 @@ impl RouteCache {
         }
 
         if !store || parts.method != Method::GET {
-            self.metrics.miss.inc();
-            return Lookup::Fetch(self.fetch(
+            return self.miss(
                 EntryKey {
                     primary,
                     variant_of,
                 },
                 parts,
-                None,
                 false,
                 stale,
                 why,
-            ));
+            );
         }
         self.collapse(primary, variant_of, parts, stale, why, deadline)
             .await
