@@ -1,9 +1,11 @@
 //! The gateway's own scheduling delay: how long a task that has just become ready waits before
 //! the runtime polls it. On a saturated event loop every latency the gateway measures includes
-//! this wait; the adaptive concurrency limit is told it, so the gateway's own saturation is not
-//! mistaken for a slow upstream (which would turn the gateway's capacity into refusals).
+//! this wait; the adaptive concurrency limits and the circuit breakers are told it, so the
+//! gateway's own saturation is not mistaken for a slow upstream (which would turn the gateway's
+//! capacity into refusals, or open the circuits of healthy upstreams).
 //!
-//! A probe task, started only when some route has an adaptive limit, wakes every
+//! A probe task, started only when some route has an adaptive limit or some upstream a circuit
+//! breaker, wakes every
 //! [`PERIOD`], yields once and measures how long it waited to run again: one trip through the
 //! run queue, as a woken request sees it. Its figure is smoothed over a few probes. This module
 //! imports nothing of the gateway.

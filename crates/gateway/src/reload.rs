@@ -198,7 +198,7 @@ impl Gateway {
             let stat = std::fs::metadata(&path)
                 .ok()
                 .map(|m| (m.modified().ok(), m.len()));
-            if stat.is_some() && stat == last_stat && looks % 10 != 0 {
+            if stat.is_some() && stat == last_stat && !looks.is_multiple_of(10) {
                 continue;
             }
             last_stat = stat;

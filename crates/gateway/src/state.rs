@@ -49,9 +49,13 @@ pub(crate) struct GatewayState {
 
 impl GatewayState {
     /// Starts measuring the event loop's delay when the generation in force has an adaptive
-    /// limit (once; the probe then runs until the gateway is dropped).
+    /// limit or a circuit breaker, which must not read the gateway's own saturation as a slow
+    /// upstream (once; the probe then runs until the gateway is dropped).
     pub(crate) fn probe_lag_if_needed(&self) {
-        if !self.runtime.load().adaptive_limits().is_empty() {
+        let runtime = self.runtime.load();
+        if !runtime.adaptive_limits().is_empty()
+            || runtime.upstreams.values().any(|u| u.circuit.is_some())
+        {
             self.lag.start();
         }
     }

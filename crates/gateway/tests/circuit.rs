@@ -93,3 +93,85 @@ async fn an_operator_forces_it_open_and_resets_it() {
     assert!(gw.gateway.circuit_action("u", "explode").is_err());
     gw.stop().await;
 }
+
+/// The gateway on a current-thread runtime whose thread a busy task holds 30 ms at a time (its
+/// own saturation), the upstream on runtime threads of its own, answering at once: every call
+/// takes longer than the breaker's 20 ms slow-call threshold because of the gateway, and none
+/// may count as slow — a saturated gateway must not open a healthy upstream's circuit. With a
+/// slow upstream instead (the control), the same calls are slow.
+#[test]
+fn the_gateways_own_saturation_is_not_a_slow_upstream() {
+    let upstreams = tokio::runtime::Runtime::new().unwrap();
+    let upstream = upstreams.block_on(chaos_upstream("u"));
+    let gateway = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let slow_calls = |busy: bool, latency_ms: u64| {
+        upstream.handle.set(ChaosState {
+            latency_ms,
+            ..ChaosState::default()
+        });
+        gateway.block_on(async {
+            let gw = InProcess::start(&format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [upstreams.u]\ntargets = [\"{}\"]\n\
+                 [upstreams.u.circuit_breaker]\nwindow_calls = 100\nminimum_calls = 100\n\
+                 slow_call_threshold = \"20ms\"\nslow_call_rate_threshold = 0.5\n\
+                 [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n",
+                upstream.address
+            ))
+            .await;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let hog = busy.then(|| {
+                let stop = std::sync::Arc::clone(&stop);
+                tokio::spawn(async move {
+                    // Bounded: at most 10 s of holding the thread.
+                    for _ in 0..333 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(30));
+                        tokio::task::yield_now().await;
+                    }
+                })
+            });
+            // The busy loop runs a while before the calls, as a saturation does: the gateway's
+            // measure of its own delay has caught up by then.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let address = gw.address;
+            let statuses = tokio::task::spawn_blocking(move || {
+                (0..12)
+                    .map(|_| {
+                        let answer = sekisho_testkit::raw_exchange(
+                            address,
+                            b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+                            Duration::from_secs(10),
+                        );
+                        sekisho_testkit::raw_status(&answer)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .unwrap();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            if let Some(hog) = hog {
+                hog.await.unwrap();
+            }
+            assert!(statuses.iter().all(|s| *s == Some(200)), "{statuses:?}");
+            let slow = gw.gateway.circuits()[0].slow_calls;
+            gw.stop().await;
+            slow
+        })
+    };
+    assert_eq!(
+        slow_calls(true, 0),
+        0,
+        "calls judged slow for the gateway's own delay"
+    );
+    assert_eq!(
+        slow_calls(false, 40),
+        12,
+        "a slow upstream's calls are slow"
+    );
+}

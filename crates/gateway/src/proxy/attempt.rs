@@ -34,6 +34,8 @@ pub(super) struct Call<'a> {
     pub(super) retry: Option<&'a RetryPolicy>,
     /// The method and body allow sending the request again.
     pub(super) resendable: bool,
+    /// The event loop's own scheduling delay when the request started (`lag.rs`).
+    pub(super) own_delay: Duration,
 }
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
@@ -141,6 +143,7 @@ impl Call<'_> {
             deadline,
             retry,
             resendable,
+            own_delay,
         } = *self;
         let Admitted { mut circuit, slot } = admitted;
         parts.version = match upstream.protocol {
@@ -306,7 +309,7 @@ impl Call<'_> {
             }
         };
         // The circuit's record: here, once per call that reached a target and ended.
-        circuit.finish(outcome, started, finished);
+        circuit.finish(outcome, started, finished, own_delay);
         match last {
             Last::Answer(response, holds) => {
                 record.answered = Some(finished);

@@ -3,6 +3,7 @@
 //! ([`super::attempt`]), and the fallback's alternate upstream.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Response;
 use hyper::body::Incoming;
@@ -88,6 +89,7 @@ pub(super) async fn call_upstream(
         deadline,
         retry,
         resendable: method_resendable && claim.replayable(),
+        own_delay: exchange.own_delay,
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();
@@ -191,17 +193,30 @@ impl<'a> CircuitCall<'a> {
 
     /// Records how the call ended: a failure status, a timeout, a failed connect or a broken
     /// answer counts as failed; its duration runs from the request's start.
-    pub(super) fn finish(&mut self, outcome: CallOutcome, started: Instant, at: Instant) {
+    ///
+    /// `own_delay` is the event loop's own scheduling delay (`lag.rs`): a call whose time it
+    /// dominates (a quarter or more, as for the adaptive limit) was slow because the gateway was
+    /// saturated, not the upstream, and is not judged slow — a saturated gateway must not open
+    /// the circuits of healthy upstreams.
+    pub(super) fn finish(
+        &mut self,
+        outcome: CallOutcome,
+        started: Instant,
+        at: Instant,
+        own_delay: Duration,
+    ) {
         if let (Some(circuit), Some(permit)) = (self.circuit, self.permit.take()) {
             let failed = match outcome {
                 CallOutcome::Status(status) => circuit.failure_statuses.contains(&status),
                 _ => true,
             };
+            let took = at.saturating_duration_since(started);
+            let own = !own_delay.is_zero() && own_delay.saturating_mul(4) >= took;
             circuit.breaker.record(
                 permit,
                 BreakerOutcome {
                     failed,
-                    duration: at.saturating_duration_since(started),
+                    duration: if own { Duration::ZERO } else { took },
                 },
                 at.into_std(),
             );

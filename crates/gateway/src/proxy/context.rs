@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::header::HeaderValue;
 use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
@@ -90,17 +91,26 @@ pub(super) struct Exchange {
     pub(super) started: Instant,
     /// The host the client asked for (its `Host`, or the request target's authority).
     pub(super) host: Option<HeaderValue>,
+    /// The event loop's own scheduling delay when the request started (`lag.rs`; zero while
+    /// nothing needs it measured).
+    pub(super) own_delay: Duration,
     /// What happened so far.
     pub(super) record: Record,
 }
 
 impl Exchange {
     /// A request that starts now.
-    pub(super) fn new(client: ClientInfo, request_id: HeaderValue, started: Instant) -> Self {
+    pub(super) fn new(
+        client: ClientInfo,
+        request_id: HeaderValue,
+        started: Instant,
+        own_delay: Duration,
+    ) -> Self {
         Self {
             client,
             request_id,
             started,
+            own_delay,
             host: None,
             record: Record::default(),
         }

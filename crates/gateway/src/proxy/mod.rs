@@ -45,7 +45,12 @@ pub(crate) async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let runtime = shared.runtime.load_full();
-    let mut exchange = Exchange::new(client, request_id_of(request.headers()), started);
+    let mut exchange = Exchange::new(
+        client,
+        request_id_of(request.headers()),
+        started,
+        shared.lag.current(),
+    );
     let access = runtime.listener.access_log.then(|| AccessInfo {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),

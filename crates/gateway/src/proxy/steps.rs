@@ -154,6 +154,7 @@ fn spawn_refresh(
         exchange.client.clone(),
         exchange.request_id.clone(),
         Instant::now(),
+        exchange.own_delay,
     );
     background.host = exchange.host.clone();
     tokio::spawn(async move {
