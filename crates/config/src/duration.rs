@@ -111,7 +111,7 @@ pub fn format_duration(duration: Duration) -> String {
             format!("{}us", duration.as_micros())
         };
     }
-    if total_ms % 1000 != 0 {
+    if !total_ms.is_multiple_of(1000) {
         return format!("{total_ms}ms");
     }
     let mut secs = total_ms / 1000;
