@@ -229,6 +229,13 @@ async fn timeouts_are_drops_that_cut_an_aimd_limit() {
         |limit| limit <= 4.0,
     )
     .await;
+    // The callers go on until the cut limit has shed one of them (stopping them the moment the
+    // cut is seen could leave no call that met it).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while traffic.overloaded.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (ok, overloaded, timed_out) = traffic.finish().await;
     assert!(cut.is_ok(), "limit {cut:?}");
     assert_eq!(ok, 0);
