@@ -1,6 +1,6 @@
 //! What the gateway keeps across reloads, by name: each upstream's and target's state, each
 //! route's retry budget and adaptive limit, each rate limit's in-process state, the link to
-//! Redis and the response cache. A reload builds a new generation from it ([`crate::runtime`])
+//! Redis and the response cache. A reload builds a new generation from it (`runtime.rs`)
 //! and afterwards forgets what the new config no longer names ([`StateRegistry::retain`]).
 
 use std::collections::HashMap;

@@ -18,7 +18,8 @@
 //!
 //! **Files.**
 //! - `route.rs`: [`RouteCache`], one route's settings, its keys, and `lookup` (the hits);
-//! - `flight.rs`: the misses of one key collapsed into one flight, the fill lock with another
+//! - `flight.rs`: a flight per key in progress, its leader and how it ended;
+//! - `collapse.rs`: the misses of one key collapsed into one flight, the fill lock with another
 //!   instance, and the flights that follow for the other variants of a varying response;
 //! - `respond.rs`: answers from an entry (`304`s included), `Cache-Status`, and [`Fetch`],
 //!   whose `finish` stores the upstream's answer or serves a stale copy;
@@ -26,6 +27,7 @@
 //! - [`entry`]: a stored response and its encoding for the shared tier;
 //! - [`http`]: the HTTP caching rules.
 
+mod collapse;
 mod entry;
 mod flight;
 mod http;

@@ -2,7 +2,6 @@
 //! tier it attaches to and detaches from, purges (here, there, and from the other instances
 //! through the subscription `listen` keeps), and the figures the admin API shows.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use arc_swap::ArcSwapOption;
 use sekisho_store::cache::RedisCache;
 
 use super::entry::{now_ms, Entry};
-use super::flight::Flight;
+use super::flight::Flights;
 use crate::sync::lock;
 
 /// The cache every route shares: both tiers, and the flights in progress. Kept across reloads.
@@ -18,7 +17,7 @@ pub struct CacheStore {
     l1: moka::sync::Cache<String, L1Value>,
     max_entries: u64,
     max_bytes: u64,
-    pub(super) flights: Mutex<HashMap<String, Arc<Flight>>>,
+    pub(super) flights: Arc<Flights>,
     pub(super) l2: ArcSwapOption<RedisCache>,
     subscribed: std::sync::atomic::AtomicBool,
     subscriber: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -114,7 +113,7 @@ impl CacheStore {
             l1,
             max_entries,
             max_bytes,
-            flights: Mutex::new(HashMap::new()),
+            flights: Arc::default(),
             l2: ArcSwapOption::empty(),
             subscribed: std::sync::atomic::AtomicBool::new(false),
             subscriber: Mutex::new(None),
@@ -207,7 +206,7 @@ impl CacheStore {
             max_bytes: self.max_bytes,
             shared: self.shared(),
             subscribed: self.subscribed.load(std::sync::atomic::Ordering::Acquire),
-            flights: lock(&self.flights).len(),
+            flights: self.flights.len(),
         }
     }
 

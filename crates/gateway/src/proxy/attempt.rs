@@ -8,7 +8,7 @@ use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::call::Admitted;
+use super::admission::Admitted;
 use super::context::{ClientInfo, Record};
 use super::forwarding::{downstream_head, request_key};
 use crate::body::{BodyClaim, Held, RequestBody, ResponseBody};

@@ -1,16 +1,14 @@
-//! The call to a route's upstream: admission (circuit breaker, then bulkhead), the request
-//! rewritten for the upstream, a body made resendable when a retry may need it, the attempts
+//! The call to a route's upstream: admission (`admission.rs`), the request rewritten for the
+//! upstream, a body made resendable when a retry may need it, the attempts
 //! ([`super::attempt`]), and the fallback's alternate upstream.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::Response;
 use hyper::body::Incoming;
-use sekisho_policy::breaker::{Outcome as BreakerOutcome, Permit};
-use sekisho_policy::bulkhead::Slot;
 use tokio::time::Instant;
 
+use super::admission::Admitted;
 use super::attempt::Call;
 use super::context::Exchange;
 use super::forwarding::{content_length, upstream_request};
@@ -18,7 +16,6 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::edge::GatewayError;
 use crate::fallback::FallbackKind;
 use crate::router::CompiledRoute;
-use crate::upstream::{CallOutcome, Circuit, UpstreamGroup};
 
 /// The call to the route's upstream: admission, the request rewritten for the upstream, the
 /// attempts, and the alternate upstream of the fallback. `body` is `None` for a request the
@@ -129,105 +126,4 @@ pub(super) async fn call_upstream(
         }
     }
     result
-}
-
-/// What admission gave a call: the circuit's permit (recorded once when the call ends) and a
-/// slot of the bulkhead (held by the response body to its end).
-pub(super) struct Admitted<'a> {
-    pub(super) circuit: CircuitCall<'a>,
-    pub(super) slot: Option<Slot>,
-}
-
-impl<'a> Admitted<'a> {
-    /// Admission by an upstream's circuit breaker, then its bulkhead: an open circuit answers
-    /// at once, before any work for the upstream. A full bulkhead gives the circuit permit
-    /// back: it says nothing about the upstream's health.
-    async fn enter(upstream: &'a UpstreamGroup, now: Instant) -> Result<Self, GatewayError> {
-        let circuit = CircuitCall::enter(upstream, now)?;
-        let slot = match &upstream.bulkhead {
-            Some(bulkhead) => {
-                Some(
-                    bulkhead
-                        .acquire()
-                        .await
-                        .map_err(|_| GatewayError::BulkheadFull {
-                            upstream: upstream.name.clone(),
-                            max_concurrent: bulkhead.usage().max_concurrent,
-                        })?,
-                )
-            }
-            None => None,
-        };
-        Ok(Self { circuit, slot })
-    }
-}
-
-/// A call admitted by the upstream's circuit breaker: its outcome is recorded once, and a call
-/// that never reached the upstream (no target, the client's fault) is given back on drop.
-pub(super) struct CircuitCall<'a> {
-    circuit: Option<&'a Circuit>,
-    permit: Option<Permit>,
-}
-
-impl<'a> CircuitCall<'a> {
-    /// Leave from `upstream`'s breaker (always, without one); an open circuit is
-    /// `CIRCUIT_OPEN` with the time until it lets a probe through.
-    fn enter(upstream: &'a UpstreamGroup, now: Instant) -> Result<Self, GatewayError> {
-        let Some(circuit) = &upstream.circuit else {
-            return Ok(Self {
-                circuit: None,
-                permit: None,
-            });
-        };
-        match circuit.breaker.try_acquire(now.into_std()) {
-            Ok(permit) => Ok(Self {
-                circuit: Some(circuit),
-                permit: Some(permit),
-            }),
-            Err(rejected) => Err(GatewayError::CircuitOpen {
-                upstream: upstream.name.clone(),
-                retry_after: rejected.retry_after,
-            }),
-        }
-    }
-
-    /// Records how the call ended: a failure status, a timeout, a failed connect or a broken
-    /// answer counts as failed; its duration runs from the request's start.
-    ///
-    /// `own_delay` is the event loop's own scheduling delay (`lag.rs`): a call whose time it
-    /// dominates (a quarter or more, as for the adaptive limit) was slow because the gateway was
-    /// saturated, not the upstream, and is not judged slow — a saturated gateway must not open
-    /// the circuits of healthy upstreams.
-    pub(super) fn finish(
-        &mut self,
-        outcome: CallOutcome,
-        started: Instant,
-        at: Instant,
-        own_delay: Duration,
-    ) {
-        if let (Some(circuit), Some(permit)) = (self.circuit, self.permit.take()) {
-            let failed = match outcome {
-                CallOutcome::Status(status) => circuit.failure_statuses.contains(&status),
-                _ => true,
-            };
-            let took = at.saturating_duration_since(started);
-            let own = !own_delay.is_zero() && own_delay.saturating_mul(4) >= took;
-            circuit.breaker.record(
-                permit,
-                BreakerOutcome {
-                    failed,
-                    duration: if own { Duration::ZERO } else { took },
-                },
-                at.into_std(),
-            );
-        }
-    }
-}
-
-impl Drop for CircuitCall<'_> {
-    fn drop(&mut self) {
-        if let (Some(circuit), Some(permit)) = (self.circuit, self.permit.take()) {
-            circuit.breaker.cancel(permit);
-        }
-    }
 }

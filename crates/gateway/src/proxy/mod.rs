@@ -4,8 +4,9 @@
 //!   id, `RateLimit-*`, `Cache-Status`), metrics recorded and the access line written;
 //! - `steps`: head checks, the server's rate limit, the route, its body and rate limits, the
 //!   cache, adaptive concurrency, then the call and the static fallback;
-//! - `call`: admission (circuit breaker, bulkhead), the request rewritten for the upstream, the
-//!   body made resendable when a retry may need it, the alternate upstream of the fallback;
+//! - `call`: the request rewritten for the upstream, the body made resendable when a retry may
+//!   need it, the attempts, the alternate upstream of the fallback;
+//! - `admission`: the circuit breaker's permit and the bulkhead's slot;
 //! - `attempt`: the attempts at targets (pick, send, deadline and per-attempt timeout, the
 //!   outcome recorded for the target and the circuit, the retry decision);
 //! - `forwarding`: the request and answer heads as the other side sees them;
@@ -16,6 +17,7 @@
 //! into the contract's JSON.
 
 mod access_log;
+mod admission;
 mod attempt;
 mod call;
 mod context;
