@@ -101,10 +101,14 @@ impl fmt::Display for ConfigError {
 
 /// Reads and validates the config file at `path`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    match std::fs::read(path) {
-        Ok(bytes) => parse_file_contents(&bytes, path),
-        Err(error) => Err(ConfigError::unreadable(path, &error)),
-    }
+    load_with_contents(path).map(|(config, _)| config)
+}
+
+/// As [`load`], with the bytes the config was made of (a file watch compares against them).
+pub fn load_with_contents(path: &Path) -> Result<(Config, Vec<u8>), ConfigError> {
+    let bytes = std::fs::read(path).map_err(|error| ConfigError::unreadable(path, &error))?;
+    let config = parse_file_contents(&bytes, path)?;
+    Ok((config, bytes))
 }
 
 /// Parses `bytes`, read from the file at `path`, as [`load`] does: relative paths in the config

@@ -601,8 +601,7 @@ fn watched_config(port: u16) -> String {
 /// A gateway started from the file at `path`, told the bytes it was made of (as the binary
 /// does), so the file watch compares against them from the start.
 fn gateway_from_file(path: &std::path::Path) -> sekisho_gateway::Gateway {
-    let bytes = std::fs::read(path).unwrap();
-    let config = sekisho_config::parse_file_contents(&bytes, path).unwrap();
+    let (config, bytes) = sekisho_config::load_with_contents(path).unwrap();
     let gateway = sekisho_gateway::Gateway::new(config, Some(path.to_owned())).unwrap();
     gateway.loaded_file_contents(bytes);
     gateway

@@ -161,12 +161,7 @@ fn run_file(path: &Path) -> anyhow::Result<()> {
 /// against exactly what was loaded (a change made right after start is not taken as the
 /// starting point). An unreadable or invalid file is printed with its position.
 fn read_config(path: &Path) -> anyhow::Result<(Config, Vec<u8>)> {
-    let loaded = std::fs::read(path)
-        .map_err(|error| sekisho_config::ConfigError::unreadable(path, &error))
-        .and_then(|bytes| {
-            sekisho_config::parse_file_contents(&bytes, path).map(|config| (config, bytes))
-        });
-    loaded.map_err(|error| {
+    sekisho_config::load_with_contents(path).map_err(|error| {
         eprintln!("{error}");
         anyhow::anyhow!("the config is invalid; nothing was started")
     })
