@@ -12,59 +12,28 @@ pub const MASK: &str = "***";
 /// a lone userinfo is often a token) and any `password`/`pass`/`secret`/`token` query value
 /// replaced by `***`. Text that is not a URL comes back unchanged.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_owned();
-    };
-    let authority_start = scheme_end + 3;
-    let rest = &url[authority_start..];
-    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_len];
     let mut out = String::with_capacity(url.len());
-    out.push_str(&url[..authority_start]);
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            match userinfo.split_once(':') {
-                Some((user, _password)) => {
-                    out.push_str(user);
-                    out.push(':');
-                    out.push_str(MASK);
-                }
-                None if userinfo.is_empty() => {}
-                None => out.push_str(MASK),
-            }
-            out.push_str(&authority[at..]);
-        }
-        None => out.push_str(authority),
+    let mut copied = 0;
+    for (start, end) in secret_spans(url) {
+        out.push_str(&url[copied..start]);
+        out.push_str(MASK);
+        copied = end;
     }
-    let tail = &rest[authority_len..];
-    match tail.split_once('?') {
-        Some((path, query)) => {
-            out.push_str(path);
-            out.push('?');
-            let (query, fragment) = match query.split_once('#') {
-                Some((query, fragment)) => (query, Some(fragment)),
-                None => (query, None),
-            };
-            for (index, pair) in query.split('&').enumerate() {
-                if index > 0 {
-                    out.push('&');
-                }
-                match pair.split_once('=') {
-                    Some((key, _)) if is_secret_key(key) => {
-                        out.push_str(key);
-                        out.push('=');
-                        out.push_str(MASK);
-                    }
-                    _ => out.push_str(pair),
-                }
-            }
-            if let Some(fragment) = fragment {
-                out.push('#');
-                out.push_str(fragment);
-            }
+    out.push_str(&url[copied..]);
+    out
+}
+
+/// `text` with every secret [`redact_url`] would hide in `url` replaced by `***`: for messages a
+/// driver wrote about that URL.
+pub fn redact_in(text: &str, url: &str) -> String {
+    let mut out = text.to_owned();
+    if out.contains(url) {
+        out = out.replace(url, &redact_url(url));
+    }
+    for (start, end) in secret_spans(url) {
+        if start < end {
+            out = out.replace(&url[start..end], MASK);
         }
-        None => out.push_str(tail),
     }
     out
 }
@@ -75,48 +44,41 @@ fn is_secret_key(key: &str) -> bool {
         .any(|secret| key.eq_ignore_ascii_case(secret))
 }
 
-/// `text` with every secret [`redact_url`] would hide in `url` replaced by `***`: for messages a
-/// driver wrote about that URL.
-pub fn redact_in(text: &str, url: &str) -> String {
-    let mut out = text.to_owned();
-    for secret in secrets(url) {
-        if !secret.is_empty() {
-            out = out.replace(secret, MASK);
-        }
-    }
-    if out.contains(url) {
-        out = out.replace(url, &redact_url(url));
-    }
-    out
-}
-
-/// The secrets of `url`: its password (or lone userinfo) and secret query values, as written.
-fn secrets(url: &str) -> Vec<&str> {
-    let mut found = Vec::new();
+/// Where the secrets of `url` are, as byte ranges in order: its password (or lone userinfo) and
+/// the values of secret query keys (an empty password or value is masked too).
+fn secret_spans(url: &str) -> Vec<(usize, usize)> {
+    let mut spans = Vec::new();
     let Some(scheme_end) = url.find("://") else {
-        return found;
+        return spans;
     };
-    let rest = &url[scheme_end + 3..];
+    let authority_start = scheme_end + 3;
+    let rest = &url[authority_start..];
     let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     if let Some(at) = rest[..authority_len].rfind('@') {
-        let userinfo = &rest[..at];
-        found.push(
-            userinfo
-                .split_once(':')
-                .map_or(userinfo, |(_, password)| password),
-        );
-    }
-    if let Some((_, query)) = rest[authority_len..].split_once('?') {
-        let query = query.split_once('#').map_or(query, |(query, _)| query);
-        for pair in query.split('&') {
-            if let Some((key, value)) = pair.split_once('=') {
-                if is_secret_key(key) {
-                    found.push(value);
-                }
-            }
+        match rest[..at].find(':') {
+            Some(colon) => spans.push((authority_start + colon + 1, authority_start + at)),
+            // An empty userinfo hides nothing.
+            None if at == 0 => {}
+            None => spans.push((authority_start, authority_start + at)),
         }
     }
-    found
+    let tail_start = authority_start + authority_len;
+    if let Some(question) = url[tail_start..].find('?') {
+        let query_start = tail_start + question + 1;
+        let query_end = url[query_start..]
+            .find('#')
+            .map_or(url.len(), |hash| query_start + hash);
+        let mut pair_start = query_start;
+        for pair in url[query_start..query_end].split('&') {
+            if let Some((key, _)) = pair.split_once('=') {
+                if is_secret_key(key) {
+                    spans.push((pair_start + key.len() + 1, pair_start + pair.len()));
+                }
+            }
+            pair_start += pair.len() + 1;
+        }
+    }
+    spans
 }
 
 #[cfg(test)]
@@ -130,6 +92,8 @@ mod tests {
             ("redis://user:pw@host:6379", "redis://user:***@host:6379"),
             ("redis://token@host", "redis://***@host"),
             ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("redis://user:@host", "redis://user:***@host"),
+            ("redis://@host/0?password=", "redis://@host/0?password=***"),
             ("rediss://u:p@a@host/1", "rediss://u:***@host/1"),
             (
                 "postgres://app@db/x?sslmode=require&password=pw#f",
