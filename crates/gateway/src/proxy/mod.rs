@@ -66,7 +66,7 @@ pub(crate) async fn handle(
         steps::run(&runtime, &mut exchange, request).await
     };
     if let Some(permit) = exchange.record.concurrency.take() {
-        steps::sample_concurrency(permit, &mut answered, &exchange, shared.lag.current());
+        steps::sample_concurrency(permit, &mut answered, &exchange);
     }
     let mut response = match answered {
         Ok(response) => response,

@@ -169,13 +169,13 @@ fn spawn_refresh(
 ///
 /// The sample is the upstream's latency as the gateway can see it: from the moment the last
 /// attempt was handed to the target's connection to the answer's head (not the route, cache
-/// or bulkhead time before it), with `own_delay`, the event loop's current scheduling delay,
-/// so that a gateway saturated by its own work is not read as a slow upstream.
+/// or bulkhead time before it), with the event loop's own scheduling delay (the request's
+/// `own_delay`, as the circuit breaker gets it), so that a gateway saturated by its own work is
+/// not read as a slow upstream.
 pub(super) fn sample_concurrency(
     mut permit: ConcurrencyPermit,
     forwarded: &mut Result<Response<ResponseBody>, GatewayError>,
     exchange: &Exchange,
-    own_delay: std::time::Duration,
 ) {
     let (outcome, started) = (&exchange.record, exchange.started);
     if outcome.timed_out {
@@ -190,7 +190,7 @@ pub(super) fn sample_concurrency(
         permit.sample_latency(
             Sample::Success,
             answered.saturating_duration_since(sent),
-            own_delay,
+            exchange.own_delay,
             answered.into_std(),
         );
     }
