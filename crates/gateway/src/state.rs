@@ -53,7 +53,11 @@ impl GatewayState {
     /// upstream (once; the probe then runs until the gateway is dropped).
     pub(crate) fn probe_lag_if_needed(&self) {
         let runtime = self.runtime.load();
-        if runtime.router.routes().iter().any(|r| r.concurrency.is_some())
+        if runtime
+            .router
+            .routes()
+            .iter()
+            .any(|r| r.concurrency.is_some())
             || runtime.upstreams.values().any(|u| u.circuit.is_some())
         {
             self.lag.start();
