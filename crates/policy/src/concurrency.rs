@@ -29,6 +29,12 @@
 //!   limit keeps probing upwards while latency is flat);
 //!   `limit ← limit × (1 − smoothing) + target × smoothing`, kept within `[min_limit,
 //!   max_limit]`.
+//! - **Recovery**: when a slow period is over — `short` is back within `tolerance` of the best
+//!   latency seen (a slowly forgetting minimum) while `long` is still above `tolerance × short`
+//!   — the limit is multiplied by `long / short`, at most doubled per window (as Envoy's
+//!   gradient allows), so a limit cut to its floor is back within a few windows (under 2 s at
+//!   the default 100 ms window) instead of creeping up by `√limit`. Latency rising past
+//!   `tolerance × best` again ends the doubling.
 //!
 //! **AIMD**: a window with a drop (a timed-out call, or a sample slower than `timeout`)
 //! multiplies the limit by `backoff_ratio`; a window without a drop whose `peak` reached half the
@@ -205,6 +211,9 @@ struct Estimate {
     limit: f64,
     /// The gradient's long-run latency in µs (0 until the first window).
     long_micros: f64,
+    /// The lowest window latency in µs, slowly forgetting (it climbs by `1/LONG_WINDOWS` of the
+    /// gap each window above it): the service's latency when it is not queueing.
+    best_micros: f64,
 }
 
 /// One window's figures, as they enter the limit's arithmetic.
@@ -248,6 +257,7 @@ impl AdaptiveLimit {
             estimate: Mutex::new(Estimate {
                 limit: f64::from(initial),
                 long_micros: 0.0,
+                best_micros: 0.0,
             }),
         })
     }
@@ -399,14 +409,31 @@ impl AdaptiveLimit {
                 let short = window.mean_micros.max(1.0);
                 if estimate.long_micros <= 0.0 {
                     estimate.long_micros = short;
+                    estimate.best_micros = short;
                 } else {
                     estimate.long_micros += (short - estimate.long_micros) / LONG_WINDOWS;
+                    if short < estimate.best_micros {
+                        estimate.best_micros = short;
+                    } else {
+                        estimate.best_micros += (short - estimate.best_micros) / LONG_WINDOWS;
+                    }
                 }
                 if estimate.long_micros > 2.0 * short {
                     estimate.long_micros *= 0.95;
                 }
                 if window.dropped == 0 && f64::from(window.peak) < limit / 2.0 {
                     return limit;
+                }
+                if window.dropped == 0
+                    && estimate.long_micros > tolerance * short
+                    && short <= tolerance * estimate.best_micros
+                {
+                    // A slow period is over: latency is back near its best, well under its
+                    // long-run level. Grow by that ratio (at most doubling per window, as
+                    // Envoy's gradient does) so the limit is back within a few windows instead
+                    // of creeping up by √limit; a latency that rises again ends it.
+                    let ratio = (estimate.long_micros / short).min(2.0);
+                    return (limit * ratio).clamp(f64::from(min_limit), f64::from(max_limit));
                 }
                 let gradient = (tolerance * estimate.long_micros / short).clamp(0.5, 1.0);
                 let target = limit * gradient + limit.sqrt();

@@ -163,6 +163,47 @@ fn rising_latency_shrinks_the_limit_towards_its_floor_and_it_recovers() {
 }
 
 #[test]
+fn after_a_slow_period_the_limit_is_back_within_two_seconds() {
+    // Healthy at 1 ms with demand for 300 in flight; then 5 s at 50 ms cut the limit to its
+    // floor; then the service is healthy again (simulated clock, 100 ms windows).
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(200), now);
+    drive(&limit, &mut now, 30, 300, MS, Sample::Success);
+    let before = limit.limit();
+    assert!(before >= 200, "limit {before}");
+    drive(&limit, &mut now, 50, 300, 50 * MS, Sample::Success);
+    let floor = limit.limit();
+    assert!(floor <= before / 10, "the slow period left the limit at {floor}");
+    // 2 s of healthy answers: the limit is back where the demand needs it.
+    drive(&limit, &mut now, 20, 300, MS, Sample::Success);
+    assert!(
+        limit.limit() >= before.min(300),
+        "{} two seconds after recovery, {before} before the slow period",
+        limit.limit()
+    );
+}
+
+#[test]
+fn recovery_stops_doubling_when_latency_rises_again() {
+    // The service is fast only while lightly loaded: back at 1 ms, the limit doubles; at
+    // higher concurrency it queues again (10 ms) and the doubling ends at once.
+    let mut now = Instant::now();
+    let limit = AdaptiveLimit::new(gradient(200), now);
+    drive(&limit, &mut now, 30, 300, MS, Sample::Success);
+    drive(&limit, &mut now, 50, 300, 50 * MS, Sample::Success);
+    let floor = limit.limit();
+    drive(&limit, &mut now, 1, 300, MS, Sample::Success);
+    let doubled = limit.limit();
+    assert!(doubled >= floor * 2 - 1, "{floor} → {doubled}");
+    drive(&limit, &mut now, 1, 300, 10 * MS, Sample::Success);
+    assert!(
+        limit.limit() <= doubled,
+        "latency ten times its best still grew the limit: {doubled} → {}",
+        limit.limit()
+    );
+}
+
+#[test]
 fn one_gradient_step_follows_the_formula() {
     let mut now = Instant::now();
     let limit = AdaptiveLimit::new(gradient(100), now);
