@@ -407,6 +407,30 @@ fn adaptive_concurrency_is_read_with_defaults_and_checked_where_it_stands() {
 }
 
 #[test]
+fn the_overload_guard_is_read_and_checked_where_it_stands() {
+    assert!(parse(MINIMAL, "test.toml")
+        .expect("minimal")
+        .server
+        .overload
+        .is_none());
+    let good = format!("{MINIMAL}\n[server.overload]\nmax_loop_delay = \"200ms\"\n");
+    let config = parse(&good, "test.toml").expect("good overload guard");
+    assert_eq!(
+        config.server.overload.expect("overload").max_loop_delay.0,
+        std::time::Duration::from_millis(200)
+    );
+    let zero = format!("{MINIMAL}\n[server.overload]\nmax_loop_delay = \"0s\"\n");
+    let diagnostic = first(&zero);
+    assert_eq!(diagnostic.line, 14, "{diagnostic}");
+    let missing = format!("{MINIMAL}\n[server.overload]\n");
+    assert!(
+        first(&missing).message.contains("max_loop_delay"),
+        "{}",
+        first(&missing)
+    );
+}
+
+#[test]
 fn trusted_proxies_and_a_server_wide_rate_limit_are_checked() {
     let good = MINIMAL.replace(
         "listen = \"127.0.0.1:8080\"",

@@ -102,6 +102,13 @@ pub enum GatewayError {
         /// The limit at the time.
         limit: u32,
     },
+    /// The gateway itself is overloaded (`[server.overload]`): its event loop runs further
+    /// behind than `max_loop_delay`, so the request is refused before routing.
+    #[error("the gateway is overloaded (its event loop runs {} behind)", sekisho_config::format_duration(*.delay))]
+    GatewayOverloaded {
+        /// The loop's delay at the time.
+        delay: Duration,
+    },
     /// The client did not send its body before the route's deadline (the body was being read
     /// whole, to be resent by a retry if need be).
     #[error("the request body did not arrive within {}", sekisho_config::format_duration(*.timeout))]
@@ -150,7 +157,7 @@ impl GatewayError {
             Self::NoHealthyUpstream { .. } => "NO_HEALTHY_UPSTREAM",
             Self::CircuitOpen { .. } => "CIRCUIT_OPEN",
             Self::BulkheadFull { .. } => "BULKHEAD_FULL",
-            Self::Overloaded { .. } => "OVERLOADED",
+            Self::Overloaded { .. } | Self::GatewayOverloaded { .. } => "OVERLOADED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
             Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
@@ -182,7 +189,8 @@ impl GatewayError {
             Self::NoHealthyUpstream { .. }
             | Self::CircuitOpen { .. }
             | Self::BulkheadFull { .. }
-            | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::Overloaded { .. }
+            | Self::GatewayOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
@@ -193,9 +201,9 @@ impl GatewayError {
     /// Seconds a client should wait before trying again, where the error implies one.
     pub(crate) fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::NoHealthyUpstream { .. } | Self::Overloaded { .. } => {
-                Some(Duration::from_secs(1))
-            }
+            Self::NoHealthyUpstream { .. }
+            | Self::Overloaded { .. }
+            | Self::GatewayOverloaded { .. } => Some(Duration::from_secs(1)),
             // Whole seconds, rounded up: never "0", which a client would take as "now".
             Self::CircuitOpen { retry_after, .. } => Some(Duration::from_secs(
                 retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),

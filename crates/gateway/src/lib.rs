@@ -69,6 +69,7 @@ pub use views::{
 };
 
 use clock::unix_seconds;
+use lag::SchedulingLag;
 use metrics::Metrics;
 use registry::StateRegistry;
 use runtime::Runtime;
@@ -95,7 +96,8 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Compiles `config`; `config_path` is the file reloads read again.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, BuildError> {
-        let metrics = Metrics::new();
+        let lag = Arc::<SchedulingLag>::default();
+        let metrics = Metrics::new(&lag);
         let clients = ClientCache::default();
         let states = StateRegistry::default();
         let base_dir = config_path.as_deref().and_then(Path::parent);
@@ -120,7 +122,7 @@ impl Gateway {
                 generation: AtomicU64::new(1),
                 reload_lock: Mutex::new(ReloadRecord::default()),
                 file_bytes: Mutex::new(None),
-                lag: Arc::default(),
+                lag,
             }),
         })
     }

@@ -1,7 +1,9 @@
 //! The traffic listener: accept, TLS, one task per connection, graceful drain.
 //!
 //! Connections are bounded by `server.max_connections`: beyond it the accept loop waits, so
-//! further clients queue in the kernel's backlog rather than in our memory. On shutdown the loop
+//! further clients queue in the kernel's backlog rather than in our memory. The same holds while
+//! the gateway itself is overloaded (`[server.overload]`: its event loop runs further behind
+//! than `max_loop_delay`): the loop does not accept until it has caught up. On shutdown the loop
 //! stops accepting, asks every connection to finish its requests (hyper's graceful shutdown:
 //! HTTP/1 closes after the current response, HTTP/2 sends GOAWAY) and waits up to the drain
 //! timeout.
@@ -77,7 +79,7 @@ pub(crate) async fn serve(
     let graceful = GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
-    loop {
+    'accepting: loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
             permit = Arc::clone(&permits).acquire_owned() => match permit {
@@ -85,6 +87,14 @@ pub(crate) async fn serve(
                 Err(_) => break,
             },
         };
+        // The gateway itself overloaded (`[server.overload]`): new clients wait in the listen
+        // backlog, at no cost to the loop, until it has caught up.
+        while shared.lag.overloaded() {
+            tokio::select! {
+                () = &mut shutdown => break 'accepting,
+                () = tokio::time::sleep(crate::lag::PERIOD) => {}
+            }
+        }
         let (stream, remote) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.listener.accept() => match accepted {

@@ -42,22 +42,31 @@ pub(crate) struct GatewayState {
     /// The config file's bytes as the last reload (or the watcher's first look) read them, so
     /// the file watch compares against what was last loaded, whoever loaded it.
     pub(crate) file_bytes: Mutex<Option<Vec<u8>>>,
-    /// The event loop's own scheduling delay, for the adaptive limits (probed only while some
-    /// route has one).
+    /// The event loop's own scheduling delay, for the adaptive limits, the circuit breakers and
+    /// the overload guard (probed only while one of them is configured).
     pub(crate) lag: Arc<SchedulingLag>,
 }
 
 impl GatewayState {
-    /// Starts measuring the event loop's delay when the generation in force has an adaptive
-    /// limit or a circuit breaker, which must not read the gateway's own saturation as a slow
-    /// upstream (once; the probe then runs until the gateway is dropped).
+    /// Applies the generation in force's overload bound, and starts measuring the event loop's
+    /// delay when it has one, an adaptive limit or a circuit breaker, which must not read the
+    /// gateway's own saturation as a slow upstream (once; the probe then runs until the gateway
+    /// is dropped).
     pub(crate) fn probe_lag_if_needed(&self) {
         let runtime = self.runtime.load();
-        if runtime
-            .router
-            .routes()
-            .iter()
-            .any(|r| r.concurrency.is_some())
+        let bound = runtime
+            .config
+            .server
+            .overload
+            .as_ref()
+            .map(|overload| overload.max_loop_delay.0);
+        self.lag.set_bound(bound);
+        if bound.is_some()
+            || runtime
+                .router
+                .routes()
+                .iter()
+                .any(|r| r.concurrency.is_some())
             || runtime.upstreams.values().any(|u| u.circuit.is_some())
         {
             self.lag.start();

@@ -54,6 +54,19 @@ pub struct Server {
     #[serde(default)]
     #[schemars(with = "Option<AdaptiveConcurrency>")]
     pub adaptive_concurrency: Option<Spanned<AdaptiveConcurrency>>,
+    /// The gateway's own overload guard (extension): while its event loop's delay is past
+    /// `max_loop_delay`, new connections wait in the listen backlog and requests on open ones
+    /// get 503 OVERLOADED with `Connection: close`, before routing.
+    #[serde(default)]
+    pub overload: Option<Overload>,
+}
+
+/// `[server.overload]` (extension): when the gateway itself is the bottleneck.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Overload {
+    /// The event loop's own scheduling delay (smoothed) beyond which the gateway is overloaded.
+    pub max_loop_delay: NonZeroDuration,
 }
 
 /// `[server.adaptive_concurrency]` and `[routes.adaptive_concurrency]` (extension): a limit on

@@ -12,6 +12,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use super::{names, AdaptiveLimits};
+use crate::lag::SchedulingLag;
 use crate::upstream::{TargetFigures, UpstreamGroup};
 
 /// A metric name, its help, and how to read its sample from a row `R` (a target's figures, a
@@ -269,9 +270,12 @@ fn encode_circuits(
     )
 }
 
-/// Process vitals read from /proc at scrape time: CPU, memory, file descriptors, start time.
+/// Process vitals read from /proc at scrape time: CPU, memory, file descriptors, start time;
+/// and the event loop's own delay.
 #[derive(Debug, Default)]
-pub(super) struct ProcessCollector;
+pub(super) struct ProcessCollector {
+    pub(super) lag: Arc<SchedulingLag>,
+}
 
 impl ProcessCollector {
     fn read() -> Option<(f64, f64, f64, f64, f64)> {
@@ -304,6 +308,20 @@ impl ProcessCollector {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let delay = ConstGauge::new(self.lag.current().as_secs_f64());
+        delay.encode(encoder.encode_descriptor(
+            names::EVENT_LOOP_DELAY,
+            "How long a ready task waits for the event loop, smoothed (0 while not probed: no adaptive limit, circuit breaker or overload bound configured)",
+            None,
+            delay.metric_type(),
+        )?)?;
+        let busy = ConstGauge::new(self.lag.busy_share());
+        busy.encode(encoder.encode_descriptor(
+            names::EVENT_LOOP_BUSY,
+            "Share of the time the runtime's workers were busy, smoothed (0 while not probed); from 0.9 the gateway counts as saturated and its latencies as its own",
+            None,
+            busy.metric_type(),
+        )?)?;
         let Some((cpu, rss, virt, start, fds)) = Self::read() else {
             return Ok(());
         };

@@ -18,6 +18,8 @@ use prometheus_client::registry::Registry;
 use crate::upstream::UpstreamGroup;
 use collect::{ProcessCollector, TargetCollector};
 
+use crate::lag::SchedulingLag;
+
 /// Metric names, without the `_total` that counters get on exposition.
 pub(crate) mod names {
     /// Requests answered, by route, upstream and status class.
@@ -88,6 +90,12 @@ pub(crate) mod names {
     pub(crate) const CONCURRENCY_IN_FLIGHT: &str = "sekisho_adaptive_concurrency_in_flight";
     /// Per route with adaptive concurrency: calls shed with OVERLOADED.
     pub(crate) const SHED: &str = "sekisho_shed";
+    /// The event loop's own scheduling delay, smoothed (while it is probed).
+    pub(crate) const EVENT_LOOP_DELAY: &str = "sekisho_event_loop_delay_seconds";
+    /// The runtime workers' busy share, smoothed (while the loop is probed).
+    pub(crate) const EVENT_LOOP_BUSY: &str = "sekisho_event_loop_busy_ratio";
+    /// Requests refused because the gateway itself was overloaded (`[server.overload]`).
+    pub(crate) const OVERLOAD_REFUSED: &str = "sekisho_overload_refused";
 }
 
 /// Each route's adaptive concurrency limit, by route name.
@@ -129,6 +137,8 @@ pub(crate) struct Metrics {
     pub connections_total: Counter,
     /// Slowloris closes.
     pub header_read_timeouts: Counter,
+    /// Requests refused while the gateway itself was overloaded.
+    pub overload_refused: Counter,
     /// Unix time of the config in force.
     pub config_loaded_timestamp: Gauge,
 }
@@ -151,7 +161,7 @@ impl RouteMetrics {
 
 impl Metrics {
     /// Registers every metric.
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(lag: &Arc<SchedulingLag>) -> Arc<Self> {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -183,6 +193,12 @@ impl Metrics {
             names::CONNECTIONS,
             "Client connections accepted",
             connections_total.clone(),
+        );
+        let overload_refused = Counter::default();
+        registry.register(
+            names::OVERLOAD_REFUSED,
+            "Requests refused with OVERLOADED before routing because the gateway's own event loop ran further behind than server.overload.max_loop_delay",
+            overload_refused.clone(),
         );
         let header_read_timeouts = Counter::default();
         registry.register(
@@ -262,7 +278,9 @@ impl Metrics {
             "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass)",
             cache_lookups.clone(),
         );
-        registry.register_collector(Box::new(ProcessCollector));
+        registry.register_collector(Box::new(ProcessCollector {
+            lag: Arc::clone(lag),
+        }));
         let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let limits = Arc::new(ArcSwap::from_pointee(Vec::new()));
         registry.register_collector(Box::new(TargetCollector {
@@ -292,6 +310,7 @@ impl Metrics {
             connections_open,
             connections_total,
             header_read_timeouts,
+            overload_refused,
             config_loaded_timestamp,
         })
     }

@@ -44,6 +44,10 @@ impl<'a> Admitted<'a> {
     }
 }
 
+/// Trips through the event loop's run queue a call's measured time is assumed to include: the
+/// share of its duration that is the gateway's, not the upstream's.
+const OWN_DELAY_TRIPS: u32 = 4;
+
 /// A call admitted by the upstream's circuit breaker: its outcome is recorded once, and a call
 /// that never reached the upstream (no target, the client's fault) is given back on drop.
 pub(super) struct CircuitCall<'a> {
@@ -74,16 +78,18 @@ impl<'a> CircuitCall<'a> {
     }
 
     /// Records how the call ended: a failure status, a timeout, a failed connect or a broken
-    /// answer counts as failed; its duration runs from the request's start.
+    /// answer counts as failed; its duration runs from `sent` (the last attempt's send).
     ///
-    /// `own_delay` is the event loop's own scheduling delay (`lag.rs`): a call whose time it
-    /// dominates (a quarter or more, as for the adaptive limit) was slow because the gateway was
-    /// saturated, not the upstream, and is not judged slow — a saturated gateway must not open
-    /// the circuits of healthy upstreams.
+    /// `own_delay` is the event loop's own scheduling delay (`lag.rs`). A call's measured time
+    /// includes a few trips through a saturated run queue (the send handed to the connection,
+    /// the answer read, the caller woken), so [`OWN_DELAY_TRIPS`] times that delay is taken off
+    /// before the call is judged slow: a saturated gateway must not open the circuits of
+    /// healthy upstreams, while an upstream slower than the threshold on top of the gateway's
+    /// own delay still counts as slow.
     pub(super) fn finish(
         &mut self,
         outcome: CallOutcome,
-        started: Instant,
+        sent: Instant,
         at: Instant,
         own_delay: Duration,
     ) {
@@ -92,13 +98,14 @@ impl<'a> CircuitCall<'a> {
                 CallOutcome::Status(status) => circuit.failure_statuses.contains(&status),
                 _ => true,
             };
-            let took = at.saturating_duration_since(started);
-            let own = !own_delay.is_zero() && own_delay.saturating_mul(4) >= took;
+            let took = at
+                .saturating_duration_since(sent)
+                .saturating_sub(own_delay.saturating_mul(OWN_DELAY_TRIPS));
             circuit.breaker.record(
                 permit,
                 BreakerOutcome {
                     failed,
-                    duration: if own { Duration::ZERO } else { took },
+                    duration: took,
                 },
                 at.into_std(),
             );

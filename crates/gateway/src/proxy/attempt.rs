@@ -13,6 +13,7 @@ use super::context::{ClientInfo, Record};
 use super::forwarding::{downstream_head, request_key};
 use crate::body::{BodyClaim, Held, RequestBody, ResponseBody};
 use crate::edge::GatewayError;
+use crate::lag::SchedulingLag;
 use crate::pool::{CallError, Lease};
 use crate::retry::{AttemptFailure, FailedAttempt, RetryPolicy};
 use crate::router::CompiledRoute;
@@ -36,6 +37,8 @@ pub(super) struct Call<'a> {
     pub(super) resendable: bool,
     /// The event loop's own scheduling delay when the request started (`lag.rs`).
     pub(super) own_delay: Duration,
+    /// Its probe, read again when the call ends.
+    pub(super) lag: &'a SchedulingLag,
 }
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
@@ -144,6 +147,7 @@ impl Call<'_> {
             retry,
             resendable,
             own_delay,
+            lag,
         } = *self;
         let Admitted { mut circuit, slot } = admitted;
         parts.version = match upstream.protocol {
@@ -309,7 +313,14 @@ impl Call<'_> {
             }
         };
         // The circuit's record: here, once per call that reached a target and ended.
-        circuit.finish(outcome, started, finished, own_delay);
+        // Its duration is the upstream's: from the last attempt's send to its end, not the
+        // bulkhead's queue, the body's buffering or the backoffs before it.
+        circuit.finish(
+            outcome,
+            record.sent.unwrap_or(started),
+            finished,
+            own_delay.max(lag.own_delay()),
+        );
         match last {
             Last::Answer(response, holds) => {
                 record.answered = Some(finished);

@@ -87,6 +87,7 @@ pub(super) async fn call_upstream(
         retry,
         resendable: method_resendable && claim.replayable(),
         own_delay: exchange.own_delay,
+        lag: &exchange.lag,
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();

@@ -12,6 +12,7 @@ use sekisho_policy::ratelimit::Decision;
 use tokio::time::Instant;
 
 use crate::edge::GatewayError;
+use crate::lag::SchedulingLag;
 use crate::router::CompiledRoute;
 
 /// What the gateway knows about the client connection.
@@ -94,6 +95,8 @@ pub(super) struct Exchange {
     /// The event loop's own scheduling delay when the request started (`lag.rs`; zero while
     /// nothing needs it measured).
     pub(super) own_delay: Duration,
+    /// The probe of that delay, read again when a call is judged ([`Exchange::own_delay_now`]).
+    pub(super) lag: Arc<SchedulingLag>,
     /// What happened so far.
     pub(super) record: Record,
 }
@@ -104,15 +107,23 @@ impl Exchange {
         client: ClientInfo,
         request_id: HeaderValue,
         started: Instant,
-        own_delay: Duration,
+        lag: &Arc<SchedulingLag>,
     ) -> Self {
         Self {
             client,
             request_id,
             started,
-            own_delay,
+            own_delay: lag.own_delay(),
+            lag: Arc::clone(lag),
             host: None,
             record: Record::default(),
         }
+    }
+
+    /// How much of a call's time is the gateway's own, as a call ending now is judged: the
+    /// larger of the figure when the request started and the figure now, so a call that ran
+    /// into a saturation, or out of one, is not read as the upstream's slowness.
+    pub(super) fn own_delay_now(&self) -> Duration {
+        self.own_delay.max(self.lag.own_delay())
     }
 }

@@ -51,14 +51,24 @@ pub(crate) async fn handle(
         client,
         request_id_of(request.headers()),
         started,
-        shared.lag.current(),
+        &shared.lag,
     );
     let access = runtime.listener.access_log.then(|| AccessInfo {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),
         version: request.version(),
     });
-    let mut answered = if ambiguous_length {
+    let overloaded = shared.lag.overloaded();
+    let version = request.version();
+    let mut answered = if overloaded {
+        shared.metrics.overload_refused.inc();
+        // The gateway itself is the bottleneck: refuse before routing or reading the body,
+        // and end the connection so the client's next try waits in the listen backlog (which
+        // the accept loop leaves alone meanwhile) instead of spinning on a refusal.
+        Err(GatewayError::GatewayOverloaded {
+            delay: shared.lag.current(),
+        })
+    } else if ambiguous_length {
         Err(GatewayError::BadRequest(
             "both Transfer-Encoding and Content-Length are set".to_owned(),
         ))
@@ -76,6 +86,12 @@ pub(crate) async fn handle(
             response
         }
     };
+    if overloaded && version < http::Version::HTTP_2 {
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+    }
     let status = response.status().as_u16();
     let record = &mut exchange.record;
     response

@@ -154,7 +154,7 @@ fn spawn_refresh(
         exchange.client.clone(),
         exchange.request_id.clone(),
         Instant::now(),
-        exchange.own_delay,
+        &exchange.lag,
     );
     background.host = exchange.host.clone();
     tokio::spawn(async move {
@@ -190,7 +190,7 @@ pub(super) fn sample_concurrency(
         permit.sample_latency(
             Sample::Success,
             answered.saturating_duration_since(sent),
-            exchange.own_delay,
+            exchange.own_delay_now(),
             answered.into_std(),
         );
     }

@@ -173,7 +173,10 @@ fn after_a_slow_period_the_limit_is_back_within_two_seconds() {
     assert!(before >= 200, "limit {before}");
     drive(&limit, &mut now, 50, 300, 50 * MS, Sample::Success);
     let floor = limit.limit();
-    assert!(floor <= before / 10, "the slow period left the limit at {floor}");
+    assert!(
+        floor <= before / 10,
+        "the slow period left the limit at {floor}"
+    );
     // 2 s of healthy answers: the limit is back where the demand needs it.
     drive(&limit, &mut now, 20, 300, MS, Sample::Success);
     assert!(
