@@ -6,6 +6,7 @@
 //! logs: the error is attached to the response's outcome for the access log.
 
 use std::error::Error as StdError;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -302,9 +303,12 @@ pub fn error_json(code: &str, message: &str, request_id: &str) -> Bytes {
             request_id,
         },
     };
-    serde_json::to_vec(&envelope)
-        .map(Bytes::from)
-        .unwrap_or_else(|_| Bytes::from_static(b"{\"status\":\"error\"}"))
+    // Sized once: the envelope's fixed text is under 64 bytes, and escapes are rare.
+    let mut out = Vec::with_capacity(80 + code.len() + message.len() + request_id.len());
+    match serde_json::to_writer(&mut out, &envelope) {
+        Ok(()) => Bytes::from(out),
+        Err(_) => Bytes::from_static(b"{\"status\":\"error\"}"),
+    }
 }
 
 /// The response the gateway gives for `error`.
@@ -312,11 +316,10 @@ pub(crate) fn error_response(
     error: &GatewayError,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let body = error_json(
-        error.code(),
-        &error.to_string(),
-        request_id.to_str().unwrap_or(""),
-    );
+    // The message in one allocation rather than a string grown step by step.
+    let mut message = String::with_capacity(128);
+    let _ = write!(message, "{error}");
+    let body = error_json(error.code(), &message, request_id.to_str().unwrap_or(""));
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = error.status();
     let headers = response.headers_mut();
