@@ -1,0 +1,1 @@
+//! Line charts as inline SVG, written by hand: no script, no font files, no CDN.

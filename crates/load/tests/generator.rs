@@ -1,0 +1,230 @@
+//! The generator measured against servers whose behaviour is known: a fixed 50 ms delay, and a
+//! server that stalls for one second mid-run (which the open model must show and a closed model
+//! hides).
+// Test code: a failed step panics the test, as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use sekisho_load::{
+    ChaosOptions, ChaosServer, Criteria, Endpoint, Generator, HttpVersion, LoadPlan, Model,
+    Progress, Report,
+};
+
+async fn chaos(latency: Duration) -> SocketAddr {
+    let server = ChaosServer::bind(ChaosOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        latency,
+        error_rate: 0.0,
+        name: Some("known".to_owned()),
+    })
+    .await
+    .unwrap();
+    let address = server.local_addr();
+    tokio::spawn(server.run(std::future::pending()));
+    address
+}
+
+fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
+    LoadPlan {
+        endpoints: vec![Endpoint::get(&format!("http://{address}/known")).unwrap()],
+        model,
+        duration,
+        timeout: Duration::from_secs(10),
+        http: HttpVersion::Http1,
+        progress: Progress::Off,
+    }
+}
+
+async fn run(plan: LoadPlan) -> Report {
+    let generator = Generator::new(plan.clone()).unwrap();
+    let output = generator.run(std::future::pending()).await;
+    let mut report = Report::build("get", "test", &plan, &output, Criteria::default());
+    report.judge(Vec::new());
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_fixed_rate_the_p50_is_the_servers_50_ms_and_the_rate_is_kept() {
+    let address = chaos(Duration::from_millis(50)).await;
+    let rate = 100.0;
+    let report = run(plan(
+        address,
+        Model::Open {
+            rate,
+            max_outstanding: 1000,
+        },
+        Duration::from_secs(3),
+    ))
+    .await;
+    println!("{}", report.summary());
+    assert_eq!(report.requests, 300);
+    assert_eq!(report.statuses.get("200"), Some(&300));
+    // The server sleeps 50 ms on a millisecond timer; the rest is the exchange itself and the
+    // dispatcher's own wake-up, both charged to the request (its clock starts when it was due).
+    assert!(
+        (50.0..=58.0).contains(&report.p50_ms),
+        "p50 {} ms (service time {} ms), not within a few ms of 50",
+        report.p50_ms,
+        report.endpoints[0].service.p50_ms
+    );
+    for (what, achieved) in [("sent", report.sent_rps), ("answered", report.rps)] {
+        assert!(
+            (achieved - rate).abs() <= rate * 0.02,
+            "{what} {achieved}/s, asked {rate}/s"
+        );
+    }
+    assert_eq!(report.error_rate, 0.0);
+    assert!(report.pass, "{:?}", report.checks);
+    // The timeline covers the run, one point a second, each with its share of the arrivals.
+    let timeline = &report.endpoints[0].timeline;
+    assert!(timeline.len() >= 3);
+    assert!(timeline[..3].iter().all(|point| point.scheduled == 100));
+}
+
+/// An HTTP/1.1 server answering at once, except while `open` is false: then every request
+/// waits until it turns true again.
+async fn stalling_server(open: tokio::sync::watch::Receiver<bool>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let open = open.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let mut open = open.clone();
+                    async move {
+                        let _ = open.wait_for(|open| *open).await;
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
+                            b"ok",
+                        ))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+/// Runs `model` for 3 s against a server that stalls from 1 s to 2 s.
+async fn run_with_a_stall(model: Model) -> Report {
+    let (gate, open) = tokio::sync::watch::channel(true);
+    let address = stalling_server(open).await;
+    let plan = plan(address, model, Duration::from_secs(3));
+    let generator = Generator::new(plan.clone()).unwrap();
+    let start = generator.start();
+    // The stall is the scenario itself, placed on the run's clock.
+    let stall = tokio::spawn(async move {
+        tokio::time::sleep_until(start + Duration::from_secs(1)).await;
+        gate.send_replace(false);
+        tokio::time::sleep_until(start + Duration::from_secs(2)).await;
+        gate.send_replace(true);
+    });
+    let output = generator.run(std::future::pending()).await;
+    stall.await.unwrap();
+    let mut report = Report::build("get", "test", &plan, &output, Criteria::default());
+    report.judge(Vec::new());
+    println!("{}", report.summary());
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_second_stall_shows_in_the_open_models_p99_and_hides_in_a_closed_models() {
+    let open = run_with_a_stall(Model::Open {
+        rate: 200.0,
+        max_outstanding: 1000,
+    })
+    .await;
+    // A third of the arrivals fell due during the stall, waiting up to the whole second.
+    assert_eq!(open.requests, 600);
+    assert_eq!(open.errors, 0);
+    assert!(open.p99_ms >= 900.0, "open p99 {} ms", open.p99_ms);
+    assert!(open.max_ms >= 950.0, "open max {} ms", open.max_ms);
+    assert!(!open.pass, "a 1 s stall must fail p99 < 1 s… or p95");
+
+    let closed = run_with_a_stall(Model::Closed {
+        users: 2,
+        think_min: Duration::ZERO,
+        think_max: Duration::ZERO,
+    })
+    .await;
+    // Each closed user waits out the stall in one request and sends nothing meanwhile: 2 slow
+    // requests among many, below the p99.
+    assert!(
+        closed.requests >= 400,
+        "too few requests ({}) for the stall to hide below the p99",
+        closed.requests
+    );
+    assert!(closed.max_ms >= 900.0, "closed max {} ms", closed.max_ms);
+    assert!(closed.p99_ms < 100.0, "closed p99 {} ms", closed.p99_ms);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_runs_over_prior_knowledge() {
+    let address = chaos(Duration::ZERO).await;
+    let mut plan = plan(
+        address,
+        Model::Open {
+            rate: 50.0,
+            max_outstanding: 100,
+        },
+        Duration::from_secs(1),
+    );
+    plan.http = HttpVersion::Http2;
+    let report = run(plan).await;
+    assert_eq!(
+        report.statuses.get("200"),
+        Some(&50),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.http, "http2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_outstanding_bound_are_unsent_errors_not_a_queue() {
+    let address = chaos(Duration::from_millis(300)).await;
+    let report = run(plan(
+        address,
+        Model::Open {
+            rate: 20.0,
+            max_outstanding: 2,
+        },
+        Duration::from_secs(1),
+    ))
+    .await;
+    // 20 due, 2 at a time for 300 ms each: most are never sent, and the run fails.
+    assert_eq!(report.requests, 20);
+    assert!(report.unsent >= 10, "{}", report.summary());
+    assert_eq!(report.errors_by_kind.get("unsent"), Some(&report.unsent));
+    assert!(!report.pass);
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_there_is_counted_as_connect_errors() {
+    // A port nobody listens on: bind one, then close it.
+    let address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let report = run(plan(
+        address,
+        Model::Open {
+            rate: 10.0,
+            max_outstanding: 10,
+        },
+        Duration::from_millis(500),
+    ))
+    .await;
+    assert_eq!(report.requests, 5);
+    assert_eq!(report.errors_by_kind.get("connect"), Some(&5));
+    assert_eq!(report.error_rate, 1.0);
+    assert!(!report.pass);
+}
