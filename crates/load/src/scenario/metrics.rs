@@ -118,16 +118,23 @@ fn single(samples: &[Sample], name: &str) -> Option<f64> {
     samples.iter().find(|s| s.name == name).map(|s| s.value)
 }
 
-/// The state the circuit of `upstream` is in (any upstream's open state when `None`): the name
-/// of the state whose `sekisho_circuit_state` sample is 1.
-#[allow(dead_code)] // The cascade scenario's, next.
-pub(crate) fn circuit_open(samples: &[Sample], upstream: Option<&str>) -> bool {
-    samples.iter().any(|sample| {
-        sample.name == "sekisho_circuit_state"
-            && sample.value >= 1.0
-            && matches!(sample.label("state"), Some("open" | "forced_open"))
-            && upstream.is_none_or(|name| sample.label("upstream") == Some(name))
-    })
+/// The gateway's circuits at a glance: `open` when any circuit is open (or forced open), else
+/// `half_open` when any is probing, else `closed` (also when there is no circuit at all).
+pub(crate) fn circuits(samples: &[Sample]) -> &'static str {
+    let in_state = |states: &[&str]| {
+        samples.iter().any(|sample| {
+            sample.name == "sekisho_circuit_state"
+                && sample.value >= 1.0
+                && sample.label("state").is_some_and(|s| states.contains(&s))
+        })
+    };
+    if in_state(&["open", "forced_open"]) {
+        "open"
+    } else if in_state(&["half_open"]) {
+        "half_open"
+    } else {
+        "closed"
+    }
 }
 
 /// Scrapes a gateway's `/metrics`.
@@ -188,6 +195,10 @@ impl Gauge {
         }))
     }
 
+    pub(crate) fn scraper(&self) -> &Scraper {
+        &self.scraper
+    }
+
     /// Scrapes again and compares; figures that could not be read stay empty.
     pub(crate) async fn finish(self) -> GatewayFigures {
         let Ok(after) = self.scraper.scrape().await else {
@@ -242,6 +253,7 @@ sekisho_cache_lookups_total{route="other",result="bypass"} 50
 sekisho_circuit_state{upstream="payments",state="closed"} 0
 sekisho_circuit_state{upstream="payments",state="open"} 1
 sekisho_circuit_state{upstream="orders",state="open"} 0
+sekisho_circuit_state{upstream="orders",state="half_open"} 1
 process_cpu_seconds_total 12.5
 process_resident_memory_bytes 10485760
 odd{a="x\"y,}"} 3
@@ -250,13 +262,13 @@ odd{a="x\"y,}"} 3
     #[test]
     fn the_exposition_is_read_with_its_labels() {
         let samples = parse(TEXT);
-        assert_eq!(samples.len(), 9);
+        assert_eq!(samples.len(), 10);
         assert_eq!(samples[0].label("result"), Some("hit"));
-        assert_eq!(samples[8].label("a"), Some("x\"y,}"));
-        assert_eq!(samples[8].value, 3.0);
-        assert!(circuit_open(&samples, Some("payments")));
-        assert!(!circuit_open(&samples, Some("orders")));
-        assert!(circuit_open(&samples, None));
+        assert_eq!(samples[9].label("a"), Some("x\"y,}"));
+        assert_eq!(samples[9].value, 3.0);
+        assert_eq!(circuits(&samples), "open");
+        assert_eq!(circuits(&samples[5..7]), "half_open");
+        assert_eq!(circuits(&samples[..4]), "closed");
     }
 
     #[test]

@@ -152,7 +152,6 @@ impl ScenarioOptions {
 }
 
 /// The base URL `target` joined with `path`.
-#[allow(dead_code)] // The cascade scenario's, next.
 pub(crate) fn join(target: &str, path: &str) -> String {
     format!(
         "{}/{}",

@@ -1,0 +1,195 @@
+//! `sekisho load` as a user runs it: the real binary against a real `sekisho run` with chaos
+//! upstreams behind it, at a small scale.
+// Test code: a failed step panics the test, as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use sekisho_testkit::{chaos_upstream, Sekisho, TempDir};
+
+fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
+}
+
+/// Runs `sekisho load args…` to its end off the runtime (the chaos upstreams run on it).
+async fn load(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(binary())
+            .arg("load")
+            .args(&args)
+            .arg("--quiet")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cascade_end_to_end_contains_the_slow_route_and_writes_a_valid_report() {
+    let orders = chaos_upstream("orders").await;
+    let payments = chaos_upstream("payments").await;
+    let dir = TempDir::new("load-cascade");
+    let config = dir.write(
+        "sekisho.toml",
+        &format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+access_log = false
+[admin]
+listen = "127.0.0.1:0"
+
+[upstreams.orders]
+targets = ["{}"]
+[upstreams.payments]
+targets = ["{}"]
+[upstreams.payments.circuit_breaker]
+window_calls = 10
+minimum_calls = 5
+failure_rate_threshold = 0.5
+open_for = "1s"
+half_open_calls = 2
+
+[[routes]]
+name = "orders"
+path_prefix = "/orders"
+upstream = "orders"
+timeout = "2s"
+
+[[routes]]
+name = "payments"
+path_prefix = "/payments"
+upstream = "payments"
+timeout = "500ms"
+"#,
+            orders.address, payments.address
+        ),
+    );
+    let gateway = Sekisho::start(&binary(), &config);
+    let report_dir = dir.path().join("report");
+    let output = load(vec![
+        "--scenario".into(),
+        "cascade".into(),
+        "--target".into(),
+        gateway.url(""),
+        "--chaos".into(),
+        format!("http://{}", payments.address),
+        "--slow-path".into(),
+        "/payments".into(),
+        "--path".into(),
+        "/orders".into(),
+        "--metrics".into(),
+        gateway.admin_url("/metrics"),
+        "--rate".into(),
+        "40".into(),
+        "--duration".into(),
+        "6s".into(),
+        "--timeout".into(),
+        "3s".into(),
+        "--report".into(),
+        report_dir.display().to_string(),
+    ])
+    .await;
+    println!("{}", text(&output));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    // The contract's fields.
+    for key in [
+        "requests",
+        "rps",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "error_rate",
+        "timeout_rate",
+        "cache_hit_rate",
+        "pass",
+        "criteria",
+    ] {
+        assert!(report.get(key).is_some(), "report.json has no {key}");
+    }
+    assert_eq!(report["pass"], true);
+    // The judged route is the healthy one, at half the rate: 20/s for 6 s.
+    assert_eq!(report["requests"], 120);
+    let cascade = &report["cascade"];
+    assert_eq!(
+        cascade["chaos_started_s"].as_f64().map(f64::round),
+        Some(2.0)
+    );
+    let contain = cascade["time_to_contain_s"].as_f64().unwrap();
+    assert!((0.0..2.0).contains(&contain), "time to contain {contain} s");
+    // The slow route was failed fast by the open circuit.
+    let slow = &report["endpoints"][1];
+    assert_eq!(slow["name"], "GET /payments");
+    assert!(slow["errors_by_kind"]["503 CIRCUIT_OPEN"].as_u64().unwrap() > 0);
+    let markers: Vec<&str> = report["markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["label"].as_str().unwrap())
+        .collect();
+    assert!(
+        markers.iter().any(|m| m.starts_with("chaos:")),
+        "{markers:?}"
+    );
+    assert!(
+        markers.iter().any(|m| m.starts_with("contained")),
+        "{markers:?}"
+    );
+    let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>"));
+    // What was in force before the run is put back.
+    assert_eq!(payments.handle.state().latency_ms, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_passes_against_a_fast_server_and_a_bad_target_is_a_clear_error() {
+    let upstream = chaos_upstream("fast").await;
+    let output = load(vec![
+        "--target".into(),
+        format!("http://{}/x", upstream.address),
+        "--rate".into(),
+        "50".into(),
+        "--duration".into(),
+        "1s".into(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("200×50"));
+
+    for (args, why) in [
+        (
+            vec!["--target", "https://example.com/"],
+            "TLS is not supported",
+        ),
+        (vec!["--target", "localhost:80"], "no scheme"),
+        (
+            vec!["--target", "http://127.0.0.1:1/", "--rate", "0"],
+            "the rate must be more than 0",
+        ),
+        (
+            vec!["--target", "http://127.0.0.1:1/", "--scenario", "cascade"],
+            "needs --chaos",
+        ),
+    ] {
+        let output = load(args.iter().map(|a| a.to_string()).collect()).await;
+        assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(why),
+            "{}",
+            text(&output)
+        );
+    }
+}
