@@ -21,7 +21,7 @@ use std::path::PathBuf;
 
 pub use chaos::{ChaosHandle, ChaosOptions, ChaosServer, ChaosState};
 pub use generator::{
-    parse_url, Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress, RunOutput,
+    parse_url, Endpoint, Generator, HttpVersion, LoadPlan, MarkHandle, Model, Progress, RunOutput,
 };
 pub use report::{Check, Criteria, EndpointReport, GatewayFigures, Latency, Marker, Point, Report};
 

@@ -165,6 +165,13 @@ impl Generator {
         self.recorder.start()
     }
 
+    /// A handle that marks a moment of the run (see [`MarkHandle::mark_now`]).
+    pub fn mark_handle(&self) -> MarkHandle {
+        MarkHandle {
+            recorder: Arc::clone(&self.recorder),
+        }
+    }
+
     /// The plan.
     pub fn plan(&self) -> &LoadPlan {
         &self.plan
@@ -230,6 +237,21 @@ impl Generator {
             wall_time,
             stopped_early,
         }
+    }
+}
+
+/// Marks the moment a scenario changed something (slowed an upstream): from then on, the
+/// first answer with each contract code is noted again (`first_code_after_mark_s`), so a
+/// code the gateway already gave before the change does not hide its answer to the change.
+#[derive(Debug, Clone)]
+pub struct MarkHandle {
+    recorder: Arc<Recorder>,
+}
+
+impl MarkHandle {
+    /// Marks now.
+    pub fn mark_now(&self) {
+        self.recorder.mark();
     }
 }
 

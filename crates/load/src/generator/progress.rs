@@ -44,8 +44,8 @@ pub(crate) async fn report(
             now = ticks.tick() => {
                 let figures = recorder.progress();
                 let seconds = now.saturating_duration_since(last_at).as_secs_f64().max(0.001);
-                let rate = (figures.completed - last_completed.min(figures.completed)) as f64 / seconds;
-                last_completed = figures.completed;
+                let rate = figures.completed_all.saturating_sub(last_completed) as f64 / seconds;
+                last_completed = figures.completed_all;
                 last_at = now;
                 let elapsed = now.saturating_duration_since(recorder.start()).as_secs();
                 let error_share = if figures.completed == 0 {

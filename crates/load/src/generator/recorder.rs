@@ -61,6 +61,8 @@ pub(crate) struct EndpointFigures {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// When the first answer with each contract code came, from the start of the run.
     pub first_code: BTreeMap<String, Duration>,
+    /// The same, counting only answers that came after the mark (see [`Recorder::mark`]).
+    pub first_code_after_mark: BTreeMap<String, Duration>,
 }
 
 impl EndpointFigures {
@@ -77,6 +79,7 @@ impl EndpointFigures {
             statuses: BTreeMap::new(),
             errors_by_kind: BTreeMap::new(),
             first_code: BTreeMap::new(),
+            first_code_after_mark: BTreeMap::new(),
         }
     }
 }
@@ -119,7 +122,10 @@ pub(crate) struct Recorded {
 /// What the progress line shows.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ProgressFigures {
+    /// Judged requests completed.
     pub completed: u64,
+    /// Requests completed, every endpoint.
+    pub completed_all: u64,
     pub errors: u64,
     pub p99: Duration,
 }
@@ -129,8 +135,13 @@ struct Inner {
     recorded: Recorded,
     /// Every judged endpoint's latency together, for the progress line.
     all: Histogram<u64>,
+    /// Judged requests completed.
     completed: u64,
+    /// Requests completed, every endpoint.
+    completed_all: u64,
     errors: u64,
+    /// From when answers' codes count for `first_code_after_mark`.
+    mark: Option<Instant>,
 }
 
 /// The run's record, shared by every request task.
@@ -171,7 +182,9 @@ impl Recorder {
                 },
                 all: Histogram::new_from(&second_template),
                 completed: 0,
+                completed_all: 0,
                 errors: 0,
+                mark: None,
             }),
             second_template,
         })
@@ -251,6 +264,7 @@ impl Recorder {
         let finished_second = self.second_of(finished);
         let since_start = finished.saturating_duration_since(self.start);
         let mut inner = self.lock();
+        let after_mark = inner.mark.is_some_and(|mark| finished >= mark);
         let Some(figures) = inner.recorded.endpoints.get_mut(endpoint) else {
             return false;
         };
@@ -272,6 +286,12 @@ impl Recorder {
                         .first_code
                         .entry(code.clone())
                         .or_insert(since_start);
+                    if after_mark {
+                        figures
+                            .first_code_after_mark
+                            .entry(code.clone())
+                            .or_insert(since_start);
+                    }
                 }
             }
             Outcome::Timeout => figures.timeouts += 1,
@@ -304,6 +324,7 @@ impl Recorder {
         if error_kind.is_none() {
             completed.succeeded += 1;
         }
+        inner.completed_all += 1;
         if judged {
             inner.completed += 1;
             if timed {
@@ -316,11 +337,18 @@ impl Recorder {
         error_kind.is_none()
     }
 
+    /// Answers' codes count for `first_code_after_mark` from now on (the moment a scenario
+    /// changed something, e.g. slowed an upstream).
+    pub(crate) fn mark(&self) {
+        self.lock().mark = Some(Instant::now());
+    }
+
     /// The figures of the progress line.
     pub(crate) fn progress(&self) -> ProgressFigures {
         let inner = self.lock();
         ProgressFigures {
             completed: inner.completed,
+            completed_all: inner.completed_all,
             errors: inner.errors,
             p99: Duration::from_micros(inner.all.value_at_quantile(0.99)),
         }

@@ -137,6 +137,8 @@ pub struct EndpointReport {
     pub errors_by_kind: BTreeMap<String, u64>,
     /// When the first answer carrying each contract code came, seconds from the start.
     pub first_code_s: BTreeMap<String, f64>,
+    /// The same, counting only answers after the scenario's change (the chaos), if any.
+    pub first_code_after_mark_s: BTreeMap<String, f64>,
     /// One point per second.
     pub timeline: Vec<Point>,
 }
@@ -310,6 +312,11 @@ impl Report {
                 errors_by_kind: figures.errors_by_kind.clone(),
                 first_code_s: figures
                     .first_code
+                    .iter()
+                    .map(|(code, at)| (code.clone(), at.as_secs_f64()))
+                    .collect(),
+                first_code_after_mark_s: figures
+                    .first_code_after_mark
                     .iter()
                     .map(|(code, at)| (code.clone(), at.as_secs_f64()))
                     .collect(),
@@ -504,7 +511,8 @@ impl Report {
         out
     }
 
-    /// Writes `report.json` and `report.html` into `dir` (created if needed); their paths.
+    /// Writes `report.json`, `report.html` and each chart as a standalone SVG (for a README)
+    /// into `dir` (created if needed); their paths.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         let io = |path: &Path, error: std::io::Error| LoadError::Report {
             path: path.to_owned(),
@@ -517,7 +525,13 @@ impl Report {
         std::fs::write(&json_path, json).map_err(|e| io(&json_path, e))?;
         let html_path = dir.join("report.html");
         std::fs::write(&html_path, html::render(self)).map_err(|e| io(&html_path, e))?;
-        Ok(vec![json_path, html_path])
+        let mut paths = vec![json_path, html_path];
+        for (stem, chart) in html::charts(self) {
+            let path = dir.join(format!("{stem}.svg"));
+            std::fs::write(&path, svg::line_chart(&chart)).map_err(|e| io(&path, e))?;
+            paths.push(path);
+        }
+        Ok(paths)
     }
 }
 

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::metrics::{circuits, Gauge, Scraper};
 use super::{join, ScenarioOptions};
 use crate::generator::recorder::SecondFigures;
-use crate::generator::{parse_url, Endpoint, Generator, HttpVersion, LoadClient};
+use crate::generator::{parse_url, Endpoint, Generator, HttpVersion, LoadClient, MarkHandle};
 use crate::report::{Check, Latency, Marker, Report};
 use crate::LoadError;
 
@@ -176,6 +176,7 @@ struct Events {
 async fn drive(
     chaos: Chaos,
     scraper: Option<Scraper>,
+    mark: MarkHandle,
     start: Instant,
     (slow_at, recover_at): (Duration, Duration),
     (base, slow): (Duration, Duration),
@@ -200,7 +201,8 @@ async fn drive(
         };
         tokio::select! {
             () = change => {
-                let (latency, slot) = if events.chaos_started.is_none() {
+                let slowing = events.chaos_started.is_none();
+                let (latency, slot) = if slowing {
                     (slow, &mut events.chaos_started)
                 } else {
                     (base, &mut events.chaos_ended)
@@ -208,6 +210,9 @@ async fn drive(
                 // The moment is taken before the call: the chaos applies to requests the
                 // upstream receives from then on.
                 let at = start.elapsed();
+                if slowing {
+                    mark.mark_now();
+                }
                 match chaos.latency(latency).await {
                     Ok(()) => *slot = Some(at),
                     Err(why) => {
@@ -350,6 +355,7 @@ pub(super) async fn run(
     let driver = tokio::spawn(drive(
         chaos.clone(),
         gauge.as_ref().map(|g| g.scraper().clone()),
+        generator.mark_handle(),
         start,
         (slow_at, recover_at),
         (options.base_latency, options.chaos_latency),
@@ -388,8 +394,12 @@ pub(super) async fn run(
     let by_code = report.endpoints.get(slow_index).and_then(|endpoint| {
         CONTAINMENT_CODES
             .iter()
-            .filter_map(|code| endpoint.first_code_s.get(*code).map(|at| (*at, *code)))
-            .filter(|(at, _)| chaos_started.is_some_and(|started| *at >= started))
+            .filter_map(|code| {
+                endpoint
+                    .first_code_after_mark_s
+                    .get(*code)
+                    .map(|at| (*at, *code))
+            })
             .min_by(|a, b| a.0.total_cmp(&b.0))
     });
     let by_metrics = seconds(events.circuit_opened).map(|at| (at, "circuit open (metrics)"));
