@@ -63,7 +63,4 @@ pub enum LoadError {
         /// The error.
         error: std::io::Error,
     },
-    /// The scenario needs what sekisho does not have yet.
-    #[error("the `{0}` scenario is not built yet: it needs the gateway's /auth endpoints")]
-    NotYet(&'static str),
 }

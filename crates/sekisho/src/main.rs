@@ -76,7 +76,7 @@ struct LoadArgs {
     #[arg(long, default_value = "get")]
     scenario: sekisho_load::scenario::Scenario,
     /// Closed-loop users (each waits for its answer, then thinks); without --rate, the run uses
-    /// the closed model.
+    /// the closed model; the login scenarios' users (default 20).
     #[arg(long)]
     users: Option<usize>,
     /// How long requests keep arriving, e.g. 30s or 2m.
@@ -130,6 +130,18 @@ struct LoadArgs {
     /// cascade: its latency during the slowdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     chaos_latency: Duration,
+    /// login scenarios: the account of user number n (`{n}` becomes n, from 0).
+    #[arg(long, default_value = "user{n}")]
+    username: String,
+    /// login scenarios: the accounts' password.
+    #[arg(long, default_value = "password")]
+    password: String,
+    /// login scenarios: the seeds' think times (1–3 s, 2–5 s) multiplied by this.
+    #[arg(long, default_value_t = 1.0)]
+    think_scale: f64,
+    /// login scenarios: where the gateway's /auth endpoints are.
+    #[arg(long, default_value = "/auth")]
+    auth_prefix: String,
     /// Worker threads of the generator (1: one core, a current-thread runtime).
     #[arg(long, default_value_t = 1)]
     workers: u32,
@@ -457,6 +469,10 @@ fn load(args: LoadArgs) -> ExitCode {
     options.paths = args.paths;
     options.base_latency = args.base_latency;
     options.chaos_latency = args.chaos_latency;
+    options.username = args.username;
+    options.password = args.password;
+    options.think_scale = args.think_scale;
+    options.auth_prefix = args.auth_prefix;
     let not_run = |error: &dyn std::fmt::Display| {
         eprintln!("sekisho load: {error}");
         ExitCode::from(2)

@@ -151,14 +151,26 @@ timeout = "500ms"
     // A page that stands alone: its charts inline, no script, nothing fetched.
     let html = std::fs::read_to_string(report_dir.join("report.html")).unwrap();
     assert!(html.starts_with("<!doctype html>"));
-    assert_eq!(html.matches("<svg").count(), 4, "two latency charts, throughput, errors");
+    assert_eq!(
+        html.matches("<svg").count(),
+        4,
+        "two latency charts, throughput, errors"
+    );
     assert!(html.contains("chaos: 100 ms → 5000 ms"));
     for absent in ["<script", "src=", "href=", "@import", "url("] {
         assert!(!html.contains(absent), "report.html has {absent}");
     }
-    for chart in ["latency-1.svg", "latency-2.svg", "throughput.svg", "errors.svg"] {
+    for chart in [
+        "latency-1.svg",
+        "latency-2.svg",
+        "throughput.svg",
+        "errors.svg",
+    ] {
         let svg = std::fs::read_to_string(report_dir.join(chart)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"), "{chart}");
+        assert!(
+            svg.starts_with("<svg") && svg.ends_with("</svg>"),
+            "{chart}"
+        );
     }
     // What was in force before the run is put back.
     assert_eq!(payments.handle.state().latency_ms, 0);

@@ -111,21 +111,31 @@ impl LoadClient {
 
     /// Sends `endpoint`'s request and reads the answer to its end, within the timeout.
     pub(crate) async fn exchange(&self, endpoint: &Endpoint) -> Outcome {
-        let mut request = http::Request::new(Full::new(endpoint.body.clone()));
-        *request.method_mut() = endpoint.method.clone();
-        *request.uri_mut() = endpoint.uri.clone();
-        *request.headers_mut() = endpoint.headers.clone();
-        match tokio::time::timeout(self.timeout, self.send(request)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Outcome::Timeout,
+        self.exchange_request(request_of(endpoint), false).await.0
+    }
+
+    /// Sends `request` and reads the answer to its end, within the timeout; with `keep_body`,
+    /// a successful answer's body (at most 64 KiB) is returned too (a login's tokens).
+    pub(crate) async fn exchange_request(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        keep_body: bool,
+    ) -> (Outcome, Option<Bytes>) {
+        match tokio::time::timeout(self.timeout, self.send(request, keep_body)).await {
+            Ok(result) => result,
+            Err(_) => (Outcome::Timeout, None),
         }
     }
 
-    async fn send(&self, request: http::Request<Full<Bytes>>) -> Outcome {
+    async fn send(
+        &self,
+        request: http::Request<Full<Bytes>>,
+        keep_body: bool,
+    ) -> (Outcome, Option<Bytes>) {
         let response = match self.client.request(request).await {
             Ok(response) => response,
-            Err(error) if error.is_connect() => return Outcome::Connect,
-            Err(_) => return Outcome::Transport,
+            Err(error) if error.is_connect() => return (Outcome::Connect, None),
+            Err(_) => return (Outcome::Transport, None),
         };
         let (head, body) = response.into_parts();
         let status = head.status.as_u16();
@@ -135,26 +145,29 @@ impl LoadClient {
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
-        // Only an error's body is kept (to read its contract code); others are counted and
-        // dropped frame by frame.
-        let code = if json_error {
-            match http_body_util::Limited::new(body, 64 * 1024)
+        // Only an error's body (to read its contract code) or a body asked for is kept; others
+        // are counted and dropped frame by frame.
+        if json_error || (keep_body && status < 400) {
+            let Ok(collected) = http_body_util::Limited::new(body, 64 * 1024)
                 .collect()
                 .await
-            {
-                Ok(collected) => contract_code(&collected.to_bytes()),
-                Err(_) => return Outcome::Transport,
+            else {
+                return (Outcome::Transport, None);
+            };
+            let bytes = collected.to_bytes();
+            if json_error {
+                let code = contract_code(&bytes);
+                return (Outcome::Answered { status, code }, None);
             }
-        } else {
-            let mut body = body;
-            while let Some(frame) = body.frame().await {
-                if frame.is_err() {
-                    return Outcome::Transport;
-                }
+            return (Outcome::Answered { status, code: None }, Some(bytes));
+        }
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return (Outcome::Transport, None);
             }
-            None
-        };
-        Outcome::Answered { status, code }
+        }
+        (Outcome::Answered { status, code: None }, None)
     }
 
     /// A control request (chaos, metrics) outside the run's figures: the status and the body.
@@ -185,6 +198,15 @@ impl LoadClient {
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
+}
+
+/// The request `endpoint` describes.
+fn request_of(endpoint: &Endpoint) -> http::Request<Full<Bytes>> {
+    let mut request = http::Request::new(Full::new(endpoint.body.clone()));
+    *request.method_mut() = endpoint.method.clone();
+    *request.uri_mut() = endpoint.uri.clone();
+    *request.headers_mut() = endpoint.headers.clone();
+    request
 }
 
 /// The contract code of a gateway error body (`{"error":{"code":"CIRCUIT_OPEN",…}}`).

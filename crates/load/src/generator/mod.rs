@@ -12,7 +12,7 @@
 mod client;
 mod closed;
 mod open;
-mod progress;
+pub(crate) mod progress;
 pub(crate) mod recorder;
 
 use std::future::Future;

@@ -2,6 +2,7 @@
 //! run (chaos, metrics scrapes), and what the run is judged on.
 
 mod cascade;
+mod journeys;
 mod metrics;
 
 use std::future::Future;
@@ -98,6 +99,14 @@ pub struct ScenarioOptions {
     pub base_latency: Duration,
     /// `cascade`: its latency during the slowdown.
     pub chaos_latency: Duration,
+    /// Login scenarios: the account of user number n (`{n}` is replaced by n, from 0).
+    pub username: String,
+    /// Login scenarios: the accounts' password.
+    pub password: String,
+    /// Login scenarios: the seeds' think times multiplied by this.
+    pub think_scale: f64,
+    /// Login scenarios: where the gateway's `/auth` endpoints are (`[auth].path_prefix`).
+    pub auth_prefix: String,
 }
 
 impl ScenarioOptions {
@@ -121,6 +130,10 @@ impl ScenarioOptions {
             paths: vec!["/api/orders".to_owned()],
             base_latency: Duration::from_millis(100),
             chaos_latency: Duration::from_secs(5),
+            username: "user{n}".to_owned(),
+            password: "password".to_owned(),
+            think_scale: 1.0,
+            auth_prefix: "/auth".to_owned(),
         }
     }
 
@@ -169,7 +182,7 @@ pub async fn run(
         Scenario::Get => get(options, stop).await,
         Scenario::Cascade => cascade::run(options, stop).await,
         Scenario::LoginRush | Scenario::RefreshStorm | Scenario::MixedErrors => {
-            Err(LoadError::NotYet(options.scenario.name()))
+            journeys::run(options, stop).await
         }
     }
 }
