@@ -75,8 +75,15 @@ impl LoadPlan {
         if self.endpoints.is_empty() {
             return bad("no endpoint to send requests to".to_owned());
         }
-        if self.endpoints.iter().all(|e| e.weight == 0) {
+        let total_weight: u64 = self.endpoints.iter().map(|e| u64::from(e.weight)).sum();
+        if total_weight == 0 {
             return bad("every endpoint has weight 0".to_owned());
+        }
+        // The arrival order holds one entry per unit of weight.
+        if total_weight > 10_000 {
+            return bad(format!(
+                "the endpoints' weights add up to {total_weight}; at most 10000"
+            ));
         }
         if self.duration.is_zero() || self.duration > Duration::from_secs(24 * 3600) {
             return bad(format!(

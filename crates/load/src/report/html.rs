@@ -374,11 +374,15 @@ pub(super) fn render(report: &Report) -> String {
     }
     if !report.markers.is_empty() {
         out.push_str("<h2>Events</h2><table>");
-        head(&mut out, &["at", "event"]);
-        for marker in &report.markers {
+        head(&mut out, &["#", "at", "event"]);
+        for (index, marker) in report.markers.iter().enumerate() {
             row(
                 &mut out,
-                &[format!("{:.2} s", marker.at_s), marker.label.clone()],
+                &[
+                    (index + 1).to_string(),
+                    format!("{:.2} s", marker.at_s),
+                    marker.label.clone(),
+                ],
             );
         }
         out.push_str("</table>");

@@ -19,7 +19,7 @@ const LEFT: f64 = 64.0;
 const RIGHT: f64 = 280.0;
 /// Legend entries longer than this are shortened, so they stay inside the picture.
 const LEGEND_CHARS: usize = 36;
-const TOP: f64 = 28.0;
+const TOP: f64 = 40.0;
 const BOTTOM: f64 = 40.0;
 
 /// One line of a chart.
@@ -136,7 +136,7 @@ pub(crate) fn line_chart(chart: &Chart<'_>) -> String {
     let mut svg = String::new();
     let _ = write!(
         svg,
-        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11" role="img"><title>{title}</title><rect width="100%" height="100%" fill="#fff"/><text x="{LEFT}" y="16" font-size="13" font-weight="bold">{title}</text>"##,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" font-family="sans-serif" font-size="11" role="img"><title>{title}</title><rect width="100%" height="100%" fill="#fff"/><text x="{LEFT}" y="15" font-size="13" font-weight="bold">{title}</text>"##,
         title = escape(&chart.title)
     );
     // Value axis: grid lines and labels.
@@ -178,17 +178,16 @@ pub(crate) fn line_chart(chart: &Chart<'_>) -> String {
         LEFT + plot_width / 2.0,
         HEIGHT - 6.0
     );
-    // Markers: a dashed vertical line each, labelled at the top, staggered so neighbours do not
-    // overwrite each other.
+    // Markers: a dashed vertical line each, numbered at the top (two rows, so neighbours do
+    // not overwrite each other); the numbers are explained under the legend.
     for (index, marker) in chart.markers.iter().enumerate() {
         let at = x(marker.at_s);
         let _ = write!(
             svg,
-            r##"<line x1="{at:.1}" x2="{at:.1}" y1="{TOP}" y2="{:.1}" stroke="#555" stroke-dasharray="4 3"/><text x="{:.1}" y="{:.1}" fill="#333" font-size="10">{}</text>"##,
+            r##"<line x1="{at:.1}" x2="{at:.1}" y1="{TOP}" y2="{:.1}" stroke="#555" stroke-dasharray="4 3"/><text x="{at:.1}" y="{:.1}" fill="#333" font-size="10" text-anchor="middle">{}</text>"##,
             TOP + plot_height,
-            at + 3.0,
-            TOP + 11.0 + (index % 4) as f64 * 11.0,
-            escape(&marker.label)
+            TOP - 4.0 - (index % 2) as f64 * 10.0,
+            index + 1
         );
     }
     // Series: one path each, broken where a value is missing; the legend on the right.
@@ -232,6 +231,23 @@ pub(crate) fn line_chart(chart: &Chart<'_>) -> String {
             legend_x + 22.0,
             legend_y + 4.0,
             escape(&shorten(&series.name))
+        );
+    }
+    // The markers' meanings, under the series, as many as fit.
+    let first_row = TOP + 8.0 + chart.series.len() as f64 * 16.0 + 8.0;
+    let rows = ((TOP + plot_height - first_row) / 13.0).max(0.0) as usize;
+    for (index, marker) in chart.markers.iter().enumerate().take(rows) {
+        let text = if index + 1 == rows && chart.markers.len() > rows {
+            "…".to_owned()
+        } else {
+            format!("{} {}", index + 1, marker.label)
+        };
+        let _ = write!(
+            svg,
+            r##"<text x="{:.1}" y="{:.1}" fill="#333" font-size="10">{}</text>"##,
+            LEFT + plot_width + 12.0,
+            first_row + index as f64 * 13.0,
+            escape(&shorten(&text))
         );
     }
     svg.push_str("</svg>");
