@@ -205,6 +205,17 @@ async fn get_passes_against_a_fast_server_and_a_bad_target_is_a_clear_error() {
             vec!["--target", "http://127.0.0.1:1/", "--scenario", "cascade"],
             "needs --chaos",
         ),
+        (
+            vec![
+                "--target",
+                "http://127.0.0.1:1/",
+                "--rate",
+                "5",
+                "--users",
+                "2",
+            ],
+            "not both",
+        ),
     ] {
         let output = load(args.iter().map(|a| a.to_string()).collect()).await;
         assert_eq!(output.status.code(), Some(2), "{}", text(&output));

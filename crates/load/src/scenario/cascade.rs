@@ -340,7 +340,7 @@ pub(super) async fn run(
     let slow_name = slow.name.clone();
     let slow_index = endpoints.len();
     endpoints.push(slow);
-    let plan = options.plan(endpoints, 50.0);
+    let plan = options.plan(endpoints, 50.0)?;
     // The slowdown takes the middle third, on whole seconds so the phases are whole buckets.
     let third = (options.duration.as_secs() / 3).max(1);
     let (slow_at, recover_at) = (

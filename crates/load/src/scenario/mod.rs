@@ -137,30 +137,35 @@ impl ScenarioOptions {
         }
     }
 
-    /// The arrival model: closed with `--users` alone, open at `--rate` (or `default_rate`).
-    fn model(&self, default_rate: f64) -> Model {
+    /// The arrival model: closed with `--users` alone, open at `--rate` (or `default_rate`);
+    /// both at once is a mistake worth saying.
+    fn model(&self, default_rate: f64) -> Result<Model, LoadError> {
         match (self.rate, self.users) {
-            (None, Some(users)) => Model::Closed {
+            (Some(_), Some(_)) => Err(LoadError::BadPlan(
+                "give --rate (arrivals on a schedule) or --users (closed-loop users), not both"
+                    .to_owned(),
+            )),
+            (None, Some(users)) => Ok(Model::Closed {
                 users,
                 think_min: self.think.0,
                 think_max: self.think.1,
-            },
-            (rate, _) => Model::Open {
+            }),
+            (rate, None) => Ok(Model::Open {
                 rate: rate.unwrap_or(default_rate),
                 max_outstanding: self.max_outstanding,
-            },
+            }),
         }
     }
 
-    fn plan(&self, endpoints: Vec<Endpoint>, default_rate: f64) -> LoadPlan {
-        LoadPlan {
+    fn plan(&self, endpoints: Vec<Endpoint>, default_rate: f64) -> Result<LoadPlan, LoadError> {
+        Ok(LoadPlan {
             endpoints,
-            model: self.model(default_rate),
+            model: self.model(default_rate)?,
             duration: self.duration,
             timeout: self.timeout,
             http: self.http,
             progress: self.progress,
-        }
+        })
     }
 }
 
@@ -192,7 +197,7 @@ async fn get(
     stop: impl Future<Output = ()>,
 ) -> Result<Report, LoadError> {
     let endpoint = Endpoint::get(&options.target)?;
-    let plan = options.plan(vec![endpoint], 100.0);
+    let plan = options.plan(vec![endpoint], 100.0)?;
     let gauge = metrics::Gauge::start(options).await?;
     let generator = Generator::new(plan)?;
     let output = generator_run(generator, stop).await;
