@@ -311,6 +311,12 @@ pub(super) async fn run(
                 .to_owned(),
         ));
     };
+    if options.duration < Duration::from_secs(3) {
+        return Err(LoadError::BadPlan(format!(
+            "the cascade runs in three phases of whole seconds: --duration must be at least 3s, not {:?}",
+            options.duration
+        )));
+    }
     let chaos = Chaos {
         client: LoadClient::new(HttpVersion::Http1, Duration::from_secs(5)),
         uri: chaos_uri(chaos_url)?,
