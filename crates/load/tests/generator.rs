@@ -6,6 +6,8 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -36,6 +38,7 @@ fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
         duration,
         timeout: Duration::from_secs(10),
         http: HttpVersion::Http1,
+        connections: 1000,
         progress: Progress::Off,
     }
 }
@@ -227,4 +230,52 @@ async fn a_server_that_is_not_there_is_counted_as_connect_errors() {
     assert_eq!(report.errors_by_kind.get("connect"), Some(&5));
     assert_eq!(report.error_rate, 1.0);
     assert!(!report.pass);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_pool_is_bounded_and_waiting_for_it_counts_as_latency() {
+    // A server that answers in 100 ms and counts the connections it accepts.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let mut plan = plan(
+        address,
+        Model::Open {
+            rate: 40.0,
+            max_outstanding: 100,
+        },
+        Duration::from_secs(1),
+    );
+    plan.connections = 2;
+    let report = run(plan).await;
+    // 40 requests, 2 at a time for 100 ms each: 2 s of work arriving in 1 s. Nothing is lost,
+    // and the queue for a connection shows in the latency (the last waits about a second).
+    assert_eq!(
+        report.statuses.get("200"),
+        Some(&40),
+        "{}",
+        report.summary()
+    );
+    assert!(report.max_ms >= 800.0, "max {} ms", report.max_ms);
+    assert!(report.endpoints[0].service.p50_ms >= 100.0);
+    let connections = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=3).contains(&connections),
+        "{connections} connections for a pool of 2"
+    );
 }

@@ -94,6 +94,10 @@ struct LoadArgs {
     /// Requests in flight at most (open model); one due beyond that is an `unsent` error.
     #[arg(long, default_value_t = 10_000)]
     max_outstanding: usize,
+    /// HTTP/1.1 connections at most, as a client's pool; a request waits for a free one (the
+    /// wait counts in its latency).
+    #[arg(long, default_value_t = 1000)]
+    connections: usize,
     /// Think time of a closed-loop user, MIN..MAX (e.g. 1s..3s) or one duration.
     #[arg(long, default_value = "0s", value_parser = parse_think)]
     think: (Duration, Duration),
@@ -449,6 +453,7 @@ fn load(args: LoadArgs) -> ExitCode {
     options.duration = args.duration;
     options.timeout = args.timeout;
     options.max_outstanding = args.max_outstanding;
+    options.connections = args.connections;
     options.think = args.think;
     if args.http2 {
         options.http = sekisho_load::HttpVersion::Http2;

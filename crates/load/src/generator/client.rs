@@ -2,6 +2,7 @@
 //! (hyper-util's pooled client, keep-alive HTTP/1.1 or HTTP/2 with prior knowledge), and one
 //! exchange read to its end.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::Semaphore;
 
 use super::recorder::Outcome;
 use crate::LoadError;
@@ -86,16 +88,23 @@ pub enum HttpVersion {
 pub(crate) struct LoadClient {
     client: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
+    /// HTTP/1.1: one permit per connection of the pool; a request holds one from its send to
+    /// its answer's last byte.
+    connections: Option<Arc<Semaphore>>,
 }
 
 impl LoadClient {
-    pub(crate) fn new(version: HttpVersion, timeout: Duration) -> Self {
+    /// A client whose requests time out after `timeout`; over HTTP/1.1 with at most
+    /// `connections` connections (and so requests in flight) at once, when given.
+    pub(crate) fn new(version: HttpVersion, timeout: Duration, connections: Option<usize>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(timeout));
         let mut builder = Client::builder(TokioExecutor::new());
-        // Like a browser or a service's HTTP client: connections stay open and are reused; the
-        // pool grows to the number of requests outstanding at once, which the generator bounds.
+        // Like a browser or a service's HTTP client: connections stay open and are reused, and
+        // there are at most so many of them. Without that bound a server that slows down would
+        // be met with ever more new connections (a storm no real client pool makes), and the
+        // generator would spend its time connecting.
         builder
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_timer(TokioTimer::new())
@@ -103,9 +112,17 @@ impl LoadClient {
         if version == HttpVersion::Http2 {
             builder.http2_only(true).timer(TokioTimer::new());
         }
+        let connections = match version {
+            // h2 multiplexes every request over one connection; the server bounds its streams.
+            HttpVersion::Http2 => None,
+            HttpVersion::Http1 => {
+                connections.map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS))))
+            }
+        };
         Self {
             client: builder.build(connector),
             timeout,
+            connections,
         }
     }
 
@@ -121,7 +138,18 @@ impl LoadClient {
         request: http::Request<Full<Bytes>>,
         keep_body: bool,
     ) -> (Outcome, Option<Bytes>) {
-        match tokio::time::timeout(self.timeout, self.send(request, keep_body)).await {
+        // Waiting for a free connection is part of the request's time, as in any client pool.
+        let exchange = async {
+            let _connection = match &self.connections {
+                Some(connections) => match connections.acquire().await {
+                    Ok(permit) => Some(permit),
+                    Err(_) => return (Outcome::Transport, None),
+                },
+                None => None,
+            };
+            self.send(request, keep_body).await
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
             Ok(result) => result,
             Err(_) => (Outcome::Timeout, None),
         }

@@ -64,6 +64,9 @@ pub struct LoadPlan {
     pub timeout: Duration,
     /// HTTP/1.1 or h2c.
     pub http: HttpVersion,
+    /// HTTP/1.1: connections at most (and so requests on the wire at once); a request waits
+    /// for a free one, and the wait counts in its latency.
+    pub connections: usize,
     /// Progress on stderr.
     pub progress: Progress,
 }
@@ -89,6 +92,12 @@ impl LoadPlan {
             return bad(format!(
                 "the duration must be more than 0 and at most 24h, not {:?}",
                 self.duration
+            ));
+        }
+        if self.connections == 0 || self.connections > 1_000_000 {
+            return bad(format!(
+                "connections must be 1 to 1000000, not {}",
+                self.connections
             ));
         }
         if self.timeout.is_zero() {
@@ -153,7 +162,7 @@ impl Generator {
     /// A run of `plan` starting now.
     pub fn new(plan: LoadPlan) -> Result<Self, LoadError> {
         plan.validate()?;
-        let client = LoadClient::new(plan.http, plan.timeout);
+        let client = LoadClient::new(plan.http, plan.timeout, Some(plan.connections));
         let recorder = Recorder::new(
             Instant::now(),
             plan.endpoints.iter().map(|e| e.accept).collect(),
@@ -311,6 +320,7 @@ mod tests {
             duration: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
             http: HttpVersion::Http1,
+            connections: 100,
             progress: Progress::Off,
         };
         for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {

@@ -31,6 +31,7 @@ fn report_of(failures: &[Outcome], criteria: Criteria) -> Report {
         duration: Duration::from_secs(1),
         timeout: Duration::from_secs(1),
         http: HttpVersion::Http1,
+        connections: 10,
         progress: Progress::Off,
     };
     let output = RunOutput {

@@ -318,7 +318,7 @@ pub(super) async fn run(
         )));
     }
     let chaos = Chaos {
-        client: LoadClient::new(HttpVersion::Http1, Duration::from_secs(5)),
+        client: LoadClient::new(HttpVersion::Http1, Duration::from_secs(5), None),
         uri: chaos_uri(chaos_url)?,
     };
     let chaos_error = |why: String| LoadError::Chaos {

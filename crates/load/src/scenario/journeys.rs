@@ -262,6 +262,7 @@ pub(super) async fn run(
         duration: options.duration,
         timeout: options.timeout,
         http: options.http,
+        connections: options.connections,
         progress: options.progress,
     };
     plan.validate()?;
@@ -283,7 +284,7 @@ pub(super) async fn run(
     );
     let (stopping, stop_seen) = tokio::sync::watch::channel(false);
     let journey = Arc::new(Journey {
-        client: LoadClient::new(options.http, options.timeout),
+        client: LoadClient::new(options.http, options.timeout, Some(options.connections)),
         recorder: Arc::clone(&recorder),
         endpoints,
         username: options.username.clone(),

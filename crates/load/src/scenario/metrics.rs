@@ -147,7 +147,7 @@ pub(crate) struct Scraper {
 impl Scraper {
     pub(crate) fn new(url: &str) -> Result<Self, LoadError> {
         Ok(Self {
-            client: LoadClient::new(HttpVersion::Http1, Duration::from_secs(5)),
+            client: LoadClient::new(HttpVersion::Http1, Duration::from_secs(5), None),
             uri: parse_url(url)?,
         })
     }

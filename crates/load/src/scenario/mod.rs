@@ -82,6 +82,8 @@ pub struct ScenarioOptions {
     pub timeout: Duration,
     /// Requests in flight at most (open model).
     pub max_outstanding: usize,
+    /// HTTP/1.1 connections at most.
+    pub connections: usize,
     /// Think time between a closed user's requests, drawn between the two.
     pub think: (Duration, Duration),
     pub http: HttpVersion,
@@ -120,6 +122,7 @@ impl ScenarioOptions {
             duration: Duration::from_secs(30),
             timeout: Duration::from_secs(10),
             max_outstanding: 10_000,
+            connections: 1000,
             think: (Duration::ZERO, Duration::ZERO),
             http: HttpVersion::Http1,
             criteria: Criteria::default(),
@@ -164,6 +167,7 @@ impl ScenarioOptions {
             duration: self.duration,
             timeout: self.timeout,
             http: self.http,
+            connections: self.connections,
             progress: self.progress,
         })
     }
