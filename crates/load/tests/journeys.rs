@@ -140,7 +140,7 @@ async fn run(scenario: Scenario) -> Report {
     options.duration = Duration::from_secs(2);
     options.timeout = Duration::from_secs(5);
     options.think_scale = 0.01;
-    options.username = "u{n}".to_owned();
+    options.username = "u{id}".to_owned();
     options.password = "pw".to_owned();
     options.progress = Progress::Off;
     let report = scenario::run(&options, std::future::pending())

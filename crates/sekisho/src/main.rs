@@ -85,7 +85,7 @@ struct LoadArgs {
     /// Arrivals per second on a fixed schedule (open model); default 100 (get), 50 (cascade).
     #[arg(long)]
     rate: Option<f64>,
-    /// Write report.json and report.html into this directory.
+    /// Write report.json, report.html and the charts (.svg) into this directory.
     #[arg(long)]
     report: Option<PathBuf>,
     /// A request without its whole answer after this is a timeout.
@@ -125,7 +125,7 @@ struct LoadArgs {
     /// cascade: the path of the route to the slowed upstream.
     #[arg(long, default_value = "/api/payments")]
     slow_path: String,
-    /// cascade: the path of another route (repeat for more).
+    /// cascade: the path of another route (repeat for more); login-rush: the work requests'.
     #[arg(long = "path", default_value = "/api/orders")]
     paths: Vec<String>,
     /// cascade: the slowed upstream's latency before and after the slowdown.
@@ -134,8 +134,8 @@ struct LoadArgs {
     /// cascade: its latency during the slowdown.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     chaos_latency: Duration,
-    /// login scenarios: the account of user number n (`{n}` becomes n, from 0).
-    #[arg(long, default_value = "user{n}")]
+    /// login scenarios: the account of each user: `{id}` becomes its number, from 0.
+    #[arg(long, default_value = "user{id}")]
     username: String,
     /// login scenarios: the accounts' password.
     #[arg(long, default_value = "password")]

@@ -77,7 +77,7 @@ impl Journey {
     }
 
     fn user(&self, number: usize) -> String {
-        self.username.replace("{n}", &number.to_string())
+        self.username.replace("{id}", &number.to_string())
     }
 
     /// One request of step `endpoint`: recorded; the body when it succeeded and `keep` asks.

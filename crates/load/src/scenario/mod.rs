@@ -101,7 +101,7 @@ pub struct ScenarioOptions {
     pub base_latency: Duration,
     /// `cascade`: its latency during the slowdown.
     pub chaos_latency: Duration,
-    /// Login scenarios: the account of user number n (`{n}` is replaced by n, from 0).
+    /// Login scenarios: the account of user number n (`{id}` is replaced by n, from 0).
     pub username: String,
     /// Login scenarios: the accounts' password.
     pub password: String,
@@ -133,7 +133,7 @@ impl ScenarioOptions {
             paths: vec!["/api/orders".to_owned()],
             base_latency: Duration::from_millis(100),
             chaos_latency: Duration::from_secs(5),
-            username: "user{n}".to_owned(),
+            username: "user{id}".to_owned(),
             password: "password".to_owned(),
             think_scale: 1.0,
             auth_prefix: "/auth".to_owned(),
