@@ -23,7 +23,9 @@ pub use chaos::{ChaosHandle, ChaosOptions, ChaosServer, ChaosState};
 pub use generator::{
     parse_url, Endpoint, Generator, HttpVersion, LoadPlan, MarkHandle, Model, Progress, RunOutput,
 };
-pub use report::{Check, Criteria, EndpointReport, GatewayFigures, Latency, Marker, Point, Report};
+pub use report::{
+    AuthFigures, Check, Criteria, EndpointReport, GatewayFigures, Latency, Marker, Point, Report,
+};
 
 /// What can go wrong before or around a run (a run itself records failures, it does not fail).
 #[derive(Debug, thiserror::Error)]

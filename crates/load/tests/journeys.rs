@@ -171,6 +171,10 @@ async fn login_rush_walks_the_whole_journey_and_passes() {
     }
     assert!(report.endpoints.iter().all(|e| e.success_rate == 1.0));
     assert_eq!(report.model, "closed");
+    let auth = report.auth.unwrap();
+    assert_eq!(auth.login_success_rate, Some(1.0));
+    assert_eq!(auth.refresh_success_rate, Some(1.0));
+    assert_eq!(auth.wrong_password_rejected_rate, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,6 +210,7 @@ async fn mixed_errors_expects_401_for_the_wrong_passwords_and_passes() {
         .unwrap();
     assert!(wrong.requests > 0);
     assert_eq!(wrong.statuses.get("401"), Some(&wrong.requests));
+    assert_eq!(report.auth.unwrap().wrong_password_rejected_rate, Some(1.0));
     let logins = requests(&report, "login");
     // About 30 % of the attempts use a wrong password.
     let share = wrong.requests as f64 / (wrong.requests + logins) as f64;

@@ -264,6 +264,20 @@ pub(super) fn render(report: &Report) -> String {
             figures.push(("gateway memory", format!("{memory:.0} MiB")));
         }
     }
+    if let Some(auth) = &report.auth {
+        for (name, value) in [
+            ("login success", auth.login_success_rate),
+            ("refresh success", auth.refresh_success_rate),
+            (
+                "wrong passwords rejected",
+                auth.wrong_password_rejected_rate,
+            ),
+        ] {
+            if let Some(value) = value {
+                figures.push((name, percent(value)));
+            }
+        }
+    }
     for (name, value) in figures {
         row(&mut out, &[name.to_owned(), value]);
     }

@@ -156,6 +156,17 @@ pub struct GatewayFigures {
     pub memory_mib: Option<f64>,
 }
 
+/// The login scenarios' own rates.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct AuthFigures {
+    /// Logins with the right password that succeeded (null when none was tried).
+    pub login_success_rate: Option<f64>,
+    /// Refreshes that succeeded (null when none was tried).
+    pub refresh_success_rate: Option<f64>,
+    /// Logins with a wrong password answered 401 as they should (null when none was tried).
+    pub wrong_password_rejected_rate: Option<f64>,
+}
+
 /// A whole run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -198,6 +209,8 @@ pub struct Report {
     pub gateway: Option<GatewayFigures>,
     /// What the cascade scenario found.
     pub cascade: Option<crate::scenario::CascadeFindings>,
+    /// The login scenarios' rates.
+    pub auth: Option<AuthFigures>,
     pub criteria: Criteria,
     pub checks: Vec<Check>,
     pub pass: bool,
@@ -380,6 +393,7 @@ impl Report {
             markers: Vec::new(),
             gateway: None,
             cascade: None,
+            auth: None,
             criteria,
             checks: Vec::new(),
             pass: false,
@@ -498,6 +512,17 @@ impl Report {
         }
         if let Some(cascade) = &self.cascade {
             out.push_str(&cascade.summary());
+        }
+        if let Some(auth) = &self.auth {
+            let rate = |value: Option<f64>| {
+                value.map_or("-".to_owned(), |v| format!("{:.2} %", v * 100.0))
+            };
+            out.push_str(&format!(
+                "  login success {}  refresh success {}  wrong passwords rejected {}\n",
+                rate(auth.login_success_rate),
+                rate(auth.refresh_success_rate),
+                rate(auth.wrong_password_rejected_rate)
+            ));
         }
         for check in &self.checks {
             out.push_str(&format!(

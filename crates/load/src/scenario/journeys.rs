@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use super::{join, Scenario, ScenarioOptions};
 use crate::generator::recorder::Recorder;
 use crate::generator::{progress, Endpoint, LoadClient, LoadPlan, Model, RunOutput};
-use crate::report::Report;
+use crate::report::{AuthFigures, Report};
 use crate::LoadError;
 
 /// The journeys' steps, as endpoints of the report (indexes below).
@@ -339,6 +339,18 @@ pub(super) async fn run(
         &output,
         options.criteria,
     );
+    let success = |name: &str| {
+        report
+            .endpoints
+            .iter()
+            .find(|e| e.name == name && e.requests > 0)
+            .map(|e| e.success_rate)
+    };
+    report.auth = Some(AuthFigures {
+        login_success_rate: success("login"),
+        refresh_success_rate: success("refresh"),
+        wrong_password_rejected_rate: success("login (wrong password)"),
+    });
     // Steps a scenario does not take are left out of the report.
     report.endpoints.retain(|endpoint| endpoint.requests > 0);
     if let Some(gauge) = gauge {
