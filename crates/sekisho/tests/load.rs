@@ -298,3 +298,64 @@ ttl = "60s"
     let calls = upstream.handle.requests();
     assert!(calls <= 4, "{calls} upstream calls");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_ends_a_run_early_with_a_report_of_what_ran() {
+    let upstream = chaos_upstream("interrupted").await;
+    let dir = TempDir::new("load-interrupted");
+    let report_dir = dir.path().join("report");
+    let mut child = Command::new(binary())
+        .args([
+            "load",
+            "--target",
+            &format!("http://{}/x", upstream.address),
+            "--rate",
+            "50",
+            "--duration",
+            "60s",
+            "--quiet",
+            "--report",
+            report_dir.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Started: the upstream has seen its requests.
+    let started = tokio::time::Instant::now();
+    while upstream.handle.requests() < 10 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "no load arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // It stops sending at once and waits for what is in flight (bounded by the timeout).
+    let output = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running 20 s after SIGINT"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["stopped_early"], true);
+    let ran = report["duration_s"].as_f64().unwrap();
+    assert!(ran < 30.0, "judged on {ran} s");
+    // The rate is judged on the time the run lasted, not the 60 s asked for.
+    assert!(report["sent_rps"].as_f64().unwrap() > 40.0, "{report}");
+}
