@@ -190,6 +190,23 @@ async fn get_passes_against_a_fast_server_and_a_bad_target_is_a_clear_error() {
     .await;
     assert_eq!(output.status.code(), Some(0), "{}", text(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("200×50"));
+    // The same over h2c (prior knowledge).
+    let output = load(vec![
+        "--target".into(),
+        format!("http://{}/x", upstream.address),
+        "--rate".into(),
+        "50".into(),
+        "--duration".into(),
+        "1s".into(),
+        "--http2".into(),
+    ])
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("200×50") && stdout.contains("http2"),
+        "{stdout}"
+    );
 
     for (args, why) in [
         (
