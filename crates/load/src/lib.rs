@@ -16,6 +16,7 @@ mod chaos;
 mod generator;
 mod report;
 pub mod scenario;
+mod services;
 
 use std::path::PathBuf;
 
@@ -26,6 +27,7 @@ pub use generator::{
 pub use report::{
     AuthFigures, Check, Criteria, EndpointReport, GatewayFigures, Latency, Marker, Point, Report,
 };
+pub use services::{Service, ServiceServer, NOTIFICATIONS_PER_MINUTE};
 
 /// What can go wrong before or around a run (a run itself records failures, it does not fail).
 #[derive(Debug, thiserror::Error)]

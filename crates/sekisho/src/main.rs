@@ -408,6 +408,14 @@ fn demo(path: Option<&Path>) -> anyhow::Result<()> {
                     tracing::warn!(target = %target.address, "not a loopback address; no demo upstream started for it");
                     continue;
                 }
+                if let Some(service) = sekisho_load::Service::for_upstream(name.get_ref()) {
+                    // The seeds' demo services stand behind upstreams of their names.
+                    let server = sekisho_load::ServiceServer::bind(service, listen, 0.2)
+                        .await
+                        .with_context(|| format!("cannot start the demo {service:?} service on {listen}"))?;
+                    upstream_tasks.push(tokio::spawn(server.run(std::future::pending())));
+                    continue;
+                }
                 let server = sekisho_load::ChaosServer::bind(sekisho_load::ChaosOptions {
                     listen,
                     latency: Duration::from_millis(20),
@@ -428,12 +436,19 @@ fn demo(path: Option<&Path>) -> anyhow::Result<()> {
             .unwrap_or_else(|| "/".to_owned());
         let first_target = config
             .upstreams
-            .values()
-            .next()
-            .and_then(|u| u.targets.get_ref().first().map(|t| t.address.clone()))
+            .iter()
+            .filter(|(name, _)| sekisho_load::Service::for_upstream(name.get_ref()).is_none())
+            .find_map(|(_, u)| u.targets.get_ref().first().map(|t| t.address.clone()))
             .unwrap_or_default();
+        let services = if config.upstreams.keys().any(|n| n.get_ref() == "shortener") {
+            format!(
+                "  shorten a URL:  curl -i http://{listen}/api/v1/shorten -d '{{\"url\":\"https://example.com\"}}'\n  follow it (cached at the gateway):  curl -i http://{listen}/s/KEY\n  notify:  curl -i http://{listen}/api/v1/notifications -H 'Idempotency-Key: 1' -d '{{\"user\":\"ada\",\"channel\":\"email\",\"message\":\"hi\"}}'\n"
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
+            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
             upstream_tasks.len()
         );
         let result = serve(config, file).await;
