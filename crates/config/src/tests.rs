@@ -498,3 +498,80 @@ fn redis_timeout_defaults_to_50ms_and_is_refused_out_of_range_where_it_stands() 
     let bare = format!("[store]\nredis_timeout = 50\n{MINIMAL}");
     assert!(first(&bare).message.contains("has no unit"));
 }
+
+#[test]
+fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
+    let good = format!(
+        "{MINIMAL}\n[monitor]\ninterval = \"5s\"\n\n[alerts]\ngroup_wait = \"1s\"\ndisable = [\"HighCpu\"]\n\n\
+         [[alerts.rules]]\nname = \"ApiFailing\"\nsignal = \"upstream_error_rate\"\nupstream = \"api\"\n\
+         window = \"30s\"\nwarning = 0.05\ncritical = 0.5\nfor = \"10s\"\n\
+         annotations = {{ runbook_url = \"https://example.com/rb\" }}\n\n\
+         [[alerts.rules]]\nname = \"Meltdown\"\nall_of = [\"ApiFailing\", \"HighMemory\"]\nseverity = \"emergency\"\n\n\
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://127.0.0.1:5001/hook\"\nmin_severity = \"warning\"\n"
+    );
+    let config = parse(&good, "test.toml").expect("good alerts");
+    assert_eq!(config.monitor.interval.0, std::time::Duration::from_secs(5));
+    assert_eq!(config.alerts.rules.len(), 2);
+    let rule = config.alerts.rules[0].get_ref();
+    assert_eq!(
+        rule.thresholds(),
+        vec![
+            (AlertSeverity::Warning, 0.05),
+            (AlertSeverity::Critical, 0.5)
+        ]
+    );
+    assert_eq!(rule.for_.0, std::time::Duration::from_secs(10));
+    assert_eq!(
+        config.alerts.receivers[0].get_ref().min_severity,
+        AlertSeverity::Warning
+    );
+    // Defaults without any [alerts].
+    let plain = parse(MINIMAL, "test.toml").expect("minimal");
+    assert!(plain.alerts.default_rules && plain.alerts.rules.is_empty());
+    assert_eq!(
+        plain.alerts.group_interval.0,
+        std::time::Duration::from_secs(300)
+    );
+
+    for (extra, line, says) in [
+        (
+            "[[alerts.rules]]\nname = \"X\"\nsignal = \"cpuu\"\ncritical = 0.9\n",
+            13,
+            "unknown signal `cpuu`",
+        ),
+        (
+            "[[alerts.rules]]\nname = \"X\"\nsignal = \"cpu\"\n",
+            13,
+            "needs at least one threshold",
+        ),
+        (
+            "[[alerts.rules]]\nname = \"X\"\nany_of = [\"Nope\"]\nseverity = \"critical\"\n",
+            13,
+            "`Nope` is not another alert rule",
+        ),
+        (
+            "[[alerts.rules]]\nname = \"X\"\nsignal = \"upstream_error_rate\"\nupstream = \"nope\"\nwarning = 0.1\n",
+            13,
+            "no upstream named `nope`",
+        ),
+        (
+            "[[alerts.receivers]]\nname = \"ops\"\n",
+            13,
+            "needs a channel",
+        ),
+        (
+            "[[alerts.receivers]]\nname = \"ops\"\nslack = \"not a url\"\n",
+            13,
+            "is not an http(s) URL",
+        ),
+        (
+            "[alerts]\ndisable = [\"HighCpu\", \"Typo\"]\n",
+            14,
+            "`Typo` is not a default rule",
+        ),
+    ] {
+        let diagnostic = first(&format!("{MINIMAL}\n{extra}"));
+        assert!(diagnostic.message.contains(says), "{extra}: {diagnostic}");
+        assert_eq!(diagnostic.line, line, "{extra}: {diagnostic}");
+    }
+}

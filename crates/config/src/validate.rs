@@ -9,7 +9,7 @@ use std::path::Path;
 
 use crate::model::{
     AdaptiveConcurrency, Config, RateLimit, RateLimitAlgorithm, RateLimitBackend, Route, Spanned,
-    Upstream,
+    Upstream, DEFAULT_RULES, SIGNALS,
 };
 
 type Problems = Vec<(Range<usize>, String)>;
@@ -33,7 +33,118 @@ pub(crate) fn validate(config: &Config, base_dir: Option<&Path>) -> Problems {
         }
         validate_route(config, route, &mut problems);
     }
+    validate_alerts(config, &mut problems);
     problems
+}
+
+/// `[alerts]`: each rule a threshold rule or a compound one, naming what exists; receivers
+/// with a name of their own and at least one channel.
+fn validate_alerts(config: &Config, problems: &mut Problems) {
+    let alerts = &config.alerts;
+    let mut names: HashSet<&str> = DEFAULT_RULES.iter().copied().collect();
+    let mut own = HashSet::new();
+    for rule in &alerts.rules {
+        let r = rule.get_ref();
+        if !own.insert(r.name.as_str()) {
+            problems.push((
+                rule.span(),
+                format!("alert rule `{}` is defined twice", r.name),
+            ));
+        }
+        names.insert(r.name.as_str());
+    }
+    for name in &alerts.disable {
+        if !DEFAULT_RULES.contains(&name.get_ref().as_str()) {
+            problems.push((
+                name.span(),
+                format!(
+                    "[alerts] disable: `{}` is not a default rule (they are {})",
+                    name.get_ref(),
+                    DEFAULT_RULES.join(", ")
+                ),
+            ));
+        }
+    }
+    for rule in &alerts.rules {
+        let r = rule.get_ref();
+        let mut fail = |message: String| {
+            problems.push((rule.span(), format!("alert rule `{}`: {message}", r.name)));
+        };
+        let compound = !r.all_of.is_empty() || !r.any_of.is_empty();
+        match (&r.signal, compound) {
+            (Some(_), true) => fail("a rule has a `signal` or `all_of`/`any_of`, not both".into()),
+            (None, false) => fail("needs a `signal` with thresholds, or `all_of`/`any_of`".into()),
+            (Some(signal), false) => {
+                if !SIGNALS.contains(&signal.as_str()) {
+                    fail(format!(
+                        "unknown signal `{signal}` (one of {})",
+                        SIGNALS.join(", ")
+                    ));
+                }
+                if r.thresholds().is_empty() {
+                    fail(
+                        "needs at least one threshold: info, warning, critical or emergency".into(),
+                    );
+                }
+                if r.severity.is_some() {
+                    fail("`severity` is for compound rules; a threshold rule's severity is the highest threshold crossed".into());
+                }
+            }
+            (None, true) => {
+                if !r.all_of.is_empty() && !r.any_of.is_empty() {
+                    fail("`all_of` or `any_of`, not both".into());
+                }
+                if r.severity.is_none() {
+                    fail("a compound rule needs its `severity`".into());
+                }
+                for name in r.all_of.iter().chain(&r.any_of) {
+                    if name == &r.name || !names.contains(name.as_str()) {
+                        fail(format!("`{name}` is not another alert rule"));
+                    }
+                }
+            }
+        }
+        if let Some(upstream) = &r.upstream {
+            if !config.upstreams.keys().any(|u| u.get_ref() == upstream) {
+                fail(format!("no upstream named `{upstream}`"));
+            }
+        }
+        if let Some(route) = &r.route {
+            if !config.routes.iter().any(|x| &x.get_ref().name == route) {
+                fail(format!("no route named `{route}`"));
+            }
+        }
+    }
+    let mut receivers = HashSet::new();
+    for receiver in &alerts.receivers {
+        let r = receiver.get_ref();
+        let mut fail = |message: String| {
+            problems.push((
+                receiver.span(),
+                format!("alert receiver `{}`: {message}", r.name),
+            ));
+        };
+        if !receivers.insert(r.name.as_str()) {
+            fail("defined twice".into());
+        }
+        let urls = [&r.webhook, &r.alertmanager, &r.slack, &r.discord];
+        if urls.iter().all(|u| u.is_none()) && r.email.is_none() {
+            fail("needs a channel: webhook, alertmanager, slack, discord or email".into());
+        }
+        for url in urls.into_iter().flatten() {
+            let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
+            if !ok {
+                fail(format!("`{url}` is not an http(s) URL"));
+            }
+        }
+        if let Some(email) = &r.email {
+            if email.to.is_empty() {
+                fail("email needs at least one address in `to`".into());
+            }
+        }
+    }
 }
 
 fn validate_server(config: &Config, base_dir: Option<&Path>, problems: &mut Problems) {

@@ -7,6 +7,7 @@
 //! now, per receiver. Delivering them (webhook, Alertmanager, Slack, e-mail) through a
 //! durable queue, the vitals and the rules are the next parts (issue 16).
 
+pub mod from_config;
 mod manager;
 mod rules;
 

@@ -18,6 +18,7 @@ use serde::Deserialize;
 pub use toml::Spanned;
 
 mod admin;
+mod alerts;
 mod cache;
 mod ratelimit;
 mod route;
@@ -27,6 +28,7 @@ mod upstream;
 mod values;
 
 pub use admin::*;
+pub use alerts::*;
 pub use cache::*;
 pub use ratelimit::*;
 pub use route::*;
@@ -55,6 +57,12 @@ pub struct Config {
     #[serde(default)]
     #[schemars(with = "Vec<Route>")]
     pub routes: Vec<Spanned<Route>>,
+    /// How often the gateway looks at itself (vitals, probes, rules).
+    #[serde(default)]
+    pub monitor: Monitor,
+    /// Alert rules, receivers and the alert manager's timing.
+    #[serde(default)]
+    pub alerts: Alerts,
 }
 
 fn default_true() -> bool {

@@ -1,0 +1,266 @@
+//! `[monitor]` and `[alerts]`: how often the gateway looks at itself, the alert rules, the
+//! receivers, and the alert manager's timing (CONTRACT.md "Monitoring, alerting and
+//! notifications").
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::{default_true, Spanned};
+use crate::duration::{ConfigDuration, NonZeroDuration};
+
+/// The signals a threshold rule may watch.
+pub const SIGNALS: &[&str] = &[
+    "cpu",
+    "memory",
+    "disk",
+    "open_fds",
+    "upstream_error_rate",
+    "upstream_latency_p95",
+    "route_error_rate",
+    "circuit_open",
+    "no_healthy_targets",
+    "redis_rtt",
+    "database_rtt",
+    "tls_expiry_days",
+    "backup_age",
+    "login_failures_per_minute",
+];
+
+/// The names of the shipped default rules (`sekisho-monitor` holds them; its tests check that
+/// the two lists agree), which `[alerts] disable` may name.
+pub const DEFAULT_RULES: &[&str] = &[
+    "HighCpu",
+    "HighMemory",
+    "SlowResponses",
+    "ServerErrors",
+    "NoHealthyTarget",
+    "CircuitOpen",
+    "BackupTooOld",
+    "TlsExpiring",
+    "FailedLoginBurst",
+];
+
+/// `[monitor]`.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Monitor {
+    /// How often vitals and probes are taken and rules evaluated.
+    #[serde(default = "default_interval")]
+    pub interval: NonZeroDuration,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+        }
+    }
+}
+
+fn default_interval() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_secs(10))
+}
+
+/// `[alerts]`: the rules, the receivers and the alert manager's timing.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    /// A new group of alerts waits this long before its first notification.
+    #[serde(default = "default_group_wait")]
+    pub group_wait: ConfigDuration,
+    /// A changed group is notified again at most this often.
+    #[serde(default = "default_group_interval")]
+    pub group_interval: NonZeroDuration,
+    /// An unchanged firing group is notified again after this.
+    #[serde(default = "default_repeat_interval")]
+    pub repeat_interval: NonZeroDuration,
+    /// Labels whose values make a group (Alertmanager's `group_by`).
+    #[serde(default = "default_group_by")]
+    pub group_by: Vec<String>,
+    /// The shipped default rules (the seeds'); false turns them all off.
+    #[serde(default = "default_true")]
+    pub default_rules: bool,
+    /// Default rules turned off by name.
+    #[serde(default)]
+    #[schemars(with = "Vec<String>")]
+    pub disable: Vec<Spanned<String>>,
+    /// The alert rules, in addition to the defaults.
+    #[serde(default)]
+    #[schemars(with = "Vec<AlertRule>")]
+    pub rules: Vec<Spanned<AlertRule>>,
+    /// Where notifications go.
+    #[serde(default)]
+    #[schemars(with = "Vec<AlertReceiver>")]
+    pub receivers: Vec<Spanned<AlertReceiver>>,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Self {
+            group_wait: default_group_wait(),
+            group_interval: default_group_interval(),
+            repeat_interval: default_repeat_interval(),
+            group_by: default_group_by(),
+            default_rules: true,
+            disable: Vec::new(),
+            rules: Vec::new(),
+            receivers: Vec::new(),
+        }
+    }
+}
+
+fn default_group_wait() -> ConfigDuration {
+    ConfigDuration(std::time::Duration::from_secs(30))
+}
+
+fn default_group_interval() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_secs(300))
+}
+
+fn default_repeat_interval() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_secs(4 * 3600))
+}
+
+fn default_group_by() -> Vec<String> {
+    vec!["alertname".to_owned()]
+}
+
+/// A severity, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertSeverity {
+    /// Worth knowing.
+    Info,
+    /// Needs attention soon.
+    Warning,
+    /// Needs attention now.
+    Critical,
+    /// Everything is on fire.
+    Emergency,
+}
+
+/// Which way a threshold is crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertDirection {
+    /// value ≥ threshold.
+    #[default]
+    Above,
+    /// value ≤ threshold (days to a certificate's expiry).
+    Below,
+}
+
+/// `[[alerts.rules]]`: a threshold rule over a signal, or a compound rule over other rules.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    /// The alert's name (`alertname`).
+    pub name: String,
+    /// The signal watched (a threshold rule); see [`SIGNALS`].
+    #[serde(default)]
+    pub signal: Option<String>,
+    /// Only this upstream (for upstream signals).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// Only this route (for route signals).
+    #[serde(default)]
+    pub route: Option<String>,
+    /// The window a rate or percentile is taken over.
+    #[serde(default)]
+    pub window: Option<NonZeroDuration>,
+    /// Which way is worse.
+    #[serde(default)]
+    pub direction: AlertDirection,
+    /// Threshold of the info severity.
+    #[serde(default)]
+    pub info: Option<f64>,
+    /// Threshold of the warning severity.
+    #[serde(default)]
+    pub warning: Option<f64>,
+    /// Threshold of the critical severity.
+    #[serde(default)]
+    pub critical: Option<f64>,
+    /// Threshold of the emergency severity.
+    #[serde(default)]
+    pub emergency: Option<f64>,
+    /// A compound rule: fires while all of these rules fire.
+    #[serde(default)]
+    pub all_of: Vec<String>,
+    /// A compound rule: fires while any of these rules fires.
+    #[serde(default)]
+    pub any_of: Vec<String>,
+    /// A compound rule's severity.
+    #[serde(default)]
+    pub severity: Option<AlertSeverity>,
+    /// How long the condition must hold before the alert fires.
+    #[serde(default, rename = "for")]
+    pub for_: ConfigDuration,
+    /// Summary, runbook URL and the like.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Extra labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl AlertRule {
+    /// The thresholds given, by severity.
+    pub fn thresholds(&self) -> Vec<(AlertSeverity, f64)> {
+        [
+            (AlertSeverity::Info, self.info),
+            (AlertSeverity::Warning, self.warning),
+            (AlertSeverity::Critical, self.critical),
+            (AlertSeverity::Emergency, self.emergency),
+        ]
+        .into_iter()
+        .filter_map(|(severity, value)| value.map(|v| (severity, v)))
+        .collect()
+    }
+}
+
+/// `[alerts.receivers.email]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EmailReceiver {
+    /// The SMTP server, `host:port`.
+    pub smtp: String,
+    /// The sender.
+    pub from: String,
+    /// The recipients.
+    pub to: Vec<String>,
+    /// Upgrade the connection with STARTTLS.
+    #[serde(default)]
+    pub starttls: bool,
+}
+
+/// `[[alerts.receivers]]`: one or more channels, and the least severity it is told about.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertReceiver {
+    /// Its name.
+    pub name: String,
+    /// An Alertmanager-style webhook (payload version "4").
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// A real Alertmanager: alerts are pushed to its `/api/v2/alerts`.
+    #[serde(default)]
+    pub alertmanager: Option<String>,
+    /// A Slack incoming webhook.
+    #[serde(default)]
+    pub slack: Option<String>,
+    /// A Discord webhook.
+    #[serde(default)]
+    pub discord: Option<String>,
+    /// E-mail over SMTP.
+    #[serde(default)]
+    pub email: Option<EmailReceiver>,
+    /// Alerts below this severity do not reach it.
+    #[serde(default = "default_min_severity")]
+    pub min_severity: AlertSeverity,
+}
+
+fn default_min_severity() -> AlertSeverity {
+    AlertSeverity::Info
+}
