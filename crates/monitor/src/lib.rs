@@ -10,9 +10,11 @@
 pub mod from_config;
 mod manager;
 mod rules;
+mod run;
 
 pub use manager::{
     fingerprint, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver, Settings,
     Severity, Silence, Status,
 };
 pub use rules::{default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals};
+pub use run::{deliver, Delivery, Monitor, Vitals, MAX_DELIVERY_AGE};

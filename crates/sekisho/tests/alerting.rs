@@ -1,0 +1,118 @@
+//! Alerting end to end (issue 16, first slice): an upstream fails, its circuit opens, the rule on
+//! `circuit_open` fires and a real webhook receiver gets Alertmanager's payload; the upstream
+//! recovers, the circuit closes, and the `resolved` notification follows with the same
+//! fingerprint.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sekisho_load::ChaosState;
+use sekisho_testkit::{chaos_upstream, client, try_send, Sekisho, TempDir};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// A webhook receiver on 127.0.0.1, port 0: every POSTed body, parsed, arrives on the channel.
+async fn receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sender, bodies) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let sender = sender.clone();
+                    async move {
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let _ = sender.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, bodies)
+}
+
+async fn next(bodies: &mut mpsc::UnboundedReceiver<Value>, what: &str) -> Value {
+    tokio::time::timeout(Duration::from_secs(20), bodies.recv())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} notification within 20 s"))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
+    let upstream = chaos_upstream("app").await;
+    let (hook, mut bodies) = receiver().await;
+    let dir = TempDir::new("alerting");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\
+         [upstreams.app.circuit_breaker]\nminimum_calls = 5\nwindow_calls = 10\nopen_for = \"1s\"\nhalf_open_calls = 1\n\
+         [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         [monitor]\ninterval = \"100ms\"\n\
+         [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"200ms\"\ndefault_rules = false\n\
+         [[alerts.rules]]\nname = \"AppCircuitOpen\"\nsignal = \"circuit_open\"\nupstream = \"app\"\nwarning = 1\n\
+         annotations = {{ summary = \"the app's circuit is open\" }}\n\
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{hook}/hook\"\n",
+        upstream.address
+    );
+    let path = dir.write("sekisho.toml", &config);
+    let gateway = Sekisho::start(&PathBuf::from(env!("CARGO_BIN_EXE_sekisho")), &path);
+    let http = client();
+
+    upstream.handle.set(ChaosState {
+        error_rate: 1.0,
+        ..ChaosState::default()
+    });
+    for _ in 0..10 {
+        let _ = try_send(&http, "GET", &gateway.url("/x"), &[], Bytes::new()).await;
+    }
+    let firing = next(&mut bodies, "firing").await;
+    assert_eq!(firing["version"], "4", "{firing}");
+    assert_eq!(firing["status"], "firing", "{firing}");
+    assert_eq!(firing["receiver"], "ops");
+    let alert = &firing["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "AppCircuitOpen", "{firing}");
+    assert_eq!(alert["labels"]["target"], "app");
+    assert_eq!(alert["labels"]["severity"], "warning");
+    assert_eq!(alert["annotations"]["summary"], "the app's circuit is open");
+    let fingerprint = alert["fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(fingerprint.len(), 16);
+
+    // The upstream recovers; once the circuit lets a probe through, it closes.
+    upstream.handle.set(ChaosState::default());
+    let mut closed = false;
+    for _ in 0..100 {
+        if let Ok(answer) = try_send(&http, "GET", &gateway.url("/x"), &[], Bytes::new()).await {
+            if answer.status == 200 {
+                closed = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(closed, "the circuit never let a request through again");
+    let resolved = loop {
+        let body = next(&mut bodies, "resolved").await;
+        if body["status"] == "resolved" {
+            break body;
+        }
+    };
+    assert_eq!(resolved["alerts"][0]["fingerprint"], fingerprint.as_str());
+    assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+}
