@@ -95,6 +95,17 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Compiles `config`; `config_path` is the file reloads read again.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, BuildError> {
+        Self::with_auth(config, config_path, None)
+    }
+
+    /// As [`Gateway::new`], with edge authentication (`[auth]`): its endpoints and the routes'
+    /// `auth` requirements are served with `auth`, opened beforehand
+    /// (`sekisho_auth::Auth::open`).
+    pub fn with_auth(
+        config: Config,
+        config_path: Option<PathBuf>,
+        auth: Option<Arc<sekisho_auth::Auth>>,
+    ) -> Result<Self, BuildError> {
         let metrics = Metrics::new();
         let clients = ClientCache::default();
         let states = StateRegistry::default();
@@ -121,6 +132,7 @@ impl Gateway {
                 reload_lock: Mutex::new(ReloadRecord::default()),
                 file_bytes: Mutex::new(None),
                 lag: Arc::default(),
+                auth,
             }),
         })
     }
@@ -161,6 +173,11 @@ impl Gateway {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.shared.runtime.load().config)
+    }
+
+    /// Edge authentication, when running.
+    pub fn auth(&self) -> Option<&Arc<sekisho_auth::Auth>> {
+        self.shared.auth.as_ref()
     }
 
     /// The path reloads read.

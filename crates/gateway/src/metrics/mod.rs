@@ -88,6 +88,12 @@ pub(crate) mod names {
     pub(crate) const CONCURRENCY_IN_FLIGHT: &str = "sekisho_adaptive_concurrency_in_flight";
     /// Per route with adaptive concurrency: calls shed with OVERLOADED.
     pub(crate) const SHED: &str = "sekisho_shed";
+    /// Auth operations (login, refresh, logout, me, validate), by status and error type.
+    pub(crate) const AUTH_REQUESTS: &str = "sekisho_auth_requests";
+    /// Seconds per auth operation, by operation.
+    pub(crate) const AUTH_DURATION: &str = "sekisho_auth_duration_seconds";
+    /// Live sessions, as last counted (every 10 s).
+    pub(crate) const ACTIVE_SESSIONS: &str = "sekisho_active_sessions";
 }
 
 /// Each route's adaptive concurrency limit, by route name.
@@ -131,6 +137,10 @@ pub(crate) struct Metrics {
     pub header_read_timeouts: Counter,
     /// Unix time of the config in force.
     pub config_loaded_timestamp: Gauge,
+    auth_requests: Family<Labels, Counter>,
+    auth_durations: Family<Labels, Histogram>,
+    /// Live sessions, set from `sekisho-auth`'s count when scraped.
+    pub active_sessions: Gauge,
 }
 
 /// The metric handles of one route.
@@ -262,6 +272,26 @@ impl Metrics {
             "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass)",
             cache_lookups.clone(),
         );
+        let auth_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            names::AUTH_REQUESTS,
+            "Auth operations (login, refresh, logout, me, validate), by status and error type",
+            auth_requests.clone(),
+        );
+        let auth_durations = Family::<Labels, Histogram>::new_with_constructor(
+            (|| Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])) as fn() -> Histogram,
+        );
+        registry.register(
+            names::AUTH_DURATION,
+            "Seconds per auth operation, by operation",
+            auth_durations.clone(),
+        );
+        let active_sessions = Gauge::default();
+        registry.register(
+            names::ACTIVE_SESSIONS,
+            "Live sessions, as last counted",
+            active_sessions.clone(),
+        );
         registry.register_collector(Box::new(ProcessCollector));
         let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let limits = Arc::new(ArcSwap::from_pointee(Vec::new()));
@@ -293,7 +323,24 @@ impl Metrics {
             connections_total,
             header_read_timeouts,
             config_loaded_timestamp,
+            auth_requests,
+            auth_durations,
+            active_sessions,
         })
+    }
+
+    /// Counts one auth operation and its time: `status` is the answer's (200 for a session
+    /// validated on a route), `error_type` the contract code of a refusal or `none`.
+    pub(crate) fn record_auth(&self, operation: &str, status: u16, error_type: &str, seconds: f64) {
+        self.auth_requests
+            .get_or_create(&vec![
+                ("status", status.to_string()),
+                ("error_type", error_type.to_owned()),
+            ])
+            .inc();
+        self.auth_durations
+            .get_or_create(&vec![("operation", operation.to_owned())])
+            .observe(seconds);
     }
 
     /// The handles of `route` → `upstream` (created on first use, then shared).
