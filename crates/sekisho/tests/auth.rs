@@ -593,3 +593,191 @@ async fn a_login_flood_beyond_the_hash_queue_gets_503_while_proxied_routes_keep_
     drop(gateway);
     database.remove().await.unwrap();
 }
+
+async fn admin(
+    gateway: &Sekisho,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> sekisho_testkit::Answer {
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    send(&client(), method, &gateway.admin_url(path), &[], body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works() {
+    let database = TestDatabase::new(Dialect::Sqlite).await.unwrap();
+    let origin = echo_origin().await;
+    let dir = TempDir::new("auth-admin");
+    let config = dir.write(
+        "admin.toml",
+        &config(
+            &database.store_toml(),
+            &origin.address.to_string(),
+            "cookie = true",
+        ),
+    );
+    seed(&config);
+    let gateway = Sekisho::start(&binary(), &config);
+
+    let created = admin(
+        &gateway,
+        "POST",
+        "/api/v1/users",
+        serde_json::json!({"username": "bob", "password": "pw-bob", "roles": ["clerk"]}),
+    )
+    .await;
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
+    assert_eq!(created.json()["password_scheme"], "argon2id");
+    let again = admin(
+        &gateway,
+        "POST",
+        "/api/v1/users",
+        serde_json::json!({"username": "bob", "password": "x"}),
+    )
+    .await;
+    assert_eq!(again.status, 409);
+    let listed = admin(&gateway, "GET", "/api/v1/users", serde_json::Value::Null)
+        .await
+        .json();
+    let names: Vec<&str> = listed["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ann", "bcryptuser", "bob", "md5user"]);
+    let md5 = admin(
+        &gateway,
+        "GET",
+        "/api/v1/users/md5user",
+        serde_json::Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(md5["password_scheme"], "md5");
+    assert_eq!(md5["disabled"], false);
+    assert!(md5["locked_until"].is_null());
+    let bob = admin(
+        &gateway,
+        "GET",
+        "/api/v1/users/bob",
+        serde_json::Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(bob["roles"], serde_json::json!(["clerk"]));
+    assert_eq!(
+        bob["permissions"],
+        serde_json::json!(["orders:read", "orders:write"])
+    );
+
+    // Login sets the __Host- cookie; the cookie alone authenticates.
+    let login = login(&gateway, "bob", "pw-bob").await;
+    let set_cookie = login.header("set-cookie").unwrap().to_owned();
+    assert!(set_cookie.starts_with("__Host-sekisho="), "{set_cookie}");
+    for attribute in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let with_cookie = |path: &'static str| {
+        let url = gateway.url(path);
+        let cookie = cookie.clone();
+        async move {
+            send(
+                &client(),
+                "GET",
+                &url,
+                &[("cookie", cookie.as_str())],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    assert_eq!(with_cookie("/api/orders").await.status, 200);
+    assert_eq!(with_cookie("/admin/x").await.status, 403);
+
+    let sessions = admin(
+        &gateway,
+        "GET",
+        "/api/v1/sessions?user=bob",
+        serde_json::Value::Null,
+    )
+    .await
+    .json();
+    assert_eq!(sessions["sessions"].as_array().unwrap().len(), 1);
+
+    // New roles take effect at once (the in-process identity is dropped).
+    let updated = admin(
+        &gateway,
+        "PUT",
+        "/api/v1/users/bob",
+        serde_json::json!({"roles": ["admin"]}),
+    )
+    .await;
+    assert_eq!(updated.status, 200);
+    assert_eq!(updated.json()["roles"], serde_json::json!(["admin"]));
+    assert_eq!(with_cookie("/admin/x").await.status, 200);
+    assert_eq!(with_cookie("/api/orders").await.status, 403);
+
+    // Revoking the sessions logs bob out everywhere.
+    let revoked = admin(
+        &gateway,
+        "DELETE",
+        "/api/v1/sessions?user=bob",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(revoked.json()["revoked"], 1);
+    assert_eq!(with_cookie("/admin/x").await.status, 401);
+
+    let deleted = admin(
+        &gateway,
+        "DELETE",
+        "/api/v1/users/bob",
+        serde_json::Value::Null,
+    )
+    .await;
+    assert_eq!(deleted.status, 200);
+    assert_eq!(
+        admin(
+            &gateway,
+            "GET",
+            "/api/v1/users/bob",
+            serde_json::Value::Null
+        )
+        .await
+        .status,
+        404
+    );
+
+    // The auth metrics.
+    let metrics = String::from_utf8(
+        sekisho_testkit::get(&gateway.admin_url("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    for expected in [
+        "sekisho_auth_requests_total{status=\"200\",error_type=\"none\"}",
+        "sekisho_auth_requests_total{status=\"403\",error_type=\"FORBIDDEN\"}",
+        "sekisho_auth_requests_total{status=\"401\",error_type=\"UNAUTHENTICATED\"}",
+        "sekisho_auth_duration_seconds_bucket{le=\"0.01\",operation=\"login\"}",
+        "sekisho_auth_duration_seconds_count{operation=\"validate\"}",
+        "sekisho_active_sessions ",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
+    }
+    drop(gateway);
+    database.remove().await.unwrap();
+}

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE,
+    HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, COOKIE,
+    SET_COOKIE,
 };
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -27,6 +28,10 @@ const X_AUTH_USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
 const X_AUTH_USER: HeaderName = HeaderName::from_static("x-auth-user");
 const X_AUTH_ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
 const X_AUTH_PERMISSIONS: HeaderName = HeaderName::from_static("x-auth-permissions");
+
+/// The session cookie of `cookie = true`: `__Host-` so that the browser keeps it to this host,
+/// over HTTPS, for every path.
+const COOKIE_NAME: &str = "__Host-sekisho";
 
 /// The largest body a login or refresh may have.
 const MAX_BODY: usize = 16 * 1024;
@@ -103,6 +108,31 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
+/// The access token of a request: the bearer header, else (with `cookie = true`) the session
+/// cookie.
+fn credential(headers: &HeaderMap, cookie: bool) -> Option<&str> {
+    if headers.contains_key(AUTHORIZATION) || !cookie {
+        return bearer(headers);
+    }
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == COOKIE_NAME).then(|| value.trim())
+        })
+}
+
+/// `Set-Cookie` for `token` living `max_age` seconds (0 clears it).
+fn session_cookie(token: &str, max_age: i64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{COOKIE_NAME}={token}; Path=/; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict"
+    ))
+    .ok()
+}
+
 fn missing_token() -> GatewayError {
     GatewayError::Unauthenticated(
         "this needs a valid access token: Authorization: Bearer <token>".to_owned(),
@@ -118,7 +148,7 @@ pub(super) async fn require(
     headers: &mut HeaderMap,
     client_ip: IpAddr,
 ) -> Result<Arc<Identity>, GatewayError> {
-    let token = bearer(headers).ok_or_else(missing_token)?;
+    let token = credential(headers, auth.config().cookie).ok_or_else(missing_token)?;
     let identity = auth.authenticate(token).await?;
     if let Err(refused) = sekisho_auth::authorize(&identity, requirement) {
         auth.audit_forbidden(&identity, route, client_ip);
@@ -155,28 +185,39 @@ pub(super) async fn serve(
             endpoint.method()
         )));
     }
+    let cookie = auth.config().cookie;
     match endpoint {
-        Endpoint::Login => {
-            let login: LoginBody = read_json(body, body_timeout).await?;
-            let answer = auth
-                .login(&login.username, &login.password, client_ip)
-                .await?;
-            json(StatusCode::OK, &answer)
-        }
-        Endpoint::Refresh => {
-            let refresh: RefreshBody = read_json(body, body_timeout).await?;
-            let answer = auth.refresh(&refresh.refresh_token, client_ip).await?;
-            json(StatusCode::OK, &answer)
+        Endpoint::Login | Endpoint::Refresh => {
+            let answer = if endpoint == Endpoint::Login {
+                let login: LoginBody = read_json(body, body_timeout).await?;
+                auth.login(&login.username, &login.password, client_ip)
+                    .await?
+            } else {
+                let refresh: RefreshBody = read_json(body, body_timeout).await?;
+                auth.refresh(&refresh.refresh_token, client_ip).await?
+            };
+            let mut response = json(StatusCode::OK, &answer)?;
+            if cookie {
+                if let Some(value) = session_cookie(&answer.access_token, answer.expires_in) {
+                    response.headers_mut().insert(SET_COOKIE, value);
+                }
+            }
+            Ok(response)
         }
         Endpoint::Logout => {
-            let token = bearer(&parts.headers).ok_or_else(missing_token)?;
+            let token = credential(&parts.headers, cookie).ok_or_else(missing_token)?;
             auth.logout(token, client_ip).await?;
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
+            if cookie {
+                if let Some(value) = session_cookie("", 0) {
+                    response.headers_mut().insert(SET_COOKIE, value);
+                }
+            }
             Ok(response)
         }
         Endpoint::Me => {
-            let token = bearer(&parts.headers).ok_or_else(missing_token)?;
+            let token = credential(&parts.headers, cookie).ok_or_else(missing_token)?;
             let identity = auth.authenticate(token).await?;
             json(StatusCode::OK, &*identity)
         }
@@ -229,6 +270,23 @@ mod tests {
         assert_eq!(bearer(&headers), Some("abc"));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&headers), None);
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; __Host-sekisho=tok; b=2"),
+        );
+        assert_eq!(
+            credential(&headers, true),
+            None,
+            "Basic is not ours, nor a fallback"
+        );
+        headers.remove(AUTHORIZATION);
+        assert_eq!(credential(&headers, true), Some("tok"));
+        assert_eq!(credential(&headers, false), None);
+        let set = session_cookie("tok", 300).expect("valid");
+        assert_eq!(
+            set,
+            "__Host-sekisho=tok; Path=/; Max-Age=300; Secure; HttpOnly; SameSite=Strict"
+        );
     }
 
     #[test]
