@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::duration::NonZeroDuration;
 
 /// `[auth]`: users, sessions and the endpoints under `path_prefix` on the traffic listener.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Auth {
     /// Where login, refresh, logout and me live on the traffic listener.
