@@ -32,7 +32,9 @@ async fn setup(dialect: Dialect) -> (Arc<Auth>, TestDatabase) {
     // The seed's shape: a few roles, each with a few permissions.
     for role in 0..4 {
         let permissions: Vec<String> = (0..5).map(|p| format!("res{role}:perm{p}")).collect();
-        auth.put_role(&format!("role{role}"), &permissions).await.expect("role");
+        auth.put_role(&format!("role{role}"), &permissions)
+            .await
+            .expect("role");
     }
     let roles: Vec<String> = (0..4).map(|r| format!("role{r}")).collect();
     auth.create_user("ann", Some("correct horse battery"), None, &roles)
@@ -58,12 +60,31 @@ fn bench(c: &mut Criterion, runtime: &tokio::runtime::Runtime, dialect: Dialect,
         .expect("user")
         .password_hash;
     group.bench_function("verify password (argon2id, OWASP minimum)", |b| {
-        b.iter(|| auth.hasher().verify(black_box("correct horse battery"), &stored))
+        b.iter(|| {
+            auth.hasher()
+                .verify(black_box("correct horse battery"), &stored)
+        })
     });
     group.bench_function("verify password (MD5, the seed's)", |b| {
         b.iter(|| {
             auth.hasher()
                 .verify(black_box("password"), "5f4dcc3b5aa765d61d8327deb882cf99")
+        })
+    });
+    let user_id = runtime.block_on(auth.user("ann")).expect("user").id;
+    let lifetimes = sekisho_auth::sessions::Lifetimes {
+        access_ms: 300_000,
+        refresh_ms: 7 * 86_400_000,
+        absolute_ms: 12 * 3_600_000,
+    };
+    group.bench_function("create session", |b| {
+        b.iter(|| {
+            runtime
+                .block_on(
+                    auth.sessions()
+                        .create(user_id, lifetimes, Some("127.0.0.1")),
+                )
+                .expect("session")
         })
     });
     group.bench_function("whole login (query, hash on the pool, session)", |b| {

@@ -27,7 +27,7 @@ pub mod users;
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,11 +169,15 @@ struct Cached {
     access_expires_at: i64,
 }
 
-/// Figures for the metrics.
+/// Figures for the metrics, read when they are scraped.
 #[derive(Debug, Default)]
 pub struct AuthFigures {
     /// Live sessions, as last counted.
     pub active_sessions: AtomicI64,
+    /// Sessions validated from the in-process cache.
+    pub cache_hits: AtomicU64,
+    /// Sessions looked up in the session store (not cached, expired, or cache not trusted).
+    pub cache_misses: AtomicU64,
 }
 
 /// Edge authentication: one per process, shared by the gateway, the admin API and the CLI.
@@ -296,14 +300,19 @@ impl Auth {
         &self.directory
     }
 
+    /// The session store.
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// The hasher (argon2id with the configured cost).
     pub fn hasher(&self) -> &Hasher {
         &self.hasher
     }
 
     /// Figures for the metrics.
-    pub fn figures(&self) -> &AuthFigures {
-        &self.figures
+    pub fn figures(&self) -> Arc<AuthFigures> {
+        Arc::clone(&self.figures)
     }
 
     /// Background work queued and not yet written is written before this returns.
@@ -361,11 +370,23 @@ impl Auth {
         if username.is_empty() || username.len() > 128 || password.len() > 1024 {
             return Err(AuthError::Unauthenticated(LOGIN_FAILED.to_owned()));
         }
+        let step = Instant::now();
         let record = self.directory.user_by_name(username).await?;
+        let get_user = step.elapsed();
+        // An account locked by another instance (its lockout is written to the user's row).
+        if let Some(until) = record.as_ref().and_then(|r| r.locked_until) {
+            let left = until - now_millis();
+            if left > 0 {
+                return Err(AuthError::Locked {
+                    retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
+                });
+            }
+        }
         let stored: Arc<str> = match &record {
             Some(record) => record.password_hash.as_str().into(),
             None => Arc::clone(&self.dummy_hash),
         };
+        let step = Instant::now();
         let (verdict, new_hash) = {
             let hasher = Arc::clone(&self.hasher);
             let password = password.to_owned();
@@ -380,6 +401,7 @@ impl Auth {
                 })
                 .await?
         };
+        let verify_password = step.elapsed();
         let record = match record {
             Some(record) if verdict != Verified::No && !record.disabled => record,
             other => {
@@ -436,10 +458,18 @@ impl Auth {
             }
         }
         self.lockout.clear(Subject::Account, username);
+        let step = Instant::now();
         let tokens = self
             .sessions
             .create(record.identity.id, self.lifetimes(), Some(&address))
             .await?;
+        tracing::debug!(
+            target: "auth",
+            get_user_us = get_user.as_micros() as u64,
+            verify_password_us = verify_password.as_micros() as u64,
+            create_session_us = step.elapsed().as_micros() as u64,
+            "login steps"
+        );
         self.background.send(audit::Job::LastLogin {
             user_id: record.identity.id,
             at: now_millis(),
@@ -560,11 +590,13 @@ impl Auth {
         if use_cache {
             if let Some(cached) = self.cache.get(&hash) {
                 if cached.access_expires_at > now_millis() {
+                    self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
                     return Ok(Arc::clone(&cached.identity));
                 }
                 self.cache.invalidate(&hash);
             }
         }
+        self.figures.cache_misses.fetch_add(1, Ordering::Relaxed);
         let Some(session) = self.sessions.validate(access_token).await? else {
             return Err(invalid());
         };
@@ -693,6 +725,8 @@ impl Auth {
             changes.push(format!("disabled {disabled}"));
         }
         if update.unlock {
+            // A lockout still queued for the database must not land after the unlock.
+            self.background.flush().await;
             self.lockout.clear(Subject::Account, username);
             self.directory.set_locked_until(username, None).await?;
             changes.push("unlocked".to_owned());

@@ -141,14 +141,23 @@ impl Database {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(5))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        // WAL: readers do not wait for the writer. `synchronous = NORMAL`, the
+                        // setting WAL is meant for: a commit does not wait for the disk (the
+                        // WAL is synced at checkpoints), so it stays consistent after a crash
+                        // but may lose the last commits on a power cut — sessions and audit
+                        // rows of the last moments, never a corrupt file.
+                        use sqlx::Executor;
+                        connection.execute("PRAGMA journal_mode = WAL").await?;
+                        connection.execute("PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await?;
-        if dialect == Dialect::Sqlite {
-            // Readers do not wait for the writer; kept in the file, so once is enough.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .fetch_optional(&pool)
-                .await?;
-        }
         Ok(Self {
             pool,
             dialect,

@@ -106,7 +106,7 @@ impl Gateway {
         config_path: Option<PathBuf>,
         auth: Option<Arc<sekisho_auth::Auth>>,
     ) -> Result<Self, BuildError> {
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(auth.as_ref().map(|auth| auth.figures()));
         let clients = ClientCache::default();
         let states = StateRegistry::default();
         let base_dir = config_path.as_deref().and_then(Path::parent);

@@ -292,24 +292,12 @@ impl Gateway {
 
     /// The Prometheus text exposition (format 0.0.4).
     pub fn encode_metrics(&self) -> String {
-        self.set_auth_figures();
         self.shared.metrics.encode_prometheus()
     }
 
     /// The OpenMetrics text exposition.
     pub fn encode_openmetrics(&self) -> String {
-        self.set_auth_figures();
         self.shared.metrics.encode_openmetrics()
-    }
-
-    fn set_auth_figures(&self) {
-        if let Some(auth) = &self.shared.auth {
-            let count = auth
-                .figures()
-                .active_sessions
-                .load(std::sync::atomic::Ordering::Relaxed);
-            self.shared.metrics.active_sessions.set(count);
-        }
     }
 }
 

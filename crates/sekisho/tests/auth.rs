@@ -775,9 +775,44 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
         "sekisho_auth_duration_seconds_bucket{le=\"0.01\",operation=\"login\"}",
         "sekisho_auth_duration_seconds_count{operation=\"validate\"}",
         "sekisho_active_sessions ",
+        "sekisho_auth_cache_operations_total{tier=\"l1\",result=\"hit\"}",
+        "sekisho_auth_cache_operations_total{tier=\"l1\",result=\"miss\"}",
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }
+    promtool_check(&metrics);
     drop(gateway);
     database.remove().await.unwrap();
+}
+
+/// `promtool check metrics` on the exposition, when promtool is here; scripts/test installs
+/// it and sets SEKISHO_REQUIRE_PROMTOOL so that CI never skips this.
+fn promtool_check(text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("SEKISHO_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required but missing"
+        );
+        eprintln!("SKIPPED: promtool is not installed; run scripts/test to check the exposition");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

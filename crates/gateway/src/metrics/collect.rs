@@ -338,3 +338,36 @@ impl Collector for ProcessCollector {
         Ok(())
     }
 }
+
+/// Edge authentication's figures: live sessions and the identity cache's look-ups.
+#[derive(Debug)]
+pub(super) struct AuthCollector {
+    pub(super) figures: Arc<sekisho_auth::AuthFigures>,
+}
+
+impl Collector for AuthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sessions = self.figures.active_sessions.load(Relaxed);
+        ConstGauge::new(sessions).encode(encoder.encode_descriptor(
+            names::ACTIVE_SESSIONS,
+            "Live sessions, as last counted (every 10 s)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            names::AUTH_CACHE_OPERATIONS,
+            "Session look-ups by identity cache tier and result",
+            None,
+            MetricType::Counter,
+        )?;
+        for (result, count) in [
+            ("hit", self.figures.cache_hits.load(Relaxed)),
+            ("miss", self.figures.cache_misses.load(Relaxed)),
+        ] {
+            ConstCounter::new(count)
+                .encode(family.encode_family(&[("tier", "l1"), ("result", result)])?)?;
+        }
+        Ok(())
+    }
+}

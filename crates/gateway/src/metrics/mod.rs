@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::upstream::UpstreamGroup;
-use collect::{ProcessCollector, TargetCollector};
+use collect::{AuthCollector, ProcessCollector, TargetCollector};
 
 /// Metric names, without the `_total` that counters get on exposition.
 pub(crate) mod names {
@@ -94,6 +94,8 @@ pub(crate) mod names {
     pub(crate) const AUTH_DURATION: &str = "sekisho_auth_duration_seconds";
     /// Live sessions, as last counted (every 10 s).
     pub(crate) const ACTIVE_SESSIONS: &str = "sekisho_active_sessions";
+    /// Session look-ups by identity cache tier and result.
+    pub(crate) const AUTH_CACHE_OPERATIONS: &str = "sekisho_auth_cache_operations";
 }
 
 /// Each route's adaptive concurrency limit, by route name.
@@ -139,8 +141,6 @@ pub(crate) struct Metrics {
     pub config_loaded_timestamp: Gauge,
     auth_requests: Family<Labels, Counter>,
     auth_durations: Family<Labels, Histogram>,
-    /// Live sessions, set from `sekisho-auth`'s count when scraped.
-    pub active_sessions: Gauge,
 }
 
 /// The metric handles of one route.
@@ -161,7 +161,7 @@ impl RouteMetrics {
 
 impl Metrics {
     /// Registers every metric.
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(auth: Option<Arc<sekisho_auth::AuthFigures>>) -> Arc<Self> {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -286,12 +286,9 @@ impl Metrics {
             "Seconds per auth operation, by operation",
             auth_durations.clone(),
         );
-        let active_sessions = Gauge::default();
-        registry.register(
-            names::ACTIVE_SESSIONS,
-            "Live sessions, as last counted",
-            active_sessions.clone(),
-        );
+        if let Some(figures) = auth {
+            registry.register_collector(Box::new(AuthCollector { figures }));
+        }
         registry.register_collector(Box::new(ProcessCollector));
         let upstreams = Arc::new(ArcSwap::from_pointee(Vec::new()));
         let limits = Arc::new(ArcSwap::from_pointee(Vec::new()));
@@ -325,7 +322,6 @@ impl Metrics {
             config_loaded_timestamp,
             auth_requests,
             auth_durations,
-            active_sessions,
         })
     }
 
