@@ -19,6 +19,7 @@
 //! requirement.
 
 pub mod audit;
+pub mod identity_cache;
 pub mod lockout;
 pub mod password;
 pub mod sessions;
@@ -163,7 +164,7 @@ pub struct UserUpdate {
 }
 
 #[derive(Debug)]
-struct Cached {
+pub(crate) struct Cached {
     identity: Arc<Identity>,
     session_id: String,
     access_expires_at: i64,
@@ -178,6 +179,10 @@ pub struct AuthFigures {
     pub cache_hits: AtomicU64,
     /// Sessions looked up in the session store (not cached, expired, or cache not trusted).
     pub cache_misses: AtomicU64,
+    /// Identities found in the shared (Redis) tier.
+    pub l2_hits: AtomicU64,
+    /// Identities not found there (read from the database).
+    pub l2_misses: AtomicU64,
 }
 
 /// Edge authentication: one per process, shared by the gateway, the admin API and the CLI.
@@ -195,6 +200,8 @@ pub struct Auth {
     /// With Redis sessions: the in-process cache is used only while the revocation channel is
     /// subscribed (otherwise a logout elsewhere could go unseen).
     cache_trusted: Arc<AtomicBool>,
+    /// The shared (L2) identity tier in Redis, when `store.redis` is set.
+    l2: Option<identity_cache::SharedIdentities>,
     figures: Arc<AuthFigures>,
 }
 
@@ -241,7 +248,31 @@ impl Auth {
             }
             None => Sessions::Local(database.clone()),
         };
-        let this = Self::with_parts(auth, database, sessions).await?;
+        let mut this = Self::with_parts(auth, database, sessions).await?;
+        if let Some(url) = &config.store.redis {
+            // The shared identity tier is an optimisation: without Redis at start, run without.
+            match sekisho_store::connect(url).await {
+                Ok(conn) => {
+                    let shared = identity_cache::SharedIdentities::new(
+                        conn,
+                        config
+                            .store
+                            .redis_timeout
+                            .get()
+                            .max(Duration::from_millis(250)),
+                    );
+                    identity_cache::spawn_listener(
+                        url.clone(),
+                        shared.channel(),
+                        this.cache.clone(),
+                    );
+                    this.l2 = Some(shared);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "Redis unreachable at start: no shared identity cache");
+                }
+            }
+        }
         if let (Some(url), Sessions::Redis(store)) = (redis, &this.sessions) {
             this.cache_trusted.store(false, Ordering::Release);
             spawn_revocation_listener(
@@ -286,6 +317,7 @@ impl Auth {
             background,
             cache,
             cache_trusted: Arc::new(AtomicBool::new(true)),
+            l2: None,
             figures: Arc::default(),
         })
     }
@@ -600,13 +632,9 @@ impl Auth {
         let Some(session) = self.sessions.validate(access_token).await? else {
             return Err(invalid());
         };
-        let Some(user) = self.directory.user_by_id(session.user_id).await? else {
+        let Some(identity) = self.identity(session.user_id).await? else {
             return Err(invalid());
         };
-        if user.disabled {
-            return Err(invalid());
-        }
-        let identity = Arc::new(user.identity);
         if use_cache {
             self.cache.insert(
                 hash,
@@ -630,10 +658,65 @@ impl Auth {
         );
     }
 
-    fn forget_user(&self, user_id: i64) {
+    /// The identity of an enabled user: the shared tier (Redis), else the database's one
+    /// query (then kept in the shared tier for an hour).
+    async fn identity(&self, user_id: i64) -> Result<Option<Arc<Identity>>, AuthError> {
+        if let Some(l2) = &self.l2 {
+            match l2.get(user_id).await {
+                Some(cached) => {
+                    self.figures.l2_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((!cached.disabled).then(|| Arc::new(cached.identity)));
+                }
+                None => {
+                    self.figures.l2_misses.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let Some(user) = self.directory.user_by_id(user_id).await? else {
+            return Ok(None);
+        };
+        if let Some(l2) = &self.l2 {
+            l2.put(&user.identity, user.disabled).await;
+        }
+        Ok((!user.disabled).then(|| Arc::new(user.identity)))
+    }
+
+    /// Drops what is cached of a user, here and (through Redis) on every instance.
+    async fn forget_user(&self, user_id: i64) {
         let _ = self
             .cache
             .invalidate_entries_if(move |_, cached| cached.identity.id == user_id);
+        if let Some(l2) = &self.l2 {
+            l2.forget_user(user_id).await;
+        }
+    }
+
+    /// Starts warming the shared tier: every `every`, the identities of users who logged in
+    /// within the last hour are written to Redis. Ends when `self` is dropped.
+    pub fn spawn_warming(self: &Arc<Self>, every: Duration) {
+        if self.l2.is_none() || every.is_zero() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                let Some(auth) = weak.upgrade() else { return };
+                let since = now_millis() - 3_600_000;
+                match auth.directory.active_since(since).await {
+                    Ok(users) => {
+                        if let Some(l2) = &auth.l2 {
+                            for user in &users {
+                                l2.put(&user.identity, user.disabled).await;
+                            }
+                        }
+                        tracing::debug!(users = users.len(), "identity cache warmed");
+                    }
+                    Err(error) => tracing::warn!(%error, "warming the identity cache failed"),
+                }
+            }
+        });
     }
 
     // --- users and roles (CLI and admin API) ---
@@ -731,7 +814,7 @@ impl Auth {
             self.directory.set_locked_until(username, None).await?;
             changes.push("unlocked".to_owned());
         }
-        self.forget_user(before.id);
+        self.forget_user(before.id).await;
         if update.password.is_some() || update.disabled == Some(true) {
             self.sessions.revoke_user(before.id).await?;
         }
@@ -762,7 +845,7 @@ impl Auth {
         let user = self.user(username).await?;
         self.sessions.revoke_user(user.id).await?;
         self.directory.delete_user(username).await?;
-        self.forget_user(user.id);
+        self.forget_user(user.id).await;
         self.background
             .audit("user_deleted", Some(username), None, None);
         Ok(())
@@ -772,6 +855,9 @@ impl Auth {
     pub async fn put_role(&self, name: &str, permissions: &[String]) -> Result<(), AuthError> {
         self.directory.put_role(name, permissions).await?;
         self.cache.invalidate_all();
+        if let Some(l2) = &self.l2 {
+            l2.forget_all().await;
+        }
         self.background.audit(
             "role_updated",
             None,
@@ -794,7 +880,7 @@ impl Auth {
     pub async fn revoke_sessions(&self, username: &str) -> Result<u64, AuthError> {
         let user = self.user(username).await?;
         let revoked = self.sessions.revoke_user(user.id).await?;
-        self.forget_user(user.id);
+        self.forget_user(user.id).await;
         self.background.audit(
             "session_revoked",
             Some(username),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::AuthError;
 
 /// A user as a request sees it: who, and what it may do.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Identity {
     /// Its id.
     pub id: i64,
@@ -135,6 +135,16 @@ impl Directory {
             .fetch_optional(self.db.pool())
             .await?;
         Ok(row.as_ref().map(user_of).transpose()?)
+    }
+
+    /// Users who logged in at or after `since` (Unix milliseconds): whom to warm.
+    pub async fn active_since(&self, since: i64) -> Result<Vec<UserRecord>, AuthError> {
+        let sql = format!("{USER_WITH_GRANTS}u.last_login_at >= $1{GROUP_BY}");
+        let rows = sqlx::query(&sql)
+            .bind(since)
+            .fetch_all(self.db.pool())
+            .await?;
+        Ok(rows.iter().map(user_of).collect::<Result<_, _>>()?)
     }
 
     /// Every user, by name.

@@ -268,6 +268,7 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
                 .context("cannot start authentication")?;
             let auth = std::sync::Arc::new(auth);
             auth.spawn_housekeeping(Duration::from_secs(10));
+            auth.spawn_warming(auth.config().warm_interval.0);
             Some(auth)
         }
         None => None,

@@ -430,7 +430,7 @@ async fn postgres_login_me_protected_route_refresh_reuse_logout_legacy_hashes_lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_on_one_redis_validate_each_others_sessions_and_see_a_logout_at_once() {
+async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes_at_once() {
     let database = TestDatabase::new(Dialect::Postgres).await.unwrap();
     let origin = echo_origin().await;
     let dir = TempDir::new("auth-redis");
@@ -492,6 +492,89 @@ async fn two_gateways_on_one_redis_validate_each_others_sessions_and_see_a_logou
             .status,
         401
     );
+
+    // The second found the first's identities in the shared (Redis) tier.
+    let metrics = String::from_utf8(
+        sekisho_testkit::get(&second.admin_url("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let l2_hits: u64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("sekisho_auth_cache_operations_total{tier=\"l2\",result=\"hit\"} ")
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(l2_hits >= 1, "{metrics}");
+
+    // A user's roles changed on the first: the second sees it at the next request.
+    let tokens = login(&first, "ann", "correct horse").await.json();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    for gateway in [&first, &second] {
+        assert_eq!(
+            with_token(gateway, "GET", "/api/orders", &access, &[])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            with_token(gateway, "GET", "/admin/x", &access, &[])
+                .await
+                .status,
+            403
+        );
+    }
+    let body = serde_json::json!({ "roles": ["admin"] }).to_string();
+    let changed = send(
+        &client(),
+        "PUT",
+        &first.admin_url("/api/v1/users/ann"),
+        &[],
+        body,
+    )
+    .await;
+    assert_eq!(changed.status, 200);
+    for gateway in [&second, &first] {
+        assert_eq!(
+            with_token(gateway, "GET", "/admin/x", &access, &[])
+                .await
+                .status,
+            200
+        );
+        assert_eq!(
+            with_token(gateway, "GET", "/api/orders", &access, &[])
+                .await
+                .status,
+            403
+        );
+    }
+    // A role's permissions changed by the CLI (a process of its own, publishing like an
+    // instance): both gateways see it at the next request.
+    let second_path = second_config.to_str().unwrap();
+    cli_ok(
+        &[
+            "role",
+            "add",
+            "--config",
+            second_path,
+            "admin",
+            "--permission",
+            "orders:write",
+        ],
+        "",
+    );
+    for gateway in [&first, &second] {
+        assert_eq!(
+            with_token(gateway, "GET", "/api/orders", &access, &[])
+                .await
+                .status,
+            200
+        );
+    }
 
     drop((first, second));
     database.remove().await.unwrap();

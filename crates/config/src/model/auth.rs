@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
-use crate::duration::NonZeroDuration;
+use crate::duration::{ConfigDuration, NonZeroDuration};
 
 /// `[auth]`: users, sessions and the endpoints under `path_prefix` on the traffic listener.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
@@ -45,6 +45,10 @@ pub struct Auth {
     /// Failed logins allowed per account and per client address.
     #[serde(default)]
     pub lockout: Lockout,
+    /// With `store.redis`: how often the identities of users active in the last hour are
+    /// written to the shared (Redis) identity cache; `"0s"` = never (extension).
+    #[serde(default = "default_warm_interval")]
+    pub warm_interval: ConfigDuration,
 }
 
 impl Default for Auth {
@@ -60,6 +64,7 @@ impl Default for Auth {
             max_concurrent_hashes: 0,
             hash_queue: 0,
             lockout: Lockout::default(),
+            warm_interval: default_warm_interval(),
         }
     }
 }
@@ -147,6 +152,9 @@ fn default_refresh_ttl() -> NonZeroDuration {
 }
 fn default_session_absolute() -> NonZeroDuration {
     NonZeroDuration::from_millis(12 * 3_600_000)
+}
+fn default_warm_interval() -> ConfigDuration {
+    ConfigDuration::from_millis(15 * 60_000)
 }
 fn default_memory_kib() -> u32 {
     19_456

@@ -361,12 +361,14 @@ impl Collector for AuthCollector {
             None,
             MetricType::Counter,
         )?;
-        for (result, count) in [
-            ("hit", self.figures.cache_hits.load(Relaxed)),
-            ("miss", self.figures.cache_misses.load(Relaxed)),
+        for (tier, result, count) in [
+            ("l1", "hit", self.figures.cache_hits.load(Relaxed)),
+            ("l1", "miss", self.figures.cache_misses.load(Relaxed)),
+            ("l2", "hit", self.figures.l2_hits.load(Relaxed)),
+            ("l2", "miss", self.figures.l2_misses.load(Relaxed)),
         ] {
             ConstCounter::new(count)
-                .encode(family.encode_family(&[("tier", "l1"), ("result", result)])?)?;
+                .encode(family.encode_family(&[("tier", tier), ("result", result)])?)?;
         }
         Ok(())
     }
