@@ -21,6 +21,8 @@
 pub mod audit;
 pub mod identity_cache;
 pub mod lockout;
+mod login;
+mod manage;
 pub mod password;
 pub mod sessions;
 pub mod token;
@@ -30,21 +32,22 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sekisho_config::{RouteAuth, SessionStore};
 use sekisho_db::{now_millis, Database};
-use serde::Serialize;
 
+pub use login::LoginAnswer;
+pub use manage::{UserUpdate, UserView};
 pub use sekisho_db::DbError;
 pub use users::Identity;
 
 use audit::Background;
-use lockout::{Lockout, Subject};
-use password::{HashPool, Hasher, Scheme, Verified};
-use sessions::{IssuedTokens, Lifetimes, Refreshed, SessionInfo, Sessions};
+use lockout::Lockout;
+use password::{HashPool, Hasher};
+use sessions::{Lifetimes, Sessions};
 use token::{looks_like_token, token_hash};
-use users::{Directory, UserRecord};
+use users::Directory;
 
 /// The message of every failed login: the same for an unknown user and a wrong password.
 pub const LOGIN_FAILED: &str = "invalid username or password";
@@ -91,76 +94,6 @@ impl From<sekisho_db::sqlx::Error> for AuthError {
     fn from(error: sekisho_db::sqlx::Error) -> Self {
         Self::Database(DbError::Sql(error))
     }
-}
-
-/// What a login or a refresh answers (CONTRACT.md's JSON).
-#[derive(Debug, Clone, Serialize)]
-pub struct LoginAnswer {
-    /// The access token, for `Authorization: Bearer`.
-    pub access_token: String,
-    /// The refresh token, for `POST …/refresh`.
-    pub refresh_token: String,
-    /// Always "Bearer".
-    pub token_type: &'static str,
-    /// Seconds the access token lives.
-    pub expires_in: i64,
-    /// Who logged in.
-    pub user: Identity,
-}
-
-/// A user as the admin API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct UserView {
-    /// Its id.
-    pub id: i64,
-    /// Its name.
-    pub username: String,
-    /// Its roles.
-    pub roles: Vec<String>,
-    /// Its permissions.
-    pub permissions: Vec<String>,
-    /// Whether it is disabled.
-    pub disabled: bool,
-    /// When its lockout ends (Unix milliseconds), while locked.
-    pub locked_until: Option<i64>,
-    /// Its last login (Unix milliseconds).
-    pub last_login_at: Option<i64>,
-    /// `argon2id`, `bcrypt` or `md5`.
-    pub password_scheme: &'static str,
-}
-
-impl UserView {
-    fn of(record: UserRecord) -> Self {
-        let now = now_millis();
-        Self {
-            id: record.identity.id,
-            username: record.identity.username,
-            roles: record.identity.roles,
-            permissions: record.identity.permissions,
-            disabled: record.disabled,
-            locked_until: record.locked_until.filter(|until| *until > now),
-            last_login_at: record.last_login_at,
-            password_scheme: Scheme::of(&record.password_hash).name(),
-        }
-    }
-}
-
-/// A change to a user (admin API `PUT`).
-#[derive(Debug, Clone, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserUpdate {
-    /// New roles (replacing the old ones).
-    #[serde(default)]
-    pub roles: Option<Vec<String>>,
-    /// A new password.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Disable or enable.
-    #[serde(default)]
-    pub disabled: Option<bool>,
-    /// `true`: clear the account's lockout.
-    #[serde(default)]
-    pub unlock: bool,
 }
 
 #[derive(Debug)]
@@ -381,235 +314,6 @@ impl Auth {
         }
     }
 
-    /// `POST …/login`.
-    pub async fn login(
-        &self,
-        username: &str,
-        password: &str,
-        client_ip: IpAddr,
-    ) -> Result<LoginAnswer, AuthError> {
-        let address = client_ip.to_string();
-        let now = Instant::now();
-        let locked = self
-            .lockout
-            .locked(Subject::Account, username, now)
-            .into_iter()
-            .chain(self.lockout.locked(Subject::Address, &address, now))
-            .max();
-        if let Some(retry_after) = locked {
-            return Err(AuthError::Locked { retry_after });
-        }
-        if username.is_empty() || username.len() > 128 || password.len() > 1024 {
-            return Err(AuthError::Unauthenticated(LOGIN_FAILED.to_owned()));
-        }
-        let step = Instant::now();
-        let record = self.directory.user_by_name(username).await?;
-        let get_user = step.elapsed();
-        // An account locked by another instance (its lockout is written to the user's row).
-        if let Some(until) = record.as_ref().and_then(|r| r.locked_until) {
-            let left = until - now_millis();
-            if left > 0 {
-                return Err(AuthError::Locked {
-                    retry_after: Duration::from_millis(u64::try_from(left).unwrap_or(0)),
-                });
-            }
-        }
-        let stored: Arc<str> = match &record {
-            Some(record) => record.password_hash.as_str().into(),
-            None => Arc::clone(&self.dummy_hash),
-        };
-        let step = Instant::now();
-        let (verdict, new_hash) = {
-            let hasher = Arc::clone(&self.hasher);
-            let password = password.to_owned();
-            let stored = Arc::clone(&stored);
-            self.hash_pool
-                .run(move || {
-                    let verdict = hasher.verify(&password, &stored);
-                    let new_hash = (verdict == Verified::YesRehash)
-                        .then(|| hasher.hash(&password).ok())
-                        .flatten();
-                    (verdict, new_hash)
-                })
-                .await?
-        };
-        let verify_password = step.elapsed();
-        let record = match record {
-            Some(record) if verdict != Verified::No && !record.disabled => record,
-            other => {
-                let detail = match other {
-                    None => "unknown user",
-                    Some(record) if record.disabled && verdict != Verified::No => "disabled",
-                    Some(_) => "wrong password",
-                };
-                self.background.audit(
-                    "authn_login_fail",
-                    Some(username),
-                    Some(&address),
-                    Some(detail.to_owned()),
-                );
-                let now = Instant::now();
-                if let Some(duration) = self.lockout.fail(Subject::Account, username, now) {
-                    self.background.audit(
-                        "authn_login_lock",
-                        Some(username),
-                        Some(&address),
-                        Some(format!("account locked for {}s", duration.as_secs())),
-                    );
-                    self.background.send(audit::Job::LockedUntil {
-                        username: username.to_owned(),
-                        until: Some(
-                            now_millis() + i64::try_from(duration.as_millis()).unwrap_or(0),
-                        ),
-                    });
-                }
-                if let Some(duration) = self.lockout.fail(Subject::Address, &address, now) {
-                    self.background.audit(
-                        "authn_login_lock",
-                        None,
-                        Some(&address),
-                        Some(format!("address locked for {}s", duration.as_secs())),
-                    );
-                }
-                return Err(AuthError::Unauthenticated(LOGIN_FAILED.to_owned()));
-            }
-        };
-        if let Some(new_hash) = new_hash {
-            let from = Scheme::of(&record.password_hash).name();
-            if self
-                .directory
-                .rehash(record.identity.id, &record.password_hash, &new_hash)
-                .await?
-            {
-                self.background.audit(
-                    "user_updated",
-                    Some(username),
-                    Some(&address),
-                    Some(format!("password rehashed from {from} to argon2id")),
-                );
-            }
-        }
-        self.lockout.clear(Subject::Account, username);
-        let step = Instant::now();
-        let tokens = self
-            .sessions
-            .create(record.identity.id, self.lifetimes(), Some(&address))
-            .await?;
-        tracing::debug!(
-            target: "auth",
-            get_user_us = get_user.as_micros() as u64,
-            verify_password_us = verify_password.as_micros() as u64,
-            create_session_us = step.elapsed().as_micros() as u64,
-            "login steps"
-        );
-        self.background.send(audit::Job::LastLogin {
-            user_id: record.identity.id,
-            at: now_millis(),
-        });
-        self.background.audit(
-            "authn_login_success",
-            Some(username),
-            Some(&address),
-            Some(format!("session {}", short(&tokens.session_id))),
-        );
-        Ok(self.answer(tokens, record.identity))
-    }
-
-    fn answer(&self, tokens: IssuedTokens, user: Identity) -> LoginAnswer {
-        LoginAnswer {
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            token_type: "Bearer",
-            expires_in: tokens.expires_in,
-            user,
-        }
-    }
-
-    /// `POST …/refresh`: a new pair; a spent refresh token revokes its whole session.
-    pub async fn refresh(
-        &self,
-        refresh_token: &str,
-        client_ip: IpAddr,
-    ) -> Result<LoginAnswer, AuthError> {
-        let invalid = || AuthError::Unauthenticated("invalid or expired refresh token".to_owned());
-        if !looks_like_token(refresh_token) {
-            return Err(invalid());
-        }
-        let address = client_ip.to_string();
-        match self
-            .sessions
-            .refresh(refresh_token, self.lifetimes())
-            .await?
-        {
-            Refreshed::Rotated(tokens, user_id) => {
-                // The old access token is gone from the store; drop it here too.
-                self.forget_session(&tokens.session_id);
-                let Some(user) = self.directory.user_by_id(user_id).await? else {
-                    return Err(invalid());
-                };
-                if user.disabled {
-                    return Err(invalid());
-                }
-                Ok(self.answer(tokens, user.identity))
-            }
-            Refreshed::Reused(session_id, user_id) => {
-                self.forget_session(&session_id);
-                let username = self
-                    .directory
-                    .user_by_id(user_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|u| u.identity.username);
-                self.background.audit(
-                    "authn_token_reuse",
-                    username.as_deref(),
-                    Some(&address),
-                    Some(format!(
-                        "spent refresh token presented again; session {} revoked",
-                        short(&session_id)
-                    )),
-                );
-                Err(invalid())
-            }
-            Refreshed::Unknown => Err(invalid()),
-        }
-    }
-
-    fn forget_session(&self, session_id: &str) {
-        let session_id = session_id.to_owned();
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |_, cached| cached.session_id == session_id);
-    }
-
-    /// `POST …/logout`: the session is gone for every instance.
-    pub async fn logout(&self, access_token: &str, client_ip: IpAddr) -> Result<(), AuthError> {
-        if !looks_like_token(access_token) {
-            return Err(AuthError::Unauthenticated(
-                "invalid or expired token".to_owned(),
-            ));
-        }
-        let hash = token_hash(access_token);
-        let cached = self.cache.get(&hash);
-        self.cache.invalidate(&hash);
-        match self.sessions.logout(access_token).await? {
-            Some((session_id, _user_id)) => {
-                let username = cached.map(|c| c.identity.username.clone());
-                self.background.audit(
-                    "authn_logout",
-                    username.as_deref(),
-                    Some(&client_ip.to_string()),
-                    Some(format!("session {}", short(&session_id))),
-                );
-                Ok(())
-            }
-            None => Err(AuthError::Unauthenticated(
-                "invalid or expired token".to_owned(),
-            )),
-        }
-    }
-
     /// The user an access token belongs to: from the in-process cache (no I/O), else the
     /// session store and the user's one query.
     pub async fn authenticate(&self, access_token: &str) -> Result<Arc<Identity>, AuthError> {
@@ -717,177 +421,6 @@ impl Auth {
                 }
             }
         });
-    }
-
-    // --- users and roles (CLI and admin API) ---
-
-    /// Every user.
-    pub async fn users(&self) -> Result<Vec<UserView>, AuthError> {
-        Ok(self
-            .directory
-            .users()
-            .await?
-            .into_iter()
-            .map(UserView::of)
-            .collect())
-    }
-
-    /// One user.
-    pub async fn user(&self, username: &str) -> Result<UserView, AuthError> {
-        self.directory
-            .user_by_name(username)
-            .await?
-            .map(UserView::of)
-            .ok_or_else(|| AuthError::NotFound(format!("no user `{username}`")))
-    }
-
-    /// Creates a user with a password (hashed here) or an imported hash.
-    pub async fn create_user(
-        &self,
-        username: &str,
-        password: Option<&str>,
-        imported_hash: Option<&str>,
-        roles: &[String],
-    ) -> Result<UserView, AuthError> {
-        let hash = match (password, imported_hash) {
-            (Some(password), None) => self.hash_password(password).await?,
-            (None, Some(hash)) => {
-                if Scheme::of(hash) == Scheme::Unknown {
-                    return Err(AuthError::BadRequest(
-                        "the password hash is neither argon2id ($argon2id$…), bcrypt ($2a$/$2b$/$2y$…) nor MD5 (32 hex digits)".to_owned(),
-                    ));
-                }
-                hash.to_owned()
-            }
-            _ => {
-                return Err(AuthError::BadRequest(
-                    "give a password or a password hash (one of them)".to_owned(),
-                ))
-            }
-        };
-        self.directory.add_user(username, &hash, roles).await?;
-        self.background.audit(
-            "user_created",
-            Some(username),
-            None,
-            Some(format!("roles [{}]", roles.join(","))),
-        );
-        self.user(username).await
-    }
-
-    async fn hash_password(&self, password: &str) -> Result<String, AuthError> {
-        if password.is_empty() || password.len() > 1024 {
-            return Err(AuthError::BadRequest(
-                "a password must be 1 to 1024 bytes".to_owned(),
-            ));
-        }
-        let hasher = Arc::clone(&self.hasher);
-        let password = password.to_owned();
-        self.hash_pool.run(move || hasher.hash(&password)).await?
-    }
-
-    /// Changes a user (roles, password, disabled, lockout).
-    pub async fn update_user(
-        &self,
-        username: &str,
-        update: UserUpdate,
-    ) -> Result<UserView, AuthError> {
-        let before = self.user(username).await?;
-        let mut changes = Vec::new();
-        if let Some(roles) = &update.roles {
-            self.directory.set_roles(username, roles).await?;
-            changes.push(format!("roles [{}]", roles.join(",")));
-        }
-        if let Some(password) = &update.password {
-            let hash = self.hash_password(password).await?;
-            self.directory.set_password_hash(username, &hash).await?;
-            changes.push("password".to_owned());
-        }
-        if let Some(disabled) = update.disabled {
-            self.directory.set_disabled(username, disabled).await?;
-            changes.push(format!("disabled {disabled}"));
-        }
-        if update.unlock {
-            // A lockout still queued for the database must not land after the unlock.
-            self.background.flush().await;
-            self.lockout.clear(Subject::Account, username);
-            self.directory.set_locked_until(username, None).await?;
-            changes.push("unlocked".to_owned());
-        }
-        self.forget_user(before.id).await;
-        if update.password.is_some() || update.disabled == Some(true) {
-            self.sessions.revoke_user(before.id).await?;
-        }
-        self.background.audit(
-            "user_updated",
-            Some(username),
-            None,
-            Some(changes.join("; ")),
-        );
-        self.user(username).await
-    }
-
-    /// Sets a user's password (CLI `user passwd`); its sessions are revoked.
-    pub async fn set_password(&self, username: &str, password: &str) -> Result<(), AuthError> {
-        self.update_user(
-            username,
-            UserUpdate {
-                password: Some(password.to_owned()),
-                ..UserUpdate::default()
-            },
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// Deletes a user and its sessions.
-    pub async fn delete_user(&self, username: &str) -> Result<(), AuthError> {
-        let user = self.user(username).await?;
-        self.sessions.revoke_user(user.id).await?;
-        self.directory.delete_user(username).await?;
-        self.forget_user(user.id).await;
-        self.background
-            .audit("user_deleted", Some(username), None, None);
-        Ok(())
-    }
-
-    /// Creates a role or replaces its permissions.
-    pub async fn put_role(&self, name: &str, permissions: &[String]) -> Result<(), AuthError> {
-        self.directory.put_role(name, permissions).await?;
-        self.cache.invalidate_all();
-        if let Some(l2) = &self.l2 {
-            l2.forget_all().await;
-        }
-        self.background.audit(
-            "role_updated",
-            None,
-            None,
-            Some(format!(
-                "role {name}: permissions [{}]",
-                permissions.join(",")
-            )),
-        );
-        Ok(())
-    }
-
-    /// The live sessions of a user.
-    pub async fn sessions_of(&self, username: &str) -> Result<Vec<SessionInfo>, AuthError> {
-        let user = self.user(username).await?;
-        self.sessions.of_user(user.id).await
-    }
-
-    /// Revokes every session of a user; returns how many there were.
-    pub async fn revoke_sessions(&self, username: &str) -> Result<u64, AuthError> {
-        let user = self.user(username).await?;
-        let revoked = self.sessions.revoke_user(user.id).await?;
-        self.forget_user(user.id).await;
-        self.background.audit(
-            "session_revoked",
-            Some(username),
-            None,
-            Some(format!("{revoked} session(s) revoked by an operator")),
-        );
-        Ok(revoked)
     }
 }
 

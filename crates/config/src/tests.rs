@@ -69,6 +69,7 @@ fn the_repository_examples_are_accepted() {
             include_str!("../../../examples/sekisho.toml"),
         ),
         ("bench.toml", include_str!("../../../examples/bench.toml")),
+        ("auth.toml", include_str!("../../../examples/auth.toml")),
     ] {
         if let Err(error) = parse(source, name) {
             panic!("{error}");
