@@ -1,5 +1,6 @@
 //! The shared (L2) identity tier, in Redis when `store.redis` is set: a user's identity (roles
-//! and permissions, and whether it is disabled) under `sekisho:auth:e:user_permissions:v1:<id>`
+//! and permissions, and whether it is disabled) under `<prefix>e:user_permissions:v1:<id>`
+//! (`[auth] redis_prefix`, default `sekisho:auth:`)
 //! for an hour, so that an instance validating a session it has not cached asks Redis rather
 //! than the database. The key's `v1` is the layout's version: a change of what is stored bumps
 //! it, and old entries are simply never read again.
@@ -19,8 +20,6 @@ use sekisho_store::cache::RedisCache;
 use crate::users::Identity;
 use crate::Cached;
 
-/// The prefix of the auth crate's cache keys and channel.
-const PREFIX: &str = "sekisho:auth:";
 /// The layout version of identity entries.
 const VERSION: u32 = 1;
 /// How long an identity stays in the shared tier.
@@ -46,10 +45,11 @@ fn key(user_id: i64) -> String {
 }
 
 impl SharedIdentities {
-    /// The tier on `conn`, each call bounded by `timeout`.
-    pub fn new(conn: ConnectionManager, timeout: Duration) -> Self {
+    /// The tier on `conn`, its keys and channel starting with `prefix` (`[auth]
+    /// redis_prefix`), each call bounded by `timeout`.
+    pub fn new(conn: ConnectionManager, prefix: &str, timeout: Duration) -> Self {
         Self {
-            cache: RedisCache::new(conn, PREFIX, timeout),
+            cache: RedisCache::new(conn, prefix, timeout),
         }
     }
 

@@ -171,7 +171,7 @@ impl Auth {
                 let conn = sekisho_store::connect(url).await?;
                 Sessions::Redis(sekisho_store::sessions::RedisSessions::new(
                     conn,
-                    sekisho_store::sessions::DEFAULT_PREFIX,
+                    &auth.redis_prefix,
                     config
                         .store
                         .redis_timeout
@@ -188,6 +188,7 @@ impl Auth {
                 Ok(conn) => {
                     let shared = identity_cache::SharedIdentities::new(
                         conn,
+                        &this.config.redis_prefix,
                         config
                             .store
                             .redis_timeout

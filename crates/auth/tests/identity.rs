@@ -14,17 +14,42 @@ const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 struct Setup {
     auth: Arc<Auth>,
     database: TestDatabase,
+    /// With Redis: its URL and this test's key prefix, removed at the end.
+    redis: Option<(String, String)>,
+}
+
+/// Deletes every key of `url` starting with `prefix`.
+async fn remove_keys(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 async fn setup(dialect: Dialect, redis_sessions: bool, extra: &str) -> Setup {
     let database = TestDatabase::new(dialect).await.unwrap();
     let mut store = database.store_toml();
     let mut sessions = String::new();
+    let mut redis = None;
     if redis_sessions {
         let url = std::env::var("SEKISHO_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let prefix = format!("sekisho:test:auth:{:016x}:", fastrand::u64(..));
         store.push_str(&format!("redis = \"{url}\"\n"));
-        sessions.push_str("session_store = \"redis\"\n");
+        sessions.push_str(&format!(
+            "session_store = \"redis\"\nredis_prefix = \"{prefix}\"\n"
+        ));
+        redis = Some((url, prefix));
     }
     let source = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n{store}\n[auth]\n{sessions}argon2 = {{ memory_kib = 64, iterations = 1, parallelism = 1 }}\n{extra}\n"
@@ -37,14 +62,25 @@ async fn setup(dialect: Dialect, redis_sessions: bool, extra: &str) -> Setup {
     auth.put_role("auditor", &["orders:read".into()])
         .await
         .unwrap();
-    Setup { auth, database }
+    Setup {
+        auth,
+        database,
+        redis,
+    }
 }
 
 impl Setup {
     async fn finish(self) {
         self.auth.flush().await;
-        let Setup { auth, database } = self;
+        let Setup {
+            auth,
+            database,
+            redis,
+        } = self;
         auth.directory().database().close().await;
+        if let Some((url, prefix)) = redis {
+            remove_keys(&url, &prefix).await;
+        }
         database.remove().await.unwrap();
     }
 }

@@ -66,6 +66,20 @@ fn validate_auth(config: &Config, problems: &mut Problems) {
             ),
         ));
     }
+    if auth.redis_prefix.is_empty()
+        || !auth
+            .redis_prefix
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '*' | '?' | '[' | ']' | '\\'))
+    {
+        problems.push((
+            span.clone(),
+            format!(
+                "auth.redis_prefix `{}` must be visible ASCII without glob characters (e.g. \"sekisho:auth:\")",
+                auth.redis_prefix
+            ),
+        ));
+    }
     if auth.session_store == SessionStore::Redis && config.store.redis.is_none() {
         problems.push((
             span.clone(),

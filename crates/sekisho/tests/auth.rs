@@ -435,10 +435,12 @@ async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes
     let origin = echo_origin().await;
     let dir = TempDir::new("auth-redis");
     let store = format!("{}redis = \"{}\"\n", database.store_toml(), shared_redis());
+    // This test's own keys and channels, removed at the end.
+    let prefix = format!("sekisho:test:auth:{:016x}:", fastrand::u64(..));
     let text = config(
         &store,
         &origin.address.to_string(),
-        "session_store = \"redis\"",
+        &format!("session_store = \"redis\"\nredis_prefix = \"{prefix}\""),
     );
     let first_config = dir.write("a.toml", &text);
     let second_config = dir.write("b.toml", &text);
@@ -578,6 +580,25 @@ async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes
 
     drop((first, second));
     database.remove().await.unwrap();
+    remove_keys(&shared_redis(), &prefix).await;
+}
+
+/// Deletes every key of `url` starting with `prefix`.
+async fn remove_keys(url: &str, prefix: &str) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -49,6 +49,11 @@ pub struct Auth {
     /// written to the shared (Redis) identity cache; `"0s"` = never (extension).
     #[serde(default = "default_warm_interval")]
     pub warm_interval: ConfigDuration,
+    /// With `store.redis`: the prefix of every Redis key and channel of authentication
+    /// (sessions, identities, invalidations), so that deployments sharing a Redis keep apart
+    /// (extension).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
 }
 
 impl Default for Auth {
@@ -65,6 +70,7 @@ impl Default for Auth {
             hash_queue: 0,
             lockout: Lockout::default(),
             warm_interval: default_warm_interval(),
+            redis_prefix: default_redis_prefix(),
         }
     }
 }
@@ -152,6 +158,9 @@ fn default_refresh_ttl() -> NonZeroDuration {
 }
 fn default_session_absolute() -> NonZeroDuration {
     NonZeroDuration::from_millis(12 * 3_600_000)
+}
+fn default_redis_prefix() -> String {
+    "sekisho:auth:".to_owned()
 }
 fn default_warm_interval() -> ConfigDuration {
     ConfigDuration::from_millis(15 * 60_000)
