@@ -83,10 +83,11 @@ impl TestDatabase {
     }
 
     /// Removes it (the directory, or the PostgreSQL database with whoever is still connected).
-    pub async fn remove(self) -> Result<(), DbError> {
+    /// A SQLite directory is also removed when the value is dropped (a test that panicked).
+    pub async fn remove(mut self) -> Result<(), DbError> {
         match self.dialect {
             Dialect::Sqlite => {
-                if let Some(dir) = &self.dir {
+                if let Some(dir) = self.dir.take() {
                     let _ = std::fs::remove_dir_all(dir);
                 }
             }
@@ -103,5 +104,13 @@ impl TestDatabase {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
