@@ -18,7 +18,7 @@ use redis::aio::ConnectionManager;
 use sekisho_store::cache::RedisCache;
 
 use crate::users::Identity;
-use crate::Cached;
+use crate::{Cached, UserCache};
 
 /// The layout version of identity entries.
 const VERSION: u32 = 1;
@@ -103,6 +103,7 @@ pub(crate) fn spawn_listener(
     url: String,
     channel: String,
     cache: moka::sync::Cache<String, Arc<Cached>>,
+    users: UserCache,
 ) {
     tokio::spawn(async move {
         loop {
@@ -115,13 +116,18 @@ pub(crate) fn spawn_listener(
                     .and_then(|id| id.parse::<i64>().ok())
                 {
                     Some(user_id) => {
+                        users.invalidate(&user_id);
                         let _ = cache
                             .invalidate_entries_if(move |_, cached| cached.identity.id == user_id);
                     }
-                    None => cache.invalidate_all(),
+                    None => {
+                        users.invalidate_all();
+                        cache.invalidate_all();
+                    }
                 },
             )
             .await;
+            users.invalidate_all();
             cache.invalidate_all();
             tracing::warn!(%error, "identity invalidation channel lost; resubscribing");
             tokio::time::sleep(Duration::from_secs(1)).await;

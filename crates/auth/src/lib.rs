@@ -112,6 +112,10 @@ pub struct AuthFigures {
     pub cache_hits: AtomicU64,
     /// Sessions looked up in the session store (not cached, expired, or cache not trusted).
     pub cache_misses: AtomicU64,
+    /// Identities found in process (`user_basic`).
+    pub user_hits: AtomicU64,
+    /// Identities not found in process.
+    pub user_misses: AtomicU64,
     /// Identities found in the shared (Redis) tier.
     pub l2_hits: AtomicU64,
     /// Identities not found there (read from the database).
@@ -130,6 +134,9 @@ pub struct Auth {
     lockout: Lockout,
     background: Background,
     cache: moka::sync::Cache<String, Arc<Cached>>,
+    /// Identities by user id (the seeds' `user_basic`): a session not cached yet of a user
+    /// seen lately costs no query. `None`: no such user, or disabled.
+    users: UserCache,
     /// With Redis sessions: the in-process cache is used only while the revocation channel is
     /// subscribed (otherwise a logout elsewhere could go unseen).
     cache_trusted: Arc<AtomicBool>,
@@ -137,6 +144,14 @@ pub struct Auth {
     l2: Option<identity_cache::SharedIdentities>,
     figures: Arc<AuthFigures>,
 }
+
+/// The in-process identities by user id.
+pub(crate) type UserCache = moka::sync::Cache<i64, Option<Arc<Identity>>>;
+
+/// Entries of the in-process identity cache (`user_basic`), at most.
+const USER_CACHE_ENTRIES: u64 = 10_000;
+/// How long an identity is kept in process.
+const USER_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Entries of the in-process session cache, at most.
 const SESSION_CACHE_ENTRIES: u64 = 50_000;
@@ -199,6 +214,7 @@ impl Auth {
                         url.clone(),
                         shared.channel(),
                         this.cache.clone(),
+                        this.users.clone(),
                     );
                     this.l2 = Some(shared);
                 }
@@ -250,6 +266,10 @@ impl Auth {
             dummy_hash,
             background,
             cache,
+            users: moka::sync::Cache::builder()
+                .max_capacity(USER_CACHE_ENTRIES)
+                .time_to_live(USER_CACHE_TTL)
+                .build(),
             cache_trusted: Arc::new(AtomicBool::new(true)),
             l2: None,
             figures: Arc::default(),
@@ -366,6 +386,18 @@ impl Auth {
     /// The identity of an enabled user: the shared tier (Redis), else the database's one
     /// query (then kept in the shared tier for an hour).
     async fn identity(&self, user_id: i64) -> Result<Option<Arc<Identity>>, AuthError> {
+        if let Some(known) = self.users.get(&user_id) {
+            self.figures.user_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(known);
+        }
+        self.figures.user_misses.fetch_add(1, Ordering::Relaxed);
+        let found = self.identity_from_stores(user_id).await?;
+        self.users.insert(user_id, found.clone());
+        Ok(found)
+    }
+
+    /// The identity of an enabled user from the shared tier, else the database.
+    async fn identity_from_stores(&self, user_id: i64) -> Result<Option<Arc<Identity>>, AuthError> {
         if let Some(l2) = &self.l2 {
             match l2.get(user_id).await {
                 Some(cached) => {
@@ -388,6 +420,7 @@ impl Auth {
 
     /// Drops what is cached of a user, here and (through Redis) on every instance.
     async fn forget_user(&self, user_id: i64) {
+        self.users.invalidate(&user_id);
         let _ = self
             .cache
             .invalidate_entries_if(move |_, cached| cached.identity.id == user_id);

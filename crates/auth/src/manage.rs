@@ -201,6 +201,7 @@ impl Auth {
     pub async fn put_role(&self, name: &str, permissions: &[String]) -> Result<(), AuthError> {
         self.directory.put_role(name, permissions).await?;
         self.cache.invalidate_all();
+        self.users.invalidate_all();
         if let Some(l2) = &self.l2 {
             l2.forget_all().await;
         }

@@ -506,7 +506,9 @@ async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes
     let l2_hits: u64 = metrics
         .lines()
         .find_map(|line| {
-            line.strip_prefix("sekisho_auth_cache_operations_total{tier=\"l2\",result=\"hit\"} ")
+            line.strip_prefix(
+                "sekisho_auth_cache_operations_total{tier=\"l2\",cache=\"user_permissions\",result=\"hit\"} ",
+            )
         })
         .unwrap()
         .parse()
@@ -879,8 +881,9 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
         "sekisho_auth_duration_seconds_bucket{le=\"0.01\",operation=\"login\"}",
         "sekisho_auth_duration_seconds_count{operation=\"validate\"}",
         "sekisho_active_sessions ",
-        "sekisho_auth_cache_operations_total{tier=\"l1\",result=\"hit\"}",
-        "sekisho_auth_cache_operations_total{tier=\"l1\",result=\"miss\"}",
+        "sekisho_auth_cache_operations_total{tier=\"l1\",cache=\"session\",result=\"hit\"}",
+        "sekisho_auth_cache_operations_total{tier=\"l1\",cache=\"session\",result=\"miss\"}",
+        "sekisho_auth_cache_operations_total{tier=\"l1\",cache=\"user_basic\",result=\"miss\"}",
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }

@@ -357,18 +357,36 @@ impl Collector for AuthCollector {
         )?)?;
         let mut family = encoder.encode_descriptor(
             names::AUTH_CACHE_OPERATIONS,
-            "Session look-ups by identity cache tier and result",
+            "Identity cache look-ups by tier (l1 in process, l2 Redis), cache and result",
             None,
             MetricType::Counter,
         )?;
-        for (tier, result, count) in [
-            ("l1", "hit", self.figures.cache_hits.load(Relaxed)),
-            ("l1", "miss", self.figures.cache_misses.load(Relaxed)),
-            ("l2", "hit", self.figures.l2_hits.load(Relaxed)),
-            ("l2", "miss", self.figures.l2_misses.load(Relaxed)),
+        let figures = &self.figures;
+        for (tier, cache, result, count) in [
+            ("l1", "session", "hit", figures.cache_hits.load(Relaxed)),
+            ("l1", "session", "miss", figures.cache_misses.load(Relaxed)),
+            ("l1", "user_basic", "hit", figures.user_hits.load(Relaxed)),
+            (
+                "l1",
+                "user_basic",
+                "miss",
+                figures.user_misses.load(Relaxed),
+            ),
+            (
+                "l2",
+                "user_permissions",
+                "hit",
+                figures.l2_hits.load(Relaxed),
+            ),
+            (
+                "l2",
+                "user_permissions",
+                "miss",
+                figures.l2_misses.load(Relaxed),
+            ),
         ] {
-            ConstCounter::new(count)
-                .encode(family.encode_family(&[("tier", tier), ("result", result)])?)?;
+            let labels = [("tier", tier), ("cache", cache), ("result", result)];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

@@ -94,7 +94,8 @@ pub(crate) mod names {
     pub(crate) const AUTH_DURATION: &str = "sekisho_auth_duration_seconds";
     /// Live sessions, as last counted (every 10 s).
     pub(crate) const ACTIVE_SESSIONS: &str = "sekisho_active_sessions";
-    /// Session look-ups by identity cache tier and result.
+    /// Identity cache look-ups by tier (l1, l2), cache (session, user_basic,
+    /// user_permissions) and result (hit, miss).
     pub(crate) const AUTH_CACHE_OPERATIONS: &str = "sekisho_auth_cache_operations";
 }
 
