@@ -11,14 +11,13 @@
 //! sessions. Redis failing costs only the cache: a failed read is a miss, a failed write is
 //! ignored.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use sekisho_store::cache::RedisCache;
 
 use crate::users::Identity;
-use crate::{Cached, UserCache};
+use crate::{SessionCache, UserCache};
 
 /// The layout version of identity entries.
 const VERSION: u32 = 1;
@@ -99,12 +98,7 @@ impl SharedIdentities {
 /// Drops in-process sessions when another instance changes a user (`user:<id>`) or a role
 /// (`all`); resubscribes after a lost connection, dropping everything then (a message may
 /// have been missed).
-pub(crate) fn spawn_listener(
-    url: String,
-    channel: String,
-    cache: moka::sync::Cache<String, Arc<Cached>>,
-    users: UserCache,
-) {
+pub(crate) fn spawn_listener(url: String, channel: String, cache: SessionCache, users: UserCache) {
     tokio::spawn(async move {
         loop {
             let error = sekisho_store::cache::subscribe(

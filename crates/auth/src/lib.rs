@@ -46,7 +46,7 @@ use audit::Background;
 use lockout::Lockout;
 use password::{HashPool, Hasher};
 use sessions::{Lifetimes, Sessions};
-use token::{looks_like_token, token_hash};
+use token::{digest_of_hash, looks_like_token, token_digest};
 use users::Directory;
 
 /// The message of every failed login: the same for an unknown user and a wrong password.
@@ -133,7 +133,7 @@ pub struct Auth {
     dummy_hash: Arc<str>,
     lockout: Lockout,
     background: Background,
-    cache: moka::sync::Cache<String, Arc<Cached>>,
+    cache: SessionCache,
     /// Identities by user id (the seeds' `user_basic`): a session not cached yet of a user
     /// seen lately costs no query. `None`: no such user, or disabled.
     users: UserCache,
@@ -144,6 +144,9 @@ pub struct Auth {
     l2: Option<identity_cache::SharedIdentities>,
     figures: Arc<AuthFigures>,
 }
+
+/// The in-process sessions by the SHA-256 of their access token.
+pub(crate) type SessionCache = moka::sync::Cache<[u8; 32], Arc<Cached>>;
 
 /// The in-process identities by user id.
 pub(crate) type UserCache = moka::sync::Cache<i64, Option<Arc<Identity>>>;
@@ -342,7 +345,7 @@ impl Auth {
         if !looks_like_token(access_token) {
             return Err(invalid());
         }
-        let hash = token_hash(access_token);
+        let hash = token_digest(access_token);
         let use_cache = self.cache_trusted.load(Ordering::Acquire);
         if use_cache {
             if let Some(cached) = self.cache.get(&hash) {
@@ -495,7 +498,7 @@ pub fn authorize(identity: &Identity, requirement: &RouteAuth) -> Result<(), Aut
 fn spawn_revocation_listener(
     url: String,
     channel: String,
-    cache: moka::sync::Cache<String, Arc<Cached>>,
+    cache: SessionCache,
     trusted: Arc<AtomicBool>,
 ) {
     tokio::spawn(async move {
@@ -510,7 +513,9 @@ fn spawn_revocation_listener(
                 }
             };
             let error = sekisho_store::cache::subscribe(&url, &channel, on_subscribed, |hash| {
-                cache.invalidate(&hash);
+                if let Some(digest) = digest_of_hash(&hash) {
+                    cache.invalidate(&digest);
+                }
             })
             .await;
             flag.store(false, Ordering::Release);

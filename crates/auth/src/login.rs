@@ -11,7 +11,7 @@ use crate::audit;
 use crate::lockout::Subject;
 use crate::password::{Scheme, Verified};
 use crate::sessions::{IssuedTokens, Refreshed};
-use crate::token::{looks_like_token, token_hash};
+use crate::token::{looks_like_token, token_digest};
 use crate::{short, Auth, AuthError, Identity, LOGIN_FAILED};
 
 /// What a login or a refresh answers (CONTRACT.md's JSON).
@@ -239,7 +239,7 @@ impl Auth {
                 "invalid or expired token".to_owned(),
             ));
         }
-        let hash = token_hash(access_token);
+        let hash = token_digest(access_token);
         let cached = self.cache.get(&hash);
         self.cache.invalidate(&hash);
         match self.sessions.logout(access_token).await? {

@@ -15,7 +15,26 @@ pub fn new_token() -> String {
 
 /// What the stores keep of `token`: its SHA-256 in hex.
 pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+    hex(&token_digest(token))
+}
+
+/// The SHA-256 of `token`: the in-process session cache's key (no text made per request).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The digest written by [`token_hash`], read back (`None` if it is not 64 hex digits).
+pub fn digest_of_hash(hash: &str) -> Option<[u8; 32]> {
+    let bytes = hash.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (index, pair) in bytes.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        digest[index] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(digest)
 }
 
 /// Whether `text` looks like one of our tokens (64 lowercase hex digits): anything else is
@@ -37,5 +56,7 @@ mod tests {
         assert!(!looks_like_token("abc"));
         assert_eq!(token_hash(&a).len(), 64);
         assert_ne!(token_hash(&a), a);
+        assert_eq!(digest_of_hash(&token_hash(&a)), Some(token_digest(&a)));
+        assert_eq!(digest_of_hash("xyz"), None);
     }
 }

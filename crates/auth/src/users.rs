@@ -18,6 +18,26 @@ pub struct Identity {
     pub roles: Vec<String>,
     /// The permissions of its roles, sorted, once each.
     pub permissions: Vec<String>,
+    /// `roles` joined by commas, as the upstream's `X-Auth-Roles` carries them (made once).
+    #[serde(skip)]
+    pub roles_csv: String,
+    /// `permissions` joined by commas, for `X-Auth-Permissions`.
+    #[serde(skip)]
+    pub permissions_csv: String,
+}
+
+impl Identity {
+    /// An identity; the comma-joined lists are made here.
+    pub fn new(id: i64, username: String, roles: Vec<String>, permissions: Vec<String>) -> Self {
+        Self {
+            roles_csv: roles.join(","),
+            permissions_csv: permissions.join(","),
+            id,
+            username,
+            roles,
+            permissions,
+        }
+    }
 }
 
 /// A user with what only the store needs.
@@ -71,12 +91,7 @@ fn user_of(row: &AnyRow) -> Result<UserRecord, sqlx::Error> {
     permissions.sort();
     permissions.dedup();
     Ok(UserRecord {
-        identity: Identity {
-            id: row.try_get(0)?,
-            username: row.try_get(1)?,
-            roles,
-            permissions,
-        },
+        identity: Identity::new(row.try_get(0)?, row.try_get(1)?, roles, permissions),
         password_hash: row.try_get(2)?,
         disabled: row.try_get::<i64, _>(3)? != 0,
         locked_until: row.try_get(4)?,

@@ -55,7 +55,9 @@ fn config(store: &str, upstream: &str, auth_extra: &str) -> String {
          [upstreams.app]\ntargets = [\"{upstream}\"]\n\
          [[routes]]\nname = \"orders\"\npath_prefix = \"/api/orders\"\nupstream = \"app\"\nauth = {{ permission = \"orders:write\" }}\n\
          [[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"app\"\nauth = {{ role = \"admin\" }}\n\
-         [[routes]]\nname = \"open\"\npath_prefix = \"/open\"\nupstream = \"app\"\n"
+         [[routes]]\nname = \"open\"\npath_prefix = \"/open\"\nupstream = \"app\"\n\
+         [[routes]]\nname = \"cached\"\npath_prefix = \"/cached\"\nupstream = \"app\"\nauth = \"authenticated\"\n\
+         [routes.cache]\nttl = \"60s\"\n"
     )
 }
 
@@ -811,6 +813,14 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
     };
     assert_eq!(with_cookie("/api/orders").await.status, 200);
     assert_eq!(with_cookie("/admin/x").await.status, 403);
+    // Authenticated by cookie is authenticated: a cached route neither stores nor serves it.
+    for _ in 0..2 {
+        let cached = with_cookie("/cached/me").await;
+        assert_eq!(cached.status, 200);
+        let status = cached.header("cache-status").unwrap_or_default();
+        assert!(status.contains("fwd=bypass"), "{status}");
+    }
+    assert_eq!(origin.calls("/cached/me"), 2);
 
     let sessions = admin(
         &gateway,

@@ -91,11 +91,11 @@ fn add_identity(headers: &mut HeaderMap, identity: &Identity) {
     headers.insert(X_AUTH_USER_ID, HeaderValue::from(identity.id));
     // Names are checked to be visible ASCII without commas when they are made.
     for (name, value) in [
-        (X_AUTH_USER, identity.username.clone()),
-        (X_AUTH_ROLES, identity.roles.join(",")),
-        (X_AUTH_PERMISSIONS, identity.permissions.join(",")),
+        (X_AUTH_USER, &identity.username),
+        (X_AUTH_ROLES, &identity.roles_csv),
+        (X_AUTH_PERMISSIONS, &identity.permissions_csv),
     ] {
-        if let Ok(value) = HeaderValue::from_str(&value) {
+        if let Ok(value) = HeaderValue::from_str(value) {
             headers.insert(name, value);
         }
     }
@@ -297,12 +297,7 @@ mod tests {
         headers.insert("x-other", HeaderValue::from_static("kept"));
         strip_identity(&mut headers);
         assert_eq!(headers.len(), 1);
-        let identity = Identity {
-            id: 7,
-            username: "ann".into(),
-            roles: vec!["a".into(), "b".into()],
-            permissions: vec![],
-        };
+        let identity = Identity::new(7, "ann".into(), vec!["a".into(), "b".into()], vec![]);
         add_identity(&mut headers, &identity);
         assert_eq!(headers["x-auth-user-id"], "7");
         assert_eq!(headers["x-auth-roles"], "a,b");
