@@ -46,7 +46,7 @@ use audit::Background;
 use lockout::Lockout;
 use password::{HashPool, Hasher};
 use sessions::{Lifetimes, Sessions};
-use token::{digest_of_hash, looks_like_token, token_digest};
+use token::{digest_of_hash, token_digest, token_key};
 use users::Directory;
 
 /// The message of every failed login: the same for an unknown user and a wrong password.
@@ -134,6 +134,7 @@ pub struct Auth {
     lockout: Lockout,
     background: Background,
     cache: SessionCache,
+    keys_by_digest: KeysByDigest,
     /// Identities by user id (the seeds' `user_basic`): a session not cached yet of a user
     /// seen lately costs no query. `None`: no such user, or disabled.
     users: UserCache,
@@ -145,8 +146,10 @@ pub struct Auth {
     figures: Arc<AuthFigures>,
 }
 
-/// The in-process sessions by the SHA-256 of their access token.
+/// The in-process sessions by their access token's bytes ([`token::token_key`]).
 pub(crate) type SessionCache = moka::sync::Cache<[u8; 32], Arc<Cached>>;
+/// For revocations published by hash: a cached token's key by the token's SHA-256.
+pub(crate) type KeysByDigest = moka::sync::Cache<[u8; 32], [u8; 32]>;
 
 /// The in-process identities by user id.
 pub(crate) type UserCache = moka::sync::Cache<i64, Option<Arc<Identity>>>;
@@ -232,6 +235,7 @@ impl Auth {
                 url,
                 store.channel(),
                 this.cache.clone(),
+                this.keys_by_digest.clone(),
                 Arc::clone(&this.cache_trusted),
             );
         }
@@ -269,6 +273,10 @@ impl Auth {
             dummy_hash,
             background,
             cache,
+            keys_by_digest: moka::sync::Cache::builder()
+                .max_capacity(SESSION_CACHE_ENTRIES)
+                .time_to_live(SESSION_CACHE_TTL)
+                .build(),
             users: moka::sync::Cache::builder()
                 .max_capacity(USER_CACHE_ENTRIES)
                 .time_to_live(USER_CACHE_TTL)
@@ -342,10 +350,9 @@ impl Auth {
     /// session store and the user's one query.
     pub async fn authenticate(&self, access_token: &str) -> Result<Arc<Identity>, AuthError> {
         let invalid = || AuthError::Unauthenticated("invalid or expired token".to_owned());
-        if !looks_like_token(access_token) {
+        let Some(hash) = token_key(access_token) else {
             return Err(invalid());
-        }
-        let hash = token_digest(access_token);
+        };
         let use_cache = self.cache_trusted.load(Ordering::Acquire);
         if use_cache {
             if let Some(cached) = self.cache.get(&hash) {
@@ -364,6 +371,7 @@ impl Auth {
             return Err(invalid());
         };
         if use_cache {
+            self.keys_by_digest.insert(token_digest(access_token), hash);
             self.cache.insert(
                 hash,
                 Arc::new(Cached {
@@ -499,6 +507,7 @@ fn spawn_revocation_listener(
     url: String,
     channel: String,
     cache: SessionCache,
+    keys: KeysByDigest,
     trusted: Arc<AtomicBool>,
 ) {
     tokio::spawn(async move {
@@ -513,8 +522,8 @@ fn spawn_revocation_listener(
                 }
             };
             let error = sekisho_store::cache::subscribe(&url, &channel, on_subscribed, |hash| {
-                if let Some(digest) = digest_of_hash(&hash) {
-                    cache.invalidate(&digest);
+                if let Some(key) = digest_of_hash(&hash).and_then(|digest| keys.remove(&digest)) {
+                    cache.invalidate(&key);
                 }
             })
             .await;

@@ -11,7 +11,7 @@ use crate::audit;
 use crate::lockout::Subject;
 use crate::password::{Scheme, Verified};
 use crate::sessions::{IssuedTokens, Refreshed};
-use crate::token::{looks_like_token, token_digest};
+use crate::token::{looks_like_token, token_key};
 use crate::{short, Auth, AuthError, Identity, LOGIN_FAILED};
 
 /// What a login or a refresh answers (CONTRACT.md's JSON).
@@ -234,12 +234,11 @@ impl Auth {
 
     /// `POST …/logout`: the session is gone for every instance.
     pub async fn logout(&self, access_token: &str, client_ip: IpAddr) -> Result<(), AuthError> {
-        if !looks_like_token(access_token) {
+        let Some(hash) = token_key(access_token) else {
             return Err(AuthError::Unauthenticated(
                 "invalid or expired token".to_owned(),
             ));
-        }
-        let hash = token_digest(access_token);
+        };
         let cached = self.cache.get(&hash);
         self.cache.invalidate(&hash);
         match self.sessions.logout(access_token).await? {

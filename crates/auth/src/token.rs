@@ -23,6 +23,28 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The 32 bytes a token spells (`None` when it is not one of ours: 64 lowercase hex digits):
+/// the in-process session cache's key, read without hashing (a SHA-256 costs more than the
+/// rest of a cached validation; the stores, which keep tokens at rest, keep only their hash).
+pub fn token_key(token: &str) -> Option<[u8; 32]> {
+    fn nibble(byte: u8) -> Option<u8> {
+        match byte {
+            b'0'..=b'9' => Some(byte - b'0'),
+            b'a'..=b'f' => Some(byte - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bytes = token.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (slot, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
+        *slot = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(key)
+}
+
 /// The digest written by [`token_hash`], read back (`None` if it is not 64 hex digits).
 pub fn digest_of_hash(hash: &str) -> Option<[u8; 32]> {
     let bytes = hash.as_bytes();
@@ -58,5 +80,9 @@ mod tests {
         assert_ne!(token_hash(&a), a);
         assert_eq!(digest_of_hash(&token_hash(&a)), Some(token_digest(&a)));
         assert_eq!(digest_of_hash("xyz"), None);
+        assert!(token_key(&a).is_some());
+        assert_eq!(token_key(&a.to_uppercase()), None);
+        assert_eq!(token_key("abc"), None);
+        assert_eq!(token_key(&"0f".repeat(32)), Some([0x0f; 32]));
     }
 }
