@@ -24,6 +24,44 @@ pub struct Identity {
     /// `permissions` joined by commas, for `X-Auth-Permissions`.
     #[serde(skip)]
     pub permissions_csv: String,
+    /// What a caller derives from this identity, made once (the gateway keeps the identity
+    /// headers it sends up, so a cached session renders them once, not per request).
+    #[serde(skip)]
+    pub memo: Memo,
+}
+
+/// A slot filled once with a value of the caller's type; a clone starts empty.
+#[derive(Default)]
+pub struct Memo(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Memo {
+    /// The value, made by `make` the first time; `None` if the slot holds another type.
+    pub fn get_or_init<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce() -> T,
+    ) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(make())).downcast_ref::<T>()
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl Identity {
@@ -32,6 +70,7 @@ impl Identity {
         Self {
             roles_csv: roles.join(","),
             permissions_csv: permissions.join(","),
+            memo: Memo::default(),
             id,
             username,
             roles,

@@ -87,16 +87,40 @@ pub(super) fn strip_identity(headers: &mut HeaderMap) {
     }
 }
 
+/// The identity headers of one identity, rendered once and kept with it.
+struct IdentityHeaders([Option<HeaderValue>; 4]);
+
+impl IdentityHeaders {
+    fn of(identity: &Identity) -> Self {
+        // Names are checked to be visible ASCII without commas when they are made.
+        Self([
+            Some(HeaderValue::from(identity.id)),
+            HeaderValue::from_str(&identity.username).ok(),
+            HeaderValue::from_str(&identity.roles_csv).ok(),
+            HeaderValue::from_str(&identity.permissions_csv).ok(),
+        ])
+    }
+}
+
 fn add_identity(headers: &mut HeaderMap, identity: &Identity) {
-    headers.insert(X_AUTH_USER_ID, HeaderValue::from(identity.id));
-    // Names are checked to be visible ASCII without commas when they are made.
-    for (name, value) in [
-        (X_AUTH_USER, &identity.username),
-        (X_AUTH_ROLES, &identity.roles_csv),
-        (X_AUTH_PERMISSIONS, &identity.permissions_csv),
-    ] {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(name, value);
+    let rendered = identity.memo.get_or_init(|| IdentityHeaders::of(identity));
+    let owned;
+    let rendered = match rendered {
+        Some(rendered) => rendered,
+        None => {
+            owned = IdentityHeaders::of(identity);
+            &owned
+        }
+    };
+    let names = [
+        X_AUTH_USER_ID,
+        X_AUTH_USER,
+        X_AUTH_ROLES,
+        X_AUTH_PERMISSIONS,
+    ];
+    for (name, value) in names.into_iter().zip(&rendered.0) {
+        if let Some(value) = value {
+            headers.insert(name, value.clone());
         }
     }
 }
