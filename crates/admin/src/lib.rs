@@ -25,6 +25,8 @@ use sekisho_gateway::{new_request_id, Gateway, ReloadError};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+mod users;
+
 /// The admin listener, bound.
 #[derive(Debug)]
 pub struct AdminServer {
@@ -101,6 +103,16 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             "UNAUTHENTICATED",
             "the admin API needs `Authorization: Bearer <admin.token>`",
         );
+    }
+    if path == "/api/v1/users" {
+        return users::users(state, None, request).await;
+    }
+    if let Some(name) = path.strip_prefix("/api/v1/users/") {
+        let name = name.to_owned();
+        return users::users(state, Some(&name), request).await;
+    }
+    if path == "/api/v1/sessions" {
+        return users::sessions(state, &request).await;
     }
     if let Some(name) = path.strip_prefix("/api/v1/circuits/") {
         return match method {

@@ -69,6 +69,7 @@ fn the_repository_examples_are_accepted() {
             include_str!("../../../examples/sekisho.toml"),
         ),
         ("bench.toml", include_str!("../../../examples/bench.toml")),
+        ("auth.toml", include_str!("../../../examples/auth.toml")),
     ] {
         if let Err(error) = parse(source, name) {
             panic!("{error}");
@@ -574,4 +575,133 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
         assert!(diagnostic.message.contains(says), "{extra}: {diagnostic}");
         assert_eq!(diagnostic.line, line, "{extra}: {diagnostic}");
     }
+}
+
+const AUTH_EXAMPLE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[upstreams.orders]
+targets = ["127.0.0.1:9001"]
+
+[auth]
+# path_prefix = "/auth"
+# session_store = "local"
+# access_ttl = "5m"
+# refresh_ttl = "7d"
+# session_absolute = "12h"
+# cookie = false
+argon2 = { memory_kib = 19456, iterations = 2, parallelism = 1 }
+# max_concurrent_hashes = 0
+lockout = { max_failures = 5, window = "5m", duration = "15m" }
+
+[[routes]]
+name = "orders-write"
+path_prefix = "/api/orders"
+methods = ["POST"]
+upstream = "orders"
+auth = { permission = "orders:write" }
+
+[[routes]]
+name = "admin"
+path_prefix = "/admin"
+upstream = "orders"
+auth = { role = "admin" }
+
+[[routes]]
+name = "orders"
+path_prefix = "/api"
+upstream = "orders"
+auth = "authenticated"
+"#;
+
+#[test]
+fn the_contract_auth_example_is_accepted_with_its_defaults() {
+    let config = parse(AUTH_EXAMPLE, "auth.toml").unwrap_or_else(|e| panic!("{e}"));
+    let auth = config.auth.as_ref().expect("[auth]").get_ref();
+    assert_eq!(auth.path_prefix, "/auth");
+    assert_eq!(auth.session_store, SessionStore::Local);
+    assert_eq!(auth.access_ttl.get(), std::time::Duration::from_secs(300));
+    assert_eq!(
+        auth.refresh_ttl.get(),
+        std::time::Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(
+        auth.session_absolute.get(),
+        std::time::Duration::from_secs(12 * 3_600)
+    );
+    assert!(!auth.cookie);
+    assert_eq!(auth.argon2, Argon2Params::default());
+    assert_eq!(auth.argon2.memory_kib, 19_456);
+    assert_eq!(auth.max_concurrent_hashes, 0);
+    assert_eq!(auth.lockout, Lockout::default());
+    assert_eq!(auth.lockout.max_failures, 5);
+    let requirements: Vec<_> = config
+        .routes
+        .iter()
+        .map(|r| r.get_ref().auth.as_ref().map(|a| a.get_ref().clone()))
+        .collect();
+    assert_eq!(
+        requirements,
+        vec![
+            Some(RouteAuth::Permission("orders:write".to_owned())),
+            Some(RouteAuth::Role("admin".to_owned())),
+            Some(RouteAuth::Authenticated),
+        ]
+    );
+    assert!(parse(MINIMAL, "t.toml").expect("valid").auth.is_none());
+}
+
+#[test]
+fn a_route_with_auth_is_refused_without_an_auth_section() {
+    let source = MINIMAL.replace(
+        "upstream = \"api\"\n",
+        "upstream = \"api\"\nauth = \"authenticated\"\n",
+    );
+    let diagnostic = first(&source);
+    assert_eq!(
+        (diagnostic.line, diagnostic.column),
+        (12, 8),
+        "{diagnostic}"
+    );
+    assert!(
+        diagnostic.message.contains("no [auth] section"),
+        "{diagnostic}"
+    );
+    assert!(diagnostic.to_string().starts_with("test.toml:12:8: "));
+    assert!(parse(&format!("{source}\n[auth]\n"), "t.toml").is_ok());
+}
+
+#[test]
+fn bad_auth_values_are_reported_where_they_stand() {
+    let bad_requirement = MINIMAL.replace(
+        "upstream = \"api\"\n",
+        "upstream = \"api\"\nauth = \"anyone\"\n",
+    );
+    let diagnostic = first(&format!("{bad_requirement}\n[auth]\n"));
+    assert_eq!(diagnostic.line, 12, "{diagnostic}");
+    assert!(
+        diagnostic.message.contains("\"authenticated\""),
+        "{diagnostic}"
+    );
+    let two_keys = MINIMAL.replace(
+        "upstream = \"api\"\n",
+        "upstream = \"api\"\nauth = { role = \"a\", permission = \"b\" }\n",
+    );
+    let diagnostic = first(&format!("{two_keys}\n[auth]\n"));
+    assert!(
+        diagnostic.message.contains("one permission or one role"),
+        "{diagnostic}"
+    );
+    let redis_sessions = format!("{MINIMAL}\n[auth]\nsession_store = \"redis\"\n");
+    let diagnostic = first(&redis_sessions);
+    assert!(diagnostic.message.contains("store.redis"), "{diagnostic}");
+    let weak = format!(
+        "{MINIMAL}\n[auth]\nargon2 = {{ memory_kib = 4, iterations = 1, parallelism = 1 }}\n"
+    );
+    assert!(first(&weak).message.contains("memory_kib"));
+    let typo = format!("{MINIMAL}\n[auth]\naccess_tl = \"1m\"\n");
+    assert!(first(&typo).message.contains("did you mean `access_ttl`"));
+    let prefix = format!("{MINIMAL}\n[auth]\npath_prefix = \"auth\"\n");
+    assert!(first(&prefix).message.contains("path_prefix"));
 }

@@ -8,8 +8,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::model::{
-    AdaptiveConcurrency, Config, RateLimit, RateLimitAlgorithm, RateLimitBackend, Route, Spanned,
-    Upstream, DEFAULT_RULES, SIGNALS,
+    AdaptiveConcurrency, Config, RateLimit, RateLimitAlgorithm, RateLimitBackend, Route,
+    SessionStore, Spanned, Upstream, DEFAULT_RULES, SIGNALS,
 };
 
 type Problems = Vec<(Range<usize>, String)>;
@@ -34,6 +34,7 @@ pub(crate) fn validate(config: &Config, base_dir: Option<&Path>) -> Problems {
         validate_route(config, route, &mut problems);
     }
     validate_alerts(config, &mut problems);
+    validate_auth(config, &mut problems);
     problems
 }
 
@@ -144,6 +145,80 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
                 fail("email needs at least one address in `to`".into());
             }
         }
+    }
+}
+
+fn validate_auth(config: &Config, problems: &mut Problems) {
+    let Some(auth) = &config.auth else {
+        for route in &config.routes {
+            if let Some(requirement) = &route.get_ref().auth {
+                problems.push((
+                    requirement.span(),
+                    format!(
+                        "route `{}` asks for `auth` but there is no [auth] section: add [auth] (users and sessions) or remove the route's `auth`",
+                        route.get_ref().name
+                    ),
+                ));
+            }
+        }
+        return;
+    };
+    let span = auth.span();
+    let auth = auth.get_ref();
+    if !auth.path_prefix.starts_with('/')
+        || auth.path_prefix.len() < 2
+        || auth.path_prefix.ends_with('/')
+    {
+        problems.push((
+            span.clone(),
+            format!(
+                "auth.path_prefix `{}` must start with `/`, not end with one, and not be `/` alone (e.g. \"/auth\")",
+                auth.path_prefix
+            ),
+        ));
+    }
+    if auth.redis_prefix.is_empty()
+        || !auth
+            .redis_prefix
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '*' | '?' | '[' | ']' | '\\'))
+    {
+        problems.push((
+            span.clone(),
+            format!(
+                "auth.redis_prefix `{}` must be visible ASCII without glob characters (e.g. \"sekisho:auth:\")",
+                auth.redis_prefix
+            ),
+        ));
+    }
+    if auth.session_store == SessionStore::Redis && config.store.redis.is_none() {
+        problems.push((
+            span.clone(),
+            "auth.session_store = \"redis\" needs store.redis".to_owned(),
+        ));
+    }
+    let argon2 = auth.argon2;
+    if argon2.iterations == 0
+        || argon2.parallelism == 0
+        || argon2.parallelism > 255
+        || u64::from(argon2.memory_kib) < 8 * u64::from(argon2.parallelism)
+    {
+        problems.push((
+            span.clone(),
+            format!(
+                "auth.argon2: iterations and parallelism must be at least 1 (parallelism at most 255) and memory_kib at least 8 × parallelism, not {{ memory_kib = {}, iterations = {}, parallelism = {} }}",
+                argon2.memory_kib, argon2.iterations, argon2.parallelism
+            ),
+        ));
+    }
+    if auth.access_ttl.get() > auth.session_absolute.get() {
+        problems.push((
+            span,
+            format!(
+                "auth.access_ttl ({}) is longer than auth.session_absolute ({})",
+                auth.access_ttl, auth.session_absolute
+            ),
+        ));
     }
 }
 

@@ -117,6 +117,26 @@ pub enum GatewayError {
         /// The deadline in force.
         timeout: Duration,
     },
+    /// No credentials, bad ones, or an expired or revoked token (a login refused, a route with
+    /// `auth` without a valid session).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid session without the permission or role the route asks for.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Logins for this account or from this address are locked after too many failures.
+    #[error("too many failed logins; try again in {}s", retry_after.as_secs().max(1))]
+    LoginLocked {
+        /// Until the lockout ends.
+        retry_after: Duration,
+    },
+    /// Every password-hashing slot is busy and its queue is full: the login is refused at once
+    /// rather than starve the proxy.
+    #[error("too many logins at once; try again shortly")]
+    HashingOverloaded,
+    /// The identity store (database or session store) failed.
+    #[error("authentication is unavailable")]
+    AuthUnavailable(#[source] BoxError),
     /// The route's deadline passed before the upstream answered.
     #[error("upstream `{upstream}` did not answer within {}", sekisho_config::format_duration(*.timeout))]
     UpstreamTimeout {
@@ -163,6 +183,11 @@ impl GatewayError {
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
             Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
             Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::Forbidden(_) => "FORBIDDEN",
+            Self::LoginLocked { .. } => "RATE_LIMITED",
+            Self::HashingOverloaded => "OVERLOADED",
+            Self::AuthUnavailable(_) => "AUTH_UNAVAILABLE",
         }
     }
 
@@ -191,11 +216,15 @@ impl GatewayError {
             | Self::CircuitOpen { .. }
             | Self::BulkheadFull { .. }
             | Self::Overloaded { .. }
-            | Self::GatewayOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::GatewayOverloaded { .. }
+            | Self::HashingOverloaded
+            | Self::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::LoginLocked { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -204,7 +233,12 @@ impl GatewayError {
         match self {
             Self::NoHealthyUpstream { .. }
             | Self::Overloaded { .. }
-            | Self::GatewayOverloaded { .. } => Some(Duration::from_secs(1)),
+            | Self::GatewayOverloaded { .. }
+            | Self::HashingOverloaded
+            | Self::AuthUnavailable(_) => Some(Duration::from_secs(1)),
+            Self::LoginLocked { retry_after } => Some(Duration::from_secs(
+                (retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)).max(1),
+            )),
             // Whole seconds, rounded up: never "0", which a client would take as "now".
             Self::CircuitOpen { retry_after, .. } => Some(Duration::from_secs(
                 retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
@@ -248,6 +282,23 @@ impl GatewayError {
                 upstream: upstream.clone(),
                 source: Box::new(error),
             }
+        }
+    }
+}
+
+impl From<sekisho_auth::AuthError> for GatewayError {
+    /// What an auth operation's failure is at the edge.
+    fn from(error: sekisho_auth::AuthError) -> Self {
+        use sekisho_auth::AuthError;
+        match error {
+            AuthError::Unauthenticated(message) => Self::Unauthenticated(message),
+            AuthError::Forbidden(message) => Self::Forbidden(message),
+            AuthError::Locked { retry_after } => Self::LoginLocked { retry_after },
+            AuthError::Overloaded => Self::HashingOverloaded,
+            AuthError::BadRequest(message)
+            | AuthError::NotFound(message)
+            | AuthError::Conflict(message) => Self::BadRequest(message),
+            other => Self::AuthUnavailable(Box::new(other)),
         }
     }
 }

@@ -96,8 +96,19 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Compiles `config`; `config_path` is the file reloads read again.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Self, BuildError> {
+        Self::with_auth(config, config_path, None)
+    }
+
+    /// As [`Gateway::new`], with edge authentication (`[auth]`): its endpoints and the routes'
+    /// `auth` requirements are served with `auth`, opened beforehand
+    /// (`sekisho_auth::Auth::open`).
+    pub fn with_auth(
+        config: Config,
+        config_path: Option<PathBuf>,
+        auth: Option<Arc<sekisho_auth::Auth>>,
+    ) -> Result<Self, BuildError> {
         let lag = Arc::<SchedulingLag>::default();
-        let metrics = Metrics::new(&lag);
+        let metrics = Metrics::new(&lag, auth.as_ref().map(|auth| auth.figures()));
         let clients = ClientCache::default();
         let states = StateRegistry::default();
         let base_dir = config_path.as_deref().and_then(Path::parent);
@@ -123,6 +134,7 @@ impl Gateway {
                 reload_lock: Mutex::new(ReloadRecord::default()),
                 file_bytes: Mutex::new(None),
                 lag,
+                auth,
             }),
         })
     }
@@ -163,6 +175,11 @@ impl Gateway {
     /// The config in force.
     pub fn config(&self) -> Arc<Config> {
         Arc::clone(&self.shared.runtime.load().config)
+    }
+
+    /// Edge authentication, when running.
+    pub fn auth(&self) -> Option<&Arc<sekisho_auth::Auth>> {
+        self.shared.auth.as_ref()
     }
 
     /// The path reloads read.

@@ -71,6 +71,8 @@ pub(crate) struct KeySource<'a> {
     pub headers: &'a HeaderMap,
     /// The route's name, if routed.
     pub route: Option<&'a str>,
+    /// The authenticated user's name, on a route with `auth`.
+    pub user: Option<&'a str>,
     /// When the request arrived: the limit decides at that instant (one clock read per
     /// request serves every step).
     pub at: Instant,
@@ -309,8 +311,8 @@ impl RateLimit {
                 KeyPart::Route => source.route.map(str::to_owned),
                 KeyPart::Header(name) => header_text(source.headers, name),
                 KeyPart::ApiKey => api_key(source.headers),
-                // Until authentication lands, no request has a user.
-                KeyPart::User => None,
+                // The authenticated user, on a route with `auth`.
+                KeyPart::User => source.user.map(str::to_owned),
             };
             match value {
                 Some(value) => {
@@ -446,6 +448,7 @@ mod tests {
             client_ip: ip.parse().unwrap(),
             headers,
             route: Some("api"),
+            user: None,
             at: Instant::now(),
         }
     }

@@ -27,6 +27,12 @@ pub enum ReloadError {
     /// The gateway was started without a config file.
     #[error("the gateway was started without a config file")]
     NoFile,
+    /// The new config has routes with `auth` but authentication was not started with the
+    /// gateway (no `[auth]` at start): it needs a restart.
+    #[error(
+        "route `{0}` asks for `auth` but authentication is not running: add [auth] and restart"
+    )]
+    AuthNotRunning(String),
 }
 
 /// What a successful reload changed.
@@ -75,6 +81,11 @@ impl Gateway {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.shared.runtime.load_full();
+        if self.shared.auth.is_none() {
+            if let Some(route) = config.routes.iter().find(|r| r.get_ref().auth.is_some()) {
+                return Err(ReloadError::AuthNotRunning(route.get_ref().name.clone()));
+            }
+        }
         let needs_restart = restart_only_changes(&current.config, &config);
         let generation = self.shared.generation.load(Ordering::Relaxed) + 1;
         let base_dir = self.shared.config_path.as_deref().and_then(Path::parent);
@@ -158,6 +169,13 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.admin.listen != new.admin.listen {
         changed.push("admin.listen".to_owned());
+    }
+    // Authentication opens its database and session store once, at start.
+    if old.auth.as_ref().map(|a| a.get_ref()) != new.auth.as_ref().map(|a| a.get_ref()) {
+        changed.push("auth".to_owned());
+    }
+    if old.store.database != new.store.database || old.store.data_dir != new.store.data_dir {
+        changed.push("store.database / store.data_dir".to_owned());
     }
     changed
 }

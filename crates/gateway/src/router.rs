@@ -81,6 +81,8 @@ pub(crate) struct CompiledRoute {
     pub rate_limit: Option<crate::ratelimit::RateLimit>,
     /// The route's response cache, when `[routes.cache]` is set.
     pub cache: Option<Arc<crate::cache::RouteCache>>,
+    /// Who may use the route, when `auth` is set.
+    pub auth: Option<sekisho_config::RouteAuth>,
 }
 
 /// The routes in order.
@@ -178,6 +180,7 @@ impl CompiledRoute {
             concurrency: None,
             rate_limit: None,
             cache: None,
+            auth: route.auth.as_ref().map(|auth| auth.get_ref().clone()),
         }
     }
 

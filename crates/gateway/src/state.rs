@@ -45,6 +45,8 @@ pub(crate) struct GatewayState {
     /// The event loop's own scheduling delay, for the adaptive limits, the circuit breakers and
     /// the overload guard (probed only while one of them is configured).
     pub(crate) lag: Arc<SchedulingLag>,
+    /// Edge authentication, when `[auth]` is set (opened by the binary, kept across reloads).
+    pub(crate) auth: Option<Arc<sekisho_auth::Auth>>,
 }
 
 impl GatewayState {

@@ -64,6 +64,86 @@ enum Command {
     /// Put a URL or a gateway under load with a built-in scenario and judge it: exit 0 when the
     /// run met its criteria, 1 when not, 2 when it could not run (docs/load.md).
     Load(Box<LoadArgs>),
+    /// Users of edge authentication ([auth]).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Roles and their permissions.
+    Role {
+        #[command(subcommand)]
+        command: RoleCommand,
+    },
+    /// Apply the database's pending schema migrations (or list them with --status).
+    Migrate {
+        /// The config file (TOML): its [store] names the database.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// List each migration and whether it is applied, without applying anything.
+        #[arg(long)]
+        status: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user, with a password read from stdin or an existing hash.
+    Add {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user's name.
+        name: String,
+        /// A role for the user (repeat for more); the role must exist.
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Read the password from stdin (one line).
+        #[arg(long, conflicts_with = "password_hash")]
+        password_stdin: bool,
+        /// An existing hash (argon2id, bcrypt or MD5 hex) imported from an older system.
+        #[arg(long)]
+        password_hash: Option<String>,
+    },
+    /// Set a user's password (read from stdin); its sessions are revoked.
+    Passwd {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user's name.
+        name: String,
+        /// Read the password from stdin (one line).
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// Delete a user and its sessions.
+    Del {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The user's name.
+        name: String,
+    },
+    /// List users: name, roles, disabled, password scheme.
+    List {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RoleCommand {
+    /// Create a role, or replace the permissions of an existing one.
+    Add {
+        /// The config file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The role's name.
+        name: String,
+        /// A permission of the role (repeat for more).
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+    },
 }
 
 /// Watches the gateway every `monitor.interval`: its upstreams, circuits and the host's vitals
@@ -267,8 +347,13 @@ fn main() -> ExitCode {
         } => exit_with(run_upstream(listen, latency, error_rate, name)),
         Command::Demo { config } => exit_with(demo(config.as_deref())),
         Command::Load(args) => load(*args),
+        Command::User { command } => exit_with(users::user(command)),
+        Command::Role { command } => exit_with(users::role(command)),
+        Command::Migrate { config, status } => exit_with(users::migrate(&config, status)),
     }
 }
+
+mod users;
 
 fn exit_with(result: anyhow::Result<()>) -> ExitCode {
     match result {
@@ -349,7 +434,21 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
     let watch_interval = config.admin.watch_interval.0;
     let summary = config.summary();
     let (config_path, file_bytes) = file.unzip();
-    let gateway = Gateway::new(config, config_path.clone()).context("cannot start the gateway")?;
+    let auth = match &config.auth {
+        Some(_) => {
+            let base_dir = config_path.as_deref().and_then(Path::parent);
+            let auth = sekisho_auth::Auth::open(&config, base_dir)
+                .await
+                .context("cannot start authentication")?;
+            let auth = std::sync::Arc::new(auth);
+            auth.spawn_housekeeping(Duration::from_secs(10));
+            auth.spawn_warming(auth.config().warm_interval.0);
+            Some(auth)
+        }
+        None => None,
+    };
+    let gateway = Gateway::with_auth(config, config_path.clone(), auth)
+        .context("cannot start the gateway")?;
     if let Some(bytes) = file_bytes {
         gateway.loaded_file_contents(bytes);
     }

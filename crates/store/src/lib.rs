@@ -9,6 +9,9 @@
 //! - the shared (L2) tier of the response cache ([`cache::RedisCache`]: entries, tags, the fill
 //!   lock that lets one instance fetch a cold key for all, and the purge channel every instance
 //!   subscribes to, [`cache::subscribe`]);
+//! - sessions every instance validates (`[auth] session_store = "redis"`,
+//!   [`sessions::RedisSessions`]: token hashes, rotation with reuse detection, revocation
+//!   published on a channel);
 //! - store URLs without their credentials ([`redact_url`], [`redact_in`]), for everything that
 //!   shows or logs them.
 //!
@@ -32,6 +35,7 @@ pub mod cache;
 pub mod instances;
 pub mod ratelimit;
 mod redact;
+pub mod sessions;
 
 pub use redact::{redact_in, redact_url};
 

@@ -8,7 +8,7 @@
 //! One file per section: [`Server`] (`server.rs`), [`Admin`] (`admin.rs`), [`Store`]
 //! (`store.rs`), [`Upstream`] with its health checks, outlier detection, circuit breaker and
 //! bulkhead (`upstream.rs`), [`Route`] with its headers, retries and fallback (`route.rs`),
-//! [`RateLimit`] (`ratelimit.rs`) and [`Cache`] (`cache.rs`); the value types they share
+//! [`RateLimit`] (`ratelimit.rs`), [`Cache`] (`cache.rs`) and [`Auth`] (`auth.rs`); the value types they share
 //! ([`Positive`], [`Bytes`], [`Ratio`], …) are in `values.rs`.
 
 use std::collections::BTreeMap;
@@ -19,6 +19,7 @@ pub use toml::Spanned;
 
 mod admin;
 mod alerts;
+mod auth;
 mod cache;
 mod ratelimit;
 mod route;
@@ -29,6 +30,7 @@ mod values;
 
 pub use admin::*;
 pub use alerts::*;
+pub use auth::*;
 pub use cache::*;
 pub use ratelimit::*;
 pub use route::*;
@@ -63,6 +65,11 @@ pub struct Config {
     /// Alert rules, receivers and the alert manager's timing.
     #[serde(default)]
     pub alerts: Alerts,
+    /// Edge authentication: users, sessions, the login endpoints; absent: none, and no route
+    /// may ask for `auth`.
+    #[serde(default)]
+    #[schemars(with = "Option<Auth>")]
+    pub auth: Option<Spanned<Auth>>,
 }
 
 fn default_true() -> bool {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::{
     AdaptiveConcurrency, Bytes, Cache, FailureKind, HeaderNameString, HeaderValueString, Method,
-    Positive, RateLimit, Ratio, Spanned,
+    Positive, RateLimit, Ratio, RouteAuth, Spanned,
 };
 use crate::duration::{ConfigDuration, NonZeroDuration};
 
@@ -71,6 +71,11 @@ pub struct Route {
     #[serde(default)]
     #[schemars(with = "Option<AdaptiveConcurrency>")]
     pub adaptive_concurrency: Option<Spanned<AdaptiveConcurrency>>,
+    /// Who may use this route: `"authenticated"`, `{ permission = "…" }` or `{ role = "…" }`
+    /// (needs `[auth]`).
+    #[serde(default)]
+    #[schemars(with = "Option<RouteAuth>")]
+    pub auth: Option<Spanned<RouteAuth>>,
 }
 
 /// `[routes.fallback]` (extension).

@@ -59,10 +59,17 @@ pub(super) fn request_bypass(
     if method != Method::GET && method != Method::HEAD {
         return Some("method");
     }
-    if headers.contains_key(header::AUTHORIZATION) && !cache_authorized {
+    if is_authorized(headers) && !cache_authorized {
         return Some("bypass");
     }
     None
+}
+
+/// Whether the request carries credentials: an `Authorization` header, or an identity the
+/// gateway's authentication set (`X-Auth-User-Id`, which a client cannot send: its copies are
+/// removed first) — a session cookie is a credential too.
+pub(super) fn is_authorized(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::AUTHORIZATION) || headers.contains_key("x-auth-user-id")
 }
 
 /// Whether the client asked for a fresh answer (`no-cache`, `max-age=0`, or `Pragma:

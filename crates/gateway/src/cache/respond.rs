@@ -146,7 +146,7 @@ impl Fetch {
             return pass(response);
         }
         let cache = Arc::clone(&self.cache);
-        let authorized = self.request_headers.contains_key(header::AUTHORIZATION);
+        let authorized = http::is_authorized(&self.request_headers);
         let Some(lifetime) = http::freshness(
             response.status(),
             response.headers(),

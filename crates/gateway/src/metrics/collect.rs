@@ -356,3 +356,56 @@ impl Collector for ProcessCollector {
         Ok(())
     }
 }
+
+/// Edge authentication's figures: live sessions and the identity cache's look-ups.
+#[derive(Debug)]
+pub(super) struct AuthCollector {
+    pub(super) figures: Arc<sekisho_auth::AuthFigures>,
+}
+
+impl Collector for AuthCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sessions = self.figures.active_sessions.load(Relaxed);
+        ConstGauge::new(sessions).encode(encoder.encode_descriptor(
+            names::ACTIVE_SESSIONS,
+            "Live sessions, as last counted (every 10 s)",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        let mut family = encoder.encode_descriptor(
+            names::AUTH_CACHE_OPERATIONS,
+            "Identity cache look-ups by tier (l1 in process, l2 Redis), cache and result",
+            None,
+            MetricType::Counter,
+        )?;
+        let figures = &self.figures;
+        for (tier, cache, result, count) in [
+            ("l1", "session", "hit", figures.cache_hits.load(Relaxed)),
+            ("l1", "session", "miss", figures.cache_misses.load(Relaxed)),
+            ("l1", "user_basic", "hit", figures.user_hits.load(Relaxed)),
+            (
+                "l1",
+                "user_basic",
+                "miss",
+                figures.user_misses.load(Relaxed),
+            ),
+            (
+                "l2",
+                "user_permissions",
+                "hit",
+                figures.l2_hits.load(Relaxed),
+            ),
+            (
+                "l2",
+                "user_permissions",
+                "miss",
+                figures.l2_misses.load(Relaxed),
+            ),
+        ] {
+            let labels = [("tier", tier), ("cache", cache), ("result", result)];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

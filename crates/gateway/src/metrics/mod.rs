@@ -16,7 +16,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::upstream::UpstreamGroup;
-use collect::{ProcessCollector, TargetCollector};
+use collect::{AuthCollector, ProcessCollector, TargetCollector};
 
 use crate::lag::SchedulingLag;
 
@@ -96,6 +96,15 @@ pub(crate) mod names {
     pub(crate) const EVENT_LOOP_BUSY: &str = "sekisho_event_loop_busy_ratio";
     /// Requests refused because the gateway itself was overloaded (`[server.overload]`).
     pub(crate) const OVERLOAD_REFUSED: &str = "sekisho_overload_refused";
+    /// Auth operations (login, refresh, logout, me, validate), by status and error type.
+    pub(crate) const AUTH_REQUESTS: &str = "sekisho_auth_requests";
+    /// Seconds per auth operation, by operation.
+    pub(crate) const AUTH_DURATION: &str = "sekisho_auth_duration_seconds";
+    /// Live sessions, as last counted (every 10 s).
+    pub(crate) const ACTIVE_SESSIONS: &str = "sekisho_active_sessions";
+    /// Identity cache look-ups by tier (l1, l2), cache (session, user_basic,
+    /// user_permissions) and result (hit, miss).
+    pub(crate) const AUTH_CACHE_OPERATIONS: &str = "sekisho_auth_cache_operations";
 }
 
 /// Each route's adaptive concurrency limit, by route name.
@@ -141,6 +150,10 @@ pub(crate) struct Metrics {
     pub overload_refused: Counter,
     /// Unix time of the config in force.
     pub config_loaded_timestamp: Gauge,
+    auth_requests: Family<Labels, Counter>,
+    auth_durations: Family<Labels, Histogram>,
+    /// The handles of a session validated on a route (every authenticated request), made once.
+    validated: Option<(Counter, Histogram)>,
 }
 
 /// The metric handles of one route.
@@ -161,7 +174,10 @@ impl RouteMetrics {
 
 impl Metrics {
     /// Registers every metric.
-    pub(crate) fn new(lag: &Arc<SchedulingLag>) -> Arc<Self> {
+    pub(crate) fn new(
+        lag: &Arc<SchedulingLag>,
+        auth: Option<Arc<sekisho_auth::AuthFigures>>,
+    ) -> Arc<Self> {
         let mut registry = Registry::default();
         let requests = Family::<Labels, Counter>::default();
         registry.register(
@@ -278,6 +294,35 @@ impl Metrics {
             "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass)",
             cache_lookups.clone(),
         );
+        let auth_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            names::AUTH_REQUESTS,
+            "Auth operations (login, refresh, logout, me, validate), by status and error type",
+            auth_requests.clone(),
+        );
+        let auth_durations = Family::<Labels, Histogram>::new_with_constructor(
+            (|| Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])) as fn() -> Histogram,
+        );
+        registry.register(
+            names::AUTH_DURATION,
+            "Seconds per auth operation, by operation",
+            auth_durations.clone(),
+        );
+        let validated = auth.as_ref().map(|_| {
+            let ok = auth_requests
+                .get_or_create(&vec![
+                    ("status", "200".to_owned()),
+                    ("error_type", "none".to_owned()),
+                ])
+                .clone();
+            let took = auth_durations
+                .get_or_create(&vec![("operation", "validate".to_owned())])
+                .clone();
+            (ok, took)
+        });
+        if let Some(figures) = auth {
+            registry.register_collector(Box::new(AuthCollector { figures }));
+        }
         registry.register_collector(Box::new(ProcessCollector {
             lag: Arc::clone(lag),
         }));
@@ -312,7 +357,29 @@ impl Metrics {
             header_read_timeouts,
             overload_refused,
             config_loaded_timestamp,
+            auth_requests,
+            auth_durations,
+            validated,
         })
+    }
+
+    /// Counts one auth operation and its time: `status` is the answer's (200 for a session
+    /// validated on a route), `error_type` the contract code of a refusal or `none`.
+    pub(crate) fn record_auth(&self, operation: &str, status: u16, error_type: &str, seconds: f64) {
+        if let (Some((ok, took)), "validate", 200) = (&self.validated, operation, status) {
+            ok.inc();
+            took.observe(seconds);
+            return;
+        }
+        self.auth_requests
+            .get_or_create(&vec![
+                ("status", status.to_string()),
+                ("error_type", error_type.to_owned()),
+            ])
+            .inc();
+        self.auth_durations
+            .get_or_create(&vec![("operation", operation.to_owned())])
+            .observe(seconds);
     }
 
     /// The handles of `route` → `upstream` (created on first use, then shared).

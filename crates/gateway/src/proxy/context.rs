@@ -80,6 +80,9 @@ pub(super) struct Record {
     pub(super) rate: Option<Decision>,
     /// What the cache did, for `Cache-Status`.
     pub(super) cache_status: Option<HeaderValue>,
+    /// The auth operation this request was (an endpoint, or `validate` on a route with
+    /// `auth`) and how long it took, for the auth metrics.
+    pub(super) auth: Option<(&'static str, std::time::Duration)>,
 }
 
 /// One request's context through the steps, in place of long argument lists.

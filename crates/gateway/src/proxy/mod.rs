@@ -2,8 +2,11 @@
 //!
 //! - [`handle`] (here): the request's context made, the steps run, the answer finished (request
 //!   id, `RateLimit-*`, `Cache-Status`), metrics recorded and the access line written;
-//! - `steps`: head checks, the server's rate limit, the route, its body and rate limits, the
-//!   cache, adaptive concurrency, then the call and the static fallback;
+//! - `steps`: head checks, the server's rate limit, the auth endpoints, the route, its body
+//!   limit, `auth` requirement and rate limit, the cache, adaptive concurrency, then the call
+//!   and the static fallback;
+//! - `auth`: the endpoints under `[auth] path_prefix` and a route's `auth` requirement (with
+//!   `sekisho-auth`), the identity headers;
 //! - `call`: the request rewritten for the upstream, the body made resendable when a retry may
 //!   need it, the attempts, the alternate upstream of the fallback;
 //! - `admission`: the circuit breaker's permit and the bulkhead's slot;
@@ -19,6 +22,7 @@
 mod access_log;
 mod admission;
 mod attempt;
+mod auth;
 mod call;
 mod context;
 mod forwarding;
@@ -73,7 +77,7 @@ pub(crate) async fn handle(
             "both Transfer-Encoding and Content-Length are set".to_owned(),
         ))
     } else {
-        steps::run(&runtime, &mut exchange, request).await
+        steps::run(&runtime, shared.auth.as_deref(), &mut exchange, request).await
     };
     if let Some(permit) = exchange.record.concurrency.take() {
         steps::sample_concurrency(permit, &mut answered, &exchange);
@@ -114,6 +118,16 @@ pub(crate) async fn handle(
         None => shared
             .unrouted_metrics
             .record(status, elapsed.as_secs_f64()),
+    }
+    if let Some((operation, took)) = record.auth {
+        let error_type = record.error.as_ref().map_or("none", |error| error.code());
+        let auth_status = match (operation, &record.error) {
+            ("validate", None) => 200,
+            _ => status,
+        };
+        shared
+            .metrics
+            .record_auth(operation, auth_status, error_type, took.as_secs_f64());
     }
     if let Some(access) = access {
         access.log(&exchange, status, elapsed);

@@ -1,6 +1,7 @@
 //! The steps of a request before and around the upstream call, in the order of
-//! ARCHITECTURE.md: head checks, the server's rate limit, the route, the route's body and rate
-//! limits, the cache, adaptive concurrency, the call, the cache's fill, the static fallback.
+//! ARCHITECTURE.md: head checks, the server's rate limit, the auth endpoints, the route, the
+//! route's body limit, its `auth` requirement and its rate limit, the cache, adaptive
+//! concurrency, the call, the cache's fill, the static fallback.
 
 use std::sync::Arc;
 
@@ -10,6 +11,9 @@ use hyper::body::Incoming;
 use sekisho_policy::concurrency::{Permit as ConcurrencyPermit, Sample};
 use tokio::time::Instant;
 
+use sekisho_auth::Auth;
+
+use super::auth as auth_step;
 use super::call::call_upstream;
 use super::context::{ClientInfo, Exchange, Record};
 use super::forwarding::{content_length, host_of, host_text, strip_port};
@@ -26,6 +30,7 @@ use crate::runtime::Runtime;
 /// ([`call_upstream`]), the cache's fill, and the static fallback.
 pub(super) async fn run(
     runtime: &Runtime,
+    auth: Option<&Auth>,
     exchange: &mut Exchange,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -40,10 +45,33 @@ pub(super) async fn run(
             &exchange.client,
             &parts.headers,
             None,
+            None,
             started,
             &mut client_ip,
         );
         apply_rate_limit(limit, &source, &mut exchange.record).await?;
+    }
+    if let Some(auth) = auth {
+        let prefix = &auth.config().path_prefix;
+        if let Some(endpoint) = auth_step::Endpoint::of(prefix, parts.uri.path()) {
+            let ip = *client_ip.get_or_insert_with(|| {
+                runtime
+                    .trusted_proxies
+                    .client_ip(exchange.client.remote.ip(), &parts.headers)
+            });
+            let began = Instant::now();
+            let answer = auth_step::serve(
+                auth,
+                endpoint,
+                &parts,
+                body,
+                ip,
+                runtime.listener.header_read_timeout,
+            )
+            .await;
+            exchange.record.auth = Some((endpoint.operation(), began.elapsed()));
+            return answer;
+        }
     }
     exchange.host = host_of(&parts.headers, &parts.uri);
     let route = {
@@ -71,12 +99,36 @@ pub(super) async fn run(
             });
         }
     }
+    // Authentication, between the route and its rate limit. Identity headers are the gateway's
+    // to set: a client's copies never reach an upstream, on any route.
+    auth_step::strip_identity(&mut parts.headers);
+    let mut identity = None;
+    if let Some(requirement) = &route.auth {
+        let Some(auth) = auth else {
+            return Err(GatewayError::AuthUnavailable(
+                "the route asks for `auth` but authentication is not running".into(),
+            ));
+        };
+        let ip = *client_ip.get_or_insert_with(|| {
+            runtime
+                .trusted_proxies
+                .client_ip(exchange.client.remote.ip(), &parts.headers)
+        });
+        let began = Instant::now();
+        let checked =
+            auth_step::require(auth, requirement, &route.name, &mut parts.headers, ip).await;
+        exchange.record.auth = Some(("validate", began.elapsed()));
+        identity = Some(checked?);
+    }
     if let Some(limit) = &route.rate_limit {
         let source = key_source(
             runtime,
             &exchange.client,
             &parts.headers,
             Some(&route.name),
+            identity
+                .as_deref()
+                .map(|identity| identity.username.as_str()),
             started,
             &mut client_ip,
         );
@@ -221,6 +273,7 @@ fn key_source<'a>(
     client: &ClientInfo,
     headers: &'a HeaderMap,
     route: Option<&'a str>,
+    user: Option<&'a str>,
     started: Instant,
     client_ip: &mut Option<std::net::IpAddr>,
 ) -> KeySource<'a> {
@@ -232,6 +285,7 @@ fn key_source<'a>(
         }),
         headers,
         route,
+        user,
         at: started,
     }
 }

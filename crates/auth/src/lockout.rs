@@ -1,0 +1,161 @@
+//! Brute-force protection: failed logins counted per account and per client address within a
+//! window; past `max_failures` the account (or the address) is locked for `duration`, and a
+//! login is refused at once with 429 and `Retry-After`, before any password is hashed.
+//!
+//! The counts are this instance's (in process, bounded); an account's lockout is also written
+//! to the user's row (`locked_until`) through the background queue, where the admin API shows
+//! it and an operator clears it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Most accounts and addresses tracked at once; past it, entries without a lockout go first.
+const MAX_TRACKED: usize = 100_000;
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    window_start: Instant,
+    locked_until: Option<Instant>,
+}
+
+/// What failed: an account or a client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// A user name (known or not).
+    Account,
+    /// A client address.
+    Address,
+}
+
+/// The failure counts of this instance.
+#[derive(Debug)]
+pub struct Lockout {
+    max_failures: u32,
+    window: Duration,
+    duration: Duration,
+    entries: Mutex<HashMap<String, Failures>>,
+}
+
+fn key(subject: Subject, name: &str) -> String {
+    match subject {
+        Subject::Account => format!("u:{name}"),
+        Subject::Address => format!("a:{name}"),
+    }
+}
+
+impl Lockout {
+    /// From `[auth] lockout`.
+    pub fn new(config: sekisho_config::Lockout) -> Self {
+        Self {
+            max_failures: config.max_failures,
+            window: config.window.get(),
+            duration: config.duration.get(),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How long `name` stays locked, if it is.
+    pub fn locked(&self, subject: Subject, name: &str, now: Instant) -> Option<Duration> {
+        let entries = self.entries();
+        let until = entries.get(&key(subject, name))?.locked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    /// Counts a failure; returns the lockout's length when this failure started one.
+    pub fn fail(&self, subject: Subject, name: &str, now: Instant) -> Option<Duration> {
+        if self.max_failures == 0 {
+            return None;
+        }
+        let mut entries = self.entries();
+        if entries.len() >= MAX_TRACKED {
+            entries.retain(|_, f| f.locked_until.is_some_and(|until| until > now));
+        }
+        let entry = entries.entry(key(subject, name)).or_insert(Failures {
+            count: 0,
+            window_start: now,
+            locked_until: None,
+        });
+        if now.duration_since(entry.window_start) > self.window
+            || entry.locked_until.is_some_and(|until| until <= now)
+        {
+            *entry = Failures {
+                count: 0,
+                window_start: now,
+                locked_until: None,
+            };
+        }
+        entry.count += 1;
+        if entry.count >= self.max_failures && entry.locked_until.is_none() {
+            entry.locked_until = Some(now + self.duration);
+            return Some(self.duration);
+        }
+        None
+    }
+
+    /// Forgets the failures of `name` (a successful login, an operator's unlock).
+    pub fn clear(&self, subject: Subject, name: &str) {
+        self.entries().remove(&key(subject, name));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lockout(max_failures: u32) -> Lockout {
+        Lockout::new(sekisho_config::Lockout {
+            max_failures,
+            window: sekisho_config::NonZeroDuration(Duration::from_secs(60)),
+            duration: sekisho_config::NonZeroDuration(Duration::from_secs(30)),
+        })
+    }
+
+    #[test]
+    fn the_nth_failure_locks_until_the_duration_passes() {
+        let lockout = lockout(3);
+        let start = Instant::now();
+        assert_eq!(lockout.fail(Subject::Account, "ann", start), None);
+        assert_eq!(lockout.fail(Subject::Account, "ann", start), None);
+        assert_eq!(lockout.locked(Subject::Account, "ann", start), None);
+        assert_eq!(
+            lockout.fail(Subject::Account, "ann", start),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            lockout.locked(Subject::Account, "ann", start + Duration::from_secs(10)),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(lockout.locked(Subject::Address, "ann", start), None);
+        let after = start + Duration::from_secs(31);
+        assert_eq!(lockout.locked(Subject::Account, "ann", after), None);
+        assert_eq!(
+            lockout.fail(Subject::Account, "ann", after),
+            None,
+            "counts anew"
+        );
+    }
+
+    #[test]
+    fn failures_outside_the_window_start_over_and_clear_forgets() {
+        let lockout = lockout(2);
+        let start = Instant::now();
+        assert_eq!(lockout.fail(Subject::Address, "10.0.0.1", start), None);
+        let later = start + Duration::from_secs(61);
+        assert_eq!(lockout.fail(Subject::Address, "10.0.0.1", later), None);
+        lockout.clear(Subject::Address, "10.0.0.1");
+        assert_eq!(lockout.fail(Subject::Address, "10.0.0.1", later), None);
+        assert!(lockout.fail(Subject::Address, "10.0.0.1", later).is_some());
+        assert_eq!(
+            super::tests::lockout(0).fail(Subject::Account, "x", start),
+            None
+        );
+    }
+}

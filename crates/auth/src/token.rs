@@ -1,0 +1,88 @@
+//! Opaque tokens: 256 random bits from the operating system, written as 64 hex digits; the
+//! stores keep only their SHA-256, so a leaked table or Redis dump holds no usable token.
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use sha2::{Digest, Sha256};
+
+use crate::password::hex;
+
+/// A new token (or session id): 32 random bytes in hex.
+pub fn new_token() -> String {
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+/// What the stores keep of `token`: its SHA-256 in hex.
+pub fn token_hash(token: &str) -> String {
+    hex(&token_digest(token))
+}
+
+/// The SHA-256 of `token`: the in-process session cache's key (no text made per request).
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// The 32 bytes a token spells (`None` when it is not one of ours: 64 lowercase hex digits):
+/// the in-process session cache's key, read without hashing (a SHA-256 costs more than the
+/// rest of a cached validation; the stores, which keep tokens at rest, keep only their hash).
+pub fn token_key(token: &str) -> Option<[u8; 32]> {
+    fn nibble(byte: u8) -> Option<u8> {
+        match byte {
+            b'0'..=b'9' => Some(byte - b'0'),
+            b'a'..=b'f' => Some(byte - b'a' + 10),
+            _ => None,
+        }
+    }
+    let bytes = token.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (slot, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
+        *slot = nibble(pair[0])? << 4 | nibble(pair[1])?;
+    }
+    Some(key)
+}
+
+/// The digest written by [`token_hash`], read back (`None` if it is not 64 hex digits).
+pub fn digest_of_hash(hash: &str) -> Option<[u8; 32]> {
+    let bytes = hash.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (index, pair) in bytes.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        digest[index] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(digest)
+}
+
+/// Whether `text` looks like one of our tokens (64 lowercase hex digits): anything else is
+/// refused before any store is asked.
+pub fn looks_like_token(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_hex_and_hashed() {
+        let a = new_token();
+        let b = new_token();
+        assert_ne!(a, b);
+        assert!(looks_like_token(&a));
+        assert!(!looks_like_token("abc"));
+        assert_eq!(token_hash(&a).len(), 64);
+        assert_ne!(token_hash(&a), a);
+        assert_eq!(digest_of_hash(&token_hash(&a)), Some(token_digest(&a)));
+        assert_eq!(digest_of_hash("xyz"), None);
+        assert!(token_key(&a).is_some());
+        assert_eq!(token_key(&a.to_uppercase()), None);
+        assert_eq!(token_key("abc"), None);
+        assert_eq!(token_key(&"0f".repeat(32)), Some([0x0f; 32]));
+    }
+}
