@@ -25,7 +25,10 @@ use sekisho_gateway::{new_request_id, Gateway, ReloadError};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+mod alerts;
 mod users;
+
+pub use alerts::SharedMonitor;
 
 /// The admin listener, bound.
 #[derive(Debug)]
@@ -38,6 +41,8 @@ pub struct AdminServer {
 struct AdminState {
     gateway: Gateway,
     token: Option<String>,
+    /// The monitor, when the binary runs one (set before serving).
+    alerts: std::sync::OnceLock<SharedMonitor>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -51,8 +56,18 @@ impl AdminServer {
     ) -> std::io::Result<Self> {
         Ok(Self {
             listener: TcpListener::bind(address).await?,
-            state: Arc::new(AdminState { gateway, token }),
+            state: Arc::new(AdminState {
+                gateway,
+                token,
+                alerts: std::sync::OnceLock::new(),
+            }),
         })
+    }
+
+    /// Serves the alerting endpoints from `monitor` (otherwise they answer 503 `MONITOR_OFF`).
+    pub fn with_alerts(self, monitor: SharedMonitor) -> Self {
+        let _ = self.state.alerts.set(monitor);
+        self
     }
 
     /// The bound address.
@@ -123,6 +138,17 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
                 &format!("{method} is not allowed on {path}"),
             ),
         };
+    }
+    if let Some(rest) = path.strip_prefix("/api/v1/alerts") {
+        if rest.is_empty() || rest.starts_with('/') {
+            return alerts::alerts(state, &method, rest);
+        }
+    }
+    if let Some(rest) = path.strip_prefix("/api/v1/silences") {
+        if rest.is_empty() || rest.starts_with('/') {
+            let rest = rest.to_owned();
+            return alerts::silences(state, &rest, request).await;
+        }
     }
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({"status": "ok"})),

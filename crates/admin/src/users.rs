@@ -32,7 +32,7 @@ fn failed(why: &AuthError) -> AdminResponse {
     error(status, code, &why.to_string())
 }
 
-async fn body_json<T: serde::de::DeserializeOwned>(
+pub(crate) async fn body_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, Box<AdminResponse>> {
     let bytes = http_body_util::Limited::new(request.into_body(), MAX_ADMIN_BODY)

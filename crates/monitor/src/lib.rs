@@ -13,8 +13,8 @@ mod rules;
 mod run;
 
 pub use manager::{
-    fingerprint, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver, Settings,
-    Severity, Silence, Status,
+    fingerprint, ActiveAlert, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver,
+    Settings, Severity, Silence, Status,
 };
 pub use rules::{default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals};
 pub use run::{deliver, Delivery, Monitor, Vitals, MAX_DELIVERY_AGE};

@@ -192,13 +192,33 @@ struct Group {
     told: HashMap<String, (BTreeMap<String, Option<Severity>>, Instant)>,
 }
 
+/// An alert firing now, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActiveAlert {
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// Its labels.
+    pub labels: Labels,
+    /// Its annotations.
+    pub annotations: Labels,
+    /// Its severity.
+    pub severity: Severity,
+    /// Silenced or inhibited.
+    pub muted: bool,
+    /// Acknowledged.
+    pub acknowledged: bool,
+    /// How long it has been firing.
+    pub firing_for: Duration,
+}
+
 /// The alert manager's state.
 #[derive(Debug)]
 pub struct AlertManager {
     settings: Settings,
     alerts: HashMap<String, Alert>,
     groups: BTreeMap<String, Group>,
-    silences: Vec<Silence>,
+    silences: Vec<(u64, Silence)>,
+    next_silence: u64,
 }
 
 impl AlertManager {
@@ -209,6 +229,7 @@ impl AlertManager {
             alerts: HashMap::new(),
             groups: BTreeMap::new(),
             silences: Vec::new(),
+            next_silence: 1,
         }
     }
 
@@ -286,9 +307,52 @@ impl AlertManager {
         }
     }
 
-    /// Adds a silence.
-    pub fn silence(&mut self, silence: Silence) {
-        self.silences.push(silence);
+    /// Adds a silence; its id.
+    pub fn silence(&mut self, silence: Silence) -> u64 {
+        let id = self.next_silence;
+        self.next_silence += 1;
+        self.silences.push((id, silence));
+        id
+    }
+
+    /// The silences in force at `now`, with their ids.
+    pub fn silences(&self, now: Instant) -> Vec<(u64, Silence)> {
+        self.silences
+            .iter()
+            .filter(|(_, s)| s.until > now)
+            .cloned()
+            .collect()
+    }
+
+    /// Ends a silence at once; false if there is no such silence.
+    pub fn expire_silence(&mut self, id: u64) -> bool {
+        let before = self.silences.len();
+        self.silences.retain(|(i, _)| *i != id);
+        self.silences.len() != before
+    }
+
+    /// The alerts firing at `now`, most severe first.
+    pub fn active_alerts(&self, now: Instant) -> Vec<ActiveAlert> {
+        let mut active: Vec<ActiveAlert> = self
+            .alerts
+            .iter()
+            .filter(|(_, a)| a.ends_at.is_none())
+            .map(|(fp, a)| ActiveAlert {
+                fingerprint: fp.clone(),
+                labels: a.labels.clone(),
+                annotations: a.annotations.clone(),
+                severity: a.severity,
+                muted: self.is_muted(a, now),
+                acknowledged: a.acked,
+                firing_for: now.saturating_duration_since(a.starts_at),
+            })
+            .collect();
+        active.sort_by(|a, b| {
+            b.severity
+                .cmp(&a.severity)
+                .then_with(|| a.fingerprint.cmp(&b.fingerprint))
+        });
+        active
     }
 
     /// Whether the alert is muted at `now`, by a silence or by inhibition.
@@ -299,7 +363,7 @@ impl AlertManager {
     }
 
     fn is_muted(&self, alert: &Alert, now: Instant) -> bool {
-        let silenced = self.silences.iter().any(|silence| {
+        let silenced = self.silences.iter().any(|(_, silence)| {
             silence.until > now && silence.matchers.iter().all(|m| m.matches(&alert.labels))
         });
         let inhibited = alert.ends_at.is_none()
@@ -328,7 +392,7 @@ impl AlertManager {
     /// The notifications due at `now`; what they say is recorded as told, and resolved alerts
     /// every receiver has been told about are forgotten.
     pub fn flush(&mut self, now: Instant) -> Vec<Notification> {
-        self.silences.retain(|silence| silence.until > now);
+        self.silences.retain(|(_, silence)| silence.until > now);
         let mut out = Vec::new();
         let keys: Vec<String> = self.groups.keys().cloned().collect();
         for key in keys {

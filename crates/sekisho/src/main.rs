@@ -149,10 +149,8 @@ enum RoleCommand {
 /// Watches the gateway every `monitor.interval`: its upstreams, circuits and the host's vitals
 /// as signals, the alert rules over them, notifications to the receivers' webhooks (the config
 /// at start; a reload does not change the rules yet).
-async fn monitor(gateway: Gateway) {
-    let config = gateway.config();
-    let interval = config.monitor.interval.0;
-    let mut monitor = sekisho_monitor::Monitor::new(&config.alerts, std::time::Instant::now());
+async fn monitor(gateway: Gateway, shared: sekisho_admin::SharedMonitor) {
+    let interval = gateway.config().monitor.interval.0;
     let (deliveries, queue) = tokio::sync::mpsc::unbounded_channel();
     let deliverer = tokio::spawn(sekisho_monitor::deliver(queue));
     let mut vitals = sekisho_monitor::Vitals::default();
@@ -163,7 +161,11 @@ async fn monitor(gateway: Gateway) {
         let mut signals = sekisho_monitor::Signals::new();
         vitals.sample(&mut signals);
         gateway_signals(&gateway, &mut signals);
-        for delivery in monitor.cycle(&signals, std::time::Instant::now()) {
+        let due = shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cycle(&signals, std::time::Instant::now());
+        for delivery in due {
             if deliveries.send(delivery).is_err() {
                 deliverer.abort();
                 return;
@@ -456,9 +458,18 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
         .bind()
         .await
         .with_context(|| format!("cannot listen on {}", gateway.config().server.listen))?;
-    let admin = sekisho_admin::AdminServer::bind(&admin_listen, gateway.clone(), admin_token)
+    let mut admin = sekisho_admin::AdminServer::bind(&admin_listen, gateway.clone(), admin_token)
         .await
         .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
+    let alerting = (!gateway.config().alerts.receivers.is_empty()).then(|| {
+        std::sync::Arc::new(std::sync::Mutex::new(sekisho_monitor::Monitor::new(
+            &gateway.config().alerts,
+            std::time::Instant::now(),
+        )))
+    });
+    if let Some(monitor) = &alerting {
+        admin = admin.with_alerts(std::sync::Arc::clone(monitor));
+    }
     let address = listener.local_addr()?;
     let admin_address = admin.local_addr()?;
     tracing::info!(
@@ -479,8 +490,7 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
         let gateway = gateway.clone();
         tokio::spawn(async move { gateway.watch_config_file(watch_interval).await })
     });
-    let monitor_task = (!gateway.config().alerts.receivers.is_empty())
-        .then(|| tokio::spawn(monitor(gateway.clone())));
+    let monitor_task = alerting.map(|shared| tokio::spawn(monitor(gateway.clone(), shared)));
 
     gateway.serve(listener, shutdown_signal()).await;
 

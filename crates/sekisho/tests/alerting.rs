@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sekisho_load::ChaosState;
-use sekisho_testkit::{chaos_upstream, client, try_send, Sekisho, TempDir};
+use sekisho_testkit::{chaos_upstream, client, send, try_send, Sekisho, TempDir};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -93,6 +93,73 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     assert_eq!(alert["annotations"]["summary"], "the app's circuit is open");
     let fingerprint = alert["fingerprint"].as_str().unwrap().to_owned();
     assert_eq!(fingerprint.len(), 16);
+
+    // The admin API shows it, silences it and acknowledges it.
+    let admin = |path: &str| gateway.admin_url(path);
+    let active = send(&http, "GET", &admin("/api/v1/alerts"), &[], Bytes::new()).await;
+    let listed = &active.json()["alerts"][0];
+    assert_eq!(
+        listed["fingerprint"],
+        fingerprint.as_str(),
+        "{}",
+        active.json()
+    );
+    assert_eq!(
+        (listed["severity"].as_str(), listed["muted"].as_bool()),
+        (Some("warning"), Some(false))
+    );
+    let made = send(
+        &http,
+        "POST",
+        &admin("/api/v1/silences"),
+        &[],
+        Bytes::from_static(
+            br#"{"matchers":[{"name":"alertname","value":"AppCircuitOpen"}],"duration_seconds":3600,"comment":"ada: known"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", String::from_utf8_lossy(&made.body));
+    let id = made.json()["id"].as_u64().unwrap();
+    let muted = send(&http, "GET", &admin("/api/v1/alerts"), &[], Bytes::new()).await;
+    assert_eq!(muted.json()["alerts"][0]["muted"], true);
+    let listed = send(&http, "GET", &admin("/api/v1/silences"), &[], Bytes::new()).await;
+    assert_eq!(listed.json()["silences"][0]["comment"], "ada: known");
+    let gone = send(
+        &http,
+        "DELETE",
+        &admin(&format!("/api/v1/silences/{id}")),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(gone.status, 200);
+    let again = send(
+        &http,
+        "DELETE",
+        &admin(&format!("/api/v1/silences/{id}")),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(again.status, 404);
+    let acked = send(
+        &http,
+        "POST",
+        &admin(&format!("/api/v1/alerts/{fingerprint}/ack")),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(acked.status, 200);
+    let unknown = send(
+        &http,
+        "POST",
+        &admin("/api/v1/alerts/0000000000000000/ack"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
 
     // The upstream recovers; once the circuit lets a probe through, it closes.
     upstream.handle.set(ChaosState::default());

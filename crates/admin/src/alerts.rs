@@ -1,0 +1,195 @@
+//! The admin API of alerting: active alerts (`/api/v1/alerts`), acknowledgement
+//! (`/api/v1/alerts/{fingerprint}/ack`) and silences (`/api/v1/silences`), answered by the
+//! monitor the binary runs (`sekisho_monitor::Monitor`); 503 `MONITOR_OFF` without one.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use sekisho_monitor::{Matcher, Monitor, Silence};
+use serde_json::json;
+
+use crate::users::body_json;
+use crate::{error, json_response, AdminResponse, AdminState};
+
+/// The monitor shared with the binary's monitoring task.
+pub type SharedMonitor = Arc<Mutex<Monitor>>;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MatcherBody {
+    name: String,
+    value: String,
+    #[serde(default = "yes")]
+    is_equal: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SilenceBody {
+    matchers: Vec<MatcherBody>,
+    /// How long, in seconds.
+    duration_seconds: u64,
+    #[serde(default)]
+    comment: String,
+}
+
+fn monitor(state: &AdminState) -> Result<&SharedMonitor, Box<AdminResponse>> {
+    state.alerts.get().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "MONITOR_OFF",
+            "alerting is not running: it starts with at least one [[alerts.receivers]]",
+        ))
+    })
+}
+
+fn lock(monitor: &SharedMonitor) -> std::sync::MutexGuard<'_, Monitor> {
+    monitor.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// `GET /api/v1/alerts`, `POST /api/v1/alerts/{fingerprint}/ack`.
+pub(crate) fn alerts(state: &AdminState, method: &Method, rest: &str) -> AdminResponse {
+    let shared = match monitor(state) {
+        Ok(m) => m,
+        Err(answer) => return *answer,
+    };
+    let now = Instant::now();
+    match (method, rest) {
+        (&Method::GET, "") => {
+            let mut guard = lock(shared);
+            let alerts: Vec<_> = guard
+                .manager()
+                .active_alerts(now)
+                .into_iter()
+                .map(|a| {
+                    json!({
+                        "fingerprint": a.fingerprint,
+                        "labels": a.labels,
+                        "annotations": a.annotations,
+                        "severity": a.severity.as_str(),
+                        "muted": a.muted,
+                        "acknowledged": a.acknowledged,
+                        "firing_for_seconds": a.firing_for.as_secs(),
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "alerts": alerts }))
+        }
+        (&Method::POST, path) if path.ends_with("/ack") => {
+            let fingerprint = path.trim_start_matches('/').trim_end_matches("/ack");
+            if lock(shared).manager().acknowledge(fingerprint) {
+                json_response(
+                    StatusCode::OK,
+                    &json!({ "fingerprint": fingerprint, "acknowledged": true }),
+                )
+            } else {
+                error(
+                    StatusCode::NOT_FOUND,
+                    "NOT_FOUND",
+                    &format!("no alert with fingerprint `{fingerprint}`"),
+                )
+            }
+        }
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_REQUEST",
+            &format!("{method} is not allowed here"),
+        ),
+    }
+}
+
+/// `GET/POST /api/v1/silences`, `DELETE /api/v1/silences/{id}`.
+pub(crate) async fn silences(
+    state: &AdminState,
+    rest: &str,
+    request: Request<Incoming>,
+) -> AdminResponse {
+    let shared = match monitor(state) {
+        Ok(m) => m.clone(),
+        Err(answer) => return *answer,
+    };
+    let now = Instant::now();
+    let method = request.method().clone();
+    match (&method, rest) {
+        (&Method::GET, "") => {
+            let silences: Vec<_> = lock(&shared)
+                .manager()
+                .silences(now)
+                .into_iter()
+                .map(|(id, s)| {
+                    let matchers: Vec<_> = s
+                        .matchers
+                        .iter()
+                        .map(|m| match m {
+                            Matcher::Equal(n, v) => {
+                                json!({"name": n, "value": v, "is_equal": true})
+                            }
+                            Matcher::NotEqual(n, v) => {
+                                json!({"name": n, "value": v, "is_equal": false})
+                            }
+                        })
+                        .collect();
+                    json!({
+                        "id": id,
+                        "matchers": matchers,
+                        "ends_in_seconds": s.until.saturating_duration_since(now).as_secs(),
+                        "comment": s.comment,
+                    })
+                })
+                .collect();
+            json_response(StatusCode::OK, &json!({ "silences": silences }))
+        }
+        (&Method::POST, "") => {
+            let body: SilenceBody = match body_json(request).await {
+                Ok(body) => body,
+                Err(answer) => return *answer,
+            };
+            if body.matchers.is_empty() || body.duration_seconds == 0 {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    "a silence needs at least one matcher and a duration_seconds above 0",
+                );
+            }
+            let matchers = body
+                .matchers
+                .into_iter()
+                .map(|m| {
+                    if m.is_equal {
+                        Matcher::Equal(m.name, m.value)
+                    } else {
+                        Matcher::NotEqual(m.name, m.value)
+                    }
+                })
+                .collect();
+            let seconds = body.duration_seconds.min(365 * 86_400);
+            let id = lock(&shared).manager().silence(Silence {
+                matchers,
+                until: now + Duration::from_secs(seconds),
+                comment: body.comment,
+            });
+            json_response(StatusCode::CREATED, &json!({ "id": id }))
+        }
+        (&Method::DELETE, id) => {
+            let Ok(id) = id.trim_start_matches('/').parse::<u64>() else {
+                return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such silence");
+            };
+            if lock(&shared).manager().expire_silence(id) {
+                json_response(StatusCode::OK, &json!({ "id": id, "expired": true }))
+            } else {
+                error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such silence")
+            }
+        }
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_REQUEST",
+            &format!("{method} is not allowed here"),
+        ),
+    }
+}
