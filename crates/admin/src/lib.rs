@@ -129,6 +129,9 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
     if path == "/api/v1/sessions" {
         return users::sessions(state, &request).await;
     }
+    if path == "/api/v1/lockouts" {
+        return users::lockouts(state, request).await;
+    }
     if let Some(name) = path.strip_prefix("/api/v1/circuits/") {
         return match method {
             Method::POST => circuit_action(state, name, request).await,

@@ -161,3 +161,58 @@ pub(crate) async fn sessions(state: &AdminState, request: &Request<Incoming>) ->
     };
     result.unwrap_or_else(|why| failed(&why))
 }
+
+/// `/api/v1/lockouts`: GET lists this instance's lockouts; `DELETE ?user=NAME` or
+/// `DELETE ?address=IP` clears one.
+pub(crate) async fn lockouts(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
+    let auth = match auth(state) {
+        Ok(auth) => auth,
+        Err(response) => return *response,
+    };
+    match *request.method() {
+        Method::GET => json_response(StatusCode::OK, &json!({ "lockouts": auth.lockouts() })),
+        Method::DELETE => {
+            let query: Vec<(String, String)> = request
+                .uri()
+                .query()
+                .map(|query| {
+                    form_urlencoded::parse(query.as_bytes())
+                        .into_owned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            let find = |key: &str| query.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+            match (find("user"), find("address")) {
+                (Some(user), None) => {
+                    let update = UserUpdate {
+                        unlock: true,
+                        ..UserUpdate::default()
+                    };
+                    match auth.update_user(&user, update).await {
+                        Ok(_) => {
+                            json_response(StatusCode::OK, &json!({ "status": "ok", "user": user }))
+                        }
+                        Err(why) => failed(&why),
+                    }
+                }
+                (None, Some(address)) => {
+                    let cleared = auth.unlock_address(&address);
+                    json_response(
+                        StatusCode::OK,
+                        &json!({ "status": "ok", "address": address, "was_locked": cleared }),
+                    )
+                }
+                _ => error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    "name one lockout: /api/v1/lockouts?user=NAME or ?address=IP",
+                ),
+            }
+        }
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "BAD_REQUEST",
+            &format!("{} is not allowed here", request.method()),
+        ),
+    }
+}

@@ -38,7 +38,7 @@ use sekisho_config::{RouteAuth, SessionStore};
 use sekisho_db::{now_millis, Database};
 
 pub use login::LoginAnswer;
-pub use manage::{UserUpdate, UserView};
+pub use manage::{LockoutView, UserUpdate, UserView};
 pub use sekisho_db::DbError;
 pub use users::Identity;
 

@@ -100,9 +100,31 @@ impl Lockout {
         None
     }
 
-    /// Forgets the failures of `name` (a successful login, an operator's unlock).
-    pub fn clear(&self, subject: Subject, name: &str) {
-        self.entries().remove(&key(subject, name));
+    /// Forgets the failures of `name` (a successful login, an operator's unlock); whether it
+    /// was locked.
+    pub fn clear(&self, subject: Subject, name: &str) -> bool {
+        self.entries()
+            .remove(&key(subject, name))
+            .is_some_and(|failures| failures.locked_until.is_some())
+    }
+
+    /// What is locked now, and for how long still.
+    pub fn locked_now(&self, now: Instant) -> Vec<(Subject, String, Duration)> {
+        let mut locked: Vec<(Subject, String, Duration)> = self
+            .entries()
+            .iter()
+            .filter_map(|(key, failures)| {
+                let until = failures.locked_until.filter(|until| *until > now)?;
+                let (subject, name) = match key.split_once(':')? {
+                    ("u", name) => (Subject::Account, name),
+                    ("a", name) => (Subject::Address, name),
+                    _ => return None,
+                };
+                Some((subject, name.to_owned(), until - now))
+            })
+            .collect();
+        locked.sort_by(|a, b| a.1.cmp(&b.1));
+        locked
     }
 }
 
@@ -134,6 +156,10 @@ mod tests {
             Some(Duration::from_secs(20))
         );
         assert_eq!(lockout.locked(Subject::Address, "ann", start), None);
+        let listed = lockout.locked_now(start);
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, Subject::Account);
+        assert_eq!(listed[0].1, "ann");
         let after = start + Duration::from_secs(31);
         assert_eq!(lockout.locked(Subject::Account, "ann", after), None);
         assert_eq!(

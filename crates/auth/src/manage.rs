@@ -66,7 +66,48 @@ pub struct UserUpdate {
     pub unlock: bool,
 }
 
+/// A lockout as the admin API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LockoutView {
+    /// `account` or `address`.
+    pub kind: &'static str,
+    /// The user name or the client address.
+    pub name: String,
+    /// Seconds until it ends (rounded up).
+    pub retry_after: u64,
+}
+
 impl Auth {
+    /// The lockouts in force on this instance (accounts and client addresses).
+    pub fn lockouts(&self) -> Vec<LockoutView> {
+        self.lockout
+            .locked_now(std::time::Instant::now())
+            .into_iter()
+            .map(|(subject, name, left)| LockoutView {
+                kind: match subject {
+                    Subject::Account => "account",
+                    Subject::Address => "address",
+                },
+                name,
+                retry_after: left.as_secs() + u64::from(left.subsec_nanos() > 0),
+            })
+            .collect()
+    }
+
+    /// Clears the lockout of a client address (an operator's action); whether there was one.
+    pub fn unlock_address(&self, address: &str) -> bool {
+        let cleared = self.lockout.clear(Subject::Address, address);
+        if cleared {
+            self.background.audit(
+                "authn_login_unlock",
+                None,
+                Some(address),
+                Some("address unlocked by an operator".to_owned()),
+            );
+        }
+        cleared
+    }
+
     /// Every user.
     pub async fn users(&self) -> Result<Vec<UserView>, AuthError> {
         Ok(self

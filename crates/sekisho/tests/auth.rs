@@ -732,6 +732,86 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
     seed(&config);
     let gateway = Sekisho::start(&binary(), &config);
 
+    // Five failures lock the account and the address; the admin API lists and clears them.
+    for _ in 0..5 {
+        assert_eq!(login(&gateway, "ann", "wrong").await.status, 401);
+    }
+    assert_eq!(login(&gateway, "ann", "correct horse").await.status, 429);
+    let lockouts = admin(&gateway, "GET", "/api/v1/lockouts", serde_json::Value::Null)
+        .await
+        .json();
+    let listed: Vec<(String, String)> = lockouts["lockouts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["kind"].as_str().unwrap().to_owned(),
+                l["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("address".to_owned(), "10.0.0.1".to_owned()),
+            ("account".to_owned(), "ann".to_owned())
+        ]
+    );
+    assert!(lockouts["lockouts"][0]["retry_after"].as_u64().unwrap() > 800);
+    let ann = admin(
+        &gateway,
+        "GET",
+        "/api/v1/users/ann",
+        serde_json::Value::Null,
+    )
+    .await
+    .json();
+    assert!(ann["locked_until"].is_i64(), "{ann}");
+    assert_eq!(
+        admin(
+            &gateway,
+            "DELETE",
+            "/api/v1/lockouts?user=ann",
+            serde_json::Value::Null
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        login_from(&gateway, "ann", "correct horse", "10.0.0.5")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        login(&gateway, "bcryptuser", "password").await.status,
+        429,
+        "the address is still locked"
+    );
+    assert_eq!(
+        admin(
+            &gateway,
+            "DELETE",
+            "/api/v1/lockouts?address=10.0.0.1",
+            serde_json::Value::Null
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(login(&gateway, "bcryptuser", "password").await.status, 200);
+    let ann = admin(
+        &gateway,
+        "GET",
+        "/api/v1/users/ann",
+        serde_json::Value::Null,
+    )
+    .await
+    .json();
+    assert!(ann["locked_until"].is_null(), "{ann}");
+
     let created = admin(
         &gateway,
         "POST",
