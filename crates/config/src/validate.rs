@@ -236,17 +236,6 @@ fn validate_route(config: &Config, spanned_route: &Spanned<Route>, problems: &mu
         validate_adaptive_concurrency(&context, adaptive, problems);
     }
     if let Some(cache) = &route.cache {
-        if let Some(l1_ttl) = cache.l1_ttl {
-            if l1_ttl.get() > cache.ttl.get() {
-                problems.push((
-                    spanned_route.span(),
-                    format!(
-                        "route `{}`: cache.l1_ttl ({l1_ttl}) is longer than cache.ttl ({}): the in-process tier may not outlive the shared one",
-                        route.name, cache.ttl
-                    ),
-                ));
-            }
-        }
         if cache.ttl_jitter.0 >= 1.0 {
             problems.push((
                 spanned_route.span(),

@@ -125,6 +125,18 @@ pub enum GatewayError {
         /// The deadline in force.
         timeout: Duration,
     },
+    /// A cached answer that demands revalidation (`must-revalidate`, `proxy-revalidate`,
+    /// `s-maxage`, `no-cache`) is stale and the upstream could not confirm it: RFC 9111
+    /// §5.2.2.2 asks for a 504 rather than the stale copy.
+    #[error(
+        "upstream `{upstream}` could not revalidate a cached answer that demands it ({cause})"
+    )]
+    Unrevalidated {
+        /// The route's name.
+        upstream: Arc<str>,
+        /// The code of the upstream's failure.
+        cause: &'static str,
+    },
 }
 
 /// The message of a rate limit's refusal: a client must be able to tell a limit reached from a
@@ -161,7 +173,7 @@ impl GatewayError {
             Self::Overloaded { .. } | Self::GatewayOverloaded { .. } => "OVERLOADED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
-            Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
+            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } => "UPSTREAM_TIMEOUT",
             Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
         }
     }
@@ -193,7 +205,9 @@ impl GatewayError {
             | Self::Overloaded { .. }
             | Self::GatewayOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }

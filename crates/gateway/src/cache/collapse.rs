@@ -7,14 +7,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::header;
 use ::http::request::Parts;
 use sekisho_store::cache::RedisCache;
 use tokio::time::Instant;
 
 use super::entry::{now_ms, Entry};
 use super::flight::{FlightEnd, Lead, VaryMarker};
-use super::respond::{respond, status_value, EntryKey};
+use super::respond::{respond, status_value, Conditional, EntryKey};
 use super::{Lookup, RouteCache};
 
 /// Flights one after another that concurrent misses of a varying response follow (each stores
@@ -34,7 +33,7 @@ impl RouteCache {
         why: &'static str,
         deadline: Instant,
     ) -> Lookup {
-        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let conditional = Conditional::of(&parts.headers);
         let mut round = 0;
         loop {
             let flight = match self.store.flights.join_or_lead(&primary) {
@@ -69,7 +68,7 @@ impl RouteCache {
                         "fwd={why}; collapsed; ttl={}",
                         entry.ttl_ms(now) / 1000
                     ));
-                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
+                    let response = respond(&entry, now, &parts.method, &conditional);
                     return Lookup::Hit(response, status);
                 }
                 if vary.is_some() && round < VARIANT_ROUNDS {
@@ -156,8 +155,8 @@ impl RouteCache {
             "fwd=uri-miss; collapsed; ttl={}; detail=l2",
             entry.ttl_ms(now) / 1000
         ));
-        let inm = parts.headers.get(header::IF_NONE_MATCH);
-        let answer = Lookup::Hit(respond(&entry, now, &parts.method, inm), status);
+        let conditional = Conditional::of(&parts.headers);
+        let answer = Lookup::Hit(respond(&entry, now, &parts.method, &conditional), status);
         Some((entry, key, vary, answer))
     }
     /// Leads a refresh of `key` unless one runs already.

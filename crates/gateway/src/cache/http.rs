@@ -13,6 +13,8 @@ pub(super) struct CacheControl {
     pub no_cache: bool,
     pub private: bool,
     pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
@@ -37,6 +39,8 @@ impl CacheControl {
                     "no-cache" => cc.no_cache = true,
                     "private" => cc.private = true,
                     "public" => cc.public = true,
+                    "must-revalidate" => cc.must_revalidate = true,
+                    "proxy-revalidate" => cc.proxy_revalidate = true,
                     "max-age" => cc.max_age = seconds(),
                     "s-maxage" => cc.s_maxage = seconds(),
                     "stale-while-revalidate" => cc.stale_while_revalidate = seconds(),
@@ -46,6 +50,14 @@ impl CacheControl {
             }
         }
         cc
+    }
+
+    /// Whether a stale copy may be served only after the origin confirmed it (`must-revalidate`,
+    /// `proxy-revalidate`, and `s-maxage`, which implies it in a shared cache, RFC 9111
+    /// §5.2.2.10; `no-cache`, which asks for it on every use): the route's stale windows do not
+    /// apply, only a `stale-if-error`/`stale-while-revalidate` the response gives itself.
+    pub(super) fn demands_revalidation(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some() || self.no_cache
     }
 }
 
@@ -96,23 +108,58 @@ pub(super) fn is_negative(status: StatusCode) -> bool {
     matches!(status.as_u16(), 404 | 410)
 }
 
-/// How long a response stays fresh in a shared cache, or `None` when it must not be stored.
+/// A route's freshness settings: what applies when the response gives no explicit freshness.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Defaults {
+    /// Forced on a 200/204 without explicit or heuristic freshness; `None`: not stored.
+    pub ttl: Option<Duration>,
+    /// 404/410 without explicit freshness; zero: not stored.
+    pub negative_ttl: Duration,
+    /// Heuristic freshness: this share of the time since `Last-Modified`, at most the duration.
+    pub heuristic: Option<(f64, Duration)>,
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7, all three forms) in Unix milliseconds; `None` when absent or
+/// invalid.
+pub(super) fn date_ms(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+    parse_date_ms(headers.get(name)?)
+}
+
+/// [`date_ms`] of one value.
+pub(super) fn parse_date_ms(value: &HeaderValue) -> Option<u64> {
+    let text = value.to_str().ok()?;
+    httpdate::parse_http_date(text.trim())
+        .ok()
+        .map(crate::clock::unix_ms)
+}
+
+/// Whether a response carries a validator (`ETag` or `Last-Modified`) to revalidate it with.
+pub(super) fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// How long a response stays fresh in a shared cache (zero: stored, but revalidated before
+/// every use), or `None` when it must not be stored. `now_ms` is when it arrived (for a
+/// response without `Date`).
 ///
-/// `s-maxage` wins over `max-age`; without either, `ttl` (or `negative_ttl` for 404/410, where
-/// zero means "do not cache negatives"). A request with `Authorization` is stored only when the
-/// route allows it (`cache_authorized`) or the response says `public` or `s-maxage`.
+/// Explicit freshness first (RFC 9111 §4.2.1): `s-maxage`, `max-age`, then `Expires` less
+/// `Date` (an invalid `Expires` is already expired). Then `negative_ttl` for 404/410, heuristic
+/// freshness when the route asks for it (§4.2.2), and the route's `ttl` for a 200/204. A
+/// response without freshness but with a validator (`no-cache`, `max-age=0`, an expired
+/// `Expires`) is stored stale, to be revalidated. A request with `Authorization` is stored only
+/// when the route allows it (`cache_authorized`) or the response says `public` or `s-maxage`.
 pub(super) fn freshness(
     status: StatusCode,
     response: &HeaderMap,
     authorized: bool,
-    ttl: Duration,
-    negative_ttl: Duration,
+    defaults: &Defaults,
+    now_ms: u64,
 ) -> Option<Duration> {
     if !cacheable_status(status) {
         return None;
     }
     let cc = CacheControl::parse(response);
-    if cc.no_store || cc.private || cc.no_cache {
+    if cc.no_store || cc.private {
         return None;
     }
     if response.contains_key(header::SET_COOKIE) {
@@ -122,17 +169,94 @@ pub(super) fn freshness(
     if authorized && !(cc.public || cc.s_maxage.is_some()) {
         return None;
     }
-    if let Some(seconds) = cc.s_maxage.or(cc.max_age) {
-        return (seconds > 0).then(|| Duration::from_secs(seconds));
+    let validator = has_validator(response);
+    let stale_on_arrival = || validator.then_some(Duration::ZERO);
+    if cc.no_cache {
+        // Stored, and revalidated on every use: worth it only with a validator.
+        return stale_on_arrival();
     }
-    if is_negative(status) {
-        return (!negative_ttl.is_zero()).then_some(negative_ttl);
+    let explicit = match cc.s_maxage.or(cc.max_age) {
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+        None => response.get(header::EXPIRES).map(|expires| {
+            let date = date_ms(response, &header::DATE).unwrap_or(now_ms);
+            // An invalid Expires ("0", "-1", garbage) means already expired (§5.3).
+            parse_date_ms(expires).map_or(Duration::ZERO, |expires| {
+                Duration::from_millis(expires.saturating_sub(date))
+            })
+        }),
+    };
+    if let Some(lifetime) = explicit {
+        return if lifetime.is_zero() {
+            stale_on_arrival()
+        } else {
+            Some(lifetime)
+        };
     }
-    if status != StatusCode::OK && status != StatusCode::NO_CONTENT {
-        // Other heuristically cacheable statuses only with explicit freshness.
-        return None;
+    if is_negative(status) && !defaults.negative_ttl.is_zero() {
+        return Some(defaults.negative_ttl);
     }
-    Some(ttl)
+    if let Some((fraction, max)) = defaults.heuristic {
+        if let Some(modified) = date_ms(response, &header::LAST_MODIFIED) {
+            let date = date_ms(response, &header::DATE).unwrap_or(now_ms);
+            let since = Duration::from_millis(date.saturating_sub(modified));
+            let lifetime = since.mul_f64(fraction.clamp(0.0, 1.0)).min(max);
+            if !lifetime.is_zero() {
+                return Some(lifetime);
+            }
+        }
+    }
+    if status == StatusCode::OK || status == StatusCode::NO_CONTENT {
+        return defaults.ttl;
+    }
+    // Other heuristically cacheable statuses only with explicit or heuristic freshness.
+    None
+}
+
+/// How old a response already is when it arrives (RFC 9111 §4.2.3): the larger of its apparent
+/// age (`now_ms` less `Date`) and the `Age` it carries plus `delay_ms`, the time the request
+/// took.
+pub(super) fn initial_age_ms(response: &HeaderMap, now_ms: u64, delay_ms: u64) -> u64 {
+    let apparent = date_ms(response, &header::DATE).map_or(0, |date| now_ms.saturating_sub(date));
+    let corrected = age(response).saturating_mul(1000).saturating_add(delay_ms);
+    apparent.max(corrected)
+}
+
+/// Fields of a `304` that never replace the stored ones (RFC 9111 §3.2: the stored body's
+/// length and encoding, and hop-by-hop fields).
+const NOT_UPDATED: [HeaderName; 8] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::CONTENT_RANGE,
+];
+
+/// The stored fields updated by a `304` (RFC 9111 §3.2, §4.3.4): each field of the `304`
+/// replaces the stored one of its name, except [`NOT_UPDATED`].
+pub(super) fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    for name in not_modified.keys() {
+        if NOT_UPDATED.contains(name) || *name == header::AGE {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// Whether the answer to an unsafe request invalidates the cached URL (RFC 9111 §4.4): the
+/// method is not safe and the status is 2xx or 3xx.
+pub(super) fn invalidates(method: &Method, status: StatusCode) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) && (status.is_success() || status.is_redirection())
 }
 
 /// The header names a response varies on; `None` for `Vary: *` or a malformed field (never
@@ -189,6 +313,21 @@ pub(super) fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> boo
         .any(|candidate| candidate == "*" || opaque(candidate) == wanted)
 }
 
+/// Whether `If-Modified-Since` of the request is satisfied by `last_modified` (the stored
+/// representation was not modified since): both valid HTTP-dates and `last_modified` not later.
+pub(super) fn not_modified_since(
+    if_modified_since: &HeaderValue,
+    last_modified: &HeaderValue,
+) -> bool {
+    match (
+        parse_date_ms(if_modified_since),
+        parse_date_ms(last_modified),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
 /// The tags of a response, from `Cache-Tag` (comma-separated) and `Surrogate-Key`
 /// (space-separated).
 pub(super) fn tags(response: &HeaderMap) -> Vec<String> {
@@ -240,6 +379,14 @@ mod tests {
     const TTL: Duration = Duration::from_secs(60);
     const NEG: Duration = Duration::from_secs(5);
 
+    fn rules() -> Defaults {
+        Defaults {
+            ttl: Some(TTL),
+            negative_ttl: NEG,
+            heuristic: None,
+        }
+    }
+
     #[test]
     fn cache_control_directives_across_lines() {
         let cc = CacheControl::parse(&headers(&[
@@ -260,39 +407,49 @@ mod tests {
     #[test]
     fn freshness_follows_the_response() {
         let ok = StatusCode::OK;
-        assert_eq!(freshness(ok, &headers(&[]), false, TTL, NEG), Some(TTL));
+        assert_eq!(freshness(ok, &headers(&[]), false, &rules(), 0), Some(TTL));
         let max_age = headers(&[("cache-control", "max-age=30")]);
         assert_eq!(
-            freshness(ok, &max_age, false, TTL, NEG),
+            freshness(ok, &max_age, false, &rules(), 0),
             Some(Duration::from_secs(30))
         );
         let both = headers(&[("cache-control", "max-age=30, s-maxage=90")]);
         assert_eq!(
-            freshness(ok, &both, false, TTL, NEG),
+            freshness(ok, &both, false, &rules(), 0),
             Some(Duration::from_secs(90))
         );
         for refusal in ["no-store", "private", "no-cache", "max-age=0"] {
+            // Without a validator: nothing to revalidate with, so not stored.
             let h = headers(&[("cache-control", refusal)]);
-            assert_eq!(freshness(ok, &h, false, TTL, NEG), None, "{refusal}");
+            assert_eq!(freshness(ok, &h, false, &rules(), 0), None, "{refusal}");
         }
         let cookie = headers(&[("set-cookie", "session=1")]);
-        assert_eq!(freshness(ok, &cookie, false, TTL, NEG), None);
+        assert_eq!(freshness(ok, &cookie, false, &rules(), 0), None);
         assert_eq!(
             freshness(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 &headers(&[]),
                 false,
-                TTL,
-                NEG
+                &rules(),
+                0
             ),
             None
         );
         assert_eq!(
-            freshness(StatusCode::NOT_FOUND, &headers(&[]), false, TTL, NEG),
+            freshness(StatusCode::NOT_FOUND, &headers(&[]), false, &rules(), 0),
             Some(NEG)
         );
         assert_eq!(
-            freshness(StatusCode::GONE, &headers(&[]), false, TTL, Duration::ZERO),
+            freshness(
+                StatusCode::GONE,
+                &headers(&[]),
+                false,
+                &Defaults {
+                    negative_ttl: Duration::ZERO,
+                    ..rules()
+                },
+                0
+            ),
             None
         );
         assert_eq!(
@@ -300,8 +457,8 @@ mod tests {
                 StatusCode::MOVED_PERMANENTLY,
                 &headers(&[]),
                 false,
-                TTL,
-                NEG
+                &rules(),
+                0
             ),
             None
         );
@@ -310,9 +467,9 @@ mod tests {
     #[test]
     fn authorized_answers_only_when_public() {
         let ok = StatusCode::OK;
-        assert_eq!(freshness(ok, &headers(&[]), true, TTL, NEG), None);
+        assert_eq!(freshness(ok, &headers(&[]), true, &rules(), 0), None);
         let public = headers(&[("cache-control", "public")]);
-        assert_eq!(freshness(ok, &public, true, TTL, NEG), Some(TTL));
+        assert_eq!(freshness(ok, &public, true, &rules(), 0), Some(TTL));
         assert_eq!(
             request_bypass(
                 &Method::GET,
@@ -385,5 +542,168 @@ mod tests {
         assert!(wants_revalidation(&headers(&[("pragma", "no-cache")])));
         assert!(!wants_revalidation(&headers(&[])));
         assert!(forbids_store(&headers(&[("cache-control", "no-store")])));
+    }
+
+    /// 2026-01-01T00:00:00Z in Unix milliseconds, and the same instant in the three forms.
+    const JAN1: u64 = 1_767_225_600_000;
+
+    #[test]
+    fn http_dates_in_every_form() {
+        for form in [
+            "Thu, 01 Jan 2026 00:00:00 GMT",
+            "Thursday, 01-Jan-26 00:00:00 GMT",
+            "Thu Jan  1 00:00:00 2026",
+        ] {
+            assert_eq!(
+                parse_date_ms(&HeaderValue::from_static(form)),
+                Some(JAN1),
+                "{form}"
+            );
+        }
+        assert_eq!(parse_date_ms(&HeaderValue::from_static("0")), None);
+        assert_eq!(parse_date_ms(&HeaderValue::from_static("yesterday")), None);
+    }
+
+    #[test]
+    fn freshness_from_expires_and_date() {
+        let ok = StatusCode::OK;
+        let none = Defaults {
+            ttl: None,
+            ..rules()
+        };
+        let expires = headers(&[
+            ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ("expires", "Thursday, 01-Jan-26 00:10:00 GMT"),
+        ]);
+        assert_eq!(
+            freshness(ok, &expires, false, &none, 0),
+            Some(Duration::from_secs(600))
+        );
+        // Without Date: from when it arrived.
+        let no_date = headers(&[("expires", "Thu, 01 Jan 2026 00:01:00 GMT")]);
+        assert_eq!(
+            freshness(ok, &no_date, false, &none, JAN1),
+            Some(Duration::from_secs(60))
+        );
+        // max-age wins over Expires.
+        let both = headers(&[
+            ("cache-control", "max-age=5"),
+            ("expires", "Thu, 01 Jan 2026 00:01:00 GMT"),
+        ]);
+        assert_eq!(
+            freshness(ok, &both, false, &none, JAN1),
+            Some(Duration::from_secs(5))
+        );
+        // Invalid Expires: already expired; stored stale only with a validator.
+        for invalid in ["0", "-1", "soon"] {
+            let h = headers(&[("expires", invalid)]);
+            assert_eq!(freshness(ok, &h, false, &rules(), JAN1), None, "{invalid}");
+            let h = headers(&[("expires", invalid), ("etag", "\"a\"")]);
+            assert_eq!(
+                freshness(ok, &h, false, &rules(), JAN1),
+                Some(Duration::ZERO),
+                "{invalid}"
+            );
+        }
+    }
+
+    #[test]
+    fn without_ttl_only_what_the_origin_allows() {
+        let ok = StatusCode::OK;
+        let none = Defaults {
+            ttl: None,
+            ..rules()
+        };
+        assert_eq!(freshness(ok, &headers(&[]), false, &none, JAN1), None);
+        let modified = headers(&[
+            ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ("last-modified", "Wed, 31 Dec 2025 00:00:00 GMT"),
+        ]);
+        assert_eq!(freshness(ok, &modified, false, &none, JAN1), None);
+        let heuristic = Defaults {
+            heuristic: Some((0.1, Duration::from_secs(3600))),
+            ..none
+        };
+        assert_eq!(
+            freshness(ok, &modified, false, &heuristic, JAN1),
+            Some(Duration::from_secs(3600)),
+            "10 % of a day, capped at an hour"
+        );
+        let recent = headers(&[
+            ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ("last-modified", "Wed, 31 Dec 2025 23:50:00 GMT"),
+        ]);
+        assert_eq!(
+            freshness(ok, &recent, false, &heuristic, JAN1),
+            Some(Duration::from_secs(60))
+        );
+        // A 301 takes heuristic freshness too, never the forced ttl.
+        assert_eq!(
+            freshness(
+                StatusCode::MOVED_PERMANENTLY,
+                &recent,
+                false,
+                &heuristic,
+                JAN1
+            ),
+            Some(Duration::from_secs(60))
+        );
+        // no-cache with a validator: stored, revalidated on every use.
+        let no_cache = headers(&[("cache-control", "no-cache"), ("etag", "\"a\"")]);
+        assert_eq!(
+            freshness(ok, &no_cache, false, &none, JAN1),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn initial_age_is_the_larger_of_apparent_and_corrected() {
+        let h = headers(&[("date", "Thu, 01 Jan 2026 00:00:00 GMT"), ("age", "3")]);
+        assert_eq!(initial_age_ms(&h, JAN1 + 10_000, 50), 10_000);
+        assert_eq!(initial_age_ms(&h, JAN1 + 1_000, 50), 3_050);
+        assert_eq!(initial_age_ms(&headers(&[]), JAN1, 7), 7);
+        // A Date in the future (skew) makes no negative age.
+        assert_eq!(initial_age_ms(&h, JAN1 - 5_000, 0), 3_000);
+    }
+
+    #[test]
+    fn a_304_updates_the_stored_fields() {
+        let stored = headers(&[
+            ("etag", "\"a\""),
+            ("content-length", "11"),
+            ("cache-control", "max-age=1"),
+            ("x-kept", "1"),
+        ]);
+        let not_modified = headers(&[
+            ("cache-control", "max-age=60"),
+            ("content-length", "0"),
+            ("x-new", "2"),
+        ]);
+        let updated = updated_headers(&stored, &not_modified);
+        assert_eq!(updated["cache-control"], "max-age=60");
+        assert_eq!(updated["content-length"], "11");
+        assert_eq!(updated["x-kept"], "1");
+        assert_eq!(updated["x-new"], "2");
+    }
+
+    #[test]
+    fn if_modified_since_and_unsafe_methods() {
+        let modified = HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT");
+        assert!(not_modified_since(
+            &HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT"),
+            &modified
+        ));
+        assert!(!not_modified_since(
+            &HeaderValue::from_static("Wed, 31 Dec 2025 00:00:00 GMT"),
+            &modified
+        ));
+        assert!(!not_modified_since(
+            &HeaderValue::from_static("bad"),
+            &modified
+        ));
+        assert!(invalidates(&Method::POST, StatusCode::CREATED));
+        assert!(invalidates(&Method::DELETE, StatusCode::SEE_OTHER));
+        assert!(!invalidates(&Method::PUT, StatusCode::CONFLICT));
+        assert!(!invalidates(&Method::GET, StatusCode::OK));
     }
 }

@@ -33,12 +33,59 @@ pub struct Fetch {
     variant_of: Option<VaryMarker>,
     request_headers: HeaderMap,
     method: Method,
-    if_none_match: Option<HeaderValue>,
+    conditional: Conditional,
     lead: Option<Lead>,
     store: bool,
     stale: Option<Arc<Entry>>,
+    /// Whether the request asks the origin to confirm `stale` (its validators were sent).
+    revalidating: bool,
+    /// For an unsafe method: `<route>:v<n>:<host>`, to invalidate the URL's entry (and those of
+    /// `Location`/`Content-Location`) when the answer is a success.
+    invalidate: Option<String>,
     started: Instant,
     why: &'static str,
+}
+
+/// The conditional fields of a request, which the cache answers from a fresh entry.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Conditional {
+    none_match: Option<HeaderValue>,
+    modified_since: Option<HeaderValue>,
+}
+
+impl Conditional {
+    pub(super) fn of(headers: &HeaderMap) -> Self {
+        let none_match = headers.get(header::IF_NONE_MATCH).cloned();
+        // If-Modified-Since is ignored when If-None-Match is there (RFC 9110 §13.1.3).
+        let modified_since = match none_match {
+            Some(_) => None,
+            None => headers.get(header::IF_MODIFIED_SINCE).cloned(),
+        };
+        Self {
+            none_match,
+            modified_since,
+        }
+    }
+
+    /// Whether `entry` satisfies the condition (the client's copy is current): `304`.
+    fn not_modified(&self, entry: &Entry) -> bool {
+        if !entry.status.is_success() {
+            return false;
+        }
+        if let Some(inm) = &self.none_match {
+            return entry
+                .headers
+                .get(header::ETAG)
+                .is_some_and(|etag| http::none_match(inm, etag));
+        }
+        match (
+            &self.modified_since,
+            entry.headers.get(header::LAST_MODIFIED),
+        ) {
+            (Some(since), Some(modified)) => http::not_modified_since(since, modified),
+            _ => false,
+        }
+    }
 }
 
 /// Where a fetched answer is stored: the primary key, and the Vary marker when the response
@@ -77,11 +124,25 @@ impl RouteCache {
         stale: Option<Arc<Entry>>,
         why: &'static str,
     ) -> Fetch {
-        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let conditional = Conditional::of(&parts.headers);
+        let mut revalidating = false;
         if store {
-            // The cache answers conditionals itself; the upstream must send the whole answer.
+            // The cache answers conditionals itself; the upstream must send the whole answer,
+            // or confirm the stale copy with its validators (RFC 9111 §4.3.1).
             parts.headers.remove(header::IF_NONE_MATCH);
             parts.headers.remove(header::IF_MODIFIED_SINCE);
+            if let (Some(stale), true) = (&stale, parts.method == Method::GET) {
+                if let Some(etag) = stale.headers.get(header::ETAG) {
+                    parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
+                    revalidating = true;
+                }
+                if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
+                    parts
+                        .headers
+                        .insert(header::IF_MODIFIED_SINCE, modified.clone());
+                    revalidating = true;
+                }
+            }
         }
         Fetch {
             cache: Arc::clone(self),
@@ -89,12 +150,34 @@ impl RouteCache {
             variant_of,
             request_headers: parts.headers.clone(),
             method: parts.method.clone(),
-            if_none_match,
+            conditional,
             lead,
             store,
             stale,
+            revalidating,
+            invalidate: None,
             started: Instant::now(),
             why,
+        }
+    }
+
+    /// The fetch of an unsafe request (`fwd=method`): nothing stored, but a success invalidates
+    /// the URL's entry.
+    pub(super) fn invalidating(self: &Arc<Self>, parts: &Parts) -> Fetch {
+        Fetch {
+            cache: Arc::clone(self),
+            primary: self.key(parts),
+            variant_of: None,
+            request_headers: HeaderMap::new(),
+            method: parts.method.clone(),
+            conditional: Conditional::default(),
+            lead: None,
+            store: false,
+            stale: None,
+            revalidating: false,
+            invalidate: Some(self.key_base(parts, 0)),
+            started: Instant::now(),
+            why: "method",
         }
     }
 }
@@ -107,11 +190,18 @@ impl Fetch {
         mut self,
         result: Result<Response<ResponseBody>, GatewayError>,
     ) -> (Result<Response<ResponseBody>, GatewayError>, HeaderValue) {
+        let why = self.why;
+        if let (Some(base), Ok(response)) = (&self.invalidate, &result) {
+            if http::invalidates(&self.method, response.status()) {
+                self.cache
+                    .invalidate(&self.primary, base, response.headers())
+                    .await;
+            }
+        }
         let failed = match &result {
             Ok(response) => matches!(response.status().as_u16(), 500 | 502 | 503 | 504),
             Err(error) => error.is_upstream_failure(),
         };
-        let why = self.why;
         if failed {
             if let Some(stale) = self.usable_stale() {
                 self.cache.metrics.stale_if_error.inc();
@@ -124,10 +214,47 @@ impl Fetch {
                     "fwd={why}; fwd-status={fwd_status}; ttl={}; detail=stale-if-error",
                     stale.ttl_ms(now) / 1000
                 ));
-                let response = respond(&stale, now, &self.method, self.if_none_match.as_ref());
+                let response = respond(&stale, now, &self.method, &self.conditional);
                 return (Ok(response), status);
             }
+            if let (Some(stale), Err(error)) = (&self.stale, &result) {
+                if stale.ttl_ms(now_ms()) <= 0
+                    && http::CacheControl::parse(&stale.headers).demands_revalidation()
+                {
+                    // must-revalidate (and its kin): 504 rather than the stale copy when the
+                    // origin cannot confirm it (RFC 9111 §5.2.2.2).
+                    let status = status_value(format_args!("fwd={why}; detail=must-revalidate"));
+                    return (
+                        Err(GatewayError::Unrevalidated {
+                            upstream: Arc::from(self.cache.route.as_ref()),
+                            cause: error.code(),
+                        }),
+                        status,
+                    );
+                }
+            }
         }
+        let mut revalidated = false;
+        let result = match (result, &self.stale) {
+            (Ok(response), Some(stale))
+                if self.revalidating && response.status() == StatusCode::NOT_MODIFIED =>
+            {
+                // The origin confirmed the stale copy: its fields updated by the 304's, stored
+                // again with the freshness they give (RFC 9111 §4.3.4).
+                revalidated = true;
+                let mut updated = Response::new(ResponseBody::full(stale.body.clone()));
+                *updated.status_mut() = stale.status;
+                *updated.headers_mut() = http::updated_headers(&stale.headers, response.headers());
+                if let Some(date) = response.headers().get(header::DATE) {
+                    updated.headers_mut().insert(header::DATE, date.clone());
+                }
+                if let Some(age) = response.headers().get(header::AGE) {
+                    updated.headers_mut().insert(header::AGE, age.clone());
+                }
+                Ok(updated)
+            }
+            (result, _) => result,
+        };
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -135,7 +262,11 @@ impl Fetch {
                 return (Err(error), status);
             }
         };
-        let fwd_status = response.status().as_u16();
+        let fwd_status = if revalidated {
+            StatusCode::NOT_MODIFIED.as_u16()
+        } else {
+            response.status().as_u16()
+        };
         let pass = |response| {
             (
                 Ok(response),
@@ -151,8 +282,8 @@ impl Fetch {
             response.status(),
             response.headers(),
             authorized && !cache.cache_authorized,
-            cache.ttl,
-            cache.negative_ttl,
+            &cache.defaults,
+            now_ms(),
         ) else {
             return pass(response);
         };
@@ -204,12 +335,7 @@ impl Fetch {
             entry.ttl_ms(now) / 1000
         ));
         (
-            Ok(respond(
-                &entry,
-                now,
-                &self.method,
-                self.if_none_match.as_ref(),
-            )),
+            Ok(respond(&entry, now, &self.method, &self.conditional)),
             status,
         )
     }
@@ -218,7 +344,7 @@ impl Fetch {
         let stale = self.stale.as_ref()?;
         let ttl = stale.ttl_ms(now_ms());
         let stale_by = ttl.min(0).unsigned_abs();
-        (stale_by <= stale.sie_ms).then(|| Arc::clone(stale))
+        (stale.sie_ms > 0 && stale_by <= stale.sie_ms).then(|| Arc::clone(stale))
     }
 }
 
@@ -231,25 +357,37 @@ impl RouteCache {
         started: Instant,
     ) -> Entry {
         let cc = http::CacheControl::parse(&head.headers);
-        let lifetime_ms = jittered_ms(lifetime, self.jitter);
+        let lifetime_ms = if lifetime.is_zero() {
+            0
+        } else {
+            jittered_ms(lifetime, self.jitter)
+        };
         let mut headers = head.headers.clone();
         headers.remove(header::AGE);
         headers.remove(&CACHE_STATUS);
+        // A response that demands revalidation gets only the stale windows it gives itself.
+        let (swr, sie) = if cc.demands_revalidation() {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (self.swr, self.sie)
+        };
+        let now = now_ms();
+        let fetch_ms = started.elapsed().as_millis() as u64;
         Entry {
             status: head.status,
             body,
-            stored_ms: now_ms(),
-            initial_age_ms: http::age(&head.headers).saturating_mul(1000),
+            stored_ms: now,
+            initial_age_ms: http::initial_age_ms(&head.headers, now, fetch_ms),
             lifetime_ms,
             swr_ms: cc
                 .stale_while_revalidate
-                .map_or(self.swr, Duration::from_secs)
+                .map_or(swr, Duration::from_secs)
                 .as_millis() as u64,
             sie_ms: cc
                 .stale_if_error
-                .map_or(self.sie, Duration::from_secs)
+                .map_or(sie, Duration::from_secs)
                 .as_millis() as u64,
-            fetch_ms: started.elapsed().as_millis() as u64,
+            fetch_ms,
             tags: http::tags(&head.headers),
             vary: None,
             headers,
@@ -305,6 +443,52 @@ impl RouteCache {
     }
 }
 
+impl RouteCache {
+    /// Invalidates `primary` (and its variants) and the same-origin URLs of `Location` and
+    /// `Content-Location` in `response` (RFC 9111 §4.4), here, in the shared tier and on
+    /// every instance (the purge channel). `base` is `<route>:v<n>:<host>`.
+    async fn invalidate(&self, primary: &str, base: &str, response: &HeaderMap) {
+        let mut keys = vec![primary.to_owned()];
+        let host = base.strip_prefix(self.key_prefix()).unwrap_or_default();
+        for name in [header::LOCATION, header::CONTENT_LOCATION] {
+            let Some(path) = response
+                .get(&name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| same_origin_path(v, host))
+            else {
+                continue;
+            };
+            let key = format!("{base}{path}");
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        for key in keys {
+            if let Err(error) = self.store.purge(&super::Purge::Key(key.clone())).await {
+                tracing::warn!(%error, key, "an unsafe request's invalidation did not reach the shared tier");
+            }
+        }
+    }
+}
+
+/// The path (and query) of `location` when it names the same host as the request: a path, or
+/// an absolute URL of that host.
+fn same_origin_path(location: &str, host: &str) -> Option<String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        return Some(location.to_owned());
+    }
+    let uri: ::http::Uri = location.parse().ok()?;
+    let authority = uri.authority()?;
+    if !authority.as_str().eq_ignore_ascii_case(host) {
+        return None;
+    }
+    Some(
+        uri.path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned(),
+    )
+}
+
 enum Collected {
     Whole(Bytes),
     TooLarge(Bytes, ResponseBody),
@@ -332,34 +516,34 @@ async fn collect(mut body: ResponseBody, limit: u64) -> Collected {
     }
 }
 
-/// The answer to a request from `entry`: `304` when `If-None-Match` matches its `ETag`.
+/// The answer to a request from `entry`: `304` when the request's condition says the client's
+/// copy is current (`If-None-Match` matching its `ETag`, weakly, or else `If-Modified-Since`
+/// not before its `Last-Modified`).
 pub(super) fn respond(
     entry: &Entry,
     now: u64,
     method: &Method,
-    if_none_match: Option<&HeaderValue>,
+    conditional: &Conditional,
 ) -> Response<ResponseBody> {
     let age = HeaderValue::from(entry.age_ms(now) / 1000);
-    let etag = entry.headers.get(header::ETAG);
-    if let (Some(inm), Some(etag)) = (if_none_match, etag) {
-        if http::none_match(inm, etag) {
-            let mut response = Response::new(ResponseBody::empty());
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            for name in [
-                header::ETAG,
-                header::CACHE_CONTROL,
-                header::VARY,
-                header::EXPIRES,
-                header::DATE,
-                header::CONTENT_LOCATION,
-            ] {
-                for value in entry.headers.get_all(&name) {
-                    response.headers_mut().append(name.clone(), value.clone());
-                }
+    if conditional.not_modified(entry) {
+        let mut response = Response::new(ResponseBody::empty());
+        *response.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in [
+            header::ETAG,
+            header::CACHE_CONTROL,
+            header::VARY,
+            header::EXPIRES,
+            header::DATE,
+            header::CONTENT_LOCATION,
+            header::LAST_MODIFIED,
+        ] {
+            for value in entry.headers.get_all(&name) {
+                response.headers_mut().append(name.clone(), value.clone());
             }
-            response.headers_mut().insert(header::AGE, age);
-            return response;
         }
+        response.headers_mut().insert(header::AGE, age);
+        return response;
     }
     let body = if method == Method::HEAD {
         ResponseBody::empty()

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::entry::{now_ms, Entry};
 use super::flight::VaryMarker;
-use super::respond::{respond, status_value, EntryKey};
+use super::respond::{respond, status_value, Conditional, EntryKey};
 use super::store::{CacheStore, Tier};
 use super::{http, Fetch};
 use crate::body::ResponseBody;
@@ -37,9 +37,10 @@ pub struct RouteCache {
     pub(super) route: Arc<str>,
     /// `<route>:v<version>:`, the start of every key of the route.
     prefix: String,
-    pub(super) ttl: Duration,
-    pub(super) l1_ttl: Duration,
-    pub(super) negative_ttl: Duration,
+    pub(super) defaults: http::Defaults,
+    /// With the shared tier: the longest an entry stays in process (how long a missed purge
+    /// may go unnoticed). Without it entries stay in process for their freshness.
+    pub(super) l1_ttl: Option<Duration>,
     pub(super) swr: Duration,
     pub(super) sie: Duration,
     pub(super) max_body: u64,
@@ -70,14 +71,18 @@ impl RouteCache {
         config: &sekisho_config::Cache,
         metrics: CacheMetrics,
     ) -> Self {
-        let ttl = config.ttl.get();
         Self {
             store,
             route: Arc::from(route),
             prefix: format!("{route}:v{}:", config.version.0),
-            ttl,
-            l1_ttl: config.l1_ttl.map_or(ttl, |t| t.get()).min(ttl),
-            negative_ttl: config.negative_ttl.0,
+            defaults: http::Defaults {
+                ttl: config.ttl.map(|t| t.get()),
+                negative_ttl: config.negative_ttl.0,
+                heuristic: config
+                    .heuristic
+                    .then(|| (config.heuristic_fraction.0, config.heuristic_max.get())),
+            },
+            l1_ttl: config.l1_ttl.map(|t| t.get()),
             swr: config.stale_while_revalidate.0,
             sie: config.stale_if_error.0,
             max_body: config.max_body_bytes.0,
@@ -91,17 +96,28 @@ impl RouteCache {
     /// The key of a request: `<route>:v<version>:<host><path>?<query>` (the documented,
     /// versioned scheme: bumping `version` orphans every entry of the route at once).
     pub fn key(&self, parts: &Parts) -> String {
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut key = self.key_base(parts, path.len());
+        key.push_str(path);
+        key
+    }
+
+    /// `<route>:v<version>:`, the start of every key of the route.
+    pub(super) fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<route>:v<version>:<host>`, with room for `extra` more bytes.
+    pub(super) fn key_base(&self, parts: &Parts, extra: usize) -> String {
         let host = parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
-        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut key = String::with_capacity(self.prefix.len() + host.len() + path.len());
+        let mut key = String::with_capacity(self.prefix.len() + host.len() + extra);
         key.push_str(&self.prefix);
         key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
-        key.push_str(path);
         key
     }
 
@@ -112,12 +128,16 @@ impl RouteCache {
             http::request_bypass(&parts.method, &parts.headers, self.cache_authorized)
         {
             self.metrics.bypass.inc();
+            if reason == "method" {
+                // An unsafe method: its success invalidates the URL's entry (RFC 9111 §4.4).
+                return Lookup::Fetch(self.invalidating(parts));
+            }
             return Lookup::Pass(status_value(format_args!("fwd={reason}")));
         }
         let primary = self.key(parts);
         let revalidate = http::wants_revalidation(&parts.headers);
         let store = !http::forbids_store(&parts.headers);
-        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let conditional = Conditional::of(&parts.headers);
         let mut stale = None;
         let mut why = "uri-miss";
         let mut variant_of = None;
@@ -140,7 +160,7 @@ impl RouteCache {
                     let detail = if tier == Tier::L2 { "; detail=l2" } else { "" };
                     let status = status_value(format_args!("hit; ttl={}{detail}", ttl / 1000));
                     Some((status, early_refresh(&entry, ttl)))
-                } else if stale_by <= Duration::from_millis(entry.swr_ms) {
+                } else if entry.swr_ms > 0 && stale_by <= Duration::from_millis(entry.swr_ms) {
                     self.metrics.stale.inc();
                     let status = status_value(format_args!(
                         "hit; ttl={}; detail=stale-while-revalidate",
@@ -151,7 +171,7 @@ impl RouteCache {
                     None
                 };
                 if let Some((status, refresh)) = served {
-                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
+                    let response = respond(&entry, now, &parts.method, &conditional);
                     if refresh && parts.method == Method::GET {
                         if let Some(lead) = self.try_lead(&primary) {
                             let fetch = self.fetch(

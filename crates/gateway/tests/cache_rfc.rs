@@ -1,0 +1,436 @@
+//! The response cache against an origin that speaks HTTP caching (RFC 9111, issue 19): only the
+//! freshness the origin gives (or heuristic freshness when asked), L1 keeping an entry for its
+//! freshness, revalidation with the origin's validators through the single flight, `no-cache`
+//! and `must-revalidate`, the client's own conditional requests, `Expires`/`Date`/`Age`, and
+//! invalidation by unsafe methods. Scripted origin over real sockets, gateway in process.
+// The helpers outside the #[test] functions fail their test as an assert does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use sekisho_testkit::{client, send, InProcess, Origin, Reply};
+
+fn config(origin: &Origin, cache: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\
+         [[routes]]\nname = \"c\"\npath_prefix = \"/\"\nupstream = \"app\"\ntimeout = \"300ms\"\n\
+         [routes.cache]\nttl_jitter = 0.0\n{cache}\n",
+        origin.address
+    )
+}
+
+fn http_date(at: SystemTime) -> String {
+    httpdate::fmt_http_date(at)
+}
+
+fn header(head: &http::request::Parts, name: &str) -> Option<String> {
+    head.headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// The origin every test uses: its answer depends on the path (and the request's validators).
+async fn origin() -> Origin {
+    Origin::start(|head, n| {
+        let path = head.uri.path();
+        let now = SystemTime::now();
+        let day_ago = http_date(now - Duration::from_secs(86_400));
+        let inm = header(head, "if-none-match");
+        let ims = header(head, "if-modified-since");
+        match path {
+            "/plain" => Reply::new(200, format!("plain {n}")),
+            "/max-age" => {
+                Reply::new(200, format!("max-age {n}")).header("cache-control", "max-age=3600")
+            }
+            "/expires" => Reply::new(200, format!("expires {n}"))
+                .header("expires", &http_date(now + Duration::from_secs(3600))),
+            "/expires-invalid" => Reply::new(200, format!("invalid {n}")).header("expires", "0"),
+            "/modified" => {
+                Reply::new(200, format!("modified {n}")).header("last-modified", &day_ago)
+            }
+            "/aged" => Reply::new(200, "aged")
+                .header("cache-control", "max-age=3600")
+                .header("age", "100"),
+            // Stale on arrival (Age past max-age), with an ETag: revalidated next time.
+            "/etag" => match inm.as_deref() {
+                Some("\"v1\"") => Reply::new(304, "")
+                    .header("cache-control", "max-age=3600")
+                    .header("x-version", "updated")
+                    .header("etag", "\"v1\""),
+                Some(other) => Reply::new(500, format!("unexpected {other}")),
+                None if n == 1 => Reply::new(200, "the whole body")
+                    .header("etag", "\"v1\"")
+                    .header("x-version", "first")
+                    .header("cache-control", "max-age=1")
+                    .header("age", "5"),
+                None => Reply::new(500, "revalidation expected"),
+            },
+            "/slow-etag" => match inm.as_deref() {
+                Some("\"s1\"") => Reply::new(304, "")
+                    .header("cache-control", "max-age=3600")
+                    .after(Duration::from_millis(150)),
+                _ if n == 1 => Reply::new(200, "slow body")
+                    .header("etag", "\"s1\"")
+                    .header("cache-control", "max-age=1")
+                    .header("age", "5"),
+                _ => Reply::new(500, "revalidation expected"),
+            },
+            "/last-modified" => match ims {
+                Some(_) => Reply::new(304, "").header("cache-control", "max-age=3600"),
+                None if n == 1 => Reply::new(200, "dated body")
+                    .header("last-modified", &day_ago)
+                    .header("cache-control", "max-age=1")
+                    .header("age", "5"),
+                None => Reply::new(500, "revalidation expected"),
+            },
+            "/changed" => match (inm.as_deref(), n) {
+                (None, 1) => Reply::new(200, "old")
+                    .header("etag", "\"c1\"")
+                    .header("cache-control", "max-age=1")
+                    .header("age", "5"),
+                (Some("\"c1\""), _) => Reply::new(200, "new")
+                    .header("etag", "\"c2\"")
+                    .header("cache-control", "max-age=3600"),
+                _ => Reply::new(500, "unexpected"),
+            },
+            "/no-cache" => match inm.as_deref() {
+                Some("\"n1\"") => Reply::new(304, "").header("cache-control", "no-cache"),
+                _ => Reply::new(200, format!("no-cache {n}"))
+                    .header("etag", "\"n1\"")
+                    .header("cache-control", "no-cache"),
+            },
+            "/must-revalidate" if n == 1 => Reply::new(200, "strict")
+                .header("etag", "\"m1\"")
+                .header("cache-control", "max-age=1, must-revalidate")
+                .header("age", "5"),
+            "/stale-if-error-allowed" if n == 1 => Reply::new(200, "lenient")
+                .header("etag", "\"m1\"")
+                .header(
+                    "cache-control",
+                    "max-age=1, must-revalidate, stale-if-error=600",
+                )
+                .header("age", "5"),
+            "/plain-stale" if n == 1 => Reply::new(200, "forgiving")
+                .header("etag", "\"p1\"")
+                .header("cache-control", "max-age=1")
+                .header("age", "5"),
+            // The origin hangs past the route's timeout: unreachable.
+            "/must-revalidate" | "/stale-if-error-allowed" | "/plain-stale" => {
+                Reply::new(200, "late").after(Duration::from_secs(5))
+            }
+            "/validated" => Reply::new(200, "validated")
+                .header("etag", "W/\"w1\"")
+                .header("last-modified", &day_ago)
+                .header("cache-control", "max-age=3600"),
+            p if p.starts_with("/items") => {
+                if head.method == http::Method::POST {
+                    if p == "/items/fail" {
+                        return Reply::new(409, "conflict");
+                    }
+                    return Reply::new(201, "created")
+                        .header("location", "/items/new")
+                        .header(
+                            "content-location",
+                            &format!("http://{}/items/other", header(head, "host").unwrap()),
+                        );
+                }
+                Reply::new(200, format!("{p} {n}")).header("cache-control", "max-age=3600")
+            }
+            _ => Reply::new(200, format!("{path} {n}")),
+        }
+    })
+    .await
+}
+
+async fn get(gw: &InProcess, path: &str, headers: &[(&str, &str)]) -> sekisho_testkit::Answer {
+    send(&client(), "GET", &gw.url(path), headers, Bytes::new()).await
+}
+
+fn cache_status(answer: &sekisho_testkit::Answer) -> String {
+    answer.header("cache-status").unwrap_or("-").to_owned()
+}
+
+/// Issue 19, first bullet: without `ttl` only what the origin allows is stored; heuristic
+/// freshness only when asked; `ttl` still forces a default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ttl_only_explicit_freshness_is_stored() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    for path in ["/max-age", "/expires"] {
+        assert_eq!(get(&gw, path, &[]).await.status, 200);
+        let again = get(&gw, path, &[]).await;
+        assert!(
+            cache_status(&again).contains("hit"),
+            "{path}: {}",
+            cache_status(&again)
+        );
+        assert_eq!(origin.calls(path), 1, "{path} stored");
+    }
+    for path in ["/plain", "/modified", "/expires-invalid"] {
+        get(&gw, path, &[]).await;
+        let again = get(&gw, path, &[]).await;
+        assert!(cache_status(&again).contains("fwd=uri-miss"), "{path}");
+        assert_eq!(origin.calls(path), 2, "{path} not stored");
+    }
+    gw.stop().await;
+
+    let heuristic = InProcess::start(&config(&origin, "heuristic = true")).await;
+    heuristic_stored(&heuristic, &origin, "/modified", 3).await;
+    assert_eq!(get(&heuristic, "/plain", &[]).await.body, "plain 3");
+    heuristic.stop().await;
+
+    let forced = InProcess::start(&config(&origin, "ttl = \"60s\"")).await;
+    get(&forced, "/plain", &[]).await;
+    assert!(cache_status(&get(&forced, "/plain", &[]).await).contains("hit"));
+    assert_eq!(origin.calls("/plain"), 4, "ttl forces a default");
+    forced.stop().await;
+}
+
+async fn heuristic_stored(gw: &InProcess, origin: &Origin, path: &str, calls: u64) {
+    get(gw, path, &[]).await;
+    let again = get(gw, path, &[]).await;
+    let status = cache_status(&again);
+    assert!(status.contains("hit"), "{status}");
+    // 10 % of a day, capped at the default day: 8640 s.
+    assert!(status.contains("ttl=86"), "{status}");
+    assert_eq!(origin.calls(path), calls);
+}
+
+/// Issue 19, second bullet: with `ttl = "1s"` and no L2, a `max-age=3600` answer is still a hit
+/// after the `ttl` has passed (it used to be fetched again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_l2_an_entry_stays_in_process_for_its_freshness() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "ttl = \"1s\"\nl1_ttl = \"1s\"")).await;
+    get(&gw, "/max-age", &[]).await;
+    // The passage of time is what is tested here: past both the route's ttl and l1_ttl.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let later = get(&gw, "/max-age", &[]).await;
+    assert!(
+        cache_status(&later).contains("hit"),
+        "{}",
+        cache_status(&later)
+    );
+    assert_eq!(origin.calls("/max-age"), 1);
+    gw.stop().await;
+}
+
+/// Issue 19, third bullet: a stale entry with an ETag is revalidated; the 304 updates the stored
+/// fields and freshness, and the answer comes from the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    let first = get(&gw, "/etag", &[]).await;
+    assert_eq!(first.body, "the whole body");
+    let revalidated = get(&gw, "/etag", &[]).await;
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(revalidated.body, "the whole body");
+    assert_eq!(revalidated.header("x-version"), Some("updated"));
+    let status = cache_status(&revalidated);
+    assert!(
+        status.contains("fwd=stale; fwd-status=304; stored"),
+        "{status}"
+    );
+    let hit = get(&gw, "/etag", &[]).await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert_eq!(hit.body, "the whole body");
+    assert_eq!(hit.header("x-version"), Some("updated"));
+    assert_eq!(origin.calls("/etag"), 2);
+
+    // With Last-Modified only: If-Modified-Since.
+    get(&gw, "/last-modified", &[]).await;
+    let revalidated = get(&gw, "/last-modified", &[]).await;
+    assert_eq!(revalidated.body, "dated body");
+    assert!(cache_status(&revalidated).contains("fwd-status=304"));
+    assert!(cache_status(&get(&gw, "/last-modified", &[]).await).contains("hit"));
+    assert_eq!(origin.calls("/last-modified"), 2);
+
+    // A changed resource: the new answer replaces the entry.
+    get(&gw, "/changed", &[]).await;
+    assert_eq!(get(&gw, "/changed", &[]).await.body, "new");
+    assert_eq!(get(&gw, "/changed", &[]).await.body, "new");
+    assert_eq!(origin.calls("/changed"), 2);
+    gw.stop().await;
+}
+
+/// Revalidation goes through the single flight: 50 concurrent requests for a stale entry make
+/// one conditional request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_for_a_stale_entry_make_one_revalidation() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    get(&gw, "/slow-etag", &[]).await;
+    let http = client();
+    let url = gw.url("/slow-etag");
+    let answers = futures_util::future::join_all(
+        (0..50).map(|_| send(&http, "GET", &url, &[], Bytes::new())),
+    )
+    .await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "slow body");
+    }
+    assert_eq!(
+        origin.calls("/slow-etag"),
+        2,
+        "one revalidation for 50 requests"
+    );
+    gw.stop().await;
+}
+
+/// `no-cache`: stored, and revalidated on every use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cache_is_stored_and_revalidated_on_every_use() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(
+        &origin,
+        "ttl = \"60s\"\nstale_while_revalidate = \"60s\"",
+    ))
+    .await;
+    assert_eq!(get(&gw, "/no-cache", &[]).await.body, "no-cache 1");
+    for calls in 2..5 {
+        let answer = get(&gw, "/no-cache", &[]).await;
+        assert_eq!(
+            answer.body, "no-cache 1",
+            "answered from the entry after a 304"
+        );
+        assert!(
+            cache_status(&answer).contains("fwd-status=304"),
+            "{}",
+            cache_status(&answer)
+        );
+        assert_eq!(
+            origin.calls("/no-cache"),
+            calls,
+            "each use asked the origin"
+        );
+    }
+    gw.stop().await;
+}
+
+/// `must-revalidate`: a 504 rather than the stale copy when the origin cannot be reached, even
+/// with the route's stale_if_error, unless the response itself allows `stale-if-error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn must_revalidate_gets_504_rather_than_stale() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "stale_if_error = \"10m\"")).await;
+    for path in [
+        "/must-revalidate",
+        "/stale-if-error-allowed",
+        "/plain-stale",
+    ] {
+        assert_eq!(get(&gw, path, &[]).await.status, 200, "{path}");
+    }
+    let strict = get(&gw, "/must-revalidate", &[]).await;
+    assert_eq!(
+        strict.status,
+        504,
+        "{}",
+        String::from_utf8_lossy(&strict.body)
+    );
+    assert!(cache_status(&strict).contains("detail=must-revalidate"));
+    let lenient = get(&gw, "/stale-if-error-allowed", &[]).await;
+    assert_eq!(lenient.status, 200);
+    assert_eq!(lenient.body, "lenient");
+    assert!(cache_status(&lenient).contains("detail=stale-if-error"));
+    let plain = get(&gw, "/plain-stale", &[]).await;
+    assert_eq!(
+        plain.body, "forgiving",
+        "without must-revalidate the route's window applies"
+    );
+    gw.stop().await;
+}
+
+/// The client's own conditional requests answered from a fresh entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_conditionals_are_answered_from_a_fresh_entry() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    assert_eq!(get(&gw, "/validated", &[]).await.status, 200);
+    let now = http_date(SystemTime::now());
+    let long_ago = http_date(SystemTime::now() - Duration::from_secs(10 * 86_400));
+    for (name, value, status) in [
+        ("if-none-match", "\"w1\"", 304),
+        ("if-none-match", "W/\"w1\"", 304),
+        ("if-none-match", "\"w2\"", 200),
+        ("if-modified-since", now.as_str(), 304),
+        ("if-modified-since", long_ago.as_str(), 200),
+        ("if-modified-since", "not a date", 200),
+    ] {
+        let answer = get(&gw, "/validated", &[(name, value)]).await;
+        assert_eq!(answer.status, status, "{name}: {value}");
+        assert!(cache_status(&answer).contains("hit"));
+    }
+    // If-None-Match wins over If-Modified-Since.
+    let both = get(
+        &gw,
+        "/validated",
+        &[("if-none-match", "\"w2\""), ("if-modified-since", &now)],
+    )
+    .await;
+    assert_eq!(both.status, 200);
+    assert_eq!(origin.calls("/validated"), 1);
+    gw.stop().await;
+}
+
+/// `Age` from the origin counts; ours includes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn age_includes_the_origins() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    get(&gw, "/aged", &[]).await;
+    let hit = get(&gw, "/aged", &[]).await;
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!((100..110).contains(&age), "{age}");
+    let status = cache_status(&hit);
+    assert!(
+        status.contains("ttl=349"),
+        "3600 less 100 s of age: {status}"
+    );
+    gw.stop().await;
+}
+
+/// A successful unsafe request invalidates the URL's entry and its same-origin `Location` and
+/// `Content-Location`; a failed one does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsafe_methods_invalidate() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    let http = client();
+    for path in ["/items", "/items/new", "/items/other", "/items/fail"] {
+        get(&gw, path, &[]).await;
+        assert!(
+            cache_status(&get(&gw, path, &[]).await).contains("hit"),
+            "{path}"
+        );
+    }
+    let posted = send(
+        &http,
+        "POST",
+        &gw.url("/items"),
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(posted.status, 201);
+    for path in ["/items", "/items/new", "/items/other"] {
+        let again = get(&gw, path, &[]).await;
+        assert!(
+            cache_status(&again).contains("fwd=uri-miss"),
+            "{path}: {}",
+            cache_status(&again)
+        );
+        // The POST itself reached /items too.
+        let calls = if path == "/items" { 3 } else { 2 };
+        assert_eq!(origin.calls(path), calls, "{path}");
+    }
+    let failed = send(&http, "POST", &gw.url("/items/fail"), &[], Bytes::new()).await;
+    assert_eq!(failed.status, 409);
+    assert!(cache_status(&get(&gw, "/items/fail", &[]).await).contains("hit"));
+    gw.stop().await;
+}
