@@ -52,6 +52,10 @@ async fn origin() -> Origin {
             "/modified" => {
                 Reply::new(200, format!("modified {n}")).header("last-modified", &day_ago)
             }
+            // Date 100 s ago, no Age: its apparent age.
+            "/dated" => Reply::new(200, "dated")
+                .header("cache-control", "max-age=3600")
+                .header("date", &http_date(now - Duration::from_secs(100))),
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -378,7 +382,8 @@ async fn client_conditionals_are_answered_from_a_fresh_entry() {
     gw.stop().await;
 }
 
-/// `Age` from the origin counts; ours includes it.
+/// `Age` from the origin counts, and so does the apparent age from `Date` (RFC 9111 §4.2.3);
+/// ours includes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn age_includes_the_origins() {
     let origin = origin().await;
