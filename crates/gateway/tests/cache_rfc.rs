@@ -56,6 +56,14 @@ async fn origin() -> Origin {
             "/dated" => Reply::new(200, "dated")
                 .header("cache-control", "max-age=3600")
                 .header("date", &http_date(now - Duration::from_secs(100))),
+            "/conflicting" => Reply::new(200, format!("conflicting {n}"))
+                .header("cache-control", "max-age=60")
+                .header("cache-control", "max-age=120"),
+            "/quoted" => Reply::new(200, format!("quoted {n}"))
+                .header("cache-control", "no-cache=\"x-a, x-b\", max-age=\"60\""),
+            "/not-implemented" => {
+                Reply::new(501, format!("no {n}")).header("cache-control", "max-age=60")
+            }
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -437,5 +445,34 @@ async fn unsafe_methods_invalidate() {
     let failed = send(&http, "POST", &gw.url("/items/fail"), &[], Bytes::new()).await;
     assert_eq!(failed.status, 409);
     assert!(cache_status(&get(&gw, "/items/fail", &[]).await).contains("hit"));
+    gw.stop().await;
+}
+
+/// What may be stored, per §3 and §5.2: conflicting `max-age`s make a response stale (not
+/// stored without a validator, even with a route `ttl`), a quoted `no-cache` argument keeps its
+/// comma, 501 is heuristically cacheable, and a client's `Pragma` counts only without
+/// `Cache-Control`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_control_is_read_as_the_rfc_says() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "ttl = \"60s\"")).await;
+    for (path, calls) in [("/conflicting", 2), ("/quoted", 2), ("/not-implemented", 1)] {
+        get(&gw, path, &[]).await;
+        get(&gw, path, &[]).await;
+        assert_eq!(origin.calls(path), calls, "{path}");
+    }
+    get(&gw, "/max-age", &[]).await;
+    let pragma = get(
+        &gw,
+        "/max-age",
+        &[("pragma", "no-cache"), ("cache-control", "max-stale=10")],
+    )
+    .await;
+    assert!(
+        cache_status(&pragma).contains("hit"),
+        "{}",
+        cache_status(&pragma)
+    );
+    assert_eq!(origin.calls("/max-age"), 1);
     gw.stop().await;
 }

@@ -21,19 +21,96 @@ pub(super) struct CacheControl {
     pub stale_if_error: Option<u64>,
 }
 
+/// The largest delta-seconds a cache must handle; larger values are taken as this (RFC 9111
+/// §1.2.2).
+const DELTA_SECONDS_MAX: u64 = 1 << 31;
+
+/// The directives of a `Cache-Control` line: split on commas outside quoted strings.
+fn directives(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// A directive's argument, unquoted (a quoted-string's escapes resolved).
+fn argument(value: &str) -> String {
+    let value = value.trim();
+    match value
+        .strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+    {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut escaped = false;
+            for c in inner.chars() {
+                if !escaped && c == '\\' {
+                    escaped = true;
+                    continue;
+                }
+                escaped = false;
+                out.push(c);
+            }
+            out
+        }
+        None => value.to_owned(),
+    }
+}
+
+/// delta-seconds (RFC 9111 §1.2.2): digits only, capped at 2^31; `None` when invalid.
+fn delta_seconds(value: Option<&str>) -> Option<u64> {
+    let value = value?;
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        value
+            .parse::<u64>()
+            .map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX)),
+    )
+}
+
+/// Records a freshness directive: an invalid value, or a second one that disagrees with the
+/// first, makes the response stale (RFC 9111 §4.2.1: "considered stale").
+fn freshness_directive(slot: &mut Option<u64>, value: Option<&str>) {
+    let seconds = delta_seconds(value).unwrap_or(0);
+    *slot = match *slot {
+        Some(first) if first != seconds => Some(0),
+        _ => Some(seconds),
+    };
+}
+
 impl CacheControl {
-    /// Reads every `Cache-Control` line of `headers`; unknown directives are ignored and a
-    /// malformed number makes its directive absent.
+    /// Reads every `Cache-Control` line of `headers` as RFC 9111 §5.2 says: directive names
+    /// case-insensitive, arguments as tokens or quoted strings (commas inside quotes do not split),
+    /// unknown directives ignored. An invalid or conflicting `max-age`/`s-maxage` makes the
+    /// response stale; an invalid `stale-*` is ignored. `no-cache` and `private` with field
+    /// names are taken unqualified (the whole response; the safe reading for a shared cache).
     pub(super) fn parse(headers: &HeaderMap) -> Self {
         let mut cc = Self::default();
         for line in headers.get_all(header::CACHE_CONTROL) {
             let Ok(text) = line.to_str() else { continue };
-            for directive in text.split(',') {
+            for directive in directives(text) {
                 let (name, value) = match directive.split_once('=') {
-                    Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+                    Some((name, value)) => (name.trim(), Some(argument(value))),
                     None => (directive.trim(), None),
                 };
-                let seconds = || value.and_then(|v| v.parse::<u64>().ok());
+                if name.is_empty() {
+                    continue;
+                }
+                let value = value.as_deref();
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
                     "no-cache" => cc.no_cache = true,
@@ -41,10 +118,12 @@ impl CacheControl {
                     "public" => cc.public = true,
                     "must-revalidate" => cc.must_revalidate = true,
                     "proxy-revalidate" => cc.proxy_revalidate = true,
-                    "max-age" => cc.max_age = seconds(),
-                    "s-maxage" => cc.s_maxage = seconds(),
-                    "stale-while-revalidate" => cc.stale_while_revalidate = seconds(),
-                    "stale-if-error" => cc.stale_if_error = seconds(),
+                    "max-age" => freshness_directive(&mut cc.max_age, value),
+                    "s-maxage" => freshness_directive(&mut cc.s_maxage, value),
+                    "stale-while-revalidate" => {
+                        cc.stale_while_revalidate = delta_seconds(value);
+                    }
+                    "stale-if-error" => cc.stale_if_error = delta_seconds(value),
                     _ => {}
                 }
             }
@@ -81,12 +160,14 @@ pub(super) fn request_bypass(
 /// no-cache`): the cache then goes to the upstream, and still stores what comes back.
 pub(super) fn wants_revalidation(headers: &HeaderMap) -> bool {
     let cc = CacheControl::parse(headers);
+    // Pragma counts only without Cache-Control (RFC 9111 §5.4).
     cc.no_cache
         || cc.max_age == Some(0)
-        || headers
-            .get(header::PRAGMA)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+        || (!headers.contains_key(header::CACHE_CONTROL)
+            && headers
+                .get(header::PRAGMA)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")))
 }
 
 /// Whether the client forbade storing (`no-store` in the request).
@@ -95,11 +176,11 @@ pub(super) fn forbids_store(headers: &HeaderMap) -> bool {
 }
 
 /// Statuses a shared cache may store without explicit freshness (RFC 9110 §15.1's
-/// "heuristically cacheable" list, less 206 and 501 which sekisho does not cache).
+/// "heuristically cacheable" list, less 206: a partial answer is passed through, never stored).
 fn cacheable_status(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -705,5 +786,51 @@ mod tests {
         assert!(invalidates(&Method::DELETE, StatusCode::SEE_OTHER));
         assert!(!invalidates(&Method::PUT, StatusCode::CONFLICT));
         assert!(!invalidates(&Method::GET, StatusCode::OK));
+    }
+
+    #[test]
+    fn cache_control_parsed_strictly() {
+        let cc = CacheControl::parse(&headers(&[(
+            "cache-control",
+            "Private=\"Set-Cookie, X-Id\", MAX-AGE=\"60\", stale-if-error=+5",
+        )]));
+        assert!(cc.private);
+        assert_eq!(cc.max_age, Some(60), "the quoted comma does not split");
+        assert_eq!(cc.stale_if_error, None, "delta-seconds are digits only");
+        let conflicting = CacheControl::parse(&headers(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "max-age=120"),
+        ]));
+        assert_eq!(
+            conflicting.max_age,
+            Some(0),
+            "conflicting duplicates: stale"
+        );
+        let same = CacheControl::parse(&headers(&[("cache-control", "max-age=60, max-age=60")]));
+        assert_eq!(same.max_age, Some(60));
+        let invalid = CacheControl::parse(&headers(&[("cache-control", "max-age=soon")]));
+        assert_eq!(invalid.max_age, Some(0), "invalid: stale");
+        let huge = CacheControl::parse(&headers(&[(
+            "cache-control",
+            "s-maxage=99999999999999999999",
+        )]));
+        assert_eq!(huge.s_maxage, Some(1 << 31));
+        assert_eq!(
+            freshness(
+                StatusCode::OK,
+                &headers(&[("cache-control", "max-age=soon")]),
+                false,
+                &rules(),
+                0
+            ),
+            None,
+            "invalid freshness is not replaced by the route's ttl"
+        );
+        // Pragma only without Cache-Control.
+        assert!(!wants_revalidation(&headers(&[
+            ("pragma", "no-cache"),
+            ("cache-control", "max-age=60")
+        ])));
+        assert!(wants_revalidation(&headers(&[("pragma", "no-cache")])));
     }
 }
