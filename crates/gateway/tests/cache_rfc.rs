@@ -64,6 +64,14 @@ async fn origin() -> Origin {
             "/not-implemented" => {
                 Reply::new(501, format!("no {n}")).header("cache-control", "max-age=60")
             }
+            "/ranged" => match header(head, "range") {
+                Some(_) => Reply::new(206, "234")
+                    .header("content-range", "bytes 2-4/10")
+                    .header("cache-control", "max-age=3600"),
+                None => Reply::new(200, "0123456789")
+                    .header("etag", "\"r1\"")
+                    .header("cache-control", "max-age=3600"),
+            },
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -474,5 +482,48 @@ async fn cache_control_is_read_as_the_rfc_says() {
         cache_status(&pragma)
     );
     assert_eq!(origin.calls("/max-age"), 1);
+    gw.stop().await;
+}
+
+/// Ranges: a partial upstream answer passes through unstored; a stored whole answer answers a
+/// byte range with 206 and Content-Range (416 when unsatisfiable; the whole answer for several
+/// ranges or an If-Range that does not match).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_are_answered_from_a_stored_whole_answer() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    let partial = get(&gw, "/ranged", &[("range", "bytes=2-4")]).await;
+    assert_eq!(partial.status, 206);
+    assert!(
+        !cache_status(&partial).contains("stored"),
+        "{}",
+        cache_status(&partial)
+    );
+    let whole = get(&gw, "/ranged", &[]).await;
+    assert_eq!(whole.status, 200);
+    assert!(
+        cache_status(&whole).contains("stored"),
+        "{}",
+        cache_status(&whole)
+    );
+    for (range, if_range, status, body, content_range) in [
+        ("bytes=2-4", None, 206, "234", Some("bytes 2-4/10")),
+        ("bytes=-3", None, 206, "789", Some("bytes 7-9/10")),
+        ("bytes=7-", Some("\"r1\""), 206, "789", Some("bytes 7-9/10")),
+        ("bytes=20-", None, 416, "", Some("bytes */10")),
+        ("bytes=0-1,4-5", None, 200, "0123456789", None),
+        ("bytes=2-4", Some("\"r0\""), 200, "0123456789", None),
+    ] {
+        let mut headers = vec![("range", range)];
+        if let Some(if_range) = if_range {
+            headers.push(("if-range", if_range));
+        }
+        let answer = get(&gw, "/ranged", &headers).await;
+        assert_eq!(answer.status, status, "{range} {if_range:?}");
+        assert_eq!(answer.body, body, "{range}");
+        assert_eq!(answer.header("content-range"), content_range, "{range}");
+        assert!(cache_status(&answer).contains("hit"));
+    }
+    assert_eq!(origin.calls("/ranged"), 2);
     gw.stop().await;
 }

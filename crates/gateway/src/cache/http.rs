@@ -409,6 +409,72 @@ pub(super) fn not_modified_since(
     }
 }
 
+/// The one byte range `range` (a `Range` field) asks of a body of `length` bytes: `None` when
+/// it is not a single byte range (several ranges, another unit, malformed: the whole body is
+/// answered, as RFC 9110 §14.2 allows), `Some(Err(()))` when unsatisfiable.
+pub(super) fn byte_range(range: &str, length: usize) -> Option<Result<std::ops::Range<usize>, ()>> {
+    let spec = range.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let number = |text: &str| -> Option<Option<u64>> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Some(None);
+        }
+        if !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Some(text.parse().unwrap_or(u64::MAX)))
+    };
+    let length64 = length as u64;
+    let (start, end) = match (number(first)?, number(last)?) {
+        (Some(start), last) => {
+            if last.is_some_and(|last| last < start) {
+                return None;
+            }
+            if start >= length64 {
+                return Some(Err(()));
+            }
+            let end = last.map_or(length64, |last| last.saturating_add(1).min(length64));
+            (start, end)
+        }
+        (None, Some(suffix)) => {
+            if suffix == 0 || length == 0 {
+                return Some(Err(()));
+            }
+            (length64.saturating_sub(suffix), length64)
+        }
+        (None, None) => return None,
+    };
+    let start = usize::try_from(start).ok()?;
+    let end = usize::try_from(end).ok()?;
+    Some(Ok(start..end))
+}
+
+/// Whether `If-Range` matches the stored response (RFC 9110 §13.1.5): a strong `ETag` equal to
+/// it, or a date equal to its `Last-Modified`.
+pub(super) fn if_range_matches(if_range: &HeaderValue, stored: &HeaderMap) -> bool {
+    let Ok(text) = if_range.to_str() else {
+        return false;
+    };
+    let text = text.trim();
+    if text.starts_with('"') {
+        return stored
+            .get(header::ETAG)
+            .and_then(|e| e.to_str().ok())
+            .is_some_and(|etag| !etag.starts_with("W/") && etag.trim() == text);
+    }
+    match (
+        parse_date_ms(if_range),
+        date_ms(stored, &header::LAST_MODIFIED),
+    ) {
+        (Some(date), Some(modified)) => date == modified,
+        _ => false,
+    }
+}
+
 /// The tags of a response, from `Cache-Tag` (comma-separated) and `Surrogate-Key`
 /// (space-separated).
 pub(super) fn tags(response: &HeaderMap) -> Vec<String> {
@@ -832,5 +898,40 @@ mod tests {
             ("cache-control", "max-age=60")
         ])));
         assert!(wants_revalidation(&headers(&[("pragma", "no-cache")])));
+    }
+
+    #[test]
+    fn byte_ranges() {
+        assert_eq!(byte_range("bytes=0-3", 10), Some(Ok(0..4)));
+        assert_eq!(byte_range("bytes=5-", 10), Some(Ok(5..10)));
+        assert_eq!(byte_range("bytes=-3", 10), Some(Ok(7..10)));
+        assert_eq!(byte_range("bytes=-30", 10), Some(Ok(0..10)));
+        assert_eq!(byte_range("bytes=8-100", 10), Some(Ok(8..10)));
+        assert_eq!(byte_range("bytes=10-", 10), Some(Err(())));
+        assert_eq!(byte_range("bytes=-0", 10), Some(Err(())));
+        assert_eq!(byte_range("bytes=0-1,4-5", 10), None);
+        assert_eq!(byte_range("bytes=5-2", 10), None);
+        assert_eq!(byte_range("items=0-1", 10), None);
+        let stored = headers(&[
+            ("etag", "\"s\""),
+            ("last-modified", "Thu, 01 Jan 2026 00:00:00 GMT"),
+        ]);
+        assert!(if_range_matches(
+            &HeaderValue::from_static("\"s\""),
+            &stored
+        ));
+        assert!(!if_range_matches(
+            &HeaderValue::from_static("\"t\""),
+            &stored
+        ));
+        assert!(if_range_matches(
+            &HeaderValue::from_static("Thu, 01 Jan 2026 00:00:00 GMT"),
+            &stored
+        ));
+        let weak = headers(&[("etag", "W/\"s\"")]);
+        assert!(!if_range_matches(
+            &HeaderValue::from_static("W/\"s\""),
+            &weak
+        ));
     }
 }

@@ -46,11 +46,14 @@ pub struct Fetch {
     why: &'static str,
 }
 
-/// The conditional fields of a request, which the cache answers from a fresh entry.
+/// The conditional fields of a request, which the cache answers from a fresh entry, and its
+/// `Range` (with `If-Range`).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Conditional {
     none_match: Option<HeaderValue>,
     modified_since: Option<HeaderValue>,
+    range: Option<HeaderValue>,
+    if_range: Option<HeaderValue>,
 }
 
 impl Conditional {
@@ -64,7 +67,25 @@ impl Conditional {
         Self {
             none_match,
             modified_since,
+            range: headers.get(header::RANGE).cloned(),
+            if_range: headers.get(header::IF_RANGE).cloned(),
         }
+    }
+
+    /// The range of `entry`'s body to answer with: `None` for the whole (no `Range`, a `Range`
+    /// that is not one byte range, an `If-Range` that does not match), `Some(Err(()))` when
+    /// unsatisfiable.
+    fn range(&self, entry: &Entry) -> Option<Result<std::ops::Range<usize>, ()>> {
+        let range = self.range.as_ref()?;
+        if entry.status != StatusCode::OK {
+            return None;
+        }
+        if let Some(if_range) = &self.if_range {
+            if !http::if_range_matches(if_range, &entry.headers) {
+                return None;
+            }
+        }
+        http::byte_range(range.to_str().ok()?, entry.body.len())
     }
 
     /// Whether `entry` satisfies the condition (the client's copy is current): `304`.
@@ -545,15 +566,48 @@ pub(super) fn respond(
         response.headers_mut().insert(header::AGE, age);
         return response;
     }
+    let mut body = entry.body.clone();
+    let mut status = entry.status;
+    let mut content_range = None;
+    if *method == Method::GET {
+        // A range of a stored whole answer (RFC 9110 §14).
+        let length = entry.body.len();
+        match conditional.range(entry) {
+            None => {}
+            Some(Ok(range)) => {
+                content_range = Some(format!(
+                    "bytes {}-{}/{length}",
+                    range.start,
+                    range.end.saturating_sub(1)
+                ));
+                body = entry.body.slice(range);
+                status = StatusCode::PARTIAL_CONTENT;
+            }
+            Some(Err(())) => {
+                content_range = Some(format!("bytes */{length}"));
+                body = Bytes::new();
+                status = StatusCode::RANGE_NOT_SATISFIABLE;
+            }
+        }
+    }
+    let length = body.len();
     let body = if method == Method::HEAD {
         ResponseBody::empty()
     } else {
-        ResponseBody::full(entry.body.clone())
+        ResponseBody::full(body)
     };
     let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
+    *response.status_mut() = status;
     *response.headers_mut() = entry.headers.clone();
     response.headers_mut().insert(header::AGE, age);
+    if let Some(content_range) = content_range {
+        if let Ok(value) = HeaderValue::try_from(content_range) {
+            response.headers_mut().insert(header::CONTENT_RANGE, value);
+        }
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     response
 }
 
