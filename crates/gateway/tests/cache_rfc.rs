@@ -16,7 +16,7 @@ fn config(origin: &Origin, cache: &str) -> String {
         "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstreams.app]\ntargets = [\"{}\"]\n\
-         [[routes]]\nname = \"c\"\npath_prefix = \"/\"\nupstream = \"app\"\ntimeout = \"300ms\"\n\
+         [[routes]]\nname = \"c\"\npath_prefix = \"/\"\nupstream = \"app\"\ntimeout = \"1s\"\n\
          [routes.cache]\nttl_jitter = 0.0\n{cache}\n",
         origin.address
     )
@@ -72,6 +72,9 @@ async fn origin() -> Origin {
                     .header("etag", "\"r1\"")
                     .header("cache-control", "max-age=3600"),
             },
+            "/negotiated" => Reply::new(200, format!("negotiated {n}"))
+                .header("vary", "Accept-Encoding")
+                .header("cache-control", "max-age=3600"),
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -404,15 +407,24 @@ async fn client_conditionals_are_answered_from_a_fresh_entry() {
 async fn age_includes_the_origins() {
     let origin = origin().await;
     let gw = InProcess::start(&config(&origin, "")).await;
-    get(&gw, "/aged", &[]).await;
-    let hit = get(&gw, "/aged", &[]).await;
-    let age: u64 = hit.header("age").unwrap().parse().unwrap();
-    assert!((100..110).contains(&age), "{age}");
-    let status = cache_status(&hit);
-    assert!(
-        status.contains("ttl=349"),
-        "3600 less 100 s of age: {status}"
-    );
+    for path in ["/aged", "/dated"] {
+        get(&gw, path, &[]).await;
+        let hit = get(&gw, path, &[]).await;
+        let age: u64 = hit.header("age").unwrap().parse().unwrap();
+        assert!((100..110).contains(&age), "{path}: {age}");
+        let status = cache_status(&hit);
+        let ttl: u64 = status
+            .split("ttl=")
+            .nth(1)
+            .and_then(|t| t.split(';').next())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (3490..=3500).contains(&ttl),
+            "{path}: 3600 less 100 s of age: {status}"
+        );
+    }
     gw.stop().await;
 }
 
@@ -525,5 +537,25 @@ async fn ranges_are_answered_from_a_stored_whole_answer() {
         assert!(cache_status(&answer).contains("hit"));
     }
     assert_eq!(origin.calls("/ranged"), 2);
+    gw.stop().await;
+}
+
+/// `Vary` matching with the normalisation §4.1 allows: `Accept-Encoding` elements in another
+/// order, case, spacing or split over two lines select the same variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vary_matches_after_normalisation() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    get(&gw, "/negotiated", &[("accept-encoding", "gzip, br")]).await;
+    for headers in [
+        vec![("accept-encoding", "br,gzip")],
+        vec![("accept-encoding", "GZIP ,  BR")],
+        vec![("accept-encoding", "br"), ("accept-encoding", "gzip")],
+    ] {
+        let answer = get(&gw, "/negotiated", &headers).await;
+        assert_eq!(answer.body, "negotiated 1", "{headers:?}");
+    }
+    let other = get(&gw, "/negotiated", &[("accept-encoding", "identity")]).await;
+    assert_eq!(other.body, "negotiated 2");
     gw.stop().await;
 }

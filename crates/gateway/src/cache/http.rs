@@ -360,21 +360,57 @@ pub(super) fn vary(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// The part of a cache key that the request's values of `names` make.
+/// The part of a cache key that the request's values of `names` make, normalised as RFC 9111
+/// §4.1 allows: whitespace around values, several field lines combined, and for the list fields
+/// of content negotiation (`Accept*`) the elements trimmed (also around `;` and `=`), and for
+/// those whose values are case-insensitive (`Accept-Encoding`, `Accept-Language`,
+/// `Accept-Charset`) lowercased — `Accept-Encoding`'s elements also sorted (their order means
+/// nothing). Any other field is kept as sent, less the whitespace at its ends.
 pub(super) fn variant(names: &[HeaderName], request: &HeaderMap) -> String {
     let mut text = String::new();
     for name in names {
         text.push('|');
         text.push_str(name.as_str());
         text.push('=');
-        let mut first = true;
-        for value in request.get_all(name) {
-            if !first {
-                text.push(',');
+        let list = matches!(
+            name.as_str(),
+            "accept" | "accept-encoding" | "accept-language" | "accept-charset"
+        );
+        if !list {
+            let mut first = true;
+            for value in request.get_all(name) {
+                if !first {
+                    text.push(',');
+                }
+                first = false;
+                text.push_str(String::from_utf8_lossy(value.as_bytes()).trim());
             }
-            first = false;
-            text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            continue;
         }
+        let lowercase = name.as_str() != "accept";
+        let mut elements: Vec<String> = Vec::new();
+        for value in request.get_all(name) {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            for element in value.split(',') {
+                let element: String = element
+                    .split(';')
+                    .map(|part| part.split('=').map(str::trim).collect::<Vec<_>>().join("="))
+                    .collect::<Vec<_>>()
+                    .join(";");
+                if element.is_empty() {
+                    continue;
+                }
+                elements.push(if lowercase {
+                    element.to_ascii_lowercase()
+                } else {
+                    element
+                });
+            }
+        }
+        if name.as_str() == "accept-encoding" {
+            elements.sort();
+        }
+        text.push_str(&elements.join(","));
     }
     text
 }
@@ -933,5 +969,43 @@ mod tests {
             &HeaderValue::from_static("W/\"s\""),
             &weak
         ));
+    }
+
+    #[test]
+    fn vary_values_normalised_as_the_rfc_allows() {
+        let names = [
+            HeaderName::from_static("accept-encoding"),
+            HeaderName::from_static("accept-language"),
+            HeaderName::from_static("x-custom"),
+        ];
+        let a = variant(
+            &names,
+            &headers(&[
+                ("accept-encoding", "gzip, BR;q=0.5"),
+                ("accept-language", "en-GB ,fr"),
+                ("x-custom", " A "),
+            ]),
+        );
+        let b = variant(
+            &names,
+            &headers(&[
+                ("accept-encoding", "br; q=0.5"),
+                ("accept-encoding", "gzip"),
+                ("accept-language", "en-gb, fr"),
+                ("x-custom", "A"),
+            ]),
+        );
+        assert_eq!(a, b);
+        let c = variant(
+            &names,
+            &headers(&[
+                ("accept-encoding", "gzip, br;q=0.5"),
+                ("accept-language", "fr, en-gb"),
+                ("x-custom", "A"),
+            ]),
+        );
+        assert_ne!(a, c, "Accept-Language order is kept");
+        let d = variant(&names[2..], &headers(&[("x-custom", "a")]));
+        assert_ne!(d, variant(&names[2..], &headers(&[("x-custom", "A")])));
     }
 }
