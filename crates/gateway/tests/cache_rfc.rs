@@ -75,6 +75,23 @@ async fn origin() -> Origin {
             "/negotiated" => Reply::new(200, format!("negotiated {n}"))
                 .header("vary", "Accept-Encoding")
                 .header("cache-control", "max-age=3600"),
+            // HEAD: the same validators and a longer freshness; GET: a new body (not expected
+            // after the HEAD freshened the entry).
+            "/headed" if head.method == http::Method::HEAD => Reply::new(200, "headed body")
+                .header("etag", "\"h1\"")
+                .header("x-version", "from-head")
+                .header("cache-control", "max-age=3600"),
+            "/headed" => Reply::new(200, if n == 1 { "headed body" } else { "refetched!!" })
+                .header("etag", if n == 1 { "\"h1\"" } else { "\"h2\"" })
+                .header("cache-control", "max-age=1")
+                .header("age", "5"),
+            "/replaced" if head.method == http::Method::HEAD => Reply::new(200, "other body!")
+                .header("etag", "\"x2\"")
+                .header("cache-control", "max-age=3600"),
+            "/replaced" => Reply::new(200, format!("replaced {n}"))
+                .header("etag", "\"x1\"")
+                .header("cache-control", "max-age=1")
+                .header("age", "5"),
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -557,5 +574,35 @@ async fn vary_matches_after_normalisation() {
     }
     let other = get(&gw, "/negotiated", &[("accept-encoding", "identity")]).await;
     assert_eq!(other.body, "negotiated 2");
+    gw.stop().await;
+}
+
+/// A `HEAD` through the cache for a stale stored `GET` (§4.3.5): the same validators freshen
+/// the entry with the `HEAD`'s fields; different ones invalidate it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_freshens_or_invalidates_the_stored_get() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    let http = client();
+    assert_eq!(get(&gw, "/headed", &[]).await.body, "headed body");
+    let head = send(&http, "HEAD", &gw.url("/headed"), &[], Bytes::new()).await;
+    assert_eq!(head.status, 200);
+    let after = get(&gw, "/headed", &[]).await;
+    assert!(
+        cache_status(&after).contains("hit"),
+        "{}",
+        cache_status(&after)
+    );
+    assert_eq!(after.body, "headed body");
+    assert_eq!(after.header("x-version"), Some("from-head"));
+
+    get(&gw, "/replaced", &[]).await;
+    send(&http, "HEAD", &gw.url("/replaced"), &[], Bytes::new()).await;
+    let after = get(&gw, "/replaced", &[]).await;
+    assert!(
+        cache_status(&after).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&after)
+    );
     gw.stop().await;
 }

@@ -294,6 +294,11 @@ impl Fetch {
                 status_value(format_args!("fwd={why}; fwd-status={fwd_status}")),
             )
         };
+        if self.method == Method::HEAD && response.status() == StatusCode::OK {
+            if let Some(stale) = self.stale.take() {
+                self.freshen_from_head(&stale, response.headers()).await;
+            }
+        }
         if !self.store || self.method != Method::GET {
             return pass(response);
         }
@@ -359,6 +364,61 @@ impl Fetch {
             Ok(respond(&entry, now, &self.method, &self.conditional)),
             status,
         )
+    }
+
+    /// A `200` to a `HEAD` for a stale stored `GET` (RFC 9111 §4.3.5): the same `ETag`,
+    /// `Last-Modified` and `Content-Length` freshen the entry with the `HEAD`'s fields (as a
+    /// `304` would); a different one invalidates it.
+    async fn freshen_from_head(&mut self, stale: &Entry, head: &HeaderMap) {
+        let cache = Arc::clone(&self.cache);
+        let same = [header::ETAG, header::LAST_MODIFIED, header::CONTENT_LENGTH]
+            .iter()
+            .all(|name| {
+                head.get(name)
+                    .is_none_or(|v| stale.headers.get(name) == Some(v))
+            });
+        if !same {
+            if let Err(error) = cache
+                .store
+                .purge(&super::Purge::Key(self.primary.clone()))
+                .await
+            {
+                tracing::warn!(%error, "a HEAD's invalidation did not reach the shared tier");
+            }
+            return;
+        }
+        let mut updated = Response::new(());
+        *updated.status_mut() = stale.status;
+        *updated.headers_mut() = http::updated_headers(&stale.headers, head);
+        for name in [header::DATE, header::AGE] {
+            if let Some(value) = head.get(&name) {
+                updated.headers_mut().insert(name, value.clone());
+            }
+        }
+        let (parts, ()) = updated.into_parts();
+        let authorized = self.request_headers.contains_key(header::AUTHORIZATION);
+        let Some(lifetime) = http::freshness(
+            parts.status,
+            &parts.headers,
+            authorized && !cache.cache_authorized,
+            &cache.defaults,
+            now_ms(),
+        ) else {
+            return;
+        };
+        let Some(vary) = http::vary(&parts.headers) else {
+            return;
+        };
+        let entry = cache.entry(&parts, stale.body.clone(), lifetime, self.started);
+        cache
+            .store_entry(
+                &self.primary,
+                &vary,
+                entry,
+                &self.request_headers,
+                self.variant_of.take(),
+            )
+            .await;
     }
 
     fn usable_stale(&self) -> Option<Arc<Entry>> {
