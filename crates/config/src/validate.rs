@@ -236,6 +236,21 @@ fn validate_route(config: &Config, spanned_route: &Spanned<Route>, problems: &mu
         validate_adaptive_concurrency(&context, adaptive, problems);
     }
     if let Some(cache) = &route.cache {
+        for name in &cache.targeted {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token || name.eq_ignore_ascii_case("cache-control") {
+                problems.push((
+                    spanned_route.span(),
+                    format!(
+                        "route `{}`: cache.targeted: `{name}` is not a targeted field name (e.g. \"CDN-Cache-Control\")",
+                        route.name
+                    ),
+                ));
+            }
+        }
         if cache.ttl_jitter.0 >= 1.0 {
             problems.push((
                 spanned_route.span(),

@@ -92,6 +92,9 @@ async fn origin() -> Origin {
                 .header("etag", "\"x1\"")
                 .header("cache-control", "max-age=1")
                 .header("age", "5"),
+            "/targeted" => Reply::new(200, format!("targeted {n}"))
+                .header("cache-control", "no-store")
+                .header("cdn-cache-control", "max-age=600"),
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -605,4 +608,22 @@ async fn a_head_freshens_or_invalidates_the_stored_get() {
         cache_status(&after)
     );
     gw.stop().await;
+}
+
+/// RFC 9213: with `targeted = ["CDN-Cache-Control"]` the targeted field decides (here: stored
+/// for 600 s though `Cache-Control` says `no-store`); without it, `Cache-Control` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdn_cache_control_when_targeted() {
+    let origin = origin().await;
+    let plain = InProcess::start(&config(&origin, "")).await;
+    get(&plain, "/targeted", &[]).await;
+    get(&plain, "/targeted", &[]).await;
+    assert_eq!(origin.calls("/targeted"), 2, "no-store obeyed");
+    plain.stop().await;
+    let cdn = InProcess::start(&config(&origin, "targeted = [\"CDN-Cache-Control\"]")).await;
+    get(&cdn, "/targeted", &[]).await;
+    let hit = get(&cdn, "/targeted", &[]).await;
+    assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
+    assert_eq!(origin.calls("/targeted"), 3);
+    cdn.stop().await;
 }

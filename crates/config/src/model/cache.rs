@@ -10,6 +10,11 @@ use crate::duration::{ConfigDuration, NonZeroDuration};
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cache {
+    /// Targeted cache-control fields this cache obeys before `Cache-Control` (RFC 9213), in
+    /// order, e.g. `["CDN-Cache-Control"]` for a gateway that acts as a CDN: the first present
+    /// decides, and `Cache-Control` and `Expires` are then ignored. Default: none.
+    #[serde(default)]
+    pub targeted: Vec<String>,
     /// Freshness forced on a 200/204 that carries none of its own (no `s-maxage`, `max-age` or
     /// `Expires`, and no heuristic freshness). Unset: only what the origin allows is stored.
     #[serde(default)]

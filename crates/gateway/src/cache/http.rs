@@ -99,8 +99,30 @@ impl CacheControl {
     /// response stale; an invalid `stale-*` is ignored. `no-cache` and `private` with field
     /// names are taken unqualified (the whole response; the safe reading for a shared cache).
     pub(super) fn parse(headers: &HeaderMap) -> Self {
+        Self::parse_field(headers, &header::CACHE_CONTROL)
+    }
+
+    /// The caching policy of a response for a cache that obeys the targeted fields `targeted`
+    /// (RFC 9213: `CDN-Cache-Control`, …) before `Cache-Control`: the first of them present
+    /// with a non-empty value, else `Cache-Control`. The second value says whether a targeted
+    /// field was used (then `Expires` does not count either).
+    pub(super) fn policy(headers: &HeaderMap, targeted: &[HeaderName]) -> (Self, bool) {
+        for name in targeted {
+            let present = headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|t| !t.trim().is_empty()));
+            if present {
+                return (Self::parse_field(headers, name), true);
+            }
+        }
+        (Self::parse(headers), false)
+    }
+
+    /// Reads every line of the `Cache-Control`-like field `name`.
+    fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Self {
         let mut cc = Self::default();
-        for line in headers.get_all(header::CACHE_CONTROL) {
+        for line in headers.get_all(name) {
             let Ok(text) = line.to_str() else { continue };
             for directive in directives(text) {
                 let (name, value) = match directive.split_once('=') {
@@ -190,8 +212,10 @@ pub(super) fn is_negative(status: StatusCode) -> bool {
 }
 
 /// A route's freshness settings: what applies when the response gives no explicit freshness.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Defaults {
+    /// Targeted cache-control fields obeyed before `Cache-Control` (RFC 9213), in order.
+    pub targeted: Vec<HeaderName>,
     /// Forced on a 200/204 without explicit or heuristic freshness; `None`: not stored.
     pub ttl: Option<Duration>,
     /// 404/410 without explicit freshness; zero: not stored.
@@ -239,7 +263,7 @@ pub(super) fn freshness(
     if !cacheable_status(status) {
         return None;
     }
-    let cc = CacheControl::parse(response);
+    let (cc, targeted) = CacheControl::policy(response, &defaults.targeted);
     if cc.no_store || cc.private {
         return None;
     }
@@ -258,6 +282,7 @@ pub(super) fn freshness(
     }
     let explicit = match cc.s_maxage.or(cc.max_age) {
         Some(seconds) => Some(Duration::from_secs(seconds)),
+        None if targeted => None,
         None => response.get(header::EXPIRES).map(|expires| {
             let date = date_ms(response, &header::DATE).unwrap_or(now_ms);
             // An invalid Expires ("0", "-1", garbage) means already expired (§5.3).
@@ -564,6 +589,7 @@ mod tests {
 
     fn rules() -> Defaults {
         Defaults {
+            targeted: Vec::new(),
             ttl: Some(TTL),
             negative_ttl: NEG,
             heuristic: None,
@@ -805,7 +831,7 @@ mod tests {
         assert_eq!(freshness(ok, &modified, false, &none, JAN1), None);
         let heuristic = Defaults {
             heuristic: Some((0.1, Duration::from_secs(3600))),
-            ..none
+            ..none.clone()
         };
         assert_eq!(
             freshness(ok, &modified, false, &heuristic, JAN1),
@@ -1007,5 +1033,37 @@ mod tests {
         assert_ne!(a, c, "Accept-Language order is kept");
         let d = variant(&names[2..], &headers(&[("x-custom", "a")]));
         assert_ne!(d, variant(&names[2..], &headers(&[("x-custom", "A")])));
+    }
+
+    #[test]
+    fn targeted_fields_come_before_cache_control() {
+        let cdn = Defaults {
+            targeted: vec![HeaderName::from_static("cdn-cache-control")],
+            ttl: None,
+            ..rules()
+        };
+        let h = headers(&[
+            ("cache-control", "no-store"),
+            ("expires", "0"),
+            ("cdn-cache-control", "max-age=600"),
+        ]);
+        assert_eq!(
+            freshness(StatusCode::OK, &h, false, &cdn, JAN1),
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(freshness(StatusCode::OK, &h, false, &rules(), JAN1), None);
+        let only_cc = headers(&[("cache-control", "max-age=60")]);
+        assert_eq!(
+            freshness(StatusCode::OK, &only_cc, false, &cdn, JAN1),
+            Some(Duration::from_secs(60))
+        );
+        let no_store = headers(&[
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+        ]);
+        assert_eq!(
+            freshness(StatusCode::OK, &no_store, false, &cdn, JAN1),
+            None
+        );
     }
 }

@@ -240,7 +240,9 @@ impl Fetch {
             }
             if let (Some(stale), Err(error)) = (&self.stale, &result) {
                 if stale.ttl_ms(now_ms()) <= 0
-                    && http::CacheControl::parse(&stale.headers).demands_revalidation()
+                    && http::CacheControl::policy(&stale.headers, &self.cache.defaults.targeted)
+                        .0
+                        .demands_revalidation()
                 {
                     // must-revalidate (and its kin): 504 rather than the stale copy when the
                     // origin cannot confirm it (RFC 9111 §5.2.2.2).
@@ -437,7 +439,7 @@ impl RouteCache {
         lifetime: Duration,
         started: Instant,
     ) -> Entry {
-        let cc = http::CacheControl::parse(&head.headers);
+        let (cc, _) = http::CacheControl::policy(&head.headers, &self.defaults.targeted);
         let lifetime_ms = if lifetime.is_zero() {
             0
         } else {

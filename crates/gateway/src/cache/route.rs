@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::header::{self, HeaderMap, HeaderValue};
+use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ::http::request::Parts;
 use ::http::{Method, Response};
 use prometheus_client::metrics::counter::Counter;
@@ -76,6 +76,11 @@ impl RouteCache {
             route: Arc::from(route),
             prefix: format!("{route}:v{}:", config.version.0),
             defaults: http::Defaults {
+                targeted: config
+                    .targeted
+                    .iter()
+                    .filter_map(|name| HeaderName::try_from(name.to_ascii_lowercase()).ok())
+                    .collect(),
                 ttl: config.ttl.map(|t| t.get()),
                 negative_ttl: config.negative_ttl.0,
                 heuristic: config
