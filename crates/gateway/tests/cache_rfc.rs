@@ -60,7 +60,8 @@ async fn origin() -> Origin {
                 .header("cache-control", "max-age=60")
                 .header("cache-control", "max-age=120"),
             "/quoted" => Reply::new(200, format!("quoted {n}"))
-                .header("cache-control", "no-cache=\"x-a, x-b\", max-age=\"60\""),
+                .header("cache-control", "no-cache=\"x-a, x-b\", max-age=\"60\"")
+                .header("x-b", "withheld"),
             "/not-implemented" => {
                 Reply::new(501, format!("no {n}")).header("cache-control", "max-age=60")
             }
@@ -95,6 +96,14 @@ async fn origin() -> Origin {
             "/targeted" => Reply::new(200, format!("targeted {n}"))
                 .header("cache-control", "no-store")
                 .header("cdn-cache-control", "max-age=600"),
+            "/withheld" => Reply::new(200, format!("withheld {n}"))
+                .header(
+                    "cache-control",
+                    "private=\"Set-Cookie, X-User\", max-age=600",
+                )
+                .header("set-cookie", "session=alice")
+                .header("x-user", "alice")
+                .header("x-shared", "yes"),
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -490,17 +499,18 @@ async fn unsafe_methods_invalidate() {
 
 /// What may be stored, per §3 and §5.2: conflicting `max-age`s make a response stale (not
 /// stored without a validator, even with a route `ttl`), a quoted `no-cache` argument keeps its
-/// comma, 501 is heuristically cacheable, and a client's `Pragma` counts only without
-/// `Cache-Control`.
+/// comma (a qualified `no-cache`: stored without `x-a` and `x-b`), 501 is heuristically
+/// cacheable, and a client's `Pragma` counts only without `Cache-Control`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_control_is_read_as_the_rfc_says() {
     let origin = origin().await;
     let gw = InProcess::start(&config(&origin, "ttl = \"60s\"")).await;
-    for (path, calls) in [("/conflicting", 2), ("/quoted", 2), ("/not-implemented", 1)] {
+    for (path, calls) in [("/conflicting", 2), ("/quoted", 1), ("/not-implemented", 1)] {
         get(&gw, path, &[]).await;
         get(&gw, path, &[]).await;
         assert_eq!(origin.calls(path), calls, "{path}");
     }
+    assert_eq!(get(&gw, "/quoted", &[]).await.header("x-b"), None);
     get(&gw, "/max-age", &[]).await;
     let pragma = get(
         &gw,
@@ -626,4 +636,25 @@ async fn cdn_cache_control_when_targeted() {
     assert!(cache_status(&hit).contains("hit"), "{}", cache_status(&hit));
     assert_eq!(origin.calls("/targeted"), 3);
     cdn.stop().await;
+}
+
+/// Qualified `private="…"` (§5.2.2.7): stored without the named fields, so one user's cookie
+/// never reaches another while the rest is shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qualified_private_is_stored_without_its_fields() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    let first = get(&gw, "/withheld", &[]).await;
+    assert!(
+        cache_status(&first).contains("stored"),
+        "{}",
+        cache_status(&first)
+    );
+    let hit = get(&gw, "/withheld", &[]).await;
+    assert!(cache_status(&hit).contains("hit"));
+    assert_eq!(hit.body, "withheld 1");
+    assert_eq!(hit.header("set-cookie"), None);
+    assert_eq!(hit.header("x-user"), None);
+    assert_eq!(hit.header("x-shared"), Some("yes"));
+    gw.stop().await;
 }

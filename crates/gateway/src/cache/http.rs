@@ -10,8 +10,13 @@ use http::{Method, StatusCode};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct CacheControl {
     pub no_store: bool,
+    /// Unqualified `no-cache` (a qualified one only withholds its fields).
     pub no_cache: bool,
+    /// Unqualified `private`.
     pub private: bool,
+    /// The field names of a qualified `private="…"` or `no-cache="…"`: a shared cache may
+    /// store the response without them (RFC 9111 §5.2.2.4, §5.2.2.7).
+    pub withheld: Vec<HeaderName>,
     pub public: bool,
     pub must_revalidate: bool,
     pub proxy_revalidate: bool,
@@ -135,8 +140,24 @@ impl CacheControl {
                 let value = value.as_deref();
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
+                    "no-cache" | "private" => {
+                        let fields: Vec<HeaderName> = value
+                            .unwrap_or_default()
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|f| !f.is_empty())
+                            .filter_map(|f| HeaderName::try_from(f.to_ascii_lowercase()).ok())
+                            .collect();
+                        if fields.is_empty() {
+                            if name.eq_ignore_ascii_case("private") {
+                                cc.private = true;
+                            } else {
+                                cc.no_cache = true;
+                            }
+                        } else {
+                            cc.withheld.extend(fields);
+                        }
+                    }
                     "public" => cc.public = true,
                     "must-revalidate" => cc.must_revalidate = true,
                     "proxy-revalidate" => cc.proxy_revalidate = true,
@@ -267,8 +288,9 @@ pub(super) fn freshness(
     if cc.no_store || cc.private {
         return None;
     }
-    if response.contains_key(header::SET_COOKIE) {
-        // One client's cookie must never be handed to another.
+    if response.contains_key(header::SET_COOKIE) && !cc.withheld.contains(&header::SET_COOKIE) {
+        // One client's cookie must never be handed to another (unless the response says
+        // `private="Set-Cookie"`: then it is stored without it).
         return None;
     }
     if authorized && !(cc.public || cc.s_maxage.is_some()) {
@@ -922,7 +944,8 @@ mod tests {
             "cache-control",
             "Private=\"Set-Cookie, X-Id\", MAX-AGE=\"60\", stale-if-error=+5",
         )]));
-        assert!(cc.private);
+        assert!(!cc.private, "qualified: only its fields");
+        assert_eq!(cc.withheld, ["set-cookie", "x-id"]);
         assert_eq!(cc.max_age, Some(60), "the quoted comma does not split");
         assert_eq!(cc.stale_if_error, None, "delta-seconds are digits only");
         let conflicting = CacheControl::parse(&headers(&[

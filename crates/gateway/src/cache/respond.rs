@@ -448,6 +448,10 @@ impl RouteCache {
         let mut headers = head.headers.clone();
         headers.remove(header::AGE);
         headers.remove(&CACHE_STATUS);
+        for name in &cc.withheld {
+            // Qualified private / no-cache: stored without those fields.
+            headers.remove(name);
+        }
         // A response that demands revalidation gets only the stale windows it gives itself.
         let (swr, sie) = if cc.demands_revalidation() {
             (Duration::ZERO, Duration::ZERO)
