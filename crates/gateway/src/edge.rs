@@ -128,14 +128,13 @@ pub enum GatewayError {
     /// A cached answer that demands revalidation (`must-revalidate`, `proxy-revalidate`,
     /// `s-maxage`, `no-cache`) is stale and the upstream could not confirm it: RFC 9111
     /// §5.2.2.2 asks for a 504 rather than the stale copy.
-    #[error(
-        "upstream `{upstream}` could not revalidate a cached answer that demands it ({cause})"
-    )]
+    #[error("upstream `{upstream}` could not revalidate a cached answer that demands it")]
     Unrevalidated {
         /// The route's name.
         upstream: Arc<str>,
-        /// The code of the upstream's failure.
-        cause: &'static str,
+        /// How the upstream failed.
+        #[source]
+        source: Box<GatewayError>,
     },
 }
 

@@ -363,11 +363,21 @@ const NOT_UPDATED: [HeaderName; 8] = [
 ];
 
 /// The stored fields updated by a `304` (RFC 9111 §3.2, §4.3.4): each field of the `304`
-/// replaces the stored one of its name, except [`NOT_UPDATED`].
+/// replaces the stored one of its name, except [`NOT_UPDATED`]. Its `Age` and `Date` are the
+/// new answer's; without a `Date` the stored one (of the first answer) would count the whole
+/// time since then as age, so it becomes now.
 pub(super) fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
     let mut headers = stored.clone();
+    headers.remove(header::AGE);
+    if !not_modified.contains_key(header::DATE) {
+        if let Ok(now) =
+            HeaderValue::try_from(httpdate::fmt_http_date(std::time::SystemTime::now()))
+        {
+            headers.insert(header::DATE, now);
+        }
+    }
     for name in not_modified.keys() {
-        if NOT_UPDATED.contains(name) || *name == header::AGE {
+        if NOT_UPDATED.contains(name) {
             continue;
         }
         headers.remove(name);
@@ -911,6 +921,7 @@ mod tests {
             ("x-new", "2"),
         ]);
         let updated = updated_headers(&stored, &not_modified);
+        assert!(updated.contains_key("date"), "now, when the 304 has none");
         assert_eq!(updated["cache-control"], "max-age=60");
         assert_eq!(updated["content-length"], "11");
         assert_eq!(updated["x-kept"], "1");

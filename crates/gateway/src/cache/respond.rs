@@ -238,7 +238,7 @@ impl Fetch {
                 let response = respond(&stale, now, &self.method, &self.conditional);
                 return (Ok(response), status);
             }
-            if let (Some(stale), Err(error)) = (&self.stale, &result) {
+            if let (Some(stale), Err(_)) = (&self.stale, &result) {
                 if stale.ttl_ms(now_ms()) <= 0
                     && http::CacheControl::policy(&stale.headers, &self.cache.defaults.targeted)
                         .0
@@ -247,13 +247,16 @@ impl Fetch {
                     // must-revalidate (and its kin): 504 rather than the stale copy when the
                     // origin cannot confirm it (RFC 9111 §5.2.2.2).
                     let status = status_value(format_args!("fwd={why}; detail=must-revalidate"));
-                    return (
-                        Err(GatewayError::Unrevalidated {
-                            upstream: Arc::from(self.cache.route.as_ref()),
-                            cause: error.code(),
-                        }),
-                        status,
-                    );
+                    if let Err(error) = result {
+                        return (
+                            Err(GatewayError::Unrevalidated {
+                                upstream: Arc::from(self.cache.route.as_ref()),
+                                source: Box::new(error),
+                            }),
+                            status,
+                        );
+                    }
+                    return (result, status);
                 }
             }
         }
@@ -268,12 +271,6 @@ impl Fetch {
                 let mut updated = Response::new(ResponseBody::full(stale.body.clone()));
                 *updated.status_mut() = stale.status;
                 *updated.headers_mut() = http::updated_headers(&stale.headers, response.headers());
-                if let Some(date) = response.headers().get(header::DATE) {
-                    updated.headers_mut().insert(header::DATE, date.clone());
-                }
-                if let Some(age) = response.headers().get(header::AGE) {
-                    updated.headers_mut().insert(header::AGE, age.clone());
-                }
                 Ok(updated)
             }
             (result, _) => result,
@@ -392,11 +389,6 @@ impl Fetch {
         let mut updated = Response::new(());
         *updated.status_mut() = stale.status;
         *updated.headers_mut() = http::updated_headers(&stale.headers, head);
-        for name in [header::DATE, header::AGE] {
-            if let Some(value) = head.get(&name) {
-                updated.headers_mut().insert(name, value.clone());
-            }
-        }
         let (parts, ()) = updated.into_parts();
         let authorized = self.request_headers.contains_key(header::AUTHORIZATION);
         let Some(lifetime) = http::freshness(
