@@ -64,11 +64,16 @@ impl Conditional {
             Some(_) => None,
             None => headers.get(header::IF_MODIFIED_SINCE).cloned(),
         };
+        let range = headers.get(header::RANGE).cloned();
+        let if_range = match range {
+            Some(_) => headers.get(header::IF_RANGE).cloned(),
+            None => None,
+        };
         Self {
             none_match,
             modified_since,
-            range: headers.get(header::RANGE).cloned(),
-            if_range: headers.get(header::IF_RANGE).cloned(),
+            range,
+            if_range,
         }
     }
 
