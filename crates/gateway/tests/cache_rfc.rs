@@ -104,6 +104,16 @@ async fn origin() -> Origin {
                 .header("set-cookie", "session=alice")
                 .header("x-user", "alice")
                 .header("x-shared", "yes"),
+            "/swr-etag" => match inm.as_deref() {
+                Some("\"e1\"") => Reply::new(304, "")
+                    .header("cache-control", "max-age=3600")
+                    .header("x-version", "revalidated"),
+                _ if n == 1 => Reply::new(200, "kept body")
+                    .header("etag", "\"e1\"")
+                    .header("cache-control", "max-age=1, stale-while-revalidate=60")
+                    .header("age", "5"),
+                _ => Reply::new(500, "revalidation expected"),
+            },
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -656,5 +666,32 @@ async fn qualified_private_is_stored_without_its_fields() {
     assert_eq!(hit.header("set-cookie"), None);
     assert_eq!(hit.header("x-user"), None);
     assert_eq!(hit.header("x-shared"), Some("yes"));
+    gw.stop().await;
+}
+
+/// Stale-while-revalidate with a validator: the stale copy answers at once, and the background
+/// refresh is a conditional request whose 304 freshens the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_refresh_revalidates_too() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    get(&gw, "/swr-etag", &[]).await;
+    let stale = get(&gw, "/swr-etag", &[]).await;
+    assert_eq!(stale.body, "kept body");
+    assert!(cache_status(&stale).contains("detail=stale-while-revalidate"));
+    let refreshed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = get(&gw, "/swr-etag", &[]).await;
+            if answer.header("x-version") == Some("revalidated") {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the 304 freshened the entry");
+    assert_eq!(refreshed.body, "kept body");
+    assert!(cache_status(&refreshed).contains("hit"));
+    assert_eq!(origin.calls("/swr-etag"), 2);
     gw.stop().await;
 }
