@@ -303,6 +303,11 @@ async fn a_stale_entry_is_revalidated_and_a_304_refreshes_it() {
     assert_eq!(hit.body, "the whole body");
     assert_eq!(hit.header("x-version"), Some("updated"));
     assert_eq!(origin.calls("/etag"), 2);
+    let metrics = gw.gateway.encode_metrics();
+    assert!(
+        metrics.contains("sekisho_cache_lookups_total{route=\"c\",result=\"revalidated\"} 1"),
+        "{metrics}"
+    );
 
     // With Last-Modified only: If-Modified-Since.
     get(&gw, "/last-modified", &[]).await;

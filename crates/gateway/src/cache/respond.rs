@@ -273,6 +273,7 @@ impl Fetch {
                 // The origin confirmed the stale copy: its fields updated by the 304's, stored
                 // again with the freshness they give (RFC 9111 §4.3.4).
                 revalidated = true;
+                self.cache.metrics.revalidated.inc();
                 let mut updated = Response::new(ResponseBody::full(stale.body.clone()));
                 *updated.status_mut() = stale.status;
                 *updated.headers_mut() = http::updated_headers(&stale.headers, response.headers());

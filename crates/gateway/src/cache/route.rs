@@ -28,6 +28,8 @@ pub struct CacheMetrics {
     pub coalesced: Counter,
     pub negative: Counter,
     pub bypass: Counter,
+    /// A stale entry the origin confirmed (a 304 to a conditional request).
+    pub revalidated: Counter,
 }
 
 /// One route's view of the cache.

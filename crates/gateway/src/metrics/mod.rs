@@ -275,7 +275,7 @@ impl Metrics {
         let cache_lookups = Family::<Labels, Counter>::default();
         registry.register(
             names::CACHE_LOOKUPS,
-            "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass)",
+            "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass, revalidated)",
             cache_lookups.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector {
@@ -422,6 +422,7 @@ impl Metrics {
             coalesced: result("coalesced"),
             negative: result("negative"),
             bypass: result("bypass"),
+            revalidated: result("revalidated"),
         }
     }
 
