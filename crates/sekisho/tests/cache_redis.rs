@@ -68,7 +68,16 @@ fn origin_script(head: &http::request::Parts, n: u64) -> Reply {
     if head.method == http::Method::POST {
         return Reply::new(201, "created");
     }
+    let inm = head.headers.get("if-none-match").is_some();
     match head.uri.path() {
+        // Stored, and revalidated on every use; the 304 takes a while.
+        "/no-cache" if inm => Reply::new(304, "")
+            .header("cache-control", "no-cache")
+            .after(Duration::from_millis(300)),
+        "/no-cache" if n == 1 => Reply::new(200, "nc body")
+            .header("etag", "\"n1\"")
+            .header("cache-control", "no-cache"),
+        "/no-cache" => Reply::new(500, "revalidation expected"),
         "/long" => Reply::new(200, format!("long {n}")).header("cache-control", "max-age=3600"),
         "/cold" => Reply::new(200, format!("cold-{n}")).after(Duration::from_millis(300)),
         // Tags are shared by every route: one per path keeps runs apart.
@@ -240,5 +249,40 @@ async fn past_l1_ttl_the_entry_comes_from_redis_not_the_origin() {
         "{status}"
     );
     assert_eq!(origin.calls("/long"), 1);
+    clean_up(&a, &route).await;
+}
+
+/// A `no-cache` entry through two instances: concurrent requests on both make one conditional
+/// request, the instance that waits for the other's fill lock taking the entry it revalidated
+/// (stale on arrival, but stored after the wait began) instead of waiting `lock_wait` out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_revalidation_for_two_instances() {
+    let (origin, _dir, route, a, b) = two_instances("reval").await;
+    let http = client();
+    let host = [("host", "shop.example")];
+    let first = send(&http, "GET", &a.url("/no-cache"), &host, Bytes::new()).await;
+    assert_eq!(first.body, "nc body");
+    let requests = (0..20).map(|i| {
+        let url = if i % 2 == 0 {
+            a.url("/no-cache")
+        } else {
+            b.url("/no-cache")
+        };
+        let http = http.clone();
+        async move { send(&http, "GET", &url, &host, Bytes::new()).await }
+    });
+    let started = std::time::Instant::now();
+    let answers = futures_util::future::join_all(requests).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "nc body");
+    }
+    assert_eq!(
+        origin.calls("/no-cache"),
+        2,
+        "one revalidation for both instances"
+    );
+    // Not a timing assertion on the work, only that nobody sat out the 2 s lock_wait.
+    assert!(started.elapsed() < Duration::from_millis(1900));
     clean_up(&a, &route).await;
 }

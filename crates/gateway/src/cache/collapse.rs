@@ -108,15 +108,20 @@ impl RouteCache {
                 lead.hold_fill_lock(Arc::clone(&l2), token);
                 // Another instance may have stored the entry and let the lock go between our
                 // miss and our lock: look once more before calling the upstream.
-                self.shared_entry(&l2, lead.key(), parts).await
+                self.shared_entry(&l2, lead.key(), parts, None).await
             }
             Ok(false) => {
+                // An entry stored from now on was fetched (or revalidated) by the lock's holder
+                // for us, even one stale on arrival (`no-cache`: revalidated on every use).
+                let since = now_ms();
                 let until = deadline.min(Instant::now() + self.lock_wait);
                 let mut pause = Duration::from_millis(5);
                 while Instant::now() + pause < until {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Some(answer) = self.shared_entry(&l2, lead.key(), parts).await {
+                    if let Some(answer) =
+                        self.shared_entry(&l2, lead.key(), parts, Some(since)).await
+                    {
                         return Some(answer);
                     }
                 }
@@ -126,13 +131,14 @@ impl RouteCache {
         }
     }
 
-    /// A fresh entry another instance stored under `primary` (and the request's variant), as a
-    /// collapsed answer.
+    /// A fresh entry another instance stored under `primary` (and the request's variant), or
+    /// one it stored after `since` (ms), as a collapsed answer.
     async fn shared_entry(
         &self,
         l2: &RedisCache,
         primary: &str,
         parts: &Parts,
+        since: Option<u64>,
     ) -> Option<(Arc<Entry>, String, Option<VaryMarker>, Lookup)> {
         let bytes = l2.get(primary).await.ok()??;
         let found = Arc::new(Entry::decode(&bytes)?);
@@ -146,7 +152,7 @@ impl RouteCache {
             }
         };
         let now = now_ms();
-        if entry.ttl_ms(now) <= 0 {
+        if entry.ttl_ms(now) <= 0 && since.is_none_or(|since| entry.stored_ms < since) {
             return None;
         }
         self.store.l1_put(&key, Arc::clone(&entry), self.l1_ttl);
