@@ -271,18 +271,17 @@ async fn one_revalidation_for_two_instances() {
         let http = http.clone();
         async move { send(&http, "GET", &url, &host, Bytes::new()).await }
     });
-    let started = std::time::Instant::now();
     let answers = futures_util::future::join_all(requests).await;
     for answer in &answers {
         assert_eq!(answer.status, 200);
         assert_eq!(answer.body, "nc body");
     }
+    // Without taking the other instance's fresh revalidation, the waiting instance would sit
+    // out lock_wait and then revalidate again (3 calls).
     assert_eq!(
         origin.calls("/no-cache"),
         2,
         "one revalidation for both instances"
     );
-    // Not a timing assertion on the work, only that nobody sat out the 2 s lock_wait.
-    assert!(started.elapsed() < Duration::from_millis(1900));
     clean_up(&a, &route).await;
 }
