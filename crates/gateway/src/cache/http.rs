@@ -293,7 +293,8 @@ pub(super) fn freshness(
         // `private="Set-Cookie"`: then it is stored without it).
         return None;
     }
-    if authorized && !(cc.public || cc.s_maxage.is_some()) {
+    if authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        // RFC 9111 §3.5: only these three let a shared cache store an authorized answer.
         return None;
     }
     let validator = has_validator(response);
@@ -307,7 +308,11 @@ pub(super) fn freshness(
         None if targeted => None,
         None => response.get(header::EXPIRES).map(|expires| {
             let date = date_ms(response, &header::DATE).unwrap_or(now_ms);
-            // An invalid Expires ("0", "-1", garbage) means already expired (§5.3).
+            // An invalid Expires ("0", "-1", garbage), or several, means already expired
+            // (§5.3, §4.2.1).
+            if response.get_all(header::EXPIRES).iter().nth(1).is_some() {
+                return Duration::ZERO;
+            }
             parse_date_ms(expires).map_or(Duration::ZERO, |expires| {
                 Duration::from_millis(expires.saturating_sub(date))
             })
@@ -711,6 +716,12 @@ mod tests {
         assert_eq!(freshness(ok, &headers(&[]), true, &rules(), 0), None);
         let public = headers(&[("cache-control", "public")]);
         assert_eq!(freshness(ok, &public, true, &rules(), 0), Some(TTL));
+        let must = headers(&[("cache-control", "must-revalidate, max-age=5")]);
+        assert_eq!(
+            freshness(ok, &must, true, &rules(), 0),
+            Some(Duration::from_secs(5)),
+            "§3.5: must-revalidate allows it too"
+        );
         assert_eq!(
             request_bypass(
                 &Method::GET,
@@ -834,6 +845,15 @@ mod tests {
         assert_eq!(
             freshness(ok, &both, false, &none, JAN1),
             Some(Duration::from_secs(5))
+        );
+        let twice = headers(&[
+            ("expires", "Thu, 01 Jan 2026 00:01:00 GMT"),
+            ("expires", "Thu, 01 Jan 2026 00:02:00 GMT"),
+        ]);
+        assert_eq!(
+            freshness(ok, &twice, false, &none, JAN1),
+            None,
+            "two Expires: stale"
         );
         // Invalid Expires: already expired; stored stale only with a validator.
         for invalid in ["0", "-1", "soon"] {
