@@ -114,6 +114,14 @@ async fn origin() -> Origin {
                     .header("age", "5"),
                 _ => Reply::new(500, "revalidation expected"),
             },
+            "/mismatch" => match (inm.as_deref(), n) {
+                (Some(_), _) => Reply::new(304, "").header("etag", "\"b2\""),
+                (None, 1) => Reply::new(200, "first")
+                    .header("etag", "\"a1\"")
+                    .header("cache-control", "max-age=1")
+                    .header("age", "5"),
+                (None, _) => Reply::new(200, "whole again").header("cache-control", "max-age=60"),
+            },
             "/aged" => Reply::new(200, "aged")
                 .header("cache-control", "max-age=3600")
                 .header("age", "100"),
@@ -698,5 +706,24 @@ async fn a_background_refresh_revalidates_too() {
     assert_eq!(refreshed.body, "kept body");
     assert!(cache_status(&refreshed).contains("hit"));
     assert_eq!(origin.calls("/swr-etag"), 2);
+    gw.stop().await;
+}
+
+/// A 304 naming another representation (another strong ETag) does not update the stored one
+/// (§4.3.4): the request fails as an upstream error and the entry goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_for_another_representation_updates_nothing() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    assert_eq!(get(&gw, "/mismatch", &[]).await.body, "first");
+    let mismatched = get(&gw, "/mismatch", &[]).await;
+    assert_eq!(mismatched.status, 502);
+    let again = get(&gw, "/mismatch", &[]).await;
+    assert_eq!(again.body, "whole again");
+    assert!(
+        cache_status(&again).contains("fwd=uri-miss"),
+        "{}",
+        cache_status(&again)
+    );
     gw.stop().await;
 }

@@ -393,6 +393,24 @@ pub(super) fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> H
     headers
 }
 
+/// Whether a `304` confirms the stored response (RFC 9111 §4.3.4): unless both carry an
+/// `ETag` and the 304's is strong and differs from the stored one.
+pub(super) fn same_representation(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let (Some(new), Some(old)) = (
+        not_modified.get(header::ETAG).and_then(|v| v.to_str().ok()),
+        stored.get(header::ETAG).and_then(|v| v.to_str().ok()),
+    ) else {
+        return true;
+    };
+    let (new, old) = (new.trim(), old.trim());
+    if new.starts_with("W/") {
+        // Weak: the opaque tags compared (RFC 9110 §8.8.3.2).
+        new.trim_start_matches("W/") == old.trim_start_matches("W/")
+    } else {
+        new == old
+    }
+}
+
 /// Whether the answer to an unsafe request invalidates the cached URL (RFC 9111 §4.4): the
 /// method is not safe and the status is 2xx or 3xx.
 pub(super) fn invalidates(method: &Method, status: StatusCode) -> bool {
@@ -1119,5 +1137,24 @@ mod tests {
             freshness(StatusCode::OK, &no_store, false, &cdn, JAN1),
             None
         );
+    }
+
+    #[test]
+    fn a_304_for_another_representation() {
+        let stored = headers(&[("etag", "\"a\"")]);
+        assert!(same_representation(&stored, &headers(&[("etag", "\"a\"")])));
+        assert!(same_representation(
+            &stored,
+            &headers(&[("etag", "W/\"a\"")])
+        ));
+        assert!(same_representation(&stored, &headers(&[])));
+        assert!(!same_representation(
+            &stored,
+            &headers(&[("etag", "\"b\"")])
+        ));
+        assert!(!same_representation(
+            &stored,
+            &headers(&[("etag", "W/\"b\"")])
+        ));
     }
 }

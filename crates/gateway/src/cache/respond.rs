@@ -266,6 +266,26 @@ impl Fetch {
             }
         }
         let mut revalidated = false;
+        if let (Ok(response), Some(stale)) = (&result, &self.stale) {
+            if self.revalidating
+                && response.status() == StatusCode::NOT_MODIFIED
+                && !http::same_representation(&stale.headers, response.headers())
+            {
+                // A 304 naming another representation (another strong ETag) must not update
+                // the stored one (RFC 9111 §4.3.4), and is no answer to this request: the
+                // entry goes, and the request fails as an upstream error.
+                self.cache
+                    .invalidate(&self.primary, "", &HeaderMap::new())
+                    .await;
+                return (
+                    Err(GatewayError::UpstreamFailed {
+                        upstream: Arc::from(self.cache.route.as_ref()),
+                        source: "a 304 for another representation than the cached one".into(),
+                    }),
+                    status_value(format_args!("fwd={why}; fwd-status=304")),
+                );
+            }
+        }
         let result = match (result, &self.stale) {
             (Ok(response), Some(stale))
                 if self.revalidating && response.status() == StatusCode::NOT_MODIFIED =>
