@@ -727,3 +727,28 @@ async fn a_304_for_another_representation_updates_nothing() {
     );
     gw.stop().await;
 }
+
+/// The client's own limits (§5.2.1.1 `max-age`, §5.2.1.3 `min-fresh`): an entry older, or fresh
+/// for less, than asked is revalidated rather than served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_max_age_and_min_fresh_are_honoured() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    get(&gw, "/aged", &[]).await;
+    let young_enough = get(&gw, "/aged", &[("cache-control", "max-age=500")]).await;
+    assert!(cache_status(&young_enough).contains("hit"));
+    let too_old = get(&gw, "/aged", &[("cache-control", "max-age=50")]).await;
+    assert!(
+        cache_status(&too_old).contains("fwd=request"),
+        "{}",
+        cache_status(&too_old)
+    );
+    assert_eq!(origin.calls("/aged"), 2);
+    get(&gw, "/max-age", &[]).await;
+    let fresh_enough = get(&gw, "/max-age", &[("cache-control", "min-fresh=60")]).await;
+    assert!(cache_status(&fresh_enough).contains("hit"));
+    let not_for_long = get(&gw, "/max-age", &[("cache-control", "min-fresh=4000")]).await;
+    assert!(cache_status(&not_for_long).contains("fwd=request"));
+    assert_eq!(origin.calls("/max-age"), 2);
+    gw.stop().await;
+}

@@ -24,6 +24,8 @@ pub(super) struct CacheControl {
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
+    /// A request's `min-fresh`.
+    pub min_fresh: Option<u64>,
 }
 
 /// The largest delta-seconds a cache must handle; larger values are taken as this (RFC 9111
@@ -167,6 +169,7 @@ impl CacheControl {
                         cc.stale_while_revalidate = delta_seconds(value);
                     }
                     "stale-if-error" => cc.stale_if_error = delta_seconds(value),
+                    "min-fresh" => cc.min_fresh = delta_seconds(value),
                     _ => {}
                 }
             }
@@ -200,9 +203,9 @@ pub(super) fn request_bypass(
 }
 
 /// Whether the client asked for a fresh answer (`no-cache`, `max-age=0`, or `Pragma:
-/// no-cache`): the cache then goes to the upstream, and still stores what comes back.
-pub(super) fn wants_revalidation(headers: &HeaderMap) -> bool {
-    let cc = CacheControl::parse(headers);
+/// no-cache` without `Cache-Control`): the cache then goes to the upstream, and still stores
+/// what comes back. `cc` is the request's `Cache-Control`.
+pub(super) fn wants_revalidation(cc: &CacheControl, headers: &HeaderMap) -> bool {
     // Pragma counts only without Cache-Control (RFC 9111 §5.4).
     cc.no_cache
         || cc.max_age == Some(0)
@@ -213,9 +216,14 @@ pub(super) fn wants_revalidation(headers: &HeaderMap) -> bool {
                 .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")))
 }
 
-/// Whether the client forbade storing (`no-store` in the request).
-pub(super) fn forbids_store(headers: &HeaderMap) -> bool {
-    CacheControl::parse(headers).no_store
+/// Whether the client's own limits (RFC 9111 §5.2.1.1 `max-age`, §5.2.1.3 `min-fresh`) accept a
+/// stored response of `age_ms` with `ttl_ms` of freshness left.
+pub(super) fn acceptable_to_client(cc: &CacheControl, age_ms: u64, ttl_ms: i64) -> bool {
+    cc.max_age
+        .is_none_or(|seconds| age_ms <= seconds.saturating_mul(1000))
+        && cc.min_fresh.is_none_or(|seconds| {
+            ttl_ms >= i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+        })
 }
 
 /// Statuses a shared cache may store without explicit freshness (RFC 9110 §15.1's
@@ -639,6 +647,25 @@ mod tests {
         map
     }
 
+    fn wants(h: &HeaderMap) -> bool {
+        wants_revalidation(&CacheControl::parse(h), h)
+    }
+
+    #[test]
+    fn the_clients_own_limits() {
+        let cc = CacheControl::parse(&headers(&[("cache-control", "max-age=50, min-fresh=10")]));
+        assert!(acceptable_to_client(&cc, 50_000, 10_000));
+        assert!(
+            !acceptable_to_client(&cc, 50_001, 10_000),
+            "older than max-age"
+        );
+        assert!(
+            !acceptable_to_client(&cc, 1_000, 9_999),
+            "not fresh for min-fresh more"
+        );
+        assert!(acceptable_to_client(&CacheControl::default(), u64::MAX, -5));
+    }
+
     const TTL: Duration = Duration::from_secs(60);
     const NEG: Duration = Duration::from_secs(5);
 
@@ -801,17 +828,11 @@ mod tests {
 
     #[test]
     fn client_revalidation() {
-        assert!(wants_revalidation(&headers(&[(
-            "cache-control",
-            "no-cache"
-        )])));
-        assert!(wants_revalidation(&headers(&[(
-            "cache-control",
-            "max-age=0"
-        )])));
-        assert!(wants_revalidation(&headers(&[("pragma", "no-cache")])));
-        assert!(!wants_revalidation(&headers(&[])));
-        assert!(forbids_store(&headers(&[("cache-control", "no-store")])));
+        assert!(wants(&headers(&[("cache-control", "no-cache")])));
+        assert!(wants(&headers(&[("cache-control", "max-age=0")])));
+        assert!(wants(&headers(&[("pragma", "no-cache")])));
+        assert!(!wants(&headers(&[])));
+        assert!(CacheControl::parse(&headers(&[("cache-control", "no-store")])).no_store);
     }
 
     /// 2026-01-01T00:00:00Z in Unix milliseconds, and the same instant in the three forms.
@@ -1027,11 +1048,11 @@ mod tests {
             "invalid freshness is not replaced by the route's ttl"
         );
         // Pragma only without Cache-Control.
-        assert!(!wants_revalidation(&headers(&[
+        assert!(!wants(&headers(&[
             ("pragma", "no-cache"),
             ("cache-control", "max-age=60")
         ])));
-        assert!(wants_revalidation(&headers(&[("pragma", "no-cache")])));
+        assert!(wants(&headers(&[("pragma", "no-cache")])));
     }
 
     #[test]

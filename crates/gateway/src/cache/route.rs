@@ -142,8 +142,9 @@ impl RouteCache {
             return Lookup::Pass(status_value(format_args!("fwd={reason}")));
         }
         let primary = self.key(parts);
-        let revalidate = http::wants_revalidation(&parts.headers);
-        let store = !http::forbids_store(&parts.headers);
+        let request_cc = http::CacheControl::parse(&parts.headers);
+        let revalidate = http::wants_revalidation(&request_cc, &parts.headers);
+        let store = !request_cc.no_store;
         let conditional = Conditional::of(&parts.headers);
         let mut stale = None;
         let mut why = "uri-miss";
@@ -157,8 +158,13 @@ impl RouteCache {
                 let ttl = entry.ttl_ms(now);
                 let stale_by = Duration::from_millis(ttl.unsigned_abs());
                 // A fresh entry (refreshed early now and then), or a stale one within its
-                // stale-while-revalidate window (always refreshed): answered from the cache.
-                let served = if ttl > 0 {
+                // stale-while-revalidate window (always refreshed): answered from the cache,
+                // when the client's own limits (max-age, min-fresh) accept it; else it is
+                // revalidated as a stale one.
+                let acceptable = http::acceptable_to_client(&request_cc, entry.age_ms(now), ttl);
+                let served = if !acceptable {
+                    None
+                } else if ttl > 0 {
                     if http::is_negative(entry.status) {
                         self.metrics.negative.inc();
                     } else {
@@ -198,7 +204,8 @@ impl RouteCache {
                     return Lookup::Hit(response, status);
                 }
                 stale = Some(entry);
-                why = "stale";
+                // Still fresh, but not enough for this client: the request's doing.
+                why = if ttl > 0 { "request" } else { "stale" };
             }
         } else {
             why = "request";
