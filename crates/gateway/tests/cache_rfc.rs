@@ -189,7 +189,12 @@ async fn origin() -> Origin {
                 .header("cache-control", "max-age=1")
                 .header("age", "5"),
             // The origin hangs past the route's timeout: unreachable.
-            "/must-revalidate" | "/stale-if-error-allowed" | "/plain-stale" => {
+            // s-maxage implies proxy-revalidate in a shared cache (§5.2.2.10).
+            "/s-maxage" if n == 1 => Reply::new(200, "shared")
+                .header("etag", "\"s1\"")
+                .header("cache-control", "s-maxage=1")
+                .header("age", "5"),
+            "/must-revalidate" | "/stale-if-error-allowed" | "/plain-stale" | "/s-maxage" => {
                 Reply::new(200, "late").after(Duration::from_secs(5))
             }
             "/validated" => Reply::new(200, "validated")
@@ -398,9 +403,11 @@ async fn must_revalidate_gets_504_rather_than_stale() {
         "/must-revalidate",
         "/stale-if-error-allowed",
         "/plain-stale",
+        "/s-maxage",
     ] {
         assert_eq!(get(&gw, path, &[]).await.status, 200, "{path}");
     }
+    assert_eq!(get(&gw, "/s-maxage", &[]).await.status, 504, "s-maxage");
     let strict = get(&gw, "/must-revalidate", &[]).await;
     assert_eq!(
         strict.status,
