@@ -759,3 +759,26 @@ async fn the_clients_max_age_and_min_fresh_are_honoured() {
     assert_eq!(origin.calls("/max-age"), 2);
     gw.stop().await;
 }
+
+/// The client's `max-stale` (§5.2.1.2): a stale entry within it is served, unless the response
+/// demands revalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_max_stale_is_honoured() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    get(&gw, "/plain-stale", &[]).await;
+    let tolerated = get(&gw, "/plain-stale", &[("cache-control", "max-stale=600")]).await;
+    assert_eq!(tolerated.body, "forgiving");
+    assert!(
+        cache_status(&tolerated).contains("detail=max-stale"),
+        "{}",
+        cache_status(&tolerated)
+    );
+    let any = get(&gw, "/plain-stale", &[("cache-control", "max-stale")]).await;
+    assert_eq!(any.body, "forgiving");
+    assert_eq!(origin.calls("/plain-stale"), 1);
+    get(&gw, "/must-revalidate", &[]).await;
+    let strict = get(&gw, "/must-revalidate", &[("cache-control", "max-stale")]).await;
+    assert_eq!(strict.status, 504, "must-revalidate wins over max-stale");
+    gw.stop().await;
+}

@@ -26,6 +26,8 @@ pub(super) struct CacheControl {
     pub stale_if_error: Option<u64>,
     /// A request's `min-fresh`.
     pub min_fresh: Option<u64>,
+    /// A request's `max-stale` (without a value: any staleness, `u64::MAX`).
+    pub max_stale: Option<u64>,
 }
 
 /// The largest delta-seconds a cache must handle; larger values are taken as this (RFC 9111
@@ -170,6 +172,12 @@ impl CacheControl {
                     }
                     "stale-if-error" => cc.stale_if_error = delta_seconds(value),
                     "min-fresh" => cc.min_fresh = delta_seconds(value),
+                    "max-stale" => {
+                        cc.max_stale = match value {
+                            None => Some(u64::MAX),
+                            Some(_) => delta_seconds(value),
+                        };
+                    }
                     _ => {}
                 }
             }
@@ -664,6 +672,10 @@ mod tests {
             "not fresh for min-fresh more"
         );
         assert!(acceptable_to_client(&CacheControl::default(), u64::MAX, -5));
+        let any = CacheControl::parse(&headers(&[("cache-control", "max-stale")]));
+        assert_eq!(any.max_stale, Some(u64::MAX));
+        let some = CacheControl::parse(&headers(&[("cache-control", "max-stale=30")]));
+        assert_eq!(some.max_stale, Some(30));
     }
 
     const TTL: Duration = Duration::from_secs(60);

@@ -180,6 +180,18 @@ impl RouteCache {
                         ttl / 1000
                     ));
                     Some((status, true))
+                } else if ttl <= 0
+                    && request_cc
+                        .max_stale
+                        .is_some_and(|s| stale_by <= Duration::from_secs(s.min(u64::MAX / 2000)))
+                    && !http::CacheControl::parse(&entry.headers).demands_revalidation()
+                {
+                    // The client accepts it this stale (max-stale, RFC 9111 §5.2.1.2), and the
+                    // response does not forbid it.
+                    self.metrics.stale.inc();
+                    let status =
+                        status_value(format_args!("hit; ttl={}; detail=max-stale", ttl / 1000));
+                    Some((status, false))
                 } else {
                     None
                 };
