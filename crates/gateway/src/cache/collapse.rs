@@ -11,9 +11,10 @@ use ::http::request::Parts;
 use sekisho_store::cache::RedisCache;
 use tokio::time::Instant;
 
+use super::answer::{respond, Conditional};
 use super::entry::{now_ms, Entry};
 use super::flight::{FlightEnd, Lead, VaryMarker};
-use super::respond::{respond, status_value, Conditional, EntryKey};
+use super::respond::{status_value, EntryKey};
 use super::{Lookup, RouteCache};
 
 /// Flights one after another that concurrent misses of a varying response follow (each stores

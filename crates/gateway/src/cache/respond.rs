@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use tokio::time::Instant;
 
+use super::answer::{respond, Conditional};
 use super::entry::{now_ms, Entry};
 use super::flight::{FlightEnd, Lead, VaryMarker};
 use super::http;
@@ -44,74 +45,6 @@ pub struct Fetch {
     invalidate: Option<String>,
     started: Instant,
     why: &'static str,
-}
-
-/// The conditional fields of a request, which the cache answers from a fresh entry, and its
-/// `Range` (with `If-Range`).
-#[derive(Debug, Clone, Default)]
-pub(super) struct Conditional {
-    none_match: Option<HeaderValue>,
-    modified_since: Option<HeaderValue>,
-    range: Option<HeaderValue>,
-    if_range: Option<HeaderValue>,
-}
-
-impl Conditional {
-    pub(super) fn of(headers: &HeaderMap) -> Self {
-        let none_match = headers.get(header::IF_NONE_MATCH).cloned();
-        // If-Modified-Since is ignored when If-None-Match is there (RFC 9110 §13.1.3).
-        let modified_since = match none_match {
-            Some(_) => None,
-            None => headers.get(header::IF_MODIFIED_SINCE).cloned(),
-        };
-        let range = headers.get(header::RANGE).cloned();
-        let if_range = match range {
-            Some(_) => headers.get(header::IF_RANGE).cloned(),
-            None => None,
-        };
-        Self {
-            none_match,
-            modified_since,
-            range,
-            if_range,
-        }
-    }
-
-    /// The range of `entry`'s body to answer with: `None` for the whole (no `Range`, a `Range`
-    /// that is not one byte range, an `If-Range` that does not match), `Some(Err(()))` when
-    /// unsatisfiable.
-    fn range(&self, entry: &Entry) -> Option<Result<std::ops::Range<usize>, ()>> {
-        let range = self.range.as_ref()?;
-        if entry.status != StatusCode::OK {
-            return None;
-        }
-        if let Some(if_range) = &self.if_range {
-            if !http::if_range_matches(if_range, &entry.headers) {
-                return None;
-            }
-        }
-        http::byte_range(range.to_str().ok()?, entry.body.len())
-    }
-
-    /// Whether `entry` satisfies the condition (the client's copy is current): `304`.
-    fn not_modified(&self, entry: &Entry) -> bool {
-        if !entry.status.is_success() {
-            return false;
-        }
-        if let Some(inm) = &self.none_match {
-            return entry
-                .headers
-                .get(header::ETAG)
-                .is_some_and(|etag| http::none_match(inm, etag));
-        }
-        match (
-            &self.modified_since,
-            entry.headers.get(header::LAST_MODIFIED),
-        ) {
-            (Some(since), Some(modified)) => http::not_modified_since(since, modified),
-            _ => false,
-        }
-    }
 }
 
 /// Where a fetched answer is stored: the primary key, and the Vary marker when the response
@@ -548,52 +481,6 @@ impl RouteCache {
     }
 }
 
-impl RouteCache {
-    /// Invalidates `primary` (and its variants) and the same-origin URLs of `Location` and
-    /// `Content-Location` in `response` (RFC 9111 §4.4), here, in the shared tier and on
-    /// every instance (the purge channel). `base` is `<route>:v<n>:<host>`.
-    async fn invalidate(&self, primary: &str, base: &str, response: &HeaderMap) {
-        let mut keys = vec![primary.to_owned()];
-        let host = base.strip_prefix(self.key_prefix()).unwrap_or_default();
-        for name in [header::LOCATION, header::CONTENT_LOCATION] {
-            let Some(path) = response
-                .get(&name)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| same_origin_path(v, host))
-            else {
-                continue;
-            };
-            let key = format!("{base}{path}");
-            if !keys.contains(&key) {
-                keys.push(key);
-            }
-        }
-        for key in keys {
-            if let Err(error) = self.store.purge(&super::Purge::Key(key.clone())).await {
-                tracing::warn!(%error, key, "an unsafe request's invalidation did not reach the shared tier");
-            }
-        }
-    }
-}
-
-/// The path (and query) of `location` when it names the same host as the request: a path, or
-/// an absolute URL of that host.
-fn same_origin_path(location: &str, host: &str) -> Option<String> {
-    if location.starts_with('/') && !location.starts_with("//") {
-        return Some(location.to_owned());
-    }
-    let uri: ::http::Uri = location.parse().ok()?;
-    let authority = uri.authority()?;
-    if !authority.as_str().eq_ignore_ascii_case(host) {
-        return None;
-    }
-    Some(
-        uri.path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned(),
-    )
-}
-
 enum Collected {
     Whole(Bytes),
     TooLarge(Bytes, ResponseBody),
@@ -619,80 +506,6 @@ async fn collect(mut body: ResponseBody, limit: u64) -> Collected {
             }
         }
     }
-}
-
-/// The answer to a request from `entry`: `304` when the request's condition says the client's
-/// copy is current (`If-None-Match` matching its `ETag`, weakly, or else `If-Modified-Since`
-/// not before its `Last-Modified`).
-pub(super) fn respond(
-    entry: &Entry,
-    now: u64,
-    method: &Method,
-    conditional: &Conditional,
-) -> Response<ResponseBody> {
-    let age = HeaderValue::from(entry.age_ms(now) / 1000);
-    if conditional.not_modified(entry) {
-        let mut response = Response::new(ResponseBody::empty());
-        *response.status_mut() = StatusCode::NOT_MODIFIED;
-        for name in [
-            header::ETAG,
-            header::CACHE_CONTROL,
-            header::VARY,
-            header::EXPIRES,
-            header::DATE,
-            header::CONTENT_LOCATION,
-            header::LAST_MODIFIED,
-        ] {
-            for value in entry.headers.get_all(&name) {
-                response.headers_mut().append(name.clone(), value.clone());
-            }
-        }
-        response.headers_mut().insert(header::AGE, age);
-        return response;
-    }
-    let mut body = entry.body.clone();
-    let mut status = entry.status;
-    let mut content_range = None;
-    if *method == Method::GET {
-        // A range of a stored whole answer (RFC 9110 §14).
-        let length = entry.body.len();
-        match conditional.range(entry) {
-            None => {}
-            Some(Ok(range)) => {
-                content_range = Some(format!(
-                    "bytes {}-{}/{length}",
-                    range.start,
-                    range.end.saturating_sub(1)
-                ));
-                body = entry.body.slice(range);
-                status = StatusCode::PARTIAL_CONTENT;
-            }
-            Some(Err(())) => {
-                content_range = Some(format!("bytes */{length}"));
-                body = Bytes::new();
-                status = StatusCode::RANGE_NOT_SATISFIABLE;
-            }
-        }
-    }
-    let length = body.len();
-    let body = if method == Method::HEAD {
-        ResponseBody::empty()
-    } else {
-        ResponseBody::full(body)
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    *response.headers_mut() = entry.headers.clone();
-    response.headers_mut().insert(header::AGE, age);
-    if let Some(content_range) = content_range {
-        if let Ok(value) = HeaderValue::try_from(content_range) {
-            response.headers_mut().insert(header::CONTENT_RANGE, value);
-        }
-        response
-            .headers_mut()
-            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-    }
-    response
 }
 
 /// `sekisho; <params>` as a header value, formatted once into its buffer.

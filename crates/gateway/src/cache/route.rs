@@ -11,9 +11,10 @@ use ::http::{Method, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
+use super::answer::{respond, Conditional};
 use super::entry::{now_ms, Entry};
 use super::flight::VaryMarker;
-use super::respond::{respond, status_value, Conditional, EntryKey};
+use super::respond::{status_value, EntryKey};
 use super::store::{CacheStore, Tier};
 use super::{http, Fetch};
 use crate::body::ResponseBody;
