@@ -25,11 +25,14 @@ impl RouteCache {
                 keys.push(key);
             }
         }
-        for key in keys {
+        // At once, so an unreachable Redis (each call bounded) delays the answer by one bound,
+        // not one per key.
+        let purges = keys.into_iter().map(|key| async move {
             if let Err(error) = self.store.purge(&super::Purge::Key(key.clone())).await {
                 tracing::warn!(%error, key, "an unsafe request's invalidation did not reach the shared tier");
             }
-        }
+        });
+        futures_util::future::join_all(purges).await;
     }
 }
 
