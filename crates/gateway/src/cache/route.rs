@@ -185,7 +185,9 @@ impl RouteCache {
                     && request_cc
                         .max_stale
                         .is_some_and(|s| stale_by <= Duration::from_secs(s.min(u64::MAX / 2000)))
-                    && !http::CacheControl::parse(&entry.headers).demands_revalidation()
+                    && !http::CacheControl::policy(&entry.headers, &self.defaults.targeted)
+                        .0
+                        .demands_revalidation()
                 {
                     // The client accepts it this stale (max-stale, RFC 9111 §5.2.1.2), and the
                     // response does not forbid it.
