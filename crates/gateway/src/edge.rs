@@ -125,6 +125,15 @@ pub enum GatewayError {
         /// The deadline in force.
         timeout: Duration,
     },
+    /// The request said `only-if-cached` and nothing stored answers it (RFC 9111 §5.2.1.7:
+    /// 504).
+    #[error(
+        "route `{route}` has no cached answer and the request allows no other (only-if-cached)"
+    )]
+    NotCached {
+        /// The route's name.
+        route: Arc<str>,
+    },
     /// A cached answer that demands revalidation (`must-revalidate`, `proxy-revalidate`,
     /// `s-maxage`, `no-cache`) is stale and the upstream could not confirm it: RFC 9111
     /// §5.2.2.2 asks for a 504 rather than the stale copy.
@@ -172,7 +181,9 @@ impl GatewayError {
             Self::Overloaded { .. } | Self::GatewayOverloaded { .. } => "OVERLOADED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
-            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } => "UPSTREAM_TIMEOUT",
+            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } | Self::NotCached { .. } => {
+                "UPSTREAM_TIMEOUT"
+            }
             Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
         }
     }
@@ -204,7 +215,7 @@ impl GatewayError {
             | Self::Overloaded { .. }
             | Self::GatewayOverloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } => {
+            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } | Self::NotCached { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,

@@ -782,3 +782,21 @@ async fn the_clients_max_stale_is_honoured() {
     assert_eq!(strict.status, 504, "must-revalidate wins over max-stale");
     gw.stop().await;
 }
+
+/// The client's `only-if-cached` (§5.2.1.7): a stored answer, or 504 without asking the origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_if_cached_never_reaches_the_origin() {
+    let origin = origin().await;
+    let gw = InProcess::start(&config(&origin, "")).await;
+    let only = [("cache-control", "only-if-cached")];
+    let cold = get(&gw, "/max-age", &only).await;
+    assert_eq!(cold.status, 504);
+    assert!(cache_status(&cold).contains("detail=only-if-cached"));
+    assert_eq!(origin.calls("/max-age"), 0);
+    get(&gw, "/max-age", &[]).await;
+    let warm = get(&gw, "/max-age", &only).await;
+    assert_eq!(warm.status, 200);
+    assert!(cache_status(&warm).contains("hit"));
+    assert_eq!(origin.calls("/max-age"), 1);
+    gw.stop().await;
+}

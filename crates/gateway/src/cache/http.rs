@@ -28,6 +28,8 @@ pub(super) struct CacheControl {
     pub min_fresh: Option<u64>,
     /// A request's `max-stale` (without a value: any staleness, `u64::MAX`).
     pub max_stale: Option<u64>,
+    /// A request's `only-if-cached`.
+    pub only_if_cached: bool,
 }
 
 /// The largest delta-seconds a cache must handle; larger values are taken as this (RFC 9111
@@ -172,6 +174,7 @@ impl CacheControl {
                     }
                     "stale-if-error" => cc.stale_if_error = delta_seconds(value),
                     "min-fresh" => cc.min_fresh = delta_seconds(value),
+                    "only-if-cached" => cc.only_if_cached = true,
                     "max-stale" => {
                         cc.max_stale = match value {
                             None => Some(u64::MAX),

@@ -18,6 +18,7 @@ use super::respond::{status_value, EntryKey};
 use super::store::{CacheStore, Tier};
 use super::{http, Fetch};
 use crate::body::ResponseBody;
+use crate::edge::GatewayError;
 
 /// The counters of one cached route.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +65,8 @@ pub enum Lookup {
     HitRefresh(Response<ResponseBody>, HeaderValue, Box<Fetch>),
     /// Go to the upstream, then [`Fetch::finish`].
     Fetch(Fetch),
+    /// Refused without going to the upstream (`only-if-cached` and nothing usable stored).
+    Refuse(GatewayError, HeaderValue),
 }
 
 impl RouteCache {
@@ -226,6 +229,17 @@ impl RouteCache {
             why = "request";
         }
 
+        if request_cc.only_if_cached {
+            // Nothing stored answers it, and the client forbade the upstream (RFC 9111
+            // §5.2.1.7): 504.
+            self.metrics.miss.inc();
+            return Lookup::Refuse(
+                GatewayError::NotCached {
+                    route: Arc::clone(&self.route),
+                },
+                status_value(format_args!("fwd={why}; detail=only-if-cached")),
+            );
+        }
         if !store || parts.method != Method::GET {
             return self.miss(
                 EntryKey {
