@@ -422,13 +422,17 @@ fn validate_route(config: &Config, spanned_route: &Spanned<Route>, problems: &mu
         validate_adaptive_concurrency(&context, adaptive, problems);
     }
     if let Some(cache) = &route.cache {
-        if let Some(l1_ttl) = cache.l1_ttl {
-            if l1_ttl.get() > cache.ttl.get() {
+        for name in &cache.targeted {
+            let token = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token || name.eq_ignore_ascii_case("cache-control") {
                 problems.push((
                     spanned_route.span(),
                     format!(
-                        "route `{}`: cache.l1_ttl ({l1_ttl}) is longer than cache.ttl ({}): the in-process tier may not outlive the shared one",
-                        route.name, cache.ttl
+                        "route `{}`: cache.targeted: `{name}` is not a targeted field name (e.g. \"CDN-Cache-Control\")",
+                        route.name
                     ),
                 ));
             }

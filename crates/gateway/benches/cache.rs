@@ -26,6 +26,7 @@ fn route_cache() -> Arc<RouteCache> {
         stale: Counter::default(),
         stale_if_error: Counter::default(),
         coalesced: Counter::default(),
+        revalidated: Counter::default(),
         negative: Counter::default(),
         bypass: Counter::default(),
     };

@@ -145,6 +145,26 @@ pub enum GatewayError {
         /// The deadline in force.
         timeout: Duration,
     },
+    /// The request said `only-if-cached` and nothing stored answers it (RFC 9111 §5.2.1.7:
+    /// 504).
+    #[error(
+        "route `{route}` has no cached answer and the request allows no other (only-if-cached)"
+    )]
+    NotCached {
+        /// The route's name.
+        route: Arc<str>,
+    },
+    /// A cached answer that demands revalidation (`must-revalidate`, `proxy-revalidate`,
+    /// `s-maxage`, `no-cache`) is stale and the upstream could not confirm it: RFC 9111
+    /// §5.2.2.2 asks for a 504 rather than the stale copy.
+    #[error("upstream `{upstream}` could not revalidate a cached answer that demands it")]
+    Unrevalidated {
+        /// The route's name.
+        upstream: Arc<str>,
+        /// How the upstream failed.
+        #[source]
+        source: Box<GatewayError>,
+    },
 }
 
 /// The message of a rate limit's refusal: a client must be able to tell a limit reached from a
@@ -181,7 +201,9 @@ impl GatewayError {
             Self::Overloaded { .. } | Self::GatewayOverloaded { .. } => "OVERLOADED",
             Self::RateLimited { .. } => "RATE_LIMITED",
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => "UPSTREAM_ERROR",
-            Self::UpstreamTimeout { .. } => "UPSTREAM_TIMEOUT",
+            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } | Self::NotCached { .. } => {
+                "UPSTREAM_TIMEOUT"
+            }
             Self::RequestTimeout { .. } => "REQUEST_TIMEOUT",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::Forbidden(_) => "FORBIDDEN",
@@ -222,7 +244,9 @@ impl GatewayError {
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::UpstreamConnect { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::UpstreamTimeout { .. } | Self::Unrevalidated { .. } | Self::NotCached { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } | Self::LoginLocked { .. } => StatusCode::TOO_MANY_REQUESTS,
         }

@@ -75,19 +75,28 @@ impl Fallback {
 
     /// Whether the fallback answers instead of `result`.
     pub(crate) fn covers(&self, result: &Result<Response<ResponseBody>, GatewayError>) -> bool {
-        let condition = match result {
-            Ok(response) => FallbackOn::Status(response.status().as_u16()),
-            Err(error) => match error {
-                GatewayError::CircuitOpen { .. } => FallbackOn::CircuitOpen,
-                GatewayError::BulkheadFull { .. } => FallbackOn::BulkheadFull,
-                GatewayError::NoHealthyUpstream { .. } => FallbackOn::NoHealthyUpstream,
-                GatewayError::UpstreamTimeout { .. } => FallbackOn::Timeout,
-                GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamFailed { .. } => {
-                    FallbackOn::UpstreamError
-                }
-                // The client's fault: no fallback hides it.
-                _ => return false,
-            },
+        let mut error = match result {
+            Ok(response) => {
+                return self
+                    .on
+                    .contains(&FallbackOn::Status(response.status().as_u16()))
+            }
+            Err(error) => error,
+        };
+        // A cached answer the upstream could not revalidate: the fallback sees why.
+        while let GatewayError::Unrevalidated { source, .. } = error {
+            error = source;
+        }
+        let condition = match error {
+            GatewayError::CircuitOpen { .. } => FallbackOn::CircuitOpen,
+            GatewayError::BulkheadFull { .. } => FallbackOn::BulkheadFull,
+            GatewayError::NoHealthyUpstream { .. } => FallbackOn::NoHealthyUpstream,
+            GatewayError::UpstreamTimeout { .. } => FallbackOn::Timeout,
+            GatewayError::UpstreamConnect { .. } | GatewayError::UpstreamFailed { .. } => {
+                FallbackOn::UpstreamError
+            }
+            // The client's fault: no fallback hides it.
+            _ => return false,
         };
         self.on.contains(&condition)
     }

@@ -759,14 +759,23 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
         ]
     );
     assert!(lockouts["lockouts"][0]["retry_after"].as_u64().unwrap() > 800);
-    let ann = admin(
-        &gateway,
-        "GET",
-        "/api/v1/users/ann",
-        serde_json::Value::Null,
-    )
-    .await
-    .json();
+    // The account's lockout reaches its row through the background queue (a login never
+    // waits for that write): wait for it, bounded.
+    let mut ann = serde_json::Value::Null;
+    for _ in 0..100 {
+        ann = admin(
+            &gateway,
+            "GET",
+            "/api/v1/users/ann",
+            serde_json::Value::Null,
+        )
+        .await
+        .json();
+        if ann["locked_until"].is_i64() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(ann["locked_until"].is_i64(), "{ann}");
     assert_eq!(
         admin(

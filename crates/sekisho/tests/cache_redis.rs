@@ -22,6 +22,10 @@ fn redis() -> String {
 }
 
 fn gateway(dir: &TempDir, name: &str, origin: &Origin, route: &str) -> Sekisho {
+    gateway_with(dir, name, origin, route, "ttl = \"60s\"")
+}
+
+fn gateway_with(dir: &TempDir, name: &str, origin: &Origin, route: &str, cache: &str) -> Sekisho {
     let config = dir.write(
         &format!("{name}.toml"),
         &format!(
@@ -30,7 +34,7 @@ fn gateway(dir: &TempDir, name: &str, origin: &Origin, route: &str) -> Sekisho {
              [store]\nredis = \"{}\"\n\
              [upstreams.app]\ntargets = [\"{}\"]\n\
              [[routes]]\nname = \"{route}\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
-             [routes.cache]\nttl = \"60s\"\n",
+             [routes.cache]\n{cache}\n",
             redis(),
             origin.address
         ),
@@ -61,7 +65,20 @@ async fn await_shared(gateway: &Sekisho) {
 }
 
 fn origin_script(head: &http::request::Parts, n: u64) -> Reply {
+    if head.method == http::Method::POST {
+        return Reply::new(201, "created");
+    }
+    let inm = head.headers.get("if-none-match").is_some();
     match head.uri.path() {
+        // Stored, and revalidated on every use; the 304 takes a while.
+        "/no-cache" if inm => Reply::new(304, "")
+            .header("cache-control", "no-cache")
+            .after(Duration::from_millis(300)),
+        "/no-cache" if n == 1 => Reply::new(200, "nc body")
+            .header("etag", "\"n1\"")
+            .header("cache-control", "no-cache"),
+        "/no-cache" => Reply::new(500, "revalidation expected"),
+        "/long" => Reply::new(200, format!("long {n}")).header("cache-control", "max-age=3600"),
         "/cold" => Reply::new(200, format!("cold-{n}")).after(Duration::from_millis(300)),
         // Tags are shared by every route: one per path keeps runs apart.
         path => Reply::new(200, format!("{path} {n}")).header("cache-tag", &format!("tag{path}")),
@@ -149,4 +166,129 @@ async fn a_purge_on_one_instance_empties_the_in_process_tier_of_the_other() {
     .expect("B dropped its in-process copy");
     assert_eq!(fresh.body, format!("{path} 2"));
     assert_eq!(origin.calls(&path), 2);
+}
+
+/// Deletes the route's keys from Redis (through the admin API's prefix purge).
+async fn clean_up(gateway: &Sekisho, route: &str) {
+    admin_json(
+        "POST",
+        &gateway.admin_url("/api/v1/cache/purge"),
+        &format!(r#"{{"prefix": "{route}:"}}"#),
+    )
+    .await;
+}
+
+/// RFC 9111 §4.4 across instances: a successful POST on one instance invalidates the URL's
+/// entry in Redis and in the other instance's in-process tier (through the purge channel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_on_one_instance_invalidates_the_url_on_the_other() {
+    let (origin, _dir, route, a, b) = two_instances("unsafe").await;
+    let http = client();
+    let host = [("host", "shop.example")];
+    let path = format!("/item-{route}");
+    for _ in 0..2 {
+        let answer = send(&http, "GET", &b.url(&path), &host, Bytes::new()).await;
+        assert_eq!(answer.body, format!("{path} 1"));
+    }
+    let posted = send(
+        &http,
+        "POST",
+        &a.url(&path),
+        &host,
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert_eq!(posted.status, 201);
+    // The purge message reaches B asynchronously: wait for B's answer to change.
+    let fresh = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let answer = send(&http, "GET", &b.url(&path), &host, Bytes::new()).await;
+            if answer.body != format!("{path} 1") {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("B dropped its copy");
+    // GET, POST, GET: the entry was gone from Redis too.
+    assert_eq!(fresh.body, format!("{path} 3"));
+    assert_eq!(origin.calls(&path), 3);
+    clean_up(&a, &route).await;
+    // The answers carried a tag: its set goes too.
+    admin_json(
+        "POST",
+        &a.admin_url("/api/v1/cache/purge"),
+        &format!(r#"{{"tag": "tag{path}"}}"#),
+    )
+    .await;
+}
+
+/// With Redis, `l1_ttl` bounds only the in-process copy: past it, the entry comes from Redis
+/// for as long as the origin allowed (`max-age=3600`), not from the origin again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_l1_ttl_the_entry_comes_from_redis_not_the_origin() {
+    let origin = Origin::start(origin_script).await;
+    let dir = TempDir::new("cache-redis-l1");
+    let route = format!("l1{:08x}", fastrand::u32(..));
+    let a = gateway_with(
+        &dir,
+        "a",
+        &origin,
+        &route,
+        "l1_ttl = \"1s\"\nttl_jitter = 0.0",
+    );
+    await_shared(&a).await;
+    let http = client();
+    assert_eq!(
+        send(&http, "GET", &a.url("/long"), &[], Bytes::new())
+            .await
+            .body,
+        "long 1"
+    );
+    // The passage of time is what is tested: past l1_ttl.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let later = send(&http, "GET", &a.url("/long"), &[], Bytes::new()).await;
+    assert_eq!(later.body, "long 1");
+    let status = later.header("cache-status").unwrap();
+    assert!(
+        status.contains("hit") && status.contains("detail=l2"),
+        "{status}"
+    );
+    assert_eq!(origin.calls("/long"), 1);
+    clean_up(&a, &route).await;
+}
+
+/// A `no-cache` entry through two instances: concurrent requests on both make one conditional
+/// request, the instance that waits for the other's fill lock taking the entry it revalidated
+/// (stale on arrival, but stored after the wait began) instead of waiting `lock_wait` out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_revalidation_for_two_instances() {
+    let (origin, _dir, route, a, b) = two_instances("reval").await;
+    let http = client();
+    let host = [("host", "shop.example")];
+    let first = send(&http, "GET", &a.url("/no-cache"), &host, Bytes::new()).await;
+    assert_eq!(first.body, "nc body");
+    let requests = (0..20).map(|i| {
+        let url = if i % 2 == 0 {
+            a.url("/no-cache")
+        } else {
+            b.url("/no-cache")
+        };
+        let http = http.clone();
+        async move { send(&http, "GET", &url, &host, Bytes::new()).await }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "nc body");
+    }
+    // Without taking the other instance's fresh revalidation, the waiting instance would sit
+    // out lock_wait and then revalidate again (3 calls).
+    assert_eq!(
+        origin.calls("/no-cache"),
+        2,
+        "one revalidation for both instances"
+    );
+    clean_up(&a, &route).await;
 }

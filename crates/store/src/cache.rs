@@ -22,7 +22,7 @@
 //! [`RedisCache::publish`] sends a purge on channel `<prefix>invalidate`; every instance
 //! [`subscribe`]s and drops the matching entries of its in-process tier. Pub/sub delivers at most
 //! once to the instances connected at that moment: an instance cut off from Redis misses the
-//! message, which is why in-process entries live at most `l1_ttl`.
+//! message, which is why, with Redis, in-process entries live at most `l1_ttl`.
 
 use std::time::Duration;
 

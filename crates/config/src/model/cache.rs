@@ -10,9 +10,25 @@ use crate::duration::{ConfigDuration, NonZeroDuration};
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Cache {
-    /// Freshness when the upstream sends no Cache-Control.
-    #[serde(default = "default_cache_ttl")]
-    pub ttl: NonZeroDuration,
+    /// Targeted cache-control fields this cache obeys before `Cache-Control` (RFC 9213), in
+    /// order, e.g. `["CDN-Cache-Control"]` for a gateway that acts as a CDN: the first present
+    /// decides, and `Cache-Control` and `Expires` are then ignored. Default: none.
+    #[serde(default)]
+    pub targeted: Vec<String>,
+    /// Freshness forced on a 200/204 that carries none of its own (no `s-maxage`, `max-age` or
+    /// `Expires`, and no heuristic freshness). Unset: only what the origin allows is stored.
+    #[serde(default)]
+    pub ttl: Option<NonZeroDuration>,
+    /// Heuristic freshness (RFC 9111 §4.2.2) for a response without explicit freshness but with
+    /// `Last-Modified`: `heuristic_fraction` of the time since then, at most `heuristic_max`.
+    #[serde(default)]
+    pub heuristic: bool,
+    /// The share of the time since `Last-Modified` a heuristic freshness lasts.
+    #[serde(default = "default_heuristic_fraction")]
+    pub heuristic_fraction: Ratio,
+    /// The longest heuristic freshness.
+    #[serde(default = "default_heuristic_max")]
+    pub heuristic_max: NonZeroDuration,
     /// 404/410 are kept this long.
     #[serde(default = "default_negative_ttl")]
     pub negative_ttl: ConfigDuration,
@@ -31,8 +47,10 @@ pub struct Cache {
     /// TTL jitter share (avalanche guard).
     #[serde(default = "default_cache_jitter")]
     pub ttl_jitter: Ratio,
-    /// How long an entry stays in the in-process tier (at most the freshness lifetime; the
-    /// Redis tier keeps it for the whole lifetime). Default: the whole lifetime (extension).
+    /// With the Redis tier: how long an entry may stay in the in-process tier, i.e. how long an
+    /// instance that missed a purge may serve an old copy (the Redis tier keeps the entry for
+    /// its whole lifetime, and the instance takes it from there again). Without Redis it does
+    /// not apply: an entry stays in process for its freshness. Default: no bound (extension).
     #[serde(default)]
     pub l1_ttl: Option<NonZeroDuration>,
     /// With several instances: how long a miss waits for another instance already fetching the
@@ -45,8 +63,11 @@ pub struct Cache {
     pub version: Positive,
 }
 
-fn default_cache_ttl() -> NonZeroDuration {
-    NonZeroDuration::from_millis(60_000)
+fn default_heuristic_fraction() -> Ratio {
+    Ratio(0.1)
+}
+fn default_heuristic_max() -> NonZeroDuration {
+    NonZeroDuration::from_millis(86_400_000)
 }
 fn default_negative_ttl() -> ConfigDuration {
     ConfigDuration::from_millis(5_000)

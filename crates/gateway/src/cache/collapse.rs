@@ -7,14 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::header;
 use ::http::request::Parts;
 use sekisho_store::cache::RedisCache;
 use tokio::time::Instant;
 
+use super::answer::{respond, Conditional};
 use super::entry::{now_ms, Entry};
 use super::flight::{FlightEnd, Lead, VaryMarker};
-use super::respond::{respond, status_value, EntryKey};
+use super::respond::{status_value, EntryKey};
 use super::{Lookup, RouteCache};
 
 /// Flights one after another that concurrent misses of a varying response follow (each stores
@@ -34,7 +34,7 @@ impl RouteCache {
         why: &'static str,
         deadline: Instant,
     ) -> Lookup {
-        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let conditional = Conditional::of(&parts.headers);
         let mut round = 0;
         loop {
             let flight = match self.store.flights.join_or_lead(&primary) {
@@ -69,7 +69,7 @@ impl RouteCache {
                         "fwd={why}; collapsed; ttl={}",
                         entry.ttl_ms(now) / 1000
                     ));
-                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
+                    let response = respond(&entry, now, &parts.method, &conditional);
                     return Lookup::Hit(response, status);
                 }
                 if vary.is_some() && round < VARIANT_ROUNDS {
@@ -109,15 +109,20 @@ impl RouteCache {
                 lead.hold_fill_lock(Arc::clone(&l2), token);
                 // Another instance may have stored the entry and let the lock go between our
                 // miss and our lock: look once more before calling the upstream.
-                self.shared_entry(&l2, lead.key(), parts).await
+                self.shared_entry(&l2, lead.key(), parts, None).await
             }
             Ok(false) => {
+                // An entry stored from now on was fetched (or revalidated) by the lock's holder
+                // for us, even one stale on arrival (`no-cache`: revalidated on every use).
+                let since = now_ms();
                 let until = deadline.min(Instant::now() + self.lock_wait);
                 let mut pause = Duration::from_millis(5);
                 while Instant::now() + pause < until {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
-                    if let Some(answer) = self.shared_entry(&l2, lead.key(), parts).await {
+                    if let Some(answer) =
+                        self.shared_entry(&l2, lead.key(), parts, Some(since)).await
+                    {
                         return Some(answer);
                     }
                 }
@@ -127,13 +132,14 @@ impl RouteCache {
         }
     }
 
-    /// A fresh entry another instance stored under `primary` (and the request's variant), as a
-    /// collapsed answer.
+    /// A fresh entry another instance stored under `primary` (and the request's variant), or
+    /// one it stored after `since` (ms), as a collapsed answer.
     async fn shared_entry(
         &self,
         l2: &RedisCache,
         primary: &str,
         parts: &Parts,
+        since: Option<u64>,
     ) -> Option<(Arc<Entry>, String, Option<VaryMarker>, Lookup)> {
         let bytes = l2.get(primary).await.ok()??;
         let found = Arc::new(Entry::decode(&bytes)?);
@@ -147,7 +153,7 @@ impl RouteCache {
             }
         };
         let now = now_ms();
-        if entry.ttl_ms(now) <= 0 {
+        if entry.ttl_ms(now) <= 0 && since.is_none_or(|since| entry.stored_ms < since) {
             return None;
         }
         self.store.l1_put(&key, Arc::clone(&entry), self.l1_ttl);
@@ -156,8 +162,8 @@ impl RouteCache {
             "fwd=uri-miss; collapsed; ttl={}; detail=l2",
             entry.ttl_ms(now) / 1000
         ));
-        let inm = parts.headers.get(header::IF_NONE_MATCH);
-        let answer = Lookup::Hit(respond(&entry, now, &parts.method, inm), status);
+        let conditional = Conditional::of(&parts.headers);
+        let answer = Lookup::Hit(respond(&entry, now, &parts.method, &conditional), status);
         Some((entry, key, vary, answer))
     }
     /// Leads a refresh of `key` unless one runs already.

@@ -14,6 +14,10 @@ pub(super) fn now_ms() -> u64 {
     crate::clock::unix_ms(SystemTime::now())
 }
 
+/// How long past its freshness an entry with a validator is kept at least, to be revalidated
+/// (a `304` costs the origin far less than the whole answer): nginx's `inactive` default.
+pub(super) const REVALIDATE_KEEP_MS: u64 = 10 * 60 * 1000;
+
 /// One cached response, or a marker that the response of this URL varies.
 #[derive(Debug, Clone)]
 pub(super) struct Entry {
@@ -51,9 +55,15 @@ impl Entry {
         lifetime - i64::try_from(self.age_ms(now)).unwrap_or(i64::MAX)
     }
 
-    /// How long the entry is worth keeping: its freshness and the longest stale window.
+    /// How long the entry is worth keeping: its freshness and the longest stale window; with a
+    /// validator, at least [`REVALIDATE_KEEP_MS`] (or its lifetime, up to a day) past its
+    /// freshness, to be revalidated with a conditional request then. A Vary marker is kept as
+    /// long as any of its variants may be.
     pub(super) fn keep(&self) -> Duration {
-        let stale = self.swr_ms.max(self.sie_ms);
+        let mut stale = self.swr_ms.max(self.sie_ms);
+        if self.vary.is_some() || super::http::has_validator(&self.headers) {
+            stale = stale.max(self.lifetime_ms.clamp(REVALIDATE_KEEP_MS, 86_400_000));
+        }
         Duration::from_millis(
             self.lifetime_ms
                 .saturating_sub(self.initial_age_ms)
@@ -191,6 +201,22 @@ mod tests {
         assert_eq!(back.tags, entry.tags);
         assert!(Entry::decode(b"garbage").is_none());
         assert_eq!(entry.ttl_ms(1_700_000_000_000 + 60_000), -3000);
-        assert_eq!(entry.keep(), Duration::from_millis(57_000 + 300_000));
+        // A marker: kept as long as a variant with a validator may be.
+        assert_eq!(
+            entry.keep(),
+            Duration::from_millis(57_000 + REVALIDATE_KEEP_MS)
+        );
+        let mut plain = back.clone();
+        plain.vary = None;
+        assert_eq!(plain.keep(), Duration::from_millis(57_000 + 300_000));
+        let mut validated = plain.clone();
+        validated.sie_ms = 0;
+        validated
+            .headers
+            .insert("etag", HeaderValue::from_static("\"x\""));
+        assert_eq!(
+            validated.keep(),
+            Duration::from_millis(57_000 + REVALIDATE_KEEP_MS)
+        );
     }
 }

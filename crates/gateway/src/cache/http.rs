@@ -10,42 +10,190 @@ use http::{Method, StatusCode};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct CacheControl {
     pub no_store: bool,
+    /// Unqualified `no-cache` (a qualified one only withholds its fields).
     pub no_cache: bool,
+    /// Unqualified `private`.
     pub private: bool,
+    /// The field names of a qualified `private="…"` or `no-cache="…"`: a shared cache may
+    /// store the response without them (RFC 9111 §5.2.2.4, §5.2.2.7).
+    pub withheld: Vec<HeaderName>,
     pub public: bool,
+    pub must_revalidate: bool,
+    pub proxy_revalidate: bool,
     pub max_age: Option<u64>,
     pub s_maxage: Option<u64>,
     pub stale_while_revalidate: Option<u64>,
     pub stale_if_error: Option<u64>,
+    /// A request's `min-fresh`.
+    pub min_fresh: Option<u64>,
+    /// A request's `max-stale` (without a value: any staleness, `u64::MAX`).
+    pub max_stale: Option<u64>,
+    /// A request's `only-if-cached`.
+    pub only_if_cached: bool,
+}
+
+/// The largest delta-seconds a cache must handle; larger values are taken as this (RFC 9111
+/// §1.2.2).
+const DELTA_SECONDS_MAX: u64 = 1 << 31;
+
+/// The directives of a `Cache-Control` line: split on commas outside quoted strings.
+fn directives(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out
+}
+
+/// A directive's argument, unquoted (a quoted-string's escapes resolved).
+fn argument(value: &str) -> String {
+    let value = value.trim();
+    match value
+        .strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+    {
+        Some(inner) => {
+            let mut out = String::with_capacity(inner.len());
+            let mut escaped = false;
+            for c in inner.chars() {
+                if !escaped && c == '\\' {
+                    escaped = true;
+                    continue;
+                }
+                escaped = false;
+                out.push(c);
+            }
+            out
+        }
+        None => value.to_owned(),
+    }
+}
+
+/// delta-seconds (RFC 9111 §1.2.2): digits only, capped at 2^31; `None` when invalid.
+fn delta_seconds(value: Option<&str>) -> Option<u64> {
+    let value = value?;
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        value
+            .parse::<u64>()
+            .map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX)),
+    )
+}
+
+/// Records a freshness directive: an invalid value, or a second one that disagrees with the
+/// first, makes the response stale (RFC 9111 §4.2.1: "considered stale").
+fn freshness_directive(slot: &mut Option<u64>, value: Option<&str>) {
+    let seconds = delta_seconds(value).unwrap_or(0);
+    *slot = match *slot {
+        Some(first) if first != seconds => Some(0),
+        _ => Some(seconds),
+    };
 }
 
 impl CacheControl {
-    /// Reads every `Cache-Control` line of `headers`; unknown directives are ignored and a
-    /// malformed number makes its directive absent.
+    /// Reads every `Cache-Control` line of `headers` as RFC 9111 §5.2 says: directive names
+    /// case-insensitive, arguments as tokens or quoted strings (commas inside quotes do not split),
+    /// unknown directives ignored. An invalid or conflicting `max-age`/`s-maxage` makes the
+    /// response stale; an invalid `stale-*` is ignored. `no-cache` and `private` with field
+    /// names are taken unqualified (the whole response; the safe reading for a shared cache).
     pub(super) fn parse(headers: &HeaderMap) -> Self {
+        Self::parse_field(headers, &header::CACHE_CONTROL)
+    }
+
+    /// The caching policy of a response for a cache that obeys the targeted fields `targeted`
+    /// (RFC 9213: `CDN-Cache-Control`, …) before `Cache-Control`: the first of them present
+    /// with a non-empty value, else `Cache-Control`. The second value says whether a targeted
+    /// field was used (then `Expires` does not count either).
+    pub(super) fn policy(headers: &HeaderMap, targeted: &[HeaderName]) -> (Self, bool) {
+        for name in targeted {
+            let present = headers
+                .get_all(name)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|t| !t.trim().is_empty()));
+            if present {
+                return (Self::parse_field(headers, name), true);
+            }
+        }
+        (Self::parse(headers), false)
+    }
+
+    /// Reads every line of the `Cache-Control`-like field `name`.
+    fn parse_field(headers: &HeaderMap, name: &HeaderName) -> Self {
         let mut cc = Self::default();
-        for line in headers.get_all(header::CACHE_CONTROL) {
+        for line in headers.get_all(name) {
             let Ok(text) = line.to_str() else { continue };
-            for directive in text.split(',') {
+            for directive in directives(text) {
                 let (name, value) = match directive.split_once('=') {
-                    Some((name, value)) => (name.trim(), Some(value.trim().trim_matches('"'))),
+                    Some((name, value)) => (name.trim(), Some(argument(value))),
                     None => (directive.trim(), None),
                 };
-                let seconds = || value.and_then(|v| v.parse::<u64>().ok());
+                if name.is_empty() {
+                    continue;
+                }
+                let value = value.as_deref();
                 match name.to_ascii_lowercase().as_str() {
                     "no-store" => cc.no_store = true,
-                    "no-cache" => cc.no_cache = true,
-                    "private" => cc.private = true,
+                    "no-cache" | "private" => {
+                        let fields: Vec<HeaderName> = value
+                            .unwrap_or_default()
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|f| !f.is_empty())
+                            .filter_map(|f| HeaderName::try_from(f.to_ascii_lowercase()).ok())
+                            .collect();
+                        if fields.is_empty() {
+                            if name.eq_ignore_ascii_case("private") {
+                                cc.private = true;
+                            } else {
+                                cc.no_cache = true;
+                            }
+                        } else {
+                            cc.withheld.extend(fields);
+                        }
+                    }
                     "public" => cc.public = true,
-                    "max-age" => cc.max_age = seconds(),
-                    "s-maxage" => cc.s_maxage = seconds(),
-                    "stale-while-revalidate" => cc.stale_while_revalidate = seconds(),
-                    "stale-if-error" => cc.stale_if_error = seconds(),
+                    "must-revalidate" => cc.must_revalidate = true,
+                    "proxy-revalidate" => cc.proxy_revalidate = true,
+                    "max-age" => freshness_directive(&mut cc.max_age, value),
+                    "s-maxage" => freshness_directive(&mut cc.s_maxage, value),
+                    "stale-while-revalidate" => {
+                        cc.stale_while_revalidate = delta_seconds(value);
+                    }
+                    "stale-if-error" => cc.stale_if_error = delta_seconds(value),
+                    "min-fresh" => cc.min_fresh = delta_seconds(value),
+                    "only-if-cached" => cc.only_if_cached = true,
+                    "max-stale" => {
+                        cc.max_stale = match value {
+                            None => Some(u64::MAX),
+                            Some(_) => delta_seconds(value),
+                        };
+                    }
                     _ => {}
                 }
             }
         }
         cc
+    }
+
+    /// Whether a stale copy may be served only after the origin confirmed it (`must-revalidate`,
+    /// `proxy-revalidate`, and `s-maxage`, which implies it in a shared cache, RFC 9111
+    /// §5.2.2.10; `no-cache`, which asks for it on every use): the route's stale windows do not
+    /// apply, only a `stale-if-error`/`stale-while-revalidate` the response gives itself.
+    pub(super) fn demands_revalidation(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some() || self.no_cache
     }
 }
 
@@ -73,28 +221,35 @@ pub(super) fn is_authorized(headers: &HeaderMap) -> bool {
 }
 
 /// Whether the client asked for a fresh answer (`no-cache`, `max-age=0`, or `Pragma:
-/// no-cache`): the cache then goes to the upstream, and still stores what comes back.
-pub(super) fn wants_revalidation(headers: &HeaderMap) -> bool {
-    let cc = CacheControl::parse(headers);
+/// no-cache` without `Cache-Control`): the cache then goes to the upstream, and still stores
+/// what comes back. `cc` is the request's `Cache-Control`.
+pub(super) fn wants_revalidation(cc: &CacheControl, headers: &HeaderMap) -> bool {
+    // Pragma counts only without Cache-Control (RFC 9111 §5.4).
     cc.no_cache
         || cc.max_age == Some(0)
-        || headers
-            .get(header::PRAGMA)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache"))
+        || (!headers.contains_key(header::CACHE_CONTROL)
+            && headers
+                .get(header::PRAGMA)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.to_ascii_lowercase().contains("no-cache")))
 }
 
-/// Whether the client forbade storing (`no-store` in the request).
-pub(super) fn forbids_store(headers: &HeaderMap) -> bool {
-    CacheControl::parse(headers).no_store
+/// Whether the client's own limits (RFC 9111 §5.2.1.1 `max-age`, §5.2.1.3 `min-fresh`) accept a
+/// stored response of `age_ms` with `ttl_ms` of freshness left.
+pub(super) fn acceptable_to_client(cc: &CacheControl, age_ms: u64, ttl_ms: i64) -> bool {
+    cc.max_age
+        .is_none_or(|seconds| age_ms <= seconds.saturating_mul(1000))
+        && cc.min_fresh.is_none_or(|seconds| {
+            ttl_ms >= i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+        })
 }
 
 /// Statuses a shared cache may store without explicit freshness (RFC 9110 §15.1's
-/// "heuristically cacheable" list, less 206 and 501 which sekisho does not cache).
+/// "heuristically cacheable" list, less 206: a partial answer is passed through, never stored).
 fn cacheable_status(status: StatusCode) -> bool {
     matches!(
         status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
     )
 }
 
@@ -103,43 +258,192 @@ pub(super) fn is_negative(status: StatusCode) -> bool {
     matches!(status.as_u16(), 404 | 410)
 }
 
-/// How long a response stays fresh in a shared cache, or `None` when it must not be stored.
+/// A route's freshness settings: what applies when the response gives no explicit freshness.
+#[derive(Debug, Clone)]
+pub(super) struct Defaults {
+    /// Targeted cache-control fields obeyed before `Cache-Control` (RFC 9213), in order.
+    pub targeted: Vec<HeaderName>,
+    /// Forced on a 200/204 without explicit or heuristic freshness; `None`: not stored.
+    pub ttl: Option<Duration>,
+    /// 404/410 without explicit freshness; zero: not stored.
+    pub negative_ttl: Duration,
+    /// Heuristic freshness: this share of the time since `Last-Modified`, at most the duration.
+    pub heuristic: Option<(f64, Duration)>,
+}
+
+/// An HTTP-date (RFC 9110 §5.6.7, all three forms) in Unix milliseconds; `None` when absent or
+/// invalid.
+pub(super) fn date_ms(headers: &HeaderMap, name: &HeaderName) -> Option<u64> {
+    parse_date_ms(headers.get(name)?)
+}
+
+/// [`date_ms`] of one value.
+pub(super) fn parse_date_ms(value: &HeaderValue) -> Option<u64> {
+    let text = value.to_str().ok()?;
+    httpdate::parse_http_date(text.trim())
+        .ok()
+        .map(crate::clock::unix_ms)
+}
+
+/// Whether a response carries a validator (`ETag` or `Last-Modified`) to revalidate it with.
+pub(super) fn has_validator(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::ETAG) || headers.contains_key(header::LAST_MODIFIED)
+}
+
+/// How long a response stays fresh in a shared cache (zero: stored, but revalidated before
+/// every use), or `None` when it must not be stored. `now_ms` is when it arrived (for a
+/// response without `Date`).
 ///
-/// `s-maxage` wins over `max-age`; without either, `ttl` (or `negative_ttl` for 404/410, where
-/// zero means "do not cache negatives"). A request with `Authorization` is stored only when the
-/// route allows it (`cache_authorized`) or the response says `public` or `s-maxage`.
+/// Explicit freshness first (RFC 9111 §4.2.1): `s-maxage`, `max-age`, then `Expires` less
+/// `Date` (an invalid `Expires` is already expired). Then `negative_ttl` for 404/410, heuristic
+/// freshness when the route asks for it (§4.2.2), and the route's `ttl` for a 200/204. A
+/// response without freshness but with a validator (`no-cache`, `max-age=0`, an expired
+/// `Expires`) is stored stale, to be revalidated. A request with `Authorization` is stored only
+/// when the route allows it (`cache_authorized`) or the response says `public` or `s-maxage`.
 pub(super) fn freshness(
     status: StatusCode,
     response: &HeaderMap,
     authorized: bool,
-    ttl: Duration,
-    negative_ttl: Duration,
+    defaults: &Defaults,
+    now_ms: u64,
 ) -> Option<Duration> {
     if !cacheable_status(status) {
         return None;
     }
-    let cc = CacheControl::parse(response);
-    if cc.no_store || cc.private || cc.no_cache {
+    let (cc, targeted) = CacheControl::policy(response, &defaults.targeted);
+    if cc.no_store || cc.private {
         return None;
     }
-    if response.contains_key(header::SET_COOKIE) {
-        // One client's cookie must never be handed to another.
+    if response.contains_key(header::SET_COOKIE) && !cc.withheld.contains(&header::SET_COOKIE) {
+        // One client's cookie must never be handed to another (unless the response says
+        // `private="Set-Cookie"`: then it is stored without it).
         return None;
     }
-    if authorized && !(cc.public || cc.s_maxage.is_some()) {
+    if authorized && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        // RFC 9111 §3.5: only these three let a shared cache store an authorized answer.
         return None;
     }
-    if let Some(seconds) = cc.s_maxage.or(cc.max_age) {
-        return (seconds > 0).then(|| Duration::from_secs(seconds));
+    let validator = has_validator(response);
+    let stale_on_arrival = || validator.then_some(Duration::ZERO);
+    if cc.no_cache {
+        // Stored, and revalidated on every use: worth it only with a validator.
+        return stale_on_arrival();
     }
-    if is_negative(status) {
-        return (!negative_ttl.is_zero()).then_some(negative_ttl);
+    let explicit = match cc.s_maxage.or(cc.max_age) {
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+        None if targeted => None,
+        None => response.get(header::EXPIRES).map(|expires| {
+            let date = date_ms(response, &header::DATE).unwrap_or(now_ms);
+            // An invalid Expires ("0", "-1", garbage), or several, means already expired
+            // (§5.3, §4.2.1).
+            if response.get_all(header::EXPIRES).iter().nth(1).is_some() {
+                return Duration::ZERO;
+            }
+            parse_date_ms(expires).map_or(Duration::ZERO, |expires| {
+                Duration::from_millis(expires.saturating_sub(date))
+            })
+        }),
+    };
+    if let Some(lifetime) = explicit {
+        return if lifetime.is_zero() {
+            stale_on_arrival()
+        } else {
+            Some(lifetime)
+        };
     }
-    if status != StatusCode::OK && status != StatusCode::NO_CONTENT {
-        // Other heuristically cacheable statuses only with explicit freshness.
-        return None;
+    if is_negative(status) && !defaults.negative_ttl.is_zero() {
+        return Some(defaults.negative_ttl);
     }
-    Some(ttl)
+    if let Some((fraction, max)) = defaults.heuristic {
+        if let Some(modified) = date_ms(response, &header::LAST_MODIFIED) {
+            let date = date_ms(response, &header::DATE).unwrap_or(now_ms);
+            let since = Duration::from_millis(date.saturating_sub(modified));
+            let lifetime = since.mul_f64(fraction.clamp(0.0, 1.0)).min(max);
+            if !lifetime.is_zero() {
+                return Some(lifetime);
+            }
+        }
+    }
+    if status == StatusCode::OK || status == StatusCode::NO_CONTENT {
+        return defaults.ttl;
+    }
+    // Other heuristically cacheable statuses only with explicit or heuristic freshness.
+    None
+}
+
+/// How old a response already is when it arrives (RFC 9111 §4.2.3): the larger of its apparent
+/// age (`now_ms` less `Date`) and the `Age` it carries plus `delay_ms`, the time the request
+/// took.
+pub(super) fn initial_age_ms(response: &HeaderMap, now_ms: u64, delay_ms: u64) -> u64 {
+    let apparent = date_ms(response, &header::DATE).map_or(0, |date| now_ms.saturating_sub(date));
+    let corrected = age(response).saturating_mul(1000).saturating_add(delay_ms);
+    apparent.max(corrected)
+}
+
+/// Fields of a `304` that never replace the stored ones (RFC 9111 §3.2: the stored body's
+/// length and encoding, and hop-by-hop fields).
+const NOT_UPDATED: [HeaderName; 8] = [
+    header::CONTENT_LENGTH,
+    header::CONTENT_ENCODING,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::CONTENT_RANGE,
+];
+
+/// The stored fields updated by a `304` (RFC 9111 §3.2, §4.3.4): each field of the `304`
+/// replaces the stored one of its name, except [`NOT_UPDATED`]. Its `Age` and `Date` are the
+/// new answer's; without a `Date` the stored one (of the first answer) would count the whole
+/// time since then as age, so it becomes now.
+pub(super) fn updated_headers(stored: &HeaderMap, not_modified: &HeaderMap) -> HeaderMap {
+    let mut headers = stored.clone();
+    headers.remove(header::AGE);
+    if !not_modified.contains_key(header::DATE) {
+        if let Ok(now) =
+            HeaderValue::try_from(httpdate::fmt_http_date(std::time::SystemTime::now()))
+        {
+            headers.insert(header::DATE, now);
+        }
+    }
+    for name in not_modified.keys() {
+        if NOT_UPDATED.contains(name) {
+            continue;
+        }
+        headers.remove(name);
+        for value in not_modified.get_all(name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    headers
+}
+
+/// Whether a `304` confirms the stored response (RFC 9111 §4.3.4): unless both carry an
+/// `ETag` and the 304's is strong and differs from the stored one.
+pub(super) fn same_representation(stored: &HeaderMap, not_modified: &HeaderMap) -> bool {
+    let (Some(new), Some(old)) = (
+        not_modified.get(header::ETAG).and_then(|v| v.to_str().ok()),
+        stored.get(header::ETAG).and_then(|v| v.to_str().ok()),
+    ) else {
+        return true;
+    };
+    let (new, old) = (new.trim(), old.trim());
+    if new.starts_with("W/") {
+        // Weak: the opaque tags compared (RFC 9110 §8.8.3.2).
+        new.trim_start_matches("W/") == old.trim_start_matches("W/")
+    } else {
+        new == old
+    }
+}
+
+/// Whether the answer to an unsafe request invalidates the cached URL (RFC 9111 §4.4): the
+/// method is not safe and the status is 2xx or 3xx.
+pub(super) fn invalidates(method: &Method, status: StatusCode) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) && (status.is_success() || status.is_redirection())
 }
 
 /// The header names a response varies on; `None` for `Vary: *` or a malformed field (never
@@ -162,21 +466,57 @@ pub(super) fn vary(response: &HeaderMap) -> Option<Vec<HeaderName>> {
     Some(names)
 }
 
-/// The part of a cache key that the request's values of `names` make.
+/// The part of a cache key that the request's values of `names` make, normalised as RFC 9111
+/// §4.1 allows: whitespace around values, several field lines combined, and for the list fields
+/// of content negotiation (`Accept*`) the elements trimmed (also around `;` and `=`), and for
+/// those whose values are case-insensitive (`Accept-Encoding`, `Accept-Language`,
+/// `Accept-Charset`) lowercased — `Accept-Encoding`'s elements also sorted (their order means
+/// nothing). Any other field is kept as sent, less the whitespace at its ends.
 pub(super) fn variant(names: &[HeaderName], request: &HeaderMap) -> String {
     let mut text = String::new();
     for name in names {
         text.push('|');
         text.push_str(name.as_str());
         text.push('=');
-        let mut first = true;
-        for value in request.get_all(name) {
-            if !first {
-                text.push(',');
+        let list = matches!(
+            name.as_str(),
+            "accept" | "accept-encoding" | "accept-language" | "accept-charset"
+        );
+        if !list {
+            let mut first = true;
+            for value in request.get_all(name) {
+                if !first {
+                    text.push(',');
+                }
+                first = false;
+                text.push_str(String::from_utf8_lossy(value.as_bytes()).trim());
             }
-            first = false;
-            text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+            continue;
         }
+        let lowercase = name.as_str() != "accept";
+        let mut elements: Vec<String> = Vec::new();
+        for value in request.get_all(name) {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            for element in value.split(',') {
+                let element: String = element
+                    .split(';')
+                    .map(|part| part.split('=').map(str::trim).collect::<Vec<_>>().join("="))
+                    .collect::<Vec<_>>()
+                    .join(";");
+                if element.is_empty() {
+                    continue;
+                }
+                elements.push(if lowercase {
+                    element.to_ascii_lowercase()
+                } else {
+                    element
+                });
+            }
+        }
+        if name.as_str() == "accept-encoding" {
+            elements.sort();
+        }
+        text.push_str(&elements.join(","));
     }
     text
 }
@@ -194,6 +534,87 @@ pub(super) fn none_match(if_none_match: &HeaderValue, etag: &HeaderValue) -> boo
     list.split(',')
         .map(str::trim)
         .any(|candidate| candidate == "*" || opaque(candidate) == wanted)
+}
+
+/// Whether `If-Modified-Since` of the request is satisfied by `last_modified` (the stored
+/// representation was not modified since): both valid HTTP-dates and `last_modified` not later.
+pub(super) fn not_modified_since(
+    if_modified_since: &HeaderValue,
+    last_modified: &HeaderValue,
+) -> bool {
+    match (
+        parse_date_ms(if_modified_since),
+        parse_date_ms(last_modified),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+/// The one byte range `range` (a `Range` field) asks of a body of `length` bytes: `None` when
+/// it is not a single byte range (several ranges, another unit, malformed: the whole body is
+/// answered, as RFC 9110 §14.2 allows), `Some(Err(()))` when unsatisfiable.
+pub(super) fn byte_range(range: &str, length: usize) -> Option<Result<std::ops::Range<usize>, ()>> {
+    let spec = range.trim().strip_prefix("bytes=")?.trim();
+    if spec.contains(',') {
+        return None;
+    }
+    let (first, last) = spec.split_once('-')?;
+    let number = |text: &str| -> Option<Option<u64>> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Some(None);
+        }
+        if !text.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(Some(text.parse().unwrap_or(u64::MAX)))
+    };
+    let length64 = length as u64;
+    let (start, end) = match (number(first)?, number(last)?) {
+        (Some(start), last) => {
+            if last.is_some_and(|last| last < start) {
+                return None;
+            }
+            if start >= length64 {
+                return Some(Err(()));
+            }
+            let end = last.map_or(length64, |last| last.saturating_add(1).min(length64));
+            (start, end)
+        }
+        (None, Some(suffix)) => {
+            if suffix == 0 || length == 0 {
+                return Some(Err(()));
+            }
+            (length64.saturating_sub(suffix), length64)
+        }
+        (None, None) => return None,
+    };
+    let start = usize::try_from(start).ok()?;
+    let end = usize::try_from(end).ok()?;
+    Some(Ok(start..end))
+}
+
+/// Whether `If-Range` matches the stored response (RFC 9110 §13.1.5): a strong `ETag` equal to
+/// it, or a date equal to its `Last-Modified`.
+pub(super) fn if_range_matches(if_range: &HeaderValue, stored: &HeaderMap) -> bool {
+    let Ok(text) = if_range.to_str() else {
+        return false;
+    };
+    let text = text.trim();
+    if text.starts_with('"') {
+        return stored
+            .get(header::ETAG)
+            .and_then(|e| e.to_str().ok())
+            .is_some_and(|etag| !etag.starts_with("W/") && etag.trim() == text);
+    }
+    match (
+        parse_date_ms(if_range),
+        date_ms(stored, &header::LAST_MODIFIED),
+    ) {
+        (Some(date), Some(modified)) => date == modified,
+        _ => false,
+    }
 }
 
 /// The tags of a response, from `Cache-Tag` (comma-separated) and `Surrogate-Key`
@@ -230,167 +651,4 @@ pub(super) fn age(response: &HeaderMap) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (name, value) in pairs {
-            map.append(
-                HeaderName::try_from(*name).expect("name"),
-                HeaderValue::from_str(value).expect("value"),
-            );
-        }
-        map
-    }
-
-    const TTL: Duration = Duration::from_secs(60);
-    const NEG: Duration = Duration::from_secs(5);
-
-    #[test]
-    fn cache_control_directives_across_lines() {
-        let cc = CacheControl::parse(&headers(&[
-            ("cache-control", "public, max-age=30"),
-            (
-                "cache-control",
-                "S-MAXAGE=\"90\", stale-while-revalidate=10, stale-if-error=300",
-            ),
-        ]));
-        assert!(cc.public);
-        assert_eq!(cc.max_age, Some(30));
-        assert_eq!(cc.s_maxage, Some(90));
-        assert_eq!(cc.stale_while_revalidate, Some(10));
-        assert_eq!(cc.stale_if_error, Some(300));
-        assert!(!cc.no_store);
-    }
-
-    #[test]
-    fn freshness_follows_the_response() {
-        let ok = StatusCode::OK;
-        assert_eq!(freshness(ok, &headers(&[]), false, TTL, NEG), Some(TTL));
-        let max_age = headers(&[("cache-control", "max-age=30")]);
-        assert_eq!(
-            freshness(ok, &max_age, false, TTL, NEG),
-            Some(Duration::from_secs(30))
-        );
-        let both = headers(&[("cache-control", "max-age=30, s-maxage=90")]);
-        assert_eq!(
-            freshness(ok, &both, false, TTL, NEG),
-            Some(Duration::from_secs(90))
-        );
-        for refusal in ["no-store", "private", "no-cache", "max-age=0"] {
-            let h = headers(&[("cache-control", refusal)]);
-            assert_eq!(freshness(ok, &h, false, TTL, NEG), None, "{refusal}");
-        }
-        let cookie = headers(&[("set-cookie", "session=1")]);
-        assert_eq!(freshness(ok, &cookie, false, TTL, NEG), None);
-        assert_eq!(
-            freshness(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &headers(&[]),
-                false,
-                TTL,
-                NEG
-            ),
-            None
-        );
-        assert_eq!(
-            freshness(StatusCode::NOT_FOUND, &headers(&[]), false, TTL, NEG),
-            Some(NEG)
-        );
-        assert_eq!(
-            freshness(StatusCode::GONE, &headers(&[]), false, TTL, Duration::ZERO),
-            None
-        );
-        assert_eq!(
-            freshness(
-                StatusCode::MOVED_PERMANENTLY,
-                &headers(&[]),
-                false,
-                TTL,
-                NEG
-            ),
-            None
-        );
-    }
-
-    #[test]
-    fn authorized_answers_only_when_public() {
-        let ok = StatusCode::OK;
-        assert_eq!(freshness(ok, &headers(&[]), true, TTL, NEG), None);
-        let public = headers(&[("cache-control", "public")]);
-        assert_eq!(freshness(ok, &public, true, TTL, NEG), Some(TTL));
-        assert_eq!(
-            request_bypass(
-                &Method::GET,
-                &headers(&[("authorization", "Bearer x")]),
-                false
-            ),
-            Some("bypass")
-        );
-        assert_eq!(
-            request_bypass(
-                &Method::GET,
-                &headers(&[("authorization", "Bearer x")]),
-                true
-            ),
-            None
-        );
-        assert_eq!(
-            request_bypass(&Method::POST, &headers(&[]), true),
-            Some("method")
-        );
-    }
-
-    #[test]
-    fn vary_names_and_variants() {
-        let response = headers(&[
-            ("vary", "Accept-Encoding, accept-language"),
-            ("vary", "accept-encoding"),
-        ]);
-        let names = vary(&response).expect("cacheable");
-        assert_eq!(names, ["accept-encoding", "accept-language"]);
-        assert!(vary(&headers(&[("vary", "*")])).is_none());
-        let a = variant(&names, &headers(&[("accept-encoding", "gzip")]));
-        let b = variant(&names, &headers(&[("accept-encoding", "br")]));
-        assert_ne!(a, b);
-        assert_eq!(a, variant(&names, &headers(&[("accept-encoding", "gzip")])));
-    }
-
-    #[test]
-    fn if_none_match_compares_weakly() {
-        let etag = HeaderValue::from_static("\"v1\"");
-        assert!(none_match(&HeaderValue::from_static("\"v1\""), &etag));
-        assert!(none_match(&HeaderValue::from_static("W/\"v1\""), &etag));
-        assert!(none_match(
-            &HeaderValue::from_static("\"v0\", \"v1\""),
-            &etag
-        ));
-        assert!(none_match(&HeaderValue::from_static("*"), &etag));
-        assert!(!none_match(&HeaderValue::from_static("\"v2\""), &etag));
-    }
-
-    #[test]
-    fn tags_from_both_headers() {
-        let h = headers(&[
-            ("cache-tag", "product-1, catalog"),
-            ("surrogate-key", "catalog sale"),
-        ]);
-        assert_eq!(tags(&h), ["product-1", "catalog", "sale"]);
-    }
-
-    #[test]
-    fn client_revalidation() {
-        assert!(wants_revalidation(&headers(&[(
-            "cache-control",
-            "no-cache"
-        )])));
-        assert!(wants_revalidation(&headers(&[(
-            "cache-control",
-            "max-age=0"
-        )])));
-        assert!(wants_revalidation(&headers(&[("pragma", "no-cache")])));
-        assert!(!wants_revalidation(&headers(&[])));
-        assert!(forbids_store(&headers(&[("cache-control", "no-store")])));
-    }
-}
+mod tests;

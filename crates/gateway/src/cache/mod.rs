@@ -21,16 +21,20 @@
 //! - `flight.rs`: a flight per key in progress, its leader and how it ended;
 //! - `collapse.rs`: the misses of one key collapsed into one flight, the fill lock with another
 //!   instance, and the flights that follow for the other variants of a varying response;
-//! - `respond.rs`: answers from an entry (`304`s included), `Cache-Status`, and [`Fetch`],
-//!   whose `finish` stores the upstream's answer or serves a stale copy;
+//! - `answer.rs`: answers from an entry (`304`s and byte ranges included);
+//! - `respond.rs`: `Cache-Status`, and [`Fetch`], whose `finish` stores the upstream's answer
+//!   (or the stale entry a `304` confirmed) or serves a stale copy;
+//! - `invalidate.rs`: what a successful unsafe request purges;
 //! - `store.rs`: [`CacheStore`], both tiers, purges and their subscription, the figures;
 //! - [`entry`]: a stored response and its encoding for the shared tier;
 //! - [`http`]: the HTTP caching rules.
 
+mod answer;
 mod collapse;
 mod entry;
 mod flight;
 mod http;
+mod invalidate;
 mod respond;
 mod route;
 mod store;

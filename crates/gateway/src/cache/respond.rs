@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
 use tokio::time::Instant;
 
+use super::answer::{respond, Conditional};
 use super::entry::{now_ms, Entry};
 use super::flight::{FlightEnd, Lead, VaryMarker};
 use super::http;
@@ -33,10 +34,15 @@ pub struct Fetch {
     variant_of: Option<VaryMarker>,
     request_headers: HeaderMap,
     method: Method,
-    if_none_match: Option<HeaderValue>,
+    conditional: Conditional,
     lead: Option<Lead>,
     store: bool,
     stale: Option<Arc<Entry>>,
+    /// Whether the request asks the origin to confirm `stale` (its validators were sent).
+    revalidating: bool,
+    /// For an unsafe method: `<route>:v<n>:<host>`, to invalidate the URL's entry (and those of
+    /// `Location`/`Content-Location`) when the answer is a success.
+    invalidate: Option<String>,
     started: Instant,
     why: &'static str,
 }
@@ -77,11 +83,25 @@ impl RouteCache {
         stale: Option<Arc<Entry>>,
         why: &'static str,
     ) -> Fetch {
-        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let conditional = Conditional::of(&parts.headers);
+        let mut revalidating = false;
         if store {
-            // The cache answers conditionals itself; the upstream must send the whole answer.
+            // The cache answers conditionals itself; the upstream must send the whole answer,
+            // or confirm the stale copy with its validators (RFC 9111 §4.3.1).
             parts.headers.remove(header::IF_NONE_MATCH);
             parts.headers.remove(header::IF_MODIFIED_SINCE);
+            if let (Some(stale), true) = (&stale, parts.method == Method::GET) {
+                if let Some(etag) = stale.headers.get(header::ETAG) {
+                    parts.headers.insert(header::IF_NONE_MATCH, etag.clone());
+                    revalidating = true;
+                }
+                if let Some(modified) = stale.headers.get(header::LAST_MODIFIED) {
+                    parts
+                        .headers
+                        .insert(header::IF_MODIFIED_SINCE, modified.clone());
+                    revalidating = true;
+                }
+            }
         }
         Fetch {
             cache: Arc::clone(self),
@@ -89,12 +109,34 @@ impl RouteCache {
             variant_of,
             request_headers: parts.headers.clone(),
             method: parts.method.clone(),
-            if_none_match,
+            conditional,
             lead,
             store,
             stale,
+            revalidating,
+            invalidate: None,
             started: Instant::now(),
             why,
+        }
+    }
+
+    /// The fetch of an unsafe request (`fwd=method`): nothing stored, but a success invalidates
+    /// the URL's entry.
+    pub(super) fn invalidating(self: &Arc<Self>, parts: &Parts) -> Fetch {
+        Fetch {
+            cache: Arc::clone(self),
+            primary: self.key(parts),
+            variant_of: None,
+            request_headers: HeaderMap::new(),
+            method: parts.method.clone(),
+            conditional: Conditional::default(),
+            lead: None,
+            store: false,
+            stale: None,
+            revalidating: false,
+            invalidate: Some(self.key_base(parts, 0)),
+            started: Instant::now(),
+            why: "method",
         }
     }
 }
@@ -107,11 +149,18 @@ impl Fetch {
         mut self,
         result: Result<Response<ResponseBody>, GatewayError>,
     ) -> (Result<Response<ResponseBody>, GatewayError>, HeaderValue) {
+        let why = self.why;
+        if let (Some(base), Ok(response)) = (&self.invalidate, &result) {
+            if http::invalidates(&self.method, response.status()) {
+                self.cache
+                    .invalidate(&self.primary, base, response.headers())
+                    .await;
+            }
+        }
         let failed = match &result {
             Ok(response) => matches!(response.status().as_u16(), 500 | 502 | 503 | 504),
             Err(error) => error.is_upstream_failure(),
         };
-        let why = self.why;
         if failed {
             if let Some(stale) = self.usable_stale() {
                 self.cache.metrics.stale_if_error.inc();
@@ -124,10 +173,67 @@ impl Fetch {
                     "fwd={why}; fwd-status={fwd_status}; ttl={}; detail=stale-if-error",
                     stale.ttl_ms(now) / 1000
                 ));
-                let response = respond(&stale, now, &self.method, self.if_none_match.as_ref());
+                let response = respond(&stale, now, &self.method, &self.conditional);
                 return (Ok(response), status);
             }
+            if let (Some(stale), Err(_)) = (&self.stale, &result) {
+                if stale.ttl_ms(now_ms()) <= 0
+                    && http::CacheControl::policy(&stale.headers, &self.cache.defaults.targeted)
+                        .0
+                        .demands_revalidation()
+                {
+                    // must-revalidate (and its kin): 504 rather than the stale copy when the
+                    // origin cannot confirm it (RFC 9111 §5.2.2.2).
+                    let status = status_value(format_args!("fwd={why}; detail=must-revalidate"));
+                    if let Err(error) = result {
+                        return (
+                            Err(GatewayError::Unrevalidated {
+                                upstream: Arc::from(self.cache.route.as_ref()),
+                                source: Box::new(error),
+                            }),
+                            status,
+                        );
+                    }
+                    return (result, status);
+                }
+            }
         }
+        let mut revalidated = false;
+        if let (Ok(response), Some(stale)) = (&result, &self.stale) {
+            if self.revalidating
+                && response.status() == StatusCode::NOT_MODIFIED
+                && !http::same_representation(&stale.headers, response.headers())
+            {
+                // A 304 naming another representation (another strong ETag) must not update
+                // the stored one (RFC 9111 §4.3.4), and is no answer to this request: the
+                // entry goes, and the request fails as an upstream error.
+                self.cache
+                    .invalidate(&self.primary, "", &HeaderMap::new())
+                    .await;
+                return (
+                    Err(GatewayError::UpstreamFailed {
+                        upstream: Arc::from(self.cache.route.as_ref()),
+                        source: "a 304 for another representation than the cached one".into(),
+                    }),
+                    status_value(format_args!("fwd={why}; fwd-status=304")),
+                );
+            }
+        }
+        let result = match (result, &self.stale) {
+            (Ok(response), Some(stale))
+                if self.revalidating && response.status() == StatusCode::NOT_MODIFIED =>
+            {
+                // The origin confirmed the stale copy: its fields updated by the 304's, stored
+                // again with the freshness they give (RFC 9111 §4.3.4).
+                revalidated = true;
+                self.cache.metrics.revalidated.inc();
+                let mut updated = Response::new(ResponseBody::full(stale.body.clone()));
+                *updated.status_mut() = stale.status;
+                *updated.headers_mut() = http::updated_headers(&stale.headers, response.headers());
+                Ok(updated)
+            }
+            (result, _) => result,
+        };
         let response = match result {
             Ok(response) => response,
             Err(error) => {
@@ -135,13 +241,22 @@ impl Fetch {
                 return (Err(error), status);
             }
         };
-        let fwd_status = response.status().as_u16();
+        let fwd_status = if revalidated {
+            StatusCode::NOT_MODIFIED.as_u16()
+        } else {
+            response.status().as_u16()
+        };
         let pass = |response| {
             (
                 Ok(response),
                 status_value(format_args!("fwd={why}; fwd-status={fwd_status}")),
             )
         };
+        if self.method == Method::HEAD && response.status() == StatusCode::OK {
+            if let Some(stale) = self.stale.take() {
+                self.freshen_from_head(&stale, response.headers()).await;
+            }
+        }
         if !self.store || self.method != Method::GET {
             return pass(response);
         }
@@ -151,8 +266,8 @@ impl Fetch {
             response.status(),
             response.headers(),
             authorized && !cache.cache_authorized,
-            cache.ttl,
-            cache.negative_ttl,
+            &cache.defaults,
+            now_ms(),
         ) else {
             return pass(response);
         };
@@ -204,21 +319,66 @@ impl Fetch {
             entry.ttl_ms(now) / 1000
         ));
         (
-            Ok(respond(
-                &entry,
-                now,
-                &self.method,
-                self.if_none_match.as_ref(),
-            )),
+            Ok(respond(&entry, now, &self.method, &self.conditional)),
             status,
         )
+    }
+
+    /// A `200` to a `HEAD` for a stale stored `GET` (RFC 9111 §4.3.5): the same `ETag`,
+    /// `Last-Modified` and `Content-Length` freshen the entry with the `HEAD`'s fields (as a
+    /// `304` would); a different one invalidates it.
+    async fn freshen_from_head(&mut self, stale: &Entry, head: &HeaderMap) {
+        let cache = Arc::clone(&self.cache);
+        let same = [header::ETAG, header::LAST_MODIFIED, header::CONTENT_LENGTH]
+            .iter()
+            .all(|name| {
+                head.get(name)
+                    .is_none_or(|v| stale.headers.get(name) == Some(v))
+            });
+        if !same {
+            if let Err(error) = cache
+                .store
+                .purge(&super::Purge::Key(self.primary.clone()))
+                .await
+            {
+                tracing::warn!(%error, "a HEAD's invalidation did not reach the shared tier");
+            }
+            return;
+        }
+        let mut updated = Response::new(());
+        *updated.status_mut() = stale.status;
+        *updated.headers_mut() = http::updated_headers(&stale.headers, head);
+        let (parts, ()) = updated.into_parts();
+        let authorized = self.request_headers.contains_key(header::AUTHORIZATION);
+        let Some(lifetime) = http::freshness(
+            parts.status,
+            &parts.headers,
+            authorized && !cache.cache_authorized,
+            &cache.defaults,
+            now_ms(),
+        ) else {
+            return;
+        };
+        let Some(vary) = http::vary(&parts.headers) else {
+            return;
+        };
+        let entry = cache.entry(&parts, stale.body.clone(), lifetime, self.started);
+        cache
+            .store_entry(
+                &self.primary,
+                &vary,
+                entry,
+                &self.request_headers,
+                self.variant_of.take(),
+            )
+            .await;
     }
 
     fn usable_stale(&self) -> Option<Arc<Entry>> {
         let stale = self.stale.as_ref()?;
         let ttl = stale.ttl_ms(now_ms());
         let stale_by = ttl.min(0).unsigned_abs();
-        (stale_by <= stale.sie_ms).then(|| Arc::clone(stale))
+        (stale.sie_ms > 0 && stale_by <= stale.sie_ms).then(|| Arc::clone(stale))
     }
 }
 
@@ -230,26 +390,42 @@ impl RouteCache {
         lifetime: Duration,
         started: Instant,
     ) -> Entry {
-        let cc = http::CacheControl::parse(&head.headers);
-        let lifetime_ms = jittered_ms(lifetime, self.jitter);
+        let (cc, _) = http::CacheControl::policy(&head.headers, &self.defaults.targeted);
+        let lifetime_ms = if lifetime.is_zero() {
+            0
+        } else {
+            jittered_ms(lifetime, self.jitter)
+        };
         let mut headers = head.headers.clone();
         headers.remove(header::AGE);
         headers.remove(&CACHE_STATUS);
+        for name in &cc.withheld {
+            // Qualified private / no-cache: stored without those fields.
+            headers.remove(name);
+        }
+        // A response that demands revalidation gets only the stale windows it gives itself.
+        let (swr, sie) = if cc.demands_revalidation() {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (self.swr, self.sie)
+        };
+        let now = now_ms();
+        let fetch_ms = started.elapsed().as_millis() as u64;
         Entry {
             status: head.status,
             body,
-            stored_ms: now_ms(),
-            initial_age_ms: http::age(&head.headers).saturating_mul(1000),
+            stored_ms: now,
+            initial_age_ms: http::initial_age_ms(&head.headers, now, fetch_ms),
             lifetime_ms,
             swr_ms: cc
                 .stale_while_revalidate
-                .map_or(self.swr, Duration::from_secs)
+                .map_or(swr, Duration::from_secs)
                 .as_millis() as u64,
             sie_ms: cc
                 .stale_if_error
-                .map_or(self.sie, Duration::from_secs)
+                .map_or(sie, Duration::from_secs)
                 .as_millis() as u64,
-            fetch_ms: started.elapsed().as_millis() as u64,
+            fetch_ms,
             tags: http::tags(&head.headers),
             vary: None,
             headers,
@@ -330,47 +506,6 @@ async fn collect(mut body: ResponseBody, limit: u64) -> Collected {
             }
         }
     }
-}
-
-/// The answer to a request from `entry`: `304` when `If-None-Match` matches its `ETag`.
-pub(super) fn respond(
-    entry: &Entry,
-    now: u64,
-    method: &Method,
-    if_none_match: Option<&HeaderValue>,
-) -> Response<ResponseBody> {
-    let age = HeaderValue::from(entry.age_ms(now) / 1000);
-    let etag = entry.headers.get(header::ETAG);
-    if let (Some(inm), Some(etag)) = (if_none_match, etag) {
-        if http::none_match(inm, etag) {
-            let mut response = Response::new(ResponseBody::empty());
-            *response.status_mut() = StatusCode::NOT_MODIFIED;
-            for name in [
-                header::ETAG,
-                header::CACHE_CONTROL,
-                header::VARY,
-                header::EXPIRES,
-                header::DATE,
-                header::CONTENT_LOCATION,
-            ] {
-                for value in entry.headers.get_all(&name) {
-                    response.headers_mut().append(name.clone(), value.clone());
-                }
-            }
-            response.headers_mut().insert(header::AGE, age);
-            return response;
-        }
-    }
-    let body = if method == Method::HEAD {
-        ResponseBody::empty()
-    } else {
-        ResponseBody::full(entry.body.clone())
-    };
-    let mut response = Response::new(body);
-    *response.status_mut() = entry.status;
-    *response.headers_mut() = entry.headers.clone();
-    response.headers_mut().insert(header::AGE, age);
-    response
 }
 
 /// `sekisho; <params>` as a header value, formatted once into its buffer.

@@ -5,18 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::header::{self, HeaderMap, HeaderValue};
+use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ::http::request::Parts;
 use ::http::{Method, Response};
 use prometheus_client::metrics::counter::Counter;
 use tokio::time::Instant;
 
+use super::answer::{respond, Conditional};
 use super::entry::{now_ms, Entry};
 use super::flight::VaryMarker;
-use super::respond::{respond, status_value, EntryKey};
+use super::respond::{status_value, EntryKey};
 use super::store::{CacheStore, Tier};
 use super::{http, Fetch};
 use crate::body::ResponseBody;
+use crate::edge::GatewayError;
 
 /// The counters of one cached route.
 #[derive(Debug, Clone, Default)]
@@ -28,6 +30,8 @@ pub struct CacheMetrics {
     pub coalesced: Counter,
     pub negative: Counter,
     pub bypass: Counter,
+    /// A stale entry the origin confirmed (a 304 to a conditional request).
+    pub revalidated: Counter,
 }
 
 /// One route's view of the cache.
@@ -37,9 +41,10 @@ pub struct RouteCache {
     pub(super) route: Arc<str>,
     /// `<route>:v<version>:`, the start of every key of the route.
     prefix: String,
-    pub(super) ttl: Duration,
-    pub(super) l1_ttl: Duration,
-    pub(super) negative_ttl: Duration,
+    pub(super) defaults: http::Defaults,
+    /// With the shared tier: the longest an entry stays in process (how long a missed purge
+    /// may go unnoticed). Without it entries stay in process for their freshness.
+    pub(super) l1_ttl: Option<Duration>,
     pub(super) swr: Duration,
     pub(super) sie: Duration,
     pub(super) max_body: u64,
@@ -60,6 +65,8 @@ pub enum Lookup {
     HitRefresh(Response<ResponseBody>, HeaderValue, Box<Fetch>),
     /// Go to the upstream, then [`Fetch::finish`].
     Fetch(Fetch),
+    /// Refused without going to the upstream (`only-if-cached` and nothing usable stored).
+    Refuse(GatewayError, HeaderValue),
 }
 
 impl RouteCache {
@@ -70,14 +77,23 @@ impl RouteCache {
         config: &sekisho_config::Cache,
         metrics: CacheMetrics,
     ) -> Self {
-        let ttl = config.ttl.get();
         Self {
             store,
             route: Arc::from(route),
             prefix: format!("{route}:v{}:", config.version.0),
-            ttl,
-            l1_ttl: config.l1_ttl.map_or(ttl, |t| t.get()).min(ttl),
-            negative_ttl: config.negative_ttl.0,
+            defaults: http::Defaults {
+                targeted: config
+                    .targeted
+                    .iter()
+                    .filter_map(|name| HeaderName::try_from(name.to_ascii_lowercase()).ok())
+                    .collect(),
+                ttl: config.ttl.map(|t| t.get()),
+                negative_ttl: config.negative_ttl.0,
+                heuristic: config
+                    .heuristic
+                    .then(|| (config.heuristic_fraction.0, config.heuristic_max.get())),
+            },
+            l1_ttl: config.l1_ttl.map(|t| t.get()),
             swr: config.stale_while_revalidate.0,
             sie: config.stale_if_error.0,
             max_body: config.max_body_bytes.0,
@@ -91,17 +107,28 @@ impl RouteCache {
     /// The key of a request: `<route>:v<version>:<host><path>?<query>` (the documented,
     /// versioned scheme: bumping `version` orphans every entry of the route at once).
     pub fn key(&self, parts: &Parts) -> String {
+        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut key = self.key_base(parts, path.len());
+        key.push_str(path);
+        key
+    }
+
+    /// `<route>:v<version>:`, the start of every key of the route.
+    pub(super) fn key_prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<route>:v<version>:<host>`, with room for `extra` more bytes.
+    pub(super) fn key_base(&self, parts: &Parts, extra: usize) -> String {
         let host = parts
             .headers
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| parts.uri.authority().map(|a| a.as_str()))
             .unwrap_or("");
-        let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let mut key = String::with_capacity(self.prefix.len() + host.len() + path.len());
+        let mut key = String::with_capacity(self.prefix.len() + host.len() + extra);
         key.push_str(&self.prefix);
         key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
-        key.push_str(path);
         key
     }
 
@@ -112,12 +139,17 @@ impl RouteCache {
             http::request_bypass(&parts.method, &parts.headers, self.cache_authorized)
         {
             self.metrics.bypass.inc();
+            if reason == "method" {
+                // An unsafe method: its success invalidates the URL's entry (RFC 9111 §4.4).
+                return Lookup::Fetch(self.invalidating(parts));
+            }
             return Lookup::Pass(status_value(format_args!("fwd={reason}")));
         }
         let primary = self.key(parts);
-        let revalidate = http::wants_revalidation(&parts.headers);
-        let store = !http::forbids_store(&parts.headers);
-        let if_none_match = parts.headers.get(header::IF_NONE_MATCH).cloned();
+        let request_cc = http::CacheControl::parse(&parts.headers);
+        let revalidate = http::wants_revalidation(&request_cc, &parts.headers);
+        let store = !request_cc.no_store;
+        let conditional = Conditional::of(&parts.headers);
         let mut stale = None;
         let mut why = "uri-miss";
         let mut variant_of = None;
@@ -130,8 +162,13 @@ impl RouteCache {
                 let ttl = entry.ttl_ms(now);
                 let stale_by = Duration::from_millis(ttl.unsigned_abs());
                 // A fresh entry (refreshed early now and then), or a stale one within its
-                // stale-while-revalidate window (always refreshed): answered from the cache.
-                let served = if ttl > 0 {
+                // stale-while-revalidate window (always refreshed): answered from the cache,
+                // when the client's own limits (max-age, min-fresh) accept it; else it is
+                // revalidated as a stale one.
+                let acceptable = http::acceptable_to_client(&request_cc, entry.age_ms(now), ttl);
+                let served = if !acceptable {
+                    None
+                } else if ttl > 0 {
                     if http::is_negative(entry.status) {
                         self.metrics.negative.inc();
                     } else {
@@ -140,18 +177,32 @@ impl RouteCache {
                     let detail = if tier == Tier::L2 { "; detail=l2" } else { "" };
                     let status = status_value(format_args!("hit; ttl={}{detail}", ttl / 1000));
                     Some((status, early_refresh(&entry, ttl)))
-                } else if stale_by <= Duration::from_millis(entry.swr_ms) {
+                } else if entry.swr_ms > 0 && stale_by <= Duration::from_millis(entry.swr_ms) {
                     self.metrics.stale.inc();
                     let status = status_value(format_args!(
                         "hit; ttl={}; detail=stale-while-revalidate",
                         ttl / 1000
                     ));
                     Some((status, true))
+                } else if ttl <= 0
+                    && request_cc
+                        .max_stale
+                        .is_some_and(|s| stale_by <= Duration::from_secs(s.min(u64::MAX / 2000)))
+                    && !http::CacheControl::policy(&entry.headers, &self.defaults.targeted)
+                        .0
+                        .demands_revalidation()
+                {
+                    // The client accepts it this stale (max-stale, RFC 9111 §5.2.1.2), and the
+                    // response does not forbid it.
+                    self.metrics.stale.inc();
+                    let status =
+                        status_value(format_args!("hit; ttl={}; detail=max-stale", ttl / 1000));
+                    Some((status, false))
                 } else {
                     None
                 };
                 if let Some((status, refresh)) = served {
-                    let response = respond(&entry, now, &parts.method, if_none_match.as_ref());
+                    let response = respond(&entry, now, &parts.method, &conditional);
                     if refresh && parts.method == Method::GET {
                         if let Some(lead) = self.try_lead(&primary) {
                             let fetch = self.fetch(
@@ -171,12 +222,24 @@ impl RouteCache {
                     return Lookup::Hit(response, status);
                 }
                 stale = Some(entry);
-                why = "stale";
+                // Still fresh, but not enough for this client: the request's doing.
+                why = if ttl > 0 { "request" } else { "stale" };
             }
         } else {
             why = "request";
         }
 
+        if request_cc.only_if_cached {
+            // Nothing stored answers it, and the client forbade the upstream (RFC 9111
+            // §5.2.1.7): 504.
+            self.metrics.miss.inc();
+            return Lookup::Refuse(
+                GatewayError::NotCached {
+                    route: Arc::clone(&self.route),
+                },
+                status_value(format_args!("fwd={why}; detail=only-if-cached")),
+            );
+        }
         if !store || parts.method != Method::GET {
             return self.miss(
                 EntryKey {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use sekisho_store::cache::RedisCache;
 
-use super::entry::{now_ms, Entry};
+use super::entry::Entry;
 use super::flight::Flights;
 use crate::sync::lock;
 
@@ -259,21 +259,25 @@ impl CacheStore {
         self.l1.get(key).map(|value| value.entry)
     }
 
-    pub(super) fn l1_put(&self, key: &str, entry: Arc<Entry>, l1_ttl: Duration) {
-        let keep = entry.keep();
-        let fresh_left =
-            Duration::from_millis(u64::try_from(entry.ttl_ms(now_ms()).max(0)).unwrap_or(0));
-        let stale = keep.saturating_sub(fresh_left);
-        let keep = if fresh_left > l1_ttl {
-            l1_ttl + stale
-        } else {
-            keep
-        };
+    /// Keeps `entry` in process for as long as it is worth keeping; with the shared tier and an
+    /// `l1_ttl`, at most `l1_ttl` (the bound on how long a missed purge goes unnoticed: the
+    /// instance then takes the entry from the shared tier again, which keeps it for as long as
+    /// the origin allowed). Without the shared tier there is no purge to miss, and the entry
+    /// stays for its whole freshness (and stale windows).
+    pub(super) fn l1_put(&self, key: &str, entry: Arc<Entry>, l1_ttl: Option<Duration>) {
+        let mut keep = entry.keep();
+        if let (Some(l1_ttl), true) = (l1_ttl, self.shared()) {
+            keep = keep.min(l1_ttl);
+        }
         self.l1.insert(key.to_owned(), L1Value { entry, keep });
     }
 
     /// An entry from either tier (L2 hits are copied into L1).
-    pub(super) async fn get(&self, key: &str, l1_ttl: Duration) -> Option<(Arc<Entry>, Tier)> {
+    pub(super) async fn get(
+        &self,
+        key: &str,
+        l1_ttl: Option<Duration>,
+    ) -> Option<(Arc<Entry>, Tier)> {
         if let Some(entry) = self.l1_get(key) {
             return Some((entry, Tier::L1));
         }

@@ -291,7 +291,7 @@ impl Metrics {
         let cache_lookups = Family::<Labels, Counter>::default();
         registry.register(
             names::CACHE_LOOKUPS,
-            "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass)",
+            "Requests of cached routes, by route and result (hit, miss, stale, stale_if_error, coalesced, negative, bypass, revalidated)",
             cache_lookups.clone(),
         );
         let auth_requests = Family::<Labels, Counter>::default();
@@ -489,6 +489,7 @@ impl Metrics {
             coalesced: result("coalesced"),
             negative: result("negative"),
             bypass: result("bypass"),
+            revalidated: result("revalidated"),
         }
     }
 

@@ -149,6 +149,10 @@ pub(super) async fn run(
                 return Ok(response);
             }
             Lookup::Fetch(miss) => fetch = Some(miss),
+            Lookup::Refuse(error, status) => {
+                exchange.record.cache_status = Some(status);
+                return Err(error);
+            }
         }
     }
     if let Some(limit) = &route.concurrency {
