@@ -1,0 +1,71 @@
+//! `run`'s alerting task: the gateway's figures and the host's vitals as signals, evaluated by
+//! `sekisho-monitor`, notifications handed to its delivery.
+
+use sekisho_gateway::Gateway;
+
+/// Watches the gateway every `monitor.interval`: its upstreams, circuits and the host's vitals
+/// as signals, the alert rules over them, notifications to the receivers' webhooks (the config
+/// at start; a reload does not change the rules yet).
+pub(crate) async fn monitor(gateway: Gateway, shared: sekisho_admin::SharedMonitor) {
+    let interval = gateway.config().monitor.interval.0;
+    let (deliveries, queue) = tokio::sync::mpsc::unbounded_channel();
+    let deliverer = tokio::spawn(sekisho_monitor::deliver(queue));
+    let mut vitals = sekisho_monitor::Vitals::default();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let mut signals = sekisho_monitor::Signals::new();
+        vitals.sample(&mut signals);
+        gateway_signals(&gateway, &mut signals);
+        let due = shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cycle(&signals, std::time::Instant::now());
+        for delivery in due {
+            if deliveries.send(delivery).is_err() {
+                deliverer.abort();
+                return;
+            }
+        }
+    }
+}
+
+/// The gateway's own figures as signals: per upstream, whether no target is healthy, the
+/// targets' mean error rate and their slowest smoothed latency (seconds, standing in for the
+/// p95 until per-upstream histograms are kept), and whether its circuit is open.
+fn gateway_signals(gateway: &Gateway, signals: &mut sekisho_monitor::Signals) {
+    for upstream in gateway.upstreams() {
+        let targets = &upstream.targets;
+        let healthy = targets
+            .iter()
+            .filter(|t| t.health != "unhealthy" && t.eligible)
+            .count();
+        signals.insert(
+            ("no_healthy_targets".to_owned(), upstream.name.clone()),
+            if healthy == 0 { 1.0 } else { 0.0 },
+        );
+        if !targets.is_empty() {
+            let errors = targets.iter().map(|t| t.error_rate).sum::<f64>() / targets.len() as f64;
+            signals.insert(
+                ("upstream_error_rate".to_owned(), upstream.name.clone()),
+                errors,
+            );
+            let slowest = targets
+                .iter()
+                .map(|t| t.ewma_latency_ms)
+                .fold(0.0, f64::max);
+            signals.insert(
+                ("upstream_latency_p95".to_owned(), upstream.name.clone()),
+                slowest / 1000.0,
+            );
+        }
+    }
+    for circuit in gateway.circuits() {
+        let open = matches!(circuit.state, "open" | "forced_open");
+        signals.insert(
+            ("circuit_open".to_owned(), circuit.name.clone()),
+            if open { 1.0 } else { 0.0 },
+        );
+    }
+}

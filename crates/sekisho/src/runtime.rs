@@ -1,0 +1,20 @@
+//! The tokio runtime the subcommands run on.
+
+/// `workers` threads (default: one per core); one: a current-thread runtime.
+pub(crate) fn build_runtime(workers: Option<u32>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let workers = workers
+        .map(|w| w as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = if workers <= 1 {
+        // One worker: a current-thread runtime, no work stealing, as nginx's one process.
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()?
+    };
+    Ok(runtime)
+}
