@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use sekisho_db::testing::TestDatabase;
 use sekisho_db::Dialect;
-use sekisho_testkit::{client, send, Origin, Reply, Sekisho, TempDir};
+use sekisho_testkit::{client, promtool, send, Origin, Reply, Sekisho, TempDir};
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
@@ -986,39 +986,7 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
     ] {
         assert!(metrics.contains(expected), "{expected} missing:\n{metrics}");
     }
-    promtool_check(&metrics);
+    promtool(&["check", "metrics"], &metrics);
     drop(gateway);
     database.remove().await.unwrap();
-}
-
-/// `promtool check metrics` on the exposition, when promtool is here; scripts/test installs
-/// it and sets SEKISHO_REQUIRE_PROMTOOL so that CI never skips this.
-fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    else {
-        assert!(
-            std::env::var_os("SEKISHO_REQUIRE_PROMTOOL").is_none(),
-            "promtool is required but missing"
-        );
-        eprintln!("SKIPPED: promtool is not installed; run scripts/test to check the exposition");
-        return;
-    };
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }

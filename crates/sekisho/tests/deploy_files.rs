@@ -5,10 +5,9 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::Command;
 
 use bytes::Bytes;
-use sekisho_testkit::{chaos_upstream, client, get, send, Sekisho, TempDir};
+use sekisho_testkit::{chaos_upstream, client, get, promtool, send, Sekisho, TempDir};
 
 const RULES: &str = include_str!("../../../deploy/prometheus/sekisho-rules.yml");
 const DASHBOARD: &str = include_str!("../../../deploy/grafana/sekisho-dashboard.json");
@@ -72,23 +71,5 @@ async fn the_rules_and_the_dashboard_name_only_series_the_gateway_exports() {
 
     // promtool, when here (scripts/test installs it and requires it).
     let rules = dir.write("rules.yml", RULES);
-    match Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&rules)
-        .output()
-    {
-        Ok(output) => assert!(
-            output.status.success(),
-            "promtool check rules:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-        Err(_) => {
-            assert!(
-                std::env::var_os("SEKISHO_REQUIRE_PROMTOOL").is_none(),
-                "promtool is required but missing"
-            );
-            eprintln!("SKIPPED: promtool is not installed");
-        }
-    }
+    promtool(&["check", "rules", rules.to_str().unwrap()], "");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sekisho_load::{ChaosHandle, ChaosState};
-use sekisho_testkit::{client, get, send, try_send, Sekisho, TempDir};
+use sekisho_testkit::{client, get, promtool, send, try_send, Sekisho, TempDir};
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
@@ -153,7 +153,7 @@ async fn admin_endpoints_answer_and_guard_the_api() {
         text.contains("sekisho_rate_limit_decisions_total{route=\"*\",result=\"allowed\"} 6"),
         "{text}"
     );
-    promtool_check(&text);
+    promtool(&["check", "metrics"], &text);
 
     let unauthorized = get(&gateway.admin_url("/api/v1/upstreams")).await;
     assert_eq!(unauthorized.status, 401);
@@ -220,39 +220,6 @@ async fn admin_endpoints_answer_and_guard_the_api() {
     assert_eq!(
         (wrong.status, wrong.error_code()),
         (400, "BAD_REQUEST".to_owned())
-    );
-}
-
-/// `promtool check metrics` on the exposition, when promtool is here; scripts/test installs
-/// it and sets SEKISHO_REQUIRE_PROMTOOL so that CI never skips this.
-fn promtool_check(text: &str) {
-    let Ok(mut child) = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-    else {
-        assert!(
-            std::env::var_os("SEKISHO_REQUIRE_PROMTOOL").is_none(),
-            "promtool is required but missing"
-        );
-        eprintln!("SKIPPED: promtool is not installed; run scripts/test to check the exposition");
-        return;
-    };
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "promtool check metrics failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
     );
 }
 
@@ -524,7 +491,7 @@ async fn the_admin_api_lists_circuits_and_takes_operator_actions() {
         text.contains("sekisho_upstream_target_picks_total{"),
         "{text}"
     );
-    promtool_check(&text);
+    promtool(&["check", "metrics"], &text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

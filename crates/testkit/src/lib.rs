@@ -513,3 +513,39 @@ impl Origin {
         self.calls.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 }
+
+/// Runs `promtool ARGS…` with `stdin` on its input and asserts it succeeds; when promtool is not
+/// installed the check is skipped, unless SEKISHO_REQUIRE_PROMTOOL is set (scripts/test installs
+/// promtool and sets it, so CI never skips).
+pub fn promtool(args: &[&str], stdin: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let Ok(mut child) = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("SEKISHO_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required but missing"
+        );
+        eprintln!("SKIPPED: promtool is not installed; run scripts/test to check with it");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool {} failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
