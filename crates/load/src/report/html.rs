@@ -4,16 +4,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use super::svg::{line_chart, Chart, Series};
+use super::svg::{escape, line_chart, Chart, Series};
 use super::{counts, Report};
-
-/// Text made safe for HTML and SVG.
-pub(super) fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 /// The report's charts: a file stem for each and the chart.
 pub(super) fn charts(report: &Report) -> Vec<(String, Chart<'_>)> {

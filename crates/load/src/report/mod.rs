@@ -1,6 +1,7 @@
 //! A run's report: the figures (`report.json`), the verdict against the criteria, a text summary
 //! for the terminal, and the self-contained `report.html` with its plots (`html.rs`, `svg.rs`).
 
+mod cascade;
 mod html;
 mod svg;
 
@@ -14,6 +15,8 @@ use serde::Serialize;
 use crate::generator::recorder::{EndpointFigures, SecondFigures};
 use crate::generator::{LoadPlan, Model, RunOutput};
 use crate::LoadError;
+
+pub use cascade::{CascadeFindings, PhaseFigures};
 
 /// What a run must meet to pass. The defaults are the seeds': p95 < 500 ms, p99 < 1 s, fewer
 /// than 0.1 % errors; a cache hit rate is judged only when asked for and known.
@@ -208,7 +211,7 @@ pub struct Report {
     pub markers: Vec<Marker>,
     pub gateway: Option<GatewayFigures>,
     /// What the cascade scenario found.
-    pub cascade: Option<crate::scenario::CascadeFindings>,
+    pub cascade: Option<CascadeFindings>,
     /// The login scenarios' rates.
     pub auth: Option<AuthFigures>,
     pub criteria: Criteria,

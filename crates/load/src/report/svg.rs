@@ -5,8 +5,15 @@
 
 use std::fmt::Write;
 
-use super::html::escape;
 use super::Marker;
+
+/// Text made safe for HTML and SVG.
+pub(super) fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
 
 /// Colours of the series, in order; markers are drawn in grey.
 const PALETTE: [&str; 8] = [

@@ -8,7 +8,7 @@ mod metrics;
 use std::future::Future;
 use std::time::Duration;
 
-pub use cascade::{CascadeFindings, PhaseFigures};
+pub use crate::report::{CascadeFindings, PhaseFigures};
 
 use crate::generator::{Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress};
 use crate::report::{Criteria, Report};
