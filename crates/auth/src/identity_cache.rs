@@ -8,7 +8,8 @@
 //! Invalidation is by event, on every instance: a change to a user deletes its entry and
 //! publishes `user:<id>` on `sekisho:auth:invalidate`; a change to a role deletes every entry
 //! and publishes `all`. Each instance subscribes and drops the matching in-process (L1)
-//! sessions. Redis failing costs only the cache: a failed read is a miss, a failed write is
+//! sessions; the change returns once every subscribed instance has done so
+//! ([`sekisho_store::barrier`]). Redis failing costs only the cache: a failed read is a miss, a failed write is
 //! ignored.
 
 use std::time::Duration;
@@ -80,8 +81,13 @@ impl SharedIdentities {
     pub async fn forget_user(&self, user_id: i64) {
         let deleted = self.cache.delete(&key(user_id)).await;
         let published = self.cache.publish(&format!("user:{user_id}")).await;
-        if let Err(error) = deleted.and(published) {
-            tracing::warn!(%error, user_id, "could not invalidate a user in the shared identity cache");
+        match deleted.and(published) {
+            Ok(()) => self.cache.settle().await,
+            Err(error) => tracing::warn!(
+                %error,
+                user_id,
+                "could not invalidate a user in the shared identity cache"
+            ),
         }
     }
 
@@ -89,8 +95,9 @@ impl SharedIdentities {
     pub async fn forget_all(&self) {
         let deleted = self.cache.delete_prefix("user_permissions:").await;
         let published = self.cache.publish("all").await;
-        if let Err(error) = deleted.map(|_| ()).and(published) {
-            tracing::warn!(%error, "could not invalidate the shared identity cache");
+        match deleted.map(|_| ()).and(published) {
+            Ok(()) => self.cache.settle().await,
+            Err(error) => tracing::warn!(%error, "could not invalidate the shared identity cache"),
         }
     }
 }

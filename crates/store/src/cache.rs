@@ -193,6 +193,12 @@ impl RedisCache {
         Ok(deleted)
     }
 
+    /// Waits until every subscribed instance has applied what was published before
+    /// ([`crate::barrier`]); logs when some did not within the timeout.
+    pub async fn settle(&self) {
+        crate::barrier::settle(&self.conn, &self.channel(), self.timeout).await;
+    }
+
     /// Sends `message` to every subscribed instance.
     pub async fn publish(&self, message: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
@@ -220,7 +226,8 @@ fn escape_glob(text: &str) -> String {
 /// Subscribes to `channel` on `url` and calls `on_message` with each message's text until the
 /// connection drops; returns the error that ended it. The caller resubscribes (after a pause)
 /// to keep listening across Redis restarts; `on_subscribed` runs once the subscription is in
-/// place.
+/// place. Barriers ([`crate::barrier`]) are acknowledged here, after every earlier message has
+/// gone through `on_message`.
 pub async fn subscribe(
     url: &str,
     channel: &str,
@@ -235,14 +242,33 @@ pub async fn subscribe(
         Ok(pubsub) => pubsub,
         Err(error) => return error,
     };
+    // Barriers are acknowledged on a connection of their own.
+    let mut acks = match within(
+        crate::DEFAULT_CONNECT_TIMEOUT,
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    {
+        Ok(conn) => conn,
+        Err(error) => return error,
+    };
     if let Err(error) = pubsub.subscribe(channel).await {
         return error.into();
     }
     on_subscribed();
     let mut messages = pubsub.on_message();
     while let Some(message) = messages.next().await {
-        if let Ok(text) = message.get_payload::<String>() {
-            on_message(text);
+        let Ok(text) = message.get_payload::<String>() else {
+            continue;
+        };
+        match crate::barrier::counter_of(&text) {
+            // Everything published before the barrier has been applied.
+            Some(key) => {
+                if let Err(error) = crate::barrier::acknowledge(&mut acks, key).await {
+                    tracing::warn!(%error, "could not acknowledge a barrier");
+                }
+            }
+            None => on_message(text),
         }
     }
     StoreError::Redis(redis::RedisError::from((

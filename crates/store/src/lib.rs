@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+pub mod barrier;
 pub mod cache;
 pub mod instances;
 pub mod ratelimit;

@@ -17,7 +17,8 @@
 //! A token key is believed only when its session's hash still names that token, so a session
 //! revoked by another instance is gone for every instance at the next look-up. Revocations are
 //! also published on `<prefix>revoked` (the access token's hash), so that instances drop it from
-//! their in-process cache at once.
+//! their in-process cache; a logout, a user's revocation and a detected reuse return only once
+//! every subscribed instance has done so ([`crate::barrier`]).
 
 use std::time::Duration;
 
@@ -206,6 +207,11 @@ impl RedisSessions {
         }
     }
 
+    /// Waits until every instance has dropped what was revoked ([`crate::barrier`]).
+    async fn settle(&self) {
+        crate::barrier::settle(&self.conn, &self.channel(), self.timeout).await;
+    }
+
     /// The channel revocations travel on (payload: the revoked access token's hash).
     pub fn channel(&self) -> String {
         format!("{}revoked", self.prefix)
@@ -313,6 +319,10 @@ impl RedisSessions {
                 .and_then(|text| text.parse().ok())
                 .unwrap_or(0)
         };
+        if answer.first().map(String::as_str) == Some("reused") {
+            // A stolen token's family is gone from every instance before the answer.
+            self.settle().await;
+        }
         Ok(match answer.first().map(String::as_str) {
             Some("ok") => Rotated::Done {
                 session_id: answer.get(1).cloned().unwrap_or_default(),
@@ -333,6 +343,9 @@ impl RedisSessions {
         let mut conn = self.conn.clone();
         let found: Option<Fields> =
             within(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        if found.is_some() {
+            self.settle().await;
+        }
         Ok(found.map(parse))
     }
 
@@ -341,7 +354,11 @@ impl RedisSessions {
         let mut invocation = self.revoke_user.prepare_invoke();
         invocation.arg(&self.prefix).arg(user_id);
         let mut conn = self.conn.clone();
-        within(self.timeout, invocation.invoke_async(&mut conn)).await
+        let revoked = within(self.timeout, invocation.invoke_async(&mut conn)).await?;
+        if revoked > 0 {
+            self.settle().await;
+        }
+        Ok(revoked)
     }
 
     /// The live sessions of `user_id`.

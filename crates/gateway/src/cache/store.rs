@@ -225,6 +225,8 @@ impl CacheStore {
         .map_err(|e| e.to_string())?;
         let message = serde_json::to_string(purge).map_err(|e| e.to_string())?;
         l2.publish(&message).await.map_err(|e| e.to_string())?;
+        // Answer once every instance has dropped its copies.
+        l2.settle().await;
         Ok(deleted)
     }
 
