@@ -12,7 +12,8 @@ use crate::duration::{ConfigDuration, NonZeroDuration};
 pub struct Cache {
     /// Targeted cache-control fields this cache obeys before `Cache-Control` (RFC 9213), in
     /// order, e.g. `["CDN-Cache-Control"]` for a gateway that acts as a CDN: the first present
-    /// decides, and `Cache-Control` and `Expires` are then ignored. Default: none.
+    /// decides, and `Cache-Control` and `Expires` are then ignored. `Surrogate-Control` is read
+    /// with its own syntax (`max-age=60+30`, `;sekisho` targets). Default: none.
     #[serde(default)]
     pub targeted: Vec<String>,
     /// Freshness forced on a 200/204 that carries none of its own (no `s-maxage`, `max-age` or

@@ -28,6 +28,32 @@ pub(in crate::cache) struct CacheControl {
     pub only_if_cached: bool,
 }
 
+/// `Surrogate-Control` (Edge Architecture Specification 1.0), read with its own syntax when a
+/// route lists it in `targeted`.
+pub(in crate::cache) static SURROGATE_CONTROL: HeaderName =
+    HeaderName::from_static("surrogate-control");
+
+/// The device token sekisho answers to in `Surrogate-Control` (`max-age=60;sekisho`).
+pub(in crate::cache) const SURROGATE_TOKEN: &str = "sekisho";
+
+/// A `Surrogate-Control` directive and the device it targets (`max-age=60;abc`), if any: the
+/// last `;` outside a quoted string.
+fn split_target(directive: &str) -> (&str, Option<&str>) {
+    let mut quoted = false;
+    let mut split = None;
+    for (i, c) in directive.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' if !quoted => split = Some(i),
+            _ => {}
+        }
+    }
+    match split {
+        Some(i) => (&directive[..i], Some(directive[i + 1..].trim())),
+        None => (directive, None),
+    }
+}
+
 /// The largest delta-seconds a cache must handle; larger values are taken as this (RFC 9111
 /// §1.2.2).
 const DELTA_SECONDS_MAX: u64 = 1 << 31;
@@ -120,10 +146,61 @@ impl CacheControl {
                 .iter()
                 .any(|v| v.to_str().is_ok_and(|t| !t.trim().is_empty()));
             if present {
-                return (Self::parse_field(headers, name), true);
+                let policy = if *name == SURROGATE_CONTROL {
+                    Self::parse_surrogate(headers, SURROGATE_TOKEN)
+                } else {
+                    Self::parse_field(headers, name)
+                };
+                return (policy, true);
             }
         }
         (Self::parse(headers), false)
+    }
+
+    /// Reads `Surrogate-Control` as the Edge Architecture Specification 1.0 writes it:
+    /// `max-age=freshness[+stale]` (the stale part: how long a stale copy may answer when the
+    /// origin cannot, i.e. `stale-if-error`), `no-store`, directives targeted at a device with
+    /// `;token`. A directive targeted at `token` overrides the untargeted one of the same name;
+    /// directives targeted at other devices are ignored. `no-store-remote` is for surrogates far
+    /// from the origin (a gateway sits next to it) and `content` names ESI processing, which
+    /// sekisho does not do: both are ignored.
+    fn parse_surrogate(headers: &HeaderMap, token: &str) -> Self {
+        let mut general = Self::default();
+        let mut ours = Self::default();
+        for line in headers.get_all(&SURROGATE_CONTROL) {
+            let Ok(text) = line.to_str() else { continue };
+            for directive in directives(text) {
+                let (directive, target) = split_target(directive);
+                let cc = match target {
+                    None => &mut general,
+                    Some(device) if device.eq_ignore_ascii_case(token) => &mut ours,
+                    Some(_) => continue,
+                };
+                let (name, value) = match directive.split_once('=') {
+                    Some((name, value)) => (name.trim(), Some(argument(value))),
+                    None => (directive.trim(), None),
+                };
+                if name.eq_ignore_ascii_case("no-store") {
+                    cc.no_store = true;
+                } else if name.eq_ignore_ascii_case("max-age") {
+                    let value = value.unwrap_or_default();
+                    let (fresh, stale) = match value.split_once('+') {
+                        Some((fresh, stale)) => (fresh, Some(stale)),
+                        None => (value.as_str(), None),
+                    };
+                    freshness_directive(&mut cc.max_age, Some(fresh.trim()));
+                    if let Some(stale) = stale {
+                        cc.stale_if_error = delta_seconds(Some(stale.trim()));
+                    }
+                }
+            }
+        }
+        if ours.max_age.is_some() {
+            general.max_age = ours.max_age;
+            general.stale_if_error = ours.stale_if_error;
+        }
+        general.no_store |= ours.no_store;
+        general
     }
 
     /// Reads every line of the `Cache-Control`-like field `name`.

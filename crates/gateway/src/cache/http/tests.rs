@@ -531,6 +531,49 @@ fn targeted_fields_come_before_cache_control() {
 }
 
 #[test]
+fn surrogate_control_is_read_with_its_own_syntax() {
+    let surrogate = Defaults {
+        targeted: vec![HeaderName::from_static("surrogate-control")],
+        ttl: None,
+        ..rules()
+    };
+    let fresh = |value: &str| {
+        let h = headers(&[("cache-control", "no-store"), ("surrogate-control", value)]);
+        freshness(StatusCode::OK, &h, false, &surrogate, JAN1)
+    };
+    // `+stale` is the time a stale copy may answer when the origin cannot.
+    assert_eq!(fresh("max-age=60+30"), Some(Duration::from_secs(60)));
+    let h = headers(&[("surrogate-control", "max-age=60+30, content=\"ESI/1.0\"")]);
+    let (policy, targeted) = CacheControl::policy(&h, &surrogate.targeted);
+    assert!(targeted);
+    assert_eq!(policy.max_age, Some(60));
+    assert_eq!(policy.stale_if_error, Some(30));
+    // A directive targeted at sekisho beats the untargeted one; others' are ignored.
+    assert_eq!(
+        fresh("max-age=10, max-age=300;sekisho, max-age=5;other-cdn"),
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        fresh("max-age=10, no-store;other-cdn"),
+        Some(Duration::from_secs(10))
+    );
+    assert_eq!(fresh("max-age=10, no-store;sekisho"), None);
+    assert_eq!(fresh("no-store"), None);
+    // A surrogate next to the origin ignores no-store-remote.
+    assert_eq!(
+        fresh("max-age=10, no-store-remote"),
+        Some(Duration::from_secs(10))
+    );
+    // Invalid freshness is stale, as in Cache-Control.
+    let invalid = headers(&[("cache-control", "max-age=ten")]);
+    assert_eq!(
+        fresh("max-age=ten"),
+        freshness(StatusCode::OK, &invalid, false, &rules(), JAN1)
+    );
+    assert_eq!(fresh("max-age=ten+30"), fresh("max-age=ten"));
+}
+
+#[test]
 fn a_304_for_another_representation() {
     let stored = headers(&[("etag", "\"a\"")]);
     assert!(same_representation(&stored, &headers(&[("etag", "\"a\"")])));
