@@ -357,29 +357,60 @@ impl GatewayError {
 
 /// The contract's JSON body for an error: `{"status":"error","error":{"code","message",
 /// "request_id"}}`, as serde_json writes it. Written by hand because every refusal pays for it
-/// (a shed request, a rate-limited one): a string with nothing to escape — nearly all of them —
-/// is copied as it is, and only one that needs escapes goes through serde_json.
+/// (a shed request, a rate-limited one): the message is formatted straight into the body (no
+/// string of its own), and text with nothing to escape — nearly all of it — is copied as it is.
 pub fn error_json(code: &str, message: &str, request_id: &str) -> Bytes {
-    let mut out = Vec::with_capacity(64 + code.len() + message.len() + request_id.len());
+    error_json_display(code, &message, request_id)
+}
+
+/// [`error_json`] with a message still to be formatted.
+fn error_json_display(code: &str, message: &dyn std::fmt::Display, request_id: &str) -> Bytes {
+    const FIXED: usize =
+        r#"{"status":"error","error":{"code":"","message":"","request_id":""}}"#.len();
+    // Room for a typical message too, so the body is one allocation.
+    let mut out = Vec::with_capacity(FIXED + code.len() + request_id.len() + 96);
     out.extend_from_slice(br#"{"status":"error","error":{"code":"#);
     push_json_str(&mut out, code);
-    out.extend_from_slice(br#","message":"#);
-    push_json_str(&mut out, message);
-    out.extend_from_slice(br#","request_id":"#);
+    out.extend_from_slice(br#","message":""#);
+    let _ = write!(JsonEscaped(&mut out), "{message}");
+    out.extend_from_slice(br#"","request_id":"#);
     push_json_str(&mut out, request_id);
     out.extend_from_slice(b"}}");
     Bytes::from(out)
 }
 
+/// Whether `text` can go into a JSON string as it is.
+fn needs_no_escape(text: &str) -> bool {
+    !text.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// `text` as a JSON string.
 fn push_json_str(out: &mut Vec<u8>, text: &str) {
-    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push(b'"');
+    out.push(b'"');
+    push_escaped(out, text);
+    out.push(b'"');
+}
+
+/// `text` escaped for the inside of a JSON string, as serde_json escapes it.
+fn push_escaped(out: &mut Vec<u8>, text: &str) {
+    if needs_no_escape(text) {
         out.extend_from_slice(text.as_bytes());
-        out.push(b'"');
-    } else if serde_json::to_writer(&mut *out, text).is_err() {
-        // Writing to a Vec cannot fail; should it, the string is left empty.
-        out.extend_from_slice(b"\"\"");
+        return;
+    }
+    let mut quoted = Vec::with_capacity(text.len() + 8);
+    if serde_json::to_writer(&mut quoted, text).is_ok() && quoted.len() >= 2 {
+        out.extend_from_slice(&quoted[1..quoted.len() - 1]);
+    }
+    // Writing to a Vec cannot fail; should it, the text is left out.
+}
+
+/// A `fmt::Write` that escapes what it is given for the inside of a JSON string.
+struct JsonEscaped<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        push_escaped(self.0, text);
+        Ok(())
     }
 }
 
@@ -388,10 +419,7 @@ pub(crate) fn error_response(
     error: &GatewayError,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    // The message in one allocation rather than a string grown step by step.
-    let mut message = String::with_capacity(128);
-    let _ = write!(message, "{error}");
-    let body = error_json(error.code(), &message, request_id.to_str().unwrap_or(""));
+    let body = error_json_display(error.code(), error, request_id.to_str().unwrap_or(""));
     let mut response = Response::new(ResponseBody::full(body));
     *response.status_mut() = error.status();
     let headers = response.headers_mut();

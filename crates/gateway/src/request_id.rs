@@ -10,9 +10,16 @@ pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 32];
-    let random = fastrand::u128(..);
-    for (index, byte) in text.iter_mut().enumerate() {
-        *byte = HEX[((random >> (index * 4)) & 0xf) as usize];
+    // Two 64-bit words, a byte (two digits) at a time: cheaper than shifting a u128 per digit.
+    for (half, word) in text
+        .chunks_exact_mut(16)
+        .zip([fastrand::u64(..), fastrand::u64(..)])
+    {
+        for (index, pair) in half.chunks_exact_mut(2).enumerate() {
+            let byte = (word >> (index * 8)) as u8;
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
     }
     HeaderValue::from_bytes(&text).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }

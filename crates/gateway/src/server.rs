@@ -138,7 +138,7 @@ async fn serve_connection(
         None => {
             let state = ConnState::new(Arc::clone(&shared.metrics), false);
             let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&state)));
-            let client = ClientInfo::new(remote, false);
+            let client = Arc::new(ClientInfo::new(remote, false));
             drive(shared, builder, io, state, client, settings, watcher).await;
         }
         Some(acceptor) => {
@@ -158,7 +158,7 @@ async fn serve_connection(
             let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
             let io = TokioIo::new(ConnIo::new(tls_stream, Arc::clone(&state)));
-            let client = ClientInfo::new(remote, true);
+            let client = Arc::new(ClientInfo::new(remote, true));
             drive(shared, builder, io, state, client, settings, watcher).await;
         }
     }
@@ -170,7 +170,7 @@ async fn drive<I>(
     builder: auto::Builder<TokioExecutor>,
     io: TokioIo<I>,
     state: Arc<ConnState>,
-    client: ClientInfo,
+    client: Arc<ClientInfo>,
     settings: ListenerSettings,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -180,7 +180,7 @@ async fn drive<I>(
     let service_state = Arc::clone(&state);
     let service = service_fn(move |request| {
         let shared = Arc::clone(&shared);
-        let client = client.clone();
+        let client = Arc::clone(&client);
         let guard = service_state.request_started();
         let ambiguous_length = guard.ambiguous_length();
         // Not boxed: hyper's HTTP/1 dispatcher keeps the request future in a box of its own,

@@ -87,8 +87,9 @@ pub(super) struct Record {
 
 /// One request's context through the steps, in place of long argument lists.
 pub(super) struct Exchange {
-    /// The client connection.
-    pub(super) client: ClientInfo,
+    /// The client connection (shared by its requests: one reference count per request rather
+    /// than one per field).
+    pub(super) client: Arc<ClientInfo>,
     /// `X-Request-Id`, the client's or ours.
     pub(super) request_id: HeaderValue,
     /// When the gateway started on it; the route's deadline runs from here.
@@ -107,7 +108,7 @@ pub(super) struct Exchange {
 impl Exchange {
     /// A request that starts now.
     pub(super) fn new(
-        client: ClientInfo,
+        client: Arc<ClientInfo>,
         request_id: HeaderValue,
         started: Instant,
         lag: &Arc<SchedulingLag>,

@@ -45,7 +45,7 @@ use context::Exchange;
 /// Serves one request.
 pub(crate) async fn handle(
     shared: &GatewayState,
-    client: ClientInfo,
+    client: std::sync::Arc<ClientInfo>,
     request: Request<Incoming>,
     ambiguous_length: bool,
 ) -> Response<ResponseBody> {
