@@ -17,11 +17,13 @@ use sekisho_config::Config;
 use sekisho_gateway::Gateway;
 
 mod args;
+mod demo;
 mod load;
 mod monitor;
 mod runtime;
 
 use args::{parse_duration, parse_ratio};
+use demo::demo;
 use load::{load, LoadArgs};
 use monitor::monitor;
 use runtime::build_runtime;
@@ -362,84 +364,5 @@ fn run_upstream(
         tracing::info!(address = %server.local_addr(), "chaos upstream listening");
         server.run(shutdown_signal()).await?;
         Ok(())
-    })
-}
-
-const DEMO_CONFIG: &str = include_str!("../../../examples/sekisho.toml");
-
-fn demo(path: Option<&Path>) -> anyhow::Result<()> {
-    let (config, file) = match path {
-        Some(path) => {
-            let (config, bytes) = read_config(path)?;
-            (config, Some((path.to_owned(), bytes)))
-        }
-        None => (
-            sekisho_config::parse(DEMO_CONFIG, "examples/sekisho.toml")
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-            None,
-        ),
-    };
-    init_logging();
-    let runtime = build_runtime(config.server.workers.map(|w| w.get()))?;
-    runtime.block_on(async move {
-        let mut upstream_tasks = Vec::new();
-        for (name, upstream) in &config.upstreams {
-            for target in upstream.targets.get_ref() {
-                let Ok(listen) = target.address.parse::<SocketAddr>() else {
-                    tracing::warn!(target = %target.address, "not an IP address; no demo upstream started for it");
-                    continue;
-                };
-                if !listen.ip().is_loopback() {
-                    tracing::warn!(target = %target.address, "not a loopback address; no demo upstream started for it");
-                    continue;
-                }
-                if let Some(service) = sekisho_load::Service::for_upstream(name.get_ref()) {
-                    // The seeds' demo services stand behind upstreams of their names.
-                    let server = sekisho_load::ServiceServer::bind(service, listen, 0.2)
-                        .await
-                        .with_context(|| format!("cannot start the demo {service:?} service on {listen}"))?;
-                    upstream_tasks.push(tokio::spawn(server.run(std::future::pending())));
-                    continue;
-                }
-                let server = sekisho_load::ChaosServer::bind(sekisho_load::ChaosOptions {
-                    listen,
-                    latency: Duration::from_millis(20),
-                    error_rate: 0.0,
-                    name: Some(format!("{}-{}", name.get_ref(), listen.port())),
-                })
-                .await
-                .with_context(|| format!("cannot start the demo upstream on {listen}"))?;
-                upstream_tasks.push(tokio::spawn(server.run(std::future::pending())));
-            }
-        }
-        let listen = config.server.listen.clone();
-        let admin = config.admin.listen.clone();
-        let first_route = config
-            .routes
-            .first()
-            .and_then(|r| r.get_ref().path_prefix.as_ref().map(|p| p.get_ref().clone()))
-            .unwrap_or_else(|| "/".to_owned());
-        let first_target = config
-            .upstreams
-            .iter()
-            .filter(|(name, _)| sekisho_load::Service::for_upstream(name.get_ref()).is_none())
-            .find_map(|(_, u)| u.targets.get_ref().first().map(|t| t.address.clone()))
-            .unwrap_or_default();
-        let services = if config.upstreams.keys().any(|n| n.get_ref() == "shortener") {
-            format!(
-                "  shorten a URL:  curl -i http://{listen}/api/v1/shorten -d '{{\"url\":\"https://example.com\"}}'\n  follow it (cached at the gateway):  curl -i http://{listen}/s/KEY\n  notify:  curl -i http://{listen}/api/v1/notifications -H 'Idempotency-Key: 1' -d '{{\"user\":\"ada\",\"channel\":\"email\",\"message\":\"hi\"}}'\n"
-            )
-        } else {
-            String::new()
-        };
-        eprintln!(
-            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
-            upstream_tasks.len()
-        );
-        let result = serve(config, file).await;
-        for task in upstream_tasks {
-            task.abort();
-        }
-        result
     })
 }

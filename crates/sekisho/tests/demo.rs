@@ -1,7 +1,7 @@
 //! `sekisho demo` with the repository's example config (its addresses moved to free ports): the
 //! demo services answer behind the gateway — a short link is made, followed, and its redirect
 //! served from the gateway's cache the second time; a notification is accepted once per
-//! idempotency key.
+//! idempotency key; the demo users it creates log in and reach the route that needs a login.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
@@ -102,4 +102,43 @@ async fn the_demo_serves_the_shortener_and_the_notifications_behind_the_gateway(
     let again = send(&http, "POST", &url, &[("idempotency-key", "demo-1")], body).await;
     assert_eq!(again.status, 200);
     assert_eq!(again.json()["id"], queued.json()["id"]);
+
+    // The demo's users, as it prints them.
+    let account = demo.url("/api/account");
+    let anonymous = send(&http, "GET", &account, &[], Bytes::new()).await;
+    assert_eq!(anonymous.status, 401);
+    let login = send(
+        &http,
+        "POST",
+        &demo.url("/auth/login"),
+        &[],
+        Bytes::from_static(br#"{"username":"ada","password":"demo-password-ada"}"#),
+    )
+    .await;
+    assert_eq!(
+        login.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&login.body)
+    );
+    let token = login.json()["access_token"].as_str().unwrap().to_owned();
+    let bearer = format!("Bearer {token}");
+    let mine = send(
+        &http,
+        "GET",
+        &account,
+        &[("authorization", bearer.as_str())],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(mine.status, 200, "{}", String::from_utf8_lossy(&mine.body));
+    let wrong = send(
+        &http,
+        "POST",
+        &demo.url("/auth/login"),
+        &[],
+        Bytes::from_static(br#"{"username":"bob","password":"not bob's"}"#),
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
 }
