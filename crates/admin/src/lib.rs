@@ -15,7 +15,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 mod alerts;
+mod dashboard;
 mod users;
 
 pub use alerts::SharedMonitor;
@@ -43,9 +44,14 @@ struct AdminState {
     token: Option<String>,
     /// The monitor, when the binary runs one (set before serving).
     alerts: std::sync::OnceLock<SharedMonitor>,
+    /// The live dashboard's snapshot and viewers.
+    dashboard: dashboard::Dashboard,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
+
+/// An answer whole, or the dashboard's event stream.
+type AnyResponse = Response<Either<Full<Bytes>, dashboard::EventStream>>;
 
 impl AdminServer {
     /// Binds `address` (port 0 picks one); `token` guards `/api/*` when set.
@@ -60,6 +66,7 @@ impl AdminServer {
                 gateway,
                 token,
                 alerts: std::sync::OnceLock::new(),
+                dashboard: dashboard::Dashboard::new(),
             }),
         })
     }
@@ -75,8 +82,11 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves; the dashboard's sampler runs as long.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let sampler = tokio::spawn(dashboard::run_sampler(Arc::clone(&self.state)));
+        // Aborted however serving ends, so the streams see their channel close and end.
+        let _sampler = AbortOnDrop(sampler);
         tokio::pin!(shutdown);
         loop {
             let (stream, _) = tokio::select! {
@@ -94,7 +104,7 @@ impl AdminServer {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(route(&state, request).await) }
+                    async move { Ok::<_, Infallible>(respond(&state, request).await) }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -109,15 +119,47 @@ impl AdminServer {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The event stream, or any other answer through [`route`].
+async fn respond(state: &AdminState, request: Request<Incoming>) -> AnyResponse {
+    if request.uri().path() == "/api/v1/stream" && request.method() == Method::GET {
+        if !authorized(state, &request) {
+            return unauthenticated().map(Either::Left);
+        }
+        return match dashboard::stream(state) {
+            Ok(stream) => stream.map(Either::Right),
+            Err(refused) => (*refused).map(Either::Left),
+        };
+    }
+    route(state, request).await.map(Either::Left)
+}
+
+fn unauthenticated() -> AdminResponse {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "the admin API needs `Authorization: Bearer <admin.token>`",
+    )
+}
+
 async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     if path.starts_with("/api/") && !authorized(state, &request) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "the admin API needs `Authorization: Bearer <admin.token>`",
-        );
+        return unauthenticated();
+    }
+    if method == Method::GET {
+        if let Some(page) = dashboard::asset(&path) {
+            return page;
+        }
     }
     if path == "/api/v1/users" {
         return users::users(state, None, request).await;
@@ -158,7 +200,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
         (&Method::GET, "/ready") => ready(state),
         (&Method::GET, "/health/detailed") => detailed(state),
         (&Method::GET, "/metrics") => metrics(state, &request),
-        (&Method::GET, "/") => dashboard(),
+        (&Method::GET, "/api/v1/dashboard") => dashboard::latest(state),
         (&Method::GET, "/api/v1/upstreams") => json_response(
             StatusCode::OK,
             &json!({ "upstreams": state.gateway.upstreams() }),
@@ -199,7 +241,12 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             | "/api/v1/circuits"
             | "/api/v1/ratelimits"
             | "/api/v1/cache"
-            | "/api/v1/cache/purge",
+            | "/api/v1/cache/purge"
+            | "/api/v1/dashboard"
+            | "/api/v1/stream"
+            | "/"
+            | "/dashboard.js"
+            | "/dashboard.css",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_REQUEST",
@@ -517,22 +564,6 @@ async fn reload(state: &AdminState) -> AdminResponse {
             "the reload task failed",
         ),
     }
-}
-
-fn dashboard() -> AdminResponse {
-    let page = concat!(
-        "<!doctype html><meta charset=utf-8><title>sekisho</title>",
-        "<h1>sekisho admin</h1><ul>",
-        "<li><a href=/health>/health</a><li><a href=/ready>/ready</a>",
-        "<li><a href=/health/detailed>/health/detailed</a><li><a href=/metrics>/metrics</a>",
-        "</ul>"
-    );
-    let mut response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
