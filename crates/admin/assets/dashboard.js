@@ -365,7 +365,7 @@ function renderCircuits(circuits) {
 }
 
 function renderRoutes(routes) {
-  keyed($("routes").tBodies[0], routes, (r) => r.name + "\u0000" + r.upstream, () => el("tr", {}, ...Array.from({ length: 11 }, () => el("td"))), (row, r) => {
+  keyed($("routes").tBodies[0], routes, (r) => r.name + " → " + r.upstream, () => el("tr", {}, ...Array.from({ length: 11 }, () => el("td"))), (row, r) => {
     const values = [r.name, r.upstream, num(r.requests_per_second), pct(r.error_rate), ms(r.p50_ms), ms(r.p95_ms), ms(r.p99_ms),
       num(r.retries_per_second), String(r.retry_budget_exhausted), r.rate_limit ? num(r.rate_limit.limited_per_second) : "", r.cache ? pct(r.cache.hit_rate) : ""];
     values.forEach((v, i) => { row.children[i].textContent = v; });

@@ -133,6 +133,10 @@ impl Sampler {
         let mut routes = Vec::new();
         let mut by_upstream: BTreeMap<String, Traffic> = BTreeMap::new();
         for ((route, upstream), now_counters) in &latest.counters.routes {
+            if route.is_empty() {
+                // Requests no route took (NO_ROUTE and the like): not a route's traffic.
+                continue;
+            }
             let before = earliest
                 .counters
                 .routes
