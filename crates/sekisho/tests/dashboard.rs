@@ -87,6 +87,8 @@ fn the_dashboard_shows_a_failing_upstream_live_acts_on_its_circuit_and_survives_
     let upstream = runtime.block_on(chaos_upstream("app"));
     let dir = TempDir::new("dashboard");
     let (traffic_port, admin_port) = (free_port(), free_port());
+    // Alerts go to a receiver nobody listens on: delivery is not what this test is about.
+    let dead_receiver = free_port();
     let config = dir.write(
         "sekisho.toml",
         &format!(
@@ -94,7 +96,14 @@ fn the_dashboard_shows_a_failing_upstream_live_acts_on_its_circuit_and_survives_
              [admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"{TOKEN}\"\n\
              [upstreams.app]\ntargets = [\"{}\"]\n\
              [upstreams.app.circuit_breaker]\nminimum_calls = 5\nwindow_calls = 10\nopen_for = \"60s\"\n\
-             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\ntimeout = \"2s\"\n",
+             [[routes]]\nname = \"catalog\"\npath_prefix = \"/catalog\"\nupstream = \"app\"\n\
+             [routes.cache]\nttl = \"60s\"\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\ntimeout = \"2s\"\n\
+             [monitor]\ninterval = \"100ms\"\n\
+             [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"200ms\"\ndefault_rules = false\n\
+             [[alerts.rules]]\nname = \"AppCircuitOpen\"\nsignal = \"circuit_open\"\nupstream = \"app\"\nwarning = 1\n\
+             annotations = {{ summary = \"the app's circuit is open\" }}\n\
+             [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://127.0.0.1:{dead_receiver}/hook\"\n",
             upstream.address
         ),
     );
@@ -179,7 +188,10 @@ fn the_dashboard_shows_a_failing_upstream_live_acts_on_its_circuit_and_survives_
     );
     for step in [
         "step: every upstream healthy, circuit closed",
+        "step: cache entry purged from the page",
+        "step: config reloaded from the page",
         "step: upstream critical, circuit open",
+        "step: alert shown, acknowledged and silenced from the page",
         "step: force-closed from the page, the API agrees",
         "step: reconnected after the restart, without a reload",
     ] {

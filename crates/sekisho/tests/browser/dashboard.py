@@ -118,6 +118,24 @@ def main():
         say("step: every upstream healthy, circuit closed")
         page.evaluate("window.__notReloaded = true")
 
+        # A cached answer, purged by its key from the page's form.
+        for _ in range(2):
+            with urllib.request.urlopen(args.traffic + "/catalog/1", timeout=5) as answer:
+                answer.read()
+        page.wait_for_function("() => document.getElementById('cache-stats').textContent.startsWith('1 entries')")
+        key = get_json(admin + "/api/v1/cache", args.token)["keys"][0]
+        page.select_option("#purge-kind", "key")
+        page.fill("#purge-value", key)
+        page.click("#purge-form button[type=submit]")
+        page.wait_for_function("() => document.getElementById('cache-stats').textContent.startsWith('0 entries')")
+        assert get_json(admin + "/api/v1/cache", args.token)["keys"] == []
+        say("step: cache entry purged from the page")
+
+        # The config reloaded from the page: the next snapshot shows the new generation.
+        page.click("#reload")
+        page.wait_for_function("() => document.getElementById('meta').textContent.startsWith('generation 2 ')")
+        say("step: config reloaded from the page")
+
         # The upstream fails: its element turns critical and its circuit opens, without a reload.
         post_json(args.chaos + "/_chaos", {"error_rate": 1.0})
         with Traffic(args.traffic + "/fail"):
@@ -127,8 +145,23 @@ def main():
             page.wait_for_function(
                 "() => document.querySelector('[data-upstream=\"app\"] .reasons').textContent.includes('circuit open')"
             )
+            alert = '[data-alert="AppCircuitOpen"]'
+            page.wait_for_selector(alert + '[data-severity="warning"]')
             page.screenshot(path=args.screenshot, full_page=True)
             say(f"step: screenshot {args.screenshot}")
+            page.click(alert + ' button[data-action="ack"]')
+            page.wait_for_function(
+                "a => document.querySelector(a + ' .what').textContent.includes('acknowledged')", arg=alert
+            )
+            alerts = get_json(admin + "/api/v1/alerts", args.token)["alerts"]
+            assert [a["acknowledged"] for a in alerts] == [True], alerts
+            page.click(alert + ' button[data-action="silence"]')
+            page.wait_for_function(
+                "a => document.querySelector(a + ' .what').textContent.includes('silenced')", arg=alert
+            )
+            silences = get_json(admin + "/api/v1/silences", args.token)["silences"]
+            assert [m["value"] for s in silences for m in s["matchers"]] == ["AppCircuitOpen"], silences
+            say("step: alert shown, acknowledged and silenced from the page")
         assert page.evaluate("window.__notReloaded === true"), "the page was reloaded"
 
         # Force-closed from the page: the API agrees.
