@@ -433,7 +433,7 @@ fn demo(path: Option<&Path>) -> anyhow::Result<()> {
             String::new()
         };
         eprintln!(
-            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
+            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  dashboard: http://{admin}/\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
             upstream_tasks.len()
         );
         let result = serve(config, file).await;
