@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 
 mod alerts;
 mod dashboard;
+mod guard;
 mod users;
 
 pub use alerts::SharedMonitor;
@@ -46,6 +47,8 @@ struct AdminState {
     alerts: std::sync::OnceLock<SharedMonitor>,
     /// The live dashboard's snapshot and viewers.
     dashboard: dashboard::Dashboard,
+    /// Failed token attempts per client address.
+    guard: guard::TokenGuard,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -67,6 +70,7 @@ impl AdminServer {
                 token,
                 alerts: std::sync::OnceLock::new(),
                 dashboard: dashboard::Dashboard::new(),
+                guard: guard::TokenGuard::default(),
             }),
         })
     }
@@ -89,7 +93,7 @@ impl AdminServer {
         let _sampler = AbortOnDrop(sampler);
         tokio::pin!(shutdown);
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = &mut shutdown => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -104,7 +108,7 @@ impl AdminServer {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(respond(&state, request).await) }
+                    async move { Ok::<_, Infallible>(respond(&state, request, peer.ip()).await) }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -128,12 +132,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The event stream, or any other answer through [`route`].
-async fn respond(state: &AdminState, request: Request<Incoming>) -> AnyResponse {
-    if request.uri().path() == "/api/v1/stream" && request.method() == Method::GET {
-        if !authorized(state, &request) {
-            return unauthenticated().map(Either::Left);
+/// The token check for `/api/*`, then the event stream, or any other answer through [`route`].
+async fn respond(state: &AdminState, request: Request<Incoming>, peer: IpAddr) -> AnyResponse {
+    if request.uri().path().starts_with("/api/") {
+        if let Some(refused) = check_token(state, &request, peer) {
+            return refused.map(Either::Left);
         }
+    }
+    if request.uri().path() == "/api/v1/stream" && request.method() == Method::GET {
         return match dashboard::stream(state) {
             Ok(stream) => stream.map(Either::Right),
             Err(refused) => (*refused).map(Either::Left),
@@ -153,9 +159,6 @@ fn unauthenticated() -> AdminResponse {
 async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    if path.starts_with("/api/") && !authorized(state, &request) {
-        return unauthenticated();
-    }
     if method == Method::GET {
         if let Some(page) = dashboard::asset(&path) {
             return page;
@@ -258,6 +261,40 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             &format!("no admin endpoint {method} {path}"),
         ),
     }
+}
+
+/// `None` when the request may go on; else 401, or 429 `RATE_LIMITED` with `Retry-After` for an
+/// address past its failed attempts ([`guard`]).
+fn check_token(
+    state: &AdminState,
+    request: &Request<Incoming>,
+    peer: IpAddr,
+) -> Option<AdminResponse> {
+    state.token.as_ref()?;
+    let now = std::time::Instant::now();
+    if let Some(wait) = state.guard.locked_for(peer, now) {
+        let mut refused = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            &format!(
+                "more than {} wrong tokens from this address in {} s; try again later",
+                guard::MAX_FAILURES,
+                guard::WINDOW.as_secs()
+            ),
+        );
+        let seconds = wait.as_secs().max(1);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            refused
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, value);
+        }
+        return Some(refused);
+    }
+    if authorized(state, request) {
+        return None;
+    }
+    state.guard.failed(peer, now);
+    Some(unauthenticated())
 }
 
 fn authorized(state: &AdminState, request: &Request<Incoming>) -> bool {
