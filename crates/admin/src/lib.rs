@@ -204,6 +204,13 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
         (&Method::GET, "/health/detailed") => detailed(state),
         (&Method::GET, "/metrics") => metrics(state, &request),
         (&Method::GET, "/api/v1/dashboard") => dashboard::latest(state),
+        (&Method::GET, "/api/v1/openapi.json") => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         (&Method::GET, "/api/v1/upstreams") => json_response(
             StatusCode::OK,
             &json!({ "upstreams": state.gateway.upstreams() }),
@@ -246,6 +253,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             | "/api/v1/cache"
             | "/api/v1/cache/purge"
             | "/api/v1/dashboard"
+            | "/api/v1/openapi.json"
             | "/api/v1/stream"
             | "/"
             | "/dashboard.js"
@@ -452,6 +460,10 @@ fn metrics(state: &AdminState, request: &Request<Incoming>) -> AdminResponse {
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }
+
+/// The admin API's OpenAPI document, kept in the repo and checked against real answers by
+/// `crates/sekisho/tests/openapi.rs`.
+const OPENAPI: &str = include_str!("../assets/openapi.json");
 
 /// Largest JSON body the admin API reads.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
