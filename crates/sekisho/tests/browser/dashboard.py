@@ -204,6 +204,7 @@ def main():
                         "heap_mb_start": round(start_heap, 2),
                         "heap_mb_end": round(end_heap, 2),
                         "heap_mb_max": round(max(h for h, _ in samples + [(end_heap, 0)]), 2),
+                        "heap_mb_samples": [round(h, 2) for h, _ in samples],
                         "dom_nodes_start": start_nodes,
                         "dom_nodes_end": end_nodes,
                     }
