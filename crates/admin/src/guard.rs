@@ -8,12 +8,52 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use http::header::HeaderValue;
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use crate::{AdminResponse, AdminState};
+
 /// Failed attempts allowed per address and window.
 pub(crate) const MAX_FAILURES: u32 = 10;
 /// The window failures are counted over.
 pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Addresses remembered at most.
 const MAX_ADDRESSES: usize = 4096;
+
+/// `None` when the request may go on; else 401, or 429 `RATE_LIMITED` with `Retry-After` for an
+/// address past its failed attempts.
+pub(crate) fn check_token(
+    state: &AdminState,
+    request: &Request<Incoming>,
+    peer: IpAddr,
+) -> Option<AdminResponse> {
+    state.token.as_ref()?;
+    let now = Instant::now();
+    if let Some(wait) = state.guard.locked_for(peer, now) {
+        let mut refused = crate::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "RATE_LIMITED",
+            &format!(
+                "more than {} wrong tokens from this address in {} s; try again later",
+                MAX_FAILURES,
+                WINDOW.as_secs()
+            ),
+        );
+        let seconds = wait.as_secs().max(1);
+        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+            refused
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, value);
+        }
+        return Some(refused);
+    }
+    if crate::authorized(state, request) {
+        return None;
+    }
+    state.guard.failed(peer, now);
+    Some(crate::unauthenticated())
+}
 
 #[derive(Debug, Default)]
 pub(crate) struct TokenGuard {

@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 mod alerts;
+mod config_check;
 mod dashboard;
 mod guard;
 mod users;
@@ -135,7 +136,7 @@ impl Drop for AbortOnDrop {
 /// The token check for `/api/*`, then the event stream, or any other answer through [`route`].
 async fn respond(state: &AdminState, request: Request<Incoming>, peer: IpAddr) -> AnyResponse {
     if request.uri().path().starts_with("/api/") {
-        if let Some(refused) = check_token(state, &request, peer) {
+        if let Some(refused) = guard::check_token(state, &request, peer) {
             return refused.map(Either::Left);
         }
     }
@@ -148,7 +149,7 @@ async fn respond(state: &AdminState, request: Request<Incoming>, peer: IpAddr) -
     route(state, request).await.map(Either::Left)
 }
 
-fn unauthenticated() -> AdminResponse {
+pub(crate) fn unauthenticated() -> AdminResponse {
     error(
         StatusCode::UNAUTHORIZED,
         "UNAUTHENTICATED",
@@ -227,6 +228,8 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             )
         }
         (&Method::POST, "/api/v1/config/reload") => reload(state).await,
+        (&Method::POST, "/api/v1/config/validate") => config_check::validate(state, request).await,
+        (&Method::GET, "/api/v1/bulkheads") => config_check::bulkheads(state),
         (&Method::GET, "/api/v1/circuits") => json_response(
             StatusCode::OK,
             &json!({ "circuits": state.gateway.circuits() }),
@@ -248,6 +251,8 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             | "/api/v1/upstreams"
             | "/api/v1/config"
             | "/api/v1/config/reload"
+            | "/api/v1/config/validate"
+            | "/api/v1/bulkheads"
             | "/api/v1/circuits"
             | "/api/v1/ratelimits"
             | "/api/v1/cache"
@@ -271,41 +276,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
     }
 }
 
-/// `None` when the request may go on; else 401, or 429 `RATE_LIMITED` with `Retry-After` for an
-/// address past its failed attempts ([`guard`]).
-fn check_token(
-    state: &AdminState,
-    request: &Request<Incoming>,
-    peer: IpAddr,
-) -> Option<AdminResponse> {
-    state.token.as_ref()?;
-    let now = std::time::Instant::now();
-    if let Some(wait) = state.guard.locked_for(peer, now) {
-        let mut refused = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "RATE_LIMITED",
-            &format!(
-                "more than {} wrong tokens from this address in {} s; try again later",
-                guard::MAX_FAILURES,
-                guard::WINDOW.as_secs()
-            ),
-        );
-        let seconds = wait.as_secs().max(1);
-        if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
-            refused
-                .headers_mut()
-                .insert(http::header::RETRY_AFTER, value);
-        }
-        return Some(refused);
-    }
-    if authorized(state, request) {
-        return None;
-    }
-    state.guard.failed(peer, now);
-    Some(unauthenticated())
-}
-
-fn authorized(state: &AdminState, request: &Request<Incoming>) -> bool {
+pub(crate) fn authorized(state: &AdminState, request: &Request<Incoming>) -> bool {
     let Some(token) = &state.token else {
         // Allowed by the config only on a loopback admin listener.
         return true;
