@@ -30,6 +30,7 @@ class Ring {
 const state = {
   token: sessionStorage.getItem(TOKEN_KEY) || "",
   upstreamHistory: new Map(),   // name → Ring of [t, rps, err, p50, p95, p99]
+  routeHistory: new Map(),      // route name → the same
   cacheHistory: new Ring(HISTORY),
   lastPoint: 0,
   controller: null,
@@ -38,6 +39,9 @@ const state = {
   lastEvent: 0,
   snapshot: null,
 };
+
+// For a look from the console (and the browser test): the page's state, read-only by intent.
+window.sekishoDashboard = state;
 
 const $ = (id) => document.getElementById(id);
 
@@ -149,6 +153,10 @@ function addPoint(point) {
     if (!state.upstreamHistory.has(name)) state.upstreamHistory.set(name, new Ring(HISTORY));
     state.upstreamHistory.get(name).push([point.t, ...values]);
   }
+  for (const [name, values] of Object.entries(point.r || {})) {
+    if (!state.routeHistory.has(name)) state.routeHistory.set(name, new Ring(HISTORY));
+    state.routeHistory.get(name).push([point.t, ...values]);
+  }
   state.cacheHistory.push([point.t, point.c]);
 }
 
@@ -239,6 +247,8 @@ function render(snapshot) {
   // Histories of upstreams that no longer exist are forgotten.
   const names = new Set(snapshot.upstreams.map((u) => u.name));
   for (const name of [...state.upstreamHistory.keys()]) if (!names.has(name)) state.upstreamHistory.delete(name);
+  const routeNames = new Set(snapshot.routes.map((r) => r.name));
+  for (const name of [...state.routeHistory.keys()]) if (!routeNames.has(name)) state.routeHistory.delete(name);
 }
 
 function renderAlerts(alerts) {
@@ -365,10 +375,12 @@ function renderCircuits(circuits) {
 }
 
 function renderRoutes(routes) {
-  keyed($("routes").tBodies[0], routes, (r) => r.name + " → " + r.upstream, () => el("tr", {}, ...Array.from({ length: 11 }, () => el("td"))), (row, r) => {
+  keyed($("routes").tBodies[0], routes, (r) => r.name + " → " + r.upstream, () => el("tr", {}, ...Array.from({ length: 11 }, () => el("td")), el("td", {}, el("canvas", { class: "spark", height: "28" }))), (row, r) => {
     const values = [r.name, r.upstream, num(r.requests_per_second), pct(r.error_rate), ms(r.p50_ms), ms(r.p95_ms), ms(r.p99_ms),
       num(r.retries_per_second), String(r.retry_budget_exhausted), r.rate_limit ? num(r.rate_limit.limited_per_second) : "", r.cache ? pct(r.cache.hit_rate) : ""];
     values.forEach((v, i) => { row.children[i].textContent = v; });
+    const history = state.routeHistory.get(r.name);
+    if (history) chart(row.querySelector("canvas"), history, [{ index: 1, colour: COLOURS.rps }, { index: 2, colour: COLOURS.err, scale: 100, axis: "right", max: 100 }], "", true);
   });
 }
 
@@ -396,14 +408,14 @@ function renderConfig(snapshot) {
 
 // Draws `series` ({index, colour, scale, axis, max}) of the points in `ring` ([t, v1, v2, …]) as
 // lines over the last HISTORY seconds; left axis for the series without axis "right".
-function chart(canvas, ring, series, unit = "") {
+function chart(canvas, ring, series, unit = "", bare = false) {
   const ratio = window.devicePixelRatio || 1;
   const width = Math.max(100, canvas.clientWidth) * ratio;
-  const height = 90 * ratio;
+  const height = Number(canvas.getAttribute("height") || 90) * ratio;
   if (canvas.width !== width || canvas.height !== height) { canvas.width = width; canvas.height = height; }
   const g = canvas.getContext("2d");
   g.clearRect(0, 0, width, height);
-  const pad = 4 * ratio, top = 6 * ratio, bottom = height - 12 * ratio;
+  const pad = (bare ? 1 : 4) * ratio, top = (bare ? 2 : 6) * ratio, bottom = height - (bare ? 2 : 12) * ratio;
   const now = ring.length ? ring.last()[0] : Date.now();
   const from = now - HISTORY * 1000;
   const x = (t) => pad + (width - 2 * pad) * (t - from) / (HISTORY * 1000);
@@ -415,11 +427,13 @@ function chart(canvas, ring, series, unit = "") {
     scales[axis] = Math.max(scales[axis] || 0, max || 1);
   }
   g.strokeStyle = "#eaeef2"; g.lineWidth = 1;
-  for (const f of [0, 0.5, 1]) { const y = bottom - (bottom - top) * f; g.beginPath(); g.moveTo(pad, y); g.lineTo(width - pad, y); g.stroke(); }
+  if (!bare) for (const f of [0, 0.5, 1]) { const y = bottom - (bottom - top) * f; g.beginPath(); g.moveTo(pad, y); g.lineTo(width - pad, y); g.stroke(); }
   g.fillStyle = "#656d76"; g.font = (10 * ratio) + "px system-ui, sans-serif";
-  g.fillText(niceNumber(scales.left || 1) + (series[0].axis === "right" ? "" : unit), pad, top + 8 * ratio);
-  if (scales.right) { const label = niceNumber(scales.right) + " %"; g.fillText(label, width - pad - g.measureText(label).width, top + 8 * ratio); }
-  g.fillText("−10 min", pad, height - 1 * ratio);
+  if (!bare) {
+    g.fillText(niceNumber(scales.left || 1) + (series[0].axis === "right" ? "" : unit), pad, top + 8 * ratio);
+    if (scales.right) { const label = niceNumber(scales.right) + " %"; g.fillText(label, width - pad - g.measureText(label).width, top + 8 * ratio); }
+    g.fillText("−10 min", pad, height - 1 * ratio);
+  }
   for (const s of series) {
     const max = scales[s.axis || "left"];
     g.strokeStyle = s.colour; g.lineWidth = 1.5 * ratio; g.beginPath();

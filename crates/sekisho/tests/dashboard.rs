@@ -109,7 +109,8 @@ fn the_dashboard_shows_a_failing_upstream_live_acts_on_its_circuit_and_survives_
     );
     let mut gateway = Some(Sekisho::start(&binary(), &config));
 
-    let screenshot = if std::env::var_os("SEKISHO_UPDATE_SCREENSHOTS").is_some() {
+    let update_screenshots = std::env::var_os("SEKISHO_UPDATE_SCREENSHOTS").is_some();
+    let screenshot = if update_screenshots {
         let dir = repo_root().join("docs/img");
         std::fs::create_dir_all(&dir).unwrap();
         dir.join("dashboard.png")
@@ -129,6 +130,8 @@ fn the_dashboard_shows_a_failing_upstream_live_acts_on_its_circuit_and_survives_
         .arg("--screenshot")
         .arg(&screenshot)
         .args(["--soak", &soak])
+        // The docs' screenshot shows half a minute of history before the failure.
+        .args(["--history", if update_screenshots { "30" } else { "0" }])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

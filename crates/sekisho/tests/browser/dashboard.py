@@ -9,7 +9,7 @@ Every wait is for a selector or a condition in the page, bounded by a timeout: n
 synchronises anything here.
 
     dashboard.py --admin URL --traffic URL --chaos URL --token T --chromium PATH \
-                 --screenshot FILE [--soak SECONDS]
+                 --screenshot FILE [--soak SECONDS] [--history POINTS]
 """
 
 import argparse
@@ -88,6 +88,7 @@ def main():
     for name in ("admin", "traffic", "chaos", "token", "chromium", "screenshot"):
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--soak", type=float, default=0)
+    parser.add_argument("--history", type=int, default=0)
     args = parser.parse_args()
     admin = args.admin.rstrip("/")
 
@@ -135,6 +136,15 @@ def main():
         page.click("#reload")
         page.wait_for_function("() => document.getElementById('meta').textContent.startsWith('generation 2 ')")
         say("step: config reloaded from the page")
+
+        # For the docs' screenshot: healthy traffic first, until the charts hold that many points.
+        if args.history:
+            with Traffic(args.traffic + "/warm"):
+                page.wait_for_function(
+                    "n => (window.sekishoDashboard.upstreamHistory.get('app') || {length: 0}).length >= n",
+                    arg=args.history,
+                    timeout=args.history * 2000 + WAIT_MS,
+                )
 
         # The upstream fails: its element turns critical and its circuit opens, without a reload.
         post_json(args.chaos + "/_chaos", {"error_rate": 1.0})
