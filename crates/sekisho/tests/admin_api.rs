@@ -147,6 +147,26 @@ async fn the_page_is_served_whole_and_the_stream_needs_the_token_and_counts_its_
     let both = first.until("snapshot", 1).await;
     assert!(both[0]["status"].is_string());
 
+    // Traffic after a snapshot shows in the next ones: rate, error rate, percentiles.
+    for _ in 0..5 {
+        let answer = send(&http, "GET", &gateway.url("/x"), &[], Bytes::new()).await;
+        assert_eq!(answer.status, 200);
+    }
+    let taken = second.until("snapshot", 1).await.len();
+    let mut figures = serde_json::Value::Null;
+    for count in taken + 1..=taken + 5 {
+        let snapshots = second.until("snapshot", count).await;
+        let upstream = &snapshots.last().unwrap()["upstreams"][0];
+        if upstream["requests_per_second"].as_f64().unwrap() > 0.0 {
+            figures = upstream.clone();
+            break;
+        }
+    }
+    assert!(figures["p50_ms"].as_f64().unwrap() > 0.0, "{figures}");
+    assert!(figures["p99_ms"].as_f64().unwrap() >= figures["p50_ms"].as_f64().unwrap());
+    assert_eq!(figures["error_rate"], 0.0);
+    assert_eq!(figures["state"], "healthy");
+
     // A viewer that goes away is no longer counted.
     drop(first);
     let mut counted = 2;
