@@ -99,6 +99,13 @@ async function connect() {
     return;
   }
   if (response.status === 401) { askToken(state.token ? "that token was refused" : ""); return; }
+  if (response.status === 429) {
+    // Too many wrong tokens from this address: wait as told, then ask again.
+    const wait = Number(response.headers.get("Retry-After") || 60);
+    setConnection("locked");
+    state.reconnectTimer = setTimeout(() => askToken("too many wrong tokens from this address; try again"), wait * 1000);
+    return;
+  }
   if (!response.ok || !response.body) { scheduleReconnect(); return; }
   state.retryMs = 1000;
   state.lastEvent = Date.now();
