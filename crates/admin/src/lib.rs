@@ -8,14 +8,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -26,6 +26,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 mod alerts;
+mod config_check;
+mod dashboard;
+mod guard;
 mod users;
 
 pub use alerts::SharedMonitor;
@@ -43,9 +46,16 @@ struct AdminState {
     token: Option<String>,
     /// The monitor, when the binary runs one (set before serving).
     alerts: std::sync::OnceLock<SharedMonitor>,
+    /// The live dashboard's snapshot and viewers.
+    dashboard: dashboard::Dashboard,
+    /// Failed token attempts per client address.
+    guard: guard::TokenGuard,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
+
+/// An answer whole, or the dashboard's event stream.
+type AnyResponse = Response<Either<Full<Bytes>, dashboard::EventStream>>;
 
 impl AdminServer {
     /// Binds `address` (port 0 picks one); `token` guards `/api/*` when set.
@@ -60,6 +70,8 @@ impl AdminServer {
                 gateway,
                 token,
                 alerts: std::sync::OnceLock::new(),
+                dashboard: dashboard::Dashboard::new(),
+                guard: guard::TokenGuard::default(),
             }),
         })
     }
@@ -75,11 +87,14 @@ impl AdminServer {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves.
+    /// Serves until `shutdown` resolves; the dashboard's sampler runs as long.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let sampler = tokio::spawn(dashboard::run_sampler(Arc::clone(&self.state)));
+        // Aborted however serving ends, so the streams see their channel close and end.
+        let _sampler = AbortOnDrop(sampler);
         tokio::pin!(shutdown);
         loop {
-            let (stream, _) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 () = &mut shutdown => return,
                 accepted = self.listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -94,7 +109,7 @@ impl AdminServer {
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(route(&state, request).await) }
+                    async move { Ok::<_, Infallible>(respond(&state, request, peer.ip()).await) }
                 });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
@@ -109,15 +124,46 @@ impl AdminServer {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The token check for `/api/*`, then the event stream, or any other answer through [`route`].
+async fn respond(state: &AdminState, request: Request<Incoming>, peer: IpAddr) -> AnyResponse {
+    if request.uri().path().starts_with("/api/") {
+        if let Some(refused) = guard::check_token(state, &request, peer) {
+            return refused.map(Either::Left);
+        }
+    }
+    if request.uri().path() == "/api/v1/stream" && request.method() == Method::GET {
+        return match dashboard::stream(state) {
+            Ok(stream) => stream.map(Either::Right),
+            Err(refused) => (*refused).map(Either::Left),
+        };
+    }
+    route(state, request).await.map(Either::Left)
+}
+
+pub(crate) fn unauthenticated() -> AdminResponse {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHENTICATED",
+        "the admin API needs `Authorization: Bearer <admin.token>`",
+    )
+}
+
 async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    if path.starts_with("/api/") && !authorized(state, &request) {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHENTICATED",
-            "the admin API needs `Authorization: Bearer <admin.token>`",
-        );
+    if method == Method::GET {
+        if let Some(page) = dashboard::asset(&path) {
+            return page;
+        }
     }
     if path == "/api/v1/users" {
         return users::users(state, None, request).await;
@@ -158,7 +204,14 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
         (&Method::GET, "/ready") => ready(state),
         (&Method::GET, "/health/detailed") => detailed(state),
         (&Method::GET, "/metrics") => metrics(state, &request),
-        (&Method::GET, "/") => dashboard(),
+        (&Method::GET, "/api/v1/dashboard") => dashboard::latest(state),
+        (&Method::GET, "/api/v1/openapi.json") => {
+            let mut response = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
         (&Method::GET, "/api/v1/upstreams") => json_response(
             StatusCode::OK,
             &json!({ "upstreams": state.gateway.upstreams() }),
@@ -175,6 +228,8 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             )
         }
         (&Method::POST, "/api/v1/config/reload") => reload(state).await,
+        (&Method::POST, "/api/v1/config/validate") => config_check::validate(state, request).await,
+        (&Method::GET, "/api/v1/bulkheads") => config_check::bulkheads(state),
         (&Method::GET, "/api/v1/circuits") => json_response(
             StatusCode::OK,
             &json!({ "circuits": state.gateway.circuits() }),
@@ -196,10 +251,18 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             | "/api/v1/upstreams"
             | "/api/v1/config"
             | "/api/v1/config/reload"
+            | "/api/v1/config/validate"
+            | "/api/v1/bulkheads"
             | "/api/v1/circuits"
             | "/api/v1/ratelimits"
             | "/api/v1/cache"
-            | "/api/v1/cache/purge",
+            | "/api/v1/cache/purge"
+            | "/api/v1/dashboard"
+            | "/api/v1/openapi.json"
+            | "/api/v1/stream"
+            | "/"
+            | "/dashboard.js"
+            | "/dashboard.css",
         ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "BAD_REQUEST",
@@ -213,7 +276,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
     }
 }
 
-fn authorized(state: &AdminState, request: &Request<Incoming>) -> bool {
+pub(crate) fn authorized(state: &AdminState, request: &Request<Incoming>) -> bool {
     let Some(token) = &state.token else {
         // Allowed by the config only on a loopback admin listener.
         return true;
@@ -369,6 +432,10 @@ fn metrics(state: &AdminState, request: &Request<Incoming>) -> AdminResponse {
     response
 }
 
+/// The admin API's OpenAPI document, kept in the repo and checked against real answers by
+/// `crates/sekisho/tests/openapi.rs`.
+const OPENAPI: &str = include_str!("../assets/openapi.json");
+
 /// Largest JSON body the admin API reads.
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
@@ -517,22 +584,6 @@ async fn reload(state: &AdminState) -> AdminResponse {
             "the reload task failed",
         ),
     }
-}
-
-fn dashboard() -> AdminResponse {
-    let page = concat!(
-        "<!doctype html><meta charset=utf-8><title>sekisho</title>",
-        "<h1>sekisho admin</h1><ul>",
-        "<li><a href=/health>/health</a><li><a href=/ready>/ready</a>",
-        "<li><a href=/health/detailed>/health/detailed</a><li><a href=/metrics>/metrics</a>",
-        "</ul>"
-    );
-    let mut response = Response::new(Full::new(Bytes::from_static(page.as_bytes())));
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {

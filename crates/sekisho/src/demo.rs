@@ -80,6 +80,10 @@ pub(crate) fn demo(path: Option<&Path>) -> anyhow::Result<()> {
         };
         let listen = config.server.listen.clone();
         let admin = config.admin.listen.clone();
+        let dashboard_token = match &config.admin.token {
+            Some(token) => format!(" (token {token})"),
+            None => String::new(),
+        };
         let first_route = config
             .routes
             .first()
@@ -99,7 +103,7 @@ pub(crate) fn demo(path: Option<&Path>) -> anyhow::Result<()> {
             String::new()
         };
         eprintln!(
-            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}{users}  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
+            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}{users}  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  dashboard: http://{admin}/{dashboard_token}\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
             upstream_tasks.len()
         );
         let result = serve(config, file).await;
