@@ -7,14 +7,19 @@
 //! now, per receiver. Delivering them (webhook, Alertmanager, Slack, e-mail) through a
 //! durable queue, the vitals and the rules are the next parts (issue 16).
 
+pub mod channels;
 pub mod from_config;
 mod manager;
+pub mod outbox;
 mod rules;
 mod run;
+pub mod worker;
 
+pub use channels::Channel;
 pub use manager::{
     fingerprint, ActiveAlert, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver,
     Settings, Severity, Silence, Status,
 };
+pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth};
 pub use rules::{default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals};
-pub use run::{deliver, Delivery, Monitor, Vitals, MAX_DELIVERY_AGE};
+pub use run::{receiver_channels, Delivery, Monitor, Vitals};
