@@ -26,6 +26,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 mod alerts;
+mod notifications;
 mod users;
 
 pub use alerts::SharedMonitor;
@@ -43,6 +44,8 @@ struct AdminState {
     token: Option<String>,
     /// The monitor, when the binary runs one (set before serving).
     alerts: std::sync::OnceLock<SharedMonitor>,
+    /// The notification outbox, when the binary runs one (set before serving).
+    outbox: std::sync::OnceLock<sekisho_monitor::Outbox>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -60,6 +63,7 @@ impl AdminServer {
                 gateway,
                 token,
                 alerts: std::sync::OnceLock::new(),
+                outbox: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -67,6 +71,13 @@ impl AdminServer {
     /// Serves the alerting endpoints from `monitor` (otherwise they answer 503 `MONITOR_OFF`).
     pub fn with_alerts(self, monitor: SharedMonitor) -> Self {
         let _ = self.state.alerts.set(monitor);
+        self
+    }
+
+    /// Serves the delivery log (`/api/v1/notifications`) from `outbox` (otherwise 503
+    /// `MONITOR_OFF`).
+    pub fn with_outbox(self, outbox: sekisho_monitor::Outbox) -> Self {
+        let _ = self.state.outbox.set(outbox);
         self
     }
 
@@ -146,6 +157,9 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
         if rest.is_empty() || rest.starts_with('/') {
             return alerts::alerts(state, &method, rest);
         }
+    }
+    if path == "/api/v1/notifications" {
+        return notifications::notifications(state, &method, request.uri().query()).await;
     }
     if let Some(rest) = path.strip_prefix("/api/v1/silences") {
         if rest.is_empty() || rest.starts_with('/') {

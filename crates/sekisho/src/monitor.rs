@@ -1,18 +1,27 @@
 //! `run`'s alerting task: the gateway's figures and the host's vitals as signals, evaluated by
-//! `sekisho-monitor`, notifications handed to its delivery.
+//! `sekisho-monitor`, each notification written to the outbox (whose worker sends it).
 
 use sekisho_gateway::Gateway;
+use sekisho_monitor::{Delivery, Outbox};
+
+/// Notifications kept in memory while the database cannot take them, at most (the oldest are
+/// dropped beyond, loudly).
+const BACKLOG: usize = 10_000;
 
 /// Watches the gateway every `monitor.interval`: its upstreams, circuits and the host's vitals
-/// as signals, the alert rules over them, notifications to the receivers' webhooks (the config
-/// at start; a reload does not change the rules yet).
-pub(crate) async fn monitor(gateway: Gateway, shared: sekisho_admin::SharedMonitor) {
+/// as signals, the alert rules over them, each notification due written to `outbox` (the
+/// config at start; a reload does not change the rules yet).
+pub(crate) async fn monitor(
+    gateway: Gateway,
+    shared: sekisho_admin::SharedMonitor,
+    outbox: Outbox,
+) {
     let interval = gateway.config().monitor.interval.0;
-    let (deliveries, queue) = tokio::sync::mpsc::unbounded_channel();
-    let deliverer = tokio::spawn(sekisho_monitor::deliver(queue));
     let mut vitals = sekisho_monitor::Vitals::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What the database refused, written again next cycle, in order, before anything newer.
+    let mut backlog: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
     loop {
         ticker.tick().await;
         let mut signals = sekisho_monitor::Signals::new();
@@ -22,10 +31,21 @@ pub(crate) async fn monitor(gateway: Gateway, shared: sekisho_admin::SharedMonit
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .cycle(&signals, std::time::Instant::now());
-        for delivery in due {
-            if deliveries.send(delivery).is_err() {
-                deliverer.abort();
-                return;
+        backlog.extend(due);
+        while let Some(delivery) = backlog.front() {
+            match outbox.enqueue(delivery).await {
+                Ok(_) => {
+                    backlog.pop_front();
+                }
+                Err(error) => {
+                    tracing::error!(%error, waiting = backlog.len(), "cannot write notifications to the outbox; keeping them in memory");
+                    break;
+                }
+            }
+        }
+        while backlog.len() > BACKLOG {
+            if let Some(lost) = backlog.pop_front() {
+                tracing::error!(receiver = %lost.receiver, group = %lost.group_key, "notification dropped: the outbox has been unwritable too long");
             }
         }
     }
