@@ -190,6 +190,69 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     };
     assert_eq!(resolved["alerts"][0]["fingerprint"], fingerprint.as_str());
     assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+
+    // The delivery log: both delivered, newest first, one per page with a cursor.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let first_page = loop {
+        let page = send(
+            &http,
+            "GET",
+            &admin("/api/v1/notifications?state=delivered&limit=1"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(page.status, 200);
+        let page = page.json();
+        if page["notifications"][0]["status"] == "resolved" {
+            break page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = &first_page["notifications"][0];
+    assert_eq!(row["receiver"], "ops");
+    assert_eq!(row["channel"], "webhook");
+    assert_eq!(row["fingerprints"][0], fingerprint.as_str());
+    assert_eq!(row["attempts"], 1);
+    assert_eq!(row["last_status"], 200);
+    let cursor = first_page["next_cursor"].as_i64().expect("a next page");
+    let second_page = send(
+        &http,
+        "GET",
+        &admin(&format!("/api/v1/notifications?limit=1&cursor={cursor}")),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        second_page["notifications"][0]["status"], "firing",
+        "{second_page}"
+    );
+    assert_eq!(second_page["next_cursor"], Value::Null);
+    let dead = send(
+        &http,
+        "GET",
+        &admin("/api/v1/notifications?state=dead"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(dead["notifications"].as_array().map(Vec::len), Some(0));
+    for bad in ["state=lost", "limit=0", "cursor=x", "page=2"] {
+        let answer = send(
+            &http,
+            "GET",
+            &admin(&format!("/api/v1/notifications?{bad}")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{bad}");
+        assert_eq!(answer.error_code(), "BAD_REQUEST");
+    }
 }
 
 /// The notification a killed gateway left pending reaches the receiver after the restart.
