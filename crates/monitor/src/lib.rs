@@ -11,6 +11,7 @@ pub mod channels;
 pub mod from_config;
 mod manager;
 pub mod outbox;
+pub mod probes;
 mod rules;
 mod run;
 pub mod worker;

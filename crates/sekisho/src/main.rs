@@ -326,9 +326,13 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
     let delivery_task = outbox
         .clone()
         .map(|outbox| tokio::spawn(sekisho_monitor::worker::run(outbox)));
+    let data_dir = sekisho_db::data_dir(
+        &gateway.config().store,
+        config_path.as_deref().and_then(Path::parent),
+    );
     let monitor_task = alerting
         .zip(outbox)
-        .map(|(shared, outbox)| tokio::spawn(monitor(gateway.clone(), shared, outbox)));
+        .map(|(shared, outbox)| tokio::spawn(monitor(gateway.clone(), shared, outbox, data_dir)));
 
     gateway.serve(listener, shutdown_signal()).await;
 

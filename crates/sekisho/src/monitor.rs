@@ -15,6 +15,7 @@ pub(crate) async fn monitor(
     gateway: Gateway,
     shared: sekisho_admin::SharedMonitor,
     outbox: Outbox,
+    data_dir: std::path::PathBuf,
 ) {
     let interval = gateway.config().monitor.interval.0;
     let mut vitals = sekisho_monitor::Vitals::default();
@@ -27,6 +28,7 @@ pub(crate) async fn monitor(
         let mut signals = sekisho_monitor::Signals::new();
         vitals.sample(&mut signals);
         gateway_signals(&gateway, &mut signals);
+        probe_signals(&outbox, &data_dir, gateway.auth().is_some(), &mut signals).await;
         let due = shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -48,6 +50,34 @@ pub(crate) async fn monitor(
                 tracing::error!(receiver = %lost.receiver, group = %lost.group_key, "notification dropped: the outbox has been unwritable too long");
             }
         }
+    }
+}
+
+/// The probes with I/O, as signals of target `gateway`: the database's round trip, the disk
+/// holding the data directory, and (with `[auth]`) failed logins in the last minute.
+async fn probe_signals(
+    outbox: &Outbox,
+    data_dir: &std::path::Path,
+    auth: bool,
+    signals: &mut sekisho_monitor::Signals,
+) {
+    use sekisho_monitor::probes;
+    let mut put = |name: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            signals.insert((name.to_owned(), "gateway".to_owned()), value);
+        }
+    };
+    let database = outbox.database();
+    put(
+        "database_rtt",
+        probes::database_rtt(database, std::time::Duration::from_secs(5)).await,
+    );
+    put("disk", probes::disk_used(data_dir));
+    if auth {
+        put(
+            "login_failures_per_minute",
+            probes::login_failures_per_minute(database).await,
+        );
     }
 }
 
