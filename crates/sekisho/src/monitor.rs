@@ -54,7 +54,8 @@ pub(crate) async fn monitor(
 }
 
 /// The probes with I/O, as signals of target `gateway`: the database's round trip, the disk
-/// holding the data directory, and (with `[auth]`) failed logins in the last minute.
+/// holding the data directory, the outbox's depth and oldest pending age, and (with `[auth]`)
+/// failed logins in the last minute.
 async fn probe_signals(
     outbox: &Outbox,
     data_dir: &std::path::Path,
@@ -73,6 +74,14 @@ async fn probe_signals(
         probes::database_rtt(database, std::time::Duration::from_secs(5)).await,
     );
     put("disk", probes::disk_used(data_dir));
+    // Monitoring the monitor: the outbox's depth and its oldest pending row's age.
+    if let Ok(depth) = outbox.depth().await {
+        put("notifications_pending", Some(depth.pending as f64));
+        let age = depth.oldest_created_at.map_or(0.0, |created| {
+            sekisho_db::now_millis().saturating_sub(created) as f64 / 1000.0
+        });
+        put("notification_oldest_pending_seconds", Some(age));
+    }
     if auth {
         put(
             "login_failures_per_minute",

@@ -26,6 +26,8 @@ pub const SIGNALS: &[&str] = &[
     "tls_expiry_days",
     "backup_age",
     "login_failures_per_minute",
+    "notifications_pending",
+    "notification_oldest_pending_seconds",
 ];
 
 /// The names of the shipped default rules (`sekisho-monitor` holds them; its tests check that
@@ -40,6 +42,7 @@ pub const DEFAULT_RULES: &[&str] = &[
     "BackupTooOld",
     "TlsExpiring",
     "FailedLoginBurst",
+    "NotificationsStuck",
 ];
 
 /// `[monitor]`.
