@@ -158,6 +158,13 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             return alerts::alerts(state, &method, rest);
         }
     }
+    if let Some(name) = path
+        .strip_prefix("/api/v1/receivers/")
+        .and_then(|rest| rest.strip_suffix("/test"))
+    {
+        let name = name.to_owned();
+        return notifications::test_receiver(state, &method, &name).await;
+    }
     if path == "/api/v1/notifications" {
         return notifications::notifications(state, &method, request.uri().query()).await;
     }

@@ -106,6 +106,51 @@ impl Monitor {
         deliveries
     }
 
+    /// A test notification for `receiver` (the admin API's `POST
+    /// /api/v1/receivers/{name}/test`): one firing info alert `SekishoTest`, one delivery per
+    /// channel; `None` when there is no such receiver.
+    pub fn test_deliveries(&self, receiver: &str, now: Instant) -> Option<Vec<Delivery>> {
+        let channels = self.channels.get(receiver)?;
+        let mut labels = crate::manager::Labels::new();
+        labels.insert("alertname".to_owned(), "SekishoTest".to_owned());
+        labels.insert("target".to_owned(), "gateway".to_owned());
+        let mut annotations = crate::manager::Labels::new();
+        annotations.insert(
+            "summary".to_owned(),
+            "a test notification from sekisho's admin API".to_owned(),
+        );
+        let fingerprint = crate::manager::fingerprint(&labels);
+        let note = crate::manager::Notification {
+            receiver: receiver.to_owned(),
+            group_key: "{}:{alertname=\"SekishoTest\"}".to_owned(),
+            status: Status::Firing,
+            alerts: vec![crate::manager::NotifiedAlert {
+                fingerprint: fingerprint.clone(),
+                labels,
+                annotations,
+                severity: crate::manager::Severity::Info,
+                status: Status::Firing,
+                starts_at: now,
+                ends_at: None,
+            }],
+        };
+        let date = |at: Instant| self.rfc3339(at);
+        Some(
+            channels
+                .iter()
+                .map(|(channel, url)| Delivery {
+                    receiver: receiver.to_owned(),
+                    channel: *channel,
+                    url: url.clone(),
+                    group_key: note.group_key.clone(),
+                    status: "firing".to_owned(),
+                    fingerprints: vec![fingerprint.clone()],
+                    body: channel.body(&note, &date),
+                })
+                .collect(),
+        )
+    }
+
     fn rfc3339(&self, at: Instant) -> String {
         let (anchor, wall) = self.anchor;
         let wall = if at >= anchor {

@@ -241,6 +241,33 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     .await
     .json();
     assert_eq!(dead["notifications"].as_array().map(Vec::len), Some(0));
+    // A test notification per receiver, through the outbox.
+    let tested = send(
+        &http,
+        "POST",
+        &admin("/api/v1/receivers/ops/test"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        tested.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&tested.body)
+    );
+    let test_body = next(&mut bodies, "test").await;
+    assert_eq!(test_body["alerts"][0]["labels"]["alertname"], "SekishoTest");
+    assert_eq!(test_body["alerts"][0]["labels"]["severity"], "info");
+    let unknown = send(
+        &http,
+        "POST",
+        &admin("/api/v1/receivers/nobody/test"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
     for bad in ["state=lost", "limit=0", "cursor=x", "page=2"] {
         let answer = send(
             &http,
