@@ -29,6 +29,7 @@ mod alerts;
 mod config_check;
 mod dashboard;
 mod guard;
+mod notifications;
 mod users;
 
 pub use alerts::SharedMonitor;
@@ -50,6 +51,8 @@ struct AdminState {
     dashboard: dashboard::Dashboard,
     /// Failed token attempts per client address.
     guard: guard::TokenGuard,
+    /// The notification outbox, when the binary runs one (set before serving).
+    outbox: std::sync::OnceLock<sekisho_monitor::Outbox>,
 }
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -72,6 +75,7 @@ impl AdminServer {
                 alerts: std::sync::OnceLock::new(),
                 dashboard: dashboard::Dashboard::new(),
                 guard: guard::TokenGuard::default(),
+                outbox: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -79,6 +83,13 @@ impl AdminServer {
     /// Serves the alerting endpoints from `monitor` (otherwise they answer 503 `MONITOR_OFF`).
     pub fn with_alerts(self, monitor: SharedMonitor) -> Self {
         let _ = self.state.alerts.set(monitor);
+        self
+    }
+
+    /// Serves the delivery log (`/api/v1/notifications`) from `outbox` (otherwise 503
+    /// `MONITOR_OFF`).
+    pub fn with_outbox(self, outbox: sekisho_monitor::Outbox) -> Self {
+        let _ = self.state.outbox.set(outbox);
         self
     }
 
@@ -192,6 +203,16 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
         if rest.is_empty() || rest.starts_with('/') {
             return alerts::alerts(state, &method, rest);
         }
+    }
+    if let Some(name) = path
+        .strip_prefix("/api/v1/receivers/")
+        .and_then(|rest| rest.strip_suffix("/test"))
+    {
+        let name = name.to_owned();
+        return notifications::test_receiver(state, &method, &name).await;
+    }
+    if path == "/api/v1/notifications" {
+        return notifications::notifications(state, &method, request.uri().query()).await;
     }
     if let Some(rest) = path.strip_prefix("/api/v1/silences") {
         if rest.is_empty() || rest.starts_with('/') {

@@ -573,6 +573,16 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
             14,
             "`Typo` is not a default rule",
         ),
+        (
+            "[alerts.outbox]\nbackoff_initial = \"2m\"\nbackoff_max = \"1m\"\n",
+            13,
+            "backoff_initial is longer than backoff_max",
+        ),
+        (
+            "[alerts.outbox]\nmax_age = \"0s\"\n",
+            14,
+            "must be greater than zero",
+        ),
     ] {
         let diagnostic = first(&format!("{MINIMAL}\n{extra}"));
         assert!(diagnostic.message.contains(says), "{extra}: {diagnostic}");

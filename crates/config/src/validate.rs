@@ -116,6 +116,15 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
             }
         }
     }
+    if let Some(outbox) = &alerts.outbox_section {
+        let o = outbox.get_ref();
+        if o.backoff_initial.0 > o.backoff_max.0 {
+            problems.push((
+                outbox.span(),
+                "[alerts.outbox] backoff_initial is longer than backoff_max".to_owned(),
+            ));
+        }
+    }
     let mut receivers = HashSet::new();
     for receiver in &alerts.receivers {
         let r = receiver.get_ref();

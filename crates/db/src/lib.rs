@@ -95,7 +95,8 @@ pub fn database_url(store: &sekisho_config::Store, base_dir: Option<&Path>) -> S
     }
 }
 
-fn data_dir(store: &sekisho_config::Store, base_dir: Option<&Path>) -> PathBuf {
+/// `store.data_dir`, taken relative to `base_dir` (the config file's directory) when relative.
+pub fn data_dir(store: &sekisho_config::Store, base_dir: Option<&Path>) -> PathBuf {
     let dir = Path::new(&store.data_dir);
     match base_dir {
         Some(base) if dir.is_relative() => base.join(dir),

@@ -26,11 +26,18 @@ pub struct Migration {
 }
 
 /// Every migration this sekisho carries, in version order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "identity",
-    sql: include_str!("../migrations/0001_identity.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "identity",
+        sql: include_str!("../migrations/0001_identity.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "notifications",
+        sql: include_str!("../migrations/0002_notifications.sql"),
+    },
+];
 
 /// Where a migration stands in a database.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -31,6 +31,10 @@ async fn migrations_apply_once_and_a_changed_checksum_refuses(dialect: Dialect) 
         .fetch_one(database.pool())
         .await
         .unwrap();
+    sekisho_db::sqlx::query("SELECT COUNT(*) FROM notifications")
+        .fetch_one(database.pool())
+        .await
+        .unwrap();
 
     sekisho_db::sqlx::query("UPDATE schema_migrations SET checksum = $1 WHERE version = 1")
         .bind("0".repeat(64))

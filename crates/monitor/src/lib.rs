@@ -1,20 +1,32 @@
-//! sekisho-monitor: what the gateway tells operators, and when.
+//! sekisho-monitor: what the gateway tells operators, and when — and that it was told.
 //!
-//! So far: the alert rules over signals ([`Evaluator`], with the seeds' [`default_rules`]) and
-//! the alert manager's state machine ([`AlertManager`]), with Alertmanager's semantics — no I/O
-//! and no clock of their own: each evaluation's [`AlertState`]s go to
-//! [`AlertManager::observe`], and each [`AlertManager::flush`] says which notifications are due
-//! now, per receiver. Delivering them (webhook, Alertmanager, Slack, e-mail) through a
-//! durable queue, the vitals and the rules are the next parts (issue 16).
+//! The alert rules over signals ([`Evaluator`], with the seeds' [`default_rules`]) and the alert
+//! manager's state machine ([`AlertManager`]), with Alertmanager's semantics — no I/O and no
+//! clock of their own: each evaluation's [`AlertState`]s go to [`AlertManager::observe`], and
+//! each [`AlertManager::flush`] says which notifications are due now, per receiver.
+//! [`Monitor::cycle`] turns those into one [`Delivery`] per channel ([`channels`]: webhook,
+//! Alertmanager, Slack, Discord); the [`Outbox`] writes each to the database before anything is
+//! sent, and [`worker::run`] delivers them, with retries, order per group, and a delivery log.
+//! [`probes`] and [`Vitals`] give the signals that need I/O.
+//!
+//! What it refuses to do: send a notification that is not a row first, or know the gateway
+//! (the binary hands it the gateway's figures as [`Signals`]). Not yet: e-mail, HTTPS
+//! receivers, alert history (issue 16).
 
+pub mod channels;
 pub mod from_config;
 mod manager;
+pub mod outbox;
+pub mod probes;
 mod rules;
 mod run;
+pub mod worker;
 
+pub use channels::Channel;
 pub use manager::{
     fingerprint, ActiveAlert, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver,
     Settings, Severity, Silence, Status,
 };
+pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth};
 pub use rules::{default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals};
-pub use run::{deliver, Delivery, Monitor, Vitals, MAX_DELIVERY_AGE};
+pub use run::{receiver_channels, Delivery, Monitor, Vitals};

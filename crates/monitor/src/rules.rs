@@ -167,6 +167,16 @@ pub fn default_rules() -> Vec<Rule> {
             Duration::ZERO,
             "many failed logins",
         ),
+        // Monitoring the monitor: a notification pending this long means a receiver (or the
+        // outbox's worker) is stuck; it reaches the receivers that still work.
+        Rule::threshold(
+            "NotificationsStuck",
+            "notification_oldest_pending_seconds",
+            Above,
+            &[(Warning, 300.0), (Critical, 1800.0)],
+            Duration::ZERO,
+            "a notification has been waiting for delivery for minutes",
+        ),
     ]
 }
 

@@ -1,66 +1,70 @@
 //! The monitor at work: each cycle evaluates the rules over the signals it is given, feeds the
-//! alert manager, and hands each notification due to its receiver's webhook, with retries.
-//!
-//! What is here and what is not yet: webhook receivers (Alertmanager's payload, version "4"),
-//! retried with exponential backoff and jitter for up to [`MAX_DELIVERY_AGE`], in memory — a
-//! gateway killed mid-retry loses what was pending; the durable outbox in the database, the other
-//! channels (Alertmanager push, Slack, Discord, e-mail) and the history come next (issue 16).
+//! alert manager, and turns each notification due into one [`Delivery`] per channel of its
+//! receiver, for the outbox (`outbox.rs`) to write and its worker (`worker.rs`) to send.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use serde_json::Value;
 
-use crate::manager::{AlertManager, Notification, Status};
+use crate::channels::Channel;
+use crate::manager::{AlertManager, Status};
 use crate::rules::{Evaluator, Signals};
 
-/// A delivery is given up after this long.
-pub const MAX_DELIVERY_AGE: Duration = Duration::from_secs(3600);
-/// Each webhook call's own time limit.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// One notification on its way to a receiver's webhook.
+/// One notification on its way to one channel of a receiver.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The receiver's name.
     pub receiver: String,
-    /// The webhook's URL.
+    /// The channel.
+    pub channel: Channel,
+    /// Where it is POSTed.
     pub url: String,
-    /// The payload (Alertmanager's webhook format, version "4").
+    /// The alert group it is about.
+    pub group_key: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// The fingerprints of its alerts.
+    pub fingerprints: Vec<String>,
+    /// The body, in the channel's shape.
     pub body: Value,
 }
 
-/// The rules, the alert manager and where each receiver's notifications go.
+/// The rules, the alert manager and each receiver's channels.
 #[derive(Debug)]
 pub struct Monitor {
     evaluator: Evaluator,
     manager: AlertManager,
-    webhooks: BTreeMap<String, String>,
+    channels: BTreeMap<String, Vec<(Channel, String)>>,
     /// The wall clock at an instant, to date alerts.
     anchor: (Instant, SystemTime),
+}
+
+/// Each channel a receiver of the config has, with its URL.
+pub fn receiver_channels(receiver: &sekisho_config::AlertReceiver) -> Vec<(Channel, String)> {
+    [
+        (Channel::Webhook, &receiver.webhook),
+        (Channel::Alertmanager, &receiver.alertmanager),
+        (Channel::Slack, &receiver.slack),
+        (Channel::Discord, &receiver.discord),
+    ]
+    .into_iter()
+    .filter_map(|(channel, url)| url.as_ref().map(|url| (channel, channel.endpoint(url))))
+    .collect()
 }
 
 impl Monitor {
     /// A monitor for the config's `[alerts]`.
     pub fn new(alerts: &sekisho_config::Alerts, now: Instant) -> Self {
-        let webhooks = alerts
+        let channels = alerts
             .receivers
             .iter()
-            .filter_map(|r| {
-                let r = r.get_ref();
-                r.webhook.clone().map(|url| (r.name.clone(), url))
-            })
+            .map(|r| (r.get_ref().name.clone(), receiver_channels(r.get_ref())))
             .collect();
         Self {
             evaluator: Evaluator::new(crate::from_config::rules(alerts)),
             manager: AlertManager::new(crate::from_config::settings(alerts)),
-            webhooks,
+            channels,
             anchor: (now, SystemTime::now()),
         }
     }
@@ -70,24 +74,81 @@ impl Monitor {
         &mut self.manager
     }
 
-    /// One cycle at `now`: the deliveries due.
+    /// One cycle at `now`: the deliveries due, one per notification and channel.
     pub fn cycle(&mut self, signals: &Signals, now: Instant) -> Vec<Delivery> {
         for state in self.evaluator.evaluate(signals, now) {
             self.manager
                 .observe(state.labels, state.annotations, state.severity, now);
         }
-        self.manager
-            .flush(now)
-            .into_iter()
-            .filter_map(|note| {
-                let url = self.webhooks.get(&note.receiver)?.clone();
-                Some(Delivery {
+        let notes = self.manager.flush(now);
+        let date = |at: Instant| self.rfc3339(at);
+        let mut deliveries = Vec::new();
+        for note in notes {
+            let Some(channels) = self.channels.get(&note.receiver) else {
+                continue;
+            };
+            for (channel, url) in channels {
+                deliveries.push(Delivery {
                     receiver: note.receiver.clone(),
-                    url,
-                    body: self.payload(&note),
+                    channel: *channel,
+                    url: url.clone(),
+                    group_key: note.group_key.clone(),
+                    status: match note.status {
+                        Status::Firing => "firing",
+                        Status::Resolved => "resolved",
+                    }
+                    .to_owned(),
+                    fingerprints: note.alerts.iter().map(|a| a.fingerprint.clone()).collect(),
+                    body: channel.body(&note, &date),
+                });
+            }
+        }
+        deliveries
+    }
+
+    /// A test notification for `receiver` (the admin API's `POST
+    /// /api/v1/receivers/{name}/test`): one firing info alert `SekishoTest`, one delivery per
+    /// channel; `None` when there is no such receiver.
+    pub fn test_deliveries(&self, receiver: &str, now: Instant) -> Option<Vec<Delivery>> {
+        let channels = self.channels.get(receiver)?;
+        let mut labels = crate::manager::Labels::new();
+        labels.insert("alertname".to_owned(), "SekishoTest".to_owned());
+        labels.insert("target".to_owned(), "gateway".to_owned());
+        let mut annotations = crate::manager::Labels::new();
+        annotations.insert(
+            "summary".to_owned(),
+            "a test notification from sekisho's admin API".to_owned(),
+        );
+        let fingerprint = crate::manager::fingerprint(&labels);
+        let note = crate::manager::Notification {
+            receiver: receiver.to_owned(),
+            group_key: "{}:{alertname=\"SekishoTest\"}".to_owned(),
+            status: Status::Firing,
+            alerts: vec![crate::manager::NotifiedAlert {
+                fingerprint: fingerprint.clone(),
+                labels,
+                annotations,
+                severity: crate::manager::Severity::Info,
+                status: Status::Firing,
+                starts_at: now,
+                ends_at: None,
+            }],
+        };
+        let date = |at: Instant| self.rfc3339(at);
+        Some(
+            channels
+                .iter()
+                .map(|(channel, url)| Delivery {
+                    receiver: receiver.to_owned(),
+                    channel: *channel,
+                    url: url.clone(),
+                    group_key: note.group_key.clone(),
+                    status: "firing".to_owned(),
+                    fingerprints: vec![fingerprint.clone()],
+                    body: channel.body(&note, &date),
                 })
-            })
-            .collect()
+                .collect(),
+        )
     }
 
     fn rfc3339(&self, at: Instant) -> String {
@@ -100,117 +161,6 @@ impl Monitor {
         time::OffsetDateTime::from(wall)
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
-    }
-
-    /// Alertmanager's webhook payload (version "4").
-    fn payload(&self, note: &Notification) -> Value {
-        let status = |s: Status| match s {
-            Status::Firing => "firing",
-            Status::Resolved => "resolved",
-        };
-        let alerts: Vec<Value> = note
-            .alerts
-            .iter()
-            .map(|a| {
-                let mut labels = a.labels.clone();
-                labels.insert("severity".to_owned(), a.severity.as_str().to_owned());
-                json!({
-                    "status": status(a.status),
-                    "labels": labels,
-                    "annotations": a.annotations,
-                    "startsAt": self.rfc3339(a.starts_at),
-                    "endsAt": a.ends_at.map_or_else(|| "0001-01-01T00:00:00Z".to_owned(), |e| self.rfc3339(e)),
-                    "generatorURL": "",
-                    "fingerprint": a.fingerprint,
-                })
-            })
-            .collect();
-        // Labels every alert of the notification shares.
-        let mut common = note
-            .alerts
-            .first()
-            .map(|a| a.labels.clone())
-            .unwrap_or_default();
-        for alert in &note.alerts {
-            common.retain(|k, v| alert.labels.get(k) == Some(v));
-        }
-        json!({
-            "version": "4",
-            "groupKey": note.group_key,
-            "truncatedAlerts": 0,
-            "status": status(note.status),
-            "receiver": note.receiver,
-            "groupLabels": common,
-            "commonLabels": common,
-            "commonAnnotations": {},
-            "externalURL": "",
-            "alerts": alerts,
-        })
-    }
-}
-
-/// Delivers what arrives on `queue`, each receiver's deliveries in order, retrying failures with
-/// exponential backoff and jitter (0.5 s doubling to 60 s) for up to [`MAX_DELIVERY_AGE`].
-pub async fn deliver(mut queue: mpsc::UnboundedReceiver<Delivery>) {
-    let client: Client<HttpConnector, Full<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let mut lanes: BTreeMap<String, mpsc::UnboundedSender<Delivery>> = BTreeMap::new();
-    while let Some(delivery) = queue.recv().await {
-        let lane = lanes.entry(delivery.receiver.clone()).or_insert_with(|| {
-            let (sender, mut receiver) = mpsc::unbounded_channel::<Delivery>();
-            let client = client.clone();
-            // One lane per receiver: a receiver that is down delays only its own notifications.
-            tokio::spawn(async move {
-                while let Some(delivery) = receiver.recv().await {
-                    deliver_one(&client, &delivery).await;
-                }
-            });
-            sender
-        });
-        let _ = lane.send(delivery);
-    }
-}
-
-async fn deliver_one(client: &Client<HttpConnector, Full<Bytes>>, delivery: &Delivery) {
-    let started = Instant::now();
-    let body = Bytes::from(delivery.body.to_string());
-    let mut backoff = Duration::from_millis(500);
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let request = http::Request::post(delivery.url.as_str())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body.clone()));
-        let outcome = match request {
-            Ok(request) => {
-                match tokio::time::timeout(CALL_TIMEOUT, client.request(request)).await {
-                    Ok(Ok(response)) if response.status().is_success() => Ok(()),
-                    Ok(Ok(response)) => Err(format!("answered {}", response.status())),
-                    Ok(Err(error)) => Err(error.to_string()),
-                    Err(_) => Err("no answer within 10 s".to_owned()),
-                }
-            }
-            Err(error) => {
-                tracing::error!(receiver = %delivery.receiver, %error, "cannot build the webhook request; dropped");
-                return;
-            }
-        };
-        match outcome {
-            Ok(()) => {
-                tracing::info!(receiver = %delivery.receiver, attempt, "alert notification delivered");
-                return;
-            }
-            Err(error) if started.elapsed() >= MAX_DELIVERY_AGE => {
-                tracing::error!(receiver = %delivery.receiver, attempt, %error, "alert notification given up");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(receiver = %delivery.receiver, attempt, %error, "alert notification failed; retrying");
-                let jitter = backoff.mul_f64(fastrand::f64() * 0.5);
-                tokio::time::sleep(backoff + jitter).await;
-                backoff = (backoff * 2).min(Duration::from_secs(60));
-            }
-        }
     }
 }
 

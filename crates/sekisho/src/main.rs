@@ -275,8 +275,35 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
             std::time::Instant::now(),
         )))
     });
+    // The notification outbox lives in the database (`store`): opened, and migrated, only
+    // when there is someone to notify.
+    let outbox = match &alerting {
+        Some(_) => {
+            let base_dir = config_path.as_deref().and_then(Path::parent);
+            let store = &gateway.config().store;
+            // With [auth], its pool: on SQLite one connection serialises every writer (two
+            // pools on one file would make a transaction fail at once with SQLITE_BUSY).
+            let database = match gateway.auth() {
+                Some(auth) => auth.directory().database().clone(),
+                None => sekisho_db::Database::open(store, base_dir, 4)
+                    .await
+                    .context("cannot open the database of the notification outbox")?,
+            };
+            let settings =
+                sekisho_monitor::OutboxSettings::from_config(&gateway.config().alerts.outbox());
+            Some(
+                sekisho_monitor::Outbox::open(database, settings)
+                    .await
+                    .context("cannot prepare the notification outbox")?,
+            )
+        }
+        None => None,
+    };
     if let Some(monitor) = &alerting {
         admin = admin.with_alerts(std::sync::Arc::clone(monitor));
+    }
+    if let Some(outbox) = &outbox {
+        admin = admin.with_outbox(outbox.clone());
     }
     let address = listener.local_addr()?;
     let admin_address = admin.local_addr()?;
@@ -298,11 +325,23 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
         let gateway = gateway.clone();
         tokio::spawn(async move { gateway.watch_config_file(watch_interval).await })
     });
-    let monitor_task = alerting.map(|shared| tokio::spawn(monitor(gateway.clone(), shared)));
+    let delivery_task = outbox
+        .clone()
+        .map(|outbox| tokio::spawn(sekisho_monitor::worker::run(outbox)));
+    let data_dir = sekisho_db::data_dir(
+        &gateway.config().store,
+        config_path.as_deref().and_then(Path::parent),
+    );
+    let monitor_task = alerting
+        .zip(outbox)
+        .map(|(shared, outbox)| tokio::spawn(monitor(gateway.clone(), shared, outbox, data_dir)));
 
     gateway.serve(listener, shutdown_signal()).await;
 
     if let Some(task) = monitor_task {
+        task.abort();
+    }
+    if let Some(task) = delivery_task {
         task.abort();
     }
     reload_task.abort();

@@ -1,33 +1,92 @@
 //! `run`'s alerting task: the gateway's figures and the host's vitals as signals, evaluated by
-//! `sekisho-monitor`, notifications handed to its delivery.
+//! `sekisho-monitor`, each notification written to the outbox (whose worker sends it).
 
 use sekisho_gateway::Gateway;
+use sekisho_monitor::{Delivery, Outbox};
+
+/// Notifications kept in memory while the database cannot take them, at most (the oldest are
+/// dropped beyond, loudly).
+const BACKLOG: usize = 10_000;
 
 /// Watches the gateway every `monitor.interval`: its upstreams, circuits and the host's vitals
-/// as signals, the alert rules over them, notifications to the receivers' webhooks (the config
-/// at start; a reload does not change the rules yet).
-pub(crate) async fn monitor(gateway: Gateway, shared: sekisho_admin::SharedMonitor) {
+/// as signals, the alert rules over them, each notification due written to `outbox` (the
+/// config at start; a reload does not change the rules yet).
+pub(crate) async fn monitor(
+    gateway: Gateway,
+    shared: sekisho_admin::SharedMonitor,
+    outbox: Outbox,
+    data_dir: std::path::PathBuf,
+) {
     let interval = gateway.config().monitor.interval.0;
-    let (deliveries, queue) = tokio::sync::mpsc::unbounded_channel();
-    let deliverer = tokio::spawn(sekisho_monitor::deliver(queue));
     let mut vitals = sekisho_monitor::Vitals::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // What the database refused, written again next cycle, in order, before anything newer.
+    let mut backlog: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
     loop {
         ticker.tick().await;
         let mut signals = sekisho_monitor::Signals::new();
         vitals.sample(&mut signals);
         gateway_signals(&gateway, &mut signals);
+        probe_signals(&outbox, &data_dir, gateway.auth().is_some(), &mut signals).await;
         let due = shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .cycle(&signals, std::time::Instant::now());
-        for delivery in due {
-            if deliveries.send(delivery).is_err() {
-                deliverer.abort();
-                return;
+        backlog.extend(due);
+        while let Some(delivery) = backlog.front() {
+            match outbox.enqueue(delivery).await {
+                Ok(_) => {
+                    backlog.pop_front();
+                }
+                Err(error) => {
+                    tracing::error!(%error, waiting = backlog.len(), "cannot write notifications to the outbox; keeping them in memory");
+                    break;
+                }
             }
         }
+        while backlog.len() > BACKLOG {
+            if let Some(lost) = backlog.pop_front() {
+                tracing::error!(receiver = %lost.receiver, group = %lost.group_key, "notification dropped: the outbox has been unwritable too long");
+            }
+        }
+    }
+}
+
+/// The probes with I/O, as signals of target `gateway`: the database's round trip, the disk
+/// holding the data directory, the outbox's depth and oldest pending age, and (with `[auth]`)
+/// failed logins in the last minute.
+async fn probe_signals(
+    outbox: &Outbox,
+    data_dir: &std::path::Path,
+    auth: bool,
+    signals: &mut sekisho_monitor::Signals,
+) {
+    use sekisho_monitor::probes;
+    let mut put = |name: &str, value: Option<f64>| {
+        if let Some(value) = value {
+            signals.insert((name.to_owned(), "gateway".to_owned()), value);
+        }
+    };
+    let database = outbox.database();
+    put(
+        "database_rtt",
+        probes::database_rtt(database, std::time::Duration::from_secs(5)).await,
+    );
+    put("disk", probes::disk_used(data_dir));
+    // Monitoring the monitor: the outbox's depth and its oldest pending row's age.
+    if let Ok(depth) = outbox.depth().await {
+        put("notifications_pending", Some(depth.pending as f64));
+        let age = depth.oldest_created_at.map_or(0.0, |created| {
+            sekisho_db::now_millis().saturating_sub(created) as f64 / 1000.0
+        });
+        put("notification_oldest_pending_seconds", Some(age));
+    }
+    if auth {
+        put(
+            "login_failures_per_minute",
+            probes::login_failures_per_minute(database).await,
+        );
     }
 }
 

@@ -1,7 +1,9 @@
 //! Alerting end to end (issue 16, first slice): an upstream fails, its circuit opens, the rule on
 //! `circuit_open` fires and a real webhook receiver gets Alertmanager's payload; the upstream
 //! recovers, the circuit closes, and the `resolved` notification follows with the same
-//! fingerprint.
+//! fingerprint. Then the outbox (issue 16): a gateway killed with SIGKILL while its receiver
+//! refuses connections delivers the pending notification after its restart, on SQLite and on
+//! PostgreSQL, and the delivery log shows it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::convert::Infallible;
@@ -19,7 +21,13 @@ use tokio::sync::mpsc;
 
 /// A webhook receiver on 127.0.0.1, port 0: every POSTed body, parsed, arrives on the channel.
 async fn receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    receiver_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// A webhook receiver on `listener`.
+fn receiver_on(
+    listener: tokio::net::TcpListener,
+) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
     let address = listener.local_addr().unwrap();
     let (sender, bodies) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -182,4 +190,212 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     };
     assert_eq!(resolved["alerts"][0]["fingerprint"], fingerprint.as_str());
     assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+
+    // The delivery log: both delivered, newest first, one per page with a cursor.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let first_page = loop {
+        let page = send(
+            &http,
+            "GET",
+            &admin("/api/v1/notifications?state=delivered&limit=1"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(page.status, 200);
+        let page = page.json();
+        if page["notifications"][0]["status"] == "resolved" {
+            break page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let row = &first_page["notifications"][0];
+    assert_eq!(row["receiver"], "ops");
+    assert_eq!(row["channel"], "webhook");
+    assert_eq!(row["fingerprints"][0], fingerprint.as_str());
+    assert_eq!(row["attempts"], 1);
+    assert_eq!(row["last_status"], 200);
+    let cursor = first_page["next_cursor"].as_i64().expect("a next page");
+    let second_page = send(
+        &http,
+        "GET",
+        &admin(&format!("/api/v1/notifications?limit=1&cursor={cursor}")),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        second_page["notifications"][0]["status"], "firing",
+        "{second_page}"
+    );
+    assert_eq!(second_page["next_cursor"], Value::Null);
+    let dead = send(
+        &http,
+        "GET",
+        &admin("/api/v1/notifications?state=dead"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(dead["notifications"].as_array().map(Vec::len), Some(0));
+    // A test notification per receiver, through the outbox.
+    let tested = send(
+        &http,
+        "POST",
+        &admin("/api/v1/receivers/ops/test"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        tested.status,
+        202,
+        "{}",
+        String::from_utf8_lossy(&tested.body)
+    );
+    let test_body = next(&mut bodies, "test").await;
+    assert_eq!(test_body["alerts"][0]["labels"]["alertname"], "SekishoTest");
+    assert_eq!(test_body["alerts"][0]["labels"]["severity"], "info");
+    let unknown = send(
+        &http,
+        "POST",
+        &admin("/api/v1/receivers/nobody/test"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(unknown.status, 404);
+    for bad in ["state=lost", "limit=0", "cursor=x", "page=2"] {
+        let answer = send(
+            &http,
+            "GET",
+            &admin(&format!("/api/v1/notifications?{bad}")),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{bad}");
+        assert_eq!(answer.error_code(), "BAD_REQUEST");
+    }
+}
+
+/// The notification a killed gateway left pending reaches the receiver after the restart.
+async fn a_notification_pending_at_a_kill_is_delivered_after_the_restart(
+    dialect: sekisho_db::Dialect,
+) {
+    let upstream = chaos_upstream("app").await;
+    let database = sekisho_db::testing::TestDatabase::new(dialect)
+        .await
+        .unwrap();
+    // The receiver's port, refusing connections until the receiver starts there.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = TempDir::new("alerting-kill");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         {}\
+         [upstreams.app]\ntargets = [\"{}\"]\n\
+         [upstreams.app.circuit_breaker]\nminimum_calls = 5\nwindow_calls = 10\nopen_for = \"60s\"\nhalf_open_calls = 1\n\
+         [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         [monitor]\ninterval = \"100ms\"\n\
+         [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"200ms\"\ndefault_rules = false\n\
+         [alerts.outbox]\nbackoff_initial = \"50ms\"\nbackoff_max = \"200ms\"\n\
+         [[alerts.rules]]\nname = \"AppCircuitOpen\"\nsignal = \"circuit_open\"\nupstream = \"app\"\nwarning = 1\n\
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{hook}/hook\"\n",
+        database.store_toml(),
+        upstream.address
+    );
+    let path = dir.write("sekisho.toml", &config);
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_sekisho"));
+    let mut gateway = Sekisho::start(&binary, &path);
+    let http = client();
+    upstream.handle.set(ChaosState {
+        error_rate: 1.0,
+        ..ChaosState::default()
+    });
+    for _ in 0..10 {
+        let _ = try_send(&http, "GET", &gateway.url("/x"), &[], Bytes::new()).await;
+    }
+    // Wait until the delivery log shows the notification pending after refused attempts.
+    let pending_url = gateway.admin_url("/api/v1/notifications?state=pending");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let answer = send(&http, "GET", &pending_url, &[], Bytes::new()).await;
+        let log = answer.json();
+        let tried = log["notifications"].as_array().and_then(|rows| {
+            rows.iter()
+                .find(|r| r["attempts"].as_i64() >= Some(2) && r["last_error"].as_str().is_some())
+        });
+        if let Some(row) = tried {
+            assert_eq!(row["receiver"], "ops", "{log}");
+            assert_eq!(row["status"], "firing", "{log}");
+            break row["id"].as_i64().unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pending notification with failed attempts: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    gateway.kill();
+
+    let (_, mut bodies) = receiver_on(tokio::net::TcpListener::bind(hook).await.unwrap());
+    let gateway = Sekisho::start(&binary, &path);
+    // Within the lease (30 s) even if the kill came between a claim and its outcome.
+    let firing = tokio::time::timeout(Duration::from_secs(45), bodies.recv())
+        .await
+        .expect("the pending notification was not delivered after the restart")
+        .unwrap();
+    assert_eq!(firing["status"], "firing", "{firing}");
+    assert_eq!(firing["alerts"][0]["labels"]["alertname"], "AppCircuitOpen");
+    assert_eq!(
+        firing["alerts"][0]["fingerprint"].as_str().unwrap().len(),
+        16
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = send(
+            &http,
+            "GET",
+            &gateway.admin_url("/api/v1/notifications?state=delivered"),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        let log = answer.json();
+        if let Some(row) = log["notifications"]
+            .as_array()
+            .and_then(|rows| rows.iter().find(|r| r["id"].as_i64() == Some(id)))
+        {
+            assert!(row["attempts"].as_i64().unwrap() >= 3, "{log}");
+            assert!(row["delivered_at"].as_i64().is_some(), "{log}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log does not show it delivered: {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(gateway);
+    database.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_notification_pending_at_a_kill_is_delivered_after_the_restart() {
+    a_notification_pending_at_a_kill_is_delivered_after_the_restart(sekisho_db::Dialect::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_notification_pending_at_a_kill_is_delivered_after_the_restart() {
+    a_notification_pending_at_a_kill_is_delivered_after_the_restart(sekisho_db::Dialect::Postgres)
+        .await;
 }

@@ -26,6 +26,8 @@ pub const SIGNALS: &[&str] = &[
     "tls_expiry_days",
     "backup_age",
     "login_failures_per_minute",
+    "notifications_pending",
+    "notification_oldest_pending_seconds",
 ];
 
 /// The names of the shipped default rules (`sekisho-monitor` holds them; its tests check that
@@ -40,6 +42,7 @@ pub const DEFAULT_RULES: &[&str] = &[
     "BackupTooOld",
     "TlsExpiring",
     "FailedLoginBurst",
+    "NotificationsStuck",
 ];
 
 /// `[monitor]`.
@@ -94,6 +97,77 @@ pub struct Alerts {
     #[serde(default)]
     #[schemars(with = "Vec<AlertReceiver>")]
     pub receivers: Vec<Spanned<AlertReceiver>>,
+    /// `[alerts.outbox]`: retries, giving up, retention (see [`Alerts::outbox`]).
+    #[serde(default, rename = "outbox")]
+    #[schemars(with = "Option<Outbox>")]
+    pub outbox_section: Option<Spanned<Outbox>>,
+}
+
+impl Alerts {
+    /// The outbox's settings, the defaults where the config has no `[alerts.outbox]`.
+    pub fn outbox(&self) -> Outbox {
+        self.outbox_section
+            .as_ref()
+            .map(|o| o.get_ref().clone())
+            .unwrap_or_default()
+    }
+}
+
+/// `[alerts.outbox]`: how the durable notification queue retries and when it gives up.
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outbox {
+    /// The wait after the first failed attempt; each failure doubles it (with jitter).
+    #[serde(default = "default_backoff_initial")]
+    pub backoff_initial: NonZeroDuration,
+    /// The longest wait between two attempts.
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: NonZeroDuration,
+    /// A notification not delivered this long after it was written is dead (given up).
+    #[serde(default = "default_max_age")]
+    pub max_age: NonZeroDuration,
+    /// A notification is dead after this many failed attempts; unset: only `max_age` counts.
+    #[serde(default)]
+    pub max_attempts: Option<std::num::NonZeroU32>,
+    /// Delivered and dead notifications are kept this long (the delivery log), then removed.
+    #[serde(default = "default_retention")]
+    pub retention: NonZeroDuration,
+    /// Deliveries in flight at once, per gateway instance.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: std::num::NonZeroU32,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
+            max_age: default_max_age(),
+            max_attempts: None,
+            retention: default_retention(),
+            concurrency: default_concurrency(),
+        }
+    }
+}
+
+fn default_backoff_initial() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_millis(500))
+}
+
+fn default_backoff_max() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_secs(60))
+}
+
+fn default_max_age() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_secs(24 * 3600))
+}
+
+fn default_retention() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_secs(7 * 24 * 3600))
+}
+
+fn default_concurrency() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::MIN.saturating_add(15)
 }
 
 impl Default for Alerts {
@@ -107,6 +181,7 @@ impl Default for Alerts {
             disable: Vec::new(),
             rules: Vec::new(),
             receivers: Vec::new(),
+            outbox_section: None,
         }
     }
 }

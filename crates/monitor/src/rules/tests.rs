@@ -211,6 +211,7 @@ fn the_default_rules_cover_the_seeds_and_fire_as_documented() {
         "BackupTooOld",
         "TlsExpiring",
         "FailedLoginBurst",
+        "NotificationsStuck",
     ] {
         assert!(names.iter().any(|n| n == expected), "{expected} missing");
     }
@@ -220,6 +221,7 @@ fn the_default_rules_cover_the_seeds_and_fire_as_documented() {
         ("cpu", "gateway", 0.9),
         ("circuit_open", "payments", 1.0),
         ("route_error_rate", "orders", 0.05),
+        ("notification_oldest_pending_seconds", "gateway", 400.0),
     ]);
     e.evaluate(&s, t0);
     let later = fired(&e.evaluate(&s, t0 + 61 * S));
@@ -231,6 +233,14 @@ fn the_default_rules_cover_the_seeds_and_fire_as_documented() {
         later.contains(&(
             "CircuitOpen".into(),
             "payments".into(),
+            Some(Severity::Warning)
+        )),
+        "{later:?}"
+    );
+    assert!(
+        later.contains(&(
+            "NotificationsStuck".into(),
+            "gateway".into(),
             Some(Severity::Warning)
         )),
         "{later:?}"

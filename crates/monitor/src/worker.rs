@@ -1,0 +1,183 @@
+//! The outbox's delivery worker: claims due rows, POSTs each to its receiver concurrently (up
+//! to the settings' concurrency), and records the outcome; every gateway runs one, on SQLite
+//! or PostgreSQL alike. It sleeps until a row is written here, an attempt finishes, or the
+//! earliest pending row is due (at most [`POLL`], to see rows other gateways wrote).
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sekisho_db::now_millis;
+use tokio::task::JoinSet;
+
+use crate::outbox::{Claimed, Outbox};
+
+/// The longest sleep between two looks at the queue.
+pub const POLL: Duration = Duration::from_secs(1);
+/// Each call's own time limit.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often finished rows past their retention are removed.
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+/// The HTTP client of the deliveries.
+pub type DeliveryClient = Client<HttpConnector, Full<Bytes>>;
+
+/// What one attempt came to.
+#[derive(Debug)]
+enum Outcome {
+    Delivered(u16),
+    Failed {
+        error: String,
+        status: Option<u16>,
+        permanent: bool,
+    },
+}
+
+/// Delivers the outbox's rows until the task is dropped or aborted.
+pub async fn run(outbox: Outbox) {
+    let client: DeliveryClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let concurrency = outbox.settings().concurrency.max(1);
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut last_purge: Option<Instant> = None;
+    loop {
+        if last_purge.is_none_or(|at| at.elapsed() >= PURGE_EVERY) {
+            last_purge = Some(Instant::now());
+            match outbox.purge().await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "old notifications removed"),
+                Err(error) => tracing::warn!(%error, "cannot remove old notifications"),
+            }
+        }
+        while in_flight.try_join_next().is_some() {}
+        let room = concurrency.saturating_sub(in_flight.len());
+        let claimed = if room > 0 {
+            match outbox.claim(room).await {
+                Ok(claimed) => claimed,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim notifications; retrying");
+                    outbox.woken(POLL).await;
+                    continue;
+                }
+            }
+        } else {
+            Vec::new()
+        };
+        let full = !claimed.is_empty() && claimed.len() == room;
+        for row in claimed {
+            let outbox = outbox.clone();
+            let client = client.clone();
+            in_flight.spawn(async move { attempt(&outbox, &client, row).await });
+        }
+        if full {
+            continue;
+        }
+        // Nothing more to take now: wait for a reason to look again.
+        let wait = match outbox.next_due().await {
+            Ok(Some(due)) => {
+                Duration::from_millis(u64::try_from(due - now_millis()).unwrap_or(0)).min(POLL)
+            }
+            Ok(None) => POLL,
+            Err(_) => POLL,
+        }
+        .max(Duration::from_millis(5));
+        if in_flight.is_empty() {
+            outbox.woken(wait).await;
+        } else {
+            tokio::select! {
+                _ = in_flight.join_next() => {}
+                () = outbox.woken(wait) => {}
+            }
+        }
+    }
+}
+
+/// One attempt at `row`, recorded.
+async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
+    let started = Instant::now();
+    let outcome = post(client, &row).await;
+    let latency = started.elapsed();
+    let recorded = match &outcome {
+        Outcome::Delivered(status) => {
+            tracing::info!(id = row.id, receiver = %row.receiver, attempt = row.attempts, "notification delivered");
+            outbox.delivered(&row, *status, latency).await
+        }
+        Outcome::Failed {
+            error,
+            status,
+            permanent,
+        } => match outbox
+            .failed(&row, error, *status, latency, *permanent)
+            .await
+        {
+            Ok(true) => {
+                tracing::error!(id = row.id, receiver = %row.receiver, attempt = row.attempts, %error, "notification given up (dead)");
+                Ok(())
+            }
+            Ok(false) => {
+                tracing::warn!(id = row.id, receiver = %row.receiver, attempt = row.attempts, %error, "notification failed; will retry");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(error) = recorded {
+        // The row stays claimed until its lease ends, then is tried again: at least once.
+        tracing::warn!(id = row.id, %error, "cannot record a delivery's outcome");
+    }
+}
+
+async fn post(client: &DeliveryClient, row: &Claimed) -> Outcome {
+    let failed = |error: String, status: Option<u16>, permanent: bool| Outcome::Failed {
+        error,
+        status,
+        permanent,
+    };
+    if row.url.starts_with("https:") {
+        return failed(
+            "https receivers are not supported yet (no TLS client in sekisho-monitor)".to_owned(),
+            None,
+            true,
+        );
+    }
+    let request = match http::Request::post(row.url.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("x-sekisho-notification-id", row.id.to_string())
+        .body(Full::new(Bytes::from(row.payload.clone())))
+    {
+        Ok(request) => request,
+        Err(error) => return failed(format!("bad request: {error}"), None, true),
+    };
+    match tokio::time::timeout(CALL_TIMEOUT, client.request(request)).await {
+        Ok(Ok(response)) if response.status().is_success() => {
+            Outcome::Delivered(response.status().as_u16())
+        }
+        Ok(Ok(response)) => failed(
+            format!("answered {}", response.status()),
+            Some(response.status().as_u16()),
+            false,
+        ),
+        Ok(Err(error)) => failed(error_chain(&error), None, false),
+        Err(_) => failed(
+            format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            None,
+            false,
+        ),
+    }
+}
+
+/// An error with its sources: hyper's own message ("client error (Connect)") says little.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
