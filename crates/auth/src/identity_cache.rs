@@ -118,18 +118,17 @@ pub(crate) fn spawn_listener(url: String, channel: String, cache: SessionCache, 
                 {
                     Some(user_id) => {
                         users.invalidate(&user_id);
-                        let _ = cache
-                            .invalidate_entries_if(move |_, cached| cached.identity.id == user_id);
+                        cache.remove_if(|cached| cached.identity.id == user_id);
                     }
                     None => {
                         users.invalidate_all();
-                        cache.invalidate_all();
+                        cache.clear();
                     }
                 },
             )
             .await;
             users.invalidate_all();
-            cache.invalidate_all();
+            cache.clear();
             tracing::warn!(%error, "identity invalidation channel lost; resubscribing");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
