@@ -46,7 +46,7 @@ pub use users::Identity;
 use audit::Background;
 use lockout::Lockout;
 use password::{HashPool, Hasher};
-use sessions::{Lifetimes, Sessions};
+use sessions::{Lifetimes, Sessions, ValidSession};
 use token::{digest_of_hash, token_digest, token_key};
 use users::Directory;
 
@@ -121,6 +121,10 @@ pub struct AuthFigures {
     pub l2_hits: AtomicU64,
     /// Identities not found there (read from the database).
     pub l2_misses: AtomicU64,
+    /// Sessions found in the shared tier (`session_data`, local session store).
+    pub session_l2_hits: AtomicU64,
+    /// Sessions not found there (read from the database).
+    pub session_l2_misses: AtomicU64,
     /// Where the time of each step of a login goes (`get_user`, `verify_password`,
     /// `create_session`): set once by whoever exports metrics.
     pub steps: StepObserver,
@@ -395,7 +399,7 @@ impl Auth {
             }
         }
         self.figures.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let Some(session) = self.sessions.validate(access_token).await? else {
+        let Some(session) = self.session(access_token).await? else {
             return Err(invalid());
         };
         let Some(identity) = self.identity(session.user_id).await? else {
@@ -413,6 +417,42 @@ impl Auth {
             );
         }
         Ok(identity)
+    }
+
+    /// The session of `access_token` from the session store; with local sessions and the
+    /// shared tier, from Redis first (`session_data`), then kept there.
+    async fn session(&self, access_token: &str) -> Result<Option<ValidSession>, AuthError> {
+        let (Some(l2), Sessions::Local(_)) = (&self.l2, &self.sessions) else {
+            return self.sessions.validate(access_token).await;
+        };
+        let hash = token::token_hash(access_token);
+        if let Some(session) = l2.session(&hash).await {
+            self.figures.session_l2_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(session));
+        }
+        self.figures
+            .session_l2_misses
+            .fetch_add(1, Ordering::Relaxed);
+        let found = self.sessions.validate(access_token).await?;
+        if let Some(session) = &found {
+            l2.put_session(&hash, session).await;
+        }
+        Ok(found)
+    }
+
+    /// Drops a session (refreshed, reused, logged out) from the shared tier, and from every
+    /// instance's process.
+    async fn forget_shared_session(&self, session_id: &str) {
+        if let (Some(l2), Sessions::Local(_)) = (&self.l2, &self.sessions) {
+            l2.forget_session(session_id).await;
+        }
+    }
+
+    /// Drops the sessions of a user whose sessions were revoked from the shared tier.
+    async fn forget_shared_sessions_of(&self, user_id: i64) {
+        if let (Some(l2), Sessions::Local(_)) = (&self.l2, &self.sessions) {
+            l2.forget_user_sessions(user_id).await;
+        }
     }
 
     /// Records a refusal by a route's requirement (`authz_fail`).

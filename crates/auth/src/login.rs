@@ -211,6 +211,7 @@ impl Auth {
             Refreshed::Rotated(tokens, user_id) => {
                 // The old access token is gone from the store; drop it here too.
                 self.forget_session(&tokens.session_id);
+                self.forget_shared_session(&tokens.session_id).await;
                 let Some(user) = self.directory.user_by_id(user_id).await? else {
                     return Err(invalid());
                 };
@@ -221,6 +222,7 @@ impl Auth {
             }
             Refreshed::Reused(session_id, user_id) => {
                 self.forget_session(&session_id);
+                self.forget_shared_session(&session_id).await;
                 let username = self
                     .directory
                     .user_by_id(user_id)
@@ -258,6 +260,7 @@ impl Auth {
         let cached = self.cache.remove(&hash);
         match self.sessions.logout(access_token).await? {
             Some((session_id, _user_id)) => {
+                self.forget_shared_session(&session_id).await;
                 let username = cached.map(|c| c.identity.username.clone());
                 self.background.audit(
                     "authn_logout",

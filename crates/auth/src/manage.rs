@@ -206,6 +206,7 @@ impl Auth {
         self.forget_user(before.id).await;
         if update.password.is_some() || update.disabled == Some(true) {
             self.sessions.revoke_user(before.id).await?;
+            self.forget_shared_sessions_of(before.id).await;
         }
         self.background.audit(
             "user_updated",
@@ -233,6 +234,7 @@ impl Auth {
     pub async fn delete_user(&self, username: &str) -> Result<(), AuthError> {
         let user = self.user(username).await?;
         self.sessions.revoke_user(user.id).await?;
+        self.forget_shared_sessions_of(user.id).await;
         self.directory.delete_user(username).await?;
         self.forget_user(user.id).await;
         self.background
@@ -270,6 +272,7 @@ impl Auth {
     pub async fn revoke_sessions(&self, username: &str) -> Result<u64, AuthError> {
         let user = self.user(username).await?;
         let revoked = self.sessions.revoke_user(user.id).await?;
+        self.forget_shared_sessions_of(user.id).await;
         self.forget_user(user.id).await;
         self.background.audit(
             "session_revoked",

@@ -991,11 +991,15 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
     database.remove().await.unwrap();
 }
 
-/// Issue 15: failed logins from one address spread over two gateways meet one count in Redis
-/// (per instance, the third failure below would leave each gateway under the limit), the
-/// lockout is honoured by both, listed by both admin APIs, and cleared for both by one.
+/// Issue 15, with sessions in the database (`session_store = "local"`) and Redis configured:
+/// the second gateway finds a session the first validated in the shared tier
+/// (`session_data`), and a logout on the first is seen by the second at once (without the
+/// shared tier, only when its cached entry ends). Failed logins from one address spread over
+/// the two gateways meet one count in Redis (per instance, the third failure below would leave
+/// each gateway under the limit); the lockout is honoured by both, listed by both admin APIs,
+/// and cleared for both by one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_gateways_on_one_redis_count_failed_logins_of_an_address_together() {
+async fn two_gateways_on_one_redis_share_session_data_and_failed_login_counts() {
     let database = TestDatabase::new(Dialect::Postgres).await.unwrap();
     let origin = echo_origin().await;
     let dir = TempDir::new("auth-lockout-redis");
@@ -1015,6 +1019,48 @@ async fn two_gateways_on_one_redis_count_failed_logins_of_an_address_together() 
     let first = Sekisho::start(&binary(), &first_config);
     let second = Sekisho::start(&binary(), &second_config);
     let address = "203.0.113.77";
+
+    let tokens = login(&first, "ann", "correct horse").await.json();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    for gateway in [&first, &second] {
+        assert_eq!(
+            with_token(gateway, "GET", "/api/orders", &access, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let metrics = String::from_utf8(
+        sekisho_testkit::get(&second.admin_url("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let session_hits: u64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "sekisho_auth_cache_operations_total{tier=\"l2\",cache=\"session_data\",result=\"hit\"} ",
+            )
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session_hits, 1, "{metrics}");
+    assert_eq!(
+        with_token(&first, "POST", "/auth/logout", &access, &[])
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        with_token(&second, "GET", "/api/orders", &access, &[])
+            .await
+            .status,
+        401,
+        "the logout is seen by the other gateway at once"
+    );
 
     // Three different (unknown) accounts, so that only the address's count can lock.
     for (gateway, user) in [(&first, "x1"), (&second, "x2"), (&first, "x3")] {
