@@ -162,7 +162,7 @@ pub(crate) async fn sessions(state: &AdminState, request: &Request<Incoming>) ->
     result.unwrap_or_else(|why| failed(&why))
 }
 
-/// `/api/v1/lockouts`: GET lists this instance's lockouts; `DELETE ?user=NAME` or
+/// `/api/v1/lockouts`: GET lists the lockouts in force (every instance's with Redis); `DELETE ?user=NAME` or
 /// `DELETE ?address=IP` clears one.
 pub(crate) async fn lockouts(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
     let auth = match auth(state) {
@@ -170,7 +170,10 @@ pub(crate) async fn lockouts(state: &AdminState, request: Request<Incoming>) -> 
         Err(response) => return *response,
     };
     match *request.method() {
-        Method::GET => json_response(StatusCode::OK, &json!({ "lockouts": auth.lockouts() })),
+        Method::GET => json_response(
+            StatusCode::OK,
+            &json!({ "lockouts": auth.lockouts().await }),
+        ),
         Method::DELETE => {
             let query: Vec<(String, String)> = request
                 .uri()
@@ -196,7 +199,7 @@ pub(crate) async fn lockouts(state: &AdminState, request: Request<Incoming>) -> 
                     }
                 }
                 (None, Some(address)) => {
-                    let cleared = auth.unlock_address(&address);
+                    let cleared = auth.unlock_address(&address).await;
                     json_response(
                         StatusCode::OK,
                         &json!({ "status": "ok", "address": address, "was_locked": cleared }),

@@ -5,6 +5,11 @@
 //! than the database. The key's `v1` is the layout's version: a change of what is stored bumps
 //! it, and old entries are simply never read again.
 //!
+//! With `session_store = "local"` it also keeps validated sessions (`session_data`, by the access
+//! token's hash, at most 30 minutes and never past the token's end), tagged by session and by
+//! user so that a refresh, a logout or a revocation deletes them (and publishes
+//! `session:<id>`).
+//!
 //! Invalidation is by event, on every instance: a change to a user deletes its entry and
 //! publishes `user:<id>` on `sekisho:auth:invalidate`; a change to a role deletes every entry
 //! and publishes `all`. Each instance subscribes and drops the matching in-process (L1)
@@ -17,6 +22,7 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use sekisho_store::cache::RedisCache;
 
+use crate::sessions::ValidSession;
 use crate::users::Identity;
 use crate::{SessionCache, UserCache};
 
@@ -24,6 +30,9 @@ use crate::{SessionCache, UserCache};
 const VERSION: u32 = 1;
 /// How long an identity stays in the shared tier.
 const TTL: Duration = Duration::from_secs(3_600);
+/// How long a validated session (`session_data`) stays in the shared tier, at most (never past
+/// its access token's end).
+const SESSION_TTL: Duration = Duration::from_secs(1_800);
 
 /// An identity as the shared tier keeps it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -42,6 +51,21 @@ pub struct SharedIdentities {
 
 fn key(user_id: i64) -> String {
     format!("user_permissions:v{VERSION}:{user_id}")
+}
+
+fn session_key(access_hash: &str) -> String {
+    format!("session_data:v{VERSION}:{access_hash}")
+}
+
+/// The tag of every `session_data` entry of one session (its access tokens, current and
+/// replaced), deleted together when the session changes or ends.
+fn session_tag(session_id: &str) -> String {
+    format!("session_data:v{VERSION}:s:{session_id}")
+}
+
+/// The tag of every `session_data` entry of one user.
+fn user_sessions_tag(user_id: i64) -> String {
+    format!("session_data:v{VERSION}:u:{user_id}")
 }
 
 impl SharedIdentities {
@@ -77,6 +101,59 @@ impl SharedIdentities {
         }
     }
 
+    /// The session of an access token (by its hash), if the tier has it and it is still valid:
+    /// with `session_store = "local"`, an instance that has not cached a session finds it here
+    /// before the database.
+    pub async fn session(&self, access_hash: &str) -> Option<ValidSession> {
+        let bytes = self.cache.get(&session_key(access_hash)).await.ok()??;
+        let session: ValidSession = serde_json::from_slice(&bytes).ok()?;
+        (session.access_expires_at > sekisho_db::now_millis()).then_some(session)
+    }
+
+    /// Keeps a validated session until its access token ends (at most 30 minutes).
+    pub async fn put_session(&self, access_hash: &str, session: &ValidSession) {
+        let left = session.access_expires_at - sekisho_db::now_millis();
+        let Ok(left) = u64::try_from(left) else {
+            return;
+        };
+        let ttl = Duration::from_millis(left).min(SESSION_TTL);
+        let tags = [
+            session_tag(&session.session_id),
+            user_sessions_tag(session.user_id),
+        ];
+        if let Ok(bytes) = serde_json::to_vec(session) {
+            if let Err(error) = self
+                .cache
+                .set(&session_key(access_hash), &bytes, ttl, &tags)
+                .await
+            {
+                tracing::debug!(%error, "session not kept in the shared tier");
+            }
+        }
+    }
+
+    /// Deletes what the tier keeps of a session (refreshed, logged out, revoked) and tells every
+    /// instance to drop it from process; returns once they have.
+    pub async fn forget_session(&self, session_id: &str) {
+        let deleted = self.cache.delete_tag(&session_tag(session_id)).await;
+        let published = self.cache.publish(&format!("session:{session_id}")).await;
+        match deleted.map(|_| ()).and(published) {
+            Ok(()) => self.cache.settle().await,
+            Err(error) => tracing::warn!(
+                %error,
+                "could not invalidate a session in the shared tier"
+            ),
+        }
+    }
+
+    /// Deletes every session the tier keeps of `user_id` (its sessions were revoked; the
+    /// instances drop them from process on the user's own invalidation).
+    pub async fn forget_user_sessions(&self, user_id: i64) {
+        if let Err(error) = self.cache.delete_tag(&user_sessions_tag(user_id)).await {
+            tracing::warn!(%error, user_id, "could not invalidate a user's sessions in the shared tier");
+        }
+    }
+
     /// Deletes the entry of `user_id` and tells every instance.
     pub async fn forget_user(&self, user_id: i64) {
         let deleted = self.cache.delete(&key(user_id)).await;
@@ -102,8 +179,8 @@ impl SharedIdentities {
     }
 }
 
-/// Drops in-process sessions when another instance changes a user (`user:<id>`) or a role
-/// (`all`); resubscribes after a lost connection, dropping everything then (a message may
+/// Drops in-process sessions when another instance changes a user (`user:<id>`), a session
+/// (`session:<id>`) or a role (`all`); resubscribes after a lost connection, dropping everything then (a message may
 /// have been missed).
 pub(crate) fn spawn_listener(url: String, channel: String, cache: SessionCache, users: UserCache) {
     tokio::spawn(async move {
@@ -116,20 +193,23 @@ pub(crate) fn spawn_listener(url: String, channel: String, cache: SessionCache, 
                     .strip_prefix("user:")
                     .and_then(|id| id.parse::<i64>().ok())
                 {
+                    None if message.starts_with("session:") => {
+                        let session_id = message.trim_start_matches("session:");
+                        cache.remove_if(|cached| cached.session_id == session_id);
+                    }
                     Some(user_id) => {
                         users.invalidate(&user_id);
-                        let _ = cache
-                            .invalidate_entries_if(move |_, cached| cached.identity.id == user_id);
+                        cache.remove_if(|cached| cached.identity.id == user_id);
                     }
                     None => {
                         users.invalidate_all();
-                        cache.invalidate_all();
+                        cache.clear();
                     }
                 },
             )
             .await;
             users.invalidate_all();
-            cache.invalidate_all();
+            cache.clear();
             tracing::warn!(%error, "identity invalidation channel lost; resubscribing");
             tokio::time::sleep(Duration::from_secs(1)).await;
         }

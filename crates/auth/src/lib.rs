@@ -24,6 +24,7 @@ pub mod lockout;
 mod login;
 mod manage;
 pub mod password;
+mod session_cache;
 pub mod sessions;
 pub mod token;
 pub mod users;
@@ -45,7 +46,7 @@ pub use users::Identity;
 use audit::Background;
 use lockout::Lockout;
 use password::{HashPool, Hasher};
-use sessions::{Lifetimes, Sessions};
+use sessions::{Lifetimes, Sessions, ValidSession};
 use token::{digest_of_hash, token_digest, token_key};
 use users::Directory;
 
@@ -120,6 +121,40 @@ pub struct AuthFigures {
     pub l2_hits: AtomicU64,
     /// Identities not found there (read from the database).
     pub l2_misses: AtomicU64,
+    /// Sessions found in the shared tier (`session_data`, local session store).
+    pub session_l2_hits: AtomicU64,
+    /// Sessions not found there (read from the database).
+    pub session_l2_misses: AtomicU64,
+    /// Where the time of each step of a login goes (`get_user`, `verify_password`,
+    /// `create_session`): set once by whoever exports metrics.
+    pub steps: StepObserver,
+}
+
+/// Receives the duration of each step of a login, by the step's name.
+#[derive(Default)]
+pub struct StepObserver(std::sync::OnceLock<Box<dyn Fn(&'static str, Duration) + Send + Sync>>);
+
+impl StepObserver {
+    /// Sends every step's duration to `observe` from now on (the first call wins).
+    pub fn set(&self, observe: impl Fn(&'static str, Duration) + Send + Sync + 'static) {
+        let _ = self.0.set(Box::new(observe));
+    }
+
+    pub(crate) fn observe(&self, step: &'static str, took: Duration) {
+        if let Some(observe) = self.0.get() {
+            observe(step, took);
+        }
+    }
+}
+
+impl std::fmt::Debug for StepObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "StepObserver(set)"
+        } else {
+            "StepObserver(unset)"
+        })
+    }
 }
 
 /// Edge authentication: one per process, shared by the gateway, the admin API and the CLI.
@@ -146,8 +181,7 @@ pub struct Auth {
     figures: Arc<AuthFigures>,
 }
 
-/// The in-process sessions by their access token's bytes ([`token::token_key`]).
-pub(crate) type SessionCache = moka::sync::Cache<[u8; 32], Arc<Cached>>;
+pub(crate) use session_cache::SessionCache;
 /// For revocations published by hash: a cached token's key by the token's SHA-256.
 pub(crate) type KeysByDigest = moka::sync::Cache<[u8; 32], [u8; 32]>;
 
@@ -204,17 +238,25 @@ impl Auth {
         };
         let mut this = Self::with_parts(auth, database, sessions).await?;
         if let Some(url) = &config.store.redis {
-            // The shared identity tier is an optimisation: without Redis at start, run without.
+            // The shared identity tier is an optimisation: without Redis at start, run without
+            // (and count failed logins on this instance).
             match sekisho_store::connect(url).await {
                 Ok(conn) => {
+                    let timeout = config
+                        .store
+                        .redis_timeout
+                        .get()
+                        .max(Duration::from_millis(250));
+                    this.lockout
+                        .share(sekisho_store::lockouts::RedisLockouts::new(
+                            conn.clone(),
+                            &this.config.redis_prefix,
+                            timeout,
+                        ));
                     let shared = identity_cache::SharedIdentities::new(
                         conn,
                         &this.config.redis_prefix,
-                        config
-                            .store
-                            .redis_timeout
-                            .get()
-                            .max(Duration::from_millis(250)),
+                        timeout,
                     );
                     identity_cache::spawn_listener(
                         url.clone(),
@@ -258,11 +300,7 @@ impl Auth {
         };
         let directory = Directory::new(database);
         let background = Background::start(directory.clone());
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(SESSION_CACHE_ENTRIES)
-            .time_to_live(SESSION_CACHE_TTL)
-            .support_invalidation_closures()
-            .build();
+        let cache = SessionCache::new(SESSION_CACHE_ENTRIES as usize, SESSION_CACHE_TTL);
         Ok(Self {
             lockout: Lockout::new(config.lockout),
             config,
@@ -356,15 +394,12 @@ impl Auth {
         let use_cache = self.cache_trusted.load(Ordering::Acquire);
         if use_cache {
             if let Some(cached) = self.cache.get(&hash) {
-                if cached.access_expires_at > now_millis() {
-                    self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Arc::clone(&cached.identity));
-                }
-                self.cache.invalidate(&hash);
+                self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Arc::clone(&cached.identity));
             }
         }
         self.figures.cache_misses.fetch_add(1, Ordering::Relaxed);
-        let Some(session) = self.sessions.validate(access_token).await? else {
+        let Some(session) = self.session(access_token).await? else {
             return Err(invalid());
         };
         let Some(identity) = self.identity(session.user_id).await? else {
@@ -382,6 +417,42 @@ impl Auth {
             );
         }
         Ok(identity)
+    }
+
+    /// The session of `access_token` from the session store; with local sessions and the
+    /// shared tier, from Redis first (`session_data`), then kept there.
+    async fn session(&self, access_token: &str) -> Result<Option<ValidSession>, AuthError> {
+        let (Some(l2), Sessions::Local(_)) = (&self.l2, &self.sessions) else {
+            return self.sessions.validate(access_token).await;
+        };
+        let hash = token::token_hash(access_token);
+        if let Some(session) = l2.session(&hash).await {
+            self.figures.session_l2_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(session));
+        }
+        self.figures
+            .session_l2_misses
+            .fetch_add(1, Ordering::Relaxed);
+        let found = self.sessions.validate(access_token).await?;
+        if let Some(session) = &found {
+            l2.put_session(&hash, session).await;
+        }
+        Ok(found)
+    }
+
+    /// Drops a session (refreshed, reused, logged out) from the shared tier, and from every
+    /// instance's process.
+    async fn forget_shared_session(&self, session_id: &str) {
+        if let (Some(l2), Sessions::Local(_)) = (&self.l2, &self.sessions) {
+            l2.forget_session(session_id).await;
+        }
+    }
+
+    /// Drops the sessions of a user whose sessions were revoked from the shared tier.
+    async fn forget_shared_sessions_of(&self, user_id: i64) {
+        if let (Some(l2), Sessions::Local(_)) = (&self.l2, &self.sessions) {
+            l2.forget_user_sessions(user_id).await;
+        }
     }
 
     /// Records a refusal by a route's requirement (`authz_fail`).
@@ -432,9 +503,7 @@ impl Auth {
     /// Drops what is cached of a user, here and (through Redis) on every instance.
     async fn forget_user(&self, user_id: i64) {
         self.users.invalidate(&user_id);
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |_, cached| cached.identity.id == user_id);
+        self.cache.remove_if(|cached| cached.identity.id == user_id);
         if let Some(l2) = &self.l2 {
             l2.forget_user(user_id).await;
         }
@@ -517,18 +586,18 @@ fn spawn_revocation_listener(
                 let cache = cache.clone();
                 let flag = Arc::clone(&flag);
                 move || {
-                    cache.invalidate_all();
+                    cache.clear();
                     flag.store(true, Ordering::Release);
                 }
             };
             let error = sekisho_store::cache::subscribe(&url, &channel, on_subscribed, |hash| {
                 if let Some(key) = digest_of_hash(&hash).and_then(|digest| keys.remove(&digest)) {
-                    cache.invalidate(&key);
+                    cache.remove(&key);
                 }
             })
             .await;
             flag.store(false, Ordering::Release);
-            cache.invalidate_all();
+            cache.clear();
             tracing::warn!(%error, "session revocation channel lost; resubscribing");
             drop(flag);
             tokio::time::sleep(Duration::from_secs(1)).await;

@@ -2,13 +2,18 @@
 //! window; past `max_failures` the account (or the address) is locked for `duration`, and a
 //! login is refused at once with 429 and `Retry-After`, before any password is hashed.
 //!
-//! The counts are this instance's (in process, bounded); an account's lockout is also written
-//! to the user's row (`locked_until`) through the background queue, where the admin API shows
-//! it and an operator clears it.
+//! With `store.redis` the counts and lockouts are kept in Redis
+//! ([`sekisho_store::lockouts::RedisLockouts`]), so every instance counts the same failures and
+//! honours the same lockouts; when Redis fails (or answers too late: the store timeout) the
+//! instance counts in process, as it does without Redis, and a lockout of either tier refuses a
+//! login. An account's lockout is also written to the user's row (`locked_until`) through the
+//! background queue, where the admin API shows it and an operator clears it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use sekisho_store::lockouts::RedisLockouts;
 
 /// Most accounts and addresses tracked at once; past it, entries without a lockout go first.
 const MAX_TRACKED: usize = 100_000;
@@ -29,19 +34,29 @@ pub enum Subject {
     Address,
 }
 
-/// The failure counts of this instance.
+/// The failure counts: in Redis when shared, else (or while Redis fails) this instance's.
 #[derive(Debug)]
 pub struct Lockout {
     max_failures: u32,
     window: Duration,
     duration: Duration,
     entries: Mutex<HashMap<String, Failures>>,
+    shared: Option<RedisLockouts>,
 }
 
 fn key(subject: Subject, name: &str) -> String {
     match subject {
         Subject::Account => format!("u:{name}"),
         Subject::Address => format!("a:{name}"),
+    }
+}
+
+/// The subject and name of a [`key`].
+fn parse_key(key: &str) -> Option<(Subject, &str)> {
+    match key.split_once(':')? {
+        ("u", name) => Some((Subject::Account, name)),
+        ("a", name) => Some((Subject::Address, name)),
+        _ => None,
     }
 }
 
@@ -53,7 +68,96 @@ impl Lockout {
             window: config.window.get(),
             duration: config.duration.get(),
             entries: Mutex::new(HashMap::new()),
+            shared: None,
         }
+    }
+
+    /// Counts in Redis from now on (falling back to this instance's counts when it fails).
+    pub fn share(&mut self, shared: RedisLockouts) {
+        self.shared = Some(shared);
+    }
+
+    /// How long `name` stays locked by any instance (or by this one while Redis fails).
+    pub async fn check(&self, subject: Subject, name: &str) -> Option<Duration> {
+        let here = self.locked(subject, name, Instant::now());
+        let Some(shared) = &self.shared else {
+            return here;
+        };
+        match shared.locked(&key(subject, name)).await {
+            Ok(there) => here.max(there),
+            Err(error) => {
+                tracing::debug!(%error, "lockout store unavailable: this instance's counts only");
+                here
+            }
+        }
+    }
+
+    /// Counts a failure where every instance sees it (this instance's count when Redis
+    /// fails); returns the lockout's length when this failure started one.
+    pub async fn record_failure(&self, subject: Subject, name: &str) -> Option<Duration> {
+        if self.max_failures == 0 {
+            return None;
+        }
+        if let Some(shared) = &self.shared {
+            match shared
+                .fail(
+                    &key(subject, name),
+                    self.window,
+                    self.max_failures,
+                    self.duration,
+                )
+                .await
+            {
+                Ok(started) => return started,
+                Err(error) => {
+                    tracing::warn!(%error, "lockout store unavailable: failure counted on this instance only");
+                }
+            }
+        }
+        self.fail(subject, name, Instant::now())
+    }
+
+    /// Forgets the failures of `name` everywhere; whether it was locked.
+    pub async fn forget(&self, subject: Subject, name: &str) -> bool {
+        let here = self.clear(subject, name);
+        let Some(shared) = &self.shared else {
+            return here;
+        };
+        match shared.clear(&key(subject, name)).await {
+            Ok(there) => here || there,
+            Err(error) => {
+                tracing::warn!(%error, "lockout store unavailable: cleared on this instance only");
+                here
+            }
+        }
+    }
+
+    /// What is locked now, by any instance, and for how long still.
+    pub async fn locked_everywhere(&self) -> Vec<(Subject, String, Duration)> {
+        let mut locked = self.locked_now(Instant::now());
+        if let Some(shared) = &self.shared {
+            match shared.locked_now().await {
+                Ok(there) => {
+                    for (key, left) in there {
+                        let Some((subject, name)) = parse_key(&key) else {
+                            continue;
+                        };
+                        match locked
+                            .iter_mut()
+                            .find(|(s, n, _)| *s == subject && n == name)
+                        {
+                            Some(known) => known.2 = known.2.max(left),
+                            None => locked.push((subject, name.to_owned(), left)),
+                        }
+                    }
+                    locked.sort_by(|a, b| a.1.cmp(&b.1));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "lockout store unavailable: this instance's lockouts only")
+                }
+            }
+        }
+        locked
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Failures>> {
@@ -115,11 +219,7 @@ impl Lockout {
             .iter()
             .filter_map(|(key, failures)| {
                 let until = failures.locked_until.filter(|until| *until > now)?;
-                let (subject, name) = match key.split_once(':')? {
-                    ("u", name) => (Subject::Account, name),
-                    ("a", name) => (Subject::Address, name),
-                    _ => return None,
-                };
+                let (subject, name) = parse_key(key)?;
                 Some((subject, name.to_owned(), until - now))
             })
             .collect();

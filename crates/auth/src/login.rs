@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use sekisho_db::now_millis;
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::audit;
 use crate::lockout::Subject;
@@ -38,13 +39,11 @@ impl Auth {
         client_ip: IpAddr,
     ) -> Result<LoginAnswer, AuthError> {
         let address = client_ip.to_string();
-        let now = Instant::now();
-        let locked = self
-            .lockout
-            .locked(Subject::Account, username, now)
-            .into_iter()
-            .chain(self.lockout.locked(Subject::Address, &address, now))
-            .max();
+        let (account_locked, address_locked) = tokio::join!(
+            self.lockout.check(Subject::Account, username),
+            self.lockout.check(Subject::Address, &address)
+        );
+        let locked = account_locked.max(address_locked);
         if let Some(retry_after) = locked {
             return Err(AuthError::Locked { retry_after });
         }
@@ -52,8 +51,13 @@ impl Auth {
             return Err(AuthError::Unauthenticated(LOGIN_FAILED.to_owned()));
         }
         let step = Instant::now();
-        let record = self.directory.user_by_name(username).await?;
+        let record = self
+            .directory
+            .user_by_name(username)
+            .instrument(tracing::debug_span!(target: "auth", "get_user"))
+            .await?;
         let get_user = step.elapsed();
+        self.figures.steps.observe("get_user", get_user);
         // An account locked by another instance (its lockout is written to the user's row).
         if let Some(until) = record.as_ref().and_then(|r| r.locked_until) {
             let left = until - now_millis();
@@ -80,9 +84,13 @@ impl Auth {
                         .flatten();
                     (verdict, new_hash)
                 })
+                .instrument(tracing::debug_span!(target: "auth", "verify_password"))
                 .await?
         };
         let verify_password = step.elapsed();
+        self.figures
+            .steps
+            .observe("verify_password", verify_password);
         let record = match record {
             Some(record) if verdict != Verified::No && !record.disabled => record,
             other => {
@@ -97,8 +105,11 @@ impl Auth {
                     Some(&address),
                     Some(detail.to_owned()),
                 );
-                let now = Instant::now();
-                if let Some(duration) = self.lockout.fail(Subject::Account, username, now) {
+                if let Some(duration) = self
+                    .lockout
+                    .record_failure(Subject::Account, username)
+                    .await
+                {
                     self.background.audit(
                         "authn_login_lock",
                         Some(username),
@@ -112,7 +123,11 @@ impl Auth {
                         ),
                     });
                 }
-                if let Some(duration) = self.lockout.fail(Subject::Address, &address, now) {
+                if let Some(duration) = self
+                    .lockout
+                    .record_failure(Subject::Address, &address)
+                    .await
+                {
                     self.background.audit(
                         "authn_login_lock",
                         None,
@@ -138,17 +153,20 @@ impl Auth {
                 );
             }
         }
-        self.lockout.clear(Subject::Account, username);
+        self.lockout.forget(Subject::Account, username).await;
         let step = Instant::now();
         let tokens = self
             .sessions
             .create(record.identity.id, self.lifetimes(), Some(&address))
+            .instrument(tracing::debug_span!(target: "auth", "create_session"))
             .await?;
+        let create_session = step.elapsed();
+        self.figures.steps.observe("create_session", create_session);
         tracing::debug!(
             target: "auth",
             get_user_us = get_user.as_micros() as u64,
             verify_password_us = verify_password.as_micros() as u64,
-            create_session_us = step.elapsed().as_micros() as u64,
+            create_session_us = create_session.as_micros() as u64,
             "login steps"
         );
         self.background.send(audit::Job::LastLogin {
@@ -193,6 +211,7 @@ impl Auth {
             Refreshed::Rotated(tokens, user_id) => {
                 // The old access token is gone from the store; drop it here too.
                 self.forget_session(&tokens.session_id);
+                self.forget_shared_session(&tokens.session_id).await;
                 let Some(user) = self.directory.user_by_id(user_id).await? else {
                     return Err(invalid());
                 };
@@ -203,6 +222,7 @@ impl Auth {
             }
             Refreshed::Reused(session_id, user_id) => {
                 self.forget_session(&session_id);
+                self.forget_shared_session(&session_id).await;
                 let username = self
                     .directory
                     .user_by_id(user_id)
@@ -226,10 +246,8 @@ impl Auth {
     }
 
     fn forget_session(&self, session_id: &str) {
-        let session_id = session_id.to_owned();
-        let _ = self
-            .cache
-            .invalidate_entries_if(move |_, cached| cached.session_id == session_id);
+        self.cache
+            .remove_if(|cached| cached.session_id == session_id);
     }
 
     /// `POST …/logout`: the session is gone for every instance.
@@ -239,10 +257,10 @@ impl Auth {
                 "invalid or expired token".to_owned(),
             ));
         };
-        let cached = self.cache.get(&hash);
-        self.cache.invalidate(&hash);
+        let cached = self.cache.remove(&hash);
         match self.sessions.logout(access_token).await? {
             Some((session_id, _user_id)) => {
+                self.forget_shared_session(&session_id).await;
                 let username = cached.map(|c| c.identity.username.clone());
                 self.background.audit(
                     "authn_logout",

@@ -78,10 +78,12 @@ pub struct LockoutView {
 }
 
 impl Auth {
-    /// The lockouts in force on this instance (accounts and client addresses).
-    pub fn lockouts(&self) -> Vec<LockoutView> {
+    /// The lockouts in force (accounts and client addresses): every instance's with
+    /// `store.redis`, else this instance's.
+    pub async fn lockouts(&self) -> Vec<LockoutView> {
         self.lockout
-            .locked_now(std::time::Instant::now())
+            .locked_everywhere()
+            .await
             .into_iter()
             .map(|(subject, name, left)| LockoutView {
                 kind: match subject {
@@ -95,8 +97,8 @@ impl Auth {
     }
 
     /// Clears the lockout of a client address (an operator's action); whether there was one.
-    pub fn unlock_address(&self, address: &str) -> bool {
-        let cleared = self.lockout.clear(Subject::Address, address);
+    pub async fn unlock_address(&self, address: &str) -> bool {
+        let cleared = self.lockout.forget(Subject::Address, address).await;
         if cleared {
             self.background.audit(
                 "authn_login_unlock",
@@ -197,13 +199,14 @@ impl Auth {
         if update.unlock {
             // A lockout still queued for the database must not land after the unlock.
             self.background.flush().await;
-            self.lockout.clear(Subject::Account, username);
+            self.lockout.forget(Subject::Account, username).await;
             self.directory.set_locked_until(username, None).await?;
             changes.push("unlocked".to_owned());
         }
         self.forget_user(before.id).await;
         if update.password.is_some() || update.disabled == Some(true) {
             self.sessions.revoke_user(before.id).await?;
+            self.forget_shared_sessions_of(before.id).await;
         }
         self.background.audit(
             "user_updated",
@@ -231,6 +234,7 @@ impl Auth {
     pub async fn delete_user(&self, username: &str) -> Result<(), AuthError> {
         let user = self.user(username).await?;
         self.sessions.revoke_user(user.id).await?;
+        self.forget_shared_sessions_of(user.id).await;
         self.directory.delete_user(username).await?;
         self.forget_user(user.id).await;
         self.background
@@ -241,7 +245,7 @@ impl Auth {
     /// Creates a role or replaces its permissions.
     pub async fn put_role(&self, name: &str, permissions: &[String]) -> Result<(), AuthError> {
         self.directory.put_role(name, permissions).await?;
-        self.cache.invalidate_all();
+        self.cache.clear();
         self.users.invalidate_all();
         if let Some(l2) = &self.l2 {
             l2.forget_all().await;
@@ -268,6 +272,7 @@ impl Auth {
     pub async fn revoke_sessions(&self, username: &str) -> Result<u64, AuthError> {
         let user = self.user(username).await?;
         let revoked = self.sessions.revoke_user(user.id).await?;
+        self.forget_shared_sessions_of(user.id).await;
         self.forget_user(user.id).await;
         self.background.audit(
             "session_revoked",

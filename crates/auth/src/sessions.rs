@@ -40,7 +40,7 @@ pub struct IssuedTokens {
 }
 
 /// A session an access token belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ValidSession {
     /// The session (family) id.
     pub session_id: String,

@@ -990,3 +990,128 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
     drop(gateway);
     database.remove().await.unwrap();
 }
+
+/// Issue 15, with sessions in the database (`session_store = "local"`) and Redis configured:
+/// the second gateway finds a session the first validated in the shared tier
+/// (`session_data`), and a logout on the first is seen by the second at once (without the
+/// shared tier, only when its cached entry ends). Failed logins from one address spread over
+/// the two gateways meet one count in Redis (per instance, the third failure below would leave
+/// each gateway under the limit); the lockout is honoured by both, listed by both admin APIs,
+/// and cleared for both by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_redis_share_session_data_and_failed_login_counts() {
+    let database = TestDatabase::new(Dialect::Postgres).await.unwrap();
+    let origin = echo_origin().await;
+    let dir = TempDir::new("auth-lockout-redis");
+    let store = format!("{}redis = \"{}\"\n", database.store_toml(), shared_redis());
+    let prefix = format!("sekisho:test:auth:{:016x}:", fastrand::u64(..));
+    let text = config(
+        &store,
+        &origin.address.to_string(),
+        &format!(
+            "redis_prefix = \"{prefix}\"\n\
+             lockout = {{ max_failures = 3, window = \"60s\", duration = \"60s\" }}"
+        ),
+    );
+    let first_config = dir.write("a.toml", &text);
+    let second_config = dir.write("b.toml", &text);
+    seed(&first_config);
+    let first = Sekisho::start(&binary(), &first_config);
+    let second = Sekisho::start(&binary(), &second_config);
+    let address = "203.0.113.77";
+
+    let tokens = login(&first, "ann", "correct horse").await.json();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    for gateway in [&first, &second] {
+        assert_eq!(
+            with_token(gateway, "GET", "/api/orders", &access, &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let metrics = String::from_utf8(
+        sekisho_testkit::get(&second.admin_url("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let session_hits: u64 = metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(
+                "sekisho_auth_cache_operations_total{tier=\"l2\",cache=\"session_data\",result=\"hit\"} ",
+            )
+        })
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(session_hits, 1, "{metrics}");
+    assert_eq!(
+        with_token(&first, "POST", "/auth/logout", &access, &[])
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        with_token(&second, "GET", "/api/orders", &access, &[])
+            .await
+            .status,
+        401,
+        "the logout is seen by the other gateway at once"
+    );
+
+    // Three different (unknown) accounts, so that only the address's count can lock.
+    for (gateway, user) in [(&first, "x1"), (&second, "x2"), (&first, "x3")] {
+        assert_eq!(
+            login_from(gateway, user, "guess", address).await.status,
+            401
+        );
+    }
+    for gateway in [&second, &first] {
+        let refused = login_from(gateway, "ann", "correct horse", address).await;
+        assert_eq!(refused.status, 429, "locked on every instance");
+        assert!(refused.headers.contains_key("retry-after"));
+    }
+    // Another address is not concerned.
+    assert_eq!(
+        login_from(&second, "ann", "correct horse", "203.0.113.78")
+            .await
+            .status,
+        200
+    );
+    // Both admin APIs list it; one clears it for both.
+    for gateway in [&first, &second] {
+        let listed = sekisho_testkit::get(&gateway.admin_url("/api/v1/lockouts"))
+            .await
+            .json();
+        let lockouts = listed["lockouts"].as_array().unwrap();
+        assert!(
+            lockouts
+                .iter()
+                .any(|l| l["kind"] == "address" && l["name"] == address),
+            "{listed}"
+        );
+    }
+    let cleared = send(
+        &client(),
+        "DELETE",
+        &first.admin_url(&format!("/api/v1/lockouts?address={address}")),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(cleared.status, 200);
+    assert_eq!(cleared.json()["was_locked"], true);
+    assert_eq!(
+        login_from(&second, "ann", "correct horse", address)
+            .await
+            .status,
+        200
+    );
+
+    drop((first, second));
+    database.remove().await.unwrap();
+    remove_keys(&shared_redis(), &prefix).await;
+}

@@ -12,6 +12,7 @@
 //! - sessions every instance validates (`[auth] session_store = "redis"`,
 //!   [`sessions::RedisSessions`]: token hashes, rotation with reuse detection, revocation
 //!   published on a channel);
+//! - failed-login counts and lockouts every instance sees ([`lockouts::RedisLockouts`]);
 //! - store URLs without their credentials ([`redact_url`], [`redact_in`]), for everything that
 //!   shows or logs them.
 //!
@@ -34,6 +35,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub mod barrier;
 pub mod cache;
 pub mod instances;
+pub mod lockouts;
 pub mod ratelimit;
 mod redact;
 pub mod sessions;

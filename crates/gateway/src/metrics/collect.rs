@@ -402,6 +402,18 @@ impl Collector for AuthCollector {
                 "miss",
                 figures.l2_misses.load(Relaxed),
             ),
+            (
+                "l2",
+                "session_data",
+                "hit",
+                figures.session_l2_hits.load(Relaxed),
+            ),
+            (
+                "l2",
+                "session_data",
+                "miss",
+                figures.session_l2_misses.load(Relaxed),
+            ),
         ] {
             let labels = [("tier", tier), ("cache", cache), ("result", result)];
             ConstCounter::new(count).encode(family.encode_family(&labels)?)?;

@@ -321,6 +321,21 @@ impl Metrics {
             (ok, took)
         });
         if let Some(figures) = auth {
+            // A login's steps, in the same histogram by operation (`get_user`,
+            // `verify_password`, `create_session`).
+            let steps = ["get_user", "verify_password", "create_session"].map(|step| {
+                auth_durations
+                    .get_or_create(&vec![("operation", step.to_owned())])
+                    .clone()
+            });
+            figures.steps.set(move |step, took| {
+                let index = match step {
+                    "get_user" => 0,
+                    "verify_password" => 1,
+                    _ => 2,
+                };
+                steps[index].observe(took.as_secs_f64());
+            });
             registry.register_collector(Box::new(AuthCollector { figures }));
         }
         registry.register_collector(Box::new(ProcessCollector {

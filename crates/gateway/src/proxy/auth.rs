@@ -134,8 +134,8 @@ fn add_identity(headers: &mut HeaderMap, identity: &Identity) {
 }
 
 /// The token of `Authorization: Bearer …` (the scheme in any case).
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.as_bytes();
+fn bearer_of(value: &HeaderValue) -> Option<&str> {
+    let value = value.as_bytes();
     let scheme = value.get(..7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;
@@ -147,8 +147,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// The access token of a request: the bearer header, else (with `cookie = true`) the session
 /// cookie.
 fn credential(headers: &HeaderMap, cookie: bool) -> Option<&str> {
-    if headers.contains_key(AUTHORIZATION) || !cookie {
-        return bearer(headers);
+    // One look-up of `Authorization` on the common path (every request of a route with `auth`).
+    if let Some(value) = headers.get(AUTHORIZATION) {
+        return bearer_of(value);
+    }
+    if !cookie {
+        return None;
     }
     headers
         .get_all(COOKIE)
@@ -301,11 +305,11 @@ mod tests {
         assert_eq!(Endpoint::of("/auth", "/auth/login/x"), None);
         assert_eq!(Endpoint::of("/auth", "/authx/login"), None);
         let mut headers = HeaderMap::new();
-        assert_eq!(bearer(&headers), None);
+        assert_eq!(credential(&headers, false), None);
         headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc"));
-        assert_eq!(bearer(&headers), Some("abc"));
+        assert_eq!(credential(&headers, false), Some("abc"));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
-        assert_eq!(bearer(&headers), None);
+        assert_eq!(credential(&headers, false), None);
         headers.insert(
             COOKIE,
             HeaderValue::from_static("a=1; __Host-sekisho=tok; b=2"),
