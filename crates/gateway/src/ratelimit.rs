@@ -37,6 +37,10 @@ use crate::sync::lock;
 /// Keys kept per limit in process at most; beyond, idle keys are evicted first.
 pub(crate) const MAX_LOCAL_KEYS: usize = 100_000;
 
+/// Keys of a Redis-decided limit remembered as over their limit, at most (a refusal past this
+/// many is simply not remembered: the next request asks Redis).
+const MAX_KNOWN_OVER: usize = 10_000;
+
 static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
@@ -89,6 +93,8 @@ pub(crate) struct LimitMetrics {
     pub store_errors: Counter,
     /// Seconds per Redis decision.
     pub store_latency: Histogram,
+    /// Refusals decided in process, without Redis, for a key Redis had refused until then.
+    pub known_over: Counter,
 }
 
 /// One configured limit, ready to decide.
@@ -111,6 +117,86 @@ struct RedisBacked {
     /// This instance's share, for `on_store_error = "local"`, with the instance count it was
     /// made for.
     share: Mutex<Option<(u64, Arc<LocalLimiter>)>>,
+    /// Keys Redis refused, until the moment a request of this limit's cost could pass.
+    known_over: KnownOver,
+}
+
+/// Keys a Redis-decided limit is known to refuse until some instant, so that a client hammering
+/// past its limit costs no round trip. Exact, not an approximation: every algorithm's
+/// `retry_after` is the earliest moment a request of the same cost could pass if nothing else
+/// were admitted meanwhile, and other requests (from any instance) can only push that moment
+/// later — so before it Redis would refuse too. The moment is counted from when the question was
+/// sent, before Redis decided, never later than Redis's own.
+#[derive(Debug, Default)]
+struct KnownOver {
+    /// Entries now, read without the lock: the admitted path of a limit nobody exceeds pays one
+    /// atomic load.
+    len: std::sync::atomic::AtomicUsize,
+    keys: Mutex<std::collections::HashMap<String, KnownRefusal>>,
+}
+
+/// A remembered refusal: Redis's decision and the instant it was asked.
+#[derive(Debug, Clone, Copy)]
+struct KnownRefusal {
+    asked: Instant,
+    decision: Decision,
+}
+
+impl KnownOver {
+    /// The refusal of `key` at `now`, if Redis's last one still holds, with its durations
+    /// shortened by the time gone since.
+    fn refusal(&self, key: &str, now: Instant) -> Option<Decision> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.len.load(Relaxed) == 0 {
+            return None;
+        }
+        let mut keys = lock(&self.keys);
+        let known = *keys.get(key)?;
+        let gone = now.saturating_duration_since(known.asked);
+        if gone >= known.decision.retry_after {
+            keys.remove(key);
+            self.len.store(keys.len(), Relaxed);
+            return None;
+        }
+        Some(Decision {
+            reset: known.decision.reset.saturating_sub(gone),
+            retry_after: known.decision.retry_after - gone,
+            ..known.decision
+        })
+    }
+
+    /// Remembers Redis's refusal of `key`, asked at `asked`; forgets a stale entry when Redis
+    /// admitted it.
+    fn record(&self, key: &str, asked: Instant, decision: &Decision) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if decision.allowed {
+            if self.len.load(Relaxed) > 0 && lock(&self.keys).remove(key).is_some() {
+                self.len.fetch_sub(1, Relaxed);
+            }
+            return;
+        }
+        if decision.retry_after.is_zero() {
+            return;
+        }
+        let mut keys = lock(&self.keys);
+        if keys.len() >= MAX_KNOWN_OVER && !keys.contains_key(key) {
+            let now = Instant::now();
+            keys.retain(|_, known| {
+                now.saturating_duration_since(known.asked) < known.decision.retry_after
+            });
+            if keys.len() >= MAX_KNOWN_OVER {
+                return;
+            }
+        }
+        keys.insert(
+            key.to_owned(),
+            KnownRefusal {
+                asked,
+                decision: *decision,
+            },
+        );
+        self.len.store(keys.len(), Relaxed);
+    }
 }
 
 /// What the admin API shows of a limit.
@@ -194,6 +280,7 @@ impl RateLimit {
                 store,
                 on_error: config.on_store_error,
                 share: Mutex::new(None),
+                known_over: KnownOver::default(),
             }),
             _ => None,
         };
@@ -233,6 +320,10 @@ impl RateLimit {
     /// made because the limit could not be checked (`deny`).
     async fn decide_shared(&self, shared: &RedisBacked, key: &str) -> (Decision, bool) {
         let started = Instant::now();
+        if let Some(decision) = shared.known_over.refusal(key, started) {
+            self.metrics.known_over.inc();
+            return (decision, false);
+        }
         let answer = match shared.store.limiter() {
             Some(redis) => redis
                 .decide(&self.limit, key, self.cost)
@@ -246,6 +337,7 @@ impl RateLimit {
                     .store_latency
                     .observe(started.elapsed().as_secs_f64());
                 shared.store.succeeded();
+                shared.known_over.record(key, started, &decision);
                 (decision, false)
             }
             Err(error) => {
@@ -438,6 +530,7 @@ mod tests {
             limited: Counter::default(),
             store_errors: Counter::default(),
             store_latency: Histogram::new([0.001]),
+            known_over: Counter::default(),
         };
         let local = Arc::new(LocalLimiter::new(limit_of(&config), 16));
         RateLimit::new("api", &config, None, local, metrics)
@@ -495,6 +588,51 @@ mod tests {
         assert!(limit.check(&source(&headers, "10.0.0.9")).await.is_ok());
         assert_eq!(limit.metrics.limited.get(), 1);
         assert_eq!(limit.metrics.allowed.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_key_redis_refused_is_refused_in_process_until_its_retry_after_only() {
+        let known = KnownOver::default();
+        let asked = Instant::now();
+        let refused = Decision {
+            allowed: false,
+            limit: 5,
+            remaining: 0,
+            reset: Duration::from_secs(3),
+            retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(known.refusal("k", asked), None, "nothing known yet");
+        known.record("k", asked, &refused);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        let again = known.refusal("k", Instant::now()).unwrap();
+        assert!(!again.allowed);
+        assert_eq!(again.retry_after, Duration::from_millis(600));
+        assert_eq!(again.reset, Duration::from_millis(2_600));
+        assert_eq!(known.refusal("other", Instant::now()), None);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(
+            known.refusal("k", Instant::now()),
+            None,
+            "at retry_after Redis is asked again"
+        );
+        // An admission forgets a refusal; a refusal without a retry_after is not kept.
+        known.record("k", Instant::now(), &refused);
+        let admitted = Decision {
+            allowed: true,
+            retry_after: Duration::ZERO,
+            ..refused
+        };
+        known.record("k", Instant::now(), &admitted);
+        assert_eq!(known.refusal("k", Instant::now()), None);
+        known.record(
+            "k",
+            Instant::now(),
+            &Decision {
+                retry_after: Duration::ZERO,
+                ..refused
+            },
+        );
+        assert_eq!(known.refusal("k", Instant::now()), None);
     }
 
     #[test]

@@ -162,6 +162,28 @@ async fn two_gateways_sharing_redis_admit_exactly_the_limit_for_every_algorithm(
         "{metrics}"
     );
     assert!(metrics.contains("sekisho_rate_limit_store_seconds_bucket"));
+    // Once Redis had refused a key, the gateway refused it again in process until the moment
+    // Redis gave, without a round trip (issue 20) — and the counts above stayed exact.
+    let value = |name: &str| -> u64 {
+        let prefix = format!("{name}{{route=\"fw-{run}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let asked = value("sekisho_rate_limit_store_seconds_count");
+    let known = value("sekisho_rate_limit_known_over_total");
+    assert_eq!(
+        asked + known,
+        301,
+        "every request of a's 300 + 1 decided once"
+    );
+    assert!(
+        known >= 150,
+        "most of a's ~200 refusals made without Redis: {known}"
+    );
     // The admin API reads the shared usage from Redis, on either instance.
     let usage = reqwest_text(&b.admin_url(&format!(
         "/api/v1/ratelimits?scope=sc-{run}&key=route%3Dsc-{run}"
@@ -280,16 +302,22 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
          [[routes]]\nname = \"deny\"\npath_prefix = \"/deny\"\nupstream = \"app\"\n\
          [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"deny\"\n\
          [[routes]]\nname = \"local\"\npath_prefix = \"/local\"\nupstream = \"app\"\n\
-         [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"local\"\n";
+         [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 10\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"local\"\n\
+         [[routes]]\nname = \"known\"\npath_prefix = \"/known\"\nupstream = \"app\"\n\
+         [routes.rate_limit]\nalgorithm = \"fixed_window\"\nlimit = 1\nwindow = \"1h\"\nkey = \"route\"\nbackend = \"redis\"\non_store_error = \"allow\"\n";
     let a = gateway(&dir, "a", &url, EXACT_TIMEOUT, &upstream, routes);
     let b = gateway(&dir, "b", &url, EXACT_TIMEOUT, &upstream, routes);
     let both = |path: &str| [a.url(path), b.url(path)];
 
-    // Redis up: 10 in all for each route, across both gateways.
+    // Redis up: each route's 10 taken across both gateways, none refused yet (a key Redis has
+    // refused is refused in process until its retry_after, whatever happens to Redis: `known`).
     for path in ["/allow", "/deny"] {
-        let (ok, limited, _) = fire(&both(path), 20, 2).await;
-        assert_eq!((ok, limited), (10, 10), "{path} with redis up");
+        let (ok, limited, _) = fire(&both(path), 10, 2).await;
+        assert_eq!((ok, limited), (10, 0), "{path} with redis up");
     }
+    // `known`: one admitted in all; each gateway has seen Redis refuse the key.
+    let (ok, limited, _) = fire(&both("/known"), 4, 1).await;
+    assert_eq!((ok, limited), (1, 3), "/known with redis up");
     // The `local` route is used lightly, so each gateway has counted the other (heartbeats
     // every 3 s) before Redis goes.
     let (ok, _, _) = fire(&both("/local"), 2, 1).await;
@@ -302,6 +330,13 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
     // allow: everything passes; deny: nothing does; local: each gateway its share (10 / 2).
     let (ok, limited, other) = fire(&both("/allow"), 20, 2).await;
     assert_eq!((ok, limited, other), (20, 0, 0), "allow with redis down");
+    // What Redis said still holds: its refusal of `known` lasts the window, `allow` or not.
+    let (ok, limited, other) = fire(&both("/known"), 4, 1).await;
+    assert_eq!(
+        (ok, limited, other),
+        (0, 4, 0),
+        "a key known over, redis down"
+    );
     let (ok, limited, other) = fire(&both("/deny"), 20, 2).await;
     assert_eq!((ok, limited, other), (0, 20, 0), "deny with redis down");
     let (ok, limited, other) = fire(&both("/local"), 40, 2).await;

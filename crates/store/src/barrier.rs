@@ -62,12 +62,23 @@ pub async fn barrier(
     let mut conn = conn.clone();
     let receivers: i64 = within(timeout, conn.publish(channel, format!("{MARKER}{key}"))).await?;
     let mut pause = Duration::from_micros(250);
+    let mut acknowledged = 0;
     let result = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let acknowledged: Option<i64> = within(left.max(Duration::from_millis(1)), conn.get(&key))
-            .await
-            .map_err(BarrierError::from)?;
-        let acknowledged = acknowledged.unwrap_or(0);
+        let read: Result<Option<i64>, StoreError> =
+            within(left.max(Duration::from_millis(1)), conn.get(&key)).await;
+        acknowledged = match read {
+            Ok(count) => count.unwrap_or(0),
+            // A read cut short by the deadline itself: the barrier is incomplete, not broken.
+            Err(StoreError::Timeout(_)) if Instant::now() >= deadline => {
+                break Err(BarrierError::Incomplete {
+                    receivers,
+                    acknowledged,
+                    waited: started.elapsed(),
+                });
+            }
+            Err(error) => break Err(error.into()),
+        };
         if acknowledged >= receivers {
             break Ok(acknowledged);
         }

@@ -646,7 +646,8 @@ async fn pump(
 async fn a_stalled_redis_times_out_and_the_connection_recovers() {
     let proxy = proxy().await;
     let conn = sekisho_store::connect(&proxy.url).await.unwrap();
-    let l = RedisLimiter::new(conn, unique_prefix(), ms(50));
+    // 250 ms: long enough that a loaded 2-core machine answers the calls meant to succeed.
+    let l = RedisLimiter::new(conn, unique_prefix(), ms(250));
     let limit = Limit::TokenBucket {
         capacity: 100,
         refill_per_second: 1.0,
@@ -659,10 +660,11 @@ async fn a_stalled_redis_times_out_and_the_connection_recovers() {
     let stalled = l.decide(&limit, "k", 1).await;
     let waited = started.elapsed();
     assert!(
-        matches!(stalled, Err(StoreError::Timeout(t)) if t == ms(50)),
+        matches!(stalled, Err(StoreError::Timeout(t)) if t == ms(250)),
         "{stalled:?}"
     );
-    assert!(waited >= ms(50) && waited < ms(400), "{waited:?}");
+    // It waited for the timeout, and did not hang past it (the bound is loose: no timing test).
+    assert!(waited >= ms(250) && waited < ms(5_000), "{waited:?}");
 
     proxy.stalled.store(false, Ordering::Relaxed);
     // The late answer is read and dropped; the next call gets its own.

@@ -80,6 +80,7 @@ pub(crate) mod names {
     pub(crate) const RATE_LIMIT_DECISIONS: &str = "sekisho_rate_limit_decisions";
     /// Rate-limit decisions Redis could not make, by route.
     pub(crate) const RATE_LIMIT_STORE_ERRORS: &str = "sekisho_rate_limit_store_errors";
+    pub(crate) const RATE_LIMIT_KNOWN_OVER: &str = "sekisho_rate_limit_known_over";
     /// Seconds per Redis rate-limit decision, by route.
     pub(crate) const RATE_LIMIT_STORE_SECONDS: &str = "sekisho_rate_limit_store_seconds";
     /// Cache lookups of cached routes, by route and result.
@@ -136,6 +137,7 @@ pub(crate) struct Metrics {
     cache_lookups: Family<Labels, Counter>,
     rate_store_errors: Family<Labels, Counter>,
     rate_store_seconds: Family<Labels, Histogram>,
+    rate_known_over: Family<Labels, Counter>,
     upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
     limits: Arc<ArcSwap<AdaptiveLimits>>,
     /// In flight now.
@@ -276,6 +278,12 @@ impl Metrics {
             "Rate-limit decisions Redis could not make (on_store_error decided), by route",
             rate_store_errors.clone(),
         );
+        let rate_known_over = Family::<Labels, Counter>::default();
+        registry.register(
+            names::RATE_LIMIT_KNOWN_OVER,
+            "Refusals of a Redis-decided limit made in process, without asking Redis, for a key Redis had refused until then, by route",
+            rate_known_over.clone(),
+        );
         let rate_store_seconds = Family::<Labels, Histogram>::new_with_constructor(
             (|| {
                 Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -363,6 +371,7 @@ impl Metrics {
             rate_decisions,
             cache_lookups,
             rate_store_errors,
+            rate_known_over,
             rate_store_seconds,
             upstreams,
             limits,
@@ -483,6 +492,7 @@ impl Metrics {
             limited: result("limited"),
             store_errors: self.rate_store_errors.get_or_create(&route).clone(),
             store_latency: self.rate_store_seconds.get_or_create(&route).clone(),
+            known_over: self.rate_known_over.get_or_create(&route).clone(),
         }
     }
 
