@@ -33,9 +33,52 @@ struct Reading {
     bulkhead_rejected: BTreeMap<String, u64>,
 }
 
-/// What the sampler keeps between snapshots: the last few readings and the history of points.
+/// Reloads listed in a snapshot at most, newest first.
+pub(crate) const RECENT_RELOADS: usize = 10;
+
+/// What the sampler keeps between snapshots: the last few readings and the reloads seen.
 pub(crate) struct Sampler {
     readings: VecDeque<Reading>,
+    reloads: ReloadLog,
+}
+
+/// The recent config reloads, as the sampler sees them once a period: a reload is noticed by the
+/// time of the gateway's last reload changing, and counted by the reload counters (several within
+/// one period make one entry with their number).
+#[derive(Default)]
+struct ReloadLog {
+    /// The last reload's time seen.
+    last_at: Option<SystemTime>,
+    /// The counters (ok, refused) at that time.
+    counted: (f64, f64),
+    /// Newest first, at most [`RECENT_RELOADS`].
+    recent: VecDeque<Value>,
+}
+
+impl ReloadLog {
+    fn observe(&mut self, status: &sekisho_gateway::Status, counted: (f64, f64)) {
+        let Some(at) = status.last_reload.at else {
+            self.counted = counted;
+            return;
+        };
+        if self.last_at == Some(at) {
+            return;
+        }
+        let reloads = (counted.0 - self.counted.0) + (counted.1 - self.counted.1);
+        self.last_at = Some(at);
+        self.counted = counted;
+        if self.recent.len() == RECENT_RELOADS {
+            self.recent.pop_back();
+        }
+        self.recent.push_front(json!({
+            "at_unix_ms": unix_ms(at),
+            "ok": status.last_reload.error.is_none(),
+            "generation": status.generation,
+            "error": status.last_reload.error,
+            // Counters are whole numbers kept as f64 by the exposition.
+            "reloads": reloads.max(1.0).round() as u64,
+        }));
+    }
 }
 
 /// The published side: the latest snapshot event and the history a new viewer starts from.
@@ -94,6 +137,7 @@ impl Sampler {
     pub(crate) fn new() -> Self {
         Self {
             readings: VecDeque::with_capacity(WINDOW_READINGS + 1),
+            reloads: ReloadLog::default(),
         }
     }
 
@@ -109,6 +153,11 @@ impl Sampler {
         let now = Instant::now();
         let upstreams = gateway.upstreams();
         let circuits = gateway.circuits();
+        let route_views: BTreeMap<String, sekisho_gateway::RouteView> = gateway
+            .routes()
+            .into_iter()
+            .map(|route| (route.name.clone(), route))
+            .collect();
         let reading = Reading {
             at: now,
             counters: Counters::parse(&gateway.encode_metrics()),
@@ -164,6 +213,10 @@ impl Sampler {
             figures["upstream"] = json!(upstream);
             figures["retries_per_second"] = json!(round(retries));
             figures["retry_budget_exhausted"] = json!(budget_exhausted);
+            figures["retry_budget"] = route_views
+                .get(route)
+                .and_then(|view| view.retry.as_ref())
+                .map_or(Value::Null, |retry| json!(retry.budget));
             figures["rate_limit"] = match latest.counters.rate_limits.get(route) {
                 Some(&(_, limited_total)) => json!({
                     "allowed_per_second": round(per_second(limit_allowed)),
@@ -253,6 +306,7 @@ impl Sampler {
             .collect();
 
         let status = gateway.status();
+        self.reloads.observe(&status, latest.counters.reloads);
         let alerts = alerts(state);
         let store = gateway.store_status().map(|store| {
             json!({"healthy": store.healthy, "url": store.url, "instances": store.instances})
@@ -276,7 +330,11 @@ impl Sampler {
                 "at_unix_ms": status.last_reload.at.map(unix_ms),
                 "error": status.last_reload.error,
             },
-            "reloads": {"ok": latest.counters.reloads.0, "error": latest.counters.reloads.1},
+            "reloads": {
+                "ok": latest.counters.reloads.0,
+                "error": latest.counters.reloads.1,
+                "recent": self.reloads.recent,
+            },
             "upstreams": upstream_values,
             "routes": routes,
             "circuits": circuits,
