@@ -419,3 +419,79 @@ async fn issue_17_routes_retry_budgets_recent_reloads_and_no_cors() {
         assert!(named.is_empty(), "{named:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_17_users_come_a_page_at_a_time_by_name() {
+    let upstream = chaos_upstream("app").await;
+    let dir = TempDir::new("admin-api-users");
+    let config = dir.write(
+        "sekisho.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+             [store]\ndata_dir = \"{}\"\n\
+             [auth]\nargon2 = {{ memory_kib = 64, iterations = 1, parallelism = 1 }}\n\
+             [upstreams.app]\ntargets = [\"{}\"]\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            dir.path().join("data").display(),
+            upstream.address
+        ),
+    );
+    let gateway = Sekisho::start(&binary(), &config);
+    let http = client();
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    for name in ["cy", "ann", "bo"] {
+        let body = format!(r#"{{"username":"{name}","password":"correct horse battery"}}"#);
+        let created = send(
+            &http,
+            "POST",
+            &gateway.admin_url("/api/v1/users"),
+            &headers,
+            Bytes::from(body),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{name}");
+    }
+    let page = |query: String| {
+        let http = http.clone();
+        let url = gateway.admin_url(&format!("/api/v1/users{query}"));
+        let auth = auth.clone();
+        async move {
+            send(
+                &http,
+                "GET",
+                &url,
+                &[("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    let names = |answer: &serde_json::Value| -> Vec<String> {
+        answer["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Without a limit: every user (fewer than a page), and no next page.
+    let all = page(String::new()).await.json();
+    assert_eq!(names(&all), ["ann", "bo", "cy"]);
+    assert!(all["next_cursor"].is_null());
+    // Two a page: the first page's cursor leads to the rest, whose cursor is null.
+    let first = page("?limit=2".to_owned()).await.json();
+    assert_eq!(names(&first), ["ann", "bo"]);
+    assert_eq!(first["next_cursor"], "bo");
+    let second = page("?limit=2&cursor=bo".to_owned()).await.json();
+    assert_eq!(names(&second), ["cy"]);
+    assert!(second["next_cursor"].is_null());
+    // A limit out of range or an unknown parameter: 400 in the one error shape.
+    for bad in ["?limit=0", "?limit=501", "?page=2"] {
+        let refused = page(bad.to_owned()).await;
+        assert_eq!(refused.status, 400, "{bad}");
+        assert_eq!(refused.error_code(), "BAD_REQUEST", "{bad}");
+    }
+}
