@@ -7,6 +7,7 @@
 //! of queueing them. Viewers are capped ([`MAX_VIEWERS`]).
 
 mod exposition;
+mod reloads;
 pub(crate) mod snapshot;
 
 use std::convert::Infallible;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::exposition::{add_buckets, quantile, Counters};
+use super::reloads::ReloadLog;
 use crate::AdminState;
 
 /// How often the snapshot is taken.
@@ -33,52 +34,10 @@ struct Reading {
     bulkhead_rejected: BTreeMap<String, u64>,
 }
 
-/// Reloads listed in a snapshot at most, newest first.
-pub(crate) const RECENT_RELOADS: usize = 10;
-
 /// What the sampler keeps between snapshots: the last few readings and the reloads seen.
 pub(crate) struct Sampler {
     readings: VecDeque<Reading>,
     reloads: ReloadLog,
-}
-
-/// The recent config reloads, as the sampler sees them once a period: a reload is noticed by the
-/// time of the gateway's last reload changing, and counted by the reload counters (several within
-/// one period make one entry with their number).
-#[derive(Default)]
-struct ReloadLog {
-    /// The last reload's time seen.
-    last_at: Option<SystemTime>,
-    /// The counters (ok, refused) at that time.
-    counted: (f64, f64),
-    /// Newest first, at most [`RECENT_RELOADS`].
-    recent: VecDeque<Value>,
-}
-
-impl ReloadLog {
-    fn observe(&mut self, status: &sekisho_gateway::Status, counted: (f64, f64)) {
-        let Some(at) = status.last_reload.at else {
-            self.counted = counted;
-            return;
-        };
-        if self.last_at == Some(at) {
-            return;
-        }
-        let reloads = (counted.0 - self.counted.0) + (counted.1 - self.counted.1);
-        self.last_at = Some(at);
-        self.counted = counted;
-        if self.recent.len() == RECENT_RELOADS {
-            self.recent.pop_back();
-        }
-        self.recent.push_front(json!({
-            "at_unix_ms": unix_ms(at),
-            "ok": status.last_reload.error.is_none(),
-            "generation": status.generation,
-            "error": status.last_reload.error,
-            // Counters are whole numbers kept as f64 by the exposition.
-            "reloads": reloads.max(1.0).round() as u64,
-        }));
-    }
 }
 
 /// The published side: the latest snapshot event and the history a new viewer starts from.
@@ -577,7 +536,7 @@ fn overall(
     }
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
