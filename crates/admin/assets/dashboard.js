@@ -382,10 +382,20 @@ function renderCircuits(circuits) {
 }
 
 function renderRoutes(routes) {
-  keyed($("routes").tBodies[0], routes, (r) => r.name + " → " + r.upstream, () => el("tr", {}, ...Array.from({ length: 11 }, () => el("td")), el("td", {}, el("canvas", { class: "spark", height: "28" }))), (row, r) => {
+  keyed($("routes").tBodies[0], routes, (r) => r.name + " → " + r.upstream, (r) => {
+    const row = el("tr", { "data-route": r.name }, ...Array.from({ length: 12 }, () => el("td")), el("td", {}, el("canvas", { class: "spark", height: "28" })));
+    row.children[8].classList.add("budget");
+    return row;
+  }, (row, r) => {
+    // The retry budget: retries still allowed over its window, of those its requests earn.
+    const budget = r.retry_budget;
     const values = [r.name, r.upstream, num(r.requests_per_second), pct(r.error_rate), ms(r.p50_ms), ms(r.p95_ms), ms(r.p99_ms),
-      num(r.retries_per_second), String(r.retry_budget_exhausted), r.rate_limit ? num(r.rate_limit.limited_per_second) : "", r.cache ? pct(r.cache.hit_rate) : ""];
+      num(r.retries_per_second), budget ? budget.available + " (" + budget.retries + " used)" : "no retries", String(r.retry_budget_exhausted),
+      r.rate_limit ? num(r.rate_limit.limited_per_second) : "", r.cache ? pct(r.cache.hit_rate) : ""];
     values.forEach((v, i) => { row.children[i].textContent = v; });
+    const cell = row.children[8];
+    if (budget) { cell.dataset.retryBudget = budget.available; cell.dataset.state = budget.available === 0 ? "critical" : "healthy"; }
+    else { delete cell.dataset.retryBudget; delete cell.dataset.state; }
     const history = state.routeHistory.get(r.name);
     if (history) chart(row.querySelector("canvas"), history, [{ index: 1, colour: COLOURS.rps }, { index: 2, colour: COLOURS.err, scale: 100, axis: "right", max: 100 }], "", true);
   });
@@ -409,6 +419,17 @@ function renderConfig(snapshot) {
   if (reload.error) text += " · the last reload was refused, the previous config stays: " + reload.error;
   $("config").textContent = text;
   $("config").className = reload.error ? "error" : "";
+  // The last reloads, newest first, each once (keyed by its time).
+  const recent = snapshot.reloads.recent || [];
+  const list = $("reloads");
+  if (recent.length) { const none = list.querySelector(":scope > li.muted"); if (none) none.remove(); }
+  keyed(list, recent, (r) => String(r.at_unix_ms), () => el("li"), (item, r) => {
+    item.dataset.reload = r.generation;
+    item.dataset.state = r.ok ? "healthy" : "critical";
+    item.textContent = new Date(r.at_unix_ms).toLocaleTimeString() + " · " + (r.ok ? "applied, generation " + r.generation : "refused, generation " + r.generation + " stays: " + r.error) + (r.reloads > 1 ? " (" + r.reloads + " reloads)" : "");
+  });
+  // Newest first: keyed() appends new items at the end, so put them in order.
+  for (const r of recent) { const item = list.querySelector(":scope > [data-key=\"" + CSS.escape(String(r.at_unix_ms)) + "\"]"); if (item) list.append(item); }
 }
 
 // ---- charts -----------------------------------------------------------------------------------

@@ -233,6 +233,10 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
+        (&Method::GET, "/api/v1/status") => api_status(state),
+        (&Method::GET, "/api/v1/routes") => {
+            json_response(StatusCode::OK, &json!({ "routes": state.gateway.routes() }))
+        }
         (&Method::GET, "/api/v1/upstreams") => json_response(
             StatusCode::OK,
             &json!({ "upstreams": state.gateway.upstreams() }),
@@ -269,6 +273,8 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
             | "/ready"
             | "/health/detailed"
             | "/metrics"
+            | "/api/v1/status"
+            | "/api/v1/routes"
             | "/api/v1/upstreams"
             | "/api/v1/config"
             | "/api/v1/config/reload"
@@ -426,6 +432,34 @@ fn detailed(state: &AdminState) -> AdminResponse {
         checks["redis"] = redis;
     }
     json_response(code, &json!({"status": overall, "checks": checks}))
+}
+
+/// `GET /api/v1/status`: the gateway's overall colour as the dashboard shows it (from the latest
+/// snapshot), readiness, the config in force and its last reload, and the version.
+fn api_status(state: &AdminState) -> AdminResponse {
+    let status = state.gateway.status();
+    let snapshot = state.dashboard.latest_value();
+    let unix_ms = |at: std::time::SystemTime| {
+        at.duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "status": snapshot.as_ref().map_or(json!("unknown"), |s| s["status"].clone()),
+            "ready": status.ready,
+            "draining": status.draining,
+            "version": env!("CARGO_PKG_VERSION"),
+            "generation": status.generation,
+            "loaded_at_unix_ms": unix_ms(status.loaded_at),
+            "last_reload": {
+                "at_unix_ms": status.last_reload.at.map(unix_ms),
+                "error": status.last_reload.error,
+            },
+            "recent_reloads": snapshot.as_ref().map_or(json!([]), |s| s["reloads"]["recent"].clone()),
+        }),
+    )
 }
 
 /// Prometheus text format by default; OpenMetrics to a scraper that asks for it.

@@ -1,5 +1,7 @@
 //! The admin API of edge authentication: users (`/api/v1/users`, `/api/v1/users/{name}`) and
 //! sessions (`/api/v1/sessions?user=NAME`), answered by the gateway's `sekisho_auth::Auth`.
+//! The list of users comes a page at a time, by name: `?limit=N` (1–500, default 100) and
+//! `?cursor=NAME` (the `next_cursor` of the previous page; `null` on the last).
 
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -77,10 +79,7 @@ pub(crate) async fn users(
     };
     let method = request.method().clone();
     let result = match (method.clone(), name) {
-        (Method::GET, None) => auth
-            .users()
-            .await
-            .map(|users| json_response(StatusCode::OK, &json!({ "users": users }))),
+        (Method::GET, None) => return users_page(auth, request.uri().query()).await,
         (Method::POST, None) => {
             let new: NewUser = match body_json(request).await {
                 Ok(new) => new,
@@ -121,6 +120,54 @@ pub(crate) async fn users(
         }
     };
     result.unwrap_or_else(|why| failed(&why))
+}
+
+/// A page of users holds this many unless `limit` says otherwise …
+const DEFAULT_LIMIT: u32 = 100;
+/// … and at most this many.
+const MAX_LIMIT: u32 = 500;
+
+/// `GET /api/v1/users[?limit=N][&cursor=NAME]`: one page of the users, by name.
+async fn users_page(auth: &Auth, query: Option<&str>) -> AdminResponse {
+    let mut cursor = None;
+    let mut limit = DEFAULT_LIMIT;
+    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        match name.as_ref() {
+            "cursor" => cursor = Some(value.into_owned()),
+            "limit" => match value.parse::<u32>() {
+                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
+                _ => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "BAD_REQUEST",
+                        &format!("`limit={value}`: limit is 1 to {MAX_LIMIT}"),
+                    )
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BAD_REQUEST",
+                    &format!("`{name}`: unknown parameter (limit, cursor)"),
+                )
+            }
+        }
+    }
+    // One more than asked tells whether a next page exists.
+    match auth.users_page(cursor.as_deref(), limit + 1).await {
+        Ok(mut users) => {
+            let more = users.len() > limit as usize;
+            users.truncate(limit as usize);
+            let next_cursor = more
+                .then(|| users.last().map(|user| user.username.clone()))
+                .flatten();
+            json_response(
+                StatusCode::OK,
+                &json!({ "users": users, "next_cursor": next_cursor }),
+            )
+        }
+        Err(why) => failed(&why),
+    }
 }
 
 /// `/api/v1/sessions?user=NAME`: GET lists, DELETE revokes them all.

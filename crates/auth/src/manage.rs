@@ -121,6 +121,21 @@ impl Auth {
             .collect())
     }
 
+    /// One page of the users, by name: at most `limit` after the name `after`.
+    pub async fn users_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserView>, AuthError> {
+        Ok(self
+            .directory
+            .users_page(after, limit)
+            .await?
+            .into_iter()
+            .map(UserView::of)
+            .collect())
+    }
+
     /// One user.
     pub async fn user(&self, username: &str) -> Result<UserView, AuthError> {
         self.directory

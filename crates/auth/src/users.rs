@@ -208,6 +208,23 @@ impl Directory {
         Ok(rows.iter().map(user_of).collect::<Result<_, _>>()?)
     }
 
+    /// One page of the users, by name: at most `limit` of those whose name sorts after `after`
+    /// (from the first without it). The last name of a page is the cursor of the next.
+    pub async fn users_page(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, AuthError> {
+        let sql =
+            format!("{USER_WITH_GRANTS}u.username > $1{GROUP_BY} ORDER BY u.username LIMIT $2");
+        let rows = sqlx::query(&sql)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(self.db.pool())
+            .await?;
+        Ok(rows.iter().map(user_of).collect::<Result<_, _>>()?)
+    }
+
     /// Creates `username` with `password_hash` and `roles` (which must exist).
     pub async fn add_user(
         &self,

@@ -265,3 +265,38 @@ async fn sqlite_legacy_hashes_are_rehashed_and_lockout_ends() {
 async fn postgres_legacy_hashes_are_rehashed_and_lockout_ends() {
     legacy_hashes_are_rehashed_and_lockout_ends(Dialect::Postgres).await;
 }
+
+/// The admin API's list of users, a page at a time by name (issue 17).
+async fn users_come_a_page_at_a_time_by_name(dialect: Dialect) {
+    let setup = setup(dialect, false, "").await;
+    let auth = &setup.auth;
+    for name in ["cy", "ann", "bo"] {
+        auth.create_user(name, Some("correct horse battery"), None, &[])
+            .await
+            .unwrap();
+    }
+    let names = |page: Vec<sekisho_auth::UserView>| -> Vec<String> {
+        page.into_iter().map(|user| user.username).collect()
+    };
+    assert_eq!(
+        names(auth.users_page(None, 2).await.unwrap()),
+        ["ann", "bo"]
+    );
+    assert_eq!(names(auth.users_page(Some("bo"), 2).await.unwrap()), ["cy"]);
+    assert!(auth.users_page(Some("cy"), 2).await.unwrap().is_empty());
+    assert_eq!(
+        names(auth.users_page(None, 100).await.unwrap()),
+        names(auth.users().await.unwrap())
+    );
+    setup.finish().await;
+}
+
+#[tokio::test]
+async fn sqlite_users_come_a_page_at_a_time_by_name() {
+    users_come_a_page_at_a_time_by_name(Dialect::Sqlite).await;
+}
+
+#[tokio::test]
+async fn postgres_users_come_a_page_at_a_time_by_name() {
+    users_come_a_page_at_a_time_by_name(Dialect::Postgres).await;
+}

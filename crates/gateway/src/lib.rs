@@ -64,8 +64,8 @@ pub use state::ReloadRecord;
 pub use store_link::StoreStatus;
 pub use upstream::CheckRecord;
 pub use views::{
-    BulkheadView, CircuitActionError, CircuitView, PurgeError, Status, TargetView, TransitionView,
-    UpstreamView,
+    BulkheadView, CircuitActionError, CircuitView, PurgeError, RetryBudgetView, RetryView,
+    RouteView, Status, TargetView, TransitionView, UpstreamView,
 };
 
 use clock::unix_seconds;

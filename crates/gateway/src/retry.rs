@@ -131,6 +131,11 @@ impl RetryPolicy {
         self.budget.deposit(now.into_std());
     }
 
+    /// What the budget holds at `now`: requests and retries of its window, retries left.
+    pub(crate) fn budget_figures(&self, now: Instant) -> sekisho_policy::budget::BudgetFigures {
+        self.budget.figures(now.into_std())
+    }
+
     /// Decides whether the attempt that just failed is tried again and after which wait.
     pub(crate) fn decide(&self, failed: &FailedAttempt) -> Result<Duration, NoRetry> {
         let wanted = match failed.failure {

@@ -105,6 +105,21 @@ pub(crate) struct RouteQuery<'a> {
 }
 
 impl CompiledRoute {
+    /// How the route matches the path, for the admin API: `("prefix" | "exact", path)`.
+    pub(crate) fn path_view(&self) -> (&'static str, &str) {
+        match &self.path {
+            PathMatch::Exact(path) => ("exact", path),
+            PathMatch::Prefix(path) => ("prefix", path),
+        }
+    }
+
+    /// The methods the route takes (`None`: any), for the admin API.
+    pub(crate) fn methods_view(&self) -> Option<Vec<String>> {
+        self.methods
+            .as_ref()
+            .map(|methods| methods.iter().map(|m| m.as_str().to_owned()).collect())
+    }
+
     /// Builds a route from its config; `upstream` is already resolved.
     pub(crate) fn new(
         route: &Route,

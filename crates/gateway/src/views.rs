@@ -99,6 +99,53 @@ pub struct TargetView {
     pub idle_connections: Option<usize>,
 }
 
+/// A route as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteView {
+    /// Its name.
+    pub name: String,
+    /// The upstream it sends to.
+    pub upstream: String,
+    /// `prefix` or `exact`.
+    pub path_match: &'static str,
+    /// The path (or prefix) it takes.
+    pub path: String,
+    /// The methods it takes; `None`: any.
+    pub methods: Option<Vec<String>>,
+    /// The deadline of a whole request, every attempt included, in milliseconds.
+    pub timeout_ms: u64,
+    /// Retries and their budget, when `[routes.retry]` is set.
+    pub retry: Option<RetryView>,
+    /// `[routes.rate_limit]` is set.
+    pub rate_limit: bool,
+    /// `[routes.cache]` is set.
+    pub cache: bool,
+    /// `[routes.fallback]` is set.
+    pub fallback: bool,
+    /// Shedding by an adaptive concurrency limit is on.
+    pub adaptive_concurrency: bool,
+}
+
+/// A route's retries as the admin API shows them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RetryView {
+    /// Attempts at most, the first included.
+    pub attempts: u32,
+    /// The retry budget now, over its window (the last 10 s).
+    pub budget: RetryBudgetView,
+}
+
+/// A retry budget's figures now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RetryBudgetView {
+    /// First attempts in the window.
+    pub requests: u64,
+    /// Retries in the window.
+    pub retries: u64,
+    /// Retries still allowed now; 0: the next failure is answered as it is.
+    pub available: u64,
+}
+
 /// A circuit breaker as the admin API shows it (named after its upstream).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CircuitView {
@@ -253,6 +300,43 @@ impl Gateway {
     /// The Redis link of rate limits, when one uses it.
     pub fn store_status(&self) -> Option<store_link::StoreStatus> {
         self.shared.states.store_status()
+    }
+
+    /// The routes in force, in the order they are matched, with each retry budget's figures.
+    pub fn routes(&self) -> Vec<RouteView> {
+        let runtime = self.shared.runtime.load();
+        let now = tokio::time::Instant::now();
+        runtime
+            .router
+            .routes()
+            .iter()
+            .map(|route| {
+                let (path_match, path) = route.path_view();
+                RouteView {
+                    name: route.name.to_string(),
+                    upstream: route.upstream.name.to_string(),
+                    path_match,
+                    path: path.to_owned(),
+                    methods: route.methods_view(),
+                    timeout_ms: u64::try_from(route.timeout.as_millis()).unwrap_or(u64::MAX),
+                    retry: route.retry.as_ref().map(|retry| {
+                        let figures = retry.budget_figures(now);
+                        RetryView {
+                            attempts: retry.attempts,
+                            budget: RetryBudgetView {
+                                requests: figures.requests,
+                                retries: figures.retries,
+                                available: figures.available,
+                            },
+                        }
+                    }),
+                    rate_limit: route.rate_limit.is_some(),
+                    cache: route.cache.is_some(),
+                    fallback: route.fallback.is_some(),
+                    adaptive_concurrency: route.concurrency.is_some(),
+                }
+            })
+            .collect()
     }
 
     /// Every circuit breaker in force, by upstream name.

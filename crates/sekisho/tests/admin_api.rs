@@ -235,3 +235,263 @@ async fn wrong_tokens_lock_the_address_out_for_a_while_even_with_the_right_one()
     .await;
     assert_eq!(health.status, 200);
 }
+
+/// The latest snapshot on `stream` for which `wanted` holds, within 30 snapshots.
+async fn snapshot_where(
+    stream: &mut Stream,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let taken = stream.until("snapshot", 1).await.len();
+    for count in taken..taken + 30 {
+        let snapshots = stream.until("snapshot", count).await;
+        let latest = snapshots.last().unwrap();
+        if wanted(latest) {
+            return latest.clone();
+        }
+    }
+    panic!("no snapshot as wanted: {}", stream.read);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_17_routes_retry_budgets_recent_reloads_and_no_cors() {
+    let upstream = chaos_upstream("app").await;
+    let dir = TempDir::new("admin-api-routes");
+    let good = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\
+         [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         [routes.retry]\nattempts = 2\nretry_on = [500]\nbudget_ratio = 0.0\nbudget_min_per_second = 1\n",
+        upstream.address
+    );
+    let config = dir.write("sekisho.toml", &good);
+    let gateway = Sekisho::start(&binary(), &config);
+    let http = client();
+    let auth = format!("Bearer {TOKEN}");
+    let get = |path: &'static str| {
+        let http = http.clone();
+        let url = gateway.admin_url(path);
+        let auth = auth.clone();
+        async move {
+            send(
+                &http,
+                "GET",
+                &url,
+                &[("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+
+    // Each route, with its retry budget: the floor alone (1 a second over 10 s) before traffic.
+    let routes = get("/api/v1/routes").await;
+    assert_eq!(routes.status, 200);
+    let route = &routes.json()["routes"][0];
+    assert_eq!(route["name"], "app");
+    assert_eq!(route["upstream"], "app");
+    assert_eq!(route["path_match"], "prefix");
+    assert_eq!(route["path"], "/");
+    assert_eq!(route["retry"]["attempts"], 2);
+    assert_eq!(route["retry"]["budget"]["available"], 10, "{route}");
+    // Failures retried until the budget is spent: the API and the dashboard's snapshot say so.
+    let chaos = format!("http://{}/_chaos", upstream.address);
+    let set = send(
+        &http,
+        "POST",
+        &chaos,
+        &[],
+        Bytes::from(r#"{"error_rate":1.0}"#),
+    )
+    .await;
+    assert_eq!(set.status, 200);
+    for _ in 0..15 {
+        let answer = send(&http, "GET", &gateway.url("/x"), &[], Bytes::new()).await;
+        assert_eq!(answer.status, 500);
+    }
+    let budget = &get("/api/v1/routes").await.json()["routes"][0]["retry"]["budget"];
+    assert_eq!(budget["available"], 0, "{budget}");
+    assert_eq!(budget["retries"], 10, "{budget}");
+    let (_, stream) = Stream::open(&gateway.admin_url("/api/v1/stream"), TOKEN).await;
+    let mut stream = stream.unwrap();
+    let spent = snapshot_where(&mut stream, |s| {
+        s["routes"][0]["retry_budget"]["retries"].as_u64() > Some(0)
+    })
+    .await;
+    // Retries leave the 10 s window as time goes by; what is left is what they did not take.
+    let in_window = &spent["routes"][0]["retry_budget"];
+    assert_eq!(
+        in_window["available"].as_u64().unwrap() + in_window["retries"].as_u64().unwrap(),
+        10,
+        "{in_window}"
+    );
+
+    // A reload applied, then one refused: both listed, newest first, in the snapshot and the
+    // status. The second waits until the first was seen, so each is its own entry.
+    assert!(spent["reloads"]["recent"].as_array().unwrap().is_empty());
+    let post = |path: &'static str| {
+        let http = http.clone();
+        let url = gateway.admin_url(path);
+        let auth = auth.clone();
+        async move {
+            send(
+                &http,
+                "POST",
+                &url,
+                &[("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    assert_eq!(post("/api/v1/config/reload").await.status, 200);
+    snapshot_where(&mut stream, |s| s["reloads"]["recent"][0]["ok"] == true).await;
+    std::fs::write(
+        &config,
+        good.replace(
+            "upstream = \"app\"\n[routes.retry]",
+            "upstream = \"nowhere\"\n[routes.retry]",
+        ),
+    )
+    .unwrap();
+    assert_eq!(post("/api/v1/config/reload").await.status, 400);
+    let both = snapshot_where(&mut stream, |s| s["reloads"]["recent"][0]["ok"] == false).await;
+    let recent = both["reloads"]["recent"].as_array().unwrap();
+    assert_eq!(recent.len(), 2, "{recent:?}");
+    assert_eq!(
+        recent[0]["generation"], 2,
+        "the refused one leaves generation 2 in force"
+    );
+    assert!(
+        recent[0]["error"].as_str().unwrap().contains("nowhere"),
+        "{recent:?}"
+    );
+    assert_eq!(recent[1]["ok"], true);
+    assert_eq!(recent[1]["generation"], 2);
+    assert!(recent[1]["error"].is_null());
+    let status = get("/api/v1/status").await;
+    assert_eq!(status.status, 200);
+    let status = status.json();
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["generation"], 2);
+    assert!(status["last_reload"]["error"].is_string(), "{status}");
+    assert_eq!(
+        status["recent_reloads"].as_array().unwrap().len(),
+        2,
+        "{status}"
+    );
+
+    // CORS stays closed: no preflight passes and no answer names an origin it may be read from.
+    let preflight = send(
+        &http,
+        "OPTIONS",
+        &gateway.admin_url("/api/v1/circuits/app"),
+        &[
+            ("origin", "https://elsewhere.example"),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization, content-type",
+            ),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert!(preflight.status >= 400, "{}", preflight.status);
+    let read = send(
+        &http,
+        "GET",
+        &gateway.admin_url("/api/v1/upstreams"),
+        &[
+            ("authorization", &auth),
+            ("origin", "https://elsewhere.example"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(read.status, 200);
+    for answer in [&preflight, &read] {
+        let named: Vec<_> = answer
+            .headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("access-control-"))
+            .collect();
+        assert!(named.is_empty(), "{named:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_17_users_come_a_page_at_a_time_by_name() {
+    let upstream = chaos_upstream("app").await;
+    let dir = TempDir::new("admin-api-users");
+    let config = dir.write(
+        "sekisho.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+             [store]\ndata_dir = \"{}\"\n\
+             [auth]\nargon2 = {{ memory_kib = 64, iterations = 1, parallelism = 1 }}\n\
+             [upstreams.app]\ntargets = [\"{}\"]\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            dir.path().join("data").display(),
+            upstream.address
+        ),
+    );
+    let gateway = Sekisho::start(&binary(), &config);
+    let http = client();
+    let auth = format!("Bearer {TOKEN}");
+    let headers = [("authorization", auth.as_str())];
+    for name in ["cy", "ann", "bo"] {
+        let body = format!(r#"{{"username":"{name}","password":"correct horse battery"}}"#);
+        let created = send(
+            &http,
+            "POST",
+            &gateway.admin_url("/api/v1/users"),
+            &headers,
+            Bytes::from(body),
+        )
+        .await;
+        assert_eq!(created.status, 201, "{name}");
+    }
+    let page = |query: String| {
+        let http = http.clone();
+        let url = gateway.admin_url(&format!("/api/v1/users{query}"));
+        let auth = auth.clone();
+        async move {
+            send(
+                &http,
+                "GET",
+                &url,
+                &[("authorization", &auth)],
+                Bytes::new(),
+            )
+            .await
+        }
+    };
+    let names = |answer: &serde_json::Value| -> Vec<String> {
+        answer["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["username"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Without a limit: every user (fewer than a page), and no next page.
+    let all = page(String::new()).await.json();
+    assert_eq!(names(&all), ["ann", "bo", "cy"]);
+    assert!(all["next_cursor"].is_null());
+    // Two a page: the first page's cursor leads to the rest, whose cursor is null.
+    let first = page("?limit=2".to_owned()).await.json();
+    assert_eq!(names(&first), ["ann", "bo"]);
+    assert_eq!(first["next_cursor"], "bo");
+    let second = page("?limit=2&cursor=bo".to_owned()).await.json();
+    assert_eq!(names(&second), ["cy"]);
+    assert!(second["next_cursor"].is_null());
+    // A limit out of range or an unknown parameter: 400 in the one error shape.
+    for bad in ["?limit=0", "?limit=501", "?page=2"] {
+        let refused = page(bad.to_owned()).await;
+        assert_eq!(refused.status, 400, "{bad}");
+        assert_eq!(refused.error_code(), "BAD_REQUEST", "{bad}");
+    }
+}

@@ -3,7 +3,8 @@
 //! and a chaos upstream. The page is loaded and the token entered; every upstream shows healthy;
 //! the upstream fails and, without a reload, its element turns critical and its circuit open; the
 //! circuit is force-closed from the page and the API agrees; the gateway is killed and started
-//! again on the same ports, and the page reconnects by itself.
+//! again on the same ports, and the page reconnects by itself. Along the way: the route's retry
+//! budget (none: every retry refused) and the reload made from the page are shown.
 //!
 //! Needs `chromium` and Python's `playwright` (scripts/test installs both). Without them the test
 //! is skipped loudly, unless SEKISHO_REQUIRE_BROWSER=1 or CI is set: then it fails.
@@ -99,6 +100,7 @@ fn the_dashboard_shows_a_failing_upstream_live_acts_on_its_circuit_and_survives_
              [[routes]]\nname = \"catalog\"\npath_prefix = \"/catalog\"\nupstream = \"app\"\n\
              [routes.cache]\nttl = \"60s\"\n\
              [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\ntimeout = \"2s\"\n\
+             [routes.retry]\nattempts = 2\nretry_on = [500]\nbudget_ratio = 0.0\nbudget_min_per_second = 0\n\
              [monitor]\ninterval = \"100ms\"\n\
              [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"200ms\"\ndefault_rules = false\n\
              [[alerts.rules]]\nname = \"AppCircuitOpen\"\nsignal = \"circuit_open\"\nupstream = \"app\"\nwarning = 1\n\
@@ -192,8 +194,8 @@ fn the_dashboard_shows_a_failing_upstream_live_acts_on_its_circuit_and_survives_
     for step in [
         "step: every upstream healthy, circuit closed",
         "step: cache entry purged from the page",
-        "step: config reloaded from the page",
-        "step: upstream critical, circuit open",
+        "step: config reloaded from the page, listed in the recent reloads",
+        "step: upstream critical, circuit open, retries refused by the budget",
         "step: alert shown, acknowledged and silenced from the page",
         "step: force-closed from the page, the API agrees",
         "step: reconnected after the restart, without a reload",

@@ -7,6 +7,7 @@
 //! of queueing them. Viewers are capped ([`MAX_VIEWERS`]).
 
 mod exposition;
+mod reloads;
 pub(crate) mod snapshot;
 
 use std::convert::Infallible;
@@ -52,6 +53,21 @@ impl Dashboard {
     /// Streams open now.
     pub(crate) fn viewers(&self) -> usize {
         self.viewers.load(Ordering::Relaxed)
+    }
+
+    /// The latest snapshot's JSON, before the first one `None`.
+    fn latest_json(&self) -> Option<String> {
+        let frame = self.published.latest.borrow().clone();
+        std::str::from_utf8(&frame)
+            .ok()
+            .and_then(|text| text.strip_prefix("event: snapshot\ndata: "))
+            .map(|data| data.trim_end().to_owned())
+    }
+
+    /// The latest snapshot, parsed; before the first one `None`.
+    pub(crate) fn latest_value(&self) -> Option<serde_json::Value> {
+        self.latest_json()
+            .and_then(|json| serde_json::from_str(&json).ok())
     }
 }
 
@@ -178,12 +194,7 @@ pub(crate) fn asset(path: &str) -> Option<AdminResponse> {
 /// `GET /api/v1/dashboard`: the latest snapshot as plain JSON (what the stream's `snapshot`
 /// events carry), for a client that does not stream.
 pub(crate) fn latest(state: &AdminState) -> AdminResponse {
-    let frame = state.dashboard.published.latest.borrow().clone();
-    let json = std::str::from_utf8(&frame)
-        .ok()
-        .and_then(|text| text.strip_prefix("event: snapshot\ndata: "))
-        .map(|data| data.trim_end().to_owned());
-    match json {
+    match state.dashboard.latest_json() {
         Some(json) => {
             let mut response = Response::new(Full::new(Bytes::from(json)));
             response

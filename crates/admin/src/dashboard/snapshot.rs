@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use super::exposition::{add_buckets, quantile, Counters};
+use super::reloads::ReloadLog;
 use crate::AdminState;
 
 /// How often the snapshot is taken.
@@ -33,9 +34,10 @@ struct Reading {
     bulkhead_rejected: BTreeMap<String, u64>,
 }
 
-/// What the sampler keeps between snapshots: the last few readings and the history of points.
+/// What the sampler keeps between snapshots: the last few readings and the reloads seen.
 pub(crate) struct Sampler {
     readings: VecDeque<Reading>,
+    reloads: ReloadLog,
 }
 
 /// The published side: the latest snapshot event and the history a new viewer starts from.
@@ -94,6 +96,7 @@ impl Sampler {
     pub(crate) fn new() -> Self {
         Self {
             readings: VecDeque::with_capacity(WINDOW_READINGS + 1),
+            reloads: ReloadLog::default(),
         }
     }
 
@@ -109,6 +112,11 @@ impl Sampler {
         let now = Instant::now();
         let upstreams = gateway.upstreams();
         let circuits = gateway.circuits();
+        let route_views: BTreeMap<String, sekisho_gateway::RouteView> = gateway
+            .routes()
+            .into_iter()
+            .map(|route| (route.name.clone(), route))
+            .collect();
         let reading = Reading {
             at: now,
             counters: Counters::parse(&gateway.encode_metrics()),
@@ -164,6 +172,10 @@ impl Sampler {
             figures["upstream"] = json!(upstream);
             figures["retries_per_second"] = json!(round(retries));
             figures["retry_budget_exhausted"] = json!(budget_exhausted);
+            figures["retry_budget"] = route_views
+                .get(route)
+                .and_then(|view| view.retry.as_ref())
+                .map_or(Value::Null, |retry| json!(retry.budget));
             figures["rate_limit"] = match latest.counters.rate_limits.get(route) {
                 Some(&(_, limited_total)) => json!({
                     "allowed_per_second": round(per_second(limit_allowed)),
@@ -253,6 +265,7 @@ impl Sampler {
             .collect();
 
         let status = gateway.status();
+        self.reloads.observe(&status, latest.counters.reloads);
         let alerts = alerts(state);
         let store = gateway.store_status().map(|store| {
             json!({"healthy": store.healthy, "url": store.url, "instances": store.instances})
@@ -276,7 +289,11 @@ impl Sampler {
                 "at_unix_ms": status.last_reload.at.map(unix_ms),
                 "error": status.last_reload.error,
             },
-            "reloads": {"ok": latest.counters.reloads.0, "error": latest.counters.reloads.1},
+            "reloads": {
+                "ok": latest.counters.reloads.0,
+                "error": latest.counters.reloads.1,
+                "recent": self.reloads.recent,
+            },
             "upstreams": upstream_values,
             "routes": routes,
             "circuits": circuits,
@@ -519,7 +536,7 @@ fn overall(
     }
 }
 
-fn unix_ms(at: SystemTime) -> u64 {
+pub(crate) fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)

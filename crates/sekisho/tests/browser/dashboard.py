@@ -14,6 +14,8 @@ synchronises anything here.
 
 import argparse
 import json
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -83,6 +85,21 @@ def heap_mb(cdp):
     return metrics["JSHeapUsedSize"] / 1e6, metrics.get("Nodes", 0)
 
 
+def gateway_rss_mb(admin):
+    """The resident memory of the process listening on the admin URL's port (Linux), or None."""
+    port = admin.rsplit(":", 1)[-1]
+    try:
+        listing = subprocess.run(
+            ["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, timeout=5
+        ).stdout
+        pid = re.search(r"pid=(\d+)", listing).group(1)
+        with open(f"/proc/{pid}/status") as status:
+            kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        return round(kib / 1024, 1)
+    except Exception:
+        return None
+
+
 def main():
     parser = argparse.ArgumentParser()
     for name in ("admin", "traffic", "chaos", "token", "chromium", "screenshot"):
@@ -135,7 +152,8 @@ def main():
         # The config reloaded from the page: the next snapshot shows the new generation.
         page.click("#reload")
         page.wait_for_function("() => document.getElementById('meta').textContent.startsWith('generation 2 ')")
-        say("step: config reloaded from the page")
+        page.wait_for_selector('#reloads li[data-reload="2"][data-state="healthy"]')
+        say("step: config reloaded from the page, listed in the recent reloads")
 
         # For the docs' screenshot: healthy traffic first, until the charts hold that many points.
         if args.history:
@@ -151,7 +169,14 @@ def main():
         with Traffic(args.traffic + "/fail"):
             page.wait_for_selector('[data-circuit="app"][data-state="open"]')
             page.wait_for_selector('[data-upstream="app"][data-state="critical"]')
-            say("step: upstream critical, circuit open")
+            # The failures wanted retries, and the budget refused them: the harness gives the route
+            # none (no retry left, in red), and the refusals are counted on the route's row.
+            page.wait_for_selector('[data-route="app"] td[data-retry-budget="0"][data-state="critical"]')
+            page.wait_for_function(
+                """() => { const cell = document.querySelector('[data-route="app"] td.budget');
+                           return cell && Number(cell.nextElementSibling.textContent) > 0; }"""
+            )
+            say("step: upstream critical, circuit open, retries refused by the budget")
             page.wait_for_function(
                 "() => document.querySelector('[data-upstream=\"app\"] .reasons').textContent.includes('circuit open')"
             )
@@ -200,11 +225,13 @@ def main():
             cdp.send("Performance.enable")
             with Traffic(args.traffic + "/soak"):
                 start_heap, start_nodes = heap_mb(cdp)
+                server_rss = [gateway_rss_mb(admin)]
                 started = time.monotonic()
                 samples = []
                 while time.monotonic() - started < args.soak:
                     page.wait_for_timeout(min(30_000, args.soak * 1000 / 10))
                     samples.append(heap_mb(cdp))
+                    server_rss.append(gateway_rss_mb(admin))
                 end_heap, end_nodes = heap_mb(cdp)
             say(
                 "soak: "
@@ -215,8 +242,10 @@ def main():
                         "heap_mb_end": round(end_heap, 2),
                         "heap_mb_max": round(max(h for h, _ in samples + [(end_heap, 0)]), 2),
                         "heap_mb_samples": [round(h, 2) for h, _ in samples],
+                        "dom_nodes_samples": [int(n) for _, n in samples],
                         "dom_nodes_start": start_nodes,
                         "dom_nodes_end": end_nodes,
+                        "gateway_rss_mb_samples": server_rss,
                     }
                 )
             )
