@@ -1,7 +1,8 @@
 //! sekisho-load: the tools that put sekisho under pressure.
 //!
 //! What it is for: the chaos upstream ([`ChaosServer`]) that demos and tests put behind the
-//! gateway, and the load generator of `sekisho load` ([`Generator`] for a plan of requests,
+//! gateway, the demo's services ([`ServiceServer`]) and its alert receiver ([`AlertInbox`]),
+//! and the load generator of `sekisho load` ([`Generator`] for a plan of requests,
 //! [`scenario::run`] for the built-in scenarios, [`Report`] for what a run found and whether it
 //! passed).
 //!
@@ -12,6 +13,7 @@
 //! 5 s, hung requests included. The generator never holds more than its bound of requests in
 //! flight, nor waits longer than its timeout for one.
 
+mod alert_inbox;
 mod chaos;
 mod generator;
 mod report;
@@ -20,6 +22,7 @@ mod services;
 
 use std::path::PathBuf;
 
+pub use alert_inbox::AlertInbox;
 pub use chaos::{ChaosHandle, ChaosOptions, ChaosServer, ChaosState};
 pub use generator::{
     parse_url, Endpoint, Generator, HttpVersion, LoadPlan, MarkHandle, Model, Progress, RunOutput,

@@ -281,3 +281,123 @@ async fn the_connection_pool_is_bounded_and_waiting_for_it_counts_as_latency() {
         "{connections} connections for a pool of 2"
     );
 }
+
+/// A server answering at once over keep-alive HTTP/1.1, counting the connections it accepts.
+async fn counting_server() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_request| async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_sends_every_request_on_one_connection() {
+    let (address, accepted) = counting_server().await;
+    let report = run(plan(
+        address,
+        Model::Closed {
+            users: 1,
+            think_min: Duration::from_millis(1),
+            think_max: Duration::from_millis(1),
+        },
+        Duration::from_millis(500),
+    ))
+    .await;
+    assert!(report.requests >= 20, "{}", report.summary());
+    assert_eq!(report.errors, 0, "{}", report.summary());
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "{} requests one after the other must share one keep-alive connection",
+        report.requests
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_run_keeps_to_its_connections_whatever_the_number_of_requests() {
+    let (address, accepted) = counting_server().await;
+    let mut plan = plan(
+        address,
+        Model::Open {
+            rate: 400.0,
+            max_outstanding: 1000,
+        },
+        Duration::from_millis(500),
+    );
+    plan.connections = 4;
+    let report = run(plan).await;
+    assert_eq!(
+        report.statuses.get("200"),
+        Some(&200),
+        "{}",
+        report.summary()
+    );
+    let connections = accepted.load(Ordering::SeqCst);
+    assert!(
+        (1..=4).contains(&connections),
+        "{connections} connections for 200 requests and a pool of 4"
+    );
+}
+
+/// A raw HTTP/1.1 server that answers one request per connection as if it kept the connection
+/// (no `Connection: close`), then closes it: every pooled connection is dead by the time it is
+/// reused.
+async fn closing_server() -> (SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buffer = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (address, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_server_closed_is_not_reused_and_costs_no_request() {
+    let (address, accepted) = closing_server().await;
+    let report = run(plan(
+        address,
+        Model::Closed {
+            users: 1,
+            think_min: Duration::from_millis(10),
+            think_max: Duration::from_millis(10),
+        },
+        Duration::from_millis(500),
+    ))
+    .await;
+    assert!(report.requests >= 10, "{}", report.summary());
+    assert_eq!(report.errors, 0, "{}", report.summary());
+    assert_eq!(accepted.load(Ordering::SeqCst), report.requests);
+}

@@ -1,7 +1,8 @@
 //! `sekisho demo`: the example config (or the one given) with demo services on its upstreams'
 //! loopback addresses: the seeds' URL shortener and notification service behind upstreams of
-//! those names, chaos upstreams behind the others, and — when the config has `[auth]` — demo
-//! users with known passwords, printed at the start.
+//! those names, chaos upstreams behind the others, an alert receiver on each loopback `webhook`
+//! of `[[alerts.receivers]]` (it logs each alert and lists them at `GET /alerts`), and — when
+//! the config has `[auth]` — demo users with known passwords, printed at the start.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -71,6 +72,21 @@ pub(crate) fn demo(path: Option<&Path>) -> anyhow::Result<()> {
                 upstream_tasks.push(tokio::spawn(server.run(std::future::pending())));
             }
         }
+        let mut inboxes = Vec::new();
+        for receiver in &config.alerts.receivers {
+            let Some(webhook) = &receiver.get_ref().webhook else {
+                continue;
+            };
+            let Some(listen) = loopback_address(webhook) else {
+                tracing::warn!(%webhook, "not an http:// URL on a loopback address; no demo alert receiver started for it");
+                continue;
+            };
+            let inbox = sekisho_load::AlertInbox::bind(listen)
+                .await
+                .with_context(|| format!("cannot start the demo alert receiver on {listen}"))?;
+            inboxes.push(format!("http://{listen}/alerts"));
+            upstream_tasks.push(tokio::spawn(inbox.run(std::future::pending())));
+        }
         let users = match &config.auth {
             Some(_) => {
                 let base_dir = file.as_ref().and_then(|(path, _)| path.parent());
@@ -89,12 +105,37 @@ pub(crate) fn demo(path: Option<&Path>) -> anyhow::Result<()> {
             .first()
             .and_then(|r| r.get_ref().path_prefix.as_ref().map(|p| p.get_ref().clone()))
             .unwrap_or_else(|| "/".to_owned());
-        let first_target = config
+        // The service to slow down: payments when there is one (the guided script of the
+        // README), otherwise the first chaos upstream.
+        let chaos_targets: Vec<(String, String)> = config
             .upstreams
             .iter()
             .filter(|(name, _)| sekisho_load::Service::for_upstream(name.get_ref()).is_none())
-            .find_map(|(_, u)| u.targets.get_ref().first().map(|t| t.address.clone()))
+            .filter_map(|(name, u)| {
+                u.targets
+                    .get_ref()
+                    .first()
+                    .map(|t| (name.get_ref().clone(), t.address.clone()))
+            })
+            .collect();
+        let (slow_name, first_target) = chaos_targets
+            .iter()
+            .find(|(name, _)| name == "payments")
+            .or(chaos_targets.first())
+            .cloned()
             .unwrap_or_default();
+        let alerts = if inboxes.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "  alerts: each one is logged here (\"alert received\") and listed at {}\n",
+                inboxes.join(", ")
+            )
+        };
+        let token_header = match &config.admin.token {
+            Some(token) => format!(" -H 'authorization: Bearer {token}'"),
+            None => String::new(),
+        };
         let services = if config.upstreams.keys().any(|n| n.get_ref() == "shortener") {
             format!(
                 "  shorten a URL:  curl -i http://{listen}/api/v1/shorten -d '{{\"url\":\"https://example.com\"}}'\n  follow it (cached at the gateway):  curl -i http://{listen}/s/KEY\n  notify:  curl -i http://{listen}/api/v1/notifications -H 'Idempotency-Key: 1' -d '{{\"user\":\"ada\",\"channel\":\"email\",\"message\":\"hi\"}}'\n"
@@ -103,7 +144,7 @@ pub(crate) fn demo(path: Option<&Path>) -> anyhow::Result<()> {
             String::new()
         };
         eprintln!(
-            "\nsekisho demo: {} demo upstream(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}{users}  slow a service down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  dashboard: http://{admin}/{dashboard_token}\n  metrics: curl http://{admin}/metrics\n  stop with Ctrl-C\n",
+            "\nsekisho demo: {} demo upstream(s) and receiver(s) started.\n  try:   curl -i http://{listen}{first_route}\n{services}{users}  slow {slow_name} down:  curl -X POST http://{first_target}/_chaos -d '{{\"latency_ms\":5000}}'\n  dashboard: http://{admin}/{dashboard_token}\n  circuits:  curl{token_header} http://{admin}/api/v1/circuits\n{alerts}  metrics: curl http://{admin}/metrics\n  the guided tour: README.md, \"Break something\"\n  stop with Ctrl-C\n",
             upstream_tasks.len()
         );
         let result = serve(config, file).await;
@@ -153,4 +194,33 @@ async fn seed_demo_users(config: &Config, base_dir: Option<&Path>) -> anyhow::Re
         "  demo users: {} (passwords demo-password-<name>)\n  log in:  curl -s http://{listen}{prefix}/login -d '{{\"username\":\"{name}\",\"password\":\"{password}\"}}'\n  then:    curl -i http://{listen}/api/account -H 'Authorization: Bearer ACCESS_TOKEN'\n",
         names.join(", ")
     ))
+}
+
+/// The address of an `http://` URL whose host is a loopback IP address with a port (the demo
+/// starts nothing anywhere else).
+fn loopback_address(url: &str) -> Option<SocketAddr> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split(['/', '?']).next()?;
+    let address: SocketAddr = authority.parse().ok()?;
+    address.ip().is_loopback().then_some(address)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loopback_address;
+
+    #[test]
+    fn alert_receivers_are_started_only_on_loopback_http_urls() {
+        assert_eq!(
+            loopback_address("http://127.0.0.1:9006/alerts"),
+            "127.0.0.1:9006".parse().ok()
+        );
+        assert_eq!(
+            loopback_address("http://[::1]:9006"),
+            "[::1]:9006".parse().ok()
+        );
+        assert_eq!(loopback_address("https://127.0.0.1:9006/alerts"), None);
+        assert_eq!(loopback_address("http://10.0.0.5:9006/alerts"), None);
+        assert_eq!(loopback_address("http://alerts.example.com/hook"), None);
+    }
 }

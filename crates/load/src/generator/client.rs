@@ -1,6 +1,6 @@
 //! The HTTP side of the generator: what a request is (`Endpoint`), the client that sends it
-//! (hyper-util's pooled client, keep-alive HTTP/1.1 or HTTP/2 with prior knowledge), and one
-//! exchange read to its end.
+//! (keep-alive HTTP/1.1 over the generator's own pool, `h1_pool.rs`, or HTTP/2 with prior
+//! knowledge over hyper-util's client), and one exchange read to its end.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
+use super::h1_pool::{Connection, H1Pool, SendError};
 use super::recorder::Outcome;
 use crate::LoadError;
 
@@ -86,7 +89,10 @@ pub enum HttpVersion {
 /// The pooled client of a run.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadClient {
+    /// h2, and the control requests (chaos, metrics) of either version.
     client: Client<HttpConnector, Full<Bytes>>,
+    /// HTTP/1.1: the run's requests.
+    h1: Option<Arc<H1Pool>>,
     timeout: Duration,
     /// HTTP/1.1: one permit per connection of the pool; a request holds one from its send to
     /// its answer's last byte.
@@ -119,83 +125,84 @@ impl LoadClient {
                 connections.map(|n| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS))))
             }
         };
+        let h1 = match version {
+            HttpVersion::Http1 => Some(Arc::new(H1Pool::new(timeout))),
+            HttpVersion::Http2 => None,
+        };
         Self {
             client: builder.build(connector),
+            h1,
             timeout,
             connections,
         }
     }
 
-    /// Sends `endpoint`'s request and reads the answer to its end, within the timeout.
-    pub(crate) async fn exchange(&self, endpoint: &Endpoint) -> Outcome {
-        self.exchange_request(request_of(endpoint), false).await.0
+    /// Sends `endpoint`'s request and reads the answer to its end, within the timeout; the
+    /// outcome, and when the answer's last byte came (or the timeout struck).
+    pub(crate) async fn exchange(&self, endpoint: &Endpoint) -> (Outcome, Instant) {
+        let (outcome, _, answered) = self.exchange_request(request_of(endpoint), false).await;
+        (outcome, answered)
     }
 
     /// Sends `request` and reads the answer to its end, within the timeout; with `keep_body`,
-    /// a successful answer's body (at most 64 KiB) is returned too (a login's tokens).
+    /// a successful answer's body (at most 64 KiB) is returned too (a login's tokens). The
+    /// instant is the answer's end: giving the connection back to the pool comes after it and
+    /// is not charged to the request.
     pub(crate) async fn exchange_request(
         &self,
         request: http::Request<Full<Bytes>>,
         keep_body: bool,
-    ) -> (Outcome, Option<Bytes>) {
+    ) -> (Outcome, Option<Bytes>, Instant) {
         // Waiting for a free connection is part of the request's time, as in any client pool.
         let exchange = async {
-            let _connection = match &self.connections {
+            let permit = match &self.connections {
                 Some(connections) => match connections.acquire().await {
                     Ok(permit) => Some(permit),
-                    Err(_) => return (Outcome::Transport, None),
+                    Err(_) => return (Outcome::Transport, None, None, None),
                 },
                 None => None,
             };
-            self.send(request, keep_body).await
+            let (outcome, body, connection) = self.send(request, keep_body).await;
+            (outcome, body, connection, permit)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => (Outcome::Timeout, None),
+            Ok((outcome, body, connection, permit)) => {
+                let answered = Instant::now();
+                if let (Some(pool), Some(connection)) = (&self.h1, connection) {
+                    // Back before the permit: never more connections than permits.
+                    pool.put(connection).await;
+                }
+                drop(permit);
+                (outcome, body, answered)
+            }
+            Err(_) => (Outcome::Timeout, None, Instant::now()),
         }
     }
 
+    /// Sends `request` and reads its answer; over HTTP/1.1, also the connection to give back
+    /// when the answer was read to its end.
     async fn send(
         &self,
         request: http::Request<Full<Bytes>>,
         keep_body: bool,
-    ) -> (Outcome, Option<Bytes>) {
-        let response = match self.client.request(request).await {
-            Ok(response) => response,
-            Err(error) if error.is_connect() => return (Outcome::Connect, None),
-            Err(_) => return (Outcome::Transport, None),
-        };
-        let (head, body) = response.into_parts();
-        let status = head.status.as_u16();
-        let json_error = status >= 400
-            && head
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("application/json"));
-        // Only an error's body (to read its contract code) or a body asked for is kept; others
-        // are counted and dropped frame by frame.
-        if json_error || (keep_body && status < 400) {
-            let Ok(collected) = http_body_util::Limited::new(body, 64 * 1024)
-                .collect()
-                .await
-            else {
-                return (Outcome::Transport, None);
+    ) -> (Outcome, Option<Bytes>, Option<Connection>) {
+        let Some(pool) = &self.h1 else {
+            let (outcome, body) = match self.client.request(request).await {
+                Ok(response) => read_answer(response, keep_body).await,
+                Err(error) if error.is_connect() => (Outcome::Connect, None),
+                Err(_) => (Outcome::Transport, None),
             };
-            let bytes = collected.to_bytes();
-            if json_error {
-                let code = contract_code(&bytes);
-                return (Outcome::Answered { status, code }, None);
-            }
-            return (Outcome::Answered { status, code: None }, Some(bytes));
-        }
-        let mut body = body;
-        while let Some(frame) = body.frame().await {
-            if frame.is_err() {
-                return (Outcome::Transport, None);
-            }
-        }
-        (Outcome::Answered { status, code: None }, None)
+            return (outcome, body, None);
+        };
+        let (response, connection) = match pool.send(request).await {
+            Ok(sent) => sent,
+            Err(SendError::Connect) => return (Outcome::Connect, None, None),
+            Err(SendError::Transport) => return (Outcome::Transport, None, None),
+        };
+        let (outcome, body) = read_answer(response, keep_body).await;
+        // Only a connection whose answer was read to its end may carry the next request.
+        let reusable = !matches!(outcome, Outcome::Transport);
+        (outcome, body, reusable.then_some(connection))
     }
 
     /// A control request (chaos, metrics) outside the run's figures: the status and the body.
@@ -226,6 +233,45 @@ impl LoadClient {
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
+}
+
+/// Reads an answer to its end: its status, and its contract code when it is a JSON error; with
+/// `keep_body`, a successful answer's body (at most 64 KiB) too.
+async fn read_answer(
+    response: http::Response<Incoming>,
+    keep_body: bool,
+) -> (Outcome, Option<Bytes>) {
+    let (head, body) = response.into_parts();
+    let status = head.status.as_u16();
+    let json_error = status >= 400
+        && head
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+    // Only an error's body (to read its contract code) or a body asked for is kept; others are
+    // counted and dropped frame by frame.
+    if json_error || (keep_body && status < 400) {
+        let Ok(collected) = http_body_util::Limited::new(body, 64 * 1024)
+            .collect()
+            .await
+        else {
+            return (Outcome::Transport, None);
+        };
+        let bytes = collected.to_bytes();
+        if json_error {
+            let code = contract_code(&bytes);
+            return (Outcome::Answered { status, code }, None);
+        }
+        return (Outcome::Answered { status, code: None }, Some(bytes));
+    }
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            return (Outcome::Transport, None);
+        }
+    }
+    (Outcome::Answered { status, code: None }, None)
 }
 
 /// The request `endpoint` describes.

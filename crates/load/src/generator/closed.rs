@@ -53,8 +53,8 @@ pub(crate) async fn run(
                 let endpoint = order[turn % order.len()];
                 turn += 1;
                 let sent = Instant::now();
-                let outcome = client.exchange(&endpoints[endpoint]).await;
-                recorder.record(endpoint, sent, sent, Instant::now(), &outcome);
+                let (outcome, answered) = client.exchange(&endpoints[endpoint]).await;
+                recorder.record(endpoint, sent, sent, answered, &outcome);
                 let think = think_time(users.think_min, users.think_max);
                 if !think.is_zero() {
                     tokio::time::sleep(think.min(end.saturating_duration_since(Instant::now())))

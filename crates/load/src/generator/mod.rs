@@ -11,6 +11,7 @@
 
 mod client;
 mod closed;
+mod h1_pool;
 mod open;
 pub(crate) mod progress;
 pub(crate) mod recorder;

@@ -62,8 +62,8 @@ pub(crate) async fn run(
                     let recorder = Arc::clone(recorder);
                     tokio::spawn(async move {
                         let sent = Instant::now();
-                        let outcome = client.exchange(&endpoints[endpoint]).await;
-                        recorder.record(endpoint, intended, sent, Instant::now(), &outcome);
+                        let (outcome, answered) = client.exchange(&endpoints[endpoint]).await;
+                        recorder.record(endpoint, intended, sent, answered, &outcome);
                         drop(permit);
                     });
                 }

@@ -105,10 +105,10 @@ impl Journey {
             }
         }
         let sent = Instant::now();
-        let (outcome, body) = self.client.exchange_request(request, keep).await;
+        let (outcome, body, answered) = self.client.exchange_request(request, keep).await;
         let succeeded = self
             .recorder
-            .record(endpoint, sent, sent, Instant::now(), &outcome);
+            .record(endpoint, sent, sent, answered, &outcome);
         succeeded.then_some(body)
     }
 
