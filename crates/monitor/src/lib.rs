@@ -7,7 +7,8 @@
 //! [`Monitor::cycle`] turns those into one [`Delivery`] per channel ([`channels`]: webhook,
 //! Alertmanager, Slack, Discord; [`email`]: SMTP); the [`Outbox`] writes each to the database before anything is
 //! sent, and [`worker::run`] delivers them, with retries, order per group, and a delivery log.
-//! [`probes`] and [`Vitals`] give the signals that need I/O. [`History`] keeps each alert's
+//! [`probes`] and [`Vitals`] give the signals that need I/O; [`metrics`] the monitor's own
+//! series for `/metrics`. [`History`] keeps each alert's
 //! episodes (fired, acknowledged, resolved) in the database, with statistics.
 //!
 //! What it refuses to do: send a notification that is not a row first, or know the gateway
