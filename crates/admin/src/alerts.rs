@@ -1,6 +1,7 @@
-//! The admin API of alerting: active alerts (`/api/v1/alerts`), acknowledgement
-//! (`/api/v1/alerts/{fingerprint}/ack`) and silences (`/api/v1/silences`), answered by the
-//! monitor the binary runs (`sekisho_monitor::Monitor`); 503 `MONITOR_OFF` without one.
+//! The admin API of alerting: active alerts (`/api/v1/alerts`) and silences
+//! (`/api/v1/silences`), answered by the monitor the binary runs (`sekisho_monitor::Monitor`);
+//! 503 `MONITOR_OFF` without one. Acknowledgements, the history and its statistics are in
+//! `history.rs`.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -53,7 +54,7 @@ fn lock(monitor: &SharedMonitor) -> std::sync::MutexGuard<'_, Monitor> {
     monitor.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `GET /api/v1/alerts`, `POST /api/v1/alerts/{fingerprint}/ack`.
+/// `GET /api/v1/alerts`.
 pub(crate) fn alerts(state: &AdminState, method: &Method, rest: &str) -> AdminResponse {
     let shared = match monitor(state) {
         Ok(m) => m,
@@ -80,21 +81,6 @@ pub(crate) fn alerts(state: &AdminState, method: &Method, rest: &str) -> AdminRe
                 })
                 .collect();
             json_response(StatusCode::OK, &json!({ "alerts": alerts }))
-        }
-        (&Method::POST, path) if path.ends_with("/ack") => {
-            let fingerprint = path.trim_start_matches('/').trim_end_matches("/ack");
-            if lock(shared).manager().acknowledge(fingerprint) {
-                json_response(
-                    StatusCode::OK,
-                    &json!({ "fingerprint": fingerprint, "acknowledged": true }),
-                )
-            } else {
-                error(
-                    StatusCode::NOT_FOUND,
-                    "NOT_FOUND",
-                    &format!("no alert with fingerprint `{fingerprint}`"),
-                )
-            }
         }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,

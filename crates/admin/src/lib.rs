@@ -29,6 +29,7 @@ mod alerts;
 mod config_check;
 mod dashboard;
 mod guard;
+mod history;
 mod notifications;
 mod users;
 
@@ -198,6 +199,21 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
                 &format!("{method} is not allowed on {path}"),
             ),
         };
+    }
+    if path == "/api/v1/alerts/history" {
+        return history::list(state, &method, request.uri().query()).await;
+    }
+    if path == "/api/v1/alerts/stats" {
+        return history::stats(state, &method).await;
+    }
+    if let Some(fingerprint) = path
+        .strip_prefix("/api/v1/alerts/")
+        .and_then(|rest| rest.strip_suffix("/ack"))
+    {
+        if method == Method::POST {
+            let fingerprint = fingerprint.to_owned();
+            return history::acknowledge(state, &fingerprint, request).await;
+        }
     }
     if let Some(rest) = path.strip_prefix("/api/v1/alerts") {
         if rest.is_empty() || rest.starts_with('/') {
@@ -479,6 +495,22 @@ fn metrics(state: &AdminState, request: &Request<Incoming>) -> AdminResponse {
             state.gateway.encode_metrics(),
             "text/plain; version=0.0.4; charset=utf-8",
         )
+    };
+    // The monitor's own series (monitoring the monitor), when alerting runs; OpenMetrics ends
+    // with `# EOF`, so they go before it.
+    let text = match state.alerts.get() {
+        Some(monitor) => {
+            let own = sekisho_monitor::metrics::encode(
+                &monitor.lock().unwrap_or_else(|p| p.into_inner()),
+                state.outbox.get(),
+                wants_openmetrics,
+            );
+            match text.strip_suffix("# EOF\n") {
+                Some(head) => format!("{head}{own}# EOF\n"),
+                None => format!("{text}{own}"),
+            }
+        }
+        None => text,
     };
     let mut response = Response::new(Full::new(Bytes::from(text)));
     response

@@ -511,7 +511,8 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
          window = \"30s\"\nwarning = 0.05\ncritical = 0.5\nfor = \"10s\"\n\
          annotations = {{ runbook_url = \"https://example.com/rb\" }}\n\n\
          [[alerts.rules]]\nname = \"Meltdown\"\nall_of = [\"ApiFailing\", \"HighMemory\"]\nseverity = \"emergency\"\n\n\
-         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://127.0.0.1:5001/hook\"\nmin_severity = \"warning\"\n"
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://127.0.0.1:5001/hook\"\nmin_severity = \"warning\"\n\
+         [[alerts.receivers]]\nname = \"mail\"\nemail = {{ smtp = \"mail.example.com:587\", from = \"Sekisho <sekisho@example.com>\", to = [\"ops@example.com\"], starttls = true, ca = \"ca.pem\" }}\n"
     );
     let config = parse(&good, "test.toml").expect("good alerts");
     assert_eq!(config.monitor.interval.0, std::time::Duration::from_secs(5));
@@ -529,6 +530,12 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
         config.alerts.receivers[0].get_ref().min_severity,
         AlertSeverity::Warning
     );
+    let email = config.alerts.receivers[1]
+        .get_ref()
+        .email
+        .as_ref()
+        .expect("email");
+    assert!(email.starttls && email.ca.as_deref() == Some("ca.pem"));
     // Defaults without any [alerts].
     let plain = parse(MINIMAL, "test.toml").expect("minimal");
     assert!(plain.alerts.default_rules && plain.alerts.rules.is_empty());
@@ -567,6 +574,26 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
             "[[alerts.receivers]]\nname = \"ops\"\nslack = \"not a url\"\n",
             13,
             "is not an http(s) URL",
+        ),
+        (
+            "[[alerts.receivers]]\nname = \"ops\"\nemail = { smtp = \"127.0.0.1\", from = \"a@b.c\", to = [\"o@b.c\"] }\n",
+            13,
+            "email.smtp `127.0.0.1` is not `host:port`",
+        ),
+        (
+            "[[alerts.receivers]]\nname = \"ops\"\nemail = { smtp = \"127.0.0.1:25\", from = \"Ops <a@b.c\", to = [\"o@b.c\"] }\n",
+            13,
+            "`Ops <a@b.c` is not an e-mail address",
+        ),
+        (
+            "[[alerts.receivers]]\nname = \"ops\"\nemail = { smtp = \"127.0.0.1:25\", from = \"a@b.c\", to = [\"ops\"] }\n",
+            13,
+            "`ops` is not an e-mail address",
+        ),
+        (
+            "[[alerts.receivers]]\nname = \"ops\"\nemail = { smtp = \"127.0.0.1:25\", from = \"a@b.c\", to = [\"o@b.c\"], ca = \"ca.pem\" }\n",
+            13,
+            "email.ca is only used with `starttls = true`",
         ),
         (
             "[alerts]\ndisable = [\"HighCpu\", \"Typo\"]\n",

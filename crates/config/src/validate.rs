@@ -153,8 +153,44 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
             if email.to.is_empty() {
                 fail("email needs at least one address in `to`".into());
             }
+            let port_ok = email
+                .smtp
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                fail(format!(
+                    "email.smtp `{}` is not `host:port` (e.g. \"127.0.0.1:25\")",
+                    email.smtp
+                ));
+            }
+            for address in std::iter::once(&email.from).chain(&email.to) {
+                if !looks_like_mailbox(address) {
+                    fail(format!(
+                        "`{address}` is not an e-mail address (`ops@example.com` or `Ops <ops@example.com>`)"
+                    ));
+                }
+            }
+            if email.ca.is_some() && !email.starttls {
+                fail("email.ca is only used with `starttls = true`".into());
+            }
         }
     }
+}
+
+/// `local@domain`, bare or in angle brackets after a display name; the SMTP client checks the
+/// rest when it sends.
+fn looks_like_mailbox(text: &str) -> bool {
+    let address = match (text.find('<'), text.strip_suffix('>')) {
+        (Some(open), Some(inner)) => &inner[open + 1..],
+        (None, None) => text,
+        _ => return false,
+    };
+    address.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && !domain.is_empty()
+            && !address.contains(char::is_whitespace)
+            && !domain.contains('@')
+    })
 }
 
 fn validate_auth(config: &Config, problems: &mut Problems) {

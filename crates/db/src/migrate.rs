@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "notifications",
         sql: include_str!("../migrations/0002_notifications.sql"),
     },
+    Migration {
+        version: 3,
+        name: "alert_history",
+        sql: include_str!("../migrations/0003_alert_history.sql"),
+    },
 ];
 
 /// Where a migration stands in a database.

@@ -4,7 +4,8 @@
 //! coloured alike). Every one carries each alert's fingerprint, so a receiver can drop the rare
 //! duplicate that at-least-once delivery allows.
 //!
-//! Pure functions of the notification and a clock that dates it; sending is the outbox's.
+//! Pure functions of the notification and a clock that dates it; sending is the outbox's. The
+//! e-mail channel's message is in `email.rs`.
 
 use serde_json::{json, Value};
 
@@ -21,6 +22,8 @@ pub enum Channel {
     Slack,
     /// A Discord webhook.
     Discord,
+    /// E-mail over SMTP (`email.rs`); its "URL" is `smtp://host:port`.
+    Email,
 }
 
 impl Channel {
@@ -31,6 +34,7 @@ impl Channel {
             Self::Alertmanager => "alertmanager",
             Self::Slack => "slack",
             Self::Discord => "discord",
+            Self::Email => "email",
         }
     }
 
@@ -42,18 +46,21 @@ impl Channel {
         }
     }
 
-    /// The body of `note` on this channel; `date` turns an instant into RFC 3339.
+    /// The body of `note` on this channel; `date` turns an instant into RFC 3339. An e-mail
+    /// also needs the receiver's addresses: its body is [`crate::email::Email::of`], and here
+    /// `null`.
     pub fn body(self, note: &Notification, date: &dyn Fn(std::time::Instant) -> String) -> Value {
         match self {
             Self::Webhook => webhook(note, date),
             Self::Alertmanager => alertmanager(note, date),
             Self::Slack => slack(note),
             Self::Discord => discord(note),
+            Self::Email => Value::Null,
         }
     }
 }
 
-fn status_str(status: Status) -> &'static str {
+pub(crate) fn status_str(status: Status) -> &'static str {
     match status {
         Status::Firing => "firing",
         Status::Resolved => "resolved",
@@ -135,7 +142,7 @@ pub fn alertmanager(note: &Notification, date: &dyn Fn(std::time::Instant) -> St
 /// The colour of a notification: green once resolved, else by its highest severity.
 pub fn colour(note: &Notification) -> u32 {
     if note.status == Status::Resolved {
-        return 0x2E_B6_7D;
+        return RESOLVED_COLOUR;
     }
     let highest = note
         .alerts
@@ -144,7 +151,12 @@ pub fn colour(note: &Notification) -> u32 {
         .map(|a| a.severity)
         .max()
         .unwrap_or(Severity::Info);
-    match highest {
+    severity_colour(highest)
+}
+
+/// The seed's colour of a severity (info blue, warning orange, critical red, emergency dark red).
+pub fn severity_colour(severity: Severity) -> u32 {
+    match severity {
         Severity::Info => 0x43_9F_E0,
         Severity::Warning => 0xFF_A5_00,
         Severity::Critical => 0xFF_00_00,
@@ -152,7 +164,10 @@ pub fn colour(note: &Notification) -> u32 {
     }
 }
 
-fn title(note: &Notification) -> String {
+/// The colour of a resolved notification or alert.
+pub const RESOLVED_COLOUR: u32 = 0x2E_B6_7D;
+
+pub(crate) fn title(note: &Notification) -> String {
     let name = note
         .alerts
         .first()
@@ -167,7 +182,7 @@ fn title(note: &Notification) -> String {
 }
 
 /// One line per alert: severity, target, summary and fingerprint.
-fn lines(note: &Notification) -> String {
+pub(crate) fn lines(note: &Notification) -> String {
     note.alerts
         .iter()
         .map(|a| {

@@ -5,17 +5,22 @@
 //! clock of their own: each evaluation's [`AlertState`]s go to [`AlertManager::observe`], and
 //! each [`AlertManager::flush`] says which notifications are due now, per receiver.
 //! [`Monitor::cycle`] turns those into one [`Delivery`] per channel ([`channels`]: webhook,
-//! Alertmanager, Slack, Discord); the [`Outbox`] writes each to the database before anything is
+//! Alertmanager, Slack, Discord; [`email`]: SMTP); the [`Outbox`] writes each to the database before anything is
 //! sent, and [`worker::run`] delivers them, with retries, order per group, and a delivery log.
-//! [`probes`] and [`Vitals`] give the signals that need I/O.
+//! [`probes`] and [`Vitals`] give the signals that need I/O; [`metrics`] the monitor's own
+//! series for `/metrics`. [`History`] keeps each alert's
+//! episodes (fired, acknowledged, resolved) in the database, with statistics.
 //!
 //! What it refuses to do: send a notification that is not a row first, or know the gateway
-//! (the binary hands it the gateway's figures as [`Signals`]). Not yet: e-mail, HTTPS
-//! receivers, alert history (issue 16).
+//! (the binary hands it the gateway's figures as [`Signals`]). Not yet: HTTPS
+//! receivers (issue 16).
 
 pub mod channels;
+pub mod email;
 pub mod from_config;
+pub mod history;
 mod manager;
+pub mod metrics;
 pub mod outbox;
 pub mod probes;
 mod rules;
@@ -23,10 +28,11 @@ mod run;
 pub mod worker;
 
 pub use channels::Channel;
+pub use history::{History, HistoryEntry, HistoryEvent, HistoryFilter, HistoryStats};
 pub use manager::{
     fingerprint, ActiveAlert, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver,
     Settings, Severity, Silence, Status,
 };
-pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth};
+pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth, Tally};
 pub use rules::{default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals};
-pub use run::{receiver_channels, Delivery, Monitor, Vitals};
+pub use run::{receiver_channels, Delivery, Monitor, MonitorFigures, Vitals};

@@ -295,6 +295,14 @@ impl AlertManager {
         fingerprint
     }
 
+    /// The severity of the alert `fingerprint` while it fires; `None` when it does not.
+    pub fn firing_severity(&self, fingerprint: &str) -> Option<Severity> {
+        self.alerts
+            .get(fingerprint)
+            .filter(|a| a.ends_at.is_none())
+            .map(|a| a.severity)
+    }
+
     /// Acknowledges a firing alert: no repeat notifications for it until it resolves or its
     /// severity rises. False if there is no such alert.
     pub fn acknowledge(&mut self, fingerprint: &str) -> bool {

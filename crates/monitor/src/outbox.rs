@@ -18,6 +18,7 @@
 //!   row older than `max_age`, or past `max_attempts`, is dead.
 //! - **Retention**: delivered and dead rows are removed `retention` after they finished.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,6 +119,8 @@ pub struct Claimed {
     pub id: i64,
     /// The receiver's name.
     pub receiver: String,
+    /// The channel's name (`webhook`, …, `email`).
+    pub channel: String,
     /// Where it is POSTed.
     pub url: String,
     /// The body, JSON.
@@ -135,7 +138,7 @@ pub struct LoggedNotification {
     pub id: i64,
     /// The receiver's name.
     pub receiver: String,
-    /// `webhook`, `alertmanager`, `slack` or `discord`.
+    /// `webhook`, `alertmanager`, `slack`, `discord` or `email`.
     pub channel: String,
     /// Where it goes.
     pub url: String,
@@ -172,6 +175,25 @@ pub struct QueueDepth {
     pub oldest_created_at: Option<i64>,
 }
 
+/// Delivery attempts of one receiver's channel by this gateway since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Delivered.
+    pub delivered: u64,
+    /// Failed (to be retried, or dead).
+    pub failed: u64,
+    /// Given up.
+    pub dead: u64,
+}
+
+/// What an attempt came to, for the [`Tally`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    Delivered,
+    Failed,
+    Dead,
+}
+
 /// The outbox on a database (a cheap clone).
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -179,6 +201,8 @@ pub struct Outbox {
     settings: OutboxSettings,
     /// Rung when a row is written, so the local worker need not wait for its poll.
     wake: Arc<Notify>,
+    /// Attempts by (receiver, channel), for the metrics.
+    tallies: Arc<std::sync::Mutex<BTreeMap<(String, String), Tally>>>,
 }
 
 /// The columns the log reads, in [`logged`]'s order.
@@ -204,6 +228,7 @@ impl Outbox {
             database,
             settings,
             wake: Arc::new(Notify::new()),
+            tallies: Arc::default(),
         })
     }
 
@@ -261,7 +286,7 @@ impl Outbox {
                  AND NOT EXISTS (SELECT 1 FROM notifications e \
                      WHERE e.lane = n.lane AND e.state = 'pending' AND e.id < n.id) \
                  ORDER BY n.id LIMIT $3 {lock}) \
-             RETURNING id, receiver, url, payload, attempts, created_at"
+             RETURNING id, receiver, url, payload, attempts, created_at, channel"
         );
         let rows = sqlx::query(&statement)
             .bind(lease_end)
@@ -279,6 +304,7 @@ impl Outbox {
                     payload: row.try_get(3)?,
                     attempts: u32::try_from(row.try_get::<i64, _>(4)?).unwrap_or(u32::MAX),
                     created_at: row.try_get(5)?,
+                    channel: row.try_get(6)?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -408,6 +434,30 @@ impl Outbox {
                 .execute(self.database.pool())
                 .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Delivery attempts by (receiver, channel) since this outbox was opened.
+    pub fn tallies(&self) -> BTreeMap<(String, String), Tally> {
+        self.tallies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Counts an attempt of `claimed`.
+    pub(crate) fn count(&self, claimed: &Claimed, outcome: Counted) {
+        let mut tallies = self.tallies.lock().unwrap_or_else(|p| p.into_inner());
+        let tally = tallies
+            .entry((claimed.receiver.clone(), claimed.channel.clone()))
+            .or_default();
+        match outcome {
+            Counted::Delivered => tally.delivered += 1,
+            Counted::Failed => tally.failed += 1,
+            Counted::Dead => {
+                tally.failed += 1;
+                tally.dead += 1;
+            }
+        }
     }
 
     /// Waits until a row is written or finished here, or `timeout` passes.

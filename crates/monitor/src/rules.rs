@@ -222,6 +222,15 @@ impl Evaluator {
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut firing_rules: HashSet<String> = HashSet::new();
+        // The signals by name, once: each rule then looks only at its own signal's targets
+        // instead of every signal (the cost of a cycle was rules × signals comparisons).
+        let mut by_name: HashMap<&str, Vec<(&String, f64)>> = HashMap::new();
+        for ((name, who), value) in signals {
+            by_name
+                .entry(name.as_str())
+                .or_default()
+                .push((who, *value));
+        }
         for rule in &self.rules {
             let Condition::Threshold {
                 signal,
@@ -232,15 +241,18 @@ impl Evaluator {
             else {
                 continue;
             };
-            for ((name, who), value) in signals {
-                if name != signal || target.as_ref().is_some_and(|t| t != who) {
+            let Some(targets) = by_name.get(signal.as_str()) else {
+                continue;
+            };
+            for &(who, value) in targets {
+                if target.as_ref().is_some_and(|t| t != who) {
                     continue;
                 }
                 let crossed = thresholds
                     .iter()
                     .filter(|(_, limit)| match direction {
-                        Direction::Above => *value >= **limit,
-                        Direction::Below => *value <= **limit,
+                        Direction::Above => value >= **limit,
+                        Direction::Below => value <= **limit,
                     })
                     .map(|(severity, _)| *severity)
                     .max();
@@ -250,7 +262,7 @@ impl Evaluator {
                 if let Step::Firing(_) = stepped {
                     firing_rules.insert(rule.name.clone());
                 }
-                out.extend(state(rule, who, Some(*value), stepped));
+                out.extend(state(rule, who, Some(value), stepped));
             }
         }
         for rule in &self.rules {

@@ -8,7 +8,10 @@ use std::time::{Instant, SystemTime};
 use serde_json::Value;
 
 use crate::channels::Channel;
-use crate::manager::{AlertManager, Status};
+use crate::email::Email;
+use crate::history::HistoryEvent;
+use crate::manager::{AlertManager, Notification, Severity, Status};
+use crate::outbox::QueueDepth;
 use crate::rules::{Evaluator, Signals};
 
 /// One notification on its way to one channel of a receiver.
@@ -36,8 +39,31 @@ pub struct Monitor {
     evaluator: Evaluator,
     manager: AlertManager,
     channels: BTreeMap<String, Vec<(Channel, String)>>,
+    /// The e-mail settings of the receivers that have them.
+    emails: BTreeMap<String, sekisho_config::EmailReceiver>,
     /// The wall clock at an instant, to date alerts.
     anchor: (Instant, SystemTime),
+    /// What happened to alerts since the last [`Monitor::take_history`].
+    history: Vec<HistoryEvent>,
+    /// The last cycle: when (Unix ms) and how long it took.
+    last_run: Option<(i64, std::time::Duration)>,
+    /// The outbox as the last cycle's probe found it.
+    queue: QueueDepth,
+}
+
+/// The monitor's own figures, for its metrics (`metrics.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorFigures {
+    /// When the last cycle ran (Unix ms).
+    pub last_run_unix_ms: Option<i64>,
+    /// How long it took.
+    pub last_run_duration: std::time::Duration,
+    /// Alerts firing now by severity (every severity, zeros included).
+    pub firing: BTreeMap<&'static str, usize>,
+    /// The outbox's depth as the binary last noted it.
+    pub queue: QueueDepth,
+    /// The age of its oldest pending row then (seconds; 0 when none).
+    pub oldest_pending_seconds: f64,
 }
 
 /// Each channel a receiver of the config has, with its URL.
@@ -50,6 +76,12 @@ pub fn receiver_channels(receiver: &sekisho_config::AlertReceiver) -> Vec<(Chann
     ]
     .into_iter()
     .filter_map(|(channel, url)| url.as_ref().map(|url| (channel, channel.endpoint(url))))
+    .chain(
+        receiver
+            .email
+            .as_ref()
+            .map(|email| (Channel::Email, format!("smtp://{}", email.smtp))),
+    )
     .collect()
 }
 
@@ -61,11 +93,42 @@ impl Monitor {
             .iter()
             .map(|r| (r.get_ref().name.clone(), receiver_channels(r.get_ref())))
             .collect();
+        let emails = alerts
+            .receivers
+            .iter()
+            .filter_map(|r| Some((r.get_ref().name.clone(), r.get_ref().email.clone()?)))
+            .collect();
         Self {
+            emails,
             evaluator: Evaluator::new(crate::from_config::rules(alerts)),
             manager: AlertManager::new(crate::from_config::settings(alerts)),
             channels,
             anchor: (now, SystemTime::now()),
+            history: Vec::new(),
+            last_run: None,
+            queue: QueueDepth::default(),
+        }
+    }
+
+    /// What happened to alerts (fired, severity changed, resolved) since the last call, in
+    /// order, for the history (`history.rs`).
+    pub fn take_history(&mut self) -> Vec<HistoryEvent> {
+        std::mem::take(&mut self.history)
+    }
+
+    /// `at` as Unix milliseconds.
+    pub fn unix_millis(&self, at: Instant) -> i64 {
+        let wall = self.wall(at);
+        wall.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    fn wall(&self, at: Instant) -> SystemTime {
+        let (anchor, wall) = self.anchor;
+        if at >= anchor {
+            wall + (at - anchor)
+        } else {
+            wall - (anchor - at)
         }
     }
 
@@ -76,7 +139,65 @@ impl Monitor {
 
     /// One cycle at `now`: the deliveries due, one per notification and channel.
     pub fn cycle(&mut self, signals: &Signals, now: Instant) -> Vec<Delivery> {
+        let started = Instant::now();
+        let deliveries = self.cycle_inner(signals, now);
+        self.last_run = Some((self.unix_millis(now), started.elapsed()));
+        deliveries
+    }
+
+    /// Notes the outbox's depth (the binary's probe), for the metrics.
+    pub fn note_queue(&mut self, depth: QueueDepth) {
+        self.queue = depth;
+    }
+
+    /// The monitor's own figures at this moment.
+    pub fn figures(&self) -> MonitorFigures {
+        let mut firing: BTreeMap<&'static str, usize> = [
+            Severity::Info,
+            Severity::Warning,
+            Severity::Critical,
+            Severity::Emergency,
+        ]
+        .into_iter()
+        .map(|s| (s.as_str(), 0))
+        .collect();
+        for (_, severity, _) in self.manager.active(Instant::now()) {
+            *firing.entry(severity.as_str()).or_default() += 1;
+        }
+        let oldest_pending_seconds = self.queue.oldest_created_at.map_or(0.0, |created| {
+            (sekisho_db::now_millis().saturating_sub(created)) as f64 / 1000.0
+        });
+        MonitorFigures {
+            last_run_unix_ms: self.last_run.map(|(at, _)| at),
+            last_run_duration: self.last_run.map(|(_, took)| took).unwrap_or_default(),
+            firing,
+            queue: self.queue,
+            oldest_pending_seconds,
+        }
+    }
+
+    fn cycle_inner(&mut self, signals: &Signals, now: Instant) -> Vec<Delivery> {
+        let at = self.unix_millis(now);
         for state in self.evaluator.evaluate(signals, now) {
+            let fingerprint = crate::manager::fingerprint(&state.labels);
+            let before = self.manager.firing_severity(&fingerprint);
+            let event = match (before, state.severity) {
+                (None, Some(severity)) => Some(HistoryEvent::Fired {
+                    fingerprint,
+                    labels: state.labels.clone(),
+                    annotations: state.annotations.clone(),
+                    severity,
+                    at,
+                }),
+                (Some(was), Some(severity)) if was != severity => Some(HistoryEvent::Severity {
+                    fingerprint,
+                    severity,
+                    at,
+                }),
+                (Some(_), None) => Some(HistoryEvent::Resolved { fingerprint, at }),
+                _ => None,
+            };
+            self.history.extend(event);
             self.manager
                 .observe(state.labels, state.annotations, state.severity, now);
         }
@@ -99,7 +220,7 @@ impl Monitor {
                     }
                     .to_owned(),
                     fingerprints: note.alerts.iter().map(|a| a.fingerprint.clone()).collect(),
-                    body: channel.body(&note, &date),
+                    body: self.body(*channel, &note, &date),
                 });
             }
         }
@@ -145,46 +266,84 @@ impl Monitor {
                     group_key: note.group_key.clone(),
                     status: "firing".to_owned(),
                     fingerprints: vec![fingerprint.clone()],
-                    body: channel.body(&note, &date),
+                    body: self.body(*channel, &note, &date),
                 })
                 .collect(),
         )
     }
 
+    /// The body of `note` on `channel` (an e-mail with its receiver's addresses).
+    fn body(
+        &self,
+        channel: Channel,
+        note: &Notification,
+        date: &dyn Fn(Instant) -> String,
+    ) -> Value {
+        match (channel, self.emails.get(&note.receiver)) {
+            (Channel::Email, Some(email)) => {
+                serde_json::to_value(Email::of(note, email, date)).unwrap_or(Value::Null)
+            }
+            _ => channel.body(note, date),
+        }
+    }
+
     fn rfc3339(&self, at: Instant) -> String {
-        let (anchor, wall) = self.anchor;
-        let wall = if at >= anchor {
-            wall + (at - anchor)
-        } else {
-            wall - (anchor - at)
-        };
-        time::OffsetDateTime::from(wall)
+        time::OffsetDateTime::from(self.wall(at))
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default()
     }
 }
 
 /// Host and process figures from /proc, as signals of target `gateway`: `cpu` (the host's
-/// busy share since the last reading), `memory` (the host's used share), `open_fds` (this
-/// process's).
+/// busy share since the last reading, averaged over that interval), `process_cpu` (this
+/// process's share of the host's CPU time over the same interval), `memory` (the host's used
+/// share), `open_fds` (this process's), `network_receive_bytes_per_second` and
+/// `network_transmit_bytes_per_second` (every interface but loopback, since the last reading).
 #[derive(Debug, Default)]
 pub struct Vitals {
     last_cpu: Option<(u64, u64)>,
+    last_process: Option<u64>,
+    last_network: Option<(Instant, u64, u64)>,
 }
 
 impl Vitals {
-    /// Adds the vitals to `signals`; a figure that cannot be read is left out.
+    /// Adds the vitals to `signals`; a figure that cannot be read is left out (and the first
+    /// reading has no rates yet).
     pub fn sample(&mut self, signals: &mut Signals) {
         let gateway = || "gateway".to_owned();
+        let process = read_process_cpu();
         if let Some((busy, total)) = read_cpu() {
             if let Some((last_busy, last_total)) = self.last_cpu {
                 let dt = total.saturating_sub(last_total);
                 if dt > 0 {
                     let share = busy.saturating_sub(last_busy) as f64 / dt as f64;
                     signals.insert(("cpu".to_owned(), gateway()), share);
+                    if let (Some(now), Some(last)) = (process, self.last_process) {
+                        let share = now.saturating_sub(last) as f64 / dt as f64;
+                        signals.insert(("process_cpu".to_owned(), gateway()), share.min(1.0));
+                    }
                 }
             }
             self.last_cpu = Some((busy, total));
+            self.last_process = process;
+        }
+        if let Some((received, sent)) = read_network() {
+            let now = Instant::now();
+            if let Some((at, last_received, last_sent)) = self.last_network {
+                let seconds = now.saturating_duration_since(at).as_secs_f64();
+                if seconds > 0.0 {
+                    let rate = |now: u64, last: u64| now.saturating_sub(last) as f64 / seconds;
+                    signals.insert(
+                        ("network_receive_bytes_per_second".to_owned(), gateway()),
+                        rate(received, last_received),
+                    );
+                    signals.insert(
+                        ("network_transmit_bytes_per_second".to_owned(), gateway()),
+                        rate(sent, last_sent),
+                    );
+                }
+            }
+            self.last_network = Some((now, received, sent));
         }
         if let Some(used) = read_memory() {
             signals.insert(("memory".to_owned(), gateway()), used);
@@ -207,6 +366,39 @@ fn read_cpu() -> Option<(u64, u64)> {
     Some((total.saturating_sub(idle), total))
 }
 
+/// This process's user and system CPU time, in the clock ticks /proc/stat counts in.
+fn read_process_cpu() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12th and 13th after the name.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+/// Bytes received and sent by every interface but loopback, since boot.
+fn read_network() -> Option<(u64, u64)> {
+    let dev = std::fs::read_to_string("/proc/net/dev").ok()?;
+    let mut totals = (0u64, 0u64);
+    for line in dev.lines().skip(2) {
+        let Some((name, counters)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let fields: Vec<u64> = counters
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        totals.0 += fields.first().copied().unwrap_or(0);
+        totals.1 += fields.get(8).copied().unwrap_or(0);
+    }
+    Some(totals)
+}
+
 fn read_memory() -> Option<f64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let field = |name: &str| -> Option<f64> {
@@ -218,4 +410,43 @@ fn read_memory() -> Option<f64> {
     let total = field("MemTotal:")?;
     let available = field("MemAvailable:")?;
     (total > 0.0).then(|| 1.0 - available / total)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vitals_of_this_host_and_process_are_read_from_proc() {
+        let mut vitals = Vitals::default();
+        let key = |name: &str| (name.to_owned(), "gateway".to_owned());
+        let mut signals = Signals::new();
+        vitals.sample(&mut signals);
+        assert!(signals.contains_key(&key("memory")) && signals.contains_key(&key("open_fds")));
+        // Rates need a second reading once the kernel's counters moved (a clock tick).
+        for _ in 0..500 {
+            signals.clear();
+            vitals.sample(&mut signals);
+            if signals.contains_key(&key("cpu")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        for name in [
+            "cpu",
+            "process_cpu",
+            "memory",
+            "open_fds",
+            "network_receive_bytes_per_second",
+            "network_transmit_bytes_per_second",
+        ] {
+            let value = signals.get(&key(name)).copied();
+            assert!(value.is_some_and(|v| v >= 0.0), "{name}: {signals:?}");
+        }
+        for share in ["cpu", "process_cpu", "memory"] {
+            assert!(signals[&key(share)] <= 1.0, "{share}: {signals:?}");
+        }
+        assert!(signals[&key("open_fds")] >= 3.0);
+    }
 }

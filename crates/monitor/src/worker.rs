@@ -1,5 +1,6 @@
-//! The outbox's delivery worker: claims due rows, POSTs each to its receiver concurrently (up
-//! to the settings' concurrency), and records the outcome; every gateway runs one, on SQLite
+//! The outbox's delivery worker: claims due rows, POSTs each to its receiver (or, for an
+//! e-mail row, sends it over SMTP) concurrently (up to the settings' concurrency), and records
+//! the outcome; every gateway runs one, on SQLite
 //! or PostgreSQL alike. It sleeps until a row is written here, an attempt finishes, or the
 //! earliest pending row is due (at most [`POLL`], to see rows other gateways wrote).
 
@@ -13,7 +14,9 @@ use hyper_util::rt::TokioExecutor;
 use sekisho_db::now_millis;
 use tokio::task::JoinSet;
 
-use crate::outbox::{Claimed, Outbox};
+use crate::channels::Channel;
+use crate::email::Email;
+use crate::outbox::{Claimed, Counted, Outbox};
 
 /// The longest sleep between two looks at the queue.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -99,10 +102,15 @@ pub async fn run(outbox: Outbox) {
 /// One attempt at `row`, recorded.
 async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
     let started = Instant::now();
-    let outcome = post(client, &row).await;
+    let outcome = if row.channel == Channel::Email.as_str() {
+        send_email(&row).await
+    } else {
+        post(client, &row).await
+    };
     let latency = started.elapsed();
     let recorded = match &outcome {
         Outcome::Delivered(status) => {
+            outbox.count(&row, Counted::Delivered);
             tracing::info!(id = row.id, receiver = %row.receiver, attempt = row.attempts, "notification delivered");
             outbox.delivered(&row, *status, latency).await
         }
@@ -115,10 +123,12 @@ async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
             .await
         {
             Ok(true) => {
+                outbox.count(&row, Counted::Dead);
                 tracing::error!(id = row.id, receiver = %row.receiver, attempt = row.attempts, %error, "notification given up (dead)");
                 Ok(())
             }
             Ok(false) => {
+                outbox.count(&row, Counted::Failed);
                 tracing::warn!(id = row.id, receiver = %row.receiver, attempt = row.attempts, %error, "notification failed; will retry");
                 Ok(())
             }
@@ -128,6 +138,29 @@ async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
     if let Err(error) = recorded {
         // The row stays claimed until its lease ends, then is tried again: at least once.
         tracing::warn!(id = row.id, %error, "cannot record a delivery's outcome");
+    }
+}
+
+/// An e-mail row: its payload is the whole message ([`Email`]); a 250 is recorded as the
+/// status of a delivered one.
+async fn send_email(row: &Claimed) -> Outcome {
+    let email: Email = match serde_json::from_str(&row.payload) {
+        Ok(email) => email,
+        Err(error) => {
+            return Outcome::Failed {
+                error: format!("not an e-mail row: {error}"),
+                status: None,
+                permanent: true,
+            }
+        }
+    };
+    match email.send(CALL_TIMEOUT).await {
+        Ok(()) => Outcome::Delivered(250),
+        Err(failure) => Outcome::Failed {
+            error: failure.error,
+            status: None,
+            permanent: failure.permanent,
+        },
     }
 }
 
@@ -171,7 +204,7 @@ async fn post(client: &DeliveryClient, row: &Claimed) -> Outcome {
 }
 
 /// An error with its sources: hyper's own message ("client error (Connect)") says little.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

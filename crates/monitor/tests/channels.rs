@@ -204,3 +204,76 @@ async fn each_channel_gets_its_own_body_firing_then_resolved() {
     worker.abort();
     test.remove().await.unwrap();
 }
+
+/// A silence made before the alert's group is first notified: nothing reaches the outbox (so
+/// nothing can be sent) while it lasts, however many cycles run; once it ends, the firing
+/// notification is written and arrives at the webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_sent_while_a_silence_lasts_and_the_alert_arrives_when_it_ends() {
+    let (address, log) = server().await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.api]\ntargets = [\"127.0.0.1:9001\"]\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"api\"\n\
+         [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"10ms\"\ndefault_rules = false\n\
+         [[alerts.rules]]\nname = \"ApiCircuitOpen\"\nsignal = \"circuit_open\"\nupstream = \"api\"\ncritical = 1\n\
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{address}/webhook\"\n"
+    );
+    let config = sekisho_config::parse(&text, "silence.toml").unwrap();
+    let test = TestDatabase::new(Dialect::Sqlite).await.unwrap();
+    let outbox = Outbox::open(test.open().await.unwrap(), OutboxSettings::default())
+        .await
+        .unwrap();
+    let worker = tokio::spawn(sekisho_monitor::worker::run(outbox.clone()));
+    let mut now = Instant::now();
+    let mut monitor = Monitor::new(&config.alerts, now);
+    let id = monitor.manager().silence(sekisho_monitor::Silence {
+        matchers: vec![sekisho_monitor::Matcher::Equal(
+            "alertname".to_owned(),
+            "ApiCircuitOpen".to_owned(),
+        )],
+        until: now + Duration::from_secs(3600),
+        comment: "ada: maintenance".to_owned(),
+    });
+    let mut signals = Signals::new();
+    signals.insert(("circuit_open".to_owned(), "api".to_owned()), 1.0);
+    for _ in 0..100 {
+        now += Duration::from_secs(1);
+        let due = monitor.cycle(&signals, now);
+        assert!(due.is_empty(), "sent while silenced: {due:?}");
+    }
+    let fingerprint = monitor.manager().active_alerts(now)[0].fingerprint.clone();
+    assert!(monitor.manager().muted(&fingerprint, now));
+    assert!(outbox.list(None, None, 10).await.unwrap().is_empty());
+    assert!(monitor.manager().expire_silence(id));
+    cycle_until_written(&mut monitor, &outbox, &signals, &mut now).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bodies(&log, "/webhook").is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "not delivered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let firing = &bodies(&log, "/webhook")[0];
+    assert_eq!(firing["status"], "firing");
+    assert_eq!(firing["alerts"][0]["labels"]["alertname"], "ApiCircuitOpen");
+    worker.abort();
+    test.remove().await.unwrap();
+}
+
+/// Cycles until something is due and writes it to the outbox.
+async fn cycle_until_written(
+    monitor: &mut Monitor,
+    outbox: &Outbox,
+    signals: &Signals,
+    now: &mut Instant,
+) {
+    for _ in 0..10 {
+        *now += Duration::from_secs(1);
+        let due = monitor.cycle(signals, *now);
+        if !due.is_empty() {
+            for delivery in &due {
+                outbox.enqueue(delivery).await.unwrap();
+            }
+            return;
+        }
+    }
+    panic!("nothing due once the silence ended");
+}

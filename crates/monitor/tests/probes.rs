@@ -53,3 +53,42 @@ async fn sqlite_failed_logins_of_the_last_minute_are_counted() {
 async fn postgres_failed_logins_of_the_last_minute_are_counted() {
     failed_logins_of_the_last_minute_are_counted(Dialect::Postgres).await;
 }
+
+/// A certificate expiring at `year-month-day` 00:00 UTC, as a PEM file.
+fn certificate_until(dir: &std::path::Path, year: i32, month: u8, day: u8) -> std::path::PathBuf {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, month, day);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let pem = params.self_signed(&key).unwrap().pem();
+    let path = dir.join(format!("{year}.pem"));
+    std::fs::write(&path, pem).unwrap();
+    path
+}
+
+#[test]
+fn the_days_left_on_a_certificate_are_read_from_its_pem_file() {
+    let dir = std::env::temp_dir().join(format!(
+        "sekisho_tls_expiry_{}_{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 2031-06-01 is written as UTCTime, 2051-01-01 as GeneralizedTime (RFC 5280).
+    let utc_time = certificate_until(&dir, 2031, 6, 1);
+    let generalized = certificate_until(&dir, 2051, 1, 1);
+    let may_2031 = 1_935_446_400; // 2031-05-02T00:00:00Z
+    assert_eq!(probes::tls_expiry_days(&utc_time, may_2031), Some(30.0));
+    assert_eq!(
+        probes::tls_expiry_days(&utc_time, may_2031 + 40 * 86_400),
+        Some(-10.0)
+    );
+    let new_year_2051 = 2_556_144_000; // 2051-01-01T00:00:00Z
+    assert_eq!(
+        probes::tls_expiry_days(&generalized, new_year_2051 - 7 * 86_400),
+        Some(7.0)
+    );
+    std::fs::write(dir.join("junk.pem"), "not a certificate").unwrap();
+    assert_eq!(probes::tls_expiry_days(&dir.join("junk.pem"), 0), None);
+    assert_eq!(probes::tls_expiry_days(&dir.join("missing.pem"), 0), None);
+    let _ = std::fs::remove_dir_all(dir);
+}

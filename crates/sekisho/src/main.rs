@@ -332,9 +332,23 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
         &gateway.config().store,
         config_path.as_deref().and_then(Path::parent),
     );
-    let monitor_task = alerting
-        .zip(outbox)
-        .map(|(shared, outbox)| tokio::spawn(monitor(gateway.clone(), shared, outbox, data_dir)));
+    // The listener's certificate, for `tls_expiry_days` (resolved as the gateway loads it).
+    let certificate = gateway.config().server.tls.as_ref().map(|tls| {
+        let file = Path::new(&tls.get_ref().cert);
+        match config_path.as_deref().and_then(Path::parent) {
+            Some(dir) if file.is_relative() => dir.join(file),
+            _ => file.to_path_buf(),
+        }
+    });
+    let monitor_task = alerting.zip(outbox).map(|(shared, outbox)| {
+        tokio::spawn(monitor(
+            gateway.clone(),
+            shared,
+            outbox,
+            data_dir,
+            certificate,
+        ))
+    });
 
     gateway.serve(listener, shutdown_signal()).await;
 

@@ -1,5 +1,6 @@
 //! `run`'s alerting task: the gateway's figures and the host's vitals as signals, evaluated by
-//! `sekisho-monitor`, each notification written to the outbox (whose worker sends it).
+//! `sekisho-monitor`, each notification written to the outbox (whose worker sends it) and what
+//! happened to each alert to the alert history.
 
 use sekisho_gateway::Gateway;
 use sekisho_monitor::{Delivery, Outbox};
@@ -7,6 +8,8 @@ use sekisho_monitor::{Delivery, Outbox};
 /// Notifications kept in memory while the database cannot take them, at most (the oldest are
 /// dropped beyond, loudly).
 const BACKLOG: usize = 10_000;
+/// How often resolved alerts past `alerts.history_retention` are removed.
+const HISTORY_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Watches the gateway every `monitor.interval`: its upstreams, circuits and the host's vitals
 /// as signals, the alert rules over them, each notification due written to `outbox` (the
@@ -16,8 +19,15 @@ pub(crate) async fn monitor(
     shared: sekisho_admin::SharedMonitor,
     outbox: Outbox,
     data_dir: std::path::PathBuf,
+    certificate: Option<std::path::PathBuf>,
 ) {
     let interval = gateway.config().monitor.interval.0;
+    let history = sekisho_monitor::History::new(outbox.database().clone());
+    let history_retention = gateway.config().alerts.history_retention.0;
+    let mut last_purge: Option<std::time::Instant> = None;
+    // History events the database refused, written again next cycle, in order.
+    let mut history_backlog: std::collections::VecDeque<sekisho_monitor::HistoryEvent> =
+        std::collections::VecDeque::new();
     let mut vitals = sekisho_monitor::Vitals::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -28,11 +38,53 @@ pub(crate) async fn monitor(
         let mut signals = sekisho_monitor::Signals::new();
         vitals.sample(&mut signals);
         gateway_signals(&gateway, &mut signals);
-        probe_signals(&outbox, &data_dir, gateway.auth().is_some(), &mut signals).await;
-        let due = shared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .cycle(&signals, std::time::Instant::now());
+        let depth = probe_signals(&outbox, &data_dir, gateway.auth().is_some(), &mut signals).await;
+        if let Some(certificate) = &certificate {
+            let now = sekisho_db::now_millis() / 1000;
+            if let Some(days) = sekisho_monitor::probes::tls_expiry_days(certificate, now) {
+                signals.insert(
+                    (
+                        "tls_expiry_days".to_owned(),
+                        gateway.config().server.listen.to_string(),
+                    ),
+                    days,
+                );
+            }
+        }
+        let (due, happened) = {
+            let mut monitor = shared.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(depth) = depth {
+                monitor.note_queue(depth);
+            }
+            let due = monitor.cycle(&signals, std::time::Instant::now());
+            (due, monitor.take_history())
+        };
+        history_backlog.extend(happened);
+        while let Some(event) = history_backlog.front() {
+            match history.record(event).await {
+                Ok(()) => {
+                    history_backlog.pop_front();
+                }
+                Err(error) => {
+                    tracing::error!(%error, waiting = history_backlog.len(), "cannot write the alert history; keeping it in memory");
+                    break;
+                }
+            }
+        }
+        while history_backlog.len() > BACKLOG {
+            history_backlog.pop_front();
+        }
+        if last_purge.is_none_or(|at| at.elapsed() >= HISTORY_PURGE_EVERY) {
+            last_purge = Some(std::time::Instant::now());
+            match history
+                .purge(history_retention, sekisho_db::now_millis())
+                .await
+            {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "old alert history removed"),
+                Err(error) => tracing::warn!(%error, "cannot remove old alert history"),
+            }
+        }
         backlog.extend(due);
         while let Some(delivery) = backlog.front() {
             match outbox.enqueue(delivery).await {
@@ -55,13 +107,13 @@ pub(crate) async fn monitor(
 
 /// The probes with I/O, as signals of target `gateway`: the database's round trip, the disk
 /// holding the data directory, the outbox's depth and oldest pending age, and (with `[auth]`)
-/// failed logins in the last minute.
+/// failed logins in the last minute. Returns the outbox's depth, for the monitor's metrics.
 async fn probe_signals(
     outbox: &Outbox,
     data_dir: &std::path::Path,
     auth: bool,
     signals: &mut sekisho_monitor::Signals,
-) {
+) -> Option<sekisho_monitor::QueueDepth> {
     use sekisho_monitor::probes;
     let mut put = |name: &str, value: Option<f64>| {
         if let Some(value) = value {
@@ -75,7 +127,8 @@ async fn probe_signals(
     );
     put("disk", probes::disk_used(data_dir));
     // Monitoring the monitor: the outbox's depth and its oldest pending row's age.
-    if let Ok(depth) = outbox.depth().await {
+    let depth = outbox.depth().await.ok();
+    if let Some(depth) = depth {
         put("notifications_pending", Some(depth.pending as f64));
         let age = depth.oldest_created_at.map_or(0.0, |created| {
             sekisho_db::now_millis().saturating_sub(created) as f64 / 1000.0
@@ -88,6 +141,7 @@ async fn probe_signals(
             probes::login_failures_per_minute(database).await,
         );
     }
+    depth
 }
 
 /// The gateway's own figures as signals: per upstream, whether no target is healthy, the

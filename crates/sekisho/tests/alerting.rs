@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use sekisho_load::ChaosState;
-use sekisho_testkit::{chaos_upstream, client, send, try_send, Sekisho, TempDir};
+use sekisho_testkit::{chaos_upstream, client, promtool, send, try_send, Sekisho, TempDir};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -155,10 +155,16 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
         "POST",
         &admin(&format!("/api/v1/alerts/{fingerprint}/ack")),
         &[],
-        Bytes::new(),
+        Bytes::from_static(br#"{"by": "ada"}"#),
     )
     .await;
     assert_eq!(acked.status, 200);
+    assert_eq!(
+        (&acked.json()["by"], &acked.json()["recorded"]),
+        (&Value::from("ada"), &Value::from(true)),
+        "{}",
+        acked.json()
+    );
     let unknown = send(
         &http,
         "POST",
@@ -190,6 +196,53 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     };
     assert_eq!(resolved["alerts"][0]["fingerprint"], fingerprint.as_str());
     assert_ne!(resolved["alerts"][0]["endsAt"], "0001-01-01T00:00:00Z");
+
+    // The alert history: one episode, fired, acknowledged by ada, resolved — written in the
+    // cycle that resolved it, before its notification was.
+    let history = send(
+        &http,
+        "GET",
+        &admin(&format!("/api/v1/alerts/history?fingerprint={fingerprint}")),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    let episode = &history["alerts"][0];
+    assert_eq!(
+        history["alerts"].as_array().map(Vec::len),
+        Some(1),
+        "{history}"
+    );
+    assert_eq!(episode["alertname"], "AppCircuitOpen");
+    assert_eq!(episode["target"], "app");
+    assert_eq!(episode["state"], "resolved", "{history}");
+    assert_eq!(episode["peak_severity"], "warning");
+    assert_eq!(episode["acked_by"], "ada");
+    let (fired, resolved_at) = (
+        episode["fired_at"].as_i64().unwrap(),
+        episode["resolved_at"].as_i64().unwrap(),
+    );
+    assert_eq!(episode["duration_ms"].as_i64(), Some(resolved_at - fired));
+    assert!(episode["acked_at"].as_i64().unwrap() >= fired);
+    let stats = send(
+        &http,
+        "GET",
+        &admin("/api/v1/alerts/stats"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    assert_eq!(stats["fired_last_24h"], 1, "{stats}");
+    assert_eq!(stats["resolved_last_24h"], 1, "{stats}");
+    assert_eq!(stats["active"], 0, "{stats}");
+    assert_eq!(stats["fired_last_24h_by_severity"]["warning"], 1, "{stats}");
+    let mean = stats["mean_time_to_resolve_seconds"].as_f64().unwrap();
+    assert!(
+        (mean - (resolved_at - fired) as f64 / 1000.0).abs() < 1e-6,
+        "{stats}"
+    );
 
     // The delivery log: both delivered, newest first, one per page with a cursor.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -231,6 +284,34 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
         "{second_page}"
     );
     assert_eq!(second_page["next_cursor"], Value::Null);
+
+    // Monitoring the monitor: its own series on /metrics, valid for promtool.
+    let metrics = send(&http, "GET", &admin("/metrics"), &[], Bytes::new()).await;
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    let delivered = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "sekisho_notification_deliveries_total{receiver=\"ops\",channel=\"webhook\",outcome=\"delivered\"} ",
+            )
+        })
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(delivered.is_some_and(|n| n >= 2), "{metrics}");
+    assert!(
+        metrics.contains("sekisho_alerts_firing{severity=\"warning\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sekisho_notifications_pending "),
+        "{metrics}"
+    );
+    let last_run = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sekisho_monitor_last_run_timestamp_seconds "))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(last_run > 1.7e9, "{last_run}");
+    promtool(&["check", "metrics"], &metrics);
     let dead = send(
         &http,
         "GET",

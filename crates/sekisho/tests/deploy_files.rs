@@ -36,7 +36,7 @@ async fn the_rules_and_the_dashboard_name_only_series_the_gateway_exports() {
         .as_array()
         .is_some_and(|p| !p.is_empty()));
 
-    // A gateway with every policy whose series the files use.
+    // A gateway with every policy whose series the files use, and alerting (the monitor's own).
     let upstream = chaos_upstream("app").await;
     let dir = TempDir::new("deploy-files");
     let config = format!(
@@ -48,7 +48,8 @@ async fn the_rules_and_the_dashboard_name_only_series_the_gateway_exports() {
          [upstreams.app.bulkhead]\nmax_concurrent = 10\n\
          [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
          [routes.retry]\nattempts = 2\n\
-         [routes.cache]\nttl = \"1s\"\n",
+         [routes.cache]\nttl = \"1s\"\n\
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://127.0.0.1:9/hook\"\n",
         upstream.address
     );
     let path = dir.write("sekisho.toml", &config);

@@ -13,6 +13,7 @@ use crate::duration::{ConfigDuration, NonZeroDuration};
 /// The signals a threshold rule may watch.
 pub const SIGNALS: &[&str] = &[
     "cpu",
+    "process_cpu",
     "memory",
     "disk",
     "open_fds",
@@ -28,6 +29,8 @@ pub const SIGNALS: &[&str] = &[
     "login_failures_per_minute",
     "notifications_pending",
     "notification_oldest_pending_seconds",
+    "network_receive_bytes_per_second",
+    "network_transmit_bytes_per_second",
 ];
 
 /// The names of the shipped default rules (`sekisho-monitor` holds them; its tests check that
@@ -97,6 +100,9 @@ pub struct Alerts {
     #[serde(default)]
     #[schemars(with = "Vec<AlertReceiver>")]
     pub receivers: Vec<Spanned<AlertReceiver>>,
+    /// Resolved alerts are kept this long in the alert history, then removed.
+    #[serde(default = "default_history_retention")]
+    pub history_retention: NonZeroDuration,
     /// `[alerts.outbox]`: retries, giving up, retention (see [`Alerts::outbox`]).
     #[serde(default, rename = "outbox")]
     #[schemars(with = "Option<Outbox>")]
@@ -181,9 +187,14 @@ impl Default for Alerts {
             disable: Vec::new(),
             rules: Vec::new(),
             receivers: Vec::new(),
+            history_retention: default_history_retention(),
             outbox_section: None,
         }
     }
+}
+
+fn default_history_retention() -> NonZeroDuration {
+    NonZeroDuration(std::time::Duration::from_secs(90 * 24 * 3600))
 }
 
 fn default_group_wait() -> ConfigDuration {
@@ -295,19 +306,24 @@ impl AlertRule {
     }
 }
 
-/// `[alerts.receivers.email]`.
+/// `[alerts.receivers.email]`: e-mail over SMTP (no authentication: a local relay).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailReceiver {
     /// The SMTP server, `host:port`.
     pub smtp: String,
-    /// The sender.
+    /// The sender (`ops@example.com` or `Sekisho <ops@example.com>`).
     pub from: String,
     /// The recipients.
     pub to: Vec<String>,
-    /// Upgrade the connection with STARTTLS.
+    /// Upgrade the connection with STARTTLS, and refuse to send when the server does not offer
+    /// it (nothing goes out in the clear once asked).
     #[serde(default)]
     pub starttls: bool,
+    /// A PEM file of CA certificates to trust for STARTTLS besides the system's (a private
+    /// relay's own CA).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 /// `[[alerts.receivers]]`: one or more channels, and the least severity it is told about.
