@@ -140,7 +140,7 @@ pub struct LoggedNotification {
     pub receiver: String,
     /// `webhook`, `alertmanager`, `slack`, `discord` or `email`.
     pub channel: String,
-    /// Where it goes.
+    /// Where it goes, as [`shown_url`] shows it (no credentials, query, or Slack/Discord secret).
     pub url: String,
     /// The alert group.
     pub group_key: String,
@@ -466,15 +466,47 @@ impl Outbox {
     }
 }
 
+/// What the delivery log shows of a receiver's URL: scheme, host, port and (except for Slack and
+/// Discord, whose path is the webhook's secret) the path — never credentials or a query string,
+/// which may hold tokens.
+pub fn shown_url(channel: &str, url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return "(not shown)".to_owned();
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return "(not shown)".to_owned();
+    };
+    let host = match authority.port_u16() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    let path = match channel {
+        "slack" | "discord" => "/…",
+        _ => uri.path(),
+    };
+    format!("{scheme}://{host}{path}")
+}
+
 fn logged(row: &AnyRow) -> Result<LoggedNotification, sqlx::Error> {
     let state: String = row.try_get(7)?;
     let fingerprints: String = row.try_get(6)?;
     let next_attempt_at: i64 = row.try_get(9)?;
+    let channel: String = row.try_get(2)?;
+    let url: String = row.try_get(3)?;
+    let shown = shown_url(&channel, &url);
+    // An error message may quote the URL it failed on.
+    let last_error: Option<String> = row.try_get::<Option<String>, _>(10)?.map(|error| {
+        if url.is_empty() {
+            error
+        } else {
+            error.replace(&url, &shown)
+        }
+    });
     Ok(LoggedNotification {
         id: row.try_get(0)?,
         receiver: row.try_get(1)?,
-        channel: row.try_get(2)?,
-        url: row.try_get(3)?,
+        channel,
+        url: shown,
         group_key: row.try_get(4)?,
         status: row.try_get(5)?,
         fingerprints: fingerprints
@@ -485,7 +517,7 @@ fn logged(row: &AnyRow) -> Result<LoggedNotification, sqlx::Error> {
         next_attempt_at: (state == "pending").then_some(next_attempt_at),
         state,
         attempts: row.try_get(8)?,
-        last_error: row.try_get(10)?,
+        last_error,
         last_status: row.try_get(11)?,
         last_latency_ms: row.try_get(12)?,
         created_at: row.try_get(13)?,
@@ -500,6 +532,33 @@ fn millis(duration: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_shows_no_credentials_query_or_chat_webhook_secret() {
+        assert_eq!(
+            shown_url(
+                "webhook",
+                "https://ops:s3cret@alerts.example:8443/hook?token=abc"
+            ),
+            "https://alerts.example:8443/hook"
+        );
+        assert_eq!(
+            shown_url(
+                "slack",
+                "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+            ),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            shown_url("discord", "https://discord.com/api/webhooks/1/SECRET"),
+            "https://discord.com/…"
+        );
+        assert_eq!(
+            shown_url("alertmanager", "http://127.0.0.1:9093/api/v2/alerts"),
+            "http://127.0.0.1:9093/api/v2/alerts"
+        );
+        assert_eq!(shown_url("webhook", "not a url"), "(not shown)");
+    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_with_jitter_between_half_and_all() {
