@@ -480,9 +480,14 @@ pub fn shown_url(channel: &str, url: &str) -> String {
         Some(port) => format!("{}:{port}", authority.host()),
         None => authority.host().to_owned(),
     };
+    // `Uri::path` says "/" for a URL without a path (`smtp://host:25`): show what was written.
+    let has_path = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
     let path = match channel {
         "slack" | "discord" => "/…",
-        _ => uri.path(),
+        _ if has_path => uri.path(),
+        _ => "",
     };
     format!("{scheme}://{host}{path}")
 }
@@ -556,6 +561,10 @@ mod tests {
         assert_eq!(
             shown_url("alertmanager", "http://127.0.0.1:9093/api/v2/alerts"),
             "http://127.0.0.1:9093/api/v2/alerts"
+        );
+        assert_eq!(
+            shown_url("email", "smtp://127.0.0.1:2525"),
+            "smtp://127.0.0.1:2525"
         );
         assert_eq!(shown_url("webhook", "not a url"), "(not shown)");
     }
