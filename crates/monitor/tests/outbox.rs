@@ -272,7 +272,14 @@ async fn pending_rows_are_delivered_by_the_next_outbox_on_the_database(dialect: 
         .local_addr()
         .unwrap();
     let url = format!("http://{address}/hook");
-    let first = Outbox::open(test.open().await.unwrap(), settings())
+    // A backoff of a second: the first worker is stopped between its attempts, with the row
+    // pending, not in the middle of one (a claimed row waits for its 30 s lease: another test).
+    let slow_retries = OutboxSettings {
+        backoff_initial: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(1),
+        ..OutboxSettings::default()
+    };
+    let first = Outbox::open(test.open().await.unwrap(), slow_retries)
         .await
         .unwrap();
     let id = first.enqueue(&delivery(&url, "g", "firing")).await.unwrap();
