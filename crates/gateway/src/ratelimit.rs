@@ -170,8 +170,11 @@ impl KnownOver {
     fn record(&self, key: &str, asked: Instant, decision: &Decision) {
         use std::sync::atomic::Ordering::Relaxed;
         if decision.allowed {
-            if self.len.load(Relaxed) > 0 && lock(&self.keys).remove(key).is_some() {
-                self.len.fetch_sub(1, Relaxed);
+            if self.len.load(Relaxed) > 0 {
+                let mut keys = lock(&self.keys);
+                if keys.remove(key).is_some() {
+                    self.len.store(keys.len(), Relaxed);
+                }
             }
             return;
         }
