@@ -1,5 +1,5 @@
-//! The admin API of alerting: active alerts (`/api/v1/alerts`) and silences
-//! (`/api/v1/silences`), answered by the monitor the binary runs (`sekisho_monitor::Monitor`);
+//! The admin API of alerting: active alerts (`/api/v1/alerts`, by fingerprint) and silences
+//! (`/api/v1/silences`, by id), a page at a time, answered by the monitor the binary runs (`sekisho_monitor::Monitor`);
 //! 503 `MONITOR_OFF` without one. Acknowledgements, the history and its statistics are in
 //! `history.rs`.
 
@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use sekisho_monitor::{Matcher, Monitor, Silence};
 use serde_json::json;
 
+use crate::page::Page;
 use crate::users::body_json;
-use crate::{error, json_response, AdminResponse, AdminState};
+use crate::{error, ok, AdminResponse, AdminState};
 
 /// The monitor shared with the binary's monitoring task.
 pub type SharedMonitor = Arc<Mutex<Monitor>>;
@@ -54,8 +55,13 @@ fn lock(monitor: &SharedMonitor) -> std::sync::MutexGuard<'_, Monitor> {
     monitor.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `GET /api/v1/alerts`.
-pub(crate) fn alerts(state: &AdminState, method: &Method, rest: &str) -> AdminResponse {
+/// `GET /api/v1/alerts`: the active alerts, a page at a time by fingerprint.
+pub(crate) fn alerts(
+    state: &AdminState,
+    method: &Method,
+    rest: &str,
+    query: Option<&str>,
+) -> AdminResponse {
     let shared = match monitor(state) {
         Ok(m) => m,
         Err(answer) => return *answer,
@@ -63,10 +69,13 @@ pub(crate) fn alerts(state: &AdminState, method: &Method, rest: &str) -> AdminRe
     let now = Instant::now();
     match (method, rest) {
         (&Method::GET, "") => {
-            let mut guard = lock(shared);
-            let alerts: Vec<_> = guard
-                .manager()
-                .active_alerts(now)
+            let page = match Page::<String>::parse_plain(query) {
+                Ok(page) => page,
+                Err(refused) => return *refused,
+            };
+            let active = lock(shared).manager().active_alerts(now);
+            let (active, next_cursor) = page.cut(active, |a| a.fingerprint.clone());
+            let alerts: Vec<_> = active
                 .into_iter()
                 .map(|a| {
                     json!({
@@ -80,7 +89,10 @@ pub(crate) fn alerts(state: &AdminState, method: &Method, rest: &str) -> AdminRe
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({ "alerts": alerts }))
+            ok(
+                StatusCode::OK,
+                json!({ "alerts": alerts, "next_cursor": next_cursor }),
+            )
         }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -104,9 +116,13 @@ pub(crate) async fn silences(
     let method = request.method().clone();
     match (&method, rest) {
         (&Method::GET, "") => {
-            let silences: Vec<_> = lock(&shared)
-                .manager()
-                .silences(now)
+            let page = match Page::<u64>::parse_plain(request.uri().query()) {
+                Ok(page) => page,
+                Err(refused) => return *refused,
+            };
+            let in_force = lock(&shared).manager().silences(now);
+            let (in_force, next_cursor) = page.cut(in_force, |(id, _)| *id);
+            let silences: Vec<_> = in_force
                 .into_iter()
                 .map(|(id, s)| {
                     let matchers: Vec<_> = s
@@ -129,7 +145,10 @@ pub(crate) async fn silences(
                     })
                 })
                 .collect();
-            json_response(StatusCode::OK, &json!({ "silences": silences }))
+            ok(
+                StatusCode::OK,
+                json!({ "silences": silences, "next_cursor": next_cursor }),
+            )
         }
         (&Method::POST, "") => {
             let body: SilenceBody = match body_json(request).await {
@@ -160,14 +179,14 @@ pub(crate) async fn silences(
                 until: now + Duration::from_secs(seconds),
                 comment: body.comment,
             });
-            json_response(StatusCode::CREATED, &json!({ "id": id }))
+            ok(StatusCode::CREATED, json!({ "id": id }))
         }
         (&Method::DELETE, id) => {
             let Ok(id) = id.trim_start_matches('/').parse::<u64>() else {
                 return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such silence");
             };
             if lock(&shared).manager().expire_silence(id) {
-                json_response(StatusCode::OK, &json!({ "id": id, "expired": true }))
+                ok(StatusCode::OK, json!({ "id": id, "expired": true }))
             } else {
                 error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such silence")
             }

@@ -6,7 +6,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::json;
 
-use crate::{error, json_response, AdminResponse, AdminState};
+use crate::{error, ok, AdminResponse, AdminState};
 
 /// Largest config text accepted.
 const MAX_CONFIG_BYTES: usize = 1024 * 1024;
@@ -35,9 +35,9 @@ pub(crate) async fn validate(state: &AdminState, request: Request<Incoming>) -> 
         tokio::task::spawn_blocking(move || sekisho_config::parse_file_contents(&body, &path))
             .await;
     match checked {
-        Ok(Ok(config)) => json_response(
+        Ok(Ok(config)) => ok(
             StatusCode::OK,
-            &json!({ "valid": true, "summary": config.summary() }),
+            json!({ "valid": true, "summary": config.summary() }),
         ),
         Ok(Err(invalid)) => error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &invalid.to_string()),
         Err(_) => error(
@@ -66,5 +66,5 @@ pub(crate) fn bulkheads(state: &AdminState) -> AdminResponse {
             })
         })
         .collect();
-    json_response(StatusCode::OK, &json!({ "bulkheads": bulkheads }))
+    ok(StatusCode::OK, json!({ "bulkheads": bulkheads }))
 }

@@ -11,12 +11,8 @@ use hyper::body::Incoming;
 use sekisho_monitor::{History, HistoryFilter};
 use serde_json::json;
 
-use crate::{error, json_response, AdminResponse, AdminState};
-
-/// A page holds this many episodes unless `limit` says otherwise.
-const DEFAULT_LIMIT: usize = 100;
-/// … and at most this many.
-const MAX_LIMIT: usize = 500;
+use crate::page::Page;
+use crate::{error, ok, AdminResponse, AdminState};
 /// The longest acknowledgement body read.
 const MAX_ACK_BODY: usize = 4096;
 
@@ -64,51 +60,36 @@ pub(crate) async fn list(
         return monitor_off();
     };
     let mut filter = HistoryFilter::default();
-    let mut cursor = None;
-    let mut limit = DEFAULT_LIMIT;
-    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let bad = |what: &str| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                &format!("`{name}={value}`: {what}"),
-            )
-        };
-        match name.as_ref() {
-            "state" => match value.as_ref() {
-                "firing" | "resolved" => filter.state = Some(value.into_owned()),
-                _ => return bad("state is firing or resolved"),
+    let page = match Page::<i64>::parse(query, |name, value| {
+        match name {
+            "state" => match value {
+                "firing" | "resolved" => filter.state = Some(value.to_owned()),
+                _ => return Err("state is firing or resolved".to_owned()),
             },
-            "fingerprint" => filter.fingerprint = Some(value.into_owned()),
-            "alertname" => filter.alertname = Some(value.into_owned()),
+            "fingerprint" => filter.fingerprint = Some(value.to_owned()),
+            "alertname" => filter.alertname = Some(value.to_owned()),
             "since" => match value.parse::<i64>() {
                 Ok(ms) => filter.since = Some(ms),
-                Err(_) => return bad("since is Unix milliseconds"),
-            },
-            "cursor" => match value.parse::<i64>() {
-                Ok(id) => cursor = Some(id),
-                Err(_) => return bad("the cursor is the `next_cursor` of a page"),
-            },
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => return bad("limit is 1 to 500"),
+                Err(_) => return Err("since is Unix milliseconds".to_owned()),
             },
             _ => {
-                return bad(
-                    "unknown parameter (state, fingerprint, alertname, since, cursor, limit)",
+                return Err(
+                    "unknown parameter (state, fingerprint, alertname, since, cursor, limit)"
+                        .to_owned(),
                 )
             }
         }
-    }
-    // One more than asked tells whether a next page exists.
-    match history.list(&filter, cursor, limit + 1).await {
-        Ok(mut rows) => {
-            let more = rows.len() > limit;
-            rows.truncate(limit);
-            let next_cursor = more.then(|| rows.last().map(|r| r.id)).flatten();
-            json_response(
+        Ok(())
+    }) {
+        Ok(page) => page,
+        Err(refused) => return *refused,
+    };
+    match history.list(&filter, page.cursor, page.fetch()).await {
+        Ok(rows) => {
+            let (rows, next_cursor) = page.split(rows, |r| r.id);
+            ok(
                 StatusCode::OK,
-                &json!({ "alerts": rows, "next_cursor": next_cursor }),
+                json!({ "alerts": rows, "next_cursor": next_cursor }),
             )
         }
         Err(failure) => unavailable(&failure),
@@ -127,7 +108,7 @@ pub(crate) async fn stats(state: &AdminState, method: &Method) -> AdminResponse 
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     match history.stats(now).await {
-        Ok(stats) => json_response(StatusCode::OK, &json!(stats)),
+        Ok(stats) => ok(StatusCode::OK, json!(stats)),
         Err(failure) => unavailable(&failure),
     }
 }
@@ -203,8 +184,8 @@ pub(crate) async fn acknowledge(
         },
         None => false,
     };
-    json_response(
+    ok(
         StatusCode::OK,
-        &json!({ "fingerprint": fingerprint, "acknowledged": true, "by": by, "recorded": recorded }),
+        json!({ "fingerprint": fingerprint, "acknowledged": true, "by": by, "recorded": recorded }),
     )
 }

@@ -20,8 +20,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use sekisho_gateway::edge::error_json;
-use sekisho_gateway::{new_request_id, Gateway, ReloadError};
+use sekisho_gateway::{Gateway, ReloadError};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -31,7 +30,11 @@ mod dashboard;
 mod guard;
 mod history;
 mod notifications;
+mod page;
+mod respond;
 mod users;
+
+pub(crate) use respond::{error, json_response, ok};
 
 pub use alerts::SharedMonitor;
 
@@ -217,7 +220,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
     }
     if let Some(rest) = path.strip_prefix("/api/v1/alerts") {
         if rest.is_empty() || rest.starts_with('/') {
-            return alerts::alerts(state, &method, rest);
+            return alerts::alerts(state, &method, rest, request.uri().query());
         }
     }
     if let Some(name) = path
@@ -251,17 +254,17 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
         }
         (&Method::GET, "/api/v1/status") => api_status(state),
         (&Method::GET, "/api/v1/routes") => {
-            json_response(StatusCode::OK, &json!({ "routes": state.gateway.routes() }))
+            ok(StatusCode::OK, json!({ "routes": state.gateway.routes() }))
         }
-        (&Method::GET, "/api/v1/upstreams") => json_response(
+        (&Method::GET, "/api/v1/upstreams") => ok(
             StatusCode::OK,
-            &json!({ "upstreams": state.gateway.upstreams() }),
+            json!({ "upstreams": state.gateway.upstreams() }),
         ),
         (&Method::GET, "/api/v1/config") => {
             let status = state.gateway.status();
-            json_response(
+            ok(
                 StatusCode::OK,
-                &json!({
+                json!({
                     "generation": status.generation,
                     "summary": state.gateway.config().summary(),
                     "file": state.gateway.config_path().map(|p| p.display().to_string()),
@@ -271,16 +274,14 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
         (&Method::POST, "/api/v1/config/reload") => reload(state).await,
         (&Method::POST, "/api/v1/config/validate") => config_check::validate(state, request).await,
         (&Method::GET, "/api/v1/bulkheads") => config_check::bulkheads(state),
-        (&Method::GET, "/api/v1/circuits") => json_response(
+        (&Method::GET, "/api/v1/circuits") => ok(
             StatusCode::OK,
-            &json!({ "circuits": state.gateway.circuits() }),
+            json!({ "circuits": state.gateway.circuits() }),
         ),
         (&Method::GET, "/api/v1/ratelimits") => rate_limits(state, &request).await,
         (&Method::GET, "/api/v1/cache") => match state.gateway.cache_stats(100) {
-            Some((stats, keys)) => {
-                json_response(StatusCode::OK, &json!({ "cache": stats, "keys": keys }))
-            }
-            None => json_response(StatusCode::OK, &json!({ "cache": null, "keys": [] })),
+            Some((stats, keys)) => ok(StatusCode::OK, json!({ "cache": stats, "keys": keys })),
+            None => ok(StatusCode::OK, json!({ "cache": null, "keys": [] })),
         },
         (&Method::POST, "/api/v1/cache/purge") => cache_purge(state, request).await,
         (
@@ -460,10 +461,10 @@ fn api_status(state: &AdminState) -> AdminResponse {
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0)
     };
-    json_response(
+    ok(
         StatusCode::OK,
-        &json!({
-            "status": snapshot.as_ref().map_or(json!("unknown"), |s| s["status"].clone()),
+        json!({
+            "overall": snapshot.as_ref().map_or(json!("unknown"), |s| s["status"].clone()),
             "ready": status.ready,
             "draining": status.draining,
             "version": env!("CARGO_PKG_VERSION"),
@@ -558,7 +559,7 @@ async fn circuit_action(
         );
     };
     match state.gateway.circuit_action(name, &action) {
-        Ok(view) => json_response(StatusCode::OK, &json!({ "circuit": view })),
+        Ok(view) => ok(StatusCode::OK, json!({ "circuit": view })),
         Err(refused @ sekisho_gateway::CircuitActionError::UnknownCircuit(_)) => {
             error(StatusCode::NOT_FOUND, "NO_ROUTE", &refused.to_string())
         }
@@ -581,15 +582,15 @@ async fn rate_limits(state: &AdminState, request: &Request<Incoming>) -> AdminRe
         }
     }
     let (Some(scope), Some(key)) = (scope, key) else {
-        return json_response(
+        return ok(
             StatusCode::OK,
-            &json!({ "rate_limits": state.gateway.rate_limits() }),
+            json!({ "rate_limits": state.gateway.rate_limits() }),
         );
     };
     match state.gateway.rate_limit_usage(&scope, &key).await {
-        Some(usage) => json_response(
+        Some(usage) => ok(
             StatusCode::OK,
-            &json!({
+            json!({
                 "scope": scope,
                 "key": key,
                 "limit": usage.limit,
@@ -635,9 +636,9 @@ async fn cache_purge(state: &AdminState, request: Request<Incoming>) -> AdminRes
         }
     };
     match state.gateway.cache_purge(&purge).await {
-        Ok(deleted) => json_response(
+        Ok(deleted) => ok(
             StatusCode::OK,
-            &json!({ "status": "ok", "purge": purge, "shared_deleted": deleted }),
+            json!({ "purge": purge, "shared_deleted": deleted }),
         ),
         Err(why @ sekisho_gateway::PurgeError::NoCache) => {
             error(StatusCode::NOT_FOUND, "NO_ROUTE", &why.to_string())
@@ -650,9 +651,9 @@ async fn reload(state: &AdminState) -> AdminResponse {
     let gateway = state.gateway.clone();
     let result = tokio::task::spawn_blocking(move || gateway.reload()).await;
     match result {
-        Ok(Ok(summary)) => json_response(
+        Ok(Ok(summary)) => ok(
             StatusCode::OK,
-            &json!({
+            json!({
                 "status": "ok",
                 "generation": summary.generation,
                 "summary": summary.summary,
@@ -671,27 +672,6 @@ async fn reload(state: &AdminState) -> AdminResponse {
             "the reload task failed",
         ),
     }
-}
-
-fn json_response(status: StatusCode, value: &serde_json::Value) -> AdminResponse {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> AdminResponse {
-    let request_id = new_request_id();
-    let body = error_json(code, message, request_id.to_str().unwrap_or(""));
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert("x-request-id", request_id);
-    response
 }
 
 #[cfg(test)]

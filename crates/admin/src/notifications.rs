@@ -9,12 +9,8 @@ use http::{Method, StatusCode};
 use sekisho_monitor::DeliveryState;
 use serde_json::json;
 
-use crate::{error, json_response, AdminResponse, AdminState};
-
-/// A page holds this many rows unless `limit` says otherwise.
-const DEFAULT_LIMIT: usize = 100;
-/// … and at most this many.
-const MAX_LIMIT: usize = 500;
+use crate::page::Page;
+use crate::{error, ok, AdminResponse, AdminState};
 
 pub(crate) async fn notifications(
     state: &AdminState,
@@ -36,41 +32,21 @@ pub(crate) async fn notifications(
         );
     };
     let mut wanted = None;
-    let mut cursor = None;
-    let mut limit = DEFAULT_LIMIT;
-    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let bad = |what: &str| {
-            error(
-                StatusCode::BAD_REQUEST,
-                "BAD_REQUEST",
-                &format!("`{name}={value}`: {what}"),
-            )
-        };
-        match name.as_ref() {
-            "state" => match DeliveryState::parse(&value) {
-                Some(s) => wanted = Some(s),
-                None => return bad("state is pending, delivered or dead"),
-            },
-            "cursor" => match value.parse::<i64>() {
-                Ok(id) => cursor = Some(id),
-                Err(_) => return bad("the cursor is the `next_cursor` of a page"),
-            },
-            "limit" => match value.parse::<usize>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => return bad("limit is 1 to 500"),
-            },
-            _ => return bad("unknown parameter (state, cursor, limit)"),
-        }
-    }
-    // One more than asked tells whether a next page exists.
-    match outbox.list(wanted, cursor, limit + 1).await {
-        Ok(mut rows) => {
-            let more = rows.len() > limit;
-            rows.truncate(limit);
-            let next_cursor = more.then(|| rows.last().map(|r| r.id)).flatten();
-            json_response(
+    let page = match Page::<i64>::parse(query, |name, value| match name {
+        "state" => DeliveryState::parse(value)
+            .map(|s| wanted = Some(s))
+            .ok_or_else(|| "state is pending, delivered or dead".to_owned()),
+        _ => Err("unknown parameter (state, cursor, limit)".to_owned()),
+    }) {
+        Ok(page) => page,
+        Err(refused) => return *refused,
+    };
+    match outbox.list(wanted, page.cursor, page.fetch()).await {
+        Ok(rows) => {
+            let (rows, next_cursor) = page.split(rows, |r| r.id);
+            ok(
                 StatusCode::OK,
-                &json!({ "notifications": rows, "next_cursor": next_cursor }),
+                json!({ "notifications": rows, "next_cursor": next_cursor }),
             )
         }
         Err(failure) => error(
@@ -125,8 +101,8 @@ pub(crate) async fn test_receiver(
             }
         }
     }
-    json_response(
+    ok(
         StatusCode::ACCEPTED,
-        &json!({ "receiver": name, "notifications": ids }),
+        json!({ "receiver": name, "notifications": ids }),
     )
 }

@@ -1,7 +1,7 @@
 //! The admin API of edge authentication: users (`/api/v1/users`, `/api/v1/users/{name}`) and
 //! sessions (`/api/v1/sessions?user=NAME`), answered by the gateway's `sekisho_auth::Auth`.
-//! The list of users comes a page at a time, by name: `?limit=N` (1–500, default 100) and
-//! `?cursor=NAME` (the `next_cursor` of the previous page; `null` on the last).
+//! Every list comes a page at a time (`page.rs`): users by name, sessions by id, lockouts by
+//! `KIND:NAME`.
 
 use http::{Method, Request, StatusCode};
 use http_body_util::BodyExt;
@@ -9,7 +9,8 @@ use hyper::body::Incoming;
 use sekisho_auth::{Auth, AuthError, UserUpdate};
 use serde_json::json;
 
-use crate::{error, json_response, AdminResponse, AdminState, MAX_ADMIN_BODY};
+use crate::page::Page;
+use crate::{error, ok, AdminResponse, AdminState, MAX_ADMIN_BODY};
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -92,12 +93,12 @@ pub(crate) async fn users(
                 &new.roles,
             )
             .await
-            .map(|user| json_response(StatusCode::CREATED, &json!(user)))
+            .map(|user| ok(StatusCode::CREATED, json!(user)))
         }
         (Method::GET, Some(name)) => auth
             .user(name)
             .await
-            .map(|user| json_response(StatusCode::OK, &json!(user))),
+            .map(|user| ok(StatusCode::OK, json!(user))),
         (Method::PUT, Some(name)) => {
             let update: UserUpdate = match body_json(request).await {
                 Ok(update) => update,
@@ -105,12 +106,12 @@ pub(crate) async fn users(
             };
             auth.update_user(name, update)
                 .await
-                .map(|user| json_response(StatusCode::OK, &json!(user)))
+                .map(|user| ok(StatusCode::OK, json!(user)))
         }
         (Method::DELETE, Some(name)) => auth
             .delete_user(name)
             .await
-            .map(|()| json_response(StatusCode::OK, &json!({ "status": "ok", "deleted": name }))),
+            .map(|()| ok(StatusCode::OK, json!({ "deleted": name }))),
         _ => {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -122,65 +123,43 @@ pub(crate) async fn users(
     result.unwrap_or_else(|why| failed(&why))
 }
 
-/// A page of users holds this many unless `limit` says otherwise …
-const DEFAULT_LIMIT: u32 = 100;
-/// … and at most this many.
-const MAX_LIMIT: u32 = 500;
-
 /// `GET /api/v1/users[?limit=N][&cursor=NAME]`: one page of the users, by name.
 async fn users_page(auth: &Auth, query: Option<&str>) -> AdminResponse {
-    let mut cursor = None;
-    let mut limit = DEFAULT_LIMIT;
-    for (name, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match name.as_ref() {
-            "cursor" => cursor = Some(value.into_owned()),
-            "limit" => match value.parse::<u32>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => limit = n,
-                _ => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "BAD_REQUEST",
-                        &format!("`limit={value}`: limit is 1 to {MAX_LIMIT}"),
-                    )
-                }
-            },
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "BAD_REQUEST",
-                    &format!("`{name}`: unknown parameter (limit, cursor)"),
-                )
-            }
-        }
-    }
-    // One more than asked tells whether a next page exists.
-    match auth.users_page(cursor.as_deref(), limit + 1).await {
-        Ok(mut users) => {
-            let more = users.len() > limit as usize;
-            users.truncate(limit as usize);
-            let next_cursor = more
-                .then(|| users.last().map(|user| user.username.clone()))
-                .flatten();
-            json_response(
+    let page = match Page::<String>::parse_plain(query) {
+        Ok(page) => page,
+        Err(refused) => return *refused,
+    };
+    let fetch = u32::try_from(page.fetch()).unwrap_or(u32::MAX);
+    match auth.users_page(page.cursor.as_deref(), fetch).await {
+        Ok(users) => {
+            let (users, next_cursor) = page.split(users, |user| user.username.clone());
+            ok(
                 StatusCode::OK,
-                &json!({ "users": users, "next_cursor": next_cursor }),
+                json!({ "users": users, "next_cursor": next_cursor }),
             )
         }
         Err(why) => failed(&why),
     }
 }
 
-/// `/api/v1/sessions?user=NAME`: GET lists, DELETE revokes them all.
+/// `/api/v1/sessions?user=NAME`: GET lists them a page at a time (by session id; `limit`,
+/// `cursor`), DELETE revokes them all.
 pub(crate) async fn sessions(state: &AdminState, request: &Request<Incoming>) -> AdminResponse {
     let auth = match auth(state) {
         Ok(auth) => auth,
         Err(response) => return *response,
     };
-    let user = request.uri().query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(key, _)| key == "user")
-            .map(|(_, value)| value.into_owned())
-    });
+    let mut user = None;
+    let page = match Page::<String>::parse(request.uri().query(), |name, value| match name {
+        "user" => {
+            user = Some(value.to_owned());
+            Ok(())
+        }
+        _ => Err("unknown parameter (user, limit, cursor)".to_owned()),
+    }) {
+        Ok(page) => page,
+        Err(refused) => return *refused,
+    };
     let Some(user) = user else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -190,14 +169,16 @@ pub(crate) async fn sessions(state: &AdminState, request: &Request<Incoming>) ->
     };
     let result = match *request.method() {
         Method::GET => auth.sessions_of(&user).await.map(|sessions| {
-            json_response(
+            let (sessions, next_cursor) = page.cut(sessions, |s| s.id.clone());
+            ok(
                 StatusCode::OK,
-                &json!({ "user": user, "sessions": sessions }),
+                json!({ "user": user, "sessions": sessions, "next_cursor": next_cursor }),
             )
         }),
-        Method::DELETE => auth.revoke_sessions(&user).await.map(|revoked| {
-            json_response(StatusCode::OK, &json!({ "user": user, "revoked": revoked }))
-        }),
+        Method::DELETE => auth
+            .revoke_sessions(&user)
+            .await
+            .map(|revoked| ok(StatusCode::OK, json!({ "user": user, "revoked": revoked }))),
         _ => {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -209,7 +190,8 @@ pub(crate) async fn sessions(state: &AdminState, request: &Request<Incoming>) ->
     result.unwrap_or_else(|why| failed(&why))
 }
 
-/// `/api/v1/lockouts`: GET lists the lockouts in force (every instance's with Redis); `DELETE ?user=NAME` or
+/// `/api/v1/lockouts`: GET lists the lockouts in force (every instance's with Redis), a page
+/// at a time by `KIND:NAME` (`account:ann`, `address:10.0.0.1`); `DELETE ?user=NAME` or
 /// `DELETE ?address=IP` clears one.
 pub(crate) async fn lockouts(state: &AdminState, request: Request<Incoming>) -> AdminResponse {
     let auth = match auth(state) {
@@ -217,10 +199,18 @@ pub(crate) async fn lockouts(state: &AdminState, request: Request<Incoming>) -> 
         Err(response) => return *response,
     };
     match *request.method() {
-        Method::GET => json_response(
-            StatusCode::OK,
-            &json!({ "lockouts": auth.lockouts().await }),
-        ),
+        Method::GET => {
+            let page = match Page::<String>::parse_plain(request.uri().query()) {
+                Ok(page) => page,
+                Err(refused) => return *refused,
+            };
+            let (lockouts, next_cursor) =
+                page.cut(auth.lockouts().await, |l| format!("{}:{}", l.kind, l.name));
+            ok(
+                StatusCode::OK,
+                json!({ "lockouts": lockouts, "next_cursor": next_cursor }),
+            )
+        }
         Method::DELETE => {
             let query: Vec<(String, String)> = request
                 .uri()
@@ -239,17 +229,15 @@ pub(crate) async fn lockouts(state: &AdminState, request: Request<Incoming>) -> 
                         ..UserUpdate::default()
                     };
                     match auth.update_user(&user, update).await {
-                        Ok(_) => {
-                            json_response(StatusCode::OK, &json!({ "status": "ok", "user": user }))
-                        }
+                        Ok(_) => ok(StatusCode::OK, json!({ "user": user })),
                         Err(why) => failed(&why),
                     }
                 }
                 (None, Some(address)) => {
                     let cleared = auth.unlock_address(&address).await;
-                    json_response(
+                    ok(
                         StatusCode::OK,
-                        &json!({ "status": "ok", "address": address, "was_locked": cleared }),
+                        json!({ "address": address, "was_locked": cleared }),
                     )
                 }
                 _ => error(

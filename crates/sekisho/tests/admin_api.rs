@@ -190,7 +190,9 @@ async fn the_page_is_served_whole_and_the_stream_needs_the_token_and_counts_its_
     )
     .await;
     assert_eq!(latest.status, 200);
-    assert_eq!(latest.json()["upstreams"][0]["state"], "healthy");
+    let latest = latest.json();
+    assert_eq!(latest["status"], "ok");
+    assert_eq!(latest["snapshot"]["upstreams"][0]["state"], "healthy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,10 +422,68 @@ async fn issue_17_routes_retry_budgets_recent_reloads_and_no_cors() {
     }
 }
 
+/// GET `path` on the admin listener with the token: the status and the body as JSON.
+async fn admin_get(gateway: &Sekisho, path: &str) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {TOKEN}");
+    let answer = send(
+        &client(),
+        "GET",
+        &gateway.admin_url(path),
+        &[("authorization", &auth)],
+        Bytes::new(),
+    )
+    .await;
+    let body = serde_json::from_slice(&answer.body).unwrap_or(serde_json::Value::Null);
+    (answer.status, body)
+}
+
+/// Every page of `list` (under `path`, `extra` query parameters), `limit` at a time, following
+/// `next_cursor`; each answer in the envelope. The item keys named by `key`, page by page.
+async fn pages(
+    gateway: &Sekisho,
+    path: &str,
+    extra: &str,
+    list: &str,
+    limit: usize,
+    key: impl Fn(&serde_json::Value) -> String,
+) -> Vec<Vec<String>> {
+    let mut cursor: Option<String> = None;
+    let mut seen = Vec::new();
+    for _ in 0..20 {
+        let mut query = format!("?limit={limit}{extra}");
+        if let Some(cursor) = &cursor {
+            query.push_str(&format!("&cursor={}", urlencode(cursor)));
+        }
+        let (status, body) = admin_get(gateway, &format!("{path}{query}")).await;
+        assert_eq!(status, 200, "{path}{query}: {body}");
+        assert_eq!(body["status"], "ok", "{path}{query}: the envelope: {body}");
+        let items = body[list].as_array().unwrap();
+        assert!(items.len() <= limit, "{body}");
+        seen.push(items.iter().map(&key).collect());
+        // A cursor is the key of the page's last item: a name, or a number for ids.
+        match &body["next_cursor"] {
+            serde_json::Value::Null => return seen,
+            serde_json::Value::String(next) => cursor = Some(next.clone()),
+            serde_json::Value::Number(next) => cursor = Some(next.to_string()),
+            other => panic!("{path}: next_cursor {other}"),
+        }
+    }
+    panic!("{path}: more than 20 pages");
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_17_users_come_a_page_at_a_time_by_name() {
+async fn issue_17_every_list_comes_a_page_at_a_time_in_the_envelope() {
     let upstream = chaos_upstream("app").await;
-    let dir = TempDir::new("admin-api-users");
+    let dir = TempDir::new("admin-api-pages");
     let config = dir.write(
         "sekisho.toml",
         &format!(
@@ -431,67 +491,176 @@ async fn issue_17_users_come_a_page_at_a_time_by_name() {
              [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
              [store]\ndata_dir = \"{}\"\n\
              [auth]\nargon2 = {{ memory_kib = 64, iterations = 1, parallelism = 1 }}\n\
+             lockout = {{ max_failures = 1, window = \"5m\", duration = \"15m\" }}\n\
+             [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{}/hook\"\n\
              [upstreams.app]\ntargets = [\"{}\"]\n\
              [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
             dir.path().join("data").display(),
+            upstream.address,
             upstream.address
         ),
     );
     let gateway = Sekisho::start(&binary(), &config);
     let http = client();
     let auth = format!("Bearer {TOKEN}");
-    let headers = [("authorization", auth.as_str())];
-    for name in ["cy", "ann", "bo"] {
-        let body = format!(r#"{{"username":"{name}","password":"correct horse battery"}}"#);
-        let created = send(
-            &http,
-            "POST",
-            &gateway.admin_url("/api/v1/users"),
-            &headers,
-            Bytes::from(body),
-        )
-        .await;
-        assert_eq!(created.status, 201, "{name}");
-    }
-    let page = |query: String| {
+    let call = |method: &'static str, path: String, body: String| {
         let http = http.clone();
-        let url = gateway.admin_url(&format!("/api/v1/users{query}"));
+        let url = gateway.admin_url(&path);
         let auth = auth.clone();
         async move {
             send(
                 &http,
-                "GET",
+                method,
                 &url,
                 &[("authorization", &auth)],
-                Bytes::new(),
+                Bytes::from(body),
             )
             .await
         }
     };
-    let names = |answer: &serde_json::Value| -> Vec<String> {
-        answer["users"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u["username"].as_str().unwrap().to_owned())
-            .collect()
-    };
-
-    // Without a limit: every user (fewer than a page), and no next page.
-    let all = page(String::new()).await.json();
-    assert_eq!(names(&all), ["ann", "bo", "cy"]);
-    assert!(all["next_cursor"].is_null());
-    // Two a page: the first page's cursor leads to the rest, whose cursor is null.
-    let first = page("?limit=2".to_owned()).await.json();
-    assert_eq!(names(&first), ["ann", "bo"]);
-    assert_eq!(first["next_cursor"], "bo");
-    let second = page("?limit=2&cursor=bo".to_owned()).await.json();
-    assert_eq!(names(&second), ["cy"]);
-    assert!(second["next_cursor"].is_null());
-    // A limit out of range or an unknown parameter: 400 in the one error shape.
-    for bad in ["?limit=0", "?limit=501", "?page=2"] {
-        let refused = page(bad.to_owned()).await;
-        assert_eq!(refused.status, 400, "{bad}");
-        assert_eq!(refused.error_code(), "BAD_REQUEST", "{bad}");
+    for name in ["cy", "ann", "bo", "dee", "eve"] {
+        let body = format!(r#"{{"username":"{name}","password":"correct horse battery"}}"#);
+        let created = call("POST", "/api/v1/users".to_owned(), body).await;
+        assert_eq!(created.status, 201, "{name}");
+        assert_eq!(created.json()["status"], "ok");
     }
+
+    // Users by name: two a page, the last page's cursor null.
+    let users = pages(&gateway, "/api/v1/users", "", "users", 2, |u| {
+        u["username"].as_str().unwrap().to_owned()
+    })
+    .await;
+    assert_eq!(users, [vec!["ann", "bo"], vec!["cy", "dee"], vec!["eve"]]);
+
+    // Three sessions of ann, by id: each once, over two pages.
+    for _ in 0..3 {
+        let login = send(
+            &http,
+            "POST",
+            &gateway.url("/auth/login"),
+            &[],
+            Bytes::from(r#"{"username":"ann","password":"correct horse battery"}"#),
+        )
+        .await;
+        assert_eq!(login.status, 200);
+    }
+    let sessions = pages(
+        &gateway,
+        "/api/v1/sessions",
+        "&user=ann",
+        "sessions",
+        2,
+        |s| s["id"].as_str().unwrap().to_owned(),
+    )
+    .await;
+    assert_eq!(sessions.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+    let mut ids: Vec<_> = sessions.concat();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "{sessions:?}");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "by id: {ids:?}");
+
+    // Lockouts, by KIND:NAME: a wrong password locks the account and the address
+    // (max_failures 1); the address is cleared before the second.
+    for name in ["cy", "bo"] {
+        let wrong = send(
+            &http,
+            "POST",
+            &gateway.url("/auth/login"),
+            &[],
+            Bytes::from(format!(r#"{{"username":"{name}","password":"wrong"}}"#)),
+        )
+        .await;
+        assert_eq!(wrong.status, 401, "{name}");
+        if name == "cy" {
+            let cleared = call(
+                "DELETE",
+                "/api/v1/lockouts?address=127.0.0.1".to_owned(),
+                String::new(),
+            )
+            .await;
+            assert_eq!(cleared.json()["was_locked"], true);
+        }
+    }
+    let lockouts = pages(&gateway, "/api/v1/lockouts", "", "lockouts", 1, |l| {
+        format!(
+            "{}:{}",
+            l["kind"].as_str().unwrap(),
+            l["name"].as_str().unwrap()
+        )
+    })
+    .await;
+    assert_eq!(
+        lockouts,
+        [
+            vec!["account:bo"],
+            vec!["account:cy"],
+            vec!["address:127.0.0.1"]
+        ]
+    );
+
+    // Silences, by id.
+    for comment in ["a", "b", "c"] {
+        let body = format!(
+            r#"{{"matchers":[{{"name":"alertname","value":"X"}}],"duration_seconds":60,"comment":"{comment}"}}"#
+        );
+        let created = call("POST", "/api/v1/silences".to_owned(), body).await;
+        assert_eq!(created.status, 201);
+        assert_eq!(created.json()["status"], "ok");
+    }
+    let silences = pages(&gateway, "/api/v1/silences", "", "silences", 2, |s| {
+        s["comment"].as_str().unwrap().to_owned()
+    })
+    .await;
+    assert_eq!(silences, [vec!["a", "b"], vec!["c"]]);
+
+    // Active alerts (none here) and the delivery log: one empty page, in the envelope.
+    for (path, list) in [
+        ("/api/v1/alerts", "alerts"),
+        ("/api/v1/alerts/history", "alerts"),
+    ] {
+        let seen = pages(&gateway, path, "", list, 5, |a| a.to_string()).await;
+        assert_eq!(seen.len(), 1, "{path}");
+    }
+
+    // A limit out of range, a cursor of the wrong kind or an unknown parameter: 400 in the
+    // error shape, on every list.
+    for bad in [
+        "/api/v1/users?limit=0",
+        "/api/v1/users?limit=501",
+        "/api/v1/users?page=2",
+        "/api/v1/silences?cursor=abc",
+        "/api/v1/alerts?colour=red",
+        "/api/v1/lockouts?limit=x",
+        "/api/v1/sessions?user=ann&offset=3",
+        "/api/v1/notifications?cursor=x",
+    ] {
+        let (status, body) = admin_get(&gateway, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["status"], "error", "{bad}");
+        assert_eq!(body["error"]["code"], "BAD_REQUEST", "{bad}");
+    }
+
+    // Every other answer of the API is in the envelope too; the probes keep the contract's.
+    for path in [
+        "/api/v1/routes",
+        "/api/v1/upstreams",
+        "/api/v1/circuits",
+        "/api/v1/config",
+        "/api/v1/bulkheads",
+        "/api/v1/cache",
+        "/api/v1/alerts/stats",
+        "/api/v1/users/ann",
+    ] {
+        let (status, body) = admin_get(&gateway, path).await;
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &"ok".into()),
+            "{path}: {body}"
+        );
+    }
+    let (_, status) = admin_get(&gateway, "/api/v1/status").await;
+    assert_eq!(status["status"], "ok");
+    assert!(status["overall"].is_string(), "{status}");
+    let (_, ready) = admin_get(&gateway, "/ready").await;
+    assert_eq!(ready["status"], "ready");
 }

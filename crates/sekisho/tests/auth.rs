@@ -760,9 +760,10 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
         .collect();
     assert_eq!(
         listed,
+        // By `KIND:NAME`, as every page of lockouts.
         [
-            ("address".to_owned(), "10.0.0.1".to_owned()),
-            ("account".to_owned(), "ann".to_owned())
+            ("account".to_owned(), "ann".to_owned()),
+            ("address".to_owned(), "10.0.0.1".to_owned())
         ]
     );
     assert!(lockouts["lockouts"][0]["retry_after"].as_u64().unwrap() > 800);

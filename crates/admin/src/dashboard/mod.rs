@@ -191,12 +191,17 @@ pub(crate) fn asset(path: &str) -> Option<AdminResponse> {
     Some(response)
 }
 
-/// `GET /api/v1/dashboard`: the latest snapshot as plain JSON (what the stream's `snapshot`
-/// events carry), for a client that does not stream.
+/// `GET /api/v1/dashboard`: `{"status":"ok","snapshot":…}` with the latest snapshot (what the
+/// stream's `snapshot` events carry), for a client that does not stream.
 pub(crate) fn latest(state: &AdminState) -> AdminResponse {
     match state.dashboard.latest_json() {
         Some(json) => {
-            let mut response = Response::new(Full::new(Bytes::from(json)));
+            // The API's envelope around the snapshot, which is JSON already.
+            let mut body = Vec::with_capacity(json.len() + 32);
+            body.extend_from_slice(br#"{"status":"ok","snapshot":"#);
+            body.extend_from_slice(json.as_ref());
+            body.push(b'}');
+            let mut response = Response::new(Full::new(Bytes::from(body)));
             response
                 .headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
