@@ -28,6 +28,7 @@ mod alerts;
 mod config_check;
 mod dashboard;
 mod guard;
+mod health;
 mod history;
 mod notifications;
 mod page;
@@ -242,7 +243,7 @@ async fn route(state: &AdminState, request: Request<Incoming>) -> AdminResponse 
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => json_response(StatusCode::OK, &json!({"status": "ok"})),
         (&Method::GET, "/ready") => ready(state),
-        (&Method::GET, "/health/detailed") => detailed(state),
+        (&Method::GET, "/health/detailed") => detailed(state).await,
         (&Method::GET, "/metrics") => metrics(state, &request),
         (&Method::GET, "/api/v1/dashboard") => dashboard::latest(state),
         (&Method::GET, "/api/v1/openapi.json") => {
@@ -361,7 +362,7 @@ fn ready(state: &AdminState) -> AdminResponse {
     }
 }
 
-fn detailed(state: &AdminState) -> AdminResponse {
+async fn detailed(state: &AdminState) -> AdminResponse {
     let status = state.gateway.status();
     let listener = if status.ready {
         json!({"status": "healthy"})
@@ -428,9 +429,20 @@ fn detailed(state: &AdminState) -> AdminResponse {
     let redis_degraded = redis
         .as_ref()
         .is_some_and(|redis| redis["status"] != "healthy");
+    let database = health::database(state).await;
+    let disk = health::disk(state);
+    // Like Redis, neither takes the gateway out: routes that need neither still serve.
+    let store_degraded = [&database, &disk]
+        .into_iter()
+        .flatten()
+        .any(|check| check["status"] != "healthy");
     let overall = if !status.ready {
         "unhealthy"
-    } else if status.last_reload.error.is_some() || upstreams_degraded || redis_degraded {
+    } else if status.last_reload.error.is_some()
+        || upstreams_degraded
+        || redis_degraded
+        || store_degraded
+    {
         "degraded"
     } else {
         "healthy"
@@ -447,6 +459,12 @@ fn detailed(state: &AdminState) -> AdminResponse {
     });
     if let Some(redis) = redis {
         checks["redis"] = redis;
+    }
+    if let Some(database) = database {
+        checks["database"] = database;
+    }
+    if let Some(disk) = disk {
+        checks["disk"] = disk;
     }
     json_response(code, &json!({"status": overall, "checks": checks}))
 }

@@ -39,9 +39,26 @@ pub async fn login_failures_per_minute(database: &Database) -> Option<f64> {
 /// The used share (0–1) of the file system holding `path`, as `df` counts it (blocks not
 /// available to unprivileged users count as used).
 pub fn disk_used(path: &Path) -> Option<f64> {
+    disk_space(path).map(|space| space.used)
+}
+
+/// The file system holding a path: its used share and what is left.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DiskSpace {
+    /// Used share, 0–1, as `df` counts it.
+    pub used: f64,
+    /// Bytes an unprivileged process may still write.
+    pub free_bytes: u64,
+}
+
+/// The file system holding `path`; nothing when it cannot be read.
+pub fn disk_space(path: &Path) -> Option<DiskSpace> {
     let stat = rustix::fs::statvfs(path).ok()?;
     let total = stat.f_blocks as f64;
-    (total > 0.0).then(|| 1.0 - stat.f_bavail as f64 / total)
+    (total > 0.0).then(|| DiskSpace {
+        used: 1.0 - stat.f_bavail as f64 / total,
+        free_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+    })
 }
 
 /// Days from `now` (Unix seconds) until the first certificate of the PEM file at `path`

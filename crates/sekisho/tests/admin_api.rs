@@ -664,3 +664,90 @@ async fn issue_17_every_list_comes_a_page_at_a_time_in_the_envelope() {
     let (_, ready) = admin_get(&gateway, "/ready").await;
     assert_eq!(ready["status"], "ready");
 }
+
+/// Runs `sql` on the test PostgreSQL server's own database.
+async fn on_postgres_server(sql: &str) {
+    let server = sekisho_db::testing::postgres_server();
+    let admin = sekisho_db::Database::connect(&format!("{server}/postgres"), 1)
+        .await
+        .unwrap();
+    sekisho_db::sqlx::raw_sql(sql)
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_detailed_checks_the_database_and_the_disk_and_sees_the_database_go() {
+    use sekisho_db::{testing::TestDatabase, Dialect};
+    let upstream = chaos_upstream("app").await;
+    let database = TestDatabase::new(Dialect::Postgres).await.unwrap();
+    let name = database.url.rsplit('/').next().unwrap().to_owned();
+    let dir = TempDir::new("admin-api-health");
+    let config = dir.write(
+        "sekisho.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n\
+             {}\
+             [auth]\nargon2 = {{ memory_kib = 64, iterations = 1, parallelism = 1 }}\n\
+             [upstreams.app]\ntargets = [\"{}\"]\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+            database.store_toml(),
+            upstream.address
+        ),
+    );
+    let gateway = Sekisho::start(&binary(), &config);
+
+    let (status, health) = admin_get(&gateway, "/health/detailed").await;
+    assert_eq!(
+        (status, &health["status"]),
+        (200, &"healthy".into()),
+        "{health}"
+    );
+    let checks = &health["checks"];
+    assert_eq!(checks["database"]["status"], "healthy", "{health}");
+    assert_eq!(checks["database"]["kind"], "postgres");
+    assert!(checks["database"]["rtt_ms"].as_f64().unwrap() >= 0.0);
+    assert!(
+        !health.to_string().contains(&name),
+        "no URL shown: {health}"
+    );
+    let disk = &checks["disk"];
+    assert!(["healthy", "degraded", "unhealthy"].contains(&disk["status"].as_str().unwrap()));
+    let used = disk["used"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&used), "{disk}");
+    assert!(disk["free_bytes"].as_u64().unwrap() > 0, "{disk}");
+
+    // The database refuses connections and drops those it has: the check says so, the
+    // gateway is degraded (still serving, 200), not taken out.
+    on_postgres_server(&format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .await;
+    let (status, health) = admin_get(&gateway, "/health/detailed").await;
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(
+        health["checks"]["database"]["status"], "unhealthy",
+        "{health}"
+    );
+    assert!(
+        health["checks"]["database"]["error"].is_string(),
+        "{health}"
+    );
+    let proxied = send(&client(), "GET", &gateway.url("/"), &[], Bytes::new()).await;
+    assert_eq!(proxied.status, 200, "a route without auth still serves");
+
+    // Back: healthy again on the next check.
+    on_postgres_server(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+    let (_, health) = admin_get(&gateway, "/health/detailed").await;
+    assert_eq!(
+        health["checks"]["database"]["status"], "healthy",
+        "{health}"
+    );
+    drop(gateway);
+    database.remove().await.unwrap();
+}
