@@ -1,9 +1,11 @@
-//! The shared (L2) identity tier, in Redis when `store.redis` is set: a user's identity (roles
-//! and permissions, and whether it is disabled) under `<prefix>e:user_permissions:v1:<id>`
-//! (`[auth] redis_prefix`, default `sekisho:auth:`)
-//! for an hour, so that an instance validating a session it has not cached asks Redis rather
-//! than the database. The key's `v1` is the layout's version: a change of what is stored bumps
-//! it, and old entries are simply never read again.
+//! The shared (L2) identity tier, in Redis when `store.redis` is set, as the seeds lay it out:
+//! a user's grants (name, roles, and whether it is disabled) under
+//! `<prefix>e:user_permissions:v2:<id>` for an hour, and each role's permissions under
+//! `<prefix>e:role_definitions:v1:<role>` for a day (`[auth] redis_prefix`, default
+//! `sekisho:auth:`), so that an instance validating a session it has not cached asks Redis
+//! rather than the database, and a role's change touches one key rather than every user's.
+//! A key's `vN` is its layout's version: a change of what is stored bumps it, and old entries
+//! are simply never read again (v1 of `user_permissions` held the permissions themselves).
 //!
 //! With `session_store = "local"` it also keeps validated sessions (`session_data`, by the access
 //! token's hash, at most 30 minutes and never past the token's end), tagged by session and by
@@ -11,9 +13,11 @@
 //! `session:<id>`).
 //!
 //! Invalidation is by event, on every instance: a change to a user deletes its entry and
-//! publishes `user:<id>` on `sekisho:auth:invalidate`; a change to a role deletes every entry
-//! and publishes `all`. Each instance subscribes and drops the matching in-process (L1)
-//! sessions; the change returns once every subscribed instance has done so
+//! publishes `user:<id>` on `sekisho:auth:invalidate`; a change to a role's permissions deletes
+//! its definition and publishes `role:<name>` (users' entries stay: they name roles only).
+//! Each instance subscribes and drops the matching in-process (L1) identities and sessions
+//! (`all`, after a lost subscription, drops everything); the change returns once every
+//! subscribed instance has done so
 //! ([`sekisho_store::barrier`]). Redis failing costs only the cache: a failed read is a miss, a failed write is
 //! ignored.
 
@@ -26,19 +30,42 @@ use crate::sessions::ValidSession;
 use crate::users::Identity;
 use crate::{SessionCache, UserCache};
 
-/// The layout version of identity entries.
-const VERSION: u32 = 1;
-/// How long an identity stays in the shared tier.
+/// Drops the in-process identities (and cached sessions) of the users holding `role`.
+pub(crate) fn forget_role_in_process(users: &UserCache, cache: &SessionCache, role: &str) {
+    let holding = |identity: &Identity| identity.roles.iter().any(|held| held == role);
+    let stale: Vec<i64> = users
+        .iter()
+        .filter(|(_, known)| known.as_deref().is_some_and(holding))
+        .map(|(id, _)| *id)
+        .collect();
+    for id in stale {
+        users.invalidate(&id);
+    }
+    cache.remove_if(|cached| holding(&cached.identity));
+}
+
+/// The layout version of identity (`user_permissions`) and session entries.
+const VERSION: u32 = 2;
+/// The layout version of role entries.
+const ROLE_VERSION: u32 = 1;
+/// How long a user's grants stay in the shared tier.
 const TTL: Duration = Duration::from_secs(3_600);
+/// How long a role's permissions stay there (changes delete them at once).
+const ROLE_TTL: Duration = Duration::from_secs(86_400);
 /// How long a validated session (`session_data`) stays in the shared tier, at most (never past
 /// its access token's end).
 const SESSION_TTL: Duration = Duration::from_secs(1_800);
 
-/// An identity as the shared tier keeps it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SharedIdentity {
-    /// Who, and what it may do.
-    pub identity: Identity,
+/// A user as the shared tier keeps it: who, and which roles (their permissions are the roles'
+/// definitions).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SharedUser {
+    /// The user's id.
+    pub id: i64,
+    /// The user's name.
+    pub username: String,
+    /// The roles held.
+    pub roles: Vec<String>,
     /// A disabled user's sessions are refused.
     pub disabled: bool,
 }
@@ -51,6 +78,10 @@ pub struct SharedIdentities {
 
 fn key(user_id: i64) -> String {
     format!("user_permissions:v{VERSION}:{user_id}")
+}
+
+fn role_key(role: &str) -> String {
+    format!("role_definitions:v{ROLE_VERSION}:{role}")
 }
 
 fn session_key(access_hash: &str) -> String {
@@ -82,22 +113,54 @@ impl SharedIdentities {
         self.cache.channel()
     }
 
-    /// The identity of `user_id`, if the tier has it (and Redis answered).
-    pub async fn get(&self, user_id: i64) -> Option<SharedIdentity> {
+    /// The grants of `user_id`, if the tier has them (and Redis answered).
+    pub async fn get(&self, user_id: i64) -> Option<SharedUser> {
         let bytes = self.cache.get(&key(user_id)).await.ok()??;
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Keeps `identity` for an hour.
+    /// Keeps the grants of `identity` for an hour.
     pub async fn put(&self, identity: &Identity, disabled: bool) {
-        let entry = SharedIdentity {
-            identity: identity.clone(),
+        let entry = SharedUser {
+            id: identity.id,
+            username: identity.username.clone(),
+            roles: identity.roles.clone(),
             disabled,
         };
         if let Ok(bytes) = serde_json::to_vec(&entry) {
             if let Err(error) = self.cache.set(&key(identity.id), &bytes, TTL, &[]).await {
                 tracing::debug!(%error, "identity not kept in the shared tier");
             }
+        }
+    }
+
+    /// The permissions of `role`, if the tier has its definition.
+    pub async fn role(&self, role: &str) -> Option<Vec<String>> {
+        let bytes = self.cache.get(&role_key(role)).await.ok()??;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps the permissions of `role` for a day.
+    pub async fn put_role(&self, role: &str, permissions: &[String]) {
+        if let Ok(bytes) = serde_json::to_vec(permissions) {
+            if let Err(error) = self.cache.set(&role_key(role), &bytes, ROLE_TTL, &[]).await {
+                tracing::debug!(%error, role, "role definition not kept in the shared tier");
+            }
+        }
+    }
+
+    /// Deletes the definition of `role` and tells every instance; returns once they have
+    /// dropped the identities holding it.
+    pub async fn forget_role(&self, role: &str) {
+        let deleted = self.cache.delete(&role_key(role)).await;
+        let published = self.cache.publish(&format!("role:{role}")).await;
+        match deleted.and(published) {
+            Ok(()) => self.cache.settle().await,
+            Err(error) => tracing::warn!(
+                %error,
+                role,
+                "could not invalidate a role in the shared identity cache"
+            ),
         }
     }
 
@@ -167,21 +230,11 @@ impl SharedIdentities {
             ),
         }
     }
-
-    /// Deletes every identity and tells every instance (a role changed).
-    pub async fn forget_all(&self) {
-        let deleted = self.cache.delete_prefix("user_permissions:").await;
-        let published = self.cache.publish("all").await;
-        match deleted.map(|_| ()).and(published) {
-            Ok(()) => self.cache.settle().await,
-            Err(error) => tracing::warn!(%error, "could not invalidate the shared identity cache"),
-        }
-    }
 }
 
-/// Drops in-process sessions when another instance changes a user (`user:<id>`), a session
-/// (`session:<id>`) or a role (`all`); resubscribes after a lost connection, dropping everything then (a message may
-/// have been missed).
+/// Drops in-process identities and sessions when another instance changes a user
+/// (`user:<id>`), a session (`session:<id>`) or a role (`role:<name>`); resubscribes after a
+/// lost connection, dropping everything then (a message may have been missed).
 pub(crate) fn spawn_listener(url: String, channel: String, cache: SessionCache, users: UserCache) {
     tokio::spawn(async move {
         loop {
@@ -196,6 +249,9 @@ pub(crate) fn spawn_listener(url: String, channel: String, cache: SessionCache, 
                     None if message.starts_with("session:") => {
                         let session_id = message.trim_start_matches("session:");
                         cache.remove_if(|cached| cached.session_id == session_id);
+                    }
+                    None if message.starts_with("role:") => {
+                        forget_role_in_process(&users, &cache, message.trim_start_matches("role:"));
                     }
                     Some(user_id) => {
                         users.invalidate(&user_id);

@@ -121,6 +121,10 @@ pub struct AuthFigures {
     pub l2_hits: AtomicU64,
     /// Identities not found there (read from the database).
     pub l2_misses: AtomicU64,
+    /// Role definitions found in the shared tier (`role_definitions`).
+    pub role_l2_hits: AtomicU64,
+    /// Role definitions not found there (read from the database).
+    pub role_l2_misses: AtomicU64,
     /// Sessions found in the shared tier (`session_data`, local session store).
     pub session_l2_hits: AtomicU64,
     /// Sessions not found there (read from the database).
@@ -478,13 +482,23 @@ impl Auth {
         Ok(found)
     }
 
-    /// The identity of an enabled user from the shared tier, else the database.
+    /// The identity of an enabled user from the shared tier (its grants, and its roles'
+    /// definitions), else the database.
     async fn identity_from_stores(&self, user_id: i64) -> Result<Option<Arc<Identity>>, AuthError> {
         if let Some(l2) = &self.l2 {
             match l2.get(user_id).await {
-                Some(cached) => {
+                Some(user) => {
                     self.figures.l2_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok((!cached.disabled).then(|| Arc::new(cached.identity)));
+                    if user.disabled {
+                        return Ok(None);
+                    }
+                    let permissions = self.permissions_of(l2, &user.roles).await?;
+                    return Ok(Some(Arc::new(Identity::new(
+                        user.id,
+                        user.username,
+                        user.roles,
+                        permissions,
+                    ))));
                 }
                 None => {
                     self.figures.l2_misses.fetch_add(1, Ordering::Relaxed);
@@ -498,6 +512,40 @@ impl Auth {
             l2.put(&user.identity, user.disabled).await;
         }
         Ok((!user.disabled).then(|| Arc::new(user.identity)))
+    }
+
+    /// The permissions of `roles`: each role's definition from the shared tier, those it lacks
+    /// from the database in one query (then kept there for a day). A role that no longer
+    /// exists grants nothing.
+    async fn permissions_of(
+        &self,
+        l2: &identity_cache::SharedIdentities,
+        roles: &[String],
+    ) -> Result<Vec<String>, AuthError> {
+        let mut permissions = Vec::new();
+        let mut missing = Vec::new();
+        for role in roles {
+            match l2.role(role).await {
+                Some(granted) => {
+                    self.figures.role_l2_hits.fetch_add(1, Ordering::Relaxed);
+                    permissions.extend(granted);
+                }
+                None => {
+                    self.figures.role_l2_misses.fetch_add(1, Ordering::Relaxed);
+                    missing.push(role.clone());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let definitions = self.directory.role_definitions(&missing).await?;
+            for (role, granted) in definitions {
+                l2.put_role(&role, &granted).await;
+                permissions.extend(granted);
+            }
+        }
+        permissions.sort();
+        permissions.dedup();
+        Ok(permissions)
     }
 
     /// Drops what is cached of a user, here and (through Redis) on every instance.

@@ -9,7 +9,7 @@ use crate::lockout::Subject;
 use crate::password::Scheme;
 use crate::sessions::SessionInfo;
 use crate::users::UserRecord;
-use crate::{Auth, AuthError};
+use crate::{identity_cache, Auth, AuthError};
 
 /// A user as the admin API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -260,10 +260,10 @@ impl Auth {
     /// Creates a role or replaces its permissions.
     pub async fn put_role(&self, name: &str, permissions: &[String]) -> Result<(), AuthError> {
         self.directory.put_role(name, permissions).await?;
-        self.cache.clear();
-        self.users.invalidate_all();
+        // Only the identities holding the role change: here, and on every instance.
+        identity_cache::forget_role_in_process(&self.users, &self.cache, name);
         if let Some(l2) = &self.l2 {
-            l2.forget_all().await;
+            l2.forget_role(name).await;
         }
         self.background.audit(
             "role_updated",

@@ -422,6 +422,41 @@ impl Directory {
         Ok(())
     }
 
+    /// The permissions of each role of `names` that exists (the seeds' `role_definitions`),
+    /// in one query; a role without permissions maps to an empty list.
+    pub async fn role_definitions(
+        &self,
+        names: &[String],
+    ) -> Result<std::collections::HashMap<String, Vec<String>>, AuthError> {
+        let mut definitions = std::collections::HashMap::new();
+        if names.is_empty() {
+            return Ok(definitions);
+        }
+        let placeholders: Vec<String> = (1..=names.len()).map(|n| format!("${n}")).collect();
+        let text = format!(
+            "SELECT r.name, p.name FROM roles r
+             LEFT JOIN role_permissions rp ON rp.role_id = r.id
+             LEFT JOIN permissions p ON p.id = rp.permission_id
+             WHERE r.name IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&text);
+        for name in names {
+            query = query.bind(name);
+        }
+        for row in query.fetch_all(self.db.pool()).await? {
+            let role: String = row.try_get(0)?;
+            let permission: Option<String> = row.try_get(1)?;
+            let entry: &mut Vec<String> = definitions.entry(role).or_default();
+            entry.extend(permission);
+        }
+        for permissions in definitions.values_mut() {
+            permissions.sort();
+            permissions.dedup();
+        }
+        Ok(definitions)
+    }
+
     /// Appends one event to the audit log.
     pub async fn audit(
         &self,

@@ -498,24 +498,8 @@ async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes
     );
 
     // The second found the first's identities in the shared (Redis) tier.
-    let metrics = String::from_utf8(
-        sekisho_testkit::get(&second.admin_url("/metrics"))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
-    let l2_hits: u64 = metrics
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(
-                "sekisho_auth_cache_operations_total{tier=\"l2\",cache=\"user_permissions\",result=\"hit\"} ",
-            )
-        })
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(l2_hits >= 1, "{metrics}");
+    let l2_hits = l2_operations(&second, "user_permissions", "hit").await;
+    assert!(l2_hits >= 1);
 
     // A user's roles changed on the first: the second sees it at the next request.
     let tokens = login(&first, "ann", "correct horse").await.json();
@@ -559,7 +543,16 @@ async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes
         );
     }
     // A role's permissions changed by the CLI (a process of its own, publishing like an
-    // instance): both gateways see it at the next request.
+    // instance): both gateways see it at the next request. Only the role's definition is
+    // read again (`role_definitions`), never a user's grants (`user_permissions`): users'
+    // entries name their roles, not the roles' permissions.
+    let mut before = Vec::new();
+    for gateway in [&first, &second] {
+        before.push((
+            l2_operations(gateway, "user_permissions", "miss").await,
+            l2_operations(gateway, "role_definitions", "miss").await,
+        ));
+    }
     let second_path = second_config.to_str().unwrap();
     cli_ok(
         &[
@@ -581,10 +574,62 @@ async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes
             200
         );
     }
+    let mut role_misses = 0;
+    for (gateway, (users_before, roles_before)) in [&first, &second].into_iter().zip(before) {
+        assert_eq!(
+            l2_operations(gateway, "user_permissions", "miss").await,
+            users_before,
+            "a role's change leaves users' entries alone"
+        );
+        role_misses += l2_operations(gateway, "role_definitions", "miss").await - roles_before;
+    }
+    assert!(role_misses >= 1, "the role's definition was read again");
+    // In Redis, as the seeds lay it out: the role's permissions kept for a day.
+    let mut redis = redis::Client::open(shared_redis())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let role_key = format!("{prefix}e:role_definitions:v1:admin");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&role_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!((3_600..=86_400).contains(&ttl), "{role_key}: TTL {ttl}");
+    let definition: Vec<u8> = redis::cmd("GET")
+        .arg(&role_key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Vec<String>>(&definition).unwrap(),
+        ["orders:write"]
+    );
 
     drop((first, second));
     database.remove().await.unwrap();
     remove_keys(&shared_redis(), &prefix).await;
+}
+
+/// `sekisho_auth_cache_operations_total` of the shared tier for `cache` and `result`.
+async fn l2_operations(gateway: &Sekisho, cache: &str, result: &str) -> u64 {
+    let metrics = String::from_utf8(
+        sekisho_testkit::get(&gateway.admin_url("/metrics"))
+            .await
+            .body
+            .to_vec(),
+    )
+    .unwrap();
+    let series = format!(
+        "sekisho_auth_cache_operations_total{{tier=\"l2\",cache=\"{cache}\",result=\"{result}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+        .parse()
+        .unwrap()
 }
 
 /// Deletes every key of `url` starting with `prefix`.

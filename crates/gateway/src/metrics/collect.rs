@@ -404,6 +404,18 @@ impl Collector for AuthCollector {
             ),
             (
                 "l2",
+                "role_definitions",
+                "hit",
+                figures.role_l2_hits.load(Relaxed),
+            ),
+            (
+                "l2",
+                "role_definitions",
+                "miss",
+                figures.role_l2_misses.load(Relaxed),
+            ),
+            (
+                "l2",
                 "session_data",
                 "hit",
                 figures.session_l2_hits.load(Relaxed),

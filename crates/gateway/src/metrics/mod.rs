@@ -104,7 +104,7 @@ pub(crate) mod names {
     /// Live sessions, as last counted (every 10 s).
     pub(crate) const ACTIVE_SESSIONS: &str = "sekisho_active_sessions";
     /// Identity cache look-ups by tier (l1, l2), cache (session, user_basic,
-    /// user_permissions) and result (hit, miss).
+    /// user_permissions, role_definitions, session_data) and result (hit, miss).
     pub(crate) const AUTH_CACHE_OPERATIONS: &str = "sekisho_auth_cache_operations";
 }
 
