@@ -612,15 +612,20 @@ async fn two_gateways_on_one_redis_share_sessions_identities_logouts_and_changes
     remove_keys(&shared_redis(), &prefix).await;
 }
 
-/// `sekisho_auth_cache_operations_total` of the shared tier for `cache` and `result`.
-async fn l2_operations(gateway: &Sekisho, cache: &str, result: &str) -> u64 {
-    let metrics = String::from_utf8(
+/// The gateway's `/metrics`.
+async fn metrics_text(gateway: &Sekisho) -> String {
+    String::from_utf8(
         sekisho_testkit::get(&gateway.admin_url("/metrics"))
             .await
             .body
             .to_vec(),
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// `sekisho_auth_cache_operations_total` of the shared tier for `cache` and `result`.
+async fn l2_operations(gateway: &Sekisho, cache: &str, result: &str) -> u64 {
+    let metrics = metrics_text(gateway).await;
     let series = format!(
         "sekisho_auth_cache_operations_total{{tier=\"l2\",cache=\"{cache}\",result=\"{result}\"}} "
     );
@@ -1019,13 +1024,7 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
     );
 
     // The auth metrics.
-    let metrics = String::from_utf8(
-        sekisho_testkit::get(&gateway.admin_url("/metrics"))
-            .await
-            .body
-            .to_vec(),
-    )
-    .unwrap();
+    let metrics = metrics_text(&gateway).await;
     for expected in [
         "sekisho_auth_requests_total{status=\"200\",error_type=\"none\"}",
         "sekisho_auth_requests_total{status=\"403\",error_type=\"FORBIDDEN\"}",
