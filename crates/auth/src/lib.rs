@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sekisho_config::{RouteAuth, SessionStore};
 use sekisho_db::{now_millis, Database};
@@ -388,6 +388,19 @@ impl Auth {
         }
     }
 
+    /// The user an access token belongs to when the in-process cache holds its session, live
+    /// at `now` (the request's start: no clock is read here); nothing otherwise — then
+    /// [`Auth::authenticate`] asks the stores. No I/O, no await: every request of a route
+    /// with `auth` comes here first.
+    pub fn authenticate_cached(&self, access_token: &str, now: Instant) -> Option<Arc<Identity>> {
+        if !self.cache_trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        let cached = self.cache.get(&token_key(access_token)?, now)?;
+        self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::clone(&cached.identity))
+    }
+
     /// The user an access token belongs to: from the in-process cache (no I/O), else the
     /// session store and the user's one query.
     pub async fn authenticate(&self, access_token: &str) -> Result<Arc<Identity>, AuthError> {
@@ -397,7 +410,7 @@ impl Auth {
         };
         let use_cache = self.cache_trusted.load(Ordering::Acquire);
         if use_cache {
-            if let Some(cached) = self.cache.get(&hash) {
+            if let Some(cached) = self.cache.get(&hash, Instant::now()) {
                 self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Arc::clone(&cached.identity));
             }

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use sekisho_db::now_millis;
 
@@ -59,8 +60,9 @@ impl Hasher for PassThrough {
 #[derive(Debug)]
 struct Entry {
     cached: Arc<Cached>,
-    /// Milliseconds since the epoch: the token's end, or `ttl` after caching, whichever first.
-    until: i64,
+    /// The token's end, or `ttl` after caching, whichever first: on the monotonic clock, so
+    /// that a read compares with the request's own start and reads no clock of its own.
+    until: Instant,
 }
 
 type Shard = HashMap<Key, Entry, BuildHasherDefault<PassThrough>>;
@@ -96,19 +98,18 @@ impl SessionCache {
         &self.inner.shards[usize::from(key[31]) % SHARDS]
     }
 
-    /// The live session of `key`, if cached (an expired one is not returned).
-    pub(crate) fn get(&self, key: &[u8; 32]) -> Option<Arc<Cached>> {
+    /// The session of `key`, if cached and live at `now`.
+    pub(crate) fn get(&self, key: &[u8; 32], now: Instant) -> Option<Arc<Cached>> {
         let shard = read(self.shard(key));
         let entry = shard.get(&Key(*key))?;
-        (entry.until > now_millis()).then(|| Arc::clone(&entry.cached))
+        (entry.until > now).then(|| Arc::clone(&entry.cached))
     }
 
     /// Caches `cached` under `key`, until its access token ends or `ttl` passes.
     pub(crate) fn insert(&self, key: [u8; 32], cached: Arc<Cached>) {
-        let now = now_millis();
-        let until = cached
-            .access_expires_at
-            .min(now.saturating_add(self.inner.ttl_ms));
+        let left_ms = (cached.access_expires_at - now_millis()).clamp(0, self.inner.ttl_ms);
+        let now = Instant::now();
+        let until = now + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
         let mut shard = write(self.shard(&key));
         if shard.len() >= self.inner.per_shard && !shard.contains_key(&Key(key)) {
             shard.retain(|_, entry| entry.until > now);
@@ -168,7 +169,6 @@ fn write(lock: &RwLock<Shard>) -> RwLockWriteGuard<'_, Shard> {
 mod tests {
     use super::*;
     use crate::users::Identity;
-    use std::time::Duration;
 
     fn cached(user: i64, session: &str, expires_in_ms: i64) -> Arc<Cached> {
         Arc::new(Cached {
@@ -191,16 +191,22 @@ mod tests {
         cache.insert(key(1), cached(1, "s1", 60_000));
         cache.insert(key(2), cached(2, "s2", -1));
         cache.insert(key(3), cached(1, "s3", 60_000));
-        assert_eq!(cache.get(&key(1)).map(|c| c.identity.id), Some(1));
-        assert!(cache.get(&key(2)).is_none(), "the token has ended");
-        assert!(cache.get(&key(4)).is_none());
+        assert_eq!(
+            cache.get(&key(1), Instant::now()).map(|c| c.identity.id),
+            Some(1)
+        );
+        assert!(
+            cache.get(&key(2), Instant::now()).is_none(),
+            "the token has ended"
+        );
+        assert!(cache.get(&key(4), Instant::now()).is_none());
         assert_eq!(
             cache.remove(&key(3)).map(|c| c.session_id.clone()),
             Some("s3".into())
         );
-        assert!(cache.get(&key(3)).is_none());
+        assert!(cache.get(&key(3), Instant::now()).is_none());
         cache.remove_if(|c| c.identity.id == 1);
-        assert!(cache.get(&key(1)).is_none());
+        assert!(cache.get(&key(1), Instant::now()).is_none());
         cache.insert(key(5), cached(5, "s5", 60_000));
         cache.clear();
         assert_eq!(cache.len(), 0);
@@ -210,7 +216,10 @@ mod tests {
     fn the_ttl_bounds_an_entry_before_its_token_ends() {
         let cache = SessionCache::new(1_000, Duration::ZERO);
         cache.insert(key(1), cached(1, "s1", 60_000));
-        assert!(cache.get(&key(1)).is_none(), "cached for no time at all");
+        assert!(
+            cache.get(&key(1), Instant::now()).is_none(),
+            "cached for no time at all"
+        );
     }
 
     #[test]
@@ -225,7 +234,9 @@ mod tests {
         cache.insert(key(0), cached(1, "old", -1));
         cache.insert(key(SHARDS as u16), cached(1, "new", 60_000));
         assert_eq!(
-            cache.get(&key(SHARDS as u16)).map(|c| c.session_id.clone()),
+            cache
+                .get(&key(SHARDS as u16), Instant::now())
+                .map(|c| c.session_id.clone()),
             Some("new".into())
         );
         assert_eq!(cache.len(), 1);

@@ -388,11 +388,21 @@ impl Metrics {
     }
 
     /// Counts one auth operation and its time: `status` is the answer's (200 for a session
-    /// validated on a route), `error_type` the contract code of a refusal or `none`.
-    pub(crate) fn record_auth(&self, operation: &str, status: u16, error_type: &str, seconds: f64) {
+    /// validated on a route), `error_type` the contract code of a refusal or `none`. A session
+    /// validated from the in-process cache has no time (about a microsecond, far below the
+    /// first bucket, and not worth two clock reads per request): it is counted, not observed.
+    pub(crate) fn record_auth(
+        &self,
+        operation: &str,
+        status: u16,
+        error_type: &str,
+        seconds: Option<f64>,
+    ) {
         if let (Some((ok, took)), "validate", 200) = (&self.validated, operation, status) {
             ok.inc();
-            took.observe(seconds);
+            if let Some(seconds) = seconds {
+                took.observe(seconds);
+            }
             return;
         }
         self.auth_requests
@@ -401,9 +411,11 @@ impl Metrics {
                 ("error_type", error_type.to_owned()),
             ])
             .inc();
-        self.auth_durations
-            .get_or_create(&vec![("operation", operation.to_owned())])
-            .observe(seconds);
+        if let Some(seconds) = seconds {
+            self.auth_durations
+                .get_or_create(&vec![("operation", operation.to_owned())])
+                .observe(seconds);
+        }
     }
 
     /// The handles of `route` → `upstream` (created on first use, then shared).

@@ -19,6 +19,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use sekisho_auth::{Auth, Identity};
 use sekisho_config::RouteAuth;
+use tokio::time::Instant;
 
 use crate::body::ResponseBody;
 use crate::edge::GatewayError;
@@ -180,16 +181,28 @@ fn missing_token() -> GatewayError {
 }
 
 /// A route's requirement: the session's identity, or 401/403. The identity headers are set on
-/// the request for the upstream.
+/// the request for the upstream. A session cached in process is checked against `started`
+/// (the request's start) with no clock read and no await; otherwise the stores are asked and
+/// `took` says for how long.
 pub(super) async fn require(
     auth: &Auth,
     requirement: &RouteAuth,
     route: &str,
     headers: &mut HeaderMap,
     client_ip: IpAddr,
+    started: Instant,
+    took: &mut Option<Duration>,
 ) -> Result<Arc<Identity>, GatewayError> {
     let token = credential(headers, auth.config().cookie).ok_or_else(missing_token)?;
-    let identity = auth.authenticate(token).await?;
+    let identity = match auth.authenticate_cached(token, started.into_std()) {
+        Some(identity) => identity,
+        None => {
+            let began = Instant::now();
+            let found = auth.authenticate(token).await;
+            *took = Some(began.elapsed());
+            found?
+        }
+    };
     if let Err(refused) = sekisho_auth::authorize(&identity, requirement) {
         auth.audit_forbidden(&identity, route, client_ip);
         return Err(refused.into());

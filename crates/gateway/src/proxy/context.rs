@@ -82,7 +82,7 @@ pub(super) struct Record {
     pub(super) cache_status: Option<HeaderValue>,
     /// The auth operation this request was (an endpoint, or `validate` on a route with
     /// `auth`) and how long it took, for the auth metrics.
-    pub(super) auth: Option<(&'static str, std::time::Duration)>,
+    pub(super) auth: Option<(&'static str, Option<std::time::Duration>)>,
 }
 
 /// One request's context through the steps, in place of long argument lists.

@@ -125,9 +125,12 @@ pub(crate) async fn handle(
             ("validate", None) => 200,
             _ => status,
         };
-        shared
-            .metrics
-            .record_auth(operation, auth_status, error_type, took.as_secs_f64());
+        shared.metrics.record_auth(
+            operation,
+            auth_status,
+            error_type,
+            took.map(|took| took.as_secs_f64()),
+        );
     }
     if let Some(access) = access {
         access.log(&exchange, status, elapsed);

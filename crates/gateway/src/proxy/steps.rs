@@ -69,7 +69,7 @@ pub(super) async fn run(
                 runtime.listener.header_read_timeout,
             )
             .await;
-            exchange.record.auth = Some((endpoint.operation(), began.elapsed()));
+            exchange.record.auth = Some((endpoint.operation(), Some(began.elapsed())));
             return answer;
         }
     }
@@ -114,10 +114,18 @@ pub(super) async fn run(
                 .trusted_proxies
                 .client_ip(exchange.client.remote.ip(), &parts.headers)
         });
-        let began = Instant::now();
-        let checked =
-            auth_step::require(auth, requirement, &route.name, &mut parts.headers, ip).await;
-        exchange.record.auth = Some(("validate", began.elapsed()));
+        let mut took = None;
+        let checked = auth_step::require(
+            auth,
+            requirement,
+            &route.name,
+            &mut parts.headers,
+            ip,
+            started,
+            &mut took,
+        )
+        .await;
+        exchange.record.auth = Some(("validate", took));
         identity = Some(checked?);
     }
     if let Some(limit) = &route.rate_limit {
