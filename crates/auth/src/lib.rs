@@ -47,7 +47,7 @@ use audit::Background;
 use lockout::Lockout;
 use password::{HashPool, Hasher};
 use sessions::{Lifetimes, Sessions, ValidSession};
-use token::{digest_of_hash, token_digest, token_key};
+use token::{cache_key, digest_of_hash, token_digest, token_key, CacheKey};
 use users::Directory;
 
 /// The message of every failed login: the same for an unknown user and a wrong password.
@@ -187,7 +187,7 @@ pub struct Auth {
 
 pub(crate) use session_cache::SessionCache;
 /// For revocations published by hash: a cached token's key by the token's SHA-256.
-pub(crate) type KeysByDigest = moka::sync::Cache<[u8; 32], [u8; 32]>;
+pub(crate) type KeysByDigest = moka::sync::Cache<[u8; 32], CacheKey>;
 
 /// The in-process identities by user id.
 pub(crate) type UserCache = moka::sync::Cache<i64, Option<Arc<Identity>>>;
@@ -392,11 +392,11 @@ impl Auth {
     /// at `now` (the request's start: no clock is read here); nothing otherwise — then
     /// [`Auth::authenticate`] asks the stores. No I/O, no await: every request of a route
     /// with `auth` comes here first.
-    pub fn authenticate_cached(&self, access_token: &str, now: Instant) -> Option<Arc<Identity>> {
+    pub fn authenticate_cached(&self, access_token: &[u8], now: Instant) -> Option<Arc<Identity>> {
         if !self.cache_trusted.load(Ordering::Acquire) {
             return None;
         }
-        let cached = self.cache.get(&token_key(access_token)?, now)?;
+        let cached = self.cache.get(&cache_key(access_token)?, now)?;
         self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
         Some(Arc::clone(&cached.identity))
     }
@@ -405,12 +405,14 @@ impl Auth {
     /// session store and the user's one query.
     pub async fn authenticate(&self, access_token: &str) -> Result<Arc<Identity>, AuthError> {
         let invalid = || AuthError::Unauthenticated("invalid or expired token".to_owned());
-        let Some(hash) = token_key(access_token) else {
+        // The form first: 64 lowercase hex digits, or no store is asked.
+        let (Some(_), Some(key)) = (token_key(access_token), cache_key(access_token.as_bytes()))
+        else {
             return Err(invalid());
         };
         let use_cache = self.cache_trusted.load(Ordering::Acquire);
         if use_cache {
-            if let Some(cached) = self.cache.get(&hash, Instant::now()) {
+            if let Some(cached) = self.cache.get(&key, Instant::now()) {
                 self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Arc::clone(&cached.identity));
             }
@@ -423,9 +425,9 @@ impl Auth {
             return Err(invalid());
         };
         if use_cache {
-            self.keys_by_digest.insert(token_digest(access_token), hash);
+            self.keys_by_digest.insert(token_digest(access_token), key);
             self.cache.insert(
-                hash,
+                key,
                 Arc::new(Cached {
                     identity: Arc::clone(&identity),
                     session_id: session.session_id,

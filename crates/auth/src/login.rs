@@ -12,7 +12,7 @@ use crate::audit;
 use crate::lockout::Subject;
 use crate::password::{Scheme, Verified};
 use crate::sessions::{IssuedTokens, Refreshed};
-use crate::token::{looks_like_token, token_key};
+use crate::token::{cache_key, looks_like_token};
 use crate::{short, Auth, AuthError, Identity, LOGIN_FAILED};
 
 /// What a login or a refresh answers (CONTRACT.md's JSON).
@@ -252,12 +252,15 @@ impl Auth {
 
     /// `POST …/logout`: the session is gone for every instance.
     pub async fn logout(&self, access_token: &str, client_ip: IpAddr) -> Result<(), AuthError> {
-        let Some(hash) = token_key(access_token) else {
+        let (true, Some(key)) = (
+            looks_like_token(access_token),
+            cache_key(access_token.as_bytes()),
+        ) else {
             return Err(AuthError::Unauthenticated(
                 "invalid or expired token".to_owned(),
             ));
         };
-        let cached = self.cache.remove(&hash);
+        let cached = self.cache.remove(&key);
         match self.sessions.logout(access_token).await? {
             Some((session_id, _user_id)) => {
                 self.forget_shared_session(&session_id).await;

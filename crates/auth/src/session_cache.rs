@@ -1,5 +1,6 @@
 //! The in-process session cache (the seeds' L1 `session`: 50 000 entries, 300 s): validated
-//! sessions by their access token's bytes ([`crate::token::token_key`]).
+//! sessions by their access token's own 64 bytes ([`crate::token::CacheKey`]: a hit decodes
+//! and hashes nothing).
 //!
 //! Why not moka, as for the other in-process caches: this one is read on every request of a
 //! route with `auth`, and a moka `get` records the access for its eviction policy (a
@@ -20,20 +21,22 @@ use std::time::{Duration, Instant};
 
 use sekisho_db::now_millis;
 
+use crate::token::{cache_shard, CacheKey};
 use crate::Cached;
 
 /// Shards, so that writes (a new session, a revocation) do not stop every reader.
 const SHARDS: usize = 16;
 
-/// An access token's 32 bytes, hashed as its first eight.
+/// An access token's 64 bytes, hashed as its first eight (eight hex digits: 32 random bits,
+/// spread over the whole word by a multiplication, so the map's control bits vary too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Key([u8; 32]);
+struct Key(CacheKey);
 
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         let mut first = [0u8; 8];
         first.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(first));
+        state.write_u64(u64::from_le_bytes(first).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     }
 }
 
@@ -93,20 +96,20 @@ impl SessionCache {
         }
     }
 
-    fn shard(&self, key: &[u8; 32]) -> &RwLock<Shard> {
-        // The last byte picks the shard, the first eight make the hash: independent bits.
-        &self.inner.shards[usize::from(key[31]) % SHARDS]
+    fn shard(&self, key: &CacheKey) -> &RwLock<Shard> {
+        // The last digit picks the shard, the first eight make the hash: independent bits.
+        &self.inner.shards[cache_shard(key) % SHARDS]
     }
 
     /// The session of `key`, if cached and live at `now`.
-    pub(crate) fn get(&self, key: &[u8; 32], now: Instant) -> Option<Arc<Cached>> {
+    pub(crate) fn get(&self, key: &CacheKey, now: Instant) -> Option<Arc<Cached>> {
         let shard = read(self.shard(key));
         let entry = shard.get(&Key(*key))?;
         (entry.until > now).then(|| Arc::clone(&entry.cached))
     }
 
     /// Caches `cached` under `key`, until its access token ends or `ttl` passes.
-    pub(crate) fn insert(&self, key: [u8; 32], cached: Arc<Cached>) {
+    pub(crate) fn insert(&self, key: CacheKey, cached: Arc<Cached>) {
         let left_ms = (cached.access_expires_at - now_millis()).clamp(0, self.inner.ttl_ms);
         let now = Instant::now();
         let until = now + Duration::from_millis(u64::try_from(left_ms).unwrap_or(0));
@@ -123,7 +126,7 @@ impl SessionCache {
     }
 
     /// Drops the session of `key`; returns it if it was cached.
-    pub(crate) fn remove(&self, key: &[u8; 32]) -> Option<Arc<Cached>> {
+    pub(crate) fn remove(&self, key: &CacheKey) -> Option<Arc<Cached>> {
         write(self.shard(key))
             .remove(&Key(*key))
             .map(|entry| entry.cached)
@@ -178,10 +181,11 @@ mod tests {
         })
     }
 
-    fn key(n: u16) -> [u8; 32] {
-        let mut key = [0u8; 32];
-        key[..2].copy_from_slice(&n.to_le_bytes());
-        key[31] = n.to_le_bytes()[0];
+    /// A distinct token-like key for `n`, whose shard is `n % 16`.
+    fn key(n: u16) -> CacheKey {
+        let text = format!("{n:064x}");
+        let mut key = [0u8; 64];
+        key.copy_from_slice(text.as_bytes());
         key
     }
 

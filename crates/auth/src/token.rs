@@ -23,6 +23,22 @@ pub fn token_digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The in-process session cache's key: a token's own 64 bytes, neither decoded nor hashed.
+/// Only tokens the stores validated are ever inserted under one, so a key a client invents
+/// only misses (and the miss then checks the token's form); `None` when the length is wrong.
+pub type CacheKey = [u8; 64];
+
+/// `token` as a [`CacheKey`].
+pub fn cache_key(token: &[u8]) -> Option<CacheKey> {
+    token.try_into().ok()
+}
+
+/// The shard a [`CacheKey`] belongs to, of 16: the value of its last hex digit (any other
+/// byte lands somewhere, to miss there).
+pub fn cache_shard(key: &CacheKey) -> usize {
+    usize::from(NIBBLES[usize::from(key[63])] & 0x0f)
+}
+
 /// The 32 bytes a token spells (`None` when it is not one of ours: 64 lowercase hex digits):
 /// the in-process session cache's key, read without hashing (a SHA-256 costs more than the
 /// rest of a cached validation; the stores, which keep tokens at rest, keep only their hash).

@@ -134,20 +134,21 @@ fn add_identity(headers: &mut HeaderMap, identity: &Identity) {
     }
 }
 
-/// The token of `Authorization: Bearer …` (the scheme in any case).
-fn bearer_of(value: &HeaderValue) -> Option<&str> {
+/// The token of `Authorization: Bearer …` (the scheme in any case), as bytes: a session cached
+/// in process is found by them with no check of their form (only tokens a store validated are
+/// cached); the stores, asked on a miss, check it.
+fn bearer_of(value: &HeaderValue) -> Option<&[u8]> {
     let value = value.as_bytes();
     let scheme = value.get(..7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;
     }
-    // Our tokens are ASCII: anything else is refused by the token check that follows.
-    std::str::from_utf8(&value[7..]).ok().map(str::trim)
+    Some(value[7..].trim_ascii())
 }
 
 /// The access token of a request: the bearer header, else (with `cookie = true`) the session
 /// cookie.
-fn credential(headers: &HeaderMap, cookie: bool) -> Option<&str> {
+fn credential(headers: &HeaderMap, cookie: bool) -> Option<&[u8]> {
     // One look-up of `Authorization` on the common path (every request of a route with `auth`).
     if let Some(value) = headers.get(AUTHORIZATION) {
         return bearer_of(value);
@@ -162,8 +163,14 @@ fn credential(headers: &HeaderMap, cookie: bool) -> Option<&str> {
         .flat_map(|value| value.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE_NAME).then(|| value.trim())
+            (name == COOKIE_NAME).then(|| value.trim().as_bytes())
         })
+}
+
+/// A credential as text, for the stores (ours are ASCII; anything else is no token of ours).
+fn token_text(token: &[u8]) -> Result<&str, GatewayError> {
+    std::str::from_utf8(token)
+        .map_err(|_| GatewayError::Unauthenticated("invalid or expired token".to_owned()))
 }
 
 /// `Set-Cookie` for `token` living `max_age` seconds (0 clears it).
@@ -197,6 +204,7 @@ pub(super) async fn require(
     let identity = match auth.authenticate_cached(token, started.into_std()) {
         Some(identity) => identity,
         None => {
+            let token = token_text(token)?;
             let began = Instant::now();
             let found = auth.authenticate(token).await;
             *took = Some(began.elapsed());
@@ -259,7 +267,7 @@ pub(super) async fn serve(
         }
         Endpoint::Logout => {
             let token = credential(&parts.headers, cookie).ok_or_else(missing_token)?;
-            auth.logout(token, client_ip).await?;
+            auth.logout(token_text(token)?, client_ip).await?;
             let mut response = Response::new(ResponseBody::empty());
             *response.status_mut() = StatusCode::NO_CONTENT;
             if cookie {
@@ -271,7 +279,7 @@ pub(super) async fn serve(
         }
         Endpoint::Me => {
             let token = credential(&parts.headers, cookie).ok_or_else(missing_token)?;
-            let identity = auth.authenticate(token).await?;
+            let identity = auth.authenticate(token_text(token)?).await?;
             json(StatusCode::OK, &*identity)
         }
     }
@@ -320,7 +328,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         assert_eq!(credential(&headers, false), None);
         headers.insert(AUTHORIZATION, HeaderValue::from_static("bearer abc"));
-        assert_eq!(credential(&headers, false), Some("abc"));
+        assert_eq!(credential(&headers, false), Some(&b"abc"[..]));
         headers.insert(AUTHORIZATION, HeaderValue::from_static("Basic abc"));
         assert_eq!(credential(&headers, false), None);
         headers.insert(
@@ -333,7 +341,7 @@ mod tests {
             "Basic is not ours, nor a fallback"
         );
         headers.remove(AUTHORIZATION);
-        assert_eq!(credential(&headers, true), Some("tok"));
+        assert_eq!(credential(&headers, true), Some(&b"tok"[..]));
         assert_eq!(credential(&headers, false), None);
         let set = session_cookie("tok", 300).expect("valid");
         assert_eq!(
