@@ -617,6 +617,59 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
     }
 }
 
+#[test]
+fn a_receivers_ca_file_is_read_relative_to_the_config_and_reported_where_it_stands() {
+    let dir = std::env::temp_dir().join(format!("sekisho_ca_file_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(
+        dir.join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .expect("ca.pem");
+    std::fs::write(dir.join("notes.txt"), "not a certificate").expect("notes.txt");
+    let receiver = |ca_file: &str, url: &str| {
+        format!(
+            "{MINIMAL}\n[[alerts.receivers]]\nname = \"ops\"\nslack = \"{url}\"\nca_file = \"{ca_file}\"\n"
+        )
+    };
+    let path = dir.join("sekisho.toml");
+    let good = receiver("ca.pem", "https://hooks.example.com/x");
+    let config = parse_file_contents(good.as_bytes(), &path).expect("a readable ca_file");
+    let ca_file = config.alerts.receivers[0].get_ref().ca_file.as_ref();
+    assert_eq!(ca_file.map(|c| c.get_ref().as_str()), Some("ca.pem"));
+
+    for (source, says) in [
+        (
+            receiver("missing.pem", "https://hooks.example.com/x"),
+            "cannot read ca_file",
+        ),
+        (
+            receiver("notes.txt", "https://hooks.example.com/x"),
+            "holds no PEM certificate",
+        ),
+        (
+            receiver("ca.pem", "http://hooks.example.com/x"),
+            "only used with https:// URLs",
+        ),
+    ] {
+        let error = parse_file_contents(source.as_bytes(), &path).expect_err(says);
+        let diagnostic = &error.diagnostics[0];
+        assert!(diagnostic.message.contains(says), "{diagnostic}");
+        assert!(
+            diagnostic.message.contains("alert receiver `ops`"),
+            "{diagnostic}"
+        );
+        // At the value to change: the `ca_file` line, its value's column.
+        assert_eq!(
+            (diagnostic.line, diagnostic.column),
+            (16, 11),
+            "{diagnostic}"
+        );
+        assert_eq!(diagnostic.file, path);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 const AUTH_EXAMPLE: &str = r#"
 [server]
 listen = "127.0.0.1:8080"

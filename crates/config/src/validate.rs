@@ -33,14 +33,14 @@ pub(crate) fn validate(config: &Config, base_dir: Option<&Path>) -> Problems {
         }
         validate_route(config, route, &mut problems);
     }
-    validate_alerts(config, &mut problems);
+    validate_alerts(config, base_dir, &mut problems);
     validate_auth(config, &mut problems);
     problems
 }
 
 /// `[alerts]`: each rule a threshold rule or a compound one, naming what exists; receivers
 /// with a name of their own and at least one channel.
-fn validate_alerts(config: &Config, problems: &mut Problems) {
+fn validate_alerts(config: &Config, base_dir: Option<&Path>, problems: &mut Problems) {
     let alerts = &config.alerts;
     let mut names: HashSet<&str> = DEFAULT_RULES.iter().copied().collect();
     let mut own = HashSet::new();
@@ -174,6 +174,44 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
                 fail("email.ca is only used with `starttls = true`".into());
             }
         }
+        if let Some(ca_file) = &r.ca_file {
+            let https = urls
+                .into_iter()
+                .flatten()
+                .any(|url| url.starts_with("https://"));
+            if !https {
+                problems.push((
+                    ca_file.span(),
+                    format!(
+                        "alert receiver `{}`: ca_file is only used with https:// URLs (webhook, alertmanager, slack or discord)",
+                        r.name
+                    ),
+                ));
+            }
+            if let Err(message) = check_ca_file(ca_file.get_ref(), base_dir) {
+                problems.push((
+                    ca_file.span(),
+                    format!("alert receiver `{}`: {message}", r.name),
+                ));
+            }
+        }
+    }
+}
+
+/// A receiver's `ca_file`: readable, and holding at least one PEM certificate (the monitor
+/// parses them when it starts; this catches the missing file and the wrong one at `check`).
+fn check_ca_file(file: &str, base_dir: Option<&Path>) -> Result<(), String> {
+    let path = match base_dir {
+        Some(dir) if Path::new(file).is_relative() => dir.join(file),
+        _ => Path::new(file).to_owned(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Ok(()),
+        Ok(_) => Err(format!(
+            "ca_file `{}` holds no PEM certificate",
+            path.display()
+        )),
+        Err(error) => Err(format!("cannot read ca_file `{}`: {error}", path.display())),
     }
 }
 

@@ -6,19 +6,21 @@
 //! each [`AlertManager::flush`] says which notifications are due now, per receiver.
 //! [`Monitor::cycle`] turns those into one [`Delivery`] per channel ([`channels`]: webhook,
 //! Alertmanager, Slack, Discord; [`email`]: SMTP); the [`Outbox`] writes each to the database before anything is
-//! sent, and [`worker::run`] delivers them, with retries, order per group, and a delivery log.
+//! sent, and [`worker::run`] delivers them (over [`https::Clients`]), with retries, order per
+//! group, and a delivery log.
 //! [`probes`] and [`Vitals`] give the signals that need I/O; [`metrics`] the monitor's own
 //! series for `/metrics`. [`History`] keeps each alert's
 //! episodes (fired, acknowledged, resolved) in the database, with statistics.
 //!
 //! What it refuses to do: send a notification that is not a row first, or know the gateway
-//! (the binary hands it the gateway's figures as [`Signals`]). Not yet: HTTPS
-//! receivers (issue 16).
+//! (the binary hands it the gateway's figures as [`Signals`]), or send to an `https://` receiver
+//! whose certificate does not verify ([`https`]).
 
 pub mod channels;
 pub mod email;
 pub mod from_config;
 pub mod history;
+pub mod https;
 mod manager;
 pub mod metrics;
 pub mod outbox;

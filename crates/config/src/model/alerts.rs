@@ -347,6 +347,13 @@ pub struct AlertReceiver {
     /// E-mail over SMTP.
     #[serde(default)]
     pub email: Option<EmailReceiver>,
+    /// A PEM file of CA certificates its `https://` URLs (webhook, alertmanager, slack,
+    /// discord) are also trusted with, besides the system's store (a private receiver's own CA);
+    /// relative to the config file's directory. Certificates are always verified, and their name
+    /// checked against the URL's host.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
     /// Alerts below this severity do not reach it.
     #[serde(default = "default_min_severity")]
     pub min_severity: AlertSeverity,
