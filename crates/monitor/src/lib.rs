@@ -1,6 +1,7 @@
 //! sekisho-monitor: what the gateway tells operators, and when — and that it was told.
 //!
-//! The alert rules over signals ([`Evaluator`], with the seeds' [`default_rules`]) and the alert
+//! The alert rules over signals and over any exported metric ([`Evaluator`], [`series`], with
+//! the seeds' [`default_rules`]) and the alert
 //! manager's state machine ([`AlertManager`]), with Alertmanager's semantics — no I/O and no
 //! clock of their own: each evaluation's [`AlertState`]s go to [`AlertManager::observe`], and
 //! each [`AlertManager::flush`] says which notifications are due now, per receiver.
@@ -27,6 +28,7 @@ pub mod outbox;
 pub mod probes;
 mod rules;
 mod run;
+pub mod series;
 pub mod worker;
 
 pub use channels::Channel;
@@ -36,5 +38,8 @@ pub use manager::{
     Settings, Severity, Silence, Status,
 };
 pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth, Tally};
-pub use rules::{default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals};
+pub use rules::{
+    default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals, Source,
+};
 pub use run::{receiver_channels, Delivery, Monitor, MonitorFigures, Vitals};
+pub use series::{Function, Sample, Selector};

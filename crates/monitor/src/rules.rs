@@ -11,12 +11,20 @@
 //! value under every threshold clears the alert. A **compound rule** fires at its own severity
 //! while all (`all_of`) or any (`any_of`) of the named threshold rules fire, on any target.
 //!
+//! A threshold rule may also watch a **metric**: every series of the gateway's exposition with a
+//! given name and labels ([`Source::Metric`], `series.rs`), one alert per series, its target the
+//! series' labels. What is compared is the latest reading, or — with a window — the readings'
+//! mean (`avg`) or a counter's per-second increase (`rate`) over it ([`Function`]); a signal
+//! may take a window too (the contract's `upstream_error_rate` over `window = "30s"`).
+//!
 //! [`Evaluator::evaluate`] returns every alert's state for [`crate::AlertManager::observe`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::manager::{Labels, Severity};
+use crate::series::{series_target, Function, Readings, Sample, Selector};
 
 /// Figures by (signal, target), as one evaluation found them.
 pub type Signals = HashMap<(String, String), f64>;
@@ -30,10 +38,37 @@ pub enum Direction {
     Below,
 }
 
+/// Where a [`Condition::Series`] reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A signal, for one target or every target that has it.
+    Signal {
+        /// The signal's name.
+        signal: String,
+        /// One target, or every target.
+        target: Option<String>,
+    },
+    /// Every series of the gateway's exposition the selector matches (one alert each).
+    Metric(Selector),
+}
+
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
-    /// One signal against thresholds.
+    /// A signal's or a metric's readings, through a function (the latest, the mean or the
+    /// rate over a window), against thresholds.
+    Series {
+        /// What is read.
+        source: Source,
+        /// What is compared.
+        function: Function,
+        /// Which way counts as worse.
+        direction: Direction,
+        /// Threshold per severity (any subset).
+        thresholds: BTreeMap<Severity, f64>,
+    },
+    /// One signal's latest value against thresholds (a [`Condition::Series`] of a signal with
+    /// [`Function::Value`]).
     Threshold {
         /// The signal's name.
         signal: String,
@@ -200,11 +235,55 @@ struct Pending {
     firing: Option<Severity>,
 }
 
-/// Evaluates rules over signals, keeping each alert's `for` timing.
+/// Evaluates rules over signals and metrics, keeping each alert's `for` timing and each
+/// windowed rule's readings.
 #[derive(Debug, Default)]
 pub struct Evaluator {
     rules: Vec<Rule>,
     pending: HashMap<(String, String), Pending>,
+    /// Readings by (rule, target), for the rules with a window.
+    readings: HashMap<(String, String), Readings>,
+}
+
+/// A threshold rule's parts, whichever its condition's shape.
+struct Watch<'a> {
+    source: Cow<'a, Source>,
+    function: Function,
+    direction: Direction,
+    thresholds: &'a BTreeMap<Severity, f64>,
+}
+
+impl Condition {
+    fn watch(&self) -> Option<Watch<'_>> {
+        match self {
+            Self::Series {
+                source,
+                function,
+                direction,
+                thresholds,
+            } => Some(Watch {
+                source: Cow::Borrowed(source),
+                function: *function,
+                direction: *direction,
+                thresholds,
+            }),
+            Self::Threshold {
+                signal,
+                target,
+                direction,
+                thresholds,
+            } => Some(Watch {
+                source: Cow::Owned(Source::Signal {
+                    signal: signal.clone(),
+                    target: target.clone(),
+                }),
+                function: Function::Value,
+                direction: *direction,
+                thresholds,
+            }),
+            Self::AllOf(..) | Self::AnyOf(..) => None,
+        }
+    }
 }
 
 impl Evaluator {
@@ -213,13 +292,41 @@ impl Evaluator {
         Self {
             rules,
             pending: HashMap::new(),
+            readings: HashMap::new(),
         }
     }
 
+    /// Whether some rule watches a metric (so the caller need not read the exposition
+    /// otherwise).
+    pub fn watches_metrics(&self) -> bool {
+        self.rules.iter().any(|rule| {
+            matches!(
+                &rule.condition,
+                Condition::Series {
+                    source: Source::Metric(_),
+                    ..
+                }
+            )
+        })
+    }
+
     /// The alerts to tell the manager at `now`: those firing, and those that fired until now and
-    /// have cleared (once each); nothing for an alert still within its `for`.
+    /// have cleared (once each); nothing for an alert still within its `for`. Rules over
+    /// metrics see no series (see [`Evaluator::evaluate_with`]).
     pub fn evaluate(&mut self, signals: &Signals, now: Instant) -> Vec<AlertState> {
+        self.evaluate_with(signals, &[], now)
+    }
+
+    /// As [`Evaluator::evaluate`], with the samples of the gateway's exposition for the rules
+    /// over metrics.
+    pub fn evaluate_with(
+        &mut self,
+        signals: &Signals,
+        samples: &[Sample],
+        now: Instant,
+    ) -> Vec<AlertState> {
         let mut out = Vec::new();
+        let mut sampled: HashSet<(String, String)> = HashSet::new();
         let mut seen = HashSet::new();
         let mut firing_rules: HashSet<String> = HashSet::new();
         // The signals by name, once: each rule then looks only at its own signal's targets
@@ -232,44 +339,64 @@ impl Evaluator {
                 .push((who, *value));
         }
         for rule in &self.rules {
-            let Condition::Threshold {
-                signal,
-                target,
-                direction,
-                thresholds,
-            } = &rule.condition
-            else {
+            let Some(watch) = rule.condition.watch() else {
                 continue;
             };
-            let Some(targets) = by_name.get(signal.as_str()) else {
-                continue;
-            };
-            for &(who, value) in targets {
-                if target.as_ref().is_some_and(|t| t != who) {
-                    continue;
-                }
-                let crossed = thresholds
+            // The readings: (target, raw value).
+            let raw: Vec<(String, f64)> = match watch.source.as_ref() {
+                Source::Signal { signal, target } => by_name
+                    .get(signal.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|(who, _)| target.as_ref().is_none_or(|t| t == *who))
+                    .map(|(who, value)| ((*who).clone(), *value))
+                    .collect(),
+                Source::Metric(selector) => samples
                     .iter()
-                    .filter(|(_, limit)| match direction {
+                    .filter(|sample| selector.matches(sample))
+                    .map(|sample| (series_target(sample), sample.value))
+                    .collect(),
+            };
+            for (who, raw_value) in raw {
+                let key = (rule.name.clone(), who.clone());
+                let value = match watch.function {
+                    Function::Value => Some(raw_value),
+                    function => {
+                        sampled.insert(key.clone());
+                        self.readings
+                            .entry(key.clone())
+                            .or_default()
+                            .push(now, raw_value, function)
+                    }
+                };
+                // A rate's first reading: nothing to compare yet.
+                let Some(value) = value else {
+                    continue;
+                };
+                let crossed = watch
+                    .thresholds
+                    .iter()
+                    .filter(|(_, limit)| match watch.direction {
                         Direction::Above => value >= **limit,
                         Direction::Below => value <= **limit,
                     })
                     .map(|(severity, _)| *severity)
                     .max();
-                let key = (rule.name.clone(), who.clone());
                 seen.insert(key.clone());
                 let stepped = step(&mut self.pending, key, crossed, rule.for_, now);
                 if let Step::Firing(_) = stepped {
                     firing_rules.insert(rule.name.clone());
                 }
-                out.extend(state(rule, who, Some(value), stepped));
+                out.extend(state(rule, &who, Some(value), stepped));
             }
         }
+        // The readings of a series (or target) that is gone go with it.
+        self.readings.retain(|key, _| sampled.contains(key));
         for rule in &self.rules {
             let (names, own, all) = match &rule.condition {
                 Condition::AllOf(names, severity) => (names, *severity, true),
                 Condition::AnyOf(names, severity) => (names, *severity, false),
-                Condition::Threshold { .. } => continue,
+                Condition::Threshold { .. } | Condition::Series { .. } => continue,
             };
             let holds = if all {
                 names.iter().all(|n| firing_rules.contains(n))

@@ -137,12 +137,30 @@ impl Monitor {
         &mut self.manager
     }
 
-    /// One cycle at `now`: the deliveries due, one per notification and channel.
+    /// One cycle at `now`: the deliveries due, one per notification and channel. Rules over
+    /// metrics see no series (see [`Monitor::cycle_with`]).
     pub fn cycle(&mut self, signals: &Signals, now: Instant) -> Vec<Delivery> {
+        self.cycle_with(signals, "", now)
+    }
+
+    /// As [`Monitor::cycle`], with the gateway's Prometheus text exposition (what `/metrics`
+    /// serves) for the rules over metrics.
+    pub fn cycle_with(
+        &mut self,
+        signals: &Signals,
+        exposition: &str,
+        now: Instant,
+    ) -> Vec<Delivery> {
         let started = Instant::now();
-        let deliveries = self.cycle_inner(signals, now);
+        let samples = crate::series::parse_exposition(exposition);
+        let deliveries = self.cycle_inner(signals, &samples, now);
         self.last_run = Some((self.unix_millis(now), started.elapsed()));
         deliveries
+    }
+
+    /// Whether some rule watches a metric: only then is the exposition worth encoding.
+    pub fn watches_metrics(&self) -> bool {
+        self.evaluator.watches_metrics()
     }
 
     /// Notes the outbox's depth (the binary's probe), for the metrics.
@@ -176,9 +194,14 @@ impl Monitor {
         }
     }
 
-    fn cycle_inner(&mut self, signals: &Signals, now: Instant) -> Vec<Delivery> {
+    fn cycle_inner(
+        &mut self,
+        signals: &Signals,
+        samples: &[crate::series::Sample],
+        now: Instant,
+    ) -> Vec<Delivery> {
         let at = self.unix_millis(now);
-        for state in self.evaluator.evaluate(signals, now) {
+        for state in self.evaluator.evaluate_with(signals, samples, now) {
             let fingerprint = crate::manager::fingerprint(&state.labels);
             let before = self.manager.firing_severity(&fingerprint);
             let event = match (before, state.severity) {

@@ -1,4 +1,5 @@
-//! `run`'s alerting task: the gateway's figures and the host's vitals as signals, evaluated by
+//! `run`'s alerting task: the gateway's figures and the host's vitals as signals (and its
+//! metrics exposition, for rules over metrics), evaluated by
 //! `sekisho-monitor`, each notification written to the outbox (whose worker sends it) and what
 //! happened to each alert to the alert history.
 
@@ -51,12 +52,30 @@ pub(crate) async fn monitor(
                 );
             }
         }
+        // Rules over metrics read the gateway's exposition (what `/metrics` serves), encoded
+        // only when some rule watches a metric, and the monitor's own series after it.
+        let watches_metrics = shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .watches_metrics();
+        let mut exposition = if watches_metrics {
+            gateway.encode_metrics()
+        } else {
+            String::new()
+        };
         let (due, happened) = {
             let mut monitor = shared.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(depth) = depth {
                 monitor.note_queue(depth);
             }
-            let due = monitor.cycle(&signals, std::time::Instant::now());
+            if watches_metrics {
+                exposition.push_str(&sekisho_monitor::metrics::encode(
+                    &monitor,
+                    Some(&outbox),
+                    false,
+                ));
+            }
+            let due = monitor.cycle_with(&signals, &exposition, std::time::Instant::now());
             (due, monitor.take_history())
         };
         history_backlog.extend(happened);
