@@ -11,7 +11,8 @@
 //! group, and a delivery log.
 //! [`probes`] and [`Vitals`] give the signals that need I/O; [`metrics`] the monitor's own
 //! series for `/metrics`. [`History`] keeps each alert's
-//! episodes (fired, acknowledged, resolved) in the database, with statistics.
+//! episodes (fired, acknowledged, resolved) in the database, with statistics, and [`restore`]
+//! puts back after a restart the alerts that fired and what each receiver was told.
 //!
 //! What it refuses to do: send a notification that is not a row first, or know the gateway
 //! (the binary hands it the gateway's figures as [`Signals`]), or send to an `https://` receiver
@@ -26,6 +27,7 @@ mod manager;
 pub mod metrics;
 pub mod outbox;
 pub mod probes;
+pub mod restore;
 mod rules;
 mod run;
 pub mod series;
@@ -38,6 +40,7 @@ pub use manager::{
     Settings, Severity, Silence, Status,
 };
 pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth, Tally};
+pub use restore::{RestoredAlert, Told};
 pub use rules::{
     default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals, Source,
 };

@@ -233,7 +233,14 @@ struct Pending {
     since: Instant,
     /// The severity it fires at (after `for`).
     firing: Option<Severity>,
+    /// Evaluations left in which its target may be missing without clearing it: an alert put
+    /// back after a restart, whose signal may need a reading or two before it reappears (a
+    /// CPU share is a difference of two readings); 0 once seen.
+    grace: u32,
 }
+
+/// How many evaluations an alert put back after a restart waits for its target to reappear.
+const RESTORED_GRACE: u32 = 3;
 
 /// Evaluates rules over signals and metrics, keeping each alert's `for` timing and each
 /// windowed rule's readings.
@@ -294,6 +301,26 @@ impl Evaluator {
             pending: HashMap::new(),
             readings: HashMap::new(),
         }
+    }
+
+    /// Puts back an alert of rule `name` on `target` that fired at `severity` before a restart:
+    /// its `for` is behind it, so a condition still true goes on firing, and one no longer true
+    /// clears at the next evaluation (a target still missing after a few evaluations too).
+    /// False when no rule has that name any more.
+    pub fn restore(&mut self, name: &str, target: &str, severity: Severity, now: Instant) -> bool {
+        if !self.rules.iter().any(|rule| rule.name == name) {
+            return false;
+        }
+        self.pending.insert(
+            (name.to_owned(), target.to_owned()),
+            Pending {
+                crossed: severity,
+                since: now,
+                firing: Some(severity),
+                grace: RESTORED_GRACE,
+            },
+        );
+        true
     }
 
     /// Whether some rule watches a metric (so the caller need not read the exposition
@@ -369,7 +396,8 @@ impl Evaluator {
                             .push(now, raw_value, function)
                     }
                 };
-                // A rate's first reading: nothing to compare yet.
+                // A rate's first reading: nothing to compare yet, but the target is there.
+                seen.insert(key.clone());
                 let Some(value) = value else {
                     continue;
                 };
@@ -382,7 +410,6 @@ impl Evaluator {
                     })
                     .map(|(severity, _)| *severity)
                     .max();
-                seen.insert(key.clone());
                 let stepped = step(&mut self.pending, key, crossed, rule.for_, now);
                 if let Step::Firing(_) = stepped {
                     firing_rules.insert(rule.name.clone());
@@ -392,6 +419,38 @@ impl Evaluator {
         }
         // The readings of a series (or target) that is gone go with it.
         self.readings.retain(|key, _| sampled.contains(key));
+        // A target that vanished from the signals: its alert clears (after its grace, for one
+        // put back by a restart, which meanwhile still counts as firing for compound rules).
+        let compound = |name: &str| {
+            self.rules.iter().any(|r| {
+                r.name == name && matches!(r.condition, Condition::AllOf(..) | Condition::AnyOf(..))
+            })
+        };
+        let gone: Vec<_> = self
+            .pending
+            .keys()
+            .filter(|key| !seen.contains(*key) && !compound(&key.0))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(pending) = self.pending.get_mut(&key) {
+                if pending.grace > 0 {
+                    pending.grace -= 1;
+                    if pending.firing.is_some() {
+                        firing_rules.insert(key.0.clone());
+                    }
+                    continue;
+                }
+            }
+            if let (Some(pending), Some(rule)) = (
+                self.pending.remove(&key),
+                self.rules.iter().find(|r| r.name == key.0),
+            ) {
+                if pending.firing.is_some() {
+                    out.extend(state(rule, &key.1, None, Step::Cleared));
+                }
+            }
+        }
         for rule in &self.rules {
             let (names, own, all) = match &rule.condition {
                 Condition::AllOf(names, severity) => (names, *severity, true),
@@ -407,23 +466,6 @@ impl Evaluator {
             seen.insert(key.clone());
             let stepped = step(&mut self.pending, key, holds.then_some(own), rule.for_, now);
             out.extend(state(rule, "gateway", None, stepped));
-        }
-        // A target that vanished from the signals: its alert clears.
-        let gone: Vec<_> = self
-            .pending
-            .keys()
-            .filter(|key| !seen.contains(*key))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let (Some(pending), Some(rule)) = (
-                self.pending.remove(&key),
-                self.rules.iter().find(|r| r.name == key.0),
-            ) {
-                if pending.firing.is_some() {
-                    out.extend(state(rule, &key.1, None, Step::Cleared));
-                }
-            }
         }
         out
     }
@@ -458,7 +500,9 @@ fn step(
         crossed,
         since: now,
         firing: None,
+        grace: 0,
     });
+    entry.grace = 0;
     if crossed != entry.crossed {
         entry.crossed = crossed;
         entry.since = now;

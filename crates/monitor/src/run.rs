@@ -12,6 +12,7 @@ use crate::email::Email;
 use crate::history::HistoryEvent;
 use crate::manager::{AlertManager, Notification, Severity, Status};
 use crate::outbox::QueueDepth;
+use crate::restore::{RestoredAlert, Told};
 use crate::rules::{Evaluator, Signals};
 
 /// One notification on its way to one channel of a receiver.
@@ -45,6 +46,8 @@ pub struct Monitor {
     anchor: (Instant, SystemTime),
     /// What happened to alerts since the last [`Monitor::take_history`].
     history: Vec<HistoryEvent>,
+    /// What notifications told receivers since the last [`Monitor::take_told`].
+    told: Vec<Told>,
     /// The last cycle: when (Unix ms) and how long it took.
     last_run: Option<(i64, std::time::Duration)>,
     /// The outbox as the last cycle's probe found it.
@@ -105,6 +108,7 @@ impl Monitor {
             channels,
             anchor: (now, SystemTime::now()),
             history: Vec::new(),
+            told: Vec::new(),
             last_run: None,
             queue: QueueDepth::default(),
         }
@@ -114,6 +118,47 @@ impl Monitor {
     /// order, for the history (`history.rs`).
     pub fn take_history(&mut self) -> Vec<HistoryEvent> {
         std::mem::take(&mut self.history)
+    }
+
+    /// What the notifications of the cycles since the last call told each receiver, in order
+    /// (`restore.rs`): to be written once those notifications are in the outbox.
+    pub fn take_told(&mut self) -> Vec<Told> {
+        std::mem::take(&mut self.told)
+    }
+
+    /// Puts back the alerts a previous run knew ([`crate::History::restorable`]), before the
+    /// first cycle: each firing one to the alert manager (with what each receiver was told)
+    /// and to the rules' evaluator (its `for` behind it); one whose rule is gone resolves now.
+    /// A resolved one (cleared while the gateway was down) only to the manager, whose next
+    /// flush tells its receivers.
+    pub fn restore(&mut self, alerts: &[RestoredAlert], now: Instant) {
+        for alert in alerts {
+            let starts_at = self.instant(alert.fired_at, now);
+            let ends_at = alert.resolved_at.map(|at| self.instant(at, now));
+            self.manager.restore(alert, (starts_at, ends_at), now);
+            if alert.resolved_at.is_some() {
+                continue;
+            }
+            let label = |name: &str| alert.labels.get(name).map_or("", String::as_str);
+            let known =
+                self.evaluator
+                    .restore(label("alertname"), label("target"), alert.severity, now);
+            if !known {
+                self.history.push(HistoryEvent::Resolved {
+                    fingerprint: alert.fingerprint.clone(),
+                    at: self.unix_millis(now),
+                });
+                self.manager
+                    .observe(alert.labels.clone(), alert.annotations.clone(), None, now);
+            }
+        }
+    }
+
+    /// The instant of `unix_ms` on the monotonic clock (`now` if before the clock's start).
+    fn instant(&self, unix_ms: i64, now: Instant) -> Instant {
+        let at = self.unix_millis(now);
+        let ago = std::time::Duration::from_millis(u64::try_from(at - unix_ms).unwrap_or(0));
+        now.checked_sub(ago).unwrap_or(now)
     }
 
     /// `at` as Unix milliseconds.
@@ -225,6 +270,24 @@ impl Monitor {
                 .observe(state.labels, state.annotations, state.severity, now);
         }
         let notes = self.manager.flush(now);
+        for note in &notes {
+            if !self.channels.contains_key(&note.receiver) {
+                continue;
+            }
+            for alert in &note.alerts {
+                self.told.push(match alert.status {
+                    Status::Firing => Told::Firing {
+                        fingerprint: alert.fingerprint.clone(),
+                        receiver: note.receiver.clone(),
+                        severity: alert.severity,
+                    },
+                    Status::Resolved => Told::Resolved {
+                        fingerprint: alert.fingerprint.clone(),
+                        receiver: note.receiver.clone(),
+                    },
+                });
+            }
+        }
         let date = |at: Instant| self.rfc3339(at);
         let mut deliveries = Vec::new();
         for note in notes {

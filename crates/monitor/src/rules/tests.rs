@@ -365,3 +365,60 @@ fn a_signal_with_a_window_is_averaged_over_it() {
     let states = e.evaluate(&reading(0.9), t0 + 60 * S);
     assert!(states.is_empty(), "{states:?}");
 }
+
+#[test]
+fn a_restored_alert_waits_a_few_evaluations_for_its_target_then_goes_on_or_clears() {
+    let t0 = Instant::now();
+    let rules = vec![
+        rule(
+            "HighCpu",
+            "cpu",
+            Direction::Above,
+            &[(Severity::Critical, 0.85)],
+            60 * S,
+        ),
+        Rule {
+            name: "Meltdown".to_owned(),
+            condition: Condition::AnyOf(vec!["HighCpu".into()], Severity::Emergency),
+            for_: Duration::ZERO,
+            labels: Labels::new(),
+            annotations: Labels::new(),
+        },
+    ];
+    let mut e = Evaluator::new(rules.clone());
+    assert!(e.restore("HighCpu", "gateway", Severity::Critical, t0));
+    assert!(!e.restore("Gone", "gateway", Severity::Critical, t0));
+    // The first readings have no CPU share yet: the alert neither clears nor stops counting
+    // for the compound rule.
+    let states = e.evaluate(&Signals::new(), t0 + S);
+    assert_eq!(
+        fired(&states),
+        vec![(
+            "Meltdown".to_owned(),
+            "gateway".to_owned(),
+            Some(Severity::Emergency)
+        )]
+    );
+    // The share is back, still high: it fires on at once (its `for` is behind it).
+    let states = e.evaluate(&signals(&[("cpu", "gateway", 0.95)]), t0 + 2 * S);
+    assert!(fired(&states).contains(&(
+        "HighCpu".to_owned(),
+        "gateway".to_owned(),
+        Some(Severity::Critical)
+    )));
+
+    // A target that never comes back clears once the grace is over.
+    let mut e = Evaluator::new(rules);
+    e.restore("HighCpu", "gateway", Severity::Critical, t0);
+    for i in 1..=3 {
+        let states = e.evaluate(&Signals::new(), t0 + i * S);
+        assert!(
+            !fired(&states)
+                .iter()
+                .any(|(name, _, s)| name == "HighCpu" && s.is_none()),
+            "{states:?}"
+        );
+    }
+    let states = e.evaluate(&Signals::new(), t0 + 4 * S);
+    assert!(fired(&states).contains(&("HighCpu".to_owned(), "gateway".to_owned(), None)));
+}
