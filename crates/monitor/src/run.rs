@@ -133,6 +133,24 @@ impl Monitor {
     /// flush tells its receivers.
     pub fn restore(&mut self, alerts: &[RestoredAlert], now: Instant) {
         for alert in alerts {
+            // A receiver the config no longer has is owed nothing: forget what it was told.
+            let (told, gone): (BTreeMap<_, _>, BTreeMap<_, _>) = alert
+                .told
+                .iter()
+                .map(|(receiver, severity)| (receiver.clone(), *severity))
+                .partition(|(receiver, _)| self.channels.contains_key(receiver));
+            self.told
+                .extend(gone.into_keys().map(|receiver| Told::Resolved {
+                    fingerprint: alert.fingerprint.clone(),
+                    receiver,
+                }));
+            if alert.resolved_at.is_some() && told.is_empty() {
+                continue;
+            }
+            let alert = &RestoredAlert {
+                told,
+                ..alert.clone()
+            };
             let starts_at = self.instant(alert.fired_at, now);
             let ends_at = alert.resolved_at.map(|at| self.instant(at, now));
             self.manager.restore(alert, (starts_at, ends_at), now);

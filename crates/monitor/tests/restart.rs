@@ -5,7 +5,8 @@
 //! the receiver that was told; one that cleared while the monitor was down gets its `resolved`
 //! at the first cycle, also when the first run had recorded the resolution but not yet written
 //! the notification; and an alert the first run never got to notify (stopped within
-//! `group_wait`) is notified once. Each run does what the binary's loop does: the cycle, the
+//! `group_wait`) is notified once; a receiver removed from the config is owed nothing. Each run
+//! does what the binary's loop does: the cycle, the
 //! history, the outbox rows, then what the receivers were told.
 
 use std::time::{Duration, Instant};
@@ -17,13 +18,18 @@ use sekisho_monitor::{Delivery, History, HistoryFilter, Monitor, Outbox, OutboxS
 const S: Duration = Duration::from_secs(1);
 
 fn config(group_wait: &str, group_interval: &str) -> sekisho_config::Config {
+    config_with(group_wait, group_interval, "")
+}
+
+/// The config, with more receivers (`[[alerts.receivers]]` tables).
+fn config_with(group_wait: &str, group_interval: &str, more: &str) -> sekisho_config::Config {
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:8080\"\n[upstreams.api]\ntargets = [\"127.0.0.1:9001\"]\n\
          [[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"api\"\n\
          [alerts]\ngroup_wait = \"{group_wait}\"\ngroup_interval = \"{group_interval}\"\ndefault_rules = false\n\
          [[alerts.rules]]\nname = \"ApiCircuitOpen\"\nsignal = \"circuit_open\"\nupstream = \"api\"\n\
          critical = 1\nfor = \"30s\"\n\
-         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://127.0.0.1:9/hook\"\n"
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://127.0.0.1:9/hook\"\n{more}"
     );
     sekisho_config::parse(&text, "restart.toml").unwrap()
 }
@@ -217,6 +223,27 @@ async fn a_firing_never_notified_is_notified_once_after_the_restart(dialect: Dia
     for _ in 0..10 {
         assert!(second.cycle(&circuit(true)).await.is_empty());
     }
+    second.stop().await;
+    test.remove().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_receiver_gone_from_the_config_is_owed_nothing_after_the_restart() {
+    let test = TestDatabase::new(Dialect::Sqlite).await.unwrap();
+    let pager = "[[alerts.receivers]]\nname = \"pager\"\nwebhook = \"http://127.0.0.1:9/page\"\n";
+    let with_pager = config_with("0s", "1s", pager);
+    let mut first = Run::start(&test, &with_pager).await;
+    assert!(first.cycle(&circuit(true)).await.is_empty());
+    let due = first.until_delivered(&circuit(true), 40).await;
+    assert_eq!(statuses(&due), vec![("ops", "firing"), ("pager", "firing")]);
+    first.stop().await;
+
+    // The pager is gone from the config: the alert resolves to `ops` only, and nothing of the
+    // pager is kept.
+    let mut second = Run::start(&test, &config("0s", "1s")).await;
+    let due = second.cycle(&circuit(false)).await;
+    assert_eq!(statuses(&due), vec![("ops", "resolved")]);
+    assert!(second.history.restorable().await.unwrap().is_empty());
     second.stop().await;
     test.remove().await.unwrap();
 }
