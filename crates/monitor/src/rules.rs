@@ -252,12 +252,22 @@ pub struct Evaluator {
     readings: HashMap<(String, String), Readings>,
 }
 
-/// A threshold rule's parts, whichever its condition's shape.
+/// A threshold rule's parts, whichever its condition's shape (borrowed: evaluated every
+/// cycle, for every rule).
 struct Watch<'a> {
-    source: Cow<'a, Source>,
+    source: SourceRef<'a>,
     function: Function,
     direction: Direction,
     thresholds: &'a BTreeMap<Severity, f64>,
+}
+
+/// A [`Source`], borrowed.
+enum SourceRef<'a> {
+    Signal {
+        signal: &'a str,
+        target: Option<&'a str>,
+    },
+    Metric(&'a Selector),
 }
 
 impl Condition {
@@ -269,7 +279,13 @@ impl Condition {
                 direction,
                 thresholds,
             } => Some(Watch {
-                source: Cow::Borrowed(source),
+                source: match source {
+                    Source::Signal { signal, target } => SourceRef::Signal {
+                        signal,
+                        target: target.as_deref(),
+                    },
+                    Source::Metric(selector) => SourceRef::Metric(selector),
+                },
                 function: *function,
                 direction: *direction,
                 thresholds,
@@ -280,10 +296,10 @@ impl Condition {
                 direction,
                 thresholds,
             } => Some(Watch {
-                source: Cow::Owned(Source::Signal {
-                    signal: signal.clone(),
-                    target: target.clone(),
-                }),
+                source: SourceRef::Signal {
+                    signal,
+                    target: target.as_deref(),
+                },
                 function: Function::Value,
                 direction: *direction,
                 thresholds,
@@ -354,6 +370,8 @@ impl Evaluator {
     ) -> Vec<AlertState> {
         let mut out = Vec::new();
         let mut sampled: HashSet<(String, String)> = HashSet::new();
+        // One rule's readings (target, raw value), the buffer reused from rule to rule.
+        let mut raw: Vec<(Cow<'_, str>, f64)> = Vec::new();
         let mut seen = HashSet::new();
         let mut firing_rules: HashSet<String> = HashSet::new();
         // The signals by name, once: each rule then looks only at its own signal's targets
@@ -370,22 +388,26 @@ impl Evaluator {
                 continue;
             };
             // The readings: (target, raw value).
-            let raw: Vec<(String, f64)> = match watch.source.as_ref() {
-                Source::Signal { signal, target } => by_name
-                    .get(signal.as_str())
-                    .into_iter()
-                    .flatten()
-                    .filter(|(who, _)| target.as_ref().is_none_or(|t| t == *who))
-                    .map(|(who, value)| ((*who).clone(), *value))
-                    .collect(),
-                Source::Metric(selector) => samples
-                    .iter()
-                    .filter(|sample| selector.matches(sample))
-                    .map(|sample| (series_target(sample), sample.value))
-                    .collect(),
-            };
-            for (who, raw_value) in raw {
-                let key = (rule.name.clone(), who.clone());
+            // Plain loops: this runs for every rule every cycle (see the rules benchmark).
+            raw.clear();
+            match watch.source {
+                SourceRef::Signal { signal, target } => {
+                    for &(who, value) in by_name.get(signal).map_or(&[][..], Vec::as_slice) {
+                        if target.is_none_or(|t| t == who.as_str()) {
+                            raw.push((Cow::Borrowed(who.as_str()), value));
+                        }
+                    }
+                }
+                SourceRef::Metric(selector) => {
+                    for sample in samples {
+                        if selector.matches(sample) {
+                            raw.push((Cow::Owned(series_target(sample)), sample.value));
+                        }
+                    }
+                }
+            }
+            for (who, raw_value) in raw.drain(..) {
+                let key = (rule.name.clone(), who.as_ref().to_owned());
                 let value = match watch.function {
                     Function::Value => Some(raw_value),
                     function => {
