@@ -617,6 +617,134 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
     }
 }
 
+#[test]
+fn metric_rules_with_a_function_over_a_window_are_read_and_checked_where_they_stand() {
+    let good = format!(
+        "{MINIMAL}\n[[alerts.rules]]\nname = \"Orders5xx\"\nmetric = \"sekisho_requests_total\"\n\
+         match = {{ route = \"api\", class = \"5xx\" }}\nfunction = \"rate\"\nwindow = \"30s\"\nwarning = 0.5\n\
+         [[alerts.rules]]\nname = \"ApiFailing\"\nsignal = \"upstream_error_rate\"\nupstream = \"api\"\n\
+         window = \"30s\"\nwarning = 0.05\n\
+         [[alerts.rules]]\nname = \"InFlight\"\nmetric = \"sekisho_requests_in_flight\"\ncritical = 100\n"
+    );
+    let config = parse(&good, "test.toml").expect("metric rules");
+    let rules: Vec<&AlertRule> = config.alerts.rules.iter().map(|r| r.get_ref()).collect();
+    assert_eq!(
+        rules[0].metric.as_ref().map(|m| m.get_ref().as_str()),
+        Some("sekisho_requests_total")
+    );
+    let matchers = rules[0].match_labels.as_ref().expect("match").get_ref();
+    assert_eq!(matchers.get("class").map(String::as_str), Some("5xx"));
+    assert_eq!(rules[0].function(), AlertFunction::Rate);
+    assert_eq!(
+        rules[0].window.as_ref().map(|w| w.get_ref().0),
+        Some(std::time::Duration::from_secs(30))
+    );
+    // The contract's example: a window without a function averages the signal over it.
+    assert_eq!(rules[1].function(), AlertFunction::Avg);
+    assert_eq!(rules[2].function(), AlertFunction::Value);
+
+    let rule = "[[alerts.rules]]\nname = \"X\"\n";
+    for (extra, line, says) in [
+        (
+            "metric = \"sekisho requests\"\nwarning = 1\n",
+            15,
+            "`sekisho requests` is not a metric name",
+        ),
+        (
+            "metric = \"sekisho_requests_total\"\nsignal = \"cpu\"\nwarning = 1\n",
+            13,
+            "a `signal` or a `metric`, not both",
+        ),
+        (
+            "metric = \"sekisho_requests_total\"\nroute = \"api\"\nwarning = 1\n",
+            15,
+            "picks its series with `match`",
+        ),
+        (
+            "signal = \"cpu\"\nmatch = { route = \"api\" }\nwarning = 1\n",
+            16,
+            "`match` selects the series of a `metric`",
+        ),
+        (
+            "metric = \"sekisho_requests_total\"\nfunction = \"rate\"\nwarning = 1\n",
+            16,
+            "`rate` needs a `window`",
+        ),
+        (
+            "metric = \"sekisho_requests_total\"\nfunction = \"value\"\nwindow = \"1m\"\nwarning = 1\n",
+            17,
+            "takes the latest reading and no `window`",
+        ),
+        (
+            "metric = \"sekisho_requests_total\"\nfunction = \"median\"\nwarning = 1\n",
+            16,
+            "unknown variant `median`",
+        ),
+        (
+            "any_of = [\"HighCpu\"]\nseverity = \"critical\"\nwindow = \"1m\"\n",
+            17,
+            "`window` is for threshold rules",
+        ),
+    ] {
+        let diagnostic = first(&format!("{MINIMAL}\n{rule}{extra}"));
+        assert!(diagnostic.message.contains(says), "{extra}: {diagnostic}");
+        assert_eq!(diagnostic.line, line, "{extra}: {diagnostic}");
+    }
+}
+
+#[test]
+fn a_receivers_ca_file_is_read_relative_to_the_config_and_reported_where_it_stands() {
+    let dir = std::env::temp_dir().join(format!("sekisho_ca_file_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    std::fs::write(
+        dir.join("ca.pem"),
+        "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+    )
+    .expect("ca.pem");
+    std::fs::write(dir.join("notes.txt"), "not a certificate").expect("notes.txt");
+    let receiver = |ca_file: &str, url: &str| {
+        format!(
+            "{MINIMAL}\n[[alerts.receivers]]\nname = \"ops\"\nslack = \"{url}\"\nca_file = \"{ca_file}\"\n"
+        )
+    };
+    let path = dir.join("sekisho.toml");
+    let good = receiver("ca.pem", "https://hooks.example.com/x");
+    let config = parse_file_contents(good.as_bytes(), &path).expect("a readable ca_file");
+    let ca_file = config.alerts.receivers[0].get_ref().ca_file.as_ref();
+    assert_eq!(ca_file.map(|c| c.get_ref().as_str()), Some("ca.pem"));
+
+    for (source, says) in [
+        (
+            receiver("missing.pem", "https://hooks.example.com/x"),
+            "cannot read ca_file",
+        ),
+        (
+            receiver("notes.txt", "https://hooks.example.com/x"),
+            "holds no PEM certificate",
+        ),
+        (
+            receiver("ca.pem", "http://hooks.example.com/x"),
+            "only used with https:// URLs",
+        ),
+    ] {
+        let error = parse_file_contents(source.as_bytes(), &path).expect_err(says);
+        let diagnostic = &error.diagnostics[0];
+        assert!(diagnostic.message.contains(says), "{diagnostic}");
+        assert!(
+            diagnostic.message.contains("alert receiver `ops`"),
+            "{diagnostic}"
+        );
+        // At the value to change: the `ca_file` line, its value's column.
+        assert_eq!(
+            (diagnostic.line, diagnostic.column),
+            (16, 11),
+            "{diagnostic}"
+        );
+        assert_eq!(diagnostic.file, path);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 const AUTH_EXAMPLE: &str = r#"
 [server]
 listen = "127.0.0.1:8080"

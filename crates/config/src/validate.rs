@@ -8,8 +8,8 @@ use std::ops::Range;
 use std::path::Path;
 
 use crate::model::{
-    AdaptiveConcurrency, Config, RateLimit, RateLimitAlgorithm, RateLimitBackend, Route,
-    SessionStore, Spanned, Upstream, DEFAULT_RULES, SIGNALS,
+    AdaptiveConcurrency, AlertFunction, AlertRule, Config, RateLimit, RateLimitAlgorithm,
+    RateLimitBackend, Route, SessionStore, Spanned, Upstream, DEFAULT_RULES, SIGNALS,
 };
 
 type Problems = Vec<(Range<usize>, String)>;
@@ -33,14 +33,14 @@ pub(crate) fn validate(config: &Config, base_dir: Option<&Path>) -> Problems {
         }
         validate_route(config, route, &mut problems);
     }
-    validate_alerts(config, &mut problems);
+    validate_alerts(config, base_dir, &mut problems);
     validate_auth(config, &mut problems);
     problems
 }
 
 /// `[alerts]`: each rule a threshold rule or a compound one, naming what exists; receivers
 /// with a name of their own and at least one channel.
-fn validate_alerts(config: &Config, problems: &mut Problems) {
+fn validate_alerts(config: &Config, base_dir: Option<&Path>, problems: &mut Problems) {
     let alerts = &config.alerts;
     let mut names: HashSet<&str> = DEFAULT_RULES.iter().copied().collect();
     let mut own = HashSet::new();
@@ -68,19 +68,31 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
     }
     for rule in &alerts.rules {
         let r = rule.get_ref();
+        // Problems at a value of the rule rather than at the rule (pushed after `fail`'s).
+        let mut at_value: Problems = Vec::new();
         let mut fail = |message: String| {
             problems.push((rule.span(), format!("alert rule `{}`: {message}", r.name)));
         };
         let compound = !r.all_of.is_empty() || !r.any_of.is_empty();
-        match (&r.signal, compound) {
-            (Some(_), true) => fail("a rule has a `signal` or `all_of`/`any_of`, not both".into()),
-            (None, false) => fail("needs a `signal` with thresholds, or `all_of`/`any_of`".into()),
-            (Some(signal), false) => {
-                if !SIGNALS.contains(&signal.as_str()) {
-                    fail(format!(
-                        "unknown signal `{signal}` (one of {})",
-                        SIGNALS.join(", ")
-                    ));
+        let threshold = r.signal.is_some() || r.metric.is_some();
+        match (threshold, compound) {
+            (true, true) => {
+                fail("a rule has a `signal` or a `metric`, or `all_of`/`any_of`: not both".into())
+            }
+            (false, false) => {
+                fail("needs a `signal` or a `metric` with thresholds, or `all_of`/`any_of`".into())
+            }
+            (true, false) => {
+                if r.signal.is_some() && r.metric.is_some() {
+                    fail("a `signal` or a `metric`, not both".into());
+                }
+                if let Some(signal) = &r.signal {
+                    if !SIGNALS.contains(&signal.as_str()) {
+                        fail(format!(
+                            "unknown signal `{signal}` (one of {})",
+                            SIGNALS.join(", ")
+                        ));
+                    }
                 }
                 if r.thresholds().is_empty() {
                     fail(
@@ -91,7 +103,7 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
                     fail("`severity` is for compound rules; a threshold rule's severity is the highest threshold crossed".into());
                 }
             }
-            (None, true) => {
+            (false, true) => {
                 if !r.all_of.is_empty() && !r.any_of.is_empty() {
                     fail("`all_of` or `any_of`, not both".into());
                 }
@@ -115,6 +127,12 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
                 fail(format!("no route named `{route}`"));
             }
         }
+        validate_rule_series(r, compound, &mut at_value);
+        problems.extend(
+            at_value
+                .into_iter()
+                .map(|(span, message)| (span, format!("alert rule `{}`: {message}", r.name))),
+        );
     }
     if let Some(outbox) = &alerts.outbox_section {
         let o = outbox.get_ref();
@@ -174,6 +192,115 @@ fn validate_alerts(config: &Config, problems: &mut Problems) {
                 fail("email.ca is only used with `starttls = true`".into());
             }
         }
+        if let Some(ca_file) = &r.ca_file {
+            let https = urls
+                .into_iter()
+                .flatten()
+                .any(|url| url.starts_with("https://"));
+            if !https {
+                problems.push((
+                    ca_file.span(),
+                    format!(
+                        "alert receiver `{}`: ca_file is only used with https:// URLs (webhook, alertmanager, slack or discord)",
+                        r.name
+                    ),
+                ));
+            }
+            if let Err(message) = check_ca_file(ca_file.get_ref(), base_dir) {
+                problems.push((
+                    ca_file.span(),
+                    format!("alert receiver `{}`: {message}", r.name),
+                ));
+            }
+        }
+    }
+}
+
+/// A rule's `metric`, `match`, `function` and `window`, each reported at its value.
+fn validate_rule_series(r: &AlertRule, compound: bool, problems: &mut Problems) {
+    if let Some(metric) = &r.metric {
+        if !is_metric_name(metric.get_ref()) {
+            problems.push((
+                metric.span(),
+                format!(
+                    "`{}` is not a metric name (letters, digits, `_` and `:`, not starting with a digit; e.g. \"sekisho_requests_total\")",
+                    metric.get_ref()
+                ),
+            ));
+        }
+        if r.upstream.is_some() || r.route.is_some() {
+            problems.push((
+                metric.span(),
+                "a `metric` rule picks its series with `match` (e.g. match = { route = \"orders\" }), not `upstream` or `route`".to_owned(),
+            ));
+        }
+    }
+    if let Some(matchers) = &r.match_labels {
+        if r.metric.is_none() {
+            problems.push((
+                matchers.span(),
+                "`match` selects the series of a `metric`; this rule has none".to_owned(),
+            ));
+        }
+        for name in matchers.get_ref().keys() {
+            if !is_metric_name(name) || name.contains(':') {
+                problems.push((
+                    matchers.span(),
+                    format!("`{name}` is not a label name (letters, digits and `_`)"),
+                ));
+            }
+        }
+    }
+    if compound {
+        for (span, key) in [
+            (r.function.as_ref().map(Spanned::span), "function"),
+            (r.window.as_ref().map(Spanned::span), "window"),
+        ] {
+            if let Some(span) = span {
+                problems.push((
+                    span,
+                    format!("`{key}` is for threshold rules (`signal` or `metric`)"),
+                ));
+            }
+        }
+        return;
+    }
+    match (r.function(), &r.window, &r.function) {
+        (AlertFunction::Rate, None, Some(function)) => problems.push((
+            function.span(),
+            "`rate` needs a `window` (e.g. window = \"1m\")".to_owned(),
+        )),
+        (AlertFunction::Value, Some(window), _) => problems.push((
+            window.span(),
+            "`function = \"value\"` takes the latest reading and no `window`; use `avg` or `rate`, or remove `window`".to_owned(),
+        )),
+        _ => {}
+    }
+}
+
+/// Prometheus's metric names: `[a-zA-Z_:][a-zA-Z0-9_:]*`.
+fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// A receiver's `ca_file`: readable, and holding at least one PEM certificate (the monitor
+/// parses them when it starts; this catches the missing file and the wrong one at `check`).
+fn check_ca_file(file: &str, base_dir: Option<&Path>) -> Result<(), String> {
+    let path = match base_dir {
+        Some(dir) if Path::new(file).is_relative() => dir.join(file),
+        _ => Path::new(file).to_owned(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Ok(()),
+        Ok(_) => Err(format!(
+            "ca_file `{}` holds no PEM certificate",
+            path.display()
+        )),
+        Err(error) => Err(format!("cannot read ca_file `{}`: {error}", path.display())),
     }
 }
 

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alert_history",
         sql: include_str!("../migrations/0003_alert_history.sql"),
     },
+    Migration {
+        version: 4,
+        name: "alert_notified",
+        sql: include_str!("../migrations/0004_alert_notified.sql"),
+    },
 ];
 
 /// Where a migration stands in a database.

@@ -1,11 +1,13 @@
 //! The config's `[alerts]` as rules and alert-manager settings.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use sekisho_config::{AlertDirection, AlertSeverity, Alerts};
+use sekisho_config::{AlertDirection, AlertFunction, AlertSeverity, Alerts};
 
 use crate::manager::{Labels, Receiver, Settings, Severity};
-use crate::rules::{default_rules, Condition, Direction, Rule};
+use crate::rules::{default_rules, Condition, Direction, Rule, Source};
+use crate::series::{Function, Selector};
 
 fn severity(s: AlertSeverity) -> Severity {
     match s {
@@ -24,21 +26,52 @@ pub fn rules(alerts: &Alerts) -> Vec<Rule> {
         .iter()
         .map(|rule| {
             let r = rule.get_ref();
-            let condition = match &r.signal {
-                Some(signal) => Condition::Threshold {
+            let direction = match r.direction {
+                AlertDirection::Above => Direction::Above,
+                AlertDirection::Below => Direction::Below,
+            };
+            let thresholds: BTreeMap<Severity, f64> = r
+                .thresholds()
+                .into_iter()
+                .map(|(s, v)| (severity(s), v))
+                .collect();
+            let window = r.window.as_ref().map_or(Duration::ZERO, |w| w.get_ref().0);
+            let function = match r.function() {
+                AlertFunction::Value => Function::Value,
+                AlertFunction::Avg => Function::Avg(window),
+                AlertFunction::Rate => Function::Rate(window),
+            };
+            let target = r.upstream.clone().or_else(|| r.route.clone());
+            let condition = match (&r.signal, &r.metric) {
+                (Some(signal), _) if function == Function::Value => Condition::Threshold {
                     signal: signal.clone(),
-                    target: r.upstream.clone().or_else(|| r.route.clone()),
-                    direction: match r.direction {
-                        AlertDirection::Above => Direction::Above,
-                        AlertDirection::Below => Direction::Below,
-                    },
-                    thresholds: r
-                        .thresholds()
-                        .into_iter()
-                        .map(|(s, v)| (severity(s), v))
-                        .collect(),
+                    target,
+                    direction,
+                    thresholds,
                 },
-                None => {
+                (Some(signal), _) => Condition::Series {
+                    source: Source::Signal {
+                        signal: signal.clone(),
+                        target,
+                    },
+                    function,
+                    direction,
+                    thresholds,
+                },
+                (None, Some(metric)) => Condition::Series {
+                    source: Source::Metric(Selector {
+                        metric: metric.get_ref().clone(),
+                        matchers: r
+                            .match_labels
+                            .as_ref()
+                            .map(|m| m.get_ref().clone().into_iter().collect())
+                            .unwrap_or_default(),
+                    }),
+                    function,
+                    direction,
+                    thresholds,
+                },
+                (None, None) => {
                     let level = severity(r.severity.unwrap_or(AlertSeverity::Critical));
                     if r.all_of.is_empty() {
                         Condition::AnyOf(r.any_of.clone(), level)

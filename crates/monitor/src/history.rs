@@ -6,14 +6,17 @@
 //! The monitor's cycle says what happened as [`HistoryEvent`]s ([`crate::Monitor::take_history`]);
 //! the binary writes them here in order. An alert that fires while an episode of its
 //! fingerprint is still open (a gateway restarted while it fired) continues that episode, so a
-//! restart does not split one outage in two.
+//! restart does not split one outage in two. With `alert_notified` (what each receiver was
+//! told), the open episodes are also what a restarted monitor puts back (`restore.rs`).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use sekisho_db::sqlx::{self, any::AnyRow, Row};
 use sekisho_db::{Database, DbError};
 
 use crate::manager::{Labels, Severity};
+use crate::restore::{RestoredAlert, Told};
 
 /// What happened to an alert, for the history.
 #[derive(Debug, Clone, PartialEq)]
@@ -341,6 +344,124 @@ impl History {
         .await?;
         Ok(done.rows_affected())
     }
+}
+
+impl History {
+    /// Records what a notification told a receiver (see `restore.rs`): `firing` is remembered
+    /// with its severity, `resolved` forgets.
+    pub async fn record_told(&self, told: &Told, at: i64) -> Result<(), DbError> {
+        let pool = self.database.pool();
+        match told {
+            Told::Firing {
+                fingerprint,
+                receiver,
+                severity,
+            } => {
+                sqlx::query(
+                    "INSERT INTO alert_notified (fingerprint, receiver, severity, updated_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (fingerprint, receiver) \
+                     DO UPDATE SET severity = excluded.severity, updated_at = excluded.updated_at",
+                )
+                .bind(fingerprint)
+                .bind(receiver)
+                .bind(severity.as_str())
+                .bind(at)
+                .execute(pool)
+                .await?;
+            }
+            Told::Resolved {
+                fingerprint,
+                receiver,
+            } => {
+                sqlx::query("DELETE FROM alert_notified WHERE fingerprint = $1 AND receiver = $2")
+                    .bind(fingerprint)
+                    .bind(receiver)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The alerts a previous run knew (see `restore.rs`): each open episode, with the receivers
+    /// that were told it fires; and each alert a receiver still believes firing whose episode
+    /// has closed, as resolved. What a receiver believes of an alert with no episode left (its
+    /// history removed) is forgotten.
+    pub async fn restorable(&self) -> Result<Vec<RestoredAlert>, DbError> {
+        let pool = self.database.pool();
+        let mut told: BTreeMap<String, BTreeMap<String, Severity>> = BTreeMap::new();
+        let rows = sqlx::query("SELECT fingerprint, receiver, severity FROM alert_notified")
+            .fetch_all(pool)
+            .await?;
+        for row in &rows {
+            let fingerprint: String = row.try_get(0)?;
+            let receiver: String = row.try_get(1)?;
+            let severity: String = row.try_get(2)?;
+            if let Some(severity) = Severity::parse(&severity) {
+                told.entry(fingerprint)
+                    .or_default()
+                    .insert(receiver, severity);
+            }
+        }
+        let open = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM alert_history WHERE resolved_at IS NULL ORDER BY id"
+        ))
+        .fetch_all(pool)
+        .await?;
+        let mut restored = Vec::new();
+        for row in &open {
+            let episode = entry(row)?;
+            let told = told.remove(&episode.fingerprint).unwrap_or_default();
+            restored.extend(restored_alert(episode, told));
+        }
+        // Believed firing, but no open episode: it cleared before its `resolved` was written.
+        for (fingerprint, receivers) in told {
+            let latest = sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM alert_history WHERE fingerprint = $1 \
+                 ORDER BY id DESC LIMIT 1"
+            ))
+            .bind(&fingerprint)
+            .fetch_optional(pool)
+            .await?;
+            match latest {
+                Some(row) => restored.extend(restored_alert(entry(&row)?, receivers)),
+                None => {
+                    sqlx::query("DELETE FROM alert_notified WHERE fingerprint = $1")
+                        .bind(&fingerprint)
+                        .execute(pool)
+                        .await?;
+                }
+            }
+        }
+        Ok(restored)
+    }
+}
+
+/// An episode as an alert to put back; `None` when it cannot be read back or, resolved, no
+/// receiver is owed its `resolved`.
+fn restored_alert(
+    episode: HistoryEntry,
+    told: BTreeMap<String, Severity>,
+) -> Option<RestoredAlert> {
+    if episode.resolved_at.is_some() && told.is_empty() {
+        return None;
+    }
+    let map =
+        |value: serde_json::Value| -> Labels { serde_json::from_value(value).unwrap_or_default() };
+    let labels = map(episode.labels);
+    if labels.is_empty() {
+        return None;
+    }
+    Some(RestoredAlert {
+        fingerprint: episode.fingerprint,
+        labels,
+        annotations: map(episode.annotations),
+        severity: Severity::parse(&episode.severity)?,
+        fired_at: episode.fired_at,
+        resolved_at: episode.resolved_at,
+        acked: episode.acked_at.is_some(),
+        told,
+    })
 }
 
 fn entry(row: &AnyRow) -> Result<HistoryEntry, sqlx::Error> {

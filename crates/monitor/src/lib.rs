@@ -1,30 +1,36 @@
 //! sekisho-monitor: what the gateway tells operators, and when — and that it was told.
 //!
-//! The alert rules over signals ([`Evaluator`], with the seeds' [`default_rules`]) and the alert
+//! The alert rules over signals and over any exported metric ([`Evaluator`], [`series`], with
+//! the seeds' [`default_rules`]) and the alert
 //! manager's state machine ([`AlertManager`]), with Alertmanager's semantics — no I/O and no
 //! clock of their own: each evaluation's [`AlertState`]s go to [`AlertManager::observe`], and
 //! each [`AlertManager::flush`] says which notifications are due now, per receiver.
 //! [`Monitor::cycle`] turns those into one [`Delivery`] per channel ([`channels`]: webhook,
 //! Alertmanager, Slack, Discord; [`email`]: SMTP); the [`Outbox`] writes each to the database before anything is
-//! sent, and [`worker::run`] delivers them, with retries, order per group, and a delivery log.
+//! sent, and [`worker::run`] delivers them (over [`https::Clients`]), with retries, order per
+//! group, and a delivery log.
 //! [`probes`] and [`Vitals`] give the signals that need I/O; [`metrics`] the monitor's own
 //! series for `/metrics`. [`History`] keeps each alert's
-//! episodes (fired, acknowledged, resolved) in the database, with statistics.
+//! episodes (fired, acknowledged, resolved) in the database, with statistics, and [`restore`]
+//! puts back after a restart the alerts that fired and what each receiver was told.
 //!
 //! What it refuses to do: send a notification that is not a row first, or know the gateway
-//! (the binary hands it the gateway's figures as [`Signals`]). Not yet: HTTPS
-//! receivers (issue 16).
+//! (the binary hands it the gateway's figures as [`Signals`]), or send to an `https://` receiver
+//! whose certificate does not verify ([`https`]).
 
 pub mod channels;
 pub mod email;
 pub mod from_config;
 pub mod history;
+pub mod https;
 mod manager;
 pub mod metrics;
 pub mod outbox;
 pub mod probes;
+pub mod restore;
 mod rules;
 mod run;
+pub mod series;
 pub mod worker;
 
 pub use channels::Channel;
@@ -34,5 +40,9 @@ pub use manager::{
     Settings, Severity, Silence, Status,
 };
 pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth, Tally};
-pub use rules::{default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals};
+pub use restore::{RestoredAlert, Told};
+pub use rules::{
+    default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals, Source,
+};
 pub use run::{receiver_channels, Delivery, Monitor, MonitorFigures, Vitals};
+pub use series::{Function, Sample, Selector};

@@ -40,6 +40,17 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// The severity named `name` (as [`Severity::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "info" => Some(Self::Info),
+            "warning" => Some(Self::Warning),
+            "critical" => Some(Self::Critical),
+            "emergency" => Some(Self::Emergency),
+            _ => None,
+        }
+    }
+
     /// The lower-case name used in labels and payloads.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -293,6 +304,42 @@ impl AlertManager {
             (None, _) => {}
         }
         fingerprint
+    }
+
+    /// Puts back an alert a previous run knew (`restore.rs`): firing since `starts_at`, or
+    /// resolved at `ends_at`, and believed firing at a severity by the receivers of `told` —
+    /// so a flush tells them only what changed (a `resolved` for one that cleared), and tells
+    /// the others what they never heard.
+    pub fn restore(
+        &mut self,
+        alert: &crate::restore::RestoredAlert,
+        times: (Instant, Option<Instant>),
+        now: Instant,
+    ) {
+        let fingerprint = alert.fingerprint.clone();
+        let key = self.group_key(&alert.labels);
+        self.alerts.insert(
+            fingerprint.clone(),
+            Alert {
+                labels: alert.labels.clone(),
+                annotations: alert.annotations.clone(),
+                severity: alert.severity,
+                starts_at: times.0,
+                ends_at: times.1,
+                acked: alert.acked,
+            },
+        );
+        let group = self.groups.entry(key).or_default();
+        group.members.insert(fingerprint.clone());
+        group.created.get_or_insert(now);
+        for (receiver, severity) in &alert.told {
+            group
+                .told
+                .entry(receiver.clone())
+                .or_insert_with(|| (BTreeMap::new(), now))
+                .0
+                .insert(fingerprint.clone(), Some(*severity));
+        }
     }
 
     /// The severity of the alert `fingerprint` while it fires; `None` when it does not.

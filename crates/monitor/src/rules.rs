@@ -11,12 +11,20 @@
 //! value under every threshold clears the alert. A **compound rule** fires at its own severity
 //! while all (`all_of`) or any (`any_of`) of the named threshold rules fire, on any target.
 //!
+//! A threshold rule may also watch a **metric**: every series of the gateway's exposition with a
+//! given name and labels ([`Source::Metric`], `series.rs`), one alert per series, its target the
+//! series' labels. What is compared is the latest reading, or — with a window — the readings'
+//! mean (`avg`) or a counter's per-second increase (`rate`) over it ([`Function`]); a signal
+//! may take a window too (the contract's `upstream_error_rate` over `window = "30s"`).
+//!
 //! [`Evaluator::evaluate`] returns every alert's state for [`crate::AlertManager::observe`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::manager::{Labels, Severity};
+use crate::series::{series_target, Function, Readings, Sample, Selector};
 
 /// Figures by (signal, target), as one evaluation found them.
 pub type Signals = HashMap<(String, String), f64>;
@@ -30,10 +38,37 @@ pub enum Direction {
     Below,
 }
 
+/// Where a [`Condition::Series`] reads.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A signal, for one target or every target that has it.
+    Signal {
+        /// The signal's name.
+        signal: String,
+        /// One target, or every target.
+        target: Option<String>,
+    },
+    /// Every series of the gateway's exposition the selector matches (one alert each).
+    Metric(Selector),
+}
+
 /// What a rule watches.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
-    /// One signal against thresholds.
+    /// A signal's or a metric's readings, through a function (the latest, the mean or the
+    /// rate over a window), against thresholds.
+    Series {
+        /// What is read.
+        source: Source,
+        /// What is compared.
+        function: Function,
+        /// Which way counts as worse.
+        direction: Direction,
+        /// Threshold per severity (any subset).
+        thresholds: BTreeMap<Severity, f64>,
+    },
+    /// One signal's latest value against thresholds (a [`Condition::Series`] of a signal with
+    /// [`Function::Value`]).
     Threshold {
         /// The signal's name.
         signal: String,
@@ -198,13 +233,80 @@ struct Pending {
     since: Instant,
     /// The severity it fires at (after `for`).
     firing: Option<Severity>,
+    /// Evaluations left in which its target may be missing without clearing it: an alert put
+    /// back after a restart, whose signal may need a reading or two before it reappears (a
+    /// CPU share is a difference of two readings); 0 once seen.
+    grace: u32,
 }
 
-/// Evaluates rules over signals, keeping each alert's `for` timing.
+/// How many evaluations an alert put back after a restart waits for its target to reappear.
+const RESTORED_GRACE: u32 = 3;
+
+/// Evaluates rules over signals and metrics, keeping each alert's `for` timing and each
+/// windowed rule's readings.
 #[derive(Debug, Default)]
 pub struct Evaluator {
     rules: Vec<Rule>,
     pending: HashMap<(String, String), Pending>,
+    /// Readings by (rule, target), for the rules with a window.
+    readings: HashMap<(String, String), Readings>,
+}
+
+/// A threshold rule's parts, whichever its condition's shape (borrowed: evaluated every
+/// cycle, for every rule).
+struct Watch<'a> {
+    source: SourceRef<'a>,
+    function: Function,
+    direction: Direction,
+    thresholds: &'a BTreeMap<Severity, f64>,
+}
+
+/// A [`Source`], borrowed.
+enum SourceRef<'a> {
+    Signal {
+        signal: &'a str,
+        target: Option<&'a str>,
+    },
+    Metric(&'a Selector),
+}
+
+impl Condition {
+    fn watch(&self) -> Option<Watch<'_>> {
+        match self {
+            Self::Series {
+                source,
+                function,
+                direction,
+                thresholds,
+            } => Some(Watch {
+                source: match source {
+                    Source::Signal { signal, target } => SourceRef::Signal {
+                        signal,
+                        target: target.as_deref(),
+                    },
+                    Source::Metric(selector) => SourceRef::Metric(selector),
+                },
+                function: *function,
+                direction: *direction,
+                thresholds,
+            }),
+            Self::Threshold {
+                signal,
+                target,
+                direction,
+                thresholds,
+            } => Some(Watch {
+                source: SourceRef::Signal {
+                    signal,
+                    target: target.as_deref(),
+                },
+                function: Function::Value,
+                direction: *direction,
+                thresholds,
+            }),
+            Self::AllOf(..) | Self::AnyOf(..) => None,
+        }
+    }
 }
 
 impl Evaluator {
@@ -213,13 +315,63 @@ impl Evaluator {
         Self {
             rules,
             pending: HashMap::new(),
+            readings: HashMap::new(),
         }
     }
 
+    /// Puts back an alert of rule `name` on `target` that fired at `severity` before a restart:
+    /// its `for` is behind it, so a condition still true goes on firing, and one no longer true
+    /// clears at the next evaluation (a target still missing after a few evaluations too).
+    /// False when no rule has that name any more.
+    pub fn restore(&mut self, name: &str, target: &str, severity: Severity, now: Instant) -> bool {
+        if !self.rules.iter().any(|rule| rule.name == name) {
+            return false;
+        }
+        self.pending.insert(
+            (name.to_owned(), target.to_owned()),
+            Pending {
+                crossed: severity,
+                since: now,
+                firing: Some(severity),
+                grace: RESTORED_GRACE,
+            },
+        );
+        true
+    }
+
+    /// Whether some rule watches a metric (so the caller need not read the exposition
+    /// otherwise).
+    pub fn watches_metrics(&self) -> bool {
+        self.rules.iter().any(|rule| {
+            matches!(
+                &rule.condition,
+                Condition::Series {
+                    source: Source::Metric(_),
+                    ..
+                }
+            )
+        })
+    }
+
     /// The alerts to tell the manager at `now`: those firing, and those that fired until now and
-    /// have cleared (once each); nothing for an alert still within its `for`.
+    /// have cleared (once each); nothing for an alert still within its `for`. Rules over
+    /// metrics see no series (see [`Evaluator::evaluate_with`]).
     pub fn evaluate(&mut self, signals: &Signals, now: Instant) -> Vec<AlertState> {
+        self.evaluate_with(signals, &[], now)
+    }
+
+    /// As [`Evaluator::evaluate`], with the samples of the gateway's exposition for the rules
+    /// over metrics.
+    pub fn evaluate_with(
+        &mut self,
+        signals: &Signals,
+        samples: &[Sample],
+        now: Instant,
+    ) -> Vec<AlertState> {
         let mut out = Vec::new();
+        let mut sampled: HashSet<(String, String)> = HashSet::new();
+        // One rule's readings (target, raw value), the buffer reused from rule to rule.
+        let mut raw: Vec<(Cow<'_, str>, f64)> = Vec::new();
         let mut seen = HashSet::new();
         let mut firing_rules: HashSet<String> = HashSet::new();
         // The signals by name, once: each rule then looks only at its own signal's targets
@@ -232,44 +384,100 @@ impl Evaluator {
                 .push((who, *value));
         }
         for rule in &self.rules {
-            let Condition::Threshold {
-                signal,
-                target,
-                direction,
-                thresholds,
-            } = &rule.condition
-            else {
+            let Some(watch) = rule.condition.watch() else {
                 continue;
             };
-            let Some(targets) = by_name.get(signal.as_str()) else {
-                continue;
-            };
-            for &(who, value) in targets {
-                if target.as_ref().is_some_and(|t| t != who) {
-                    continue;
+            // The readings: (target, raw value).
+            // Plain loops: this runs for every rule every cycle (see the rules benchmark).
+            raw.clear();
+            match watch.source {
+                SourceRef::Signal { signal, target } => {
+                    for &(who, value) in by_name.get(signal).map_or(&[][..], Vec::as_slice) {
+                        if target.is_none_or(|t| t == who.as_str()) {
+                            raw.push((Cow::Borrowed(who.as_str()), value));
+                        }
+                    }
                 }
-                let crossed = thresholds
+                SourceRef::Metric(selector) => {
+                    for sample in samples {
+                        if selector.matches(sample) {
+                            raw.push((Cow::Owned(series_target(sample)), sample.value));
+                        }
+                    }
+                }
+            }
+            for (who, raw_value) in raw.drain(..) {
+                let key = (rule.name.clone(), who.as_ref().to_owned());
+                let value = match watch.function {
+                    Function::Value => Some(raw_value),
+                    function => {
+                        sampled.insert(key.clone());
+                        self.readings
+                            .entry(key.clone())
+                            .or_default()
+                            .push(now, raw_value, function)
+                    }
+                };
+                // A rate's first reading: nothing to compare yet, but the target is there.
+                seen.insert(key.clone());
+                let Some(value) = value else {
+                    continue;
+                };
+                let crossed = watch
+                    .thresholds
                     .iter()
-                    .filter(|(_, limit)| match direction {
+                    .filter(|(_, limit)| match watch.direction {
                         Direction::Above => value >= **limit,
                         Direction::Below => value <= **limit,
                     })
                     .map(|(severity, _)| *severity)
                     .max();
-                let key = (rule.name.clone(), who.clone());
-                seen.insert(key.clone());
                 let stepped = step(&mut self.pending, key, crossed, rule.for_, now);
                 if let Step::Firing(_) = stepped {
                     firing_rules.insert(rule.name.clone());
                 }
-                out.extend(state(rule, who, Some(value), stepped));
+                out.extend(state(rule, &who, Some(value), stepped));
+            }
+        }
+        // The readings of a series (or target) that is gone go with it.
+        self.readings.retain(|key, _| sampled.contains(key));
+        // A target that vanished from the signals: its alert clears (after its grace, for one
+        // put back by a restart, which meanwhile still counts as firing for compound rules).
+        let compound = |name: &str| {
+            self.rules.iter().any(|r| {
+                r.name == name && matches!(r.condition, Condition::AllOf(..) | Condition::AnyOf(..))
+            })
+        };
+        let gone: Vec<_> = self
+            .pending
+            .keys()
+            .filter(|key| !seen.contains(*key) && !compound(&key.0))
+            .cloned()
+            .collect();
+        for key in gone {
+            if let Some(pending) = self.pending.get_mut(&key) {
+                if pending.grace > 0 {
+                    pending.grace -= 1;
+                    if pending.firing.is_some() {
+                        firing_rules.insert(key.0.clone());
+                    }
+                    continue;
+                }
+            }
+            if let (Some(pending), Some(rule)) = (
+                self.pending.remove(&key),
+                self.rules.iter().find(|r| r.name == key.0),
+            ) {
+                if pending.firing.is_some() {
+                    out.extend(state(rule, &key.1, None, Step::Cleared));
+                }
             }
         }
         for rule in &self.rules {
             let (names, own, all) = match &rule.condition {
                 Condition::AllOf(names, severity) => (names, *severity, true),
                 Condition::AnyOf(names, severity) => (names, *severity, false),
-                Condition::Threshold { .. } => continue,
+                Condition::Threshold { .. } | Condition::Series { .. } => continue,
             };
             let holds = if all {
                 names.iter().all(|n| firing_rules.contains(n))
@@ -280,23 +488,6 @@ impl Evaluator {
             seen.insert(key.clone());
             let stepped = step(&mut self.pending, key, holds.then_some(own), rule.for_, now);
             out.extend(state(rule, "gateway", None, stepped));
-        }
-        // A target that vanished from the signals: its alert clears.
-        let gone: Vec<_> = self
-            .pending
-            .keys()
-            .filter(|key| !seen.contains(*key))
-            .cloned()
-            .collect();
-        for key in gone {
-            if let (Some(pending), Some(rule)) = (
-                self.pending.remove(&key),
-                self.rules.iter().find(|r| r.name == key.0),
-            ) {
-                if pending.firing.is_some() {
-                    out.extend(state(rule, &key.1, None, Step::Cleared));
-                }
-            }
         }
         out
     }
@@ -331,7 +522,9 @@ fn step(
         crossed,
         since: now,
         firing: None,
+        grace: 0,
     });
+    entry.grace = 0;
     if crossed != entry.crossed {
         entry.crossed = crossed;
         entry.since = now;

@@ -12,6 +12,7 @@ use crate::email::Email;
 use crate::history::HistoryEvent;
 use crate::manager::{AlertManager, Notification, Severity, Status};
 use crate::outbox::QueueDepth;
+use crate::restore::{RestoredAlert, Told};
 use crate::rules::{Evaluator, Signals};
 
 /// One notification on its way to one channel of a receiver.
@@ -45,6 +46,8 @@ pub struct Monitor {
     anchor: (Instant, SystemTime),
     /// What happened to alerts since the last [`Monitor::take_history`].
     history: Vec<HistoryEvent>,
+    /// What notifications told receivers since the last [`Monitor::take_told`].
+    told: Vec<Told>,
     /// The last cycle: when (Unix ms) and how long it took.
     last_run: Option<(i64, std::time::Duration)>,
     /// The outbox as the last cycle's probe found it.
@@ -105,6 +108,7 @@ impl Monitor {
             channels,
             anchor: (now, SystemTime::now()),
             history: Vec::new(),
+            told: Vec::new(),
             last_run: None,
             queue: QueueDepth::default(),
         }
@@ -114,6 +118,65 @@ impl Monitor {
     /// order, for the history (`history.rs`).
     pub fn take_history(&mut self) -> Vec<HistoryEvent> {
         std::mem::take(&mut self.history)
+    }
+
+    /// What the notifications of the cycles since the last call told each receiver, in order
+    /// (`restore.rs`): to be written once those notifications are in the outbox.
+    pub fn take_told(&mut self) -> Vec<Told> {
+        std::mem::take(&mut self.told)
+    }
+
+    /// Puts back the alerts a previous run knew ([`crate::History::restorable`]), before the
+    /// first cycle: each firing one to the alert manager (with what each receiver was told)
+    /// and to the rules' evaluator (its `for` behind it); one whose rule is gone resolves now.
+    /// A resolved one (cleared while the gateway was down) only to the manager, whose next
+    /// flush tells its receivers.
+    pub fn restore(&mut self, alerts: &[RestoredAlert], now: Instant) {
+        for alert in alerts {
+            // A receiver the config no longer has is owed nothing: forget what it was told.
+            let (told, gone): (BTreeMap<_, _>, BTreeMap<_, _>) = alert
+                .told
+                .iter()
+                .map(|(receiver, severity)| (receiver.clone(), *severity))
+                .partition(|(receiver, _)| self.channels.contains_key(receiver));
+            self.told
+                .extend(gone.into_keys().map(|receiver| Told::Resolved {
+                    fingerprint: alert.fingerprint.clone(),
+                    receiver,
+                }));
+            if alert.resolved_at.is_some() && told.is_empty() {
+                continue;
+            }
+            let alert = &RestoredAlert {
+                told,
+                ..alert.clone()
+            };
+            let starts_at = self.instant(alert.fired_at, now);
+            let ends_at = alert.resolved_at.map(|at| self.instant(at, now));
+            self.manager.restore(alert, (starts_at, ends_at), now);
+            if alert.resolved_at.is_some() {
+                continue;
+            }
+            let label = |name: &str| alert.labels.get(name).map_or("", String::as_str);
+            let known =
+                self.evaluator
+                    .restore(label("alertname"), label("target"), alert.severity, now);
+            if !known {
+                self.history.push(HistoryEvent::Resolved {
+                    fingerprint: alert.fingerprint.clone(),
+                    at: self.unix_millis(now),
+                });
+                self.manager
+                    .observe(alert.labels.clone(), alert.annotations.clone(), None, now);
+            }
+        }
+    }
+
+    /// The instant of `unix_ms` on the monotonic clock (`now` if before the clock's start).
+    fn instant(&self, unix_ms: i64, now: Instant) -> Instant {
+        let at = self.unix_millis(now);
+        let ago = std::time::Duration::from_millis(u64::try_from(at - unix_ms).unwrap_or(0));
+        now.checked_sub(ago).unwrap_or(now)
     }
 
     /// `at` as Unix milliseconds.
@@ -137,12 +200,30 @@ impl Monitor {
         &mut self.manager
     }
 
-    /// One cycle at `now`: the deliveries due, one per notification and channel.
+    /// One cycle at `now`: the deliveries due, one per notification and channel. Rules over
+    /// metrics see no series (see [`Monitor::cycle_with`]).
     pub fn cycle(&mut self, signals: &Signals, now: Instant) -> Vec<Delivery> {
+        self.cycle_with(signals, "", now)
+    }
+
+    /// As [`Monitor::cycle`], with the gateway's Prometheus text exposition (what `/metrics`
+    /// serves) for the rules over metrics.
+    pub fn cycle_with(
+        &mut self,
+        signals: &Signals,
+        exposition: &str,
+        now: Instant,
+    ) -> Vec<Delivery> {
         let started = Instant::now();
-        let deliveries = self.cycle_inner(signals, now);
+        let samples = crate::series::parse_exposition(exposition);
+        let deliveries = self.cycle_inner(signals, &samples, now);
         self.last_run = Some((self.unix_millis(now), started.elapsed()));
         deliveries
+    }
+
+    /// Whether some rule watches a metric: only then is the exposition worth encoding.
+    pub fn watches_metrics(&self) -> bool {
+        self.evaluator.watches_metrics()
     }
 
     /// Notes the outbox's depth (the binary's probe), for the metrics.
@@ -176,9 +257,14 @@ impl Monitor {
         }
     }
 
-    fn cycle_inner(&mut self, signals: &Signals, now: Instant) -> Vec<Delivery> {
+    fn cycle_inner(
+        &mut self,
+        signals: &Signals,
+        samples: &[crate::series::Sample],
+        now: Instant,
+    ) -> Vec<Delivery> {
         let at = self.unix_millis(now);
-        for state in self.evaluator.evaluate(signals, now) {
+        for state in self.evaluator.evaluate_with(signals, samples, now) {
             let fingerprint = crate::manager::fingerprint(&state.labels);
             let before = self.manager.firing_severity(&fingerprint);
             let event = match (before, state.severity) {
@@ -202,6 +288,24 @@ impl Monitor {
                 .observe(state.labels, state.annotations, state.severity, now);
         }
         let notes = self.manager.flush(now);
+        for note in &notes {
+            if !self.channels.contains_key(&note.receiver) {
+                continue;
+            }
+            for alert in &note.alerts {
+                self.told.push(match alert.status {
+                    Status::Firing => Told::Firing {
+                        fingerprint: alert.fingerprint.clone(),
+                        receiver: note.receiver.clone(),
+                        severity: alert.severity,
+                    },
+                    Status::Resolved => Told::Resolved {
+                        fingerprint: alert.fingerprint.clone(),
+                        receiver: note.receiver.clone(),
+                    },
+                });
+            }
+        }
         let date = |at: Instant| self.rfc3339(at);
         let mut deliveries = Vec::new();
         for note in notes {

@@ -1,6 +1,7 @@
-//! The outbox's delivery worker: claims due rows, POSTs each to its receiver (or, for an
-//! e-mail row, sends it over SMTP) concurrently (up to the settings' concurrency), and records
-//! the outcome; every gateway runs one, on SQLite
+//! The outbox's delivery worker: claims due rows, POSTs each to its receiver over HTTP or HTTPS
+//! (`https.rs`: the system's CA store and the receiver's `ca_file`) or, for an e-mail row, sends
+//! it over SMTP, concurrently (up to the settings' concurrency), and records the outcome; every
+//! gateway runs one, on SQLite
 //! or PostgreSQL alike. It sleeps until a row is written here, an attempt finishes, or the
 //! earliest pending row is due (at most [`POLL`], to see rows other gateways wrote).
 
@@ -8,14 +9,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use sekisho_db::now_millis;
 use tokio::task::JoinSet;
 
 use crate::channels::Channel;
 use crate::email::Email;
+use crate::https::{Clients, DeliveryClient};
 use crate::outbox::{Claimed, Counted, Outbox};
 
 /// The longest sleep between two looks at the queue.
@@ -24,9 +23,6 @@ pub const POLL: Duration = Duration::from_secs(1);
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often finished rows past their retention are removed.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
-
-/// The HTTP client of the deliveries.
-pub type DeliveryClient = Client<HttpConnector, Full<Bytes>>;
 
 /// What one attempt came to.
 #[derive(Debug)]
@@ -39,11 +35,21 @@ enum Outcome {
     },
 }
 
-/// Delivers the outbox's rows until the task is dropped or aborted.
+/// Delivers the outbox's rows until the task is dropped or aborted, trusting the system's CA
+/// store for `https://` receivers (see [`run_with`] for receivers with a `ca_file`).
 pub async fn run(outbox: Outbox) {
-    let client: DeliveryClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build_http();
+    match Clients::system() {
+        Ok(clients) => run_with(outbox, clients).await,
+        // Nothing is lost: the rows wait in the outbox for a worker that can send them.
+        Err(error) => {
+            tracing::error!(%error, "cannot make the delivery client; nothing will be delivered")
+        }
+    }
+}
+
+/// Delivers the outbox's rows with `clients` (each receiver's trust) until the task is dropped
+/// or aborted.
+pub async fn run_with(outbox: Outbox, clients: Clients) {
     let concurrency = outbox.settings().concurrency.max(1);
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut last_purge: Option<Instant> = None;
@@ -73,7 +79,7 @@ pub async fn run(outbox: Outbox) {
         let full = !claimed.is_empty() && claimed.len() == room;
         for row in claimed {
             let outbox = outbox.clone();
-            let client = client.clone();
+            let client = clients.for_receiver(&row.receiver).clone();
             in_flight.spawn(async move { attempt(&outbox, &client, row).await });
         }
         if full {
@@ -170,13 +176,6 @@ async fn post(client: &DeliveryClient, row: &Claimed) -> Outcome {
         status,
         permanent,
     };
-    if row.url.starts_with("https:") {
-        return failed(
-            "https receivers are not supported yet (no TLS client in sekisho-monitor)".to_owned(),
-            None,
-            true,
-        );
-    }
     let request = match http::Request::post(row.url.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header("x-sekisho-notification-id", row.id.to_string())

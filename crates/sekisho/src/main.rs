@@ -299,6 +299,18 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
         }
         None => None,
     };
+    // The receivers' trust (the system's CA store, each `ca_file`), read once; `check` has
+    // read the files already, so a failure here is a file changed since.
+    let delivery_clients = match &outbox {
+        Some(_) => Some(
+            sekisho_monitor::https::Clients::from_config(
+                &gateway.config().alerts,
+                config_path.as_deref().and_then(Path::parent),
+            )
+            .context("cannot prepare the notification channels")?,
+        ),
+        None => None,
+    };
     if let Some(monitor) = &alerting {
         admin = admin.with_alerts(std::sync::Arc::clone(monitor));
     }
@@ -327,7 +339,8 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
     });
     let delivery_task = outbox
         .clone()
-        .map(|outbox| tokio::spawn(sekisho_monitor::worker::run(outbox)));
+        .zip(delivery_clients)
+        .map(|(outbox, clients)| tokio::spawn(sekisho_monitor::worker::run_with(outbox, clients)));
     let data_dir = sekisho_db::data_dir(
         &gateway.config().store,
         config_path.as_deref().and_then(Path::parent),

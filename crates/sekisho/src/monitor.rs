@@ -1,4 +1,5 @@
-//! `run`'s alerting task: the gateway's figures and the host's vitals as signals, evaluated by
+//! `run`'s alerting task: the gateway's figures and the host's vitals as signals (and its
+//! metrics exposition, for rules over metrics), evaluated by
 //! `sekisho-monitor`, each notification written to the outbox (whose worker sends it) and what
 //! happened to each alert to the alert history.
 
@@ -28,6 +29,28 @@ pub(crate) async fn monitor(
     // History events the database refused, written again next cycle, in order.
     let mut history_backlog: std::collections::VecDeque<sekisho_monitor::HistoryEvent> =
         std::collections::VecDeque::new();
+    // What the last run knew: the alerts firing and what each receiver was told, so that a
+    // restart neither announces them again nor forgets a `resolved` (`restore.rs`).
+    match history.restorable().await {
+        Ok(alerts) => {
+            if !alerts.is_empty() {
+                tracing::info!(
+                    alerts = alerts.len(),
+                    "alert state of the last run restored"
+                );
+            }
+            shared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .restore(&alerts, std::time::Instant::now());
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the last run's alert state; alerts still firing will be announced again");
+        }
+    }
+    // What notifications told receivers, written once their rows are in the outbox.
+    let mut told_backlog: std::collections::VecDeque<sekisho_monitor::Told> =
+        std::collections::VecDeque::new();
     let mut vitals = sekisho_monitor::Vitals::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -51,12 +74,31 @@ pub(crate) async fn monitor(
                 );
             }
         }
+        // Rules over metrics read the gateway's exposition (what `/metrics` serves), encoded
+        // only when some rule watches a metric, and the monitor's own series after it.
+        let watches_metrics = shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .watches_metrics();
+        let mut exposition = if watches_metrics {
+            gateway.encode_metrics()
+        } else {
+            String::new()
+        };
         let (due, happened) = {
             let mut monitor = shared.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(depth) = depth {
                 monitor.note_queue(depth);
             }
-            let due = monitor.cycle(&signals, std::time::Instant::now());
+            if watches_metrics {
+                exposition.push_str(&sekisho_monitor::metrics::encode(
+                    &monitor,
+                    Some(&outbox),
+                    false,
+                ));
+            }
+            let due = monitor.cycle_with(&signals, &exposition, std::time::Instant::now());
+            told_backlog.extend(monitor.take_told());
             (due, monitor.take_history())
         };
         history_backlog.extend(happened);
@@ -101,6 +143,25 @@ pub(crate) async fn monitor(
             if let Some(lost) = backlog.pop_front() {
                 tracing::error!(receiver = %lost.receiver, group = %lost.group_key, "notification dropped: the outbox has been unwritable too long");
             }
+        }
+        // Only once every notification so far is a row: a kill before then repeats a
+        // notification after the restart rather than losing it.
+        while backlog.is_empty() {
+            let Some(told) = told_backlog.front() else {
+                break;
+            };
+            match history.record_told(told, sekisho_db::now_millis()).await {
+                Ok(()) => {
+                    told_backlog.pop_front();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record what receivers were told; retrying next cycle");
+                    break;
+                }
+            }
+        }
+        while told_backlog.len() > BACKLOG {
+            told_backlog.pop_front();
         }
     }
 }

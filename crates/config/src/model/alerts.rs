@@ -238,6 +238,30 @@ pub enum AlertDirection {
     Below,
 }
 
+/// What a threshold rule compares with its thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertFunction {
+    /// The latest reading.
+    Value,
+    /// The mean of the readings within `window`.
+    Avg,
+    /// The per-second increase over `window` of a counter (a fall is a reset, as Prometheus's
+    /// `rate` takes it).
+    Rate,
+}
+
+impl AlertFunction {
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Value => "value",
+            Self::Avg => "avg",
+            Self::Rate => "rate",
+        }
+    }
+}
+
 /// `[[alerts.rules]]`: a threshold rule over a signal, or a compound rule over other rules.
 #[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -247,15 +271,32 @@ pub struct AlertRule {
     /// The signal watched (a threshold rule); see [`SIGNALS`].
     #[serde(default)]
     pub signal: Option<String>,
+    /// A series of the gateway's `/metrics` watched instead of a signal (a threshold rule), by
+    /// its sample name as the text exposition writes it (`sekisho_requests_total`): one alert
+    /// per series that matches `match`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub metric: Option<Spanned<String>>,
+    /// With `metric`: the labels a series must have, with these values.
+    #[serde(default, rename = "match")]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub match_labels: Option<Spanned<BTreeMap<String, String>>>,
+    /// What is compared with the thresholds: the latest reading (`value`, the default without
+    /// `window`), the readings' mean over `window` (`avg`, the default with one), or the
+    /// per-second increase of a counter over `window` (`rate`).
+    #[serde(default)]
+    #[schemars(with = "Option<AlertFunction>")]
+    pub function: Option<Spanned<AlertFunction>>,
     /// Only this upstream (for upstream signals).
     #[serde(default)]
     pub upstream: Option<String>,
     /// Only this route (for route signals).
     #[serde(default)]
     pub route: Option<String>,
-    /// The window a rate or percentile is taken over.
+    /// The window `avg` and `rate` are taken over.
     #[serde(default)]
-    pub window: Option<NonZeroDuration>,
+    #[schemars(with = "Option<NonZeroDuration>")]
+    pub window: Option<Spanned<NonZeroDuration>>,
     /// Which way is worse.
     #[serde(default)]
     pub direction: AlertDirection,
@@ -292,6 +333,15 @@ pub struct AlertRule {
 }
 
 impl AlertRule {
+    /// What it compares: `function`, or `avg` with a `window` and `value` without.
+    pub fn function(&self) -> AlertFunction {
+        match (&self.function, &self.window) {
+            (Some(function), _) => *function.get_ref(),
+            (None, Some(_)) => AlertFunction::Avg,
+            (None, None) => AlertFunction::Value,
+        }
+    }
+
     /// The thresholds given, by severity.
     pub fn thresholds(&self) -> Vec<(AlertSeverity, f64)> {
         [
@@ -347,6 +397,13 @@ pub struct AlertReceiver {
     /// E-mail over SMTP.
     #[serde(default)]
     pub email: Option<EmailReceiver>,
+    /// A PEM file of CA certificates its `https://` URLs (webhook, alertmanager, slack,
+    /// discord) are also trusted with, besides the system's store (a private receiver's own CA);
+    /// relative to the config file's directory. Certificates are always verified, and their name
+    /// checked against the URL's host.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub ca_file: Option<Spanned<String>>,
     /// Alerts below this severity do not reach it.
     #[serde(default = "default_min_severity")]
     pub min_severity: AlertSeverity,

@@ -1,0 +1,135 @@
+//! Alert rules over any exported metric (issue 16): a rule on the per-second rate of
+//! `sekisho_requests_total` for one route's 5xx answers, over a window, fires to a real webhook
+//! receiver while the upstream's errors pass through the gateway, and resolves once they stop —
+//! the real binary, its `/metrics` exposition read back by the monitor every cycle.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sekisho_load::ChaosState;
+use sekisho_testkit::{chaos_upstream, client, send, try_send, Sekisho, TempDir};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+/// A webhook receiver on 127.0.0.1, port 0: every POSTed body, parsed, arrives on the channel.
+async fn receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (sender, bodies) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let sender = sender.clone();
+                    async move {
+                        let body = request.into_body().collect().await.unwrap().to_bytes();
+                        let _ = sender.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (address, bodies)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_on_the_rate_of_5xx_answers_fires_while_they_pass_and_resolves_when_they_stop() {
+    let upstream = chaos_upstream("app").await;
+    let (hook, mut bodies) = receiver().await;
+    let dir = TempDir::new("alerting_metrics");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\ntargets = [\"{}\"]\n\
+         [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         [monitor]\ninterval = \"100ms\"\n\
+         [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"200ms\"\ndefault_rules = false\n\
+         [[alerts.rules]]\nname = \"AppServerErrors\"\nmetric = \"sekisho_requests_total\"\n\
+         match = {{ route = \"app\", class = \"5xx\" }}\nfunction = \"rate\"\nwindow = \"1s\"\nwarning = 2\n\
+         annotations = {{ summary = \"the app answers 5xx\" }}\n\
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{hook}/hook\"\n",
+        upstream.address
+    );
+    let path = dir.write("sekisho.toml", &config);
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_sekisho"));
+    let checked = std::process::Command::new(&binary)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let gateway = Sekisho::start(&binary, &path);
+    let http = client();
+
+    // Successful traffic: the 2xx series moves, the watched one does not.
+    for _ in 0..20 {
+        let answer = send(&http, "GET", &gateway.url("/ok"), &[], Bytes::new()).await;
+        assert_eq!(answer.status, 200);
+    }
+    // The upstream fails: 5xx answers pass through the gateway until the alert fires.
+    upstream.handle.set(ChaosState {
+        error_rate: 1.0,
+        ..ChaosState::default()
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let firing = loop {
+        let answer = try_send(&http, "GET", &gateway.url("/fail"), &[], Bytes::new()).await;
+        assert_eq!(answer.map(|a| a.status).ok(), Some(500));
+        if let Ok(body) = bodies.try_recv() {
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no firing notification within 20 s"
+        );
+    };
+    assert_eq!(firing["status"], "firing", "{firing}");
+    let alert = &firing["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "AppServerErrors", "{firing}");
+    assert_eq!(
+        alert["labels"]["target"], "{class=\"5xx\",route=\"app\",upstream=\"app\"}",
+        "{firing}"
+    );
+    assert_eq!(alert["labels"]["severity"], "warning");
+    let rate: f64 = alert["annotations"]["value"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(rate >= 2.0, "{firing}");
+    let fingerprint = alert["fingerprint"].as_str().unwrap().to_owned();
+
+    // The errors stop: once they leave the window the rate is 0, and `resolved` follows.
+    upstream.handle.set(ChaosState::default());
+    let resolved = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let body = bodies.recv().await.unwrap();
+            if body["status"] == "resolved" {
+                return body;
+            }
+        }
+    })
+    .await
+    .expect("no resolved notification within 20 s");
+    assert_eq!(resolved["alerts"][0]["fingerprint"], fingerprint.as_str());
+    assert_eq!(resolved["alerts"][0]["status"], "resolved");
+}
