@@ -52,6 +52,7 @@ pub(crate) async fn monitor(
     let mut told_backlog: std::collections::VecDeque<sekisho_monitor::Told> =
         std::collections::VecDeque::new();
     let mut vitals = sekisho_monitor::Vitals::default();
+    let mut route_counts = RouteCounts::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the database refused, written again next cycle, in order, before anything newer.
@@ -74,17 +75,18 @@ pub(crate) async fn monitor(
                 );
             }
         }
-        // Rules over metrics read the gateway's exposition (what `/metrics` serves), encoded
-        // only when some rule watches a metric, and the monitor's own series after it.
+        // The gateway's exposition (what `/metrics` serves): each route's share of 5xx answers
+        // since the last cycle, and the rules over metrics, which also read the monitor's own
+        // series after it.
         let watches_metrics = shared
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .watches_metrics();
-        let mut exposition = if watches_metrics {
-            gateway.encode_metrics()
-        } else {
-            String::new()
-        };
+        let mut exposition = gateway.encode_metrics();
+        route_counts.signals(&exposition, &mut signals);
+        if !watches_metrics {
+            exposition.clear();
+        }
         let (due, happened) = {
             let mut monitor = shared.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(depth) = depth {
@@ -205,6 +207,49 @@ async fn probe_signals(
     depth
 }
 
+/// Each route's answers as last read from the exposition: (5xx, all).
+#[derive(Debug, Default)]
+struct RouteCounts(std::collections::HashMap<String, (f64, f64)>);
+
+impl RouteCounts {
+    /// `route_error_rate` of each route (its target): the share of 5xx among the answers
+    /// since the last reading, 0 when it had none (so an alert resolves when traffic stops);
+    /// nothing on the first reading or after a counter reset (a reload that dropped a route).
+    fn signals(&mut self, exposition: &str, signals: &mut sekisho_monitor::Signals) {
+        let mut now: std::collections::HashMap<String, (f64, f64)> =
+            std::collections::HashMap::new();
+        for sample in sekisho_monitor::series::parse_exposition(exposition) {
+            if sample.name != "sekisho_requests_total" {
+                continue;
+            }
+            let Some(route) = sample.labels.get("route") else {
+                continue;
+            };
+            let counts = now.entry(route.clone()).or_default();
+            counts.1 += sample.value;
+            if sample.labels.get("class").map(String::as_str) == Some("5xx") {
+                counts.0 += sample.value;
+            }
+        }
+        for (route, &(errors, all)) in &now {
+            let Some(&(errors_before, all_before)) = self.0.get(route) else {
+                continue;
+            };
+            if errors < errors_before || all < all_before {
+                continue;
+            }
+            let answered = all - all_before;
+            let rate = if answered > 0.0 {
+                (errors - errors_before) / answered
+            } else {
+                0.0
+            };
+            signals.insert(("route_error_rate".to_owned(), route.clone()), rate);
+        }
+        self.0 = now;
+    }
+}
+
 /// The gateway's own figures as signals: per upstream, whether no target is healthy, the
 /// targets' mean error rate and their slowest smoothed latency (seconds, standing in for the
 /// p95 until per-upstream histograms are kept), and whether its circuit is open.
@@ -241,5 +286,47 @@ fn gateway_signals(gateway: &Gateway, signals: &mut sekisho_monitor::Signals) {
             ("circuit_open".to_owned(), circuit.name.clone()),
             if open { 1.0 } else { 0.0 },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exposition(orders: (u64, u64), catalog: u64) -> String {
+        format!(
+            "# TYPE sekisho_requests counter\n\
+             sekisho_requests_total{{route=\"orders\",upstream=\"orders\",class=\"2xx\"}} {}\n\
+             sekisho_requests_total{{route=\"orders\",upstream=\"orders\",class=\"5xx\"}} {}\n\
+             sekisho_requests_total{{route=\"catalog\",upstream=\"catalog\",class=\"2xx\"}} {catalog}\n\
+             sekisho_request_duration_seconds_count{{route=\"orders\"}} 999\n",
+            orders.0, orders.1
+        )
+    }
+
+    fn rate(signals: &sekisho_monitor::Signals, route: &str) -> Option<f64> {
+        signals
+            .get(&("route_error_rate".to_owned(), route.to_owned()))
+            .copied()
+    }
+
+    #[test]
+    fn route_error_rate_is_the_share_of_5xx_since_the_last_reading() {
+        let mut counts = RouteCounts::default();
+        let mut signals = sekisho_monitor::Signals::new();
+        counts.signals(&exposition((90, 10), 50), &mut signals);
+        assert!(signals.is_empty(), "nothing before a second reading");
+        // Since then: orders 30 ok and 20 failed; catalog 10 ok.
+        counts.signals(&exposition((120, 30), 60), &mut signals);
+        assert_eq!(rate(&signals, "orders"), Some(0.4));
+        assert_eq!(rate(&signals, "catalog"), Some(0.0));
+        // No answers since: 0, so an alert on it resolves.
+        let mut signals = sekisho_monitor::Signals::new();
+        counts.signals(&exposition((120, 30), 60), &mut signals);
+        assert_eq!(rate(&signals, "orders"), Some(0.0));
+        // Counters that went back (a restart of the series): no reading this time.
+        let mut signals = sekisho_monitor::Signals::new();
+        counts.signals(&exposition((1, 1), 1), &mut signals);
+        assert_eq!(rate(&signals, "orders"), None);
     }
 }
