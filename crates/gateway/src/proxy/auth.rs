@@ -127,6 +127,8 @@ fn add_identity(headers: &mut HeaderMap, identity: &Identity) {
         X_AUTH_ROLES,
         X_AUTH_PERMISSIONS,
     ];
+    // Room for these and for what the upstream request adds later, in one growth.
+    headers.reserve(names.len() + super::forwarding::ADDED_HEADERS);
     for (name, value) in names.into_iter().zip(&rendered.0) {
         if let Some(value) = value {
             headers.insert(name, value.clone());
@@ -196,7 +198,7 @@ pub(super) async fn require(
     requirement: &RouteAuth,
     route: &str,
     headers: &mut HeaderMap,
-    client_ip: IpAddr,
+    client_ip: impl FnOnce(&HeaderMap) -> IpAddr,
     started: Instant,
     took: &mut Option<Duration>,
 ) -> Result<Arc<Identity>, GatewayError> {
@@ -212,7 +214,8 @@ pub(super) async fn require(
         }
     };
     if let Err(refused) = sekisho_auth::authorize(&identity, requirement) {
-        auth.audit_forbidden(&identity, route, client_ip);
+        // The client's address only for the audit of a refusal.
+        auth.audit_forbidden(&identity, route, client_ip(headers));
         return Err(refused.into());
     }
     add_identity(headers, &identity);

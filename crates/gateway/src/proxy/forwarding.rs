@@ -22,6 +22,9 @@ static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// The fields [`upstream_request`] adds: the four forwarding ones, `Host` and the request id.
+pub(super) const ADDED_HEADERS: usize = 6;
+
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
 fn hop_by_hop() -> [&'static HeaderName; 8] {
     [
@@ -61,6 +64,8 @@ pub(super) fn upstream_request(
     };
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
+    // Room for what is added below, in one growth of the map rather than one per field.
+    headers.reserve(ADDED_HEADERS);
     add_forwarding_headers(headers, client, host.as_ref());
     if !headers.contains_key(header::HOST) {
         if let Some(host) = host {
@@ -157,12 +162,18 @@ pub(super) fn strip_port(host: &str) -> &str {
     }
 }
 
+/// Whether `name` is hop-by-hop. Its length first: most names have none of the eight
+/// lengths, and a length is one comparison where the list is eight.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17 | 18) && hop_by_hop().contains(&name)
+}
+
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names present is cheaper than hashing eight absent ones.
-    let hop = hop_by_hop();
-    if !headers.keys().any(|name| hop.contains(&name)) {
+    if !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    let hop = hop_by_hop();
     if let Some(connection) = headers.get(header::CONNECTION).cloned() {
         if let Ok(listed) = connection.to_str() {
             for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {

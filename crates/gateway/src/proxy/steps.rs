@@ -109,18 +109,14 @@ pub(super) async fn run(
                 "the route asks for `auth` but authentication is not running".into(),
             ));
         };
-        let ip = *client_ip.get_or_insert_with(|| {
-            runtime
-                .trusted_proxies
-                .client_ip(exchange.client.remote.ip(), &parts.headers)
-        });
+        let peer = exchange.client.remote.ip();
         let mut took = None;
         let checked = auth_step::require(
             auth,
             requirement,
             &route.name,
             &mut parts.headers,
-            ip,
+            |headers| runtime.trusted_proxies.client_ip(peer, headers),
             started,
             &mut took,
         )
