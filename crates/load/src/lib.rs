@@ -18,6 +18,7 @@ mod chaos;
 mod generator;
 mod report;
 pub mod scenario;
+mod serve;
 mod services;
 
 use std::path::PathBuf;

@@ -4,32 +4,17 @@
 // Test code: a failed step panics the test, as an assert does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
+use common::{chaos, http1_server, ok};
 use sekisho_load::{
-    ChaosOptions, ChaosServer, Criteria, Endpoint, Generator, HttpVersion, LoadPlan, Model,
-    Progress, Report,
+    Criteria, Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress, Report, RunOutput,
 };
-
-async fn chaos(latency: Duration) -> SocketAddr {
-    let server = ChaosServer::bind(ChaosOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        latency,
-        error_rate: 0.0,
-        name: Some("known".to_owned()),
-    })
-    .await
-    .unwrap();
-    let address = server.local_addr();
-    tokio::spawn(server.run(std::future::pending()));
-    address
-}
 
 fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
     LoadPlan {
@@ -43,12 +28,17 @@ fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
     }
 }
 
+/// The judged report of `output`, a run of `plan`.
+fn judged(plan: &LoadPlan, output: &RunOutput) -> Report {
+    let mut report = Report::build("get", "test", plan, output, Criteria::default());
+    report.judge(Vec::new());
+    report
+}
+
 async fn run(plan: LoadPlan) -> Report {
     let generator = Generator::new(plan.clone()).unwrap();
     let output = generator.run(std::future::pending()).await;
-    let mut report = Report::build("get", "test", &plan, &output, Criteria::default());
-    report.judge(Vec::new());
-    report
+    judged(&plan, &output)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,27 +82,14 @@ async fn at_a_fixed_rate_the_p50_is_the_servers_50_ms_and_the_rate_is_kept() {
 /// An HTTP/1.1 server answering at once, except while `open` is false: then every request
 /// waits until it turns true again.
 async fn stalling_server(open: tokio::sync::watch::Receiver<bool>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let open = open.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request| {
-                    let mut open = open.clone();
-                    async move {
-                        let _ = open.wait_for(|open| *open).await;
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"ok",
-                        ))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    let (address, _) = http1_server(move |_request| {
+        let mut open = open.clone();
+        async move {
+            let _ = open.wait_for(|open| *open).await;
+            ok()
         }
-    });
+    })
+    .await;
     address
 }
 
@@ -132,8 +109,7 @@ async fn run_with_a_stall(model: Model) -> Report {
     });
     let output = generator.run(std::future::pending()).await;
     stall.await.unwrap();
-    let mut report = Report::build("get", "test", &plan, &output, Criteria::default());
-    report.judge(Vec::new());
+    let report = judged(&plan, &output);
     println!("{}", report.summary());
     report
 }
@@ -237,24 +213,11 @@ async fn a_server_that_is_not_there_is_counted_as_connect_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_pool_is_bounded_and_waiting_for_it_counts_as_latency() {
     // A server that answers in 100 ms and counts the connections it accepts.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (address, accepted) = http1_server(|_request| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ok()
+    })
+    .await;
     let mut plan = plan(
         address,
         Model::Open {
@@ -284,24 +247,7 @@ async fn the_connection_pool_is_bounded_and_waiting_for_it_counts_as_latency() {
 
 /// A server answering at once over keep-alive HTTP/1.1, counting the connections it accepts.
 async fn counting_server() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (address, accepted)
+    http1_server(|_request| async { ok() }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

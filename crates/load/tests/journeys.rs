@@ -4,13 +4,15 @@
 // Test code: a failed step panics the test, as an assert does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::http1_server;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use sekisho_load::scenario::{self, Scenario, ScenarioOptions};
@@ -113,23 +115,8 @@ async fn answer(
 }
 
 async fn auth_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let sessions = Arc::new(Mutex::new(Sessions::default()));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let sessions = Arc::clone(&sessions);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let sessions = Arc::clone(&sessions);
-                    async move { Ok::<_, Infallible>(answer(sessions, request).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (address, _) = http1_server(move |request| answer(Arc::clone(&sessions), request)).await;
     address
 }
 
