@@ -26,7 +26,7 @@ pub(crate) struct LoadArgs {
     /// Arrivals per second on a fixed schedule (open model); default 100 (get), 50 (cascade).
     #[arg(long)]
     rate: Option<f64>,
-    /// Write report.json, report.html and the charts (.svg) into this directory.
+    /// Write report.json, report.html and the charts (.svg and .png) into this directory.
     #[arg(long)]
     report: Option<PathBuf>,
     /// A request without its whole answer after this is a timeout.

@@ -147,6 +147,8 @@ timeout = "500ms"
             svg.starts_with("<svg") && svg.ends_with("</svg>"),
             "{chart}"
         );
+        let png = std::fs::read(report_dir.join(chart.replace(".svg", ".png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{chart} as PNG");
     }
     // What was in force before the run is put back.
     assert_eq!(payments.handle.state().latency_ms, 0);
