@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::{chaos, http1_server, ok};
 use sekisho_load::{
-    Criteria, Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress, Report, RunOutput,
+    Criteria, Dispatch, Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress, Report,
+    RunOutput,
 };
 
 fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
@@ -25,6 +26,7 @@ fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
         http: HttpVersion::Http1,
         connections: 1000,
         progress: Progress::Off,
+        dispatch: Dispatch::Shared,
     }
 }
 
@@ -95,9 +97,14 @@ async fn stalling_server(open: tokio::sync::watch::Receiver<bool>) -> SocketAddr
 
 /// Runs `model` for 3 s against a server that stalls from 1 s to 2 s.
 async fn run_with_a_stall(model: Model) -> Report {
+    run_with_a_stall_dispatched(model, Dispatch::Shared).await
+}
+
+async fn run_with_a_stall_dispatched(model: Model, dispatch: Dispatch) -> Report {
     let (gate, open) = tokio::sync::watch::channel(true);
     let address = stalling_server(open).await;
-    let plan = plan(address, model, Duration::from_secs(3));
+    let mut plan = plan(address, model, Duration::from_secs(3));
+    plan.dispatch = dispatch;
     let generator = Generator::new(plan.clone()).unwrap();
     let start = generator.start();
     // The stall is the scenario itself, placed on the run's clock.
@@ -346,4 +353,74 @@ async fn a_connection_the_server_closed_is_not_reused_and_costs_no_request() {
     assert!(report.requests >= 10, "{}", report.summary());
     assert_eq!(report.errors, 0, "{}", report.summary());
     assert_eq!(accepted.load(Ordering::SeqCst), report.requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_per_connection_sends_every_arrival_on_its_own_connections() {
+    let (address, accepted) = counting_server().await;
+    let mut plan = plan(
+        address,
+        Model::Open {
+            rate: 400.0,
+            max_outstanding: 1000,
+        },
+        Duration::from_millis(500),
+    );
+    plan.connections = 4;
+    plan.dispatch = Dispatch::PerConnection;
+    let report = run(plan).await;
+    assert_eq!(
+        report.statuses.get("200"),
+        Some(&200),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.model, "open");
+    // Each of the four tasks made its one connection and kept it.
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_per_connection_still_charges_a_stall_to_every_request_due_during_it() {
+    let report = run_with_a_stall_dispatched(
+        Model::Open {
+            rate: 200.0,
+            max_outstanding: 1000,
+        },
+        Dispatch::PerConnection,
+    )
+    .await;
+    assert_eq!(report.requests, 600);
+    assert_eq!(report.errors, 0, "{}", report.summary());
+    // Latency runs from the intended time: the requests held back behind the stalled ones on
+    // their connection wait for the end of the stall too.
+    assert!(report.p99_ms >= 900.0, "p99 {} ms", report.p99_ms);
+    assert!(report.p95_ms >= 500.0, "p95 {} ms", report.p95_ms);
+}
+
+#[tokio::test]
+async fn a_task_per_connection_is_refused_for_h2_and_closed_users() {
+    let address: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut h2 = plan(
+        address,
+        Model::Open {
+            rate: 10.0,
+            max_outstanding: 10,
+        },
+        Duration::from_secs(1),
+    );
+    h2.http = HttpVersion::Http2;
+    h2.dispatch = Dispatch::PerConnection;
+    assert!(Generator::new(h2).is_err());
+    let mut closed = plan(
+        address,
+        Model::Closed {
+            users: 1,
+            think_min: Duration::ZERO,
+            think_max: Duration::ZERO,
+        },
+        Duration::from_secs(1),
+    );
+    closed.dispatch = Dispatch::PerConnection;
+    assert!(Generator::new(closed).is_err());
 }

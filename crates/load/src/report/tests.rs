@@ -33,6 +33,7 @@ fn report_of(failures: &[Outcome], criteria: Criteria) -> Report {
         http: HttpVersion::Http1,
         connections: 10,
         progress: Progress::Off,
+        dispatch: crate::Dispatch::Shared,
     };
     let output = RunOutput {
         recorded: recorder.take(),

@@ -264,6 +264,7 @@ pub(super) async fn run(
         http: options.http,
         connections: options.connections,
         progress: options.progress,
+        dispatch: crate::Dispatch::Shared,
     };
     plan.validate()?;
     if !options.think_scale.is_finite() || options.think_scale < 0.0 {
