@@ -13,20 +13,16 @@
 //! It keeps everything in memory and forgets it on restart, as the demo's services do.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -71,30 +67,13 @@ impl AlertInbox {
 
     /// Serves until `shutdown` resolves.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                () = &mut shutdown => return Ok(()),
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        tracing::warn!(%error, "alert receiver: accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
-            let received = Arc::clone(&self.received);
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let received = Arc::clone(&received);
-                    async move { Ok::<_, Infallible>(answer(&received, request).await) }
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+        let received = self.received;
+        crate::serve::serve_http(&self.listener, "alert receiver", shutdown, move |request| {
+            let received = Arc::clone(&received);
+            async move { answer(&received, request).await }
+        })
+        .await;
+        Ok(())
     }
 }
 

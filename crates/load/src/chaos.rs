@@ -145,29 +145,17 @@ impl ChaosServer {
         // connections still open once the grace period is over.
         let (closing, _) = tokio::sync::watch::channel(false);
         let (abort, _) = tokio::sync::watch::channel(false);
-        tokio::pin!(shutdown);
-        loop {
-            let (stream, _) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: back off rather than spin.
-                        tracing::warn!(%error, "chaos upstream: accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                },
-            };
+        crate::serve::serve(&self.listener, "chaos upstream", shutdown, |stream| {
             let _ = stream.set_nodelay(true);
-            tokio::spawn(serve_connection(
+            serve_connection(
                 Arc::clone(&self.shared),
                 stream,
                 graceful.watcher(),
                 closing.subscribe(),
                 abort.subscribe(),
-            ));
-        }
+            )
+        })
+        .await;
         drop(self.listener);
         closing.send_replace(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;

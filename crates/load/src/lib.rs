@@ -18,6 +18,7 @@ mod chaos;
 mod generator;
 mod report;
 pub mod scenario;
+mod serve;
 mod services;
 
 use std::path::PathBuf;
@@ -25,7 +26,8 @@ use std::path::PathBuf;
 pub use alert_inbox::AlertInbox;
 pub use chaos::{ChaosHandle, ChaosOptions, ChaosServer, ChaosState};
 pub use generator::{
-    parse_url, Endpoint, Generator, HttpVersion, LoadPlan, MarkHandle, Model, Progress, RunOutput,
+    parse_url, Dispatch, Endpoint, Generator, HttpVersion, LoadPlan, MarkHandle, Model, Progress,
+    RunOutput,
 };
 pub use report::{
     AuthFigures, Check, Criteria, EndpointReport, GatewayFigures, Latency, Marker, Point, Report,

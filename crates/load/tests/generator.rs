@@ -4,32 +4,18 @@
 // Test code: a failed step panics the test, as an assert does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
+use common::{chaos, http1_server, ok};
 use sekisho_load::{
-    ChaosOptions, ChaosServer, Criteria, Endpoint, Generator, HttpVersion, LoadPlan, Model,
-    Progress, Report,
+    Criteria, Dispatch, Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress, Report,
+    RunOutput,
 };
-
-async fn chaos(latency: Duration) -> SocketAddr {
-    let server = ChaosServer::bind(ChaosOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        latency,
-        error_rate: 0.0,
-        name: Some("known".to_owned()),
-    })
-    .await
-    .unwrap();
-    let address = server.local_addr();
-    tokio::spawn(server.run(std::future::pending()));
-    address
-}
 
 fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
     LoadPlan {
@@ -40,15 +26,21 @@ fn plan(address: SocketAddr, model: Model, duration: Duration) -> LoadPlan {
         http: HttpVersion::Http1,
         connections: 1000,
         progress: Progress::Off,
+        dispatch: Dispatch::Shared,
     }
+}
+
+/// The judged report of `output`, a run of `plan`.
+fn judged(plan: &LoadPlan, output: &RunOutput) -> Report {
+    let mut report = Report::build("get", "test", plan, output, Criteria::default());
+    report.judge(Vec::new());
+    report
 }
 
 async fn run(plan: LoadPlan) -> Report {
     let generator = Generator::new(plan.clone()).unwrap();
     let output = generator.run(std::future::pending()).await;
-    let mut report = Report::build("get", "test", &plan, &output, Criteria::default());
-    report.judge(Vec::new());
-    report
+    judged(&plan, &output)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,35 +84,27 @@ async fn at_a_fixed_rate_the_p50_is_the_servers_50_ms_and_the_rate_is_kept() {
 /// An HTTP/1.1 server answering at once, except while `open` is false: then every request
 /// waits until it turns true again.
 async fn stalling_server(open: tokio::sync::watch::Receiver<bool>) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let open = open.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request| {
-                    let mut open = open.clone();
-                    async move {
-                        let _ = open.wait_for(|open| *open).await;
-                        Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(
-                            b"ok",
-                        ))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+    let (address, _) = http1_server(move |_request| {
+        let mut open = open.clone();
+        async move {
+            let _ = open.wait_for(|open| *open).await;
+            ok()
         }
-    });
+    })
+    .await;
     address
 }
 
 /// Runs `model` for 3 s against a server that stalls from 1 s to 2 s.
 async fn run_with_a_stall(model: Model) -> Report {
+    run_with_a_stall_dispatched(model, Dispatch::Shared).await
+}
+
+async fn run_with_a_stall_dispatched(model: Model, dispatch: Dispatch) -> Report {
     let (gate, open) = tokio::sync::watch::channel(true);
     let address = stalling_server(open).await;
-    let plan = plan(address, model, Duration::from_secs(3));
+    let mut plan = plan(address, model, Duration::from_secs(3));
+    plan.dispatch = dispatch;
     let generator = Generator::new(plan.clone()).unwrap();
     let start = generator.start();
     // The stall is the scenario itself, placed on the run's clock.
@@ -132,8 +116,7 @@ async fn run_with_a_stall(model: Model) -> Report {
     });
     let output = generator.run(std::future::pending()).await;
     stall.await.unwrap();
-    let mut report = Report::build("get", "test", &plan, &output, Criteria::default());
-    report.judge(Vec::new());
+    let report = judged(&plan, &output);
     println!("{}", report.summary());
     report
 }
@@ -237,24 +220,11 @@ async fn a_server_that_is_not_there_is_counted_as_connect_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_pool_is_bounded_and_waiting_for_it_counts_as_latency() {
     // A server that answers in 100 ms and counts the connections it accepts.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (address, accepted) = http1_server(|_request| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ok()
+    })
+    .await;
     let mut plan = plan(
         address,
         Model::Open {
@@ -284,24 +254,7 @@ async fn the_connection_pool_is_bounded_and_waiting_for_it_counts_as_latency() {
 
 /// A server answering at once over keep-alive HTTP/1.1, counting the connections it accepts.
 async fn counting_server() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counted = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (address, accepted)
+    http1_server(|_request| async { ok() }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,4 +353,74 @@ async fn a_connection_the_server_closed_is_not_reused_and_costs_no_request() {
     assert!(report.requests >= 10, "{}", report.summary());
     assert_eq!(report.errors, 0, "{}", report.summary());
     assert_eq!(accepted.load(Ordering::SeqCst), report.requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_per_connection_sends_every_arrival_on_its_own_connections() {
+    let (address, accepted) = counting_server().await;
+    let mut plan = plan(
+        address,
+        Model::Open {
+            rate: 400.0,
+            max_outstanding: 1000,
+        },
+        Duration::from_millis(500),
+    );
+    plan.connections = 4;
+    plan.dispatch = Dispatch::PerConnection;
+    let report = run(plan).await;
+    assert_eq!(
+        report.statuses.get("200"),
+        Some(&200),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.model, "open");
+    // Each of the four tasks made its one connection and kept it.
+    assert_eq!(accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_per_connection_still_charges_a_stall_to_every_request_due_during_it() {
+    let report = run_with_a_stall_dispatched(
+        Model::Open {
+            rate: 200.0,
+            max_outstanding: 1000,
+        },
+        Dispatch::PerConnection,
+    )
+    .await;
+    assert_eq!(report.requests, 600);
+    assert_eq!(report.errors, 0, "{}", report.summary());
+    // Latency runs from the intended time: the requests held back behind the stalled ones on
+    // their connection wait for the end of the stall too.
+    assert!(report.p99_ms >= 900.0, "p99 {} ms", report.p99_ms);
+    assert!(report.p95_ms >= 500.0, "p95 {} ms", report.p95_ms);
+}
+
+#[tokio::test]
+async fn a_task_per_connection_is_refused_for_h2_and_closed_users() {
+    let address: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let mut h2 = plan(
+        address,
+        Model::Open {
+            rate: 10.0,
+            max_outstanding: 10,
+        },
+        Duration::from_secs(1),
+    );
+    h2.http = HttpVersion::Http2;
+    h2.dispatch = Dispatch::PerConnection;
+    assert!(Generator::new(h2).is_err());
+    let mut closed = plan(
+        address,
+        Model::Closed {
+            users: 1,
+            think_min: Duration::ZERO,
+            think_max: Duration::ZERO,
+        },
+        Duration::from_secs(1),
+    );
+    closed.dispatch = Dispatch::PerConnection;
+    assert!(Generator::new(closed).is_err());
 }

@@ -4,13 +4,15 @@
 // Test code: a failed step panics the test, as an assert does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::http1_server;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use sekisho_load::scenario::{self, Scenario, ScenarioOptions};
@@ -113,33 +115,23 @@ async fn answer(
 }
 
 async fn auth_server() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
     let sessions = Arc::new(Mutex::new(Sessions::default()));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let sessions = Arc::clone(&sessions);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let sessions = Arc::clone(&sessions);
-                    async move { Ok::<_, Infallible>(answer(sessions, request).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (address, _) = http1_server(move |request| answer(Arc::clone(&sessions), request)).await;
     address
 }
 
 async fn run(scenario: Scenario) -> Report {
+    run_scaled(scenario, 5, 0.01).await
+}
+
+/// `scenario` with `users` for 2 s, the seeds' think times multiplied by `think_scale`.
+async fn run_scaled(scenario: Scenario, users: usize, think_scale: f64) -> Report {
     let address = auth_server().await;
     let mut options = ScenarioOptions::new(scenario, &format!("http://{address}"));
-    options.users = Some(5);
+    options.users = Some(users);
     options.duration = Duration::from_secs(2);
     options.timeout = Duration::from_secs(5);
-    options.think_scale = 0.01;
+    options.think_scale = think_scale;
     options.username = "u{id}".to_owned();
     options.password = "pw".to_owned();
     options.progress = Progress::Off;
@@ -215,4 +207,22 @@ async fn mixed_errors_expects_401_for_the_wrong_passwords_and_passes() {
     // About 30 % of the attempts use a wrong password.
     let share = wrong.requests as f64 / (wrong.requests + logins) as f64;
     assert!((0.1..0.5).contains(&share), "wrong share {share}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_errors_users_start_spread_over_a_think_time_not_in_one_burst() {
+    // The seeds' think times (1–3 s): 20 users starting at once would all try to log in within
+    // the first second; spread over 0–3 s, about a third of them do.
+    let report = run_scaled(Scenario::MixedErrors, 20, 1.0).await;
+    let first_second: u64 = report
+        .endpoints
+        .iter()
+        .filter(|e| e.name.starts_with("login"))
+        .filter_map(|e| e.timeline.first())
+        .map(|p| p.scheduled)
+        .sum();
+    assert!(
+        first_second < 20,
+        "{first_second} of 20 users tried to log in within the first second"
+    );
 }

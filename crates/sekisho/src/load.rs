@@ -26,7 +26,7 @@ pub(crate) struct LoadArgs {
     /// Arrivals per second on a fixed schedule (open model); default 100 (get), 50 (cascade).
     #[arg(long)]
     rate: Option<f64>,
-    /// Write report.json, report.html and the charts (.svg) into this directory.
+    /// Write report.json, report.html and the charts (.svg and .png) into this directory.
     #[arg(long)]
     report: Option<PathBuf>,
     /// A request without its whole answer after this is a timeout.
@@ -42,6 +42,11 @@ pub(crate) struct LoadArgs {
     /// Think time of a closed-loop user, MIN..MAX (e.g. 1s..3s) or one duration.
     #[arg(long, default_value = "0s", value_parser = parse_think)]
     think: (Duration, Duration),
+    /// Open model over HTTP/1.1: each of the --connections connections is a task that sends its
+    /// own share of the arrivals (as wrk2 does), instead of one shared pool; cheaper per
+    /// request, but a slow answer delays its connection's next arrivals.
+    #[arg(long)]
+    per_connection: bool,
     /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
@@ -106,6 +111,9 @@ pub(crate) fn load(args: LoadArgs) -> ExitCode {
     options.max_outstanding = args.max_outstanding;
     options.connections = args.connections;
     options.think = args.think;
+    if args.per_connection {
+        options.dispatch = sekisho_load::Dispatch::PerConnection;
+    }
     if args.http2 {
         options.http = sekisho_load::HttpVersion::Http2;
     }

@@ -6,42 +6,13 @@
 //! its circuit opens, the alert reaches the demo's receiver, and the other routes still answer.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{demo_config, start_demo};
 use sekisho_testkit::{client, send, try_send, Sekisho, TempDir};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The example config with every address on a free port: the text, and each example port's
-/// replacement (9001–9005 the demo services, 9006 the alert receiver).
-fn demo_config() -> (String, HashMap<u16, u16>) {
-    let mut text = include_str!("../../../examples/sekisho.toml")
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9901", "127.0.0.1:0");
-    let mut ports = HashMap::new();
-    for port in 9001..=9006 {
-        let free = free_port();
-        text = text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{free}"));
-        ports.insert(port, free);
-    }
-    (text, ports)
-}
-
-fn start_demo(dir: &TempDir, text: &str) -> Sekisho {
-    let path = dir.write("sekisho.toml", text);
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_sekisho"));
-    Sekisho::start_with(&binary, &["demo", "--config", path.to_str().unwrap()])
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_the_shortener_and_the_notifications_behind_the_gateway() {

@@ -1,39 +1,15 @@
 //! `sekisho load` as a user runs it: the real binary against a real `sekisho run` with chaos
-//! upstreams behind it, at a small scale.
+//! upstreams behind it, and the login scenarios against `sekisho demo`'s own `/auth`, at a small
+//! scale.
 // Test code: a failed step panics the test, as an assert does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Command;
+
+use common::{binary, demo_config, load, start_demo, text};
 use sekisho_testkit::{chaos_upstream, Sekisho, TempDir};
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
-}
-
-/// Runs `sekisho load args…` to its end off the runtime (the chaos upstreams run on it).
-async fn load(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || {
-        Command::new(binary())
-            .arg("load")
-            .args(&args)
-            .arg("--quiet")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cascade_end_to_end_contains_the_slow_route_and_writes_a_valid_report() {
@@ -171,6 +147,8 @@ timeout = "500ms"
             svg.starts_with("<svg") && svg.ends_with("</svg>"),
             "{chart}"
         );
+        let png = std::fs::read(report_dir.join(chart.replace(".svg", ".png"))).unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{chart} as PNG");
     }
     // What was in force before the run is put back.
     assert_eq!(payments.handle.state().latency_ms, 0);
@@ -375,4 +353,121 @@ async fn ctrl_c_ends_a_run_early_with_a_report_of_what_ran() {
     assert!(ran < 30.0, "judged on {ran} s");
     // The rate is judged on the time the run lasted, not the 60 s asked for.
     assert!(report["sent_rps"].as_f64().unwrap() > 40.0, "{report}");
+}
+
+/// `sekisho load --scenario NAME` against the demo's `/auth` as its user ada, the seeds' think
+/// times 100× shorter, timing criteria out of the way (a test judges what happened, not how
+/// fast): the exit code and report.json.
+async fn login_scenario(demo: &Sekisho, dir: &TempDir, scenario: &str) -> serde_json::Value {
+    let report_dir = dir.path().join(scenario);
+    let output = load(
+        [
+            "--scenario",
+            scenario,
+            "--target",
+            &demo.url(""),
+            "--users",
+            "4",
+            "--duration",
+            "3s",
+            "--think-scale",
+            "0.01",
+            "--username",
+            "ada",
+            "--password",
+            "demo-password-ada",
+            "--path",
+            "/api/account",
+            "--p95-ms",
+            "60000",
+            "--p99-ms",
+            "60000",
+            "--report",
+            report_dir.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect(),
+    )
+    .await;
+    println!("{}", text(&output));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    for key in [
+        "requests",
+        "rps",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "error_rate",
+        "timeout_rate",
+        "cache_hit_rate",
+        "pass",
+        "criteria",
+        "auth",
+        "endpoints",
+    ] {
+        assert!(
+            report.get(key).is_some(),
+            "{scenario}: no {key} in {report}"
+        );
+    }
+    assert_eq!(report["pass"], true, "{scenario}");
+    assert_eq!(report["error_rate"], 0.0, "{scenario}");
+    report
+}
+
+/// The requests and statuses of the step `name`.
+fn step<'a>(report: &'a serde_json::Value, name: &str) -> (u64, &'a serde_json::Value) {
+    let endpoint = report["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}"));
+    (
+        endpoint["requests"].as_u64().unwrap(),
+        &endpoint["statuses"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_18_login_rush_and_mixed_errors_against_the_demos_own_auth() {
+    // The demo as `sekisho demo` runs it, its users ada and bob in SQLite in a temporary
+    // directory, with two changes: a cheap argon2 (test speed; the demo's users are created
+    // with it), and no lockout, which would otherwise lock ada (and 127.0.0.1) out after the
+    // fifth wrong password of mixed-errors and turn the right ones into 429s.
+    let (text, _) = demo_config();
+    let text = text.replacen(
+        "[auth]\n",
+        "[auth]\nargon2 = { memory_kib = 64, iterations = 1, parallelism = 1 }\nlockout = { max_failures = 0 }\n",
+        1,
+    );
+    let dir = TempDir::new("load-login");
+    let demo = start_demo(&dir, &text);
+
+    let rush = login_scenario(&demo, &dir, "login-rush").await;
+    assert_eq!(rush["model"], "closed");
+    assert_eq!(rush["users"], 4);
+    for name in ["login", "me", "work GET /api/account", "refresh", "logout"] {
+        let (requests, statuses) = step(&rush, name);
+        assert!(requests > 0, "login-rush: no {name}");
+        let ok = statuses["200"].as_u64().unwrap_or(0) + statuses["204"].as_u64().unwrap_or(0);
+        assert_eq!(ok, requests, "login-rush {name}: {statuses}");
+    }
+    assert_eq!(rush["auth"]["login_success_rate"], 1.0);
+    assert_eq!(rush["auth"]["refresh_success_rate"], 1.0);
+
+    let mixed = login_scenario(&demo, &dir, "mixed-errors").await;
+    let (logins, statuses) = step(&mixed, "login");
+    assert_eq!(statuses["200"].as_u64(), Some(logins), "{statuses}");
+    let (wrong, statuses) = step(&mixed, "login (wrong password)");
+    assert!(wrong > 0, "no wrong password tried");
+    assert_eq!(statuses["401"].as_u64(), Some(wrong), "{statuses}");
+    assert_eq!(mixed["auth"]["login_success_rate"], 1.0);
+    assert_eq!(mixed["auth"]["wrong_password_rejected_rate"], 1.0);
+    // About 30 % of the attempts used a wrong password (and failed).
+    let share = wrong as f64 / (wrong + logins) as f64;
+    assert!((0.1..0.5).contains(&share), "wrong share {share}");
 }

@@ -235,6 +235,37 @@ impl LoadClient {
     }
 }
 
+/// One exchange of `endpoint`'s request on `pool` (a connection task's own, `open.rs`), read to
+/// its end within `timeout`: the outcome and when it ended. The connection goes back to `pool`
+/// when it can carry the next request.
+pub(crate) async fn exchange_on(
+    pool: &H1Pool,
+    endpoint: &Endpoint,
+    timeout: Duration,
+) -> (Outcome, Instant) {
+    let exchange = async {
+        match pool.send(request_of(endpoint)).await {
+            Ok((response, connection)) => {
+                let (outcome, _) = read_answer(response, false).await;
+                let reusable = !matches!(outcome, Outcome::Transport);
+                (outcome, reusable.then_some(connection))
+            }
+            Err(SendError::Connect) => (Outcome::Connect, None),
+            Err(SendError::Transport) => (Outcome::Transport, None),
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok((outcome, connection)) => {
+            let answered = Instant::now();
+            if let Some(connection) = connection {
+                pool.put(connection).await;
+            }
+            (outcome, answered)
+        }
+        Err(_) => (Outcome::Timeout, Instant::now()),
+    }
+}
+
 /// Reads an answer to its end: its status, and its contract code when it is a JSON error; with
 /// `keep_body`, a successful answer's body (at most 64 KiB) too.
 async fn read_answer(

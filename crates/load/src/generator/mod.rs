@@ -52,6 +52,19 @@ pub enum Model {
     },
 }
 
+/// How the open model's arrivals reach the connections (HTTP/1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Dispatch {
+    /// One dispatcher spawns a task per request, which takes a free connection of the shared
+    /// pool (waiting for one counts in its latency).
+    #[default]
+    Shared,
+    /// Each connection is a task that sends its own share of the arrivals (arrival `i` on
+    /// connection `i mod connections`), as wrk2 does: cheaper per request, but a slow answer
+    /// delays its connection's next arrivals while others may be idle.
+    PerConnection,
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct LoadPlan {
@@ -70,6 +83,8 @@ pub struct LoadPlan {
     pub connections: usize,
     /// Progress on stderr.
     pub progress: Progress,
+    /// Open model over HTTP/1.1: a shared pool, or a task per connection.
+    pub dispatch: Dispatch,
 }
 
 impl LoadPlan {
@@ -103,6 +118,13 @@ impl LoadPlan {
         }
         if self.timeout.is_zero() {
             return bad("the request timeout must be more than 0".to_owned());
+        }
+        if self.dispatch == Dispatch::PerConnection
+            && (self.http != HttpVersion::Http1 || !matches!(self.model, Model::Open { .. }))
+        {
+            return bad(
+                "a task per connection is for the open model (--rate) over HTTP/1.1".to_owned(),
+            );
         }
         match self.model {
             Model::Open {
@@ -206,6 +228,20 @@ impl Generator {
             finished,
         ));
         let (dispatch_time, stopped_early) = match self.plan.model {
+            Model::Open { rate, .. } if self.plan.dispatch == Dispatch::PerConnection => {
+                open::run_per_connection(
+                    &endpoints,
+                    &self.recorder,
+                    open::PerConnection {
+                        rate,
+                        duration: self.plan.duration,
+                        connections: self.plan.connections,
+                        timeout: self.plan.timeout,
+                    },
+                    stop,
+                )
+                .await
+            }
             Model::Open {
                 rate,
                 max_outstanding,
@@ -323,6 +359,7 @@ mod tests {
             http: HttpVersion::Http1,
             connections: 100,
             progress: Progress::Off,
+            dispatch: Dispatch::Shared,
         };
         for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
             let model = Model::Open {

@@ -3,6 +3,7 @@
 
 mod cascade;
 mod html;
+mod png_chart;
 mod svg;
 
 use std::collections::BTreeMap;
@@ -539,8 +540,8 @@ impl Report {
         out
     }
 
-    /// Writes `report.json`, `report.html` and each chart as a standalone SVG (for a README)
-    /// into `dir` (created if needed); their paths.
+    /// Writes `report.json`, `report.html` and each chart as a standalone SVG and as a PNG
+    /// (for a README) into `dir` (created if needed); their paths.
     pub fn write(&self, dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         let io = |path: &Path, error: std::io::Error| LoadError::Report {
             path: path.to_owned(),
@@ -557,6 +558,10 @@ impl Report {
         for (stem, chart) in html::charts(self) {
             let path = dir.join(format!("{stem}.svg"));
             std::fs::write(&path, svg::line_chart(&chart)).map_err(|e| io(&path, e))?;
+            paths.push(path);
+            let path = dir.join(format!("{stem}.png"));
+            let picture = png_chart::line_chart(&chart).map_err(|e| io(&path, e))?;
+            std::fs::write(&path, picture).map_err(|e| io(&path, e))?;
             paths.push(path);
         }
         Ok(paths)

@@ -16,7 +16,7 @@ pub(super) fn escape(text: &str) -> String {
 }
 
 /// Colours of the series, in order; markers are drawn in grey.
-const PALETTE: [&str; 8] = [
+pub(super) const PALETTE: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
@@ -52,7 +52,7 @@ pub(crate) struct Chart<'a> {
 }
 
 /// Round numbers for a linear axis from 0 to at least `max`: the ticks.
-fn linear_ticks(max: f64) -> Vec<f64> {
+pub(super) fn linear_ticks(max: f64) -> Vec<f64> {
     let max = if max.is_finite() && max > 0.0 {
         max
     } else {
@@ -70,13 +70,13 @@ fn linear_ticks(max: f64) -> Vec<f64> {
 }
 
 /// Decades covering `min..max` for a logarithmic axis.
-fn log_ticks(min: f64, max: f64) -> Vec<f64> {
+pub(super) fn log_ticks(min: f64, max: f64) -> Vec<f64> {
     let low = min.max(0.001).log10().floor() as i32;
     let high = max.max(min * 10.0).max(0.01).log10().ceil() as i32;
     (low..=high.max(low + 1)).map(|p| 10f64.powi(p)).collect()
 }
 
-fn label(value: f64) -> String {
+pub(super) fn label(value: f64) -> String {
     if value >= 1000.0 && value % 1000.0 == 0.0 {
         format!("{}k", value / 1000.0)
     } else if value >= 1.0 || value == 0.0 {
@@ -90,7 +90,7 @@ fn label(value: f64) -> String {
 }
 
 /// `name`, cut to `LEGEND_CHARS` characters with an ellipsis.
-fn shorten(name: &str) -> String {
+pub(super) fn shorten(name: &str) -> String {
     if name.chars().count() <= LEGEND_CHARS {
         return name.to_owned();
     }

@@ -33,6 +33,7 @@ fn report_of(failures: &[Outcome], criteria: Criteria) -> Report {
         http: HttpVersion::Http1,
         connections: 10,
         progress: Progress::Off,
+        dispatch: crate::Dispatch::Shared,
     };
     let output = RunOutput {
         recorded: recorder.take(),
@@ -100,4 +101,39 @@ fn a_cache_hit_rate_asked_for_but_unknown_fails() {
     let report = report_of(&[], criteria);
     assert!(!report.pass);
     assert!(report.summary().contains("FAIL cache_hit_rate >= 0.9"));
+}
+
+#[test]
+fn the_report_directory_holds_each_chart_as_a_png_of_its_size() {
+    let mut report = report_of(
+        &[Outcome::Answered {
+            status: 503,
+            code: Some("CIRCUIT_OPEN".to_owned()),
+        }],
+        Criteria::default(),
+    );
+    report.markers.push(Marker {
+        at_s: 0.5,
+        label: "chaos: 100 ms → 5000 ms".to_owned(),
+    });
+    let dir = std::env::temp_dir().join(format!("sekisho-report-png-{}", std::process::id()));
+    let written = report.write(&dir).expect("report written");
+    for stem in ["latency-1", "throughput", "errors"] {
+        let path = dir.join(format!("{stem}.png"));
+        assert!(
+            written.contains(&path),
+            "{stem}.png not listed: {written:?}"
+        );
+        let file = std::fs::read(&path).expect("the PNG is there");
+        let decoder = png::Decoder::new(std::io::Cursor::new(file));
+        let reader = decoder.read_info().expect("a PNG");
+        let info = reader.info();
+        assert_eq!(
+            (info.width, info.height),
+            (png_chart::WIDTH, png_chart::HEIGHT),
+            "{stem}.png"
+        );
+        assert_eq!(info.color_type, png::ColorType::Rgb);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

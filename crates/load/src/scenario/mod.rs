@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use crate::report::{CascadeFindings, PhaseFigures};
 
-use crate::generator::{Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress};
+use crate::generator::{Dispatch, Endpoint, Generator, HttpVersion, LoadPlan, Model, Progress};
 use crate::report::{Criteria, Report};
 use crate::LoadError;
 
@@ -84,6 +84,8 @@ pub struct ScenarioOptions {
     pub max_outstanding: usize,
     /// HTTP/1.1 connections at most.
     pub connections: usize,
+    /// Open model over HTTP/1.1: a shared pool, or a task per connection.
+    pub dispatch: Dispatch,
     /// Think time between a closed user's requests, drawn between the two.
     pub think: (Duration, Duration),
     pub http: HttpVersion,
@@ -123,6 +125,7 @@ impl ScenarioOptions {
             timeout: Duration::from_secs(10),
             max_outstanding: 10_000,
             connections: 1000,
+            dispatch: Dispatch::Shared,
             think: (Duration::ZERO, Duration::ZERO),
             http: HttpVersion::Http1,
             criteria: Criteria::default(),
@@ -169,6 +172,7 @@ impl ScenarioOptions {
             http: self.http,
             connections: self.connections,
             progress: self.progress,
+            dispatch: self.dispatch,
         })
     }
 }

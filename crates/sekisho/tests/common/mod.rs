@@ -1,0 +1,69 @@
+//! What `demo.rs` and `load.rs` share: the binary, `sekisho demo` on the example config moved to
+//! free ports, and `sekisho load` run to its end.
+// Not every test file uses every helper.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use sekisho_testkit::{Sekisho, TempDir};
+
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The example config with every address on a free port: the text, and each example port's
+/// replacement (9001–9005 the demo services, 9006 the alert receiver).
+pub fn demo_config() -> (String, HashMap<u16, u16>) {
+    let mut text = include_str!("../../../../examples/sekisho.toml")
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9901", "127.0.0.1:0");
+    let mut ports = HashMap::new();
+    for port in 9001..=9006 {
+        let free = free_port();
+        text = text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{free}"));
+        ports.insert(port, free);
+    }
+    (text, ports)
+}
+
+/// `sekisho demo --config` on `text`, written into `dir` (so its SQLite database is there too).
+pub fn start_demo(dir: &TempDir, text: &str) -> Sekisho {
+    let path = dir.write("sekisho.toml", text);
+    Sekisho::start_with(&binary(), &["demo", "--config", path.to_str().unwrap()])
+}
+
+/// Runs `sekisho load args… --quiet` to its end off the runtime (servers of the test may run
+/// on it).
+pub async fn load(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        Command::new(binary())
+            .arg("load")
+            .args(&args)
+            .arg("--quiet")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// A finished command's status and output, for a failed assertion.
+pub fn text(output: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
