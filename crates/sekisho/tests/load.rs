@@ -433,7 +433,7 @@ fn step<'a>(report: &'a serde_json::Value, name: &str) -> (u64, &'a serde_json::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn issue_18_login_rush_and_mixed_errors_against_the_demos_own_auth() {
+async fn issue_18_login_rush_mixed_errors_and_refresh_storm_against_the_demos_own_auth() {
     // The demo as `sekisho demo` runs it, its users ada and bob in SQLite in a temporary
     // directory, with two changes: a cheap argon2 (test speed; the demo's users are created
     // with it), and no lockout, which would otherwise lock ada (and 127.0.0.1) out after the
@@ -470,4 +470,13 @@ async fn issue_18_login_rush_and_mixed_errors_against_the_demos_own_auth() {
     // About 30 % of the attempts used a wrong password (and failed).
     let share = wrong as f64 / (wrong + logins) as f64;
     assert!((0.1..0.5).contains(&share), "wrong share {share}");
+
+    // The refresh storm: each user logs in, then refreshes once inside the middle half.
+    let storm = login_scenario(&demo, &dir, "refresh-storm").await;
+    let (logins, statuses) = step(&storm, "login");
+    assert_eq!(logins, 4, "one login per user: {statuses}");
+    let (refreshes, statuses) = step(&storm, "refresh");
+    assert!(refreshes > 0, "no refresh in the storm");
+    assert_eq!(statuses["200"].as_u64(), Some(refreshes), "{statuses}");
+    assert_eq!(storm["auth"]["refresh_success_rate"], 1.0);
 }
