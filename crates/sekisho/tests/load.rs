@@ -480,3 +480,67 @@ async fn issue_18_login_rush_mixed_errors_and_refresh_storm_against_the_demos_ow
     assert_eq!(statuses["200"].as_u64(), Some(refreshes), "{statuses}");
     assert_eq!(storm["auth"]["refresh_success_rate"], 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_18_cascade_against_the_demo_is_contained_by_its_own_defences() {
+    // `sekisho demo` as shipped (free ports): its payments service slowed from 100 ms to 5 s
+    // mid-run by the scenario, through the demo's own chaos upstream.
+    let (config, ports) = demo_config();
+    let dir = TempDir::new("load-cascade-demo");
+    let demo = start_demo(&dir, &config);
+    let report_dir = dir.path().join("report");
+    let output = load(vec![
+        "--scenario".into(),
+        "cascade".into(),
+        "--target".into(),
+        demo.url(""),
+        "--chaos".into(),
+        format!("http://127.0.0.1:{}", ports[&9003]),
+        "--slow-path".into(),
+        "/api/payments".into(),
+        "--path".into(),
+        "/api/orders/7".into(),
+        "--metrics".into(),
+        demo.admin_url("/metrics"),
+        "--rate".into(),
+        "100".into(),
+        "--duration".into(),
+        "16s".into(),
+        "--timeout".into(),
+        "3s".into(),
+        "--report".into(),
+        report_dir.display().to_string(),
+    ])
+    .await;
+    println!("{}", text(&output));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{report}");
+    assert_eq!(report["pass"], true);
+    let cascade = &report["cascade"];
+    assert!(cascade["chaos_started_s"].as_f64().is_some(), "{cascade}");
+    assert!(
+        cascade["time_to_contain_s"].as_f64().is_some(),
+        "contained: {cascade}"
+    );
+    // The slow route was cut off by the demo's circuit breaker, not waited on.
+    let slow = &report["endpoints"][1];
+    assert_eq!(slow["name"], "GET /api/payments");
+    let refused: u64 = slow["errors_by_kind"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(kind, _)| kind.starts_with("503"))
+        .filter_map(|(_, count)| count.as_u64())
+        .sum();
+    assert!(refused > 0, "{slow}");
+    // Once cut off, refused at once (the open circuit), not after the route's 2 s.
+    let last = slow["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .nth(1)
+        .unwrap();
+    assert!(last["max_ms"].as_f64().unwrap() < 500.0, "{last}");
+}
