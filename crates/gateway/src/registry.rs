@@ -165,6 +165,11 @@ impl StateRegistry {
         lock(&self.store).as_ref().map(|link| link.status())
     }
 
+    /// The Redis link in use, if any.
+    pub(crate) fn current_store_link(&self) -> Option<Arc<StoreLink>> {
+        lock(&self.store).clone()
+    }
+
     /// Forgets upstreams and targets that `config` no longer names.
     pub(crate) fn retain(&self, config: &sekisho_config::Config) {
         lock(&self.limits)

@@ -302,6 +302,13 @@ impl Gateway {
         self.shared.states.store_status()
     }
 
+    /// One round trip to the Redis the gateway uses (a `PING`, within its cache timeout);
+    /// nothing without `store.redis` in use, before it is connected, or when it does not answer.
+    pub async fn redis_rtt(&self) -> Option<std::time::Duration> {
+        let cache = self.shared.states.current_store_link()?.redis_cache()?;
+        cache.ping().await.ok()
+    }
+
     /// The routes in force, in the order they are matched, with each retry budget's figures.
     pub fn routes(&self) -> Vec<RouteView> {
         let runtime = self.shared.runtime.load();

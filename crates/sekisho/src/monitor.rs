@@ -62,6 +62,12 @@ pub(crate) async fn monitor(
         let mut signals = sekisho_monitor::Signals::new();
         vitals.sample(&mut signals);
         gateway_signals(&gateway, &mut signals);
+        if let Some(rtt) = gateway.redis_rtt().await {
+            signals.insert(
+                ("redis_rtt".to_owned(), "gateway".to_owned()),
+                rtt.as_secs_f64(),
+            );
+        }
         let depth = probe_signals(&outbox, &data_dir, gateway.auth().is_some(), &mut signals).await;
         if let Some(certificate) = &certificate {
             let now = sekisho_db::now_millis() / 1000;

@@ -199,6 +199,19 @@ impl RedisCache {
         crate::barrier::settle(&self.conn, &self.channel(), self.timeout).await;
     }
 
+    /// One `PING`: how long Redis took to answer (the `redis_rtt` signal), bounded by the
+    /// tier's timeout.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let mut conn = self.conn.clone();
+        let started = tokio::time::Instant::now();
+        within(
+            self.timeout,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await?;
+        Ok(started.elapsed())
+    }
+
     /// Sends `message` to every subscribed instance.
     pub async fn publish(&self, message: &str) -> Result<(), StoreError> {
         let mut conn = self.conn.clone();
