@@ -4,18 +4,19 @@
 //! Why a pool of its own: an argon2id hash at OWASP's parameters takes tens of milliseconds of
 //! CPU and 19 MiB. Run on the reactor it would stall every connection of the worker; run on an
 //! unbounded pool a login flood would take every core from the proxy. [`HashPool`] lets
-//! `slots` hashes run at once (tokio's blocking threads, under a semaphore) and `queue` more
-//! wait; the next login is refused at once with [`Overloaded`](crate::AuthError::Overloaded).
+//! `slots` hashes run at once (threads of its own, each keeping its 19 MiB from one hash to the
+//! next) and `queue` more wait; the next login is refused at once with
+//! [`Overloaded`](crate::AuthError::Overloaded).
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use md5::{Digest, Md5};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
 
 use crate::AuthError;
 
@@ -94,13 +95,35 @@ impl Hasher {
         Argon2::new(Algorithm::Argon2id, Version::V0x13, self.params.clone())
     }
 
-    /// A new `$argon2id$…` hash of `password` with a random salt.
+    /// A new `$argon2id$…` hash of `password` with a random salt (the PHC string the argon2
+    /// crate's `hash_password` writes, computed in this thread's kept memory).
     pub fn hash(&self, password: &str) -> Result<String, AuthError> {
+        let failed =
+            |error: &dyn std::fmt::Display| AuthError::Internal(format!("argon2: {error}"));
         let salt = SaltString::generate(&mut OsRng);
-        self.argon2()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|hash| hash.to_string())
-            .map_err(|error| AuthError::Internal(format!("argon2: {error}")))
+        let mut salt_bytes = [0u8; 64];
+        let salt_bytes = salt
+            .as_salt()
+            .decode_b64(&mut salt_bytes)
+            .map_err(|e| failed(&e))?;
+        let argon2 = self.argon2();
+        let length = self
+            .params
+            .output_len()
+            .unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+        let output = Output::init_with(length, |out| {
+            hash_into(&argon2, &self.params, password.as_bytes(), salt_bytes, out)
+                .map_err(argon2::password_hash::Error::from)
+        })
+        .map_err(|e| failed(&e))?;
+        let hash = PasswordHash {
+            algorithm: Algorithm::Argon2id.ident(),
+            version: Some(Version::V0x13.into()),
+            params: ParamsString::try_from(&self.params).map_err(|e| failed(&e))?,
+            salt: Some(salt.as_salt()),
+            hash: Some(output),
+        };
+        Ok(hash.to_string())
     }
 
     /// Checks `password` against `stored`, whatever its scheme; comparisons are constant-time.
@@ -110,11 +133,7 @@ impl Hasher {
                 let Ok(parsed) = PasswordHash::new(stored) else {
                     return Verified::No;
                 };
-                if self
-                    .argon2()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_err()
-                {
+                if !argon2id_matches(password, &parsed) {
                     return Verified::No;
                 }
                 let current = Params::try_from(&parsed).is_ok_and(|params| {
@@ -147,6 +166,55 @@ impl Hasher {
     }
 }
 
+thread_local! {
+    /// The memory of this thread's argon2 hashes, kept from one to the next: a hash allocates
+    /// nothing. (Allocated per hash, 19 MiB at OWASP's parameters, glibc served them from
+    /// per-thread arenas once its mmap threshold had grown past that size, and kept them: a
+    /// login storm left the process hundreds of MiB larger. The hashing threads are a fixed
+    /// few, so this is `slots` × the hash's memory, for good.)
+    static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+}
+
+/// argon2 of `password` and `salt` into `out`, in this thread's kept memory.
+fn hash_into(
+    argon2: &Argon2<'_>,
+    params: &Params,
+    password: &[u8],
+    salt: &[u8],
+    out: &mut [u8],
+) -> Result<(), argon2::Error> {
+    BLOCKS.with(|blocks| {
+        let mut blocks = blocks.borrow_mut();
+        let needed = params.block_count();
+        if blocks.len() < needed {
+            blocks.resize(needed, Block::default());
+        }
+        argon2.hash_password_into_with_memory(password, salt, out, &mut blocks[..needed])
+    })
+}
+
+/// Whether `password` is the one `parsed` (an `$argon2id$` PHC string) was made from, with the
+/// parameters written in it; the comparison is constant-time.
+fn argon2id_matches(password: &str, parsed: &PasswordHash<'_>) -> bool {
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(parsed) else {
+        return false;
+    };
+    let Ok(version) = Version::try_from(parsed.version.unwrap_or(0x13)) else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let argon2 = Argon2::new(Algorithm::Argon2id, version, params.clone());
+    let mut out = vec![0u8; expected.len()];
+    hash_into(&argon2, &params, password.as_bytes(), salt_bytes, &mut out).is_ok()
+        && bool::from(out.as_slice().ct_eq(expected.as_bytes()))
+}
+
 pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
@@ -157,10 +225,14 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Password hashing off the reactor, with admission control.
+/// A hash to run, and where its answer goes.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Password hashing off the reactor, with admission control: `slots` threads of its own (each
+/// keeping its hash memory, see `BLOCKS`), fed by one queue.
 #[derive(Debug)]
 pub struct HashPool {
-    slots: Arc<Semaphore>,
+    jobs: std::sync::mpsc::Sender<Job>,
     admitted: Arc<AtomicUsize>,
     capacity: usize,
     slot_count: usize,
@@ -186,8 +258,31 @@ impl HashPool {
             0 => slots * 4,
             n => n as usize,
         };
+        let (jobs, waiting) = std::sync::mpsc::channel::<Job>();
+        let waiting = Arc::new(std::sync::Mutex::new(waiting));
+        for index in 0..slots {
+            let waiting = Arc::clone(&waiting);
+            let spawned = std::thread::Builder::new()
+                .name(format!("sekisho-hash-{index}"))
+                .spawn(move || loop {
+                    // One job at a time per thread; the queue's lock is held only to take it.
+                    let job = match waiting.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(poisoned) => poisoned.into_inner().recv(),
+                    };
+                    let Ok(job) = job else {
+                        return; // the pool is gone
+                    };
+                    // A panicking hash answers nobody (its caller sees an internal error) and
+                    // leaves the thread serving.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "could not start a password hashing thread");
+            }
+        }
         Self {
-            slots: Arc::new(Semaphore::new(slots)),
+            jobs,
             admitted: Arc::new(AtomicUsize::new(0)),
             capacity: slots + queue,
             slot_count: slots,
@@ -199,8 +294,8 @@ impl HashPool {
         self.slot_count
     }
 
-    /// Runs `work` on a blocking thread once a slot is free; refused at once with
-    /// [`AuthError::Overloaded`] when every slot is busy and the queue is full.
+    /// Runs `work` on one of the pool's threads once one is free; refused at once with
+    /// [`AuthError::Overloaded`] when every thread is busy and the queue is full.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
@@ -210,17 +305,15 @@ impl HashPool {
             return Err(AuthError::Overloaded);
         }
         let admission = Admission(Arc::clone(&self.admitted));
-        let permit = Arc::clone(&self.slots)
-            .acquire_owned()
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = answer.send(work());
+            }))
+            .map_err(|_| AuthError::Internal("no password hashing thread is running".into()))?;
+        let result = answered
             .await
-            .map_err(|_| AuthError::Overloaded)?;
-        let result = tokio::task::spawn_blocking(move || {
-            let result = work();
-            drop(permit);
-            result
-        })
-        .await
-        .map_err(|error| AuthError::Internal(format!("hashing task: {error}")));
+            .map_err(|_| AuthError::Internal("the password hash failed".into()));
         drop(admission);
         result
     }
@@ -271,6 +364,57 @@ mod tests {
         })
         .expect("params");
         assert_eq!(stronger.verify("secret", &stored), Verified::YesRehash);
+    }
+
+    #[test]
+    fn our_hashes_are_the_argon2_crates_phc_strings_both_ways() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let params = sekisho_config::Argon2Params {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let hasher = Hasher::new(params).expect("params");
+        // Ours, checked by the crate's own verifier.
+        let ours = hasher.hash("secret").expect("hash");
+        let parsed = PasswordHash::new(&ours).expect("a PHC string");
+        assert!(hasher.argon2().verify_password(b"secret", &parsed).is_ok());
+        assert!(hasher.argon2().verify_password(b"Secret", &parsed).is_err());
+        // The crate's (every hash stored before this change), checked by ours.
+        let salt = SaltString::generate(&mut OsRng);
+        let theirs = hasher
+            .argon2()
+            .hash_password(b"secret", &salt)
+            .expect("hash")
+            .to_string();
+        assert_eq!(hasher.verify("secret", &theirs), Verified::Yes);
+        assert_eq!(hasher.verify("secreT", &theirs), Verified::No);
+        // Other parameters still verify, and ask for a rehash; a bigger memory than the last
+        // hash of this thread is no problem.
+        let bigger = Hasher::new(sekisho_config::Argon2Params {
+            memory_kib: 256,
+            iterations: 2,
+            parallelism: 1,
+        })
+        .expect("params")
+        .hash("secret")
+        .expect("hash");
+        assert_eq!(hasher.verify("secret", &bigger), Verified::YesRehash);
+        assert_eq!(hasher.verify("other", &bigger), Verified::No);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_hash_is_an_internal_error_and_the_thread_keeps_serving() {
+        let pool = HashPool::new(1, 1);
+        let failed = pool.run(|| -> u8 { panic!("a hash that panics") }).await;
+        assert!(matches!(failed, Err(AuthError::Internal(_))), "{failed:?}");
+        assert_eq!(pool.run(|| 5).await.expect("ran"), 5);
+        // The work runs on the pool's own thread, not the caller's.
+        let name = pool
+            .run(|| std::thread::current().name().map(str::to_owned))
+            .await
+            .expect("ran");
+        assert_eq!(name.as_deref(), Some("sekisho-hash-0"));
     }
 
     #[test]
