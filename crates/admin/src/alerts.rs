@@ -51,6 +51,15 @@ fn monitor(state: &AdminState) -> Result<&SharedMonitor, Box<AdminResponse>> {
     })
 }
 
+/// 503 `DATABASE_UNAVAILABLE`: a silence's change could not be kept, so none was made.
+fn not_stored(failure: &dyn std::fmt::Display) -> AdminResponse {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        &format!("the silence could not be stored, nothing changed: {failure}"),
+    )
+}
+
 fn lock(monitor: &SharedMonitor) -> std::sync::MutexGuard<'_, Monitor> {
     monitor.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -174,22 +183,56 @@ pub(crate) async fn silences(
                 })
                 .collect();
             let seconds = body.duration_seconds.min(365 * 86_400);
-            let id = lock(&shared).manager().silence(Silence {
+            let silence = Silence {
                 matchers,
                 until: now + Duration::from_secs(seconds),
                 comment: body.comment,
-            });
+            };
+            // Kept in the database first (its id is the row's), so that a restart does not end
+            // it; when that fails nothing changes and the operator is told.
+            let id = match crate::history::history(state) {
+                Some(store) => {
+                    let at = sekisho_db::now_millis();
+                    let ends_at = at.saturating_add(i64::try_from(seconds * 1000).unwrap_or(0));
+                    match store
+                        .add_silence(&silence.matchers, ends_at, &silence.comment, at)
+                        .await
+                    {
+                        Ok(id) => {
+                            let id = u64::try_from(id).unwrap_or_default();
+                            lock(&shared).manager().silence_with_id(id, silence);
+                            id
+                        }
+                        Err(failure) => return not_stored(&failure),
+                    }
+                }
+                None => lock(&shared).manager().silence(silence),
+            };
             ok(StatusCode::CREATED, json!({ "id": id }))
         }
         (&Method::DELETE, id) => {
             let Ok(id) = id.trim_start_matches('/').parse::<u64>() else {
                 return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such silence");
             };
-            if lock(&shared).manager().expire_silence(id) {
-                ok(StatusCode::OK, json!({ "id": id, "expired": true }))
-            } else {
-                error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such silence")
+            if !lock(&shared)
+                .manager()
+                .silences(now)
+                .iter()
+                .any(|(known, _)| *known == id)
+            {
+                return error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such silence");
             }
+            if let Some(store) = crate::history::history(state) {
+                let at = sekisho_db::now_millis();
+                if let Err(failure) = store
+                    .expire_silence(i64::try_from(id).unwrap_or(i64::MAX), at)
+                    .await
+                {
+                    return not_stored(&failure);
+                }
+            }
+            lock(&shared).manager().expire_silence(id);
+            ok(StatusCode::OK, json!({ "id": id, "expired": true }))
         }
         _ => error(
             StatusCode::METHOD_NOT_ALLOWED,

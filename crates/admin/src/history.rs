@@ -32,7 +32,7 @@ fn not_allowed(method: &Method) -> AdminResponse {
     )
 }
 
-fn history(state: &AdminState) -> Option<History> {
+pub(crate) fn history(state: &AdminState) -> Option<History> {
     state
         .outbox
         .get()

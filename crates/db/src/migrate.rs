@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "alert_notified",
         sql: include_str!("../migrations/0004_alert_notified.sql"),
     },
+    Migration {
+        version: 5,
+        name: "silences",
+        sql: include_str!("../migrations/0005_silences.sql"),
+    },
 ];
 
 /// Where a migration stands in a database.

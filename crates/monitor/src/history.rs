@@ -346,6 +346,108 @@ impl History {
     }
 }
 
+/// A silence as the database keeps it (`silences`, migration 5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSilence {
+    /// Its id, also the manager's.
+    pub id: i64,
+    /// What it matches.
+    pub matchers: Vec<crate::manager::Matcher>,
+    /// When it ends (Unix ms).
+    pub ends_at: i64,
+    /// Why, and who.
+    pub comment: String,
+}
+
+fn matchers_json(matchers: &[crate::manager::Matcher]) -> String {
+    use crate::manager::Matcher;
+    let list: Vec<serde_json::Value> = matchers
+        .iter()
+        .map(|m| match m {
+            Matcher::Equal(n, v) => serde_json::json!({"name": n, "value": v, "is_equal": true}),
+            Matcher::NotEqual(n, v) => {
+                serde_json::json!({"name": n, "value": v, "is_equal": false})
+            }
+        })
+        .collect();
+    serde_json::Value::from(list).to_string()
+}
+
+fn matchers_of(json: &str) -> Option<Vec<crate::manager::Matcher>> {
+    use crate::manager::Matcher;
+    let list: Vec<serde_json::Value> = serde_json::from_str(json).ok()?;
+    list.iter()
+        .map(|m| {
+            let name = m["name"].as_str()?.to_owned();
+            let value = m["value"].as_str()?.to_owned();
+            Some(if m["is_equal"].as_bool()? {
+                Matcher::Equal(name, value)
+            } else {
+                Matcher::NotEqual(name, value)
+            })
+        })
+        .collect()
+}
+
+impl History {
+    /// Keeps a new silence; its id.
+    pub async fn add_silence(
+        &self,
+        matchers: &[crate::manager::Matcher],
+        ends_at: i64,
+        comment: &str,
+        now: i64,
+    ) -> Result<i64, DbError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO silences (matchers, ends_at, comment, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(matchers_json(matchers))
+        .bind(ends_at)
+        .bind(comment)
+        .bind(now)
+        .fetch_one(self.database.pool())
+        .await?;
+        Ok(id)
+    }
+
+    /// Ends silence `id` at `now` (an operator ended it early).
+    pub async fn expire_silence(&self, id: i64, now: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE silences SET expired_at = $1 WHERE id = $2 AND expired_at IS NULL")
+            .bind(now)
+            .bind(id)
+            .execute(self.database.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The silences still in force at `now`, oldest first (a row whose matchers cannot be read
+    /// is skipped).
+    pub async fn active_silences(&self, now: i64) -> Result<Vec<StoredSilence>, DbError> {
+        let rows = sqlx::query(
+            "SELECT id, matchers, ends_at, comment FROM silences \
+             WHERE expired_at IS NULL AND ends_at > $1 ORDER BY id",
+        )
+        .bind(now)
+        .fetch_all(self.database.pool())
+        .await?;
+        let mut silences = Vec::new();
+        for row in &rows {
+            let matchers: String = row.try_get(1)?;
+            let Some(matchers) = matchers_of(&matchers) else {
+                continue;
+            };
+            silences.push(StoredSilence {
+                id: row.try_get(0)?,
+                matchers,
+                ends_at: row.try_get(2)?,
+                comment: row.try_get(3)?,
+            });
+        }
+        Ok(silences)
+    }
+}
+
 impl History {
     /// Records what a notification told a receiver (see `restore.rs`): `firing` is remembered
     /// with its severity, `resolved` forgets.

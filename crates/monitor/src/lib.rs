@@ -34,7 +34,9 @@ pub mod series;
 pub mod worker;
 
 pub use channels::Channel;
-pub use history::{History, HistoryEntry, HistoryEvent, HistoryFilter, HistoryStats};
+pub use history::{
+    History, HistoryEntry, HistoryEvent, HistoryFilter, HistoryStats, StoredSilence,
+};
 pub use manager::{
     fingerprint, ActiveAlert, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver,
     Settings, Severity, Silence, Status,

@@ -370,6 +370,14 @@ impl AlertManager {
         id
     }
 
+    /// Adds (or replaces) the silence `id`: one the database numbered, or put back after a
+    /// restart. Later ids of [`Manager::silence`] come after it.
+    pub fn silence_with_id(&mut self, id: u64, silence: Silence) {
+        self.silences.retain(|(known, _)| *known != id);
+        self.silences.push((id, silence));
+        self.next_silence = self.next_silence.max(id + 1);
+    }
+
     /// The silences in force at `now`, with their ids.
     pub fn silences(&self, now: Instant) -> Vec<(u64, Silence)> {
         self.silences

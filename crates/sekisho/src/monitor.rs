@@ -48,6 +48,34 @@ pub(crate) async fn monitor(
             tracing::warn!(%error, "cannot read the last run's alert state; alerts still firing will be announced again");
         }
     }
+    // The silences in force when the last run stopped (an operator's silence outlives a restart).
+    match history.active_silences(sekisho_db::now_millis()).await {
+        Ok(silences) => {
+            let now_ms = sekisho_db::now_millis();
+            let now = std::time::Instant::now();
+            let mut monitor = shared.lock().unwrap_or_else(|p| p.into_inner());
+            for stored in &silences {
+                let left = u64::try_from(stored.ends_at - now_ms).unwrap_or(0);
+                monitor.manager().silence_with_id(
+                    u64::try_from(stored.id).unwrap_or_default(),
+                    sekisho_monitor::Silence {
+                        matchers: stored.matchers.clone(),
+                        until: now + std::time::Duration::from_millis(left),
+                        comment: stored.comment.clone(),
+                    },
+                );
+            }
+            if !silences.is_empty() {
+                tracing::info!(
+                    silences = silences.len(),
+                    "silences of the last run restored"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the silences of the last run; they are not in force");
+        }
+    }
     // What notifications told receivers, written once their rows are in the outbox.
     let mut told_backlog: std::collections::VecDeque<sekisho_monitor::Told> =
         std::collections::VecDeque::new();
