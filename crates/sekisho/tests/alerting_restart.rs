@@ -91,8 +91,11 @@ async fn a_resolution_owed_at_a_kill_is_sent_after_the_restart(dialect: sekisho_
         .as_str()
         .unwrap()
         .to_owned();
-    // The gateway notes what the receiver was told once the row is written; wait for that
-    // note before the kill (polled: it is a row of the database, no event to await).
+    // The gateway notes what the receiver was told once the row is written, and marks the
+    // firing's outbox row delivered once the receiver answered; wait for both before the kill
+    // (polled: they are rows of the database, no event to await). A row still claimed by the
+    // killed process would hold its lane — and the `resolved` behind it — until the claim's
+    // lease ends (30 s), which is not what this test is about.
     let db = database.open().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -102,7 +105,12 @@ async fn a_resolution_owed_at_a_kill_is_sent_after_the_restart(dialect: sekisho_
         .bind(&fingerprint)
         .fetch_one(db.pool())
         .await;
-        if noted.is_ok_and(|n| n == 1) {
+        let pending: Result<i64, _> = sekisho_db::sqlx::query_scalar(
+            "SELECT COUNT(*) FROM notifications WHERE state = 'pending'",
+        )
+        .fetch_one(db.pool())
+        .await;
+        if noted.is_ok_and(|n| n == 1) && pending.is_ok_and(|n| n == 0) {
             break;
         }
         assert!(
