@@ -699,6 +699,12 @@ async fn health_detailed_checks_the_database_and_the_disk_and_sees_the_database_
         ),
     );
     let gateway = Sekisho::start(&binary(), &config);
+    // Ready a moment after it says it listens: wait as a load balancer would, on /ready.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while admin_get(&gateway, "/ready").await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let (status, health) = admin_get(&gateway, "/health/detailed").await;
     assert_eq!(

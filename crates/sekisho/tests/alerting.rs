@@ -6,65 +6,21 @@
 //! PostgreSQL, and the delivery log shows it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sekisho_load::ChaosState;
-use sekisho_testkit::{chaos_upstream, client, promtool, send, try_send, Sekisho, TempDir};
+use sekisho_testkit::{
+    chaos_upstream, client, next_notification, promtool, send, try_send, webhook_receiver,
+    webhook_receiver_on, Sekisho, TempDir,
+};
 use serde_json::Value;
-use tokio::sync::mpsc;
-
-/// A webhook receiver on 127.0.0.1, port 0: every POSTed body, parsed, arrives on the channel.
-async fn receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
-    receiver_on(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-}
-
-/// A webhook receiver on `listener`.
-fn receiver_on(
-    listener: tokio::net::TcpListener,
-) -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
-    let address = listener.local_addr().unwrap();
-    let (sender, bodies) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let sender = sender.clone();
-                    async move {
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
-                        let _ = sender.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (address, bodies)
-}
-
-async fn next(bodies: &mut mpsc::UnboundedReceiver<Value>, what: &str) -> Value {
-    tokio::time::timeout(Duration::from_secs(20), bodies.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} notification within 20 s"))
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     let upstream = chaos_upstream("app").await;
-    let (hook, mut bodies) = receiver().await;
+    let (hook, mut bodies) = webhook_receiver().await;
     let dir = TempDir::new("alerting");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
@@ -90,7 +46,7 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     for _ in 0..10 {
         let _ = try_send(&http, "GET", &gateway.url("/x"), &[], Bytes::new()).await;
     }
-    let firing = next(&mut bodies, "firing").await;
+    let firing = next_notification(&mut bodies, "firing").await;
     assert_eq!(firing["version"], "4", "{firing}");
     assert_eq!(firing["status"], "firing", "{firing}");
     assert_eq!(firing["receiver"], "ops");
@@ -189,7 +145,7 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
     }
     assert!(closed, "the circuit never let a request through again");
     let resolved = loop {
-        let body = next(&mut bodies, "resolved").await;
+        let body = next_notification(&mut bodies, "resolved").await;
         if body["status"] == "resolved" {
             break body;
         }
@@ -337,7 +293,7 @@ async fn an_open_circuit_fires_to_the_webhook_and_its_resolution_follows() {
         "{}",
         String::from_utf8_lossy(&tested.body)
     );
-    let test_body = next(&mut bodies, "test").await;
+    let test_body = next_notification(&mut bodies, "test").await;
     assert_eq!(test_body["alerts"][0]["labels"]["alertname"], "SekishoTest");
     assert_eq!(test_body["alerts"][0]["labels"]["severity"], "info");
     let unknown = send(
@@ -427,7 +383,7 @@ async fn a_notification_pending_at_a_kill_is_delivered_after_the_restart(
     };
     gateway.kill();
 
-    let (_, mut bodies) = receiver_on(tokio::net::TcpListener::bind(hook).await.unwrap());
+    let (_, mut bodies) = webhook_receiver_on(tokio::net::TcpListener::bind(hook).await.unwrap());
     let gateway = Sekisho::start(&binary, &path);
     // Within the lease (30 s) even if the kill came between a claim and its outcome.
     let firing = tokio::time::timeout(Duration::from_secs(45), bodies.recv())

@@ -5,52 +5,17 @@
 //! the real binary, its `/metrics` exposition read back by the monitor every cycle.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sekisho_load::ChaosState;
-use sekisho_testkit::{chaos_upstream, client, send, try_send, Sekisho, TempDir};
-use serde_json::Value;
-use tokio::sync::mpsc;
-
-/// A webhook receiver on 127.0.0.1, port 0: every POSTed body, parsed, arrives on the channel.
-async fn receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (sender, bodies) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let sender = sender.clone();
-                    async move {
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
-                        let _ = sender.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (address, bodies)
-}
+use sekisho_testkit::{chaos_upstream, client, send, try_send, webhook_receiver, Sekisho, TempDir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_on_the_rate_of_5xx_answers_fires_while_they_pass_and_resolves_when_they_stop() {
     let upstream = chaos_upstream("app").await;
-    let (hook, mut bodies) = receiver().await;
+    let (hook, mut bodies) = webhook_receiver().await;
     let dir = TempDir::new("alerting_metrics");
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
@@ -138,7 +103,7 @@ async fn a_rule_on_the_rate_of_5xx_answers_fires_while_they_pass_and_resolves_wh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_error_rate_and_redis_rtt_are_measured_as_signals() {
     let upstream = chaos_upstream("app").await;
-    let (hook, mut bodies) = receiver().await;
+    let (hook, mut bodies) = webhook_receiver().await;
     let dir = TempDir::new("alerting_signals");
     let redis =
         std::env::var("SEKISHO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());

@@ -4,58 +4,19 @@
 //! the alert it had announced and sends the `resolved` that was owed, with the same fingerprint.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use sekisho_load::ChaosState;
-use sekisho_testkit::{chaos_upstream, client, try_send, Sekisho, TempDir};
+use sekisho_testkit::{
+    chaos_upstream, client, next_notification, try_send, webhook_receiver, Sekisho, TempDir,
+};
 use serde_json::Value;
-use tokio::sync::mpsc;
-
-/// A webhook receiver on 127.0.0.1, port 0: every POSTed body, parsed, arrives on the channel.
-async fn receiver() -> (std::net::SocketAddr, mpsc::UnboundedReceiver<Value>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let (sender, bodies) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let sender = sender.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let sender = sender.clone();
-                    async move {
-                        let body = request.into_body().collect().await.unwrap().to_bytes();
-                        let _ = sender.send(serde_json::from_slice(&body).unwrap_or(Value::Null));
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (address, bodies)
-}
-
-async fn next(bodies: &mut mpsc::UnboundedReceiver<Value>, what: &str) -> Value {
-    tokio::time::timeout(Duration::from_secs(20), bodies.recv())
-        .await
-        .unwrap_or_else(|_| panic!("no {what} notification within 20 s"))
-        .unwrap()
-}
 
 async fn a_resolution_owed_at_a_kill_is_sent_after_the_restart(dialect: sekisho_db::Dialect) {
     let upstream = chaos_upstream("app").await;
-    let (hook, mut bodies) = receiver().await;
+    let (hook, mut bodies) = webhook_receiver().await;
     let database = sekisho_db::testing::TestDatabase::new(dialect)
         .await
         .unwrap();
@@ -85,7 +46,7 @@ async fn a_resolution_owed_at_a_kill_is_sent_after_the_restart(dialect: sekisho_
     for _ in 0..10 {
         let _ = try_send(&http, "GET", &gateway.url("/x"), &[], Bytes::new()).await;
     }
-    let firing = next(&mut bodies, "firing").await;
+    let firing = next_notification(&mut bodies, "firing").await;
     assert_eq!(firing["status"], "firing", "{firing}");
     let fingerprint = firing["alerts"][0]["fingerprint"]
         .as_str()
@@ -128,7 +89,7 @@ async fn a_resolution_owed_at_a_kill_is_sent_after_the_restart(dialect: sekisho_
     // (A firing delivered just before the kill, but not yet marked so, may come again first:
     // delivery is at least once.)
     let resolved = loop {
-        let body = next(&mut bodies, "resolved").await;
+        let body = next_notification(&mut bodies, "resolved").await;
         if body["status"] == "resolved" {
             break body;
         }
@@ -181,7 +142,7 @@ async fn silences(gateway: &Sekisho) -> Vec<(u64, String, u64)> {
 }
 
 async fn silences_outlive_a_restart(dialect: sekisho_db::Dialect) {
-    let (hook, _bodies) = receiver().await;
+    let (hook, _bodies) = webhook_receiver().await;
     let database = sekisho_db::testing::TestDatabase::new(dialect)
         .await
         .unwrap();
