@@ -596,6 +596,16 @@ fn alert_rules_and_receivers_are_read_and_checked_where_they_stand() {
             "email.ca is only used with `starttls = true`",
         ),
         (
+            "[[alerts.receivers]]\nname = \"ops\"\nemail = { smtp = \"127.0.0.1:25\", from = \"a@b.c\", to = [\"o@b.c\"], starttls = true, username = \"u\" }\n",
+            13,
+            "email.username and email.password_file go together",
+        ),
+        (
+            "[[alerts.receivers]]\nname = \"ops\"\nemail = { smtp = \"127.0.0.1:25\", from = \"a@b.c\", to = [\"o@b.c\"], username = \"u\", password_file = \"p\" }\n",
+            13,
+            "SMTP credentials are only sent over STARTTLS",
+        ),
+        (
             "[alerts]\ndisable = [\"HighCpu\", \"Typo\"]\n",
             14,
             "`Typo` is not a default rule",

@@ -191,6 +191,15 @@ fn validate_alerts(config: &Config, base_dir: Option<&Path>, problems: &mut Prob
             if email.ca.is_some() && !email.starttls {
                 fail("email.ca is only used with `starttls = true`".into());
             }
+            match (&email.username, &email.password_file) {
+                (Some(_), None) | (None, Some(_)) => {
+                    fail("email.username and email.password_file go together (SMTP AUTH)".into())
+                }
+                (Some(_), Some(_)) if !email.starttls => fail(
+                    "SMTP credentials are only sent over STARTTLS: set `starttls = true`".into(),
+                ),
+                _ => {}
+            }
         }
         if let Some(ca_file) = &r.ca_file {
             let https = urls

@@ -5,9 +5,11 @@
 //!
 //! The outbox row is self-contained: its payload holds the server, the addresses and both
 //! bodies ([`Email`]), so a row written before a reload or a restart is sent where it was
-//! addressed. No SMTP authentication: the receiver is a relay that accepts the gateway.
+//! addressed. With `username` and `password_file` it logs in (SMTP AUTH, only over STARTTLS);
+//! the row keeps the file's path, never the password, which is read at each send.
 
 use lettre::message::{header::ContentType, Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,12 @@ pub struct Email {
     pub starttls: bool,
     /// A PEM file of CA certificates to trust besides the system's.
     pub ca: Option<String>,
+    /// The SMTP user to log in as, if any.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// The file holding its password (the path, not the password).
+    #[serde(default)]
+    pub password_file: Option<String>,
     /// The sender.
     pub from: String,
     /// The recipients.
@@ -65,6 +73,8 @@ impl Email {
             smtp: email.smtp.clone(),
             starttls: email.starttls,
             ca: email.ca.clone(),
+            username: email.username.clone(),
+            password_file: email.password_file.clone(),
             from: email.from.clone(),
             to: email.to.clone(),
             html: html(note, &subject, date),
@@ -106,15 +116,34 @@ impl Email {
                 .build()
                 .map_err(|e| permanent(format!("TLS settings: {e}")))?;
             builder = builder.tls(Tls::Required(parameters));
+            if let (Some(user), Some(file)) = (&self.username, &self.password_file) {
+                // Read at each send: a rotated secret is used at once. A missing file is worth
+                // retrying (a secret being mounted), so not permanent.
+                let password = tokio::fs::read_to_string(file)
+                    .await
+                    .map_err(|e| SendError {
+                        error: format!("cannot read the SMTP password file `{file}`: {e}"),
+                        permanent: false,
+                    })?;
+                let password = password.lines().next().unwrap_or_default().to_owned();
+                builder = builder.credentials(Credentials::new(user.clone(), password));
+            }
         }
         let transport = builder.build();
         match transport.send(message).await {
             Ok(_) => Ok(()),
-            Err(error) => Err(SendError {
-                // A 5xx answer (a recipient refused, …) will not change on a retry.
-                permanent: error.is_permanent(),
-                error: crate::worker::error_chain(&error),
-            }),
+            Err(error) => {
+                // A refused login (530, 534, 535, 538) is a secret to fix, after which the
+                // message must still go: retried. Any other 5xx answer (a recipient refused,
+                // …) will not change on a retry.
+                let login_refused = error.status().is_some_and(|code| {
+                    matches!(code.to_string().as_str(), "530" | "534" | "535" | "538")
+                });
+                Err(SendError {
+                    permanent: error.is_permanent() && !login_refused,
+                    error: crate::worker::error_chain(&error),
+                })
+            }
         }
     }
 
@@ -246,6 +275,8 @@ mod tests {
             to: vec!["ops@example.com".to_owned()],
             starttls: false,
             ca: None,
+            username: None,
+            password_file: None,
         }
     }
 

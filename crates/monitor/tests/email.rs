@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 /// The SMTP sink: prints `{"port": N}` once it listens, then one JSON line per message.
 const SINK: &str = r#"
 import asyncio, json, ssl, sys
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 class Handler:
     async def handle_DATA(self, server, session, envelope):
@@ -34,6 +34,13 @@ class Handler:
         }), flush=True)
         return "250 OK"
 
+# With a third argument `user:password`, AUTH is required (over TLS), and only that pair passes.
+credentials = sys.argv[3].encode().split(b":", 1) if len(sys.argv) > 3 else None
+
+def authenticator(server, session, envelope, mechanism, auth_data):
+    ok = isinstance(auth_data, LoginPassword) and [auth_data.login, auth_data.password] == credentials
+    return AuthResult(success=ok, handled=False)
+
 async def main():
     context = None
     if len(sys.argv) > 2:
@@ -42,7 +49,9 @@ async def main():
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: SMTP(Handler(), hostname="sink.test", tls_context=context,
-                     require_starttls=context is not None),
+                     require_starttls=context is not None,
+                     authenticator=authenticator if credentials else None,
+                     auth_required=credentials is not None, auth_require_tls=True),
         "127.0.0.1", 0)
     print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
     await asyncio.Event().wait()
@@ -68,6 +77,14 @@ impl Sink {
     /// Starts the sink (with STARTTLS required when `tls` names a certificate and its key), or
     /// `None` when aiosmtpd is missing and not required.
     async fn start(tls: Option<(&std::path::Path, &std::path::Path)>) -> Option<Self> {
+        Self::start_with(tls, None).await
+    }
+
+    /// [`Sink::start`], requiring AUTH with `credentials` (`user:password`) when given.
+    async fn start_with(
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+        credentials: Option<&str>,
+    ) -> Option<Self> {
         let importable = std::process::Command::new("python3")
             .args(["-c", "import aiosmtpd"])
             .stderr(Stdio::null())
@@ -85,6 +102,9 @@ impl Sink {
         command.args(["-c", SINK]).stdin(Stdio::null());
         if let Some((cert, key)) = tls {
             command.arg(cert).arg(key);
+            if let Some(credentials) = credentials {
+                command.arg(credentials);
+            }
         }
         let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -116,8 +136,17 @@ async fn next_line(lines: &mut mpsc::UnboundedReceiver<String>, what: &str) -> V
 }
 
 fn config(port: u16, starttls: Option<&std::path::Path>) -> sekisho_config::Config {
+    config_with(port, starttls, "")
+}
+
+/// [`config`], with `extra` keys in the receiver's `email` table.
+fn config_with(
+    port: u16,
+    starttls: Option<&std::path::Path>,
+    extra: &str,
+) -> sekisho_config::Config {
     let tls = match starttls {
-        Some(ca) => format!(", starttls = true, ca = \"{}\"", ca.display()),
+        Some(ca) => format!(", starttls = true, ca = \"{}\"{extra}", ca.display()),
         None => String::new(),
     };
     let text = format!(
@@ -286,6 +315,83 @@ async fn starttls_asked_of_a_server_without_it_sends_nothing() {
     );
     worker.abort();
     drop(sink);
+    test.remove().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The row `id` once a send of it has failed (its last error), within 10 s.
+async fn failed(outbox: &Outbox, id: i64) -> sekisho_monitor::LoggedNotification {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = outbox.list(None, Some(id + 1), 1).await.unwrap().remove(0);
+        if row.last_error.is_some() {
+            return row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{row:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_auth_logs_in_with_the_password_file_read_at_each_send() {
+    let (dir, cert, key) = certificate();
+    let Some(mut sink) =
+        Sink::start_with(Some((cert.as_path(), key.as_path())), Some("alerts:s3cret")).await
+    else {
+        return;
+    };
+    // A wrong password first: refused by the server, kept for a retry, nothing in the log but
+    // the server's word.
+    let password = dir.join("smtp-password");
+    std::fs::write(&password, "wrong\n").unwrap();
+    let extra = format!(
+        ", username = \"alerts\", password_file = \"{}\"",
+        password.display()
+    );
+    let config = config_with(sink.port, Some(cert.as_path()), &extra);
+    let test = TestDatabase::new(Dialect::Sqlite).await.unwrap();
+    let settings = OutboxSettings {
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(100),
+        ..OutboxSettings::default()
+    };
+    let outbox = Outbox::open(test.open().await.unwrap(), settings)
+        .await
+        .unwrap();
+    let worker = tokio::spawn(sekisho_monitor::worker::run(outbox.clone()));
+    let mut now = Instant::now();
+    let mut monitor = Monitor::new(&config.alerts, now);
+    let id = fire(&mut monitor, &outbox, &mut now, 1.0).await;
+    let row = failed(&outbox, id).await;
+    let error = row.last_error.clone().unwrap();
+    assert!(error.to_lowercase().contains("auth"), "{error}");
+    assert!(
+        !error.contains("s3cret") && !error.contains("wrong"),
+        "{error}"
+    );
+    assert_eq!(row.state, DeliveryState::Pending.as_str(), "{row:?}");
+    // The secret is rotated in its file: the next attempt logs in and the message goes.
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let message = sink.message().await;
+    assert_eq!(message["tls"], true, "{message}");
+    assert!(message["data"]
+        .as_str()
+        .unwrap()
+        .contains("[FIRING] ApiCircuitOpen"));
+    delivered(&outbox, id).await;
+    // The row keeps where the password is, never the password.
+    let stored: String =
+        sekisho_db::sqlx::query_scalar("SELECT payload FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_one(outbox.database().pool())
+            .await
+            .unwrap();
+    assert!(
+        !stored.contains("s3cret") && stored.contains("smtp-password"),
+        "{stored}"
+    );
+
+    worker.abort();
     test.remove().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }

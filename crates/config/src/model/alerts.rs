@@ -374,6 +374,14 @@ pub struct EmailReceiver {
     /// relay's own CA).
     #[serde(default)]
     pub ca: Option<String>,
+    /// The user to log in as (SMTP AUTH, PLAIN or LOGIN), with `password_file`; only over
+    /// STARTTLS.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A file holding the SMTP password (its first line): read at each send, never copied into
+    /// the config, the outbox or a log (a mounted secret, as Docker and Kubernetes give them).
+    #[serde(default)]
+    pub password_file: Option<String>,
 }
 
 /// `[[alerts.receivers]]`: one or more channels, and the least severity it is told about.
