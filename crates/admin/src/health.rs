@@ -148,6 +148,15 @@ pub(crate) async fn detailed(state: &AdminState) -> AdminResponse {
         })
         .collect();
     // Redis, when a rate limit uses it: down is "degraded" (limits follow on_store_error).
+    // With its round trip now (one PING within 100 ms; null when it does not answer).
+    let rtt_ms = match state.gateway.store_status() {
+        Some(_) => state
+            .gateway
+            .redis_rtt()
+            .await
+            .map(|rtt| (rtt.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        None => None,
+    };
     let redis = state.gateway.store_status().map(|store| {
         json!({
             "status": if store.healthy { "healthy" } else { "degraded" },
@@ -155,6 +164,7 @@ pub(crate) async fn detailed(state: &AdminState) -> AdminResponse {
             "errors": store.errors,
             "last_error": store.last_error,
             "instances": store.instances,
+            "rtt_ms": rtt_ms,
         })
     });
     let redis_degraded = redis

@@ -347,6 +347,8 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
     );
     let health = await_redis_status(&a, "degraded").await;
     assert!(health["checks"]["redis"]["errors"].as_u64().unwrap() > 0);
+    // No answer to its PING: no round trip to show.
+    assert!(health["checks"]["redis"]["rtt_ms"].is_null(), "{health}");
 
     // Redis back (empty: it kept nothing): the limits are shared again by themselves.
     let _redis = PrivateRedis::start(port, dir.path());
@@ -360,7 +362,10 @@ async fn redis_stopped_mid_traffic_follows_on_store_error_and_recovers() {
         assert!(tokio::time::Instant::now() < deadline, "never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    await_redis_status(&a, "healthy").await;
+    let health = await_redis_status(&a, "healthy").await;
+    // Back: its round trip shown again.
+    let rtt = health["checks"]["redis"]["rtt_ms"].as_f64();
+    assert!(rtt.is_some_and(|ms| (0.0..100.0).contains(&ms)), "{health}");
     let (ok, limited, _) = fire(&both("/deny"), 20, 2).await;
     assert_eq!(
         (ok, limited),
