@@ -1,7 +1,8 @@
 //! The probes: `/ready`, `/health/detailed` (with the checks that need I/O: the database —
-//! one `SELECT 1`, bounded — and the disk holding `store.data_dir`) and `GET /api/v1/status`. Each is a JSON object with a `status` of `healthy`,
-//! `degraded` or `unhealthy`, and what it saw; none shows a secret (the database's URL is not
-//! shown at all, only its kind).
+//! one `SELECT 1`, bounded —, Redis's round trip and the disk holding `store.data_dir`) and
+//! `GET /api/v1/status`. Each check is a JSON object with a `status` of `healthy`, `degraded`
+//! or `unhealthy`, and what it saw; none shows a secret (the database's URL is not shown at
+//! all, only its kind).
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,6 +20,11 @@ const DISK_DEGRADED: f64 = 0.90;
 /// … and `unhealthy` (writes of sessions, audit rows and notifications may soon fail).
 const DISK_UNHEALTHY: f64 = 0.95;
 
+/// A round trip in milliseconds, to the microsecond.
+fn millis(rtt: Duration) -> f64 {
+    (rtt.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
 /// The database the gateway uses (`[auth]`'s, or the alerting outbox's); nothing without one.
 pub(crate) async fn database(state: &AdminState) -> Option<Value> {
     let database = match state.gateway.auth() {
@@ -31,7 +37,7 @@ pub(crate) async fn database(state: &AdminState) -> Option<Value> {
             Ok(Ok(rtt)) => json!({
                 "status": "healthy",
                 "kind": kind,
-                "rtt_ms": (rtt.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                "rtt_ms": millis(rtt),
             }),
             Ok(Err(failure)) => json!({
                 "status": "unhealthy",
@@ -149,24 +155,20 @@ pub(crate) async fn detailed(state: &AdminState) -> AdminResponse {
         .collect();
     // Redis, when a rate limit uses it: down is "degraded" (limits follow on_store_error).
     // With its round trip now (one PING within 100 ms; null when it does not answer).
-    let rtt_ms = match state.gateway.store_status() {
-        Some(_) => state
-            .gateway
-            .redis_rtt()
-            .await
-            .map(|rtt| (rtt.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+    let redis = match state.gateway.store_status() {
+        Some(store) => {
+            let rtt_ms = state.gateway.redis_rtt().await.map(millis);
+            Some(json!({
+                "status": if store.healthy { "healthy" } else { "degraded" },
+                "url": store.url,
+                "errors": store.errors,
+                "last_error": store.last_error,
+                "instances": store.instances,
+                "rtt_ms": rtt_ms,
+            }))
+        }
         None => None,
     };
-    let redis = state.gateway.store_status().map(|store| {
-        json!({
-            "status": if store.healthy { "healthy" } else { "degraded" },
-            "url": store.url,
-            "errors": store.errors,
-            "last_error": store.last_error,
-            "instances": store.instances,
-            "rtt_ms": rtt_ms,
-        })
-    });
     let redis_degraded = redis
         .as_ref()
         .is_some_and(|redis| redis["status"] != "healthy");

@@ -49,9 +49,9 @@ pub(crate) async fn monitor(
         }
     }
     // The silences in force when the last run stopped (an operator's silence outlives a restart).
-    match history.active_silences(sekisho_db::now_millis()).await {
+    let now_ms = sekisho_db::now_millis();
+    match history.active_silences(now_ms).await {
         Ok(silences) => {
-            let now_ms = sekisho_db::now_millis();
             let now = std::time::Instant::now();
             let mut monitor = shared.lock().unwrap_or_else(|p| p.into_inner());
             for stored in &silences {
