@@ -47,7 +47,7 @@ use audit::Background;
 use lockout::Lockout;
 use password::{HashPool, Hasher};
 use sessions::{Lifetimes, Sessions, ValidSession};
-use token::{cache_key, digest_of_hash, token_digest, token_key, CacheKey};
+use token::{cache_key, checked_cache_key, digest_of_hash, token_digest, CacheKey};
 use users::Directory;
 
 /// The message of every failed login: the same for an unknown user and a wrong password.
@@ -406,17 +406,13 @@ impl Auth {
     pub async fn authenticate(&self, access_token: &str) -> Result<Arc<Identity>, AuthError> {
         let invalid = || AuthError::Unauthenticated("invalid or expired token".to_owned());
         // The form first: 64 lowercase hex digits, or no store is asked.
-        let (Some(_), Some(key)) = (token_key(access_token), cache_key(access_token.as_bytes()))
-        else {
+        let Some(key) = checked_cache_key(access_token) else {
             return Err(invalid());
         };
-        let use_cache = self.cache_trusted.load(Ordering::Acquire);
-        if use_cache {
-            if let Some(cached) = self.cache.get(&key, Instant::now()) {
-                self.figures.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Arc::clone(&cached.identity));
-            }
+        if let Some(identity) = self.authenticate_cached(&key, Instant::now()) {
+            return Ok(identity);
         }
+        let use_cache = self.cache_trusted.load(Ordering::Acquire);
         self.figures.cache_misses.fetch_add(1, Ordering::Relaxed);
         let Some(session) = self.session(access_token).await? else {
             return Err(invalid());

@@ -12,7 +12,7 @@ use crate::audit;
 use crate::lockout::Subject;
 use crate::password::{Scheme, Verified};
 use crate::sessions::{IssuedTokens, Refreshed};
-use crate::token::{cache_key, looks_like_token};
+use crate::token::{checked_cache_key, looks_like_token};
 use crate::{short, Auth, AuthError, Identity, LOGIN_FAILED};
 
 /// What a login or a refresh answers (CONTRACT.md's JSON).
@@ -252,10 +252,7 @@ impl Auth {
 
     /// `POST …/logout`: the session is gone for every instance.
     pub async fn logout(&self, access_token: &str, client_ip: IpAddr) -> Result<(), AuthError> {
-        let (true, Some(key)) = (
-            looks_like_token(access_token),
-            cache_key(access_token.as_bytes()),
-        ) else {
+        let Some(key) = checked_cache_key(access_token) else {
             return Err(AuthError::Unauthenticated(
                 "invalid or expired token".to_owned(),
             ));

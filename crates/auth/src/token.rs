@@ -39,22 +39,13 @@ pub fn cache_shard(key: &CacheKey) -> usize {
     usize::from(NIBBLES[usize::from(key[63])] & 0x0f)
 }
 
-/// The 32 bytes a token spells (`None` when it is not one of ours: 64 lowercase hex digits):
-/// the in-process session cache's key, read without hashing (a SHA-256 costs more than the
-/// rest of a cached validation; the stores, which keep tokens at rest, keep only their hash).
-pub fn token_key(token: &str) -> Option<[u8; 32]> {
-    let bytes: &[u8; 64] = token.as_bytes().try_into().ok()?;
-    let mut key = [0u8; 32];
-    // A table look-up per digit, and one check for all of them at the end: this runs on every
-    // request of a route with `auth`, and a branch per digit cost twice as much.
-    let mut invalid = 0u8;
-    for (slot, pair) in key.iter_mut().zip(bytes.chunks_exact(2)) {
-        let high = NIBBLES[usize::from(pair[0])];
-        let low = NIBBLES[usize::from(pair[1])];
-        invalid |= high | low;
-        *slot = high << 4 | low;
-    }
-    (invalid & 0xf0 == 0).then_some(key)
+/// The [`CacheKey`] of `token` when it has our tokens' form (64 lowercase hex digits): what a
+/// validation that may ask the stores, or a logout, looks up; `None` for anything else, which
+/// no store is asked about.
+pub fn checked_cache_key(token: &str) -> Option<CacheKey> {
+    looks_like_token(token)
+        .then(|| cache_key(token.as_bytes()))
+        .flatten()
 }
 
 /// The value of each lowercase hex digit; 0xff for every other byte.
@@ -108,15 +99,26 @@ mod tests {
         assert_ne!(token_hash(&a), a);
         assert_eq!(digest_of_hash(&token_hash(&a)), Some(token_digest(&a)));
         assert_eq!(digest_of_hash("xyz"), None);
-        assert!(token_key(&a).is_some());
-        assert_eq!(token_key(&a.to_uppercase()), None);
-        assert_eq!(token_key("abc"), None);
-        assert_eq!(token_key(&"0f".repeat(32)), Some([0x0f; 32]));
-        assert_eq!(token_key(&format!("{}g", "0".repeat(63))), None);
-        assert_eq!(token_key(&format!("/{}", "0".repeat(63))), None);
-        assert_eq!(token_key(&"é".repeat(32)), None);
-        for token in [new_token(), new_token()] {
-            assert_eq!(token_key(&token).map(|key| hex(&key)), Some(token));
-        }
+        assert_eq!(checked_cache_key(&a), cache_key(a.as_bytes()));
+        assert!(checked_cache_key(&a).is_some());
+        assert_eq!(checked_cache_key(&a.to_uppercase()), None);
+        assert_eq!(checked_cache_key("abc"), None);
+        assert_eq!(
+            checked_cache_key(&"0f".repeat(32)),
+            Some(*b"0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f")
+        );
+        assert_eq!(checked_cache_key(&format!("{}g", "0".repeat(63))), None);
+        assert_eq!(checked_cache_key(&format!("/{}", "0".repeat(63))), None);
+        assert_eq!(checked_cache_key(&"é".repeat(32)), None);
+        // The shard is the last digit's value, so every shard gets its share of tokens.
+        let shards: std::collections::BTreeSet<usize> = "0123456789abcdef"
+            .chars()
+            .map(|last| {
+                cache_shard(
+                    &cache_key(format!("{}{last}", "0".repeat(63)).as_bytes()).unwrap_or([0; 64]),
+                )
+            })
+            .collect();
+        assert_eq!(shards.len(), 16);
     }
 }
