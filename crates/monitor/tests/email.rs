@@ -178,17 +178,29 @@ async fn fire(monitor: &mut Monitor, outbox: &Outbox, now: &mut Instant, value: 
     panic!("nothing due");
 }
 
-async fn delivered(outbox: &Outbox, id: i64) -> sekisho_monitor::LoggedNotification {
-    // The row is marked after the server's 250, which the sink printed before answering.
+/// The row `id` once `wanted` holds of it, within 10 s (polled: a row of the database).
+async fn row_when(
+    outbox: &Outbox,
+    id: i64,
+    wanted: impl Fn(&sekisho_monitor::LoggedNotification) -> bool,
+) -> sekisho_monitor::LoggedNotification {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let row = outbox.list(None, Some(id + 1), 1).await.unwrap().remove(0);
-        if row.state == DeliveryState::Delivered.as_str() {
+        if wanted(&row) {
             return row;
         }
         assert!(tokio::time::Instant::now() < deadline, "{row:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn delivered(outbox: &Outbox, id: i64) -> sekisho_monitor::LoggedNotification {
+    // The row is marked after the server's 250, which the sink printed before answering.
+    row_when(outbox, id, |row| {
+        row.state == DeliveryState::Delivered.as_str()
+    })
+    .await
 }
 
 /// A temporary directory with a certificate for 127.0.0.1 and its key.
@@ -321,15 +333,7 @@ async fn starttls_asked_of_a_server_without_it_sends_nothing() {
 
 /// The row `id` once a send of it has failed (its last error), within 10 s.
 async fn failed(outbox: &Outbox, id: i64) -> sekisho_monitor::LoggedNotification {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let row = outbox.list(None, Some(id + 1), 1).await.unwrap().remove(0);
-        if row.last_error.is_some() {
-            return row;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{row:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    row_when(outbox, id, |row| row.last_error.is_some()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
