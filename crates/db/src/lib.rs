@@ -4,13 +4,15 @@
 //!
 //! What it is for: [`Database::open`] (a connection pool), [`Database::migrate`] (applies what
 //! is pending, refuses a changed applied migration), [`Database::status`] (`sekisho migrate
-//! --status`). The queries themselves belong to their owners (`sekisho-auth`); they write `$1`
+//! --status`), [`Database::backup`] and [`Database::restore`] (`sekisho backup` / `restore`: the
+//! whole store in one portable, checksummed file, online and consistent). The queries themselves belong to their owners (`sekisho-auth`); they write `$1`
 //! placeholders, BIGINT times in Unix milliseconds and 0/1 flags, which both dialects read alike.
 //!
 //! What it refuses to do: build SQL from values (every value is bound), check queries against a
 //! live database at build time (no sqlx macros), or start over a schema that does not match the
 //! migrations it was made from: a changed checksum is an error naming the migration.
 
+mod backup;
 mod migrate;
 pub mod testing;
 
@@ -20,6 +22,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::AnyPool;
 
+pub use backup::{backup_columns, backup_tables, BackupError, BackupSummary};
 pub use migrate::{Migration, MigrationState, MIGRATIONS};
 pub use sqlx;
 

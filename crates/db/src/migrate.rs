@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "silences",
         sql: include_str!("../migrations/0005_silences.sql"),
     },
+    Migration {
+        version: 6,
+        name: "backups",
+        sql: include_str!("../migrations/0006_backups.sql"),
+    },
 ];
 
 /// Where a migration stands in a database.
@@ -87,7 +92,7 @@ impl Migration {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes.iter().fold(String::new(), |mut text, byte| {
         let _ = write!(text, "{byte:02x}");

@@ -4,7 +4,8 @@
 //! exit 0, SIGHUP reloads) and the config file watch; `check` validates a config; `upstream`
 //! runs the chaos upstream; `demo` runs the example config with chaos upstreams behind it;
 //! `load` runs a load scenario (sekisho-load) and exits 0 when it met its criteria, 1 when not,
-//! 2 when it could not run; `schema` prints the config's JSON Schema.
+//! 2 when it could not run; `schema` prints the config's JSON Schema; `backup` and `restore`
+//! copy the store to a file and back (`backup.rs`); `user`, `role`, `migrate` (`users.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use sekisho_config::Config;
 use sekisho_gateway::Gateway;
 
 mod args;
+mod backup;
 mod demo;
 mod load;
 mod monitor;
@@ -94,6 +96,26 @@ enum Command {
         /// List each migration and whether it is applied, without applying anything.
         #[arg(long)]
         status: bool,
+    },
+    /// Write a consistent copy of the store (database) to a file while the gateway runs.
+    Backup {
+        /// The config file (TOML): its [store] names the database.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backup file to write (`-` for stdout); replaced only once the copy is complete.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Replace the store's content with a backup's, all or nothing (stop the instances first).
+    Restore {
+        /// The config file (TOML): its [store] names the database.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The backup file (written by `sekisho backup`).
+        file: PathBuf,
+        /// Restore even though something answers on the config's admin address.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -178,6 +200,12 @@ fn main() -> ExitCode {
         Command::User { command } => exit_with(users::user(command)),
         Command::Role { command } => exit_with(users::role(command)),
         Command::Migrate { config, status } => exit_with(users::migrate(&config, status)),
+        Command::Backup { config, out } => exit_with(backup::backup(&config, &out)),
+        Command::Restore {
+            config,
+            file,
+            force,
+        } => exit_with(backup::restore(&config, &file, force)),
     }
 }
 

@@ -203,7 +203,7 @@ pub(crate) async fn monitor(
 }
 
 /// The probes with I/O, as signals of target `gateway`: the database's round trip, the disk
-/// holding the data directory, the outbox's depth and oldest pending age, and (with `[auth]`)
+/// holding the data directory, the age of the last backup, the outbox's depth and oldest pending age, and (with `[auth]`)
 /// failed logins in the last minute. Returns the outbox's depth, for the monitor's metrics.
 async fn probe_signals(
     outbox: &Outbox,
@@ -223,6 +223,8 @@ async fn probe_signals(
         probes::database_rtt(database, std::time::Duration::from_secs(5)).await,
     );
     put("disk", probes::disk_used(data_dir));
+    // Seconds since the last `sekisho backup` (or since the store was made, when never).
+    put("backup_age", database.backup_age().await);
     // Monitoring the monitor: the outbox's depth and its oldest pending row's age.
     let depth = outbox.depth().await.ok();
     if let Some(depth) = depth {

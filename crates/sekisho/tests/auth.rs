@@ -6,19 +6,16 @@
 // The helpers outside the #[test] functions fail their test as an assert does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
+mod common;
+
 use bytes::Bytes;
+use common::{binary, cli, cli_ok};
 use sekisho_db::testing::TestDatabase;
 use sekisho_db::Dialect;
 use sekisho_testkit::{client, promtool, send, Origin, Reply, Sekisho, TempDir};
-
-fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
-}
 
 fn shared_redis() -> String {
     std::env::var("SEKISHO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -59,36 +56,6 @@ fn config(store: &str, upstream: &str, auth_extra: &str) -> String {
          [[routes]]\nname = \"cached\"\npath_prefix = \"/cached\"\nupstream = \"app\"\nauth = \"authenticated\"\n\
          [routes.cache]\nttl = \"60s\"\n"
     )
-}
-
-/// Runs `sekisho ARGS…` with `stdin`; its exit code, stdout and stderr.
-fn cli(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(binary())
-        .args(args)
-        .env("SEKISHO_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-fn cli_ok(args: &[&str], stdin: &str) -> String {
-    let (code, out, err) = cli(args, stdin);
-    assert_eq!(code, 0, "sekisho {args:?}: {out}{err}");
-    out
 }
 
 /// Roles and users of the suite, made with the CLI.

@@ -1,12 +1,14 @@
-//! What `demo.rs` and `load.rs` share: the binary, `sekisho demo` on the example config moved to
-//! free ports, and `sekisho load` run to its end.
+//! What the binary's test files share: the binary, a command run to its end (`cli`), a free
+//! port, `sekisho demo` on the example config moved to free ports, and `sekisho load` run to
+//! its end.
 // Not every test file uses every helper.
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use sekisho_testkit::{Sekisho, TempDir};
 
@@ -14,7 +16,7 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -66,4 +68,35 @@ pub fn text(output: &Output) -> String {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )
+}
+
+/// Runs `sekisho ARGS…` with `stdin`; its exit code, stdout and stderr.
+pub fn cli(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(binary())
+        .args(args)
+        .env("SEKISHO_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// [`cli`], which must exit 0; its stdout.
+pub fn cli_ok(args: &[&str], stdin: &str) -> String {
+    let (code, out, err) = cli(args, stdin);
+    assert_eq!(code, 0, "sekisho {args:?}: {out}{err}");
+    out
 }

@@ -1,0 +1,150 @@
+//! `sekisho backup` and `sekisho restore` through the real binary on its embedded store: a backup
+//! taken while the gateway serves (and, through the monitor, `backup_age` falling back so an
+//! alert on it resolves), a restore refused while the instance still answers, then, once it is
+//! stopped, the store put back as it was — a user deleted after the backup logs in again with
+//! the same password.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{binary, cli, cli_ok, free_port};
+use sekisho_testkit::{
+    client, next_notification, send, webhook_receiver, Origin, Reply, Sekisho, TempDir,
+};
+
+async fn login(gateway: &Sekisho, user: &str, password: &str) -> u16 {
+    let body = serde_json::json!({ "username": user, "password": password }).to_string();
+    send(
+        &client(),
+        "POST",
+        &gateway.url("/auth/login"),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+    .status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_taken_online_restores_a_stopped_store_and_resets_backup_age() {
+    let origin = Origin::start(|_, _| Reply::new(200, "ok")).await;
+    let (hook, mut bodies) = webhook_receiver().await;
+    let dir = TempDir::new("backup");
+    // A fixed admin port: the restore looks there for an instance still running.
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = dir.write(
+        "sekisho.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+             [admin]\nlisten = \"{admin}\"\n\
+             [store]\ndata_dir = \"data\"\n\
+             [auth]\nargon2 = {{ memory_kib = 64, iterations = 1, parallelism = 1 }}\n\
+             [upstreams.app]\ntargets = [\"{}\"]\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+             [monitor]\ninterval = \"100ms\"\n\
+             [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"200ms\"\ndefault_rules = false\n\
+             [[alerts.rules]]\nname = \"NoRecentBackup\"\nsignal = \"backup_age\"\nwarning = 2\n\
+             [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{hook}/hook\"\n",
+            origin.address
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let out = dir.path().join("store.backup");
+    let out = out.to_str().unwrap();
+
+    // No store yet: nothing to back up, and the command says where it looked.
+    let (code, _, err) = cli(&["backup", "--config", config, "--out", out], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("there is no store at"), "{err}");
+
+    cli_ok(
+        &[
+            "role",
+            "add",
+            "--config",
+            config,
+            "clerk",
+            "--permission",
+            "orders:read",
+        ],
+        "",
+    );
+    cli_ok(
+        &[
+            "user",
+            "add",
+            "--config",
+            config,
+            "ann",
+            "--role",
+            "clerk",
+            "--password-stdin",
+        ],
+        "correct horse\n",
+    );
+    let mut gateway = Sekisho::start(&binary(), std::path::Path::new(config));
+    assert_eq!(login(&gateway, "ann", "correct horse").await, 200);
+
+    // The store was never backed up: once it is older than 2 s, the rule fires …
+    let firing = next_notification(&mut bodies, "firing").await;
+    assert_eq!(
+        firing["alerts"][0]["labels"]["alertname"], "NoRecentBackup",
+        "{firing}"
+    );
+
+    // … a backup while the gateway serves …
+    let (code, _, err) = cli(&["backup", "--config", config, "--out", out], "");
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("written to"), "{err}");
+    assert!(!dir.path().join("store.backup.partial").exists());
+    let text = std::fs::read_to_string(out).unwrap();
+    assert!(text.starts_with("{\"format\":\"sekisho-backup\""), "{text}");
+    assert!(text.contains("\"ann\""), "{text}");
+
+    // … and the age falls back under the threshold: resolved.
+    let resolved = next_notification(&mut bodies, "resolved").await;
+    assert_eq!(
+        resolved["alerts"][0]["labels"]["alertname"], "NoRecentBackup",
+        "{resolved}"
+    );
+
+    // After the backup, ann is deleted.
+    cli_ok(&["user", "del", "--config", config, "ann"], "");
+    assert_eq!(login(&gateway, "ann", "correct horse").await, 401);
+
+    // A restore while the instance answers on its admin address is refused.
+    let (code, _, err) = cli(&["restore", "--config", config, out], "");
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("still runs"), "{err}");
+
+    gateway.signal("TERM");
+    assert_eq!(
+        gateway.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        gateway.log()
+    );
+
+    // A damaged file replaces nothing.
+    let damaged = dir.write("damaged.backup", &text.replacen("\"ann\"", "\"eve\"", 1));
+    let (code, _, err) = cli(
+        &["restore", "--config", config, damaged.to_str().unwrap()],
+        "",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("nothing was restored") && err.contains("checksum"),
+        "{err}"
+    );
+
+    let restored = cli_ok(&["restore", "--config", config, out], "");
+    assert!(restored.contains("users: 1"), "{restored}");
+
+    let gateway = Sekisho::start(&binary(), std::path::Path::new(config));
+    assert_eq!(login(&gateway, "ann", "correct horse").await, 200);
+    assert_eq!(login(&gateway, "ann", "wrong").await, 401);
+    drop(gateway);
+    drop(origin);
+}
