@@ -883,3 +883,32 @@ fn bad_auth_values_are_reported_where_they_stand() {
     let prefix = format!("{MINIMAL}\n[auth]\npath_prefix = \"auth\"\n");
     assert!(first(&prefix).message.contains("path_prefix"));
 }
+
+#[test]
+fn scheduled_backups_default_to_a_day_and_seven_files_and_need_a_directory() {
+    let config = parse(MINIMAL, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(config.store.backup.is_none());
+    let on = format!("[store.backup]\ndir = \"backups\"\n{MINIMAL}");
+    let config = parse(&on, "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let backup = config.store.backup.expect("[store.backup] is set");
+    assert_eq!(
+        (backup.dir.as_str(), backup.interval.0, backup.keep.0),
+        ("backups", std::time::Duration::from_secs(86_400), 7)
+    );
+    let empty = format!("[store.backup]\ndir = \"\"\n{MINIMAL}");
+    let diagnostic = first(&empty);
+    assert!(
+        diagnostic.to_string().starts_with("test.toml:2:7: "),
+        "{diagnostic}"
+    );
+    assert!(
+        diagnostic.message.contains("must name the directory"),
+        "{diagnostic}"
+    );
+    let zero = format!("[store.backup]\ndir = \"b\"\nkeep = 0\n{MINIMAL}");
+    assert!(
+        first(&zero).to_string().starts_with("test.toml:3:"),
+        "{}",
+        first(&zero)
+    );
+}

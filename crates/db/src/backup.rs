@@ -431,6 +431,16 @@ impl Database {
         Ok(())
     }
 
+    /// Seconds since the last recorded backup; nothing when there was none (or the database
+    /// cannot be read).
+    pub async fn last_backup_age(&self) -> Option<f64> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(finished_at) FROM backups")
+            .fetch_one(self.pool())
+            .await
+            .ok()?;
+        Some(now_millis().saturating_sub(last?).max(0) as f64 / 1000.0)
+    }
+
     /// Seconds since the last recorded backup or, when there was none, since the store was
     /// made (its first migration): a store never backed up grows old like one whose backups
     /// stopped. Nothing when the database cannot be read.

@@ -35,44 +35,34 @@ async fn open_existing(
 
 /// `sekisho backup --config FILE --out FILE`: a consistent copy while the gateway runs, written
 /// beside its destination and renamed into place once complete, so `--out` never names half a
-/// backup; `--out -` writes to stdout.
-pub(crate) fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
+/// backup; `--out -` writes to stdout; `--out DIR` (an existing directory) writes
+/// `DIR/sekisho-<UTC time>.jsonl` and, with `--keep N`, removes all but the newest N there.
+pub(crate) fn backup(config_path: &Path, out: &Path, keep: Option<u32>) -> anyhow::Result<()> {
     block_on(async move {
         let (config, _) = read_config(config_path)?;
+        let into_dir = out.is_dir();
+        anyhow::ensure!(
+            keep.is_none() || into_dir,
+            "--keep prunes a directory of backups: give --out an existing directory"
+        );
         let database = open_existing(&config, config_path.parent()).await?;
         let (summary, destination) = if out == Path::new("-") {
             let stdout = std::io::stdout();
             let summary = database
                 .backup(std::io::BufWriter::new(stdout.lock()))
                 .await?;
+            database
+                .record_backup("(stdout)", &summary)
+                .await
+                .context("the backup is complete, but recording it (for backup_age) failed")?;
             (summary, "(stdout)".to_owned())
+        } else if into_dir {
+            let (file, summary) = into_directory(&database, out, keep).await?;
+            (summary, file.display().to_string())
         } else {
-            let partial = partial_path(out);
-            let file = std::fs::File::create(&partial)
-                .with_context(|| format!("cannot create {}", partial.display()))?;
-            let mut writer = std::io::BufWriter::new(file);
-            let written = database.backup(&mut writer).await;
-            let finished = written.map_err(anyhow::Error::from).and_then(|summary| {
-                let file = writer.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
-                std::fs::rename(&partial, out)
-                    .with_context(|| format!("cannot move the backup to {}", out.display()))?;
-                sync_directory(out);
-                Ok(summary)
-            });
-            let summary = match finished {
-                Ok(summary) => summary,
-                Err(error) => {
-                    let _ = std::fs::remove_file(&partial);
-                    return Err(error.context(format!("backup to {} failed", out.display())));
-                }
-            };
+            let summary = to_file(&database, out).await?;
             (summary, out.display().to_string())
         };
-        database
-            .record_backup(&destination, &summary)
-            .await
-            .context("the backup is complete, but recording it (for backup_age) failed")?;
         eprintln!(
             "sekisho: backup of {} written to {destination}: {} tables, {} rows, {} bytes, sha256 {}",
             database.url(),
@@ -84,6 +74,155 @@ pub(crate) fn backup(config_path: &Path, out: &Path) -> anyhow::Result<()> {
         database.close().await;
         Ok(())
     })
+}
+
+/// A backup written to `out` through `out.partial` (synced, then renamed), and recorded.
+async fn to_file(
+    database: &sekisho_db::Database,
+    out: &Path,
+) -> anyhow::Result<sekisho_db::BackupSummary> {
+    let partial = partial_path(out);
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let written = database.backup(&mut writer).await;
+    let finished = written.map_err(anyhow::Error::from).and_then(|summary| {
+        let file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&partial, out)
+            .with_context(|| format!("cannot move the backup to {}", out.display()))?;
+        sync_directory(out);
+        Ok(summary)
+    });
+    let summary = match finished {
+        Ok(summary) => summary,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error.context(format!("backup to {} failed", out.display())));
+        }
+    };
+    database
+        .record_backup(&out.display().to_string(), &summary)
+        .await
+        .context("the backup is complete, but recording it (for backup_age) failed")?;
+    Ok(summary)
+}
+
+/// The prefix and suffix of the backups a directory holds (`sekisho-20261203T183800.123Z.jsonl`:
+/// their names sort by time).
+const PREFIX: &str = "sekisho-";
+const SUFFIX: &str = ".jsonl";
+
+/// A backup into `dir` under a name of the current UTC time; with `keep`, all but the newest
+/// `keep` backups of the directory are removed afterwards.
+async fn into_directory(
+    database: &sekisho_db::Database,
+    dir: &Path,
+    keep: Option<u32>,
+) -> anyhow::Result<(PathBuf, sekisho_db::BackupSummary)> {
+    let file = dir.join(file_name(std::time::SystemTime::now()));
+    let summary = to_file(database, &file).await?;
+    if let Some(keep) = keep {
+        for removed in prune(dir, keep as usize)? {
+            tracing::info!(file = %removed.display(), "old backup removed (retention)");
+        }
+    }
+    Ok((file, summary))
+}
+
+/// `sekisho-YYYYMMDDTHHMMSS.mmmZ.jsonl` for `at`.
+fn file_name(at: std::time::SystemTime) -> String {
+    let at = time::OffsetDateTime::from(at);
+    format!(
+        "{PREFIX}{:04}{:02}{:02}T{:02}{:02}{:02}.{:03}Z{SUFFIX}",
+        at.year(),
+        u8::from(at.month()),
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
+/// Removes all but the newest `keep` backups of `dir` (by name, which is by time), and partial
+/// files older than a day (left by a backup that was killed); returns what it removed.
+fn prune(dir: &Path, keep: usize) -> anyhow::Result<Vec<PathBuf>> {
+    let mut backups = Vec::new();
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(PREFIX) {
+            continue;
+        }
+        if name.ends_with(SUFFIX) {
+            backups.push(name);
+        } else if name.ends_with(".partial") {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(24 * 3600));
+            if stale && std::fs::remove_file(entry.path()).is_ok() {
+                removed.push(entry.path());
+            }
+        }
+    }
+    backups.sort_unstable_by(|a, b| b.cmp(a));
+    for old in backups.iter().skip(keep.max(1)) {
+        let path = dir.join(old);
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
+/// `[store.backup]`: every `interval`, a backup into `dir` unless one was recorded more recently
+/// (by another instance on the same database, or `sekisho backup`), then the retention. Runs on
+/// a connection of its own, so the backup's read transaction never holds one the gateway needs.
+/// A failure is logged and tried again after a minute (or the interval, when shorter).
+pub(crate) async fn schedule(
+    database: sekisho_db::Database,
+    dir: PathBuf,
+    schedule: sekisho_config::ScheduledBackup,
+) {
+    let interval = schedule.interval.0;
+    let retry = interval.min(Duration::from_secs(60));
+    loop {
+        let since_last = database
+            .last_backup_age()
+            .await
+            .map(Duration::from_secs_f64);
+        let wait = match since_last {
+            Some(age) if age < interval => interval - age,
+            _ => Duration::ZERO,
+        };
+        tokio::time::sleep(wait).await;
+        if wait > Duration::ZERO {
+            // Another backup may have been recorded meanwhile: look again.
+            continue;
+        }
+        let taken = async {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            into_directory(&database, &dir, Some(schedule.keep.0)).await
+        }
+        .await;
+        match taken {
+            Ok((file, summary)) => tracing::info!(
+                file = %file.display(),
+                rows = summary.total_rows(),
+                bytes = summary.bytes,
+                "scheduled backup written"
+            ),
+            Err(error) => {
+                tracing::warn!(error = format!("{error:#}"), dir = %dir.display(), "scheduled backup failed");
+                tokio::time::sleep(retry).await;
+            }
+        }
+    }
 }
 
 /// `FILE` → `FILE.partial` in the same directory (so the rename stays on one file system).

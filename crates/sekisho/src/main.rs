@@ -102,9 +102,13 @@ enum Command {
         /// The config file (TOML): its [store] names the database.
         #[arg(long, short)]
         config: PathBuf,
-        /// The backup file to write (`-` for stdout); replaced only once the copy is complete.
+        /// The backup file to write (`-` for stdout), replaced only once the copy is complete;
+        /// or an existing directory, to write `sekisho-<UTC time>.jsonl` in it.
         #[arg(long, short)]
         out: PathBuf,
+        /// With --out DIR: keep only the newest N backups there.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        keep: Option<u32>,
     },
     /// Replace the store's content with a backup's, all or nothing (stop the instances first).
     Restore {
@@ -200,7 +204,7 @@ fn main() -> ExitCode {
         Command::User { command } => exit_with(users::user(command)),
         Command::Role { command } => exit_with(users::role(command)),
         Command::Migrate { config, status } => exit_with(users::migrate(&config, status)),
-        Command::Backup { config, out } => exit_with(backup::backup(&config, &out)),
+        Command::Backup { config, out, keep } => exit_with(backup::backup(&config, &out, keep)),
         Command::Restore {
             config,
             file,
@@ -327,6 +331,23 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
         }
         None => None,
     };
+    // `[store.backup]`: backups taken by the running gateway, on a connection of their own.
+    if let Some(schedule) = gateway.config().store.backup.clone() {
+        let base_dir = config_path.as_deref().and_then(Path::parent);
+        let store = &gateway.config().store;
+        let database = sekisho_db::Database::open(store, base_dir, 1)
+            .await
+            .context("cannot open the database for the scheduled backups")?;
+        database
+            .migrate()
+            .await
+            .context("cannot prepare the database for the scheduled backups")?;
+        let dir = match base_dir {
+            Some(base) if Path::new(&schedule.dir).is_relative() => base.join(&schedule.dir),
+            _ => PathBuf::from(&schedule.dir),
+        };
+        tokio::spawn(backup::schedule(database, dir, schedule));
+    }
     // The receivers' trust (the system's CA store, each `ca_file`), read once; `check` has
     // read the files already, so a failure here is a file changed since.
     let delivery_clients = match &outbox {

@@ -103,6 +103,34 @@ async fn a_backup_taken_online_restores_a_stopped_store_and_resets_backup_age() 
     assert!(text.starts_with("{\"format\":\"sekisho-backup\""), "{text}");
     assert!(text.contains("\"ann\""), "{text}");
 
+    // Into a directory, with retention: a name of the UTC time, the newest one kept.
+    let dir_out = dir.path().join("nightly");
+    std::fs::create_dir(&dir_out).unwrap();
+    let dir_out = dir_out.to_str().unwrap();
+    for _ in 0..2 {
+        cli_ok(
+            &[
+                "backup", "--config", config, "--out", dir_out, "--keep", "1",
+            ],
+            "",
+        );
+    }
+    let kept: Vec<String> = std::fs::read_dir(dir_out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(
+        kept[0].starts_with("sekisho-2") && kept[0].ends_with("Z.jsonl"),
+        "{kept:?}"
+    );
+    let (code, _, err) = cli(
+        &["backup", "--config", config, "--out", out, "--keep", "1"],
+        "",
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--keep prunes a directory"), "{err}");
+
     // … and the age falls back under the threshold: resolved.
     let resolved = next_notification(&mut bodies, "resolved").await;
     assert_eq!(
@@ -147,4 +175,43 @@ async fn a_backup_taken_online_restores_a_stopped_store_and_resets_backup_age() 
     assert_eq!(login(&gateway, "ann", "wrong").await, 401);
     drop(gateway);
     drop(origin);
+}
+
+#[test]
+fn the_running_gateway_takes_its_own_backups_and_keeps_the_newest() {
+    let dir = TempDir::new("backup-schedule");
+    let config = dir.write(
+        "sekisho.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [store]\ndata_dir = \"data\"\n\
+         [store.backup]\ndir = \"backups\"\ninterval = \"1s\"\nkeep = 2\n\
+         [upstreams.app]\ntargets = [\"127.0.0.1:9\"]\n\
+         [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n",
+    );
+    let mut gateway = Sekisho::start(&binary(), &config);
+    let mut written = Vec::new();
+    for _ in 0..3 {
+        let line = gateway
+            .wait_for_log(
+                |line| {
+                    line["message"] == "scheduled backup written"
+                        && !written.contains(&line["file"].as_str().unwrap_or("").to_owned())
+                },
+                Duration::from_secs(30),
+            )
+            .unwrap_or_else(|| panic!("no scheduled backup: {}", gateway.log()));
+        written.push(line["file"].as_str().unwrap().to_owned());
+    }
+    let kept: Vec<String> = std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .map(|e| e.unwrap().path().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".jsonl"))
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?} after {written:?}");
+    assert!(!kept.contains(&written[0]), "the oldest is gone: {kept:?}");
+    assert!(kept.contains(&written[2]), "{kept:?}");
+    let text = std::fs::read_to_string(&written[2]).unwrap();
+    assert!(text.starts_with("{\"format\":\"sekisho-backup\""));
+    drop(gateway);
 }

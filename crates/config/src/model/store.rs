@@ -37,6 +37,45 @@ pub struct Store {
     /// … and at most this many bytes of responses (extension).
     #[serde(default = "default_cache_bytes")]
     pub cache_max_bytes: Bytes,
+    /// Backups the running gateway takes by itself, with their retention (extension).
+    #[serde(default)]
+    pub backup: Option<ScheduledBackup>,
+}
+
+/// `[store.backup]`: the running gateway writes a backup of the store into `dir` every
+/// `interval` (unless one was recorded more recently, by any instance or `sekisho backup`) and
+/// keeps the newest `keep` files there.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduledBackup {
+    /// The directory the backups are written to (relative to the config file's directory).
+    #[serde(deserialize_with = "backup_dir")]
+    pub dir: String,
+    /// How often a backup is taken.
+    #[serde(default = "default_backup_interval")]
+    #[schemars(with = "NonZeroDuration")]
+    pub interval: NonZeroDuration,
+    /// How many backups are kept in `dir` (the newest; older ones are removed).
+    #[serde(default = "default_backup_keep")]
+    pub keep: Positive,
+}
+
+/// Reads `dir`: not empty.
+fn backup_dir<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let dir = String::deserialize(deserializer)?;
+    if dir.trim().is_empty() {
+        return Err(de::Error::custom(
+            "must name the directory the backups are written to (e.g. \"./backups\")",
+        ));
+    }
+    Ok(dir)
+}
+
+fn default_backup_interval() -> NonZeroDuration {
+    NonZeroDuration(Duration::from_secs(24 * 3600))
+}
+fn default_backup_keep() -> Positive {
+    Positive(7)
 }
 
 impl Default for Store {
@@ -48,6 +87,7 @@ impl Default for Store {
             data_dir: default_data_dir(),
             cache_max_entries: default_cache_entries(),
             cache_max_bytes: default_cache_bytes(),
+            backup: None,
         }
     }
 }
