@@ -2,9 +2,10 @@
 //!
 //! [`RedisLimiter::decide`] answers for one request with the same [`Decision`] as the in-process
 //! algorithms of `sekisho_policy::ratelimit`, and with the same semantics, but on state every
-//! instance sees. Each decision is **one round trip**: an `EVALSHA` of the algorithm's Lua script
-//! (falling back to `EVAL`-loading it once when Redis answers `NOSCRIPT`, e.g. after a restart or
-//! a failover). The script reads the state, decides, and writes it back atomically — Redis runs
+//! instance sees. Each decision is **one script call**: an `EVALSHA` of the algorithm's Lua script
+//! (loading the scripts and sending the call again when Redis answers `NOSCRIPT`, e.g. after a
+//! restart or a failover); the calls of one event-loop turn go to Redis as one pipeline, one
+//! round trip for all of them (`ratelimit/batch.rs`). The script reads the state, decides, and writes it back atomically — Redis runs
 //! a script with nothing else in between — so two instances can never both spend the last unit
 //! (the over-admission of a read-then-write limiter), and it reads the time with
 //! `redis.call('TIME')`, Redis's own clock, so instances whose clocks disagree still share one
@@ -55,7 +56,9 @@ use redis::aio::ConnectionManager;
 use redis::Script;
 use sekisho_policy::ratelimit::{Decision, Limit};
 
-use crate::{within, StoreError};
+use crate::StoreError;
+
+mod batch;
 
 /// The prefix of rate-limit keys unless the caller chooses another.
 pub const DEFAULT_PREFIX: &str = "sekisho:rl:";
@@ -95,6 +98,20 @@ struct Scripts {
 }
 
 impl Scripts {
+    /// Loads every script into Redis (after a `NOSCRIPT`: Redis restarted or failed over).
+    async fn load(&self, conn: &mut ConnectionManager) -> redis::RedisResult<()> {
+        for script in [
+            &self.token_bucket,
+            &self.gcra,
+            &self.fixed_window,
+            &self.sliding_log,
+            &self.sliding_counter,
+        ] {
+            script.prepare_invoke().load_async(conn).await?;
+        }
+        Ok(())
+    }
+
     fn new() -> Self {
         Self {
             token_bucket: Script::new(source::TOKEN_BUCKET),
@@ -106,16 +123,20 @@ impl Scripts {
     }
 }
 
-/// Decides rate limits on Redis: one script, one round trip per decision.
+/// Decides rate limits on Redis: one script per decision, the decisions of one event-loop turn
+/// in one pipeline (`batch.rs`).
 ///
-/// Cheap to clone (the connection is multiplexed: every clone and every concurrent call share
-/// one TCP connection, pipelined).
+/// Cheap to clone (every clone and every concurrent call share one driver task and one
+/// multiplexed TCP connection).
 #[derive(Clone)]
 pub struct RedisLimiter {
     conn: ConnectionManager,
     prefix: Arc<str>,
     timeout: Duration,
     scripts: Arc<Scripts>,
+    /// The batch driver, started on the runtime of the first decision.
+    queue: Arc<std::sync::OnceLock<batch::Queue>>,
+    counts: Arc<batch::Counts>,
 }
 
 impl fmt::Debug for RedisLimiter {
@@ -136,7 +157,20 @@ impl RedisLimiter {
             prefix: Arc::from(prefix.into()),
             timeout,
             scripts: Arc::new(Scripts::new()),
+            queue: Arc::new(std::sync::OnceLock::new()),
+            counts: Arc::default(),
         }
+    }
+
+    /// Pipelines sent to Redis so far, and the decisions they carried (every clone counts into
+    /// the same figures): decisions per pipeline is how well one event-loop turn's decisions
+    /// were batched.
+    pub fn pipelines(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.counts.batches.load(Relaxed),
+            self.counts.calls.load(Relaxed),
+        )
     }
 
     /// The per-call timeout.
@@ -178,42 +212,76 @@ impl RedisLimiter {
         exact(quota, "quota of 2^53 or more")?;
         exact(cost, "cost of 2^53 or more")?;
         let redis_key = self.redis_key(limit, key);
-        let mut invocation = match *limit {
+        let mut command = redis::cmd("EVALSHA");
+        match *limit {
             Limit::TokenBucket {
                 capacity,
                 refill_per_second,
             } => {
                 let rate = rate(refill_per_second)?;
-                let mut inv = self.scripts.token_bucket.prepare_invoke();
-                inv.key(redis_key).arg(capacity).arg(rate);
-                inv
+                let hash = self.scripts.token_bucket.get_hash();
+                command
+                    .arg(hash)
+                    .arg(1)
+                    .arg(redis_key)
+                    .arg(capacity)
+                    .arg(rate);
             }
             Limit::Gcra { burst, per_second } => {
                 let rate = rate(per_second)?;
-                let mut inv = self.scripts.gcra.prepare_invoke();
-                inv.key(redis_key).arg(burst).arg(rate);
-                inv
+                let hash = self.scripts.gcra.get_hash();
+                command.arg(hash).arg(1).arg(redis_key).arg(burst).arg(rate);
             }
             Limit::FixedWindow { limit, window } => {
-                let mut inv = self.scripts.fixed_window.prepare_invoke();
-                inv.key(redis_key).arg(limit).arg(window_us(window)?);
-                inv
+                let hash = self.scripts.fixed_window.get_hash();
+                command
+                    .arg(hash)
+                    .arg(1)
+                    .arg(redis_key)
+                    .arg(limit)
+                    .arg(window_us(window)?);
             }
             Limit::SlidingWindowLog { limit, window } => {
-                let mut inv = self.scripts.sliding_log.prepare_invoke();
-                inv.key(redis_key).arg(limit).arg(window_us(window)?);
-                inv
+                let hash = self.scripts.sliding_log.get_hash();
+                command
+                    .arg(hash)
+                    .arg(1)
+                    .arg(redis_key)
+                    .arg(limit)
+                    .arg(window_us(window)?);
             }
             Limit::SlidingWindowCounter { limit, window } => {
-                let mut inv = self.scripts.sliding_counter.prepare_invoke();
-                inv.key(redis_key).arg(limit).arg(window_us(window)?);
-                inv
+                let hash = self.scripts.sliding_counter.get_hash();
+                command
+                    .arg(hash)
+                    .arg(1)
+                    .arg(redis_key)
+                    .arg(limit)
+                    .arg(window_us(window)?);
             }
+        }
+        command.arg(cost);
+        let queue = self.queue.get_or_init(|| {
+            batch::start(
+                self.conn.clone(),
+                self.scripts.clone(),
+                self.timeout,
+                self.counts.clone(),
+            )
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let gone = || {
+            StoreError::Redis(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "the rate-limit batch driver has stopped",
+            )))
         };
-        invocation.arg(cost);
-        let mut conn = self.conn.clone();
+        queue
+            .send(batch::Job { command, reply })
+            .map_err(|_| gone())?;
+        let value = answer.await.map_err(|_| gone())??;
         let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) =
-            within(self.timeout, invocation.invoke_async(&mut conn)).await?;
+            redis::from_owned_redis_value(value)?;
         Ok(Decision {
             allowed: allowed == 1,
             limit: quota,

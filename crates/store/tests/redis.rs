@@ -760,3 +760,55 @@ async fn presence_remembers_the_count_when_redis_is_gone() {
     );
     assert_eq!(share.quota(), 100);
 }
+
+/// The decisions a runtime makes in one turn go to Redis as one pipeline, each answered with
+/// its own result in the order Redis ran them (150 of 200 pass, with 150 distinct `remaining`);
+/// decisions awaited one after the other go one per pipeline.
+#[tokio::test]
+async fn the_decisions_of_one_turn_go_to_redis_in_one_pipeline() {
+    let limit = Limit::FixedWindow {
+        limit: 150,
+        window: Duration::from_secs(3600),
+    };
+    let (l, _cleanup) = limiter(&[limit], &["turn"]).await;
+    let decisions =
+        futures_util::future::join_all((0..200).map(|_| l.decide(&limit, "turn", 1))).await;
+    assert_eq!(l.pipelines(), (1, 200), "one pipeline for the turn");
+    let mut remaining: Vec<u64> = decisions
+        .iter()
+        .map(|d| d.as_ref().expect("decision"))
+        .filter(|d| d.allowed)
+        .map(|d| d.remaining)
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, (0..150).collect::<Vec<u64>>());
+    for _ in 0..3 {
+        assert!(!l.decide(&limit, "turn", 1).await.expect("decision").allowed);
+    }
+    assert_eq!(l.pipelines(), (4, 203));
+}
+
+/// Redis forgot its scripts (a restart, a failover, `SCRIPT FLUSH`): the calls that met
+/// `NOSCRIPT` are answered after the scripts are loaded again.
+#[tokio::test]
+async fn calls_that_meet_noscript_are_sent_again_after_loading_the_scripts() {
+    let limit = Limit::TokenBucket {
+        capacity: 10,
+        refill_per_second: 1e-6,
+    };
+    let (l, _cleanup) = limiter(&[limit], &["flushed"]).await;
+    let mut admin = conn().await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let decisions =
+        futures_util::future::join_all((0..4).map(|_| l.decide(&limit, "flushed", 1))).await;
+    let mut remaining: Vec<u64> = decisions
+        .into_iter()
+        .map(|d| d.expect("decided after NOSCRIPT").remaining)
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, vec![6, 7, 8, 9]);
+}
