@@ -177,6 +177,37 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.store.database != new.store.database || old.store.data_dir != new.store.data_dir {
         changed.push("store.database / store.data_dir".to_owned());
     }
+    if old.store.backup != new.store.backup {
+        changed.push("store.backup".to_owned());
+    }
+    // The monitor starts with receivers and keeps its cycle and outbox settings; a reload
+    // applies the rules, the timings and the receivers' URLs (crates/sekisho/src/monitor.rs).
+    let (before, after) = (&old.alerts, &new.alerts);
+    if before.receivers.is_empty() != after.receivers.is_empty() {
+        changed.push("alerts.receivers (alerting on/off)".to_owned());
+    }
+    if old.monitor != new.monitor {
+        changed.push("monitor.interval".to_owned());
+    }
+    if before.group_by != after.group_by {
+        changed.push("alerts.group_by".to_owned());
+    }
+    if before.outbox_section != after.outbox_section
+        || before.history_retention != after.history_retention
+    {
+        changed.push("alerts.outbox / alerts.history_retention".to_owned());
+    }
+    let ca_files = |alerts: &sekisho_config::Alerts| {
+        alerts
+            .receivers
+            .iter()
+            .map(|r| (r.get_ref().name.clone(), r.get_ref().ca_file.clone()))
+            .filter(|(_, ca)| ca.is_some())
+            .collect::<Vec<_>>()
+    };
+    if ca_files(before) != ca_files(after) {
+        changed.push("alerts.receivers.ca_file".to_owned());
+    }
     changed
 }
 

@@ -244,6 +244,16 @@ impl AlertManager {
         }
     }
 
+    /// New settings from a reloaded config: timings and receivers apply from the next flush;
+    /// `group_by` stays as it was (the groups in flight are keyed by it; a restart changes it).
+    pub fn set_settings(&mut self, settings: Settings) {
+        let group_by = std::mem::take(&mut self.settings.group_by);
+        self.settings = Settings {
+            group_by,
+            ..settings
+        };
+    }
+
     fn group_key(&self, labels: &Labels) -> String {
         let mut key = String::from("{}:{");
         for (i, name) in self.settings.group_by.iter().enumerate() {

@@ -250,6 +250,8 @@ pub struct Evaluator {
     pending: HashMap<(String, String), Pending>,
     /// Readings by (rule, target), for the rules with a window.
     readings: HashMap<(String, String), Readings>,
+    /// Alerts of rules a reload removed, reported clear by the next evaluation.
+    retired: Vec<AlertState>,
 }
 
 /// A threshold rule's parts, whichever its condition's shape (borrowed: evaluated every
@@ -316,7 +318,35 @@ impl Evaluator {
             rules,
             pending: HashMap::new(),
             readings: HashMap::new(),
+            retired: Vec::new(),
         }
+    }
+
+    /// Replaces the rules (a reloaded config). What a rule kept of the past — an alert's pending
+    /// `for`, a firing severity, a window's readings — stays with the rule of the same name; a
+    /// rule removed drops its own, so its alerts resolve at the next evaluation.
+    pub fn set_rules(&mut self, rules: Vec<Rule>) {
+        let names: HashSet<&str> = rules.iter().map(|rule| rule.name.as_str()).collect();
+        // The alerts of a removed rule that were firing clear at the next evaluation.
+        for ((name, target), pending) in &self.pending {
+            if names.contains(name.as_str()) || pending.firing.is_none() {
+                continue;
+            }
+            if let Some(rule) = self.rules.iter().find(|rule| &rule.name == name) {
+                self.retired
+                    .extend(state(rule, target, None, Step::Cleared));
+            }
+        }
+        self.pending
+            .retain(|(name, _), _| names.contains(name.as_str()));
+        self.readings
+            .retain(|(name, _), _| names.contains(name.as_str()));
+        self.rules = rules;
+    }
+
+    /// The rules' names, in evaluation order.
+    pub fn rule_names(&self) -> Vec<&str> {
+        self.rules.iter().map(|rule| rule.name.as_str()).collect()
     }
 
     /// Puts back an alert of rule `name` on `target` that fired at `severity` before a restart:
@@ -368,7 +398,7 @@ impl Evaluator {
         samples: &[Sample],
         now: Instant,
     ) -> Vec<AlertState> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.retired);
         let mut sampled: HashSet<(String, String)> = HashSet::new();
         // One rule's readings (target, raw value), the buffer reused from rule to rule.
         let mut raw: Vec<(Cow<'_, str>, f64)> = Vec::new();

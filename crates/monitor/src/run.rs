@@ -39,7 +39,7 @@ pub struct Delivery {
 pub struct Monitor {
     evaluator: Evaluator,
     manager: AlertManager,
-    channels: BTreeMap<String, Vec<(Channel, String)>>,
+    channels: ChannelsByReceiver,
     /// The e-mail settings of the receivers that have them.
     emails: BTreeMap<String, sekisho_config::EmailReceiver>,
     /// The wall clock at an instant, to date alerts.
@@ -88,19 +88,33 @@ pub fn receiver_channels(receiver: &sekisho_config::AlertReceiver) -> Vec<(Chann
     .collect()
 }
 
+/// Each receiver's channels (with their URLs) by receiver name.
+type ChannelsByReceiver = BTreeMap<String, Vec<(Channel, String)>>;
+
+/// Each receiver's channels, and the e-mail settings of those that have them.
+fn receivers(
+    alerts: &sekisho_config::Alerts,
+) -> (
+    ChannelsByReceiver,
+    BTreeMap<String, sekisho_config::EmailReceiver>,
+) {
+    let channels = alerts
+        .receivers
+        .iter()
+        .map(|r| (r.get_ref().name.clone(), receiver_channels(r.get_ref())))
+        .collect();
+    let emails = alerts
+        .receivers
+        .iter()
+        .filter_map(|r| Some((r.get_ref().name.clone(), r.get_ref().email.clone()?)))
+        .collect();
+    (channels, emails)
+}
+
 impl Monitor {
     /// A monitor for the config's `[alerts]`.
     pub fn new(alerts: &sekisho_config::Alerts, now: Instant) -> Self {
-        let channels = alerts
-            .receivers
-            .iter()
-            .map(|r| (r.get_ref().name.clone(), receiver_channels(r.get_ref())))
-            .collect();
-        let emails = alerts
-            .receivers
-            .iter()
-            .filter_map(|r| Some((r.get_ref().name.clone(), r.get_ref().email.clone()?)))
-            .collect();
+        let (channels, emails) = receivers(alerts);
         Self {
             emails,
             evaluator: Evaluator::new(crate::from_config::rules(alerts)),
@@ -112,6 +126,21 @@ impl Monitor {
             last_run: None,
             queue: QueueDepth::default(),
         }
+    }
+
+    /// Applies a reloaded config's `[alerts]`: its rules (each rule's past kept by name, the
+    /// alerts of a removed rule resolving at the next cycle), the alert manager's timings and
+    /// the receivers' channels. `group_by` keeps its value until a restart.
+    pub fn reconfigure(&mut self, alerts: &sekisho_config::Alerts) {
+        self.evaluator.set_rules(crate::from_config::rules(alerts));
+        self.manager
+            .set_settings(crate::from_config::settings(alerts));
+        (self.channels, self.emails) = receivers(alerts);
+    }
+
+    /// The names of the rules in force.
+    pub fn rule_names(&self) -> Vec<&str> {
+        self.evaluator.rule_names()
     }
 
     /// What happened to alerts (fired, severity changed, resolved) since the last call, in

@@ -301,9 +301,11 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
     let mut admin = sekisho_admin::AdminServer::bind(&admin_listen, gateway.clone(), admin_token)
         .await
         .with_context(|| format!("cannot listen on {admin_listen} (admin)"))?;
-    let alerting = (!gateway.config().alerts.receivers.is_empty()).then(|| {
+    // The config the monitor is made from: a reload from here on is applied by its task.
+    let monitor_config = gateway.config();
+    let alerting = (!monitor_config.alerts.receivers.is_empty()).then(|| {
         std::sync::Arc::new(std::sync::Mutex::new(sekisho_monitor::Monitor::new(
-            &gateway.config().alerts,
+            &monitor_config.alerts,
             std::time::Instant::now(),
         )))
     });
@@ -405,6 +407,7 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
     let monitor_task = alerting.zip(outbox).map(|(shared, outbox)| {
         tokio::spawn(monitor(
             gateway.clone(),
+            monitor_config,
             shared,
             outbox,
             data_dir,

@@ -13,10 +13,12 @@ const BACKLOG: usize = 10_000;
 const HISTORY_PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Watches the gateway every `monitor.interval`: its upstreams, circuits and the host's vitals
-/// as signals, the alert rules over them, each notification due written to `outbox` (the
-/// config at start; a reload does not change the rules yet).
+/// as signals, the alert rules over them, each notification due written to `outbox`. A reload
+/// that changes `[alerts]` applies its rules, timings and receivers at the next cycle (`config`
+/// is the one the monitor in `shared` was made from).
 pub(crate) async fn monitor(
     gateway: Gateway,
+    mut config: std::sync::Arc<sekisho_config::Config>,
     shared: sekisho_admin::SharedMonitor,
     outbox: Outbox,
     data_dir: std::path::PathBuf,
@@ -87,6 +89,19 @@ pub(crate) async fn monitor(
     let mut backlog: std::collections::VecDeque<Delivery> = std::collections::VecDeque::new();
     loop {
         ticker.tick().await;
+        let now_config = gateway.config();
+        if !std::sync::Arc::ptr_eq(&now_config, &config) {
+            if now_config.alerts != config.alerts {
+                let mut monitor = shared.lock().unwrap_or_else(|p| p.into_inner());
+                monitor.reconfigure(&now_config.alerts);
+                tracing::info!(
+                    rules = ?monitor.rule_names(),
+                    receivers = now_config.alerts.receivers.len(),
+                    "alert rules and receivers of the reloaded config in force"
+                );
+            }
+            config = now_config;
+        }
         let mut signals = sekisho_monitor::Signals::new();
         vitals.sample(&mut signals);
         gateway_signals(&gateway, &mut signals);

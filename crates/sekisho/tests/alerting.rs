@@ -436,3 +436,68 @@ async fn postgres_a_notification_pending_at_a_kill_is_delivered_after_the_restar
     a_notification_pending_at_a_kill_is_delivered_after_the_restart(sekisho_db::Dialect::Postgres)
         .await;
 }
+
+/// A reload applies `[alerts]`: a rule added by it fires, and removing it resolves its alert;
+/// a change only a restart applies is named in the reload's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_the_alert_rules() {
+    let (hook, mut bodies) = webhook_receiver().await;
+    let dir = TempDir::new("alerting-reload");
+    let config = |rules: &str, interval: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\nwatch_interval = \"0s\"\n\
+             [upstreams.app]\ntargets = [\"127.0.0.1:9\"]\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+             [monitor]\ninterval = \"{interval}\"\n\
+             [alerts]\ngroup_wait = \"0s\"\ngroup_interval = \"200ms\"\ndefault_rules = false\n\
+             [[alerts.rules]]\nname = \"Quiet\"\nsignal = \"backup_age\"\nwarning = 1e12\n\
+             {rules}\
+             [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{hook}/hook\"\n"
+        )
+    };
+    let loud = "[[alerts.rules]]\nname = \"Loud\"\nsignal = \"backup_age\"\ndirection = \"below\"\nwarning = 1e12\n";
+    let path = dir.write("sekisho.toml", &config("", "100ms"));
+    let mut gateway = Sekisho::start(&PathBuf::from(env!("CARGO_BIN_EXE_sekisho")), &path);
+    let http = client();
+    let reload_url = gateway.admin_url("/api/v1/config/reload");
+    let reload = || async { send(&http, "POST", &reload_url, &[], Bytes::new()).await };
+
+    dir.write("sekisho.toml", &config(loud, "100ms"));
+    let answer = reload().await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let firing = next_notification(&mut bodies, "firing").await;
+    assert_eq!(
+        firing["alerts"][0]["labels"]["alertname"], "Loud",
+        "{firing}"
+    );
+
+    // Removed again (and the cycle changed, which needs a restart and is said so).
+    dir.write("sekisho.toml", &config("", "1s"));
+    let answer = reload().await;
+    assert_eq!(answer.status, 200);
+    let needs_restart = answer.json()["needs_restart"].to_string();
+    assert!(
+        needs_restart.contains("monitor.interval"),
+        "{}",
+        answer.json()
+    );
+    let applied = gateway.wait_for_log(
+        |line| {
+            line["message"] == "alert rules and receivers of the reloaded config in force"
+                && line["rules"] == "[\"Quiet\"]"
+        },
+        Duration::from_secs(20),
+    );
+    assert!(applied.is_some(), "{}", gateway.log());
+    let resolved = next_notification(&mut bodies, "resolved").await;
+    assert_eq!(
+        resolved["alerts"][0]["labels"]["alertname"], "Loud",
+        "{resolved}"
+    );
+}

@@ -70,7 +70,7 @@ fn default_interval() -> NonZeroDuration {
 }
 
 /// `[alerts]`: the rules, the receivers and the alert manager's timing.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Alerts {
     /// A new group of alerts waits this long before its first notification.

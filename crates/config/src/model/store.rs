@@ -45,7 +45,7 @@ pub struct Store {
 /// `[store.backup]`: the running gateway writes a backup of the store into `dir` every
 /// `interval` (unless one was recorded more recently, by any instance or `sekisho backup`) and
 /// keeps the newest `keep` files there.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduledBackup {
     /// The directory the backups are written to (relative to the config file's directory).
