@@ -83,6 +83,7 @@ pub(crate) async fn monitor(
         std::collections::VecDeque::new();
     let mut vitals = sekisho_monitor::Vitals::default();
     let mut route_counts = RouteCounts::default();
+    let mut latencies = UpstreamLatencies::default();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // What the database refused, written again next cycle, in order, before anything newer.
@@ -133,6 +134,7 @@ pub(crate) async fn monitor(
             .watches_metrics();
         let mut exposition = gateway.encode_metrics();
         route_counts.signals(&exposition, &mut signals);
+        latencies.signals(&exposition, &mut signals);
         if !watches_metrics {
             exposition.clear();
         }
@@ -301,9 +303,99 @@ impl RouteCounts {
     }
 }
 
+/// Each upstream's `sekisho_request_duration_seconds` buckets (summed over its routes) as last
+/// read from the exposition: (upper bound, cumulative count), by upper bound.
+#[derive(Debug, Default)]
+struct UpstreamLatencies(std::collections::HashMap<String, Vec<(f64, f64)>>);
+
+impl UpstreamLatencies {
+    /// `upstream_latency_p95` of each upstream (seconds): the 95th percentile of the answers
+    /// since the last reading, interpolated within its bucket as Prometheus's
+    /// `histogram_quantile` does; 0 when it had none (so an alert on it resolves when traffic
+    /// stops). On the first reading, or after a reset, the targets' smoothed latency given by
+    /// [`gateway_signals`] stands.
+    fn signals(&mut self, exposition: &str, signals: &mut sekisho_monitor::Signals) {
+        let mut now: std::collections::HashMap<String, Vec<(f64, f64)>> =
+            std::collections::HashMap::new();
+        for sample in sekisho_monitor::series::parse_exposition(exposition) {
+            if sample.name != "sekisho_request_duration_seconds_bucket" {
+                continue;
+            }
+            let (Some(upstream), Some(le)) =
+                (sample.labels.get("upstream"), sample.labels.get("le"))
+            else {
+                continue;
+            };
+            let Ok(le) = le.parse::<f64>() else {
+                continue;
+            };
+            if upstream.is_empty() {
+                continue;
+            }
+            let buckets = now.entry(upstream.clone()).or_default();
+            match buckets.iter_mut().find(|(bound, _)| *bound == le) {
+                Some(bucket) => bucket.1 += sample.value,
+                None => buckets.push((le, sample.value)),
+            }
+        }
+        for (upstream, buckets) in &mut now {
+            buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let Some(before) = self.0.get(upstream) else {
+                continue;
+            };
+            let delta: Option<Vec<(f64, f64)>> = buckets
+                .iter()
+                .map(|&(le, count)| {
+                    let was = before
+                        .iter()
+                        .find(|(bound, _)| *bound == le)
+                        .map_or(0.0, |b| b.1);
+                    (count >= was).then_some((le, count - was))
+                })
+                .collect();
+            let Some(delta) = delta else {
+                continue; // a counter went back: no reading this time
+            };
+            signals.insert(
+                ("upstream_latency_p95".to_owned(), upstream.clone()),
+                quantile(0.95, &delta),
+            );
+        }
+        self.0 = now;
+    }
+}
+
+/// The `q` quantile of cumulative histogram `buckets` (ascending upper bounds, the last
+/// `+Inf`), 0 when empty; within a bucket linearly interpolated, and the highest finite bound
+/// when it falls in `+Inf`'s.
+fn quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return lower.0;
+            }
+            let within = count - lower.1;
+            return if within > 0.0 {
+                lower.0 + (bound - lower.0) * (rank - lower.1) / within
+            } else {
+                bound
+            };
+        }
+        lower = (bound, count);
+    }
+    lower.0
+}
+
 /// The gateway's own figures as signals: per upstream, whether no target is healthy, the
-/// targets' mean error rate and their slowest smoothed latency (seconds, standing in for the
-/// p95 until per-upstream histograms are kept), and whether its circuit is open.
+/// targets' mean error rate and their slowest smoothed latency (seconds: `upstream_latency_p95`
+/// until [`UpstreamLatencies`] has two readings of the duration histogram), and whether its
+/// circuit is open.
 fn gateway_signals(gateway: &Gateway, signals: &mut sekisho_monitor::Signals) {
     for upstream in gateway.upstreams() {
         let targets = &upstream.targets;
@@ -359,6 +451,52 @@ mod tests {
         signals
             .get(&("route_error_rate".to_owned(), route.to_owned()))
             .copied()
+    }
+
+    fn buckets(upstream: &str, route: &str, counts: [u64; 4]) -> String {
+        let les = ["0.1", "0.5", "1", "+Inf"];
+        les.iter()
+            .zip(counts)
+            .map(|(le, n)| {
+                format!(
+                    "sekisho_request_duration_seconds_bucket{{route=\"{route}\",upstream=\"{upstream}\",le=\"{le}\"}} {n}\n"
+                )
+            })
+            .collect()
+    }
+
+    fn p95(signals: &sekisho_monitor::Signals, upstream: &str) -> Option<f64> {
+        signals
+            .get(&("upstream_latency_p95".to_owned(), upstream.to_owned()))
+            .copied()
+    }
+
+    #[test]
+    fn upstream_latency_p95_comes_from_the_duration_histogram_since_the_last_reading() {
+        let mut latencies = UpstreamLatencies::default();
+        let mut signals = sekisho_monitor::Signals::new();
+        let first = buckets("api", "a", [100, 100, 100, 100]) + &buckets("api", "b", [0, 0, 0, 0]);
+        latencies.signals(&first, &mut signals);
+        assert!(signals.is_empty(), "nothing before a second reading");
+        // Since then, over both routes: 20 answers under 0.1 s, 60 in (0.1, 0.5], 20 in
+        // (0.5, 1]: the 95th of 100 lies in the last bucket, three quarters in.
+        let second =
+            buckets("api", "a", [110, 140, 150, 150]) + &buckets("api", "b", [10, 40, 50, 50]);
+        latencies.signals(&second, &mut signals);
+        let value = p95(&signals, "api").unwrap();
+        assert!((value - 0.875).abs() < 1e-9, "{value}");
+        // Slower than every bound: the highest finite one.
+        let third =
+            buckets("api", "a", [110, 140, 150, 160]) + &buckets("api", "b", [10, 40, 50, 50]);
+        latencies.signals(&third, &mut signals);
+        assert_eq!(p95(&signals, "api"), Some(1.0));
+        // No answers since: 0.
+        latencies.signals(&third, &mut signals);
+        assert_eq!(p95(&signals, "api"), Some(0.0));
+        // A reset (a reload that dropped the series): no reading this time.
+        let mut signals = sekisho_monitor::Signals::new();
+        latencies.signals(&first, &mut signals);
+        assert_eq!(p95(&signals, "api"), None);
     }
 
     #[test]
