@@ -280,8 +280,7 @@ impl RedisLimiter {
             .send(batch::Job { command, reply })
             .map_err(|_| gone())?;
         let value = answer.await.map_err(|_| gone())??;
-        let (allowed, remaining, reset, retry_after): (i64, i64, i64, i64) =
-            redis::from_owned_redis_value(value)?;
+        let [allowed, remaining, reset, retry_after] = decision_of(&value)?;
         Ok(Decision {
             allowed: allowed == 1,
             limit: quota,
@@ -290,6 +289,31 @@ impl RedisLimiter {
             retry_after: Duration::from_micros(clamp(retry_after)),
         })
     }
+}
+
+/// The four integers of a script's answer (`"allowed remaining reset_us retry_after_us"`).
+fn decision_of(value: &redis::Value) -> Result<[i64; 4], StoreError> {
+    let text: &[u8] = match value {
+        redis::Value::BulkString(bytes) => bytes,
+        redis::Value::SimpleString(text) => text.as_bytes(),
+        _ => &[],
+    };
+    let mut out = [0_i64; 4];
+    let mut fields = text.split(|b| *b == b' ');
+    for slot in &mut out {
+        *slot = fields
+            .next()
+            .and_then(|f| std::str::from_utf8(f).ok())
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| {
+                StoreError::Redis(redis::RedisError::from((
+                    redis::ErrorKind::TypeError,
+                    "a rate-limit script answered something else than four integers",
+                    format!("{value:?}"),
+                )))
+            })?;
+    }
+    Ok(out)
 }
 
 /// A rate as the script reads it: the shortest decimal that parses back to the same double.
@@ -350,6 +374,19 @@ fn escape_into(out: &mut String, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_s_answer_is_four_integers() {
+        let answer = redis::Value::BulkString(b"1 41 1000000 0".to_vec());
+        assert_eq!(decision_of(&answer).ok(), Some([1, 41, 1_000_000, 0]));
+        for wrong in [
+            redis::Value::BulkString(b"1 41 1000000".to_vec()),
+            redis::Value::BulkString(b"1 x 2 3".to_vec()),
+            redis::Value::Int(1),
+        ] {
+            assert!(decision_of(&wrong).is_err(), "{wrong:?}");
+        }
+    }
 
     #[test]
     fn escapes_braces_and_percent() {

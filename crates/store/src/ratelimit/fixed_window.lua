@@ -4,7 +4,7 @@
 -- KEYS[1]  hash {w = start of the window counted, in us; n = units admitted in it}; a
 --          hash of another window counts as empty
 -- ARGV     limit, window (us, >= 1), cost
--- returns  {allowed (0|1), remaining, reset_us, retry_after_us}
+-- returns  "allowed (0|1) remaining reset_us retry_after_us" (see `decision` in the prelude)
 --
 --   start = now - now mod window
 --   admit iff n + cost <= limit; then n = n + cost

@@ -3,7 +3,7 @@
 --
 -- KEYS[1]  string: TAT in us (a double); no key (or a TAT in the past) means a full bucket
 -- ARGV     burst, rate (per second, > 0), cost
--- returns  {allowed (0|1), remaining, reset_us, retry_after_us}
+-- returns  "allowed (0|1) remaining reset_us retry_after_us" (see `decision` in the prelude)
 --
 --   T       = 1e6 / rate                 emission interval, us per unit
 --   tau     = burst * T                  how far TAT may run ahead of now

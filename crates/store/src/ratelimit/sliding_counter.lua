@@ -6,7 +6,7 @@
 --          admitted in the window before it}. Both windows in one hash: one key, rotated by
 --          the script when the clock has moved on (a hash two windows old counts as empty).
 -- ARGV     limit, window (us, >= 1), cost
--- returns  {allowed (0|1), remaining, reset_us, retry_after_us}
+-- returns  "allowed (0|1) remaining reset_us retry_after_us" (see `decision` in the prelude)
 --
 --   start     = now - now mod window,  elapsed = now - start
 --   estimated = p * (window - elapsed) / window + c

@@ -3,7 +3,7 @@
 --
 -- KEYS[1]  sorted set; member "<us>:<i>" for unit i of the request admitted at <us>
 -- ARGV     limit, window (us, >= 1), cost
--- returns  {allowed (0|1), remaining, reset_us, retry_after_us}
+-- returns  "allowed (0|1) remaining reset_us retry_after_us" (see `decision` in the prelude)
 --
 --   trim members scored <= now - window (they left the window)
 --   used = ZCARD

@@ -3,7 +3,7 @@
 -- KEYS[1]  hash {t = tokens after the last admission (a double), ts = when, in us}; no key
 --          means a full bucket
 -- ARGV     capacity, rate (tokens per second, > 0), cost
--- returns  {allowed (0|1), remaining, reset_us, retry_after_us}
+-- returns  "allowed (0|1) remaining reset_us retry_after_us" (see `decision` in the prelude)
 --
 --   tokens  = min(capacity, t + (now - ts) * rate / 1e6)
 --   admit iff tokens >= cost; then tokens = tokens - cost (a refusal takes nothing)
