@@ -212,7 +212,9 @@ impl RedisLimiter {
         exact(quota, "quota of 2^53 or more")?;
         exact(cost, "cost of 2^53 or more")?;
         let redis_key = self.redis_key(limit, key);
-        let mut command = redis::cmd("EVALSHA");
+        // Sized for the whole command: no reallocation while the arguments are written.
+        let mut command = redis::Cmd::with_capacity(6, 96 + redis_key.len());
+        command.arg("EVALSHA");
         match *limit {
             Limit::TokenBucket {
                 capacity,
@@ -316,10 +318,11 @@ fn decision_of(value: &redis::Value) -> Result<[i64; 4], StoreError> {
     Ok(out)
 }
 
-/// A rate as the script reads it: the shortest decimal that parses back to the same double.
-fn rate(per_second: f64) -> Result<String, StoreError> {
+/// A rate as the script reads it (a positive, finite double; redis-rs writes it as the shortest
+/// decimal that parses back to the same double).
+fn rate(per_second: f64) -> Result<f64, StoreError> {
     if per_second.is_finite() && per_second > 0.0 {
-        Ok(per_second.to_string())
+        Ok(per_second)
     } else {
         Err(StoreError::InvalidLimit(
             "rate must be a positive, finite number per second",
@@ -403,8 +406,19 @@ mod tests {
         assert!(rate(0.0).is_err());
         assert!(rate(f64::NAN).is_err());
         assert!(rate(f64::INFINITY).is_err());
-        assert_eq!(rate(0.5).ok().as_deref(), Some("0.5"));
-        assert_eq!(rate(1e-9).ok().as_deref(), Some("0.000000001"));
+        assert_eq!(rate(0.5).ok(), Some(0.5));
+        // What the script reads: redis-rs writes a double as its shortest round-trip decimal
+        // (ryu), which Lua's tonumber reads back to the same double.
+        for per_second in [0.5, 1e-9, 1e9, 1.0 / 3.0, 123_456.789] {
+            let mut command = redis::Cmd::new();
+            command.arg(per_second);
+            let written = command.args_iter().next().map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                redis::Arg::Cursor => String::new(),
+            });
+            let written = written.unwrap_or_default();
+            assert_eq!(written.parse::<f64>().ok(), Some(per_second), "{written}");
+        }
         assert!(window_us(Duration::from_nanos(999)).is_err());
         assert_eq!(window_us(Duration::from_millis(200)).ok(), Some(200_000));
         assert!(exact(1 << 53, "x").is_err());
