@@ -12,7 +12,7 @@ use std::time::Duration;
 mod common;
 
 use bytes::Bytes;
-use common::{binary, cli, cli_ok};
+use common::{add_role, add_user, binary, cli, cli_ok};
 use sekisho_db::testing::TestDatabase;
 use sekisho_db::Dialect;
 use sekisho_testkit::{client, promtool, send, Origin, Reply, Sekisho, TempDir};
@@ -61,45 +61,9 @@ fn config(store: &str, upstream: &str, auth_extra: &str) -> String {
 /// Roles and users of the suite, made with the CLI.
 fn seed(config: &Path) {
     let config = config.to_str().unwrap();
-    cli_ok(
-        &[
-            "role",
-            "add",
-            "--config",
-            config,
-            "clerk",
-            "--permission",
-            "orders:write",
-            "--permission",
-            "orders:read",
-        ],
-        "",
-    );
-    cli_ok(
-        &[
-            "role",
-            "add",
-            "--config",
-            config,
-            "admin",
-            "--permission",
-            "users:manage",
-        ],
-        "",
-    );
-    cli_ok(
-        &[
-            "user",
-            "add",
-            "--config",
-            config,
-            "ann",
-            "--role",
-            "clerk",
-            "--password-stdin",
-        ],
-        "correct horse\n",
-    );
+    add_role(config, "clerk", &["orders:write", "orders:read"]);
+    add_role(config, "admin", &["users:manage"]);
+    add_user(config, "ann", Some("clerk"), "correct horse");
     // MD5("password"), as the seed's service stored it; and a bcrypt hash of "password".
     cli_ok(
         &[

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{binary, cli, cli_ok, free_port};
+use common::{add_role, add_user, binary, cli, cli_ok, free_port};
 use sekisho_testkit::{
     client, next_notification, send, webhook_receiver, Origin, Reply, Sekisho, TempDir,
 };
@@ -59,31 +59,8 @@ async fn a_backup_taken_online_restores_a_stopped_store_and_resets_backup_age() 
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("there is no store at"), "{err}");
 
-    cli_ok(
-        &[
-            "role",
-            "add",
-            "--config",
-            config,
-            "clerk",
-            "--permission",
-            "orders:read",
-        ],
-        "",
-    );
-    cli_ok(
-        &[
-            "user",
-            "add",
-            "--config",
-            config,
-            "ann",
-            "--role",
-            "clerk",
-            "--password-stdin",
-        ],
-        "correct horse\n",
-    );
+    add_role(config, "clerk", &["orders:read"]);
+    add_user(config, "ann", Some("clerk"), "correct horse");
     let mut gateway = Sekisho::start(&binary(), std::path::Path::new(config));
     assert_eq!(login(&gateway, "ann", "correct horse").await, 200);
 

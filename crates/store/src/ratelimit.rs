@@ -215,53 +215,49 @@ impl RedisLimiter {
         // Sized for the whole command: no reallocation while the arguments are written.
         let mut command = redis::Cmd::with_capacity(6, 96 + redis_key.len());
         command.arg("EVALSHA");
-        match *limit {
+        // Each script's two parameters: the quota, then a rate (per second) or a window (µs).
+        enum Second {
+            Rate(f64),
+            Window(u64),
+        }
+        let scripts = &self.scripts;
+        let (script, quota_arg, second) = match *limit {
             Limit::TokenBucket {
                 capacity,
                 refill_per_second,
-            } => {
-                let rate = rate(refill_per_second)?;
-                let hash = self.scripts.token_bucket.get_hash();
-                command
-                    .arg(hash)
-                    .arg(1)
-                    .arg(redis_key)
-                    .arg(capacity)
-                    .arg(rate);
-            }
+            } => (
+                &scripts.token_bucket,
+                capacity,
+                Second::Rate(rate(refill_per_second)?),
+            ),
             Limit::Gcra { burst, per_second } => {
-                let rate = rate(per_second)?;
-                let hash = self.scripts.gcra.get_hash();
-                command.arg(hash).arg(1).arg(redis_key).arg(burst).arg(rate);
+                (&scripts.gcra, burst, Second::Rate(rate(per_second)?))
             }
-            Limit::FixedWindow { limit, window } => {
-                let hash = self.scripts.fixed_window.get_hash();
-                command
-                    .arg(hash)
-                    .arg(1)
-                    .arg(redis_key)
-                    .arg(limit)
-                    .arg(window_us(window)?);
-            }
-            Limit::SlidingWindowLog { limit, window } => {
-                let hash = self.scripts.sliding_log.get_hash();
-                command
-                    .arg(hash)
-                    .arg(1)
-                    .arg(redis_key)
-                    .arg(limit)
-                    .arg(window_us(window)?);
-            }
-            Limit::SlidingWindowCounter { limit, window } => {
-                let hash = self.scripts.sliding_counter.get_hash();
-                command
-                    .arg(hash)
-                    .arg(1)
-                    .arg(redis_key)
-                    .arg(limit)
-                    .arg(window_us(window)?);
-            }
-        }
+            Limit::FixedWindow { limit, window } => (
+                &scripts.fixed_window,
+                limit,
+                Second::Window(window_us(window)?),
+            ),
+            Limit::SlidingWindowLog { limit, window } => (
+                &scripts.sliding_log,
+                limit,
+                Second::Window(window_us(window)?),
+            ),
+            Limit::SlidingWindowCounter { limit, window } => (
+                &scripts.sliding_counter,
+                limit,
+                Second::Window(window_us(window)?),
+            ),
+        };
+        command
+            .arg(script.get_hash())
+            .arg(1)
+            .arg(redis_key)
+            .arg(quota_arg);
+        match second {
+            Second::Rate(per_second) => command.arg(per_second),
+            Second::Window(us) => command.arg(us),
+        };
         command.arg(cost);
         let queue = self.queue.get_or_init(|| {
             batch::start(

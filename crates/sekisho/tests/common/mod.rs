@@ -100,3 +100,22 @@ pub fn cli_ok(args: &[&str], stdin: &str) -> String {
     assert_eq!(code, 0, "sekisho {args:?}: {out}{err}");
     out
 }
+
+/// `sekisho role add NAME --permission P…` on `config`.
+pub fn add_role(config: &str, name: &str, permissions: &[&str]) {
+    let mut args = vec!["role", "add", "--config", config, name];
+    for permission in permissions {
+        args.extend(["--permission", permission]);
+    }
+    cli_ok(&args, "");
+}
+
+/// `sekisho user add NAME [--role ROLE] --password-stdin` on `config`.
+pub fn add_user(config: &str, name: &str, role: Option<&str>, password: &str) {
+    let mut args = vec!["user", "add", "--config", config, name];
+    if let Some(role) = role {
+        args.extend(["--role", role]);
+    }
+    args.push("--password-stdin");
+    cli_ok(&args, &format!("{password}\n"));
+}
