@@ -429,9 +429,27 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
     }
     let _ = stop_admin.send(());
     let _ = admin_task.await;
+    // The audit rows, last logins and lockouts still queued are written before the exit (their
+    // log lines are out already); a database that does not take them within the bound is
+    // logged, not waited for.
+    if let Some(auth) = gateway.auth() {
+        tracing::info!("writing the audit queue before the exit");
+        if tokio::time::timeout(AUTH_FLUSH_LIMIT, auth.flush())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                waited = ?AUTH_FLUSH_LIMIT,
+                "the audit queue was not written to the database before the exit; its events are in the log"
+            );
+        }
+    }
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a shutdown waits for the audit queue to reach the database.
+const AUTH_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -2,7 +2,8 @@
 //! taken while the gateway serves (and, through the monitor, `backup_age` falling back so an
 //! alert on it resolves), a restore refused while the instance still answers, then, once it is
 //! stopped, the store put back as it was — a user deleted after the backup logs in again with
-//! the same password.
+//! the same password. And at SIGTERM, the audit events still queued for the database (its
+//! write lock held by someone else meanwhile) are written before the process exits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -191,4 +192,85 @@ fn the_running_gateway_takes_its_own_backups_and_keeps_the_newest() {
     let text = std::fs::read_to_string(&written[2]).unwrap();
     assert!(text.starts_with("{\"format\":\"sekisho-backup\""));
     drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_events_still_queued_at_sigterm_reach_the_database_before_the_exit() {
+    let origin = Origin::start(|_, _| Reply::new(200, "ok")).await;
+    let dir = TempDir::new("audit-shutdown");
+    let config = dir.write(
+        "sekisho.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [store]\ndata_dir = \"data\"\n\
+             [auth]\nargon2 = {{ memory_kib = 64, iterations = 1, parallelism = 1 }}\n\
+             [upstreams.app]\ntargets = [\"{}\"]\n\
+             [[routes]]\nname = \"admin\"\npath_prefix = \"/admin\"\nupstream = \"app\"\nauth = {{ role = \"admin\" }}\n",
+            origin.address
+        ),
+    );
+    let config = config.to_str().unwrap();
+    add_user(config, "ann", None, "correct horse");
+    let mut gateway = Sekisho::start(&binary(), std::path::Path::new(config));
+    let body = serde_json::json!({ "username": "ann", "password": "correct horse" }).to_string();
+    let http = client();
+    let answer = send(
+        &http,
+        "POST",
+        &gateway.url("/auth/login"),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    let bearer = format!("Bearer {}", answer.json()["access_token"].as_str().unwrap());
+
+    // Someone else holds the database's write lock: the audit queue cannot drain.
+    let file = dir.path().join("data").join("sekisho.db");
+    let database = sekisho_db::Database::connect(&format!("sqlite://{}", file.display()), 1)
+        .await
+        .unwrap();
+    let mut lock = database.pool().acquire().await.unwrap();
+    sekisho_db::sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    // Refusals decided from the cached session (no database read), each an audit event.
+    for _ in 0..3 {
+        let refused = send(
+            &http,
+            "GET",
+            &gateway.url("/admin"),
+            &[("authorization", bearer.as_str())],
+            bytes::Bytes::new(),
+        )
+        .await;
+        assert_eq!(refused.status, 403);
+    }
+    gateway.signal("TERM");
+    let draining = gateway.wait_for_log(
+        |line| line["message"] == "writing the audit queue before the exit",
+        Duration::from_secs(20),
+    );
+    assert!(draining.is_some(), "{}", gateway.log());
+    sekisho_db::sqlx::query("COMMIT")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    drop(lock);
+    assert_eq!(
+        gateway.wait_exit(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        gateway.log()
+    );
+    let failures: i64 =
+        sekisho_db::sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE event = 'authz_fail'")
+            .fetch_one(database.pool())
+            .await
+            .unwrap();
+    assert_eq!(failures, 3, "{}", gateway.log());
+    database.close().await;
+    drop(origin);
 }
