@@ -10,7 +10,7 @@
 //!
 //! Never a password or a token in either: names, addresses and session ids only.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -58,12 +58,13 @@ pub enum Job {
 #[derive(Debug, Clone)]
 pub struct Background {
     sender: mpsc::Sender<Job>,
-    dropped: Arc<AtomicU64>,
+    figures: Arc<crate::AuthFigures>,
 }
 
 impl Background {
-    /// Starts the writer on `directory`; it ends when every sender is gone.
-    pub fn start(directory: Directory) -> Self {
+    /// Starts the writer on `directory`, counting drops into `figures`; it ends when every
+    /// sender is gone.
+    pub fn start(directory: Directory, figures: Arc<crate::AuthFigures>) -> Self {
         let (sender, mut receiver) = mpsc::channel(QUEUE);
         tokio::spawn(async move {
             while let Some(job) = receiver.recv().await {
@@ -99,22 +100,21 @@ impl Background {
                 }
             }
         });
-        Self {
-            sender,
-            dropped: Arc::default(),
-        }
+        Self { sender, figures }
     }
 
     /// Queues `job`; drops it (and counts) when the queue is full.
     pub fn send(&self, job: Job) {
         if self.sender.try_send(job).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.figures
+                .background_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Jobs dropped because the queue was full.
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.figures.background_dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until every job queued before this call is written.

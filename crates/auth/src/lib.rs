@@ -110,6 +110,9 @@ pub(crate) struct Cached {
 pub struct AuthFigures {
     /// Live sessions, as last counted.
     pub active_sessions: AtomicI64,
+    /// Database writes (audit rows, last logins, lockouts) dropped because the background
+    /// queue was full: the database falls behind (their audit log lines were written).
+    pub background_dropped: AtomicU64,
     /// Sessions validated from the in-process cache.
     pub cache_hits: AtomicU64,
     /// Sessions looked up in the session store (not cached, expired, or cache not trusted).
@@ -304,7 +307,8 @@ impl Auth {
                 .into()
         };
         let directory = Directory::new(database);
-        let background = Background::start(directory.clone());
+        let figures: Arc<AuthFigures> = Arc::default();
+        let background = Background::start(directory.clone(), Arc::clone(&figures));
         let cache = SessionCache::new(SESSION_CACHE_ENTRIES as usize, SESSION_CACHE_TTL);
         Ok(Self {
             lockout: Lockout::new(config.lockout),
@@ -326,7 +330,7 @@ impl Auth {
                 .build(),
             cache_trusted: Arc::new(AtomicBool::new(true)),
             l2: None,
-            figures: Arc::default(),
+            figures,
         })
     }
 

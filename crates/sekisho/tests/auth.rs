@@ -963,6 +963,7 @@ async fn the_admin_api_manages_users_and_sessions_and_the_session_cookie_works()
         "sekisho_auth_duration_seconds_bucket{le=\"0.01\",operation=\"login\"}",
         "sekisho_auth_duration_seconds_count{operation=\"validate\"}",
         "sekisho_active_sessions ",
+        "sekisho_auth_background_dropped_total 0",
         "sekisho_auth_cache_operations_total{tier=\"l1\",cache=\"session\",result=\"hit\"}",
         "sekisho_auth_cache_operations_total{tier=\"l1\",cache=\"session\",result=\"miss\"}",
         "sekisho_auth_cache_operations_total{tier=\"l1\",cache=\"user_basic\",result=\"miss\"}",

@@ -373,6 +373,13 @@ impl Collector for AuthCollector {
             None,
             MetricType::Gauge,
         )?)?;
+        let dropped = self.figures.background_dropped.load(Relaxed);
+        ConstCounter::new(dropped).encode(encoder.encode_descriptor(
+            names::AUTH_BACKGROUND_DROPPED,
+            "Audit rows, last logins and lockouts not written to the database: its queue was full (each event's audit log line was written)",
+            None,
+            MetricType::Counter,
+        )?)?;
         let mut family = encoder.encode_descriptor(
             names::AUTH_CACHE_OPERATIONS,
             "Identity cache look-ups by tier (l1 in process, l2 Redis), cache and result",

@@ -101,6 +101,8 @@ pub(crate) mod names {
     pub(crate) const AUTH_REQUESTS: &str = "sekisho_auth_requests";
     /// Seconds per auth operation, by operation.
     pub(crate) const AUTH_DURATION: &str = "sekisho_auth_duration_seconds";
+    /// Edge authentication's database writes dropped because their queue was full.
+    pub(crate) const AUTH_BACKGROUND_DROPPED: &str = "sekisho_auth_background_dropped";
     /// Live sessions, as last counted (every 10 s).
     pub(crate) const ACTIVE_SESSIONS: &str = "sekisho_active_sessions";
     /// Identity cache look-ups by tier (l1, l2), cache (session, user_basic,
