@@ -1,0 +1,541 @@
+//! Request and response heads: what is forwarded, what is refused, how the body is framed.
+//!
+//! A head is parsed with `httparse` in place and never copied into a header map: what goes on to
+//! the other side is the original bytes (as ranges of the read buffer) minus the lines it must
+//! not see, followed by the lines this hop adds (`Edits::added`), written in one vectored write.
+//! Everything unusual is refused with a `Refusal`: in the real gateway that is where the request
+//! would be handed to hyper instead (upgrades, CONNECT, absolute-form targets, transfer codings
+//! other than chunked, framing that two parsers could read differently, obs-fold, bare LF).
+
+use std::ops::Range;
+
+use crate::ids::RequestIds;
+
+/// Header lines parsed per head; more is refused (431 for a request).
+pub const MAX_HEADERS: usize = 64;
+/// Longest head accepted, request line and headers.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// `Connection` options, `X-Forwarded-For` and `Forwarded` lines remembered per head.
+const MAX_LISTED: usize = 8;
+/// Longest client `X-Request-Id` kept (a longer one is replaced, as in sekisho).
+const MAX_REQUEST_ID: usize = 128;
+
+/// How a message's body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`, passed through as is.
+    Chunked,
+    /// Until the upstream closes (responses only).
+    UntilClose,
+}
+
+/// A head that is not forwarded: the status the client gets, and why (for tests and logs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub reason: &'static str,
+}
+
+/// What a request head says, once its edits are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestHead {
+    /// Bytes of the head in the buffer, final empty line included.
+    pub head_len: usize,
+    pub framing: Framing,
+    /// The client's connection stays open after this exchange (unless the response ends it).
+    pub keep_alive: bool,
+    pub http10: bool,
+    /// `HEAD`: the response has no body whatever its headers say.
+    pub is_head: bool,
+    /// `Expect: 100-continue` (removed from the forwarded head: this hop answers it).
+    pub expect_continue: bool,
+}
+
+/// What a response head says, once its edits are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub head_len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// A 1xx answer before the final one: forwarded as is, then the next head is read.
+    pub interim: bool,
+    /// The upstream connection can carry another request once the body is read.
+    pub upstream_keep_alive: bool,
+    /// The client's connection stays open after this response.
+    pub client_keep_alive: bool,
+}
+
+/// The forwarded head of the message being handled: kept ranges of the read buffer, then
+/// `added`. Reused from one message to the next (no allocation once warm).
+#[derive(Debug, Default)]
+pub struct Edits {
+    pub kept: Vec<Range<usize>>,
+    pub added: Vec<u8>,
+    /// The request id of the current exchange (the client's when sane, else made here).
+    pub request_id: Vec<u8>,
+}
+
+/// Facts of one connection that its requests' edits need.
+#[derive(Debug, Clone)]
+pub struct ClientFacts {
+    /// The client's address as `X-Forwarded-For` shows it.
+    pub ip_text: String,
+    /// `for=…;proto=http`, the start of this hop's `Forwarded` element.
+    pub forwarded_prefix: String,
+}
+
+impl ClientFacts {
+    pub fn new(ip: std::net::IpAddr) -> Self {
+        let forwarded_prefix = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        Self {
+            ip_text: ip.to_string(),
+            forwarded_prefix,
+        }
+    }
+}
+
+/// The headers this module looks at; everything else is `Other` and forwarded untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// Keep-Alive, Proxy-Connection, TE, Trailer: dropped.
+    HopByHop,
+    Upgrade,
+    Expect,
+    XForwardedFor,
+    /// X-Forwarded-Proto and X-Forwarded-Host: replaced by this hop's.
+    XForwardedReplaced,
+    Forwarded,
+    XRequestId,
+    Other,
+}
+
+fn classify(name: &[u8]) -> Name {
+    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
+    // The length first: most names are `Other` after one comparison of lengths.
+    match name.len() {
+        2 if is("te") => Name::HopByHop,
+        4 if is("host") => Name::Host,
+        6 if is("expect") => Name::Expect,
+        7 if is("upgrade") => Name::Upgrade,
+        7 if is("trailer") => Name::HopByHop,
+        9 if is("forwarded") => Name::Forwarded,
+        10 if is("connection") => Name::Connection,
+        10 if is("keep-alive") => Name::HopByHop,
+        12 if is("x-request-id") => Name::XRequestId,
+        14 if is("content-length") => Name::ContentLength,
+        15 if is("x-forwarded-for") => Name::XForwardedFor,
+        16 if is("proxy-connection") => Name::HopByHop,
+        16 if is("x-forwarded-host") => Name::XForwardedReplaced,
+        17 if is("transfer-encoding") => Name::TransferEncoding,
+        17 if is("x-forwarded-proto") => Name::XForwardedReplaced,
+        _ => Name::Other,
+    }
+}
+
+/// What the headers of one head say, from one pass over them.
+struct Facts<'b> {
+    content_length: Option<u64>,
+    transfer_encoding: Option<&'b [u8]>,
+    close: bool,
+    keep_alive: bool,
+    upgrade: bool,
+    /// Options of `Connection` other than close/keep-alive: header names to drop.
+    connection_names: [&'b [u8]; MAX_LISTED],
+    connection_name_count: usize,
+    hosts: usize,
+    host: &'b [u8],
+    expect: Option<&'b [u8]>,
+    forwarded_for: [&'b [u8]; MAX_LISTED],
+    forwarded_for_count: usize,
+    forwarded: [&'b [u8]; MAX_LISTED],
+    forwarded_count: usize,
+    request_id: Option<&'b [u8]>,
+}
+
+const fn refuse(status: u16, reason: &'static str) -> Refusal {
+    Refusal { status, reason }
+}
+
+fn facts_of<'b>(headers: &[httparse::Header<'b>], status: u16) -> Result<Facts<'b>, Refusal> {
+    let mut facts = Facts {
+        content_length: None,
+        transfer_encoding: None,
+        close: false,
+        keep_alive: false,
+        upgrade: false,
+        connection_names: [&[]; MAX_LISTED],
+        connection_name_count: 0,
+        hosts: 0,
+        host: &[],
+        expect: None,
+        forwarded_for: [&[]; MAX_LISTED],
+        forwarded_for_count: 0,
+        forwarded: [&[]; MAX_LISTED],
+        forwarded_count: 0,
+        request_id: None,
+    };
+    for header in headers {
+        match classify(header.name.as_bytes()) {
+            Name::ContentLength => {
+                let length = parse_content_length(header.value)
+                    .ok_or(refuse(status, "bad Content-Length"))?;
+                if facts.content_length.is_some_and(|seen| seen != length) {
+                    return Err(refuse(status, "differing Content-Length"));
+                }
+                facts.content_length = Some(length);
+            }
+            Name::TransferEncoding => {
+                if facts.transfer_encoding.is_some() {
+                    return Err(refuse(status, "repeated Transfer-Encoding"));
+                }
+                facts.transfer_encoding = Some(header.value);
+            }
+            Name::Connection => {
+                for option in header.value.split(|&b| b == b',') {
+                    let option = trim(option);
+                    if option.is_empty() {
+                        continue;
+                    }
+                    if option.eq_ignore_ascii_case(b"close") {
+                        facts.close = true;
+                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
+                        facts.keep_alive = true;
+                    } else if option.eq_ignore_ascii_case(b"upgrade") {
+                        facts.upgrade = true;
+                    } else if facts.connection_name_count < MAX_LISTED {
+                        facts.connection_names[facts.connection_name_count] = option;
+                        facts.connection_name_count += 1;
+                    } else {
+                        return Err(refuse(status, "too many Connection options"));
+                    }
+                }
+            }
+            Name::Upgrade => facts.upgrade = true,
+            Name::Host => {
+                facts.hosts += 1;
+                facts.host = header.value;
+            }
+            Name::Expect => facts.expect = Some(header.value),
+            Name::XForwardedFor => {
+                push_listed(&mut facts.forwarded_for, &mut facts.forwarded_for_count, header.value)
+                    .ok_or(refuse(status, "too many X-Forwarded-For lines"))?;
+            }
+            Name::Forwarded => {
+                push_listed(&mut facts.forwarded, &mut facts.forwarded_count, header.value)
+                    .ok_or(refuse(status, "too many Forwarded lines"))?;
+            }
+            Name::XRequestId => facts.request_id = Some(header.value),
+            Name::HopByHop | Name::XForwardedReplaced | Name::Other => {}
+        }
+    }
+    Ok(facts)
+}
+
+fn push_listed<'b>(
+    list: &mut [&'b [u8]; MAX_LISTED],
+    count: &mut usize,
+    value: &'b [u8],
+) -> Option<()> {
+    let slot = list.get_mut(*count)?;
+    *slot = value;
+    *count += 1;
+    Some(())
+}
+
+/// Digits only, as RFC 9110 says (no sign, no list: `5, 5` goes to hyper), at most 19 of them.
+fn parse_content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 {
+        return None;
+    }
+    value.iter().try_fold(0u64, |length, &byte| {
+        byte.is_ascii_digit()
+            .then(|| length * 10 + u64::from(byte - b'0'))
+    })
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let Some(start) = start else { return &[] };
+    let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+/// Offset of `part` (a slice of `buf`) in `buf`.
+fn offset_in(buf: &[u8], part: &[u8]) -> usize {
+    part.as_ptr() as usize - buf.as_ptr() as usize
+}
+
+/// Fills `kept` with the ranges of `buf` to forward: the start line, then every header line
+/// `keep` accepts, neighbours merged into one range. Every line must end in CRLF.
+fn keep_lines(
+    buf: &[u8],
+    head_len: usize,
+    headers: &[httparse::Header<'_>],
+    kept: &mut Vec<Range<usize>>,
+    status: u16,
+    mut keep: impl FnMut(&httparse::Header<'_>) -> bool,
+) -> Result<(), Refusal> {
+    kept.clear();
+    // The head ends with an empty line, which the added lines bring back.
+    if !buf[..head_len].ends_with(b"\r\n\r\n") {
+        return Err(refuse(status, "bare LF"));
+    }
+    let end = head_len - 2;
+    let mut line_start = 0;
+    let mut keep_current = true;
+    for header in headers.iter().map(Some).chain(std::iter::once(None)) {
+        let line_end = header.map_or(end, |h| offset_in(buf, h.name.as_bytes()));
+        if line_end < 2 || &buf[line_end - 2..line_end] != b"\r\n" {
+            return Err(refuse(status, "bare LF"));
+        }
+        if keep_current {
+            match kept.last_mut() {
+                Some(last) if last.end == line_start => last.end = line_end,
+                _ => kept.push(line_start..line_end),
+            }
+        }
+        line_start = line_end;
+        keep_current = header.is_some_and(&mut keep);
+    }
+    Ok(())
+}
+
+/// Whether `name` is one of the `Connection` options (headers the sender wants dropped here).
+fn listed_in_connection(facts: &Facts<'_>, name: &[u8]) -> bool {
+    facts.connection_names[..facts.connection_name_count]
+        .iter()
+        .any(|listed| listed.eq_ignore_ascii_case(name))
+}
+
+/// Parses a request head at the start of `buf`: `Ok(None)` while it is incomplete. On success
+/// `edits` holds the forwarded head.
+pub fn read_request(
+    buf: &[u8],
+    client: &ClientFacts,
+    ids: &mut RequestIds,
+    edits: &mut Edits,
+) -> Result<Option<RequestHead>, Refusal> {
+    let mut header_array = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut header_array);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(refuse(431, "too many headers")),
+        Err(_) => return Err(refuse(400, "malformed head")),
+    };
+    let (Some(method), Some(path), Some(version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(refuse(400, "malformed head"));
+    };
+    let headers = request.headers;
+    let facts = facts_of(headers, 400)?;
+    if method == "CONNECT" || facts.upgrade {
+        return Err(refuse(400, "upgrade or CONNECT: hyper's"));
+    }
+    if !path.starts_with('/') && !(path == "*" && method == "OPTIONS") {
+        return Err(refuse(400, "absolute-form target: hyper's"));
+    }
+    let http10 = version == 0;
+    if facts.hosts > 1 || (!http10 && facts.hosts == 0) {
+        return Err(refuse(400, "Host missing or repeated"));
+    }
+    let framing = match (facts.transfer_encoding, facts.content_length) {
+        (Some(_), Some(_)) => return Err(refuse(400, "Content-Length and Transfer-Encoding")),
+        (Some(coding), None) if !http10 && coding.eq_ignore_ascii_case(b"chunked") => {
+            Framing::Chunked
+        }
+        (Some(_), None) => return Err(refuse(400, "transfer coding other than chunked")),
+        (None, Some(0)) | (None, None) => Framing::Empty,
+        (None, Some(length)) => Framing::Length(length),
+    };
+    let expect_continue = match facts.expect {
+        None => false,
+        Some(value) if value.eq_ignore_ascii_case(b"100-continue") => true,
+        Some(_) => return Err(refuse(417, "unknown expectation")),
+    };
+    let keep_alive = if http10 {
+        facts.keep_alive && !facts.close
+    } else {
+        !facts.close
+    };
+
+    // The client's request id is kept when sane (its line stays), otherwise one is made.
+    let sane_id = facts.request_id.filter(|id| {
+        !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.iter().all(u8::is_ascii_graphic)
+    });
+    edits.request_id.clear();
+    match sane_id {
+        Some(id) => edits.request_id.extend_from_slice(id),
+        None => ids.next_hex(&mut edits.request_id),
+    }
+
+    keep_lines(buf, head_len, headers, &mut edits.kept, 400, |header| {
+        match classify(header.name.as_bytes()) {
+            Name::Other | Name::Host | Name::ContentLength | Name::TransferEncoding => {
+                facts.connection_name_count == 0
+                    || !listed_in_connection(&facts, header.name.as_bytes())
+            }
+            Name::XRequestId => sane_id.is_some(),
+            _ => false,
+        }
+    })?;
+
+    let added = &mut edits.added;
+    added.clear();
+    added.extend_from_slice(b"X-Forwarded-For: ");
+    for prior in &facts.forwarded_for[..facts.forwarded_for_count] {
+        added.extend_from_slice(prior);
+        added.extend_from_slice(b", ");
+    }
+    added.extend_from_slice(client.ip_text.as_bytes());
+    added.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if facts.hosts == 1 {
+        added.extend_from_slice(b"X-Forwarded-Host: ");
+        added.extend_from_slice(facts.host);
+        added.extend_from_slice(b"\r\n");
+    }
+    added.extend_from_slice(b"Forwarded: ");
+    for prior in &facts.forwarded[..facts.forwarded_count] {
+        added.extend_from_slice(prior);
+        added.extend_from_slice(b", ");
+    }
+    added.extend_from_slice(client.forwarded_prefix.as_bytes());
+    // RFC 7239: the host goes in quotes; one that cannot be quoted is left out.
+    if facts.hosts == 1
+        && facts.host.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        added.extend_from_slice(b";host=\"");
+        added.extend_from_slice(facts.host);
+        added.push(b'"');
+    }
+    added.extend_from_slice(b"\r\n");
+    if sane_id.is_none() {
+        added.extend_from_slice(b"X-Request-Id: ");
+        added.extend_from_slice(&edits.request_id);
+        added.extend_from_slice(b"\r\n");
+    }
+    if http10 {
+        // The upstream connection is pooled: ask an HTTP/1.0 upstream answer to keep it.
+        added.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    added.extend_from_slice(b"\r\n");
+
+    Ok(Some(RequestHead {
+        head_len,
+        framing,
+        keep_alive,
+        http10,
+        is_head: method == "HEAD",
+        expect_continue,
+    }))
+}
+
+/// Parses a response head at the start of `buf` for `request`: `Ok(None)` while incomplete.
+/// On success `edits.kept`/`added` hold the forwarded head (`edits.request_id` is echoed).
+pub fn read_response(
+    buf: &[u8],
+    request: &RequestHead,
+    edits: &mut Edits,
+) -> Result<Option<ResponseHead>, Refusal> {
+    let mut header_array = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut header_array);
+    let head_len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err(refuse(502, "malformed response head")),
+    };
+    let (Some(status), Some(version)) = (response.code, response.version) else {
+        return Err(refuse(502, "malformed response head"));
+    };
+    if status == 101 {
+        return Err(refuse(502, "101 to a request that asked no upgrade"));
+    }
+    if (100..200).contains(&status) {
+        return Ok(Some(ResponseHead {
+            head_len,
+            status,
+            framing: Framing::Empty,
+            interim: true,
+            upstream_keep_alive: true,
+            client_keep_alive: true,
+        }));
+    }
+    let headers = response.headers;
+    let facts = facts_of(headers, 502)?;
+    let no_body = request.is_head || status == 204 || status == 304;
+    let framing = match (facts.transfer_encoding, facts.content_length) {
+        _ if no_body => Framing::Empty,
+        (Some(_), Some(_)) => return Err(refuse(502, "Content-Length and Transfer-Encoding")),
+        (Some(coding), None) if version == 1 && coding.eq_ignore_ascii_case(b"chunked") => {
+            Framing::Chunked
+        }
+        (Some(_), None) => return Err(refuse(502, "transfer coding other than chunked")),
+        (None, Some(0)) => Framing::Empty,
+        (None, Some(length)) => Framing::Length(length),
+        (None, None) => Framing::UntilClose,
+    };
+    if request.http10 && framing == Framing::Chunked {
+        return Err(refuse(502, "chunked answer to HTTP/1.0: hyper's"));
+    }
+    let upstream_keep_alive = framing != Framing::UntilClose
+        && if version == 0 {
+            facts.keep_alive && !facts.close
+        } else {
+            !facts.close
+        };
+    let client_keep_alive = request.keep_alive && framing != Framing::UntilClose;
+
+    keep_lines(buf, head_len, headers, &mut edits.kept, 502, |header| {
+        match classify(header.name.as_bytes()) {
+            Name::Other
+            | Name::Host
+            | Name::ContentLength
+            | Name::TransferEncoding
+            | Name::XForwardedFor
+            | Name::XForwardedReplaced
+            | Name::Forwarded
+            | Name::Expect => {
+                facts.connection_name_count == 0
+                    || !listed_in_connection(&facts, header.name.as_bytes())
+            }
+            _ => false,
+        }
+    })?;
+
+    let added = &mut edits.added;
+    added.clear();
+    added.extend_from_slice(b"X-Request-Id: ");
+    added.extend_from_slice(&edits.request_id);
+    added.extend_from_slice(b"\r\n");
+    if !client_keep_alive {
+        added.extend_from_slice(b"Connection: close\r\n");
+    } else if request.http10 {
+        added.extend_from_slice(b"Connection: keep-alive\r\n");
+    }
+    added.extend_from_slice(b"\r\n");
+
+    Ok(Some(ResponseHead {
+        head_len,
+        status,
+        framing,
+        interim: false,
+        upstream_keep_alive,
+        client_keep_alive,
+    }))
+}
+
+#[cfg(test)]
+#[path = "head_tests.rs"]
+mod tests;
