@@ -7,6 +7,7 @@
 //! would be handed to hyper instead (upgrades, CONNECT, absolute-form targets, transfer codings
 //! other than chunked, framing that two parsers could read differently, obs-fold, bare LF).
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use crate::ids::RequestIds;
@@ -77,6 +78,11 @@ pub struct Edits {
     pub added: Vec<u8>,
     /// The request id of the current exchange (the client's when sane, else made here).
     pub request_id: Vec<u8>,
+    /// The forwarding lines of the connection's last request and its `Host` (`memo_valid`
+    /// when they can be reused: a first hop).
+    memo_lines: Vec<u8>,
+    memo_host: Vec<u8>,
+    memo_valid: bool,
 }
 
 /// Facts of one connection that its requests' edits need.
@@ -167,24 +173,34 @@ const fn refuse(status: u16, reason: &'static str) -> Refusal {
     Refusal { status, reason }
 }
 
-fn facts_of<'b>(headers: &[httparse::Header<'b>], status: u16) -> Result<Facts<'b>, Refusal> {
-    let mut facts = Facts {
-        content_length: None,
-        transfer_encoding: None,
-        close: false,
-        keep_alive: false,
-        upgrade: false,
-        connection_names: [&[]; MAX_LISTED],
-        connection_name_count: 0,
-        hosts: 0,
-        host: &[],
-        expect: None,
-        forwarded_for: [&[]; MAX_LISTED],
-        forwarded_for_count: 0,
-        forwarded: [&[]; MAX_LISTED],
-        forwarded_count: 0,
-        request_id: None,
-    };
+impl Facts<'_> {
+    fn new() -> Self {
+        Facts {
+            content_length: None,
+            transfer_encoding: None,
+            close: false,
+            keep_alive: false,
+            upgrade: false,
+            connection_names: [&[]; MAX_LISTED],
+            connection_name_count: 0,
+            hosts: 0,
+            host: &[],
+            expect: None,
+            forwarded_for: [&[]; MAX_LISTED],
+            forwarded_for_count: 0,
+            forwarded: [&[]; MAX_LISTED],
+            forwarded_count: 0,
+            request_id: None,
+        }
+    }
+}
+
+/// Fills `facts` (in place: it is a few hundred bytes) from one pass over the headers.
+fn facts_of<'b>(
+    headers: &[httparse::Header<'b>],
+    status: u16,
+    facts: &mut Facts<'b>,
+) -> Result<(), Refusal> {
     for header in headers {
         match classify(header.name.as_bytes()) {
             Name::ContentLength => {
@@ -228,18 +244,26 @@ fn facts_of<'b>(headers: &[httparse::Header<'b>], status: u16) -> Result<Facts<'
             }
             Name::Expect => facts.expect = Some(header.value),
             Name::XForwardedFor => {
-                push_listed(&mut facts.forwarded_for, &mut facts.forwarded_for_count, header.value)
-                    .ok_or(refuse(status, "too many X-Forwarded-For lines"))?;
+                push_listed(
+                    &mut facts.forwarded_for,
+                    &mut facts.forwarded_for_count,
+                    header.value,
+                )
+                .ok_or(refuse(status, "too many X-Forwarded-For lines"))?;
             }
             Name::Forwarded => {
-                push_listed(&mut facts.forwarded, &mut facts.forwarded_count, header.value)
-                    .ok_or(refuse(status, "too many Forwarded lines"))?;
+                push_listed(
+                    &mut facts.forwarded,
+                    &mut facts.forwarded_count,
+                    header.value,
+                )
+                .ok_or(refuse(status, "too many Forwarded lines"))?;
             }
             Name::XRequestId => facts.request_id = Some(header.value),
             Name::HopByHop | Name::XForwardedReplaced | Name::Other => {}
         }
     }
-    Ok(facts)
+    Ok(())
 }
 
 fn push_listed<'b>(
@@ -267,7 +291,10 @@ fn parse_content_length(value: &[u8]) -> Option<u64> {
 fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t'));
     let Some(start) = start else { return &[] };
-    let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+    let end = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
     &bytes[start..end]
 }
 
@@ -326,21 +353,22 @@ pub fn read_request(
     ids: &mut RequestIds,
     edits: &mut Edits,
 ) -> Result<Option<RequestHead>, Refusal> {
-    let mut header_array = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut request = httparse::Request::new(&mut header_array);
-    let head_len = match request.parse(buf) {
+    // Not initialised: httparse writes the headers it finds (saves filling 2 KiB per head).
+    let mut header_array = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, &mut header_array) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(refuse(431, "too many headers")),
         Err(_) => return Err(refuse(400, "malformed head")),
     };
-    let (Some(method), Some(path), Some(version)) =
-        (request.method, request.path, request.version)
+    let (Some(method), Some(path), Some(version)) = (request.method, request.path, request.version)
     else {
         return Err(refuse(400, "malformed head"));
     };
     let headers = request.headers;
-    let facts = facts_of(headers, 400)?;
+    let mut facts = Facts::new();
+    facts_of(headers, 400, &mut facts)?;
     if method == "CONNECT" || facts.upgrade {
         return Err(refuse(400, "upgrade or CONNECT: hyper's"));
     }
@@ -381,46 +409,36 @@ pub fn read_request(
         None => ids.next_hex(&mut edits.request_id),
     }
 
-    keep_lines(buf, head_len, headers, &mut edits.kept, 400, |header| {
-        match classify(header.name.as_bytes()) {
+    keep_lines(
+        buf,
+        head_len,
+        headers,
+        &mut edits.kept,
+        400,
+        |header| match classify(header.name.as_bytes()) {
             Name::Other | Name::Host | Name::ContentLength | Name::TransferEncoding => {
                 facts.connection_name_count == 0
                     || !listed_in_connection(&facts, header.name.as_bytes())
             }
             Name::XRequestId => sane_id.is_some(),
             _ => false,
-        }
-    })?;
+        },
+    )?;
 
+    // A first hop (no earlier X-Forwarded-For or Forwarded) asking for the same host as the
+    // connection's previous request gets the same forwarding lines: one copy.
+    // (`first_hop` also asks for exactly one Host, which the memo is keyed by.)
+    let first_hop =
+        facts.forwarded_for_count == 0 && facts.forwarded_count == 0 && facts.hosts == 1;
+    if !(first_hop && edits.memo_valid && edits.memo_host == facts.host) {
+        forwarding_lines(&facts, client, &mut edits.memo_lines);
+        edits.memo_valid = first_hop;
+        edits.memo_host.clear();
+        edits.memo_host.extend_from_slice(facts.host);
+    }
     let added = &mut edits.added;
     added.clear();
-    added.extend_from_slice(b"X-Forwarded-For: ");
-    for prior in &facts.forwarded_for[..facts.forwarded_for_count] {
-        added.extend_from_slice(prior);
-        added.extend_from_slice(b", ");
-    }
-    added.extend_from_slice(client.ip_text.as_bytes());
-    added.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
-    if facts.hosts == 1 {
-        added.extend_from_slice(b"X-Forwarded-Host: ");
-        added.extend_from_slice(facts.host);
-        added.extend_from_slice(b"\r\n");
-    }
-    added.extend_from_slice(b"Forwarded: ");
-    for prior in &facts.forwarded[..facts.forwarded_count] {
-        added.extend_from_slice(prior);
-        added.extend_from_slice(b", ");
-    }
-    added.extend_from_slice(client.forwarded_prefix.as_bytes());
-    // RFC 7239: the host goes in quotes; one that cannot be quoted is left out.
-    if facts.hosts == 1
-        && facts.host.iter().all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
-    {
-        added.extend_from_slice(b";host=\"");
-        added.extend_from_slice(facts.host);
-        added.push(b'"');
-    }
-    added.extend_from_slice(b"\r\n");
+    added.extend_from_slice(&edits.memo_lines);
     if sane_id.is_none() {
         added.extend_from_slice(b"X-Request-Id: ");
         added.extend_from_slice(&edits.request_id);
@@ -442,6 +460,41 @@ pub fn read_request(
     }))
 }
 
+/// This hop's `X-Forwarded-*` and `Forwarded` lines, into `out`.
+fn forwarding_lines(facts: &Facts<'_>, client: &ClientFacts, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for prior in &facts.forwarded_for[..facts.forwarded_for_count] {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.ip_text.as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n");
+    if facts.hosts == 1 {
+        out.extend_from_slice(b"X-Forwarded-Host: ");
+        out.extend_from_slice(facts.host);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Forwarded: ");
+    for prior in &facts.forwarded[..facts.forwarded_count] {
+        out.extend_from_slice(prior);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(client.forwarded_prefix.as_bytes());
+    // RFC 7239: the host goes in quotes; one that cannot be quoted is left out.
+    if facts.hosts == 1
+        && facts
+            .host
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    {
+        out.extend_from_slice(b";host=\"");
+        out.extend_from_slice(facts.host);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Parses a response head at the start of `buf` for `request`: `Ok(None)` while incomplete.
 /// On success `edits.kept`/`added` hold the forwarded head (`edits.request_id` is echoed).
 pub fn read_response(
@@ -449,9 +502,13 @@ pub fn read_response(
     request: &RequestHead,
     edits: &mut Edits,
 ) -> Result<Option<ResponseHead>, Refusal> {
-    let mut header_array = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut header_array);
-    let head_len = match response.parse(buf) {
+    let mut header_array = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let head_len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut header_array,
+    ) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(refuse(502, "malformed response head")),
@@ -463,6 +520,11 @@ pub fn read_response(
         return Err(refuse(502, "101 to a request that asked no upgrade"));
     }
     if (100..200).contains(&status) {
+        // Forwarded as it came (the proxy writes `buf[..head_len]` itself); `edits` says the same.
+        edits.kept.clear();
+        edits.kept.push(0..head_len - 2);
+        edits.added.clear();
+        edits.added.extend_from_slice(b"\r\n");
         return Ok(Some(ResponseHead {
             head_len,
             status,
@@ -473,7 +535,8 @@ pub fn read_response(
         }));
     }
     let headers = response.headers;
-    let facts = facts_of(headers, 502)?;
+    let mut facts = Facts::new();
+    facts_of(headers, 502, &mut facts)?;
     let no_body = request.is_head || status == 204 || status == 304;
     let framing = match (facts.transfer_encoding, facts.content_length) {
         _ if no_body => Framing::Empty,
@@ -497,8 +560,13 @@ pub fn read_response(
         };
     let client_keep_alive = request.keep_alive && framing != Framing::UntilClose;
 
-    keep_lines(buf, head_len, headers, &mut edits.kept, 502, |header| {
-        match classify(header.name.as_bytes()) {
+    keep_lines(
+        buf,
+        head_len,
+        headers,
+        &mut edits.kept,
+        502,
+        |header| match classify(header.name.as_bytes()) {
             Name::Other
             | Name::Host
             | Name::ContentLength
@@ -511,8 +579,8 @@ pub fn read_response(
                     || !listed_in_connection(&facts, header.name.as_bytes())
             }
             _ => false,
-        }
-    })?;
+        },
+    )?;
 
     let added = &mut edits.added;
     added.clear();

@@ -41,13 +41,18 @@ impl RequestIds {
     /// Appends a new id (32 lowercase hex digits) to `out`.
     pub fn next_hex(&mut self, out: &mut Vec<u8>) {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        for word in [self.next_u64(), self.next_u64()] {
-            for shift in (0..64).step_by(8) {
-                let byte = (word >> shift) as u8;
-                out.push(HEX[usize::from(byte >> 4)]);
-                out.push(HEX[usize::from(byte & 0xf)]);
+        let mut text = [0u8; 32];
+        for (half, word) in text
+            .chunks_exact_mut(16)
+            .zip([self.next_u64(), self.next_u64()])
+        {
+            for (index, pair) in half.chunks_exact_mut(2).enumerate() {
+                let byte = (word >> (index * 8)) as u8;
+                pair[0] = HEX[usize::from(byte >> 4)];
+                pair[1] = HEX[usize::from(byte & 0xf)];
             }
         }
+        out.extend_from_slice(&text);
     }
 }
 

@@ -15,12 +15,17 @@ fn address(flag: &str, variable: &str, default: &str) -> Result<SocketAddr, Stri
             text = args.next().ok_or(format!("{flag} needs an address"))?;
         }
     }
-    text.parse().map_err(|error| format!("{flag} {text}: {error}"))
+    text.parse()
+        .map_err(|error| format!("{flag} {text}: {error}"))
 }
 
 fn main() -> ExitCode {
-    let addresses = address("--listen", "LISTEN", "127.0.0.1:18089")
-        .and_then(|listen| Ok((listen, address("--upstream", "UPSTREAM", "127.0.0.1:18080")?)));
+    let addresses = address("--listen", "LISTEN", "127.0.0.1:18089").and_then(|listen| {
+        Ok((
+            listen,
+            address("--upstream", "UPSTREAM", "127.0.0.1:18080")?,
+        ))
+    });
     let (listen, upstream) = match addresses {
         Ok(addresses) => addresses,
         Err(message) => {
@@ -28,7 +33,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("h1-proto: runtime: {error}");
@@ -43,7 +51,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        h1_proto::serve(listener, h1_proto::Shared::new(upstream, h1_proto::Timeouts::default())).await;
+        h1_proto::serve(
+            listener,
+            h1_proto::Shared::new(upstream, h1_proto::Timeouts::default()),
+        )
+        .await;
         ExitCode::SUCCESS
     })
 }

@@ -8,6 +8,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::time::Instant;
 use crate::chunked::ChunkedScanner;
 use crate::head::{self, ClientFacts, Edits, Framing, Refusal, RequestHead, MAX_HEAD, MAX_HEADERS};
 use crate::ids::RequestIds;
-use crate::io::{read_more, write_all, write_all_vectored, Wait};
+use crate::io::{read_more, write_all, Wait};
 
 /// The proxy's time limits.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +66,11 @@ impl Shared {
 
     /// An idle connection (most recently used first), else a new one.
     async fn checkout(&self) -> io::Result<UpstreamConn> {
-        let pooled = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+        let pooled = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
         match pooled {
             Some(stream) => Ok(UpstreamConn {
                 stream,
@@ -235,10 +240,14 @@ impl Connection {
 
         // A pooled connection the upstream closed meanwhile fails at once; the request is sent
         // again on a new connection when it was sent whole (nothing of it was lost).
-        let mut upstream = self.shared.checkout().await.map_err(|_| Stop::Answer(502))?;
+        let mut upstream = self
+            .shared
+            .checkout()
+            .await
+            .map_err(|_| Stop::Answer(502))?;
         let response = loop {
             match self
-                .send_request(&upstream, &request, consumed, &mut request_body)
+                .send_request(&mut upstream, &request, consumed, &mut request_body)
                 .await
             {
                 Ok(response) => break response,
@@ -256,22 +265,22 @@ impl Connection {
         }
 
         // The response head was read; its body goes to the client as it comes.
-        let mut slices = [IoSlice::new(&[]); MAX_HEADERS + 3];
         let mut response_body = BodyCursor::new(response.framing);
         let response_start = response_body
             .take(&self.response_buf[response.head_len..])
             .map_err(|_| Stop::Quiet)?;
-        let count = gather(
-            &mut slices,
+        send_head(
+            &self.client,
             &self.response_buf,
             &self.edits,
             response.head_len..response.head_len + response_start,
-        );
-        let wait = Wait::For(timeouts.write);
-        write_all_vectored(&self.client, &mut slices[..count], wait).await?;
-        self.response_buf.advance(response.head_len + response_start);
+            Wait::For(timeouts.write),
+        )
+        .await?;
+        self.response_buf
+            .advance(response.head_len + response_start);
         relay(
-            &upstream.stream,
+            &mut upstream.stream,
             &mut self.response_buf,
             &self.client,
             &mut response_body,
@@ -317,8 +326,12 @@ impl Connection {
                 )
             };
             let was_empty = self.request_buf.is_empty();
-            if read_more(&self.client, &mut self.request_buf, wait).await? == 0 {
-                return if was_empty { Ok(None) } else { Err(Stop::Quiet) };
+            if read_more(&mut self.client, &mut self.request_buf, wait).await? == 0 {
+                return if was_empty {
+                    Ok(None)
+                } else {
+                    Err(Stop::Quiet)
+                };
             }
         }
     }
@@ -326,27 +339,25 @@ impl Connection {
     /// Sends the request (head, then body) and reads the final response head.
     async fn send_request(
         &mut self,
-        upstream: &UpstreamConn,
+        upstream: &mut UpstreamConn,
         request: &RequestHead,
         consumed: usize,
         body: &mut BodyCursor,
     ) -> Result<head::ResponseHead, Sent> {
         let timeouts = self.shared.timeouts;
-        let mut slices = [IoSlice::new(&[]); MAX_HEADERS + 3];
-        let count = gather(
-            &mut slices,
+        send_head(
+            &upstream.stream,
             &self.request_buf,
             &self.edits,
             request.head_len..consumed,
-        );
-        let wait = Wait::For(timeouts.write);
-        write_all_vectored(&upstream.stream, &mut slices[..count], wait)
-            .await
-            .map_err(|_| Sent::Stale)?;
+            Wait::For(timeouts.write),
+        )
+        .await
+        .map_err(|_| Sent::Stale)?;
         if !body.is_done() {
             self.request_buf.advance(consumed);
             relay(
-                &self.client,
+                &mut self.client,
                 &mut self.request_buf,
                 &upstream.stream,
                 body,
@@ -359,7 +370,7 @@ impl Connection {
         self.response_buf.clear();
         loop {
             let wait = Wait::For(timeouts.read);
-            match read_more(&upstream.stream, &mut self.response_buf, wait).await {
+            match read_more(&mut upstream.stream, &mut self.response_buf, wait).await {
                 Ok(0) if self.response_buf.is_empty() => return Err(Sent::Stale),
                 Ok(0) => return Err(Sent::Failed),
                 Ok(_) => {}
@@ -370,8 +381,9 @@ impl Connection {
                 Err(_) => return Err(Sent::Failed),
             }
             // Interim answers (100 Continue, 103 Early Hints) go to the client as they are.
-            while let Some(response) = head::read_response(&self.response_buf, request, &mut self.edits)
-                .map_err(Sent::Refused)?
+            while let Some(response) =
+                head::read_response(&self.response_buf, request, &mut self.edits)
+                    .map_err(Sent::Refused)?
             {
                 if !response.interim {
                     return Ok(response);
@@ -404,14 +416,30 @@ enum Sent {
     ClientGone,
 }
 
-/// The forwarded head and the start of the body as slices: kept ranges of `buf`, the added
-/// lines, then `body` (a range of `buf`). Returns how many slices were filled.
-fn gather<'a>(
-    slices: &mut [IoSlice<'a>; MAX_HEADERS + 3],
-    buf: &'a [u8],
-    edits: &'a Edits,
-    body: std::ops::Range<usize>,
-) -> usize {
+/// Writes a forwarded head — the kept ranges of `buf`, then the added lines — and the start of
+/// the body (`body`, a range of `buf`) in one `writev`. Only when the socket does not take it
+/// all is what is left copied out and awaited: the slices never live in the task's state.
+async fn send_head(
+    stream: &TcpStream,
+    buf: &[u8],
+    edits: &Edits,
+    body: Range<usize>,
+    wait: Wait,
+) -> io::Result<()> {
+    match write_gathered(stream, buf, edits, body)? {
+        None => Ok(()),
+        Some(rest) => write_all(stream, &rest, wait).await,
+    }
+}
+
+/// The synchronous part of `send_head`: what the socket did not take, if anything.
+fn write_gathered(
+    stream: &TcpStream,
+    buf: &[u8],
+    edits: &Edits,
+    body: Range<usize>,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut slices = [IoSlice::new(&[]); MAX_HEADERS + 3];
     let mut count = 0;
     for range in &edits.kept {
         slices[count] = IoSlice::new(&buf[range.clone()]);
@@ -423,13 +451,28 @@ fn gather<'a>(
         slices[count] = IoSlice::new(&buf[body]);
         count += 1;
     }
-    count
+    let total: usize = slices[..count].iter().map(|slice| slice.len()).sum();
+    let written = match stream.try_write_vectored(&slices[..count]) {
+        Ok(written) => written,
+        Err(error) if error.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(error) => return Err(error),
+    };
+    if written == total {
+        return Ok(None);
+    }
+    let mut rest_slices = &mut slices[..count];
+    IoSlice::advance_slices(&mut rest_slices, written);
+    let mut rest = Vec::with_capacity(total - written);
+    for slice in rest_slices.iter() {
+        rest.extend_from_slice(slice);
+    }
+    Ok(Some(rest))
 }
 
 /// Relays the rest of a body from `from` to `to`, through `buf` (which may start with some of
 /// it); what follows the body stays in `buf`.
 async fn relay(
-    from: &TcpStream,
+    from: &mut TcpStream,
     buf: &mut BytesMut,
     to: &TcpStream,
     body: &mut BodyCursor,
