@@ -372,7 +372,8 @@ pub fn read_request(
     if method == "CONNECT" || facts.upgrade {
         return Err(refuse(400, "upgrade or CONNECT: hyper's"));
     }
-    if !path.starts_with('/') && !(path == "*" && method == "OPTIONS") {
+    let origin_form = path.starts_with('/') || (path == "*" && method == "OPTIONS");
+    if !origin_form {
         return Err(refuse(400, "absolute-form target: hyper's"));
     }
     let http10 = version == 0;
