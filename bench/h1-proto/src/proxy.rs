@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::chunked::ChunkedScanner;
-use crate::head::{self, ClientFacts, Edits, Framing, Refusal, RequestHead, MAX_HEAD, MAX_HEADERS};
+use crate::head::{self, ClientFacts, Edits, Framing, Refusal, RequestHead, MAX_HEAD};
 use crate::ids::RequestIds;
 use crate::io::{read_more, write_all, Wait};
 
@@ -432,6 +432,10 @@ async fn send_head(
     }
 }
 
+/// Slices of one vectored head write: a few kept ranges (one when no line is dropped), the
+/// added lines, the body's start. A head cut in more ranges is copied into one buffer instead.
+const SLICES: usize = 8;
+
 /// The synchronous part of `send_head`: what the socket did not take, if anything.
 fn write_gathered(
     stream: &TcpStream,
@@ -439,7 +443,16 @@ fn write_gathered(
     edits: &Edits,
     body: Range<usize>,
 ) -> io::Result<Option<Vec<u8>>> {
-    let mut slices = [IoSlice::new(&[]); MAX_HEADERS + 3];
+    if edits.kept.len() + 2 > SLICES {
+        let mut whole = Vec::with_capacity(buf.len() + edits.added.len());
+        for range in &edits.kept {
+            whole.extend_from_slice(&buf[range.clone()]);
+        }
+        whole.extend_from_slice(&edits.added);
+        whole.extend_from_slice(&buf[body]);
+        return Ok(Some(whole));
+    }
+    let mut slices = [IoSlice::new(&[]); SLICES];
     let mut count = 0;
     for range in &edits.kept {
         slices[count] = IoSlice::new(&buf[range.clone()]);

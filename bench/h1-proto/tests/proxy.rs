@@ -356,3 +356,27 @@ async fn an_upstream_that_is_gone_gives_502() {
         .unwrap_or_else(|| panic!("no answer"));
     assert!(head.starts_with("HTTP/1.1 502 "), "{head}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_head_cut_in_many_ranges_is_forwarded_whole() {
+    let (upstream, _) = upstream().await;
+    let proxy = proxy_to(upstream, Timeouts::default()).await;
+    let mut client = Client::connect(proxy).await;
+    let mut raw = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n".to_vec();
+    for index in 0..10 {
+        raw.extend_from_slice(format!("TE: x\r\nX-Keep-{index}: {index}\r\n").as_bytes());
+    }
+    raw.extend_from_slice(b"\r\nhi");
+    client.send(&raw).await;
+    let (_, body) = client
+        .response(false)
+        .await
+        .unwrap_or_else(|| panic!("no answer"));
+    for index in 0..10 {
+        assert!(
+            body.contains(&format!("\r\nX-Keep-{index}: {index}\r\n")),
+            "{body}"
+        );
+    }
+    assert!(!body.contains("TE:") && body.ends_with("|hi"), "{body}");
+}
