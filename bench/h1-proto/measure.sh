@@ -4,10 +4,11 @@
 #
 # instr.sh knows built-in targets only, so the prototype is measured in hyper-min's slot:
 # instr.sh starts `$HYPER_MIN_BIN` with LISTEN=127.0.0.1:18089 UPSTREAM=127.0.0.1:18080, which
-# is how h1-proto reads its addresses too. Three instr.sh runs, one after the other:
+# is how h1-proto reads its addresses too. Four instr.sh runs, one after the other:
 #   1. anchors: nginx, hyper-min (the real one), sekisho (with --sekisho)
-#   2. h1-proto in hyper-min's slot
-#   3. nginx again (brackets the session: it should repeat within ~1 %)
+#   2. h1-proto in hyper-min's slot (reads timed by one ticking timer per connection)
+#   3. h1-proto with H1_TIMERS=per-wait (a tokio timeout around each read that blocks)
+#   4. nginx again (brackets the session: it should repeat within ~1 %)
 # then one merged table, summary.md, with ratios to nginx and to hyper-min.
 #
 # Usage: bench/h1-proto/measure.sh [-r R] [-n N] [-c K] [--sekisho PATH] [-o DIR]
@@ -52,17 +53,20 @@ if [ -n "$SEKISHO" ]; then
   sekisho_args=(--sekisho "$SEKISHO")
 fi
 
-echo "== 1/3 anchors: $anchors"
+echo "== 1/4 anchors: $anchors"
 "$BENCH/instr.sh" -t "$anchors" -r "$REPS" "${EXTRA[@]}" "${sekisho_args[@]}" -o "$OUT/1-anchors"
-echo "== 2/3 h1-proto (in hyper-min's slot: $PROTO)"
-HYPER_MIN_BIN=$PROTO "$BENCH/instr.sh" -t hyper-min -r "$REPS" "${EXTRA[@]}" -o "$OUT/2-h1-proto"
-echo "== 3/3 nginx again"
-"$BENCH/instr.sh" -t nginx -r "$REPS" "${EXTRA[@]}" -o "$OUT/3-nginx"
+echo "== 2/4 h1-proto (in hyper-min's slot: $PROTO)"
+H1_TIMERS=ticks HYPER_MIN_BIN=$PROTO "$BENCH/instr.sh" -t hyper-min -r "$REPS" "${EXTRA[@]}" -o "$OUT/2-h1-proto"
+echo "== 3/4 h1-proto, H1_TIMERS=per-wait"
+H1_TIMERS=per-wait HYPER_MIN_BIN=$PROTO "$BENCH/instr.sh" -t hyper-min -r "$REPS" "${EXTRA[@]}" -o "$OUT/3-h1-proto-per-wait"
+echo "== 4/4 nginx again"
+"$BENCH/instr.sh" -t nginx -r "$REPS" "${EXTRA[@]}" -o "$OUT/4-nginx"
 
 python3 - "$OUT" > "$OUT/summary.md" <<'PY'
 import csv, statistics, sys
 out = sys.argv[1]
-runs = [("1-anchors", None), ("2-h1-proto", "h1-proto"), ("3-nginx", "nginx (again)")]
+runs = [("1-anchors", None), ("2-h1-proto", "h1-proto"), ("3-h1-proto-per-wait", "h1-proto (per-wait timers)"),
+        ("4-nginx", "nginx (again)")]
 rows = {}
 order = []
 for folder, rename in runs:
@@ -92,7 +96,8 @@ for name in order:
                    key=lambda kv: -kv[1])
     print(f"* {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in calls if v >= 0.01))
 print()
-print(f"Runs: {out}/1-anchors, {out}/2-h1-proto (h1-proto in hyper-min's slot), {out}/3-nginx; "
+print(f"Runs: {out}/1-anchors, {out}/2-h1-proto and {out}/3-h1-proto-per-wait (h1-proto in hyper-min's slot), "
+      f"{out}/4-nginx; "
       "dumps in each run's callgrind/ (callgrind_annotate --threshold=100 FILE).")
 PY
 cat "$OUT/summary.md"

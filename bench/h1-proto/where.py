@@ -27,15 +27,28 @@ def owner(file, function, obj):
         if re.search(r"mem(cpy|move|set)|memcmp|bcmp", function): return "libc memcpy/memset"
         if re.search(r"malloc|free|realloc|_int_|tcache|arena|calloc", function): return "allocator (glibc malloc)"
         return "libc system-call wrappers"
-    for key, name in (("/tokio-", "tokio (scheduler, I/O driver, timers)"), ("/mio-", "tokio (scheduler, I/O driver, timers)"),
-                      ("/httparse-", "httparse"), ("/bytes-", "bytes"), ("h1-proto/src", "h1-proto (codec, edits, loop)"),
+    if "/tokio-" in file or "/mio-" in file:
+        return tokio_part(file.split("/src/", 1)[-1])
+    for key, name in (("/httparse-", "httparse"), ("/bytes-", "bytes"), ("h1-proto/src", "h1-proto (codec, edits, loop)"),
                       ("/hyper-", "hyper"), ("/hyper-util-", "hyper")):
         if key in file: return name
     # std/core/alloc code inlined somewhere: give it to the crate of the function it sits in.
-    for key, name in (("tokio::", "tokio (scheduler, I/O driver, timers)"), ("mio::", "tokio (scheduler, I/O driver, timers)"),
-                      ("httparse::", "httparse"), ("h1_proto::", "h1-proto (codec, edits, loop)"), ("hyper", "hyper")):
-        if function.startswith(key) or f"<{key}" in function: return f"{name}, std inlined"
+    if function.startswith("tokio::runtime::task::raw::poll"):
+        # The connection task's whole future is inlined here: std code of ours and tokio's.
+        return "std code inlined into the task's poll (ours or tokio's)"
+    if re.match(r"<?(tokio|mio)::", function):
+        return tokio_part(function.lstrip("<").replace("::", "/"))
+    for key, name in (("httparse::", "httparse"), ("h1_proto::", "h1-proto (codec, edits, loop)"), ("hyper", "hyper")):
+        if function.startswith(key) or f"<{key}" in function: return name
+    if "Timespec" in function: return "tokio timers (clock, wheel, sleep)"
     return "std/core/alloc (other)"
+
+def tokio_part(path):
+    """tokio by job: timers, readiness and socket I/O, or the scheduler and tasks."""
+    if re.search(r"(^|/)time/|sleep|timeout|clock", path): return "tokio timers (clock, wheel, sleep)"
+    if re.search(r"(^|/)(io|net)/|mio|selector|poll_evented", path):
+        return "tokio I/O (epoll driver, readiness, read/write)"
+    return "tokio scheduler and tasks"
 
 owners, functions = Counter(), Counter()
 in_table = False

@@ -17,4 +17,5 @@ pub mod ids;
 mod io;
 mod proxy;
 
+pub use io::TimerMode;
 pub use proxy::{serve, Shared, Timeouts};

@@ -2,7 +2,8 @@
 //!
 //! Listens on `--listen ADDR` (or `$LISTEN`, default 127.0.0.1:18089, the port the bench's
 //! instr.sh and run.sh give `hyper-min`), forwards to `--upstream ADDR` (or `$UPSTREAM`,
-//! default 127.0.0.1:18080). One tokio current-thread runtime, no logging.
+//! default 127.0.0.1:18080). One tokio current-thread runtime, no logging. Reads are timed by
+//! one ticking timer per connection; `H1_TIMERS=per-wait` puts a tokio timeout on each wait.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -51,11 +52,11 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        h1_proto::serve(
-            listener,
-            h1_proto::Shared::new(upstream, h1_proto::Timeouts::default()),
-        )
-        .await;
+        let mut timeouts = h1_proto::Timeouts::default();
+        if std::env::var("H1_TIMERS").is_ok_and(|mode| mode == "per-wait") {
+            timeouts.mode = h1_proto::TimerMode::PerWait;
+        }
+        h1_proto::serve(listener, h1_proto::Shared::new(upstream, timeouts)).await;
         ExitCode::SUCCESS
     })
 }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use crate::chunked::ChunkedScanner;
 use crate::head::{self, ClientFacts, Edits, Framing, Refusal, RequestHead, MAX_HEAD};
 use crate::ids::RequestIds;
-use crate::io::{read_more, write_all, Wait};
+use crate::io::{read_more, write_all, TimerMode, Wait, Watch};
 
 /// The proxy's time limits.
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +32,10 @@ pub struct Timeouts {
     pub read: Duration,
     /// Each wait for a socket to take more bytes.
     pub write: Duration,
+    /// How reads are timed (`H1_TIMERS=per-wait` or `ticks` for the binary).
+    pub mode: TimerMode,
+    /// The tick of `TimerMode::Ticks`: read limits hold to within one tick.
+    pub tick: Duration,
 }
 
 impl Default for Timeouts {
@@ -41,6 +45,8 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             read: Duration::from_secs(30),
             write: Duration::from_secs(30),
+            mode: TimerMode::Ticks,
+            tick: Duration::from_secs(1),
         }
     }
 }
@@ -191,18 +197,20 @@ struct Connection {
     request_buf: BytesMut,
     response_buf: BytesMut,
     edits: Edits,
+    watch: Watch,
 }
 
 impl Connection {
     fn new(client: TcpStream, peer: SocketAddr, shared: Arc<Shared>) -> Self {
         Self {
             client,
-            shared,
             facts: ClientFacts::new(peer.ip()),
             ids: RequestIds::new(),
             request_buf: BytesMut::with_capacity(8 * 1024),
             response_buf: BytesMut::with_capacity(8 * 1024),
             edits: Edits::default(),
+            watch: Watch::new(shared.timeouts.mode, shared.timeouts.tick),
+            shared,
         }
     }
 
@@ -284,6 +292,7 @@ impl Connection {
             &mut self.response_buf,
             &self.client,
             &mut response_body,
+            &mut self.watch,
             timeouts,
         )
         .await?;
@@ -317,21 +326,34 @@ impl Connection {
                 }
             }
             // Waiting for a new request is the idle time; once it has begun, the whole head
-            // must arrive before one deadline (a client sending a byte now and then is cut).
-            let wait = if self.request_buf.is_empty() {
-                Wait::For(self.shared.timeouts.idle)
-            } else {
-                Wait::Until(
-                    *deadline.get_or_insert_with(|| Instant::now() + self.shared.timeouts.header),
-                )
-            };
+            // must arrive in `header` (a client sending a byte now and then is cut).
+            let timeouts = self.shared.timeouts;
             let was_empty = self.request_buf.is_empty();
-            if read_more(&mut self.client, &mut self.request_buf, wait).await? == 0 {
+            let wait = if was_empty {
+                Wait::For(timeouts.idle)
+            } else if self.watch.mode() == TimerMode::Ticks {
+                Wait::For(timeouts.header)
+            } else {
+                Wait::Until(*deadline.get_or_insert_with(|| Instant::now() + timeouts.header))
+            };
+            let read = read_more(
+                &mut self.client,
+                &mut self.request_buf,
+                &mut self.watch,
+                wait,
+                false,
+            )
+            .await?;
+            if read == 0 {
                 return if was_empty {
                     Ok(None)
                 } else {
                     Err(Stop::Quiet)
                 };
+            }
+            if was_empty {
+                // A request begins: its head has `header` from here, whatever the idle time was.
+                self.watch.progress();
             }
         }
     }
@@ -361,6 +383,7 @@ impl Connection {
                 &mut self.request_buf,
                 &upstream.stream,
                 body,
+                &mut self.watch,
                 timeouts,
             )
             .await
@@ -370,7 +393,14 @@ impl Connection {
         self.response_buf.clear();
         loop {
             let wait = Wait::For(timeouts.read);
-            match read_more(&mut upstream.stream, &mut self.response_buf, wait).await {
+            let read = read_more(
+                &mut upstream.stream,
+                &mut self.response_buf,
+                &mut self.watch,
+                wait,
+                true,
+            );
+            match read.await {
                 Ok(0) if self.response_buf.is_empty() => return Err(Sent::Stale),
                 Ok(0) => return Err(Sent::Failed),
                 Ok(_) => {}
@@ -489,12 +519,13 @@ async fn relay(
     buf: &mut BytesMut,
     to: &TcpStream,
     body: &mut BodyCursor,
+    watch: &mut Watch,
     timeouts: Timeouts,
 ) -> io::Result<()> {
     while !body.is_done() {
         if buf.is_empty() {
             buf.clear();
-            if read_more(from, buf, Wait::For(timeouts.read)).await? == 0 {
+            if read_more(from, buf, watch, Wait::For(timeouts.read), true).await? == 0 {
                 return match body {
                     BodyCursor::UntilClose => Ok(()),
                     _ => Err(io::ErrorKind::UnexpectedEof.into()),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use h1_proto::chunked::ChunkedScanner;
-use h1_proto::{serve, Shared, Timeouts};
+use h1_proto::{serve, Shared, Timeouts, TimerMode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -319,23 +319,76 @@ async fn smuggling_shapes_are_answered_400_and_the_connection_closed() {
     );
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_head_sent_slowly_is_cut_at_the_header_timeout() {
+/// A client that sends its head a line at a time, each line sooner than the header timeout.
+async fn slow_head_is_cut(mode: TimerMode) {
     let (upstream, _) = upstream().await;
     let timeouts = Timeouts {
         header: Duration::from_millis(300),
+        tick: Duration::from_millis(100),
+        mode,
         ..Timeouts::default()
     };
     let proxy = proxy_to(upstream, timeouts).await;
     let mut client = Client::connect(proxy).await;
     let started = tokio::time::Instant::now();
     client.send(b"GET /echo HTTP/1.1\r\n").await;
-    for _ in 0..3 {
+    for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(150)).await;
         let _ = client.stream.write_all(b"X-Drip: 1\r\n").await;
     }
-    assert!(client.closed().await);
-    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(client.closed().await, "{mode:?}");
+    assert!(started.elapsed() < Duration::from_millis(1500), "{mode:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_head_sent_slowly_is_cut_at_the_header_timeout() {
+    slow_head_is_cut(TimerMode::Ticks).await;
+    slow_head_is_cut(TimerMode::PerWait).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_connection_is_closed_and_a_slow_upstream_is_504() {
+    let (upstream, _) = upstream().await;
+    for mode in [TimerMode::Ticks, TimerMode::PerWait] {
+        let timeouts = Timeouts {
+            idle: Duration::from_millis(300),
+            tick: Duration::from_millis(100),
+            mode,
+            ..Timeouts::default()
+        };
+        let proxy = proxy_to(upstream, timeouts).await;
+        let mut client = Client::connect(proxy).await;
+        client.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n").await;
+        assert!(client.response(false).await.is_some());
+        assert!(
+            client.closed().await,
+            "{mode:?}: idle keep-alive connection closed"
+        );
+    }
+    // An upstream that accepts and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let silent_address = silent.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let timeouts = Timeouts {
+        read: Duration::from_millis(300),
+        tick: Duration::from_millis(100),
+        ..Timeouts::default()
+    };
+    let proxy = proxy_to(silent_address, timeouts).await;
+    let mut client = Client::connect(proxy).await;
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let (head, _) = client
+        .response(false)
+        .await
+        .unwrap_or_else(|| panic!("no answer"));
+    assert!(head.starts_with("HTTP/1.1 504 "), "{head}");
 }
 
 #[tokio::test(flavor = "current_thread")]
