@@ -27,10 +27,13 @@ def owner(file, function, obj):
         if re.search(r"mem(cpy|move|set)|memcmp|bcmp", function): return "libc memcpy/memset"
         if re.search(r"malloc|free|realloc|_int_|tcache|arena|calloc", function): return "allocator (glibc malloc)"
         return "libc system-call wrappers"
+    if file.startswith("/rustc/"):
+        file = ""  # std code: owned by the function it is inlined into (below)
     if "/tokio-" in file or "/mio-" in file:
         return tokio_part(file.split("/src/", 1)[-1])
     for key, name in (("/httparse-", "httparse"), ("/bytes-", "bytes"), ("h1-proto/src", "h1-proto (codec, edits, loop)"),
-                      ("/hyper-", "hyper"), ("/hyper-util-", "hyper")):
+                      ("/hyper-", "hyper, hyper-util"), ("/futures-", "futures-util"), ("/http-", "http (HeaderMap, Uri)"),
+                      ("/work/", "sekisho's crates")):
         if key in file: return name
     # std/core/alloc code inlined somewhere: give it to the crate of the function it sits in.
     if function.startswith("tokio::runtime::task::raw::poll"):
@@ -38,8 +41,11 @@ def owner(file, function, obj):
         return "std code inlined into the task's poll (ours or tokio's)"
     if re.match(r"<?(tokio|mio)::", function):
         return tokio_part(function.lstrip("<").replace("::", "/"))
-    for key, name in (("httparse::", "httparse"), ("h1_proto::", "h1-proto (codec, edits, loop)"), ("hyper", "hyper")):
+    for key, name in (("httparse::", "httparse"), ("h1_proto::", "h1-proto (codec, edits, loop)"),
+                      ("hyper", "hyper, hyper-util"), ("futures_util::", "futures-util"), ("http::", "http (HeaderMap, Uri)"),
+                      ("sekisho", "sekisho's crates")):
         if function.startswith(key) or f"<{key}" in function: return name
+    if "Hasher" in function or "hash_one" in function: return "std hashing (SipHash)"
     if "Timespec" in function: return "tokio timers (clock, wheel, sleep)"
     return "std/core/alloc (other)"
 
