@@ -129,7 +129,8 @@ fn http10_keeps_alive_only_when_asked_and_asks_the_upstream_to() {
 
 #[test]
 fn smuggling_shapes_and_unusual_requests_are_refused() {
-    let cases: [(&[u8], u16, &str); 14] = [
+    let cases: [(&[u8], u16, &str); 15] = [
+        (b"GET /a?b\"c HTTP/1.1\r\nHost: h\r\n\r\n", 400, "unusual bytes in the target: hyper's"),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400, "Content-Length and Transfer-Encoding"),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n", 400, "differing Content-Length"),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\n", 400, "bad Content-Length"),
