@@ -391,6 +391,9 @@ impl Connection {
         }
 
         self.response_buf.clear();
+        // Only a connection that said nothing at all is stale (an interim answer may already
+        // have gone to the client: then the request is not sent again).
+        let mut heard = false;
         loop {
             let wait = Wait::For(timeouts.read);
             let read = read_more(
@@ -401,13 +404,13 @@ impl Connection {
                 true,
             );
             match read.await {
-                Ok(0) if self.response_buf.is_empty() => return Err(Sent::Stale),
+                Ok(0) if !heard => return Err(Sent::Stale),
                 Ok(0) => return Err(Sent::Failed),
-                Ok(_) => {}
+                Ok(_) => heard = true,
                 Err(error) if error.kind() == io::ErrorKind::TimedOut => {
                     return Err(Sent::TimedOut)
                 }
-                Err(_) if self.response_buf.is_empty() => return Err(Sent::Stale),
+                Err(_) if !heard => return Err(Sent::Stale),
                 Err(_) => return Err(Sent::Failed),
             }
             // Interim answers (100 Continue, 103 Early Hints) go to the client as they are.

@@ -85,7 +85,8 @@ async fn read_body(
 }
 
 /// The test upstream: answers `/echo` with what it received (head, `|`, raw body),
-/// `/chunked` with a chunked body, `/close` with a close-delimited one; counts connections.
+/// `/chunked` with a chunked body, `/close` with a close-delimited one; after `/then-close` it
+/// closes a connection it said would stay open. Counts connections.
 async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
@@ -119,7 +120,8 @@ async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                             answer
                         }
                     };
-                    if stream.write_all(&answer).await.is_err() || path == "/close" {
+                    let closes = path == "/close" || path == "/then-close";
+                    if stream.write_all(&answer).await.is_err() || closes {
                         return;
                     }
                 }
@@ -432,4 +434,33 @@ async fn a_head_cut_in_many_ranges_is_forwarded_whole() {
         );
     }
     assert!(!body.contains("TE:") && body.ends_with("|hi"), "{body}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pooled_connection_the_upstream_closed_is_replaced_and_the_request_sent_again() {
+    let (upstream, accepted) = upstream().await;
+    let proxy = proxy_to(upstream, Timeouts::default()).await;
+    let mut client = Client::connect(proxy).await;
+    client
+        .send(b"GET /then-close HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await;
+    let (head, _) = client
+        .response(false)
+        .await
+        .unwrap_or_else(|| panic!("first"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    // Let the upstream's close reach the pooled connection.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    client.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    let (head, body) = client
+        .response(false)
+        .await
+        .unwrap_or_else(|| panic!("second"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(body.starts_with("GET /echo "), "{body}");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "a new upstream connection"
+    );
 }
