@@ -10,14 +10,13 @@
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
+use crate::fields::{classify, facts_of, listed_in_connection, Facts, Name};
 use crate::ids::RequestIds;
 
 /// Header lines parsed per head; more is refused (431 for a request).
 pub const MAX_HEADERS: usize = 64;
 /// Longest head accepted, request line and headers.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// `Connection` options, `X-Forwarded-For` and `Forwarded` lines remembered per head.
-const MAX_LISTED: usize = 8;
 /// Longest client `X-Request-Id` kept (a longer one is replaced, as in sekisho).
 const MAX_REQUEST_ID: usize = 128;
 
@@ -127,195 +126,8 @@ impl ClientFacts {
     }
 }
 
-/// The headers this module looks at; everything else is `Other` and forwarded untouched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Name {
-    Host,
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    /// Keep-Alive, Proxy-Connection, TE, Trailer: dropped.
-    HopByHop,
-    Upgrade,
-    Expect,
-    XForwardedFor,
-    /// X-Forwarded-Proto and X-Forwarded-Host: replaced by this hop's.
-    XForwardedReplaced,
-    Forwarded,
-    XRequestId,
-    Other,
-}
-
-fn classify(name: &[u8]) -> Name {
-    let is = |known: &str| name.eq_ignore_ascii_case(known.as_bytes());
-    // The length first: most names are `Other` after one comparison of lengths.
-    match name.len() {
-        2 if is("te") => Name::HopByHop,
-        4 if is("host") => Name::Host,
-        6 if is("expect") => Name::Expect,
-        7 if is("upgrade") => Name::Upgrade,
-        7 if is("trailer") => Name::HopByHop,
-        9 if is("forwarded") => Name::Forwarded,
-        10 if is("connection") => Name::Connection,
-        10 if is("keep-alive") => Name::HopByHop,
-        12 if is("x-request-id") => Name::XRequestId,
-        14 if is("content-length") => Name::ContentLength,
-        15 if is("x-forwarded-for") => Name::XForwardedFor,
-        16 if is("proxy-connection") => Name::HopByHop,
-        16 if is("x-forwarded-host") => Name::XForwardedReplaced,
-        17 if is("transfer-encoding") => Name::TransferEncoding,
-        17 if is("x-forwarded-proto") => Name::XForwardedReplaced,
-        _ => Name::Other,
-    }
-}
-
-/// What the headers of one head say, from one pass over them.
-struct Facts<'b> {
-    content_length: Option<u64>,
-    transfer_encoding: Option<&'b [u8]>,
-    close: bool,
-    keep_alive: bool,
-    upgrade: bool,
-    /// Options of `Connection` other than close/keep-alive: header names to drop.
-    connection_names: [&'b [u8]; MAX_LISTED],
-    connection_name_count: usize,
-    hosts: usize,
-    host: &'b [u8],
-    expect: Option<&'b [u8]>,
-    forwarded_for: [&'b [u8]; MAX_LISTED],
-    forwarded_for_count: usize,
-    forwarded: [&'b [u8]; MAX_LISTED],
-    forwarded_count: usize,
-    request_id: Option<&'b [u8]>,
-}
-
 const fn refuse(status: u16, reason: &'static str) -> Refusal {
     Refusal { status, reason }
-}
-
-impl Facts<'_> {
-    fn new() -> Self {
-        Facts {
-            content_length: None,
-            transfer_encoding: None,
-            close: false,
-            keep_alive: false,
-            upgrade: false,
-            connection_names: [&[]; MAX_LISTED],
-            connection_name_count: 0,
-            hosts: 0,
-            host: &[],
-            expect: None,
-            forwarded_for: [&[]; MAX_LISTED],
-            forwarded_for_count: 0,
-            forwarded: [&[]; MAX_LISTED],
-            forwarded_count: 0,
-            request_id: None,
-        }
-    }
-}
-
-/// Fills `facts` (in place: it is a few hundred bytes) from one pass over the headers.
-fn facts_of<'b>(
-    headers: &[httparse::Header<'b>],
-    status: u16,
-    facts: &mut Facts<'b>,
-) -> Result<(), Refusal> {
-    for header in headers {
-        match classify(header.name.as_bytes()) {
-            Name::ContentLength => {
-                let length = parse_content_length(header.value)
-                    .ok_or(refuse(status, "bad Content-Length"))?;
-                if facts.content_length.is_some_and(|seen| seen != length) {
-                    return Err(refuse(status, "differing Content-Length"));
-                }
-                facts.content_length = Some(length);
-            }
-            Name::TransferEncoding => {
-                if facts.transfer_encoding.is_some() {
-                    return Err(refuse(status, "repeated Transfer-Encoding"));
-                }
-                facts.transfer_encoding = Some(header.value);
-            }
-            Name::Connection => {
-                for option in header.value.split(|&b| b == b',') {
-                    let option = trim(option);
-                    if option.is_empty() {
-                        continue;
-                    }
-                    if option.eq_ignore_ascii_case(b"close") {
-                        facts.close = true;
-                    } else if option.eq_ignore_ascii_case(b"keep-alive") {
-                        facts.keep_alive = true;
-                    } else if option.eq_ignore_ascii_case(b"upgrade") {
-                        facts.upgrade = true;
-                    } else if facts.connection_name_count < MAX_LISTED {
-                        facts.connection_names[facts.connection_name_count] = option;
-                        facts.connection_name_count += 1;
-                    } else {
-                        return Err(refuse(status, "too many Connection options"));
-                    }
-                }
-            }
-            Name::Upgrade => facts.upgrade = true,
-            Name::Host => {
-                facts.hosts += 1;
-                facts.host = header.value;
-            }
-            Name::Expect => facts.expect = Some(header.value),
-            Name::XForwardedFor => {
-                push_listed(
-                    &mut facts.forwarded_for,
-                    &mut facts.forwarded_for_count,
-                    header.value,
-                )
-                .ok_or(refuse(status, "too many X-Forwarded-For lines"))?;
-            }
-            Name::Forwarded => {
-                push_listed(
-                    &mut facts.forwarded,
-                    &mut facts.forwarded_count,
-                    header.value,
-                )
-                .ok_or(refuse(status, "too many Forwarded lines"))?;
-            }
-            Name::XRequestId => facts.request_id = Some(header.value),
-            Name::HopByHop | Name::XForwardedReplaced | Name::Other => {}
-        }
-    }
-    Ok(())
-}
-
-fn push_listed<'b>(
-    list: &mut [&'b [u8]; MAX_LISTED],
-    count: &mut usize,
-    value: &'b [u8],
-) -> Option<()> {
-    let slot = list.get_mut(*count)?;
-    *slot = value;
-    *count += 1;
-    Some(())
-}
-
-/// Digits only, as RFC 9110 says (no sign, no list: `5, 5` goes to hyper), at most 19 of them.
-fn parse_content_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 {
-        return None;
-    }
-    value.iter().try_fold(0u64, |length, &byte| {
-        byte.is_ascii_digit()
-            .then(|| length * 10 + u64::from(byte - b'0'))
-    })
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t'));
-    let Some(start) = start else { return &[] };
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
 }
 
 /// Offset of `part` (a slice of `buf`) in `buf`.
@@ -358,13 +170,6 @@ fn keep_lines(
     Ok(())
 }
 
-/// Whether `name` is one of the `Connection` options (headers the sender wants dropped here).
-fn listed_in_connection(facts: &Facts<'_>, name: &[u8]) -> bool {
-    facts.connection_names[..facts.connection_name_count]
-        .iter()
-        .any(|listed| listed.eq_ignore_ascii_case(name))
-}
-
 /// Parses a request head at the start of `buf`: `Ok(None)` while it is incomplete. On success
 /// `edits` holds the forwarded head.
 pub fn read_request(
@@ -388,7 +193,7 @@ pub fn read_request(
     };
     let headers = request.headers;
     let mut facts = Facts::new();
-    facts_of(headers, 400, &mut facts)?;
+    facts_of(headers, &mut facts).map_err(|reason| refuse(400, reason))?;
     if method == "CONNECT" || facts.upgrade {
         return Err(refuse(400, "upgrade or CONNECT: hyper's"));
     }
@@ -562,7 +367,7 @@ pub fn read_response(
     }
     let headers = response.headers;
     let mut facts = Facts::new();
-    facts_of(headers, 502, &mut facts)?;
+    facts_of(headers, &mut facts).map_err(|reason| refuse(502, reason))?;
     let no_body = request.is_head || status == 204 || status == 304;
     let framing = match (facts.transfer_encoding, facts.content_length) {
         _ if no_body => Framing::Empty,

@@ -12,6 +12,7 @@
 //! metrics, no TLS and no logging; it is a measuring instrument, not a gateway.
 
 pub mod chunked;
+mod fields;
 pub mod head;
 pub mod ids;
 mod io;
