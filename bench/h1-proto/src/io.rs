@@ -1,6 +1,6 @@
-//! Reads and writes on a `TcpStream` through its readiness (`try_read`/`try_write_vectored`):
-//! a system call only when the socket may be ready, and a timer only when the call would block
-//! (or, with `TimerMode::Ticks`, one timer per connection).
+//! Reads (through tokio's `AsyncRead`) and writes (`try_write`, then readiness) on a
+//! `TcpStream`: a system call only when the socket may be ready, and a timer only when a call
+//! would block (or, with `TimerMode::Ticks`, one timer per connection).
 
 use std::future::Future;
 use std::io;
