@@ -347,6 +347,10 @@ pub fn read_response(
     let (Some(status), Some(version)) = (response.code, response.version) else {
         return Err(refuse(502, "malformed response head"));
     };
+    // httparse takes any three digits; `http::StatusCode` (hyper) only 100–999.
+    if status < 100 {
+        return Err(refuse(502, "status below 100"));
+    }
     if status == 101 {
         return Err(refuse(502, "101 to a request that asked no upgrade"));
     }

@@ -287,6 +287,7 @@ fn ambiguous_responses_are_refused() {
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\n folded\r\n\r\n",
         b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 099 Low\r\nContent-Length: 0\r\n\r\n",
     ] {
         let refused = read_response(raw, &get, &mut edits);
         assert!(
