@@ -26,9 +26,10 @@ mod runtime;
 
 use args::{parse_duration, parse_ratio};
 
-/// jemalloc instead of the system's allocator: it hands the memory of closed connections back
-/// to the system (glibc's malloc kept 600 MB after 10,000 connections closed; jemalloc falls
-/// back to 46 MB within 30 s: decision 0021, `scripts/bench-conn-memory`).
+/// jemalloc instead of the system's allocator, with its background purging thread: it hands
+/// the memory of closed connections back to the system (glibc's malloc kept 600 MB after
+/// 10,000 connections closed; jemalloc falls back to ≈ 45 MB within 30 s: decision 0021,
+/// `scripts/bench-conn-memory`).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use demo::demo;
