@@ -3,7 +3,8 @@
 //! recovers, the circuit closes, and the `resolved` notification follows with the same
 //! fingerprint. Then the outbox (issue 16): a gateway killed with SIGKILL while its receiver
 //! refuses connections delivers the pending notification after its restart, on SQLite and on
-//! PostgreSQL, and the delivery log shows it.
+//! PostgreSQL, and the delivery log shows it; a receiver down for a whole minute gets its
+//! notification once it is back; a reload applies the rules.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
@@ -499,5 +500,64 @@ async fn a_reload_applies_the_alert_rules() {
     assert_eq!(
         resolved["alerts"][0]["labels"]["alertname"], "Loud",
         "{resolved}"
+    );
+}
+
+/// A receiver down for a whole minute: the notification waits in the outbox, retried with
+/// backoff, and reaches the receiver once it is back — nothing lost, delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_down_for_a_minute_gets_the_notification_once_it_is_back() {
+    // The receiver's port, refusing connections for the outage.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let dir = TempDir::new("alerting-outage");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.app]\ntargets = [\"127.0.0.1:9\"]\n\
+         [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n\
+         [monitor]\ninterval = \"200ms\"\n\
+         [alerts]\ngroup_wait = \"0s\"\ndefault_rules = false\n\
+         [alerts.outbox]\nbackoff_max = \"5s\"\n\
+         [[alerts.rules]]\nname = \"StoreIsYoung\"\nsignal = \"backup_age\"\ndirection = \"below\"\nwarning = 1e12\n\
+         [[alerts.receivers]]\nname = \"ops\"\nwebhook = \"http://{hook}/hook\"\n"
+    );
+    let path = dir.write("sekisho.toml", &config);
+    let gateway = Sekisho::start(&PathBuf::from(env!("CARGO_BIN_EXE_sekisho")), &path);
+    let http = client();
+
+    // The outage: a minute of refused connections (the sleep is the outage, not a wait for an
+    // event).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let log = send(
+        &http,
+        "GET",
+        &gateway.admin_url("/api/v1/notifications?state=pending"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    let row = &log["notifications"][0];
+    assert_eq!(row["status"], "firing", "{log}");
+    let attempts = row["attempts"].as_i64().unwrap_or(0);
+    assert!(attempts >= 5, "retried through the outage: {log}");
+    assert!(row["last_error"].as_str().is_some(), "{log}");
+
+    // Back: delivered within the longest backoff, once.
+    let (_, mut bodies) = webhook_receiver_on(tokio::net::TcpListener::bind(hook).await.unwrap());
+    let firing = next_notification(&mut bodies, "firing").await;
+    assert_eq!(
+        firing["alerts"][0]["labels"]["alertname"], "StoreIsYoung",
+        "{firing}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(6), bodies.recv())
+            .await
+            .is_err(),
+        "delivered twice"
     );
 }
