@@ -459,10 +459,10 @@ impl Database {
     /// transaction: the file is checked line by line as it is loaded, and anything wrong — a
     /// schema this sekisho does not carry, a malformed row, a trailer whose checksum or counts
     /// differ (a truncated or altered file) — rolls everything back. Applies this sekisho's
-    /// pending migrations first. Run it against a stopped instance's store: a running gateway
-    /// keeps what it cached.
+    /// pending migrations once the file's header is read and accepted (a file that is not a
+    /// backup leaves the database untouched). Run it against a stopped instance's store: a
+    /// running gateway keeps what it cached.
     pub async fn restore(&self, input: impl BufRead) -> Result<BackupSummary, BackupError> {
-        self.migrate().await?;
         let mut lines = Numbered {
             lines: input.lines(),
             number: 0,
@@ -495,6 +495,8 @@ impl Database {
             .unwrap_or(0);
         feed(&mut hash, &mut bytes, &text);
 
+        // Only a file that is a backup of this sekisho's schema touches the database.
+        self.migrate().await?;
         let mut transaction = self.pool().begin().await?;
         for table in TABLES.iter().rev() {
             sqlx::query(&format!("DELETE FROM {}", table.name))

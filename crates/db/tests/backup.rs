@@ -279,6 +279,24 @@ async fn backup_age_counts_from_the_last_recorded_backup_or_the_store_s_birth() 
 }
 
 #[tokio::test]
+async fn a_file_that_is_not_a_backup_leaves_a_fresh_database_untouched() {
+    let test = TestDatabase::new(Dialect::Sqlite).await.unwrap();
+    let database = test.open().await.unwrap();
+    let error = database.restore(&b"{\"x\":1}\n"[..]).await.unwrap_err();
+    assert!(
+        error.to_string().contains("not a sekisho backup"),
+        "{error}"
+    );
+    let applied = database.status().await.unwrap();
+    assert!(
+        applied.iter().all(|m| m.applied_at.is_none()),
+        "{applied:?}"
+    );
+    database.close().await;
+    test.remove().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_database_behind_this_sekisho_s_schema_is_not_backed_up() {
     let test = TestDatabase::new(Dialect::Sqlite).await.unwrap();
     let database = test.open().await.unwrap();
