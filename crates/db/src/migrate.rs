@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "backups",
         sql: include_str!("../migrations/0006_backups.sql"),
     },
+    Migration {
+        version: 7,
+        name: "notifications_order",
+        sql: include_str!("../migrations/0007_notifications_order.sql"),
+    },
 ];
 
 /// Where a migration stands in a database.

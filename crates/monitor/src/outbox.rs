@@ -275,14 +275,17 @@ impl Outbox {
     pub async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
         let now = now_millis();
         let lease_end = now.saturating_add(i64::try_from(LEASE.as_millis()).unwrap_or(30_000));
-        let lock = match self.database.dialect() {
-            Dialect::Postgres => "FOR UPDATE OF n SKIP LOCKED",
-            Dialect::Sqlite => "",
+        // On SQLite, `+` keeps the due time out of the index choice, so that the pending rows
+        // are walked in id order (`notifications_pending_order`) up to the limit rather than all
+        // gathered by due time and sorted (migration 7).
+        let (lock, due) = match self.database.dialect() {
+            Dialect::Postgres => ("FOR UPDATE OF n SKIP LOCKED", "n.next_attempt_at"),
+            Dialect::Sqlite => ("", "+n.next_attempt_at"),
         };
         let statement = format!(
             "UPDATE notifications SET next_attempt_at = $1, attempts = attempts + 1 \
              WHERE id IN (SELECT n.id FROM notifications n \
-                 WHERE n.state = 'pending' AND n.next_attempt_at <= $2 \
+                 WHERE n.state = 'pending' AND {due} <= $2 \
                  AND NOT EXISTS (SELECT 1 FROM notifications e \
                      WHERE e.lane = n.lane AND e.state = 'pending' AND e.id < n.id) \
                  ORDER BY n.id LIMIT $3 {lock}) \
