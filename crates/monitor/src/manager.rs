@@ -23,6 +23,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+mod silence;
+
+pub use silence::{Matcher, Silence};
+
 /// An alert's labels: its identity (`alertname`, `target`, `severity` is not one of them).
 pub type Labels = BTreeMap<String, String>;
 
@@ -73,35 +77,6 @@ pub fn fingerprint(labels: &Labels) -> String {
         bytes.push(0xff);
     }
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))
-}
-
-/// One label matcher of a silence.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Matcher {
-    /// The label has this value.
-    Equal(String, String),
-    /// The label is absent or has another value.
-    NotEqual(String, String),
-}
-
-impl Matcher {
-    fn matches(&self, labels: &Labels) -> bool {
-        match self {
-            Self::Equal(name, value) => labels.get(name) == Some(value),
-            Self::NotEqual(name, value) => labels.get(name) != Some(value),
-        }
-    }
-}
-
-/// A silence: alerts matching every matcher are muted until `until`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Silence {
-    /// What it matches (all of them).
-    pub matchers: Vec<Matcher>,
-    /// When it ends.
-    pub until: Instant,
-    /// Why, and who.
-    pub comment: String,
 }
 
 /// A receiver and the least severity it is told about.
