@@ -4,6 +4,7 @@
 //! happened to each alert to the alert history.
 
 use sekisho_gateway::Gateway;
+use sekisho_monitor::series::Sample;
 use sekisho_monitor::{Delivery, Outbox};
 
 /// Notifications kept in memory while the database cannot take them, at most (the oldest are
@@ -133,8 +134,10 @@ pub(crate) async fn monitor(
             .unwrap_or_else(|p| p.into_inner())
             .watches_metrics();
         let mut exposition = gateway.encode_metrics();
-        route_counts.signals(&exposition, &mut signals);
-        latencies.signals(&exposition, &mut signals);
+        // Parsed once for both readings of it.
+        let samples = sekisho_monitor::series::parse_exposition(&exposition);
+        route_counts.signals(&samples, &mut signals);
+        latencies.signals(&samples, &mut signals);
         if !watches_metrics {
             exposition.clear();
         }
@@ -268,10 +271,10 @@ impl RouteCounts {
     /// `route_error_rate` of each route (its target): the share of 5xx among the answers
     /// since the last reading, 0 when it had none (so an alert resolves when traffic stops);
     /// nothing on the first reading or after a counter reset (a reload that dropped a route).
-    fn signals(&mut self, exposition: &str, signals: &mut sekisho_monitor::Signals) {
+    fn signals(&mut self, samples: &[Sample], signals: &mut sekisho_monitor::Signals) {
         let mut now: std::collections::HashMap<String, (f64, f64)> =
             std::collections::HashMap::new();
-        for sample in sekisho_monitor::series::parse_exposition(exposition) {
+        for sample in samples {
             if sample.name != "sekisho_requests_total" {
                 continue;
             }
@@ -314,10 +317,10 @@ impl UpstreamLatencies {
     /// `histogram_quantile` does; 0 when it had none (so an alert on it resolves when traffic
     /// stops). On the first reading, or after a reset, the targets' smoothed latency given by
     /// [`gateway_signals`] stands.
-    fn signals(&mut self, exposition: &str, signals: &mut sekisho_monitor::Signals) {
+    fn signals(&mut self, samples: &[Sample], signals: &mut sekisho_monitor::Signals) {
         let mut now: std::collections::HashMap<String, Vec<(f64, f64)>> =
             std::collections::HashMap::new();
-        for sample in sekisho_monitor::series::parse_exposition(exposition) {
+        for sample in samples {
             if sample.name != "sekisho_request_duration_seconds_bucket" {
                 continue;
             }
@@ -436,6 +439,10 @@ fn gateway_signals(gateway: &Gateway, signals: &mut sekisho_monitor::Signals) {
 mod tests {
     use super::*;
 
+    fn parse(exposition: &str) -> Vec<Sample> {
+        sekisho_monitor::series::parse_exposition(exposition)
+    }
+
     fn exposition(orders: (u64, u64), catalog: u64) -> String {
         format!(
             "# TYPE sekisho_requests counter\n\
@@ -476,26 +483,26 @@ mod tests {
         let mut latencies = UpstreamLatencies::default();
         let mut signals = sekisho_monitor::Signals::new();
         let first = buckets("api", "a", [100, 100, 100, 100]) + &buckets("api", "b", [0, 0, 0, 0]);
-        latencies.signals(&first, &mut signals);
+        latencies.signals(&parse(&first), &mut signals);
         assert!(signals.is_empty(), "nothing before a second reading");
         // Since then, over both routes: 20 answers under 0.1 s, 60 in (0.1, 0.5], 20 in
         // (0.5, 1]: the 95th of 100 lies in the last bucket, three quarters in.
         let second =
             buckets("api", "a", [110, 140, 150, 150]) + &buckets("api", "b", [10, 40, 50, 50]);
-        latencies.signals(&second, &mut signals);
+        latencies.signals(&parse(&second), &mut signals);
         let value = p95(&signals, "api").unwrap_or(f64::NAN);
         assert!((value - 0.875).abs() < 1e-9, "{value}");
         // Slower than every bound: the highest finite one.
         let third =
             buckets("api", "a", [110, 140, 150, 160]) + &buckets("api", "b", [10, 40, 50, 50]);
-        latencies.signals(&third, &mut signals);
+        latencies.signals(&parse(&third), &mut signals);
         assert_eq!(p95(&signals, "api"), Some(1.0));
         // No answers since: 0.
-        latencies.signals(&third, &mut signals);
+        latencies.signals(&parse(&third), &mut signals);
         assert_eq!(p95(&signals, "api"), Some(0.0));
         // A reset (a reload that dropped the series): no reading this time.
         let mut signals = sekisho_monitor::Signals::new();
-        latencies.signals(&first, &mut signals);
+        latencies.signals(&parse(&first), &mut signals);
         assert_eq!(p95(&signals, "api"), None);
     }
 
@@ -503,19 +510,19 @@ mod tests {
     fn route_error_rate_is_the_share_of_5xx_since_the_last_reading() {
         let mut counts = RouteCounts::default();
         let mut signals = sekisho_monitor::Signals::new();
-        counts.signals(&exposition((90, 10), 50), &mut signals);
+        counts.signals(&parse(&exposition((90, 10), 50)), &mut signals);
         assert!(signals.is_empty(), "nothing before a second reading");
         // Since then: orders 30 ok and 20 failed; catalog 10 ok.
-        counts.signals(&exposition((120, 30), 60), &mut signals);
+        counts.signals(&parse(&exposition((120, 30), 60)), &mut signals);
         assert_eq!(rate(&signals, "orders"), Some(0.4));
         assert_eq!(rate(&signals, "catalog"), Some(0.0));
         // No answers since: 0, so an alert on it resolves.
         let mut signals = sekisho_monitor::Signals::new();
-        counts.signals(&exposition((120, 30), 60), &mut signals);
+        counts.signals(&parse(&exposition((120, 30), 60)), &mut signals);
         assert_eq!(rate(&signals, "orders"), Some(0.0));
         // Counters that went back (a restart of the series): no reading this time.
         let mut signals = sekisho_monitor::Signals::new();
-        counts.signals(&exposition((1, 1), 1), &mut signals);
+        counts.signals(&parse(&exposition((1, 1), 1)), &mut signals);
         assert_eq!(rate(&signals, "orders"), None);
     }
 }
