@@ -359,9 +359,26 @@ impl Auth {
         Arc::clone(&self.figures)
     }
 
-    /// Background work queued and not yet written is written before this returns.
+    /// Background work queued and not yet stored is stored (or, without a job store, written)
+    /// before this returns.
     pub async fn flush(&self) {
         self.background.flush().await;
+    }
+
+    /// Sends the background work (audit rows, last logins, lockouts) to `store` — the durable
+    /// task queue — instead of writing it at once; what `store` keeps is applied later through
+    /// [`Auth::apply_job`]. Once only: false when a store was attached already.
+    pub fn attach_job_store(&self, store: Arc<dyn audit::JobStore>) -> bool {
+        self.background.attach(store)
+    }
+
+    /// Applies a stored job (`payload`, as [`audit::Job`] serialises it) taken from the task
+    /// queue, `task` being its id there. A payload that is not a job is an
+    /// [`AuthError::BadRequest`] (it will never apply); a database error may pass.
+    pub async fn apply_job(&self, task: i64, payload: &str) -> Result<(), AuthError> {
+        let job: audit::Job = serde_json::from_str(payload)
+            .map_err(|error| AuthError::BadRequest(format!("not an auth job: {error}")))?;
+        job.apply(&self.directory, Some(task)).await
     }
 
     /// Starts the housekeeping task: expired sessions swept and live ones counted every

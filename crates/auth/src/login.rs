@@ -99,7 +99,7 @@ impl Auth {
                     Some(record) if record.disabled && verdict != Verified::No => "disabled",
                     Some(_) => "wrong password",
                 };
-                self.background.audit(
+                let written = self.background.audit(
                     "authn_login_fail",
                     Some(username),
                     Some(&address),
@@ -135,6 +135,9 @@ impl Auth {
                         Some(format!("address locked for {}s", duration.as_secs())),
                     );
                 }
+                // Stored (durable) before the answer: a gateway killed right after it loses
+                // none of these events (`audit.rs`); bounded, never refused for it.
+                written.wait().await;
                 return Err(AuthError::Unauthenticated(LOGIN_FAILED.to_owned()));
             }
         };
@@ -173,12 +176,15 @@ impl Auth {
             user_id: record.identity.id,
             at: now_millis(),
         });
-        self.background.audit(
-            "authn_login_success",
-            Some(username),
-            Some(&address),
-            Some(format!("session {}", short(&tokens.session_id))),
-        );
+        self.background
+            .audit(
+                "authn_login_success",
+                Some(username),
+                Some(&address),
+                Some(format!("session {}", short(&tokens.session_id))),
+            )
+            .wait()
+            .await;
         Ok(self.answer(tokens, record.identity))
     }
 
@@ -230,7 +236,7 @@ impl Auth {
                     .ok()
                     .flatten()
                     .map(|u| u.identity.username);
-                self.background.audit(
+                let written = self.background.audit(
                     "authn_token_reuse",
                     username.as_deref(),
                     Some(&address),
@@ -239,6 +245,7 @@ impl Auth {
                         short(&session_id)
                     )),
                 );
+                written.wait().await;
                 Err(invalid())
             }
             Refreshed::Unknown => Err(invalid()),
@@ -262,12 +269,15 @@ impl Auth {
             Some((session_id, _user_id)) => {
                 self.forget_shared_session(&session_id).await;
                 let username = cached.map(|c| c.identity.username.clone());
-                self.background.audit(
-                    "authn_logout",
-                    username.as_deref(),
-                    Some(&client_ip.to_string()),
-                    Some(format!("session {}", short(&session_id))),
-                );
+                self.background
+                    .audit(
+                        "authn_logout",
+                        username.as_deref(),
+                        Some(&client_ip.to_string()),
+                        Some(format!("session {}", short(&session_id))),
+                    )
+                    .wait()
+                    .await;
                 Ok(())
             }
             None => Err(AuthError::Unauthenticated(

@@ -465,15 +465,20 @@ impl Directory {
         username: Option<&str>,
         client_ip: Option<&str>,
         detail: Option<&str>,
+        task: Option<i64>,
     ) -> Result<(), AuthError> {
+        // A task applied twice (its worker killed between this write and the task's record)
+        // makes one row: `task_id` is unique (migration 8).
         sqlx::query(
-            "INSERT INTO audit_log (at, event, username, client_ip, detail) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO audit_log (at, event, username, client_ip, detail, task_id) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id) DO NOTHING",
         )
         .bind(at)
         .bind(event)
         .bind(username)
         .bind(client_ip)
         .bind(detail)
+        .bind(task)
         .execute(self.db.pool())
         .await?;
         Ok(())

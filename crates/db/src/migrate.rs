@@ -62,6 +62,16 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "notifications_order",
         sql: include_str!("../migrations/0007_notifications_order.sql"),
     },
+    Migration {
+        version: 8,
+        name: "audit_task",
+        sql: include_str!("../migrations/0008_audit_task.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "notifications_claimer",
+        sql: include_str!("../migrations/0009_notifications_claimer.sql"),
+    },
 ];
 
 /// Where a migration stands in a database.

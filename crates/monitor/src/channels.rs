@@ -232,3 +232,65 @@ pub fn discord(note: &Notification) -> Value {
         }],
     })
 }
+
+/// What the delivery log shows of a receiver's URL: scheme, host, port and (except for Slack and
+/// Discord, whose path is the webhook's secret) the path — never credentials or a query string,
+/// which may hold tokens.
+pub fn shown_url(channel: &str, url: &str) -> String {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return "(not shown)".to_owned();
+    };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return "(not shown)".to_owned();
+    };
+    let host = match authority.port_u16() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_owned(),
+    };
+    // `Uri::path` says "/" for a URL without a path (`smtp://host:25`): show what was written.
+    let has_path = url
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
+    let path = match channel {
+        "slack" | "discord" => "/…",
+        _ if has_path => uri.path(),
+        _ => "",
+    };
+    format!("{scheme}://{host}{path}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_shows_no_credentials_query_or_chat_webhook_secret() {
+        assert_eq!(
+            shown_url(
+                "webhook",
+                "https://ops:s3cret@alerts.example:8443/hook?token=abc"
+            ),
+            "https://alerts.example:8443/hook"
+        );
+        assert_eq!(
+            shown_url(
+                "slack",
+                "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+            ),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            shown_url("discord", "https://discord.com/api/webhooks/1/SECRET"),
+            "https://discord.com/…"
+        );
+        assert_eq!(
+            shown_url("alertmanager", "http://127.0.0.1:9093/api/v2/alerts"),
+            "http://127.0.0.1:9093/api/v2/alerts"
+        );
+        assert_eq!(
+            shown_url("email", "smtp://127.0.0.1:2525"),
+            "smtp://127.0.0.1:2525"
+        );
+        assert_eq!(shown_url("webhook", "not a url"), "(not shown)");
+    }
+}

@@ -31,6 +31,7 @@ pub mod restore;
 mod rules;
 mod run;
 pub mod series;
+pub mod tasks;
 pub mod worker;
 
 pub use channels::Channel;
@@ -48,3 +49,4 @@ pub use rules::{
 };
 pub use run::{receiver_channels, Delivery, Monitor, MonitorFigures, Vitals};
 pub use series::{Function, Sample, Selector};
+pub use tasks::{Task, TaskFailure, TaskRunner, TASK_CHANNEL};

@@ -5,8 +5,9 @@
 //! - **Claiming**: a worker takes due rows by moving their `next_attempt_at` a lease ahead and
 //!   counting the attempt, in one statement; on PostgreSQL `FOR UPDATE SKIP LOCKED` lets several
 //!   gateways share the rows without two taking the same one; on SQLite the single connection
-//!   serialises claimers. A worker that dies mid-delivery leaves its row pending: when the lease
-//!   ends, another (or the restarted one) takes it again — delivery is at least once, and each
+//!   serialises claimers. A worker that dies mid-delivery leaves its row pending: another (or
+//!   the restarted one) takes it again — on PostgreSQL as soon as the dead worker's claiming
+//!   connection is gone (its backend pid is on the row), else when the lease ends — delivery is at least once, and each
 //!   body carries the alerts' fingerprints and each request the row's id
 //!   (`X-Sekisho-Notification-Id`) so a receiver can drop the rare duplicate.
 //!   On SQLite, the one gateway of the file takes every pending row as due when it starts.
@@ -22,11 +23,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sekisho_db::sqlx::{self, any::AnyRow, Row};
+use sekisho_db::sqlx::{self, Row};
 use sekisho_db::{now_millis, Database, DbError, Dialect};
 use tokio::sync::Notify;
 
+pub use crate::channels::shown_url;
 use crate::run::Delivery;
+
+mod log;
+use crate::tasks::Runners;
+pub use log::LoggedNotification;
 
 /// How long a claimed row is left to its worker before another may take it: well past a
 /// call's own time limit.
@@ -131,41 +137,6 @@ pub struct Claimed {
     pub created_at: i64,
 }
 
-/// One notification as the delivery log shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct LoggedNotification {
-    /// Its id (the cursor of pagination).
-    pub id: i64,
-    /// The receiver's name.
-    pub receiver: String,
-    /// `webhook`, `alertmanager`, `slack`, `discord` or `email`.
-    pub channel: String,
-    /// Where it goes, as [`shown_url`] shows it (no credentials, query, or Slack/Discord secret).
-    pub url: String,
-    /// The alert group.
-    pub group_key: String,
-    /// `firing` or `resolved`.
-    pub status: String,
-    /// The fingerprints of its alerts.
-    pub fingerprints: Vec<String>,
-    /// `pending`, `delivered` or `dead`.
-    pub state: String,
-    /// Attempts so far.
-    pub attempts: i64,
-    /// When the next attempt is due (Unix ms), while pending.
-    pub next_attempt_at: Option<i64>,
-    /// Why the last attempt failed.
-    pub last_error: Option<String>,
-    /// The receiver's last HTTP status.
-    pub last_status: Option<i64>,
-    /// How long the last attempt took (ms).
-    pub last_latency_ms: Option<i64>,
-    /// When it was written (Unix ms).
-    pub created_at: i64,
-    /// When it was delivered (Unix ms).
-    pub delivered_at: Option<i64>,
-}
-
 /// How deep the queue is: pending rows and the age of the oldest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct QueueDepth {
@@ -203,11 +174,27 @@ pub struct Outbox {
     wake: Arc<Notify>,
     /// Attempts by (receiver, channel), for the metrics.
     tallies: Arc<std::sync::Mutex<BTreeMap<(String, String), Tally>>>,
+    /// Who runs the tasks of each handler (`tasks.rs`).
+    runners: Runners,
+    /// On PostgreSQL, the connection claims are made on, held for the outbox's life (see
+    /// [`Outbox::claim`]).
+    claimer: Arc<tokio::sync::Mutex<Claimer>>,
 }
 
-/// The columns the log reads, in [`logged`]'s order.
-const LOG_COLUMNS: &str = "id, receiver, channel, url, group_key, status, fingerprints, state, \
-     attempts, next_attempt_at, last_error, last_status, last_latency_ms, created_at, delivered_at";
+/// A connection of its own, out of the pool (which could close it while a claim made on it is
+/// being delivered): its backend pid marks the rows it claimed as held by a live worker.
+#[derive(Default)]
+struct Claimer(Option<sqlx::AnyConnection>);
+
+impl std::fmt::Debug for Claimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Claimer(connected)"
+        } else {
+            "Claimer(none)"
+        })
+    }
+}
 
 impl Outbox {
     /// The outbox on `database`, migrated.
@@ -229,6 +216,8 @@ impl Outbox {
             settings,
             wake: Arc::new(Notify::new()),
             tallies: Arc::default(),
+            runners: Runners::default(),
+            claimer: Arc::default(),
         })
     }
 
@@ -240,6 +229,16 @@ impl Outbox {
     /// The settings.
     pub fn settings(&self) -> &OutboxSettings {
         &self.settings
+    }
+
+    /// Who runs the tasks here.
+    pub(crate) fn runners(&self) -> &Runners {
+        &self.runners
+    }
+
+    /// Wakes the local worker: a row was written.
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// Writes `delivery` as a pending row, due now; its id.
@@ -272,31 +271,57 @@ impl Outbox {
     }
 
     /// Claims up to `limit` due rows for an attempt each (see the module's doc).
+    ///
+    /// On PostgreSQL a claim also notes the backend pid of the connection it was made on (one
+    /// held for the outbox's life, out of the pool): a pending row whose claimer's backend is
+    /// gone — its gateway was killed mid-attempt — is taken again at once rather than when its
+    /// lease ends. A live claimer keeps its rows for the lease, as before.
     pub async fn claim(&self, limit: usize) -> Result<Vec<Claimed>, DbError> {
         let now = now_millis();
         let lease_end = now.saturating_add(i64::try_from(LEASE.as_millis()).unwrap_or(30_000));
         // On SQLite, `+` keeps the due time out of the index choice, so that the pending rows
         // are walked in id order (`notifications_pending_order`) up to the limit rather than all
         // gathered by due time and sorted (migration 7).
-        let (lock, due) = match self.database.dialect() {
-            Dialect::Postgres => ("FOR UPDATE OF n SKIP LOCKED", "n.next_attempt_at"),
-            Dialect::Sqlite => ("", "+n.next_attempt_at"),
+        let (claimer, due, lock) = match self.database.dialect() {
+            Dialect::Postgres => (
+                ", claimed_by = pg_backend_pid()",
+                "(n.next_attempt_at <= $2 OR (n.claimed_by IS NOT NULL AND NOT EXISTS \
+                 (SELECT 1 FROM pg_stat_activity a WHERE a.pid = n.claimed_by)))",
+                "FOR UPDATE OF n SKIP LOCKED",
+            ),
+            Dialect::Sqlite => ("", "+n.next_attempt_at <= $2", ""),
         };
         let statement = format!(
-            "UPDATE notifications SET next_attempt_at = $1, attempts = attempts + 1 \
+            "UPDATE notifications SET next_attempt_at = $1, attempts = attempts + 1{claimer} \
              WHERE id IN (SELECT n.id FROM notifications n \
-                 WHERE n.state = 'pending' AND {due} <= $2 \
+                 WHERE n.state = 'pending' AND {due} \
                  AND NOT EXISTS (SELECT 1 FROM notifications e \
                      WHERE e.lane = n.lane AND e.state = 'pending' AND e.id < n.id) \
                  ORDER BY n.id LIMIT $3 {lock}) \
              RETURNING id, receiver, url, payload, attempts, created_at, channel"
         );
-        let rows = sqlx::query(&statement)
+        let query = sqlx::query(&statement)
             .bind(lease_end)
             .bind(now)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(self.database.pool())
-            .await?;
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = match self.database.dialect() {
+            Dialect::Sqlite => query.fetch_all(self.database.pool()).await?,
+            Dialect::Postgres => {
+                let mut claimer = self.claimer.lock().await;
+                let connection = match &mut claimer.0 {
+                    Some(connection) => connection,
+                    empty => empty.insert(self.database.pool().acquire().await?.detach()),
+                };
+                match query.fetch_all(connection).await {
+                    Ok(rows) => rows,
+                    Err(error) => {
+                        // Perhaps the connection broke: the next claim makes a new one.
+                        claimer.0 = None;
+                        return Err(error.into());
+                    }
+                }
+            }
+        };
         let mut claimed = rows
             .iter()
             .map(|row| {
@@ -319,16 +344,16 @@ impl Outbox {
     pub async fn delivered(
         &self,
         claimed: &Claimed,
-        status: u16,
+        status: Option<u16>,
         latency: Duration,
     ) -> Result<(), DbError> {
         let now = now_millis();
         sqlx::query(
             "UPDATE notifications SET state = 'delivered', delivered_at = $1, finished_at = $1, \
-             last_status = $2, last_latency_ms = $3 WHERE id = $4",
+             last_status = $2, last_latency_ms = $3, claimed_by = NULL WHERE id = $4",
         )
         .bind(now)
-        .bind(i64::from(status))
+        .bind(status.map(i64::from))
         .bind(millis(latency))
         .bind(claimed.id)
         .execute(self.database.pool())
@@ -360,7 +385,8 @@ impl Outbox {
         ));
         sqlx::query(
             "UPDATE notifications SET state = $1, next_attempt_at = $2, finished_at = $3, \
-             last_error = $4, last_status = $5, last_latency_ms = $6 WHERE id = $7",
+             last_error = $4, last_status = $5, last_latency_ms = $6, claimed_by = NULL \
+             WHERE id = $7",
         )
         .bind(if dead { "dead" } else { "pending" })
         .bind(next)
@@ -399,43 +425,26 @@ impl Outbox {
         })
     }
 
-    /// The delivery log, newest first: at most `limit` rows of `state` (all when `None`) with
-    /// an id below `before` (the previous page's last id).
-    pub async fn list(
-        &self,
-        state: Option<DeliveryState>,
-        before: Option<i64>,
-        limit: usize,
-    ) -> Result<Vec<LoggedNotification>, DbError> {
-        let statement = format!(
-            "SELECT {LOG_COLUMNS} FROM notifications WHERE id < $1{} ORDER BY id DESC LIMIT $2",
-            if state.is_some() {
-                " AND state = $3"
-            } else {
-                ""
-            }
-        );
-        let mut query = sqlx::query(&statement)
-            .bind(before.unwrap_or(i64::MAX))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX));
-        if let Some(state) = state {
-            query = query.bind(state.as_str());
-        }
-        let rows = query.fetch_all(self.database.pool()).await?;
-        Ok(rows
-            .iter()
-            .map(logged)
-            .collect::<Result<_, sqlx::Error>>()?)
-    }
-
-    /// Removes finished rows older than the retention; how many.
+    /// Removes finished rows older than the retention — a task done, after at most
+    /// [`crate::tasks::DONE_TASK_RETENTION`] (it is not a notification anyone looks back on; a
+    /// dead one stays for the retention) — and returns how many.
     pub async fn purge(&self) -> Result<u64, DbError> {
-        let cutoff = now_millis().saturating_sub(millis(self.settings.retention));
-        let done =
-            sqlx::query("DELETE FROM notifications WHERE state <> 'pending' AND finished_at < $1")
-                .bind(cutoff)
-                .execute(self.database.pool())
-                .await?;
+        let now = now_millis();
+        let cutoff = now.saturating_sub(millis(self.settings.retention));
+        let tasks_cutoff = now.saturating_sub(millis(
+            self.settings
+                .retention
+                .min(crate::tasks::DONE_TASK_RETENTION),
+        ));
+        let done = sqlx::query(
+            "DELETE FROM notifications WHERE state <> 'pending' AND (finished_at < $1 \
+             OR (channel = $2 AND state = 'delivered' AND finished_at < $3))",
+        )
+        .bind(cutoff)
+        .bind(crate::tasks::TASK_CHANNEL)
+        .bind(tasks_cutoff)
+        .execute(self.database.pool())
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -469,70 +478,6 @@ impl Outbox {
     }
 }
 
-/// What the delivery log shows of a receiver's URL: scheme, host, port and (except for Slack and
-/// Discord, whose path is the webhook's secret) the path — never credentials or a query string,
-/// which may hold tokens.
-pub fn shown_url(channel: &str, url: &str) -> String {
-    let Ok(uri) = url.parse::<http::Uri>() else {
-        return "(not shown)".to_owned();
-    };
-    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
-        return "(not shown)".to_owned();
-    };
-    let host = match authority.port_u16() {
-        Some(port) => format!("{}:{port}", authority.host()),
-        None => authority.host().to_owned(),
-    };
-    // `Uri::path` says "/" for a URL without a path (`smtp://host:25`): show what was written.
-    let has_path = url
-        .split_once("://")
-        .is_some_and(|(_, rest)| rest.contains('/'));
-    let path = match channel {
-        "slack" | "discord" => "/…",
-        _ if has_path => uri.path(),
-        _ => "",
-    };
-    format!("{scheme}://{host}{path}")
-}
-
-fn logged(row: &AnyRow) -> Result<LoggedNotification, sqlx::Error> {
-    let state: String = row.try_get(7)?;
-    let fingerprints: String = row.try_get(6)?;
-    let next_attempt_at: i64 = row.try_get(9)?;
-    let channel: String = row.try_get(2)?;
-    let url: String = row.try_get(3)?;
-    let shown = shown_url(&channel, &url);
-    // An error message may quote the URL it failed on.
-    let last_error: Option<String> = row.try_get::<Option<String>, _>(10)?.map(|error| {
-        if url.is_empty() {
-            error
-        } else {
-            error.replace(&url, &shown)
-        }
-    });
-    Ok(LoggedNotification {
-        id: row.try_get(0)?,
-        receiver: row.try_get(1)?,
-        channel,
-        url: shown,
-        group_key: row.try_get(4)?,
-        status: row.try_get(5)?,
-        fingerprints: fingerprints
-            .split(',')
-            .filter(|f| !f.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        next_attempt_at: (state == "pending").then_some(next_attempt_at),
-        state,
-        attempts: row.try_get(8)?,
-        last_error,
-        last_status: row.try_get(11)?,
-        last_latency_ms: row.try_get(12)?,
-        created_at: row.try_get(13)?,
-        delivered_at: row.try_get(14)?,
-    })
-}
-
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -540,37 +485,6 @@ fn millis(duration: Duration) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_log_shows_no_credentials_query_or_chat_webhook_secret() {
-        assert_eq!(
-            shown_url(
-                "webhook",
-                "https://ops:s3cret@alerts.example:8443/hook?token=abc"
-            ),
-            "https://alerts.example:8443/hook"
-        );
-        assert_eq!(
-            shown_url(
-                "slack",
-                "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
-            ),
-            "https://hooks.slack.com/…"
-        );
-        assert_eq!(
-            shown_url("discord", "https://discord.com/api/webhooks/1/SECRET"),
-            "https://discord.com/…"
-        );
-        assert_eq!(
-            shown_url("alertmanager", "http://127.0.0.1:9093/api/v2/alerts"),
-            "http://127.0.0.1:9093/api/v2/alerts"
-        );
-        assert_eq!(
-            shown_url("email", "smtp://127.0.0.1:2525"),
-            "smtp://127.0.0.1:2525"
-        );
-        assert_eq!(shown_url("webhook", "not a url"), "(not shown)");
-    }
 
     #[test]
     fn backoff_doubles_up_to_its_cap_with_jitter_between_half_and_all() {

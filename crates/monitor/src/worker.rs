@@ -16,6 +16,7 @@ use crate::channels::Channel;
 use crate::email::Email;
 use crate::https::{Clients, DeliveryClient};
 use crate::outbox::{Claimed, Counted, Outbox};
+use crate::tasks::TASK_CHANNEL;
 
 /// The longest sleep between two looks at the queue.
 pub const POLL: Duration = Duration::from_secs(1);
@@ -27,7 +28,8 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// What one attempt came to.
 #[derive(Debug)]
 enum Outcome {
-    Delivered(u16),
+    /// Done; the receiver's status, when there is one (a task has none).
+    Delivered(Option<u16>),
     Failed {
         error: String,
         status: Option<u16>,
@@ -108,7 +110,16 @@ pub async fn run_with(outbox: Outbox, clients: Clients) {
 /// One attempt at `row`, recorded.
 async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
     let started = Instant::now();
-    let outcome = if row.channel == Channel::Email.as_str() {
+    let outcome = if row.channel == TASK_CHANNEL {
+        match crate::tasks::run(outbox, &row.receiver, row.id, &row.payload).await {
+            Ok(()) => Outcome::Delivered(None),
+            Err(failure) => Outcome::Failed {
+                error: failure.error,
+                status: None,
+                permanent: failure.permanent,
+            },
+        }
+    } else if row.channel == Channel::Email.as_str() {
         send_email(&row).await
     } else {
         post(client, &row).await
@@ -117,7 +128,11 @@ async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
     let recorded = match &outcome {
         Outcome::Delivered(status) => {
             outbox.count(&row, Counted::Delivered);
-            tracing::info!(id = row.id, receiver = %row.receiver, attempt = row.attempts, "notification delivered");
+            if row.channel == TASK_CHANNEL {
+                tracing::debug!(id = row.id, handler = %row.receiver, attempt = row.attempts, "task done");
+            } else {
+                tracing::info!(id = row.id, receiver = %row.receiver, attempt = row.attempts, "notification delivered");
+            }
             outbox.delivered(&row, *status, latency).await
         }
         Outcome::Failed {
@@ -161,7 +176,7 @@ async fn send_email(row: &Claimed) -> Outcome {
         }
     };
     match email.send(CALL_TIMEOUT).await {
-        Ok(()) => Outcome::Delivered(250),
+        Ok(()) => Outcome::Delivered(Some(250)),
         Err(failure) => Outcome::Failed {
             error: failure.error,
             status: None,
@@ -186,7 +201,7 @@ async fn post(client: &DeliveryClient, row: &Claimed) -> Outcome {
     };
     match tokio::time::timeout(CALL_TIMEOUT, client.request(request)).await {
         Ok(Ok(response)) if response.status().is_success() => {
-            Outcome::Delivered(response.status().as_u16())
+            Outcome::Delivered(Some(response.status().as_u16()))
         }
         Ok(Ok(response)) => failed(
             format!("answered {}", response.status()),

@@ -446,3 +446,53 @@ async fn postgres_two_workers_share_the_queue_without_delivering_a_row_twice() {
     }
     test.remove().await.unwrap();
 }
+
+/// A gateway killed mid-attempt on a shared PostgreSQL: while its claiming connection lives,
+/// its claim holds (the lease); once that connection is gone, another gateway takes the row at
+/// once instead of 30 s later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_row_claimed_by_a_dead_gateway_is_taken_again_at_once() {
+    let test = TestDatabase::new(Dialect::Postgres).await.unwrap();
+    let one = Outbox::open(test.open().await.unwrap(), settings())
+        .await
+        .unwrap();
+    let two = Outbox::open(test.open().await.unwrap(), settings())
+        .await
+        .unwrap();
+    let id = one
+        .enqueue(&delivery("http://127.0.0.1:9/hook", "g", "firing"))
+        .await
+        .unwrap();
+    let claimed = one.claim(10).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id]);
+    assert!(
+        two.claim(10).await.unwrap().is_empty(),
+        "a live gateway's claim is its own"
+    );
+    let db = test.open().await.unwrap();
+    let claimer: i64 =
+        sekisho_db::sqlx::query_scalar("SELECT claimed_by FROM notifications WHERE id = $1")
+            .bind(id)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    // The first gateway dies: its connections go (as a SIGKILL makes them).
+    let _: bool = sekisho_db::sqlx::query_scalar("SELECT pg_terminate_backend($1::int)")
+        .bind(claimer)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let again = loop {
+        let again = two.claim(10).await.unwrap();
+        if !again.is_empty() || tokio::time::Instant::now() >= deadline {
+            break again;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(again.iter().map(|c| c.id).collect::<Vec<_>>(), vec![id]);
+    assert_eq!(again[0].attempts, 2, "its second attempt");
+    db.close().await;
+    drop(claimed);
+    test.remove().await.unwrap();
+}

@@ -23,6 +23,7 @@ mod demo;
 mod load;
 mod monitor;
 mod runtime;
+mod tasks;
 
 use args::{parse_duration, parse_ratio};
 
@@ -316,30 +317,32 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
             std::time::Instant::now(),
         )))
     });
-    // The notification outbox lives in the database (`store`): opened, and migrated, only
-    // when there is someone to notify.
-    let outbox = match &alerting {
-        Some(_) => {
-            let base_dir = config_path.as_deref().and_then(Path::parent);
-            let store = &gateway.config().store;
-            // With [auth], its pool: on SQLite one connection serialises every writer (two
-            // pools on one file would make a transaction fail at once with SQLITE_BUSY).
-            let database = match gateway.auth() {
-                Some(auth) => auth.directory().database().clone(),
-                None => sekisho_db::Database::open(store, base_dir, 4)
-                    .await
-                    .context("cannot open the database of the notification outbox")?,
-            };
-            let settings =
-                sekisho_monitor::OutboxSettings::from_config(&gateway.config().alerts.outbox());
-            Some(
-                sekisho_monitor::Outbox::open(database, settings)
-                    .await
-                    .context("cannot prepare the notification outbox")?,
-            )
-        }
-        None => None,
+    // The notification outbox — the durable task queue — lives in the database (`store`):
+    // opened, and migrated, when there is someone to notify or auth work to keep.
+    let outbox = if alerting.is_some() || gateway.auth().is_some() {
+        let base_dir = config_path.as_deref().and_then(Path::parent);
+        let store = &gateway.config().store;
+        // With [auth], its pool: on SQLite one connection serialises every writer (two
+        // pools on one file would make a transaction fail at once with SQLITE_BUSY).
+        let database = match gateway.auth() {
+            Some(auth) => auth.directory().database().clone(),
+            None => sekisho_db::Database::open(store, base_dir, 4)
+                .await
+                .context("cannot open the database of the notification outbox")?,
+        };
+        let settings =
+            sekisho_monitor::OutboxSettings::from_config(&gateway.config().alerts.outbox());
+        Some(
+            sekisho_monitor::Outbox::open(database, settings)
+                .await
+                .context("cannot prepare the notification outbox")?,
+        )
+    } else {
+        None
     };
+    if let (Some(auth), Some(outbox)) = (gateway.auth(), &outbox) {
+        tasks::connect(auth, outbox);
+    }
     // `[store.backup]`: backups taken by the running gateway, on a connection of their own.
     if let Some(schedule) = gateway.config().store.backup.clone() {
         let base_dir = config_path.as_deref().and_then(Path::parent);
@@ -411,6 +414,7 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
             _ => file.to_path_buf(),
         }
     });
+    let task_queue = outbox.clone();
     let monitor_task = alerting.zip(outbox).map(|(shared, outbox)| {
         tokio::spawn(monitor(
             gateway.clone(),
@@ -427,29 +431,42 @@ async fn serve(config: Config, file: Option<(PathBuf, Vec<u8>)>) -> anyhow::Resu
     if let Some(task) = monitor_task {
         task.abort();
     }
-    if let Some(task) = delivery_task {
-        task.abort();
-    }
     reload_task.abort();
     if let Some(task) = watch_task {
         task.abort();
     }
     let _ = stop_admin.send(());
     let _ = admin_task.await;
-    // The audit rows, last logins and lockouts still queued are written before the exit (their
-    // log lines are out already); a database that does not take them within the bound is
-    // logged, not waited for.
+    // The audit rows, last logins and lockouts still queued are stored before the exit (their
+    // log lines are out already), and the worker applies what is stored while the bound
+    // lasts; what it does not is applied at the next start. A database that does not take
+    // them within the bound is logged, not waited for.
     if let Some(auth) = gateway.auth() {
         tracing::info!("writing the audit queue before the exit");
-        if tokio::time::timeout(AUTH_FLUSH_LIMIT, auth.flush())
+        let deadline = tokio::time::Instant::now() + AUTH_FLUSH_LIMIT;
+        let stored = tokio::time::timeout_at(deadline, auth.flush())
             .await
-            .is_err()
-        {
+            .is_ok();
+        let applied = match (&task_queue, delivery_task.is_some()) {
+            (Some(queue), true) if stored => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                queue.drain_tasks(tasks::AUTH_TASKS, left).await
+            }
+            _ => false,
+        };
+        if !stored {
             tracing::error!(
                 waited = ?AUTH_FLUSH_LIMIT,
                 "the audit queue was not written to the database before the exit; its events are in the log"
             );
+        } else if !applied {
+            tracing::warn!(
+                "some audit tasks are stored but not applied; the next start applies them"
+            );
         }
+    }
+    if let Some(task) = delivery_task {
+        task.abort();
     }
     tracing::info!("stopped");
     Ok(())
