@@ -28,7 +28,7 @@ pub(crate) async fn notifications(
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "MONITOR_OFF",
-            "alerting is not running: it starts with at least one [[alerts.receivers]]",
+            "the notification outbox is not running: it starts with at least one [[alerts.receivers]] or with [auth] (its background tasks)",
         );
     };
     let mut wanted = None;
