@@ -141,8 +141,8 @@ impl Gateway {
 
     /// Binds the traffic listener named by the config.
     pub async fn bind(&self) -> std::io::Result<TrafficListener> {
-        let address = self.shared.runtime.load().config.server.listen.0.clone();
-        TrafficListener::bind(&address).await
+        let config = Arc::clone(&self.shared.runtime.load().config);
+        TrafficListener::bind(&config.server.listen.0, config.server.reuse_port).await
     }
 
     /// Serves `listener` until `shutdown` resolves, then drains: returns when every connection

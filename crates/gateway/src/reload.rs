@@ -164,6 +164,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.server.max_connections != new.server.max_connections {
         changed.push("server.max_connections".to_owned());
     }
+    if old.server.reuse_port != new.server.reuse_port {
+        changed.push("server.reuse_port".to_owned());
+    }
     if old.server.tls.is_some() != new.server.tls.is_some() {
         changed.push("server.tls (on/off)".to_owned());
     }

@@ -26,6 +26,9 @@ use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
 
+/// The listen backlog of a listener bound with `reuse_port` (what `TcpListener::bind` uses).
+const LISTEN_BACKLOG: u32 = 1024;
+
 /// A bound traffic listener, not yet serving.
 #[derive(Debug)]
 pub struct TrafficListener {
@@ -33,11 +36,37 @@ pub struct TrafficListener {
 }
 
 impl TrafficListener {
-    /// Binds `address` ("host:port"; port 0 picks one).
-    pub(crate) async fn bind(address: &str) -> io::Result<Self> {
-        Ok(Self {
-            listener: TcpListener::bind(address).await?,
-        })
+    /// Binds `address` ("host:port"; port 0 picks one), with `SO_REUSEPORT` when `reuse_port`
+    /// (other processes may then bind it too; the kernel spreads connections over them).
+    pub(crate) async fn bind(address: &str, reuse_port: bool) -> io::Result<Self> {
+        if !reuse_port {
+            return Ok(Self {
+                listener: TcpListener::bind(address).await?,
+            });
+        }
+        let mut last_error = None;
+        for candidate in tokio::net::lookup_host(address).await? {
+            let socket = if candidate.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.set_reuseport(true)?;
+            match socket
+                .bind(candidate)
+                .and_then(|()| socket.listen(LISTEN_BACKLOG))
+            {
+                Ok(listener) => return Ok(Self { listener }),
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the address names no socket address",
+            )
+        }))
     }
 
     /// The address it listens on.

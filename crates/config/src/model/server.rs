@@ -36,6 +36,12 @@ pub struct Server {
     /// Client connections open at once, at most; further clients wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: Positive,
+    /// Bind the listener with `SO_REUSEPORT` (extension; Linux and the BSDs): several sekisho
+    /// processes may listen on one address and the kernel spreads new connections over them —
+    /// a new version started beside the old one before the old is stopped, or one process per
+    /// core. Default false: a second process on the address fails to start.
+    #[serde(default)]
+    pub reuse_port: bool,
     /// HTTPS on this listener (h2 by ALPN).
     #[serde(default)]
     #[schemars(with = "Option<Tls>")]
