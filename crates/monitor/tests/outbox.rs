@@ -6,6 +6,8 @@
 //! too often is dead, and on PostgreSQL two workers share the queue without delivering a row
 //! twice.
 
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -20,6 +22,7 @@ use sekisho_db::testing::TestDatabase;
 use sekisho_db::Dialect;
 use sekisho_monitor::{Channel, Delivery, DeliveryState, Outbox, OutboxSettings};
 use serde_json::{json, Value};
+use support::eventually;
 use tokio::net::TcpListener;
 
 /// What the receiver got: each request's notification id, body and the status it answered.
@@ -126,22 +129,6 @@ fn delivery(url: &str, group: &str, status: &str) -> Delivery {
         status: status.to_owned(),
         fingerprints: vec![format!("fp-{group}")],
         body: json!({ "groupKey": group, "status": status }),
-    }
-}
-
-/// Polls `check` every 20 ms until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -5,6 +5,8 @@
 //! tasks that share an order key run one after the other in the order they were written, a
 //! task without a runner on this gateway waits for one, and a batch is written all or none.
 
+mod support;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,6 +16,7 @@ use std::time::Duration;
 use sekisho_db::testing::TestDatabase;
 use sekisho_db::Dialect;
 use sekisho_monitor::{DeliveryState, Outbox, OutboxSettings, Task, TaskFailure, TaskRunner};
+use support::eventually;
 
 /// Records what it ran; fails the first `failures` attempts, and refuses payload `"bad"` for
 /// good. Each run waits a little, so that tasks that could overlap do.
@@ -78,22 +81,6 @@ fn task(payload: &str, order_key: Option<&str>) -> Task {
         kind: "test".to_owned(),
         order_key: order_key.map(str::to_owned),
         payload: payload.to_owned(),
-    }
-}
-
-/// Polls `check` every 20 ms until it holds, for at most `within`.
-async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -9,23 +9,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{add_user, binary};
+use common::{add_user, binary, login};
 use sekisho_db::testing::TestDatabase;
 use sekisho_db::{Database, Dialect};
-use sekisho_testkit::{client, send, Origin, Reply, Sekisho, TempDir};
-
-async fn login(gateway: &Sekisho, user: &str, password: &str) -> u16 {
-    let body = serde_json::json!({ "username": user, "password": password }).to_string();
-    send(
-        &client(),
-        "POST",
-        &gateway.url("/auth/login"),
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
-    .status
-}
+use sekisho_testkit::{Origin, Reply, Sekisho, TempDir};
 
 fn config(store: &str, upstream: std::net::SocketAddr) -> String {
     format!(

@@ -10,23 +10,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{add_role, add_user, binary, cli, cli_ok, free_port};
+use common::{add_role, add_user, binary, cli, cli_ok, free_port, login};
 use sekisho_testkit::{
     client, next_notification, send, webhook_receiver, Origin, Reply, Sekisho, TempDir,
 };
-
-async fn login(gateway: &Sekisho, user: &str, password: &str) -> u16 {
-    let body = serde_json::json!({ "username": user, "password": password }).to_string();
-    send(
-        &client(),
-        "POST",
-        &gateway.url("/auth/login"),
-        &[("content-type", "application/json")],
-        body,
-    )
-    .await
-    .status
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_online_restores_a_stopped_store_and_resets_backup_age() {

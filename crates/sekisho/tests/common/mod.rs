@@ -10,7 +10,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use sekisho_testkit::{Sekisho, TempDir};
+use sekisho_testkit::{client, send, Sekisho, TempDir};
 
 pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
@@ -118,4 +118,18 @@ pub fn add_user(config: &str, name: &str, role: Option<&str>, password: &str) {
     }
     args.push("--password-stdin");
     cli_ok(&args, &format!("{password}\n"));
+}
+
+/// `POST /auth/login` on `gateway` with JSON credentials; the answer's status.
+pub async fn login(gateway: &Sekisho, user: &str, password: &str) -> u16 {
+    let body = serde_json::json!({ "username": user, "password": password }).to_string();
+    send(
+        &client(),
+        "POST",
+        &gateway.url("/auth/login"),
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+    .status
 }
