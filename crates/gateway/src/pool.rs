@@ -13,9 +13,17 @@
 //! closed meanwhile (hyper hands the unsent request back) goes out again on another connection;
 //! at most `pool_max_idle_per_target` connections wait per target, the oldest closed first; an
 //! idle connection is closed after `pool_idle_timeout` (checked at checkout, and by a sweep).
+//!
+//! Added: at most `max_connections_per_target` connections are open to a target at once (a
+//! connection counts from its connect until its task ends). A request that finds none free and
+//! the bound reached waits for one to come back — or to close, freeing a slot — rather than
+//! opening another; the wait is bounded by the request's own deadline (the route's timeout,
+//! applied around the call). A burst then meets the target with the bound's worth of
+//! connections, not one per waiting request.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,6 +32,7 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -73,6 +82,8 @@ pub(crate) struct Http1Client {
     idle_timeout: Duration,
     /// Pools by target, kept across reloads while the settings stay.
     pools: Mutex<HashMap<Authority, Arc<Http1Pool>>>,
+    /// Connections open per target at most; 0: no bound.
+    max_open: usize,
 }
 
 impl Http1Client {
@@ -82,11 +93,13 @@ impl Http1Client {
         connector: HttpConnector,
         max_idle: usize,
         idle_timeout: Duration,
+        max_open: usize,
     ) -> Arc<Self> {
         let client = Arc::new(Self {
             connector,
             max_idle,
             idle_timeout,
+            max_open,
             pools: Mutex::new(HashMap::new()),
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -110,6 +123,15 @@ impl Http1Client {
                 max_idle: self.max_idle,
                 idle_timeout: self.idle_timeout,
                 idle: Mutex::new(VecDeque::new()),
+                slots: Arc::new(Slots {
+                    max: if self.max_open == 0 {
+                        usize::MAX
+                    } else {
+                        self.max_open
+                    },
+                    open: AtomicUsize::new(0),
+                    freed: Notify::new(),
+                }),
             })
         }))
     }
@@ -142,6 +164,40 @@ pub(crate) struct Http1Pool {
     idle_timeout: Duration,
     /// Oldest first; a checkout takes the newest.
     idle: Mutex<VecDeque<Idle>>,
+    /// The connections open, against the bound.
+    slots: Arc<Slots>,
+}
+
+/// The connections open to a target, and a wake-up when one comes back or closes.
+#[derive(Debug)]
+struct Slots {
+    max: usize,
+    open: AtomicUsize,
+    freed: Notify,
+}
+
+impl Slots {
+    /// A slot for a new connection, if the bound allows: held by the connection's task for its
+    /// life, given back when dropped (a connect that failed or was cancelled included).
+    fn take(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(Arc::clone(self)))
+    }
+}
+
+/// One open (or opening) connection's place under the bound.
+#[derive(Debug)]
+struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.freed.notify_one();
+    }
 }
 
 impl fmt::Debug for Http1Pool {
@@ -167,17 +223,29 @@ impl Http1Pool {
         mut request: Request<RequestBody>,
         now: Instant,
     ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
-        while let Some(mut sender) = self.checkout(now) {
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, self.lease(sender))),
-                Err(mut failed) => match failed.take_message() {
-                    // Closed by the target before the request went out: another connection.
-                    Some(unsent) => request = unsent,
-                    None => return Err(CallError::Request(failed.into_error().into())),
-                },
+        let mut sender = loop {
+            // Interest in a freed connection taken before looking, so none is missed between
+            // the look and the wait.
+            let freed = self.slots.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            while let Some(mut sender) = self.checkout(now) {
+                match sender.try_send_request(request).await {
+                    Ok(response) => return Ok((response, self.lease(sender))),
+                    Err(mut failed) => match failed.take_message() {
+                        // Closed by the target before the request went out: another connection.
+                        Some(unsent) => request = unsent,
+                        None => return Err(CallError::Request(failed.into_error().into())),
+                    },
+                }
             }
-        }
-        let mut sender = self.connect().await?;
+            if let Some(slot) = self.slots.take() {
+                break self.connect(slot).await?;
+            }
+            // As many connections open as the bound allows, all busy: wait for one to come
+            // back or to close (the caller's deadline bounds the wait).
+            freed.await;
+        };
         match sender.send_request(request).await {
             Ok(response) => Ok((response, self.lease(sender))),
             Err(error) => Err(CallError::Request(error.into())),
@@ -235,6 +303,8 @@ impl Http1Pool {
             sender,
             since: Instant::now(),
         });
+        drop(idle);
+        self.slots.freed.notify_one();
     }
 
     fn expire(&self, now: Instant) {
@@ -247,7 +317,7 @@ impl Http1Pool {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, CallError> {
+    async fn connect(&self, slot: Slot) -> Result<SendRequest<RequestBody>, CallError> {
         let mut connector = self.connector.clone();
         let io = connector
             .call(self.target.clone())
@@ -261,6 +331,7 @@ impl Http1Pool {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "upstream connection ended");
             }
+            drop(slot);
         });
         Ok(sender)
     }

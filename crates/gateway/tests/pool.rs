@@ -428,3 +428,55 @@ fn a_request_handed_back_unsent_by_a_closed_connection_goes_out_on_a_new_one() {
     stop.send(()).unwrap();
     serving.join().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_meets_the_target_with_max_connections_per_target_connections() {
+    let mut upstream = gated_upstream().await;
+    let gateway = gateway(upstream.address, "max_connections_per_target = 3").await;
+    let requests = concurrent_gets(&gateway, 12);
+    events(&mut upstream.arrived, 3, "the first three requests").await;
+    // Answered one at a time: each answer frees a connection that a waiting request takes.
+    for answered in 3..12 {
+        upstream.gate.add_permits(1);
+        events(
+            &mut upstream.arrived,
+            1,
+            "a waiting request on a freed connection",
+        )
+        .await;
+        assert_eq!(
+            upstream.accepted.load(Ordering::SeqCst),
+            3,
+            "after {answered} answers"
+        );
+    }
+    upstream.gate.add_permits(3);
+    assert_eq!(statuses(requests).await, [200; 12]);
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_a_connection_ends_at_its_route_timeout() {
+    let mut upstream = gated_upstream().await;
+    let gateway = InProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.up]\ntargets = [\"{}\"]\nmax_connections_per_target = 1\n\
+         [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\nupstream = \"up\"\ntimeout = \"30s\"\n\
+         [[routes]]\nname = \"quick\"\npath_prefix = \"/\"\nupstream = \"up\"\ntimeout = \"300ms\"\n",
+        upstream.address
+    ))
+    .await;
+    let slow = format!("http://{}/slow", gateway.address);
+    let first = tokio::spawn(async move { get(&slow).await.status });
+    events(&mut upstream.arrived, 1, "the first request").await;
+    // The one connection is busy for a while: the second waits for it, and its own deadline
+    // comes first; no second connection was opened for it.
+    let second = statuses(concurrent_gets(&gateway, 1)).await;
+    assert_eq!(second, [504]);
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    upstream.gate.add_permits(1);
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    gateway.stop().await;
+}

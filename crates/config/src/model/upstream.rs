@@ -43,6 +43,12 @@ pub struct Upstream {
     /// A pooled connection idle this long is closed.
     #[serde(default = "default_pool_idle_timeout")]
     pub pool_idle_timeout: NonZeroDuration,
+    /// HTTP/1.1 connections open to one target at once, at most (extension; 0 = no bound): a
+    /// request finding none free and the bound reached waits, within its route's `timeout`, for
+    /// one to come back instead of opening another — a burst does not become one new upstream
+    /// connection per waiting request.
+    #[serde(default = "default_max_connections_per_target")]
+    pub max_connections_per_target: u32,
     /// Active health checks.
     #[serde(default)]
     pub health_check: Option<HealthCheck>,
@@ -269,6 +275,10 @@ fn default_failover_threshold() -> Ratio {
 fn default_connect_timeout() -> NonZeroDuration {
     NonZeroDuration::from_millis(2_000)
 }
+fn default_max_connections_per_target() -> u32 {
+    1024
+}
+
 fn default_pool_max_idle() -> u32 {
     1024
 }

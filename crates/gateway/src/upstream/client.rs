@@ -93,6 +93,7 @@ struct ClientKey {
     connect_timeout: Duration,
     pool_max_idle: u32,
     pool_idle_timeout: Duration,
+    max_connections_per_target: u32,
 }
 
 /// Clients by settings, kept across reloads.
@@ -109,6 +110,7 @@ impl ClientCache {
             connect_timeout: upstream.connect_timeout.get(),
             pool_max_idle: upstream.pool_max_idle_per_target,
             pool_idle_timeout: upstream.pool_idle_timeout.get(),
+            max_connections_per_target: upstream.max_connections_per_target,
         };
         lock(&self.clients)
             .entry(key.clone())
@@ -127,6 +129,7 @@ fn build_client(key: &ClientKey) -> UpstreamClient {
             connector,
             key.pool_max_idle as usize,
             key.pool_idle_timeout,
+            key.max_connections_per_target as usize,
         ));
     }
     let mut builder = Client::builder(TokioExecutor::new());
