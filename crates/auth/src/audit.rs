@@ -131,6 +131,98 @@ impl Job {
     }
 }
 
+/// Applies `jobs` (each with the id of its stored task, if any) in one transaction — the audit
+/// rows as one multi-row insert — or, when that transaction fails, one by one, so that a job the
+/// database refuses does not hold the others back. The result of each, in order.
+pub async fn apply_all(
+    directory: &Directory,
+    jobs: &[(Option<i64>, Job)],
+) -> Vec<Result<(), AuthError>> {
+    if jobs.len() > 1 {
+        match apply_in_one(directory, jobs).await {
+            Ok(()) => return jobs.iter().map(|_| Ok(())).collect(),
+            Err(error) => tracing::debug!(%error, "a batch of auth jobs failed; one by one"),
+        }
+    }
+    let mut results = Vec::with_capacity(jobs.len());
+    for (task, job) in jobs {
+        results.push(job.apply(directory, *task).await);
+    }
+    results
+}
+
+async fn apply_in_one(directory: &Directory, jobs: &[(Option<i64>, Job)]) -> Result<(), AuthError> {
+    use sekisho_db::sqlx;
+    let mut transaction = directory.database().pool().begin().await?;
+    let audits: Vec<(&Option<i64>, &Job)> = jobs
+        .iter()
+        .filter(|(_, job)| matches!(job, Job::Audit { .. }))
+        .map(|(task, job)| (task, job))
+        .collect();
+    if !audits.is_empty() {
+        let rows: Vec<String> = (0..audits.len())
+            .map(|n| {
+                let b = n * 6;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
+            })
+            .collect();
+        let text = format!(
+            "INSERT INTO audit_log (at, event, username, client_ip, detail, task_id) VALUES {} \
+             ON CONFLICT (task_id) DO NOTHING",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query(&text);
+        for (task, job) in &audits {
+            if let Job::Audit {
+                at,
+                event,
+                username,
+                client_ip,
+                detail,
+            } = job
+            {
+                query = query
+                    .bind(*at)
+                    .bind(event.as_str())
+                    .bind(username.as_deref())
+                    .bind(client_ip.as_deref())
+                    .bind(detail.as_deref())
+                    .bind(**task);
+            }
+        }
+        query.execute(&mut *transaction).await?;
+    }
+    for (_, job) in jobs {
+        match job {
+            Job::Audit { .. } => {}
+            Job::LastLogin { user_id, at } => {
+                sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
+                    .bind(*at)
+                    .bind(*user_id)
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+            Job::LockedUntil { username, until } => {
+                sqlx::query("UPDATE users SET locked_until = $1 WHERE username = $2")
+                    .bind(*until)
+                    .bind(username.as_str())
+                    .execute(&mut *transaction)
+                    .await?;
+            }
+        }
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
 /// Where batches of jobs are made durable before they are applied.
 pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Stores `jobs` (all or none); an error is retried.
@@ -266,8 +358,11 @@ async fn write(
             match store.get() {
                 Some(store) => store_batch(store.as_ref(), &jobs).await,
                 None => {
-                    for job in &jobs {
-                        if let Err(error) = job.apply(&directory, None).await {
+                    let batch: Vec<(Option<i64>, Job)> =
+                        jobs.into_iter().map(|job| (None, job)).collect();
+                    for (result, (_, job)) in apply_all(&directory, &batch).await.iter().zip(&batch)
+                    {
+                        if let Err(error) = result {
                             tracing::warn!(%error, kind = job.kind(), "auth background write failed");
                         }
                     }

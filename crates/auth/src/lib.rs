@@ -381,6 +381,35 @@ impl Auth {
         job.apply(&self.directory, Some(task)).await
     }
 
+    /// [`Auth::apply_job`] for several stored jobs at once: those that read as jobs in one
+    /// transaction (`audit::apply_all`). The result of each, in order.
+    pub async fn apply_jobs(&self, tasks: &[(i64, &str)]) -> Vec<Result<(), AuthError>> {
+        let mut results: Vec<Option<Result<(), AuthError>>> = Vec::with_capacity(tasks.len());
+        let mut jobs = Vec::with_capacity(tasks.len());
+        for (task, payload) in tasks {
+            match serde_json::from_str::<audit::Job>(payload) {
+                Ok(job) => {
+                    jobs.push((Some(*task), job));
+                    results.push(None);
+                }
+                Err(error) => results.push(Some(Err(AuthError::BadRequest(format!(
+                    "not an auth job: {error}"
+                ))))),
+            }
+        }
+        let mut applied = audit::apply_all(&self.directory, &jobs).await.into_iter();
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| {
+                    applied.next().unwrap_or_else(|| {
+                        Err(AuthError::Internal("a job without a result".into()))
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// Starts the housekeeping task: expired sessions swept and live ones counted every
     /// `every`. Ends when `self` is dropped.
     pub fn spawn_housekeeping(self: &Arc<Self>, every: Duration) {

@@ -49,4 +49,4 @@ pub use rules::{
 };
 pub use run::{receiver_channels, Delivery, Monitor, MonitorFigures, Vitals};
 pub use series::{Function, Sample, Selector};
-pub use tasks::{Task, TaskFailure, TaskRunner, TASK_CHANNEL};
+pub use tasks::{BatchRun, Task, TaskFailure, TaskRunner, TASK_CHANNEL};

@@ -40,6 +40,9 @@ pub struct Task {
     pub payload: String,
 }
 
+/// What a batch of tasks came to: the result of each, in order.
+pub type BatchRun<'a> = Pin<Box<dyn Future<Output = Vec<Result<(), TaskFailure>>> + Send + 'a>>;
+
 /// Why a task's attempt failed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskFailure {
@@ -58,38 +61,60 @@ pub trait TaskRunner: Send + Sync + std::fmt::Debug {
         id: i64,
         payload: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<(), TaskFailure>> + Send + 'a>>;
+
+    /// Runs several tasks (id, payload) claimed together, the result of each in order; by
+    /// default one after the other, a runner may do them at once (one transaction).
+    fn run_batch<'a>(&'a self, tasks: &'a [(i64, &'a str)]) -> BatchRun<'a> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(tasks.len());
+            for (id, payload) in tasks {
+                results.push(self.run(*id, payload).await);
+            }
+            results
+        })
+    }
 }
 
 impl Outbox {
-    /// Writes `tasks` for `handler` as pending rows, due now, in one transaction (all or none).
+    /// Writes `tasks` for `handler` as pending rows, due now, in one statement (all or none).
     pub async fn enqueue_tasks(&self, handler: &str, tasks: &[Task]) -> Result<(), DbError> {
         if tasks.is_empty() {
             return Ok(());
         }
         let now = now_millis();
-        let mut transaction = self.database().pool().begin().await?;
+        // receiver, channel, lane, group_key, payload per row; the rest shared.
+        let rows: Vec<String> = (0..tasks.len())
+            .map(|n| {
+                let b = 3 + n * 3;
+                format!(
+                    "($1, $2, '', ${}, ${}, 'task', '', ${}, 'pending', 0, $3, $3)",
+                    b + 1,
+                    b + 2,
+                    b + 3
+                )
+            })
+            .collect();
+        let text = format!(
+            "INSERT INTO notifications (receiver, channel, url, lane, group_key, status, \
+             fingerprints, payload, state, attempts, next_attempt_at, created_at) VALUES {}",
+            rows.join(", ")
+        );
+        let mut query = sekisho_db::sqlx::query(&text)
+            .bind(handler)
+            .bind(TASK_CHANNEL)
+            .bind(now);
         for task in tasks {
             let order = match &task.order_key {
                 Some(key) => key.clone(),
                 // A lane of its own: no earlier row can hold it back.
                 None => format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
             };
-            let lane = format!("{handler}\u{1f}{TASK_CHANNEL}\u{1f}{order}");
-            sekisho_db::sqlx::query(
-                "INSERT INTO notifications (receiver, channel, url, lane, group_key, status, \
-                 fingerprints, payload, state, attempts, next_attempt_at, created_at) \
-                 VALUES ($1, $2, '', $3, $4, 'task', '', $5, 'pending', 0, $6, $6)",
-            )
-            .bind(handler)
-            .bind(TASK_CHANNEL)
-            .bind(&lane)
-            .bind(&task.kind)
-            .bind(&task.payload)
-            .bind(now)
-            .execute(&mut *transaction)
-            .await?;
+            query = query
+                .bind(format!("{handler}\u{1f}{TASK_CHANNEL}\u{1f}{order}"))
+                .bind(task.kind.clone())
+                .bind(task.payload.clone());
         }
-        transaction.commit().await?;
+        query.execute(self.database().pool()).await?;
         self.wake();
         Ok(())
     }
@@ -126,19 +151,32 @@ impl Outbox {
     }
 }
 
-/// Runs a claimed task: `Ok` when done, or why not.
+/// Runs claimed tasks of one handler together: `Ok` for each done, or why not.
 pub(crate) async fn run(
     outbox: &Outbox,
     handler: &str,
-    id: i64,
-    payload: &str,
-) -> Result<(), TaskFailure> {
+    tasks: &[(i64, &str)],
+) -> Vec<Result<(), TaskFailure>> {
     match outbox.runners().get(handler) {
-        Some(runner) => runner.run(id, payload).await,
-        None => Err(TaskFailure {
-            error: format!("no runner for `{handler}` tasks on this gateway"),
-            permanent: false,
-        }),
+        Some(runner) => {
+            let mut results = runner.run_batch(tasks).await;
+            results.resize_with(tasks.len(), || {
+                Err(TaskFailure {
+                    error: "the runner gave no result".to_owned(),
+                    permanent: false,
+                })
+            });
+            results
+        }
+        None => tasks
+            .iter()
+            .map(|_| {
+                Err(TaskFailure {
+                    error: format!("no runner for `{handler}` tasks on this gateway"),
+                    permanent: false,
+                })
+            })
+            .collect(),
     }
 }
 
@@ -165,5 +203,33 @@ impl Outbox {
                 _ => return false,
             }
         }
+    }
+}
+
+impl Outbox {
+    /// Records tasks `ids` as done, in one statement.
+    pub(crate) async fn tasks_done(
+        &self,
+        ids: &[i64],
+        latency: std::time::Duration,
+    ) -> Result<(), DbError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = (0..ids.len()).map(|n| format!("${}", n + 3)).collect();
+        let text = format!(
+            "UPDATE notifications SET state = 'delivered', delivered_at = $1, finished_at = $1, \
+             last_latency_ms = $2, claimed_by = NULL WHERE id IN ({})",
+            list.join(", ")
+        );
+        let mut query = sekisho_db::sqlx::query(&text)
+            .bind(now_millis())
+            .bind(i64::try_from(latency.as_millis()).unwrap_or(i64::MAX));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.execute(self.database().pool()).await?;
+        self.wake();
+        Ok(())
     }
 }

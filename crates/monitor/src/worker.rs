@@ -5,6 +5,7 @@
 //! or PostgreSQL alike. It sleeps until a row is written here, an attempt finishes, or the
 //! earliest pending row is due (at most [`POLL`], to see rows other gateways wrote).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -66,7 +67,14 @@ pub async fn run_with(outbox: Outbox, clients: Clients) {
         }
         while in_flight.try_join_next().is_some() {}
         let room = concurrency.saturating_sub(in_flight.len());
-        let claimed = if room > 0 {
+        // A claim is a write (on SQLite it takes the database's write lock even when it finds
+        // nothing): only when a row is due, which a read tells without a lock.
+        let due_now = match outbox.next_due().await {
+            Ok(Some(due)) => due <= now_millis(),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        let claimed = if room > 0 && due_now {
             match outbox.claim(room).await {
                 Ok(claimed) => claimed,
                 Err(error) => {
@@ -79,10 +87,21 @@ pub async fn run_with(outbox: Outbox, clients: Clients) {
             Vec::new()
         };
         let full = !claimed.is_empty() && claimed.len() == room;
+        // Tasks of one handler run together (one call of its runner, one record); each
+        // notification is an attempt of its own.
+        let mut tasks: BTreeMap<String, Vec<Claimed>> = BTreeMap::new();
         for row in claimed {
+            if row.channel == TASK_CHANNEL {
+                tasks.entry(row.receiver.clone()).or_default().push(row);
+                continue;
+            }
             let outbox = outbox.clone();
             let client = clients.for_receiver(&row.receiver).clone();
             in_flight.spawn(async move { attempt(&outbox, &client, row).await });
+        }
+        for (handler, rows) in tasks {
+            let outbox = outbox.clone();
+            in_flight.spawn(async move { attempt_tasks(&outbox, &handler, rows).await });
         }
         if full {
             continue;
@@ -107,19 +126,49 @@ pub async fn run_with(outbox: Outbox, clients: Clients) {
     }
 }
 
+/// One attempt at tasks of `handler` claimed together, recorded: those done in one statement,
+/// each failure as a notification's.
+async fn attempt_tasks(outbox: &Outbox, handler: &str, rows: Vec<Claimed>) {
+    let started = Instant::now();
+    let batch: Vec<(i64, &str)> = rows.iter().map(|r| (r.id, r.payload.as_str())).collect();
+    let results = crate::tasks::run(outbox, handler, &batch).await;
+    let latency = started.elapsed();
+    let mut done = Vec::with_capacity(rows.len());
+    for (row, result) in rows.iter().zip(results) {
+        match result {
+            Ok(()) => {
+                outbox.count(row, Counted::Delivered);
+                done.push(row.id);
+            }
+            Err(failure) => {
+                let recorded = outbox
+                    .failed(row, &failure.error, None, latency, failure.permanent)
+                    .await;
+                let counted = if matches!(recorded, Ok(true)) {
+                    tracing::error!(id = row.id, %handler, error = %failure.error, "task given up (dead)");
+                    Counted::Dead
+                } else {
+                    tracing::warn!(id = row.id, %handler, error = %failure.error, "task failed; will retry");
+                    Counted::Failed
+                };
+                outbox.count(row, counted);
+                if let Err(error) = recorded {
+                    tracing::warn!(id = row.id, %error, "cannot record a task's outcome");
+                }
+            }
+        }
+    }
+    if let Err(error) = outbox.tasks_done(&done, latency).await {
+        // Left claimed until the lease ends (or, on PostgreSQL, the claimer is gone), then run
+        // again: at least once.
+        tracing::warn!(%error, tasks = done.len(), "cannot record tasks done");
+    }
+}
+
 /// One attempt at `row`, recorded.
 async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
     let started = Instant::now();
-    let outcome = if row.channel == TASK_CHANNEL {
-        match crate::tasks::run(outbox, &row.receiver, row.id, &row.payload).await {
-            Ok(()) => Outcome::Delivered(None),
-            Err(failure) => Outcome::Failed {
-                error: failure.error,
-                status: None,
-                permanent: failure.permanent,
-            },
-        }
-    } else if row.channel == Channel::Email.as_str() {
+    let outcome = if row.channel == Channel::Email.as_str() {
         send_email(&row).await
     } else {
         post(client, &row).await
@@ -128,11 +177,7 @@ async fn attempt(outbox: &Outbox, client: &DeliveryClient, row: Claimed) {
     let recorded = match &outcome {
         Outcome::Delivered(status) => {
             outbox.count(&row, Counted::Delivered);
-            if row.channel == TASK_CHANNEL {
-                tracing::debug!(id = row.id, handler = %row.receiver, attempt = row.attempts, "task done");
-            } else {
-                tracing::info!(id = row.id, receiver = %row.receiver, attempt = row.attempts, "notification delivered");
-            }
+            tracing::info!(id = row.id, receiver = %row.receiver, attempt = row.attempts, "notification delivered");
             outbox.delivered(&row, *status, latency).await
         }
         Outcome::Failed {

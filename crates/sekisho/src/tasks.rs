@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use sekisho_auth::audit::{Job, JobStore};
 use sekisho_auth::{Auth, AuthError};
-use sekisho_monitor::{Outbox, Task, TaskFailure, TaskRunner};
+use sekisho_monitor::{BatchRun, Outbox, Task, TaskFailure, TaskRunner};
 
 /// The handler name of the auth tasks (the rows' receiver).
 pub const AUTH_TASKS: &str = "auth";
@@ -62,17 +62,36 @@ impl TaskRunner for AuthRunner {
     ) -> Pin<Box<dyn Future<Output = Result<(), TaskFailure>> + Send + 'a>> {
         Box::pin(async move {
             let Some(auth) = self.0.upgrade() else {
-                return Err(TaskFailure {
-                    error: "authentication is stopping".to_owned(),
-                    permanent: false,
-                });
+                return Err(stopping());
             };
-            auth.apply_job(id, payload)
-                .await
-                .map_err(|error| TaskFailure {
-                    permanent: matches!(error, AuthError::BadRequest(_)),
-                    error: error.to_string(),
-                })
+            auth.apply_job(id, payload).await.map_err(failure)
         })
+    }
+
+    fn run_batch<'a>(&'a self, tasks: &'a [(i64, &'a str)]) -> BatchRun<'a> {
+        Box::pin(async move {
+            let Some(auth) = self.0.upgrade() else {
+                return tasks.iter().map(|_| Err(stopping())).collect();
+            };
+            auth.apply_jobs(tasks)
+                .await
+                .into_iter()
+                .map(|result| result.map_err(failure))
+                .collect()
+        })
+    }
+}
+
+fn failure(error: AuthError) -> TaskFailure {
+    TaskFailure {
+        permanent: matches!(error, AuthError::BadRequest(_)),
+        error: error.to_string(),
+    }
+}
+
+fn stopping() -> TaskFailure {
+    TaskFailure {
+        error: "authentication is stopping".to_owned(),
+        permanent: false,
     }
 }

@@ -212,6 +212,16 @@ async fn audit_events_still_queued_at_sigterm_reach_the_database_before_the_exit
     .await;
     assert_eq!(answer.status, 200);
     let bearer = format!("Bearer {}", answer.json()["access_token"].as_str().unwrap());
+    // One refusal before the lock: the session is then in the in-process cache.
+    let first = send(
+        &http,
+        "GET",
+        &gateway.url("/admin"),
+        &[("authorization", bearer.as_str())],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(first.status, 403);
 
     // Someone else holds the database's write lock: the audit queue cannot drain.
     let file = dir.path().join("data").join("sekisho.db");
@@ -257,7 +267,7 @@ async fn audit_events_still_queued_at_sigterm_reach_the_database_before_the_exit
             .fetch_one(database.pool())
             .await
             .unwrap();
-    assert_eq!(failures, 3, "{}", gateway.log());
+    assert_eq!(failures, 4, "{}", gateway.log());
     database.close().await;
     drop(origin);
 }
