@@ -67,13 +67,15 @@ pub async fn run_with(outbox: Outbox, clients: Clients) {
         }
         while in_flight.try_join_next().is_some() {}
         let room = concurrency.saturating_sub(in_flight.len());
-        // A claim is a write (on SQLite it takes the database's write lock even when it finds
-        // nothing): only when a row is due, which a read tells without a lock.
-        let due_now = match outbox.next_due().await {
-            Ok(Some(due)) => due <= now_millis(),
-            Ok(None) => false,
-            Err(_) => true,
-        };
+        // On SQLite a claim takes the database's write lock even when it finds nothing: there,
+        // claim only when a row is due, which a read tells without a lock. (On PostgreSQL a
+        // claim also takes rows whose claimer is gone before their due time: always claim.)
+        let due_now = outbox.database().dialect() == sekisho_db::Dialect::Postgres
+            || match outbox.next_due().await {
+                Ok(Some(due)) => due <= now_millis(),
+                Ok(None) => false,
+                Err(_) => true,
+            };
         let claimed = if room > 0 && due_now {
             match outbox.claim(room).await {
                 Ok(claimed) => claimed,
