@@ -212,16 +212,18 @@ async fn audit_events_still_queued_at_sigterm_reach_the_database_before_the_exit
     .await;
     assert_eq!(answer.status, 200);
     let bearer = format!("Bearer {}", answer.json()["access_token"].as_str().unwrap());
+    let admin_url = gateway.url("/admin");
+    let refusal = || {
+        send(
+            &http,
+            "GET",
+            &admin_url,
+            &[("authorization", bearer.as_str())],
+            bytes::Bytes::new(),
+        )
+    };
     // One refusal before the lock: the session is then in the in-process cache.
-    let first = send(
-        &http,
-        "GET",
-        &gateway.url("/admin"),
-        &[("authorization", bearer.as_str())],
-        bytes::Bytes::new(),
-    )
-    .await;
-    assert_eq!(first.status, 403);
+    assert_eq!(refusal().await.status, 403);
 
     // Someone else holds the database's write lock: the audit queue cannot drain.
     let file = dir.path().join("data").join("sekisho.db");
@@ -235,15 +237,7 @@ async fn audit_events_still_queued_at_sigterm_reach_the_database_before_the_exit
         .unwrap();
     // Refusals decided from the cached session (no database read), each an audit event.
     for _ in 0..3 {
-        let refused = send(
-            &http,
-            "GET",
-            &gateway.url("/admin"),
-            &[("authorization", bearer.as_str())],
-            bytes::Bytes::new(),
-        )
-        .await;
-        assert_eq!(refused.status, 403);
+        assert_eq!(refusal().await.status, 403);
     }
     gateway.signal("TERM");
     let draining = gateway.wait_for_log(
