@@ -213,15 +213,8 @@ async fn audit_events_still_queued_at_sigterm_reach_the_database_before_the_exit
     assert_eq!(answer.status, 200);
     let bearer = format!("Bearer {}", answer.json()["access_token"].as_str().unwrap());
     let admin_url = gateway.url("/admin");
-    let refusal = || {
-        send(
-            &http,
-            "GET",
-            &admin_url,
-            &[("authorization", bearer.as_str())],
-            bytes::Bytes::new(),
-        )
-    };
+    let headers = [("authorization", bearer.as_str())];
+    let refusal = || send(&http, "GET", &admin_url, &headers, bytes::Bytes::new());
     // One refusal before the lock: the session is then in the in-process cache.
     assert_eq!(refusal().await.status, 403);
 
