@@ -177,7 +177,9 @@ impl Http1Pool {
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: a new connection is rare on a warm pool, and its connect and handshake would
+        // otherwise make every request's future (and each one above it) larger.
+        let mut sender = Box::pin(self.connect()).await?;
         match sender.send_request(request).await {
             Ok(response) => Ok((response, self.lease(sender))),
             Err(error) => Err(CallError::Request(error.into())),
