@@ -92,12 +92,15 @@ mod tests {
 
     #[test]
     fn made_ids_are_hex_and_differ_across_batches() {
-        let ids: Vec<HeaderValue> = (0..IDS_PER_BATCH * 2 + 1).map(|_| new_request_id()).collect();
+        let ids: Vec<HeaderValue> = (0..IDS_PER_BATCH * 2 + 1)
+            .map(|_| new_request_id())
+            .collect();
         for id in &ids {
             assert_eq!(id.len(), ID_LEN);
             assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         }
-        let distinct: std::collections::HashSet<&[u8]> = ids.iter().map(HeaderValue::as_bytes).collect();
+        let distinct: std::collections::HashSet<&[u8]> =
+            ids.iter().map(HeaderValue::as_bytes).collect();
         assert_eq!(distinct.len(), ids.len());
     }
 }
