@@ -131,10 +131,15 @@ fn scan_head(mut flags: u8, bytes: &[u8]) -> u8 {
             // The empty line: the head ends here; what follows is the body.
             return flags | HEAD_COMPLETE;
         }
-        if starts_with_ignore_case(line, b"content-length:") {
-            flags |= SAW_CONTENT_LENGTH;
-        } else if starts_with_ignore_case(line, b"transfer-encoding:") {
-            flags |= SAW_TRANSFER_ENCODING;
+        // The first letter first: most lines start with neither name.
+        match line.first() {
+            Some(b'c' | b'C') if starts_with_ignore_case(line, b"content-length:") => {
+                flags |= SAW_CONTENT_LENGTH;
+            }
+            Some(b't' | b'T') if starts_with_ignore_case(line, b"transfer-encoding:") => {
+                flags |= SAW_TRANSFER_ENCODING;
+            }
+            _ => {}
         }
     }
     flags

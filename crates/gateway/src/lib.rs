@@ -41,6 +41,7 @@ mod store_link;
 mod sync;
 mod tls;
 mod upstream;
+mod woken;
 
 // The gateway's own faces (impl blocks of `Gateway`): reloading, and what the admin side reads.
 mod reload;

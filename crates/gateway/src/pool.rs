@@ -240,7 +240,9 @@ impl Http1Pool {
                 }
             }
             if let Some(slot) = self.slots.take() {
-                break self.connect(slot).await?;
+                // Boxed: a new connection is rare on a warm pool, and its connect and handshake
+                // would otherwise make every request's future (and each one above it) larger.
+                break Box::pin(self.connect(slot)).await?;
             }
             // As many connections open as the bound allows, all busy: wait for one to come
             // back or to close (the caller's deadline bounds the wait).

@@ -7,24 +7,28 @@
 //! stops accepting, asks every connection to finish its requests (hyper's graceful shutdown:
 //! HTTP/1 closes after the current response, HTTP/2 sends GOAWAY) and waits up to the drain
 //! timeout.
+//!
+//! A connection's task polls its watchdog and the drain signal only when they woke it
+//! ([`WokenOnly`]), not each time the connection's I/O does.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::connection::{watchdog, ConnIo, ConnState};
 use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
+use crate::woken::WokenOnly;
 
 /// The listen backlog of a listener bound with `reuse_port` (what `TcpListener::bind` uses).
 const LISTEN_BACKLOG: u32 = 1024;
@@ -105,7 +109,8 @@ pub(crate) async fn serve(
     max_connections: usize,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Each connection holds a receiver until it ends: the drain is over when none is left.
+    let (drain, _) = watch::channel(());
     let permits = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     'accepting: loop {
@@ -138,7 +143,7 @@ pub(crate) async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = Arc::clone(&shared);
-        let watcher = graceful.watcher();
+        let watcher = drain.subscribe();
         tokio::spawn(async move {
             serve_connection(shared, stream, remote, watcher).await;
             drop(permit);
@@ -146,9 +151,13 @@ pub(crate) async fn serve(
     }
     drop(listener);
     shared.set_draining();
-    let drain = shared.runtime.load().config.server.drain_timeout.0;
-    tracing::info!(drain_timeout = ?drain, "stopped accepting; draining connections");
-    match tokio::time::timeout(drain, graceful.shutdown()).await {
+    let drain_timeout = shared.runtime.load().config.server.drain_timeout.0;
+    tracing::info!(?drain_timeout, "stopped accepting; draining connections");
+    let connections_done = async {
+        let _ = drain.send(());
+        drain.closed().await;
+    };
+    match tokio::time::timeout(drain_timeout, connections_done).await {
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("drain timeout passed with connections still open"),
     }
@@ -158,7 +167,7 @@ async fn serve_connection(
     shared: Arc<GatewayState>,
     stream: TcpStream,
     remote: SocketAddr,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: watch::Receiver<()>,
 ) {
     let runtime = shared.runtime.load_full();
     let settings = runtime.listener.clone();
@@ -201,7 +210,7 @@ async fn drive<I>(
     state: Arc<ConnState>,
     client: Arc<ClientInfo>,
     settings: ListenerSettings,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: watch::Receiver<()>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -220,14 +229,40 @@ async fn drive<I>(
             Ok::<_, std::convert::Infallible>(response)
         }
     });
-    let connection = watcher.watch(builder.serve_connection(io, service).into_owned());
-    tokio::select! {
-        result = connection => {
-            if let Err(error) = result {
-                tracing::debug!(%error, %remote, "connection ended with an error");
+    let connection = builder.serve_connection(io, service).into_owned();
+    tokio::pin!(connection);
+    let mut watchdog = WokenOnly::new(Box::pin(watchdog(
+        state,
+        settings.idle_timeout,
+        settings.header_read_timeout,
+    )));
+    let mut drain_signal = Some(WokenOnly::new(Box::pin(async move {
+        let mut watcher = watcher;
+        let _ = watcher.changed().await;
+        watcher
+    })));
+    // Kept until the connection ends, so that the drain waits for it.
+    let mut _draining = None;
+    let ended = std::future::poll_fn(|cx| {
+        if let Some(signal) = drain_signal.as_mut() {
+            if let Poll::Ready(watcher) = signal.poll_if_woken(cx) {
+                drain_signal = None;
+                _draining = Some(watcher);
+                connection.as_mut().graceful_shutdown();
             }
         }
-        () = watchdog(state, settings.idle_timeout, settings.header_read_timeout) => {
+        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            return Poll::Ready(Some(result));
+        }
+        watchdog.poll_if_woken(cx).map(|()| None)
+    })
+    .await;
+    match ended {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
+            tracing::debug!(%error, %remote, "connection ended with an error");
+        }
+        None => {
             tracing::debug!(%remote, "connection closed by the idle or header-read deadline");
         }
     }

@@ -14,6 +14,7 @@ use std::path::Path;
 const ORDER: &[&str] = &[
     // Leaves: import nothing of the gateway.
     "sync",
+    "woken",
     "clock",
     "lag",
     "build_error",

@@ -28,6 +28,12 @@ use crate::runtime::Runtime;
 /// The steps of one request, in order: head checks, the server's rate limit, the route, its body
 /// limit and rate limit, the cache, adaptive concurrency; then the call to the upstream
 /// ([`call_upstream`]), the cache's fill, and the static fallback.
+///
+/// The larger steps' futures (the call, the auth endpoints and requirement, the cache's
+/// look-up and fill) are boxed where they are awaited: unboxed, this future would be as large
+/// as the largest of them, on every request, and be copied whole into each future above it
+/// (`handle`, the connection's service, hyper's dispatcher) as each is made. A box is one
+/// allocation, and only on the paths that take the step.
 pub(super) async fn run(
     runtime: &Runtime,
     auth: Option<&Auth>,
@@ -60,14 +66,14 @@ pub(super) async fn run(
                     .client_ip(exchange.client.remote.ip(), &parts.headers)
             });
             let began = Instant::now();
-            let answer = auth_step::serve(
+            let answer = Box::pin(auth_step::serve(
                 auth,
                 endpoint,
                 &parts,
                 body,
                 ip,
                 runtime.listener.header_read_timeout,
-            )
+            ))
             .await;
             exchange.record.auth = Some((endpoint.operation(), Some(began.elapsed())));
             return answer;
@@ -111,7 +117,7 @@ pub(super) async fn run(
         };
         let peer = exchange.client.remote.ip();
         let mut took = None;
-        let checked = auth_step::require(
+        let checked = Box::pin(auth_step::require(
             auth,
             requirement,
             &route.name,
@@ -119,7 +125,7 @@ pub(super) async fn run(
             |headers| runtime.trusted_proxies.client_ip(peer, headers),
             started,
             &mut took,
-        )
+        ))
         .await;
         exchange.record.auth = Some(("validate", took));
         identity = Some(checked?);
@@ -141,7 +147,7 @@ pub(super) async fn run(
     let deadline = started + route.timeout;
     let mut fetch = None;
     if let Some(cache) = &route.cache {
-        match cache.lookup(&mut parts, deadline).await {
+        match Box::pin(cache.lookup(&mut parts, deadline)).await {
             Lookup::Pass(status) => exchange.record.cache_status = Some(status),
             Lookup::Hit(response, status) => {
                 exchange.record.cache_status = Some(status);
@@ -170,10 +176,10 @@ pub(super) async fn run(
             }
         }
     }
-    let result = call_upstream(exchange, &route, parts, Some(body)).await;
+    let result = Box::pin(call_upstream(exchange, &route, parts, Some(body))).await;
     let result = match fetch {
         Some(fetch) => {
-            let (result, status) = fetch.finish(result).await;
+            let (result, status) = Box::pin(fetch.finish(result)).await;
             exchange.record.cache_status = Some(status);
             result
         }
