@@ -30,6 +30,8 @@ pub(crate) struct ListenerSettings {
     pub access_log: bool,
     /// Request line plus headers, at most.
     pub max_header_bytes: u64,
+    /// Header fields in a request head, at most.
+    pub max_header_count: u32,
     /// Slowloris guard.
     pub header_read_timeout: Duration,
     /// Keep-alive idle limit.
@@ -171,6 +173,7 @@ impl Runtime {
             listener: ListenerSettings {
                 access_log: server.access_log,
                 max_header_bytes: server.max_header_bytes.0,
+                max_header_count: server.max_header_count.get(),
                 header_read_timeout: server.header_read_timeout.get(),
                 idle_timeout: server.idle_timeout.get(),
             },

@@ -91,8 +91,16 @@ fn connection_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecuto
         .timer(TokioTimer::new())
         .header_read_timeout(None)
         .keep_alive(true)
-        .max_headers(256)
         .max_buf_size(hard_limit.max(8192));
+    // Beyond the count hyper refuses the head (431, which `ConnIo` turns into the contract's
+    // JSON). Its own default is left alone when asked for: any explicit count makes hyper build
+    // its two header arrays element by element on every request (on the heap above 100),
+    // ≈ 3,000 instructions and two allocations at 256 (benchmarks.md, session 8).
+    if settings.max_header_count != sekisho_config::DEFAULT_MAX_HEADER_COUNT {
+        builder
+            .http1()
+            .max_headers(settings.max_header_count as usize);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -678,3 +678,62 @@ async fn a_body_that_stalls_is_cut_at_the_route_deadline() {
     );
     gw.stop().await;
 }
+
+/// A request head with `count` header fields besides Host.
+fn head_with_fields(count: usize) -> Vec<u8> {
+    let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
+    for n in 0..count {
+        head.push_str(&format!("X-Field-{n}: {n}\r\n"));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    head.into_bytes()
+}
+
+/// An upstream that answers 200 to any head, however many fields it has (hyper's own servers
+/// stop at 100).
+async fn any_head_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => head.extend_from_slice(&chunk[..read]),
+                    }
+                }
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_fields_beyond_max_header_count_are_refused_with_431() {
+    let target = any_head_upstream().await;
+    // The default: 100 fields in all.
+    let gw = gateway(&one_route("", target, "")).await;
+    let answer = raw_exchange(gw.address, &head_with_fields(97), Duration::from_secs(10));
+    assert_eq!(raw_status(&answer), Some(200), "{answer}");
+    let answer = raw_exchange(gw.address, &head_with_fields(120), Duration::from_secs(10));
+    assert_eq!(raw_status(&answer), Some(431), "{answer}");
+    assert!(raw_body(&answer).contains("HEADERS_TOO_LARGE"), "{answer}");
+    gw.stop().await;
+    // A larger count, asked for.
+    let gw = gateway(&one_route("max_header_count = 200", target, "")).await;
+    let answer = raw_exchange(gw.address, &head_with_fields(150), Duration::from_secs(10));
+    assert_eq!(raw_status(&answer), Some(200), "{answer}");
+    let answer = raw_exchange(gw.address, &head_with_fields(210), Duration::from_secs(10));
+    assert_eq!(raw_status(&answer), Some(431), "{answer}");
+    assert!(raw_body(&answer).contains("HEADERS_TOO_LARGE"), "{answer}");
+    gw.stop().await;
+}

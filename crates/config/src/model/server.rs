@@ -21,6 +21,11 @@ pub struct Server {
     /// Request line plus headers, at most this many bytes; beyond: 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: Bytes,
+    /// Header fields in a request head, at most (extension); beyond: 431. The default, 100, is
+    /// HAProxy's and Envoy's order of magnitude and hyper's own, which it keeps on the stack;
+    /// a larger count costs every request two header arrays on the heap.
+    #[serde(default = "default_max_header_count")]
+    pub max_header_count: Positive,
     /// Request body, at most this many bytes; beyond: 413 (a route may set its own).
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: Bytes,
@@ -179,6 +184,13 @@ fn default_idle_timeout() -> NonZeroDuration {
 fn default_drain_timeout() -> ConfigDuration {
     ConfigDuration::from_millis(30_000)
 }
+fn default_max_header_count() -> Positive {
+    Positive(DEFAULT_MAX_HEADER_COUNT)
+}
+
+/// The default `server.max_header_count` (hyper's own default).
+pub const DEFAULT_MAX_HEADER_COUNT: u32 = 100;
+
 fn default_max_connections() -> Positive {
     Positive(10_000)
 }
