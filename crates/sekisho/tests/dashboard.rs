@@ -13,6 +13,9 @@
 //! keeps the page open S more seconds under traffic and reports its heap and DOM size.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use common::free_port;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,15 +59,6 @@ fn browser() -> Result<(String, PathBuf), String> {
 fn required() -> bool {
     let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0");
     set("SEKISHO_REQUIRE_BROWSER") || set("CI")
-}
-
-/// A loopback port free now (bound and released), so a restarted gateway can take it again.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -16,12 +16,18 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sekisho"))
 }
 
+/// A loopback port free now, for a process that must be told its port in advance (the demo's
+/// fixed addresses, a restart on the same port). Chosen below the kernel's ephemeral range
+/// (32768–60999 here): a port the kernel handed out and took back can be given at once to any
+/// outgoing connection of a test running beside this one, and the process told to bind it then
+/// fails with "Address already in use".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    loop {
+        let port = fastrand::u16(20_000..32_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The example config with every address on a free port: the text, and each example port's
