@@ -104,30 +104,7 @@ impl Job {
     /// Applies it to `directory`; `task` is the id of the stored task it came from, so that an
     /// audit row applied twice (a worker killed between the write and its record) is one row.
     pub async fn apply(&self, directory: &Directory, task: Option<i64>) -> Result<(), AuthError> {
-        match self {
-            Self::Audit {
-                at,
-                event,
-                username,
-                client_ip,
-                detail,
-            } => {
-                directory
-                    .audit(
-                        *at,
-                        event,
-                        username.as_deref(),
-                        client_ip.as_deref(),
-                        detail.as_deref(),
-                        task,
-                    )
-                    .await
-            }
-            Self::LastLogin { user_id, at } => directory.set_last_login(*user_id, *at).await,
-            Self::LockedUntil { username, until } => {
-                directory.set_locked_until(username, *until).await
-            }
-        }
+        apply_in_one(directory, &[(task, self.clone())]).await
     }
 }
 
@@ -138,15 +115,14 @@ pub async fn apply_all(
     directory: &Directory,
     jobs: &[(Option<i64>, Job)],
 ) -> Vec<Result<(), AuthError>> {
-    if jobs.len() > 1 {
-        match apply_in_one(directory, jobs).await {
-            Ok(()) => return jobs.iter().map(|_| Ok(())).collect(),
-            Err(error) => tracing::debug!(%error, "a batch of auth jobs failed; one by one"),
-        }
+    match apply_in_one(directory, jobs).await {
+        Ok(()) => return jobs.iter().map(|_| Ok(())).collect(),
+        Err(error) if jobs.len() == 1 => return vec![Err(error)],
+        Err(error) => tracing::debug!(%error, "a batch of auth jobs failed; one by one"),
     }
     let mut results = Vec::with_capacity(jobs.len());
-    for (task, job) in jobs {
-        results.push(job.apply(directory, *task).await);
+    for job in jobs {
+        results.push(apply_in_one(directory, std::slice::from_ref(job)).await);
     }
     results
 }
@@ -211,7 +187,7 @@ async fn apply_in_one(directory: &Directory, jobs: &[(Option<i64>, Job)]) -> Res
                     .await?;
             }
             Job::LockedUntil { username, until } => {
-                sqlx::query("UPDATE users SET locked_until = $1 WHERE username = $2")
+                sqlx::query(crate::users::SET_LOCKED_UNTIL)
                     .bind(*until)
                     .bind(username.as_str())
                     .execute(&mut *transaction)

@@ -7,6 +7,10 @@ use serde::Serialize;
 
 use crate::AuthError;
 
+/// An account's lockout end (NULL: unlocked); the operator's unlock and the lockout jobs
+/// (`audit.rs`) both write it with this.
+pub(crate) const SET_LOCKED_UNTIL: &str = "UPDATE users SET locked_until = $1 WHERE username = $2";
+
 /// A user as a request sees it: who, and what it may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Identity {
@@ -340,19 +344,9 @@ impl Directory {
         username: &str,
         until: Option<i64>,
     ) -> Result<(), AuthError> {
-        sqlx::query("UPDATE users SET locked_until = $1 WHERE username = $2")
+        sqlx::query(SET_LOCKED_UNTIL)
             .bind(until)
             .bind(username)
-            .execute(self.db.pool())
-            .await?;
-        Ok(())
-    }
-
-    /// Records a login of user `id` at `at`.
-    pub async fn set_last_login(&self, id: i64, at: i64) -> Result<(), AuthError> {
-        sqlx::query("UPDATE users SET last_login_at = $1 WHERE id = $2")
-            .bind(at)
-            .bind(id)
             .execute(self.db.pool())
             .await?;
         Ok(())
@@ -455,33 +449,6 @@ impl Directory {
             permissions.dedup();
         }
         Ok(definitions)
-    }
-
-    /// Appends one event to the audit log.
-    pub async fn audit(
-        &self,
-        at: i64,
-        event: &str,
-        username: Option<&str>,
-        client_ip: Option<&str>,
-        detail: Option<&str>,
-        task: Option<i64>,
-    ) -> Result<(), AuthError> {
-        // A task applied twice (its worker killed between this write and the task's record)
-        // makes one row: `task_id` is unique (migration 8).
-        sqlx::query(
-            "INSERT INTO audit_log (at, event, username, client_ip, detail, task_id) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (task_id) DO NOTHING",
-        )
-        .bind(at)
-        .bind(event)
-        .bind(username)
-        .bind(client_ip)
-        .bind(detail)
-        .bind(task)
-        .execute(self.db.pool())
-        .await?;
-        Ok(())
     }
 
     /// The newest `limit` audit events: (at, event, username).
