@@ -344,7 +344,7 @@ impl Outbox {
     pub async fn delivered(
         &self,
         claimed: &Claimed,
-        status: Option<u16>,
+        status: u16,
         latency: Duration,
     ) -> Result<(), DbError> {
         let now = now_millis();
@@ -353,7 +353,7 @@ impl Outbox {
              last_status = $2, last_latency_ms = $3, claimed_by = NULL WHERE id = $4",
         )
         .bind(now)
-        .bind(status.map(i64::from))
+        .bind(i64::from(status))
         .bind(millis(latency))
         .bind(claimed.id)
         .execute(self.database.pool())

@@ -29,8 +29,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// What one attempt came to.
 #[derive(Debug)]
 enum Outcome {
-    /// Done; the receiver's status, when there is one (a task has none).
-    Delivered(Option<u16>),
+    Delivered(u16),
     Failed {
         error: String,
         status: Option<u16>,
@@ -223,7 +222,7 @@ async fn send_email(row: &Claimed) -> Outcome {
         }
     };
     match email.send(CALL_TIMEOUT).await {
-        Ok(()) => Outcome::Delivered(Some(250)),
+        Ok(()) => Outcome::Delivered(250),
         Err(failure) => Outcome::Failed {
             error: failure.error,
             status: None,
@@ -248,7 +247,7 @@ async fn post(client: &DeliveryClient, row: &Claimed) -> Outcome {
     };
     match tokio::time::timeout(CALL_TIMEOUT, client.request(request)).await {
         Ok(Ok(response)) if response.status().is_success() => {
-            Outcome::Delivered(Some(response.status().as_u16()))
+            Outcome::Delivered(response.status().as_u16())
         }
         Ok(Ok(response)) => failed(
             format!("answered {}", response.status()),
