@@ -31,8 +31,10 @@ pub use crate::channels::shown_url;
 use crate::run::Delivery;
 
 mod log;
+mod tasks;
 use crate::tasks::Runners;
 pub use log::LoggedNotification;
+pub(crate) use tasks::run as run_tasks;
 
 /// How long a claimed row is left to its worker before another may take it: well past a
 /// call's own time limit.

@@ -132,7 +132,7 @@ pub async fn run_with(outbox: Outbox, clients: Clients) {
 async fn attempt_tasks(outbox: &Outbox, handler: &str, rows: Vec<Claimed>) {
     let started = Instant::now();
     let batch: Vec<(i64, &str)> = rows.iter().map(|r| (r.id, r.payload.as_str())).collect();
-    let results = crate::tasks::run(outbox, handler, &batch).await;
+    let results = crate::outbox::run_tasks(outbox, handler, &batch).await;
     let latency = started.elapsed();
     let mut done = Vec::with_capacity(rows.len());
     for (row, result) in rows.iter().zip(results) {
