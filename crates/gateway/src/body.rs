@@ -52,6 +52,48 @@ impl fmt::Debug for Held {
     }
 }
 
+/// The client's request body as the gateway's steps see it: hyper's, or none at all (a request
+/// the owned HTTP/1.1 path read, which takes only bodiless ones — `h1`).
+#[derive(Debug)]
+pub(crate) struct ClientBody(Option<Incoming>);
+
+impl ClientBody {
+    /// A body hyper reads.
+    pub(crate) fn hyper(inner: Incoming) -> Self {
+        Self(Some(inner))
+    }
+
+    /// No body.
+    pub(crate) fn empty() -> Self {
+        Self(None)
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().0 {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Incoming::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+    }
+}
+
 /// Errors travel boxed between layers.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -91,9 +133,9 @@ enum Source {
     /// A body read whole beforehand so that it can be sent again (retries).
     Buffered(Option<Bytes>),
     /// Not read yet: still in the claim.
-    Waiting(Arc<Mutex<Option<Incoming>>>, SizeHint),
+    Waiting(Arc<Mutex<Option<ClientBody>>>, SizeHint),
     /// Being read.
-    Reading(Incoming),
+    Reading(ClientBody),
 }
 
 /// The proxy's hold on a request body that the upstream client has not read yet.
@@ -104,7 +146,7 @@ pub(crate) struct BodyClaim {
 
 enum Claim {
     Empty,
-    Waiting(Arc<Mutex<Option<Incoming>>>),
+    Waiting(Arc<Mutex<Option<ClientBody>>>),
     Buffered(Bytes),
 }
 
@@ -155,7 +197,7 @@ impl fmt::Debug for BodyClaim {
 impl RequestBody {
     /// Wraps `inner`, allowing at most `limit` bytes through; the claim can take it back until
     /// it is first read.
-    pub(crate) fn new(inner: Incoming, limit: u64) -> (Self, BodyClaim) {
+    pub(crate) fn new(inner: ClientBody, limit: u64) -> (Self, BodyClaim) {
         if inner.is_end_stream() {
             return (
                 Self::empty(limit),
@@ -181,7 +223,10 @@ impl RequestBody {
     }
 
     /// Reads `inner` whole (at most `limit` bytes) so that it can be sent more than once.
-    pub(crate) async fn buffer(inner: Incoming, limit: u64) -> Result<(Self, BodyClaim), BoxError> {
+    pub(crate) async fn buffer(
+        inner: ClientBody,
+        limit: u64,
+    ) -> Result<(Self, BodyClaim), BoxError> {
         use http_body_util::BodyExt;
         let limited =
             http_body_util::Limited::new(inner, usize::try_from(limit).unwrap_or(usize::MAX));

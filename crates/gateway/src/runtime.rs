@@ -36,6 +36,8 @@ pub(crate) struct ListenerSettings {
     pub header_read_timeout: Duration,
     /// Keep-alive idle limit.
     pub idle_timeout: Duration,
+    /// HTTP/1.1's common exchanges on the owned codec (`h1`).
+    pub owned_http1: bool,
 }
 
 /// A compiled config generation.
@@ -174,6 +176,7 @@ impl Runtime {
                 access_log: server.access_log,
                 max_header_bytes: server.max_header_bytes.0,
                 max_header_count: server.max_header_count.get(),
+                owned_http1: server.owned_http1,
                 header_read_timeout: server.header_read_timeout.get(),
                 idle_timeout: server.idle_timeout.get(),
             },

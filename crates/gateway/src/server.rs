@@ -15,20 +15,15 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::connection::{watchdog, ConnIo, ConnState};
-use crate::proxy::{handle, ClientInfo};
-use crate::runtime::ListenerSettings;
+use crate::connection::{ConnIo, ConnState};
+use crate::h1::{self, Conn};
+use crate::proxy::ClientInfo;
 use crate::state::GatewayState;
-use crate::woken::WokenOnly;
 
 /// The listen backlog of a listener bound with `reuse_port` (what `TcpListener::bind` uses).
 const LISTEN_BACKLOG: u32 = 1024;
@@ -77,38 +72,6 @@ impl TrafficListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
-}
-
-fn connection_builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper's limit is a hard backstop above ours: the gateway itself answers 431 with JSON for
-    // heads between `max_header_bytes` and this.
-    let hard_limit = (settings.max_header_bytes as usize)
-        .saturating_mul(2)
-        .max(16 * 1024);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .max_buf_size(hard_limit.max(8192));
-    // Beyond the count hyper refuses the head (431, which `ConnIo` turns into the contract's
-    // JSON). Its own default is left alone when asked for: any explicit count makes hyper build
-    // its two header arrays element by element on every request (on the heap above 100),
-    // ≈ 3,000 instructions and two allocations at 256 (benchmarks.md, session 8).
-    if settings.max_header_count != sekisho_config::DEFAULT_MAX_HEADER_COUNT {
-        builder
-            .http1()
-            .max_headers(settings.max_header_count as usize);
-    }
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(hard_limit as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
 }
 
 pub(crate) async fn serve(
@@ -179,13 +142,21 @@ async fn serve_connection(
 ) {
     let runtime = shared.runtime.load_full();
     let settings = runtime.listener.clone();
-    let builder = connection_builder(&settings);
+    let owned = settings.owned_http1;
     match runtime.tls.clone() {
         None => {
             let state = ConnState::new(Arc::clone(&shared.metrics), false);
-            let io = TokioIo::new(ConnIo::new(stream, Arc::clone(&state)));
+            let io = ConnIo::new(stream, Arc::clone(&state));
             let client = Arc::new(ClientInfo::new(remote, false));
-            drive(shared, builder, io, state, client, settings, watcher).await;
+            let conn = Conn {
+                shared,
+                io,
+                state,
+                client,
+                settings,
+                watcher,
+            };
+            h1::serve(conn, owned).await;
         }
         Some(acceptor) => {
             let handshake =
@@ -203,75 +174,17 @@ async fn serve_connection(
             };
             let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
-            let io = TokioIo::new(ConnIo::new(tls_stream, Arc::clone(&state)));
+            let io = ConnIo::new(tls_stream, Arc::clone(&state));
             let client = Arc::new(ClientInfo::new(remote, true));
-            drive(shared, builder, io, state, client, settings, watcher).await;
-        }
-    }
-}
-
-/// Serves one connection's requests until it ends, is closed by its watchdog, or drains.
-async fn drive<I>(
-    shared: Arc<GatewayState>,
-    builder: auto::Builder<TokioExecutor>,
-    io: TokioIo<I>,
-    state: Arc<ConnState>,
-    client: Arc<ClientInfo>,
-    settings: ListenerSettings,
-    watcher: watch::Receiver<()>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let remote = client.remote;
-    let service_state = Arc::clone(&state);
-    let service = service_fn(move |request| {
-        let shared = Arc::clone(&shared);
-        let client = Arc::clone(&client);
-        let guard = service_state.request_started();
-        let ambiguous_length = guard.ambiguous_length();
-        // Not boxed: hyper's HTTP/1 dispatcher keeps the request future in a box of its own,
-        // made once per connection (a box here cost an allocation per request).
-        async move {
-            let mut response = handle(&shared, client, request, ambiguous_length).await;
-            response.body_mut().hold(guard.into_held());
-            Ok::<_, std::convert::Infallible>(response)
-        }
-    });
-    let connection = builder.serve_connection(io, service).into_owned();
-    tokio::pin!(connection);
-    let mut watchdog = WokenOnly::new(Box::pin(watchdog(
-        state,
-        settings.idle_timeout,
-        settings.header_read_timeout,
-    )));
-    let mut drain_signal = Some(WokenOnly::new(Box::pin(async move {
-        let mut watcher = watcher;
-        let _ = watcher.changed().await;
-        watcher
-    })));
-    // Kept until the connection ends, so that the drain waits for it.
-    let mut _draining = None;
-    let ended = std::future::poll_fn(|cx| {
-        if let Some(signal) = drain_signal.as_mut() {
-            if let Poll::Ready(watcher) = signal.poll_if_woken(cx) {
-                drain_signal = None;
-                _draining = Some(watcher);
-                connection.as_mut().graceful_shutdown();
-            }
-        }
-        if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-            return Poll::Ready(Some(result));
-        }
-        watchdog.poll_if_woken(cx).map(|()| None)
-    })
-    .await;
-    match ended {
-        Some(Ok(())) => {}
-        Some(Err(error)) => {
-            tracing::debug!(%error, %remote, "connection ended with an error");
-        }
-        None => {
-            tracing::debug!(%remote, "connection closed by the idle or header-read deadline");
+            let conn = Conn {
+                shared,
+                io,
+                state,
+                client,
+                settings,
+                watcher,
+            };
+            h1::serve(conn, owned && !is_h2).await;
         }
     }
 }

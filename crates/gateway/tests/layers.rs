@@ -15,6 +15,7 @@ const ORDER: &[&str] = &[
     // Leaves: import nothing of the gateway.
     "sync",
     "woken",
+    "interim",
     "clock",
     "lag",
     "build_error",
@@ -42,6 +43,7 @@ const ORDER: &[&str] = &[
     // The request path.
     "connection",
     "proxy",
+    "h1",
     "server",
     // The gateway's faces (impl blocks of lib.rs's `Gateway`).
     "reload",

@@ -47,6 +47,13 @@ pub struct Server {
     /// core. Default false: a second process on the address fails to start.
     #[serde(default)]
     pub reuse_port: bool,
+    /// Serve the common HTTP/1.1 exchanges (bodiless requests) with sekisho's own codec
+    /// (extension; decision 0019): fewer instructions per request, no buffer held by an idle
+    /// connection, and the upstream's interim (1xx) answers passed through. Anything else on a
+    /// connection — bodies, upgrades, HTTP/1.0, unusual heads — is served by hyper as before.
+    /// false: hyper serves every exchange.
+    #[serde(default = "default_true")]
+    pub owned_http1: bool,
     /// HTTPS on this listener (h2 by ALPN).
     #[serde(default)]
     #[schemars(with = "Option<Tls>")]

@@ -13,6 +13,7 @@ use super::context::{ClientInfo, Record};
 use super::forwarding::{downstream_head, request_key};
 use crate::body::{BodyClaim, Held, RequestBody, ResponseBody};
 use crate::edge::GatewayError;
+use crate::interim::InterimSink;
 use crate::lag::SchedulingLag;
 use crate::pool::{CallError, Lease};
 use crate::retry::{AttemptFailure, FailedAttempt, RetryPolicy};
@@ -39,6 +40,8 @@ pub(super) struct Call<'a> {
     pub(super) own_delay: Duration,
     /// Its probe, read again when the call ends.
     pub(super) lag: &'a SchedulingLag,
+    /// Where the upstream's interim (1xx) answers go, when the client connection takes them.
+    pub(super) interim: Option<&'a InterimSink>,
 }
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
@@ -148,6 +151,7 @@ impl Call<'_> {
             resendable,
             own_delay,
             lag,
+            interim,
         } = *self;
         let Admitted { mut circuit, slot } = admitted;
         parts.version = match upstream.protocol {
@@ -199,7 +203,11 @@ impl Call<'_> {
             head.uri = Uri::from(path_and_query.clone());
             let in_flight = upstream.begin(target_index);
             record.sent = Some(now);
-            let sent = target.conn.send(Request::from_parts(head, body), now);
+            let mut request = Request::from_parts(head, body);
+            if let Some(sink) = interim {
+                sink.attach(&mut request);
+            }
+            let sent = target.conn.send(request, now);
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))

@@ -16,12 +16,11 @@ use http::header::{
 };
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use sekisho_auth::{Auth, Identity};
 use sekisho_config::RouteAuth;
 use tokio::time::Instant;
 
-use crate::body::ResponseBody;
+use crate::body::{ClientBody, ResponseBody};
 use crate::edge::GatewayError;
 
 /// The identity headers the upstream receives (and no client may send).
@@ -238,7 +237,7 @@ pub(super) async fn serve(
     auth: &Auth,
     endpoint: Endpoint,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: ClientBody,
     client_ip: IpAddr,
     body_timeout: Duration,
 ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -289,7 +288,7 @@ pub(super) async fn serve(
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(
-    body: Incoming,
+    body: ClientBody,
     timeout: Duration,
 ) -> Result<T, GatewayError> {
     let collected = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY).collect())

@@ -5,16 +5,16 @@
 use std::sync::Arc;
 
 use http::Response;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::admission::Admitted;
 use super::attempt::Call;
 use super::context::Exchange;
 use super::forwarding::{content_length, upstream_request};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::edge::GatewayError;
 use crate::fallback::FallbackKind;
+use crate::interim::InterimSink;
 use crate::router::CompiledRoute;
 
 /// The call to the route's upstream: admission, the request rewritten for the upstream, the
@@ -24,7 +24,7 @@ pub(super) async fn call_upstream(
     exchange: &mut Exchange,
     route: &Arc<CompiledRoute>,
     mut parts: http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<ClientBody>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let started = exchange.started;
     let upstream = &route.upstream;
@@ -33,6 +33,8 @@ pub(super) async fn call_upstream(
         Err(error) if route.fallback.is_none() => return Err(error),
         Err(error) => Err(error),
     };
+    // Taken before the head is rewritten (which drops the client request's extensions).
+    let interim = parts.extensions.remove::<InterimSink>();
     let path_and_query = upstream_request(
         route,
         &mut parts,
@@ -88,6 +90,7 @@ pub(super) async fn call_upstream(
         resendable: method_resendable && claim.replayable(),
         own_delay: exchange.own_delay,
         lag: &exchange.lag,
+        interim: interim.as_ref(),
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();

@@ -29,10 +29,9 @@ mod forwarding;
 mod steps;
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::ResponseBody;
+use crate::body::{ClientBody, ResponseBody};
 use crate::edge::{error_response, GatewayError};
 use crate::ratelimit;
 use crate::request_id::{request_id_of, X_REQUEST_ID};
@@ -46,7 +45,7 @@ use context::Exchange;
 pub(crate) async fn handle(
     shared: &GatewayState,
     client: std::sync::Arc<ClientInfo>,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
     ambiguous_length: bool,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
@@ -143,8 +142,8 @@ mod tests {
     use std::future::Future;
     use std::sync::Arc;
 
+    use crate::body::ClientBody;
     use http::Request;
-    use hyper::body::Incoming;
 
     use super::*;
     use crate::router::CompiledRoute;
@@ -164,7 +163,7 @@ mod tests {
             |(shared, client, request, ambiguous): (
                 &'static GatewayState,
                 Arc<ClientInfo>,
-                Request<Incoming>,
+                Request<ClientBody>,
                 bool,
             )| super::handle(shared, client, request, ambiguous),
         );
@@ -173,7 +172,7 @@ mod tests {
                 &'static crate::runtime::Runtime,
                 Option<&'static sekisho_auth::Auth>,
                 &'static mut Exchange,
-                Request<Incoming>,
+                Request<ClientBody>,
             )| steps::run(runtime, auth, exchange, request),
         );
         let call = future_size(
@@ -181,7 +180,7 @@ mod tests {
                 &'static mut Exchange,
                 &'static Arc<CompiledRoute>,
                 http::request::Parts,
-                Option<Incoming>,
+                Option<ClientBody>,
             )| call::call_upstream(exchange, route, parts, body),
         );
         assert!(handle < call, "handle {handle} bytes, the call {call}");

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use http::header::{self, HeaderMap};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
 use sekisho_policy::concurrency::{Permit as ConcurrencyPermit, Sample};
 use tokio::time::Instant;
 
@@ -17,7 +16,7 @@ use super::auth as auth_step;
 use super::call::call_upstream;
 use super::context::{ClientInfo, Exchange, Record};
 use super::forwarding::{content_length, host_of, host_text, strip_port};
-use crate::body::ResponseBody;
+use crate::body::{ClientBody, ResponseBody};
 use crate::cache::{Fetch, Lookup};
 use crate::edge::GatewayError;
 use crate::fallback::FallbackKind;
@@ -38,7 +37,7 @@ pub(super) async fn run(
     runtime: &Runtime,
     auth: Option<&Auth>,
     exchange: &mut Exchange,
-    request: Request<Incoming>,
+    request: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let started = exchange.started;
     let (mut parts, body) = request.into_parts();

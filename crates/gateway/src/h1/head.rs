@@ -1,0 +1,241 @@
+//! A request head read by the owned HTTP/1.1 path: parsed with `httparse` (the parser hyper
+//! itself uses) and made into an `http::Request` whose header values are slices of the bytes
+//! read, not copies — or left to hyper.
+//!
+//! The owned path takes only the common case and gives everything else to hyper unread, so
+//! that every refusal, limit and smuggling defence stays hyper's and the gateway's as before:
+//! HTTP/1.1 only; no body (no `Transfer-Encoding`, `Content-Length` absent or `0`); no
+//! `Expect`, no upgrade, no `CONNECT`; an origin-form target of RFC 3986's characters; exactly
+//! one `Host`; at most `max_header_count` fields (and 100). A head it takes, hyper would take
+//! too and read the same way (`tests/h1_differential.rs` feeds both the same heads).
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Uri, Version};
+
+/// Header fields of a head the owned path parses at most (hyper's own default count).
+pub(crate) const MAX_FIELDS: usize = 100;
+
+/// The bytes of an origin-form target the owned path takes (RFC 3986: unreserved, sub-delims,
+/// `:@/?%`); anything else goes to hyper.
+const TARGET_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let allowed = b"-._~!$&'()*+,;=:@/?%";
+    let mut index = 0;
+    while index < allowed.len() {
+        table[allowed[index] as usize] = true;
+        index += 1;
+    }
+    let mut byte = 0;
+    while byte < 256 {
+        if (byte as u8).is_ascii_alphanumeric() {
+            table[byte] = true;
+        }
+        byte += 1;
+    }
+    table
+};
+
+/// What the start of a connection's buffer holds.
+#[derive(Debug)]
+pub(crate) enum Parsed {
+    /// Not a whole head yet.
+    Partial,
+    /// Not the common case: hyper reads it.
+    HandOff,
+    /// A head the owned path serves.
+    Head(Head),
+}
+
+/// A parsed head, as positions in the buffer it was read from.
+#[derive(Debug)]
+pub(crate) struct Head {
+    /// Bytes of the head, final empty line included.
+    pub len: usize,
+    method: Method,
+    target: Range<usize>,
+    fields: Vec<(HeaderName, Range<usize>)>,
+    /// The client keeps the connection open after this exchange (no `Connection: close`).
+    pub keep_alive: bool,
+    /// `HEAD`: the answer has no body whatever its fields say.
+    pub is_head: bool,
+}
+
+/// Offset of `part` (a slice of `buf`) in `buf`.
+fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Parses the head at the start of `buf`, taking at most `max_fields` fields.
+pub(crate) fn parse(buf: &[u8], max_fields: usize) -> Parsed {
+    // Not initialised: httparse writes the fields it finds.
+    let mut array = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let slots = &mut array[..max_fields.clamp(1, MAX_FIELDS)];
+    let mut request = httparse::Request::new(&mut []);
+    let len = match request.parse_with_uninit_headers(buf, slots) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::HandOff,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version)
+    else {
+        return Parsed::HandOff;
+    };
+    if !target.starts_with('/') || !target.bytes().all(|b| TARGET_BYTES[usize::from(b)]) {
+        return Parsed::HandOff;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::HandOff;
+    };
+    if method == Method::CONNECT {
+        return Parsed::HandOff;
+    }
+    let mut hosts = 0;
+    let mut keep_alive = true;
+    let mut fields = Vec::with_capacity(request.headers.len());
+    for field in request.headers.iter() {
+        let name = field.name.as_bytes();
+        match name.len() {
+            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
+            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::HandOff,
+            7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::HandOff,
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for option in field.value.split(|&b| b == b',') {
+                    let option = option.trim_ascii();
+                    if option.eq_ignore_ascii_case(b"close") {
+                        keep_alive = false;
+                    } else if option.eq_ignore_ascii_case(b"upgrade") {
+                        return Parsed::HandOff;
+                    }
+                }
+            }
+            14 if name.eq_ignore_ascii_case(b"content-length") && field.value != b"0" => {
+                return Parsed::HandOff;
+            }
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::HandOff,
+            _ => {}
+        }
+        let Ok(name) = HeaderName::from_bytes(name) else {
+            return Parsed::HandOff;
+        };
+        // httparse and `HeaderValue` take the same bytes in a value (visible ASCII, space, tab,
+        // obs-text); checked when the request is made.
+        fields.push((name, range_in(buf, field.value)));
+    }
+    if hosts != 1 {
+        return Parsed::HandOff;
+    }
+    Parsed::Head(Head {
+        len,
+        is_head: method == Method::HEAD,
+        method,
+        target: range_in(buf, target.as_bytes()),
+        fields,
+        keep_alive,
+    })
+}
+
+impl Head {
+    /// The request, its target and values slices of `bytes` (the head's own bytes, split off the
+    /// connection's buffer); `None` when `http` refuses a part of it (the caller hands it off).
+    pub(crate) fn request<B>(self, bytes: &Bytes, body: B) -> Option<Request<B>> {
+        let target = PathAndQuery::from_maybe_shared(bytes.slice(self.target)).ok()?;
+        let mut headers = HeaderMap::with_capacity(self.fields.len());
+        for (name, value) in self.fields {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(value)).ok()?;
+            headers.append(name, value);
+        }
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method;
+        *request.uri_mut() = Uri::from(target);
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Some(request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &[u8]) -> Head {
+        match parse(raw, MAX_FIELDS) {
+            Parsed::Head(head) => head,
+            other => panic!("{other:?} for {}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn handed_off(raw: &[u8]) -> bool {
+        matches!(parse(raw, MAX_FIELDS), Parsed::HandOff)
+    }
+
+    #[test]
+    fn a_plain_get_becomes_a_request_of_the_same_bytes() {
+        let raw = b"GET /a/b?c=1 HTTP/1.1\r\nHost: example.test\r\nX-Custom: one\r\nx-custom: two\r\n\r\nGET";
+        let parsed = head(raw);
+        assert_eq!(parsed.len, raw.len() - 3);
+        assert!(parsed.keep_alive && !parsed.is_head);
+        let bytes = Bytes::copy_from_slice(&raw[..parsed.len]);
+        let request = parsed
+            .request(&bytes, ())
+            .unwrap_or_else(|| panic!("refused"));
+        assert_eq!(request.method(), Method::GET);
+        assert_eq!(request.uri(), "/a/b?c=1");
+        assert_eq!(request.headers()["host"], "example.test");
+        let customs: Vec<_> = request.headers().get_all("x-custom").iter().collect();
+        assert_eq!(customs, ["one", "two"]);
+    }
+
+    #[test]
+    fn connection_close_and_head_are_noticed() {
+        let parsed = head(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n");
+        assert!(!parsed.keep_alive && parsed.is_head);
+        let zero = head(b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        assert!(zero.keep_alive);
+    }
+
+    #[test]
+    fn a_partial_head_waits_for_more() {
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", MAX_FIELDS),
+            Parsed::Partial
+        ));
+    }
+
+    #[test]
+    fn everything_unusual_is_left_to_hyper() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET /a\"b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n folded: y\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            assert!(handed_off(raw), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn more_fields_than_allowed_go_to_hyper() {
+        let raw = b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n";
+        assert!(matches!(parse(raw, 3), Parsed::Head(_)));
+        assert!(matches!(parse(raw, 2), Parsed::HandOff));
+    }
+}

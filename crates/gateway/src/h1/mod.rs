@@ -1,0 +1,271 @@
+//! A client connection's HTTP/1.1 exchanges, served by a codec of the gateway's own for the
+//! common case and by hyper for everything else (decision 0019).
+//!
+//! The owned path reads request heads with `httparse` into a buffer of its own, runs the
+//! gateway's steps on them (`proxy::handle`, the same as for hyper's requests), and writes the
+//! answer itself: interim (1xx) answers of the upstream first (hyper's server cannot send them),
+//! then the head and the body, a small body in the same write. It holds no buffer while the
+//! connection is idle. The first request it does not take (see `head`) and everything after it
+//! on the connection go to hyper, with the bytes already read put back in front
+//! (`Prefixed`): hyper then sees the connection exactly as it would have, so every refusal, limit
+//! and smuggling defence is unchanged. HTTP/2 connections go to hyper from the start.
+//!
+//! The connection's clocks are the same for both: `connection::watchdog` (idle and
+//! header-read deadlines) and the drain signal, polled only when they woke.
+
+mod head;
+mod hyper;
+mod prefixed;
+mod write;
+
+use std::future::Future;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+
+use crate::body::ClientBody;
+use crate::connection::{watchdog, ConnIo, ConnState};
+use crate::interim::{Interim, InterimSink};
+use crate::proxy::{handle, ClientInfo};
+use crate::runtime::ListenerSettings;
+use crate::state::GatewayState;
+use crate::woken::WokenOnly;
+
+use self::head::Parsed;
+use self::hyper::{drive, hard_limit, Drain, Watchdog};
+use self::prefixed::Prefixed;
+use self::write::{Writer, Written};
+
+/// Bytes taken from the socket per read.
+const READ_CHUNK: usize = 4096;
+
+/// A client connection, ready to serve.
+pub(crate) struct Conn<I> {
+    pub shared: Arc<GatewayState>,
+    pub io: ConnIo<I>,
+    pub state: Arc<ConnState>,
+    pub client: Arc<ClientInfo>,
+    pub settings: ListenerSettings,
+    pub watcher: watch::Receiver<()>,
+}
+
+/// Serves `conn` until it ends: with the owned HTTP/1.1 path when `owned`, else (HTTP/2 by ALPN,
+/// or the owned path turned off) with hyper from the start.
+pub(crate) async fn serve<I>(conn: Conn<I>, owned: bool)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Conn {
+        shared,
+        io,
+        state,
+        client,
+        settings,
+        watcher,
+    } = conn;
+    let watchdog: Watchdog = WokenOnly::new(Box::pin(watchdog(
+        Arc::clone(&state),
+        settings.idle_timeout,
+        settings.header_read_timeout,
+    )));
+    let drain = Drain::Waiting(WokenOnly::new(Box::pin(async move {
+        let mut watcher = watcher;
+        let _ = watcher.changed().await;
+        watcher
+    })));
+    let mut owned_conn = Owned {
+        io,
+        buf: BytesMut::new(),
+        watchdog,
+        drain,
+    };
+    if owned {
+        match owned_conn
+            .exchanges(&shared, &state, &client, &settings)
+            .await
+        {
+            Ended::Closed => return,
+            Ended::HandOff => {}
+        }
+    }
+    let Owned {
+        io,
+        buf,
+        watchdog,
+        drain,
+    } = owned_conn;
+    let io = Prefixed::new(buf.freeze(), io);
+    drive(shared, io, state, client, &settings, watchdog, drain).await;
+}
+
+/// The owned path's hold on a connection.
+struct Owned<I> {
+    io: ConnIo<I>,
+    /// Bytes read and not yet used (empty, with no memory, while the connection is idle).
+    buf: BytesMut,
+    watchdog: Watchdog,
+    drain: Drain,
+}
+
+/// How the owned path let go of a connection.
+enum Ended {
+    /// It is over (or must be dropped).
+    Closed,
+    /// hyper takes it from the start of `buf`.
+    HandOff,
+}
+
+/// What came while waiting for the client.
+enum Came {
+    Bytes,
+    /// End of input, a read error, or the watchdog's deadline.
+    Closed,
+    /// The gateway is draining.
+    Drain,
+}
+
+/// What came while the gateway worked on a request.
+enum Step<T> {
+    Answer(T),
+    Interim(Vec<Interim>),
+    /// The client went away: the exchange is abandoned (hyper's default too).
+    Gone,
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
+    async fn exchanges(
+        &mut self,
+        shared: &Arc<GatewayState>,
+        state: &Arc<ConnState>,
+        client: &Arc<ClientInfo>,
+        settings: &ListenerSettings,
+    ) -> Ended {
+        let sink = InterimSink::default();
+        let mut writer = Writer::default();
+        let limit = hard_limit(settings);
+        let max_fields = settings.max_header_count as usize;
+        loop {
+            let head = loop {
+                if !self.buf.is_empty() {
+                    match head::parse(&self.buf, max_fields) {
+                        Parsed::Head(head) => break head,
+                        Parsed::HandOff => return Ended::HandOff,
+                        Parsed::Partial if self.buf.len() >= limit => return Ended::HandOff,
+                        Parsed::Partial => {}
+                    }
+                }
+                match std::future::poll_fn(|cx| self.poll_wait(cx, limit)).await {
+                    Came::Bytes => {}
+                    Came::Closed => return Ended::Closed,
+                    // Idle: the connection ends now; a head begun is still served.
+                    Came::Drain if self.buf.is_empty() => return Ended::Closed,
+                    Came::Drain => {}
+                }
+            };
+            let keep_alive = head.keep_alive;
+            let is_head = head.is_head;
+            let head_bytes = self.buf.split_to(head.len).freeze();
+            let Some(mut request) = head.request(&head_bytes, ClientBody::empty()) else {
+                // `http` refused a part httparse took: hyper reads the head again and decides.
+                let mut again = BytesMut::from(&head_bytes[..]);
+                again.extend_from_slice(&self.buf);
+                self.buf = again;
+                return Ended::HandOff;
+            };
+            request.extensions_mut().insert(sink.clone());
+            let guard = state.request_started();
+            let answered = {
+                let mut answer = std::pin::pin!(handle(shared, Arc::clone(client), request, false));
+                loop {
+                    let step = std::future::poll_fn(|cx| {
+                        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                            return Poll::Ready(Step::Answer(response));
+                        }
+                        if let Poll::Ready(answers) = sink.poll_take(cx) {
+                            return Poll::Ready(Step::Interim(answers));
+                        }
+                        // Pipelined bytes are kept for later; the drain is noted.
+                        loop {
+                            match self.poll_wait(cx, limit) {
+                                Poll::Ready(Came::Closed) => return Poll::Ready(Step::Gone),
+                                Poll::Ready(Came::Bytes | Came::Drain) => {}
+                                Poll::Pending => return Poll::Pending,
+                            }
+                        }
+                    })
+                    .await;
+                    match step {
+                        Step::Answer(response) => break Some(response),
+                        Step::Gone => break None,
+                        Step::Interim(answers) => {
+                            if writer.interim(&mut self.io, &answers).await.is_err() {
+                                break None;
+                            }
+                        }
+                    }
+                }
+            };
+            let Some(mut response) = answered else {
+                return Ended::Closed;
+            };
+            response.body_mut().hold(guard.into_held());
+            let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
+            match writer
+                .response(&mut self.io, response, is_head, keep_alive)
+                .await
+            {
+                Ok(Written::Done { keep_alive: true }) => {}
+                Ok(Written::Done { keep_alive: false }) => {
+                    // A lingering close (`ConnIo`): what the client still sends is read and
+                    // dropped for a while, so that our answer is not destroyed by a reset.
+                    let _ = self.io.shutdown().await;
+                    return Ended::Closed;
+                }
+                Ok(Written::Broken) | Err(_) => return Ended::Closed,
+            }
+            sink.clear();
+            if self.buf.is_empty() {
+                // Nothing pipelined: an idle connection keeps no buffer.
+                self.buf = BytesMut::new();
+                writer.release();
+            }
+        }
+    }
+
+    /// Reads what the client sent (at most up to `limit` bytes kept), or notes the watchdog's
+    /// deadline or the drain.
+    fn poll_wait(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Came> {
+        if let Drain::Waiting(signal) = &mut self.drain {
+            if let Poll::Ready(receiver) = signal.poll_if_woken(cx) {
+                self.drain = Drain::Told(receiver);
+                return Poll::Ready(Came::Drain);
+            }
+        }
+        if self.watchdog.poll_if_woken(cx).is_ready() {
+            return Poll::Ready(Came::Closed);
+        }
+        if self.buf.len() >= limit {
+            return Poll::Pending;
+        }
+        // Read into the stack, then copy: the buffer is allocated only when bytes came.
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+        let mut read = ReadBuf::uninit(&mut scratch);
+        match Pin::new(&mut self.io).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) if read.filled().is_empty() => Poll::Ready(Came::Closed),
+            Poll::Ready(Ok(())) => {
+                self.buf.extend_from_slice(read.filled());
+                Poll::Ready(Came::Bytes)
+            }
+            Poll::Ready(Err(error)) => {
+                tracing::debug!(%error, "client connection read failed");
+                Poll::Ready(Came::Closed)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

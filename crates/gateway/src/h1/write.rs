@@ -1,0 +1,362 @@
+//! An answer written by the owned HTTP/1.1 path: the head encoded as hyper's server would
+//! (status line with its reason, the fields in order, `date` when absent, the body's framing),
+//! interim answers, and the body streamed — a small body leaves in the same write as its head.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, Response, StatusCode};
+use http_body::Body;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::body::ResponseBody;
+use crate::interim::Interim;
+
+/// Body bytes copied next to the head (or the previous chunk) rather than written on their own.
+const COPY_LIMIT: usize = 16 * 1024;
+
+/// How the body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body bytes at all (HEAD, 1xx, 204, 304).
+    None,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The connection's answer writer: its output buffer, reused while requests follow each other.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    out: Vec<u8>,
+}
+
+/// How writing an answer ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The whole answer is out; the connection may carry another exchange if this is true.
+    Done { keep_alive: bool },
+    /// The body failed or lied about its length: the connection cannot be used again.
+    Broken,
+}
+
+impl Writer {
+    /// Gives back the output buffer's memory (an idle connection keeps none).
+    pub(crate) fn release(&mut self) {
+        self.out = Vec::new();
+    }
+
+    /// Writes interim answers now.
+    pub(crate) async fn interim<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        answers: &[Interim],
+    ) -> io::Result<()> {
+        for answer in answers {
+            status_line(&mut self.out, answer.status);
+            fields(&mut self.out, &answer.headers);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.flush(io).await
+    }
+
+    /// Writes `response`: `is_head` for an answer to HEAD, `keep_alive` whether the client
+    /// connection may stay open (a `Connection: close` in the answer ends it too).
+    pub(crate) async fn response<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        response: Response<ResponseBody>,
+        is_head: bool,
+        mut keep_alive: bool,
+    ) -> io::Result<Written> {
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status;
+        let headers = &parts.headers;
+        if headers
+            .get_all(CONNECTION)
+            .iter()
+            .any(|value| has_token(value.as_bytes(), b"close"))
+        {
+            keep_alive = false;
+        }
+        let no_body = is_head
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let declared = headers.get(CONTENT_LENGTH).and_then(|value| {
+            std::str::from_utf8(value.as_bytes())
+                .ok()?
+                .parse::<u64>()
+                .ok()
+        });
+        let out = &mut self.out;
+        status_line(out, status);
+        for (name, value) in headers {
+            // The framing is this hop's: the upstream's transfer coding is not forwarded, and an
+            // unreadable length is replaced below.
+            if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && declared.is_none()) {
+                continue;
+            }
+            field(out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !headers.contains_key(DATE) {
+            field(out, b"date", &http_date());
+        }
+        let framing = if no_body {
+            Framing::None
+        } else if let Some(length) = declared {
+            Framing::Length(length)
+        } else if let Some(length) = body.size_hint().exact() {
+            let mut digits = itoa::Buffer::new();
+            field(out, b"content-length", digits.format(length).as_bytes());
+            Framing::Length(length)
+        } else {
+            field(out, b"transfer-encoding", b"chunked");
+            Framing::Chunked
+        };
+        if !keep_alive && !headers.contains_key(CONNECTION) {
+            field(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        if framing == Framing::None {
+            // A body HEAD or the status forbids is dropped unread (it may hold a connection).
+            drop(body);
+            self.flush(io).await?;
+            return Ok(Written::Done { keep_alive });
+        }
+        let mut remaining = match framing {
+            Framing::Length(length) => Some(length),
+            _ => None,
+        };
+        loop {
+            let frame = match poll_now(&mut body) {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    // Nothing more yet: what is buffered goes out before waiting.
+                    self.flush(io).await?;
+                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(error)) => {
+                    tracing::debug!(%error, "the answer's body failed while streaming");
+                    let _ = self.flush(io).await;
+                    return Ok(Written::Broken);
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers: not forwarded on HTTP/1.1 (hyper's server does not either
+                    // unless the client asked with `TE: trailers`).
+                    Err(_) => continue,
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if let Some(left) = &mut remaining {
+                let Some(after) = left.checked_sub(data.len() as u64) else {
+                    tracing::debug!("the answer's body is longer than its Content-Length");
+                    let _ = self.flush(io).await;
+                    return Ok(Written::Broken);
+                };
+                *left = after;
+            }
+            self.body_bytes(io, data, framing == Framing::Chunked)
+                .await?;
+        }
+        if remaining.is_some_and(|left| left > 0) {
+            tracing::debug!("the answer's body ended before its Content-Length");
+            let _ = self.flush(io).await;
+            return Ok(Written::Broken);
+        }
+        if framing == Framing::Chunked {
+            self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush(io).await?;
+        Ok(Written::Done { keep_alive })
+    }
+
+    async fn body_bytes<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        mut data: Bytes,
+        chunked: bool,
+    ) -> io::Result<()> {
+        if chunked {
+            self.out
+                .extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
+        }
+        if data.len() <= COPY_LIMIT {
+            self.out.extend_from_slice(&data);
+        } else {
+            self.flush(io).await?;
+            while data.has_remaining() {
+                let written = io.write(&data).await?;
+                if written == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                data.advance(written);
+            }
+        }
+        if chunked {
+            self.out.extend_from_slice(b"\r\n");
+        }
+        if self.out.len() > COPY_LIMIT {
+            self.flush(io).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
+        if !self.out.is_empty() {
+            io.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        io.flush().await
+    }
+}
+
+/// The body's next frame if it is there now (the task is woken when it comes otherwise).
+fn poll_now(
+    body: &mut ResponseBody,
+) -> Poll<Option<Result<http_body::Frame<Bytes>, crate::body::BoxError>>> {
+    let waker = futures_util::task::noop_waker_ref();
+    Pin::new(body).poll_frame(&mut std::task::Context::from_waker(waker))
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn fields(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a comma-separated list holds `token` (any case).
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',')
+        .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+/// The current time as an HTTP-date, made once a second per thread.
+fn http_date() -> [u8; 29] {
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            let mut bytes = [0u8; 29];
+            let len = text.len().min(29);
+            bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+            *cached = (second, bytes);
+        }
+        cached.1
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn written(
+        response: Response<ResponseBody>,
+        is_head: bool,
+        keep_alive: bool,
+    ) -> (String, Written) {
+        let mut writer = Writer::default();
+        let mut out = Vec::new();
+        let result = writer
+            .response(&mut out, response, is_head, keep_alive)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (String::from_utf8_lossy(&out).into_owned(), result)
+    }
+
+    #[tokio::test]
+    async fn a_full_body_gets_its_length_and_the_date() {
+        let mut response = Response::new(ResponseBody::full(Bytes::from_static(b"hello")));
+        response
+            .headers_mut()
+            .insert("x-a", http::HeaderValue::from_static("1"));
+        let (text, result) = written(response, false, true).await;
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\ndate: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("GMT\r\ncontent-length: 5\r\n\r\nhello"),
+            "{text}"
+        );
+        assert_eq!(result, Written::Done { keep_alive: true });
+    }
+
+    #[tokio::test]
+    async fn head_and_no_content_have_no_body_and_close_is_said() {
+        let mut response = Response::new(ResponseBody::full(Bytes::from_static(b"hello")));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("5"));
+        let (text, _) = written(response, true, false).await;
+        assert!(text.contains("content-length: 5\r\n"), "{text}");
+        assert!(text.ends_with("connection: close\r\n\r\n"), "{text}");
+        let mut none = Response::new(ResponseBody::empty());
+        *none.status_mut() = StatusCode::NO_CONTENT;
+        let (text, _) = written(none, false, true).await;
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+        assert!(!text.contains("content-length"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_saying_close_ends_the_connection() {
+        let mut response = Response::new(ResponseBody::empty());
+        response
+            .headers_mut()
+            .insert(CONNECTION, http::HeaderValue::from_static("close"));
+        let (text, result) = written(response, false, true).await;
+        assert_eq!(result, Written::Done { keep_alive: false });
+        assert_eq!(text.matches("connection").count(), 1, "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_body_shorter_than_its_length_breaks_the_connection() {
+        let mut response = Response::new(ResponseBody::full(Bytes::from_static(b"hi")));
+        response
+            .headers_mut()
+            .insert(CONTENT_LENGTH, http::HeaderValue::from_static("5"));
+        let (_, result) = written(response, false, true).await;
+        assert_eq!(result, Written::Broken);
+    }
+
+    #[test]
+    fn the_date_has_the_http_form() {
+        let date = http_date();
+        let text = std::str::from_utf8(&date).unwrap_or_default();
+        assert!(httpdate::parse_http_date(text).is_ok(), "{text}");
+    }
+}
