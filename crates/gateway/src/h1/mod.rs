@@ -1,11 +1,12 @@
 //! A client connection's HTTP/1.1 exchanges, served by a codec of the gateway's own for the
-//! common case and by hyper for everything else (decision 0019).
+//! common case and by hyper for everything else (decision 0019). The head is read by
+//! `sekisho-h1` (which takes only the common case; see there).
 //!
 //! The owned path reads request heads with `httparse` into a buffer of its own, runs the
 //! gateway's steps on them (`proxy::handle`, the same as for hyper's requests), and writes the
 //! answer itself: interim (1xx) answers of the upstream first (hyper's server cannot send them),
 //! then the head and the body, a small body in the same write. It holds no buffer while the
-//! connection is idle. The first request it does not take (see `head`) and everything after it
+//! connection is idle. The first request it does not take and everything after it
 //! on the connection go to hyper, with the bytes already read put back in front
 //! (`Prefixed`): hyper then sees the connection exactly as it would have, so every refusal, limit
 //! and smuggling defence is unchanged. HTTP/2 connections go to hyper from the start.
@@ -13,7 +14,6 @@
 //! The connection's clocks are the same for both: `connection::watchdog` (idle and
 //! header-read deadlines) and the drain signal, polled only when they woke.
 
-mod head;
 mod hyper;
 mod prefixed;
 mod write;
@@ -36,10 +36,10 @@ use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
 use crate::woken::WokenOnly;
 
-use self::head::Parsed;
 use self::hyper::{drive, hard_limit, Drain, Watchdog};
 use self::prefixed::Prefixed;
 use self::write::{Writer, Written};
+use sekisho_h1::Parsed;
 
 /// Bytes taken from the socket per read.
 const READ_CHUNK: usize = 4096;
@@ -100,7 +100,8 @@ where
         drain,
     } = owned_conn;
     let io = Prefixed::new(buf.freeze(), io);
-    drive(shared, io, state, client, &settings, watchdog, drain).await;
+    // Boxed for the same reason: hyper's connection state exists only once it is needed.
+    Box::pin(drive(shared, io, state, client, &settings, watchdog, drain)).await;
 }
 
 /// The owned path's hold on a connection.
@@ -152,7 +153,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
         loop {
             let head = loop {
                 if !self.buf.is_empty() {
-                    match head::parse(&self.buf, max_fields) {
+                    match sekisho_h1::parse(&self.buf, max_fields) {
                         Parsed::Head(head) => break head,
                         Parsed::HandOff => return Ended::HandOff,
                         Parsed::Partial if self.buf.len() >= limit => return Ended::HandOff,
@@ -180,7 +181,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             request.extensions_mut().insert(sink.clone());
             let guard = state.request_started();
             let answered = {
-                let mut answer = std::pin::pin!(handle(shared, Arc::clone(client), request, false));
+                // Boxed: the connection's own future (its task, kept while it is idle) stays
+                // small; the request's exists only while it is served.
+                let mut answer = Box::pin(handle(shared, Arc::clone(client), request, false));
                 loop {
                     let step = std::future::poll_fn(|cx| {
                         if let Poll::Ready(response) = answer.as_mut().poll(cx) {

@@ -1,4 +1,4 @@
-//! A request head read by the owned HTTP/1.1 path: parsed with `httparse` (the parser hyper
+//! A request head read by sekisho's owned HTTP/1.1 path: parsed with `httparse` (the parser hyper
 //! itself uses) and made into an `http::Request` whose header values are slices of the bytes
 //! read, not copies — or left to hyper.
 //!
@@ -7,7 +7,8 @@
 //! HTTP/1.1 only; no body (no `Transfer-Encoding`, `Content-Length` absent or `0`); no
 //! `Expect`, no upgrade, no `CONNECT`; an origin-form target of RFC 3986's characters; exactly
 //! one `Host`; at most `max_header_count` fields (and 100). A head it takes, hyper would take
-//! too and read the same way (`tests/h1_differential.rs` feeds both the same heads).
+//! too and read the same way (`tests/differential.rs` and the fuzz target `h1_head` feed both
+//! the same heads).
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -18,7 +19,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Uri, Version};
 
 /// Header fields of a head the owned path parses at most (hyper's own default count).
-pub(crate) const MAX_FIELDS: usize = 100;
+pub const MAX_FIELDS: usize = 100;
 
 /// The bytes of an origin-form target the owned path takes (RFC 3986: unreserved, sub-delims,
 /// `:@/?%`); anything else goes to hyper.
@@ -42,7 +43,7 @@ const TARGET_BYTES: [bool; 256] = {
 
 /// What the start of a connection's buffer holds.
 #[derive(Debug)]
-pub(crate) enum Parsed {
+pub enum Parsed {
     /// Not a whole head yet.
     Partial,
     /// Not the common case: hyper reads it.
@@ -53,7 +54,7 @@ pub(crate) enum Parsed {
 
 /// A parsed head, as positions in the buffer it was read from.
 #[derive(Debug)]
-pub(crate) struct Head {
+pub struct Head {
     /// Bytes of the head, final empty line included.
     pub len: usize,
     method: Method,
@@ -72,7 +73,7 @@ fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 /// Parses the head at the start of `buf`, taking at most `max_fields` fields.
-pub(crate) fn parse(buf: &[u8], max_fields: usize) -> Parsed {
+pub fn parse(buf: &[u8], max_fields: usize) -> Parsed {
     // Not initialised: httparse writes the fields it finds.
     let mut array = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let slots = &mut array[..max_fields.clamp(1, MAX_FIELDS)];
@@ -96,6 +97,7 @@ pub(crate) fn parse(buf: &[u8], max_fields: usize) -> Parsed {
         return Parsed::HandOff;
     }
     let mut hosts = 0;
+    let mut lengths = 0;
     let mut keep_alive = true;
     let mut fields = Vec::with_capacity(request.headers.len());
     for field in request.headers.iter() {
@@ -114,8 +116,12 @@ pub(crate) fn parse(buf: &[u8], max_fields: usize) -> Parsed {
                     }
                 }
             }
-            14 if name.eq_ignore_ascii_case(b"content-length") && field.value != b"0" => {
-                return Parsed::HandOff;
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                // hyper folds repeated equal lengths into one field: such heads are its own.
+                if field.value != b"0" || lengths > 0 {
+                    return Parsed::HandOff;
+                }
+                lengths += 1;
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::HandOff,
             _ => {}
@@ -143,7 +149,7 @@ pub(crate) fn parse(buf: &[u8], max_fields: usize) -> Parsed {
 impl Head {
     /// The request, its target and values slices of `bytes` (the head's own bytes, split off the
     /// connection's buffer); `None` when `http` refuses a part of it (the caller hands it off).
-    pub(crate) fn request<B>(self, bytes: &Bytes, body: B) -> Option<Request<B>> {
+    pub fn request<B>(self, bytes: &Bytes, body: B) -> Option<Request<B>> {
         let target = PathAndQuery::from_maybe_shared(bytes.slice(self.target)).ok()?;
         let mut headers = HeaderMap::with_capacity(self.fields.len());
         for (name, value) in self.fields {
@@ -214,6 +220,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",

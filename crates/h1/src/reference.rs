@@ -1,0 +1,104 @@
+//! hyper as the reference: what a request head is, read by this crate and by hyper's HTTP/1
+//! server, in a form the two can be compared in.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::{parse, Parsed, MAX_FIELDS};
+
+/// A request as both readers must agree on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub version: http::Version,
+    /// Names and values, in order.
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// The body's exact length, when known.
+    pub body: Option<u64>,
+}
+
+fn seen<B: http_body::Body>(request: &Request<B>) -> Seen {
+    Seen {
+        method: request.method().to_string(),
+        target: request.uri().to_string(),
+        version: request.version(),
+        fields: request
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+            .collect(),
+        body: request.body().size_hint().exact(),
+    }
+}
+
+/// The request this crate reads from `raw`, if it takes the head.
+pub fn owned(raw: &[u8]) -> Option<Seen> {
+    match parse(raw, MAX_FIELDS) {
+        Parsed::Head(head) => {
+            let bytes = Bytes::copy_from_slice(raw.get(..head.len)?);
+            let request = head.request(&bytes, Empty::<Bytes>::new())?;
+            Some(seen(&request))
+        }
+        Parsed::Partial | Parsed::HandOff => None,
+    }
+}
+
+/// The request hyper's HTTP/1 server reads from `raw` (sent whole, then the write side shut),
+/// or `None` when it refuses the head.
+pub async fn hyper_reads(raw: &[u8]) -> Option<Seen> {
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let record: Arc<Mutex<Option<Seen>>> = Arc::new(Mutex::new(None));
+    let slot = Arc::clone(&record);
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        if let Ok(mut slot) = slot.lock() {
+            *slot = Some(seen(&request));
+        }
+        async { Ok::<_, std::convert::Infallible>(Response::new(Empty::<Bytes>::new())) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .half_close(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+    let talk = async {
+        let _ = client.write_all(raw).await;
+        let _ = client.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = client.read_to_end(&mut answer).await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        tokio::join!(connection, talk)
+    })
+    .await;
+    let saw = record.lock().ok()?.clone();
+    saw
+}
+
+/// [`hyper_reads`] on a runtime of its own (for the fuzz target).
+pub fn hyper_reads_blocking(raw: &[u8]) -> Option<Seen> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()
+        .ok()?;
+    runtime.block_on(hyper_reads(raw))
+}
+
+/// Compares the two readers on `raw`: `Err` says how they disagree about a head this crate
+/// takes (it may leave any head to hyper).
+pub fn compare(ours: Option<Seen>, hypers: Option<Seen>) -> Result<bool, String> {
+    match (ours, hypers) {
+        (Some(ours), Some(hypers)) if ours == hypers && ours.body == Some(0) => Ok(true),
+        (Some(ours), Some(hypers)) if ours == hypers => Err(format!("taken with a body: {ours:?}")),
+        (Some(ours), Some(hypers)) => Err(format!("read as {ours:?}, hyper {hypers:?}")),
+        (Some(ours), None) => Err(format!("taken as {ours:?}, refused by hyper")),
+        (None, _) => Ok(false),
+    }
+}
