@@ -77,6 +77,12 @@ impl InterimSink {
         Poll::Ready(std::mem::take(&mut pending.answers))
     }
 
+    /// The answers that came since the last take, without waiting (none: an empty list).
+    pub(crate) fn take(&self) -> Vec<Interim> {
+        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        std::mem::take(&mut pending.answers)
+    }
+
     /// Forgets whatever came for an exchange that is over.
     pub(crate) fn clear(&self) {
         let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());

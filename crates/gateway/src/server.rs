@@ -4,12 +4,9 @@
 //! further clients queue in the kernel's backlog rather than in our memory. The same holds while
 //! the gateway itself is overloaded (`[server.overload]`: its event loop runs further behind
 //! than `max_loop_delay`): the loop does not accept until it has caught up. On shutdown the loop
-//! stops accepting, asks every connection to finish its requests (hyper's graceful shutdown:
-//! HTTP/1 closes after the current response, HTTP/2 sends GOAWAY) and waits up to the drain
-//! timeout.
-//!
-//! A connection's task polls its watchdog and the drain signal only when they woke it
-//! ([`WokenOnly`]), not each time the connection's I/O does.
+//! stops accepting, asks every connection to finish its requests (HTTP/1 closes after the
+//! current response — `h1` or hyper's graceful shutdown —, HTTP/2 sends GOAWAY) and waits up to
+//! the drain timeout. Each connection is served by `h1::serve`.
 
 use std::future::Future;
 use std::io;
@@ -142,49 +139,44 @@ async fn serve_connection(
 ) {
     let runtime = shared.runtime.load_full();
     let settings = runtime.listener.clone();
-    let owned = settings.owned_http1;
-    match runtime.tls.clone() {
-        None => {
-            let state = ConnState::new(Arc::clone(&shared.metrics), false);
-            let io = ConnIo::new(stream, Arc::clone(&state));
-            let client = Arc::new(ClientInfo::new(remote, false));
-            let conn = Conn {
-                shared,
-                io,
-                state,
-                client,
-                settings,
-                watcher,
-            };
-            h1::serve(conn, owned).await;
-        }
-        Some(acceptor) => {
-            let handshake =
-                tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await;
-            let tls_stream = match handshake {
-                Ok(Ok(tls_stream)) => tls_stream,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, %remote, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%remote, "TLS handshake timed out");
-                    return;
-                }
-            };
+    let Some(acceptor) = runtime.tls.clone() else {
+        serve_on(shared, stream, remote, None, settings, watcher).await;
+        return;
+    };
+    let handshake =
+        tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await;
+    match handshake {
+        Ok(Ok(tls_stream)) => {
             let is_h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
-            let io = ConnIo::new(tls_stream, Arc::clone(&state));
-            let client = Arc::new(ClientInfo::new(remote, true));
-            let conn = Conn {
-                shared,
-                io,
-                state,
-                client,
-                settings,
-                watcher,
-            };
-            h1::serve(conn, owned && !is_h2).await;
+            serve_on(shared, tls_stream, remote, Some(is_h2), settings, watcher).await;
         }
+        Ok(Err(error)) => tracing::debug!(%error, %remote, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
     }
+}
+
+/// Serves a connection over `io`: `tls` says whether it is TLS and, if so, whether it
+/// negotiated h2 (hyper's from the start; otherwise the owned HTTP/1.1 path when on).
+async fn serve_on<I>(
+    shared: Arc<GatewayState>,
+    io: I,
+    remote: SocketAddr,
+    tls: Option<bool>,
+    settings: crate::runtime::ListenerSettings,
+    watcher: watch::Receiver<()>,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let is_h2 = tls == Some(true);
+    let owned = settings.owned_http1 && !is_h2;
+    let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
+    let conn = Conn {
+        io: ConnIo::new(io, Arc::clone(&state)),
+        client: Arc::new(ClientInfo::new(remote, tls.is_some())),
+        shared,
+        state,
+        settings,
+        watcher,
+    };
+    h1::serve(conn, owned).await;
 }

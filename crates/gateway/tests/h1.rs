@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use sekisho_testkit::{raw_exchange, raw_exchange_until_end, read_response, InProcess, RawEnd};
+use sekisho_testkit::{raw_exchange, raw_exchange_until_end, InProcess, RawEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(target: SocketAddr, extra_server: &str) -> String {
@@ -96,23 +96,61 @@ async fn an_upstreams_interim_answers_reach_the_client_before_the_final_one() {
     gw.stop().await;
 }
 
-fn exchange(stream: &mut TcpStream, request: &[u8]) -> String {
-    stream.write_all(request).unwrap();
-    read_response(stream).unwrap().unwrap_or_default()
+/// A client connection that reads answers one at a time, keeping what it read past one (the
+/// next pipelined answer) for the next.
+struct Client {
+    stream: TcpStream,
+    read: Vec<u8>,
 }
 
-/// Reads one answer's head only (an answer to HEAD has no body whatever its length says).
-fn read_head(stream: &mut TcpStream) -> String {
-    use std::io::Read;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
+impl Client {
+    fn connect(address: SocketAddr) -> Self {
+        let stream = TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self {
+            stream,
+            read: Vec::new(),
         }
     }
-    String::from_utf8_lossy(&head).into_owned()
+
+    fn send(&mut self, request: &[u8]) {
+        self.stream.write_all(request).unwrap();
+    }
+
+    /// The next answer, head and body (`with_body`: false for an answer to HEAD).
+    fn answer(&mut self, with_body: bool) -> String {
+        use std::io::Read;
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = self.read.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.read[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length: "))
+                    .and_then(|value| value.trim().parse().ok())
+                    .unwrap_or(0);
+                let total = end + 4 + if with_body { length } else { 0 };
+                if self.read.len() >= total {
+                    let answer: Vec<u8> = self.read.drain(..total).collect();
+                    return String::from_utf8_lossy(&answer).into_owned();
+                }
+            }
+            let read = self.stream.read(&mut chunk).unwrap();
+            assert!(
+                read > 0,
+                "closed early: {:?}",
+                String::from_utf8_lossy(&self.read)
+            );
+            self.read.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    fn exchange(&mut self, request: &[u8]) -> String {
+        self.send(request);
+        self.answer(true)
+    }
 }
 
 fn body_of(answer: &str) -> &str {
@@ -125,16 +163,11 @@ async fn one_connection_goes_from_the_owned_path_to_hyper_unnoticed() {
     let gw = InProcess::start(&config(target, "")).await;
     let address = gw.address;
     tokio::task::spawn_blocking(move || {
-        let mut stream = TcpStream::connect(address).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        let mut client = Client::connect(address);
         // Two requests in one write: answered in order (owned path).
-        stream
-            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let first = read_response(&mut stream).unwrap().unwrap_or_default();
-        let second = read_response(&mut stream).unwrap().unwrap_or_default();
+        client.send(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+        let first = client.answer(true);
+        let second = client.answer(true);
         assert_eq!(body_of(&first), "GET /a 0", "{first}");
         assert_eq!(body_of(&second), "GET /b 0", "{second}");
         assert!(first.to_ascii_lowercase().contains("\r\ndate: "), "{first}");
@@ -143,19 +176,15 @@ async fn one_connection_goes_from_the_owned_path_to_hyper_unnoticed() {
             "{first}"
         );
         // HEAD: the length without the body, and the connection goes on.
-        stream
-            .write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
-        let head = read_head(&mut stream);
+        client.send(b"HEAD /h HTTP/1.1\r\nHost: x\r\n\r\n");
+        let head = client.answer(false);
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(head.contains("content-length: 8\r\n"), "{head}");
+        assert!(head.contains("content-length: 9\r\n"), "{head}");
         // A body: hyper serves this request and the rest of the connection.
-        let post = exchange(
-            &mut stream,
-            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
-        );
+        let post =
+            client.exchange(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
         assert_eq!(body_of(&post), "POST /p 5", "{post}");
-        let after = exchange(&mut stream, b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
+        let after = client.exchange(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(body_of(&after), "GET /c 0", "{after}");
     })
     .await

@@ -132,7 +132,8 @@ enum Came {
 
 /// What came while the gateway worked on a request.
 enum Step<T> {
-    Answer(T),
+    /// The final answer, and interim answers that came with it.
+    Answer(T, Vec<Interim>),
     Interim(Vec<Interim>),
     /// The client went away: the exchange is abandoned (hyper's default too).
     Gone,
@@ -187,7 +188,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 loop {
                     let step = std::future::poll_fn(|cx| {
                         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-                            return Poll::Ready(Step::Answer(response));
+                            // Interim answers that came in the same turn go out first.
+                            return Poll::Ready(Step::Answer(response, sink.take()));
                         }
                         if let Poll::Ready(answers) = sink.poll_take(cx) {
                             return Poll::Ready(Step::Interim(answers));
@@ -203,7 +205,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     })
                     .await;
                     match step {
-                        Step::Answer(response) => break Some(response),
+                        Step::Answer(response, answers) => {
+                            if !answers.is_empty()
+                                && writer.interim(&mut self.io, &answers).await.is_err()
+                            {
+                                break None;
+                            }
+                            break Some(response);
+                        }
                         Step::Gone => break None,
                         Step::Interim(answers) => {
                             if writer.interim(&mut self.io, &answers).await.is_err() {
