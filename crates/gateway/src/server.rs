@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::connection::{ConnIo, ConnState};
 use crate::h1::{self, Conn};
+use crate::interim::InterimSink;
 use crate::proxy::ClientInfo;
 use crate::state::GatewayState;
 
@@ -170,9 +171,13 @@ async fn serve_on<I>(
     let is_h2 = tls == Some(true);
     let owned = settings.owned_http1 && !is_h2;
     let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
+    let mut client = ClientInfo::new(remote, tls.is_some());
+    if owned {
+        client.interim = Some(InterimSink::default());
+    }
     let conn = Conn {
         io: ConnIo::new(io, Arc::clone(&state)),
-        client: Arc::new(ClientInfo::new(remote, tls.is_some())),
+        client: Arc::new(client),
         shared,
         state,
         settings,

@@ -21,6 +21,9 @@ use http::{HeaderMap, Method, Request, Uri, Version};
 /// Header fields of a head the owned path parses at most (hyper's own default count).
 pub const MAX_FIELDS: usize = 100;
 
+/// Fields a request's map has room for beyond its own.
+const ROOM_TO_ADD: usize = 8;
+
 /// The bytes of an origin-form target the owned path takes (RFC 3986: unreserved, sub-delims,
 /// `:@/?%`); anything else goes to hyper.
 const TARGET_BYTES: [bool; 256] = {
@@ -52,14 +55,17 @@ pub enum Parsed {
     Head(Head),
 }
 
-/// A parsed head, as positions in the buffer it was read from.
+/// A head's fields as names and the positions of their values in the buffer read: filled by
+/// [`parse`], emptied by [`Head::request`] (one per connection, reused).
+pub type Fields = Vec<(HeaderName, Range<usize>)>;
+
+/// A parsed head, as positions in the buffer it was read from (its fields in a [`Fields`]).
 #[derive(Debug)]
 pub struct Head {
     /// Bytes of the head, final empty line included.
     pub len: usize,
     method: Method,
     target: Range<usize>,
-    fields: Vec<(HeaderName, Range<usize>)>,
     /// The client keeps the connection open after this exchange (no `Connection: close`).
     pub keep_alive: bool,
     /// `HEAD`: the answer has no body whatever its fields say.
@@ -72,8 +78,9 @@ fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// Parses the head at the start of `buf`, taking at most `max_fields` fields.
-pub fn parse(buf: &[u8], max_fields: usize) -> Parsed {
+/// Parses the head at the start of `buf`, taking at most `max_fields` fields; its fields go to
+/// `fields` (emptied first).
+pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
     // Not initialised: httparse writes the fields it finds.
     let mut array = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let slots = &mut array[..max_fields.clamp(1, MAX_FIELDS)];
@@ -99,7 +106,7 @@ pub fn parse(buf: &[u8], max_fields: usize) -> Parsed {
     let mut hosts = 0;
     let mut lengths = 0;
     let mut keep_alive = true;
-    let mut fields = Vec::with_capacity(request.headers.len());
+    fields.clear();
     for field in request.headers.iter() {
         let name = field.name.as_bytes();
         match name.len() {
@@ -141,18 +148,19 @@ pub fn parse(buf: &[u8], max_fields: usize) -> Parsed {
         is_head: method == Method::HEAD,
         method,
         target: range_in(buf, target.as_bytes()),
-        fields,
         keep_alive,
     })
 }
 
 impl Head {
     /// The request, its target and values slices of `bytes` (the head's own bytes, split off the
-    /// connection's buffer); `None` when `http` refuses a part of it (the caller hands it off).
-    pub fn request<B>(self, bytes: &Bytes, body: B) -> Option<Request<B>> {
+    /// connection's buffer), its fields taken from `fields`; `None` when `http` refuses a part
+    /// of it (the caller hands it off).
+    pub fn request<B>(self, bytes: &Bytes, fields: &mut Fields, body: B) -> Option<Request<B>> {
         let target = PathAndQuery::from_maybe_shared(bytes.slice(self.target)).ok()?;
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
-        for (name, value) in self.fields {
+        // Room for the fields a proxy adds (forwarding, request id) without growing the map.
+        let mut headers = HeaderMap::with_capacity(fields.len() + ROOM_TO_ADD);
+        for (name, value) in fields.drain(..) {
             let value = HeaderValue::from_maybe_shared(bytes.slice(value)).ok()?;
             headers.append(name, value);
         }
@@ -169,27 +177,36 @@ impl Head {
 mod tests {
     use super::*;
 
-    fn head(raw: &[u8]) -> Head {
-        match parse(raw, MAX_FIELDS) {
+    fn head(raw: &[u8]) -> (Head, Fields) {
+        let mut fields = Fields::new();
+        match parse(raw, MAX_FIELDS, &mut fields) {
+            Parsed::Head(head) => (head, fields),
+            other => panic!("{other:?} for {}", String::from_utf8_lossy(raw)),
+        }
+    }
+
+    fn unused(raw: &[u8]) -> Head {
+        match parse(raw, MAX_FIELDS, &mut Fields::new()) {
             Parsed::Head(head) => head,
             other => panic!("{other:?} for {}", String::from_utf8_lossy(raw)),
         }
     }
 
     fn handed_off(raw: &[u8]) -> bool {
-        matches!(parse(raw, MAX_FIELDS), Parsed::HandOff)
+        matches!(parse(raw, MAX_FIELDS, &mut Fields::new()), Parsed::HandOff)
     }
 
     #[test]
     fn a_plain_get_becomes_a_request_of_the_same_bytes() {
         let raw = b"GET /a/b?c=1 HTTP/1.1\r\nHost: example.test\r\nX-Custom: one\r\nx-custom: two\r\n\r\nGET";
-        let parsed = head(raw);
+        let (parsed, mut fields) = head(raw);
         assert_eq!(parsed.len, raw.len() - 3);
         assert!(parsed.keep_alive && !parsed.is_head);
         let bytes = Bytes::copy_from_slice(&raw[..parsed.len]);
         let request = parsed
-            .request(&bytes, ())
+            .request(&bytes, &mut fields, ())
             .unwrap_or_else(|| panic!("refused"));
+        assert!(fields.is_empty(), "the fields are taken");
         assert_eq!(request.method(), Method::GET);
         assert_eq!(request.uri(), "/a/b?c=1");
         assert_eq!(request.headers()["host"], "example.test");
@@ -199,16 +216,20 @@ mod tests {
 
     #[test]
     fn connection_close_and_head_are_noticed() {
-        let parsed = head(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n");
+        let parsed = unused(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Close\r\n\r\n");
         assert!(!parsed.keep_alive && parsed.is_head);
-        let zero = head(b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+        let zero = unused(b"DELETE /x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
         assert!(zero.keep_alive);
     }
 
     #[test]
     fn a_partial_head_waits_for_more() {
         assert!(matches!(
-            parse(b"GET / HTTP/1.1\r\nHost: x\r\n", MAX_FIELDS),
+            parse(
+                b"GET / HTTP/1.1\r\nHost: x\r\n",
+                MAX_FIELDS,
+                &mut Fields::new()
+            ),
             Parsed::Partial
         ));
     }
@@ -242,7 +263,7 @@ mod tests {
     #[test]
     fn more_fields_than_allowed_go_to_hyper() {
         let raw = b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nB: 2\r\n\r\n";
-        assert!(matches!(parse(raw, 3), Parsed::Head(_)));
-        assert!(matches!(parse(raw, 2), Parsed::HandOff));
+        assert!(matches!(parse(raw, 3, &mut Fields::new()), Parsed::Head(_)));
+        assert!(matches!(parse(raw, 2, &mut Fields::new()), Parsed::HandOff));
     }
 }

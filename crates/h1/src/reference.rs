@@ -10,7 +10,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{parse, Parsed, MAX_FIELDS};
+use crate::{parse, Fields, Parsed, MAX_FIELDS};
 
 /// A request as both readers must agree on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +40,11 @@ fn seen<B: http_body::Body>(request: &Request<B>) -> Seen {
 
 /// The request this crate reads from `raw`, if it takes the head.
 pub fn owned(raw: &[u8]) -> Option<Seen> {
-    match parse(raw, MAX_FIELDS) {
+    let mut fields = Fields::new();
+    match parse(raw, MAX_FIELDS, &mut fields) {
         Parsed::Head(head) => {
             let bytes = Bytes::copy_from_slice(raw.get(..head.len)?);
-            let request = head.request(&bytes, Empty::<Bytes>::new())?;
+            let request = head.request(&bytes, &mut fields, Empty::<Bytes>::new())?;
             Some(seen(&request))
         }
         Parsed::Partial | Parsed::HandOff => None,

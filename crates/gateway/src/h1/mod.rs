@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::body::ClientBody;
 use crate::connection::{watchdog, ConnIo, ConnState};
-use crate::interim::{Interim, InterimSink};
+use crate::interim::Interim;
 use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
@@ -147,14 +147,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
         client: &Arc<ClientInfo>,
         settings: &ListenerSettings,
     ) -> Ended {
-        let sink = InterimSink::default();
+        let sink = client.interim.clone().unwrap_or_default();
+        let mut fields = Vec::new();
         let mut writer = Writer::default();
         let limit = hard_limit(settings);
         let max_fields = settings.max_header_count as usize;
         loop {
             let head = loop {
                 if !self.buf.is_empty() {
-                    match sekisho_h1::parse(&self.buf, max_fields) {
+                    match sekisho_h1::parse(&self.buf, max_fields, &mut fields) {
                         Parsed::Head(head) => break head,
                         Parsed::HandOff => return Ended::HandOff,
                         Parsed::Partial if self.buf.len() >= limit => return Ended::HandOff,
@@ -172,14 +173,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             let keep_alive = head.keep_alive;
             let is_head = head.is_head;
             let head_bytes = self.buf.split_to(head.len).freeze();
-            let Some(mut request) = head.request(&head_bytes, ClientBody::empty()) else {
+            let Some(request) = head.request(&head_bytes, &mut fields, ClientBody::empty()) else {
                 // `http` refused a part httparse took: hyper reads the head again and decides.
                 let mut again = BytesMut::from(&head_bytes[..]);
                 again.extend_from_slice(&self.buf);
                 self.buf = again;
                 return Ended::HandOff;
             };
-            request.extensions_mut().insert(sink.clone());
             let guard = state.request_started();
             let answered = {
                 // Boxed: the connection's own future (its task, kept while it is idle) stays

@@ -95,7 +95,20 @@ impl Writer {
                 .parse::<u64>()
                 .ok()
         });
+        // One allocation for the head and a small body (an idle connection gave its buffer
+        // back; growing it field by field cost more than the rest of the writing).
+        let small_body = body
+            .size_hint()
+            .exact()
+            .filter(|&length| !no_body && length <= COPY_LIMIT as u64)
+            .unwrap_or(0) as usize;
+        let head_estimate = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>()
+            + 160;
         let out = &mut self.out;
+        out.reserve(head_estimate + small_body + 16);
         status_line(out, status);
         for (name, value) in headers {
             // The framing is this hop's: the upstream's transfer coding is not forwarded, and an

@@ -14,7 +14,6 @@ use super::forwarding::{content_length, upstream_request};
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::edge::GatewayError;
 use crate::fallback::FallbackKind;
-use crate::interim::InterimSink;
 use crate::router::CompiledRoute;
 
 /// The call to the route's upstream: admission, the request rewritten for the upstream, the
@@ -33,8 +32,6 @@ pub(super) async fn call_upstream(
         Err(error) if route.fallback.is_none() => return Err(error),
         Err(error) => Err(error),
     };
-    // Taken before the head is rewritten (which drops the client request's extensions).
-    let interim = parts.extensions.remove::<InterimSink>();
     let path_and_query = upstream_request(
         route,
         &mut parts,
@@ -90,7 +87,7 @@ pub(super) async fn call_upstream(
         resendable: method_resendable && claim.replayable(),
         own_delay: exchange.own_delay,
         lag: &exchange.lag,
-        interim: interim.as_ref(),
+        interim: exchange.client.interim.as_ref(),
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();

@@ -12,6 +12,7 @@ use sekisho_policy::ratelimit::Decision;
 use tokio::time::Instant;
 
 use crate::edge::GatewayError;
+use crate::interim::InterimSink;
 use crate::lag::SchedulingLag;
 use crate::router::CompiledRoute;
 
@@ -32,6 +33,9 @@ pub(crate) struct ClientInfo {
     /// The last `Host` this connection asked for and this hop's whole `Forwarded` value for it
     /// (a first hop): requests on one connection usually name one host.
     pub(super) forwarded_memo: Arc<Mutex<Option<(HeaderValue, HeaderValue)>>>,
+    /// Where the upstream's interim (1xx) answers go: set when the connection can send them
+    /// (the owned HTTP/1.1 path), one for the connection's requests, which come one at a time.
+    pub interim: Option<InterimSink>,
 }
 
 impl ClientInfo {
@@ -52,6 +56,7 @@ impl ClientInfo {
             ip_text: Arc::from(ip_text),
             forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
             forwarded_memo: Arc::default(),
+            interim: None,
         }
     }
 }
