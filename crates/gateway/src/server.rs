@@ -132,18 +132,37 @@ pub(crate) async fn serve(
     }
 }
 
-async fn serve_connection(
+pub(crate) async fn serve_connection(
     shared: Arc<GatewayState>,
     stream: TcpStream,
     remote: SocketAddr,
     watcher: watch::Receiver<()>,
 ) {
-    let runtime = shared.runtime.load_full();
-    let settings = runtime.listener.clone();
-    let Some(acceptor) = runtime.tls.clone() else {
-        serve_on(shared, stream, remote, None, settings, watcher).await;
-        return;
+    let (settings, tls) = {
+        let runtime = shared.runtime.load();
+        (runtime.listener.clone(), runtime.tls.clone())
     };
+    match tls {
+        None => serve_on(shared, stream, remote, None, settings, watcher).await,
+        // Boxed: a TLS connection's handshake and stream are large, and the task of every
+        // connection would otherwise be sized for them (≈ 9 KB instead of ≈ 2.5 KB).
+        Some(acceptor) => {
+            Box::pin(serve_tls(
+                shared, stream, remote, acceptor, settings, watcher,
+            ))
+            .await;
+        }
+    }
+}
+
+async fn serve_tls(
+    shared: Arc<GatewayState>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    acceptor: tokio_rustls::TlsAcceptor,
+    settings: crate::runtime::ListenerSettings,
+    watcher: watch::Receiver<()>,
+) {
     let handshake =
         tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await;
     match handshake {

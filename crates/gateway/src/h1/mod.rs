@@ -30,7 +30,7 @@ use tokio::sync::watch;
 
 use crate::body::ClientBody;
 use crate::connection::{watchdog, ConnIo, ConnState};
-use crate::interim::Interim;
+use crate::interim::{Interim, InterimSink};
 use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
@@ -121,6 +121,17 @@ enum Ended {
     HandOff,
 }
 
+/// What one exchange needs of its connection.
+struct Exchange<'a> {
+    shared: &'a Arc<GatewayState>,
+    state: &'a Arc<ConnState>,
+    client: &'a Arc<ClientInfo>,
+    sink: &'a InterimSink,
+    keep_alive: bool,
+    is_head: bool,
+    limit: usize,
+}
+
 /// What came while waiting for the client.
 enum Came {
     Bytes,
@@ -180,65 +191,19 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 self.buf = again;
                 return Ended::HandOff;
             };
-            let guard = state.request_started();
-            let answered = {
-                // Boxed: the connection's own future (its task, kept while it is idle) stays
-                // small; the request's exists only while it is served.
-                let mut answer = Box::pin(handle(shared, Arc::clone(client), request, false));
-                loop {
-                    let step = std::future::poll_fn(|cx| {
-                        if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-                            // Interim answers that came in the same turn go out first.
-                            return Poll::Ready(Step::Answer(response, sink.take()));
-                        }
-                        if let Poll::Ready(answers) = sink.poll_take(cx) {
-                            return Poll::Ready(Step::Interim(answers));
-                        }
-                        // Pipelined bytes are kept for later; the drain is noted.
-                        loop {
-                            match self.poll_wait(cx, limit) {
-                                Poll::Ready(Came::Closed) => return Poll::Ready(Step::Gone),
-                                Poll::Ready(Came::Bytes | Came::Drain) => {}
-                                Poll::Pending => return Poll::Pending,
-                            }
-                        }
-                    })
-                    .await;
-                    match step {
-                        Step::Answer(response, answers) => {
-                            if !answers.is_empty()
-                                && writer.interim(&mut self.io, &answers).await.is_err()
-                            {
-                                break None;
-                            }
-                            break Some(response);
-                        }
-                        Step::Gone => break None,
-                        Step::Interim(answers) => {
-                            if writer.interim(&mut self.io, &answers).await.is_err() {
-                                break None;
-                            }
-                        }
-                    }
-                }
+            // Boxed: the connection's own future (its task, kept while it is idle) stays
+            // small; an exchange's state exists only while it is served.
+            let exchange = Exchange {
+                shared,
+                state,
+                client,
+                sink: &sink,
+                keep_alive,
+                is_head,
+                limit,
             };
-            let Some(mut response) = answered else {
+            if !Box::pin(self.exchange(exchange, request, &mut writer)).await {
                 return Ended::Closed;
-            };
-            response.body_mut().hold(guard.into_held());
-            let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
-            match writer
-                .response(&mut self.io, response, is_head, keep_alive)
-                .await
-            {
-                Ok(Written::Done { keep_alive: true }) => {}
-                Ok(Written::Done { keep_alive: false }) => {
-                    // A lingering close (`ConnIo`): what the client still sends is read and
-                    // dropped for a while, so that our answer is not destroyed by a reset.
-                    let _ = self.io.shutdown().await;
-                    return Ended::Closed;
-                }
-                Ok(Written::Broken) | Err(_) => return Ended::Closed,
             }
             sink.clear();
             if self.buf.is_empty() {
@@ -246,6 +211,84 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 self.buf = BytesMut::new();
                 writer.release();
             }
+        }
+    }
+
+    /// Serves one request: the gateway's answer (and the upstream's interim answers) written
+    /// out. True when the connection may carry another exchange.
+    async fn exchange(
+        &mut self,
+        exchange: Exchange<'_>,
+        request: http::Request<ClientBody>,
+        writer: &mut Writer,
+    ) -> bool {
+        let Exchange {
+            shared,
+            state,
+            client,
+            sink,
+            keep_alive,
+            is_head,
+            limit,
+        } = exchange;
+        let guard = state.request_started();
+        let answered = {
+            let answer = handle(shared, Arc::clone(client), request, false);
+            tokio::pin!(answer);
+            loop {
+                let step = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                        // Interim answers that came in the same turn go out first.
+                        return Poll::Ready(Step::Answer(response, sink.take()));
+                    }
+                    if let Poll::Ready(answers) = sink.poll_take(cx) {
+                        return Poll::Ready(Step::Interim(answers));
+                    }
+                    // Pipelined bytes are kept for later; the drain is noted.
+                    loop {
+                        match self.poll_wait(cx, limit) {
+                            Poll::Ready(Came::Closed) => return Poll::Ready(Step::Gone),
+                            Poll::Ready(Came::Bytes | Came::Drain) => {}
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                })
+                .await;
+                match step {
+                    Step::Answer(response, answers) => {
+                        if !answers.is_empty()
+                            && writer.interim(&mut self.io, &answers).await.is_err()
+                        {
+                            break None;
+                        }
+                        break Some(response);
+                    }
+                    Step::Gone => break None,
+                    Step::Interim(answers) => {
+                        if writer.interim(&mut self.io, &answers).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+            }
+        };
+        let Some(mut response) = answered else {
+            return false;
+        };
+        response.body_mut().hold(guard.into_held());
+        let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
+        match writer
+            .response(&mut self.io, response, is_head, keep_alive)
+            .await
+        {
+            Ok(Written::Done { keep_alive: true }) => true,
+            Ok(Written::Done { keep_alive: false }) => {
+                // A lingering close (`ConnIo`): what the client still sends is read and
+                // dropped for a while, so that our answer is not destroyed by a reset.
+                let _ = self.io.shutdown().await;
+                false
+            }
+            Ok(Written::Broken) | Err(_) => false,
         }
     }
 
@@ -279,5 +322,42 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `make` returns, without making one.
+    fn future_size<Args, Fut: Future>(_make: impl FnOnce(Args) -> Fut) -> usize {
+        std::mem::size_of::<Fut>()
+    }
+
+    /// An idle connection's task holds the connection's future whole: the exchange (the
+    /// gateway's request future, the answer being written) and a TLS handshake are boxed where
+    /// awaited, so that it stays small (issue 20: ≤ 4 KiB per idle keep-alive connection; the
+    /// task was ≈ 9 KB in a debug build when it held them).
+    #[test]
+    fn an_idle_connections_future_is_small() {
+        let connection = future_size(
+            |(shared, stream, remote, watcher): (
+                Arc<GatewayState>,
+                tokio::net::TcpStream,
+                std::net::SocketAddr,
+                watch::Receiver<()>,
+            )| crate::server::serve_connection(shared, stream, remote, watcher),
+        );
+        let handle = future_size(
+            |(shared, client, request): (
+                &'static GatewayState,
+                Arc<ClientInfo>,
+                http::Request<ClientBody>,
+            )| handle(shared, client, request, false),
+        );
+        assert!(
+            connection < 2048 && connection < handle,
+            "the connection's future is {connection} bytes, a request's {handle}"
+        );
     }
 }
