@@ -6,8 +6,11 @@
 //!
 //! This module imports nothing of the gateway.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use http::{HeaderMap, StatusCode};
 
@@ -23,12 +26,14 @@ pub(crate) struct Interim {
 
 /// Where a request's interim answers go: one per client connection, cloned into each request.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct InterimSink(Arc<Mutex<Pending>>);
+pub(crate) struct InterimSink(Arc<Shared>);
 
 #[derive(Debug, Default)]
-struct Pending {
-    answers: Vec<Interim>,
-    waker: Option<Waker>,
+struct Shared {
+    answers: Mutex<Vec<Interim>>,
+    /// Whether `answers` holds any (read without the lock: most exchanges have none).
+    any: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl InterimSink {
@@ -54,47 +59,47 @@ impl InterimSink {
     }
 
     fn push(&self, answer: Interim) {
-        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.answers.len() < MAX_PENDING {
-            pending.answers.push(answer);
+        {
+            let mut answers = self.0.answers.lock().unwrap_or_else(|p| p.into_inner());
+            if answers.len() < MAX_PENDING {
+                answers.push(answer);
+            }
+            self.0.any.store(true, Ordering::Release);
         }
-        if let Some(waker) = pending.waker.take() {
-            waker.wake();
-        }
+        self.0.waker.wake();
     }
 
     /// The answers that came since the last call, or `Pending` (the task of `cx` is woken when
     /// one comes).
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Vec<Interim>> {
-        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.answers.is_empty() {
-            match &pending.waker {
-                Some(waker) if waker.will_wake(cx.waker()) => {}
-                _ => pending.waker = Some(cx.waker().clone()),
-            }
+        // Registered before the flag is read: an answer pushed in between is not missed.
+        self.0.waker.register(cx.waker());
+        if !self.0.any.load(Ordering::Acquire) {
             return Poll::Pending;
         }
-        Poll::Ready(std::mem::take(&mut pending.answers))
+        Poll::Ready(self.take())
     }
 
     /// The answers that came since the last take, without waiting (none: an empty list).
     pub(crate) fn take(&self) -> Vec<Interim> {
-        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        std::mem::take(&mut pending.answers)
+        if !self.0.any.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let mut answers = self.0.answers.lock().unwrap_or_else(|p| p.into_inner());
+        self.0.any.store(false, Ordering::Release);
+        std::mem::take(&mut answers)
     }
 
     /// Forgets whatever came for an exchange that is over.
     pub(crate) fn clear(&self) {
-        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        pending.answers.clear();
-        pending.waker = None;
+        drop(self.take());
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::Wake;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::{Wake, Waker};
 
     use super::*;
 

@@ -77,24 +77,10 @@ impl Writer {
     ) -> io::Result<Written> {
         let (parts, mut body) = response.into_parts();
         let status = parts.status;
-        let headers = &parts.headers;
-        if headers
-            .get_all(CONNECTION)
-            .iter()
-            .any(|value| has_token(value.as_bytes(), b"close"))
-        {
-            keep_alive = false;
-        }
         let no_body = is_head
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let declared = headers.get(CONTENT_LENGTH).and_then(|value| {
-            std::str::from_utf8(value.as_bytes())
-                .ok()?
-                .parse::<u64>()
-                .ok()
-        });
         // One allocation for the head and a small body (an idle connection gave its buffer
         // back; growing it field by field cost more than the rest of the writing).
         let small_body = body
@@ -102,23 +88,35 @@ impl Writer {
             .exact()
             .filter(|&length| !no_body && length <= COPY_LIMIT as u64)
             .unwrap_or(0) as usize;
-        let head_estimate = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum::<usize>()
-            + 160;
         let out = &mut self.out;
-        out.reserve(head_estimate + small_body + 16);
+        out.reserve(256 + 64 * parts.headers.len() + small_body);
         status_line(out, status);
-        for (name, value) in headers {
-            // The framing is this hop's: the upstream's transfer coding is not forwarded, and an
-            // unreadable length is replaced below.
-            if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && declared.is_none()) {
+        // One pass over the fields: what this hop must know of them is noted as they are
+        // written (standard names compare without hashing).
+        let mut declared = None;
+        let mut has_date = false;
+        let mut has_connection = false;
+        for (name, value) in &parts.headers {
+            if name == CONTENT_LENGTH {
+                // An unreadable length is dropped and replaced below; the upstream's transfer
+                // coding is not forwarded (the framing is this hop's).
+                match (declared, content_length(value.as_bytes())) {
+                    (None, Some(length)) => declared = Some(length),
+                    _ => continue,
+                }
+            } else if name == TRANSFER_ENCODING {
                 continue;
+            } else if name == DATE {
+                has_date = true;
+            } else if name == CONNECTION {
+                has_connection = true;
+                if has_token(value.as_bytes(), b"close") {
+                    keep_alive = false;
+                }
             }
             field(out, name.as_str().as_bytes(), value.as_bytes());
         }
-        if !headers.contains_key(DATE) {
+        if !has_date {
             field(out, b"date", &http_date());
         }
         let framing = if no_body {
@@ -133,7 +131,7 @@ impl Writer {
             field(out, b"transfer-encoding", b"chunked");
             Framing::Chunked
         };
-        if !keep_alive && !headers.contains_key(CONNECTION) {
+        if !keep_alive && !has_connection {
             field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
@@ -263,6 +261,17 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A `Content-Length` value: digits only, at most 19 of them.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 {
+        return None;
+    }
+    value.iter().try_fold(0u64, |length, &byte| {
+        byte.is_ascii_digit()
+            .then(|| length * 10 + u64::from(byte - b'0'))
+    })
 }
 
 /// Whether a comma-separated list holds `token` (any case).
