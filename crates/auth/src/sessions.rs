@@ -153,7 +153,7 @@ impl Sessions {
                     "SELECT id, user_id, access_expires_at, expires_at FROM sessions WHERE access_hash = $1",
                 )
                 .bind(&hash)
-                .fetch_optional(db.pool())
+                .fetch_optional(db.reader())
                 .await?;
                 match row {
                     Some(row) => {

@@ -180,7 +180,7 @@ impl Directory {
         let sql = format!("{USER_WITH_GRANTS}u.username = $1{GROUP_BY}");
         let row = sqlx::query(&sql)
             .bind(username)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?;
         Ok(row.as_ref().map(user_of).transpose()?)
     }
@@ -190,7 +190,7 @@ impl Directory {
         let sql = format!("{USER_WITH_GRANTS}u.id = $1{GROUP_BY}");
         let row = sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(self.db.pool())
+            .fetch_optional(self.db.reader())
             .await?;
         Ok(row.as_ref().map(user_of).transpose()?)
     }

@@ -78,10 +78,16 @@ pub enum DbError {
     },
 }
 
+/// Read-only connections beside SQLite's one writer.
+const SQLITE_READERS: u32 = 4;
+
 /// A pool of connections to the database, SQLite or PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct Database {
     pool: AnyPool,
+    /// Reads that must not wait behind a writer (SQLite: read-only connections of their own;
+    /// PostgreSQL: the same pool).
+    reader: AnyPool,
     dialect: Dialect,
     url: String,
 }
@@ -162,8 +168,29 @@ impl Database {
             })
             .connect(url)
             .await?;
+        let reader = match dialect {
+            // WAL lets readers run beside the one writer: the request path's reads (a session
+            // not yet in memory, a user's identity) do not wait for a background write or an
+            // operator's transaction holding the write lock.
+            Dialect::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(SQLITE_READERS)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .after_connect(|connection, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            connection.execute("PRAGMA query_only = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            Dialect::Postgres => pool.clone(),
+        };
         Ok(Self {
             pool,
+            reader,
             dialect,
             url: redact(url),
         })
@@ -172,6 +199,13 @@ impl Database {
     /// The pool, for the queries of the crates that own them.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for reads that must not wait behind a writer (the request path's): on SQLite
+    /// read-only connections beside the writer's, on PostgreSQL the same pool. What a reader
+    /// reads is what was committed when its statement began.
+    pub fn reader(&self) -> &AnyPool {
+        &self.reader
     }
 
     /// SQLite or PostgreSQL.
@@ -186,6 +220,7 @@ impl Database {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        self.reader.close().await;
         self.pool.close().await;
     }
 
