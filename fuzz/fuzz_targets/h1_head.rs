@@ -1,6 +1,6 @@
 //! Differential fuzzing of sekisho's own request-head reader against hyper's HTTP/1 server:
 //! whatever head `sekisho_h1::parse` takes, hyper must take too and read the same way (method,
-//! target, version, fields in order, no body); a head it leaves to hyper is fine. Run with
+//! target, version, fields in order, body length); a head it leaves to hyper is fine. Run with
 //! `RUSTC_BOOTSTRAP=1 cargo fuzz run h1_head` from `fuzz/`.
 #![no_main]
 

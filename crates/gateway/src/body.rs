@@ -52,50 +52,7 @@ impl fmt::Debug for Held {
     }
 }
 
-/// The client's request body as the gateway's steps see it: hyper's, or none at all (a request
-/// the owned HTTP/1.1 path read, which takes only bodiless ones — `h1`).
-#[derive(Debug)]
-pub(crate) struct ClientBody(Option<Incoming>);
-
-impl ClientBody {
-    /// A body hyper reads.
-    pub(crate) fn hyper(inner: Incoming) -> Self {
-        Self(Some(inner))
-    }
-
-    /// No body.
-    pub(crate) fn empty() -> Self {
-        Self(None)
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().0 {
-            Some(inner) => Pin::new(inner).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.0.as_ref().is_none_or(Incoming::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.0
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
-    }
-}
-
-/// Errors travel boxed between layers.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) use crate::client_body::{BoxError, ClientBody};
 
 /// The request body went over its limit.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -108,7 +65,7 @@ pub(crate) struct BodyTooLarge {
 /// The client's body could not be read (aborted, malformed chunked encoding).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub(crate) struct ClientBodyError(#[source] pub hyper::Error);
+pub(crate) struct ClientBodyError(#[source] pub BoxError);
 
 /// The route's deadline passed while the response body was streaming.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
@@ -233,12 +190,10 @@ impl RequestBody {
         let bytes = match limited.collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(error) => {
-                return Err(match error.downcast::<hyper::Error>() {
-                    Ok(error) => Box::new(ClientBodyError(*error)),
-                    Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-                        Box::new(BodyTooLarge { limit })
-                    }
-                    Err(error) => error,
+                return Err(if error.is::<http_body_util::LengthLimitError>() {
+                    Box::new(BodyTooLarge { limit })
+                } else {
+                    Box::new(ClientBodyError(error))
                 })
             }
         };

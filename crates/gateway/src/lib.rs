@@ -19,6 +19,7 @@
 pub mod body;
 mod build_error;
 pub mod cache;
+mod client_body;
 mod client_ip;
 mod clock;
 mod connection;

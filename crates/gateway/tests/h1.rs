@@ -1,6 +1,6 @@
 //! The owned HTTP/1.1 path (`h1`) over real sockets: the upstream's interim answers reach the
-//! client, pipelined requests are answered in order, and one connection can go from the owned
-//! path to hyper (a request with a body) without the client noticing.
+//! client, pipelined requests are answered in order, a small body is read whole, and one
+//! connection can go from the owned path to hyper (a chunked body) without the client noticing.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -86,6 +86,14 @@ async fn an_upstreams_interim_answers_reach_the_client_before_the_final_one() {
         "{answer}"
     );
     assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    // A request with a small body too.
+    let post =
+        b"POST /form HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    let answer = raw_exchange(gw.address, post, Duration::from_secs(10));
+    assert!(
+        answer.starts_with("HTTP/1.1 103 Early Hints\r\n"),
+        "{answer}"
+    );
     gw.stop().await;
 
     // hyper's server, which serves every exchange when the owned path is off, cannot send them.
@@ -180,9 +188,13 @@ async fn one_connection_goes_from_the_owned_path_to_hyper_unnoticed() {
         let head = client.answer(false);
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
         assert!(head.contains("content-length: 9\r\n"), "{head}");
-        // A body: hyper serves this request and the rest of the connection.
-        let post =
-            client.exchange(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        // A small body: read whole by the owned path.
+        let small = client.exchange(b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
+        assert_eq!(body_of(&small), "POST /s 3", "{small}");
+        // A chunked body: hyper serves this request and the rest of the connection.
+        let post = client.exchange(
+            b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        );
         assert_eq!(body_of(&post), "POST /p 5", "{post}");
         let after = client.exchange(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(body_of(&after), "GET /c 0", "{after}");

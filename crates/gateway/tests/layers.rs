@@ -12,7 +12,8 @@ use std::path::Path;
 /// handle) is above them all; only `reload` and `views`, which hold `impl Gateway` blocks of
 /// lib.rs split out, may name it.
 const ORDER: &[&str] = &[
-    // Leaves: import nothing of the gateway.
+    // Leaves: import nothing of the gateway (`body` only `client_body`).
+    "client_body",
     "sync",
     "woken",
     "interim",

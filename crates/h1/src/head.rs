@@ -4,7 +4,7 @@
 //!
 //! The owned path takes only the common case and gives everything else to hyper unread, so
 //! that every refusal, limit and smuggling defence stays hyper's and the gateway's as before:
-//! HTTP/1.1 only; no body (no `Transfer-Encoding`, `Content-Length` absent or `0`); no
+//! HTTP/1.1 only; no `Transfer-Encoding` and at most one `Content-Length` of digits; no
 //! `Expect`, no upgrade, no `CONNECT`; an origin-form target of RFC 3986's characters; exactly
 //! one `Host`; at most `max_header_count` fields (and 100). A head it takes, hyper would take
 //! too and read the same way (`tests/differential.rs` and the fuzz target `h1_head` feed both
@@ -66,10 +66,23 @@ pub struct Head {
     pub len: usize,
     method: Method,
     target: Range<usize>,
+    /// The body's length (`Content-Length`; 0: none). Its bytes follow the head.
+    pub body_length: u64,
     /// The client keeps the connection open after this exchange (no `Connection: close`).
     pub keep_alive: bool,
     /// `HEAD`: the answer has no body whatever its fields say.
     pub is_head: bool,
+}
+
+/// A `Content-Length` value: digits only (RFC 9110: no sign, no list), at most 19 of them.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 {
+        return None;
+    }
+    value.iter().try_fold(0u64, |length, &byte| {
+        byte.is_ascii_digit()
+            .then(|| length * 10 + u64::from(byte - b'0'))
+    })
 }
 
 /// Offset of `part` (a slice of `buf`) in `buf`.
@@ -104,7 +117,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
         return Parsed::HandOff;
     }
     let mut hosts = 0;
-    let mut lengths = 0;
+    let mut body_length = None;
     let mut keep_alive = true;
     fields.clear();
     for field in request.headers.iter() {
@@ -124,11 +137,12 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
                 }
             }
             14 if name.eq_ignore_ascii_case(b"content-length") => {
-                // hyper folds repeated equal lengths into one field: such heads are its own.
-                if field.value != b"0" || lengths > 0 {
-                    return Parsed::HandOff;
+                // One length of digits only; hyper folds repeated equal lengths into one field
+                // and reads lists: such heads are its own.
+                match content_length(field.value) {
+                    Some(length) if body_length.is_none() => body_length = Some(length),
+                    _ => return Parsed::HandOff,
                 }
-                lengths += 1;
             }
             17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::HandOff,
             _ => {}
@@ -148,6 +162,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
         is_head: method == Method::HEAD,
         method,
         target: range_in(buf, target.as_bytes()),
+        body_length: body_length.unwrap_or(0),
         keep_alive,
     })
 }
@@ -223,6 +238,14 @@ mod tests {
     }
 
     #[test]
+    fn a_length_says_how_long_the_body_is() {
+        let (post, _) = head(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello");
+        assert_eq!(post.body_length, 5);
+        let (get, _) = head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(get.body_length, 0);
+    }
+
+    #[test]
     fn a_partial_head_waits_for_more() {
         assert!(matches!(
             parse(
@@ -237,10 +260,10 @@ mod tests {
     #[test]
     fn everything_unusual_is_left_to_hyper() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"[..],
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 00\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
             b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",
             b"GET / HTTP/1.1\r\n\r\n",

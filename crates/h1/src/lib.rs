@@ -1,5 +1,5 @@
 //! sekisho's own HTTP/1.1 request-head reader: the common case of a request head (HTTP/1.1, no
-//! body, no upgrade, an origin-form target, one `Host`) read with `httparse` into an
+//! body or one of a `Content-Length`, no upgrade, an origin-form target, one `Host`) read with `httparse` into an
 //! `http::Request` whose values are slices of the bytes read; everything else is left to hyper
 //! (`Parsed::HandOff`). The gateway's connection code (`sekisho-gateway`'s `h1`) serves what
 //! this takes and hands the rest to hyper unread.

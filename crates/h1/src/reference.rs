@@ -43,9 +43,14 @@ pub fn owned(raw: &[u8]) -> Option<Seen> {
     let mut fields = Fields::new();
     match parse(raw, MAX_FIELDS, &mut fields) {
         Parsed::Head(head) => {
+            let length = head.body_length;
             let bytes = Bytes::copy_from_slice(raw.get(..head.len)?);
             let request = head.request(&bytes, &mut fields, Empty::<Bytes>::new())?;
-            Some(seen(&request))
+            // The body is the connection's to read (`body_length` bytes after the head).
+            Some(Seen {
+                body: Some(length),
+                ..seen(&request)
+            })
         }
         Parsed::Partial | Parsed::HandOff => None,
     }
@@ -96,8 +101,7 @@ pub fn hyper_reads_blocking(raw: &[u8]) -> Option<Seen> {
 /// takes (it may leave any head to hyper).
 pub fn compare(ours: Option<Seen>, hypers: Option<Seen>) -> Result<bool, String> {
     match (ours, hypers) {
-        (Some(ours), Some(hypers)) if ours == hypers && ours.body == Some(0) => Ok(true),
-        (Some(ours), Some(hypers)) if ours == hypers => Err(format!("taken with a body: {ours:?}")),
+        (Some(ours), Some(hypers)) if ours == hypers => Ok(true),
         (Some(ours), Some(hypers)) => Err(format!("read as {ours:?}, hyper {hypers:?}")),
         (Some(ours), None) => Err(format!("taken as {ours:?}, refused by hyper")),
         (None, _) => Ok(false),

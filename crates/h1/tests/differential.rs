@@ -1,7 +1,7 @@
 //! Differential test against hyper: generated request heads (some mutated byte by byte) go to
 //! the owned path's `head::parse` and to hyper's HTTP/1 server. The owned path may leave a head
 //! to hyper — that is a hand-off, which changes nothing — but a head it takes, hyper must take
-//! too, with the same method, target, version and fields in the same order, and no body.
+//! too, with the same method, target, version, fields in the same order and body length.
 //!
 //! Seeded (`H1_DIFF_SEED`, `H1_DIFF_CASES`): a failure prints the case and its seed.
 

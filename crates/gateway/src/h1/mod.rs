@@ -44,6 +44,10 @@ use sekisho_h1::Parsed;
 /// Bytes taken from the socket per read.
 const READ_CHUNK: usize = 4096;
 
+/// The longest request body the owned path takes (read whole before the steps run); a longer
+/// one, and every later request of its connection, is served by hyper, which streams it.
+const MAX_OWNED_BODY: usize = 64 * 1024;
+
 /// A client connection, ready to serve.
 pub(crate) struct Conn<I> {
     pub shared: Arc<GatewayState>,
@@ -183,10 +187,25 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             };
             let keep_alive = head.keep_alive;
             let is_head = head.is_head;
+            // A small body is read whole before the steps run (as nginx buffers request
+            // bodies), within the head's own deadline; a larger one is hyper's to stream.
+            let body_length = match usize::try_from(head.body_length) {
+                Ok(length) if length <= MAX_OWNED_BODY => length,
+                _ => return Ended::HandOff,
+            };
+            while self.buf.len() < head.len + body_length {
+                match std::future::poll_fn(|cx| self.poll_wait(cx, head.len + body_length)).await {
+                    Came::Bytes | Came::Drain => {}
+                    Came::Closed => return Ended::Closed,
+                }
+            }
             let head_bytes = self.buf.split_to(head.len).freeze();
-            let Some(request) = head.request(&head_bytes, &mut fields, ClientBody::empty()) else {
+            let body_bytes = self.buf.split_to(body_length).freeze();
+            let body = ClientBody::full(body_bytes.clone());
+            let Some(request) = head.request(&head_bytes, &mut fields, body) else {
                 // `http` refused a part httparse took: hyper reads the head again and decides.
                 let mut again = BytesMut::from(&head_bytes[..]);
+                again.extend_from_slice(&body_bytes);
                 again.extend_from_slice(&self.buf);
                 self.buf = again;
                 return Ended::HandOff;
