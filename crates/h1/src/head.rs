@@ -75,7 +75,7 @@ pub struct Head {
 }
 
 /// A `Content-Length` value: digits only (RFC 9110: no sign, no list), at most 19 of them.
-fn content_length(value: &[u8]) -> Option<u64> {
+pub fn content_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 {
         return None;
     }

@@ -10,7 +10,7 @@
 
 mod head;
 
-pub use head::{parse, Fields, Head, Parsed, MAX_FIELDS};
+pub use head::{content_length, parse, Fields, Head, Parsed, MAX_FIELDS};
 
 #[cfg(feature = "reference")]
 pub mod reference;

@@ -100,7 +100,7 @@ impl Writer {
             if name == CONTENT_LENGTH {
                 // An unreadable length is dropped and replaced below; the upstream's transfer
                 // coding is not forwarded (the framing is this hop's).
-                match (declared, content_length(value.as_bytes())) {
+                match (declared, sekisho_h1::content_length(value.as_bytes())) {
                     (None, Some(length)) => declared = Some(length),
                     _ => continue,
                 }
@@ -261,17 +261,6 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
-}
-
-/// A `Content-Length` value: digits only, at most 19 of them.
-fn content_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 {
-        return None;
-    }
-    value.iter().try_fold(0u64, |length, &byte| {
-        byte.is_ascii_digit()
-            .then(|| length * 10 + u64::from(byte - b'0'))
-    })
 }
 
 /// Whether a comma-separated list holds `token` (any case).
