@@ -2,6 +2,7 @@
 //! health-check records, circuit transitions), and the monotonic millisecond [`Clock`] of target
 //! state. This module imports nothing of the gateway.
 
+use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -17,6 +18,28 @@ pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The current time as an HTTP-date, made once a second per thread.
+pub(crate) fn http_date() -> [u8; 29] {
+    thread_local! {
+        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != second {
+            let text = httpdate::fmt_http_date(now);
+            let mut bytes = [0u8; 29];
+            let len = text.len().min(29);
+            bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
+            *cached = (second, bytes);
+        }
+        cached.1
+    })
 }
 
 /// Milliseconds on a [`Clock`]; 0 means "never".

@@ -17,11 +17,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::body::{Held, Release};
 use crate::edge::raw_error_for_status;
 use crate::metrics::Metrics;
+use crate::woken::WokenOnly;
 
 const NOT_READING: u64 = u64::MAX;
 
@@ -176,6 +178,18 @@ impl Release for ConnState {
             self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
         }
     }
+}
+
+/// The connection's watchdog (`connection::watchdog`), polled only when it woke.
+pub(crate) type Watchdog = WokenOnly<Pin<Box<dyn Future<Output = ()> + Send>>>;
+/// The drain signal: gives back the receiver, kept until the connection ends.
+pub(crate) type DrainSignal = WokenOnly<Pin<Box<dyn Future<Output = watch::Receiver<()>> + Send>>>;
+
+/// How a connection learns of the drain: still waiting for it, or already told.
+pub(crate) enum Drain {
+    Waiting(DrainSignal),
+    /// Kept until the connection ends, so that the drain waits for it.
+    Told(watch::Receiver<()>),
 }
 
 /// Resolves when the connection has been idle for `idle_timeout`, or a request head has taken

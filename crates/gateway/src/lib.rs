@@ -27,6 +27,7 @@ pub mod edge;
 mod fallback;
 mod h1;
 mod health;
+mod http2;
 mod interim;
 mod lag;
 mod metrics;

@@ -176,7 +176,7 @@ async fn serve_tls(
 }
 
 /// Serves a connection over `io`: `tls` says whether it is TLS and, if so, whether it
-/// negotiated h2 (hyper's from the start; otherwise the owned HTTP/1.1 path when on).
+/// negotiated h2 (`http2` from the start; otherwise the owned HTTP/1.1 path when on).
 async fn serve_on<I>(
     shared: Arc<GatewayState>,
     io: I,
@@ -188,10 +188,16 @@ async fn serve_on<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let is_h2 = tls == Some(true);
-    let owned = settings.owned_http1 && !is_h2;
+    let start = if is_h2 {
+        h1::Start::Http2
+    } else if settings.owned_http1 {
+        h1::Start::Owned
+    } else {
+        h1::Start::Hyper
+    };
     let state = ConnState::new(Arc::clone(&shared.metrics), is_h2);
     let mut client = ClientInfo::new(remote, tls.is_some());
-    if owned {
+    if start == h1::Start::Owned {
         client.interim = Some(InterimSink::default());
     }
     let conn = Conn {
@@ -202,5 +208,5 @@ async fn serve_on<I>(
         settings,
         watcher,
     };
-    h1::serve(conn, owned).await;
+    h1::serve(conn, start).await;
 }

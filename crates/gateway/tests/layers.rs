@@ -44,6 +44,7 @@ const ORDER: &[&str] = &[
     // The request path.
     "connection",
     "proxy",
+    "http2",
     "h1",
     "server",
     // The gateway's faces (impl blocks of lib.rs's `Gateway`).

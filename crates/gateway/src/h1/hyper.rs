@@ -2,7 +2,6 @@
 //! owned path leaves to it (bodies, upgrades, HTTP/1.0, unusual heads), from that request on.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -10,26 +9,12 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::sync::watch;
 
 use crate::body::ClientBody;
-use crate::connection::ConnState;
+use crate::connection::{ConnState, Drain, Watchdog};
 use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
-use crate::woken::WokenOnly;
-
-/// The connection's watchdog (`connection::watchdog`), polled only when it woke.
-pub(crate) type Watchdog = WokenOnly<Pin<Box<dyn Future<Output = ()> + Send>>>;
-/// The drain signal: gives back the receiver, kept until the connection ends.
-pub(crate) type DrainSignal = WokenOnly<Pin<Box<dyn Future<Output = watch::Receiver<()>> + Send>>>;
-
-/// How a connection learns of the drain: still waiting for it, or already told.
-pub(crate) enum Drain {
-    Waiting(DrainSignal),
-    /// Kept until the connection ends, so that the drain waits for it.
-    Told(watch::Receiver<()>),
-}
 
 fn builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());

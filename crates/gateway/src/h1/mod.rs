@@ -29,14 +29,15 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use crate::body::ClientBody;
-use crate::connection::{watchdog, ConnIo, ConnState};
+use crate::connection::{watchdog, ConnIo, ConnState, Drain, Watchdog};
+use crate::http2;
 use crate::interim::{Interim, InterimSink};
 use crate::proxy::{handle, ClientInfo};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
 use crate::woken::WokenOnly;
 
-use self::hyper::{drive, hard_limit, Drain, Watchdog};
+use self::hyper::{drive, hard_limit};
 use self::prefixed::Prefixed;
 use self::write::{Writer, Written};
 use sekisho_h1::Parsed;
@@ -58,9 +59,23 @@ pub(crate) struct Conn<I> {
     pub watcher: watch::Receiver<()>,
 }
 
-/// Serves `conn` until it ends: with the owned HTTP/1.1 path when `owned`, else (HTTP/2 by ALPN,
-/// or the owned path turned off) with hyper from the start.
-pub(crate) async fn serve<I>(conn: Conn<I>, owned: bool)
+/// How a connection is served from its start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// HTTP/2 by ALPN: `http2` from the start.
+    Http2,
+    /// The owned HTTP/1.1 path; a connection that opens with HTTP/2's preface (prior knowledge)
+    /// goes to `http2`, any other exchange it does not take to hyper.
+    Owned,
+    /// hyper from the start (the owned path turned off).
+    Hyper,
+}
+
+/// HTTP/2's connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves `conn` until it ends, as `start` says.
+pub(crate) async fn serve<I>(conn: Conn<I>, start: Start)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -88,7 +103,7 @@ where
         watchdog,
         drain,
     };
-    if owned {
+    if start == Start::Owned {
         match owned_conn
             .exchanges(&shared, &state, &client, &settings)
             .await
@@ -103,7 +118,23 @@ where
         watchdog,
         drain,
     } = owned_conn;
+    let limit = hard_limit(&settings);
+    if start == Start::Http2 {
+        Box::pin(http2::serve(
+            shared, io, state, client, limit, watchdog, drain,
+        ))
+        .await;
+        return;
+    }
+    let prior_knowledge = start == Start::Owned && buf.starts_with(H2_PREFACE);
     let io = Prefixed::new(buf.freeze(), io);
+    if prior_knowledge {
+        Box::pin(http2::serve(
+            shared, io, state, client, limit, watchdog, drain,
+        ))
+        .await;
+        return;
+    }
     // Boxed for the same reason: hyper's connection state exists only once it is needed.
     Box::pin(drive(shared, io, state, client, &settings, watchdog, drain)).await;
 }

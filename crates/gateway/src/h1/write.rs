@@ -2,11 +2,9 @@
 //! (status line with its reason, the fields in order, `date` when absent, the body's framing),
 //! interim answers, and the body streamed — a small body leaves in the same write as its head.
 
-use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -15,6 +13,7 @@ use http_body::Body;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::body::ResponseBody;
+use crate::clock::http_date;
 use crate::interim::Interim;
 
 /// Body bytes copied next to the head (or the previous chunk) rather than written on their own.
@@ -267,28 +266,6 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 fn has_token(list: &[u8], token: &[u8]) -> bool {
     list.split(|&b| b == b',')
         .any(|item| item.trim_ascii().eq_ignore_ascii_case(token))
-}
-
-/// The current time as an HTTP-date, made once a second per thread.
-fn http_date() -> [u8; 29] {
-    thread_local! {
-        static CACHED: RefCell<(u64, [u8; 29])> = const { RefCell::new((u64::MAX, [0; 29])) };
-    }
-    let now = SystemTime::now();
-    let second = now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    CACHED.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        if cached.0 != second {
-            let text = httpdate::fmt_http_date(now);
-            let mut bytes = [0u8; 29];
-            let len = text.len().min(29);
-            bytes[..len].copy_from_slice(&text.as_bytes()[..len]);
-            *cached = (second, bytes);
-        }
-        cached.1
-    })
 }
 
 #[cfg(test)]
