@@ -1,11 +1,16 @@
 //! The client's request body as the gateway's steps see it: read by hyper, read whole by the
-//! owned HTTP/1.1 path (`h1`: small `Content-Length` bodies only), a stream of an HTTP/2
-//! connection served with the `h2` crate (`http2`), or none.
+//! owned HTTP/1.1 path (`h1`: small `Content-Length` bodies), fed piece by piece by it while
+//! the steps run (`h1`: larger ones, [`BodyFeeder`]), a stream of an HTTP/2 connection served
+//! with the `h2` crate (`http2`), or none.
 //!
 //! This module imports nothing of the gateway.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -23,6 +28,11 @@ enum Kind {
     Hyper(Incoming),
     /// Read whole already (`None` once taken; an empty body is `None` from the start).
     Full(Option<Bytes>),
+    /// Fed by the connection as it reads (`length` bytes in all).
+    Fed {
+        feed: Arc<Feed>,
+        length: u64,
+    },
     /// An HTTP/2 stream's data, then its trailers.
     H2 {
         stream: h2::RecvStream,
@@ -71,6 +81,7 @@ impl Body for ClientBody {
             Kind::H2 {
                 stream, data_done, ..
             } => poll_h2(stream, data_done, cx),
+            Kind::Fed { feed, .. } => feed.poll_next(cx),
         }
     }
 
@@ -79,6 +90,7 @@ impl Body for ClientBody {
             Kind::Hyper(inner) => inner.is_end_stream(),
             Kind::Full(bytes) => bytes.is_none(),
             Kind::H2 { stream, .. } => stream.is_end_stream(),
+            Kind::Fed { feed, .. } => feed.is_over(),
         }
     }
 
@@ -88,7 +100,147 @@ impl Body for ClientBody {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::H2 { stream, .. } if stream.is_end_stream() => SizeHint::with_exact(0),
             Kind::H2 { length, .. } => length.map_or_else(SizeHint::new, SizeHint::with_exact),
+            Kind::Fed { length, .. } => SizeHint::with_exact(*length),
         }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Kind::Fed { feed, .. } = &self.0 {
+            feed.reader_gone();
+        }
+    }
+}
+
+/// Bytes a [`BodyFeeder`] holds before the connection stops reading (back-pressure).
+const FEED_ROOM: usize = 64 * 1024;
+
+/// What the connection feeds and the body reads.
+#[derive(Debug, Default)]
+pub(crate) struct Feed {
+    state: Mutex<FeedState>,
+    /// The body's reader, waiting for bytes.
+    reader: AtomicWaker,
+    /// The connection, waiting for room.
+    feeder: AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct FeedState {
+    pieces: VecDeque<Bytes>,
+    held: usize,
+    end: FeedEnd,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum FeedEnd {
+    #[default]
+    Open,
+    /// Every byte was fed.
+    Done,
+    /// The client went away before the end.
+    Broken,
+    /// Nobody reads any more: what is fed is dropped.
+    ReaderGone,
+}
+
+impl Feed {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FeedState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.reader.register(cx.waker());
+        let mut state = self.lock();
+        if let Some(piece) = state.pieces.pop_front() {
+            state.held -= piece.len();
+            drop(state);
+            self.feeder.wake();
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        match state.end {
+            FeedEnd::Done | FeedEnd::ReaderGone => Poll::Ready(None),
+            FeedEnd::Broken => Poll::Ready(Some(Err(
+                "the client closed its connection before the end of its body".into(),
+            ))),
+            FeedEnd::Open => Poll::Pending,
+        }
+    }
+
+    fn is_over(&self) -> bool {
+        let state = self.lock();
+        state.pieces.is_empty() && state.end != FeedEnd::Open
+    }
+
+    fn reader_gone(&self) {
+        let mut state = self.lock();
+        state.pieces.clear();
+        state.held = 0;
+        if state.end == FeedEnd::Open {
+            state.end = FeedEnd::ReaderGone;
+        }
+        drop(state);
+        self.feeder.wake();
+    }
+}
+
+/// The connection's end of a body it feeds as it reads (the owned HTTP/1.1 path's bodies too
+/// large to read whole first): bytes go in while there is room, the end or a break is told
+/// once. Dropped before the end, it breaks the body.
+#[derive(Debug)]
+pub(crate) struct BodyFeeder(Arc<Feed>);
+
+impl BodyFeeder {
+    /// A feeder and the body it feeds, `length` bytes long.
+    pub(crate) fn new(length: u64) -> (Self, ClientBody) {
+        let feed = Arc::new(Feed::default());
+        let body = ClientBody(Kind::Fed {
+            feed: Arc::clone(&feed),
+            length,
+        });
+        (Self(feed), body)
+    }
+
+    /// Ready when the body can take more (or nobody reads it any more: then what is fed is
+    /// dropped); otherwise the task of `cx` is woken when it can.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.feeder.register(cx.waker());
+        let state = self.0.lock();
+        if state.held < FEED_ROOM || state.end != FeedEnd::Open {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Hands `piece` to the body; `last` when it is the end of it.
+    pub(crate) fn feed(&self, piece: Bytes, last: bool) {
+        let mut state = self.0.lock();
+        if state.end == FeedEnd::Open {
+            if !piece.is_empty() {
+                state.held += piece.len();
+                state.pieces.push_back(piece);
+            }
+            if last {
+                state.end = FeedEnd::Done;
+            }
+        }
+        drop(state);
+        self.0.reader.wake();
+    }
+}
+
+impl Drop for BodyFeeder {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        if state.end == FeedEnd::Open {
+            state.end = FeedEnd::Broken;
+        }
+        drop(state);
+        self.0.reader.wake();
     }
 }
 
@@ -135,5 +287,43 @@ mod tests {
         let none = ClientBody::full(Bytes::new());
         assert!(none.is_end_stream());
         assert_eq!(none.size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_fed_body_arrives_in_order_and_holds_the_feeder_back_when_full() {
+        let (feeder, body) = BodyFeeder::new(FEED_ROOM as u64 + 3);
+        assert_eq!(body.size_hint().exact(), Some(FEED_ROOM as u64 + 3));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(feeder.poll_room(&mut cx).is_ready());
+        feeder.feed(Bytes::from(vec![b'a'; FEED_ROOM]), false);
+        assert!(
+            feeder.poll_room(&mut cx).is_pending(),
+            "no room past FEED_ROOM"
+        );
+        let reader = tokio::spawn(async move { body.collect().await.map(|c| c.to_bytes()) });
+        std::future::poll_fn(|cx| feeder.poll_room(cx)).await;
+        feeder.feed(Bytes::from_static(b"bcd"), true);
+        let read = reader.await.ok().and_then(Result::ok).unwrap_or_default();
+        assert_eq!(read.len(), FEED_ROOM + 3);
+        assert!(read.ends_with(b"abcd"));
+    }
+
+    #[tokio::test]
+    async fn a_feeder_dropped_early_breaks_the_body_and_a_dropped_body_frees_the_feeder() {
+        let (feeder, body) = BodyFeeder::new(10);
+        feeder.feed(Bytes::from_static(b"12345"), false);
+        drop(feeder);
+        assert!(body.collect().await.is_err(), "a cut body read as whole");
+
+        let (feeder, body) = BodyFeeder::new(FEED_ROOM as u64 * 2);
+        feeder.feed(Bytes::from(vec![0; FEED_ROOM]), false);
+        drop(body);
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            feeder.poll_room(&mut cx).is_ready(),
+            "nobody reads: room for ever"
+        );
     }
 }

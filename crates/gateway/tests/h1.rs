@@ -1,6 +1,7 @@
 //! The owned HTTP/1.1 path (`h1`) over real sockets: the upstream's interim answers reach the
-//! client, pipelined requests are answered in order, a small body is read whole, and one
-//! connection can go from the owned path to hyper (a chunked body) without the client noticing.
+//! client (also while a large body is still on its way), pipelined requests are answered in
+//! order, a small body is read whole, a large one streamed, and one connection can go from the
+//! owned path to hyper (a chunked body) without the client noticing.
 #![allow(clippy::unwrap_used)]
 
 use std::io::Write;
@@ -38,6 +39,57 @@ async fn early_hints_upstream() -> SocketAddr {
                         if stream.write_all(answer).await.is_err() {
                             return;
                         }
+                    }
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => pending.extend_from_slice(&chunk[..read]),
+                    }
+                }
+            });
+        }
+    });
+    address
+}
+
+/// An upstream that answers `103 Early Hints` as soon as a request's head arrives, then reads
+/// its whole body (`Content-Length`) and answers `200 got N`.
+async fn hints_then_reads_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut chunk = [0u8; 16384];
+                loop {
+                    if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|line| line.strip_prefix("content-length: "))
+                            .and_then(|value| value.trim().parse().ok())
+                            .unwrap_or(0);
+                        let hint =
+                            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n";
+                        if stream.write_all(hint).await.is_err() {
+                            return;
+                        }
+                        while pending.len() < end + 4 + length {
+                            match stream.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(read) => pending.extend_from_slice(&chunk[..read]),
+                            }
+                        }
+                        pending.drain(..end + 4 + length);
+                        let text = format!("got {length}");
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{text}",
+                            text.len()
+                        );
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
                     }
                     match stream.read(&mut chunk).await {
                         Ok(0) | Err(_) => return,
@@ -201,6 +253,104 @@ async fn one_connection_goes_from_the_owned_path_to_hyper_unnoticed() {
     })
     .await
     .unwrap();
+    gw.stop().await;
+}
+
+/// A body too large to read whole first is streamed to the upstream as it arrives, so the
+/// upstream's interim answer reaches the client while the client is still sending: the client
+/// waits for the `103` before it sends the second half. (Handed to hyper, as before, the `103`
+/// never came.) The connection then carries the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interim_answer_reaches_a_client_still_sending_a_large_body() {
+    let target = hints_then_reads_upstream().await;
+    let gw = InProcess::start(&config(target, "")).await;
+    let address = gw.address;
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let size = 1024 * 1024;
+        let mut client = Client::connect(address);
+        client.send(
+            format!("POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n")
+                .as_bytes(),
+        );
+        client.send(&vec![b'a'; size / 2]);
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = client
+                .stream
+                .read(&mut chunk)
+                .expect("the 103 while the body is half sent");
+            assert!(read > 0, "closed before the interim answer");
+            seen.extend_from_slice(&chunk[..read]);
+        }
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        assert!(
+            text.starts_with("HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n"),
+            "{text}"
+        );
+        client.read = seen[text.find("\r\n\r\n").unwrap() + 4..].to_vec();
+        client.send(&vec![b'b'; size - size / 2]);
+        let done = client.answer(true);
+        assert!(done.starts_with("HTTP/1.1 200 OK\r\n"), "{done}");
+        assert_eq!(body_of(&done), format!("got {size}"), "{done}");
+        // The same connection goes on with the next request (a small body this time).
+        client.send(b"POST /n HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi");
+        let hint = client.answer(true);
+        assert!(hint.starts_with("HTTP/1.1 103 "), "{hint}");
+        let next = client.answer(true);
+        assert!(next.starts_with("HTTP/1.1 200 OK\r\n"), "{next}");
+        assert_eq!(body_of(&next), "got 2", "{next}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+}
+
+/// A large body streamed to an upstream that reads it: every byte arrives, in order, and the
+/// answer of an upstream that did not wait for the whole body ends the connection (the rest of
+/// the body is never read as a request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_streams_whole_and_an_early_answer_closes() {
+    let target = echo_upstream().await;
+    let gw = InProcess::start(&config(target, "")).await;
+    let address = gw.address;
+    tokio::task::spawn_blocking(move || {
+        let size = 300 * 1024 + 7;
+        let mut client = Client::connect(address);
+        let mut request =
+            format!("POST /big HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        request.extend((0..size).map(|i| b'a' + (i % 26) as u8));
+        request.extend_from_slice(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n");
+        client.send(&request);
+        let answer = client.answer(true);
+        assert_eq!(body_of(&answer), format!("POST /big {size}"), "{answer}");
+        let after = client.answer(true);
+        assert_eq!(body_of(&after), "GET /after 0", "{after}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+
+    // The early-hints upstream answers without reading a body: its answer comes while the
+    // body is still unread, so the gateway says close and ends the connection.
+    let gw = InProcess::start(&config(early_hints_upstream().await, "")).await;
+    let size = 200 * 1024;
+    let mut request =
+        format!("POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+    request.extend_from_slice(&vec![b'z'; 1000]);
+    let ended = raw_exchange_until_end(gw.address, &request, Duration::from_secs(10));
+    assert_eq!(ended.end, RawEnd::Closed, "{}", ended.answer);
+    assert!(
+        ended.answer.contains("HTTP/1.1 200 OK\r\n"),
+        "{}",
+        ended.answer
+    );
+    assert!(
+        ended.answer.contains("\r\nconnection: close\r\n"),
+        "{}",
+        ended.answer
+    );
     gw.stop().await;
 }
 

@@ -25,10 +25,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
 use crate::body::ClientBody;
+use crate::client_body::BodyFeeder;
 use crate::connection::{watchdog, ConnIo, ConnState, Drain, Watchdog};
 use crate::http2;
 use crate::interim::{Interim, InterimSink};
@@ -45,8 +46,8 @@ use sekisho_h1::Parsed;
 /// Bytes taken from the socket per read.
 const READ_CHUNK: usize = 4096;
 
-/// The longest request body the owned path takes (read whole before the steps run); a longer
-/// one, and every later request of its connection, is served by hyper, which streams it.
+/// The longest request body the owned path reads whole before the steps run; a longer one is
+/// fed to them as it arrives (`BodyFeeder`).
 const MAX_OWNED_BODY: usize = 64 * 1024;
 
 /// A client connection, ready to serve.
@@ -167,6 +168,39 @@ struct Exchange<'a> {
     limit: usize,
 }
 
+/// A body being fed to the steps as it arrives.
+struct Fed {
+    feeder: BodyFeeder,
+    /// Bytes of it not yet read.
+    left: u64,
+}
+
+/// Reads the rest of a body and feeds it, after what `buffered` holds of it, until it ends,
+/// the client stops sending, or (dropped) the answer is written. Bytes past the body are
+/// dropped: the connection ends after this exchange.
+async fn feed_rest<R: AsyncRead + Unpin>(mut reading: R, mut fed: Fed, mut buffered: BytesMut) {
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        if !buffered.is_empty() {
+            std::future::poll_fn(|cx| fed.feeder.poll_room(cx)).await;
+            let take = buffered
+                .len()
+                .min(usize::try_from(fed.left).unwrap_or(usize::MAX));
+            fed.left -= take as u64;
+            fed.feeder
+                .feed(buffered.split_to(take).freeze(), fed.left == 0);
+            if fed.left == 0 {
+                return;
+            }
+            buffered.clear();
+        }
+        match reading.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => buffered.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
 /// What came while waiting for the client.
 enum Came {
     Bytes,
@@ -219,20 +253,35 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             let keep_alive = head.keep_alive;
             let is_head = head.is_head;
             // A small body is read whole before the steps run (as nginx buffers request
-            // bodies), within the head's own deadline; a larger one is hyper's to stream.
-            let body_length = match usize::try_from(head.body_length) {
-                Ok(length) if length <= MAX_OWNED_BODY => length,
-                _ => return Ended::HandOff,
+            // bodies), within the head's own deadline; a larger one is fed to the steps as it
+            // arrives, while the upstream's interim answers go out.
+            let whole = match usize::try_from(head.body_length) {
+                Ok(length) if length <= MAX_OWNED_BODY => Some(length),
+                _ => None,
             };
-            while self.buf.len() < head.len + body_length {
-                match std::future::poll_fn(|cx| self.poll_wait(cx, head.len + body_length)).await {
-                    Came::Bytes | Came::Drain => {}
-                    Came::Closed => return Ended::Closed,
+            if let Some(length) = whole {
+                while self.buf.len() < head.len + length {
+                    match std::future::poll_fn(|cx| self.poll_wait(cx, head.len + length)).await {
+                        Came::Bytes | Came::Drain => {}
+                        Came::Closed => return Ended::Closed,
+                    }
                 }
             }
             let head_bytes = self.buf.split_to(head.len).freeze();
-            let body_bytes = self.buf.split_to(body_length).freeze();
-            let body = ClientBody::full(body_bytes.clone());
+            let (body, body_bytes, fed) = match whole {
+                Some(length) => {
+                    let bytes = self.buf.split_to(length).freeze();
+                    (ClientBody::full(bytes.clone()), bytes, None)
+                }
+                None => {
+                    let (feeder, body) = BodyFeeder::new(head.body_length);
+                    let fed = Fed {
+                        feeder,
+                        left: head.body_length,
+                    };
+                    (body, bytes::Bytes::new(), Some(fed))
+                }
+            };
             let Some(request) = head.request(&head_bytes, &mut fields, body) else {
                 // `http` refused a part httparse took: hyper reads the head again and decides.
                 let mut again = BytesMut::from(&head_bytes[..]);
@@ -252,7 +301,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 is_head,
                 limit,
             };
-            if !Box::pin(self.exchange(exchange, request, &mut writer)).await {
+            if !Box::pin(self.exchange(exchange, request, fed, &mut writer)).await {
                 return Ended::Closed;
             }
             sink.clear();
@@ -270,6 +319,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
         &mut self,
         exchange: Exchange<'_>,
         request: http::Request<ClientBody>,
+        mut fed: Option<Fed>,
         writer: &mut Writer,
     ) -> bool {
         let Exchange {
@@ -294,8 +344,28 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     if let Poll::Ready(answers) = sink.poll_take(cx) {
                         return Poll::Ready(Step::Interim(answers));
                     }
-                    // Pipelined bytes are kept for later; the drain is noted.
+                    // The body's bytes are fed as they come; pipelined bytes after it are
+                    // kept for later; the drain is noted.
                     loop {
+                        if let Some(body) = fed.as_mut() {
+                            if !self.buf.is_empty() {
+                                if body.feeder.poll_room(cx).is_pending() {
+                                    // Back-pressure: nothing more is read until there is room.
+                                    return Poll::Pending;
+                                }
+                                let take = self
+                                    .buf
+                                    .len()
+                                    .min(usize::try_from(body.left).unwrap_or(usize::MAX));
+                                body.left -= take as u64;
+                                body.feeder
+                                    .feed(self.buf.split_to(take).freeze(), body.left == 0);
+                                if body.left == 0 {
+                                    fed = None;
+                                }
+                                continue;
+                            }
+                        }
                         match self.poll_wait(cx, limit) {
                             Poll::Ready(Came::Closed) => return Poll::Ready(Step::Gone),
                             Poll::Ready(Came::Bytes | Came::Drain) => {}
@@ -326,11 +396,35 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             return false;
         };
         response.body_mut().hold(guard.into_held());
-        let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
-        match writer
-            .response(&mut self.io, response, is_head, keep_alive)
-            .await
-        {
+        // An answer that came before the whole body (an upstream that streams its answer as
+        // it reads, or one that refused the body) ends the connection after it: what is left
+        // of the body is not read as a next request.
+        let keep_alive = keep_alive && fed.is_none() && matches!(self.drain, Drain::Waiting(_));
+        let written = match fed {
+            None => {
+                writer
+                    .response(&mut self.io, response, is_head, keep_alive)
+                    .await
+            }
+            Some(fed) => {
+                // Both ways at once: the rest of the body is read and fed while the answer is
+                // written (the upstream may read no further until its answer moves).
+                let buffered = std::mem::take(&mut self.buf);
+                let (reading, mut writing) = tokio::io::split(&mut self.io);
+                let feeding = feed_rest(reading, fed, buffered);
+                let answer = writer.response(&mut writing, response, is_head, false);
+                tokio::pin!(feeding, answer);
+                let mut fed_all = false;
+                std::future::poll_fn(|cx| {
+                    if !fed_all {
+                        fed_all = feeding.as_mut().poll(cx).is_ready();
+                    }
+                    answer.as_mut().poll(cx)
+                })
+                .await
+            }
+        };
+        match written {
             Ok(Written::Done { keep_alive: true }) => true,
             Ok(Written::Done { keep_alive: false }) => {
                 // A lingering close (`ConnIo`): what the client still sends is read and
