@@ -28,10 +28,10 @@ enum Kind {
     Hyper(Incoming),
     /// Read whole already (`None` once taken; an empty body is `None` from the start).
     Full(Option<Bytes>),
-    /// Fed by the connection as it reads (`length` bytes in all).
+    /// Fed by the connection as it reads (`length` bytes in all, when known).
     Fed {
         feed: Arc<Feed>,
-        length: u64,
+        length: Option<u64>,
     },
     /// An HTTP/2 stream's data, then its trailers.
     H2 {
@@ -100,7 +100,7 @@ impl Body for ClientBody {
             Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::H2 { stream, .. } if stream.is_end_stream() => SizeHint::with_exact(0),
             Kind::H2 { length, .. } => length.map_or_else(SizeHint::new, SizeHint::with_exact),
-            Kind::Fed { length, .. } => SizeHint::with_exact(*length),
+            Kind::Fed { length, .. } => length.map_or_else(SizeHint::new, SizeHint::with_exact),
         }
     }
 }
@@ -131,6 +131,10 @@ struct FeedState {
     pieces: VecDeque<Bytes>,
     held: usize,
     end: FeedEnd,
+    /// Trailer fields after the last piece (a chunked body's).
+    trailers: Option<http::HeaderMap>,
+    /// The reader went away before the end of the body.
+    unread: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -162,9 +166,11 @@ impl Feed {
             return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
         match state.end {
-            FeedEnd::Done | FeedEnd::ReaderGone => Poll::Ready(None),
+            FeedEnd::Done => Poll::Ready(state.trailers.take().map(|t| Ok(Frame::trailers(t)))),
+            FeedEnd::ReaderGone => Poll::Ready(None),
             FeedEnd::Broken => Poll::Ready(Some(Err(
-                "the client closed its connection before the end of its body".into(),
+                "the body was cut short (the client went away) or its chunked framing is malformed"
+                    .into(),
             ))),
             FeedEnd::Open => Poll::Pending,
         }
@@ -172,11 +178,12 @@ impl Feed {
 
     fn is_over(&self) -> bool {
         let state = self.lock();
-        state.pieces.is_empty() && state.end != FeedEnd::Open
+        state.pieces.is_empty() && state.trailers.is_none() && state.end != FeedEnd::Open
     }
 
     fn reader_gone(&self) {
         let mut state = self.lock();
+        state.unread = !state.pieces.is_empty() || state.end == FeedEnd::Open;
         state.pieces.clear();
         state.held = 0;
         if state.end == FeedEnd::Open {
@@ -194,8 +201,8 @@ impl Feed {
 pub(crate) struct BodyFeeder(Arc<Feed>);
 
 impl BodyFeeder {
-    /// A feeder and the body it feeds, `length` bytes long.
-    pub(crate) fn new(length: u64) -> (Self, ClientBody) {
+    /// A feeder and the body it feeds, `length` bytes long (`None`: a chunked body).
+    pub(crate) fn new(length: Option<u64>) -> (Self, ClientBody) {
         let feed = Arc::new(Feed::default());
         let body = ClientBody(Kind::Fed {
             feed: Arc::clone(&feed),
@@ -214,6 +221,25 @@ impl BodyFeeder {
         } else {
             Poll::Pending
         }
+    }
+
+    /// Whether the body's reader went away before its end (the gateway answered without it:
+    /// the connection then ends, as hyper's does).
+    pub(crate) fn abandoned(&self) -> bool {
+        self.0.lock().unread
+    }
+
+    /// Ends the body with trailer fields (a chunked body's).
+    pub(crate) fn finish_with(&self, trailers: http::HeaderMap) {
+        let mut state = self.0.lock();
+        if state.end == FeedEnd::Open {
+            state.end = FeedEnd::Done;
+            if !trailers.is_empty() {
+                state.trailers = Some(trailers);
+            }
+        }
+        drop(state);
+        self.0.reader.wake();
     }
 
     /// Hands `piece` to the body; `last` when it is the end of it.
@@ -291,7 +317,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_fed_body_arrives_in_order_and_holds_the_feeder_back_when_full() {
-        let (feeder, body) = BodyFeeder::new(FEED_ROOM as u64 + 3);
+        let (feeder, body) = BodyFeeder::new(Some(FEED_ROOM as u64 + 3));
         assert_eq!(body.size_hint().exact(), Some(FEED_ROOM as u64 + 3));
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
@@ -311,12 +337,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_feeder_dropped_early_breaks_the_body_and_a_dropped_body_frees_the_feeder() {
-        let (feeder, body) = BodyFeeder::new(10);
+        let (feeder, body) = BodyFeeder::new(Some(10));
         feeder.feed(Bytes::from_static(b"12345"), false);
         drop(feeder);
         assert!(body.collect().await.is_err(), "a cut body read as whole");
 
-        let (feeder, body) = BodyFeeder::new(FEED_ROOM as u64 * 2);
+        let (feeder, body) = BodyFeeder::new(Some(FEED_ROOM as u64 * 2));
         feeder.feed(Bytes::from(vec![0; FEED_ROOM]), false);
         drop(body);
         let waker = futures_util::task::noop_waker();
@@ -325,5 +351,21 @@ mod tests {
             feeder.poll_room(&mut cx).is_ready(),
             "nobody reads: room for ever"
         );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_ends_with_its_trailers() {
+        let (feeder, body) = BodyFeeder::new(None);
+        assert_eq!(body.size_hint().exact(), None);
+        feeder.feed(Bytes::from_static(b"abc"), false);
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("checksum", http::HeaderValue::from_static("42"));
+        feeder.finish_with(trailers);
+        let collected = body.collect().await.ok().unwrap_or_default();
+        assert_eq!(
+            collected.trailers().map(|t| t["checksum"].clone()),
+            Some(http::HeaderValue::from_static("42"))
+        );
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"abc"));
     }
 }

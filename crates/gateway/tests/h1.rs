@@ -243,9 +243,10 @@ async fn one_connection_goes_from_the_owned_path_to_hyper_unnoticed() {
         // A small body: read whole by the owned path.
         let small = client.exchange(b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc");
         assert_eq!(body_of(&small), "POST /s 3", "{small}");
-        // A chunked body: hyper serves this request and the rest of the connection.
+        // A body with a coding before `chunked`: hyper serves this request and the rest of the
+        // connection.
         let post = client.exchange(
-            b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         );
         assert_eq!(body_of(&post), "POST /p 5", "{post}");
         let after = client.exchange(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -351,6 +352,56 @@ async fn a_large_body_streams_whole_and_an_early_answer_closes() {
         "{}",
         ended.answer
     );
+    gw.stop().await;
+}
+
+/// A chunked body stays on the owned path: decoded as its chunks arrive (in two writes here)
+/// and re-framed for the upstream, the next pipelined request served after it; the upstream's
+/// interim answer reaches a client sending a chunked body (hyper's server drops it); and a
+/// malformed chunk ends the exchange with 400 and the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_body_stays_on_the_owned_path() {
+    let gw = InProcess::start(&config(echo_upstream().await, "")).await;
+    let address = gw.address;
+    tokio::task::spawn_blocking(move || {
+        let mut client = Client::connect(address);
+        client.send(b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel");
+        std::thread::sleep(Duration::from_millis(20));
+        client.send(
+            b"lo\r\n6;ext=1\r\n world\r\n0\r\nChecksum: 1\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n",
+        );
+        let answer = client.answer(true);
+        assert_eq!(body_of(&answer), "POST /c 11", "{answer}");
+        let after = client.answer(true);
+        assert_eq!(body_of(&after), "GET /after 0", "{after}");
+    })
+    .await
+    .unwrap();
+    let ended = raw_exchange_until_end(
+        gw.address,
+        b"POST /bad HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        ended.answer.starts_with("HTTP/1.1 400 "),
+        "{}",
+        ended.answer
+    );
+    assert!(ended.answer.contains("BAD_REQUEST"), "{}", ended.answer);
+    assert_eq!(ended.end, RawEnd::Closed, "{}", ended.answer);
+    gw.stop().await;
+
+    let gw = InProcess::start(&config(early_hints_upstream().await, "")).await;
+    let answer = raw_exchange(
+        gw.address,
+        b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 103 Early Hints\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("HTTP/1.1 200 OK\r\n"), "{answer}");
     gw.stop().await;
 }
 

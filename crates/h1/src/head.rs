@@ -4,7 +4,8 @@
 //!
 //! The owned path takes only the common case and gives everything else to hyper unread, so
 //! that every refusal, limit and smuggling defence stays hyper's and the gateway's as before:
-//! HTTP/1.1 only; no `Transfer-Encoding` and at most one `Content-Length` of digits; no
+//! HTTP/1.1 only; at most one `Content-Length` of digits, or one `Transfer-Encoding: chunked`
+//! (never both; its body read by [`crate::ChunkedDecoder`]); no
 //! `Expect`, no upgrade, no `CONNECT`; an origin-form target of RFC 3986's characters; exactly
 //! one `Host`; at most `max_header_count` fields (and 100). A head it takes, hyper would take
 //! too and read the same way (`tests/differential.rs` and the fuzz target `h1_head` feed both
@@ -66,8 +67,10 @@ pub struct Head {
     pub len: usize,
     method: Method,
     target: Range<usize>,
-    /// The body's length (`Content-Length`; 0: none). Its bytes follow the head.
+    /// The body's length (`Content-Length`; 0: none, or chunked). Its bytes follow the head.
     pub body_length: u64,
+    /// The body is chunked (`Transfer-Encoding: chunked`): its length is in its chunks.
+    pub chunked: bool,
     /// The client keeps the connection open after this exchange (no `Connection: close`).
     pub keep_alive: bool,
     /// `HEAD`: the answer has no body whatever its fields say.
@@ -118,6 +121,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
     }
     let mut hosts = 0;
     let mut body_length = None;
+    let mut chunked = false;
     let mut keep_alive = true;
     fields.clear();
     for field in request.headers.iter() {
@@ -144,7 +148,13 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
                     _ => return Parsed::HandOff,
                 }
             }
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => return Parsed::HandOff,
+            // Exactly `chunked`, once: codings, lists and repeats are hyper's.
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                if chunked || !field.value.eq_ignore_ascii_case(b"chunked") {
+                    return Parsed::HandOff;
+                }
+                chunked = true;
+            }
             _ => {}
         }
         let Ok(name) = HeaderName::from_bytes(name) else {
@@ -154,7 +164,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
         // obs-text); checked when the request is made.
         fields.push((name, range_in(buf, field.value)));
     }
-    if hosts != 1 {
+    if hosts != 1 || (chunked && body_length.is_some()) {
         return Parsed::HandOff;
     }
     Parsed::Head(Head {
@@ -163,6 +173,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
         method,
         target: range_in(buf, target.as_bytes()),
         body_length: body_length.unwrap_or(0),
+        chunked,
         keep_alive,
     })
 }
@@ -243,6 +254,11 @@ mod tests {
         assert_eq!(post.body_length, 5);
         let (get, _) = head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(get.body_length, 0);
+        assert!(!get.chunked);
+        let (chunked, _) =
+            head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n");
+        assert!(chunked.chunked);
+        assert_eq!(chunked.body_length, 0);
     }
 
     #[test]
@@ -260,8 +276,10 @@ mod tests {
     #[test]
     fn everything_unusual_is_left_to_hyper() {
         for raw in [
-            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 0\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 5\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",

@@ -43,12 +43,12 @@ pub fn owned(raw: &[u8]) -> Option<Seen> {
     let mut fields = Fields::new();
     match parse(raw, MAX_FIELDS, &mut fields) {
         Parsed::Head(head) => {
-            let length = head.body_length;
+            let length = (!head.chunked).then_some(head.body_length);
             let bytes = Bytes::copy_from_slice(raw.get(..head.len)?);
             let request = head.request(&bytes, &mut fields, Empty::<Bytes>::new())?;
             // The body is the connection's to read (`body_length` bytes after the head).
             Some(Seen {
-                body: Some(length),
+                body: length,
                 ..seen(&request)
             })
         }

@@ -41,7 +41,7 @@ use crate::woken::WokenOnly;
 use self::hyper::{drive, hard_limit};
 use self::prefixed::Prefixed;
 use self::write::{Writer, Written};
-use sekisho_h1::Parsed;
+use sekisho_h1::{Chunk, ChunkedDecoder, Parsed};
 
 /// Bytes taken from the socket per read.
 const READ_CHUNK: usize = 4096;
@@ -170,9 +170,90 @@ struct Exchange<'a> {
 
 /// A body being fed to the steps as it arrives.
 struct Fed {
-    feeder: BodyFeeder,
+    /// `None` once the body turned out malformed (the body then reads as broken).
+    feeder: Option<BodyFeeder>,
+    framing: Framing,
+}
+
+/// How a fed body's end is found.
+enum Framing {
     /// Bytes of it not yet read.
-    left: u64,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+}
+
+/// What a fed body took of the bytes read.
+enum Absorbed {
+    /// All of it came (what follows is the next request's).
+    Done,
+    /// More bytes must be read.
+    NeedMore,
+    /// Its framing is broken: the connection ends after this exchange.
+    Broken,
+}
+
+impl Fed {
+    /// The steps answered without reading the whole body.
+    fn abandoned(&self) -> bool {
+        self.feeder.as_ref().is_none_or(BodyFeeder::abandoned)
+    }
+
+    /// A feeder for the body `head` announces, and the body it feeds.
+    fn new(head: &sekisho_h1::Head) -> (Self, ClientBody) {
+        let (framing, length) = if head.chunked {
+            (Framing::Chunked(ChunkedDecoder::new()), None)
+        } else {
+            (Framing::Length(head.body_length), Some(head.body_length))
+        };
+        let (feeder, body) = BodyFeeder::new(length);
+        (
+            Self {
+                feeder: Some(feeder),
+                framing,
+            },
+            body,
+        )
+    }
+
+    /// Moves what `buf` holds of the body into it while it has room (otherwise `Pending`,
+    /// the task of `cx` woken when it has).
+    fn poll_absorb(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<Absorbed> {
+        let Some(feeder) = &self.feeder else {
+            return Poll::Ready(Absorbed::Broken);
+        };
+        loop {
+            if buf.is_empty() {
+                return Poll::Ready(Absorbed::NeedMore);
+            }
+            if feeder.poll_room(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match &mut self.framing {
+                Framing::Length(left) => {
+                    let take = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= take as u64;
+                    feeder.feed(buf.split_to(take).freeze(), *left == 0);
+                    if *left == 0 {
+                        return Poll::Ready(Absorbed::Done);
+                    }
+                }
+                Framing::Chunked(decoder) => match decoder.next(buf) {
+                    Ok(Some(Chunk::Data(data))) => feeder.feed(data, false),
+                    Ok(Some(Chunk::End(trailers))) => {
+                        feeder.finish_with(trailers);
+                        return Poll::Ready(Absorbed::Done);
+                    }
+                    Ok(None) => return Poll::Ready(Absorbed::NeedMore),
+                    Err(error) => {
+                        tracing::debug!(%error, "a chunked request body is malformed");
+                        // Dropped: the body reads as broken, the call fails.
+                        self.feeder = None;
+                        return Poll::Ready(Absorbed::Broken);
+                    }
+                },
+            }
+        }
+    }
 }
 
 /// Reads the rest of a body and feeds it, after what `buffered` holds of it, until it ends,
@@ -181,18 +262,9 @@ struct Fed {
 async fn feed_rest<R: AsyncRead + Unpin>(mut reading: R, mut fed: Fed, mut buffered: BytesMut) {
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
-        if !buffered.is_empty() {
-            std::future::poll_fn(|cx| fed.feeder.poll_room(cx)).await;
-            let take = buffered
-                .len()
-                .min(usize::try_from(fed.left).unwrap_or(usize::MAX));
-            fed.left -= take as u64;
-            fed.feeder
-                .feed(buffered.split_to(take).freeze(), fed.left == 0);
-            if fed.left == 0 {
-                return;
-            }
-            buffered.clear();
+        match std::future::poll_fn(|cx| fed.poll_absorb(cx, &mut buffered)).await {
+            Absorbed::Done | Absorbed::Broken => return,
+            Absorbed::NeedMore => {}
         }
         match reading.read(&mut chunk).await {
             Ok(0) | Err(_) => return,
@@ -256,7 +328,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             // bodies), within the head's own deadline; a larger one is fed to the steps as it
             // arrives, while the upstream's interim answers go out.
             let whole = match usize::try_from(head.body_length) {
-                Ok(length) if length <= MAX_OWNED_BODY => Some(length),
+                Ok(length) if length <= MAX_OWNED_BODY && !head.chunked => Some(length),
                 _ => None,
             };
             if let Some(length) = whole {
@@ -274,11 +346,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     (ClientBody::full(bytes.clone()), bytes, None)
                 }
                 None => {
-                    let (feeder, body) = BodyFeeder::new(head.body_length);
-                    let fed = Fed {
-                        feeder,
-                        left: head.body_length,
-                    };
+                    let (fed, body) = Fed::new(&head);
                     (body, bytes::Bytes::new(), Some(fed))
                 }
             };
@@ -332,6 +400,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             limit,
         } = exchange;
         let guard = state.request_started();
+        // The body once every byte of it was fed (kept to know whether it was read).
+        let mut done: Option<Fed> = None;
         let answered = {
             let answer = handle(shared, Arc::clone(client), request, false);
             tokio::pin!(answer);
@@ -348,22 +418,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     // kept for later; the drain is noted.
                     loop {
                         if let Some(body) = fed.as_mut() {
-                            if !self.buf.is_empty() {
-                                if body.feeder.poll_room(cx).is_pending() {
-                                    // Back-pressure: nothing more is read until there is room.
-                                    return Poll::Pending;
-                                }
-                                let take = self
-                                    .buf
-                                    .len()
-                                    .min(usize::try_from(body.left).unwrap_or(usize::MAX));
-                                body.left -= take as u64;
-                                body.feeder
-                                    .feed(self.buf.split_to(take).freeze(), body.left == 0);
-                                if body.left == 0 {
-                                    fed = None;
-                                }
-                                continue;
+                            match body.poll_absorb(cx, &mut self.buf) {
+                                // Back-pressure: nothing more is read until there is room.
+                                Poll::Pending => return Poll::Pending,
+                                Poll::Ready(Absorbed::Done) => done = fed.take(),
+                                Poll::Ready(Absorbed::NeedMore | Absorbed::Broken) => {}
                             }
                         }
                         match self.poll_wait(cx, limit) {
@@ -399,7 +458,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
         // An answer that came before the whole body (an upstream that streams its answer as
         // it reads, or one that refused the body) ends the connection after it: what is left
         // of the body is not read as a next request.
-        let keep_alive = keep_alive && fed.is_none() && matches!(self.drain, Drain::Waiting(_));
+        let abandoned = done.as_ref().is_some_and(Fed::abandoned);
+        let keep_alive =
+            keep_alive && fed.is_none() && !abandoned && matches!(self.drain, Drain::Waiting(_));
         let written = match fed {
             None => {
                 writer
