@@ -135,6 +135,8 @@ struct FeedState {
     trailers: Option<http::HeaderMap>,
     /// The reader went away before the end of the body.
     unread: bool,
+    /// The reader asked for bytes while none were there.
+    wanted: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +174,14 @@ impl Feed {
                 "the body was cut short (the client went away) or its chunked framing is malformed"
                     .into(),
             ))),
-            FeedEnd::Open => Poll::Pending,
+            FeedEnd::Open => {
+                if !state.wanted {
+                    state.wanted = true;
+                    drop(state);
+                    self.feeder.wake();
+                }
+                Poll::Pending
+            }
         }
     }
 
@@ -227,6 +236,17 @@ impl BodyFeeder {
     /// the connection then ends, as hyper's does).
     pub(crate) fn abandoned(&self) -> bool {
         self.0.lock().unread
+    }
+
+    /// Ready once the body's reader has asked for bytes none had come for (the moment to send
+    /// `100 Continue` to a client that waits for it); otherwise the task of `cx` is woken then.
+    pub(crate) fn poll_wanted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.feeder.register(cx.waker());
+        if self.0.lock().wanted {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     /// Ends the body with trailer fields (a chunked body's).

@@ -405,6 +405,64 @@ async fn a_chunked_body_stays_on_the_owned_path() {
     gw.stop().await;
 }
 
+/// `Expect: 100-continue` is met on the owned path: `100 Continue` goes out once the steps want
+/// the body (the client sends it only then), the upstream's interim answer reaches the client
+/// too (hyper's server, which served such requests before, dropped it), and nothing is sent
+/// when the gateway refuses the request first (413 from the route's body limit: the
+/// connection then ends, its body unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_expecting_100_continue_is_told_when_its_body_is_wanted() {
+    let target = hints_then_reads_upstream().await;
+    let gw = InProcess::start(&config(target, "")).await;
+    let address = gw.address;
+    tokio::task::spawn_blocking(move || {
+        let mut client = Client::connect(address);
+        client.send(
+            b"PUT /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n",
+        );
+        // Interim heads until the 100 (the upstream's 103 may come before or after it).
+        let mut interim = Vec::new();
+        while !interim
+            .iter()
+            .any(|head: &String| head.starts_with("HTTP/1.1 100 Continue\r\n"))
+        {
+            interim.push(client.answer(false));
+        }
+        client.send(b"abc");
+        let mut answer = client.answer(true);
+        while answer.starts_with("HTTP/1.1 1") {
+            interim.push(answer);
+            answer = client.answer(true);
+        }
+        assert!(
+            interim
+                .iter()
+                .any(|head| head.starts_with("HTTP/1.1 103 Early Hints\r\n")),
+            "{interim:?}"
+        );
+        assert_eq!(body_of(&answer), "got 3", "{answer}");
+    })
+    .await
+    .unwrap();
+    gw.stop().await;
+
+    let limited = format!("{}max_body_bytes = 4\n", config(target, ""));
+    let gw = InProcess::start(&limited).await;
+    let ended = raw_exchange_until_end(
+        gw.address,
+        b"PUT /e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        ended.answer.starts_with("HTTP/1.1 413 "),
+        "{}",
+        ended.answer
+    );
+    assert!(!ended.answer.contains("100 Continue"), "{}", ended.answer);
+    assert_eq!(ended.end, RawEnd::Closed, "{}", ended.answer);
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_asks_to_close_gets_its_answer_and_the_close() {
     let target = echo_upstream().await;

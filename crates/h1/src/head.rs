@@ -6,7 +6,8 @@
 //! that every refusal, limit and smuggling defence stays hyper's and the gateway's as before:
 //! HTTP/1.1 only; at most one `Content-Length` of digits, or one `Transfer-Encoding: chunked`
 //! (never both; its body read by [`crate::ChunkedDecoder`]); no
-//! `Expect`, no upgrade, no `CONNECT`; an origin-form target of RFC 3986's characters; exactly
+//! `Expect` but `100-continue` (met by the gateway, so the field is left out of the request), no
+//! upgrade, no `CONNECT`; an origin-form target of RFC 3986's characters; exactly
 //! one `Host`; at most `max_header_count` fields (and 100). A head it takes, hyper would take
 //! too and read the same way (`tests/differential.rs` and the fuzz target `h1_head` feed both
 //! the same heads).
@@ -71,6 +72,10 @@ pub struct Head {
     pub body_length: u64,
     /// The body is chunked (`Transfer-Encoding: chunked`): its length is in its chunks.
     pub chunked: bool,
+    /// The client waits for `100 Continue` before it sends the body (`Expect: 100-continue`,
+    /// which the request made by [`Head::request`] no longer carries: the expectation is this
+    /// hop's to meet).
+    pub expect_continue: bool,
     /// The client keeps the connection open after this exchange (no `Connection: close`).
     pub keep_alive: bool,
     /// `HEAD`: the answer has no body whatever its fields say.
@@ -122,13 +127,21 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
     let mut hosts = 0;
     let mut body_length = None;
     let mut chunked = false;
+    let mut expect_continue = false;
     let mut keep_alive = true;
     fields.clear();
     for field in request.headers.iter() {
         let name = field.name.as_bytes();
         match name.len() {
             4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
-            6 if name.eq_ignore_ascii_case(b"expect") => return Parsed::HandOff,
+            // `100-continue`, once, is met by the owned path; any other expectation is hyper's.
+            6 if name.eq_ignore_ascii_case(b"expect") => {
+                if expect_continue || !field.value.eq_ignore_ascii_case(b"100-continue") {
+                    return Parsed::HandOff;
+                }
+                expect_continue = true;
+                continue;
+            }
             7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::HandOff,
             10 if name.eq_ignore_ascii_case(b"connection") => {
                 for option in field.value.split(|&b| b == b',') {
@@ -174,6 +187,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
         target: range_in(buf, target.as_bytes()),
         body_length: body_length.unwrap_or(0),
         chunked,
+        expect_continue,
         keep_alive,
     })
 }
@@ -259,6 +273,17 @@ mod tests {
             head(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n");
         assert!(chunked.chunked);
         assert_eq!(chunked.body_length, 0);
+        let raw = b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n";
+        let (expecting, mut fields) = head(raw);
+        assert!(expecting.expect_continue);
+        let bytes = Bytes::copy_from_slice(raw);
+        let request = expecting
+            .request(&bytes, &mut fields, ())
+            .unwrap_or_else(|| panic!("refused"));
+        assert!(
+            !request.headers().contains_key("expect"),
+            "the expectation is met here"
+        );
     }
 
     #[test]
@@ -288,7 +313,8 @@ mod tests {
             b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n",
-            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: something-else\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
             b"CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",

@@ -173,6 +173,8 @@ struct Fed {
     /// `None` once the body turned out malformed (the body then reads as broken).
     feeder: Option<BodyFeeder>,
     framing: Framing,
+    /// `100 Continue` is still owed to a client that waits for it before sending.
+    continue_due: bool,
 }
 
 /// How a fed body's end is found.
@@ -210,9 +212,18 @@ impl Fed {
             Self {
                 feeder: Some(feeder),
                 framing,
+                continue_due: head.expect_continue,
             },
             body,
         )
+    }
+
+    /// Ready once the steps want the body (see [`BodyFeeder::poll_wanted`]).
+    fn poll_wanted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        match &self.feeder {
+            Some(feeder) => feeder.poll_wanted(cx),
+            None => Poll::Pending,
+        }
     }
 
     /// Moves what `buf` holds of the body into it while it has room (otherwise `Pending`,
@@ -287,6 +298,8 @@ enum Step<T> {
     /// The final answer, and interim answers that came with it.
     Answer(T, Vec<Interim>),
     Interim(Vec<Interim>),
+    /// The steps want the body of a client waiting for `100 Continue`.
+    Continue,
     /// The client went away: the exchange is abandoned (hyper's default too).
     Gone,
 }
@@ -327,8 +340,17 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             // A small body is read whole before the steps run (as nginx buffers request
             // bodies), within the head's own deadline; a larger one is fed to the steps as it
             // arrives, while the upstream's interim answers go out.
+            // A client that expects `100 Continue` sends its body only once told: fed, so that
+            // the answer goes out when the steps first want the body (hyper's moment too).
+            let expects_body = head.chunked || head.body_length > 0;
             let whole = match usize::try_from(head.body_length) {
-                Ok(length) if length <= MAX_OWNED_BODY && !head.chunked => Some(length),
+                Ok(length)
+                    if length <= MAX_OWNED_BODY
+                        && !head.chunked
+                        && !(head.expect_continue && expects_body) =>
+                {
+                    Some(length)
+                }
                 _ => None,
             };
             if let Some(length) = whole {
@@ -418,6 +440,14 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     // kept for later; the drain is noted.
                     loop {
                         if let Some(body) = fed.as_mut() {
+                            if body.continue_due && !self.buf.is_empty() {
+                                // The client sent its body without waiting.
+                                body.continue_due = false;
+                            }
+                            if body.continue_due && body.poll_wanted(cx).is_ready() {
+                                body.continue_due = false;
+                                return Poll::Ready(Step::Continue);
+                            }
                             match body.poll_absorb(cx, &mut self.buf) {
                                 // Back-pressure: nothing more is read until there is room.
                                 Poll::Pending => return Poll::Pending,
@@ -445,6 +475,15 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     Step::Gone => break None,
                     Step::Interim(answers) => {
                         if writer.interim(&mut self.io, &answers).await.is_err() {
+                            break None;
+                        }
+                    }
+                    Step::Continue => {
+                        let go_on = [Interim {
+                            status: http::StatusCode::CONTINUE,
+                            headers: http::HeaderMap::new(),
+                        }];
+                        if writer.interim(&mut self.io, &go_on).await.is_err() {
                             break None;
                         }
                     }
