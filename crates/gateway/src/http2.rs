@@ -308,6 +308,8 @@ async fn send_body(
         let frame = frame.map_err(|error| BodyError::Source(error.to_string()))?;
         match frame.into_data() {
             Ok(mut data) => {
+                // The last piece carries the end of the stream (no empty frame after it).
+                let last = body.is_end_stream();
                 while data.has_remaining() {
                     stream.reserve_capacity(data.len());
                     let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await;
@@ -316,7 +318,10 @@ async fn send_body(
                         None => return Err(BodyError::Reset(h2::Reason::CANCEL)),
                     };
                     let piece = data.split_to(granted.min(data.len()));
-                    stream.send_data(piece, false)?;
+                    stream.send_data(piece, last && data.is_empty())?;
+                }
+                if last {
+                    return Ok(());
                 }
             }
             Err(frame) => {
@@ -334,6 +339,15 @@ async fn send_body(
 fn strip_connection_fields(headers: &mut HeaderMap) {
     static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
     static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+    // One pass first: an answer rarely holds any (five look-ups by name cost more).
+    let any = headers.keys().any(|name| {
+        [&CONNECTION, &TRANSFER_ENCODING, &UPGRADE, &TE].contains(&name)
+            || name == KEEP_ALIVE
+            || name == PROXY_CONNECTION
+    });
+    if !any {
+        return;
+    }
     for name in [
         &CONNECTION,
         &TRANSFER_ENCODING,
