@@ -8,10 +8,9 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use sekisho_testkit::{raw_exchange, raw_exchange_until_end, InProcess, RawEnd};
+use sekisho_testkit::{
+    early_hints_upstream, echo_upstream, raw_exchange, raw_exchange_until_end, InProcess, RawEnd,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(target: SocketAddr, extra_server: &str) -> String {
@@ -19,36 +18,6 @@ fn config(target: SocketAddr, extra_server: &str) -> String {
         "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n{extra_server}\n[admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstreams.up]\ntargets = [\"{target}\"]\n[[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"up\"\n"
     )
-}
-
-/// An upstream that answers every request with `103 Early Hints` and then `200 ok`.
-async fn early_hints_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        pending.drain(..end + 4);
-                        let answer =
-                            b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
-                                       HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                        if stream.write_all(answer).await.is_err() {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => pending.extend_from_slice(&chunk[..read]),
-                    }
-                }
-            });
-        }
-    });
-    address
 }
 
 /// An upstream that answers `103 Early Hints` as soon as a request's head arrives, then reads
@@ -97,29 +66,6 @@ async fn hints_then_reads_upstream() -> SocketAddr {
                     }
                 }
             });
-        }
-    });
-    address
-}
-
-/// An upstream (hyper) answering `METHOD PATH BODY-LENGTH`.
-async fn echo_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let service =
-                hyper::service::service_fn(|request: http::Request<Incoming>| async move {
-                    let method = request.method().clone();
-                    let path = request.uri().path().to_owned();
-                    let body = request.into_body().collect().await?.to_bytes();
-                    let text = format!("{method} {path} {}", body.len());
-                    Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::from(text))))
-                });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
         }
     });
     address

@@ -21,6 +21,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 mod raw;
+mod scripted;
 mod webhook;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,6 +30,7 @@ use hyper_util::rt::TokioExecutor;
 pub use raw::{
     raw_body, raw_exchange, raw_exchange_until_end, raw_status, read_response, RawEnd, RawExchange,
 };
+pub use scripted::{early_hints_upstream, echo_upstream};
 pub use webhook::{next_notification, webhook_receiver, webhook_receiver_on};
 
 /// A fresh directory under the system's temp dir, removed on drop.
