@@ -364,9 +364,12 @@ pub fn error_json(code: &str, message: &str, request_id: &str) -> Bytes {
 }
 
 /// [`error_json`] with a message still to be formatted.
+/// The bytes of the error JSON around its three strings.
+const ERROR_JSON_FIXED: usize =
+    r#"{"status":"error","error":{"code":"","message":"","request_id":""}}"#.len();
+
 fn error_json_display(code: &str, message: &dyn std::fmt::Display, request_id: &str) -> Bytes {
-    const FIXED: usize =
-        r#"{"status":"error","error":{"code":"","message":"","request_id":""}}"#.len();
+    const FIXED: usize = ERROR_JSON_FIXED;
     // Room for a typical message too, so the body is one allocation.
     let mut out = Vec::with_capacity(FIXED + code.len() + request_id.len() + 96);
     out.extend_from_slice(br#"{"status":"error","error":{"code":"#);
@@ -389,7 +392,9 @@ fn error_json_of(error: &GatewayError, request_id: &str) -> Bytes {
         return error_json_display(error.code(), error, request_id);
     }
     let code = error.code();
-    let mut out = Vec::with_capacity(64 + code.len() + message.len() + request_id.len());
+    // Exactly what is written (the code and the id need no escaping): no growth on the way.
+    let mut out =
+        Vec::with_capacity(ERROR_JSON_FIXED + code.len() + message.len() + request_id.len());
     out.extend_from_slice(br#"{"status":"error","error":{"code":"#);
     push_json_str(&mut out, code);
     out.extend_from_slice(br#","message":""#);
