@@ -251,14 +251,17 @@ async fn send_response(
         );
     }
     let known = body.size_hint().exact();
+    // Never on a 204 or 304 (RFC 9110 §8.6), nor on an answer to HEAD (its own field stays).
+    let bodiless = parts.status == http::StatusCode::NO_CONTENT
+        || parts.status == http::StatusCode::NOT_MODIFIED;
     if let Some(length) = known {
-        if !parts.headers.contains_key(CONTENT_LENGTH) && !is_head {
+        if !parts.headers.contains_key(CONTENT_LENGTH) && !is_head && !bodiless {
             parts
                 .headers
                 .insert(CONTENT_LENGTH, HeaderValue::from(length));
         }
     }
-    let end = is_head || body.is_end_stream();
+    let end = is_head || bodiless || body.is_end_stream();
     let mut stream = match respond.send_response(Response::from_parts(parts, ()), end) {
         Ok(stream) => stream,
         Err(error) => {
