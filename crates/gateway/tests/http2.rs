@@ -133,7 +133,7 @@ async fn http2_bodies_larger_than_the_windows_cross_whole() {
 }
 
 /// Twenty streams opened at once on one connection each get their own answer; an answer to
-/// HEAD ends with its head.
+/// HEAD ends with its head, and so does a 204, without a content-length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_streams_are_answered_side_by_side_and_heads_have_no_body() {
     let gw = InProcess::start(&config(early_hints_upstream().await, echo_upstream().await)).await;
@@ -163,5 +163,17 @@ async fn http2_streams_are_answered_side_by_side_and_heads_have_no_body() {
         response.body().is_end_stream(),
         "an answer to HEAD had a body"
     );
+    // A 204 gets no content-length (RFC 9110 §8.6) and ends with its head.
+    let mut sender = sender.ready().await.unwrap();
+    let request = http::Request::get("http://x/204").body(()).unwrap();
+    let (response, _) = sender.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert!(
+        !response.headers().contains_key("content-length"),
+        "{:?}",
+        response.headers()
+    );
+    assert!(response.body().is_end_stream());
     gw.stop().await;
 }

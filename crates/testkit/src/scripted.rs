@@ -42,8 +42,9 @@ pub async fn early_hints_upstream() -> SocketAddr {
     address
 }
 
-/// An upstream (hyper's HTTP/1.1 server) answering `/big/N` with N bytes of `x`, anything else
-/// with `METHOD PATH BODY-LENGTH` once it has read the whole body.
+/// An upstream (hyper's HTTP/1.1 server) answering `/big/N` with N bytes of `x`, `/204` with
+/// `204 No Content`, anything else with `METHOD PATH BODY-LENGTH` once it has read the whole
+/// body.
 pub async fn echo_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -57,6 +58,11 @@ pub async fn echo_upstream() -> SocketAddr {
                 hyper::service::service_fn(|request: http::Request<Incoming>| async move {
                     let method = request.method().clone();
                     let path = request.uri().path().to_owned();
+                    if path == "/204" {
+                        let mut answer = http::Response::new(Full::new(Bytes::new()));
+                        *answer.status_mut() = http::StatusCode::NO_CONTENT;
+                        return Ok(answer);
+                    }
                     if let Some(size) = path.strip_prefix("/big/") {
                         let size: usize = size.parse().unwrap_or(0);
                         let body = Bytes::from(vec![b'x'; size]);
