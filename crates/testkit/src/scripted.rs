@@ -8,15 +8,21 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// An upstream that answers every request head with `103 Early Hints` (`Link: </s.css>;
-/// rel=preload`) and then `200 ok` (with `connection: keep-alive`), reading no body.
-pub async fn early_hints_upstream() -> SocketAddr {
+/// A listener on 127.0.0.1, port 0, and its address.
+async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .unwrap_or_else(|error| panic!("bind: {error}"));
     let address = listener
         .local_addr()
         .unwrap_or_else(|error| panic!("address: {error}"));
+    (listener, address)
+}
+
+/// An upstream that answers every request head with `103 Early Hints` (`Link: </s.css>;
+/// rel=preload`) and then `200 ok` (with `connection: keep-alive`), reading no body.
+pub async fn early_hints_upstream() -> SocketAddr {
+    let (listener, address) = listen().await;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
@@ -46,12 +52,7 @@ pub async fn early_hints_upstream() -> SocketAddr {
 /// `204 No Content`, anything else with `METHOD PATH BODY-LENGTH` once it has read the whole
 /// body.
 pub async fn echo_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|error| panic!("bind: {error}"));
-    let address = listener
-        .local_addr()
-        .unwrap_or_else(|error| panic!("address: {error}"));
+    let (listener, address) = listen().await;
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let service =
