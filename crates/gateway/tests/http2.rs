@@ -1,7 +1,8 @@
 //! HTTP/2 clients, served with the `h2` crate (`http2`) over real sockets: the upstream's
 //! interim (1xx) answers reach them before the final answer (hyper's server could not send
 //! them), request and answer bodies larger than the flow-control windows cross whole, and a
-//! connection whose preface arrives in cleartext (prior knowledge) is served the same way.
+//! connection whose preface arrives in cleartext (prior knowledge) is served the same way; a
+//! drain finishes the stream in flight and tells the client to go away.
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
@@ -176,4 +177,44 @@ async fn http2_streams_are_answered_side_by_side_and_heads_have_no_body() {
     );
     assert!(response.body().is_end_stream());
     gw.stop().await;
+}
+
+/// A drain on an HTTP/2 connection: the stream in flight is finished, the client is told to
+/// open no more (GOAWAY), and the listener stops accepting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_finishes_the_http2_stream_in_flight() {
+    let slow = sekisho_testkit::chaos_upstream("slow").await;
+    slow.handle.set(sekisho_load::ChaosState {
+        latency_ms: 400,
+        ..sekisho_load::ChaosState::default()
+    });
+    let gw = InProcess::start(&config(early_hints_upstream().await, slow.address)).await;
+    let address = gw.address;
+    let client = h2_client(address).await;
+    let mut sender = client.clone().ready().await.unwrap();
+    let request = http::Request::get("http://x/drain").body(()).unwrap();
+    let (response, _) = sender.send_request(request, true).unwrap();
+    let in_flight = tokio::spawn(async move {
+        let response = response.await.unwrap();
+        (response.status(), read_body(response.into_body()).await)
+    });
+    while slow.handle.requests() == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    gw.stop().await;
+    let (status, _) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the stream in flight was finished");
+    // Told to go away: a new stream on the same connection is refused.
+    let refused = match client.ready().await {
+        Ok(mut sender) => sender
+            .send_request(http::Request::get("http://x/late").body(()).unwrap(), true)
+            .map(|_| ())
+            .is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a new stream was taken after the drain");
+    assert!(
+        std::net::TcpStream::connect(address).is_err(),
+        "no longer accepting"
+    );
 }
