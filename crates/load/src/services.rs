@@ -37,7 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -221,14 +221,31 @@ fn error(status: StatusCode, message: &str) -> Answer {
     json_answer(status, &json!({ "error": message }))
 }
 
+/// Bytes of a refused body read and dropped before the answer, at most: the client's bytes are
+/// read before the connection closes, so the kernel does not reset it under the answer (which
+/// a reset can destroy before the client, or a gateway, reads it).
+const MAX_DRAIN: usize = 4 * 1024 * 1024;
+
 async fn body_json<T: serde::de::DeserializeOwned>(
     request: Request<Incoming>,
 ) -> Result<T, Answer> {
-    let bytes = Limited::new(request.into_body(), MAX_BODY)
-        .collect()
-        .await
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "body unreadable or over 16 KiB"))?
-        .to_bytes();
+    let mut body = request.into_body();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| error(StatusCode::BAD_REQUEST, "body unreadable"))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                bytes.extend_from_slice(&data);
+            } else if seen > MAX_BODY + MAX_DRAIN {
+                break;
+            }
+        }
+    }
+    if seen > MAX_BODY {
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, "body over 16 KiB"));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON: {e}")))
 }

@@ -248,3 +248,26 @@ async fn opt_outs_suppress_and_each_user_is_limited_per_minute() {
         break;
     }
 }
+
+/// A body over the services' 16 KiB is refused with 413 after it was read (up to 4 MiB): the
+/// connection is not closed on unread bytes, whose reset could destroy the answer in flight.
+#[tokio::test]
+async fn a_body_over_the_limit_is_read_then_refused_with_413() {
+    let address = start(Service::Shortener, 0.0).await;
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    let big = format!(
+        "{{\"url\":\"https://example.com/{}\"}}",
+        "a".repeat(300_000)
+    );
+    for _ in 0..5 {
+        let (status, _, body) = call(
+            &http,
+            "POST",
+            format!("http://{address}/api/v1/shorten"),
+            &[],
+            &big,
+        )
+        .await;
+        assert_eq!(status, 413, "{body}");
+    }
+}
