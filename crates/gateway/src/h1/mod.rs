@@ -457,11 +457,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The size of the future `make` returns, without making one.
-    fn future_size<Args, Fut: Future>(_make: impl FnOnce(Args) -> Fut) -> usize {
-        std::mem::size_of::<Fut>()
-    }
+    use crate::proxy::tests::future_size;
 
     /// An idle connection's task holds the connection's future whole: the exchange (the
     /// gateway's request future, the answer being written) and a TLS handshake are boxed where

@@ -138,7 +138,7 @@ pub(crate) async fn handle(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::future::Future;
     use std::sync::Arc;
 
@@ -148,8 +148,9 @@ mod tests {
     use super::*;
     use crate::router::CompiledRoute;
 
-    /// The size of the future `make` returns, without making one.
-    fn future_size<Args, Fut: Future>(_make: impl FnOnce(Args) -> Fut) -> usize {
+    /// The size of the future `make` returns, without making one (the connection's tests
+    /// use it too).
+    pub(crate) fn future_size<Args, Fut: Future>(_make: impl FnOnce(Args) -> Fut) -> usize {
         std::mem::size_of::<Fut>()
     }
 
