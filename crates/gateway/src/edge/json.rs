@@ -16,11 +16,11 @@ pub fn error_json(code: &str, message: &str, request_id: &str) -> Bytes {
     error_json_display(code, &message, request_id)
 }
 
-/// [`error_json`] with a message still to be formatted.
 /// The bytes of the error JSON around its three strings.
 const ERROR_JSON_FIXED: usize =
     r#"{"status":"error","error":{"code":"","message":"","request_id":""}}"#.len();
 
+/// [`error_json`] with a message still to be formatted.
 pub(super) fn error_json_display(
     code: &str,
     message: &dyn std::fmt::Display,
