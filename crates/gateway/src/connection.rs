@@ -189,30 +189,7 @@ pub(crate) type DrainSignal = WokenOnly<Pin<Box<dyn Future<Output = watch::Recei
 pub(crate) enum Drain {
     Waiting(DrainSignal),
     /// Kept until the connection ends, so that the drain waits for it.
-    Told {
-        _receiver: watch::Receiver<()>,
-    },
-}
-
-impl Drain {
-    /// True once, when the drain signal arrives (polled only when it woke the task); the
-    /// receiver is then kept, so that the drain waits for this connection.
-    pub(crate) fn poll_told(&mut self, cx: &mut Context<'_>) -> bool {
-        if let Self::Waiting(signal) = self {
-            if let Poll::Ready(receiver) = signal.poll_if_woken(cx) {
-                *self = Self::Told {
-                    _receiver: receiver,
-                };
-                return true;
-            }
-        }
-        false
-    }
-
-    /// Whether the gateway is draining.
-    pub(crate) fn is_told(&self) -> bool {
-        matches!(self, Self::Told { .. })
-    }
+    Told(watch::Receiver<()>),
 }
 
 /// Resolves when the connection has been idle for `idle_timeout`, or a request head has taken

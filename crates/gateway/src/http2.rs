@@ -92,13 +92,20 @@ pub(crate) async fn serve<I>(
         return;
     };
     let mut pings = connection.ping_pong().map(Pinger::new);
-    let mut drain = drain;
-    if drain.is_told() {
-        connection.graceful_shutdown();
-    }
-    let ended = std::future::poll_fn(|cx| {
-        if drain.poll_told(cx) {
+    let (mut drain_signal, mut _draining) = match drain {
+        Drain::Waiting(signal) => (Some(signal), None),
+        Drain::Told(receiver) => {
             connection.graceful_shutdown();
+            (None, Some(receiver))
+        }
+    };
+    let ended = std::future::poll_fn(|cx| {
+        if let Some(signal) = drain_signal.as_mut() {
+            if let Poll::Ready(receiver) = signal.poll_if_woken(cx) {
+                drain_signal = None;
+                _draining = Some(receiver);
+                connection.graceful_shutdown();
+            }
         }
         loop {
             match connection.poll_accept(cx) {

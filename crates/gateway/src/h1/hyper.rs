@@ -85,13 +85,20 @@ pub(crate) async fn drive<I>(
         .serve_connection(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(connection);
-    let mut drain = drain;
-    if drain.is_told() {
-        connection.as_mut().graceful_shutdown();
-    }
-    let ended = std::future::poll_fn(|cx| {
-        if drain.poll_told(cx) {
+    let (mut drain_signal, mut _draining) = match drain {
+        Drain::Waiting(signal) => (Some(signal), None),
+        Drain::Told(receiver) => {
             connection.as_mut().graceful_shutdown();
+            (None, Some(receiver))
+        }
+    };
+    let ended = std::future::poll_fn(|cx| {
+        if let Some(signal) = drain_signal.as_mut() {
+            if let Poll::Ready(watcher) = signal.poll_if_woken(cx) {
+                drain_signal = None;
+                _draining = Some(watcher);
+                connection.as_mut().graceful_shutdown();
+            }
         }
         if let Poll::Ready(result) = connection.as_mut().poll(cx) {
             return Poll::Ready(Some(result));

@@ -383,7 +383,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
         // it reads, or one that refused the body) ends the connection after it: what is left
         // of the body is not read as a next request.
         let abandoned = done.as_ref().is_some_and(Fed::abandoned);
-        let keep_alive = keep_alive && fed.is_none() && !abandoned && !self.drain.is_told();
+        let keep_alive =
+            keep_alive && fed.is_none() && !abandoned && matches!(self.drain, Drain::Waiting(_));
         let written = match fed {
             None => {
                 writer
@@ -423,8 +424,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
     /// Reads what the client sent (at most up to `limit` bytes kept), or notes the watchdog's
     /// deadline or the drain.
     fn poll_wait(&mut self, cx: &mut Context<'_>, limit: usize) -> Poll<Came> {
-        if self.drain.poll_told(cx) {
-            return Poll::Ready(Came::Drain);
+        if let Drain::Waiting(signal) = &mut self.drain {
+            if let Poll::Ready(receiver) = signal.poll_if_woken(cx) {
+                self.drain = Drain::Told(receiver);
+                return Poll::Ready(Came::Drain);
+            }
         }
         if self.watchdog.poll_if_woken(cx).is_ready() {
             return Poll::Ready(Came::Closed);
