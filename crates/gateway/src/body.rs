@@ -230,6 +230,42 @@ impl RequestBody {
     }
 }
 
+impl RequestBody {
+    /// The length of a body the gateway holds whole (none: 0) and may send as it is — within
+    /// the limit, not being read; `None` for one still to be read from the client.
+    pub(crate) fn whole_len(&self) -> Option<usize> {
+        let length = match &self.source {
+            Source::Empty => 0,
+            Source::Buffered(bytes) => bytes.as_ref().map_or(0, Bytes::len),
+            Source::Waiting(slot, _) => slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()?
+                .whole_len()?,
+            Source::Reading(_) => return None,
+        };
+        (length as u64 <= self.remaining).then_some(length)
+    }
+
+    /// The body's bytes when [`whole_len`](Self::whole_len) says the gateway holds them (taken
+    /// out of the claim like a first read: a streamed body is not sent twice); `None` otherwise.
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
+        self.whole_len()?;
+        let bytes = match &mut self.source {
+            Source::Empty => Bytes::new(),
+            Source::Buffered(bytes) => bytes.take().unwrap_or_default(),
+            Source::Waiting(slot, _) => slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()?
+                .take_whole()?,
+            Source::Reading(_) => return None,
+        };
+        self.source = Source::Empty;
+        Some(bytes)
+    }
+}
+
 impl fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBody")
@@ -311,11 +347,67 @@ impl Body for RequestBody {
     }
 }
 
+/// An upstream answer's body as the client side read it.
+pub(crate) enum UpstreamBody {
+    /// Read by hyper's client connection (h2c targets, requests with a streamed body).
+    Hyper(Incoming),
+    /// Came whole with the head (`None`: no body), read by the gateway's own client side.
+    Whole(Option<Bytes>),
+    /// Read from the connection as it comes, by the gateway's own client side.
+    Stream(Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>),
+}
+
+impl fmt::Debug for UpstreamBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hyper(_) => "UpstreamBody::Hyper",
+            Self::Whole(_) => "UpstreamBody::Whole",
+            Self::Stream(_) => "UpstreamBody::Stream",
+        })
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
+            Self::Whole(bytes) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
+            Self::Stream(body) => body.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(body) => body.is_end_stream(),
+            Self::Whole(bytes) => bytes.is_none(),
+            Self::Stream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(body) => body.size_hint(),
+            Self::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Self::Stream(body) => body.size_hint(),
+        }
+    }
+}
+
 enum Kind {
     Empty,
     Full(Option<Bytes>),
     Upstream {
-        body: Incoming,
+        body: UpstreamBody,
         deadline: Option<Instant>,
         /// Made the first time the body has to wait (most small bodies never do).
         timer: Option<Pin<Box<Sleep>>>,
@@ -371,13 +463,19 @@ impl ResponseBody {
     }
 
     /// The upstream's body, cut off when `deadline` fires.
-    pub(crate) fn upstream(body: Incoming, deadline: Option<Instant>) -> Self {
-        Self {
-            kind: Kind::Upstream {
+    pub(crate) fn upstream(body: UpstreamBody, deadline: Option<Instant>) -> Self {
+        let kind = match body {
+            // Here already: no deadline to watch.
+            UpstreamBody::Whole(None) => Kind::Empty,
+            UpstreamBody::Whole(bytes) => Kind::Full(bytes),
+            body => Kind::Upstream {
                 body,
                 deadline,
                 timer: None,
             },
+        };
+        Self {
+            kind,
             held: [None, None],
             bulkhead: None,
             concurrency: None,
@@ -445,7 +543,7 @@ impl Body for ResponseBody {
                 deadline,
                 timer,
             } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(BoxError::from))),
+                Poll::Ready(frame) => Poll::Ready(frame),
                 Poll::Pending => {
                     let expired = deadline.is_some_and(|at| {
                         timer

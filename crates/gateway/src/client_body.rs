@@ -63,6 +63,22 @@ impl ClientBody {
     pub(crate) fn full(bytes: Bytes) -> Self {
         Self(Kind::Full(Some(bytes).filter(|bytes| !bytes.is_empty())))
     }
+
+    /// The length of a body read whole and not taken yet; `None` for a body still to be read.
+    pub(crate) fn whole_len(&self) -> Option<usize> {
+        match &self.0 {
+            Kind::Full(bytes) => Some(bytes.as_ref().map_or(0, Bytes::len)),
+            _ => None,
+        }
+    }
+
+    /// The bytes of a body read whole (empty once taken); `None` for a body still to be read.
+    pub(crate) fn take_whole(&mut self) -> Option<Bytes> {
+        match &mut self.0 {
+            Kind::Full(bytes) => Some(bytes.take().unwrap_or_default()),
+            _ => None,
+        }
+    }
 }
 
 impl Body for ClientBody {

@@ -42,20 +42,24 @@ impl InterimSink {
     pub(crate) fn attach<B>(&self, request: &mut http::Request<B>) {
         let sink = self.clone();
         hyper::ext::on_informational(request, move |answer| {
-            let status = answer.status();
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return;
-            }
-            let mut headers = answer.headers().clone();
-            for name in [
-                http::header::CONNECTION,
-                http::header::TRANSFER_ENCODING,
-                http::header::UPGRADE,
-            ] {
-                headers.remove(name);
-            }
-            sink.push(Interim { status, headers });
+            sink.push_answer(answer.status(), answer.headers().clone());
         });
+    }
+
+    /// An upstream's interim answer, to be written before the final one (the gateway's own
+    /// client side reads them itself).
+    pub(crate) fn push_answer(&self, status: StatusCode, mut headers: HeaderMap) {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return;
+        }
+        for name in [
+            http::header::CONNECTION,
+            http::header::TRANSFER_ENCODING,
+            http::header::UPGRADE,
+        ] {
+            headers.remove(name);
+        }
+        self.push(Interim { status, headers });
     }
 
     fn push(&self, answer: Interim) {

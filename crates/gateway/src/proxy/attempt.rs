@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::admission::Admitted;
 use super::context::{ClientInfo, Record};
 use super::forwarding::{downstream_head, request_key};
-use crate::body::{BodyClaim, Held, RequestBody, ResponseBody};
+use crate::body::{BodyClaim, Held, RequestBody, ResponseBody, UpstreamBody};
 use crate::edge::GatewayError;
 use crate::interim::InterimSink;
 use crate::lag::SchedulingLag;
@@ -49,7 +48,7 @@ pub(super) struct Call<'a> {
 type AnswerHolds = (Option<Held>, Option<Lease>);
 
 /// What sending to a target gave: the answer head with the connection's lease, or the error.
-type Sent = Result<(Response<Incoming>, Option<Lease>), CallError>;
+type Sent = Result<(Response<UpstreamBody>, Option<Lease>), CallError>;
 
 /// A deadline that passed first: `Some(timeout)` the per-attempt one, `None` the route's.
 type Expired = Option<Duration>;
@@ -57,7 +56,7 @@ type Expired = Option<Duration>;
 /// How one attempt ended, decided where its result is made ([`Ended::of`]).
 enum Ended {
     /// The target answered.
-    Answered(Response<Incoming>, Option<Lease>),
+    Answered(Response<UpstreamBody>, Option<Lease>),
     /// The attempt failed for a reason that is the target's (or time's).
     Failed {
         /// For the target's figures and the circuit.
@@ -123,7 +122,7 @@ impl Ended {
 /// What the client gets when the attempts are over, and the outcome the circuit records.
 enum Last {
     /// The target's answer.
-    Answer(Response<Incoming>, AnswerHolds),
+    Answer(Response<UpstreamBody>, AnswerHolds),
     /// The gateway's error.
     Error(GatewayError),
 }
@@ -203,11 +202,8 @@ impl Call<'_> {
             head.uri = Uri::from(path_and_query.clone());
             let in_flight = upstream.begin(target_index);
             record.sent = Some(now);
-            let mut request = Request::from_parts(head, body);
-            if let Some(sink) = interim {
-                sink.attach(&mut request);
-            }
-            let sent = target.conn.send(request, now);
+            let request = Request::from_parts(head, body);
+            let sent = target.conn.send(request, now, interim);
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))
@@ -344,7 +340,7 @@ impl Call<'_> {
 /// bulkhead slot until it is done.
 fn downstream_response(
     route: &CompiledRoute,
-    mut response: Response<Incoming>,
+    mut response: Response<UpstreamBody>,
     deadline: Instant,
     (in_flight, lease): AnswerHolds,
     slot: Option<sekisho_policy::bulkhead::Slot>,

@@ -6,7 +6,6 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Response, Uri};
-use hyper::body::Incoming;
 use sekisho_config::HashKey;
 
 use super::context::ClientInfo;
@@ -85,7 +84,7 @@ pub(super) fn upstream_request(
 
 /// The upstream's answer head as the client gets it: hop-by-hop headers out, the route's
 /// response header rules applied.
-pub(super) fn downstream_head(route: &CompiledRoute, response: &mut Response<Incoming>) {
+pub(super) fn downstream_head<B>(route: &CompiledRoute, response: &mut Response<B>) {
     let headers = response.headers_mut();
     remove_hop_by_hop(headers);
     for name in &route.headers.response_remove {

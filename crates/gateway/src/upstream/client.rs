@@ -7,14 +7,14 @@ use std::time::Duration;
 
 use http::uri::Authority;
 use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use sekisho_config::{Upstream, UpstreamProtocol};
 use tokio::time::Instant;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
+use crate::interim::InterimSink;
 use crate::pool::{CallError, Http1Client, Http1Pool, Lease};
 use crate::sync::lock;
 
@@ -61,15 +61,20 @@ impl TargetConn {
     }
 
     /// Sends `request` (its URI the origin-form target) to the target; the answer comes with
-    /// the connection's lease (HTTP/1.1), to be kept until the body is done.
+    /// the connection's lease (HTTP/1.1), to be kept until the body is done. The target's
+    /// interim answers go to `interim`.
     pub(crate) async fn send(
         &self,
         mut request: Request<RequestBody>,
         now: Instant,
-    ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
+        interim: Option<&InterimSink>,
+    ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
         match self {
-            Self::Http1(pool) => pool.send(request, now).await,
+            Self::Http1(pool) => pool.send(request, now, interim).await,
             Self::H2c(h2c) => {
+                if let Some(sink) = interim {
+                    sink.attach(&mut request);
+                }
                 let (client, authority) = h2c.as_ref();
                 let mut parts = request.uri().clone().into_parts();
                 parts.scheme = Some(http::uri::Scheme::HTTP);
@@ -77,7 +82,7 @@ impl TargetConn {
                 *request.uri_mut() =
                     Uri::from_parts(parts).map_err(|e| CallError::Request(e.into()))?;
                 match client.request(request).await {
-                    Ok(response) => Ok((response, None)),
+                    Ok(response) => Ok((response.map(UpstreamBody::Hyper), None)),
                     Err(error) if error.is_connect() => Err(CallError::Connect(error.into())),
                     Err(error) => Err(CallError::Request(error.into())),
                 }

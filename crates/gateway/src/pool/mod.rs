@@ -9,6 +9,12 @@
 //! head when the whole answer came with it, otherwise when the response body is done — the
 //! gateway's response body knows that moment. Decision 0010 has the measurements.
 //!
+//! A request whose body the gateway holds whole (most: none, or one read before the steps)
+//! is exchanged by the gateway's own client side ([`owned`]: the head written in one write
+//! with the body, the answer read by `sekisho-h1`), in the request's own future; one with a
+//! streamed body goes through hyper's client connection (a task per connection). Both kinds
+//! wait in the same idle stack; an owned connection taken for a streamed body becomes hyper's.
+//!
 //! What hyper-util did that is kept: a request sent on a reused connection that the target had
 //! closed meanwhile (hyper hands the unsent request back) goes out again on another connection;
 //! at most `pool_max_idle_per_target` connections wait per target, the oldest closed first; an
@@ -27,17 +33,24 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
+use http::{Method, Request, Response, Uri};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::body::RequestBody;
+use crate::body::{RequestBody, UpstreamBody};
+use crate::interim::InterimSink;
 use crate::sync::lock;
+
+mod owned;
+
+use owned::{Conn, Failure};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -209,9 +222,35 @@ impl fmt::Debug for Http1Pool {
     }
 }
 
+/// An idle connection, and since when.
 struct Idle {
-    sender: SendRequest<RequestBody>,
+    conn: Pooled,
     since: Instant,
+}
+
+/// A connection driven by hyper's client, or by the gateway's own ([`owned`]).
+enum Pooled {
+    Hyper(SendRequest<RequestBody>),
+    Owned(Conn),
+}
+
+impl Pooled {
+    /// Whether it can no longer carry a request (closed by the target).
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Hyper(sender) => sender.is_closed(),
+            Self::Owned(conn) => !conn.is_open(),
+        }
+    }
+}
+
+/// Whether a request may go out again after it was written on a connection that then failed
+/// before any answer (RFC 9110 §9.2.2: idempotent methods).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 impl Http1Pool {
@@ -220,16 +259,96 @@ impl Http1Pool {
     /// kept until its body is done.
     pub(crate) async fn send(
         self: &Arc<Self>,
+        request: Request<RequestBody>,
+        now: Instant,
+        interim: Option<&InterimSink>,
+    ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
+        if request.body().whole_len().is_some() {
+            return self
+                .send_owned(request, now, interim)
+                .await
+                .map(|r| (r, None));
+        }
+        let mut request = request;
+        if let Some(sink) = interim {
+            sink.attach(&mut request);
+        }
+        let (response, lease) = self.send_hyper(request, now).await?;
+        Ok((response.map(UpstreamBody::Hyper), lease))
+    }
+
+    /// Sends a request whose body the gateway holds whole, on an owned connection.
+    async fn send_owned(
+        self: &Arc<Self>,
+        request: Request<RequestBody>,
+        now: Instant,
+        interim: Option<&InterimSink>,
+    ) -> Result<Response<UpstreamBody>, CallError> {
+        let (parts, mut body) = request.into_parts();
+        let after_head = parts.method == Method::HEAD;
+        let resendable = idempotent(&parts.method);
+        // Taken once a connection is in hand (a failed connect leaves it to the claim).
+        let mut payload: Option<Bytes> = None;
+        let mut head = Vec::new();
+        loop {
+            let conn = self.owned_conn(now).await?;
+            let bytes = payload.get_or_insert_with(|| body.take_whole().unwrap_or_default());
+            if head.is_empty() {
+                head.reserve(256 + parts.headers.len() * 32);
+                owned::encode_head(&parts, bytes.len(), &mut head);
+            }
+            let retry_unsent = conn.is_reused();
+            match owned::exchange(conn, &head, bytes, after_head, interim, self).await {
+                Ok(response) => return Ok(response),
+                // Written (perhaps) on a connection the target had closed: again on another
+                // one, when the method allows it.
+                Err(Failure::Stale(_)) if retry_unsent && resendable => continue,
+                Err(Failure::Stale(error)) => return Err(CallError::Request(error.into())),
+                Err(Failure::Broken(error)) => return Err(CallError::Request(error)),
+            }
+        }
+    }
+
+    /// An idle owned connection that is still open, a new one, or — the bound reached — the
+    /// first one to come back or free a slot.
+    async fn owned_conn(self: &Arc<Self>, now: Instant) -> Result<Conn, CallError> {
+        loop {
+            let freed = self.slots.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(conn) = self.checkout_owned(now) {
+                return Ok(conn);
+            }
+            if let Some(slot) = self.slots.take() {
+                // Boxed: rare on a warm pool (see `send_hyper`).
+                let io = Box::pin(self.open(&slot)).await?;
+                return Ok(Conn::new(io, slot));
+            }
+            freed.await;
+        }
+    }
+
+    /// Sends `request` on a connection driven by hyper's client.
+    async fn send_hyper(
+        self: &Arc<Self>,
         mut request: Request<RequestBody>,
         now: Instant,
-    ) -> Result<(Response<Incoming>, Option<Lease>), CallError> {
-        let mut sender = loop {
+    ) -> Result<(Response<hyper::body::Incoming>, Option<Lease>), CallError> {
+        let mut sender = 'found: loop {
             // Interest in a freed connection taken before looking, so none is missed between
             // the look and the wait.
             let freed = self.slots.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            while let Some(mut sender) = self.checkout(now) {
+            while let Some(pooled) = self.checkout(now) {
+                let mut sender = match pooled {
+                    Pooled::Hyper(sender) => sender,
+                    // An owned connection becomes hyper's: sent on like a new one.
+                    Pooled::Owned(conn) => {
+                        let (io, slot) = conn.into_parts();
+                        break 'found Box::pin(hyper_conn(io, slot)).await?;
+                    }
+                };
                 match sender.try_send_request(request).await {
                     Ok(response) => return Ok((response, self.lease(sender))),
                     Err(mut failed) => match failed.take_message() {
@@ -258,7 +377,7 @@ impl Http1Pool {
     pub(crate) fn idle(&self) -> usize {
         lock(&self.idle)
             .iter()
-            .filter(|entry| !entry.sender.is_closed())
+            .filter(|entry| !entry.conn.is_closed())
             .count()
     }
 
@@ -277,23 +396,65 @@ impl Http1Pool {
         })
     }
 
-    /// The newest idle connection that can take a request; older ones past their idle time go.
-    fn checkout(&self, now: Instant) -> Option<SendRequest<RequestBody>> {
+    /// The newest idle connection that can take a request, for hyper's client (an owned one
+    /// is handed to it); older ones past their idle time go.
+    fn checkout(&self, now: Instant) -> Option<Pooled> {
+        loop {
+            let conn = {
+                let mut idle = lock(&self.idle);
+                let entry = idle.pop_back()?;
+                if now.saturating_duration_since(entry.since) >= self.idle_timeout {
+                    // The newest is past its time: so are all the others.
+                    idle.clear();
+                    return None;
+                }
+                entry.conn
+            };
+            let usable = match &conn {
+                Pooled::Hyper(sender) => sender.is_ready(),
+                Pooled::Owned(conn) => conn.is_open(),
+            };
+            if usable {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// The newest idle owned connection still open; older ones past their idle time go, and
+    /// hyper's are left for requests with streamed bodies.
+    fn checkout_owned(&self, now: Instant) -> Option<Conn> {
         let mut idle = lock(&self.idle);
-        while let Some(entry) = idle.pop_back() {
-            if now.saturating_duration_since(entry.since) >= self.idle_timeout {
-                // The newest is past its time: so are all the others.
+        loop {
+            let newest = idle.back()?;
+            if now.saturating_duration_since(newest.since) >= self.idle_timeout {
                 idle.clear();
                 return None;
             }
-            if entry.sender.is_ready() {
-                return Some(entry.sender);
+            let at = idle
+                .iter()
+                .rposition(|entry| matches!(entry.conn, Pooled::Owned(_)))?;
+            if let Some(Idle {
+                conn: Pooled::Owned(conn),
+                ..
+            }) = idle.remove(at)
+            {
+                if conn.is_open() {
+                    return Some(conn);
+                }
             }
         }
-        None
     }
 
     fn put(&self, sender: SendRequest<RequestBody>) {
+        self.put_idle(Pooled::Hyper(sender));
+    }
+
+    /// An owned connection free for the next request.
+    fn put_owned(&self, conn: Conn) {
+        self.put_idle(Pooled::Owned(conn));
+    }
+
+    fn put_idle(&self, conn: Pooled) {
         if self.max_idle == 0 {
             return;
         }
@@ -302,7 +463,7 @@ impl Http1Pool {
             idle.pop_front();
         }
         idle.push_back(Idle {
-            sender,
+            conn,
             since: Instant::now(),
         });
         drop(idle);
@@ -313,30 +474,42 @@ impl Http1Pool {
         let mut idle = lock(&self.idle);
         while idle.front().is_some_and(|entry| {
             now.saturating_duration_since(entry.since) >= self.idle_timeout
-                || entry.sender.is_closed()
+                || entry.conn.is_closed()
         }) {
             idle.pop_front();
         }
     }
 
-    async fn connect(&self, slot: Slot) -> Result<SendRequest<RequestBody>, CallError> {
+    /// A new connection to the target, counted under `slot`.
+    async fn open(&self, slot: &Slot) -> Result<TcpStream, CallError> {
+        let _ = slot;
         let mut connector = self.connector.clone();
         let io = connector
             .call(self.target.clone())
             .await
             .map_err(|error| CallError::Connect(error.into()))?;
-        let (sender, connection) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(|error| CallError::Connect(error.into()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-            drop(slot);
-        });
-        Ok(sender)
+        Ok(io.into_inner())
     }
+
+    async fn connect(&self, slot: Slot) -> Result<SendRequest<RequestBody>, CallError> {
+        let io = self.open(&slot).await?;
+        hyper_conn(io, slot).await
+    }
+}
+
+/// Hands `io` to hyper's client: its connection runs as a task holding `slot`.
+async fn hyper_conn(io: TcpStream, slot: Slot) -> Result<SendRequest<RequestBody>, CallError> {
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|error| CallError::Connect(error.into()))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream connection ended");
+        }
+        drop(slot);
+    });
+    Ok(sender)
 }
 
 /// A connection lent to one exchange: it goes back to its pool when dropped, if it can carry
