@@ -117,3 +117,123 @@ pub fn compare(ours: Option<Seen>, hypers: Option<Seen>) -> Result<bool, String>
         (None, _) => Ok(false),
     }
 }
+
+/// An answer as both readers must agree on it: the final head (interim ones skipped), the body
+/// as delimited by its framing, the trailers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenResponse {
+    pub status: u16,
+    pub version: http::Version,
+    /// Names and values, in order.
+    pub fields: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<(String, Vec<u8>)>,
+}
+
+fn pairs(headers: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect()
+}
+
+/// The answer this crate reads from `raw` (the whole of what the target sent before it closed)
+/// to a `HEAD` request when `after_head`, or `None` when it refuses it or the body is cut.
+pub fn owned_response(raw: &[u8], after_head: bool) -> Option<SeenResponse> {
+    use crate::{parse_response, Chunk, ChunkedDecoder, Framing};
+    let mut rest = bytes::BytesMut::from(raw);
+    let mut fields = Fields::new();
+    loop {
+        let head = parse_response(&rest, after_head, &mut fields).ok()??;
+        let bytes = rest.split_to(head.len).freeze();
+        let response = head.response(&bytes, &mut fields).ok()?;
+        if head.is_interim() {
+            continue;
+        }
+        let (body, trailers) = match head.framing {
+            Framing::None => (Vec::new(), http::HeaderMap::new()),
+            Framing::Length(length) => {
+                let length = usize::try_from(length).ok()?;
+                (rest.get(..length)?.to_vec(), http::HeaderMap::new())
+            }
+            Framing::UntilClose => (rest.to_vec(), http::HeaderMap::new()),
+            Framing::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                let mut body = Vec::new();
+                loop {
+                    match decoder.next(&mut rest).ok()?? {
+                        Chunk::Data(data) => body.extend_from_slice(&data),
+                        Chunk::End(trailers) => break (body, trailers),
+                    }
+                }
+            }
+        };
+        return Some(SeenResponse {
+            status: response.status().as_u16(),
+            version: response.version(),
+            fields: pairs(response.headers()),
+            body,
+            trailers: pairs(&trailers),
+        });
+    }
+}
+
+/// The answer hyper's HTTP/1 client reads when the target sends `raw` and closes (after a
+/// `HEAD` request when `after_head`), or `None` when it refuses it or its body.
+pub async fn hyper_reads_response(raw: &[u8], after_head: bool) -> Option<SeenResponse> {
+    use http_body_util::BodyExt;
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(client))
+            .await
+            .ok()?;
+    let method = if after_head { "HEAD" } else { "GET" };
+    let request = Request::builder()
+        .method(method)
+        .uri("/")
+        .header("host", "h")
+        .body(Empty::<Bytes>::new())
+        .ok()?;
+    let target = async {
+        // The request head, then the answer, then the close.
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match server.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let _ = server.write_all(raw).await;
+        let _ = server.shutdown().await;
+    };
+    let exchange = async {
+        let response = sender.send_request(request).await.ok()?;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await.ok()?;
+        let trailers = collected.trailers().map(pairs).unwrap_or_default();
+        Some(SeenResponse {
+            status: parts.status.as_u16(),
+            version: parts.version,
+            fields: pairs(&parts.headers),
+            body: collected.to_bytes().to_vec(),
+            trailers,
+        })
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(2), async {
+        let (_, _, seen) = tokio::join!(connection, target, exchange);
+        seen
+    })
+    .await;
+    outcome.ok().flatten()
+}
+
+/// [`hyper_reads_response`] on a runtime of its own (for a fuzz target).
+pub fn hyper_reads_response_blocking(raw: &[u8], after_head: bool) -> Option<SeenResponse> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .enable_io()
+        .build()
+        .ok()?;
+    runtime.block_on(hyper_reads_response(raw, after_head))
+}
