@@ -146,10 +146,15 @@ pub fn parse_response(
         } else if name == header::TRANSFER_ENCODING {
             transfer_coded = true;
             // The final coding decides; a later field's codings come after an earlier one's.
-            chunked = value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            // A value that is not visible ASCII names no coding hyper knows: not chunked.
+            let text = value
+                .iter()
+                .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b));
+            chunked = text
+                && value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONNECTION {
             for option in value.split(|&b| b == b',') {
                 let option = option.trim_ascii();
@@ -349,6 +354,17 @@ mod tests {
             false,
         );
         assert!(equal.is_ok_and(|head| head.framing == Framing::Length(2)));
+    }
+
+    #[test]
+    fn a_coding_that_is_not_text_is_not_chunked() {
+        // hyper reads the codings only of a value that is visible ASCII (found by the
+        // differential test): the same answer must be framed the same way by both.
+        let head = read(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: g\xe4ip, chunked\r\n\r\n",
+            false,
+        );
+        assert!(head.is_ok_and(|head| head.framing == Framing::UntilClose && !head.keep_alive));
     }
 
     #[test]
