@@ -109,6 +109,15 @@ pub(crate) struct RateLimit {
     metrics: LimitMetrics,
 }
 
+impl RateLimit {
+    /// Whether the key reads a request header that `named` picks.
+    pub(crate) fn reads_header(&self, named: impl Fn(&HeaderName) -> bool) -> bool {
+        self.key
+            .iter()
+            .any(|part| matches!(part, KeyPart::Header(name) if named(name)))
+    }
+}
+
 /// The Redis side of a limit.
 #[derive(Debug)]
 struct RedisBacked {

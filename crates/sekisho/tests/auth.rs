@@ -218,6 +218,27 @@ async fn the_whole_journey(dialect: Dialect) {
     assert_eq!(seen["roles"], "clerk");
     assert_eq!(seen["permissions"], "orders:read,orders:write");
     assert_eq!(seen["user_id"], me.json()["id"].to_string());
+    // The same identity whichever way the request goes up: a body too large to hold whole
+    // streams through hyper's client (the headers set in the request's map), and a route
+    // with a cache keeps them in the map for its key (the others are written with the head).
+    let bearer = format!("Bearer {access}");
+    let mut streamed_headers = vec![("authorization", bearer.as_str())];
+    streamed_headers.extend_from_slice(&forged);
+    let streamed = send(
+        &client(),
+        "POST",
+        &gateway.url("/api/orders/big"),
+        &streamed_headers,
+        vec![b'x'; 200 * 1024],
+    )
+    .await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(streamed.json()["user"], "ann");
+    assert_eq!(streamed.json()["roles"], "clerk");
+    let cached = with_token(&gateway, "GET", "/cached/me", &access, &forged).await;
+    assert_eq!(cached.status, 200);
+    assert_eq!(cached.json()["user"], "ann");
+    assert_eq!(cached.json()["permissions"], "orders:read,orders:write");
     let forbidden = with_token(&gateway, "GET", "/admin/users", &access, &forged).await;
     assert_eq!(forbidden.status, 403);
     assert_eq!(forbidden.error_code(), "FORBIDDEN");

@@ -455,8 +455,8 @@ impl std::fmt::Debug for Origin {
 }
 
 impl Origin {
-    /// Starts an origin whose answer to each request is `script(head, n)`, `n` counting the calls
-    /// of the request's path from 1.
+    /// Starts an origin whose answer to each request (its body read first) is `script(head, n)`,
+    /// `n` counting the calls of the request's path from 1.
     pub async fn start(
         script: impl Fn(&http::request::Parts, u64) -> Reply + Send + Sync + 'static,
     ) -> Self {
@@ -478,7 +478,11 @@ impl Origin {
                             let script = Arc::clone(&script);
                             let calls = Arc::clone(&calls);
                             async move {
-                                let (head, _body) = request.into_parts();
+                                // The body is read whole before the answer, as a real
+                                // application does (one answered unread races its close
+                                // against the gateway still sending it).
+                                let (head, body) = request.into_parts();
+                                let _ = body.collect().await;
                                 let n = {
                                     let mut calls = calls.lock().unwrap();
                                     let n = calls.entry(head.uri.path().to_owned()).or_insert(0);

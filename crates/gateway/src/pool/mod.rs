@@ -256,16 +256,18 @@ fn idempotent(method: &Method) -> bool {
 impl Http1Pool {
     /// Sends `request` (origin-form target) on an idle connection, or on a new one; the answer
     /// comes with the connection's [`Lease`] while the connection is still busy with it, to be
-    /// kept until its body is done.
+    /// kept until its body is done. `late_fields` (head lines) go with a request the gateway
+    /// writes itself (its body held whole).
     pub(crate) async fn send(
         self: &Arc<Self>,
         request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
+        late_fields: &[u8],
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
         if request.body().whole_len().is_some() {
             return self
-                .send_owned(request, now, interim)
+                .send_owned(request, now, interim, late_fields)
                 .await
                 .map(|r| (r, None));
         }
@@ -283,6 +285,7 @@ impl Http1Pool {
         request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
+        late_fields: &[u8],
     ) -> Result<Response<UpstreamBody>, CallError> {
         let (parts, mut body) = request.into_parts();
         let after_head = parts.method == Method::HEAD;
@@ -294,8 +297,8 @@ impl Http1Pool {
             let conn = self.owned_conn(now).await?;
             let bytes = payload.get_or_insert_with(|| body.take_whole().unwrap_or_default());
             if head.is_empty() {
-                head.reserve(256 + parts.headers.len() * 32);
-                owned::encode_head(&parts, bytes.len(), &mut head);
+                head.reserve(256 + late_fields.len() + parts.headers.len() * 32);
+                owned::encode_head(&parts, bytes.len(), late_fields, &mut head);
             }
             let retry_unsent = conn.is_reused();
             match owned::exchange(conn, &head, bytes, after_head, interim, self).await {

@@ -82,8 +82,13 @@ pub(super) enum Failure {
 }
 
 /// The head of a request as the target gets it: request line, fields (a body's length ours),
-/// empty line.
-pub(super) fn encode_head(parts: &http::request::Parts, body_len: usize, out: &mut Vec<u8>) {
+/// `late_fields` (lines already rendered), empty line.
+pub(super) fn encode_head(
+    parts: &http::request::Parts,
+    body_len: usize,
+    late_fields: &[u8],
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts
@@ -108,6 +113,7 @@ pub(super) fn encode_head(parts: &http::request::Parts, body_len: usize, out: &m
         out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(late_fields);
     out.extend_from_slice(b"\r\n");
 }
 

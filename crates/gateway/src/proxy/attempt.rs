@@ -41,6 +41,8 @@ pub(super) struct Call<'a> {
     pub(super) lag: &'a SchedulingLag,
     /// Where the upstream's interim (1xx) answers go, when the client connection takes them.
     pub(super) interim: Option<&'a InterimSink>,
+    /// The identity whose headers go up with each attempt (not in the request's map yet).
+    pub(super) identity: Option<&'a sekisho_auth::Identity>,
 }
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
@@ -151,6 +153,7 @@ impl Call<'_> {
             own_delay,
             lag,
             interim,
+            identity,
         } = *self;
         let Admitted { mut circuit, slot } = admitted;
         parts.version = match upstream.protocol {
@@ -202,8 +205,18 @@ impl Call<'_> {
             head.uri = Uri::from(path_and_query.clone());
             let in_flight = upstream.begin(target_index);
             record.sent = Some(now);
+            // The identity's headers: as head lines when the gateway writes the request itself,
+            // otherwise in the map.
+            let mut late_fields = bytes::Bytes::new();
+            if let Some(identity) = identity {
+                if target.conn.writes_whole(&body) {
+                    late_fields = super::auth::identity_head(identity);
+                } else {
+                    super::auth::add_identity(&mut head.headers, identity);
+                }
+            }
             let request = Request::from_parts(head, body);
-            let sent = target.conn.send(request, now, interim);
+            let sent = target.conn.send(request, now, interim, &late_fields);
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))

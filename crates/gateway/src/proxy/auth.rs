@@ -79,56 +79,83 @@ impl Endpoint {
 pub(super) fn strip_identity(headers: &mut HeaderMap) {
     // One pass over the names first: nearly every request has none of them, and four look-ups
     // by name cost more than the pass (this runs on every request).
-    if !headers
-        .keys()
-        .any(|name| name.as_str().as_bytes().starts_with(b"x-auth-"))
-    {
+    if !headers.keys().any(is_identity_header) {
         return;
     }
-    for name in [
-        X_AUTH_USER_ID,
-        X_AUTH_USER,
-        X_AUTH_ROLES,
-        X_AUTH_PERMISSIONS,
-    ] {
+    for name in IDENTITY_NAMES {
         headers.remove(name);
     }
 }
 
-/// The identity headers of one identity, rendered once and kept with it.
-struct IdentityHeaders([Option<HeaderValue>; 4]);
+/// The identity headers of one identity, rendered once and kept with it: as values for a
+/// request's map, and as the lines of a request head (`name: value\r\n` each) for the gateway's
+/// own client side, which writes them without touching the map.
+struct IdentityHeaders {
+    values: [Option<HeaderValue>; 4],
+    head: Bytes,
+}
+
+/// The identity header names, in the order they are sent.
+const IDENTITY_NAMES: [HeaderName; 4] = [
+    X_AUTH_USER_ID,
+    X_AUTH_USER,
+    X_AUTH_ROLES,
+    X_AUTH_PERMISSIONS,
+];
 
 impl IdentityHeaders {
     fn of(identity: &Identity) -> Self {
         // Names are checked to be visible ASCII without commas when they are made.
-        Self([
+        let values = [
             Some(HeaderValue::from(identity.id)),
             HeaderValue::from_str(&identity.username).ok(),
             HeaderValue::from_str(&identity.roles_csv).ok(),
             HeaderValue::from_str(&identity.permissions_csv).ok(),
-        ])
+        ];
+        let mut head = Vec::with_capacity(128);
+        for (name, value) in IDENTITY_NAMES.iter().zip(&values) {
+            if let Some(value) = value {
+                head.extend_from_slice(name.as_str().as_bytes());
+                head.extend_from_slice(b": ");
+                head.extend_from_slice(value.as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+        }
+        Self {
+            values,
+            head: Bytes::from(head),
+        }
+    }
+
+    /// Those of `identity`, rendered the first time they are asked for.
+    fn with<T>(identity: &Identity, use_them: impl FnOnce(&Self) -> T) -> T {
+        match identity.memo.get_or_init(|| IdentityHeaders::of(identity)) {
+            Some(rendered) => use_them(rendered),
+            None => use_them(&IdentityHeaders::of(identity)),
+        }
     }
 }
 
-fn add_identity(headers: &mut HeaderMap, identity: &Identity) {
-    let rendered = identity.memo.get_or_init(|| IdentityHeaders::of(identity));
-    let owned;
-    let rendered = match rendered {
-        Some(rendered) => rendered,
-        None => {
-            owned = IdentityHeaders::of(identity);
-            &owned
-        }
-    };
-    let names = [
-        X_AUTH_USER_ID,
-        X_AUTH_USER,
-        X_AUTH_ROLES,
-        X_AUTH_PERMISSIONS,
-    ];
+/// Whether `name` is one of the identity headers' (`x-auth-…`).
+pub(super) fn is_identity_header(name: &HeaderName) -> bool {
+    name.as_str().as_bytes().starts_with(b"x-auth-")
+}
+
+/// `identity`'s headers as the lines of a request head.
+pub(super) fn identity_head(identity: &Identity) -> Bytes {
+    IdentityHeaders::with(identity, |rendered| rendered.head.clone())
+}
+
+/// Sets `identity`'s headers in a request's map.
+pub(super) fn add_identity(headers: &mut HeaderMap, identity: &Identity) {
+    IdentityHeaders::with(identity, |rendered| insert_identity(headers, rendered));
+}
+
+fn insert_identity(headers: &mut HeaderMap, rendered: &IdentityHeaders) {
+    let names = IDENTITY_NAMES;
     // Room for these and for what the upstream request adds later, in one growth.
     headers.reserve(names.len() + super::forwarding::ADDED_HEADERS);
-    for (name, value) in names.into_iter().zip(&rendered.0) {
+    for (name, value) in names.into_iter().zip(&rendered.values) {
         if let Some(value) = value {
             headers.insert(name, value.clone());
         }
@@ -188,8 +215,8 @@ fn missing_token() -> GatewayError {
     )
 }
 
-/// A route's requirement: the session's identity, or 401/403. The identity headers are set on
-/// the request for the upstream. A session cached in process is checked against `started`
+/// A route's requirement: the session's identity, or 401/403 (the caller sends its identity
+/// headers up: [`add_identity`], or [`identity_head`] when they are written late). A session cached in process is checked against `started`
 /// (the request's start) with no clock read and no await; otherwise the stores are asked and
 /// `took` says for how long.
 pub(super) async fn require(
@@ -217,7 +244,6 @@ pub(super) async fn require(
         auth.audit_forbidden(&identity, route, client_ip(headers));
         return Err(refused.into());
     }
-    add_identity(headers, &identity);
     Ok(identity)
 }
 

@@ -88,6 +88,7 @@ pub(super) async fn call_upstream(
         own_delay: exchange.own_delay,
         lag: &exchange.lag,
         interim: exchange.client.interim.as_ref(),
+        identity: exchange.identity.as_deref(),
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();

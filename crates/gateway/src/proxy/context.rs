@@ -108,6 +108,9 @@ pub(super) struct Exchange {
     pub(super) lag: Arc<SchedulingLag>,
     /// What happened so far.
     pub(super) record: Record,
+    /// The checked identity whose headers are written into the upstream request as it is sent,
+    /// not set in the request's map (`proxy/auth.rs`, [`super::steps`]).
+    pub(super) identity: Option<Arc<sekisho_auth::Identity>>,
 }
 
 impl Exchange {
@@ -126,6 +129,7 @@ impl Exchange {
             lag: Arc::clone(lag),
             host: None,
             record: Record::default(),
+            identity: None,
         }
     }
 

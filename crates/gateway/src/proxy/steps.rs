@@ -127,7 +127,15 @@ pub(super) async fn run(
         ))
         .await;
         exchange.record.auth = Some(("validate", took));
-        identity = Some(checked?);
+        let checked = checked?;
+        // Its headers: in the map when something before the upstream may read them, otherwise
+        // written with the upstream request's head as it is sent (no map work per request).
+        if identity_read_before_sending(&route) {
+            auth_step::add_identity(&mut parts.headers, &checked);
+        } else {
+            exchange.identity = Some(Arc::clone(&checked));
+        }
+        identity = Some(checked);
     }
     if let Some(limit) = &route.rate_limit {
         let source = key_source(
@@ -334,4 +342,25 @@ fn check_head(runtime: &Runtime, parts: &http::request::Parts) -> Result<(), Gat
         }
     }
     Ok(())
+}
+
+/// Whether a step between the route's `auth` and the upstream may read the identity headers
+/// from the request's map: the cache (its key and `Vary`), the route's header rules, a
+/// rate-limit key or a balancing key naming one of them.
+fn identity_read_before_sending(route: &CompiledRoute) -> bool {
+    let rules = &route.headers;
+    route.cache.is_some()
+        || rules
+            .request_remove
+            .iter()
+            .any(auth_step::is_identity_header)
+        || rules
+            .request_set
+            .iter()
+            .any(|(name, _)| auth_step::is_identity_header(name))
+        || route
+            .rate_limit
+            .as_ref()
+            .is_some_and(|limit| limit.reads_header(auth_step::is_identity_header))
+        || matches!(&route.upstream.hash_key, Some(sekisho_config::HashKey::Header(name)) if auth_step::is_identity_header(name))
 }

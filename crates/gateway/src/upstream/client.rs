@@ -60,17 +60,25 @@ impl TargetConn {
         }
     }
 
+    /// Whether a request with `body` is written by the gateway's own client side (which takes
+    /// `late_fields` in [`send`](Self::send)).
+    pub(crate) fn writes_whole(&self, body: &RequestBody) -> bool {
+        matches!(self, Self::Http1(_)) && body.whole_len().is_some()
+    }
+
     /// Sends `request` (its URI the origin-form target) to the target; the answer comes with
     /// the connection's lease (HTTP/1.1), to be kept until the body is done. The target's
-    /// interim answers go to `interim`.
+    /// interim answers go to `interim`. `late_fields`: head lines (`name: value\r\n`) added
+    /// to the request's own, only when [`writes_whole`](Self::writes_whole).
     pub(crate) async fn send(
         &self,
         mut request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
+        late_fields: &[u8],
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
         match self {
-            Self::Http1(pool) => pool.send(request, now, interim).await,
+            Self::Http1(pool) => pool.send(request, now, interim, late_fields).await,
             Self::H2c(h2c) => {
                 if let Some(sink) = interim {
                     sink.attach(&mut request);
