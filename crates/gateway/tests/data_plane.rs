@@ -194,10 +194,21 @@ response_remove = ["X-Upstream"]
         "headers named by Connection are hop-by-hop"
     );
 
+    // A first hop (no forwarding fields of its own): the same fields, written with the head.
     let answer = get(&gw.url("/p")).await;
     let made = answer.header("x-request-id").unwrap().to_owned();
     assert_eq!(made.len(), 32);
-    assert_eq!(answer.json()["headers"]["x-request-id"], made.as_str());
+    let seen = answer.json()["headers"].clone();
+    assert_eq!(seen["x-request-id"], made.as_str());
+    let authority = gw.address.to_string();
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert_eq!(seen["x-forwarded-host"], authority.as_str());
+    assert_eq!(
+        seen["forwarded"],
+        format!("for=127.0.0.1;proto=http;host=\"{authority}\"").as_str()
+    );
+    assert_eq!(seen["x-env"], "test");
     gw.stop().await;
 }
 

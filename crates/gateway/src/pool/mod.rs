@@ -263,7 +263,7 @@ impl Http1Pool {
         request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
-        late_fields: &[u8],
+        late_fields: [&[u8]; 2],
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
         if request.body().whole_len().is_some() {
             return self
@@ -285,7 +285,7 @@ impl Http1Pool {
         request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
-        late_fields: &[u8],
+        late_fields: [&[u8]; 2],
     ) -> Result<Response<UpstreamBody>, CallError> {
         let (parts, mut body) = request.into_parts();
         let after_head = parts.method == Method::HEAD;
@@ -297,7 +297,9 @@ impl Http1Pool {
             let conn = self.owned_conn(now).await?;
             let bytes = payload.get_or_insert_with(|| body.take_whole().unwrap_or_default());
             if head.is_empty() {
-                head.reserve(256 + late_fields.len() + parts.headers.len() * 32);
+                head.reserve(
+                    256 + late_fields[0].len() + late_fields[1].len() + parts.headers.len() * 32,
+                );
                 owned::encode_head(&parts, bytes.len(), late_fields, &mut head);
             }
             let retry_unsent = conn.is_reused();

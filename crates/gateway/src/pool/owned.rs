@@ -86,7 +86,7 @@ pub(super) enum Failure {
 pub(super) fn encode_head(
     parts: &http::request::Parts,
     body_len: usize,
-    late_fields: &[u8],
+    late_fields: [&[u8]; 2],
     out: &mut Vec<u8>,
 ) {
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -113,7 +113,9 @@ pub(super) fn encode_head(
         out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(late_fields);
+    for lines in late_fields {
+        out.extend_from_slice(lines);
+    }
     out.extend_from_slice(b"\r\n");
 }
 

@@ -43,6 +43,8 @@ pub(super) struct Call<'a> {
     pub(super) interim: Option<&'a InterimSink>,
     /// The identity whose headers go up with each attempt (not in the request's map yet).
     pub(super) identity: Option<&'a sekisho_auth::Identity>,
+    /// The forwarding fields and the request id as head lines (not in the request's map).
+    pub(super) forwarding_lines: Option<&'a [u8]>,
 }
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
@@ -154,6 +156,7 @@ impl Call<'_> {
             lag,
             interim,
             identity,
+            forwarding_lines,
         } = *self;
         let Admitted { mut circuit, slot } = admitted;
         parts.version = match upstream.protocol {
@@ -205,18 +208,31 @@ impl Call<'_> {
             head.uri = Uri::from(path_and_query.clone());
             let in_flight = upstream.begin(target_index);
             record.sent = Some(now);
-            // The identity's headers: as head lines when the gateway writes the request itself,
-            // otherwise in the map.
-            let mut late_fields = bytes::Bytes::new();
-            if let Some(identity) = identity {
-                if target.conn.writes_whole(&body) {
-                    late_fields = super::auth::identity_head(identity);
-                } else {
-                    super::auth::add_identity(&mut head.headers, identity);
+            // The fields kept as head lines: written with the head when the gateway writes the
+            // request itself, otherwise set in the map.
+            let mut identity_lines = bytes::Bytes::new();
+            let mut late_fields: &[u8] = &[];
+            if identity.is_some() || forwarding_lines.is_some() {
+                let whole = target.conn.writes_whole(&body);
+                if let Some(identity) = identity {
+                    if whole {
+                        identity_lines = super::auth::identity_head(identity);
+                    } else {
+                        super::auth::add_identity(&mut head.headers, identity);
+                    }
+                }
+                if let Some(lines) = forwarding_lines {
+                    if whole {
+                        late_fields = lines;
+                    } else {
+                        super::forwarding::insert_lines(&mut head.headers, lines);
+                    }
                 }
             }
             let request = Request::from_parts(head, body);
-            let sent = target.conn.send(request, now, interim, &late_fields);
+            let sent = target
+                .conn
+                .send(request, now, interim, [late_fields, &identity_lines]);
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))

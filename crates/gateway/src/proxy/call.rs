@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::admission::Admitted;
 use super::attempt::Call;
 use super::context::Exchange;
-use super::forwarding::{content_length, upstream_request};
+use super::forwarding::{content_length, forwarding_as_lines, upstream_request};
 use crate::body::{ClientBody, RequestBody, ResponseBody};
 use crate::edge::GatewayError;
 use crate::fallback::FallbackKind;
@@ -32,12 +32,18 @@ pub(super) async fn call_upstream(
         Err(error) if route.fallback.is_none() => return Err(error),
         Err(error) => Err(error),
     };
-    let path_and_query = upstream_request(
+    // The gateway's own client side writes the forwarding fields as head lines: for an
+    // HTTP/1.1 upstream and a body held whole (none, or read whole already).
+    let as_lines = upstream.protocol == sekisho_config::UpstreamProtocol::Http1
+        && body.as_ref().is_none_or(|body| body.whole_len().is_some())
+        && forwarding_as_lines(route, &parts.headers);
+    let (path_and_query, forwarding_lines) = upstream_request(
         route,
         &mut parts,
         &exchange.client,
         exchange.host.take(),
         &exchange.request_id,
+        as_lines,
     )?;
 
     let deadline = started + route.timeout;
@@ -89,6 +95,7 @@ pub(super) async fn call_upstream(
         lag: &exchange.lag,
         interim: exchange.client.interim.as_ref(),
         identity: exchange.identity.as_deref(),
+        forwarding_lines: forwarding_lines.as_deref(),
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();

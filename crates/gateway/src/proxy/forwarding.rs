@@ -40,14 +40,17 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 
 /// Rewrites `parts` into the request the route's upstream gets, and returns its origin-form
 /// target (`strip_prefix` applied): hop-by-hop headers out, forwarding headers appended, the
-/// client's `host` kept, the request id and the route's request header rules applied.
+/// client's `host` kept, the request id and the route's request header rules applied. With
+/// `as_lines` ([`forwarding_as_lines`] said so), the forwarding fields and the request id are
+/// not set in the map but returned as head lines, for the gateway's own client side to write.
 pub(super) fn upstream_request(
     route: &CompiledRoute,
     parts: &mut http::request::Parts,
     client: &ClientInfo,
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
-) -> Result<PathAndQuery, GatewayError> {
+    as_lines: bool,
+) -> Result<(PathAndQuery, Option<Vec<u8>>), GatewayError> {
     let path = route.upstream_path(parts.uri.path());
     let path_and_query = match parts.uri.path_and_query() {
         // Unchanged (no prefix stripped): the request's own, shared, not parsed again.
@@ -63,6 +66,22 @@ pub(super) fn upstream_request(
     };
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
+    if as_lines {
+        let lines = forwarding_lines(client, host.as_ref(), request_id);
+        if !headers.contains_key(header::HOST) {
+            if let Some(host) = host {
+                headers.insert(header::HOST, host);
+            }
+        }
+        for name in &route.headers.request_remove {
+            headers.remove(name);
+        }
+        for (name, value) in &route.headers.request_set {
+            headers.insert(name, value.clone());
+        }
+        parts.extensions.clear();
+        return Ok((path_and_query, Some(lines)));
+    }
     // Room for what is added below, in one growth of the map rather than one per field.
     headers.reserve(ADDED_HEADERS);
     add_forwarding_headers(headers, client, host.as_ref());
@@ -79,7 +98,7 @@ pub(super) fn upstream_request(
         headers.insert(name, value.clone());
     }
     parts.extensions.clear();
-    Ok(path_and_query)
+    Ok((path_and_query, None))
 }
 
 /// The upstream's answer head as the client gets it: hop-by-hop headers out, the route's
@@ -197,7 +216,6 @@ fn add_forwarding_headers(
     client: &ClientInfo,
     host_value: Option<&HeaderValue>,
 ) {
-    let host = host_value.map(host_text);
     // Per request only what changes: the values of this connection were made once, and no
     // `format!` runs on the common path (a first hop: no earlier X-Forwarded-For/Forwarded).
     let proto = if client.tls { "https" } else { "http" };
@@ -228,12 +246,23 @@ fn add_forwarding_headers(
         .get(&FORWARDED)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty());
-    // A first hop asking for the same host as the connection's previous request: the same value.
+    if let Some(value) = forwarded_value(existing, client, host_value) {
+        headers.insert(&FORWARDED, value);
+    }
+}
+
+/// The `Forwarded` value (RFC 7239) for this hop, after the `existing` one: for a first hop
+/// asking for the same host as the connection's previous request, the value made then.
+fn forwarded_value(
+    existing: Option<&str>,
+    client: &ClientInfo,
+    host_value: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    let host = host_value.map(host_text);
     let memo = existing.is_none().then(|| lock(&client.forwarded_memo));
     if let Some(Some((memo_host, value))) = memo.as_deref() {
         if Some(memo_host) == host_value {
-            headers.insert(&FORWARDED, value.clone());
-            return;
+            return Some(value.clone());
         }
     }
     let mut combined = String::with_capacity(
@@ -257,11 +286,85 @@ fn add_forwarding_headers(
             combined.push('"');
         }
     }
-    if let Ok(value) = HeaderValue::try_from(combined) {
-        if let (Some(mut memo), Some(host)) = (memo, host_value) {
-            *memo = Some((host.clone(), value.clone()));
+    let value = HeaderValue::try_from(combined).ok()?;
+    if let (Some(mut memo), Some(host)) = (memo, host_value) {
+        *memo = Some((host.clone(), value.clone()));
+    }
+    Some(value)
+}
+
+/// The names whose fields the gateway sets on every upstream request (the forwarding ones and
+/// the request id).
+fn is_set_by_gateway(name: &HeaderName) -> bool {
+    // By length first: one comparison rules out nearly every name.
+    match name.as_str().len() {
+        9 => name == FORWARDED,
+        12 => name == X_REQUEST_ID,
+        15 => name == X_FORWARDED_FOR,
+        16 => name == X_FORWARDED_HOST,
+        17 => name == X_FORWARDED_PROTO,
+        _ => false,
+    }
+}
+
+/// Whether the forwarding fields and the request id can be written as head lines rather than
+/// set in the request's map: the client sent none of them (nothing to append to or replace)
+/// and the route's header rules name none.
+pub(super) fn forwarding_as_lines(route: &CompiledRoute, headers: &HeaderMap) -> bool {
+    let rules = &route.headers;
+    !headers.keys().any(is_set_by_gateway)
+        && !rules.request_remove.iter().any(is_set_by_gateway)
+        && !rules
+            .request_set
+            .iter()
+            .any(|(name, _)| is_set_by_gateway(name))
+}
+
+/// The forwarding fields and the request id of a first hop, as head lines (`name: value\r\n`),
+/// the same values [`upstream_request`] sets in the map otherwise.
+fn forwarding_lines(
+    client: &ClientInfo,
+    host_value: Option<&HeaderValue>,
+    request_id: &HeaderValue,
+) -> Vec<u8> {
+    let mut lines = Vec::with_capacity(
+        128 + client.ip_text.len() * 2 + host_value.map_or(0, |h| h.len() * 2) + request_id.len(),
+    );
+    let mut line = |name: &HeaderName, value: &[u8]| {
+        lines.extend_from_slice(name.as_str().as_bytes());
+        lines.extend_from_slice(b": ");
+        lines.extend_from_slice(value);
+        lines.extend_from_slice(b"\r\n");
+    };
+    line(&X_FORWARDED_FOR, client.ip_value.as_bytes());
+    line(
+        &X_FORWARDED_PROTO,
+        if client.tls { b"https" } else { b"http" },
+    );
+    if let Some(host) = host_value {
+        line(&X_FORWARDED_HOST, host.as_bytes());
+    }
+    if let Some(forwarded) = forwarded_value(None, client, host_value) {
+        line(&FORWARDED, forwarded.as_bytes());
+    }
+    line(&X_REQUEST_ID, request_id.as_bytes());
+    lines
+}
+
+/// Sets in `headers` the fields of head `lines` (as [`forwarding_lines`] writes them), for a
+/// request that goes up through a client that writes the map.
+pub(super) fn insert_lines(headers: &mut HeaderMap, lines: &[u8]) {
+    for line in lines.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii_start());
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            headers.insert(name, value);
         }
-        headers.insert(&FORWARDED, value);
     }
 }
 
@@ -294,6 +397,49 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_lines_carry_what_the_map_would() {
+        let client = ClientInfo::new("192.0.2.4:4000".parse().expect("addr"), false);
+        let host = HeaderValue::from_static("shop.example:8080");
+        let id = HeaderValue::from_static("req-1");
+        let mut by_map = HeaderMap::new();
+        add_forwarding_headers(&mut by_map, &client, Some(&host));
+        by_map.insert(&X_REQUEST_ID, id.clone());
+        // Twice: the second time the connection's memo gives the Forwarded value.
+        for _ in 0..2 {
+            let lines = forwarding_lines(&client, Some(&host), &id);
+            let mut by_lines = HeaderMap::new();
+            insert_lines(&mut by_lines, &lines);
+            assert_eq!(by_lines, by_map, "{}", String::from_utf8_lossy(&lines));
+        }
+        assert_eq!(
+            by_map[&FORWARDED],
+            "for=192.0.2.4;proto=http;host=\"shop.example:8080\""
+        );
+    }
+
+    #[test]
+    fn fields_the_gateway_sets_keep_the_map() {
+        for name in [
+            "x-forwarded-for",
+            "Forwarded",
+            "x-request-id",
+            "X-Forwarded-Host",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("name");
+            assert!(is_set_by_gateway(&name), "{name}");
+        }
+        for name in [
+            "x-forwarded-port",
+            "x-requested-with",
+            "host",
+            "forwarded-for",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).expect("name");
+            assert!(!is_set_by_gateway(&name), "{name}");
+        }
     }
 
     #[test]

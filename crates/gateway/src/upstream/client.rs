@@ -75,7 +75,7 @@ impl TargetConn {
         mut request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
-        late_fields: &[u8],
+        late_fields: [&[u8]; 2],
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
         match self {
             Self::Http1(pool) => pool.send(request, now, interim, late_fields).await,
