@@ -305,3 +305,56 @@ async fn a_post_written_on_a_connection_the_target_dropped_is_not_sent_twice() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
     gateway.stop().await;
 }
+
+/// An upstream that answers `413` as soon as it has a request head, then never reads again
+/// (the connection stays open): the answer is there while the gateway is still sending.
+async fn early_refusing_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\n\r\ntoo big!";
+                let _ = stream.write_all(answer).await;
+                // Held open, unread, until the test's runtime ends.
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_to_a_large_buffered_upload_reaches_the_client() {
+    let target = early_refusing_upstream().await;
+    // A retrying route buffers the body whole (up to 32 MiB here) before the first attempt.
+    let gateway = InProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.up]\ntargets = [\"{target}\"]\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"up\"\ntimeout = \"5s\"\n\
+         max_body_bytes = 67108864\n\
+         [routes.retry]\nattempts = 2\nretry_on = [\"connect_error\"]\nmax_buffered_body_bytes = 33554432\n"
+    ))
+    .await;
+    let client = sekisho_testkit::client();
+    let answer = send(
+        &client,
+        "PUT",
+        &gateway.url("/upload"),
+        &[],
+        vec![b'u'; 16 * 1024 * 1024],
+    )
+    .await;
+    // Not a 504 after the whole body waited on a target that stopped reading.
+    assert_eq!((answer.status, &answer.body[..]), (413, &b"too big!"[..]));
+    gateway.stop().await;
+}

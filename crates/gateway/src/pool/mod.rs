@@ -244,6 +244,17 @@ impl Pooled {
     }
 }
 
+/// The largest body the owned client side writes (in one write with the head, then reads the
+/// answer): a larger one goes through hyper's client, which reads an early answer while it is
+/// still sending (a target refusing a large upload mid-way must not turn its 413 into a 504).
+const WRITTEN_WHOLE_MAX: usize = 64 * 1024;
+
+/// Whether a request with `body` is exchanged by the owned client side: its body held whole, and
+/// small.
+pub(crate) fn written_whole(body: &RequestBody) -> bool {
+    body.whole_len().is_some_and(|len| len <= WRITTEN_WHOLE_MAX)
+}
+
 /// Whether a request may go out again after it was written on a connection that then failed
 /// before any answer (RFC 9110 §9.2.2: idempotent methods).
 fn idempotent(method: &Method) -> bool {
@@ -265,7 +276,7 @@ impl Http1Pool {
         interim: Option<&InterimSink>,
         late_fields: [&[u8]; 2],
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
-        if request.body().whole_len().is_some() {
+        if written_whole(request.body()) {
             return self
                 .send_owned(request, now, interim, late_fields)
                 .await

@@ -63,7 +63,7 @@ impl TargetConn {
     /// Whether a request with `body` is written by the gateway's own client side (which takes
     /// `late_fields` in [`send`](Self::send)).
     pub(crate) fn writes_whole(&self, body: &RequestBody) -> bool {
-        matches!(self, Self::Http1(_)) && body.whole_len().is_some()
+        matches!(self, Self::Http1(_)) && crate::pool::written_whole(body)
     }
 
     /// Sends `request` (its URI the origin-form target) to the target; the answer comes with
