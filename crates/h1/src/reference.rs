@@ -237,3 +237,41 @@ pub fn hyper_reads_response_blocking(raw: &[u8], after_head: bool) -> Option<See
         .ok()?;
     runtime.block_on(hyper_reads_response(raw, after_head))
 }
+
+/// xorshift64*: a seeded generator, enough for picking pieces of generated messages.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `bound`.
+    pub fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+
+    /// One of `items`.
+    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.below(items.len())]
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: usize) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// A differential test's seed and number of cases: `H1_DIFF_SEED` and `H1_DIFF_CASES`, or the
+/// test's defaults.
+pub fn seed_and_cases(seed: u64, cases: usize) -> (u64, usize) {
+    let read = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    (
+        read("H1_DIFF_SEED").unwrap_or(seed),
+        read("H1_DIFF_CASES").map_or(cases, |c| usize::try_from(c).unwrap_or(cases)),
+    )
+}

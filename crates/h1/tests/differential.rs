@@ -5,31 +5,7 @@
 //!
 //! Seeded (`H1_DIFF_SEED`, `H1_DIFF_CASES`): a failure prints the case and its seed.
 
-use sekisho_h1::reference::{compare, hyper_reads, owned};
-
-/// xorshift64*: enough for picking pieces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.below(items.len())]
-    }
-
-    fn chance(&mut self, percent: usize) -> bool {
-        self.below(100) < percent
-    }
-}
+use sekisho_h1::reference::{compare, hyper_reads, owned, seed_and_cases, Rng};
 
 const METHODS: &[&str] = &[
     "GET", "GET", "GET", "GET", "HEAD", "DELETE", "OPTIONS", "POST", "CONNECT", "get", "PO ST",
@@ -131,14 +107,7 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
 
 #[tokio::test(flavor = "current_thread")]
 async fn what_the_owned_path_takes_hyper_takes_and_reads_the_same_way() {
-    let seed = std::env::var("H1_DIFF_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or(0x5e41_5e10_u64);
-    let cases = std::env::var("H1_DIFF_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(3000);
+    let (seed, cases) = seed_and_cases(0x5e41_5e10, 3000);
     let mut rng = Rng(seed);
     let (mut taken, mut handed_off) = (0, 0);
     let mut failures = Vec::new();
