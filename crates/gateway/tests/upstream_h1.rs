@@ -358,3 +358,32 @@ async fn an_early_answer_to_a_large_buffered_upload_reaches_the_client() {
     assert_eq!((answer.status, &answer.body[..]), (413, &b"too big!"[..]));
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_bound_an_idle_connection_of_hypers_makes_room_for_an_owned_one() {
+    let upstream = scripted_upstream().await;
+    let target = upstream.address;
+    let gateway = InProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.up]\ntargets = [\"{target}\"]\nmax_connections_per_target = 1\n\
+         [[routes]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"up\"\ntimeout = \"5s\"\n"
+    ))
+    .await;
+    let client = sekisho_testkit::client();
+    // A streamed body (over 64 KiB) goes through hyper's client: its connection stays idle.
+    let upload = send(
+        &client,
+        "POST",
+        &gateway.url("/up"),
+        &[],
+        vec![b'x'; 200 * 1024],
+    )
+    .await;
+    assert_eq!(upload.status, 200);
+    until_pooled(&gateway).await;
+    // A GET wants an owned connection; the one slot is held by hyper's idle one.
+    let answer = get(&gateway.url("/after")).await;
+    assert_eq!((answer.status, &answer.body[..]), (200, &b"ok"[..]));
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+    gateway.stop().await;
+}

@@ -239,11 +239,12 @@ pub fn hyper_reads_response_blocking(raw: &[u8], after_head: bool) -> Option<See
 }
 
 /// xorshift64*: a seeded generator, enough for picking pieces of generated messages.
+#[derive(Debug)]
 pub struct Rng(pub u64);
 
 impl Rng {
     /// The next number.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -252,7 +253,7 @@ impl Rng {
 
     /// A number below `bound`.
     pub fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
+        (self.next_u64() % bound as u64) as usize
     }
 
     /// One of `items`.

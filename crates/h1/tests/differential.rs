@@ -100,7 +100,7 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
     let mut raw = head.into_bytes();
     if rng.chance(15) {
         let at = rng.below(raw.len());
-        raw[at] = rng.next() as u8;
+        raw[at] = rng.next_u64() as u8;
     }
     raw
 }

@@ -340,6 +340,9 @@ impl Http1Pool {
                 let io = Box::pin(self.open(&slot)).await?;
                 return Ok(Conn::new(io, slot));
             }
+            // At the bound: an idle connection of hyper's is closed to free its slot (its task
+            // ends and gives the slot back), rather than waiting beside it.
+            self.close_idle_hyper();
             freed.await;
         }
     }
@@ -451,13 +454,29 @@ impl Http1Pool {
                 .rposition(|entry| matches!(entry.conn, Pooled::Owned(_)))?;
             if let Some(Idle {
                 conn: Pooled::Owned(conn),
-                ..
+                since,
             }) = idle.remove(at)
             {
+                if now.saturating_duration_since(since) >= self.idle_timeout {
+                    // Past its time behind newer ones of hyper's: so are those older than it.
+                    idle.drain(..at);
+                    return None;
+                }
                 if conn.is_open() {
                     return Some(conn);
                 }
             }
+        }
+    }
+
+    /// Closes the oldest idle connection driven by hyper's client, if any.
+    fn close_idle_hyper(&self) {
+        let mut idle = lock(&self.idle);
+        if let Some(at) = idle
+            .iter()
+            .position(|entry| matches!(entry.conn, Pooled::Hyper(_)))
+        {
+            idle.remove(at);
         }
     }
 
