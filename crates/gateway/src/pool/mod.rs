@@ -255,6 +255,18 @@ pub(crate) fn written_whole(body: &RequestBody) -> bool {
     body.whole_len().is_some_and(|len| len <= WRITTEN_WHOLE_MAX)
 }
 
+/// A request's head as the owned client side writes it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OwnedHead<'a> {
+    pub method: &'a Method,
+    /// Origin-form.
+    pub target: &'a http::uri::PathAndQuery,
+    /// Hop-by-hop fields already out.
+    pub headers: &'a http::HeaderMap,
+    /// Head lines (`name: value\r\n`) written after the fields.
+    pub late_fields: [&'a [u8]; 2],
+}
+
 /// Whether a request may go out again after it was written on a connection that then failed
 /// before any answer (RFC 9110 §9.2.2: idempotent methods).
 fn idempotent(method: &Method) -> bool {
@@ -265,24 +277,15 @@ fn idempotent(method: &Method) -> bool {
 }
 
 impl Http1Pool {
-    /// Sends `request` (origin-form target) on an idle connection, or on a new one; the answer
-    /// comes with the connection's [`Lease`] while the connection is still busy with it, to be
-    /// kept until its body is done. `late_fields` (head lines) go with a request the gateway
-    /// writes itself (its body held whole).
+    /// Sends `request` (origin-form target, a streamed body) through hyper's client, on an idle
+    /// connection or a new one; the answer comes with the connection's [`Lease`] while the
+    /// connection is still busy with it, to be kept until its body is done.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        request: Request<RequestBody>,
+        mut request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
-        late_fields: [&[u8]; 2],
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
-        if written_whole(request.body()) {
-            return self
-                .send_owned(request, now, interim, late_fields)
-                .await
-                .map(|r| (r, None));
-        }
-        let mut request = request;
         if let Some(sink) = interim {
             sink.attach(&mut request);
         }
@@ -290,31 +293,28 @@ impl Http1Pool {
         Ok((response.map(UpstreamBody::Hyper), lease))
     }
 
-    /// Sends a request whose body the gateway holds whole, on an owned connection.
-    async fn send_owned(
+    /// Sends a request whose body the gateway holds whole ([`written_whole`]) on an owned
+    /// connection: `head` as it is written, `body` taken once a connection is in hand (a failed
+    /// connect leaves it to the claim, for another target).
+    pub(crate) async fn send_whole(
         self: &Arc<Self>,
-        request: Request<RequestBody>,
+        head: OwnedHead<'_>,
+        body: &mut RequestBody,
         now: Instant,
         interim: Option<&InterimSink>,
-        late_fields: [&[u8]; 2],
     ) -> Result<Response<UpstreamBody>, CallError> {
-        let (parts, mut body) = request.into_parts();
-        let after_head = parts.method == Method::HEAD;
-        let resendable = idempotent(&parts.method);
-        // Taken once a connection is in hand (a failed connect leaves it to the claim).
+        let after_head = *head.method == Method::HEAD;
+        let resendable = idempotent(head.method);
         let mut payload: Option<Bytes> = None;
-        let mut head = Vec::new();
+        let mut written = Vec::new();
         loop {
             let conn = self.owned_conn(now).await?;
             let bytes = payload.get_or_insert_with(|| body.take_whole().unwrap_or_default());
-            if head.is_empty() {
-                head.reserve(
-                    256 + late_fields[0].len() + late_fields[1].len() + parts.headers.len() * 32,
-                );
-                owned::encode_head(&parts, bytes.len(), late_fields, &mut head);
+            if written.is_empty() {
+                owned::encode_head(&head, bytes.len(), &mut written);
             }
             let retry_unsent = conn.is_reused();
-            match owned::exchange(conn, &head, bytes, after_head, interim, self).await {
+            match owned::exchange(conn, &written, bytes, after_head, interim, self).await {
                 Ok(response) => return Ok(response),
                 // Written (perhaps) on a connection the target had closed: again on another
                 // one, when the method allows it.

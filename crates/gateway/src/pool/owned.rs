@@ -21,7 +21,7 @@ use sekisho_h1::{parse_response, Chunk, ChunkedDecoder, Fields, Framing};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{Http1Pool, Slot};
+use super::{Http1Pool, OwnedHead, Slot};
 use crate::body::{BoxError, UpstreamBody};
 use crate::interim::InterimSink;
 
@@ -83,21 +83,14 @@ pub(super) enum Failure {
 
 /// The head of a request as the target gets it: request line, fields (a body's length ours),
 /// `late_fields` (lines already rendered), empty line.
-pub(super) fn encode_head(
-    parts: &http::request::Parts,
-    body_len: usize,
-    late_fields: [&[u8]; 2],
-    out: &mut Vec<u8>,
-) {
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+pub(super) fn encode_head(head: &OwnedHead<'_>, body_len: usize, out: &mut Vec<u8>) {
+    let late_fields = head.late_fields;
+    out.reserve(256 + late_fields[0].len() + late_fields[1].len() + head.headers.len() * 32);
+    out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |target| target.as_str());
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(head.target.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in head.headers {
         // A body's length is the gateway's to state (it holds the body); an empty body's
         // fields go as they came, as hyper's client does.
         if (body_len > 0 && name == header::CONTENT_LENGTH) || name == header::TRANSFER_ENCODING {

@@ -14,10 +14,11 @@ use crate::body::{BodyClaim, Held, RequestBody, ResponseBody, UpstreamBody};
 use crate::edge::GatewayError;
 use crate::interim::InterimSink;
 use crate::lag::SchedulingLag;
-use crate::pool::{CallError, Lease};
+use crate::pool::{CallError, Lease, OwnedHead};
 use crate::retry::{AttemptFailure, FailedAttempt, RetryPolicy};
 use crate::router::CompiledRoute;
 use crate::upstream::{CallOutcome, UpstreamGroup};
+use futures_util::future::Either;
 
 /// Attempts of one request when connects fail and the route has no `[routes.retry]`: the first
 /// target and up to two others.
@@ -195,44 +196,45 @@ impl Call<'_> {
             record.attempts = attempts;
             let target = &upstream.targets[target_index];
             record.target = Some(std::sync::Arc::clone(&target.address));
-            // A head that may be needed again is copied; the last attempt takes it (an empty
-            // head is left behind, which costs no allocation).
-            let may_retry =
-                attempts < max_attempts && (retry.is_some() || upstream.targets.len() > 1);
-            let mut head = if may_retry {
-                parts.clone()
-            } else {
-                std::mem::replace(&mut parts, Request::new(()).into_parts().0)
-            };
-            // Origin-form: the connection is the target's (h2c adds scheme and authority).
-            head.uri = Uri::from(path_and_query.clone());
             let in_flight = upstream.begin(target_index);
             record.sent = Some(now);
-            // The fields kept as head lines: written with the head when the gateway writes the
-            // request itself, otherwise set in the map.
-            let mut identity_lines = bytes::Bytes::new();
-            let mut late_fields: &[u8] = &[];
-            if identity.is_some() || forwarding_lines.is_some() {
-                let whole = target.conn.writes_whole(&body);
+            // The gateway writes the request itself (a body held whole, HTTP/1.1) from the head
+            // as it is — nothing copied per attempt, the fields kept as head lines written
+            // after it —, or builds the request hyper's client writes.
+            let whole = target.conn.writes_whole(&body);
+            let identity_lines = identity
+                .filter(|_| whole)
+                .map(super::auth::identity_head)
+                .unwrap_or_default();
+            let sent = if whole {
+                let head = OwnedHead {
+                    method: &parts.method,
+                    target: path_and_query,
+                    headers: &parts.headers,
+                    late_fields: [forwarding_lines.unwrap_or_default(), &identity_lines],
+                };
+                Either::Left(target.conn.send_whole(head, &mut body, now, interim))
+            } else {
+                // A head that may be needed again is copied; the last attempt takes it (an
+                // empty head is left behind, which costs no allocation).
+                let may_retry =
+                    attempts < max_attempts && (retry.is_some() || upstream.targets.len() > 1);
+                let mut head = if may_retry {
+                    parts.clone()
+                } else {
+                    std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+                };
+                // Origin-form: the connection is the target's (h2c adds scheme and authority).
+                head.uri = Uri::from(path_and_query.clone());
                 if let Some(identity) = identity {
-                    if whole {
-                        identity_lines = super::auth::identity_head(identity);
-                    } else {
-                        super::auth::add_identity(&mut head.headers, identity);
-                    }
+                    super::auth::add_identity(&mut head.headers, identity);
                 }
                 if let Some(lines) = forwarding_lines {
-                    if whole {
-                        late_fields = lines;
-                    } else {
-                        super::forwarding::insert_lines(&mut head.headers, lines);
-                    }
+                    super::forwarding::insert_lines(&mut head.headers, lines);
                 }
-            }
-            let request = Request::from_parts(head, body);
-            let sent = target
-                .conn
-                .send(request, now, interim, [late_fields, &identity_lines]);
+                let request = Request::from_parts(head, body);
+                Either::Right(target.conn.send(request, now, interim))
+            };
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))

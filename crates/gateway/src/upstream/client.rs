@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::body::{RequestBody, UpstreamBody};
 use crate::interim::InterimSink;
-use crate::pool::{CallError, Http1Client, Http1Pool, Lease};
+use crate::pool::{CallError, Http1Client, Http1Pool, Lease, OwnedHead};
 use crate::sync::lock;
 
 /// hyper-util's pooled client, for h2c targets (one multiplexed connection each).
@@ -60,25 +60,44 @@ impl TargetConn {
         }
     }
 
-    /// Whether a request with `body` is written by the gateway's own client side (which takes
-    /// `late_fields` in [`send`](Self::send)).
+    /// Whether a request with `body` is written by the gateway's own client side
+    /// ([`send_whole`](Self::send_whole)).
     pub(crate) fn writes_whole(&self, body: &RequestBody) -> bool {
         matches!(self, Self::Http1(_)) && crate::pool::written_whole(body)
     }
 
-    /// Sends `request` (its URI the origin-form target) to the target; the answer comes with
-    /// the connection's lease (HTTP/1.1), to be kept until the body is done. The target's
-    /// interim answers go to `interim`. `late_fields`: head lines (`name: value\r\n`) added
-    /// to the request's own, only when [`writes_whole`](Self::writes_whole).
+    /// Sends a request the gateway writes itself (HTTP/1.1 targets, when
+    /// [`writes_whole`](Self::writes_whole)): `head` as written, `body` taken when a connection
+    /// is in hand. The target's interim answers go to `interim`.
+    pub(crate) async fn send_whole(
+        &self,
+        head: OwnedHead<'_>,
+        body: &mut RequestBody,
+        now: Instant,
+        interim: Option<&InterimSink>,
+    ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
+        match self {
+            Self::Http1(pool) => pool
+                .send_whole(head, body, now, interim)
+                .await
+                .map(|response| (response, None)),
+            Self::H2c(_) => Err(CallError::Request(
+                "an h2c target is reached through hyper's client".into(),
+            )),
+        }
+    }
+
+    /// Sends `request` (its URI the origin-form target) through hyper's client; the answer
+    /// comes with the connection's lease (HTTP/1.1), to be kept until the body is done. The
+    /// target's interim answers go to `interim`.
     pub(crate) async fn send(
         &self,
         mut request: Request<RequestBody>,
         now: Instant,
         interim: Option<&InterimSink>,
-        late_fields: [&[u8]; 2],
     ) -> Result<(Response<UpstreamBody>, Option<Lease>), CallError> {
         match self {
-            Self::Http1(pool) => pool.send(request, now, interim, late_fields).await,
+            Self::Http1(pool) => pool.send(request, now, interim).await,
             Self::H2c(h2c) => {
                 if let Some(sink) = interim {
                     sink.attach(&mut request);
