@@ -265,6 +265,14 @@ impl Rng {
     pub fn chance(&mut self, percent: usize) -> bool {
         self.below(100) < percent
     }
+
+    /// `percent` times in a hundred, one byte of `raw` replaced by a random one.
+    pub fn mutate(&mut self, raw: &mut [u8], percent: usize) {
+        if self.chance(percent) && !raw.is_empty() {
+            let at = self.below(raw.len());
+            raw[at] = self.next_u64() as u8;
+        }
+    }
 }
 
 /// A differential test's seed and number of cases: `H1_DIFF_SEED` and `H1_DIFF_CASES`, or the

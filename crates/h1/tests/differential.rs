@@ -98,10 +98,7 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
     }
     head.push_str(eol);
     let mut raw = head.into_bytes();
-    if rng.chance(15) {
-        let at = rng.below(raw.len());
-        raw[at] = rng.next_u64() as u8;
-    }
+    rng.mutate(&mut raw, 15);
     raw
 }
 

@@ -99,10 +99,7 @@ fn generate(rng: &mut Rng) -> Vec<u8> {
     raw.push_str(eol);
     raw.push_str(rng.pick(BODIES));
     let mut raw = raw.into_bytes();
-    if rng.chance(15) {
-        let at = rng.below(raw.len());
-        raw[at] = rng.next_u64() as u8;
-    }
+    rng.mutate(&mut raw, 15);
     raw
 }
 
