@@ -9,11 +9,14 @@
 //! head when the whole answer came with it, otherwise when the response body is done — the
 //! gateway's response body knows that moment. Decision 0010 has the measurements.
 //!
-//! A request whose body the gateway holds whole (most: none, or one read before the steps)
-//! is exchanged by the gateway's own client side ([`owned`]: the head written in one write
-//! with the body, the answer read by `sekisho-h1`), in the request's own future; one with a
-//! streamed body goes through hyper's client connection (a task per connection). Both kinds
-//! wait in the same idle stack; an owned connection taken for a streamed body becomes hyper's.
+//! A request whose body the gateway holds whole (most: none, or one read before the steps; at
+//! most 64 KiB) is exchanged by the gateway's own client side ([`owned`]: the head written in
+//! one write with the body, the answer read by `sekisho-h1`), in the request's own future;
+//! one with a streamed or larger body goes through hyper's client connection (a task per
+//! connection). Both kinds wait in the same idle stack; an owned connection taken for a
+//! streamed body becomes hyper's, and at the connection bound an idle one of hyper's is closed
+//! to make room for an owned one. A written request whose reused connection fails before any
+//! answer goes out again on another connection when its method is idempotent.
 //!
 //! What hyper-util did that is kept: a request sent on a reused connection that the target had
 //! closed meanwhile (hyper hands the unsent request back) goes out again on another connection;
@@ -21,7 +24,8 @@
 //! idle connection is closed after `pool_idle_timeout` (checked at checkout, and by a sweep).
 //!
 //! Added: at most `max_connections_per_target` connections are open to a target at once (a
-//! connection counts from its connect until its task ends). A request that finds none free and
+//! connection counts from its connect until it closes: its task ends, or the owned one is
+//! dropped). A request that finds none free and
 //! the bound reached waits for one to come back — or to close, freeing a slot — rather than
 //! opening another; the wait is bounded by the request's own deadline (the route's timeout,
 //! applied around the call). A burst then meets the target with the bound's worth of
