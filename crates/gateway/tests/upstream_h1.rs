@@ -387,3 +387,28 @@ async fn at_the_connection_bound_an_idle_connection_of_hypers_makes_room_for_an_
     assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_get_goes_up_with_its_forwarding_fields() {
+    let upstream = scripted_upstream().await;
+    let gateway = gateway(upstream.address).await;
+    let request = http::Request::get(gateway.url("/h2?x=1"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sekisho_testkit::h2_client().request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let head = upstream.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(head.starts_with("get /h2?x=1 http/1.1\r\n"), "{head}");
+    let authority = gateway.address.to_string();
+    for line in [
+        format!("\r\nhost: {authority}\r\n"),
+        "\r\nx-forwarded-for: 127.0.0.1\r\n".to_owned(),
+        "\r\nx-forwarded-proto: http\r\n".to_owned(),
+        format!("\r\nx-forwarded-host: {authority}\r\n"),
+        format!("\r\nforwarded: for=127.0.0.1;proto=http;host=\"{authority}\"\r\n"),
+        "\r\nx-request-id: ".to_owned(),
+    ] {
+        assert!(head.contains(&line), "{line:?} in {head}");
+    }
+    gateway.stop().await;
+}

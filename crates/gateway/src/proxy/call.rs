@@ -35,7 +35,9 @@ pub(super) async fn call_upstream(
     // The gateway's own client side writes the forwarding fields as head lines: for an
     // HTTP/1.1 upstream and a body held whole (none, or read whole already).
     let as_lines = upstream.protocol == sekisho_config::UpstreamProtocol::Http1
-        && body.as_ref().is_none_or(|body| body.whole_len().is_some())
+        && body
+            .as_ref()
+            .is_none_or(|body| http_body::Body::is_end_stream(body) || body.whole_len().is_some())
         && forwarding_as_lines(route, &parts.headers);
     let (path_and_query, forwarding_lines) = upstream_request(
         route,
