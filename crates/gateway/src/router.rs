@@ -50,6 +50,14 @@ pub(crate) struct HeaderRules {
     pub response_remove: Vec<HeaderName>,
 }
 
+impl HeaderRules {
+    /// Whether a request rule (set or remove) names a header that `named` picks.
+    pub(crate) fn request_names(&self, named: impl Fn(&HeaderName) -> bool) -> bool {
+        self.request_remove.iter().any(&named)
+            || self.request_set.iter().any(|(name, _)| named(name))
+    }
+}
+
 /// A route ready to serve.
 #[derive(Debug)]
 pub(crate) struct CompiledRoute {

@@ -341,7 +341,7 @@ impl Http1Pool {
             }
             if let Some(slot) = self.slots.take() {
                 // Boxed: rare on a warm pool (see `send_hyper`).
-                let io = Box::pin(self.open(&slot)).await?;
+                let io = Box::pin(self.open()).await?;
                 return Ok(Conn::new(io, slot));
             }
             // At the bound: an idle connection of hyper's is closed to free its slot (its task
@@ -519,9 +519,8 @@ impl Http1Pool {
         }
     }
 
-    /// A new connection to the target, counted under `slot`.
-    async fn open(&self, slot: &Slot) -> Result<TcpStream, CallError> {
-        let _ = slot;
+    /// A new connection to the target (its caller holds the slot it counts under).
+    async fn open(&self) -> Result<TcpStream, CallError> {
         let mut connector = self.connector.clone();
         let io = connector
             .call(self.target.clone())
@@ -531,7 +530,7 @@ impl Http1Pool {
     }
 
     async fn connect(&self, slot: Slot) -> Result<SendRequest<RequestBody>, CallError> {
-        let io = self.open(&slot).await?;
+        let io = self.open().await?;
         hyper_conn(io, slot).await
     }
 }

@@ -32,15 +32,15 @@ const BODY_READ_SIZE: usize = 32 * 1024;
 
 /// One connection to a target, owned by the exchange using it (or idle in its pool).
 pub(crate) struct Conn {
-    pub(super) io: TcpStream,
+    io: TcpStream,
     buf: BytesMut,
     /// The fields of the last head read (kept: no allocation per answer).
     fields: Fields,
     /// It carried an exchange before: a failure before any answer may be the target having
     /// closed it while idle.
     reused: bool,
-    /// Its place under the target's bound.
-    _slot: Slot,
+    /// Its place under the target's bound (given back when the connection is dropped).
+    slot: Slot,
 }
 
 impl Conn {
@@ -50,7 +50,7 @@ impl Conn {
             buf: BytesMut::new(),
             fields: Fields::new(),
             reused: false,
-            _slot: slot,
+            slot,
         }
     }
 
@@ -68,7 +68,7 @@ impl Conn {
 
     /// The stream and its slot, for hyper's client connection.
     pub(super) fn into_parts(self) -> (TcpStream, Slot) {
-        (self.io, self._slot)
+        (self.io, self.slot)
     }
 }
 

@@ -109,7 +109,7 @@ pub(super) struct Exchange {
     /// What happened so far.
     pub(super) record: Record,
     /// The checked identity whose headers are written into the upstream request as it is sent,
-    /// not set in the request's map (`proxy/auth.rs`, [`super::steps`]).
+    /// not set in the request's map (`proxy/auth.rs`; the steps decide which).
     pub(super) identity: Option<Arc<sekisho_auth::Identity>>,
 }
 

@@ -66,31 +66,22 @@ pub(super) fn upstream_request(
     };
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
-    if as_lines {
-        let lines = forwarding_lines(client, host.as_ref(), request_id);
-        if !headers.contains_key(header::HOST) {
-            if let Some(host) = host {
-                headers.insert(header::HOST, host);
-            }
-        }
-        for name in &route.headers.request_remove {
-            headers.remove(name);
-        }
-        for (name, value) in &route.headers.request_set {
-            headers.insert(name, value.clone());
-        }
-        parts.extensions.clear();
-        return Ok((path_and_query, Some(lines)));
-    }
-    // Room for what is added below, in one growth of the map rather than one per field.
-    headers.reserve(ADDED_HEADERS);
-    add_forwarding_headers(headers, client, host.as_ref());
+    let lines = if as_lines {
+        Some(forwarding_lines(client, host.as_ref(), request_id))
+    } else {
+        // Room for what is added below, in one growth of the map rather than one per field.
+        headers.reserve(ADDED_HEADERS);
+        add_forwarding_headers(headers, client, host.as_ref());
+        None
+    };
     if !headers.contains_key(header::HOST) {
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }
     }
-    headers.insert(&X_REQUEST_ID, request_id.clone());
+    if lines.is_none() {
+        headers.insert(&X_REQUEST_ID, request_id.clone());
+    }
     for name in &route.headers.request_remove {
         headers.remove(name);
     }
@@ -98,7 +89,7 @@ pub(super) fn upstream_request(
         headers.insert(name, value.clone());
     }
     parts.extensions.clear();
-    Ok((path_and_query, None))
+    Ok((path_and_query, lines))
 }
 
 /// The upstream's answer head as the client gets it: hop-by-hop headers out, the route's
@@ -311,13 +302,7 @@ fn is_set_by_gateway(name: &HeaderName) -> bool {
 /// set in the request's map: the client sent none of them (nothing to append to or replace)
 /// and the route's header rules name none.
 pub(super) fn forwarding_as_lines(route: &CompiledRoute, headers: &HeaderMap) -> bool {
-    let rules = &route.headers;
-    !headers.keys().any(is_set_by_gateway)
-        && !rules.request_remove.iter().any(is_set_by_gateway)
-        && !rules
-            .request_set
-            .iter()
-            .any(|(name, _)| is_set_by_gateway(name))
+    !headers.keys().any(is_set_by_gateway) && !route.headers.request_names(is_set_by_gateway)
 }
 
 /// The forwarding fields and the request id of a first hop, as head lines (`name: value\r\n`),

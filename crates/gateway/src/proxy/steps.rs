@@ -348,16 +348,8 @@ fn check_head(runtime: &Runtime, parts: &http::request::Parts) -> Result<(), Gat
 /// from the request's map: the cache (its key and `Vary`), the route's header rules, a
 /// rate-limit key or a balancing key naming one of them.
 fn identity_read_before_sending(route: &CompiledRoute) -> bool {
-    let rules = &route.headers;
     route.cache.is_some()
-        || rules
-            .request_remove
-            .iter()
-            .any(auth_step::is_identity_header)
-        || rules
-            .request_set
-            .iter()
-            .any(|(name, _)| auth_step::is_identity_header(name))
+        || route.headers.request_names(auth_step::is_identity_header)
         || route
             .rate_limit
             .as_ref()
