@@ -9,6 +9,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::StatusCode;
 use serde_json::{json, Value};
 
+use crate::clock::unix_ms;
 use crate::{json_response, ok, AdminResponse, AdminState};
 
 /// How long the database has to answer a health check's `SELECT 1`: a load balancer polling
@@ -217,11 +218,6 @@ pub(crate) async fn detailed(state: &AdminState) -> AdminResponse {
 pub(crate) fn api_status(state: &AdminState) -> AdminResponse {
     let status = state.gateway.status();
     let snapshot = state.dashboard.latest_value();
-    let unix_ms = |at: std::time::SystemTime| {
-        at.duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
-    };
     ok(
         StatusCode::OK,
         json!({

@@ -25,6 +25,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 mod alerts;
+mod clock;
 mod config_check;
 mod dashboard;
 mod guard;

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use super::snapshot::unix_ms;
+use crate::clock::unix_ms;
 
 /// Reloads listed in a snapshot at most, newest first.
 pub(crate) const RECENT_RELOADS: usize = 10;

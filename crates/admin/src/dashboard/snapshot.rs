@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::exposition::{add_buckets, quantile, Counters};
 use super::reloads::ReloadLog;
+use crate::clock::unix_ms;
 use crate::AdminState;
 
 /// How often the snapshot is taken.
@@ -534,12 +535,6 @@ fn overall(
     } else {
         "healthy"
     }
-}
-
-pub(crate) fn unix_ms(at: SystemTime) -> u64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// Three decimals are plenty on a dashboard, and keep the events short.
