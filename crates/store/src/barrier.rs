@@ -5,7 +5,7 @@
 //! logout returned could still find the revoked session in that instance's in-process cache.
 //! A barrier closes that gap. After publishing a change, the publisher publishes a barrier on
 //! the same channel, naming a counter key; Redis answers with the number of subscribers it was
-//! delivered to. Each subscriber ([`crate::cache::subscribe`]) applies its messages in order,
+//! delivered to. Each subscriber (the cache's `subscribe`) applies its messages in order,
 //! so when it reaches the barrier it has applied the change, and it increments the counter.
 //! The publisher returns once the counter reaches the number of receivers, or gives up at its
 //! deadline (an instance that is stuck, or of an older version that does not acknowledge) and
@@ -129,7 +129,7 @@ pub async fn settle(conn: &ConnectionManager, channel: &str, timeout: Duration) 
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
     use futures_util::StreamExt;
@@ -139,51 +139,6 @@ mod tests {
     fn url() -> String {
         std::env::var("SEKISHO_TEST_REDIS_URL")
             .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-    }
-
-    /// Subscribes to `channel` with a listener that takes `delay` to apply each message, and
-    /// waits until the subscription is in place.
-    async fn slow_listener(channel: &str, delay: Duration, applied: Arc<AtomicUsize>) {
-        let subscribed = Arc::new(tokio::sync::Notify::new());
-        let ready = Arc::clone(&subscribed);
-        let channel = channel.to_owned();
-        tokio::spawn(async move {
-            crate::cache::subscribe(
-                &url(),
-                &channel,
-                move || ready.notify_one(),
-                move |_| {
-                    std::thread::sleep(delay);
-                    applied.fetch_add(1, Ordering::SeqCst);
-                },
-            )
-            .await
-        });
-        subscribed.notified().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_barrier_returns_once_every_listener_has_applied_what_came_before() {
-        let conn = crate::connect(&url())
-            .await
-            .expect("redis (scripts/test starts it)");
-        let channel = format!("sekisho:test:barrier:{:016x}", fastrand::u64(..));
-        let applied = Arc::new(AtomicUsize::new(0));
-        for _ in 0..2 {
-            slow_listener(&channel, Duration::from_millis(150), Arc::clone(&applied)).await;
-        }
-        let mut publisher = conn.clone();
-        let receivers: i64 = publisher
-            .publish(&channel, "change")
-            .await
-            .expect("publish");
-        assert_eq!(receivers, 2);
-        // Both listeners are still applying it now; the barrier waits for them.
-        let acknowledged = barrier(&conn, &channel, Duration::from_secs(5))
-            .await
-            .expect("barrier");
-        assert_eq!(acknowledged, 2);
-        assert_eq!(applied.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

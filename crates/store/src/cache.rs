@@ -363,3 +363,65 @@ mod tests {
         assert_eq!(cache.delete("r:v1:b/3").await.expect("delete"), 1);
     }
 }
+
+/// A barrier (`barrier.rs`) against the subscribers it waits for: this module's listeners.
+#[cfg(test)]
+mod barrier_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use redis::AsyncCommands;
+
+    use super::subscribe;
+
+    fn url() -> String {
+        std::env::var("SEKISHO_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+    }
+
+    /// Subscribes to `channel` with a listener that takes `delay` to apply each message, and
+    /// waits until the subscription is in place.
+    async fn slow_listener(channel: &str, delay: Duration, applied: Arc<AtomicUsize>) {
+        let subscribed = Arc::new(tokio::sync::Notify::new());
+        let ready = Arc::clone(&subscribed);
+        let channel = channel.to_owned();
+        tokio::spawn(async move {
+            subscribe(
+                &url(),
+                &channel,
+                move || ready.notify_one(),
+                move |_| {
+                    std::thread::sleep(delay);
+                    applied.fetch_add(1, Ordering::SeqCst);
+                },
+            )
+            .await
+        });
+        subscribed.notified().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_barrier_returns_once_every_listener_has_applied_what_came_before() {
+        let conn = crate::connect(&url())
+            .await
+            .expect("redis (scripts/test starts it)");
+        let channel = format!("sekisho:test:barrier:{:016x}", fastrand::u64(..));
+        let applied = Arc::new(AtomicUsize::new(0));
+        for _ in 0..2 {
+            slow_listener(&channel, Duration::from_millis(150), Arc::clone(&applied)).await;
+        }
+        let mut publisher = conn.clone();
+        let receivers: i64 = publisher
+            .publish(&channel, "change")
+            .await
+            .expect("publish");
+        assert_eq!(receivers, 2);
+        // Both listeners are still applying it now; the barrier waits for them.
+        let acknowledged = crate::barrier::barrier(&conn, &channel, Duration::from_secs(5))
+            .await
+            .expect("barrier");
+        assert_eq!(acknowledged, 2);
+        assert_eq!(applied.load(Ordering::SeqCst), 2);
+    }
+}
