@@ -47,7 +47,7 @@ impl Channel {
     }
 
     /// The body of `note` on this channel; `date` turns an instant into RFC 3339. An e-mail
-    /// also needs the receiver's addresses: its body is [`crate::email::Email::of`], and here
+    /// also needs the receiver's addresses: its body is the e-mail module's `Email::of`, and here
     /// `null`.
     pub fn body(self, note: &Notification, date: &dyn Fn(std::time::Instant) -> String) -> Value {
         match self {

@@ -141,7 +141,7 @@ impl Email {
                 });
                 Err(SendError {
                     permanent: error.is_permanent() && !login_refused,
-                    error: crate::worker::error_chain(&error),
+                    error: crate::error_chain(&error),
                 })
             }
         }

@@ -42,11 +42,25 @@ pub use manager::{
     fingerprint, ActiveAlert, AlertManager, Labels, Matcher, Notification, NotifiedAlert, Receiver,
     Settings, Severity, Silence, Status,
 };
-pub use outbox::{DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth, Tally};
+pub use outbox::{
+    Delivery, DeliveryState, LoggedNotification, Outbox, OutboxSettings, QueueDepth, Tally,
+};
 pub use restore::{RestoredAlert, Told};
 pub use rules::{
     default_rules, AlertState, Condition, Direction, Evaluator, Rule, Signals, Source,
 };
-pub use run::{receiver_channels, Delivery, Monitor, MonitorFigures, Vitals};
+pub use run::{receiver_channels, Monitor, MonitorFigures, Vitals};
 pub use series::{Function, Sample, Selector};
 pub use tasks::{BatchRun, Task, TaskFailure, TaskRunner, TASK_CHANNEL};
+
+/// An error with its sources: hyper's own message ("client error (Connect)") says little.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -23,8 +23,10 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+mod restored;
 mod silence;
 
+pub use restored::RestoredAlert;
 pub use silence::{Matcher, Silence};
 
 /// An alert's labels: its identity (`alertname`, `target`, `severity` is not one of them).
@@ -297,7 +299,7 @@ impl AlertManager {
     /// the others what they never heard.
     pub fn restore(
         &mut self,
-        alert: &crate::restore::RestoredAlert,
+        alert: &RestoredAlert,
         times: (Instant, Option<Instant>),
         now: Instant,
     ) {

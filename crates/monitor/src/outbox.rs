@@ -25,14 +25,34 @@ use std::time::Duration;
 
 use sekisho_db::sqlx::{self, Row};
 use sekisho_db::{now_millis, Database, DbError, Dialect};
+use serde_json::Value;
 use tokio::sync::Notify;
 
 pub use crate::channels::shown_url;
-use crate::run::Delivery;
 
 mod log;
 mod tasks;
+use crate::channels::Channel;
 use crate::tasks::Runners;
+
+/// One notification on its way to one channel of a receiver.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The receiver's name.
+    pub receiver: String,
+    /// The channel.
+    pub channel: Channel,
+    /// Where it is POSTed.
+    pub url: String,
+    /// The alert group it is about.
+    pub group_key: String,
+    /// `firing` or `resolved`.
+    pub status: String,
+    /// The fingerprints of its alerts.
+    pub fingerprints: Vec<String>,
+    /// The body, in the channel's shape.
+    pub body: Value,
+}
 pub use log::LoggedNotification;
 pub(crate) use tasks::run as run_tasks;
 

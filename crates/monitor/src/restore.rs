@@ -17,9 +17,7 @@
 //! is no longer true resolves at the first evaluation, and a `resolved` goes only to the
 //! receivers that were told `firing`.
 
-use std::collections::BTreeMap;
-
-use crate::manager::{Labels, Severity};
+use crate::manager::Severity;
 
 /// What a notification told a receiver about one alert.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,23 +40,5 @@ pub enum Told {
     },
 }
 
-/// An alert a previous run knew, to be put back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RestoredAlert {
-    /// Its fingerprint.
-    pub fingerprint: String,
-    /// Its labels (`alertname`, `target`, the rule's).
-    pub labels: Labels,
-    /// Its annotations as last seen.
-    pub annotations: Labels,
-    /// Its latest severity.
-    pub severity: Severity,
-    /// When it fired (Unix ms).
-    pub fired_at: i64,
-    /// When it resolved (Unix ms), for one that cleared before its `resolved` was written.
-    pub resolved_at: Option<i64>,
-    /// Acknowledged.
-    pub acked: bool,
-    /// The receivers that believe it firing, and at which severity.
-    pub told: BTreeMap<String, Severity>,
-}
+/// An alert a previous run knew, to be put back (the alert manager's type: it takes them).
+pub use crate::manager::RestoredAlert;

@@ -11,28 +11,9 @@ use crate::channels::Channel;
 use crate::email::Email;
 use crate::history::HistoryEvent;
 use crate::manager::{AlertManager, Notification, Severity, Status};
-use crate::outbox::QueueDepth;
+use crate::outbox::{Delivery, QueueDepth};
 use crate::restore::{RestoredAlert, Told};
 use crate::rules::{Evaluator, Signals};
-
-/// One notification on its way to one channel of a receiver.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The receiver's name.
-    pub receiver: String,
-    /// The channel.
-    pub channel: Channel,
-    /// Where it is POSTed.
-    pub url: String,
-    /// The alert group it is about.
-    pub group_key: String,
-    /// `firing` or `resolved`.
-    pub status: String,
-    /// The fingerprints of its alerts.
-    pub fingerprints: Vec<String>,
-    /// The body, in the channel's shape.
-    pub body: Value,
-}
 
 /// The rules, the alert manager and each receiver's channels.
 #[derive(Debug)]

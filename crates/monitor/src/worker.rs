@@ -254,23 +254,11 @@ async fn post(client: &DeliveryClient, row: &Claimed) -> Outcome {
             Some(response.status().as_u16()),
             false,
         ),
-        Ok(Err(error)) => failed(error_chain(&error), None, false),
+        Ok(Err(error)) => failed(crate::error_chain(&error), None, false),
         Err(_) => failed(
             format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
             None,
             false,
         ),
     }
-}
-
-/// An error with its sources: hyper's own message ("client error (Connect)") says little.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
