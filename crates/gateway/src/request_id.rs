@@ -64,15 +64,14 @@ fn id_batch() -> Bytes {
 /// Keeps a client's id when it is sane (visible ASCII, ≤ 128 bytes), otherwise makes one.
 pub(crate) fn request_id_of(headers: &HeaderMap) -> HeaderValue {
     match headers.get(&X_REQUEST_ID) {
-        Some(id)
-            if !id.is_empty()
-                && id.len() <= 128
-                && id.as_bytes().iter().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.clone()
-        }
+        Some(id) if is_sane(id.as_bytes()) => id.clone(),
         _ => new_request_id(),
     }
+}
+
+/// Whether a client's id is kept: visible ASCII, 1 to 128 bytes.
+pub(crate) fn is_sane(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
 }
 
 #[cfg(test)]

@@ -97,6 +97,8 @@ pub(crate) struct CompiledRoute {
 #[derive(Debug, Default)]
 pub(crate) struct Router {
     routes: Vec<Arc<CompiledRoute>>,
+    /// Whether a route may shed a request before it is built (`proxy::early`).
+    sheds_early: bool,
 }
 
 /// The parts of a request that routing looks at.
@@ -209,20 +211,42 @@ impl CompiledRoute {
 
     /// Whether this route takes the request.
     pub(crate) fn matches(&self, query: &RouteQuery<'_>) -> bool {
+        self.matches_line(query.host, query.path, query.method)
+            && self.match_headers.iter().all(|(name, wanted)| {
+                let mut values = query.headers.get_all(name).iter().peekable();
+                match wanted {
+                    None => values.peek().is_some(),
+                    Some(wanted) => values.any(|value| value == wanted),
+                }
+            })
+    }
+
+    /// Whether the route's adaptive limit is the first step after routing that may answer: it
+    /// has one, and no `auth`, rate limit or cache before it.
+    pub(crate) fn sheds_first(&self) -> bool {
+        self.concurrency.is_some()
+            && self.auth.is_none()
+            && self.rate_limit.is_none()
+            && self.cache.is_none()
+    }
+
+    /// Whether the request's host (without port), path and method are the route's; its
+    /// header matches are not looked at.
+    fn matches_line(&self, host: Option<&str>, path: &str, method: &Method) -> bool {
         let path_ok = match &self.path {
-            PathMatch::Exact(exact) => query.path == exact,
-            PathMatch::Prefix(prefix) => prefix_matches(prefix, query.path),
+            PathMatch::Exact(exact) => path == exact,
+            PathMatch::Prefix(prefix) => prefix_matches(prefix, path),
         };
         if !path_ok {
             return false;
         }
         if let Some(methods) = &self.methods {
-            if !methods.contains(query.method) {
+            if !methods.contains(method) {
                 return false;
             }
         }
         if let Some(host_match) = &self.host {
-            let Some(host) = query.host else {
+            let Some(host) = host else {
                 return false;
             };
             let ok = match host_match {
@@ -237,13 +261,7 @@ impl CompiledRoute {
                 return false;
             }
         }
-        self.match_headers.iter().all(|(name, wanted)| {
-            let mut values = query.headers.get_all(name).iter().peekable();
-            match wanted {
-                None => values.peek().is_some(),
-                Some(wanted) => values.any(|value| value == wanted),
-            }
-        })
+        true
     }
 
     /// The path the upstream sees, after `strip_prefix`.
@@ -283,12 +301,38 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 impl Router {
     /// Routes in config order.
     pub(crate) fn new(routes: Vec<Arc<CompiledRoute>>) -> Self {
-        Self { routes }
+        let sheds_early = routes.iter().any(|route| route.sheds_first());
+        Self {
+            routes,
+            sheds_early,
+        }
+    }
+
+    /// Whether any route [sheds first](CompiledRoute::sheds_first).
+    pub(crate) fn sheds_early(&self) -> bool {
+        self.sheds_early
     }
 
     /// The first route that takes the request.
     pub(crate) fn find(&self, query: &RouteQuery<'_>) -> Option<&Arc<CompiledRoute>> {
         self.routes.iter().find(|route| route.matches(query))
+    }
+
+    /// The route [`Router::find`] would pick, found from the request line and the host alone
+    /// (for a refusal decided before the request is built): `Some(None)` when no route takes
+    /// it, `None` when a route that matches headers would have to look at them first.
+    pub(crate) fn find_by_line(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Option<Option<&Arc<CompiledRoute>>> {
+        for route in &self.routes {
+            if route.matches_line(host, path, method) {
+                return route.match_headers.is_empty().then_some(Some(route));
+            }
+        }
+        Some(None)
     }
 
     /// All routes, in order.

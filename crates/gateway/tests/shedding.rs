@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sekisho_load::ChaosState;
-use sekisho_testkit::{chaos_upstream, get, InProcess};
+use sekisho_testkit::{chaos_upstream, get, raw_exchange, InProcess};
 use tokio::time::Instant;
 
 /// The value of `metric` for `route` in the gateway's metrics.
@@ -240,5 +240,118 @@ async fn timeouts_are_drops_that_cut_an_aimd_limit() {
     assert!(cut.is_ok(), "limit {cut:?}");
     assert_eq!(ok, 0);
     assert!(timed_out > 0 && overloaded > 0, "{timed_out} {overloaded}");
+    gw.stop().await;
+}
+
+/// The answer of a raw exchange without its `date` field (the one part that may differ).
+fn without_date(answer: &str) -> String {
+    answer
+        .split("\r\n")
+        .filter(|line| !line.starts_with("date: "))
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+/// A shed that needs nothing but the head (HTTP/1.1, no access log, no step before the limit) is
+/// written before any request is built (`proxy::early`): the same bytes as the steps' own shed,
+/// counted the same way, and the connection carries on. A route that matches headers first makes
+/// the gateway read the request the usual way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
+    let api = chaos_upstream("api").await;
+    api.handle.set(ChaosState {
+        hang: true,
+        ..ChaosState::default()
+    });
+    let gw = InProcess::start(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = false\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [upstreams.api]\ntargets = [\"{}\"]\n\
+         [[routes]]\nname = \"tagged\"\npath_prefix = \"/late\"\nupstream = \"api\"\n\
+         [routes.match_headers]\nx-tag = \"*\"\n\
+         [[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"api\"\ntimeout = \"60s\"\n\
+         [routes.adaptive_concurrency]\ninitial_limit = 1\nmin_limit = 1\nmax_limit = 1\n",
+        api.address
+    ))
+    .await;
+    // One call holds the only place.
+    let held_url = gw.url("/held");
+    let held = tokio::spawn(async move { get(&held_url).await });
+    let in_flight = await_metric(
+        &gw,
+        "sekisho_adaptive_concurrency_in_flight",
+        "api",
+        Duration::from_secs(10),
+        |n| n == 1.0,
+    )
+    .await;
+    assert!(in_flight.is_ok(), "{in_flight:?}");
+    let from_head = |gw: &InProcess| {
+        let text = gw.gateway.encode_metrics();
+        text.lines()
+            .find_map(|line| line.strip_prefix("sekisho_refused_from_head_total "))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+    };
+    assert_eq!(from_head(&gw), Some(0.0));
+
+    let address = gw.address;
+    let ask = |path: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let request = format!(
+                "GET {path} HTTP/1.1\r\nHost: a\r\nX-Request-Id: same-id\r\nConnection: close\r\n\r\n"
+            );
+            raw_exchange(address, request.as_bytes(), Duration::from_secs(10))
+        })
+    };
+    let early = ask("/x").await.unwrap();
+    assert!(
+        early.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{early}"
+    );
+    assert!(early.contains("\"code\":\"OVERLOADED\""), "{early}");
+    assert_eq!(
+        from_head(&gw),
+        Some(1.0),
+        "the shed was not decided from the head"
+    );
+    // `/late/x` could be the tagged route's, were a header there: read the usual way, shed by
+    // the same limit.
+    let usual = ask("/late/x").await.unwrap();
+    assert_eq!(
+        from_head(&gw),
+        Some(1.0),
+        "a header-matched path was refused from the head"
+    );
+    assert_eq!(without_date(&early), without_date(&usual));
+    assert_eq!(route_metric(&gw, "sekisho_shed_total", "api"), Some(2.0));
+    // Both recorded as the route's 5xx answers.
+    let text = gw.gateway.encode_metrics();
+    let answered_5xx: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("sekisho_requests_total{")
+                && line.contains("route=\"api\"")
+                && line.contains("class=\"5xx\"")
+        })
+        .collect();
+    assert_eq!(answered_5xx.len(), 1, "{answered_5xx:?}");
+    assert!(answered_5xx[0].ends_with(" 2"), "{answered_5xx:?}");
+
+    // Kept alive: two refusals pipelined on one connection both come back, and a HEAD's has no
+    // body.
+    let pipelined = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            address,
+            b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nHEAD /b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(10),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(pipelined.matches("HTTP/1.1 503 ").count(), 2, "{pipelined}");
+    let (_, head_answer) = pipelined.rsplit_once("HTTP/1.1 503 ").unwrap();
+    assert!(head_answer.ends_with("\r\n\r\n"), "{head_answer}");
+    assert!(!head_answer.contains("content-length"), "{head_answer}");
+    assert_eq!(from_head(&gw), Some(3.0));
+    held.abort();
     gw.stop().await;
 }

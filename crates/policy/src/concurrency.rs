@@ -283,6 +283,19 @@ impl AdaptiveLimit {
         })
     }
 
+    /// Sheds a call now (counted as [`AdaptiveLimit::try_acquire`] counts one) when no place is
+    /// free, and takes none otherwise: a caller that can refuse before it has done any work
+    /// asks this first, then takes its place with `try_acquire` where the call is made (which
+    /// may still shed it, if the places filled meanwhile).
+    pub fn shed_if_full(&self) -> Result<(), Shed> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) >= limit {
+            self.shed.fetch_add(1, Ordering::Relaxed);
+            return Err(Shed { limit });
+        }
+        Ok(())
+    }
+
     /// The current limit.
     pub fn limit(&self) -> u32 {
         self.limit.load(Ordering::Relaxed)

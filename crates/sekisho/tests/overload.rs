@@ -328,6 +328,17 @@ async fn an_overloaded_gateway_refuses_before_routing_and_closes() {
         counted >= refused as f64,
         "{counted} counted, {refused} seen"
     );
+    // Decided from the head alone (no access log, HTTP/1.1): written before a request was built.
+    let from_head: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sekisho_refused_from_head_total "))
+        .expect("sekisho_refused_from_head_total")
+        .parse()
+        .unwrap();
+    assert!(
+        from_head >= refused as f64,
+        "{from_head} refused from the head, {refused} seen"
+    );
     assert!(
         text.contains("sekisho_event_loop_delay_seconds"),
         "the loop's delay is exported"

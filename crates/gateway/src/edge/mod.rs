@@ -9,6 +9,7 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 
@@ -360,18 +361,41 @@ impl GatewayError {
     }
 }
 
+/// What the gateway answers for an error, before it is a response: the status, `Retry-After`
+/// in whole seconds when the error has one, and the contract's JSON body.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    /// The answer's status.
+    pub status: StatusCode,
+    /// `Retry-After`, seconds (at least 1).
+    pub retry_after: Option<u64>,
+    /// The JSON body (`application/json`).
+    pub body: Bytes,
+}
+
+impl Refusal {
+    /// The answer for `error` to the request `request_id`.
+    pub(crate) fn of(error: &GatewayError, request_id: &[u8]) -> Self {
+        Self {
+            status: error.status(),
+            retry_after: error.retry_after().map(|after| after.as_secs().max(1)),
+            body: error_json_of(error, std::str::from_utf8(request_id).unwrap_or("")),
+        }
+    }
+}
+
 /// The response the gateway gives for `error`.
 pub(crate) fn error_response(
     error: &GatewayError,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    let body = error_json_of(error, request_id.to_str().unwrap_or(""));
-    let mut response = Response::new(ResponseBody::full(body));
-    *response.status_mut() = error.status();
+    let refusal = Refusal::of(error, request_id.as_bytes());
+    let mut response = Response::new(ResponseBody::full(refusal.body));
+    *response.status_mut() = refusal.status;
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Some(after) = error.retry_after() {
-        headers.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    if let Some(after) = refusal.retry_after {
+        headers.insert(RETRY_AFTER, HeaderValue::from(after));
     }
     response
 }

@@ -25,7 +25,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::watch;
 
@@ -33,7 +33,7 @@ use crate::body::ClientBody;
 use crate::connection::{watchdog, ConnIo, ConnState, Drain, Watchdog};
 use crate::http2;
 use crate::interim::{Interim, InterimSink};
-use crate::proxy::{handle, ClientInfo};
+use crate::proxy::{handle, refuse_early, ClientInfo, HeadView};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
 use crate::woken::WokenOnly;
@@ -245,6 +245,33 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                         Came::Closed => return Ended::Closed,
                     }
                 }
+                // A refusal that needs no more than the head is written before any request is
+                // built (issue 14: rejections must be cheap when they come in floods).
+                let view = HeadView {
+                    method: head.method(),
+                    path: head.path(&self.buf),
+                    host: head.host(&self.buf),
+                    fields: &fields,
+                    bytes: &self.buf,
+                    head_len: head.len,
+                    body_length: head.body_length,
+                };
+                if let Some(early) = refuse_early(shared, &view) {
+                    self.buf.advance(head.len + length);
+                    let _guard = state.request_started();
+                    let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
+                    let written = writer
+                        .refusal(&mut self.io, &early, is_head, keep_alive)
+                        .await;
+                    if !self.written(written).await {
+                        return Ended::Closed;
+                    }
+                    if self.buf.is_empty() {
+                        self.buf = BytesMut::new();
+                        writer.release();
+                    }
+                    continue;
+                }
             }
             let head_bytes = self.buf.split_to(head.len).freeze();
             let (body, body_bytes, fed) = match whole {
@@ -409,6 +436,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 .await
             }
         };
+        self.written(written).await
+    }
+
+    /// After an answer was written: true when the connection may carry another exchange;
+    /// otherwise it is closed.
+    async fn written(&mut self, written: std::io::Result<Written>) -> bool {
         match written {
             Ok(Written::Done { keep_alive: true }) => true,
             Ok(Written::Done { keep_alive: false }) => {

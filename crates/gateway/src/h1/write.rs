@@ -15,6 +15,7 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use crate::body::ResponseBody;
 use crate::clock::http_date;
 use crate::interim::Interim;
+use crate::proxy::EarlyRefusal;
 
 /// Body bytes copied next to the head (or the previous chunk) rather than written on their own.
 const COPY_LIMIT: usize = 16 * 1024;
@@ -188,6 +189,50 @@ impl Writer {
         }
         if framing == Framing::Chunked {
             self.out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.flush(io).await?;
+        Ok(Written::Done { keep_alive })
+    }
+
+    /// Writes a refusal decided before its request was built (`proxy::early`), in one write:
+    /// the same bytes [`Writer::response`] writes for the edge's answer to that error (fields in
+    /// the order `handle` sets them, then `date`, the length, and `connection: close` when the
+    /// connection ends).
+    pub(crate) async fn refusal<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        early: &EarlyRefusal,
+        is_head: bool,
+        keep_alive: bool,
+    ) -> io::Result<Written> {
+        let refusal = &early.refusal;
+        let out = &mut self.out;
+        out.reserve(224 + refusal.body.len());
+        status_line(out, refusal.status);
+        field(out, b"content-type", b"application/json");
+        let mut digits = itoa::Buffer::new();
+        if let Some(after) = refusal.retry_after {
+            field(out, b"retry-after", digits.format(after).as_bytes());
+        }
+        if early.close {
+            field(out, b"connection", b"close");
+        }
+        field(out, b"x-request-id", early.request_id.as_bytes());
+        field(out, b"date", &http_date());
+        if !is_head {
+            field(
+                out,
+                b"content-length",
+                digits.format(refusal.body.len()).as_bytes(),
+            );
+        }
+        let keep_alive = keep_alive && !early.close;
+        if !keep_alive && !early.close {
+            field(out, b"connection", b"close");
+        }
+        out.extend_from_slice(b"\r\n");
+        if !is_head {
+            out.extend_from_slice(&refusal.body);
         }
         self.flush(io).await?;
         Ok(Written::Done { keep_alive })

@@ -97,6 +97,8 @@ pub(crate) mod names {
     pub(crate) const EVENT_LOOP_BUSY: &str = "sekisho_event_loop_busy_ratio";
     /// Requests refused because the gateway itself was overloaded (`[server.overload]`).
     pub(crate) const OVERLOAD_REFUSED: &str = "sekisho_overload_refused";
+    /// Refusals decided from the request's head alone, before a request was built.
+    pub(crate) const REFUSED_FROM_HEAD: &str = "sekisho_refused_from_head";
     /// Auth operations (login, refresh, logout, me, validate), by status and error type.
     pub(crate) const AUTH_REQUESTS: &str = "sekisho_auth_requests";
     /// Seconds per auth operation, by operation.
@@ -152,6 +154,8 @@ pub(crate) struct Metrics {
     pub header_read_timeouts: Counter,
     /// Requests refused while the gateway itself was overloaded.
     pub overload_refused: Counter,
+    /// Refusals decided from the request's head alone (`proxy::early`).
+    pub refused_from_head: Counter,
     /// Unix time of the config in force.
     pub config_loaded_timestamp: Gauge,
     auth_requests: Family<Labels, Counter>,
@@ -219,6 +223,12 @@ impl Metrics {
             names::OVERLOAD_REFUSED,
             "Requests refused with OVERLOADED before routing because the gateway's own event loop ran further behind than server.overload.max_loop_delay",
             overload_refused.clone(),
+        );
+        let refused_from_head = Counter::default();
+        registry.register(
+            names::REFUSED_FROM_HEAD,
+            "Refusals (the gateway overloaded, a route's adaptive limit full) decided from the request's head alone and written before a request was built: the cheap way, taken on HTTP/1.1 when no step before the refusal could answer otherwise",
+            refused_from_head.clone(),
         );
         let header_read_timeouts = Counter::default();
         registry.register(
@@ -382,6 +392,7 @@ impl Metrics {
             connections_total,
             header_read_timeouts,
             overload_refused,
+            refused_from_head,
             config_loaded_timestamp,
             auth_requests,
             auth_durations,

@@ -2,6 +2,8 @@
 //!
 //! - [`handle`] (here): the request's context made, the steps run, the answer finished (request
 //!   id, `RateLimit-*`, `Cache-Status`), metrics recorded and the access line written;
+//! - `early`: the refusals decided on the head as the owned HTTP/1.1 path read it, before a
+//!   request is built (the gateway overloaded, a route's adaptive limit full);
 //! - `steps`: head checks, the server's rate limit, the auth endpoints, the route, its body
 //!   limit, `auth` requirement and rate limit, the cache, adaptive concurrency, then the call
 //!   and the static fallback;
@@ -25,6 +27,7 @@ mod attempt;
 mod auth;
 mod call;
 mod context;
+mod early;
 mod forwarding;
 mod steps;
 
@@ -40,6 +43,7 @@ use crate::state::GatewayState;
 use access_log::AccessInfo;
 pub(crate) use context::ClientInfo;
 use context::Exchange;
+pub(crate) use early::{refuse as refuse_early, EarlyRefusal, HeadView};
 
 /// Serves one request.
 pub(crate) async fn handle(

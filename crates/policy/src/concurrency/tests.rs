@@ -77,6 +77,23 @@ fn beyond_the_limit_calls_are_shed_and_counted() {
 }
 
 #[test]
+fn a_full_limit_sheds_early_and_a_free_one_takes_no_place() {
+    let settings = Settings {
+        min_limit: 1,
+        ..gradient(2)
+    };
+    let limit = AdaptiveLimit::new(settings, Instant::now());
+    assert_eq!(limit.shed_if_full(), Ok(()));
+    assert_eq!(limit.usage().in_flight, 0, "asking took no place");
+    let held: Vec<Permit> = (0..2).map(|_| limit.try_acquire().unwrap()).collect();
+    assert_eq!(limit.shed_if_full(), Err(Shed { limit: 2 }));
+    assert_eq!(limit.usage().shed, 1, "an early shed is counted");
+    assert_eq!(limit.usage().in_flight, 2);
+    drop(held);
+    assert_eq!(limit.shed_if_full(), Ok(()));
+}
+
+#[test]
 fn bounds_are_put_in_order() {
     let limit = AdaptiveLimit::new(
         Settings {
