@@ -4,6 +4,7 @@
 //! instr.sh and run.sh give `hyper-min`), forwards to `--upstream ADDR` (or `$UPSTREAM`,
 //! default 127.0.0.1:18080). One tokio current-thread runtime, no logging. Reads are timed by
 //! one ticking timer per connection; `H1_TIMERS=per-wait` puts a tokio timeout on each wait.
+//! `H1_REFUSE=1` answers every request with a fixed 503 instead (the refusal floor).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -56,7 +57,13 @@ fn main() -> ExitCode {
         if std::env::var("H1_TIMERS").is_ok_and(|mode| mode == "per-wait") {
             timeouts.mode = h1_proto::TimerMode::PerWait;
         }
-        h1_proto::serve(listener, h1_proto::Shared::new(upstream, timeouts)).await;
+        let mut shared = h1_proto::Shared::new(upstream, timeouts);
+        if std::env::var("H1_REFUSE").is_ok_and(|on| on == "1") {
+            if let Some(shared) = std::sync::Arc::get_mut(&mut shared) {
+                shared.refuse = true;
+            }
+        }
+        h1_proto::serve(listener, shared).await;
         ExitCode::SUCCESS
     })
 }

@@ -58,7 +58,15 @@ pub struct Shared {
     idle: Mutex<Vec<TcpStream>>,
     max_idle: usize,
     timeouts: Timeouts,
+    /// Answers every request with [`REFUSAL`] instead of forwarding it (`H1_REFUSE=1`): the
+    /// cheapest refusal an owned codec gives, the floor sekisho's refusals are measured against
+    /// (`scripts/bench-refusal`, issue 14).
+    pub refuse: bool,
 }
+
+/// The refusal of `H1_REFUSE=1`: sekisho's shed answer, its size and shape (a `date` of
+/// today's length, a 32-character request id).
+const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nx-request-id: 0123456789abcdef0123456789abcdef\r\ndate: Fri, 04 Dec 2026 13:00:00 GMT\r\ncontent-length: 164\r\n\r\n{\"status\":\"error\",\"error\":{\"code\":\"OVERLOADED\",\"message\":\"route `bench` is at its concurrency limit (1 in flight)\",\"request_id\":\"0123456789abcdef0123456789abcdef\"}}";
 
 impl Shared {
     pub fn new(upstream: SocketAddr, timeouts: Timeouts) -> Arc<Self> {
@@ -67,6 +75,7 @@ impl Shared {
             idle: Mutex::new(Vec::new()),
             max_idle: 1024,
             timeouts,
+            refuse: false,
         })
     }
 
@@ -245,6 +254,11 @@ impl Connection {
         }
         let sent_whole = request_body.is_done();
         let consumed = request.head_len + body_start;
+        if self.shared.refuse && sent_whole {
+            self.request_buf.advance(consumed);
+            write_all(&self.client, REFUSAL, Wait::For(timeouts.write)).await?;
+            return Ok(request.keep_alive);
+        }
 
         // A pooled connection the upstream closed meanwhile fails at once; the request is sent
         // again on a new connection when it was sent whole (nothing of it was lost).
