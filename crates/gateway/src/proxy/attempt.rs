@@ -233,7 +233,10 @@ impl Call<'_> {
                     super::forwarding::insert_lines(&mut head.headers, lines);
                 }
                 let request = Request::from_parts(head, body);
-                Either::Right(target.conn.send(request, now, interim))
+                // Boxed: hyper's client's future is over twice the size of the owned one, and
+                // unboxed every attempt's future (and the call's box, made on every request)
+                // would be that large and copied with it.
+                Either::Right(Box::pin(target.conn.send(request, now, interim)))
             };
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)
