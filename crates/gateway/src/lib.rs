@@ -126,6 +126,7 @@ impl Gateway {
         let unrouted_metrics = metrics.route("", "");
         Ok(Self {
             shared: Arc::new(GatewayState {
+                sheds_from_head: AtomicBool::new(runtime.sheds_from_head()),
                 runtime: ArcSwap::from_pointee(runtime),
                 unrouted_metrics,
                 metrics,

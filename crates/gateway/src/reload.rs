@@ -104,6 +104,9 @@ impl Gateway {
             .set(unix_seconds(runtime.loaded_at));
         let runtime = Arc::new(runtime);
         self.shared.runtime.store(Arc::clone(&runtime));
+        self.shared
+            .sheds_from_head
+            .store(runtime.sheds_from_head(), Ordering::Relaxed);
         self.shared.generation.store(generation, Ordering::Relaxed);
         self.shared
             .metrics

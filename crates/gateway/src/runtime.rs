@@ -75,6 +75,13 @@ impl std::fmt::Debug for Runtime {
 pub use crate::build_error::BuildError;
 
 impl Runtime {
+    /// Whether a route may shed a request from its head alone (`proxy::early`): one sheds
+    /// first, and nothing before routing needs the request (no access log, no server-wide
+    /// rate limit).
+    pub(crate) fn sheds_from_head(&self) -> bool {
+        !self.listener.access_log && self.rate_limit.is_none() && self.router.sheds_early()
+    }
+
     /// Every rate limit in force: the server's, then each route's.
     pub(crate) fn rate_limits(&self) -> impl Iterator<Item = &RateLimit> {
         self.rate_limit.iter().chain(

@@ -29,6 +29,10 @@ pub struct ReloadRecord {
 /// State shared by every connection and the admin side.
 pub(crate) struct GatewayState {
     pub(crate) runtime: ArcSwap<Runtime>,
+    /// Whether the generation in force may shed a request from its head alone
+    /// ([`Runtime::sheds_from_head`]), kept beside it so that a request on a config where none
+    /// can looks no further (`proxy::early`).
+    pub(crate) sheds_from_head: AtomicBool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clients: ClientCache,
     pub(crate) states: StateRegistry,

@@ -247,7 +247,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 }
                 // A refusal that needs no more than the head is written before any request is
                 // built (issue 14: rejections must be cheap when they come in floods).
-                let view = HeadView {
+                let view = || HeadView {
                     method: head.method(),
                     path: head.path(&self.buf),
                     host: head.host(&self.buf),
@@ -256,7 +256,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     head_len: head.len,
                     body_length: head.body_length,
                 };
-                if let Some(early) = refuse_early(shared, &view) {
+                if let Some(early) = refuse_early(shared, view) {
                     self.buf.advance(head.len + length);
                     let _guard = state.request_started();
                     let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));

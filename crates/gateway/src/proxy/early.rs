@@ -14,6 +14,8 @@
 //! route and its limit (`auth`, its rate limit, its cache). Everything else goes the usual way,
 //! where the same limit still sheds it.
 
+use std::sync::atomic::Ordering;
+
 use http::{HeaderValue, Method};
 use tokio::time::Instant;
 
@@ -54,23 +56,29 @@ pub(crate) struct EarlyRefusal {
     pub close: bool,
 }
 
-/// The refusal `head` gets now, if it can be decided before the request is built; it is
-/// counted and recorded in the metrics as [`super::handle`] records one.
-pub(crate) fn refuse(shared: &GatewayState, head: &HeadView<'_>) -> Option<EarlyRefusal> {
-    let started = Instant::now();
+/// The refusal the head `view` makes gets now, if it can be decided before the request is
+/// built; it is counted and recorded in the metrics as [`super::handle`] records one. `view`
+/// is called only when a refusal is possible at all: on most requests this is two relaxed
+/// loads and a flag.
+pub(crate) fn refuse<'a>(
+    shared: &GatewayState,
+    view: impl FnOnce() -> HeadView<'a>,
+) -> Option<EarlyRefusal> {
+    let overloaded = shared.lag.overloaded();
+    if !overloaded && !shared.sheds_from_head.load(Ordering::Relaxed) {
+        return None;
+    }
     let runtime = shared.runtime.load();
     if runtime.listener.access_log {
         return None;
     }
-    let (error, route) = if shared.lag.overloaded() {
+    let head = view();
+    let (error, route) = if overloaded {
         shared.metrics.overload_refused.inc();
         let delay = shared.lag.current();
         (GatewayError::GatewayOverloaded { delay }, None)
     } else {
-        if !runtime.router.sheds_early()
-            || runtime.rate_limit.is_some()
-            || head.head_len as u64 > runtime.listener.max_header_bytes
-        {
+        if !runtime.sheds_from_head() || head.head_len as u64 > runtime.listener.max_header_bytes {
             return None;
         }
         if let Some(auth) = &shared.auth {
@@ -99,6 +107,8 @@ pub(crate) fn refuse(shared: &GatewayState, head: &HeadView<'_>) -> Option<Early
         };
         (error, Some(route))
     };
+    // Only a refusal reads the clock.
+    let started = Instant::now();
     let client_id = head
         .fields
         .iter()
