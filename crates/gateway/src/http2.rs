@@ -33,7 +33,7 @@ use crate::client_body::ClientBody;
 use crate::clock::http_date;
 use crate::connection::{ConnState, Drain, Watchdog};
 use crate::interim::InterimSink;
-use crate::proxy::{handle, ClientInfo};
+use crate::proxy::{handle, ClientInfo, HeadNotes};
 use crate::state::GatewayState;
 
 /// Streams a client may open at once.
@@ -201,7 +201,7 @@ async fn serve_stream(
     let mut info = ClientInfo::clone(client);
     info.interim = Some(sink.clone());
     let guard = state.request_started();
-    let answer = handle(shared, Arc::new(info), request, false);
+    let answer = handle(shared, Arc::new(info), request, HeadNotes::default());
     tokio::pin!(answer);
     let response = std::future::poll_fn(|cx| {
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {

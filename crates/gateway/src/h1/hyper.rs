@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 
 use crate::body::ClientBody;
 use crate::connection::{ConnState, Drain, Watchdog};
-use crate::proxy::{handle, ClientInfo};
+use crate::proxy::{handle, ClientInfo, HeadNotes};
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
 
@@ -76,7 +76,11 @@ pub(crate) async fn drive<I>(
         // made once per connection (a box here cost an allocation per request).
         async move {
             let request = request.map(ClientBody::hyper);
-            let mut response = handle(&shared, client, request, ambiguous_length).await;
+            let notes = HeadNotes {
+                ambiguous_length,
+                ..HeadNotes::default()
+            };
+            let mut response = handle(&shared, client, request, notes).await;
             response.body_mut().hold(guard.into_held());
             Ok::<_, std::convert::Infallible>(response)
         }

@@ -33,7 +33,8 @@ use crate::body::ClientBody;
 use crate::connection::{watchdog, ConnIo, ConnState, Drain, Watchdog};
 use crate::http2;
 use crate::interim::{Interim, InterimSink};
-use crate::proxy::{handle, refuse_early, ClientInfo, HeadView};
+use crate::proxy::{handle, refuse_early, ClientInfo, HeadNotes, HeadView};
+use crate::request_id::X_REQUEST_ID;
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
 use crate::woken::WokenOnly;
@@ -167,6 +168,7 @@ struct Exchange<'a> {
     keep_alive: bool,
     is_head: bool,
     limit: usize,
+    notes: HeadNotes,
 }
 
 /// What came while waiting for the client.
@@ -284,6 +286,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     (body, bytes::Bytes::new(), Some(fed))
                 }
             };
+            let notes = HeadNotes {
+                ambiguous_length: false,
+                owned_len: Some(head.len),
+                without_request_id: fields.iter().all(|(name, _)| name != X_REQUEST_ID),
+            };
             let Some(request) = head.request(&head_bytes, &mut fields, body) else {
                 // `http` refused a part httparse took: hyper reads the head again and decides.
                 let mut again = BytesMut::from(&head_bytes[..]);
@@ -302,6 +309,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 keep_alive,
                 is_head,
                 limit,
+                notes,
             };
             if !Box::pin(self.exchange(exchange, request, fed, &mut writer)).await {
                 return Ended::Closed;
@@ -332,12 +340,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
             keep_alive,
             is_head,
             limit,
+            notes,
         } = exchange;
         let guard = state.request_started();
         // The body once every byte of it was fed (kept to know whether it was read).
         let mut done: Option<Fed> = None;
         let answered = {
-            let answer = handle(shared, Arc::clone(client), request, false);
+            let answer = handle(shared, Arc::clone(client), request, notes);
             tokio::pin!(answer);
             loop {
                 let step = std::future::poll_fn(|cx| {
@@ -511,7 +520,7 @@ mod tests {
                 &'static GatewayState,
                 Arc<ClientInfo>,
                 http::Request<ClientBody>,
-            )| handle(shared, client, request, false),
+            )| handle(shared, client, request, HeadNotes::default()),
         );
         assert!(
             connection < 2048 && connection < handle,

@@ -269,6 +269,8 @@ pub(crate) struct OwnedHead<'a> {
     pub headers: &'a http::HeaderMap,
     /// Head lines (`name: value\r\n`) written after the fields.
     pub late_fields: [&'a [u8]; 2],
+    /// `X-Request-Id`, written after the first of the late fields, when it is not in `headers`.
+    pub request_id: Option<&'a [u8]>,
 }
 
 /// Whether a request may go out again after it was written on a connection that then failed

@@ -85,7 +85,12 @@ pub(super) enum Failure {
 /// `late_fields` (lines already rendered), empty line.
 pub(super) fn encode_head(head: &OwnedHead<'_>, body_len: usize, out: &mut Vec<u8>) {
     let late_fields = head.late_fields;
-    out.reserve(256 + late_fields[0].len() + late_fields[1].len() + head.headers.len() * 32);
+    out.reserve(
+        256 + late_fields[0].len()
+            + late_fields[1].len()
+            + head.request_id.map_or(0, <[u8]>::len)
+            + head.headers.len() * 32,
+    );
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_str().as_bytes());
@@ -106,9 +111,13 @@ pub(super) fn encode_head(head: &OwnedHead<'_>, body_len: usize, out: &mut Vec<u
         out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    for lines in late_fields {
-        out.extend_from_slice(lines);
+    out.extend_from_slice(late_fields[0]);
+    if let Some(id) = head.request_id {
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id);
+        out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(late_fields[1]);
     out.extend_from_slice(b"\r\n");
 }
 

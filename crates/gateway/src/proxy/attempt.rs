@@ -44,8 +44,11 @@ pub(super) struct Call<'a> {
     pub(super) interim: Option<&'a InterimSink>,
     /// The identity whose headers go up with each attempt (not in the request's map yet).
     pub(super) identity: Option<&'a sekisho_auth::Identity>,
-    /// The forwarding fields and the request id as head lines (not in the request's map).
+    /// The forwarding fields as head lines (not in the request's map); the request id then
+    /// goes with them (it is in the map otherwise).
     pub(super) forwarding_lines: Option<&'a [u8]>,
+    /// The request's id.
+    pub(super) request_id: &'a http::HeaderValue,
 }
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
@@ -158,6 +161,7 @@ impl Call<'_> {
             interim,
             identity,
             forwarding_lines,
+            request_id,
         } = *self;
         let Admitted { mut circuit, slot } = admitted;
         parts.version = match upstream.protocol {
@@ -212,6 +216,7 @@ impl Call<'_> {
                     target: path_and_query,
                     headers: &parts.headers,
                     late_fields: [forwarding_lines.unwrap_or_default(), &identity_lines],
+                    request_id: forwarding_lines.map(|_| request_id.as_bytes()),
                 };
                 Either::Left(target.conn.send_whole(head, &mut body, now, interim))
             } else {
@@ -231,6 +236,8 @@ impl Call<'_> {
                 }
                 if let Some(lines) = forwarding_lines {
                     super::forwarding::insert_lines(&mut head.headers, lines);
+                    head.headers
+                        .insert(&crate::request_id::X_REQUEST_ID, request_id.clone());
                 }
                 let request = Request::from_parts(head, body);
                 // Boxed: hyper's client's future is over twice the size of the owned one, and

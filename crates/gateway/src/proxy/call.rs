@@ -98,6 +98,7 @@ pub(super) async fn call_upstream(
         interim: exchange.client.interim.as_ref(),
         identity: exchange.identity.as_deref(),
         forwarding_lines: forwarding_lines.as_deref(),
+        request_id: &exchange.request_id,
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();

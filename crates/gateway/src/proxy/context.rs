@@ -16,6 +16,9 @@ use crate::interim::InterimSink;
 use crate::lag::SchedulingLag;
 use crate::router::CompiledRoute;
 
+/// A host a connection asked for (if any), and its forwarding fields as head lines.
+pub(super) type LinesMemo = (Option<HeaderValue>, bytes::Bytes);
+
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {
@@ -33,6 +36,9 @@ pub(crate) struct ClientInfo {
     /// The last `Host` this connection asked for and this hop's whole `Forwarded` value for it
     /// (a first hop): requests on one connection usually name one host.
     pub(super) forwarded_memo: Arc<Mutex<Option<(HeaderValue, HeaderValue)>>>,
+    /// The last `Host` (if any) this connection asked for and this hop's forwarding fields for
+    /// it as head lines (a first hop), rendered once for the requests that follow.
+    pub(super) lines_memo: Arc<Mutex<Option<LinesMemo>>>,
     /// Where the upstream's interim (1xx) answers go: set when the connection can send them
     /// (the owned HTTP/1.1 path), one for the connection's requests, which come one at a time.
     pub interim: Option<InterimSink>,
@@ -56,6 +62,7 @@ impl ClientInfo {
             ip_text: Arc::from(ip_text),
             forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
             forwarded_memo: Arc::default(),
+            lines_memo: Arc::default(),
             interim: None,
         }
     }

@@ -3,6 +3,7 @@
 //! `X-Forwarded-For/-Proto/-Host` and `Forwarded` appended, `Host` kept, the request id and the
 //! route's header rules applied; and the balancing key of a request.
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Response, Uri};
@@ -50,7 +51,7 @@ pub(super) fn upstream_request(
     host: Option<HeaderValue>,
     request_id: &HeaderValue,
     as_lines: bool,
-) -> Result<(PathAndQuery, Option<Vec<u8>>), GatewayError> {
+) -> Result<(PathAndQuery, Option<Bytes>), GatewayError> {
     let path = route.upstream_path(parts.uri.path());
     let path_and_query = match parts.uri.path_and_query() {
         // Unchanged (no prefix stripped): the request's own, shared, not parsed again.
@@ -67,7 +68,7 @@ pub(super) fn upstream_request(
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
     let lines = if as_lines {
-        Some(forwarding_lines(client, host.as_ref(), request_id))
+        Some(forwarding_lines(client, host.as_ref()))
     } else {
         // Room for what is added below, in one growth of the map rather than one per field.
         headers.reserve(ADDED_HEADERS);
@@ -305,16 +306,19 @@ pub(super) fn forwarding_as_lines(route: &CompiledRoute, headers: &HeaderMap) ->
     !headers.keys().any(is_set_by_gateway) && !route.headers.request_names(is_set_by_gateway)
 }
 
-/// The forwarding fields and the request id of a first hop, as head lines (`name: value\r\n`),
-/// the same values [`upstream_request`] sets in the map otherwise.
-fn forwarding_lines(
-    client: &ClientInfo,
-    host_value: Option<&HeaderValue>,
-    request_id: &HeaderValue,
-) -> Vec<u8> {
-    let mut lines = Vec::with_capacity(
-        128 + client.ip_text.len() * 2 + host_value.map_or(0, |h| h.len() * 2) + request_id.len(),
-    );
+/// The forwarding fields of a first hop, as head lines (`name: value\r\n`), the same values
+/// [`upstream_request`] sets in the map otherwise (the request id is written beside them:
+/// `OwnedHead::request_id`). Rendered once per connection and host: the requests that follow on
+/// the connection share them.
+fn forwarding_lines(client: &ClientInfo, host_value: Option<&HeaderValue>) -> Bytes {
+    let mut memo = lock(&client.lines_memo);
+    if let Some((memo_host, lines)) = memo.as_ref() {
+        if memo_host.as_ref() == host_value {
+            return lines.clone();
+        }
+    }
+    let mut lines =
+        Vec::with_capacity(128 + client.ip_text.len() * 2 + host_value.map_or(0, |h| h.len() * 2));
     let mut line = |name: &HeaderName, value: &[u8]| {
         lines.extend_from_slice(name.as_str().as_bytes());
         lines.extend_from_slice(b": ");
@@ -332,7 +336,8 @@ fn forwarding_lines(
     if let Some(forwarded) = forwarded_value(None, client, host_value) {
         line(&FORWARDED, forwarded.as_bytes());
     }
-    line(&X_REQUEST_ID, request_id.as_bytes());
+    let lines = Bytes::from(lines);
+    *memo = Some((host_value.cloned(), lines.clone()));
     lines
 }
 
@@ -394,11 +399,20 @@ mod tests {
         by_map.insert(&X_REQUEST_ID, id.clone());
         // Twice: the second time the connection's memo gives the Forwarded value.
         for _ in 0..2 {
-            let lines = forwarding_lines(&client, Some(&host), &id);
+            let lines = forwarding_lines(&client, Some(&host));
             let mut by_lines = HeaderMap::new();
             insert_lines(&mut by_lines, &lines);
+            by_lines.insert(&X_REQUEST_ID, id.clone());
             assert_eq!(by_lines, by_map, "{}", String::from_utf8_lossy(&lines));
         }
+        // Another host on the same connection: its own lines, not the memo's.
+        let other = HeaderValue::from_static("other.example");
+        let lines = forwarding_lines(&client, Some(&other));
+        assert!(
+            String::from_utf8_lossy(&lines).contains("x-forwarded-host: other.example\r\n"),
+            "{}",
+            String::from_utf8_lossy(&lines)
+        );
         assert_eq!(
             by_map[&FORWARDED],
             "for=192.0.2.4;proto=http;host=\"shop.example:8080\""

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crate::body::{ClientBody, ResponseBody};
 use crate::edge::{error_response, GatewayError};
 use crate::ratelimit;
-use crate::request_id::{request_id_of, X_REQUEST_ID};
+use crate::request_id::{new_request_id, request_id_of, X_REQUEST_ID};
 use crate::state::GatewayState;
 
 use access_log::AccessInfo;
@@ -45,21 +45,36 @@ pub(crate) use context::ClientInfo;
 use context::Exchange;
 pub(crate) use early::{refuse as refuse_early, EarlyRefusal, HeadView};
 
+/// What the connection already knows of a request's head, so the steps need not find it out
+/// again.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HeadNotes {
+    /// hyper read a head with both `Content-Length` and `Transfer-Encoding` (`ConnIo` saw
+    /// them): refused.
+    pub ambiguous_length: bool,
+    /// The owned HTTP/1.1 path read the head, this many bytes of it: its length fields are
+    /// one unambiguous length at most (or hyper would have read it), so the steps' head check
+    /// is only its size.
+    pub owned_len: Option<usize>,
+    /// The head has no `X-Request-Id`: an id is made without looking for the client's.
+    pub without_request_id: bool,
+}
+
 /// Serves one request.
 pub(crate) async fn handle(
     shared: &GatewayState,
     client: std::sync::Arc<ClientInfo>,
     request: Request<ClientBody>,
-    ambiguous_length: bool,
+    notes: HeadNotes,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let runtime = shared.runtime.load_full();
-    let mut exchange = Exchange::new(
-        client,
-        request_id_of(request.headers()),
-        started,
-        &shared.lag,
-    );
+    let request_id = if notes.without_request_id {
+        new_request_id()
+    } else {
+        request_id_of(request.headers())
+    };
+    let mut exchange = Exchange::new(client, request_id, started, &shared.lag);
     let access = runtime.listener.access_log.then(|| AccessInfo {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),
@@ -75,12 +90,22 @@ pub(crate) async fn handle(
         Err(GatewayError::GatewayOverloaded {
             delay: shared.lag.current(),
         })
-    } else if ambiguous_length {
+    } else if notes.ambiguous_length {
         Err(GatewayError::BadRequest(
             "both Transfer-Encoding and Content-Length are set".to_owned(),
         ))
     } else {
-        steps::run(&runtime, shared.auth.as_deref(), &mut exchange, request).await
+        let checked = notes
+            .owned_len
+            .is_some_and(|len| len as u64 <= runtime.listener.max_header_bytes);
+        steps::run(
+            &runtime,
+            shared.auth.as_deref(),
+            &mut exchange,
+            request,
+            checked,
+        )
+        .await
     };
     if let Some(permit) = exchange.record.concurrency.take() {
         steps::sample_concurrency(permit, &mut answered, &exchange);
@@ -165,20 +190,21 @@ pub(crate) mod tests {
     #[test]
     fn the_request_futures_do_not_hold_the_call() {
         let handle = future_size(
-            |(shared, client, request, ambiguous): (
+            |(shared, client, request, notes): (
                 &'static GatewayState,
                 Arc<ClientInfo>,
                 Request<ClientBody>,
-                bool,
-            )| super::handle(shared, client, request, ambiguous),
+                HeadNotes,
+            )| super::handle(shared, client, request, notes),
         );
         let steps = future_size(
-            |(runtime, auth, exchange, request): (
+            |(runtime, auth, exchange, request, checked): (
                 &'static crate::runtime::Runtime,
                 Option<&'static sekisho_auth::Auth>,
                 &'static mut Exchange,
                 Request<ClientBody>,
-            )| steps::run(runtime, auth, exchange, request),
+                bool,
+            )| steps::run(runtime, auth, exchange, request, checked),
         );
         let call = future_size(
             |(exchange, route, parts, body): (

@@ -24,7 +24,8 @@ use crate::ratelimit::{self, KeySource, RateLimit};
 use crate::router::{CompiledRoute, RouteQuery};
 use crate::runtime::Runtime;
 
-/// The steps of one request, in order: head checks, the server's rate limit, the route, its body
+/// The steps of one request, in order: head checks (unless the connection's reader did them:
+/// `head_checked`), the server's rate limit, the route, its body
 /// limit and rate limit, the cache, adaptive concurrency; then the call to the upstream
 /// ([`call_upstream`]), the cache's fill, and the static fallback.
 ///
@@ -38,10 +39,13 @@ pub(super) async fn run(
     auth: Option<&Auth>,
     exchange: &mut Exchange,
     request: Request<ClientBody>,
+    head_checked: bool,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let started = exchange.started;
     let (mut parts, body) = request.into_parts();
-    check_head(runtime, &parts)?;
+    if !head_checked {
+        check_head(runtime, &parts)?;
+    }
     // The client's address behind trusted proxies, worked out once for both limits.
     let mut client_ip = None;
     if let Some(limit) = &runtime.rate_limit {
