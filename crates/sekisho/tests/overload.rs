@@ -318,23 +318,20 @@ async fn an_overloaded_gateway_refuses_before_routing_and_closes() {
     );
     let metrics = get(&gateway.admin_url("/metrics")).await;
     let text = String::from_utf8_lossy(&metrics.body);
-    let counted: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("sekisho_overload_refused_total "))
-        .expect("sekisho_overload_refused_total")
-        .parse()
-        .unwrap();
+    let counter = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{name} is not exposed"))
+            .parse()
+            .unwrap()
+    };
+    let counted = counter("sekisho_overload_refused_total");
     assert!(
         counted >= refused as f64,
         "{counted} counted, {refused} seen"
     );
     // Decided from the head alone (no access log, HTTP/1.1): written before a request was built.
-    let from_head: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("sekisho_refused_from_head_total "))
-        .expect("sekisho_refused_from_head_total")
-        .parse()
-        .unwrap();
+    let from_head = counter("sekisho_refused_from_head_total");
     assert!(
         from_head >= refused as f64,
         "{from_head} refused from the head, {refused} seen"

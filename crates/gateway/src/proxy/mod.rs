@@ -183,6 +183,18 @@ pub(crate) mod tests {
         std::mem::size_of::<Fut>()
     }
 
+    /// The size of the call's future ([`call::call_upstream`]).
+    fn call_size() -> usize {
+        future_size(
+            |(exchange, route, parts, body): (
+                &'static mut Exchange,
+                &'static Arc<CompiledRoute>,
+                http::request::Parts,
+                Option<ClientBody>,
+            )| call::call_upstream(exchange, route, parts, body),
+        )
+    }
+
     /// The call's future (the attempts, the target's connection) is boxed where `steps::run`
     /// awaits it, so the futures above it, made and moved on every request, stay smaller than
     /// it: were the box dropped, each would hold the call whole and be copied with it
@@ -206,14 +218,7 @@ pub(crate) mod tests {
                 bool,
             )| steps::run(runtime, auth, exchange, request, checked),
         );
-        let call = future_size(
-            |(exchange, route, parts, body): (
-                &'static mut Exchange,
-                &'static Arc<CompiledRoute>,
-                http::request::Parts,
-                Option<ClientBody>,
-            )| call::call_upstream(exchange, route, parts, body),
-        );
+        let call = call_size();
         assert!(handle < call, "handle {handle} bytes, the call {call}");
         assert!(steps < call, "steps {steps} bytes, the call {call}");
     }
@@ -246,14 +251,7 @@ pub(crate) mod tests {
                 Option<&'static InterimSink>,
             )| conn.send(request, now, interim),
         );
-        let call = future_size(
-            |(exchange, route, parts, body): (
-                &'static mut Exchange,
-                &'static Arc<CompiledRoute>,
-                http::request::Parts,
-                Option<ClientBody>,
-            )| call::call_upstream(exchange, route, parts, body),
-        );
+        let call = call_size();
         assert!(
             call < 2 * hyper + owned,
             "the call {call} bytes, hyper's client {hyper}, the owned side {owned}"
