@@ -54,7 +54,23 @@ pub fn owned(raw: &[u8]) -> Option<Seen> {
             let length = (!head.chunked).then_some(head.body_length);
             let expect_continue = head.expect_continue;
             let bytes = Bytes::copy_from_slice(raw.get(..head.len)?);
+            // What a refusal decided from the head reads (the gateway's `proxy::early`) is what
+            // the request says: so what hyper reads too.
+            let (method, path, host) = (
+                head.method().clone(),
+                head.path(raw).to_owned(),
+                head.host(raw).to_vec(),
+            );
             let request = head.request(&bytes, &mut fields, Empty::<Bytes>::new())?;
+            let request_host = request.headers().get(http::header::HOST);
+            assert!(
+                method == *request.method()
+                    && path == request.uri().path()
+                    && request_host.map(http::HeaderValue::as_bytes) == Some(&host[..]),
+                "the head's accessors disagree with its request: {method} {path} {:?} against {:?}",
+                String::from_utf8_lossy(&host),
+                request
+            );
             // The body is the connection's to read (`body_length` bytes after the head).
             Some(Seen {
                 body: length,
