@@ -127,6 +127,7 @@ impl Gateway {
         Ok(Self {
             shared: Arc::new(GatewayState {
                 sheds_from_head: AtomicBool::new(runtime.sheds_from_head()),
+                shedding: AtomicBool::new(false),
                 runtime: ArcSwap::from_pointee(runtime),
                 unrouted_metrics,
                 metrics,

@@ -33,6 +33,11 @@ pub(crate) struct GatewayState {
     /// ([`Runtime::sheds_from_head`]), kept beside it so that a request on a config where none
     /// can looks no further (`proxy::early`).
     pub(crate) sheds_from_head: AtomicBool,
+    /// A route's adaptive limit shed a request lately (set by every shed, cleared by a look
+    /// from the head that found the route's limit with room): only then does a request look for
+    /// a full limit before it is built (`proxy::early`), so a config with limits that are not
+    /// full pays nothing for it.
+    pub(crate) shedding: AtomicBool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) clients: ClientCache,
     pub(crate) states: StateRegistry,

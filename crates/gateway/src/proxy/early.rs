@@ -58,14 +58,16 @@ pub(crate) struct EarlyRefusal {
 
 /// The refusal the head `view` makes gets now, if it can be decided before the request is
 /// built; it is counted and recorded in the metrics as [`super::handle`] records one. `view`
-/// is called only when a refusal is possible at all: on most requests this is two relaxed
-/// loads and a flag.
+/// is called only when a refusal is possible at all — the gateway overloaded, or a route's
+/// limit shed lately (`GatewayState::shedding`) —: on most requests this is two relaxed loads.
 pub(crate) fn refuse<'a>(
     shared: &GatewayState,
     view: impl FnOnce() -> HeadView<'a>,
 ) -> Option<EarlyRefusal> {
     let overloaded = shared.lag.overloaded();
-    if !overloaded && !shared.sheds_from_head.load(Ordering::Relaxed) {
+    let limit_shedding =
+        shared.shedding.load(Ordering::Relaxed) && shared.sheds_from_head.load(Ordering::Relaxed);
+    if !overloaded && !limit_shedding {
         return None;
     }
     let runtime = shared.runtime.load();
@@ -100,7 +102,11 @@ pub(crate) fn refuse<'a>(
         if !route.sheds_first() || head.body_length > route.max_body_bytes {
             return None;
         }
-        let shed = route.concurrency.as_ref()?.shed_if_full().err()?;
+        let Err(shed) = route.concurrency.as_ref()?.shed_if_full() else {
+            // Room again: the requests that follow go their usual way until the next shed.
+            shared.shedding.store(false, Ordering::Relaxed);
+            return None;
+        };
         let error = GatewayError::Overloaded {
             route: std::sync::Arc::clone(&route.name),
             limit: shed.limit,

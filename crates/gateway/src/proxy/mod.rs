@@ -107,6 +107,12 @@ pub(crate) async fn handle(
         )
         .await
     };
+    if let Err(GatewayError::Overloaded { .. }) = &answered {
+        // The next ones may be refused from their heads (`early`).
+        shared
+            .shedding
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(permit) = exchange.record.concurrency.take() {
         steps::sample_concurrency(permit, &mut answered, &exchange);
     }
