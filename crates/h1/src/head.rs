@@ -175,7 +175,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
             }
             _ => {}
         }
-        let Ok(name) = HeaderName::from_bytes(name) else {
+        let Ok(name) = crate::names::field_name(name) else {
             return Parsed::HandOff;
         };
         // httparse and `HeaderValue` take the same bytes in a value (visible ASCII, space, tab,

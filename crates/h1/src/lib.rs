@@ -11,6 +11,7 @@
 
 mod chunked;
 mod head;
+mod names;
 mod response;
 
 pub use chunked::{Chunk, ChunkError, ChunkedDecoder, MAX_LINE, MAX_TRAILERS};

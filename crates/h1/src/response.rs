@@ -11,7 +11,7 @@
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Version};
 
 use crate::head::{content_length, Fields, MAX_FIELDS};
@@ -137,8 +137,8 @@ pub fn parse_response(
     let mut close = false;
     let mut keep_alive_asked = false;
     for field in response.headers.iter() {
-        let name =
-            HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| ResponseError::Malformed)?;
+        let name = crate::names::field_name(field.name.as_bytes())
+            .map_err(|_| ResponseError::Malformed)?;
         let value = field.value;
         if name == header::CONTENT_LENGTH {
             // hyper's rule: every value (a list too) the same number.
