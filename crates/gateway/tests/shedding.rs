@@ -353,6 +353,51 @@ async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
     assert!(head_answer.ends_with("\r\n\r\n"), "{head_answer}");
     assert!(!head_answer.contains("content-length"), "{head_answer}");
     assert_eq!(from_head(&gw), Some(3.0));
+
+    // The place freed: the next request finds room (and stops the looking), takes the place
+    // and waits on the upstream; the one after is shed the usual way again, and the next from
+    // its head.
     held.abort();
+    let freed = await_metric(
+        &gw,
+        "sekisho_adaptive_concurrency_in_flight",
+        "api",
+        Duration::from_secs(10),
+        |n| n == 0.0,
+    )
+    .await;
+    assert!(freed.is_ok(), "{freed:?}");
+    let waiting = tokio::task::spawn_blocking(move || {
+        raw_exchange(
+            address,
+            b"GET /waits HTTP/1.1\r\nHost: a\r\n\r\n",
+            Duration::from_secs(3),
+        )
+    });
+    let taken = await_metric(
+        &gw,
+        "sekisho_adaptive_concurrency_in_flight",
+        "api",
+        Duration::from_secs(10),
+        |n| n == 1.0,
+    )
+    .await;
+    assert!(taken.is_ok(), "{taken:?}");
+    let again = ask("/z").await.unwrap();
+    assert!(again.contains("\"code\":\"OVERLOADED\""), "{again}");
+    assert_eq!(
+        from_head(&gw),
+        Some(3.0),
+        "refused from the head after a look found room"
+    );
+    let next = ask("/w").await.unwrap();
+    assert!(next.contains("\"code\":\"OVERLOADED\""), "{next}");
+    assert_eq!(
+        from_head(&gw),
+        Some(4.0),
+        "not refused from the head after a new shed"
+    );
+    assert_eq!(route_metric(&gw, "sekisho_shed_total", "api"), Some(6.0));
+    let _ = waiting.await;
     gw.stop().await;
 }
