@@ -33,7 +33,7 @@ use crate::body::ClientBody;
 use crate::connection::{watchdog, ConnIo, ConnState, Drain, Watchdog};
 use crate::http2;
 use crate::interim::{Interim, InterimSink};
-use crate::proxy::{handle, refuse_early, ClientInfo, HeadNotes, HeadView};
+use crate::proxy::{handle, refuse_early, ClientInfo, EarlyRefusal, HeadNotes, HeadView};
 use crate::request_id::X_REQUEST_ID;
 use crate::runtime::ListenerSettings;
 use crate::state::GatewayState;
@@ -262,10 +262,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     self.buf.advance(head.len + length);
                     let _guard = state.request_started();
                     let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
-                    let written = writer
-                        .refusal(&mut self.io, &early, is_head, keep_alive)
-                        .await;
-                    if !self.written(written).await {
+                    // Boxed, as the exchange is: the connection's own future (kept while it is
+                    // idle) does not hold the writing's state.
+                    let refused = Box::pin(self.refuse(&early, &mut writer, is_head, keep_alive));
+                    if !refused.await {
                         return Ended::Closed;
                     }
                     if self.buf.is_empty() {
@@ -445,6 +445,21 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 .await
             }
         };
+        self.written(written).await
+    }
+
+    /// Writes a refusal decided from the head: true when the connection may carry another
+    /// exchange.
+    async fn refuse(
+        &mut self,
+        early: &EarlyRefusal,
+        writer: &mut Writer,
+        is_head: bool,
+        keep_alive: bool,
+    ) -> bool {
+        let written = writer
+            .refusal(&mut self.io, early, is_head, keep_alive)
+            .await;
         self.written(written).await
     }
 

@@ -280,7 +280,7 @@ fn forwarded_value(
     }
     let value = HeaderValue::try_from(combined).ok()?;
     if let (Some(mut memo), Some(host)) = (memo, host_value) {
-        *memo = Some((host.clone(), value.clone()));
+        *memo = Some((owned_value(host), value.clone()));
     }
     Some(value)
 }
@@ -337,8 +337,15 @@ fn forwarding_lines(client: &ClientInfo, host_value: Option<&HeaderValue>) -> By
         line(&FORWARDED, forwarded.as_bytes());
     }
     let lines = Bytes::from(lines);
-    *memo = Some((host_value.cloned(), lines.clone()));
+    // The host copied: the request's value is a slice of its head's bytes, which the memo would
+    // keep alive (and with them the connection's read buffer) for as long as the connection.
+    *memo = Some((host_value.map(owned_value), lines.clone()));
     lines
+}
+
+/// A copy of `value` in memory of its own (a request's values are slices of its head's bytes).
+fn owned_value(value: &HeaderValue) -> HeaderValue {
+    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
 }
 
 /// Sets in `headers` the fields of head `lines` (as [`forwarding_lines`] writes them), for a
@@ -417,6 +424,31 @@ mod tests {
             by_map[&FORWARDED],
             "for=192.0.2.4;proto=http;host=\"shop.example:8080\""
         );
+    }
+
+    /// The connection's memos keep copies of the host, not slices of a request's head (which
+    /// would keep its bytes, and the read buffer they share, for the connection's lifetime).
+    #[test]
+    fn the_memos_do_not_hold_the_heads_bytes() {
+        let client = ClientInfo::new("192.0.2.4:4000".parse().expect("addr"), false);
+        let head = Bytes::from_static(b"GET / HTTP/1.1\r\nHost: shop.example\r\n\r\n");
+        let host = HeaderValue::from_maybe_shared(head.slice(22..34)).expect("host");
+        assert_eq!(host, "shop.example");
+        let head_range = head.as_ptr() as usize..head.as_ptr() as usize + head.len();
+        let _ = forwarding_lines(&client, Some(&host));
+        let _ = forwarded_value(None, &client, Some(&host));
+        let lines_host = lock(&client.lines_memo)
+            .as_ref()
+            .and_then(|(host, _)| host.clone())
+            .expect("memo");
+        let forwarded_host = lock(&client.forwarded_memo)
+            .as_ref()
+            .map(|(host, _)| host.clone())
+            .expect("memo");
+        for kept in [lines_host, forwarded_host] {
+            assert_eq!(kept, host);
+            assert!(!head_range.contains(&(kept.as_bytes().as_ptr() as usize)));
+        }
     }
 
     #[test]
