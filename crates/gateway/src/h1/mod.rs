@@ -264,7 +264,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
                     // Boxed, as the exchange is: the connection's own future (kept while it is
                     // idle) does not hold the writing's state.
-                    let refused = Box::pin(self.refuse(&early, &mut writer, is_head, keep_alive));
+                    let refused = Box::pin(self.refuse(early, &mut writer, is_head, keep_alive));
                     if !refused.await {
                         return Ended::Closed;
                     }
@@ -452,13 +452,13 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
     /// exchange.
     async fn refuse(
         &mut self,
-        early: &EarlyRefusal,
+        early: EarlyRefusal,
         writer: &mut Writer,
         is_head: bool,
         keep_alive: bool,
     ) -> bool {
         let written = writer
-            .refusal(&mut self.io, early, is_head, keep_alive)
+            .refusal(&mut self.io, &early, is_head, keep_alive)
             .await;
         self.written(written).await
     }

@@ -16,8 +16,18 @@ use crate::interim::InterimSink;
 use crate::lag::SchedulingLag;
 use crate::router::CompiledRoute;
 
-/// A host a connection asked for (if any), and its forwarding fields as head lines.
-pub(super) type LinesMemo = (Option<HeaderValue>, bytes::Bytes);
+/// What a connection's last request made of its host, for the requests that follow (requests
+/// on one connection usually name one host): one allocation per connection.
+#[derive(Debug, Default)]
+pub(super) struct HostMemo {
+    /// The host (a copy: a request's values are slices of its head's bytes, which would be
+    /// kept alive), `None` for a request that named none.
+    pub(super) host: Option<HeaderValue>,
+    /// This hop's whole `Forwarded` value for it (a first hop).
+    pub(super) forwarded: Option<HeaderValue>,
+    /// The forwarding fields as head lines for it (a first hop).
+    pub(super) lines: Option<bytes::Bytes>,
+}
 
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone)]
@@ -33,12 +43,8 @@ pub(crate) struct ClientInfo {
     /// `for=<node>;proto=<scheme>`, the start of this hop's `Forwarded` element (RFC 7239
     /// quoting), once per connection.
     pub(super) forwarded_prefix: Arc<str>,
-    /// The last `Host` this connection asked for and this hop's whole `Forwarded` value for it
-    /// (a first hop): requests on one connection usually name one host.
-    pub(super) forwarded_memo: Arc<Mutex<Option<(HeaderValue, HeaderValue)>>>,
-    /// The last `Host` (if any) this connection asked for and this hop's forwarding fields for
-    /// it as head lines (a first hop), rendered once for the requests that follow.
-    pub(super) lines_memo: Arc<Mutex<Option<LinesMemo>>>,
+    /// What the last request made of its host.
+    pub(super) memo: Arc<Mutex<HostMemo>>,
     /// Where the upstream's interim (1xx) answers go: set when the connection can send them
     /// (the owned HTTP/1.1 path), one for the connection's requests, which come one at a time.
     pub interim: Option<InterimSink>,
@@ -61,8 +67,7 @@ impl ClientInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             ip_text: Arc::from(ip_text),
             forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
-            forwarded_memo: Arc::default(),
-            lines_memo: Arc::default(),
+            memo: Arc::default(),
             interim: None,
         }
     }

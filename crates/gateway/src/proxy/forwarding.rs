@@ -9,7 +9,7 @@ use http::uri::PathAndQuery;
 use http::{Response, Uri};
 use sekisho_config::HashKey;
 
-use super::context::ClientInfo;
+use super::context::{ClientInfo, HostMemo};
 use crate::edge::GatewayError;
 use crate::request_id::X_REQUEST_ID;
 use crate::router::CompiledRoute;
@@ -250,13 +250,32 @@ fn forwarded_value(
     client: &ClientInfo,
     host_value: Option<&HeaderValue>,
 ) -> Option<HeaderValue> {
-    let host = host_value.map(host_text);
-    let memo = existing.is_none().then(|| lock(&client.forwarded_memo));
-    if let Some(Some((memo_host, value))) = memo.as_deref() {
-        if Some(memo_host) == host_value {
+    let (None, Some(host)) = (existing, host_value) else {
+        return render_forwarded(existing, client, host_value);
+    };
+    let mut memo = lock(&client.memo);
+    if memo.host.as_ref() == Some(host) {
+        if let Some(value) = &memo.forwarded {
             return Some(value.clone());
         }
+    } else {
+        *memo = HostMemo {
+            host: Some(owned_value(host)),
+            ..HostMemo::default()
+        };
     }
+    let value = render_forwarded(None, client, host_value)?;
+    memo.forwarded = Some(value.clone());
+    Some(value)
+}
+
+/// The `Forwarded` value for this hop, made.
+fn render_forwarded(
+    existing: Option<&str>,
+    client: &ClientInfo,
+    host_value: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    let host = host_value.map(host_text);
     let mut combined = String::with_capacity(
         existing.map_or(0, |e| e.len() + 2)
             + client.forwarded_prefix.len()
@@ -278,11 +297,7 @@ fn forwarded_value(
             combined.push('"');
         }
     }
-    let value = HeaderValue::try_from(combined).ok()?;
-    if let (Some(mut memo), Some(host)) = (memo, host_value) {
-        *memo = Some((owned_value(host), value.clone()));
-    }
-    Some(value)
+    HeaderValue::try_from(combined).ok()
 }
 
 /// The names whose fields the gateway sets on every upstream request (the forwarding ones and
@@ -311,11 +326,16 @@ pub(super) fn forwarding_as_lines(route: &CompiledRoute, headers: &HeaderMap) ->
 /// `OwnedHead::request_id`). Rendered once per connection and host: the requests that follow on
 /// the connection share them.
 fn forwarding_lines(client: &ClientInfo, host_value: Option<&HeaderValue>) -> Bytes {
-    let mut memo = lock(&client.lines_memo);
-    if let Some((memo_host, lines)) = memo.as_ref() {
-        if memo_host.as_ref() == host_value {
+    let mut memo = lock(&client.memo);
+    if memo.host.as_ref() == host_value {
+        if let Some(lines) = &memo.lines {
             return lines.clone();
         }
+    } else {
+        *memo = HostMemo {
+            host: host_value.map(owned_value),
+            ..HostMemo::default()
+        };
     }
     let mut lines =
         Vec::with_capacity(128 + client.ip_text.len() * 2 + host_value.map_or(0, |h| h.len() * 2));
@@ -333,13 +353,11 @@ fn forwarding_lines(client: &ClientInfo, host_value: Option<&HeaderValue>) -> By
     if let Some(host) = host_value {
         line(&X_FORWARDED_HOST, host.as_bytes());
     }
-    if let Some(forwarded) = forwarded_value(None, client, host_value) {
+    if let Some(forwarded) = render_forwarded(None, client, host_value) {
         line(&FORWARDED, forwarded.as_bytes());
     }
     let lines = Bytes::from(lines);
-    // The host copied: the request's value is a slice of its head's bytes, which the memo would
-    // keep alive (and with them the connection's read buffer) for as long as the connection.
-    *memo = Some((host_value.map(owned_value), lines.clone()));
+    memo.lines = Some(lines.clone());
     lines
 }
 
@@ -437,18 +455,10 @@ mod tests {
         let head_range = head.as_ptr() as usize..head.as_ptr() as usize + head.len();
         let _ = forwarding_lines(&client, Some(&host));
         let _ = forwarded_value(None, &client, Some(&host));
-        let lines_host = lock(&client.lines_memo)
-            .as_ref()
-            .and_then(|(host, _)| host.clone())
-            .expect("memo");
-        let forwarded_host = lock(&client.forwarded_memo)
-            .as_ref()
-            .map(|(host, _)| host.clone())
-            .expect("memo");
-        for kept in [lines_host, forwarded_host] {
-            assert_eq!(kept, host);
-            assert!(!head_range.contains(&(kept.as_bytes().as_ptr() as usize)));
-        }
+        let kept = lock(&client.memo).host.clone().expect("memo");
+        assert_eq!(kept, host);
+        assert!(!head_range.contains(&(kept.as_bytes().as_ptr() as usize)));
+        assert!(lock(&client.memo).lines.is_some() && lock(&client.memo).forwarded.is_some());
     }
 
     #[test]
