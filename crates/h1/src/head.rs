@@ -68,7 +68,6 @@ pub struct Head {
     pub len: usize,
     method: Method,
     target: Range<usize>,
-    host: Range<usize>,
     /// The body's length (`Content-Length`; 0: none, or chunked). Its bytes follow the head.
     pub body_length: u64,
     /// The body is chunked (`Transfer-Encoding: chunked`): its length is in its chunks.
@@ -126,7 +125,6 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
         return Parsed::HandOff;
     }
     let mut hosts = 0;
-    let mut host = 0..0;
     let mut body_length = None;
     let mut chunked = false;
     let mut expect_continue = false;
@@ -135,10 +133,7 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
     for field in request.headers.iter() {
         let name = field.name.as_bytes();
         match name.len() {
-            4 if name.eq_ignore_ascii_case(b"host") => {
-                hosts += 1;
-                host = range_in(buf, field.value);
-            }
+            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
             // `100-continue`, once, is met by the owned path; any other expectation is hyper's.
             6 if name.eq_ignore_ascii_case(b"expect") => {
                 if expect_continue || !field.value.eq_ignore_ascii_case(b"100-continue") {
@@ -190,7 +185,6 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
         is_head: method == Method::HEAD,
         method,
         target: range_in(buf, target.as_bytes()),
-        host,
         body_length: body_length.unwrap_or(0),
         chunked,
         expect_continue,
@@ -213,9 +207,15 @@ impl Head {
         std::str::from_utf8(path).unwrap_or_default()
     }
 
-    /// The `Host` field's value (a head has exactly one), read from `buf`.
-    pub fn host<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        buf.get(self.host.clone()).unwrap_or_default()
+    /// The `Host` field's value (a head has exactly one), read from `buf` with the head's
+    /// `fields` (as [`parse`] left them). Looked up rather than kept: a head is held while its
+    /// body is read, in every idle connection's future.
+    pub fn host<'a>(&self, buf: &'a [u8], fields: &Fields) -> &'a [u8] {
+        fields
+            .iter()
+            .find(|(name, _)| name == http::header::HOST)
+            .and_then(|(_, value)| buf.get(value.clone()))
+            .unwrap_or_default()
     }
 
     /// The request, its target and values slices of `bytes` (the head's own bytes, split off the

@@ -59,7 +59,7 @@ pub fn owned(raw: &[u8]) -> Option<Seen> {
             let (method, path, host) = (
                 head.method().clone(),
                 head.path(raw).to_owned(),
-                head.host(raw).to_vec(),
+                head.host(raw, &fields).to_vec(),
             );
             let request = head.request(&bytes, &mut fields, Empty::<Bytes>::new())?;
             let request_host = request.headers().get(http::header::HOST);

@@ -247,71 +247,66 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                         Came::Closed => return Ended::Closed,
                     }
                 }
-                // A refusal that needs no more than the head is written before any request is
-                // built (issue 14: rejections must be cheap when they come in floods).
+            }
+            // A refusal that needs no more than the head is written before any request is
+            // built (issue 14: rejections must be cheap when they come in floods).
+            let early = whole.and_then(|length| {
                 let view = || HeadView {
                     method: head.method(),
                     path: head.path(&self.buf),
-                    host: head.host(&self.buf),
+                    host: head.host(&self.buf, &fields),
                     fields: &fields,
                     bytes: &self.buf,
                     head_len: head.len,
                     body_length: head.body_length,
                 };
-                if let Some(early) = refuse_early(shared, view) {
+                refuse_early(shared, view).map(|early| (early, length))
+            });
+            // Boxed, either way: the connection's own future (its task, kept while it is idle)
+            // stays small; an exchange's state exists only while it is served.
+            let served: Pin<Box<dyn Future<Output = bool> + Send + '_>> =
+                if let Some((early, length)) = early {
                     self.buf.advance(head.len + length);
-                    let _guard = state.request_started();
                     let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
-                    // Boxed, as the exchange is: the connection's own future (kept while it is
-                    // idle) does not hold the writing's state.
-                    let refused = Box::pin(self.refuse(early, &mut writer, is_head, keep_alive));
-                    if !refused.await {
-                        return Ended::Closed;
-                    }
-                    if self.buf.is_empty() {
-                        self.buf = BytesMut::new();
-                        writer.release();
-                    }
-                    continue;
-                }
-            }
-            let head_bytes = self.buf.split_to(head.len).freeze();
-            let (body, body_bytes, fed) = match whole {
-                Some(length) => {
-                    let bytes = self.buf.split_to(length).freeze();
-                    (ClientBody::full(bytes.clone()), bytes, None)
-                }
-                None => {
-                    let (fed, body) = Fed::new(&head);
-                    (body, bytes::Bytes::new(), Some(fed))
-                }
-            };
-            let notes = HeadNotes {
-                ambiguous_length: false,
-                owned_len: Some(head.len),
-                without_request_id: fields.iter().all(|(name, _)| name != X_REQUEST_ID),
-            };
-            let Some(request) = head.request(&head_bytes, &mut fields, body) else {
-                // `http` refused a part httparse took: hyper reads the head again and decides.
-                let mut again = BytesMut::from(&head_bytes[..]);
-                again.extend_from_slice(&body_bytes);
-                again.extend_from_slice(&self.buf);
-                self.buf = again;
-                return Ended::HandOff;
-            };
-            // Boxed: the connection's own future (its task, kept while it is idle) stays
-            // small; an exchange's state exists only while it is served.
-            let exchange = Exchange {
-                shared,
-                state,
-                client,
-                sink: &sink,
-                keep_alive,
-                is_head,
-                limit,
-                notes,
-            };
-            if !Box::pin(self.exchange(exchange, request, fed, &mut writer)).await {
+                    Box::pin(self.refuse(early, state, &mut writer, is_head, keep_alive))
+                } else {
+                    let head_bytes = self.buf.split_to(head.len).freeze();
+                    let (body, body_bytes, fed) = match whole {
+                        Some(length) => {
+                            let bytes = self.buf.split_to(length).freeze();
+                            (ClientBody::full(bytes.clone()), bytes, None)
+                        }
+                        None => {
+                            let (fed, body) = Fed::new(&head);
+                            (body, bytes::Bytes::new(), Some(fed))
+                        }
+                    };
+                    let notes = HeadNotes {
+                        ambiguous_length: false,
+                        owned_len: Some(head.len),
+                        without_request_id: fields.iter().all(|(name, _)| name != X_REQUEST_ID),
+                    };
+                    let Some(request) = head.request(&head_bytes, &mut fields, body) else {
+                        // `http` refused a part httparse took: hyper reads the head again and decides.
+                        let mut again = BytesMut::from(&head_bytes[..]);
+                        again.extend_from_slice(&body_bytes);
+                        again.extend_from_slice(&self.buf);
+                        self.buf = again;
+                        return Ended::HandOff;
+                    };
+                    let exchange = Exchange {
+                        shared,
+                        state,
+                        client,
+                        sink: &sink,
+                        keep_alive,
+                        is_head,
+                        limit,
+                        notes,
+                    };
+                    Box::pin(self.exchange(exchange, request, fed, &mut writer))
+                };
+            if !served.await {
                 return Ended::Closed;
             }
             sink.clear();
@@ -453,10 +448,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
     async fn refuse(
         &mut self,
         early: EarlyRefusal,
+        state: &Arc<ConnState>,
         writer: &mut Writer,
         is_head: bool,
         keep_alive: bool,
     ) -> bool {
+        let _guard = state.request_started();
         let written = writer
             .refusal(&mut self.io, &early, is_head, keep_alive)
             .await;
