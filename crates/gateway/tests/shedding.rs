@@ -252,6 +252,36 @@ fn without_date(answer: &str) -> String {
         .join("\r\n")
 }
 
+/// Refusals decided from the head so far (`sekisho_refused_from_head_total`).
+fn refused_from_head(gw: &InProcess) -> Option<f64> {
+    let text = gw.gateway.encode_metrics();
+    text.lines()
+        .find_map(|line| line.strip_prefix("sekisho_refused_from_head_total "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+}
+
+/// Asks for `path` (one request, `Connection: close`) of a gateway whose route's limit is
+/// full: the raw answer, a 503 `OVERLOADED`, after which `from_head` refusals have been
+/// decided from the head (`why` otherwise).
+async fn shed(gw: &InProcess, path: &'static str, from_head: f64, why: &str) -> String {
+    let address = gw.address;
+    let answer = tokio::task::spawn_blocking(move || {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: a\r\nX-Request-Id: same-id\r\nConnection: close\r\n\r\n"
+        );
+        raw_exchange(address, request.as_bytes(), Duration::from_secs(10))
+    })
+    .await
+    .unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+            && answer.contains("\"code\":\"OVERLOADED\""),
+        "{answer}"
+    );
+    assert_eq!(refused_from_head(gw), Some(from_head), "{why}");
+    answer
+}
+
 /// Once a route's limit has shed, a shed that needs nothing but the head (HTTP/1.1, no access
 /// log, no step before the limit) is written before any request is built (`proxy::early`): the
 /// same bytes as the steps' own shed, counted the same way, and the connection carries on. A
@@ -286,42 +316,18 @@ async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
     )
     .await;
     assert!(in_flight.is_ok(), "{in_flight:?}");
-    let from_head = |gw: &InProcess| {
-        let text = gw.gateway.encode_metrics();
-        text.lines()
-            .find_map(|line| line.strip_prefix("sekisho_refused_from_head_total "))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-    };
-    assert_eq!(from_head(&gw), Some(0.0));
-
+    assert_eq!(refused_from_head(&gw), Some(0.0));
     let address = gw.address;
-    let ask = |path: &'static str| {
-        tokio::task::spawn_blocking(move || {
-            let request = format!(
-                "GET {path} HTTP/1.1\r\nHost: a\r\nX-Request-Id: same-id\r\nConnection: close\r\n\r\n"
-            );
-            raw_exchange(address, request.as_bytes(), Duration::from_secs(10))
-        })
-    };
     // `/late/x` could be the tagged route's, were a header there: read the usual way, shed by
     // the limit. That first shed lets the next ones be decided from their heads.
-    let usual = ask("/late/x").await.unwrap();
-    assert!(
-        usual.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
-        "{usual}"
-    );
-    assert_eq!(
-        from_head(&gw),
-        Some(0.0),
-        "a header-matched path was refused from the head"
-    );
-    let early = ask("/x").await.unwrap();
-    assert!(early.contains("\"code\":\"OVERLOADED\""), "{early}");
-    assert_eq!(
-        from_head(&gw),
-        Some(1.0),
-        "the shed was not decided from the head"
-    );
+    let usual = shed(
+        &gw,
+        "/late/x",
+        0.0,
+        "a header-matched path was refused from the head",
+    )
+    .await;
+    let early = shed(&gw, "/x", 1.0, "the shed was not decided from the head").await;
     assert_eq!(without_date(&early), without_date(&usual));
     assert_eq!(route_metric(&gw, "sekisho_shed_total", "api"), Some(2.0));
     // Both recorded as the route's 5xx answers.
@@ -352,7 +358,7 @@ async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
     let (_, head_answer) = pipelined.rsplit_once("HTTP/1.1 503 ").unwrap();
     assert!(head_answer.ends_with("\r\n\r\n"), "{head_answer}");
     assert!(!head_answer.contains("content-length"), "{head_answer}");
-    assert_eq!(from_head(&gw), Some(3.0));
+    assert_eq!(refused_from_head(&gw), Some(3.0));
 
     // The place freed: the next request finds room (and stops the looking), takes the place
     // and waits on the upstream; the one after is shed the usual way again, and the next from
@@ -383,20 +389,14 @@ async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
     )
     .await;
     assert!(taken.is_ok(), "{taken:?}");
-    let again = ask("/z").await.unwrap();
-    assert!(again.contains("\"code\":\"OVERLOADED\""), "{again}");
-    assert_eq!(
-        from_head(&gw),
-        Some(3.0),
-        "refused from the head after a look found room"
-    );
-    let next = ask("/w").await.unwrap();
-    assert!(next.contains("\"code\":\"OVERLOADED\""), "{next}");
-    assert_eq!(
-        from_head(&gw),
-        Some(4.0),
-        "not refused from the head after a new shed"
-    );
+    shed(
+        &gw,
+        "/z",
+        3.0,
+        "refused from the head after a look found room",
+    )
+    .await;
+    shed(&gw, "/w", 4.0, "not refused from the head after a new shed").await;
     assert_eq!(route_metric(&gw, "sekisho_shed_total", "api"), Some(6.0));
     let _ = waiting.await;
     gw.stop().await;
