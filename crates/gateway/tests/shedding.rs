@@ -252,6 +252,19 @@ fn without_date(answer: &str) -> String {
         .join("\r\n")
 }
 
+/// Waits until `in_flight` calls hold a place under the route `api`'s limit (10 s at most).
+async fn await_in_flight(gw: &InProcess, in_flight: f64) {
+    let seen = await_metric(
+        gw,
+        "sekisho_adaptive_concurrency_in_flight",
+        "api",
+        Duration::from_secs(10),
+        |n| n == in_flight,
+    )
+    .await;
+    assert!(seen.is_ok(), "in flight: {seen:?}, awaited {in_flight}");
+}
+
 /// Refusals decided from the head so far (`sekisho_refused_from_head_total`).
 fn refused_from_head(gw: &InProcess) -> Option<f64> {
     let text = gw.gateway.encode_metrics();
@@ -307,15 +320,7 @@ async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
     // One call holds the only place.
     let held_url = gw.url("/held");
     let held = tokio::spawn(async move { get(&held_url).await });
-    let in_flight = await_metric(
-        &gw,
-        "sekisho_adaptive_concurrency_in_flight",
-        "api",
-        Duration::from_secs(10),
-        |n| n == 1.0,
-    )
-    .await;
-    assert!(in_flight.is_ok(), "{in_flight:?}");
+    await_in_flight(&gw, 1.0).await;
     assert_eq!(refused_from_head(&gw), Some(0.0));
     let address = gw.address;
     // `/late/x` could be the tagged route's, were a header there: read the usual way, shed by
@@ -364,15 +369,7 @@ async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
     // and waits on the upstream; the one after is shed the usual way again, and the next from
     // its head.
     held.abort();
-    let freed = await_metric(
-        &gw,
-        "sekisho_adaptive_concurrency_in_flight",
-        "api",
-        Duration::from_secs(10),
-        |n| n == 0.0,
-    )
-    .await;
-    assert!(freed.is_ok(), "{freed:?}");
+    await_in_flight(&gw, 0.0).await;
     let waiting = tokio::task::spawn_blocking(move || {
         raw_exchange(
             address,
@@ -380,15 +377,7 @@ async fn a_full_limit_refuses_from_the_head_with_the_answer_the_steps_give() {
             Duration::from_secs(3),
         )
     });
-    let taken = await_metric(
-        &gw,
-        "sekisho_adaptive_concurrency_in_flight",
-        "api",
-        Duration::from_secs(10),
-        |n| n == 1.0,
-    )
-    .await;
-    assert!(taken.is_ok(), "{taken:?}");
+    await_in_flight(&gw, 1.0).await;
     shed(
         &gw,
         "/z",
