@@ -93,6 +93,15 @@ pub fn content_length(value: &[u8]) -> Option<u64> {
     })
 }
 
+/// The value of the first field named `name` among a head's `fields` (as [`parse`] left them),
+/// read from `buf`, the bytes the head was parsed from.
+pub fn field<'a>(buf: &'a [u8], fields: &Fields, name: &HeaderName) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(field_name, _)| field_name == name)
+        .and_then(|(_, value)| buf.get(value.clone()))
+}
+
 /// Offset of `part` (a slice of `buf`) in `buf`.
 fn range_in(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
@@ -211,11 +220,7 @@ impl Head {
     /// `fields` (as [`parse`] left them). Looked up rather than kept: a head is held while its
     /// body is read, in every idle connection's future.
     pub fn host<'a>(&self, buf: &'a [u8], fields: &Fields) -> &'a [u8] {
-        fields
-            .iter()
-            .find(|(name, _)| name == http::header::HOST)
-            .and_then(|(_, value)| buf.get(value.clone()))
-            .unwrap_or_default()
+        field(buf, fields, &http::header::HOST).unwrap_or_default()
     }
 
     /// The request, its target and values slices of `bytes` (the head's own bytes, split off the

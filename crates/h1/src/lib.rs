@@ -15,7 +15,7 @@ mod names;
 mod response;
 
 pub use chunked::{Chunk, ChunkError, ChunkedDecoder, MAX_LINE, MAX_TRAILERS};
-pub use head::{content_length, parse, Fields, Head, Parsed, MAX_FIELDS};
+pub use head::{content_length, field, parse, Fields, Head, Parsed, MAX_FIELDS};
 pub use response::{parse_response, Framing, ResponseError, ResponseHead, MAX_HEAD};
 
 #[cfg(feature = "reference")]

@@ -284,7 +284,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     let notes = HeadNotes {
                         ambiguous_length: false,
                         owned_len: Some(head.len),
-                        without_request_id: fields.iter().all(|(name, _)| name != X_REQUEST_ID),
+                        without_request_id: sekisho_h1::field(&head_bytes, &fields, &X_REQUEST_ID)
+                            .is_none(),
                     };
                     let Some(request) = head.request(&head_bytes, &mut fields, body) else {
                         // `http` refused a part httparse took: hyper reads the head again and decides.

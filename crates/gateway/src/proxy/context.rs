@@ -29,6 +29,24 @@ pub(super) struct HostMemo {
     pub(super) lines: Option<bytes::Bytes>,
 }
 
+impl HostMemo {
+    /// The memo for `host`: this one if it is for that host, else emptied and kept for it.
+    pub(super) fn for_host(&mut self, host: Option<&HeaderValue>) -> &mut Self {
+        if self.host.as_ref() != host {
+            // A copy: a request's values are slices of its head's bytes, which the memo would
+            // keep alive (and with them the connection's read buffer) for as long as the
+            // connection.
+            *self = Self {
+                host: host.map(|host| {
+                    HeaderValue::from_bytes(host.as_bytes()).unwrap_or_else(|_| host.clone())
+                }),
+                ..Self::default()
+            };
+        }
+        self
+    }
+}
+
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {

@@ -115,12 +115,7 @@ pub(crate) fn refuse<'a>(
     };
     // Only a refusal reads the clock.
     let started = Instant::now();
-    let client_id = head
-        .fields
-        .iter()
-        .find(|(name, _)| name == X_REQUEST_ID)
-        .and_then(|(_, value)| head.bytes.get(value.clone()));
-    let request_id = match client_id {
+    let request_id = match sekisho_h1::field(head.bytes, head.fields, &X_REQUEST_ID) {
         Some(id) if request_id::is_sane(id) => {
             HeaderValue::from_bytes(id).unwrap_or_else(|_| new_request_id())
         }

@@ -9,7 +9,7 @@ use http::uri::PathAndQuery;
 use http::{Response, Uri};
 use sekisho_config::HashKey;
 
-use super::context::{ClientInfo, HostMemo};
+use super::context::ClientInfo;
 use crate::edge::GatewayError;
 use crate::request_id::X_REQUEST_ID;
 use crate::router::CompiledRoute;
@@ -253,16 +253,10 @@ fn forwarded_value(
     let (None, Some(host)) = (existing, host_value) else {
         return render_forwarded(existing, client, host_value);
     };
-    let mut memo = lock(&client.memo);
-    if memo.host.as_ref() == Some(host) {
-        if let Some(value) = &memo.forwarded {
-            return Some(value.clone());
-        }
-    } else {
-        *memo = HostMemo {
-            host: Some(owned_value(host)),
-            ..HostMemo::default()
-        };
+    let mut guard = lock(&client.memo);
+    let memo = guard.for_host(Some(host));
+    if let Some(value) = &memo.forwarded {
+        return Some(value.clone());
     }
     let value = render_forwarded(None, client, host_value)?;
     memo.forwarded = Some(value.clone());
@@ -326,16 +320,10 @@ pub(super) fn forwarding_as_lines(route: &CompiledRoute, headers: &HeaderMap) ->
 /// `OwnedHead::request_id`). Rendered once per connection and host: the requests that follow on
 /// the connection share them.
 fn forwarding_lines(client: &ClientInfo, host_value: Option<&HeaderValue>) -> Bytes {
-    let mut memo = lock(&client.memo);
-    if memo.host.as_ref() == host_value {
-        if let Some(lines) = &memo.lines {
-            return lines.clone();
-        }
-    } else {
-        *memo = HostMemo {
-            host: host_value.map(owned_value),
-            ..HostMemo::default()
-        };
+    let mut guard = lock(&client.memo);
+    let memo = guard.for_host(host_value);
+    if let Some(lines) = &memo.lines {
+        return lines.clone();
     }
     let mut lines =
         Vec::with_capacity(128 + client.ip_text.len() * 2 + host_value.map_or(0, |h| h.len() * 2));
@@ -359,11 +347,6 @@ fn forwarding_lines(client: &ClientInfo, host_value: Option<&HeaderValue>) -> By
     let lines = Bytes::from(lines);
     memo.lines = Some(lines.clone());
     lines
-}
-
-/// A copy of `value` in memory of its own (a request's values are slices of its head's bytes).
-fn owned_value(value: &HeaderValue) -> HeaderValue {
-    HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
 }
 
 /// Sets in `headers` the fields of head `lines` (as [`forwarding_lines`] writes them), for a
