@@ -46,6 +46,7 @@ mod sync;
 mod tls;
 mod upstream;
 mod woken;
+mod worker;
 
 // The gateway's own faces (impl blocks of `Gateway`): reloading, and what the admin side reads.
 mod reload;
@@ -112,9 +113,10 @@ impl Gateway {
         config_path: Option<PathBuf>,
         auth: Option<Arc<sekisho_auth::Auth>>,
     ) -> Result<Self, BuildError> {
-        let lag = Arc::<SchedulingLag>::default();
+        let loops = config.server.event_loops();
+        let lag = Arc::new(SchedulingLag::new(loops));
         let metrics = Metrics::new(&lag, auth.as_ref().map(|auth| auth.figures()));
-        let clients = ClientCache::default();
+        let clients = ClientCache::new(loops);
         let states = StateRegistry::default();
         let base_dir = config_path.as_deref().and_then(Path::parent);
         let runtime = Runtime::build(Arc::new(config), base_dir, &clients, &states, &metrics, 1)?;
@@ -142,6 +144,7 @@ impl Gateway {
                 file_bytes: Mutex::new(None),
                 lag,
                 auth,
+                release: tokio::sync::watch::channel(()).0,
             }),
         })
     }
@@ -153,28 +156,32 @@ impl Gateway {
     }
 
     /// Serves `listener` until `shutdown` resolves, then drains: returns when every connection
-    /// has finished or the drain timeout has passed.
+    /// has finished or the drain timeout has passed. With `worker_model = "per_worker"` and
+    /// more than one worker, the current runtime is worker 0's event loop and each other worker
+    /// gets a thread and a current-thread runtime of its own.
     pub async fn serve(&self, listener: TrafficListener, shutdown: impl Future<Output = ()>) {
-        let max_connections = self
-            .shared
-            .runtime
-            .load()
-            .config
-            .server
-            .max_connections
-            .get() as usize;
+        self.serve_with(listener, shutdown, true).await;
+    }
+
+    /// As [`Gateway::serve`], on the current runtime alone whatever `server.workers` says: for
+    /// a gateway embedded in another program (and the in-process tests, whose paused clocks
+    /// other runtimes would not share).
+    pub async fn serve_here(&self, listener: TrafficListener, shutdown: impl Future<Output = ()>) {
+        self.serve_with(listener, shutdown, false).await;
+    }
+
+    async fn serve_with(
+        &self,
+        listener: TrafficListener,
+        shutdown: impl Future<Output = ()>,
+        workers: bool,
+    ) {
         self.shared.serving.store(true, Ordering::Release);
         self.shared.probe_lag_if_needed();
         self.shared
             .health
             .reconcile(&self.shared.runtime.load(), &self.shared.metrics);
-        server::serve(
-            Arc::clone(&self.shared),
-            listener,
-            max_connections,
-            shutdown,
-        )
-        .await;
+        server::serve_workers(Arc::clone(&self.shared), listener, shutdown, workers).await;
         self.shared.health.stop();
         self.shared.serving.store(false, Ordering::Release);
     }

@@ -164,6 +164,9 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<String> {
     if old.server.workers != new.server.workers {
         changed.push("server.workers".to_owned());
     }
+    if old.server.worker_model != new.server.worker_model {
+        changed.push("server.worker_model".to_owned());
+    }
     if old.server.max_connections != new.server.max_connections {
         changed.push("server.max_connections".to_owned());
     }

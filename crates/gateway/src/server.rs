@@ -17,11 +17,15 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use prometheus_client::metrics::counter::Counter;
+use sekisho_config::WorkerModel;
+
 use crate::connection::{ConnIo, ConnState};
 use crate::h1::{self, Conn};
 use crate::interim::InterimSink;
 use crate::proxy::ClientInfo;
 use crate::state::GatewayState;
+use crate::worker;
 
 /// The listen backlog of a listener bound with `reuse_port` (what `TcpListener::bind` uses).
 const LISTEN_BACKLOG: u32 = 1024;
@@ -70,17 +74,139 @@ impl TrafficListener {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
+
+    /// A listener for another worker's event loop, registered with none yet: with
+    /// `reuse_port` a socket of its own on the same address (the kernel spreads new
+    /// connections over the sockets), otherwise this socket again (each loop takes the next
+    /// connection when it is ready to; no other process can join).
+    async fn for_worker(&self, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+        let own = if reuse_port {
+            let address = self.local_addr()?.to_string();
+            Self::bind(&address, true).await?.listener.into_std()?
+        } else {
+            use std::os::fd::AsFd;
+            std::net::TcpListener::from(self.listener.as_fd().try_clone_to_owned()?)
+        };
+        Ok(own)
+    }
 }
 
-pub(crate) async fn serve(
+/// Serves `listener` until `shutdown`, then drains: on this event loop alone
+/// (`worker_model = "shared"`, one worker, or not `workers`), or on one per worker — this one is worker 0,
+/// the others run on threads of their own, each accepting on its own listener (a copy of this
+/// one, or with `reuse_port` one of its own on the same address) — until every one has drained.
+pub(crate) async fn serve_workers(
     shared: Arc<GatewayState>,
     listener: TrafficListener,
-    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+    workers: bool,
+) {
+    let server = Arc::clone(&shared.runtime.load().config).server.clone();
+    let loops = if workers { server.event_loops() } else { 1 };
+    let permits = Arc::new(Semaphore::new(server.max_connections.get() as usize));
+    let per_worker = server.worker_model == WorkerModel::PerWorker;
+    let accepted = |index: usize| per_worker.then(|| shared.metrics.worker_connections(index));
+    let (stop, stopped) = watch::channel(false);
+    let mut workers = Vec::new();
+    for index in 1..loops {
+        let own_listener = match listener.for_worker(server.reuse_port).await {
+            Ok(own) => own,
+            Err(error) => {
+                tracing::error!(%error, worker = index, "cannot listen for a worker; it does not start");
+                continue;
+            }
+        };
+        let worker = Worker {
+            index,
+            shared: Arc::clone(&shared),
+            listener: own_listener,
+            permits: Arc::clone(&permits),
+            accepted: accepted(index),
+            stopped: stopped.clone(),
+        };
+        match worker.spawn() {
+            Ok(done) => workers.push(done),
+            Err(error) => tracing::error!(%error, worker = index, "cannot start a worker"),
+        }
+    }
+    if !workers.is_empty() {
+        tracing::info!(
+            workers = workers.len() + 1,
+            "serving on an event loop per worker"
+        );
+    }
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let accepted = accepted(0);
+    serve(shared, listener, permits, accepted, shutdown).await;
+    for done in workers {
+        let _ = done.await;
+    }
+}
+
+/// A worker's event loop, to be started on a thread of its own.
+struct Worker {
+    index: usize,
+    shared: Arc<GatewayState>,
+    listener: std::net::TcpListener,
+    permits: Arc<Semaphore>,
+    accepted: Option<Counter>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Starts the worker's thread and its current-thread runtime; the receiver hears when it
+    /// has drained. The runtime lives on until the gateway is dropped: connections to targets
+    /// opened on it, and tasks spawned there, may still serve the other loops.
+    fn spawn(self) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let (done, drained) = tokio::sync::oneshot::channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut release = self.shared.release.subscribe();
+        std::thread::Builder::new()
+            .name(format!("sekisho-worker-{}", self.index))
+            .spawn(move || {
+                worker::enter(self.index);
+                runtime.block_on(async move {
+                    let Self {
+                        index,
+                        shared,
+                        listener,
+                        permits,
+                        accepted,
+                        mut stopped,
+                    } = self;
+                    shared.lag.attach(index, tokio::runtime::Handle::current());
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let shutdown = async move {
+                                let _ = stopped.wait_for(|stop| *stop).await;
+                            };
+                            let listener = TrafficListener { listener };
+                            serve(shared, listener, permits, accepted, shutdown).await;
+                        }
+                        Err(error) => tracing::error!(%error, worker = index, "cannot listen"),
+                    }
+                    let _ = done.send(());
+                    while release.changed().await.is_ok() {}
+                });
+            })?;
+        Ok(drained)
+    }
+}
+
+async fn serve(
+    shared: Arc<GatewayState>,
+    listener: TrafficListener,
+    permits: Arc<Semaphore>,
+    accepted: Option<Counter>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Each connection holds a receiver until it ends: the drain is over when none is left.
     let (drain, _) = watch::channel(());
-    let permits = Arc::new(Semaphore::new(max_connections));
     tokio::pin!(shutdown);
     'accepting: loop {
         let permit = tokio::select! {
@@ -111,6 +237,9 @@ pub(crate) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        if let Some(accepted) = &accepted {
+            accepted.inc();
+        }
         let shared = Arc::clone(&shared);
         let watcher = drain.subscribe();
         tokio::spawn(async move {

@@ -56,6 +56,9 @@ pub(crate) struct GatewayState {
     pub(crate) lag: Arc<SchedulingLag>,
     /// Edge authentication, when `[auth]` is set (opened by the binary, kept across reloads).
     pub(crate) auth: Option<Arc<sekisho_auth::Auth>>,
+    /// Dropped with the state: the workers' event loops (`server.rs`), kept running after
+    /// their drain for what was opened on them, then end.
+    pub(crate) release: tokio::sync::watch::Sender<()>,
 }
 
 impl GatewayState {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use sekisho_config::Config;
 
-use crate::{build_runtime, init_logging, read_config, serve};
+use crate::{gateway_runtime, init_logging, read_config, serve};
 
 /// The demo's users: name, password, roles. Printed at the start; never for a real deployment.
 const DEMO_USERS: &[(&str, &str, &[&str])] = &[
@@ -40,7 +40,7 @@ pub(crate) fn demo(path: Option<&Path>) -> anyhow::Result<()> {
         ),
     };
     init_logging();
-    let runtime = build_runtime(config.server.workers.map(|w| w.get()))?;
+    let runtime = gateway_runtime(&config.server)?;
     runtime.block_on(async move {
         let mut upstream_tasks = Vec::new();
         for (name, upstream) in &config.upstreams {

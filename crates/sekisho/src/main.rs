@@ -36,7 +36,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use demo::demo;
 use load::{load, LoadArgs};
 use monitor::monitor;
-use runtime::build_runtime;
+use runtime::{build_runtime, gateway_runtime};
 
 /// sekisho: a resilient API gateway.
 #[derive(Debug, Parser)]
@@ -262,7 +262,7 @@ fn init_logging() {
 fn run_file(path: &Path) -> anyhow::Result<()> {
     let (config, bytes) = read_config(path)?;
     init_logging();
-    let runtime = build_runtime(config.server.workers.map(|w| w.get()))?;
+    let runtime = gateway_runtime(&config.server)?;
     runtime.block_on(serve(config, Some((path.to_owned(), bytes))))
 }
 

@@ -18,3 +18,16 @@ pub(crate) fn build_runtime(workers: Option<u32>) -> anyhow::Result<tokio::runti
     };
     Ok(runtime)
 }
+
+/// The runtime the gateway's commands (`run`, `demo`) start on: with `worker_model =
+/// "per_worker"` a current-thread runtime — worker 0's event loop, which also runs the admin
+/// listener and the background work; the gateway starts the other workers' loops itself —,
+/// with `"shared"` one runtime over every worker thread.
+pub(crate) fn gateway_runtime(
+    server: &sekisho_config::Server,
+) -> anyhow::Result<tokio::runtime::Runtime> {
+    match server.worker_model {
+        sekisho_config::WorkerModel::PerWorker => build_runtime(Some(1)),
+        sekisho_config::WorkerModel::Shared => build_runtime(Some(server.worker_count() as u32)),
+    }
+}

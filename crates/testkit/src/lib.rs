@@ -370,7 +370,7 @@ impl InProcess {
         let serving = gateway.clone();
         let served = tokio::spawn(async move {
             serving
-                .serve(listener, async {
+                .serve_here(listener, async {
                     let _ = stopped.await;
                 })
                 .await;

@@ -15,6 +15,13 @@ pub struct Server {
     /// Runtime worker threads; default: one per core.
     #[serde(default)]
     pub workers: Option<Positive>,
+    /// How the workers share the work (extension): `per_worker` (default) — each worker thread
+    /// runs an event loop of its own, accepts on the listener itself, keeps its own idle
+    /// upstream connections and its own overload probe, and serves every connection it
+    /// accepted to the end (nginx's and Envoy's model); `shared` — one work-stealing runtime
+    /// whose threads take any task.
+    #[serde(default)]
+    pub worker_model: WorkerModel,
     /// One JSON line per request on stderr; false for benchmarks.
     #[serde(default = "default_true")]
     pub access_log: bool,
@@ -77,6 +84,36 @@ pub struct Server {
     /// get 503 OVERLOADED with `Connection: close`, before routing.
     #[serde(default)]
     pub overload: Option<Overload>,
+}
+
+/// `server.worker_model`: how the worker threads share the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerModel {
+    /// An event loop per worker thread, each accepting on the listener (its own listener
+    /// with `SO_REUSEPORT` when `reuse_port` is set).
+    #[default]
+    PerWorker,
+    /// One work-stealing runtime over all the worker threads.
+    Shared,
+}
+
+impl Server {
+    /// The worker threads: `workers`, or one per core.
+    pub fn worker_count(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            |workers| workers.get() as usize,
+        )
+    }
+
+    /// The event loops serving traffic: one per worker thread (`per_worker`), or one shared.
+    pub fn event_loops(&self) -> usize {
+        match self.worker_model {
+            WorkerModel::PerWorker => self.worker_count(),
+            WorkerModel::Shared => 1,
+        }
+    }
 }
 
 /// `[server.overload]` (extension): when the gateway itself is the bottleneck.

@@ -308,17 +308,17 @@ impl ProcessCollector {
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let delay = ConstGauge::new(self.lag.current().as_secs_f64());
+        let delay = ConstGauge::new(self.lag.worst().as_secs_f64());
         delay.encode(encoder.encode_descriptor(
             names::EVENT_LOOP_DELAY,
-            "How long a ready task waits for the event loop, smoothed (0 while not probed: no adaptive limit, circuit breaker or overload bound configured)",
+            "How long a ready task waits for the event loop, smoothed, the slowest loop with one per worker (0 while not probed: no adaptive limit, circuit breaker or overload bound configured)",
             None,
             delay.metric_type(),
         )?)?;
         let busy = ConstGauge::new(self.lag.busy_share());
         busy.encode(encoder.encode_descriptor(
             names::EVENT_LOOP_BUSY,
-            "Share of the time the runtime's workers were busy, smoothed (0 while not probed); from 0.9 the gateway counts as saturated and its latencies as its own",
+            "Share of the time the runtime's workers were busy, smoothed, averaged over the workers' loops (0 while not probed); from 0.9 a loop counts as saturated and its latencies as its own",
             None,
             busy.metric_type(),
         )?)?;

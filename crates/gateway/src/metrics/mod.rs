@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     rate_store_errors: Family<Labels, Counter>,
     rate_store_seconds: Family<Labels, Histogram>,
     rate_known_over: Family<Labels, Counter>,
+    worker_connections: Family<Labels, Counter>,
     upstreams: Arc<ArcSwap<Vec<Arc<UpstreamGroup>>>>,
     limits: Arc<ArcSwap<AdaptiveLimits>>,
     /// In flight now.
@@ -126,6 +127,12 @@ impl Metrics {
             names::CONNECTIONS,
             "Client connections accepted",
             connections_total.clone(),
+        );
+        let worker_connections = Family::<Labels, Counter>::default();
+        registry.register(
+            names::WORKER_CONNECTIONS,
+            "Client connections accepted, by the worker whose event loop serves them (worker_model = \"per_worker\")",
+            worker_connections.clone(),
         );
         let overload_refused = Counter::default();
         registry.register(
@@ -293,6 +300,7 @@ impl Metrics {
             cache_lookups,
             rate_store_errors,
             rate_known_over,
+            worker_connections,
             rate_store_seconds,
             upstreams,
             limits,
@@ -341,6 +349,13 @@ impl Metrics {
     }
 
     /// The handles of `route` → `upstream` (created on first use, then shared).
+    /// The count of connections accepted by worker `index`'s event loop, resolved once by it.
+    pub(crate) fn worker_connections(&self, index: usize) -> Counter {
+        self.worker_connections
+            .get_or_create(&vec![("worker", index.to_string())])
+            .clone()
+    }
+
     pub(crate) fn route(&self, route: &str, upstream: &str) -> RouteMetrics {
         let by_class = CLASSES.map(|class| {
             self.requests

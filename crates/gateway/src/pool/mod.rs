@@ -31,7 +31,7 @@
 //! applied around the call). A burst then meets the target with the bound's worth of
 //! connections, not one per waiting request.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -52,8 +52,10 @@ use crate::body::{RequestBody, UpstreamBody};
 use crate::interim::InterimSink;
 use crate::sync::lock;
 
+mod idle;
 mod owned;
 
+use idle::{IdleStacks, Pooled, Stacks};
 use owned::{Conn, Failure};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,7 +97,10 @@ impl std::error::Error for CallError {
 #[derive(Debug)]
 pub(crate) struct Http1Client {
     connector: HttpConnector,
+    /// Idle connections kept per target and event loop, at most.
     max_idle: usize,
+    /// Event loops, each with its own idle connections per target.
+    loops: usize,
     idle_timeout: Duration,
     /// Pools by target, kept across reloads while the settings stay.
     pools: Mutex<HashMap<Authority, Arc<Http1Pool>>>,
@@ -111,10 +116,12 @@ impl Http1Client {
         max_idle: usize,
         idle_timeout: Duration,
         max_open: usize,
+        loops: usize,
     ) -> Arc<Self> {
         let client = Arc::new(Self {
             connector,
             max_idle,
+            loops: loops.max(1),
             idle_timeout,
             max_open,
             pools: Mutex::new(HashMap::new()),
@@ -137,9 +144,7 @@ impl Http1Client {
                     .build()
                     .unwrap_or_default(),
                 connector: self.connector.clone(),
-                max_idle: self.max_idle,
-                idle_timeout: self.idle_timeout,
-                idle: Mutex::new(VecDeque::new()),
+                idle: IdleStacks::new(self.loops, self.max_idle, self.idle_timeout),
                 slots: Arc::new(Slots {
                     max: if self.max_open == 0 {
                         usize::MAX
@@ -167,7 +172,7 @@ async fn sweep(client: Weak<Http1Client>, idle_timeout: Duration) {
         let pools: Vec<Arc<Http1Pool>> = lock(&client.pools).values().cloned().collect();
         let now = Instant::now();
         for pool in pools {
-            pool.expire(now);
+            pool.idle.expire(now);
         }
     }
 }
@@ -177,10 +182,8 @@ pub(crate) struct Http1Pool {
     /// `http://authority/`, for the connector.
     target: Uri,
     connector: HttpConnector,
-    max_idle: usize,
-    idle_timeout: Duration,
-    /// Oldest first; a checkout takes the newest.
-    idle: Mutex<VecDeque<Idle>>,
+    /// Per event loop (`idle.rs`).
+    idle: IdleStacks,
     /// The connections open, against the bound.
     slots: Arc<Slots>,
 }
@@ -221,30 +224,8 @@ impl fmt::Debug for Http1Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Http1Pool")
             .field("target", &self.target)
-            .field("idle", &lock(&self.idle).len())
+            .field("idle", &self.idle.len())
             .finish()
-    }
-}
-
-/// An idle connection, and since when.
-struct Idle {
-    conn: Pooled,
-    since: Instant,
-}
-
-/// A connection driven by hyper's client, or by the gateway's own ([`owned`]).
-enum Pooled {
-    Hyper(SendRequest<RequestBody>),
-    Owned(Conn),
-}
-
-impl Pooled {
-    /// Whether it can no longer carry a request (closed by the target).
-    fn is_closed(&self) -> bool {
-        match self {
-            Self::Hyper(sender) => sender.is_closed(),
-            Self::Owned(conn) => !conn.is_open(),
-        }
     }
 }
 
@@ -338,7 +319,7 @@ impl Http1Pool {
             let freed = self.slots.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            if let Some(conn) = self.checkout_owned(now) {
+            if let Some(conn) = self.idle.checkout_owned(now, Stacks::Own) {
                 return Ok(conn);
             }
             if let Some(slot) = self.slots.take() {
@@ -346,9 +327,12 @@ impl Http1Pool {
                 let io = Box::pin(self.open()).await?;
                 return Ok(Conn::new(io, slot));
             }
+            if let Some(conn) = self.idle.checkout_owned(now, Stacks::Others) {
+                return Ok(conn);
+            }
             // At the bound: an idle connection of hyper's is closed to free its slot (its task
             // ends and gives the slot back), rather than waiting beside it.
-            self.close_idle_hyper();
+            self.idle.close_one_hyper();
             freed.await;
         }
     }
@@ -365,7 +349,22 @@ impl Http1Pool {
             let freed = self.slots.freed.notified();
             tokio::pin!(freed);
             freed.as_mut().enable();
-            while let Some(pooled) = self.checkout(now) {
+            let mut stacks = Stacks::Own;
+            loop {
+                let Some(pooled) = self.idle.checkout(now, stacks) else {
+                    if stacks == Stacks::Others {
+                        break;
+                    }
+                    if let Some(slot) = self.slots.take() {
+                        // Boxed: a new connection is rare on a warm pool, and its connect and
+                        // handshake would otherwise make every request's future (and each one
+                        // above it) larger.
+                        break 'found Box::pin(self.connect(slot)).await?;
+                    }
+                    // The bound reached: another event loop's idle connection, if any.
+                    stacks = Stacks::Others;
+                    continue;
+                };
                 let mut sender = match pooled {
                     Pooled::Hyper(sender) => sender,
                     // An owned connection becomes hyper's: sent on like a new one.
@@ -383,11 +382,6 @@ impl Http1Pool {
                     },
                 }
             }
-            if let Some(slot) = self.slots.take() {
-                // Boxed: a new connection is rare on a warm pool, and its connect and handshake
-                // would otherwise make every request's future (and each one above it) larger.
-                break Box::pin(self.connect(slot)).await?;
-            }
             // As many connections open as the bound allows, all busy: wait for one to come
             // back or to close (the caller's deadline bounds the wait).
             freed.await;
@@ -398,12 +392,9 @@ impl Http1Pool {
         }
     }
 
-    /// Idle connections that are still open.
+    /// Idle connections that are still open, over every event loop.
     pub(crate) fn idle(&self) -> usize {
-        lock(&self.idle)
-            .iter()
-            .filter(|entry| !entry.conn.is_closed())
-            .count()
+        self.idle.open()
     }
 
     /// The connection's lease for the answer's body; none when the connection is free already.
@@ -421,71 +412,6 @@ impl Http1Pool {
         })
     }
 
-    /// The newest idle connection that can take a request, for hyper's client (an owned one
-    /// is handed to it); older ones past their idle time go.
-    fn checkout(&self, now: Instant) -> Option<Pooled> {
-        loop {
-            let conn = {
-                let mut idle = lock(&self.idle);
-                let entry = idle.pop_back()?;
-                if now.saturating_duration_since(entry.since) >= self.idle_timeout {
-                    // The newest is past its time: so are all the others.
-                    idle.clear();
-                    return None;
-                }
-                entry.conn
-            };
-            let usable = match &conn {
-                Pooled::Hyper(sender) => sender.is_ready(),
-                Pooled::Owned(conn) => conn.is_open(),
-            };
-            if usable {
-                return Some(conn);
-            }
-        }
-    }
-
-    /// The newest idle owned connection still open; older ones past their idle time go, and
-    /// hyper's are left for requests with streamed bodies.
-    fn checkout_owned(&self, now: Instant) -> Option<Conn> {
-        let mut idle = lock(&self.idle);
-        loop {
-            let newest = idle.back()?;
-            if now.saturating_duration_since(newest.since) >= self.idle_timeout {
-                idle.clear();
-                return None;
-            }
-            let at = idle
-                .iter()
-                .rposition(|entry| matches!(entry.conn, Pooled::Owned(_)))?;
-            if let Some(Idle {
-                conn: Pooled::Owned(conn),
-                since,
-            }) = idle.remove(at)
-            {
-                if now.saturating_duration_since(since) >= self.idle_timeout {
-                    // Past its time behind newer ones of hyper's: so are those older than it.
-                    idle.drain(..at);
-                    return None;
-                }
-                if conn.is_open() {
-                    return Some(conn);
-                }
-            }
-        }
-    }
-
-    /// Closes the oldest idle connection driven by hyper's client, if any.
-    fn close_idle_hyper(&self) {
-        let mut idle = lock(&self.idle);
-        if let Some(at) = idle
-            .iter()
-            .position(|entry| matches!(entry.conn, Pooled::Hyper(_)))
-        {
-            idle.remove(at);
-        }
-    }
-
     fn put(&self, sender: SendRequest<RequestBody>) {
         self.put_idle(Pooled::Hyper(sender));
     }
@@ -496,28 +422,8 @@ impl Http1Pool {
     }
 
     fn put_idle(&self, conn: Pooled) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let mut idle = lock(&self.idle);
-        if idle.len() >= self.max_idle {
-            idle.pop_front();
-        }
-        idle.push_back(Idle {
-            conn,
-            since: Instant::now(),
-        });
-        drop(idle);
-        self.slots.freed.notify_one();
-    }
-
-    fn expire(&self, now: Instant) {
-        let mut idle = lock(&self.idle);
-        while idle.front().is_some_and(|entry| {
-            now.saturating_duration_since(entry.since) >= self.idle_timeout
-                || entry.conn.is_closed()
-        }) {
-            idle.pop_front();
+        if self.idle.put(conn) {
+            self.slots.freed.notify_one();
         }
     }
 
@@ -589,5 +495,135 @@ impl Drop for Lease {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use crate::worker;
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A target answering every request on a connection with `200 ok`; it counts connections.
+    async fn target() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    let mut seen = Vec::new();
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        seen.extend_from_slice(&buf[..n]);
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            if stream.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (address, accepted)
+    }
+
+    fn pool(address: std::net::SocketAddr, max_open: usize) -> Arc<Http1Pool> {
+        let client = Http1Client::new(
+            HttpConnector::new(),
+            8,
+            Duration::from_secs(60),
+            max_open,
+            2,
+        );
+        client.pool_for(&Authority::try_from(address.to_string()).unwrap())
+    }
+
+    /// One GET through the owned client side, its body read to the end.
+    async fn get(pool: &Arc<Http1Pool>) -> u16 {
+        let headers = http::HeaderMap::new();
+        let target = http::uri::PathAndQuery::from_static("/");
+        let head = OwnedHead {
+            method: &Method::GET,
+            target: &target,
+            headers: &headers,
+            late_fields: [b"host: t\r\n", b""],
+            request_id: None,
+        };
+        let (mut body, _claim) = RequestBody::none(0);
+        let answer = pool
+            .send_whole(head, &mut body, Instant::now(), None)
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let _ = answer.into_body().collect().await.unwrap();
+        status
+    }
+
+    /// `get` on a thread of its own marked as worker `index`'s event loop, with a runtime of its
+    /// own; given up after 10 s.
+    fn get_on_worker(pool: &Arc<Http1Pool>, index: usize) -> Option<u16> {
+        let pool = Arc::clone(pool);
+        std::thread::spawn(move || {
+            worker::enter(index);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), get(&pool))
+                    .await
+                    .ok()
+            })
+        })
+        .join()
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_event_loop_keeps_its_own_idle_connections() {
+        let (address, accepted) = target().await;
+        let pool = pool(address, 0);
+        assert_eq!(get(&pool).await, 200);
+        assert_eq!(pool.idle(), 1);
+        // Worker 1 leaves worker 0's idle connection alone and opens one of its own, which then
+        // waits in its own stack.
+        let other = Arc::clone(&pool);
+        let status = tokio::task::spawn_blocking(move || get_on_worker(&other, 1))
+            .await
+            .unwrap();
+        assert_eq!(status, Some(200));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.idle(), 2);
+        assert_eq!(get(&pool).await, 200);
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "worker 0 took its own again"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn at_the_bound_a_loop_takes_another_loops_idle_connection() {
+        let (address, accepted) = target().await;
+        let pool = pool(address, 1);
+        assert_eq!(get(&pool).await, 200);
+        // The bound (one connection) reached, worker 1 would wait for ever for a slot: it takes
+        // worker 0's idle connection instead.
+        let other = Arc::clone(&pool);
+        let status = tokio::task::spawn_blocking(move || get_on_worker(&other, 1))
+            .await
+            .unwrap();
+        assert_eq!(status, Some(200), "worker 1 waited for a slot");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 }

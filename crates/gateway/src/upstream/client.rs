@@ -132,9 +132,19 @@ struct ClientKey {
 #[derive(Debug, Default)]
 pub(crate) struct ClientCache {
     clients: Mutex<HashMap<ClientKey, UpstreamClient>>,
+    /// The event loops serving traffic, each with idle connections of its own (0 counts as 1).
+    loops: usize,
 }
 
 impl ClientCache {
+    /// Clients whose HTTP/1.1 pools keep idle connections per event loop, for `loops` loops.
+    pub(crate) fn new(loops: usize) -> Self {
+        Self {
+            clients: Mutex::default(),
+            loops,
+        }
+    }
+
     /// The client for `upstream`'s settings, reusing an existing one (and its pool) if any.
     pub(crate) fn client_for(&self, upstream: &Upstream) -> UpstreamClient {
         let key = ClientKey {
@@ -146,12 +156,12 @@ impl ClientCache {
         };
         lock(&self.clients)
             .entry(key.clone())
-            .or_insert_with(|| build_client(&key))
+            .or_insert_with(|| build_client(&key, self.loops))
             .clone()
     }
 }
 
-fn build_client(key: &ClientKey) -> UpstreamClient {
+fn build_client(key: &ClientKey, loops: usize) -> UpstreamClient {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(key.connect_timeout));
@@ -162,6 +172,7 @@ fn build_client(key: &ClientKey) -> UpstreamClient {
             key.pool_max_idle as usize,
             key.pool_idle_timeout,
             key.max_connections_per_target as usize,
+            loops,
         ));
     }
     let mut builder = Client::builder(TokioExecutor::new());
