@@ -133,6 +133,16 @@ impl SchedulingLag {
         bound != 0 && self.own().micros.load(Ordering::Relaxed) > bound
     }
 
+    /// Whether event loop `index` stands past the overload bound.
+    pub(crate) fn overloaded_loop(&self, index: usize) -> bool {
+        let bound = self.bound_micros.load(Ordering::Relaxed);
+        bound != 0
+            && self
+                .loops
+                .get(index)
+                .is_some_and(|lane| lane.micros.load(Ordering::Relaxed) > bound)
+    }
+
     /// Starts the probes — worker 0's on the current runtime, each other worker's on its own
     /// once it runs ([`SchedulingLag::attach`]) — unless they run already; they stop by
     /// themselves when the lag is dropped.

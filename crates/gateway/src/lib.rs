@@ -30,6 +30,7 @@ mod health;
 mod http2;
 mod interim;
 mod lag;
+mod loops;
 mod metrics;
 mod pool;
 mod proxy;
@@ -181,7 +182,7 @@ impl Gateway {
         self.shared
             .health
             .reconcile(&self.shared.runtime.load(), &self.shared.metrics);
-        server::serve_workers(Arc::clone(&self.shared), listener, shutdown, workers).await;
+        loops::serve(Arc::clone(&self.shared), listener, shutdown, workers).await;
         self.shared.health.stop();
         self.shared.serving.store(false, Ordering::Release);
     }

@@ -14,18 +14,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 use prometheus_client::metrics::counter::Counter;
-use sekisho_config::WorkerModel;
 
 use crate::connection::{ConnIo, ConnState};
 use crate::h1::{self, Conn};
 use crate::interim::InterimSink;
+use crate::lag::SchedulingLag;
 use crate::proxy::ClientInfo;
 use crate::state::GatewayState;
-use crate::worker;
 
 /// The listen backlog of a listener bound with `reuse_port` (what `TcpListener::bind` uses).
 const LISTEN_BACKLOG: u32 = 1024;
@@ -33,7 +34,7 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// A bound traffic listener, not yet serving.
 #[derive(Debug)]
 pub struct TrafficListener {
-    listener: TcpListener,
+    pub(crate) listener: TcpListener,
 }
 
 impl TrafficListener {
@@ -79,7 +80,7 @@ impl TrafficListener {
     /// `reuse_port` a socket of its own on the same address (the kernel spreads new
     /// connections over the sockets), otherwise this socket again (each loop takes the next
     /// connection when it is ready to; no other process can join).
-    async fn for_worker(&self, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    pub(crate) async fn for_worker(&self, reuse_port: bool) -> io::Result<std::net::TcpListener> {
         let own = if reuse_port {
             let address = self.local_addr()?.to_string();
             Self::bind(&address, true).await?.listener.into_std()?
@@ -91,123 +92,100 @@ impl TrafficListener {
     }
 }
 
-/// Serves `listener` until `shutdown`, then drains: on this event loop alone
-/// (`worker_model = "shared"`, one worker, or not `workers`), or on one per worker — this one is worker 0,
-/// the others run on threads of their own, each accepting on its own listener (a copy of this
-/// one, or with `reuse_port` one of its own on the same address) — until every one has drained.
-pub(crate) async fn serve_workers(
-    shared: Arc<GatewayState>,
-    listener: TrafficListener,
-    shutdown: impl Future<Output = ()>,
-    workers: bool,
-) {
-    let server = Arc::clone(&shared.runtime.load().config).server.clone();
-    let loops = if workers { server.event_loops() } else { 1 };
-    let permits = Arc::new(Semaphore::new(server.max_connections.get() as usize));
-    let per_worker = server.worker_model == WorkerModel::PerWorker;
-    let accepted = |index: usize| per_worker.then(|| shared.metrics.worker_connections(index));
-    let (stop, stopped) = watch::channel(false);
-    let mut workers = Vec::new();
-    for index in 1..loops {
-        let own_listener = match listener.for_worker(server.reuse_port).await {
-            Ok(own) => own,
-            Err(error) => {
-                tracing::error!(%error, worker = index, "cannot listen for a worker; it does not start");
-                continue;
-            }
-        };
-        let worker = Worker {
-            index,
-            shared: Arc::clone(&shared),
-            listener: own_listener,
-            permits: Arc::clone(&permits),
-            accepted: accepted(index),
-            stopped: stopped.clone(),
-        };
-        match worker.spawn() {
-            Ok(done) => workers.push(done),
-            Err(error) => tracing::error!(%error, worker = index, "cannot start a worker"),
+/// The event loops' open connections, for a loop that accepted a connection to hand it to the
+/// one with the fewest (Envoy's exact balance): a loop ready first on a shared socket would
+/// otherwise take most of a burst, and the kernel's hash of `reuse_port` spreads a few
+/// long-lived connections unevenly.
+pub(crate) struct Balance {
+    open: Box<[AtomicUsize]>,
+    handoffs: Box<[mpsc::UnboundedSender<Handed>]>,
+}
+
+/// A connection accepted by one loop, to be served by another.
+pub(crate) struct Handed {
+    stream: std::net::TcpStream,
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    open: Open,
+}
+
+/// One connection counted open on a loop until it ends.
+struct Open {
+    balance: Arc<Balance>,
+    index: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        if let Some(open) = self.balance.open.get(self.index) {
+            open.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    if !workers.is_empty() {
-        tracing::info!(
-            workers = workers.len() + 1,
-            "serving on an event loop per worker"
-        );
-    }
-    let shutdown = async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    };
-    let accepted = accepted(0);
-    serve(shared, listener, permits, accepted, shutdown).await;
-    for done in workers {
-        let _ = done.await;
-    }
 }
 
-/// A worker's event loop, to be started on a thread of its own.
-struct Worker {
-    index: usize,
-    shared: Arc<GatewayState>,
-    listener: std::net::TcpListener,
-    permits: Arc<Semaphore>,
-    accepted: Option<Counter>,
-    stopped: watch::Receiver<bool>,
-}
+impl Balance {
+    /// For `loops` event loops; each loop's receiver of the connections handed to it.
+    pub(crate) fn new(loops: usize) -> (Arc<Self>, Vec<mpsc::UnboundedReceiver<Handed>>) {
+        let (handoffs, receivers) = (0..loops)
+            .map(|_| mpsc::unbounded_channel())
+            .unzip::<_, _, Vec<_>, Vec<_>>();
+        let balance = Self {
+            open: (0..loops).map(|_| AtomicUsize::new(0)).collect(),
+            handoffs: handoffs.into(),
+        };
+        (Arc::new(balance), receivers)
+    }
 
-impl Worker {
-    /// Starts the worker's thread and its current-thread runtime; the receiver hears when it
-    /// has drained. The runtime lives on until the gateway is dropped: connections to targets
-    /// opened on it, and tasks spawned there, may still serve the other loops.
-    fn spawn(self) -> io::Result<tokio::sync::oneshot::Receiver<()>> {
-        let (done, drained) = tokio::sync::oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let mut release = self.shared.release.subscribe();
-        std::thread::Builder::new()
-            .name(format!("sekisho-worker-{}", self.index))
-            .spawn(move || {
-                worker::enter(self.index);
-                runtime.block_on(async move {
-                    let Self {
-                        index,
-                        shared,
-                        listener,
-                        permits,
-                        accepted,
-                        mut stopped,
-                    } = self;
-                    shared.lag.attach(index, tokio::runtime::Handle::current());
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => {
-                            let shutdown = async move {
-                                let _ = stopped.wait_for(|stop| *stop).await;
-                            };
-                            let listener = TrafficListener { listener };
-                            serve(shared, listener, permits, accepted, shutdown).await;
-                        }
-                        Err(error) => tracing::error!(%error, worker = index, "cannot listen"),
-                    }
-                    let _ = done.send(());
-                    while release.changed().await.is_ok() {}
-                });
-            })?;
-        Ok(drained)
+    /// The loop that serves a connection loop `own` accepted: the one with the fewest open
+    /// connections, not overloaded, `own` unless another has fewer; counted open there.
+    fn place(self: &Arc<Self>, own: usize, lag: &SchedulingLag) -> Open {
+        let count = |index: usize| {
+            self.open
+                .get(index)
+                .map_or(usize::MAX, |open| open.load(Ordering::Relaxed))
+        };
+        let mut index = own;
+        for other in 0..self.open.len() {
+            if count(other) < count(index) && !lag.overloaded_loop(other) {
+                index = other;
+            }
+        }
+        if let Some(open) = self.open.get(index) {
+            open.fetch_add(1, Ordering::Relaxed);
+        }
+        Open {
+            balance: Arc::clone(self),
+            index,
+        }
     }
 }
 
-async fn serve(
+/// What a loop is among several: its index, the balance, and the connections handed to it.
+pub(crate) struct Lane {
+    pub(crate) index: usize,
+    pub(crate) balance: Arc<Balance>,
+    pub(crate) handed: mpsc::UnboundedReceiver<Handed>,
+}
+
+/// Serves `listener` on the current event loop until `shutdown`, then drains. Among several
+/// loops (`lane`), a connection goes to the loop with the fewest open.
+pub(crate) async fn serve(
     shared: Arc<GatewayState>,
     listener: TrafficListener,
     permits: Arc<Semaphore>,
     accepted: Option<Counter>,
+    lane: Option<Lane>,
     shutdown: impl Future<Output = ()>,
 ) {
     // Each connection holds a receiver until it ends: the drain is over when none is left.
     let (drain, _) = watch::channel(());
     tokio::pin!(shutdown);
+    let balance = lane.map(|lane| {
+        // Connections handed over by the other loops, served here until the drain.
+        let served = (Arc::clone(&shared), accepted.clone(), drain.subscribe());
+        tokio::spawn(serve_handed(lane.handed, served));
+        (lane.index, lane.balance)
+    });
     'accepting: loop {
         let permit = tokio::select! {
             () = &mut shutdown => break,
@@ -237,15 +215,22 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let open = match &balance {
+            Some((index, balance)) => {
+                let open = balance.place(*index, &shared.lag);
+                if open.index != *index {
+                    let here = (&shared, drain.subscribe());
+                    hand_over(here, balance, stream, remote, permit, open);
+                    continue;
+                }
+                Some(open)
+            }
+            None => None,
+        };
         if let Some(accepted) = &accepted {
             accepted.inc();
         }
-        let shared = Arc::clone(&shared);
-        let watcher = drain.subscribe();
-        tokio::spawn(async move {
-            serve_connection(shared, stream, remote, watcher).await;
-            drop(permit);
-        });
+        spawn_connection(&shared, stream, remote, drain.subscribe(), (permit, open));
     }
     drop(listener);
     shared.set_draining();
@@ -259,6 +244,92 @@ async fn serve(
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("drain timeout passed with connections still open"),
     }
+}
+
+/// Sends a connection to the loop `open` names (taken off this loop's reactor first).
+fn hand_over(
+    (shared, watcher): (&Arc<GatewayState>, watch::Receiver<()>),
+    balance: &Balance,
+    stream: TcpStream,
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    open: Open,
+) {
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    let Some(handoff) = balance.handoffs.get(open.index) else {
+        return;
+    };
+    let handed = Handed {
+        stream,
+        remote,
+        permit,
+        open,
+    };
+    // A loop that is gone (its thread could not start): served here after all.
+    if let Err(mpsc::error::SendError(handed)) = handoff.send(handed) {
+        if let Ok(stream) = TcpStream::from_std(handed.stream) {
+            spawn_connection(
+                shared,
+                stream,
+                handed.remote,
+                watcher,
+                (handed.permit, Some(handed.open)),
+            );
+        }
+    }
+}
+
+/// Serves the connections other loops hand to this one, until the drain begins.
+async fn serve_handed(
+    mut handed: mpsc::UnboundedReceiver<Handed>,
+    (shared, accepted, mut watcher): (Arc<GatewayState>, Option<Counter>, watch::Receiver<()>),
+) {
+    loop {
+        let next = tokio::select! {
+            next = handed.recv() => next,
+            _ = watcher.changed() => None,
+        };
+        let Some(Handed {
+            stream,
+            remote,
+            permit,
+            open,
+        }) = next
+        else {
+            return;
+        };
+        let Ok(stream) = TcpStream::from_std(stream) else {
+            continue;
+        };
+        if let Some(accepted) = &accepted {
+            accepted.inc();
+        }
+        spawn_connection(
+            &shared,
+            stream,
+            remote,
+            watcher.clone(),
+            (permit, Some(open)),
+        );
+    }
+}
+
+/// A task serving one connection; it holds its place under `max_connections` (and on its
+/// loop's count) until it ends.
+fn spawn_connection(
+    shared: &Arc<GatewayState>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    watcher: watch::Receiver<()>,
+    places: (OwnedSemaphorePermit, Option<Open>),
+) {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        serve_connection(shared, stream, remote, watcher).await;
+        drop(places);
+    });
 }
 
 pub(crate) async fn serve_connection(

@@ -48,6 +48,7 @@ const ORDER: &[&str] = &[
     "http2",
     "h1",
     "server",
+    "loops",
     // The gateway's faces (impl blocks of lib.rs's `Gateway`).
     "reload",
     "views",

@@ -131,7 +131,7 @@ impl Metrics {
         let worker_connections = Family::<Labels, Counter>::default();
         registry.register(
             names::WORKER_CONNECTIONS,
-            "Client connections accepted, by the worker whose event loop serves them (worker_model = \"per_worker\")",
+            "Client connections served, by the worker whose event loop serves them (worker_model = \"per_worker\"; a connection goes to the loop with the fewest open)",
             worker_connections.clone(),
         );
         let overload_refused = Counter::default();
@@ -349,7 +349,7 @@ impl Metrics {
     }
 
     /// The handles of `route` → `upstream` (created on first use, then shared).
-    /// The count of connections accepted by worker `index`'s event loop, resolved once by it.
+    /// The count of connections served by worker `index`'s event loop, resolved once by it.
     pub(crate) fn worker_connections(&self, index: usize) -> Counter {
         self.worker_connections
             .get_or_create(&vec![("worker", index.to_string())])

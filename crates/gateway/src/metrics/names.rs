@@ -10,7 +10,7 @@ pub(crate) const REQUESTS_IN_FLIGHT: &str = "sekisho_requests_in_flight";
 pub(crate) const CONNECTIONS_OPEN: &str = "sekisho_connections_open";
 /// Client connections accepted.
 pub(crate) const CONNECTIONS: &str = "sekisho_connections";
-/// Client connections accepted, by worker (`worker_model = "per_worker"`).
+/// Client connections served, by worker (`worker_model = "per_worker"`).
 pub(crate) const WORKER_CONNECTIONS: &str = "sekisho_worker_connections";
 /// Connections closed because a request head took too long (slowloris).
 pub(crate) const HEADER_READ_TIMEOUTS: &str = "sekisho_header_read_timeouts";
