@@ -155,12 +155,14 @@ impl IdleStacks {
             let at = idle
                 .iter()
                 .rposition(|entry| matches!(entry.conn, Pooled::Owned(_)))?;
+            let newest = at + 1 == idle.len();
             if let Some(Idle {
                 conn: Pooled::Owned(conn),
                 since,
             }) = idle.remove(at)
             {
-                if now.saturating_duration_since(since) >= self.idle_timeout {
+                // The newest was within its time just above.
+                if !newest && now.saturating_duration_since(since) >= self.idle_timeout {
                     // Past its time behind newer ones of hyper's: so are those older than it.
                     idle.drain(..at);
                     return None;

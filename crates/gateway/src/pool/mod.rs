@@ -290,18 +290,13 @@ impl Http1Pool {
         now: Instant,
         interim: Option<&InterimSink>,
     ) -> Result<Response<UpstreamBody>, CallError> {
-        let after_head = *head.method == Method::HEAD;
         let resendable = idempotent(head.method);
         let mut payload: Option<Bytes> = None;
-        let mut written = Vec::new();
         loop {
             let conn = self.owned_conn(now).await?;
             let bytes = payload.get_or_insert_with(|| body.take_whole().unwrap_or_default());
-            if written.is_empty() {
-                owned::encode_head(&head, bytes.len(), &mut written);
-            }
             let retry_unsent = conn.is_reused();
-            match owned::exchange(conn, &written, bytes, after_head, interim, self).await {
+            match owned::exchange(conn, &head, bytes, interim, self).await {
                 Ok(response) => return Ok(response),
                 // Written (perhaps) on a connection the target had closed: again on another
                 // one, when the method allows it.

@@ -36,6 +36,8 @@ pub(crate) struct Conn {
     buf: BytesMut,
     /// The fields of the last head read (kept: no allocation per answer).
     fields: Fields,
+    /// The last request's head as written (kept: no allocation per request).
+    out: Vec<u8>,
     /// It carried an exchange before: a failure before any answer may be the target having
     /// closed it while idle.
     reused: bool,
@@ -49,6 +51,7 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             fields: Fields::new(),
+            out: Vec::new(),
             reused: false,
             slot,
         }
@@ -83,7 +86,7 @@ pub(super) enum Failure {
 
 /// The head of a request as the target gets it: request line, fields (a body's length ours),
 /// `late_fields` (lines already rendered), empty line.
-pub(super) fn encode_head(head: &OwnedHead<'_>, body_len: usize, out: &mut Vec<u8>) {
+fn encode_head(head: &OwnedHead<'_>, body_len: usize, out: &mut Vec<u8>) {
     let late_fields = head.late_fields;
     out.reserve(
         256 + late_fields[0].len()
@@ -121,21 +124,23 @@ pub(super) fn encode_head(head: &OwnedHead<'_>, body_len: usize, out: &mut Vec<u
     out.extend_from_slice(b"\r\n");
 }
 
-/// Sends `head` and `body` on `conn` and reads the answer: interim answers go to `interim`,
-/// the final one comes back with its body (which gives the connection back to `pool` when it
-/// ends, or at once when the body came with the head).
+/// Sends `head` (encoded into the connection's own buffer) and `body` on `conn` and reads the
+/// answer: interim answers go to `interim`, the final one comes back with its body (which gives
+/// the connection back to `pool` when it ends, or at once when the body came with the head).
 pub(super) async fn exchange(
     mut conn: Conn,
-    head: &[u8],
+    head: &OwnedHead<'_>,
     body: &Bytes,
-    after_head: bool,
     interim: Option<&InterimSink>,
     pool: &Arc<Http1Pool>,
 ) -> Result<Response<UpstreamBody>, Failure> {
+    let after_head = *head.method == http::Method::HEAD;
+    conn.out.clear();
+    encode_head(head, body.len(), &mut conn.out);
     let written = if body.is_empty() {
-        conn.io.write_all(head).await
+        conn.io.write_all(&conn.out).await
     } else {
-        let mut both = Buf::chain(head, body.clone());
+        let mut both = Buf::chain(&conn.out[..], body.clone());
         conn.io.write_all_buf(&mut both).await
     };
     if let Err(error) = written {
