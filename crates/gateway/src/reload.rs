@@ -275,3 +275,32 @@ impl Gateway {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(server: &str) -> Config {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server}\n\
+             [upstreams.app]\ntargets = [\"127.0.0.1:1\"]\n\
+             [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\n"
+        );
+        sekisho_config::parse(&text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn the_workers_and_their_model_need_a_restart() {
+        let old = config("workers = 2");
+        assert!(restart_only_changes(&old, &config("workers = 2")).is_empty());
+        assert_eq!(
+            restart_only_changes(&old, &config("workers = 2\nworker_model = \"shared\"")),
+            ["server.worker_model"]
+        );
+        assert_eq!(
+            restart_only_changes(&old, &config("workers = 3")),
+            ["server.workers"]
+        );
+    }
+}
