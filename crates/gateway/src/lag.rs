@@ -308,12 +308,9 @@ mod tests {
         assert_eq!(lag.own_delay(), lag.current());
     }
 
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_busy_loop_shows_as_lag() {
-        let lag = Arc::new(SchedulingLag::default());
-        lag.start();
-        // Tasks that each hold the only thread for 5 ms, again and again: a probe that becomes
-        // ready waits behind them.
+    /// Tasks that each hold the current (one-thread) loop for 5 ms, again and again: a probe
+    /// that becomes ready waits behind them.
+    async fn hold_the_loop() {
         let busy: Vec<_> = (0..4)
             .map(|_| {
                 tokio::spawn(async {
@@ -327,6 +324,13 @@ mod tests {
         for task in busy {
             task.await.unwrap();
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_loop_shows_as_lag() {
+        let lag = Arc::new(SchedulingLag::default());
+        lag.start();
+        hold_the_loop().await;
         assert!(
             lag.current() >= Duration::from_millis(2),
             "lag {:?} on a loop busy for 5 ms at a time",
@@ -368,19 +372,7 @@ mod tests {
                 .unwrap();
             runtime.block_on(async {
                 other.attach(1, Handle::current());
-                let busy: Vec<_> = (0..4)
-                    .map(|_| {
-                        tokio::spawn(async {
-                            for _ in 0..40 {
-                                std::thread::sleep(Duration::from_millis(5));
-                                tokio::task::yield_now().await;
-                            }
-                        })
-                    })
-                    .collect();
-                for task in busy {
-                    task.await.unwrap();
-                }
+                hold_the_loop().await;
                 other.current()
             })
         });
