@@ -18,7 +18,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Uri, Version};
+use http::{Method, Request, Uri, Version};
 
 /// Header fields of a head the owned path parses at most (hyper's own default count).
 pub const MAX_FIELDS: usize = 100;
@@ -229,7 +229,7 @@ impl Head {
     pub fn request<B>(self, bytes: &Bytes, fields: &mut Fields, body: B) -> Option<Request<B>> {
         let target = PathAndQuery::from_maybe_shared(bytes.slice(self.target)).ok()?;
         // Room for the fields a proxy adds (forwarding, request id) without growing the map.
-        let mut headers = HeaderMap::with_capacity(fields.len() + ROOM_TO_ADD);
+        let mut headers = crate::maps::map_with_room(fields.len() + ROOM_TO_ADD);
         for (name, value) in fields.drain(..) {
             let value = HeaderValue::from_maybe_shared(bytes.slice(value)).ok()?;
             headers.append(name, value);

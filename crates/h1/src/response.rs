@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Response, StatusCode, Version};
+use http::{Response, StatusCode, Version};
 
 use crate::head::{content_length, Fields, MAX_FIELDS};
 
@@ -79,7 +79,7 @@ impl ResponseHead {
         // Room for what the gateway adds on the way down (`X-Request-Id`, `RateLimit-*`,
         // `Cache-Status`) without growing the map: a map filled to its capacity rehashes into a
         // new allocation on the next insert (≈ 800 instructions on every proxied request).
-        let mut headers = HeaderMap::with_capacity(fields.len() + ROOM_TO_ADD);
+        let mut headers = crate::maps::map_with_room(fields.len() + ROOM_TO_ADD);
         for (name, value) in fields.drain(..) {
             let value = HeaderValue::from_maybe_shared(bytes.slice(value))
                 .map_err(|_| ResponseError::Malformed)?;

@@ -75,7 +75,7 @@ impl Writer {
         is_head: bool,
         mut keep_alive: bool,
     ) -> io::Result<Written> {
-        let (parts, mut body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
         let status = parts.status;
         let no_body = is_head
             || status.is_informational()
@@ -135,6 +135,8 @@ impl Writer {
             field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
+        // Written: the map serves the next head read on this thread.
+        sekisho_h1::recycle(std::mem::take(&mut parts.headers));
         if framing == Framing::None {
             // A body HEAD or the status forbids is dropped unread (it may hold a connection).
             drop(body);

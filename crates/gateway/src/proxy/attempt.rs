@@ -357,6 +357,8 @@ impl Call<'_> {
                 });
             }
         };
+        // Sent: the head's map serves the next head read on this thread.
+        sekisho_h1::recycle(std::mem::take(&mut parts.headers));
         // The circuit's record: here, once per call that reached a target and ended.
         // Its duration is the upstream's: from the last attempt's send to its end, not the
         // bulkhead's queue, the body's buffering or the backoffs before it.
