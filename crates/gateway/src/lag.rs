@@ -181,8 +181,9 @@ impl SchedulingLag {
         handle.spawn(probe(Arc::downgrade(self), index));
     }
 
+    /// One measurement of this thread's loop (tests).
     #[cfg(test)]
-    fn observe(&self, delay: Duration) {
+    pub(crate) fn observe(&self, delay: Duration) {
         self.own().observe(delay);
     }
 

@@ -410,3 +410,33 @@ async fn serve_on<I>(
     };
     h1::serve(conn, start).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_goes_to_the_loop_with_the_fewest_open_unless_it_is_overloaded() {
+        let (balance, _handed) = Balance::new(2);
+        let lag = SchedulingLag::new(2);
+        let first = balance.place(0, &lag);
+        assert_eq!(first.index, 0, "a tie stays on the loop that accepted");
+        let second = balance.place(0, &lag);
+        assert_eq!(second.index, 1, "loop 1 has fewer open");
+        let third = balance.place(1, &lag);
+        assert_eq!(third.index, 1, "a tie stays on the loop that accepted");
+        drop((second, third));
+        // Loop 1 has fewer open but runs past the overload bound: the connection stays.
+        lag.set_bound(Some(Duration::from_millis(50)));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                crate::worker::enter(1);
+                lag.observe(Duration::from_millis(400));
+            });
+        });
+        let fourth = balance.place(0, &lag);
+        assert_eq!(fourth.index, 0);
+        drop(first);
+        assert_eq!(balance.place(1, &lag).index, 1);
+    }
+}
