@@ -54,7 +54,7 @@ pub(crate) async fn serve(
         })
     });
     let own_lane = lanes.next().flatten();
-    let mut workers = Vec::new();
+    let mut started = Vec::new();
     for ((index, own), lane) in (1..).zip(listeners).zip(lanes) {
         let worker = Worker {
             index,
@@ -66,13 +66,13 @@ pub(crate) async fn serve(
             stopped: stopped.clone(),
         };
         match worker.spawn() {
-            Ok(done) => workers.push(done),
+            Ok(done) => started.push(done),
             Err(error) => tracing::error!(%error, worker = index, "cannot start a worker"),
         }
     }
-    if !workers.is_empty() {
+    if !started.is_empty() {
         tracing::info!(
-            workers = workers.len() + 1,
+            workers = started.len() + 1,
             "serving on an event loop per worker"
         );
     }
@@ -82,7 +82,7 @@ pub(crate) async fn serve(
     };
     let own_accepted = accepted(0);
     server::serve(shared, listener, permits, own_accepted, own_lane, shutdown).await;
-    for done in workers {
+    for done in started {
         let _ = done.await;
     }
 }
