@@ -110,6 +110,17 @@ impl SchedulingLag {
         }
     }
 
+    /// Each probed event loop's figures: its index, its delay and its busy share (none while
+    /// no loop is probed).
+    pub(crate) fn per_loop(&self) -> Vec<(String, Duration, f64)> {
+        self.loops
+            .iter()
+            .enumerate()
+            .filter(|(_, lane)| lane.probing.load(Ordering::Relaxed))
+            .map(|(index, lane)| (index.to_string(), lane.current(), lane.busy_share()))
+            .collect()
+    }
+
     /// How much of a call's measured time is the gateway's own: its loop's delay, or all of
     /// it (`Duration::MAX`) while that loop is saturated.
     pub(crate) fn own_delay(&self) -> Duration {

@@ -2,7 +2,8 @@
 //! worker's event loop serves connections, each going to the loop with the fewest open (so
 //! connections opened one after another alternate; counted by
 //! `sekisho_worker_connections_total{worker}`), and a stop drains the requests in flight on
-//! every loop before the process exits. Without `reuse_port` the loops share one socket, which
+//! every loop before the process exits; each loop's overload probe is its own (shown per
+//! worker). Without `reuse_port` the loops share one socket, which
 //! no other process can join; with it each loop has a socket of its own on the address.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,6 +20,7 @@ fn config(port: u16, upstream: SocketAddr, reuse_port: bool) -> String {
     format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nworkers = 2\nworker_model = \"per_worker\"\n\
          access_log = false\nreuse_port = {reuse_port}\ndrain_timeout = \"20s\"\n\
+         [server.overload]\nmax_loop_delay = \"2s\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n\
          [upstreams.app]\ntargets = [\"{upstream}\"]\n\
          [[routes]]\nname = \"app\"\npath_prefix = \"/\"\nupstream = \"app\"\ntimeout = \"30s\"\n"
@@ -72,10 +74,14 @@ fn connections(address: SocketAddr, count: usize) -> Vec<TcpStream> {
         .collect()
 }
 
+/// The gateway's `/metrics` text.
+async fn metrics(gateway: &Sekisho) -> String {
+    String::from_utf8(get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap()
+}
+
 /// Connections served by each worker, from `/metrics`.
 async fn served_by_worker(gateway: &Sekisho) -> [u64; 2] {
-    let metrics =
-        String::from_utf8(get(&gateway.admin_url("/metrics")).await.body.to_vec()).unwrap();
+    let metrics = metrics(gateway).await;
     let count = |worker: usize| {
         let series = format!("sekisho_worker_connections_total{{worker=\"{worker}\"}} ");
         metrics
@@ -101,6 +107,12 @@ async fn each_worker_serves_what_it_accepts_and_a_stop_drains_every_worker() {
         .unwrap();
     let [first, second] = served_by_worker(&gateway).await;
     assert_eq!((first, second), (16, 16));
+    // Each loop has its own overload probe, shown per worker.
+    let metrics = metrics(&gateway).await;
+    for worker in ["0", "1"] {
+        let series = format!("sekisho_worker_event_loop_delay_seconds{{worker=\"{worker}\"}} ");
+        assert!(metrics.contains(&series), "{series} in\n{metrics}");
+    }
 
     // A slow request in flight on every connection, then a stop: each worker answers its own
     // before the process exits.

@@ -3,6 +3,7 @@
 //! (the process), so the request path pays nothing for them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
@@ -322,6 +323,30 @@ impl Collector for ProcessCollector {
             None,
             busy.metric_type(),
         )?)?;
+        // With more than one event loop, each one's figures (`worker_model = "per_worker"`).
+        let loops = self.lag.per_loop();
+        if loops.len() > 1 {
+            type Row = (String, Duration, f64);
+            let readers: [Reader<Row, ConstGauge<f64>>; 2] = [
+                (
+                    names::WORKER_LOOP_DELAY,
+                    "How long a ready task waits for this worker's event loop, smoothed",
+                    |(_, delay, _)| ConstGauge::new(delay.as_secs_f64()),
+                ),
+                (
+                    names::WORKER_LOOP_BUSY,
+                    "Share of the time this worker's event loop was busy, smoothed",
+                    |(_, _, busy)| ConstGauge::new(*busy),
+                ),
+            ];
+            encode_rows(
+                &mut encoder,
+                MetricType::Gauge,
+                &loops,
+                |(worker, _, _)| [("worker", worker.clone())],
+                &readers,
+            )?;
+        }
         let Some((cpu, rss, virt, start, fds)) = Self::read() else {
             return Ok(());
         };

@@ -12,6 +12,10 @@ pub(crate) const CONNECTIONS_OPEN: &str = "sekisho_connections_open";
 pub(crate) const CONNECTIONS: &str = "sekisho_connections";
 /// Client connections served, by worker (`worker_model = "per_worker"`).
 pub(crate) const WORKER_CONNECTIONS: &str = "sekisho_worker_connections";
+/// Each worker's event loop delay, smoothed (with more than one loop).
+pub(crate) const WORKER_LOOP_DELAY: &str = "sekisho_worker_event_loop_delay_seconds";
+/// Each worker's event loop busy share, smoothed (with more than one loop).
+pub(crate) const WORKER_LOOP_BUSY: &str = "sekisho_worker_event_loop_busy_ratio";
 /// Connections closed because a request head took too long (slowloris).
 pub(crate) const HEADER_READ_TIMEOUTS: &str = "sekisho_header_read_timeouts";
 /// Failed connection attempts to targets, by upstream.
