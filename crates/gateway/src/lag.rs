@@ -140,18 +140,19 @@ impl SchedulingLag {
 
     /// Whether this thread's event loop stands past the overload bound: two relaxed loads.
     pub(crate) fn overloaded(&self) -> bool {
-        let bound = self.bound_micros.load(Ordering::Relaxed);
-        bound != 0 && self.own().micros.load(Ordering::Relaxed) > bound
+        self.past_bound(self.own())
     }
 
     /// Whether event loop `index` stands past the overload bound.
     pub(crate) fn overloaded_loop(&self, index: usize) -> bool {
+        self.loops
+            .get(index)
+            .is_some_and(|lane| self.past_bound(lane))
+    }
+
+    fn past_bound(&self, lane: &Loop) -> bool {
         let bound = self.bound_micros.load(Ordering::Relaxed);
-        bound != 0
-            && self
-                .loops
-                .get(index)
-                .is_some_and(|lane| lane.micros.load(Ordering::Relaxed) > bound)
+        bound != 0 && lane.micros.load(Ordering::Relaxed) > bound
     }
 
     /// Starts the probes — worker 0's on the current runtime, each other worker's on its own

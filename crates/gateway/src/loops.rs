@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use sekisho_config::WorkerModel;
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch, Semaphore};
 
 use crate::server::{self, Balance, Lane, TrafficListener};
@@ -123,12 +122,11 @@ impl Worker {
                         mut stopped,
                     } = self;
                     shared.lag.attach(index, tokio::runtime::Handle::current());
-                    match TcpListener::from_std(listener) {
+                    match TrafficListener::from_std(listener) {
                         Ok(listener) => {
                             let shutdown = async move {
                                 let _ = stopped.wait_for(|stop| *stop).await;
                             };
-                            let listener = TrafficListener { listener };
                             server::serve(shared, listener, permits, accepted, lane, shutdown)
                                 .await;
                         }

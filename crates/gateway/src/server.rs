@@ -34,7 +34,7 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// A bound traffic listener, not yet serving.
 #[derive(Debug)]
 pub struct TrafficListener {
-    pub(crate) listener: TcpListener,
+    listener: TcpListener,
 }
 
 impl TrafficListener {
@@ -74,6 +74,13 @@ impl TrafficListener {
     /// The address it listens on.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// `listener` (from [`TrafficListener::for_worker`]) registered with the current runtime.
+    pub(crate) fn from_std(listener: std::net::TcpListener) -> io::Result<Self> {
+        Ok(Self {
+            listener: TcpListener::from_std(listener)?,
+        })
     }
 
     /// A listener for another worker's event loop, registered with none yet: with
@@ -139,15 +146,15 @@ impl Balance {
     /// The loop that serves a connection loop `own` accepted: the one with the fewest open
     /// connections, not overloaded, `own` unless another has fewer; counted open there.
     fn place(self: &Arc<Self>, own: usize, lag: &SchedulingLag) -> Open {
-        let count = |index: usize| {
-            self.open
-                .get(index)
-                .map_or(usize::MAX, |open| open.load(Ordering::Relaxed))
-        };
         let mut index = own;
-        for other in 0..self.open.len() {
-            if count(other) < count(index) && !lag.overloaded_loop(other) {
-                index = other;
+        let mut fewest = self
+            .open
+            .get(own)
+            .map_or(usize::MAX, |open| open.load(Ordering::Relaxed));
+        for (other, open) in self.open.iter().enumerate() {
+            let count = open.load(Ordering::Relaxed);
+            if count < fewest && !lag.overloaded_loop(other) {
+                (index, fewest) = (other, count);
             }
         }
         if let Some(open) = self.open.get(index) {
@@ -180,10 +187,14 @@ pub(crate) async fn serve(
     // Each connection holds a receiver until it ends: the drain is over when none is left.
     let (drain, _) = watch::channel(());
     tokio::pin!(shutdown);
+    let serving = Serving {
+        shared: Arc::clone(&shared),
+        accepted,
+        drain: drain.subscribe(),
+    };
     let balance = lane.map(|lane| {
         // Connections handed over by the other loops, served here until the drain.
-        let served = (Arc::clone(&shared), accepted.clone(), drain.subscribe());
-        tokio::spawn(serve_handed(lane.handed, served));
+        tokio::spawn(serve_handed(lane.handed, serving.clone()));
         (lane.index, lane.balance)
     });
     'accepting: loop {
@@ -219,20 +230,16 @@ pub(crate) async fn serve(
             Some((index, balance)) => {
                 let open = balance.place(*index, &shared.lag);
                 if open.index != *index {
-                    let here = (&shared, drain.subscribe());
-                    hand_over(here, balance, stream, remote, permit, open);
+                    hand_over(&serving, balance, stream, remote, (permit, open));
                     continue;
                 }
                 Some(open)
             }
             None => None,
         };
-        if let Some(accepted) = &accepted {
-            accepted.inc();
-        }
-        spawn_connection(&shared, stream, remote, drain.subscribe(), (permit, open));
+        serving.spawn(stream, remote, (permit, open));
     }
-    drop(listener);
+    drop((listener, serving));
     shared.set_draining();
     let drain_timeout = shared.runtime.load().config.server.drain_timeout.0;
     tracing::info!(?drain_timeout, "stopped accepting; draining connections");
@@ -246,14 +253,43 @@ pub(crate) async fn serve(
     }
 }
 
-/// Sends a connection to the loop `open` names (taken off this loop's reactor first).
+/// What a loop serves its connections with: the gateway, its count of connections, its drain.
+#[derive(Clone)]
+struct Serving {
+    shared: Arc<GatewayState>,
+    accepted: Option<Counter>,
+    drain: watch::Receiver<()>,
+}
+
+impl Serving {
+    /// A task serving one connection, counted; it holds its place under `max_connections`
+    /// (and on its loop's count) until it ends.
+    fn spawn(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        places: (OwnedSemaphorePermit, Option<Open>),
+    ) {
+        if let Some(accepted) = &self.accepted {
+            accepted.inc();
+        }
+        let shared = Arc::clone(&self.shared);
+        let watcher = self.drain.clone();
+        tokio::spawn(async move {
+            serve_connection(shared, stream, remote, watcher).await;
+            drop(places);
+        });
+    }
+}
+
+/// Sends a connection to the loop `open` names (taken off this loop's reactor first); served
+/// `here` after all when that loop is gone (its thread could not start).
 fn hand_over(
-    (shared, watcher): (&Arc<GatewayState>, watch::Receiver<()>),
+    here: &Serving,
     balance: &Balance,
     stream: TcpStream,
     remote: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    open: Open,
+    (permit, open): (OwnedSemaphorePermit, Open),
 ) {
     let Ok(stream) = stream.into_std() else {
         return;
@@ -267,29 +303,19 @@ fn hand_over(
         permit,
         open,
     };
-    // A loop that is gone (its thread could not start): served here after all.
     if let Err(mpsc::error::SendError(handed)) = handoff.send(handed) {
         if let Ok(stream) = TcpStream::from_std(handed.stream) {
-            spawn_connection(
-                shared,
-                stream,
-                handed.remote,
-                watcher,
-                (handed.permit, Some(handed.open)),
-            );
+            here.spawn(stream, handed.remote, (handed.permit, Some(handed.open)));
         }
     }
 }
 
 /// Serves the connections other loops hand to this one, until the drain begins.
-async fn serve_handed(
-    mut handed: mpsc::UnboundedReceiver<Handed>,
-    (shared, accepted, mut watcher): (Arc<GatewayState>, Option<Counter>, watch::Receiver<()>),
-) {
+async fn serve_handed(mut handed: mpsc::UnboundedReceiver<Handed>, mut serving: Serving) {
     loop {
         let next = tokio::select! {
             next = handed.recv() => next,
-            _ = watcher.changed() => None,
+            _ = serving.drain.changed() => None,
         };
         let Some(Handed {
             stream,
@@ -300,36 +326,10 @@ async fn serve_handed(
         else {
             return;
         };
-        let Ok(stream) = TcpStream::from_std(stream) else {
-            continue;
-        };
-        if let Some(accepted) = &accepted {
-            accepted.inc();
+        if let Ok(stream) = TcpStream::from_std(stream) {
+            serving.spawn(stream, remote, (permit, Some(open)));
         }
-        spawn_connection(
-            &shared,
-            stream,
-            remote,
-            watcher.clone(),
-            (permit, Some(open)),
-        );
     }
-}
-
-/// A task serving one connection; it holds its place under `max_connections` (and on its
-/// loop's count) until it ends.
-fn spawn_connection(
-    shared: &Arc<GatewayState>,
-    stream: TcpStream,
-    remote: SocketAddr,
-    watcher: watch::Receiver<()>,
-    places: (OwnedSemaphorePermit, Option<Open>),
-) {
-    let shared = Arc::clone(shared);
-    tokio::spawn(async move {
-        serve_connection(shared, stream, remote, watcher).await;
-        drop(places);
-    });
 }
 
 pub(crate) async fn serve_connection(

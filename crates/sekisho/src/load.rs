@@ -141,7 +141,7 @@ pub(crate) fn load(args: LoadArgs) -> ExitCode {
         eprintln!("sekisho load: {error}");
         ExitCode::from(2)
     };
-    let runtime = match build_runtime(Some(args.workers.max(1))) {
+    let runtime = match build_runtime(args.workers.max(1) as usize) {
         Ok(runtime) => runtime,
         Err(error) => return not_run(&error),
     };

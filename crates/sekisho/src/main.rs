@@ -511,7 +511,7 @@ fn run_upstream(
     name: Option<String>,
 ) -> anyhow::Result<()> {
     init_logging();
-    let runtime = build_runtime(Some(1))?;
+    let runtime = build_runtime(1)?;
     runtime.block_on(async move {
         let server = sekisho_load::ChaosServer::bind(sekisho_load::ChaosOptions {
             listen,

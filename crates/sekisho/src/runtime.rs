@@ -1,10 +1,7 @@
 //! The tokio runtime the subcommands run on.
 
-/// `workers` threads (default: one per core); one: a current-thread runtime.
-pub(crate) fn build_runtime(workers: Option<u32>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let workers = workers
-        .map(|w| w as usize)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+/// `workers` threads; one: a current-thread runtime.
+pub(crate) fn build_runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let runtime = if workers <= 1 {
         // One worker: a current-thread runtime, no work stealing, as nginx's one process.
         tokio::runtime::Builder::new_current_thread()
@@ -27,7 +24,7 @@ pub(crate) fn gateway_runtime(
     server: &sekisho_config::Server,
 ) -> anyhow::Result<tokio::runtime::Runtime> {
     match server.worker_model {
-        sekisho_config::WorkerModel::PerWorker => build_runtime(Some(1)),
-        sekisho_config::WorkerModel::Shared => build_runtime(Some(server.worker_count() as u32)),
+        sekisho_config::WorkerModel::PerWorker => build_runtime(1),
+        sekisho_config::WorkerModel::Shared => build_runtime(server.worker_count()),
     }
 }
