@@ -94,18 +94,10 @@ impl IdleStacks {
     /// The stacks `which` names: this event loop's, or the others'.
     fn stacks(&self, which: Stacks) -> impl Iterator<Item = &Stack> {
         let own = worker::own(&self.stacks);
-        let (mine, others) = match which {
-            Stacks::Own => (Some(own), None),
-            Stacks::Others => (
-                None,
-                Some(
-                    self.stacks
-                        .iter()
-                        .filter(move |stack| !std::ptr::eq(*stack, own)),
-                ),
-            ),
-        };
-        mine.into_iter().chain(others.into_iter().flatten())
+        let want_own = which == Stacks::Own;
+        self.stacks
+            .iter()
+            .filter(move |stack| std::ptr::eq(*stack, own) == want_own)
     }
 
     /// The newest idle connection of `which` that can take a request, for hyper's client (an
