@@ -20,8 +20,18 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use sekisho_h1::RawFields;
 use sekisho_policy::bulkhead::Slot;
 use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
+
+/// Puts the upstream's fields `response`'s body still carries as read into its map (before
+/// what the gateway set there): for a writer that reads the map (hyper's, HTTP/2's).
+pub(crate) fn materialize(response: &mut http::Response<ResponseBody>) {
+    if let Some(raw) = response.body_mut().take_raw() {
+        let over = std::mem::take(response.headers_mut());
+        *response.headers_mut() = raw.into_map(over);
+    }
+}
 
 /// Someone owed a call when an exchange is over (a count to decrease).
 pub(crate) trait Release: Send + Sync + 'static {
@@ -347,22 +357,27 @@ impl Body for RequestBody {
     }
 }
 
-/// An upstream answer's body as the client side read it.
+/// An upstream answer's body as the client side read it. The gateway's own client side may
+/// leave the answer's fields as it read them (`RawFields`, none of them in the answer's map):
+/// they go with the body to [`ResponseBody`], whose writer writes them through.
 pub(crate) enum UpstreamBody {
     /// Read by hyper's client connection (h2c targets, requests with a streamed body).
     Hyper(Incoming),
     /// Came whole with the head (`None`: no body), read by the gateway's own client side.
-    Whole(Option<Bytes>),
+    Whole(Option<Bytes>, Option<RawFields>),
     /// Read from the connection as it comes, by the gateway's own client side.
-    Stream(Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>),
+    Stream(
+        Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>,
+        Option<RawFields>,
+    ),
 }
 
 impl fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Hyper(_) => "UpstreamBody::Hyper",
-            Self::Whole(_) => "UpstreamBody::Whole",
-            Self::Stream(_) => "UpstreamBody::Stream",
+            Self::Whole(..) => "UpstreamBody::Whole",
+            Self::Stream(..) => "UpstreamBody::Stream",
         })
     }
 }
@@ -379,26 +394,26 @@ impl Body for UpstreamBody {
             Self::Hyper(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
-            Self::Whole(bytes) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
-            Self::Stream(body) => body.as_mut().poll_frame(cx),
+            Self::Whole(bytes, _) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
+            Self::Stream(body, _) => body.as_mut().poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Hyper(body) => body.is_end_stream(),
-            Self::Whole(bytes) => bytes.is_none(),
-            Self::Stream(body) => body.is_end_stream(),
+            Self::Whole(bytes, _) => bytes.is_none(),
+            Self::Stream(body, _) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Hyper(body) => body.size_hint(),
-            Self::Whole(bytes) => {
+            Self::Whole(bytes, _) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Self::Stream(body) => body.size_hint(),
+            Self::Stream(body, _) => body.size_hint(),
         }
     }
 }
@@ -425,6 +440,8 @@ pub struct ResponseBody {
     concurrency: Option<ConcurrencyPermit>,
     /// Anything else kept to the end (the pooled connection the body comes on).
     kept: Option<Box<dyn Send>>,
+    /// The upstream's fields as read, none of them in the answer's map (see [`UpstreamBody`]).
+    raw: Option<RawFields>,
 }
 
 impl fmt::Debug for ResponseBody {
@@ -448,6 +465,7 @@ impl ResponseBody {
             bulkhead: None,
             concurrency: None,
             kept: None,
+            raw: None,
         }
     }
 
@@ -459,20 +477,32 @@ impl ResponseBody {
             bulkhead: None,
             concurrency: None,
             kept: None,
+            raw: None,
         }
     }
 
     /// The upstream's body, cut off when `deadline` fires.
     pub(crate) fn upstream(body: UpstreamBody, deadline: Option<Instant>) -> Self {
-        let kind = match body {
+        let (kind, raw) = match body {
             // Here already: no deadline to watch.
-            UpstreamBody::Whole(None) => Kind::Empty,
-            UpstreamBody::Whole(bytes) => Kind::Full(bytes),
-            body => Kind::Upstream {
-                body,
-                deadline,
-                timer: None,
-            },
+            UpstreamBody::Whole(None, raw) => (Kind::Empty, raw),
+            UpstreamBody::Whole(bytes, raw) => (Kind::Full(bytes), raw),
+            UpstreamBody::Stream(stream, raw) => (
+                Kind::Upstream {
+                    body: UpstreamBody::Stream(stream, None),
+                    deadline,
+                    timer: None,
+                },
+                raw,
+            ),
+            body => (
+                Kind::Upstream {
+                    body,
+                    deadline,
+                    timer: None,
+                },
+                None,
+            ),
         };
         Self {
             kind,
@@ -480,7 +510,15 @@ impl ResponseBody {
             bulkhead: None,
             concurrency: None,
             kept: None,
+            raw,
         }
+    }
+
+    /// The upstream's fields as read, when none of them is in the answer's map: the owned
+    /// HTTP/1.1 writer writes them through ([`RawFields::iter`]); any other writer puts them
+    /// in the map first ([`materialize`]).
+    pub(crate) fn take_raw(&mut self) -> Option<RawFields> {
+        self.raw.take()
     }
 
     /// `prefix`, then the rest of `rest` (which keeps its own guards).
@@ -491,6 +529,7 @@ impl ResponseBody {
             bulkhead: None,
             concurrency: None,
             kept: None,
+            raw: None,
         }
     }
 

@@ -223,6 +223,7 @@ async fn serve_stream(
         return;
     };
     response.body_mut().hold(guard.into_held());
+    crate::body::materialize(&mut response);
     send_response(respond, response, is_head).await;
 }
 

@@ -115,6 +115,14 @@ pub(crate) struct RouteQuery<'a> {
 }
 
 impl CompiledRoute {
+    /// Whether a step reads or edits the upstream answer's fields on its way down (its cache,
+    /// its response header rules): then the answer's fields are put in a map.
+    pub(crate) fn reads_answer_fields(&self) -> bool {
+        self.cache.is_some()
+            || !self.headers.response_set.is_empty()
+            || !self.headers.response_remove.is_empty()
+    }
+
     /// How the route matches the path, for the admin API: `("prefix" | "exact", path)`.
     pub(crate) fn path_view(&self) -> (&'static str, &str) {
         match &self.path {

@@ -27,9 +27,52 @@ pub(crate) fn field_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
     Ok(found)
 }
 
+/// Whether `name` is one of the hop-by-hop fields a proxy does not forward (RFC 9110 §7.6.1,
+/// and the `Keep-Alive`, `Proxy-Connection` and `Proxy-Authenticate` of older practice). Its
+/// length first: most names have none of the eight lengths.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    match name.len() {
+        2 => name == "te",
+        7 => name == "trailer" || name == "upgrade",
+        10 => name == "connection" || name == "keep-alive",
+        16 => name == "proxy-connection",
+        17 => name == "transfer-encoding",
+        18 => name == "proxy-authenticate",
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_hop_by_hop_names_and_no_other() {
+        let hop = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authenticate",
+        ];
+        for name in hop {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        for name in [
+            "tk",
+            "trailers",
+            "upgrades",
+            "content-length",
+            "x-connection",
+            "proxy-authorization",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
 
     /// Every name this knows, in any case, and names near them, give what `http` gives.
     #[test]

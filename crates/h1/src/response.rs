@@ -11,8 +11,8 @@
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Response, StatusCode, Version};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Response, StatusCode, Version};
 
 use crate::head::{content_length, Fields, MAX_FIELDS};
 
@@ -58,6 +58,8 @@ pub struct ResponseHead {
     pub framing: Framing,
     /// The connection can carry another request once this answer's body is read.
     pub keep_alive: bool,
+    /// Its `Connection` field names other fields (hop-by-hop for this answer alone).
+    lists_fields: bool,
 }
 
 /// Fields an answer's map has room for beyond its own.
@@ -81,15 +83,98 @@ impl ResponseHead {
         // new allocation on the next insert (≈ 800 instructions on every proxied request).
         let mut headers = crate::maps::map_with_room(fields.len() + ROOM_TO_ADD);
         for (name, value) in fields.drain(..) {
-            let value = HeaderValue::from_maybe_shared(bytes.slice(value))
-                .map_err(|_| ResponseError::Malformed)?;
-            headers.append(name, value);
+            headers.append(name, value_at(bytes, value)?);
         }
+        Ok(self.bare(headers))
+    }
+
+    /// The response with its fields left as read (`bytes` the head's own bytes): an empty map
+    /// with room for what the gateway adds, and the fields as [`RawFields`] — the list taken
+    /// from `fields`, which gets a spare one. Only for a final answer whose `Connection` field
+    /// names no other field (only a map can leave those out): otherwise `bytes` come back.
+    pub fn raw(
+        &self,
+        bytes: Bytes,
+        fields: &mut Fields,
+    ) -> Result<(Response<()>, RawFields), Bytes> {
+        if self.lists_fields || self.is_interim() {
+            return Err(bytes);
+        }
+        let fields = std::mem::replace(fields, crate::maps::spare_fields());
+        let response = self.bare(crate::maps::map_with_room(ROOM_TO_ADD));
+        Ok((response, RawFields { bytes, fields }))
+    }
+
+    fn bare(&self, headers: HeaderMap) -> Response<()> {
         let mut response = Response::new(());
         *response.status_mut() = self.status;
         *response.version_mut() = self.version;
         *response.headers_mut() = headers;
-        Ok(response)
+        response
+    }
+}
+
+fn value_at(bytes: &Bytes, at: std::ops::Range<usize>) -> Result<HeaderValue, ResponseError> {
+    HeaderValue::from_maybe_shared(bytes.slice(at)).map_err(|_| ResponseError::Malformed)
+}
+
+/// An answer's end-to-end fields as they were read: their names, and their values as
+/// positions in the head's bytes — no map filled and emptied again, for a proxy that writes
+/// them straight through. The hop-by-hop fields are read past ([`crate::is_hop_by_hop`]); the
+/// answer's `Connection` names no other field ([`ResponseHead::raw`]).
+#[derive(Debug)]
+pub struct RawFields {
+    bytes: Bytes,
+    fields: Fields,
+}
+
+impl RawFields {
+    /// The end-to-end fields in the order they came.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
+        self.fields
+            .iter()
+            .filter(|(name, _)| !crate::is_hop_by_hop(name))
+            .map(|(name, at)| (name, &self.bytes[at.clone()]))
+    }
+
+    /// How many fields were read (hop-by-hop ones included).
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether the answer had no fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields in a map, as a proxy that keeps one sees them: the end-to-end fields but
+    /// those `over` holds, in their order, then `over`'s (what the proxy set on the answer).
+    /// A value `http` refuses is left out (there is none: `httparse` refuses the same bytes).
+    pub fn into_map(self, over: HeaderMap) -> HeaderMap {
+        let mut headers = crate::maps::map_with_room(self.fields.len() + over.len());
+        for (name, at) in &self.fields {
+            if !crate::is_hop_by_hop(name) && !over.contains_key(name) {
+                if let Ok(value) = value_at(&self.bytes, at.clone()) {
+                    headers.append(name.clone(), value);
+                }
+            }
+        }
+        let mut last = None;
+        for (name, value) in over {
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                headers.append(name.clone(), value);
+            }
+        }
+        crate::maps::recycle_fields(self.fields);
+        headers
+    }
+
+    /// Done with: the list of fields serves the next head read on this thread.
+    pub fn recycle(self) {
+        crate::maps::recycle_fields(self.fields);
     }
 }
 
@@ -136,6 +221,7 @@ pub fn parse_response(
     let mut transfer_coded = false;
     let mut close = false;
     let mut keep_alive_asked = false;
+    let mut lists_fields = false;
     for field in response.headers.iter() {
         let name = crate::names::field_name(field.name.as_bytes())
             .map_err(|_| ResponseError::Malformed)?;
@@ -164,8 +250,11 @@ pub fn parse_response(
         } else if name == header::CONNECTION {
             for option in value.split(|&b| b == b',') {
                 let option = option.trim_ascii();
-                close |= option.eq_ignore_ascii_case(b"close");
-                keep_alive_asked |= option.eq_ignore_ascii_case(b"keep-alive");
+                let closes = option.eq_ignore_ascii_case(b"close");
+                let keeps = option.eq_ignore_ascii_case(b"keep-alive");
+                close |= closes;
+                keep_alive_asked |= keeps;
+                lists_fields |= !(closes || keeps || option.is_empty());
             }
         }
         let start = value.as_ptr() as usize - buf.as_ptr() as usize;
@@ -205,6 +294,7 @@ pub fn parse_response(
         version,
         framing,
         keep_alive,
+        lists_fields,
     }))
 }
 
@@ -218,6 +308,60 @@ mod tests {
             Some(head) => head,
             None => panic!("partial: {}", String::from_utf8_lossy(raw)),
         })
+    }
+
+    #[test]
+    fn raw_fields_are_the_end_to_end_ones_as_read() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: keep-alive\r\nServer: s\r\n\
+                    Transfer-Encoding: chunked\r\nx-a: 2\r\n\r\n";
+        let mut fields = Fields::new();
+        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let bytes = Bytes::copy_from_slice(raw);
+        let Ok((response, raw_fields)) = head.raw(bytes, &mut fields) else {
+            panic!("a plain answer's fields stay as read");
+        };
+        // The map is empty, with room for the gateway's fields; the list went with the fields.
+        assert!(response.headers().is_empty());
+        assert!(response.headers().capacity() >= ROOM_TO_ADD);
+        assert!(fields.is_empty());
+        assert_eq!(raw_fields.len(), 5);
+        let seen: Vec<(&str, &[u8])> = raw_fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value))
+            .collect();
+        assert_eq!(seen, [("x-a", &b"1"[..]), ("server", b"s"), ("x-a", b"2")]);
+        // In a map: the upstream's, then what the proxy set (which replaces the upstream's).
+        let mut over = HeaderMap::new();
+        over.insert("x-a", HeaderValue::from_static("mine"));
+        over.insert("x-b", HeaderValue::from_static("b"));
+        let map = raw_fields.into_map(over);
+        let all: Vec<(&str, &[u8])> = map
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        assert_eq!(
+            all,
+            [("server", &b"s"[..]), ("x-a", b"mine"), ("x-b", b"b")]
+        );
+    }
+
+    #[test]
+    fn fields_named_by_connection_or_of_an_interim_answer_need_a_map() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\n\r\n"[..],
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        ] {
+            let mut fields = Fields::new();
+            let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+            let bytes = Bytes::copy_from_slice(raw);
+            assert!(head.raw(bytes, &mut fields).is_err());
+            assert!(!fields.is_empty(), "the fields stay for the map");
+        }
+        // `close` and `keep-alive` name no field.
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close,\r\nContent-Length: 0\r\n\r\n";
+        let mut fields = Fields::new();
+        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        assert!(head.raw(Bytes::copy_from_slice(raw), &mut fields).is_ok());
     }
 
     /// What the gateway adds to an answer on its way down (`X-Request-Id`, three `RateLimit-*`

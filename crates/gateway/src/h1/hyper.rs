@@ -81,6 +81,7 @@ pub(crate) async fn drive<I>(
                 ..HeadNotes::default()
             };
             let mut response = handle(&shared, client, request, notes).await;
+            crate::body::materialize(&mut response);
             response.body_mut().hold(guard.into_held());
             Ok::<_, std::convert::Infallible>(response)
         }

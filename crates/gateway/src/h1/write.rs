@@ -8,8 +8,9 @@ use std::task::Poll;
 
 use bytes::{Buf, Bytes};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, HeaderName, Response, StatusCode};
 use http_body::Body;
+use sekisho_h1::RawFields;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::body::ResponseBody;
@@ -29,6 +30,49 @@ enum Framing {
     Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
+}
+
+/// What the writer notes of an answer's fields as it writes them: this hop's framing and
+/// connection are its own.
+struct Noted {
+    /// The first readable `Content-Length`.
+    declared: Option<u64>,
+    has_date: bool,
+    has_connection: bool,
+    /// The client connection may stay open (a `Connection: close` ends it).
+    keep_alive: bool,
+}
+
+impl Noted {
+    /// Whether the field goes out: an unreadable or second length is dropped (one is written
+    /// below when none is readable), the upstream's transfer coding too (the framing is this
+    /// hop's). Standard names compare without hashing.
+    fn passes(&mut self, name: &HeaderName, value: &[u8]) -> bool {
+        if name == CONTENT_LENGTH {
+            match (self.declared, sekisho_h1::content_length(value)) {
+                (None, Some(length)) => self.declared = Some(length),
+                _ => return false,
+            }
+        } else if name == TRANSFER_ENCODING {
+            return false;
+        } else if name == DATE {
+            self.has_date = true;
+        } else if name == CONNECTION {
+            self.has_connection = true;
+            if has_token(value, b"close") {
+                self.keep_alive = false;
+            }
+        }
+        true
+    }
+}
+
+/// A bit for `name` (its length and first byte, modulo 64): a name whose bit is not in a set's
+/// mask is not in the set. The names the gateway sets on an answer and the common upstream
+/// ones (`content-type`, `content-length`, `date`, `server`) have bits of their own.
+fn name_bit(name: &HeaderName) -> u64 {
+    let name = name.as_str().as_bytes();
+    1 << ((name.len() + usize::from(name.first().copied().unwrap_or(0))) % 64)
 }
 
 /// The connection's answer writer: its output buffer, reused while requests follow each other.
@@ -73,7 +117,7 @@ impl Writer {
         io: &mut W,
         response: Response<ResponseBody>,
         is_head: bool,
-        mut keep_alive: bool,
+        keep_alive: bool,
     ) -> io::Result<Written> {
         let (mut parts, mut body) = response.into_parts();
         let status = parts.status;
@@ -88,34 +132,40 @@ impl Writer {
             .exact()
             .filter(|&length| !no_body && length <= COPY_LIMIT as u64)
             .unwrap_or(0) as usize;
+        // The upstream's fields as read, when the map holds none of them (`RawFields`).
+        let raw = body.take_raw();
+        let raw_count = raw.as_ref().map_or(0, RawFields::len);
         let out = &mut self.out;
-        out.reserve(256 + 64 * parts.headers.len() + small_body);
+        out.reserve(256 + 64 * (parts.headers.len() + raw_count) + small_body);
         status_line(out, status);
-        // One pass over the fields: what this hop must know of them is noted as they are
-        // written (standard names compare without hashing).
-        let mut declared = None;
-        let mut has_date = false;
-        let mut has_connection = false;
-        for (name, value) in &parts.headers {
-            if name == CONTENT_LENGTH {
-                // An unreadable length is dropped and replaced below; the upstream's transfer
-                // coding is not forwarded (the framing is this hop's).
-                match (declared, sekisho_h1::content_length(value.as_bytes())) {
-                    (None, Some(length)) => declared = Some(length),
-                    _ => continue,
-                }
-            } else if name == TRANSFER_ENCODING {
-                continue;
-            } else if name == DATE {
-                has_date = true;
-            } else if name == CONNECTION {
-                has_connection = true;
-                if has_token(value.as_bytes(), b"close") {
-                    keep_alive = false;
+        let mut noted = Noted {
+            declared: None,
+            has_date: false,
+            has_connection: false,
+            keep_alive,
+        };
+        if let Some(raw) = &raw {
+            // Those the gateway set in the map replace the upstream's: written from the map.
+            let set = &parts.headers;
+            let mask = set.keys().fold(0u64, |mask, name| mask | name_bit(name));
+            for (name, value) in raw.iter() {
+                let replaced = mask & name_bit(name) != 0 && set.keys().any(|set| set == name);
+                if !replaced && noted.passes(name, value) {
+                    field(out, name.as_str().as_bytes(), value);
                 }
             }
-            field(out, name.as_str().as_bytes(), value.as_bytes());
         }
+        for (name, value) in &parts.headers {
+            if noted.passes(name, value.as_bytes()) {
+                field(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        let Noted {
+            declared,
+            has_date,
+            has_connection,
+            keep_alive,
+        } = noted;
         if !has_date {
             field(out, b"date", &http_date());
         }
@@ -135,8 +185,11 @@ impl Writer {
             field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        // Written: the map serves the next head read on this thread.
+        // Written: the map and the field list serve the next head read on this thread.
         sekisho_h1::recycle(std::mem::take(&mut parts.headers));
+        if let Some(raw) = raw {
+            raw.recycle();
+        }
         if framing == Framing::None {
             // A body HEAD or the status forbids is dropped unread (it may hold a connection).
             drop(body);

@@ -252,6 +252,9 @@ pub(crate) struct OwnedHead<'a> {
     pub late_fields: [&'a [u8]; 2],
     /// `X-Request-Id`, written after the first of the late fields, when it is not in `headers`.
     pub request_id: Option<&'a [u8]>,
+    /// The answer's fields may stay as read (`sekisho_h1::RawFields`, carried by its body):
+    /// nothing on the way down reads them, and its writer writes them through.
+    pub raw_answer: bool,
 }
 
 /// Whether a request may go out again after it was written on a connection that then failed
@@ -553,6 +556,7 @@ mod tests {
             headers: &headers,
             late_fields: [b"host: t\r\n", b""],
             request_id: None,
+            raw_answer: false,
         };
         let (mut body, _claim) = RequestBody::none(0);
         let answer = pool

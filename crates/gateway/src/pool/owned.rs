@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, Response};
 use http_body::{Body, Frame, SizeHint};
-use sekisho_h1::{parse_response, Chunk, ChunkedDecoder, Fields, Framing};
+use sekisho_h1::{parse_response, Chunk, ChunkedDecoder, Fields, Framing, RawFields, ResponseHead};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -156,7 +156,16 @@ pub(super) async fn exchange(
             let parsed = parse_response(&conn.buf, after_head, &mut conn.fields)
                 .map_err(|error| Failure::Broken(error.into()))?;
             if let Some(parsed) = parsed {
-                let bytes = conn.buf.split_to(parsed.len).freeze();
+                let mut bytes = conn.buf.split_to(parsed.len).freeze();
+                if head.raw_answer {
+                    // The fields stay as read when the answer allows it.
+                    match parsed.raw(bytes, &mut conn.fields) {
+                        Ok((answer, raw)) => {
+                            return Ok(with_body(answer, Some(raw), conn, &parsed, pool))
+                        }
+                        Err(back) => bytes = back,
+                    }
+                }
                 let answer = parsed
                     .response(&bytes, &mut conn.fields)
                     .map_err(|error| Failure::Broken(error.into()))?;
@@ -167,13 +176,7 @@ pub(super) async fn exchange(
                     }
                     continue;
                 }
-                return Ok(with_body(
-                    answer,
-                    conn,
-                    parsed.framing,
-                    parsed.keep_alive,
-                    pool,
-                ));
+                return Ok(with_body(answer, None, conn, &parsed, pool));
             }
         }
         conn.buf.reserve(READ_SIZE);
@@ -197,11 +200,12 @@ pub(super) async fn exchange(
 /// at once), otherwise read as it comes by a body that owns the connection.
 fn with_body(
     answer: Response<()>,
+    raw: Option<RawFields>,
     mut conn: Conn,
-    framing: Framing,
-    keep_alive: bool,
+    parsed: &ResponseHead,
     pool: &Arc<Http1Pool>,
 ) -> Response<UpstreamBody> {
+    let (framing, keep_alive) = (parsed.framing, parsed.keep_alive);
     let whole = match framing {
         Framing::None => Some(None),
         Framing::Length(length) if conn.buf.len() as u64 >= length => {
@@ -217,18 +221,21 @@ fn with_body(
                 conn.reused = true;
                 pool.put_owned(conn);
             }
-            UpstreamBody::Whole(bytes)
+            UpstreamBody::Whole(bytes, raw)
         }
-        None => UpstreamBody::Stream(Box::pin(Streamed {
-            conn: Some(conn),
-            state: match framing {
-                Framing::Length(length) => State::Length(length),
-                Framing::Chunked => State::Chunked(ChunkedDecoder::new()),
-                Framing::None | Framing::UntilClose => State::UntilClose,
-            },
-            keep_alive,
-            pool: Arc::clone(pool),
-        })),
+        None => UpstreamBody::Stream(
+            Box::pin(Streamed {
+                conn: Some(conn),
+                state: match framing {
+                    Framing::Length(length) => State::Length(length),
+                    Framing::Chunked => State::Chunked(ChunkedDecoder::new()),
+                    Framing::None | Framing::UntilClose => State::UntilClose,
+                },
+                keep_alive,
+                pool: Arc::clone(pool),
+            }),
+            raw,
+        ),
     };
     answer.map(|()| body)
 }

@@ -49,6 +49,8 @@ pub(super) struct Call<'a> {
     pub(super) forwarding_lines: Option<&'a [u8]>,
     /// The request's id.
     pub(super) request_id: &'a http::HeaderValue,
+    /// The answer's fields may stay as read (`OwnedHead::raw_answer`).
+    pub(super) raw_answer: bool,
 }
 
 /// What an upstream answer holds until its body is done: its target's in-flight count and the
@@ -162,6 +164,7 @@ impl Call<'_> {
             identity,
             forwarding_lines,
             request_id,
+            raw_answer,
         } = *self;
         let Admitted { mut circuit, slot } = admitted;
         parts.version = match upstream.protocol {
@@ -217,6 +220,7 @@ impl Call<'_> {
                     headers: &parts.headers,
                     late_fields: [forwarding_lines.unwrap_or_default(), &identity_lines],
                     request_id: forwarding_lines.map(|_| request_id.as_bytes()),
+                    raw_answer,
                 };
                 Either::Left(target.conn.send_whole(head, &mut body, now, interim))
             } else {

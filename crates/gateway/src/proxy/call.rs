@@ -99,6 +99,7 @@ pub(super) async fn call_upstream(
         identity: exchange.identity.as_deref(),
         forwarding_lines: forwarding_lines.as_deref(),
         request_id: &exchange.request_id,
+        raw_answer: exchange.raw_answer && !route.reads_answer_fields(),
     };
     let record = &mut exchange.record;
     let fallback = route.fallback.as_ref();

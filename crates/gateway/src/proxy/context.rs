@@ -141,6 +141,9 @@ pub(super) struct Exchange {
     /// The checked identity whose headers are written into the upstream request as it is sent,
     /// not set in the request's map (`proxy/auth.rs`; the steps decide which).
     pub(super) identity: Option<Arc<sekisho_auth::Identity>>,
+    /// The answer goes to a writer that can write the upstream's fields through as read (the
+    /// owned HTTP/1.1 path): when the route does not read them either, no map is made of them.
+    pub(super) raw_answer: bool,
 }
 
 impl Exchange {
@@ -160,6 +163,7 @@ impl Exchange {
             host: None,
             record: Record::default(),
             identity: None,
+            raw_answer: false,
         }
     }
 

@@ -75,6 +75,8 @@ pub(crate) async fn handle(
         request_id_of(request.headers())
     };
     let mut exchange = Exchange::new(client, request_id, started, &shared.lag);
+    // Only the owned HTTP/1.1 path writes an answer's fields through (`h1/write.rs`).
+    exchange.raw_answer = notes.owned_len.is_some();
     let access = runtime.listener.access_log.then(|| AccessInfo {
         method: request.method().clone(),
         path: request.uri().path().to_owned(),
