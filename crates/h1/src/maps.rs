@@ -8,8 +8,6 @@ use std::cell::RefCell;
 
 use http::HeaderMap;
 
-use crate::Fields;
-
 /// Maps kept per thread, at most.
 pub const KEPT: usize = 32;
 /// A map with room for more fields than this is not kept.
@@ -17,7 +15,6 @@ pub const MAX_ROOM: usize = 64;
 
 thread_local! {
     static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
-    static SPARE_FIELDS: RefCell<Vec<Fields>> = const { RefCell::new(Vec::new()) };
 }
 
 /// An empty map with room for `room` fields: one kept on this thread when it has the room,
@@ -45,30 +42,6 @@ pub fn recycle(mut map: HeaderMap) {
     });
 }
 
-/// An empty field list: one kept on this thread (its room kept), or a new one. A head whose
-/// fields are written through ([`crate::RawFields`]) takes its connection's list with it; the
-/// connection takes this one for its next head.
-pub fn spare_fields() -> Fields {
-    SPARE_FIELDS
-        .with(|spare| spare.borrow_mut().pop())
-        .unwrap_or_default()
-}
-
-/// Gives `fields` back for [`spare_fields`], emptied, unless enough are kept already or it is
-/// large.
-pub fn recycle_fields(mut fields: Fields) {
-    if fields.capacity() == 0 || fields.capacity() > MAX_ROOM {
-        return;
-    }
-    fields.clear();
-    SPARE_FIELDS.with(|spare| {
-        let mut spare = spare.borrow_mut();
-        if spare.len() < KEPT {
-            spare.push(fields);
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,20 +59,6 @@ mod tests {
         recycle(again);
         let larger = map_with_room(room + 1);
         assert!(larger.capacity() > room);
-    }
-
-    #[test]
-    fn a_recycled_field_list_comes_back_empty_with_its_room() {
-        let mut fields: Fields = Vec::with_capacity(12);
-        fields.push((http::header::SERVER, 0..1));
-        recycle_fields(fields);
-        let again = spare_fields();
-        assert!(again.is_empty());
-        assert_eq!(again.capacity(), 12);
-        // None left: a new one.
-        assert_eq!(spare_fields().capacity(), 0);
-        recycle_fields(Vec::with_capacity(MAX_ROOM * 2));
-        assert_eq!(spare_fields().capacity(), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! than 1.0 or 1.1, a status below 100, a malformed field, `Content-Length` values that differ
 //! or are not digits, obs-fold, more than [`MAX_FIELDS`] fields, a head over [`MAX_HEAD`].
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
@@ -100,9 +101,13 @@ impl ResponseHead {
         if self.lists_fields || self.is_interim() {
             return Err(bytes);
         }
-        let fields = std::mem::replace(fields, crate::maps::spare_fields());
+        let mut raw = SPARE_RAW
+            .with(|spare| spare.borrow_mut().pop())
+            .unwrap_or_default();
+        raw.bytes = bytes;
+        std::mem::swap(&mut raw.fields, fields);
         let response = self.bare(crate::maps::map_with_room(ROOM_TO_ADD));
-        Ok((response, RawFields { bytes, fields }))
+        Ok((response, RawFields(raw)))
     }
 
     fn bare(&self, headers: HeaderMap) -> Response<()> {
@@ -122,39 +127,51 @@ fn value_at(bytes: &Bytes, at: std::ops::Range<usize>) -> Result<HeaderValue, Re
 /// positions in the head's bytes — no map filled and emptied again, for a proxy that writes
 /// them straight through. The hop-by-hop fields are read past ([`crate::is_hop_by_hop`]); the
 /// answer's `Connection` names no other field ([`ResponseHead::raw`]).
+///
+/// Boxed (a pointer where the bytes and the list are seven words: the futures and answers that
+/// carry it are moved several times per request), the boxes kept per thread as maps are.
 #[derive(Debug)]
-pub struct RawFields {
+pub struct RawFields(Box<Raw>);
+
+#[derive(Debug, Default)]
+struct Raw {
     bytes: Bytes,
     fields: Fields,
+}
+
+thread_local! {
+    static SPARE_RAW: RefCell<Vec<Box<Raw>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl RawFields {
     /// The end-to-end fields in the order they came.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
-        self.fields
+        let raw = &*self.0;
+        raw.fields
             .iter()
             .filter(|(name, _)| !crate::is_hop_by_hop(name))
-            .map(|(name, at)| (name, &self.bytes[at.clone()]))
+            .map(|(name, at)| (name, &raw.bytes[at.clone()]))
     }
 
     /// How many fields were read (hop-by-hop ones included).
     pub fn len(&self) -> usize {
-        self.fields.len()
+        self.0.fields.len()
     }
 
     /// Whether the answer had no fields at all.
     pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        self.0.fields.is_empty()
     }
 
     /// The fields in a map, as a proxy that keeps one sees them: the end-to-end fields but
     /// those `over` holds, in their order, then `over`'s (what the proxy set on the answer).
     /// A value `http` refuses is left out (there is none: `httparse` refuses the same bytes).
     pub fn into_map(self, over: HeaderMap) -> HeaderMap {
-        let mut headers = crate::maps::map_with_room(self.fields.len() + over.len());
-        for (name, at) in &self.fields {
+        let raw = &*self.0;
+        let mut headers = crate::maps::map_with_room(raw.fields.len() + over.len());
+        for (name, at) in &raw.fields {
             if !crate::is_hop_by_hop(name) && !over.contains_key(name) {
-                if let Ok(value) = value_at(&self.bytes, at.clone()) {
+                if let Ok(value) = value_at(&raw.bytes, at.clone()) {
                     headers.append(name.clone(), value);
                 }
             }
@@ -168,13 +185,25 @@ impl RawFields {
                 headers.append(name.clone(), value);
             }
         }
-        crate::maps::recycle_fields(self.fields);
+        self.recycle();
         headers
     }
 
-    /// Done with: the list of fields serves the next head read on this thread.
+    /// Done with: the head's bytes are let go, the box and its list serve the next answer on
+    /// this thread (unless enough wait already, or the list is large).
     pub fn recycle(self) {
-        crate::maps::recycle_fields(self.fields);
+        let mut raw = self.0;
+        raw.bytes = Bytes::new();
+        if raw.fields.capacity() > crate::maps::MAX_ROOM {
+            return;
+        }
+        raw.fields.clear();
+        SPARE_RAW.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < crate::maps::KEPT {
+                spare.push(raw);
+            }
+        });
     }
 }
 
@@ -343,6 +372,27 @@ mod tests {
             all,
             [("server", &b"s"[..]), ("x-a", b"mine"), ("x-b", b"b")]
         );
+    }
+
+    #[test]
+    fn a_recycled_box_serves_the_next_answer_with_its_list() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n";
+        SPARE_RAW.with(|spare| spare.borrow_mut().clear());
+        let mut fields = Fields::new();
+        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let Ok((_, first)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
+            panic!("a plain answer's fields stay as read");
+        };
+        first.recycle();
+        assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 1);
+        // The next answer takes that box: the connection gets its emptied list, room kept.
+        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let Ok((_, second)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
+            panic!("a plain answer's fields stay as read");
+        };
+        assert!(fields.is_empty() && fields.capacity() >= 3);
+        assert_eq!(second.len(), 3);
+        assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 0);
     }
 
     #[test]
