@@ -420,7 +420,8 @@ impl Body for UpstreamBody {
 
 enum Kind {
     Empty,
-    Full(Option<Bytes>),
+    /// A whole body, and the upstream's fields as read when they came with it ([`UpstreamBody`]).
+    Full(Option<Bytes>, Option<RawFields>),
     Upstream {
         body: UpstreamBody,
         deadline: Option<Instant>,
@@ -440,15 +441,13 @@ pub struct ResponseBody {
     concurrency: Option<ConcurrencyPermit>,
     /// Anything else kept to the end (the pooled connection the body comes on).
     kept: Option<Box<dyn Send>>,
-    /// The upstream's fields as read, none of them in the answer's map (see [`UpstreamBody`]).
-    raw: Option<RawFields>,
 }
 
 impl fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Empty => "empty",
-            Kind::Full(_) => "full",
+            Kind::Full(..) => "full",
             Kind::Upstream { .. } => "upstream",
             Kind::Prefixed(..) => "prefixed",
         };
@@ -465,44 +464,31 @@ impl ResponseBody {
             bulkhead: None,
             concurrency: None,
             kept: None,
-            raw: None,
         }
     }
 
     /// A body the gateway made.
     pub fn full(bytes: Bytes) -> Self {
         Self {
-            kind: Kind::Full(Some(bytes)),
+            kind: Kind::Full(Some(bytes), None),
             held: [None, None],
             bulkhead: None,
             concurrency: None,
             kept: None,
-            raw: None,
         }
     }
 
     /// The upstream's body, cut off when `deadline` fires.
     pub(crate) fn upstream(body: UpstreamBody, deadline: Option<Instant>) -> Self {
-        let (kind, raw) = match body {
+        let kind = match body {
             // Here already: no deadline to watch.
-            UpstreamBody::Whole(None, raw) => (Kind::Empty, raw),
-            UpstreamBody::Whole(bytes, raw) => (Kind::Full(bytes), raw),
-            UpstreamBody::Stream(stream, raw) => (
-                Kind::Upstream {
-                    body: UpstreamBody::Stream(stream, None),
-                    deadline,
-                    timer: None,
-                },
-                raw,
-            ),
-            body => (
-                Kind::Upstream {
-                    body,
-                    deadline,
-                    timer: None,
-                },
-                None,
-            ),
+            UpstreamBody::Whole(None, None) => Kind::Empty,
+            UpstreamBody::Whole(bytes, raw) => Kind::Full(bytes, raw),
+            body => Kind::Upstream {
+                body,
+                deadline,
+                timer: None,
+            },
         };
         Self {
             kind,
@@ -510,7 +496,6 @@ impl ResponseBody {
             bulkhead: None,
             concurrency: None,
             kept: None,
-            raw,
         }
     }
 
@@ -518,7 +503,16 @@ impl ResponseBody {
     /// HTTP/1.1 writer writes them through ([`RawFields::iter`]); any other writer puts them
     /// in the map first ([`materialize`]).
     pub(crate) fn take_raw(&mut self) -> Option<RawFields> {
-        self.raw.take()
+        // Kept in the body's kind (which has the room), not beside it: a `ResponseBody` is
+        // moved several times per request.
+        match &mut self.kind {
+            Kind::Full(_, raw)
+            | Kind::Upstream {
+                body: UpstreamBody::Whole(_, raw) | UpstreamBody::Stream(_, raw),
+                ..
+            } => raw.take(),
+            _ => None,
+        }
     }
 
     /// `prefix`, then the rest of `rest` (which keeps its own guards).
@@ -529,7 +523,6 @@ impl ResponseBody {
             bulkhead: None,
             concurrency: None,
             kept: None,
-            raw: None,
         }
     }
 
@@ -572,7 +565,7 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
-            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
+            Kind::Full(bytes, _) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
             Kind::Prefixed(prefix, rest) => match prefix.take() {
                 Some(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
                 None => Pin::new(rest.as_mut()).poll_frame(cx),
@@ -612,7 +605,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
-            Kind::Full(bytes) => bytes.is_none(),
+            Kind::Full(bytes, _) => bytes.is_none(),
             Kind::Upstream { body, .. } => body.is_end_stream(),
             Kind::Prefixed(prefix, rest) => prefix.is_none() && rest.is_end_stream(),
         }
@@ -621,7 +614,9 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Kind::Full(bytes, _) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Kind::Upstream { body, .. } => body.size_hint(),
             Kind::Prefixed(prefix, rest) => {
                 let extra = prefix.as_ref().map_or(0, |b| b.len() as u64);
