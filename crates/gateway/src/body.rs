@@ -364,7 +364,11 @@ pub(crate) enum UpstreamBody {
     /// Read by hyper's client connection (h2c targets, requests with a streamed body).
     Hyper(Incoming),
     /// Came whole with the head (`None`: no body), read by the gateway's own client side.
-    Whole(Option<Bytes>, Option<RawFields>),
+    Whole(Option<Bytes>),
+    /// Came whole with the head, which the fields stayed as read of; the body is carried by the
+    /// fields' box (`RawFields::take_body`): one pointer, so this enum stays the size of
+    /// hyper's `Incoming`.
+    Raw(RawFields),
     /// Read from the connection as it comes, by the gateway's own client side.
     Stream(
         Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>,
@@ -376,7 +380,8 @@ impl fmt::Debug for UpstreamBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Hyper(_) => "UpstreamBody::Hyper",
-            Self::Whole(..) => "UpstreamBody::Whole",
+            Self::Whole(_) => "UpstreamBody::Whole",
+            Self::Raw(_) => "UpstreamBody::Raw",
             Self::Stream(..) => "UpstreamBody::Stream",
         })
     }
@@ -394,7 +399,8 @@ impl Body for UpstreamBody {
             Self::Hyper(body) => Pin::new(body)
                 .poll_frame(cx)
                 .map(|frame| frame.map(|f| f.map_err(BoxError::from))),
-            Self::Whole(bytes, _) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
+            Self::Whole(bytes) => Poll::Ready(bytes.take().map(|data| Ok(Frame::data(data)))),
+            Self::Raw(raw) => Poll::Ready(raw.take_body().map(|data| Ok(Frame::data(data)))),
             Self::Stream(body, _) => body.as_mut().poll_frame(cx),
         }
     }
@@ -402,7 +408,8 @@ impl Body for UpstreamBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Hyper(body) => body.is_end_stream(),
-            Self::Whole(bytes, _) => bytes.is_none(),
+            Self::Whole(bytes) => bytes.is_none(),
+            Self::Raw(raw) => raw.body_len() == 0,
             Self::Stream(body, _) => body.is_end_stream(),
         }
     }
@@ -410,7 +417,8 @@ impl Body for UpstreamBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Hyper(body) => body.size_hint(),
-            Self::Whole(bytes, _) => {
+            Self::Raw(raw) => SizeHint::with_exact(raw.body_len() as u64),
+            Self::Whole(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Self::Stream(body, _) => body.size_hint(),
@@ -482,8 +490,9 @@ impl ResponseBody {
     pub(crate) fn upstream(body: UpstreamBody, deadline: Option<Instant>) -> Self {
         let kind = match body {
             // Here already: no deadline to watch.
-            UpstreamBody::Whole(None, None) => Kind::Empty,
-            UpstreamBody::Whole(bytes, raw) => Kind::Full(bytes, raw),
+            UpstreamBody::Whole(None) => Kind::Empty,
+            UpstreamBody::Whole(bytes) => Kind::Full(bytes, None),
+            UpstreamBody::Raw(mut raw) => Kind::Full(raw.take_body(), Some(raw)),
             body => Kind::Upstream {
                 body,
                 deadline,
@@ -508,7 +517,7 @@ impl ResponseBody {
         match &mut self.kind {
             Kind::Full(_, raw)
             | Kind::Upstream {
-                body: UpstreamBody::Whole(_, raw) | UpstreamBody::Stream(_, raw),
+                body: UpstreamBody::Stream(_, raw),
                 ..
             } => raw.take(),
             _ => None,
@@ -629,5 +638,25 @@ impl Body for ResponseBody {
                 hint
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fields as read ride in the bodies without making them larger: both are moved
+    /// several times per request, inside futures copied into their boxes.
+    #[test]
+    fn carrying_the_raw_fields_grows_no_body() {
+        assert_eq!(
+            std::mem::size_of::<UpstreamBody>(),
+            std::mem::size_of::<Incoming>()
+        );
+        // Every kind fits beside the largest one (the upstream's body with its deadline).
+        assert_eq!(
+            std::mem::size_of::<Kind>(),
+            std::mem::size_of::<(UpstreamBody, Option<Instant>, Option<Pin<Box<Sleep>>>)>()
+        );
     }
 }

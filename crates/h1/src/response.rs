@@ -137,6 +137,8 @@ pub struct RawFields(Box<Raw>);
 struct Raw {
     bytes: Bytes,
     fields: Fields,
+    /// The body, when it came whole with the head: carried here, the proxy's to take.
+    body: Option<Bytes>,
 }
 
 thread_local! {
@@ -151,6 +153,21 @@ impl RawFields {
             .iter()
             .filter(|(name, _)| !crate::is_hop_by_hop(name))
             .map(|(name, at)| (name, &raw.bytes[at.clone()]))
+    }
+
+    /// Carries `body`, the answer's whole body (read with its head), for the proxy to take.
+    pub fn set_body(&mut self, body: Option<Bytes>) {
+        self.0.body = body;
+    }
+
+    /// The body [`set_body`](Self::set_body) left, taken.
+    pub fn take_body(&mut self) -> Option<Bytes> {
+        self.0.body.take()
+    }
+
+    /// The length of the body it carries (0: none).
+    pub fn body_len(&self) -> usize {
+        self.0.body.as_ref().map_or(0, Bytes::len)
     }
 
     /// How many fields were read (hop-by-hop ones included).
@@ -194,6 +211,7 @@ impl RawFields {
     pub fn recycle(self) {
         let mut raw = self.0;
         raw.bytes = Bytes::new();
+        raw.body = None;
         if raw.fields.capacity() > crate::maps::MAX_ROOM {
             return;
         }

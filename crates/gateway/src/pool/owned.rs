@@ -221,7 +221,13 @@ fn with_body(
                 conn.reused = true;
                 pool.put_owned(conn);
             }
-            UpstreamBody::Whole(bytes, raw)
+            match raw {
+                Some(mut raw) => {
+                    raw.set_body(bytes);
+                    UpstreamBody::Raw(raw)
+                }
+                None => UpstreamBody::Whole(bytes),
+            }
         }
         None => UpstreamBody::Stream(
             Box::pin(Streamed {
