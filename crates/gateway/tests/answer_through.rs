@@ -121,9 +121,12 @@ async fn exchange(gateway: &InProcess, method: &str, path: &str) -> Vec<u8> {
     answer
 }
 
+/// An answer as compared: status line, fields (name, value), body.
+type Seen = (String, Vec<(String, Vec<u8>)>, Vec<u8>);
+
 /// The status line, the fields sorted by name (each name's values in order) with the
 /// gateway's own clock readings masked, and the body.
-fn normalized(answer: &[u8]) -> (String, Vec<(String, Vec<u8>)>, Vec<u8>) {
+fn normalized(answer: &[u8]) -> Seen {
     let end = answer
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -142,6 +142,8 @@ struct Raw {
 }
 
 thread_local! {
+    // The boxes themselves are what is kept: each is handed out again as it is.
+    #[allow(clippy::vec_box)]
     static SPARE_RAW: RefCell<Vec<Box<Raw>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -362,7 +364,7 @@ mod tests {
         let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: keep-alive\r\nServer: s\r\n\
                     Transfer-Encoding: chunked\r\nx-a: 2\r\n\r\n";
         let mut fields = Fields::new();
-        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let head = whole(raw, &mut fields);
         let bytes = Bytes::copy_from_slice(raw);
         let Ok((response, raw_fields)) = head.raw(bytes, &mut fields) else {
             panic!("a plain answer's fields stay as read");
@@ -397,14 +399,14 @@ mod tests {
         let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n";
         SPARE_RAW.with(|spare| spare.borrow_mut().clear());
         let mut fields = Fields::new();
-        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let head = whole(raw, &mut fields);
         let Ok((_, first)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
             panic!("a plain answer's fields stay as read");
         };
         first.recycle();
         assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 1);
         // The next answer takes that box: the connection gets its emptied list, room kept.
-        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let head = whole(raw, &mut fields);
         let Ok((_, second)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
             panic!("a plain answer's fields stay as read");
         };
@@ -420,7 +422,7 @@ mod tests {
             b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
         ] {
             let mut fields = Fields::new();
-            let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+            let head = whole(raw, &mut fields);
             let bytes = Bytes::copy_from_slice(raw);
             assert!(head.raw(bytes, &mut fields).is_err());
             assert!(!fields.is_empty(), "the fields stay for the map");
@@ -428,8 +430,16 @@ mod tests {
         // `close` and `keep-alive` name no field.
         let raw = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close,\r\nContent-Length: 0\r\n\r\n";
         let mut fields = Fields::new();
-        let head = parse_response(raw, false, &mut fields).unwrap().unwrap();
+        let head = whole(raw, &mut fields);
         assert!(head.raw(Bytes::copy_from_slice(raw), &mut fields).is_ok());
+    }
+
+    /// A whole head's parse, its fields into `fields`.
+    fn whole(raw: &[u8], fields: &mut Fields) -> ResponseHead {
+        match parse_response(raw, false, fields) {
+            Ok(Some(head)) => head,
+            other => panic!("{other:?}: {}", String::from_utf8_lossy(raw)),
+        }
     }
 
     /// What the gateway adds to an answer on its way down (`X-Request-Id`, three `RateLimit-*`
