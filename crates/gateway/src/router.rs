@@ -99,6 +99,8 @@ pub(crate) struct Router {
     routes: Vec<Arc<CompiledRoute>>,
     /// Whether a route may shed a request before it is built (`proxy::early`).
     sheds_early: bool,
+    /// Whether a route matches the host: without one, a request's host is not looked at.
+    matches_hosts: bool,
 }
 
 /// The parts of a request that routing looks at.
@@ -310,10 +312,17 @@ impl Router {
     /// Routes in config order.
     pub(crate) fn new(routes: Vec<Arc<CompiledRoute>>) -> Self {
         let sheds_early = routes.iter().any(|route| route.sheds_first());
+        let matches_hosts = routes.iter().any(|route| route.host.is_some());
         Self {
             routes,
             sheds_early,
+            matches_hosts,
         }
+    }
+
+    /// Whether any route matches the host (without one, [`Router::find`] does not read it).
+    pub(crate) fn matches_hosts(&self) -> bool {
+        self.matches_hosts
     }
 
     /// Whether any route [sheds first](CompiledRoute::sheds_first).

@@ -145,7 +145,7 @@ impl Call<'_> {
         &self,
         upstream: &UpstreamGroup,
         admitted: Admitted<'_>,
-        mut parts: http::request::Parts,
+        parts: &mut http::request::Parts,
         mut body: RequestBody,
         record: &mut Record,
     ) -> Result<Response<ResponseBody>, GatewayError> {
@@ -231,7 +231,7 @@ impl Call<'_> {
                 let mut head = if may_retry {
                     parts.clone()
                 } else {
-                    std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+                    std::mem::replace(parts, Request::new(()).into_parts().0)
                 };
                 // Origin-form: the connection is the target's (h2c adds scheme and authority).
                 head.uri = Uri::from(path_and_query.clone());

@@ -22,7 +22,7 @@ use crate::router::CompiledRoute;
 pub(super) async fn call_upstream(
     exchange: &mut Exchange,
     route: &Arc<CompiledRoute>,
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     body: Option<ClientBody>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let started = exchange.started;
@@ -41,7 +41,7 @@ pub(super) async fn call_upstream(
         && forwarding_as_lines(route, &parts.headers);
     let (path_and_query, forwarding_lines) = upstream_request(
         route,
-        &mut parts,
+        parts,
         &exchange.client,
         exchange.host.take(),
         &exchange.request_id,
@@ -119,7 +119,7 @@ pub(super) async fn call_upstream(
         return result;
     }
     let mut result = result;
-    if let (Some(alternate), Some(head)) = (&fallback.upstream, spare_head) {
+    if let (Some(alternate), Some(mut head)) = (&fallback.upstream, spare_head) {
         // The alternate gets the request only if its body can be sent (again); it is tried once.
         if let Some(body) = claim.reclaim() {
             fallback.count(FallbackKind::Upstream);
@@ -130,7 +130,10 @@ pub(super) async fn call_upstream(
                 ..call
             };
             result = match Admitted::enter(alternate, Instant::now()).await {
-                Ok(admitted) => once.send(alternate, admitted, head, body, record).await,
+                Ok(admitted) => {
+                    once.send(alternate, admitted, &mut head, body, record)
+                        .await
+                }
                 Err(error) => Err(error),
             };
             if !fallback.covers(&result) {

@@ -89,13 +89,14 @@ pub(crate) fn refuse<'a>(
             }
         }
         // As `host_of` reads it: text only when `HeaderValue::to_str` would give it.
-        let host = head
-            .host
-            .iter()
-            .all(|&b| b == b'\t' || (32..127).contains(&b))
-            .then(|| std::str::from_utf8(head.host).ok())
-            .flatten()
-            .map(strip_port);
+        let host = (runtime.router.matches_hosts()
+            && head
+                .host
+                .iter()
+                .all(|&b| b == b'\t' || (32..127).contains(&b)))
+        .then(|| std::str::from_utf8(head.host).ok())
+        .flatten()
+        .map(strip_port);
         let route = runtime
             .router
             .find_by_line(host, head.path, head.method)??;

@@ -197,7 +197,7 @@ pub(crate) mod tests {
             |(exchange, route, parts, body): (
                 &'static mut Exchange,
                 &'static Arc<CompiledRoute>,
-                http::request::Parts,
+                &'static mut http::request::Parts,
                 Option<ClientBody>,
             )| call::call_upstream(exchange, route, parts, body),
         )

@@ -84,7 +84,12 @@ pub(super) async fn run(
     }
     exchange.host = host_of(&parts.headers, &parts.uri);
     let route = {
-        let host_without_port = exchange.host.as_ref().map(|h| strip_port(host_text(h)));
+        // The host as routes match it (its port cut off), when one does.
+        let host_without_port = exchange
+            .host
+            .as_ref()
+            .filter(|_| runtime.router.matches_hosts())
+            .map(|h| strip_port(host_text(h)));
         let query = RouteQuery {
             host: host_without_port,
             path: parts.uri.path(),
@@ -187,7 +192,7 @@ pub(super) async fn run(
             }
         }
     }
-    let result = Box::pin(call_upstream(exchange, &route, parts, Some(body))).await;
+    let result = Box::pin(call_upstream(exchange, &route, &mut parts, Some(body))).await;
     let result = match fetch {
         Some(fetch) => {
             let (result, status) = Box::pin(fetch.finish(result)).await;
@@ -235,7 +240,8 @@ fn spawn_refresh(
     );
     background.host = exchange.host.clone();
     tokio::spawn(async move {
-        let result = call_upstream(&mut background, &route, head, None).await;
+        let mut head = head;
+        let result = call_upstream(&mut background, &route, &mut head, None).await;
         let _ = refresh.finish(result).await;
     });
 }
