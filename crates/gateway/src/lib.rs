@@ -17,6 +17,7 @@
 // The modules form layers, each importing only modules below it: the order is in
 // ARCHITECTURE.md ("Module layers") and tests/layers.rs, which fails on an import upwards.
 pub mod body;
+mod boxed;
 mod build_error;
 pub mod cache;
 mod client_body;

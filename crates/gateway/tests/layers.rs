@@ -16,6 +16,7 @@ const ORDER: &[&str] = &[
     "client_body",
     "sync",
     "woken",
+    "boxed",
     "worker",
     "interim",
     "clock",

@@ -268,7 +268,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 if let Some((early, length)) = early {
                     self.buf.advance(head.len + length);
                     let keep_alive = keep_alive && matches!(self.drain, Drain::Waiting(_));
-                    Box::pin(self.refuse(early, state, &mut writer, is_head, keep_alive))
+                    crate::boxed::boxed(|| {
+                        self.refuse(early, state, &mut writer, is_head, keep_alive)
+                    })
                 } else {
                     let head_bytes = self.buf.split_to(head.len).freeze();
                     let (body, body_bytes, fed) = match whole {
@@ -305,7 +307,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                         limit,
                         notes,
                     };
-                    Box::pin(self.exchange(exchange, request, fed, &mut writer))
+                    crate::boxed::boxed(|| self.exchange(exchange, request, fed, &mut writer))
                 };
             if !served.await {
                 return Ended::Closed;

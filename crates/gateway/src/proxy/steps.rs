@@ -69,14 +69,16 @@ pub(super) async fn run(
                     .client_ip(exchange.client.remote.ip(), &parts.headers)
             });
             let began = Instant::now();
-            let answer = Box::pin(auth_step::serve(
-                auth,
-                endpoint,
-                &parts,
-                body,
-                ip,
-                runtime.listener.header_read_timeout,
-            ))
+            let answer = crate::boxed::boxed(|| {
+                auth_step::serve(
+                    auth,
+                    endpoint,
+                    &parts,
+                    body,
+                    ip,
+                    runtime.listener.header_read_timeout,
+                )
+            })
             .await;
             exchange.record.auth = Some((endpoint.operation(), Some(began.elapsed())));
             return answer;
@@ -125,15 +127,17 @@ pub(super) async fn run(
         };
         let peer = exchange.client.remote.ip();
         let mut took = None;
-        let checked = Box::pin(auth_step::require(
-            auth,
-            requirement,
-            &route.name,
-            &mut parts.headers,
-            |headers| runtime.trusted_proxies.client_ip(peer, headers),
-            started,
-            &mut took,
-        ))
+        let checked = crate::boxed::boxed(|| {
+            auth_step::require(
+                auth,
+                requirement,
+                &route.name,
+                &mut parts.headers,
+                |headers| runtime.trusted_proxies.client_ip(peer, headers),
+                started,
+                &mut took,
+            )
+        })
         .await;
         exchange.record.auth = Some(("validate", took));
         let checked = checked?;
@@ -163,7 +167,7 @@ pub(super) async fn run(
     let deadline = started + route.timeout;
     let mut fetch = None;
     if let Some(cache) = &route.cache {
-        match Box::pin(cache.lookup(&mut parts, deadline)).await {
+        match crate::boxed::boxed(|| cache.lookup(&mut parts, deadline)).await {
             Lookup::Pass(status) => exchange.record.cache_status = Some(status),
             Lookup::Hit(response, status) => {
                 exchange.record.cache_status = Some(status);
@@ -192,10 +196,11 @@ pub(super) async fn run(
             }
         }
     }
-    let result = Box::pin(call_upstream(exchange, &route, &mut parts, Some(body))).await;
+    let result =
+        crate::boxed::boxed(|| call_upstream(exchange, &route, &mut parts, Some(body))).await;
     let result = match fetch {
         Some(fetch) => {
-            let (result, status) = Box::pin(fetch.finish(result)).await;
+            let (result, status) = crate::boxed::boxed(|| fetch.finish(result)).await;
             exchange.record.cache_status = Some(status);
             result
         }
