@@ -485,6 +485,59 @@ upstream = "up"
     gw.stop().await;
 }
 
+/// A connection's calls share one deadline timer, set again for each (`ClientInfo::
+/// deadline_timer`): each request still ends at its own route's deadline — an earlier one than
+/// the last request's, and a later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_on_a_connection_ends_at_its_own_deadline() {
+    let up = upstream("up").await;
+    let config = format!(
+        "{}\n[upstreams.up]\ntargets = [\"{}\"]\n\
+         [[routes]]\nname = \"short\"\npath_prefix = \"/short\"\nupstream = \"up\"\ntimeout = \"300ms\"\n\
+         [[routes]]\nname = \"long\"\npath_prefix = \"/long\"\nupstream = \"up\"\ntimeout = \"30s\"\n",
+        base(""),
+        up.address
+    );
+    let gw = gateway(&config).await;
+    let address = gw.address;
+    let mut stream = tokio::task::spawn_blocking(move || {
+        let stream = std::net::TcpStream::connect(address).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream
+    })
+    .await
+    .unwrap();
+    for (path, latency_ms, status) in [
+        ("/long", 0, 200),
+        // Earlier than the last one's: 504 at 300 ms, not the upstream's 200 after 1.5 s.
+        ("/short", 1_500, 504),
+        ("/long", 0, 200),
+        // Later than the last one's: not cut at the short route's deadline.
+        ("/long", 600, 200),
+        ("/short", 1_500, 504),
+    ] {
+        up.handle.set(ChaosState {
+            latency_ms,
+            ..ChaosState::default()
+        });
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            let answer = sekisho_testkit::read_response(&mut stream).unwrap();
+            (stream, answer)
+        })
+        .await
+        .unwrap();
+        stream = answer.0;
+        let answer = answer.1.expect("the connection stays open");
+        assert_eq!(raw_status(&answer), Some(status), "{path}: {answer}");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_clients_and_h2c_upstreams() {
     let up = upstream("up").await;

@@ -178,9 +178,9 @@ impl Call<'_> {
         // Without `[routes.retry]`, only a failed connect is tried again, on another target.
         let max_attempts = retry.map_or(MAX_CONNECT_ATTEMPTS, |policy| policy.attempts);
 
-        // One deadline covers every attempt, the backoffs, the response head and the body.
-        let sleep = tokio::time::sleep_until(deadline);
-        tokio::pin!(sleep);
+        // One deadline covers every attempt, the backoffs, the response head and the body (the
+        // connection's timer, set again: `ClientInfo::deadline_timer`).
+        let mut sleep = client.deadline_timer(deadline);
         // Targets that failed this request: the next attempt goes elsewhere when it can.
         let mut failed_targets: Vec<usize> = Vec::new();
         let mut next_target: Option<usize> = None;
@@ -361,7 +361,9 @@ impl Call<'_> {
                 });
             }
         };
-        // Sent: the head's map serves the next head read on this thread.
+        // The timer serves the connection's next call; the head's map, the next head read on
+        // this thread.
+        client.keep_deadline_timer(sleep);
         sekisho_h1::recycle(std::mem::take(&mut parts.headers));
         // The circuit's record: here, once per call that reached a target and ended.
         // Its duration is the upstream's: from the last attempt's send to its end, not the

@@ -3,18 +3,20 @@
 //! [`Record`] of what happened to it).
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::header::HeaderValue;
 use sekisho_policy::concurrency::Permit as ConcurrencyPermit;
 use sekisho_policy::ratelimit::Decision;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::edge::GatewayError;
 use crate::interim::InterimSink;
 use crate::lag::SchedulingLag;
 use crate::router::CompiledRoute;
+use crate::sync::lock;
 
 /// What a connection's last request made of its host, for the requests that follow (requests
 /// on one connection usually name one host): one allocation per connection.
@@ -66,9 +68,37 @@ pub(crate) struct ClientInfo {
     /// Where the upstream's interim (1xx) answers go: set when the connection can send them
     /// (the owned HTTP/1.1 path), one for the connection's requests, which come one at a time.
     pub interim: Option<InterimSink>,
+    /// The route deadline's timer of the connection's last call, for its next one
+    /// ([`ClientInfo::deadline_timer`]).
+    deadline_timer: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
 }
 
 impl ClientInfo {
+    /// A timer that fires at `deadline`: the connection's last one set again when it is here.
+    /// A timer still waiting in tokio's wheel for an earlier deadline moves to a later one with
+    /// one atomic exchange (the wheel takes it up again when its first expiry comes), where a
+    /// new timer is put in the wheel when first polled and taken out when dropped: most of a
+    /// timer's cost, on every request. (An earlier deadline — another route's shorter timeout
+    /// — puts it in the wheel again.) Streams of one HTTP/2 connection that run side by side
+    /// each get a timer of their own.
+    pub(super) fn deadline_timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
+        match lock(&self.deadline_timer).take() {
+            Some(mut timer) => {
+                timer.as_mut().reset(deadline);
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        }
+    }
+
+    /// Keeps `timer` for the connection's next call (one is kept).
+    pub(super) fn keep_deadline_timer(&self, timer: Pin<Box<Sleep>>) {
+        let mut kept = lock(&self.deadline_timer);
+        if kept.is_none() {
+            *kept = Some(timer);
+        }
+    }
+
     /// Describes a client connection.
     pub(crate) fn new(remote: SocketAddr, tls: bool) -> Self {
         let ip = remote.ip();
@@ -87,6 +117,7 @@ impl ClientInfo {
             forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
             memo: Arc::default(),
             interim: None,
+            deadline_timer: Arc::default(),
         }
     }
 }
