@@ -511,15 +511,24 @@ impl ResponseBody {
     /// The upstream's fields as read, when none of them is in the answer's map: the owned
     /// HTTP/1.1 writer writes them through ([`RawFields::iter`]); any other writer puts them
     /// in the map first ([`materialize`]).
+    pub(crate) fn raw_mut(&mut self) -> Option<&mut RawFields> {
+        self.raw_slot().and_then(Option::as_mut)
+    }
+
+    /// The upstream's fields as read, taken (see [`ResponseBody::raw_mut`]).
     pub(crate) fn take_raw(&mut self) -> Option<RawFields> {
-        // Kept in the body's kind (which has the room), not beside it: a `ResponseBody` is
-        // moved several times per request.
+        self.raw_slot().and_then(Option::take)
+    }
+
+    /// Where the raw fields are kept: in the body's kind (which has the room), not beside it —
+    /// a `ResponseBody` is moved several times per request.
+    fn raw_slot(&mut self) -> Option<&mut Option<RawFields>> {
         match &mut self.kind {
             Kind::Full(_, raw)
             | Kind::Upstream {
                 body: UpstreamBody::Stream(_, raw),
                 ..
-            } => raw.take(),
+            } => Some(raw),
             _ => None,
         }
     }

@@ -209,6 +209,19 @@ response_remove = ["X-Upstream"]
         format!("for=127.0.0.1;proto=http;host=\"{authority}\"").as_str()
     );
     assert_eq!(seen["x-env"], "test");
+
+    // A `Host` that `Connection` names goes as hop-by-hop, and the host the client asked for is
+    // set again: the upstream always gets one.
+    let answer = send(
+        &client(),
+        "GET",
+        &gw.url("/p"),
+        &[("connection", "host"), ("host", "named.example")],
+        "",
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["headers"]["host"], "named.example");
     gw.stop().await;
 }
 

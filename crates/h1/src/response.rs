@@ -139,6 +139,8 @@ struct Raw {
     fields: Fields,
     /// The body, when it came whole with the head: carried here, the proxy's to take.
     body: Option<Bytes>,
+    /// One field the proxy sets on the answer, in place of the upstream's of that name.
+    own: Option<(HeaderName, HeaderValue)>,
 }
 
 thread_local! {
@@ -149,12 +151,26 @@ thread_local! {
 
 impl RawFields {
     /// The end-to-end fields in the order they came.
+    /// Those [`set_own`](Self::set_own) replaces are left out.
     pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
         let raw = &*self.0;
+        let own = raw.own.as_ref().map(|(name, _)| name);
         raw.fields
             .iter()
-            .filter(|(name, _)| !crate::is_hop_by_hop(name))
+            .filter(move |(name, _)| !crate::is_hop_by_hop(name) && own != Some(name))
             .map(|(name, at)| (name, &raw.bytes[at.clone()]))
+    }
+
+    /// Sets one field of the proxy's own on the answer, in place of the upstream's of that name
+    /// (an answer's request id): carried here rather than put in a map, which would hash its
+    /// name — the writer writes it after the upstream's fields.
+    pub fn set_own(&mut self, name: HeaderName, value: HeaderValue) {
+        self.0.own = Some((name, value));
+    }
+
+    /// The field [`set_own`](Self::set_own) set.
+    pub fn own(&self) -> Option<(&HeaderName, &HeaderValue)> {
+        self.0.own.as_ref().map(|(name, value)| (name, value))
     }
 
     /// Carries `body`, the answer's whole body (read with its head), for the proxy to take.
@@ -185,11 +201,13 @@ impl RawFields {
     /// The fields in a map, as a proxy that keeps one sees them: the end-to-end fields but
     /// those `over` holds, in their order, then `over`'s (what the proxy set on the answer).
     /// A value `http` refuses is left out (there is none: `httparse` refuses the same bytes).
-    pub fn into_map(self, over: HeaderMap) -> HeaderMap {
+    pub fn into_map(mut self, over: HeaderMap) -> HeaderMap {
+        let own = self.0.own.take();
         let raw = &*self.0;
-        let mut headers = crate::maps::map_with_room(raw.fields.len() + over.len());
+        let mut headers = crate::maps::map_with_room(raw.fields.len() + over.len() + 1);
         for (name, at) in &raw.fields {
-            if !crate::is_hop_by_hop(name) && !over.contains_key(name) {
+            let replaced = over.contains_key(name) || own.as_ref().is_some_and(|(n, _)| n == name);
+            if !crate::is_hop_by_hop(name) && !replaced {
                 if let Ok(value) = value_at(&raw.bytes, at.clone()) {
                     headers.append(name.clone(), value);
                 }
@@ -204,6 +222,9 @@ impl RawFields {
                 headers.append(name.clone(), value);
             }
         }
+        if let Some((name, value)) = own {
+            headers.insert(name, value);
+        }
         self.recycle();
         headers
     }
@@ -214,6 +235,7 @@ impl RawFields {
         let mut raw = self.0;
         raw.bytes = Bytes::new();
         raw.body = None;
+        raw.own = None;
         if raw.fields.capacity() > crate::maps::MAX_ROOM {
             return;
         }
@@ -379,6 +401,20 @@ mod tests {
             .map(|(name, value)| (name.as_str(), value))
             .collect();
         assert_eq!(seen, [("x-a", &b"1"[..]), ("server", b"s"), ("x-a", b"2")]);
+        // The proxy's own field replaces the upstream's of that name.
+        let mut raw_fields = raw_fields;
+        raw_fields.set_own(
+            HeaderName::from_static("server"),
+            HeaderValue::from_static("mine"),
+        );
+        let names: Vec<&str> = raw_fields.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["x-a", "x-a"]);
+        assert_eq!(
+            raw_fields
+                .own()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            Some(("server", &b"mine"[..]))
+        );
         // In a map: the upstream's, then what the proxy set (which replaces the upstream's).
         let mut over = HeaderMap::new();
         over.insert("x-a", HeaderValue::from_static("mine"));
@@ -390,7 +426,7 @@ mod tests {
             .collect();
         assert_eq!(
             all,
-            [("server", &b"s"[..]), ("x-a", b"mine"), ("x-b", b"b")]
+            [("x-a", &b"mine"[..]), ("x-b", b"b"), ("server", b"mine")]
         );
     }
 

@@ -286,6 +286,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                     let notes = HeadNotes {
                         ambiguous_length: false,
                         owned_len: Some(head.len),
+                        body_length: Some(head.body_length),
                         without_request_id: sekisho_h1::field(&head_bytes, &fields, &X_REQUEST_ID)
                             .is_none(),
                     };

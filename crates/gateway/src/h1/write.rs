@@ -154,6 +154,12 @@ impl Writer {
                     field(out, name.as_str().as_bytes(), value);
                 }
             }
+            // The gateway's own field that rides with them (the request id).
+            if let Some((name, value)) = raw.own() {
+                if noted.passes(name, value.as_bytes()) {
+                    field(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+            }
         }
         for (name, value) in &parts.headers {
             if noted.passes(name, value.as_bytes()) {

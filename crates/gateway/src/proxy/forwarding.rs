@@ -67,7 +67,18 @@ pub(super) fn upstream_request(
         }
     };
     let headers = &mut parts.headers;
-    remove_hop_by_hop(headers);
+    // One pass over the names: hop-by-hop ones to remove, and whether `Host` is there.
+    let (hop, mut has_host) = headers.keys().fold((false, false), |(hop, host), name| {
+        (
+            hop || sekisho_h1::is_hop_by_hop(name),
+            host || name == header::HOST,
+        )
+    });
+    if hop {
+        remove_hop_by_hop(headers);
+        // `Connection` may have named it.
+        has_host = headers.contains_key(header::HOST);
+    }
     let lines = if as_lines {
         Some(forwarding_lines(client, host.as_ref()))
     } else {
@@ -76,7 +87,7 @@ pub(super) fn upstream_request(
         add_forwarding_headers(headers, client, host.as_ref());
         None
     };
-    if !headers.contains_key(header::HOST) {
+    if !has_host {
         if let Some(host) = host {
             headers.insert(header::HOST, host);
         }

@@ -58,6 +58,8 @@ pub(crate) struct HeadNotes {
     pub owned_len: Option<usize>,
     /// The head has no `X-Request-Id`: an id is made without looking for the client's.
     pub without_request_id: bool,
+    /// The owned path read the head: the body's declared length (0: none declared, or chunked).
+    pub body_length: Option<u64>,
 }
 
 /// Serves one request.
@@ -106,6 +108,7 @@ pub(crate) async fn handle(
             &mut exchange,
             request,
             checked,
+            notes.body_length,
         )
         .await
     };
@@ -134,9 +137,16 @@ pub(crate) async fn handle(
     }
     let status = response.status().as_u16();
     let record = &mut exchange.record;
-    response
-        .headers_mut()
-        .insert(&X_REQUEST_ID, exchange.request_id.clone());
+    // With the upstream's fields as read, the id goes with them (no map, whose insert hashes
+    // the name); otherwise in the map.
+    match response.body_mut().raw_mut() {
+        Some(raw) => raw.set_own(X_REQUEST_ID.clone(), exchange.request_id.clone()),
+        None => {
+            response
+                .headers_mut()
+                .insert(&X_REQUEST_ID, exchange.request_id.clone());
+        }
+    }
     if let Some(decision) = &record.rate {
         ratelimit::add_headers(response.headers_mut(), decision);
     }
@@ -218,13 +228,14 @@ pub(crate) mod tests {
             )| super::handle(shared, client, request, notes),
         );
         let steps = future_size(
-            |(runtime, auth, exchange, request, checked): (
+            |(runtime, auth, exchange, request, checked, length): (
                 &'static crate::runtime::Runtime,
                 Option<&'static sekisho_auth::Auth>,
                 &'static mut Exchange,
                 Request<ClientBody>,
                 bool,
-            )| steps::run(runtime, auth, exchange, request, checked),
+                Option<u64>,
+            )| steps::run(runtime, auth, exchange, request, checked, length),
         );
         let call = call_size();
         assert!(handle < call, "handle {handle} bytes, the call {call}");

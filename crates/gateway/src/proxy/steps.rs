@@ -40,6 +40,7 @@ pub(super) async fn run(
     exchange: &mut Exchange,
     request: Request<ClientBody>,
     head_checked: bool,
+    body_length: Option<u64>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let started = exchange.started;
     let (mut parts, body) = request.into_parts();
@@ -108,7 +109,8 @@ pub(super) async fn run(
             })?
     };
     exchange.record.route = Some(Arc::clone(&route));
-    if let Some(length) = content_length(&parts.headers) {
+    // The length the connection's reader found (0: none), or the head's.
+    if let Some(length) = body_length.or_else(|| content_length(&parts.headers)) {
         if length > route.max_body_bytes {
             return Err(GatewayError::PayloadTooLarge {
                 limit: route.max_body_bytes,
