@@ -20,6 +20,8 @@ use http::header::{HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri, Version};
 
+use crate::names::eq_lower;
+
 /// Header fields of a head the owned path parses at most (hyper's own default count).
 pub const MAX_FIELDS: usize = 100;
 
@@ -142,27 +144,27 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
     for field in request.headers.iter() {
         let name = field.name.as_bytes();
         match name.len() {
-            4 if name.eq_ignore_ascii_case(b"host") => hosts += 1,
+            4 if eq_lower(name, b"host") => hosts += 1,
             // `100-continue`, once, is met by the owned path; any other expectation is hyper's.
-            6 if name.eq_ignore_ascii_case(b"expect") => {
-                if expect_continue || !field.value.eq_ignore_ascii_case(b"100-continue") {
+            6 if eq_lower(name, b"expect") => {
+                if expect_continue || !eq_lower(field.value, b"100-continue") {
                     return Parsed::HandOff;
                 }
                 expect_continue = true;
                 continue;
             }
-            7 if name.eq_ignore_ascii_case(b"upgrade") => return Parsed::HandOff,
-            10 if name.eq_ignore_ascii_case(b"connection") => {
+            7 if eq_lower(name, b"upgrade") => return Parsed::HandOff,
+            10 if eq_lower(name, b"connection") => {
                 for option in field.value.split(|&b| b == b',') {
                     let option = option.trim_ascii();
-                    if option.eq_ignore_ascii_case(b"close") {
+                    if eq_lower(option, b"close") {
                         keep_alive = false;
-                    } else if option.eq_ignore_ascii_case(b"upgrade") {
+                    } else if eq_lower(option, b"upgrade") {
                         return Parsed::HandOff;
                     }
                 }
             }
-            14 if name.eq_ignore_ascii_case(b"content-length") => {
+            14 if eq_lower(name, b"content-length") => {
                 // One length of digits only; hyper folds repeated equal lengths into one field
                 // and reads lists: such heads are its own.
                 match content_length(field.value) {
@@ -171,8 +173,8 @@ pub fn parse(buf: &[u8], max_fields: usize, fields: &mut Fields) -> Parsed {
                 }
             }
             // Exactly `chunked`, once: codings, lists and repeats are hyper's.
-            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                if chunked || !field.value.eq_ignore_ascii_case(b"chunked") {
+            17 if eq_lower(name, b"transfer-encoding") => {
+                if chunked || !eq_lower(field.value, b"chunked") {
                     return Parsed::HandOff;
                 }
                 chunked = true;

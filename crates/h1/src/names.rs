@@ -5,9 +5,32 @@
 
 use http::header::{self, HeaderName, InvalidHeaderName};
 
+/// Whether `text` — a field name or value as `httparse` took it — is `lower` (lower-case
+/// letters, digits and `-`) in any case. Eight bytes at a time, each with its `0x20` bit set:
+/// that turns an upper-case letter into its lower-case one, and makes no other byte `httparse`
+/// lets through equal to a letter, a digit or `-` (their twins are control characters).
+#[inline]
+pub(crate) fn eq_lower(text: &[u8], lower: &[u8]) -> bool {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    if text.len() != lower.len() {
+        return false;
+    }
+    let (mut text, mut lower) = (text, lower);
+    while let (Some((a, text_rest)), Some((b, lower_rest))) = (
+        text.split_first_chunk::<8>(),
+        lower.split_first_chunk::<8>(),
+    ) {
+        if u64::from_ne_bytes(*a) | CASE != u64::from_ne_bytes(*b) {
+            return false;
+        }
+        (text, lower) = (text_rest, lower_rest);
+    }
+    text.iter().zip(lower).all(|(&a, &b)| a | 0x20 == b)
+}
+
 /// The `HeaderName` of the field name `name`, as [`HeaderName::from_bytes`] gives it.
 pub(crate) fn field_name(name: &[u8]) -> Result<HeaderName, InvalidHeaderName> {
-    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    let is = |known: &[u8]| eq_lower(name, known);
     let found = match name.len() {
         4 if is(b"host") => header::HOST,
         4 if is(b"date") => header::DATE,
@@ -46,6 +69,39 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `eq_lower` is `eq_ignore_ascii_case` for every byte `httparse` takes in a name or value
+    /// (visible ASCII, space, tab, obs-text), in every position of every word it compares.
+    #[test]
+    fn eq_lower_is_eq_ignore_ascii_case_on_what_httparse_takes() {
+        let taken = (0x20u8..0x7f).chain([b'\t']).chain(0x80..=0xff);
+        let known: [&[u8]; 6] = [
+            b"content-length",
+            b"transfer-encoding",
+            b"100-continue",
+            b"te",
+            b"keep-alive",
+            b"x-9",
+        ];
+        for lower in known {
+            assert!(eq_lower(lower, lower));
+            assert!(eq_lower(&lower.to_ascii_uppercase(), lower));
+            assert!(!eq_lower(&lower[1..], lower));
+            for at in 0..lower.len() {
+                for byte in taken.clone() {
+                    let mut text = lower.to_vec();
+                    text[at] = byte;
+                    assert_eq!(
+                        eq_lower(&text, lower),
+                        text.eq_ignore_ascii_case(lower),
+                        "{:?} at {at} of {:?}",
+                        byte as char,
+                        String::from_utf8_lossy(lower)
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn the_hop_by_hop_names_and_no_other() {

@@ -16,6 +16,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Version};
 
 use crate::head::{content_length, Fields, MAX_FIELDS};
+use crate::names::eq_lower;
 
 /// The longest response head read (hyper's client reads up to ≈ 400 KiB before it gives up).
 pub const MAX_HEAD: usize = 400 * 1024;
@@ -317,12 +318,12 @@ pub fn parse_response(
                 && value
                     .rsplit(|&b| b == b',')
                     .next()
-                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                    .is_some_and(|last| eq_lower(last.trim_ascii(), b"chunked"));
         } else if name == header::CONNECTION {
             for option in value.split(|&b| b == b',') {
                 let option = option.trim_ascii();
-                let closes = option.eq_ignore_ascii_case(b"close");
-                let keeps = option.eq_ignore_ascii_case(b"keep-alive");
+                let closes = eq_lower(option, b"close");
+                let keeps = eq_lower(option, b"keep-alive");
                 close |= closes;
                 keep_alive_asked |= keeps;
                 lists_fields |= !(closes || keeps || option.is_empty());
