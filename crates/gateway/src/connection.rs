@@ -11,8 +11,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,9 +23,8 @@ use tokio::time::Instant;
 use crate::body::{Held, Release};
 use crate::edge::raw_error_for_status;
 use crate::metrics::Metrics;
+use crate::sync::lock;
 use crate::woken::WokenOnly;
-
-const NOT_READING: u64 = u64::MAX;
 
 /// What the scan of the current request head found (bits of `ConnState::head_flags`).
 const SAW_CONTENT_LENGTH: u8 = 1;
@@ -37,13 +36,20 @@ const LINGER_MAX_BYTES: usize = 1024 * 1024;
 /// Time spent draining after our answer, at most.
 const LINGER_MAX_TIME: Duration = Duration::from_secs(2);
 
+/// When the connection went idle, and when the first byte of the head being read came.
+#[derive(Debug)]
+struct Clocks {
+    idle_since: Instant,
+    head_since: Option<Instant>,
+}
+
 /// Shared by a connection's I/O, its requests and its watchdog.
 #[derive(Debug)]
 pub(crate) struct ConnState {
-    epoch: Instant,
     in_flight: AtomicU32,
-    idle_since_ms: AtomicU64,
-    head_since_ms: AtomicU64,
+    /// Behind a lock the watchdog rarely takes: a stamp is a clock read and a store (as
+    /// milliseconds in atomics, each cost a `duration_since` too — twice per request).
+    clocks: Mutex<Clocks>,
     is_h2: AtomicBool,
     saw_first_bytes: AtomicBool,
     head_flags: AtomicU8,
@@ -56,10 +62,11 @@ impl ConnState {
         metrics.connections_open.inc();
         metrics.connections_total.inc();
         Arc::new(Self {
-            epoch: Instant::now(),
             in_flight: AtomicU32::new(0),
-            idle_since_ms: AtomicU64::new(0),
-            head_since_ms: AtomicU64::new(NOT_READING),
+            clocks: Mutex::new(Clocks {
+                idle_since: Instant::now(),
+                head_since: None,
+            }),
             is_h2: AtomicBool::new(is_h2),
             saw_first_bytes: AtomicBool::new(false),
             head_flags: AtomicU8::new(0),
@@ -67,14 +74,10 @@ impl ConnState {
         })
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
     /// A request head was parsed and handed to the gateway.
     pub(crate) fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.head_since_ms.store(NOT_READING, Ordering::Relaxed);
+        lock(&self.clocks).head_since = None;
         let flags = self.head_flags.swap(0, Ordering::Relaxed);
         self.metrics.requests_in_flight.inc();
         RequestGuard {
@@ -96,9 +99,9 @@ impl ConnState {
         if self.in_flight.load(Ordering::Relaxed) != 0 {
             return;
         }
-        if self.head_since_ms.load(Ordering::Relaxed) == NOT_READING {
-            self.head_since_ms.store(self.now_ms(), Ordering::Relaxed);
-        }
+        lock(&self.clocks)
+            .head_since
+            .get_or_insert_with(Instant::now);
         let flags = self.head_flags.load(Ordering::Relaxed);
         if flags & HEAD_COMPLETE == 0 {
             self.head_flags
@@ -110,7 +113,7 @@ impl ConnState {
     fn hyper_is_answering_a_bad_head(&self) -> bool {
         !self.is_h2.load(Ordering::Relaxed)
             && self.in_flight.load(Ordering::Relaxed) == 0
-            && self.head_since_ms.load(Ordering::Relaxed) != NOT_READING
+            && lock(&self.clocks).head_since.is_some()
     }
 }
 
@@ -175,7 +178,7 @@ impl Release for ConnState {
     fn release(&self) {
         self.metrics.requests_in_flight.dec();
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.idle_since_ms.store(self.now_ms(), Ordering::Relaxed);
+            lock(&self.clocks).idle_since = Instant::now();
         }
     }
 }
@@ -199,29 +202,27 @@ pub(crate) async fn watchdog(
     idle_timeout: Duration,
     header_read_timeout: Duration,
 ) {
-    let idle_ms = idle_timeout.as_millis() as u64;
-    let header_ms = header_read_timeout.as_millis() as u64;
     loop {
-        let now = state.now_ms();
-        let wake_at = if state.in_flight.load(Ordering::Relaxed) > 0 {
-            now + idle_ms
-        } else {
-            let head_since = state.head_since_ms.load(Ordering::Relaxed);
-            if head_since != NOT_READING {
-                head_since + header_ms
-            } else {
-                // Idle: wake in time to notice a head that starts now and then stalls.
-                (state.idle_since_ms.load(Ordering::Relaxed) + idle_ms).min(now + header_ms)
-            }
+        let now = Instant::now();
+        let Clocks {
+            idle_since,
+            head_since,
+        } = *lock(&state.clocks);
+        let busy = state.in_flight.load(Ordering::Relaxed) > 0;
+        let wake_at = match head_since {
+            _ if busy => now + idle_timeout,
+            Some(head_since) => head_since + header_read_timeout,
+            // Idle: wake in time to notice a head that starts now and then stalls.
+            None => (idle_since + idle_timeout).min(now + header_read_timeout),
         };
         if wake_at <= now {
-            let head_since = state.head_since_ms.load(Ordering::Relaxed);
-            let idle_since = state.idle_since_ms.load(Ordering::Relaxed);
-            let expired = state.in_flight.load(Ordering::Relaxed) == 0
-                && ((head_since != NOT_READING && now >= head_since + header_ms)
-                    || (head_since == NOT_READING && now >= idle_since + idle_ms));
+            let expired = !busy
+                && match head_since {
+                    Some(head_since) => now >= head_since + header_read_timeout,
+                    None => now >= idle_since + idle_timeout,
+                };
             if expired {
-                if head_since != NOT_READING {
+                if head_since.is_some() {
                     state.metrics.header_read_timeouts.inc();
                 }
                 return;
@@ -229,7 +230,7 @@ pub(crate) async fn watchdog(
             tokio::time::sleep(Duration::from_millis(1)).await;
             continue;
         }
-        tokio::time::sleep(Duration::from_millis(wake_at - now)).await;
+        tokio::time::sleep_until(wake_at).await;
     }
 }
 
