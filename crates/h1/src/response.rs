@@ -107,7 +107,11 @@ impl ResponseHead {
             .unwrap_or_default();
         raw.bytes = bytes;
         std::mem::swap(&mut raw.fields, fields);
-        let response = self.bare(crate::maps::map_with_room(ROOM_TO_ADD));
+        let map = match std::mem::take(&mut raw.map) {
+            map if map.capacity() >= ROOM_TO_ADD => map,
+            _ => crate::maps::map_with_room(ROOM_TO_ADD),
+        };
+        let response = self.bare(map);
         Ok((response, RawFields(raw)))
     }
 
@@ -142,6 +146,9 @@ struct Raw {
     body: Option<Bytes>,
     /// One field the proxy sets on the answer, in place of the upstream's of that name.
     own: Option<(HeaderName, HeaderValue)>,
+    /// While the box waits: the last answer's map, emptied, for the next answer (the box's
+    /// own spare, so neither is looked for on the thread).
+    map: HeaderMap,
 }
 
 thread_local! {
@@ -228,6 +235,16 @@ impl RawFields {
         }
         self.recycle();
         headers
+    }
+
+    /// Done with, and so is the answer's `map`: the head's bytes are let go, the box, its list
+    /// and the map (emptied) serve the next answer on this thread.
+    pub fn recycle_with(mut self, mut map: HeaderMap) {
+        if map.capacity() <= crate::maps::MAX_ROOM {
+            map.clear();
+            self.0.map = map;
+        }
+        self.recycle();
     }
 
     /// Done with: the head's bytes are let go, the box and its list serve the next answer on
@@ -437,16 +454,25 @@ mod tests {
         SPARE_RAW.with(|spare| spare.borrow_mut().clear());
         let mut fields = Fields::new();
         let head = whole(raw, &mut fields);
-        let Ok((_, first)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
+        let Ok((answer, first)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
             panic!("a plain answer's fields stay as read");
         };
-        first.recycle();
+        // The answer's map goes back with the box (what the proxy set in it emptied).
+        let (mut parts, ()) = answer.into_parts();
+        parts
+            .headers
+            .insert("x-request-id", HeaderValue::from_static("id"));
+        let room = parts.headers.capacity();
+        first.recycle_with(parts.headers);
         assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 1);
-        // The next answer takes that box: the connection gets its emptied list, room kept.
+        // The next answer takes that box: the connection gets its emptied list, the answer the
+        // emptied map, room kept.
         let head = whole(raw, &mut fields);
-        let Ok((_, second)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
+        let Ok((answer, second)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
             panic!("a plain answer's fields stay as read");
         };
+        assert!(answer.headers().is_empty());
+        assert_eq!(answer.headers().capacity(), room);
         assert!(fields.is_empty() && fields.capacity() >= 3);
         assert_eq!(second.len(), 3);
         assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 0);

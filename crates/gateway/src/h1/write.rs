@@ -191,10 +191,12 @@ impl Writer {
             field(out, b"connection", b"close");
         }
         out.extend_from_slice(b"\r\n");
-        // Written: the map and the field list serve the next head read on this thread.
-        sekisho_h1::recycle(std::mem::take(&mut parts.headers));
-        if let Some(raw) = raw {
-            raw.recycle();
+        // Written: the map and the field list serve the next head read on this thread (the
+        // map in the raw fields' box, when they came in one).
+        let map = std::mem::take(&mut parts.headers);
+        match raw {
+            Some(raw) => raw.recycle_with(map),
+            None => sekisho_h1::recycle(map),
         }
         if framing == Framing::None {
             // A body HEAD or the status forbids is dropped unread (it may hold a connection).
