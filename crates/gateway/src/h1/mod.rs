@@ -423,7 +423,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
         let written = match fed {
             None => {
                 writer
-                    .response(&mut self.io, response, is_head, keep_alive)
+                    .response(&mut self.io, &mut response, is_head, keep_alive)
                     .await
             }
             Some(fed) => {
@@ -432,7 +432,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 let buffered = std::mem::take(&mut self.buf);
                 let (reading, mut writing) = tokio::io::split(&mut self.io);
                 let feeding = feed_rest(reading, fed, buffered);
-                let answer = writer.response(&mut writing, response, is_head, false);
+                let answer = writer.response(&mut writing, &mut response, is_head, false);
                 tokio::pin!(feeding, answer);
                 let mut fed_all = false;
                 std::future::poll_fn(|cx| {
@@ -444,6 +444,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
                 .await
             }
         };
+        // What the writing left of the answer (what its body held) goes before the next one.
+        drop(response);
         self.written(written).await
     }
 

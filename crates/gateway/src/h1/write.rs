@@ -111,16 +111,19 @@ impl Writer {
     }
 
     /// Writes `response`: `is_head` for an answer to HEAD, `keep_alive` whether the client
-    /// connection may stay open (a `Connection: close` in the answer ends it too).
+    /// connection may stay open (a `Connection: close` in the answer ends it too). Lent, not
+    /// given: the answer (256 bytes) is not moved into this future; its map and body are
+    /// emptied as they are written, and the caller drops what is left.
     pub(crate) async fn response<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
-        response: Response<ResponseBody>,
+        response: &mut Response<ResponseBody>,
         is_head: bool,
         keep_alive: bool,
     ) -> io::Result<Written> {
-        let (mut parts, mut body) = response.into_parts();
-        let status = parts.status;
+        let status = response.status();
+        let headers = std::mem::take(response.headers_mut());
+        let body = response.body_mut();
         let no_body = is_head
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -136,7 +139,7 @@ impl Writer {
         let raw = body.take_raw();
         let raw_count = raw.as_ref().map_or(0, RawFields::len);
         let out = &mut self.out;
-        out.reserve(256 + 64 * (parts.headers.len() + raw_count) + small_body);
+        out.reserve(256 + 64 * (headers.len() + raw_count) + small_body);
         status_line(out, status);
         let mut noted = Noted {
             declared: None,
@@ -146,7 +149,7 @@ impl Writer {
         };
         if let Some(raw) = &raw {
             // Those the gateway set in the map replace the upstream's: written from the map.
-            let set = &parts.headers;
+            let set = &headers;
             let mask = set.keys().fold(0u64, |mask, name| mask | name_bit(name));
             for (name, value) in raw.iter() {
                 let replaced = mask & name_bit(name) != 0 && set.keys().any(|set| set == name);
@@ -161,7 +164,7 @@ impl Writer {
                 }
             }
         }
-        for (name, value) in &parts.headers {
+        for (name, value) in &headers {
             if noted.passes(name, value.as_bytes()) {
                 field(out, name.as_str().as_bytes(), value.as_bytes());
             }
@@ -193,14 +196,14 @@ impl Writer {
         out.extend_from_slice(b"\r\n");
         // Written: the map and the field list serve the next head read on this thread (the
         // map in the raw fields' box, when they came in one).
-        let map = std::mem::take(&mut parts.headers);
+        let map = headers;
         match raw {
             Some(raw) => raw.recycle_with(map),
             None => sekisho_h1::recycle(map),
         }
         if framing == Framing::None {
             // A body HEAD or the status forbids is dropped unread (it may hold a connection).
-            drop(body);
+            *body = ResponseBody::empty();
             self.flush(io).await?;
             return Ok(Written::Done { keep_alive });
         }
@@ -209,12 +212,12 @@ impl Writer {
             _ => None,
         };
         loop {
-            let frame = match poll_now(&mut body) {
+            let frame = match poll_now(body) {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     // Nothing more yet: what is buffered goes out before waiting.
                     self.flush(io).await?;
-                    std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                    std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
                 }
             };
             let data = match frame {
@@ -381,14 +384,14 @@ mod tests {
     use super::*;
 
     async fn written(
-        response: Response<ResponseBody>,
+        mut response: Response<ResponseBody>,
         is_head: bool,
         keep_alive: bool,
     ) -> (String, Written) {
         let mut writer = Writer::default();
         let mut out = Vec::new();
         let result = writer
-            .response(&mut out, response, is_head, keep_alive)
+            .response(&mut out, &mut response, is_head, keep_alive)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         (String::from_utf8_lossy(&out).into_owned(), result)
