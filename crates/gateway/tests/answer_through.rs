@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sekisho_testkit::InProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// The upstream's `Date`, told from the gateway's own.
 const UPSTREAM_DATE: &str = "Thu, 01 Jan 2026 00:00:00 GMT";
@@ -76,33 +76,13 @@ const ANSWERS: &[(&[u8], bool)] = &[
 ];
 
 async fn upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut pending = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&pending[..end]).into_owned();
-                        pending.drain(..end + 4);
-                        let path = head.split(' ').nth(1).unwrap_or("/");
-                        let case: usize = path.rsplit('/').next().unwrap().parse().unwrap();
-                        let (answer, close) = ANSWERS[case];
-                        if stream.write_all(answer).await.is_err() || close {
-                            return;
-                        }
-                    }
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(read) => pending.extend_from_slice(&chunk[..read]),
-                    }
-                }
-            });
-        }
-    });
-    address
+    sekisho_testkit::head_answering_upstream(|head| {
+        let path = head.split(' ').nth(1).unwrap_or("/");
+        let case: usize = path.rsplit('/').next().unwrap().parse().unwrap();
+        let (answer, close) = ANSWERS[case];
+        (answer.to_vec(), close)
+    })
+    .await
 }
 
 /// `method path` with a fixed request id, on a connection of its own the gateway closes after

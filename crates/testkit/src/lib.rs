@@ -30,7 +30,7 @@ use hyper_util::rt::TokioExecutor;
 pub use raw::{
     raw_body, raw_exchange, raw_exchange_until_end, raw_status, read_response, RawEnd, RawExchange,
 };
-pub use scripted::{early_hints_upstream, echo_upstream};
+pub use scripted::{early_hints_upstream, echo_upstream, head_answering_upstream};
 pub use webhook::{next_notification, webhook_receiver, webhook_receiver_on};
 
 /// A fresh directory under the system's temp dir, removed on drop.

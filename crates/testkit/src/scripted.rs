@@ -1,5 +1,6 @@
-//! Upstreams scripted for the gateway's HTTP tests, on 127.0.0.1 port 0: one that sends an
-//! interim answer before every final one, one that echoes what it was sent.
+//! Upstreams scripted for the gateway's HTTP tests, on 127.0.0.1 port 0: one that answers each
+//! head with the bytes a script gives, one that sends an interim answer before every final
+//! one, one that echoes what it was sent.
 
 use std::net::SocketAddr;
 
@@ -19,21 +20,26 @@ async fn listen() -> (tokio::net::TcpListener, SocketAddr) {
     (listener, address)
 }
 
-/// An upstream that answers every request head with `103 Early Hints` (`Link: </s.css>;
-/// rel=preload`) and then `200 ok` (with `connection: keep-alive`), reading no body.
-pub async fn early_hints_upstream() -> SocketAddr {
+/// An upstream that answers every request head (it reads no body) with the bytes `answer`
+/// gives for the head (request line and fields, without the empty line), closing the
+/// connection after them when it says so: for answers no HTTP library would write.
+pub async fn head_answering_upstream(
+    answer: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static,
+) -> SocketAddr {
     let (listener, address) = listen().await;
+    let answer = std::sync::Arc::new(answer);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let answer = std::sync::Arc::clone(&answer);
             tokio::spawn(async move {
                 let mut pending = Vec::new();
                 let mut chunk = [0u8; 4096];
                 loop {
                     while let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&pending[..end]).into_owned();
                         pending.drain(..end + 4);
-                        let answer = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
-                                       HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
-                        if stream.write_all(answer).await.is_err() {
+                        let (bytes, close) = answer(&head);
+                        if stream.write_all(&bytes).await.is_err() || close {
                             return;
                         }
                     }
@@ -46,6 +52,17 @@ pub async fn early_hints_upstream() -> SocketAddr {
         }
     });
     address
+}
+
+/// An upstream that answers every request head with `103 Early Hints` (`Link: </s.css>;
+/// rel=preload`) and then `200 ok` (with `connection: keep-alive`), reading no body.
+pub async fn early_hints_upstream() -> SocketAddr {
+    head_answering_upstream(|_| {
+        let answer = b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n\
+                       HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: keep-alive\r\n\r\nok";
+        (answer.to_vec(), false)
+    })
+    .await
 }
 
 /// An upstream (hyper's HTTP/1.1 server) answering `/big/N` with N bytes of `x`, `/204` with
