@@ -46,7 +46,7 @@ impl RouteCache {
                         return answer;
                     }
                     self.metrics.miss.inc();
-                    return Lookup::Fetch(self.fetch(
+                    return Lookup::Fetch(Box::new(self.fetch(
                         EntryKey {
                             primary,
                             variant_of,
@@ -56,7 +56,7 @@ impl RouteCache {
                         true,
                         stale,
                         why,
-                    ));
+                    )));
                 }
                 Ok(flight) => flight,
             };

@@ -65,7 +65,7 @@ impl RouteCache {
         why: &'static str,
     ) -> Lookup {
         self.metrics.miss.inc();
-        Lookup::Fetch(self.fetch(key, parts, None, store, stale, why))
+        Lookup::Fetch(Box::new(self.fetch(key, parts, None, store, stale, why)))
     }
 
     /// A fetch of `key` from the upstream for this request; `lead` when this request leads a

@@ -63,8 +63,8 @@ pub enum Lookup {
     Hit(Response<ResponseBody>, HeaderValue),
     /// Answered from the cache; this fetch refreshes the entry in the background.
     HitRefresh(Response<ResponseBody>, HeaderValue, Box<Fetch>),
-    /// Go to the upstream, then [`Fetch::finish`].
-    Fetch(Fetch),
+    /// Go to the upstream, then [`Fetch::finish`] (boxed: it is larger than an answer).
+    Fetch(Box<Fetch>),
     /// Refused without going to the upstream (`only-if-cached` and nothing usable stored).
     Refuse(GatewayError, HeaderValue),
 }
@@ -141,7 +141,7 @@ impl RouteCache {
             self.metrics.bypass.inc();
             if reason == "method" {
                 // An unsafe method: its success invalidates the URL's entry (RFC 9111 §4.4).
-                return Lookup::Fetch(self.invalidating(parts));
+                return Lookup::Fetch(Box::new(self.invalidating(parts)));
             }
             return Lookup::Pass(status_value(format_args!("fwd={reason}")));
         }
