@@ -2,6 +2,9 @@
 //! deadline (and the per-attempt timeout), record how the attempt ended — for the target in one
 //! place, for the circuit in one place when the call ends — and decide whether to try again.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response, Uri, Version};
@@ -181,6 +184,7 @@ impl Call<'_> {
         // One deadline covers every attempt, the backoffs, the response head and the body (the
         // connection's timer, set again: `ClientInfo::deadline_timer`).
         let mut sleep = client.deadline_timer(deadline);
+        let mut try_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // Targets that failed this request: the next attempt goes elsewhere when it can.
         let mut failed_targets: Vec<usize> = Vec::new();
         let mut next_target: Option<usize> = None;
@@ -253,12 +257,18 @@ impl Call<'_> {
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))
                 .filter(|(_, at)| *at < deadline);
-            let attempt_deadline = async {
-                match per_attempt {
-                    Some((_, at)) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
+            // The attempt's own deadline, on a timer of the connection's too (set again for
+            // each attempt, kept with the call's at the end).
+            if let Some((_, at)) = per_attempt {
+                match try_timer.as_mut() {
+                    Some(timer) => timer.as_mut().reset(at),
+                    None => try_timer = Some(client.deadline_timer(at)),
                 }
-            };
+            }
+            let attempt_deadline = std::future::poll_fn(|cx| match try_timer.as_mut() {
+                Some(timer) if per_attempt.is_some() => timer.as_mut().poll(cx),
+                _ => Poll::Pending,
+            });
             let result = tokio::select! {
                 biased;
                 result = sent => Ok(result),
@@ -364,6 +374,9 @@ impl Call<'_> {
         // The timer serves the connection's next call; the head's map, the next head read on
         // this thread.
         client.keep_deadline_timer(sleep);
+        if let Some(timer) = try_timer {
+            client.keep_deadline_timer(timer);
+        }
         sekisho_h1::recycle(std::mem::take(&mut parts.headers));
         // The circuit's record: here, once per call that reached a target and ended.
         // Its duration is the upstream's: from the last attempt's send to its end, not the

@@ -68,9 +68,9 @@ pub(crate) struct ClientInfo {
     /// Where the upstream's interim (1xx) answers go: set when the connection can send them
     /// (the owned HTTP/1.1 path), one for the connection's requests, which come one at a time.
     pub interim: Option<InterimSink>,
-    /// The route deadline's timer of the connection's last call, for its next one
-    /// ([`ClientInfo::deadline_timer`]).
-    deadline_timer: Arc<Mutex<Option<Pin<Box<Sleep>>>>>,
+    /// The deadline timers of the connection's last call (the route's, an attempt's), for its
+    /// next one ([`ClientInfo::deadline_timer`]).
+    deadline_timers: Arc<Mutex<Vec<Pin<Box<Sleep>>>>>,
 }
 
 impl ClientInfo {
@@ -78,11 +78,11 @@ impl ClientInfo {
     /// A timer still waiting in tokio's wheel for an earlier deadline moves to a later one with
     /// one atomic exchange (the wheel takes it up again when its first expiry comes), where a
     /// new timer is put in the wheel when first polled and taken out when dropped: most of a
-    /// timer's cost, on every request. (An earlier deadline — another route's shorter timeout
-    /// — puts it in the wheel again.) Streams of one HTTP/2 connection that run side by side
-    /// each get a timer of their own.
+    /// timer's cost, on every request. (An earlier deadline — another route's shorter timeout,
+    /// an attempt's — puts it in the wheel again.) Streams of one HTTP/2 connection that run
+    /// side by side each get timers of their own.
     pub(super) fn deadline_timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
-        match lock(&self.deadline_timer).take() {
+        match lock(&self.deadline_timers).pop() {
             Some(mut timer) => {
                 timer.as_mut().reset(deadline);
                 timer
@@ -91,11 +91,11 @@ impl ClientInfo {
         }
     }
 
-    /// Keeps `timer` for the connection's next call (one is kept).
+    /// Keeps `timer` for the connection's next call (two are kept: a call's and an attempt's).
     pub(super) fn keep_deadline_timer(&self, timer: Pin<Box<Sleep>>) {
-        let mut kept = lock(&self.deadline_timer);
-        if kept.is_none() {
-            *kept = Some(timer);
+        let mut kept = lock(&self.deadline_timers);
+        if kept.len() < 2 {
+            kept.push(timer);
         }
     }
 
@@ -117,7 +117,7 @@ impl ClientInfo {
             forwarded_prefix: Arc::from(format!("for={forwarded_node};proto={proto}")),
             memo: Arc::default(),
             interim: None,
-            deadline_timer: Arc::default(),
+            deadline_timers: Arc::default(),
         }
     }
 }
