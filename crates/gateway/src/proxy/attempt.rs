@@ -373,10 +373,12 @@ impl Call<'_> {
         };
         // The timer serves the connection's next call; the head's map, the next head read on
         // this thread.
-        client.keep_deadline_timer(sleep);
+        // The attempt's first, so that the next call takes the call's first (each one then moves
+        // to a later deadline: no new place in tokio's wheel).
         if let Some(timer) = try_timer {
             client.keep_deadline_timer(timer);
         }
+        client.keep_deadline_timer(sleep);
         sekisho_h1::recycle(std::mem::take(&mut parts.headers));
         // The circuit's record: here, once per call that reached a target and ended.
         // Its duration is the upstream's: from the last attempt's send to its end, not the

@@ -91,7 +91,8 @@ impl ClientInfo {
         }
     }
 
-    /// Keeps `timer` for the connection's next call (two are kept: a call's and an attempt's).
+    /// Keeps `timer` for the connection's next call (two are kept: a call's and an attempt's;
+    /// the last kept is the first taken).
     pub(super) fn keep_deadline_timer(&self, timer: Pin<Box<Sleep>>) {
         let mut kept = lock(&self.deadline_timers);
         if kept.len() < 2 {
