@@ -112,8 +112,8 @@ impl Writer {
 
     /// Writes `response`: `is_head` for an answer to HEAD, `keep_alive` whether the client
     /// connection may stay open (a `Connection: close` in the answer ends it too). Lent, not
-    /// given: the answer (256 bytes) is not moved into this future; its map and body are
-    /// emptied as they are written, and the caller drops what is left.
+    /// given: its map and body are emptied as they are written, and the caller drops what is
+    /// left.
     pub(crate) async fn response<W: AsyncWrite + Unpin>(
         &mut self,
         io: &mut W,
@@ -196,10 +196,9 @@ impl Writer {
         out.extend_from_slice(b"\r\n");
         // Written: the map and the field list serve the next head read on this thread (the
         // map in the raw fields' box, when they came in one).
-        let map = headers;
         match raw {
-            Some(raw) => raw.recycle_with(map),
-            None => sekisho_h1::recycle(map),
+            Some(raw) => raw.recycle_with(headers),
+            None => sekisho_h1::recycle(headers),
         }
         if framing == Framing::None {
             // A body HEAD or the status forbids is dropped unread (it may hold a connection).

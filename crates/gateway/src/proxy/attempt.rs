@@ -371,10 +371,9 @@ impl Call<'_> {
                 });
             }
         };
-        // The timer serves the connection's next call; the head's map, the next head read on
-        // this thread.
-        // The attempt's first, so that the next call takes the call's first (each one then moves
-        // to a later deadline: no new place in tokio's wheel).
+        // The timers serve the connection's next call — the attempt's kept first, so that the
+        // next call takes the call's first (each then moves to a later deadline: no new place in
+        // tokio's wheel); the head's map, the next head read on this thread.
         if let Some(timer) = try_timer {
             client.keep_deadline_timer(timer);
         }

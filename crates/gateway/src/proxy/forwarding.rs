@@ -75,7 +75,7 @@ pub(super) fn upstream_request(
         )
     });
     if hop {
-        remove_hop_by_hop(headers);
+        remove_hop_by_hop_fields(headers);
         // `Connection` may have named it.
         has_host = headers.contains_key(header::HOST);
     }
@@ -191,9 +191,13 @@ pub(super) fn strip_port(host: &str) -> &str {
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the names present is cheaper than hashing eight absent ones.
-    if !headers.keys().any(sekisho_h1::is_hop_by_hop) {
-        return;
+    if headers.keys().any(sekisho_h1::is_hop_by_hop) {
+        remove_hop_by_hop_fields(headers);
     }
+}
+
+/// Removes the hop-by-hop fields and those `Connection` names (some are there).
+fn remove_hop_by_hop_fields(headers: &mut HeaderMap) {
     let hop = hop_by_hop();
     if let Some(connection) = headers.get(header::CONNECTION).cloned() {
         if let Ok(listed) = connection.to_str() {
