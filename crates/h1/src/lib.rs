@@ -13,13 +13,15 @@ mod chunked;
 mod head;
 mod maps;
 mod names;
+mod raw;
 mod response;
 
 pub use chunked::{Chunk, ChunkError, ChunkedDecoder, MAX_LINE, MAX_TRAILERS};
 pub use head::{content_length, field, parse, Fields, Head, Parsed, MAX_FIELDS};
 pub use maps::{map_with_room, recycle};
 pub use names::is_hop_by_hop;
-pub use response::{parse_response, Framing, RawFields, ResponseError, ResponseHead, MAX_HEAD};
+pub use raw::RawFields;
+pub use response::{parse_response, Framing, ResponseError, ResponseHead, MAX_HEAD};
 
 #[cfg(feature = "reference")]
 pub mod reference;

@@ -8,15 +8,15 @@
 //! than 1.0 or 1.1, a status below 100, a malformed field, `Content-Length` values that differ
 //! or are not digits, obs-fold, more than [`MAX_FIELDS`] fields, a head over [`MAX_HEAD`].
 
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{HeaderMap, Response, StatusCode, Version};
 
 use crate::head::{content_length, Fields, MAX_FIELDS};
 use crate::names::eq_lower;
+use crate::raw::RawFields;
 
 /// The longest response head read (hyper's client reads up to ≈ 400 KiB before it gives up).
 pub const MAX_HEAD: usize = 400 * 1024;
@@ -65,7 +65,7 @@ pub struct ResponseHead {
 }
 
 /// Fields an answer's map has room for beyond its own.
-const ROOM_TO_ADD: usize = 6;
+pub(crate) const ROOM_TO_ADD: usize = 6;
 
 impl ResponseHead {
     /// An interim answer (1xx): another head follows it.
@@ -102,17 +102,8 @@ impl ResponseHead {
         if self.lists_fields || self.is_interim() {
             return Err(bytes);
         }
-        let mut raw = SPARE_RAW
-            .with(|spare| spare.borrow_mut().pop())
-            .unwrap_or_default();
-        raw.bytes = bytes;
-        std::mem::swap(&mut raw.fields, fields);
-        let map = match std::mem::take(&mut raw.map) {
-            map if map.capacity() >= ROOM_TO_ADD => map,
-            _ => crate::maps::map_with_room(ROOM_TO_ADD),
-        };
-        let response = self.bare(map);
-        Ok((response, RawFields(raw)))
+        let (raw, map) = RawFields::new(bytes, fields, ROOM_TO_ADD);
+        Ok((self.bare(map), raw))
     }
 
     fn bare(&self, headers: HeaderMap) -> Response<()> {
@@ -124,147 +115,12 @@ impl ResponseHead {
     }
 }
 
-fn value_at(bytes: &Bytes, at: std::ops::Range<usize>) -> Result<HeaderValue, ResponseError> {
+/// The value at `at` in a head's `bytes`, sharing them.
+pub(crate) fn value_at(
+    bytes: &Bytes,
+    at: std::ops::Range<usize>,
+) -> Result<HeaderValue, ResponseError> {
     HeaderValue::from_maybe_shared(bytes.slice(at)).map_err(|_| ResponseError::Malformed)
-}
-
-/// An answer's end-to-end fields as they were read: their names, and their values as
-/// positions in the head's bytes — no map filled and emptied again, for a proxy that writes
-/// them straight through. The hop-by-hop fields are read past ([`crate::is_hop_by_hop`]); the
-/// answer's `Connection` names no other field ([`ResponseHead::raw`]).
-///
-/// Boxed (a pointer where the bytes and the list are seven words: the futures and answers that
-/// carry it are moved several times per request), the boxes kept per thread as maps are.
-#[derive(Debug)]
-pub struct RawFields(Box<Raw>);
-
-#[derive(Debug, Default)]
-struct Raw {
-    bytes: Bytes,
-    fields: Fields,
-    /// The body, when it came whole with the head: carried here, the proxy's to take.
-    body: Option<Bytes>,
-    /// One field the proxy sets on the answer, in place of the upstream's of that name.
-    own: Option<(HeaderName, HeaderValue)>,
-    /// While the box waits: the last answer's map, emptied, for the next answer (the box's
-    /// own spare, so neither is looked for on the thread).
-    map: HeaderMap,
-}
-
-thread_local! {
-    // The boxes themselves are what is kept: each is handed out again as it is.
-    #[allow(clippy::vec_box)]
-    static SPARE_RAW: RefCell<Vec<Box<Raw>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl RawFields {
-    /// The end-to-end fields in the order they came.
-    /// Those [`set_own`](Self::set_own) replaces are left out.
-    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &[u8])> {
-        let raw = &*self.0;
-        let own = raw.own.as_ref().map(|(name, _)| name);
-        raw.fields
-            .iter()
-            .filter(move |(name, _)| !crate::is_hop_by_hop(name) && own != Some(name))
-            .map(|(name, at)| (name, &raw.bytes[at.clone()]))
-    }
-
-    /// Sets one field of the proxy's own on the answer, in place of the upstream's of that name
-    /// (an answer's request id): carried here rather than put in a map, which would hash its
-    /// name — the writer writes it after the upstream's fields.
-    pub fn set_own(&mut self, name: HeaderName, value: HeaderValue) {
-        self.0.own = Some((name, value));
-    }
-
-    /// The field [`set_own`](Self::set_own) set.
-    pub fn own(&self) -> Option<(&HeaderName, &HeaderValue)> {
-        self.0.own.as_ref().map(|(name, value)| (name, value))
-    }
-
-    /// Carries `body`, the answer's whole body (read with its head), for the proxy to take.
-    pub fn set_body(&mut self, body: Option<Bytes>) {
-        self.0.body = body;
-    }
-
-    /// The body [`set_body`](Self::set_body) left, taken.
-    pub fn take_body(&mut self) -> Option<Bytes> {
-        self.0.body.take()
-    }
-
-    /// The length of the body it carries (0: none).
-    pub fn body_len(&self) -> usize {
-        self.0.body.as_ref().map_or(0, Bytes::len)
-    }
-
-    /// How many fields were read (hop-by-hop ones included).
-    pub fn len(&self) -> usize {
-        self.0.fields.len()
-    }
-
-    /// Whether the answer had no fields at all.
-    pub fn is_empty(&self) -> bool {
-        self.0.fields.is_empty()
-    }
-
-    /// The fields in a map, as a proxy that keeps one sees them: the end-to-end fields but
-    /// those `over` holds, in their order, then `over`'s (what the proxy set on the answer).
-    /// A value `http` refuses is left out (there is none: `httparse` refuses the same bytes).
-    pub fn into_map(mut self, over: HeaderMap) -> HeaderMap {
-        let own = self.0.own.take();
-        let raw = &*self.0;
-        let mut headers = crate::maps::map_with_room(raw.fields.len() + over.len() + 1);
-        for (name, at) in &raw.fields {
-            let replaced = over.contains_key(name) || own.as_ref().is_some_and(|(n, _)| n == name);
-            if !crate::is_hop_by_hop(name) && !replaced {
-                if let Ok(value) = value_at(&raw.bytes, at.clone()) {
-                    headers.append(name.clone(), value);
-                }
-            }
-        }
-        let mut last = None;
-        for (name, value) in over {
-            if let Some(name) = name {
-                last = Some(name);
-            }
-            if let Some(name) = &last {
-                headers.append(name.clone(), value);
-            }
-        }
-        if let Some((name, value)) = own {
-            headers.insert(name, value);
-        }
-        self.recycle();
-        headers
-    }
-
-    /// Done with, and so is the answer's `map`: the head's bytes are let go, the box, its list
-    /// and the map (emptied) serve the next answer on this thread.
-    pub fn recycle_with(mut self, mut map: HeaderMap) {
-        if map.capacity() <= crate::maps::MAX_ROOM {
-            map.clear();
-            self.0.map = map;
-        }
-        self.recycle();
-    }
-
-    /// Done with: the head's bytes are let go, the box and its list serve the next answer on
-    /// this thread (unless enough wait already, or the list is large).
-    pub fn recycle(self) {
-        let mut raw = self.0;
-        raw.bytes = Bytes::new();
-        raw.body = None;
-        raw.own = None;
-        if raw.fields.capacity() > crate::maps::MAX_ROOM {
-            return;
-        }
-        raw.fields.clear();
-        SPARE_RAW.with(|spare| {
-            let mut spare = spare.borrow_mut();
-            if spare.len() < crate::maps::KEPT {
-                spare.push(raw);
-            }
-        });
-    }
 }
 
 /// Parses the response head at the start of `buf` (the answer to a `HEAD` request when
@@ -388,7 +244,7 @@ pub fn parse_response(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn read(raw: &[u8], after_head: bool) -> Result<ResponseHead, ResponseError> {
@@ -399,106 +255,8 @@ mod tests {
         })
     }
 
-    #[test]
-    fn raw_fields_are_the_end_to_end_ones_as_read() {
-        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: keep-alive\r\nServer: s\r\n\
-                    Transfer-Encoding: chunked\r\nx-a: 2\r\n\r\n";
-        let mut fields = Fields::new();
-        let head = whole(raw, &mut fields);
-        let bytes = Bytes::copy_from_slice(raw);
-        let Ok((response, raw_fields)) = head.raw(bytes, &mut fields) else {
-            panic!("a plain answer's fields stay as read");
-        };
-        // The map is empty, with room for the gateway's fields; the list went with the fields.
-        assert!(response.headers().is_empty());
-        assert!(response.headers().capacity() >= ROOM_TO_ADD);
-        assert!(fields.is_empty());
-        assert_eq!(raw_fields.len(), 5);
-        let seen: Vec<(&str, &[u8])> = raw_fields
-            .iter()
-            .map(|(name, value)| (name.as_str(), value))
-            .collect();
-        assert_eq!(seen, [("x-a", &b"1"[..]), ("server", b"s"), ("x-a", b"2")]);
-        // The proxy's own field replaces the upstream's of that name.
-        let mut raw_fields = raw_fields;
-        raw_fields.set_own(
-            HeaderName::from_static("server"),
-            HeaderValue::from_static("mine"),
-        );
-        let names: Vec<&str> = raw_fields.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["x-a", "x-a"]);
-        assert_eq!(
-            raw_fields
-                .own()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
-            Some(("server", &b"mine"[..]))
-        );
-        // In a map: the upstream's, then what the proxy set (which replaces the upstream's).
-        let mut over = HeaderMap::new();
-        over.insert("x-a", HeaderValue::from_static("mine"));
-        over.insert("x-b", HeaderValue::from_static("b"));
-        let map = raw_fields.into_map(over);
-        let all: Vec<(&str, &[u8])> = map
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
-        assert_eq!(
-            all,
-            [("x-a", &b"mine"[..]), ("x-b", b"b"), ("server", b"mine")]
-        );
-    }
-
-    #[test]
-    fn a_recycled_box_serves_the_next_answer_with_its_list() {
-        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n";
-        SPARE_RAW.with(|spare| spare.borrow_mut().clear());
-        let mut fields = Fields::new();
-        let head = whole(raw, &mut fields);
-        let Ok((answer, first)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
-            panic!("a plain answer's fields stay as read");
-        };
-        // The answer's map goes back with the box (what the proxy set in it emptied).
-        let (mut parts, ()) = answer.into_parts();
-        parts
-            .headers
-            .insert("x-request-id", HeaderValue::from_static("id"));
-        let room = parts.headers.capacity();
-        first.recycle_with(parts.headers);
-        assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 1);
-        // The next answer takes that box: the connection gets its emptied list, the answer the
-        // emptied map, room kept.
-        let head = whole(raw, &mut fields);
-        let Ok((answer, second)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
-            panic!("a plain answer's fields stay as read");
-        };
-        assert!(answer.headers().is_empty());
-        assert_eq!(answer.headers().capacity(), room);
-        assert!(fields.is_empty() && fields.capacity() >= 3);
-        assert_eq!(second.len(), 3);
-        assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 0);
-    }
-
-    #[test]
-    fn fields_named_by_connection_or_of_an_interim_answer_need_a_map() {
-        for raw in [
-            &b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\n\r\n"[..],
-            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
-        ] {
-            let mut fields = Fields::new();
-            let head = whole(raw, &mut fields);
-            let bytes = Bytes::copy_from_slice(raw);
-            assert!(head.raw(bytes, &mut fields).is_err());
-            assert!(!fields.is_empty(), "the fields stay for the map");
-        }
-        // `close` and `keep-alive` name no field.
-        let raw = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close,\r\nContent-Length: 0\r\n\r\n";
-        let mut fields = Fields::new();
-        let head = whole(raw, &mut fields);
-        assert!(head.raw(Bytes::copy_from_slice(raw), &mut fields).is_ok());
-    }
-
     /// A whole head's parse, its fields into `fields`.
-    fn whole(raw: &[u8], fields: &mut Fields) -> ResponseHead {
+    pub(crate) fn whole(raw: &[u8], fields: &mut Fields) -> ResponseHead {
         match parse_response(raw, false, fields) {
             Ok(Some(head)) => head,
             other => panic!("{other:?}: {}", String::from_utf8_lossy(raw)),
