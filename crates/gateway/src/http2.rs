@@ -189,20 +189,25 @@ async fn serve_stream(
         state,
         client,
     } = &*streams;
-    let (parts, stream) = request.into_parts();
+    let (mut parts, stream) = request.into_parts();
     let length = parts
         .headers
         .get(CONTENT_LENGTH)
         .and_then(|value| sekisho_h1::content_length(value.as_bytes()));
     let is_head = parts.method == Method::HEAD;
-    let request = Request::from_parts(parts, ClientBody::h2(stream, length));
+    let body = ClientBody::h2(stream, length);
     // The stream's own sink: the connection's streams run side by side.
     let sink = InterimSink::default();
     let mut info = ClientInfo::clone(client);
     info.interim = Some(sink.clone());
     let guard = state.request_started();
-    let answer = handle(shared, Arc::new(info), request, HeadNotes::default());
-    tokio::pin!(answer);
+    let mut answer = std::pin::pin!(handle(
+        shared,
+        Arc::new(info),
+        &mut parts,
+        body,
+        HeadNotes::default()
+    ));
     let response = std::future::poll_fn(|cx| {
         if let Poll::Ready(response) = answer.as_mut().poll(cx) {
             for interim in sink.take() {

@@ -75,12 +75,13 @@ pub(crate) async fn drive<I>(
         // Not boxed: hyper's HTTP/1 dispatcher keeps the request future in a box of its own,
         // made once per connection (a box here cost an allocation per request).
         async move {
-            let request = request.map(ClientBody::hyper);
+            let (mut parts, body) = request.into_parts();
             let notes = HeadNotes {
                 ambiguous_length,
                 ..HeadNotes::default()
             };
-            let mut response = handle(&shared, client, request, notes).await;
+            let mut response =
+                handle(&shared, client, &mut parts, ClientBody::hyper(body), notes).await;
             crate::body::materialize(&mut response);
             response.body_mut().hold(guard.into_held());
             Ok::<_, std::convert::Infallible>(response)

@@ -345,8 +345,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Owned<I> {
         // The body once every byte of it was fed (kept to know whether it was read).
         let mut done: Option<Fed> = None;
         let answered = {
-            let answer = handle(shared, Arc::clone(client), request, notes);
-            tokio::pin!(answer);
+            // The head is lent to the steps (not moved down through each of their futures),
+            // and their future pinned where it is made: each move is a copy into lines the
+            // request had not touched yet.
+            let (mut parts, body) = request.into_parts();
+            let mut answer =
+                std::pin::pin!(handle(shared, Arc::clone(client), &mut parts, body, notes));
             loop {
                 let step = std::future::poll_fn(|cx| {
                     if let Poll::Ready(response) = answer.as_mut().poll(cx) {
@@ -534,11 +538,12 @@ mod tests {
             )| crate::server::serve_connection(shared, stream, remote, watcher),
         );
         let handle = future_size(
-            |(shared, client, request): (
+            |(shared, client, parts, body): (
                 &'static GatewayState,
                 Arc<ClientInfo>,
-                http::Request<ClientBody>,
-            )| handle(shared, client, request, HeadNotes::default()),
+                &'static mut http::request::Parts,
+                ClientBody,
+            )| handle(shared, client, parts, body, HeadNotes::default()),
         );
         assert!(
             connection < 2048 && connection < handle,

@@ -217,42 +217,6 @@ impl Call<'_> {
                 .filter(|_| whole)
                 .map(super::auth::identity_head)
                 .unwrap_or_default();
-            let sent = if whole {
-                let head = OwnedHead {
-                    method: &parts.method,
-                    target: path_and_query,
-                    headers: &parts.headers,
-                    late_fields: [forwarding_lines.unwrap_or_default(), &identity_lines],
-                    request_id: forwarding_lines.map(|_| request_id.as_bytes()),
-                    raw_answer,
-                };
-                Either::Left(target.conn.send_whole(head, &mut body, now, interim))
-            } else {
-                // A head that may be needed again is copied; the last attempt takes it (an
-                // empty head is left behind, which costs no allocation).
-                let may_retry =
-                    attempts < max_attempts && (retry.is_some() || upstream.targets.len() > 1);
-                let mut head = if may_retry {
-                    parts.clone()
-                } else {
-                    std::mem::replace(parts, Request::new(()).into_parts().0)
-                };
-                // Origin-form: the connection is the target's (h2c adds scheme and authority).
-                head.uri = Uri::from(path_and_query.clone());
-                if let Some(identity) = identity {
-                    super::auth::add_identity(&mut head.headers, identity);
-                }
-                if let Some(lines) = forwarding_lines {
-                    super::forwarding::insert_lines(&mut head.headers, lines);
-                    head.headers
-                        .insert(&crate::request_id::X_REQUEST_ID, request_id.clone());
-                }
-                let request = Request::from_parts(head, body);
-                // Boxed: hyper's client's future is over twice the size of the owned one, and
-                // unboxed every attempt's future (and the call's box, made on every request)
-                // would be that large and copied with it.
-                Either::Right(Box::pin(target.conn.send(request, now, interim)))
-            };
             let per_attempt = retry
                 .and_then(|policy| policy.per_try_timeout)
                 .map(|timeout| (timeout, now + timeout))
@@ -269,11 +233,55 @@ impl Call<'_> {
                 Some(timer) if per_attempt.is_some() => timer.as_mut().poll(cx),
                 _ => Poll::Pending,
             });
-            let result = tokio::select! {
-                biased;
-                result = sent => Ok(result),
-                () = sleep.as_mut() => Err(None),
-                () = attempt_deadline => Err(per_attempt.map(|(timeout, _)| timeout)),
+            let result = {
+                // Pinned where it is made: `select!` then holds a pointer, where it would move
+                // the attempt's future (hundreds of bytes) into its own state — a copy into
+                // lines the request had not touched yet, which at hundreds of connections come
+                // from beyond the L2 cache (docs/benchmarks.md, session 15). Dropped at the end
+                // of this block, as it was inside `select!`.
+                let sent = std::pin::pin!(if whole {
+                    let head = OwnedHead {
+                        method: &parts.method,
+                        target: path_and_query,
+                        headers: &parts.headers,
+                        late_fields: [forwarding_lines.unwrap_or_default(), &identity_lines],
+                        request_id: forwarding_lines.map(|_| request_id.as_bytes()),
+                        raw_answer,
+                    };
+                    Either::Left(target.conn.send_whole(head, &mut body, now, interim))
+                } else {
+                    // A head that may be needed again is copied; the last attempt takes it (an
+                    // empty head is left behind, which costs no allocation).
+                    let may_retry =
+                        attempts < max_attempts && (retry.is_some() || upstream.targets.len() > 1);
+                    let mut head = if may_retry {
+                        parts.clone()
+                    } else {
+                        std::mem::replace(parts, Request::new(()).into_parts().0)
+                    };
+                    // Origin-form: the connection is the target's (h2c adds scheme and
+                    // authority).
+                    head.uri = Uri::from(path_and_query.clone());
+                    if let Some(identity) = identity {
+                        super::auth::add_identity(&mut head.headers, identity);
+                    }
+                    if let Some(lines) = forwarding_lines {
+                        super::forwarding::insert_lines(&mut head.headers, lines);
+                        head.headers
+                            .insert(&crate::request_id::X_REQUEST_ID, request_id.clone());
+                    }
+                    let request = Request::from_parts(head, body);
+                    // Boxed: hyper's client's future is over twice the size of the owned one,
+                    // and unboxed every attempt's future (and the call's box, made on every
+                    // request) would be that large and copied with it.
+                    Either::Right(Box::pin(target.conn.send(request, now, interim)))
+                });
+                tokio::select! {
+                    biased;
+                    result = sent => Ok(result),
+                    () = sleep.as_mut() => Err(None),
+                    () = attempt_deadline => Err(per_attempt.map(|(timeout, _)| timeout)),
+                }
             };
             let finished = Instant::now();
             let ended = Ended::of(result, upstream, route);

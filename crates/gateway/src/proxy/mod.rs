@@ -31,7 +31,7 @@ mod early;
 mod forwarding;
 mod steps;
 
-use http::{Request, Response};
+use http::Response;
 use tokio::time::Instant;
 
 use crate::body::{ClientBody, ResponseBody};
@@ -66,7 +66,8 @@ pub(crate) struct HeadNotes {
 pub(crate) async fn handle(
     shared: &GatewayState,
     client: std::sync::Arc<ClientInfo>,
-    request: Request<ClientBody>,
+    parts: &mut http::request::Parts,
+    body: ClientBody,
     notes: HeadNotes,
 ) -> Response<ResponseBody> {
     let started = Instant::now();
@@ -74,18 +75,18 @@ pub(crate) async fn handle(
     let request_id = if notes.without_request_id {
         new_request_id()
     } else {
-        request_id_of(request.headers())
+        request_id_of(&parts.headers)
     };
     let mut exchange = Exchange::new(client, request_id, started, &shared.lag);
     // Only the owned HTTP/1.1 path writes an answer's fields through (`h1/write.rs`).
     exchange.raw_answer = notes.owned_len.is_some();
     let access = runtime.listener.access_log.then(|| AccessInfo {
-        method: request.method().clone(),
-        path: request.uri().path().to_owned(),
-        version: request.version(),
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        version: parts.version,
     });
     let overloaded = shared.lag.overloaded();
-    let version = request.version();
+    let version = parts.version;
     let mut answered = if overloaded {
         shared.metrics.overload_refused.inc();
         // The gateway itself is the bottleneck: refuse before routing or reading the body,
@@ -106,7 +107,8 @@ pub(crate) async fn handle(
             &runtime,
             shared.auth.as_deref(),
             &mut exchange,
-            request,
+            parts,
+            body,
             checked,
             notes.body_length,
         )
@@ -220,22 +222,24 @@ pub(crate) mod tests {
     #[test]
     fn the_request_futures_do_not_hold_the_call() {
         let handle = future_size(
-            |(shared, client, request, notes): (
+            |(shared, client, parts, body, notes): (
                 &'static GatewayState,
                 Arc<ClientInfo>,
-                Request<ClientBody>,
+                &'static mut http::request::Parts,
+                ClientBody,
                 HeadNotes,
-            )| super::handle(shared, client, request, notes),
+            )| super::handle(shared, client, parts, body, notes),
         );
         let steps = future_size(
-            |(runtime, auth, exchange, request, checked, length): (
+            |(runtime, auth, exchange, parts, body, checked, length): (
                 &'static crate::runtime::Runtime,
                 Option<&'static sekisho_auth::Auth>,
                 &'static mut Exchange,
-                Request<ClientBody>,
+                &'static mut http::request::Parts,
+                ClientBody,
                 bool,
                 Option<u64>,
-            )| steps::run(runtime, auth, exchange, request, checked, length),
+            )| steps::run(runtime, auth, exchange, parts, body, checked, length),
         );
         let call = call_size();
         assert!(handle < call, "handle {handle} bytes, the call {call}");

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use http::header::{self, HeaderMap};
-use http::{Request, Response, Version};
+use http::{Response, Version};
 use sekisho_policy::concurrency::{Permit as ConcurrencyPermit, Sample};
 use tokio::time::Instant;
 
@@ -38,14 +38,14 @@ pub(super) async fn run(
     runtime: &Runtime,
     auth: Option<&Auth>,
     exchange: &mut Exchange,
-    request: Request<ClientBody>,
+    parts: &mut http::request::Parts,
+    body: ClientBody,
     head_checked: bool,
     body_length: Option<u64>,
 ) -> Result<Response<ResponseBody>, GatewayError> {
     let started = exchange.started;
-    let (mut parts, body) = request.into_parts();
     if !head_checked {
-        check_head(runtime, &parts)?;
+        check_head(runtime, parts)?;
     }
     // The client's address behind trusted proxies, worked out once for both limits.
     let mut client_ip = None;
@@ -74,7 +74,7 @@ pub(super) async fn run(
                 auth_step::serve(
                     auth,
                     endpoint,
-                    &parts,
+                    parts,
                     body,
                     ip,
                     runtime.listener.header_read_timeout,
@@ -169,7 +169,7 @@ pub(super) async fn run(
     let deadline = started + route.timeout;
     let mut fetch = None;
     if let Some(cache) = &route.cache {
-        match crate::boxed::boxed(|| cache.lookup(&mut parts, deadline)).await {
+        match crate::boxed::boxed(|| cache.lookup(parts, deadline)).await {
             Lookup::Pass(status) => exchange.record.cache_status = Some(status),
             Lookup::Hit(response, status) => {
                 exchange.record.cache_status = Some(status);
@@ -177,7 +177,7 @@ pub(super) async fn run(
             }
             Lookup::HitRefresh(response, status, refresh) => {
                 exchange.record.cache_status = Some(status);
-                spawn_refresh(&route, exchange, &parts, refresh);
+                spawn_refresh(&route, exchange, parts, refresh);
                 return Ok(response);
             }
             Lookup::Fetch(miss) => fetch = Some(miss),
@@ -198,8 +198,7 @@ pub(super) async fn run(
             }
         }
     }
-    let result =
-        crate::boxed::boxed(|| call_upstream(exchange, &route, &mut parts, Some(body))).await;
+    let result = crate::boxed::boxed(|| call_upstream(exchange, &route, parts, Some(body))).await;
     let result = match fetch {
         Some(fetch) => {
             let (result, status) = crate::boxed::boxed(|| fetch.finish(result)).await;
