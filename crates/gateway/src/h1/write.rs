@@ -79,6 +79,9 @@ fn name_bit(name: &HeaderName) -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
     out: Vec<u8>,
+    /// A body's bytes that go out after `out` in the same vectored write, not copied into it
+    /// (the common small answer: its head, then the body as the upstream's reader holds it).
+    pending: Option<Bytes>,
 }
 
 /// How writing an answer ended.
@@ -94,6 +97,7 @@ impl Writer {
     /// Gives back the output buffer's memory (an idle connection keeps none).
     pub(crate) fn release(&mut self) {
         self.out = Vec::new();
+        self.pending = None;
     }
 
     /// Writes interim answers now.
@@ -128,12 +132,14 @@ impl Writer {
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        // One allocation for the head and a small body (an idle connection gave its buffer
-        // back; growing it field by field cost more than the rest of the writing).
+        // One allocation for the head, and a small body when it will be copied after it (an
+        // idle connection gave its buffer back; growing it field by field cost more than the
+        // rest of the writing). Where the connection takes vectored writes, the body goes
+        // beside the head instead (`pending`).
         let small_body = body
             .size_hint()
             .exact()
-            .filter(|&length| !no_body && length <= COPY_LIMIT as u64)
+            .filter(|&length| !no_body && length <= COPY_LIMIT as u64 && !io.is_write_vectored())
             .unwrap_or(0) as usize;
         // The upstream's fields as read, when the map holds none of them (`RawFields`).
         let raw = body.take_raw();
@@ -309,11 +315,20 @@ impl Writer {
         mut data: Bytes,
         chunked: bool,
     ) -> io::Result<()> {
+        // What is written next goes after the bytes held beside the head.
+        if let Some(held) = self.pending.take() {
+            self.out.extend_from_slice(&held);
+        }
         if chunked {
             self.out
                 .extend_from_slice(format!("{:X}\r\n", data.len()).as_bytes());
         }
-        if data.len() <= COPY_LIMIT {
+        if data.len() <= COPY_LIMIT && !chunked && io.is_write_vectored() {
+            // Not copied: written after the head by the same vectored write (one system call,
+            // one copy — the kernel's — of the upstream's bytes).
+            self.pending = Some(data);
+            return Ok(());
+        } else if data.len() <= COPY_LIMIT {
             self.out.extend_from_slice(&data);
         } else {
             self.flush(io).await?;
@@ -335,7 +350,21 @@ impl Writer {
     }
 
     async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
-        if !self.out.is_empty() {
+        if let Some(mut held) = self.pending.take() {
+            // `out`, then the held body, in as few writes as the connection takes them.
+            let mut from = 0;
+            while from < self.out.len() || held.has_remaining() {
+                let slices = [io::IoSlice::new(&self.out[from..]), io::IoSlice::new(&held)];
+                let written = io.write_vectored(&slices).await?;
+                if written == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                let of_out = written.min(self.out.len() - from);
+                from += of_out;
+                held.advance(written - of_out);
+            }
+            self.out.clear();
+        } else if !self.out.is_empty() {
             io.write_all(&self.out).await?;
             self.out.clear();
         }
@@ -449,6 +478,76 @@ mod tests {
             .insert(CONTENT_LENGTH, http::HeaderValue::from_static("5"));
         let (_, result) = written(response, false, true).await;
         assert_eq!(result, Written::Broken);
+    }
+
+    /// A connection that takes at most seven bytes per write, vectored or not.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let taken = buf.len().min(7);
+            self.get_mut().0.extend_from_slice(&buf[..taken]);
+            Poll::Ready(Ok(taken))
+        }
+
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            let mut taken = 0;
+            for buf in bufs {
+                let some = buf.len().min(7 - taken);
+                this.0.extend_from_slice(&buf[..some]);
+                taken += some;
+            }
+            Poll::Ready(Ok(taken))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// The body held beside the head (a vectored write) arrives whole and in order when the
+    /// connection takes a few bytes at a time: each write's count is split between the head's
+    /// buffer and the body.
+    #[tokio::test]
+    async fn a_body_beside_its_head_survives_short_writes() {
+        let body: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+        let mut response = Response::new(ResponseBody::full(Bytes::from(body.clone())));
+        response
+            .headers_mut()
+            .insert("x-a", http::HeaderValue::from_static("1"));
+        let mut io = Trickle(Vec::new());
+        let result = Writer::default()
+            .response(&mut io, &mut response, false, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(result, Written::Done { keep_alive: true });
+        let text = String::from_utf8_lossy(&io.0).into_owned();
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\n"), "{text}");
+        let (_, written_body) = text.split_once("\r\n\r\n").unwrap_or_default();
+        assert_eq!(written_body.as_bytes(), &body[..], "{text}");
     }
 
     #[test]
