@@ -79,9 +79,6 @@ fn name_bit(name: &HeaderName) -> u64 {
 #[derive(Debug, Default)]
 pub(crate) struct Writer {
     out: Vec<u8>,
-    /// A body's bytes that go out after `out` in the same vectored write, not copied into it
-    /// (the common small answer: its head, then the body as the upstream's reader holds it).
-    pending: Option<Bytes>,
 }
 
 /// How writing an answer ended.
@@ -97,7 +94,6 @@ impl Writer {
     /// Gives back the output buffer's memory (an idle connection keeps none).
     pub(crate) fn release(&mut self) {
         self.out = Vec::new();
-        self.pending = None;
     }
 
     /// Writes interim answers now.
@@ -135,7 +131,7 @@ impl Writer {
         // One allocation for the head, and a small body when it will be copied after it (an
         // idle connection gave its buffer back; growing it field by field cost more than the
         // rest of the writing). Where the connection takes vectored writes, the body goes
-        // beside the head instead (`pending`).
+        // beside the head instead (`held`).
         let small_body = body
             .size_hint()
             .exact()
@@ -212,6 +208,10 @@ impl Writer {
             self.flush(io).await?;
             return Ok(Written::Done { keep_alive });
         }
+        // A body's bytes that go out after the head in the same vectored write, not copied
+        // after it (the common small answer: the body as the upstream's reader holds it). The
+        // request's, not the connection's: an idle connection keeps none.
+        let mut held: Option<Bytes> = None;
         let mut remaining = match framing {
             Framing::Length(length) => Some(length),
             _ => None,
@@ -221,7 +221,7 @@ impl Writer {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     // Nothing more yet: what is buffered goes out before waiting.
-                    self.flush(io).await?;
+                    self.flush_held(io, held.take()).await?;
                     std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
                 }
             };
@@ -229,7 +229,7 @@ impl Writer {
                 None => break,
                 Some(Err(error)) => {
                     tracing::debug!(%error, "the answer's body failed while streaming");
-                    let _ = self.flush(io).await;
+                    let _ = self.flush_held(io, held.take()).await;
                     return Ok(Written::Broken);
                 }
                 Some(Ok(frame)) => match frame.into_data() {
@@ -245,23 +245,23 @@ impl Writer {
             if let Some(left) = &mut remaining {
                 let Some(after) = left.checked_sub(data.len() as u64) else {
                     tracing::debug!("the answer's body is longer than its Content-Length");
-                    let _ = self.flush(io).await;
+                    let _ = self.flush_held(io, held.take()).await;
                     return Ok(Written::Broken);
                 };
                 *left = after;
             }
-            self.body_bytes(io, data, framing == Framing::Chunked)
+            self.body_bytes(io, data, framing == Framing::Chunked, &mut held)
                 .await?;
         }
         if remaining.is_some_and(|left| left > 0) {
             tracing::debug!("the answer's body ended before its Content-Length");
-            let _ = self.flush(io).await;
+            let _ = self.flush_held(io, held.take()).await;
             return Ok(Written::Broken);
         }
         if framing == Framing::Chunked {
             self.out.extend_from_slice(b"0\r\n\r\n");
         }
-        self.flush(io).await?;
+        self.flush_held(io, held.take()).await?;
         Ok(Written::Done { keep_alive })
     }
 
@@ -314,10 +314,11 @@ impl Writer {
         io: &mut W,
         mut data: Bytes,
         chunked: bool,
+        held: &mut Option<Bytes>,
     ) -> io::Result<()> {
         // What is written next goes after the bytes held beside the head.
-        if let Some(held) = self.pending.take() {
-            self.out.extend_from_slice(&held);
+        if let Some(before) = held.take() {
+            self.out.extend_from_slice(&before);
         }
         if chunked {
             self.out
@@ -326,7 +327,7 @@ impl Writer {
         if data.len() <= COPY_LIMIT && !chunked && io.is_write_vectored() {
             // Not copied: written after the head by the same vectored write (one system call,
             // one copy — the kernel's — of the upstream's bytes).
-            self.pending = Some(data);
+            *held = Some(data);
             return Ok(());
         } else if data.len() <= COPY_LIMIT {
             self.out.extend_from_slice(&data);
@@ -350,8 +351,17 @@ impl Writer {
     }
 
     async fn flush<W: AsyncWrite + Unpin>(&mut self, io: &mut W) -> io::Result<()> {
-        if let Some(mut held) = self.pending.take() {
-            // `out`, then the held body, in as few writes as the connection takes them.
+        self.flush_held(io, None).await
+    }
+
+    /// Writes `out`, then `held` (a body's bytes kept beside the head), in as few writes as
+    /// the connection takes them.
+    async fn flush_held<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        held: Option<Bytes>,
+    ) -> io::Result<()> {
+        if let Some(mut held) = held {
             let mut from = 0;
             while from < self.out.len() || held.has_remaining() {
                 let slices = [io::IoSlice::new(&self.out[from..]), io::IoSlice::new(&held)];
