@@ -49,6 +49,9 @@ impl HostMemo {
     }
 }
 
+/// A deadline timer kept for a connection's next call.
+type KeptTimer = Option<Pin<Box<Sleep>>>;
+
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone)]
 pub(crate) struct ClientInfo {
@@ -69,8 +72,9 @@ pub(crate) struct ClientInfo {
     /// (the owned HTTP/1.1 path), one for the connection's requests, which come one at a time.
     pub interim: Option<InterimSink>,
     /// The deadline timers of the connection's last call (the route's, an attempt's), for its
-    /// next one ([`ClientInfo::deadline_timer`]).
-    deadline_timers: Arc<Mutex<Vec<Pin<Box<Sleep>>>>>,
+    /// next one ([`ClientInfo::deadline_timer`]): two places, not a `Vec` (whose buffer would
+    /// be one more allocation kept per connection).
+    deadline_timers: Arc<Mutex<[KeptTimer; 2]>>,
 }
 
 impl ClientInfo {
@@ -82,7 +86,11 @@ impl ClientInfo {
     /// an attempt's — puts it in the wheel again.) Streams of one HTTP/2 connection that run
     /// side by side each get timers of their own.
     pub(super) fn deadline_timer(&self, deadline: Instant) -> Pin<Box<Sleep>> {
-        match lock(&self.deadline_timers).pop() {
+        let kept = {
+            let mut places = lock(&self.deadline_timers);
+            places[1].take().or_else(|| places[0].take())
+        };
+        match kept {
             Some(mut timer) => {
                 timer.as_mut().reset(deadline);
                 timer
@@ -94,9 +102,9 @@ impl ClientInfo {
     /// Keeps `timer` for the connection's next call (two are kept: a call's and an attempt's;
     /// the last kept is the first taken).
     pub(super) fn keep_deadline_timer(&self, timer: Pin<Box<Sleep>>) {
-        let mut kept = lock(&self.deadline_timers);
-        if kept.len() < 2 {
-            kept.push(timer);
+        let mut places = lock(&self.deadline_timers);
+        if let Some(place) = places.iter_mut().find(|place| place.is_none()) {
+            *place = Some(timer);
         }
     }
 
