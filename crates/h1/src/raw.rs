@@ -32,6 +32,11 @@ struct Raw {
     map: HeaderMap,
 }
 
+/// The value at `at` in a head's `bytes`, sharing them; `None` for one `http` refuses.
+pub(crate) fn value_at(bytes: &Bytes, at: std::ops::Range<usize>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes.slice(at)).ok()
+}
+
 thread_local! {
     // The boxes themselves are what is kept: each is handed out again as it is.
     #[allow(clippy::vec_box)]
@@ -113,7 +118,7 @@ impl RawFields {
         for (name, at) in &raw.fields {
             let replaced = over.contains_key(name) || own.as_ref().is_some_and(|(n, _)| n == name);
             if !crate::is_hop_by_hop(name) && !replaced {
-                if let Ok(value) = crate::response::value_at(&raw.bytes, at.clone()) {
+                if let Some(value) = value_at(&raw.bytes, at.clone()) {
                     headers.append(name.clone(), value);
                 }
             }
@@ -164,107 +169,14 @@ impl RawFields {
     }
 }
 
+/// How many boxes wait on this thread (`clear` first empties the list): for tests elsewhere.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::response::tests::whole;
-    use crate::response::ROOM_TO_ADD;
-
-    #[test]
-    fn raw_fields_are_the_end_to_end_ones_as_read() {
-        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: keep-alive\r\nServer: s\r\n\
-                    Transfer-Encoding: chunked\r\nx-a: 2\r\n\r\n";
-        let mut fields = Fields::new();
-        let head = whole(raw, &mut fields);
-        let bytes = Bytes::copy_from_slice(raw);
-        let Ok((response, raw_fields)) = head.raw(bytes, &mut fields) else {
-            panic!("a plain answer's fields stay as read");
-        };
-        // The map is empty, with room for the gateway's fields; the list went with the fields.
-        assert!(response.headers().is_empty());
-        assert!(response.headers().capacity() >= ROOM_TO_ADD);
-        assert!(fields.is_empty());
-        assert_eq!(raw_fields.len(), 5);
-        let seen: Vec<(&str, &[u8])> = raw_fields
-            .iter()
-            .map(|(name, value)| (name.as_str(), value))
-            .collect();
-        assert_eq!(seen, [("x-a", &b"1"[..]), ("server", b"s"), ("x-a", b"2")]);
-        // The proxy's own field replaces the upstream's of that name.
-        let mut raw_fields = raw_fields;
-        raw_fields.set_own(
-            HeaderName::from_static("server"),
-            HeaderValue::from_static("mine"),
-        );
-        let names: Vec<&str> = raw_fields.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["x-a", "x-a"]);
-        assert_eq!(
-            raw_fields
-                .own()
-                .map(|(name, value)| (name.as_str(), value.as_bytes())),
-            Some(("server", &b"mine"[..]))
-        );
-        // In a map: the upstream's, then what the proxy set (which replaces the upstream's).
-        let mut over = HeaderMap::new();
-        over.insert("x-a", HeaderValue::from_static("mine"));
-        over.insert("x-b", HeaderValue::from_static("b"));
-        let map = raw_fields.into_map(over);
-        let all: Vec<(&str, &[u8])> = map
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_bytes()))
-            .collect();
-        assert_eq!(
-            all,
-            [("x-a", &b"mine"[..]), ("x-b", b"b"), ("server", b"mine")]
-        );
-    }
-
-    #[test]
-    fn a_recycled_box_serves_the_next_answer_with_its_list() {
-        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n";
-        SPARE_RAW.with(|spare| spare.borrow_mut().clear());
-        let mut fields = Fields::new();
-        let head = whole(raw, &mut fields);
-        let Ok((answer, first)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
-            panic!("a plain answer's fields stay as read");
-        };
-        // The answer's map goes back with the box (what the proxy set in it emptied).
-        let (mut parts, ()) = answer.into_parts();
-        parts
-            .headers
-            .insert("x-request-id", HeaderValue::from_static("id"));
-        let room = parts.headers.capacity();
-        first.recycle_with(parts.headers);
-        assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 1);
-        // The next answer takes that box: the connection gets its emptied list, the answer the
-        // emptied map, room kept.
-        let head = whole(raw, &mut fields);
-        let Ok((answer, second)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
-            panic!("a plain answer's fields stay as read");
-        };
-        assert!(answer.headers().is_empty());
-        assert_eq!(answer.headers().capacity(), room);
-        assert!(fields.is_empty() && fields.capacity() >= 3);
-        assert_eq!(second.len(), 3);
-        assert_eq!(SPARE_RAW.with(|spare| spare.borrow().len()), 0);
-    }
-
-    #[test]
-    fn fields_named_by_connection_or_of_an_interim_answer_need_a_map() {
-        for raw in [
-            &b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\n\r\n"[..],
-            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
-        ] {
-            let mut fields = Fields::new();
-            let head = whole(raw, &mut fields);
-            let bytes = Bytes::copy_from_slice(raw);
-            assert!(head.raw(bytes, &mut fields).is_err());
-            assert!(!fields.is_empty(), "the fields stay for the map");
+pub(crate) fn spare_boxes(clear: bool) -> usize {
+    SPARE_RAW.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        if clear {
+            spare.clear();
         }
-        // `close` and `keep-alive` name no field.
-        let raw = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close,\r\nContent-Length: 0\r\n\r\n";
-        let mut fields = Fields::new();
-        let head = whole(raw, &mut fields);
-        assert!(head.raw(Bytes::copy_from_slice(raw), &mut fields).is_ok());
-    }
+        spare.len()
+    })
 }

@@ -11,12 +11,12 @@
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{HeaderMap, Response, StatusCode, Version};
 
 use crate::head::{content_length, Fields, MAX_FIELDS};
 use crate::names::eq_lower;
-use crate::raw::RawFields;
+use crate::raw::{value_at, RawFields};
 
 /// The longest response head read (hyper's client reads up to ≈ 400 KiB before it gives up).
 pub const MAX_HEAD: usize = 400 * 1024;
@@ -85,7 +85,10 @@ impl ResponseHead {
         // new allocation on the next insert (≈ 800 instructions on every proxied request).
         let mut headers = crate::maps::map_with_room(fields.len() + ROOM_TO_ADD);
         for (name, value) in fields.drain(..) {
-            headers.append(name, value_at(bytes, value)?);
+            headers.append(
+                name,
+                value_at(bytes, value).ok_or(ResponseError::Malformed)?,
+            );
         }
         Ok(self.bare(headers))
     }
@@ -113,14 +116,6 @@ impl ResponseHead {
         *response.headers_mut() = headers;
         response
     }
-}
-
-/// The value at `at` in a head's `bytes`, sharing them.
-pub(crate) fn value_at(
-    bytes: &Bytes,
-    at: std::ops::Range<usize>,
-) -> Result<HeaderValue, ResponseError> {
-    HeaderValue::from_maybe_shared(bytes.slice(at)).map_err(|_| ResponseError::Malformed)
 }
 
 /// Parses the response head at the start of `buf` (the answer to a `HEAD` request when
@@ -244,8 +239,10 @@ pub fn parse_response(
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::raw::spare_boxes;
+    use http::header::{HeaderName, HeaderValue};
 
     fn read(raw: &[u8], after_head: bool) -> Result<ResponseHead, ResponseError> {
         let mut fields = Fields::new();
@@ -256,7 +253,7 @@ pub(crate) mod tests {
     }
 
     /// A whole head's parse, its fields into `fields`.
-    pub(crate) fn whole(raw: &[u8], fields: &mut Fields) -> ResponseHead {
+    fn whole(raw: &[u8], fields: &mut Fields) -> ResponseHead {
         match parse_response(raw, false, fields) {
             Ok(Some(head)) => head,
             other => panic!("{other:?}: {}", String::from_utf8_lossy(raw)),
@@ -462,5 +459,103 @@ pub(crate) mod tests {
             parse_response(&long, false, &mut fields).err(),
             Some(ResponseError::TooLarge)
         );
+    }
+
+    #[test]
+    fn raw_fields_are_the_end_to_end_ones_as_read() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: keep-alive\r\nServer: s\r\n\
+                    Transfer-Encoding: chunked\r\nx-a: 2\r\n\r\n";
+        let mut fields = Fields::new();
+        let head = whole(raw, &mut fields);
+        let bytes = Bytes::copy_from_slice(raw);
+        let Ok((response, raw_fields)) = head.raw(bytes, &mut fields) else {
+            panic!("a plain answer's fields stay as read");
+        };
+        // The map is empty, with room for the gateway's fields; the list went with the fields.
+        assert!(response.headers().is_empty());
+        assert!(response.headers().capacity() >= ROOM_TO_ADD);
+        assert!(fields.is_empty());
+        assert_eq!(raw_fields.len(), 5);
+        let seen: Vec<(&str, &[u8])> = raw_fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value))
+            .collect();
+        assert_eq!(seen, [("x-a", &b"1"[..]), ("server", b"s"), ("x-a", b"2")]);
+        // The proxy's own field replaces the upstream's of that name.
+        let mut raw_fields = raw_fields;
+        raw_fields.set_own(
+            HeaderName::from_static("server"),
+            HeaderValue::from_static("mine"),
+        );
+        let names: Vec<&str> = raw_fields.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["x-a", "x-a"]);
+        assert_eq!(
+            raw_fields
+                .own()
+                .map(|(name, value)| (name.as_str(), value.as_bytes())),
+            Some(("server", &b"mine"[..]))
+        );
+        // In a map: the upstream's, then what the proxy set (which replaces the upstream's).
+        let mut over = HeaderMap::new();
+        over.insert("x-a", HeaderValue::from_static("mine"));
+        over.insert("x-b", HeaderValue::from_static("b"));
+        let map = raw_fields.into_map(over);
+        let all: Vec<(&str, &[u8])> = map
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+            .collect();
+        assert_eq!(
+            all,
+            [("x-a", &b"mine"[..]), ("x-b", b"b"), ("server", b"mine")]
+        );
+    }
+
+    #[test]
+    fn a_recycled_box_serves_the_next_answer_with_its_list() {
+        let raw = b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nContent-Length: 0\r\n\r\n";
+        spare_boxes(true);
+        let mut fields = Fields::new();
+        let head = whole(raw, &mut fields);
+        let Ok((answer, first)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
+            panic!("a plain answer's fields stay as read");
+        };
+        // The answer's map goes back with the box (what the proxy set in it emptied).
+        let (mut parts, ()) = answer.into_parts();
+        parts
+            .headers
+            .insert("x-request-id", HeaderValue::from_static("id"));
+        let room = parts.headers.capacity();
+        first.recycle_with(parts.headers);
+        assert_eq!(spare_boxes(false), 1);
+        // The next answer takes that box: the connection gets its emptied list, the answer the
+        // emptied map, room kept.
+        let head = whole(raw, &mut fields);
+        let Ok((answer, second)) = head.raw(Bytes::copy_from_slice(raw), &mut fields) else {
+            panic!("a plain answer's fields stay as read");
+        };
+        assert!(answer.headers().is_empty());
+        assert_eq!(answer.headers().capacity(), room);
+        assert!(fields.is_empty() && fields.capacity() >= 3);
+        assert_eq!(second.len(), 3);
+        assert_eq!(spare_boxes(false), 0);
+    }
+
+    #[test]
+    fn fields_named_by_connection_or_of_an_interim_answer_need_a_map() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: s\r\n\r\n"[..],
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        ] {
+            let mut fields = Fields::new();
+            let head = whole(raw, &mut fields);
+            let bytes = Bytes::copy_from_slice(raw);
+            assert!(head.raw(bytes, &mut fields).is_err());
+            assert!(!fields.is_empty(), "the fields stay for the map");
+        }
+        // `close` and `keep-alive` name no field.
+        let raw = b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close,\r\nContent-Length: 0\r\n\r\n";
+        let mut fields = Fields::new();
+        let head = whole(raw, &mut fields);
+        assert!(head.raw(Bytes::copy_from_slice(raw), &mut fields).is_ok());
     }
 }
