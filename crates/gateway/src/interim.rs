@@ -14,6 +14,8 @@ use futures_util::task::AtomicWaker;
 
 use http::{HeaderMap, StatusCode};
 
+use crate::sync::lock;
+
 /// Interim answers kept per request at most; more are dropped (an upstream flooding 1xx heads).
 const MAX_PENDING: usize = 16;
 
@@ -64,7 +66,7 @@ impl InterimSink {
 
     fn push(&self, answer: Interim) {
         {
-            let mut answers = self.0.answers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut answers = lock(&self.0.answers);
             if answers.len() < MAX_PENDING {
                 answers.push(answer);
             }
@@ -89,7 +91,7 @@ impl InterimSink {
         if !self.0.any.load(Ordering::Acquire) {
             return Vec::new();
         }
-        let mut answers = self.0.answers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut answers = lock(&self.0.answers);
         self.0.any.store(false, Ordering::Release);
         std::mem::take(&mut answers)
     }

@@ -17,6 +17,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::sync::lock;
+
 mod response;
 
 pub use response::ResponseBody;
@@ -118,7 +120,7 @@ impl BodyClaim {
                 limit: self.limit,
             }),
             Claim::Waiting(slot) => {
-                let incoming = slot.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+                let incoming = lock(slot).take()?;
                 let (body, _) = RequestBody::new(incoming, self.limit);
                 Some(body)
             }
@@ -129,7 +131,7 @@ impl BodyClaim {
     pub(crate) fn available(&self) -> bool {
         match &self.kind {
             Claim::Empty | Claim::Buffered(_) => true,
-            Claim::Waiting(slot) => slot.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
+            Claim::Waiting(slot) => lock(slot).is_some(),
         }
     }
 
@@ -236,11 +238,7 @@ impl RequestBody {
         let length = match &self.source {
             Source::Empty => 0,
             Source::Buffered(bytes) => bytes.as_ref().map_or(0, Bytes::len),
-            Source::Waiting(slot, _) => slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()?
-                .whole_len()?,
+            Source::Waiting(slot, _) => lock(slot).as_ref()?.whole_len()?,
             Source::Reading(_) => return None,
         };
         (length as u64 <= self.remaining).then_some(length)
@@ -253,11 +251,7 @@ impl RequestBody {
         let bytes = match &mut self.source {
             Source::Empty => Bytes::new(),
             Source::Buffered(bytes) => bytes.take().unwrap_or_default(),
-            Source::Waiting(slot, _) => slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()?
-                .take_whole()?,
+            Source::Waiting(slot, _) => lock(slot).take()?.take_whole()?,
             Source::Reading(_) => return None,
         };
         self.source = Source::Empty;
@@ -284,7 +278,7 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         if let Source::Waiting(slot, _) = &this.source {
-            let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let taken = lock(slot).take();
             this.source = match taken {
                 Some(incoming) => Source::Reading(incoming),
                 // Taken back by the proxy: this try was abandoned.
