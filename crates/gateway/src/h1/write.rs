@@ -532,6 +532,18 @@ mod tests {
         }
     }
 
+    /// What the writer puts on a connection that takes seven bytes a write, for an answer it
+    /// must finish (kept alive).
+    async fn through_trickle(response: &mut Response<ResponseBody>) -> Vec<u8> {
+        let mut io = Trickle(Vec::new());
+        let result = Writer::default()
+            .response(&mut io, response, false, true)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(result, Written::Done { keep_alive: true });
+        io.0
+    }
+
     /// The body held beside the head (a vectored write) arrives whole and in order when the
     /// connection takes a few bytes at a time: each write's count is split between the head's
     /// buffer and the body.
@@ -542,13 +554,8 @@ mod tests {
         response
             .headers_mut()
             .insert("x-a", http::HeaderValue::from_static("1"));
-        let mut io = Trickle(Vec::new());
-        let result = Writer::default()
-            .response(&mut io, &mut response, false, true)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(result, Written::Done { keep_alive: true });
-        let text = String::from_utf8_lossy(&io.0).into_owned();
+        let written = through_trickle(&mut response).await;
+        let text = String::from_utf8_lossy(&written).into_owned();
         assert!(text.starts_with("HTTP/1.1 200 OK\r\nx-a: 1\r\n"), "{text}");
         let (_, written_body) = text.split_once("\r\n\r\n").unwrap_or_default();
         assert_eq!(written_body.as_bytes(), &body[..], "{text}");
@@ -562,16 +569,11 @@ mod tests {
             .map(|i| b'a' + (i % 26) as u8)
             .collect();
         let mut response = Response::new(ResponseBody::full(Bytes::from(body.clone())));
-        let mut io = Trickle(Vec::new());
-        let result = Writer::default()
-            .response(&mut io, &mut response, false, true)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(result, Written::Done { keep_alive: true });
-        let Some(at) = io.0.windows(4).position(|w| w == b"\r\n\r\n") else {
+        let written = through_trickle(&mut response).await;
+        let Some(at) = written.windows(4).position(|w| w == b"\r\n\r\n") else {
             panic!("no end of head");
         };
-        assert_eq!(&io.0[at + 4..], &body[..]);
+        assert_eq!(&written[at + 4..], &body[..]);
     }
 
     #[test]
