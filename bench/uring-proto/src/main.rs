@@ -42,26 +42,33 @@ fn main() {
     }
 }
 
-/// Where a complete request head ends and its body's length: `Some((head, total))`.
-fn request_frame(buf: &[u8]) -> io::Result<Option<(usize, usize)>> {
+/// The length of the request at the start of `buf` once all of it is there.
+fn request_frame(buf: &[u8]) -> io::Result<Option<usize>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
-    match request.parse(buf) {
-        Ok(httparse::Status::Complete(head)) => {
-            let body = body_length(request.headers)?;
-            Ok(Some((head, head + body)))
-        }
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(error) => Err(io::Error::new(io::ErrorKind::InvalidData, error)),
-    }
+    let parsed = request.parse(buf);
+    whole(buf, parsed, request.headers)
 }
 
-/// The whole answer's length once its head is complete.
+/// The length of the answer at the start of `buf` once all of it is there.
 fn response_frame(buf: &[u8]) -> io::Result<Option<usize>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
-    match response.parse(buf) {
-        Ok(httparse::Status::Complete(head)) => Ok(Some(head + body_length(response.headers)?)),
+    let parsed = response.parse(buf);
+    whole(buf, parsed, response.headers)
+}
+
+/// A parsed head plus its body's length, when `buf` holds that much.
+fn whole(
+    buf: &[u8],
+    parsed: httparse::Result<usize>,
+    headers: &[httparse::Header<'_>],
+) -> io::Result<Option<usize>> {
+    match parsed {
+        Ok(httparse::Status::Complete(head)) => {
+            let total = head + body_length(headers)?;
+            Ok((buf.len() >= total).then_some(total))
+        }
         Ok(httparse::Status::Partial) => Ok(None),
         Err(error) => Err(io::Error::new(io::ErrorKind::InvalidData, error)),
     }
@@ -123,10 +130,8 @@ mod epoll {
         let mut answer = Vec::with_capacity(READ_CHUNK);
         loop {
             let total = loop {
-                if let Some((_, total)) = request_frame(&request)? {
-                    if request.len() >= total {
-                        break total;
-                    }
+                if let Some(total) = request_frame(&request)? {
+                    break total;
                 }
                 read_more(&mut client, &mut request).await?;
             };
@@ -143,9 +148,7 @@ mod epoll {
             answer.clear();
             let total = loop {
                 if let Some(total) = response_frame(&answer)? {
-                    if answer.len() >= total {
-                        break total;
-                    }
+                    break total;
                 }
                 read_more(up, &mut answer).await?;
             };
@@ -201,10 +204,8 @@ mod uring {
         let mut answer = Vec::with_capacity(READ_CHUNK);
         loop {
             let total = loop {
-                if let Some((_, total)) = request_frame(&request)? {
-                    if request.len() >= total {
-                        break total;
-                    }
+                if let Some(total) = request_frame(&request)? {
+                    break total;
                 }
                 request = read_more(&mut client, request).await?;
             };
@@ -223,9 +224,7 @@ mod uring {
             answer.clear();
             let total = loop {
                 if let Some(total) = response_frame(&answer)? {
-                    if answer.len() >= total {
-                        break total;
-                    }
+                    break total;
                 }
                 answer = read_more(up, answer).await?;
             };
