@@ -64,7 +64,7 @@ impl ConnState {
         Arc::new(Self {
             in_flight: AtomicU32::new(0),
             clocks: Mutex::new(Clocks {
-                idle_since: Instant::now(),
+                idle_since: crate::clock::now(),
                 head_since: None,
             }),
             is_h2: AtomicBool::new(is_h2),
@@ -101,7 +101,7 @@ impl ConnState {
         }
         lock(&self.clocks)
             .head_since
-            .get_or_insert_with(Instant::now);
+            .get_or_insert_with(crate::clock::now);
         let flags = self.head_flags.load(Ordering::Relaxed);
         if flags & HEAD_COMPLETE == 0 {
             self.head_flags
@@ -178,7 +178,7 @@ impl Release for ConnState {
     fn release(&self) {
         self.metrics.requests_in_flight.dec();
         if self.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            lock(&self.clocks).idle_since = Instant::now();
+            lock(&self.clocks).idle_since = crate::clock::now();
         }
     }
 }

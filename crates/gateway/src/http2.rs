@@ -110,7 +110,11 @@ pub(crate) async fn serve<I>(
         loop {
             match connection.poll_accept(cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
-                    tokio::spawn(serve_stream(Arc::clone(&streams), request, respond));
+                    tokio::spawn(crate::clock::one_clock_per_poll(serve_stream(
+                        Arc::clone(&streams),
+                        request,
+                        respond,
+                    )));
                 }
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Some(error)),
                 Poll::Ready(None) => return Poll::Ready(None),

@@ -275,10 +275,11 @@ impl Serving {
         }
         let shared = Arc::clone(&self.shared);
         let watcher = self.drain.clone();
-        tokio::spawn(async move {
+        // One clock reading per poll of the connection (`clock::now`).
+        tokio::spawn(crate::clock::one_clock_per_poll(async move {
             serve_connection(shared, stream, remote, watcher).await;
             drop(places);
-        });
+        }));
     }
 }
 

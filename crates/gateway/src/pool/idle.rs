@@ -193,7 +193,7 @@ impl IdleStacks {
         }
         idle.push_back(Idle {
             conn,
-            since: Instant::now(),
+            since: crate::clock::now(),
         });
         true
     }

@@ -283,7 +283,7 @@ impl Call<'_> {
                     () = attempt_deadline => Err(per_attempt.map(|(timeout, _)| timeout)),
                 }
             };
-            let finished = Instant::now();
+            let finished = crate::clock::now();
             let ended = Ended::of(result, upstream, route);
             // The target's figures: recorded here, once per attempt.
             if let Some(outcome) = ended.outcome() {
@@ -365,7 +365,7 @@ impl Call<'_> {
             }
             previous_delay = delay;
             body = again;
-            now = Instant::now();
+            now = crate::clock::now();
             // The target that failed is avoided when another is eligible; otherwise the retry
             // goes wherever the balancer says (a single-target upstream retries its one target).
             next_target = if failure == AttemptFailure::ConnectError || delay.is_zero() {

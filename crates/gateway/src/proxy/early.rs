@@ -17,7 +17,6 @@
 use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Method};
-use tokio::time::Instant;
 
 use super::auth::Endpoint;
 use super::forwarding::strip_port;
@@ -115,7 +114,7 @@ pub(crate) fn refuse<'a>(
         (error, Some(route))
     };
     // Only a refusal reads the clock.
-    let started = Instant::now();
+    let started = crate::clock::now();
     let request_id = match sekisho_h1::field(head.bytes, head.fields, &X_REQUEST_ID) {
         Some(id) if request_id::is_sane(id) => {
             HeaderValue::from_bytes(id).unwrap_or_else(|_| new_request_id())

@@ -32,7 +32,6 @@ mod forwarding;
 mod steps;
 
 use http::Response;
-use tokio::time::Instant;
 
 use crate::body::{ClientBody, ResponseBody};
 use crate::edge::{error_response, GatewayError};
@@ -70,7 +69,7 @@ pub(crate) async fn handle(
     body: ClientBody,
     notes: HeadNotes,
 ) -> Response<ResponseBody> {
-    let started = Instant::now();
+    let started = crate::clock::now();
     let runtime = shared.runtime.load_full();
     let request_id = if notes.without_request_id {
         new_request_id()

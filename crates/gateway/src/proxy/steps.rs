@@ -69,7 +69,7 @@ pub(super) async fn run(
                     .trusted_proxies
                     .client_ip(exchange.client.remote.ip(), &parts.headers)
             });
-            let began = Instant::now();
+            let began = crate::clock::now();
             let answer = crate::boxed::boxed(|| {
                 auth_step::serve(
                     auth,
@@ -241,7 +241,7 @@ fn spawn_refresh(
     let mut background = Exchange::new(
         exchange.client.clone(),
         exchange.request_id.clone(),
-        Instant::now(),
+        crate::clock::now(),
         &exchange.lag,
     );
     background.host = exchange.host.clone();
@@ -271,7 +271,7 @@ pub(super) fn sample_concurrency(
         permit.sample(
             Sample::Dropped,
             started.into_std(),
-            Instant::now().into_std(),
+            crate::clock::now().into_std(),
         );
     } else if let (Ok(_), None, Some(answered)) = (&*forwarded, outcome.fallback, outcome.answered)
     {
