@@ -4,6 +4,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
@@ -107,14 +109,28 @@ pub(crate) fn now() -> Instant {
     })
 }
 
-/// Runs `future` with one reading of the clock per poll for [`now`] (a connection's task).
-pub(crate) async fn one_clock_per_poll<F: Future>(future: F) -> F::Output {
-    let mut future = std::pin::pin!(future);
-    std::future::poll_fn(move |cx| {
+pin_project_lite::pin_project! {
+    /// `future` with one reading of the clock per poll for [`now`] (a connection's task). A
+    /// struct rather than an `async fn`: an `async fn`'s state keeps its argument and the
+    /// pinned local it moves into side by side, which doubled an idle connection's task.
+    pub(crate) struct OneClockPerPoll<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+/// `future`, with one reading of the clock per poll (see [`now`]).
+pub(crate) fn one_clock_per_poll<F: Future>(future: F) -> OneClockPerPoll<F> {
+    OneClockPerPoll { future }
+}
+
+impl<F: Future> Future for OneClockPerPoll<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let _scope = PollScope::enter();
-        future.as_mut().poll(cx)
-    })
-    .await
+        self.project().future.poll(cx)
+    }
 }
 
 /// One poll's scope: what the thread had before is put back when the poll ends, or unwinds.

@@ -549,5 +549,20 @@ mod tests {
             connection < 2048 && connection < handle,
             "the connection's future is {connection} bytes, a request's {handle}"
         );
+        // The task's wrapper (one clock reading per poll) adds nothing to it: as an `async fn`
+        // it held the connection's future twice.
+        let task = future_size(
+            |(shared, stream, remote, watcher): (
+                Arc<GatewayState>,
+                tokio::net::TcpStream,
+                std::net::SocketAddr,
+                watch::Receiver<()>,
+            )| {
+                crate::clock::one_clock_per_poll(crate::server::serve_connection(
+                    shared, stream, remote, watcher,
+                ))
+            },
+        );
+        assert_eq!(task, connection);
     }
 }
