@@ -529,14 +529,16 @@ mod tests {
     /// task was ≈ 9 KB in a debug build when it held them).
     #[test]
     fn an_idle_connections_future_is_small() {
-        let connection = future_size(
-            |(shared, stream, remote, watcher): (
-                Arc<GatewayState>,
-                tokio::net::TcpStream,
-                std::net::SocketAddr,
-                watch::Receiver<()>,
-            )| crate::server::serve_connection(shared, stream, remote, watcher),
+        type ConnectionArgs = (
+            Arc<GatewayState>,
+            tokio::net::TcpStream,
+            std::net::SocketAddr,
+            watch::Receiver<()>,
         );
+        let serve = |(shared, stream, remote, watcher): ConnectionArgs| {
+            crate::server::serve_connection(shared, stream, remote, watcher)
+        };
+        let connection = future_size(serve);
         let handle = future_size(
             |(shared, client, parts, body): (
                 &'static GatewayState,
@@ -551,18 +553,8 @@ mod tests {
         );
         // The task's wrapper (one clock reading per poll) adds nothing to it: as an `async fn`
         // it held the connection's future twice.
-        let task = future_size(
-            |(shared, stream, remote, watcher): (
-                Arc<GatewayState>,
-                tokio::net::TcpStream,
-                std::net::SocketAddr,
-                watch::Receiver<()>,
-            )| {
-                crate::clock::one_clock_per_poll(crate::server::serve_connection(
-                    shared, stream, remote, watcher,
-                ))
-            },
-        );
+        let task =
+            future_size(|args: ConnectionArgs| crate::clock::one_clock_per_poll(serve(args)));
         assert_eq!(task, connection);
     }
 }
