@@ -43,6 +43,7 @@ mod router;
 mod runtime;
 mod server;
 mod state;
+mod status_set;
 mod store_link;
 mod sync;
 mod tls;

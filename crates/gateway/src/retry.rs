@@ -18,6 +18,8 @@ use sekisho_config::FailureKind;
 use sekisho_policy::backoff::{Backoff, Jitter};
 use sekisho_policy::budget::RetryBudget;
 
+use crate::status_set::StatusSet;
+
 /// How one attempt failed, as far as retrying is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AttemptFailure {
@@ -71,7 +73,7 @@ pub(crate) struct RetryPolicy {
     backoff: Backoff,
     on_connect_error: bool,
     on_timeout: bool,
-    statuses: Vec<u16>,
+    statuses: StatusSet,
     non_idempotent: bool,
     /// Deadline of one try's answer head.
     pub per_try_timeout: Option<Duration>,
@@ -123,7 +125,7 @@ impl RetryPolicy {
 
     /// Whether a status is one to retry.
     pub(crate) fn retries_status(&self, status: u16) -> bool {
-        self.statuses.contains(&status)
+        self.statuses.contains(status)
     }
 
     /// Counts a request (its first try) in the budget.

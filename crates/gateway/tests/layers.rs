@@ -12,8 +12,10 @@ use std::path::Path;
 /// handle) is above them all; only `reload` and `views`, which hold `impl Gateway` blocks of
 /// lib.rs split out, may name it.
 const ORDER: &[&str] = &[
-    // Leaves: import nothing of the gateway (`body` only `client_body`).
+    // Leaves: import nothing of the gateway (`body` only `client_body`, `retry` only
+    // `status_set`).
     "client_body",
+    "status_set",
     "sync",
     "woken",
     "boxed",

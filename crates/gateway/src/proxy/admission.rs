@@ -95,7 +95,7 @@ impl<'a> CircuitCall<'a> {
     ) {
         if let (Some(circuit), Some(permit)) = (self.circuit, self.permit.take()) {
             let failed = match outcome {
-                CallOutcome::Status(status) => circuit.failure_statuses.contains(&status),
+                CallOutcome::Status(status) => circuit.failure_statuses.contains(status),
                 _ => true,
             };
             let took = at

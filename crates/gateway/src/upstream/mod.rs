@@ -42,6 +42,7 @@ use tokio::time::Instant;
 
 use crate::body::Held;
 use crate::clock::Clock;
+use crate::status_set::StatusSet;
 
 pub(crate) use client::{ClientCache, TargetConn, UpstreamClient};
 pub(crate) use outlier::CallOutcome;
@@ -105,7 +106,7 @@ pub(crate) struct Circuit {
     /// The breaker (shared across reloads while its settings stay).
     pub breaker: Arc<Breaker>,
     /// Statuses that count as failures; timeouts, connect errors and broken answers always do.
-    pub failure_statuses: Vec<u16>,
+    pub failure_statuses: StatusSet,
 }
 
 /// The breaker settings of `config`.
